@@ -1,0 +1,86 @@
+"""Backend choice for the Skip RNN recurrence.
+
+``backend='auto' | 'reference' | 'cpu' | 'triton'`` on the layers; the environment variable
+``SKIPRNN_BACKEND`` overrides the layer's choice (useful to force the reference in a debugging
+session, or the Triton kernels under ``TRITON_INTERPRET=1``). Nothing is imported or compiled
+until a backend is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from functools import lru_cache
+
+BACKENDS = ("auto", "reference", "cpu", "triton")
+ENV_VAR = "SKIPRNN_BACKEND"
+
+# (cell kind, backend) -> "module:function"; every function has the naive signature.
+_IMPLS = {
+    ("lstm", "reference"): "skiprnn.ops.skip_lstm.naive:skip_lstm_naive",
+    ("gru", "reference"): "skiprnn.ops.skip_gru.naive:skip_gru_naive",
+    ("lstm", "cpu"): "skiprnn.ops.skip_lstm.cpu:skip_lstm_cpu",
+    ("gru", "cpu"): "skiprnn.ops.skip_gru.cpu:skip_gru_cpu",
+    ("lstm", "triton"): "skiprnn.ops.skip_lstm.fused:skip_lstm_triton",
+    ("gru", "triton"): "skiprnn.ops.skip_gru.fused:skip_gru_triton",
+}
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+@lru_cache(maxsize=None)
+def _load(kind: str, backend: str):
+    target = _IMPLS.get((kind, backend))
+    if target is None:
+        return None
+    mod, fn = target.split(":")
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError):
+        return None
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_ok: bool):
+    """Return ``(name, function)`` for the requested backend.
+
+    ``fast_ok`` is False when the call needs something only the reference does (several layers,
+    Bernoulli sampling, baselines' forced gates, dropout). 'auto' then falls back to the reference;
+    an explicitly requested fast backend raises.
+    """
+    env = os.environ.get(ENV_VAR)
+    if env:
+        backend = check_backend(env)
+    check_backend(backend)
+    if backend == "reference":
+        return "reference", _load(kind, "reference")
+    if backend == "auto":
+        if not fast_ok or num_layers != 1:
+            return "reference", _load(kind, "reference")
+        order = ["triton", "cpu"] if device_type == "cuda" else ["cpu"]
+        for name in order:
+            if name == "triton" and not triton_available():
+                continue
+            fn = _load(kind, name)
+            if fn is not None:
+                return name, fn
+        return "reference", _load(kind, "reference")
+    if not fast_ok or num_layers != 1:
+        raise ValueError(
+            f"backend {backend!r} supports one layer with the deterministic gate; this call needs "
+            f"the reference (num_layers={num_layers}). Use backend='auto' or 'reference'.")
+    fn = _load(kind, backend)
+    if fn is None:
+        raise RuntimeError(f"backend {backend!r} for Skip {kind.upper()} is not available here")
+    return backend, fn

@@ -1,0 +1,71 @@
+"""Skip GRU reference: a per-step loop over ``skiprnn.ops.naive.skip_loop`` (THE definition).
+
+Gate layout and maths are nn.GRU's (rows of ``weight_ih`` are [r, z, n]):
+
+    r = σ(x W_ir^T + b_ir + h W_hr^T + b_hr);   z = σ(... z rows ...)
+    n = tanh(x W_in^T + b_in + r ⊙ (h W_hn^T + b_hn));   h' = (1 - z) ⊙ n + z ⊙ h
+
+One gate u_t, from the top layer's new ``h'``, updates or copies every layer together.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..naive import skip_loop
+from ..skip_lstm.naive import _delta_fn
+
+
+def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor,
+             b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
+    """One nn.GRU step: ``x (B, I), h (B, H) -> h'``."""
+    gi = F.linear(x, w_ih, b_ih)
+    gh = F.linear(h, w_hh, b_hh)
+    i_r, i_z, i_n = gi.chunk(3, dim=-1)
+    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return (1 - z) * n + z * h
+
+
+def skip_gru_naive(
+    x: Tensor,
+    h0: Tensor,
+    update_prob0: Tensor,
+    cum_prob0: Tensor,
+    layers: Sequence[tuple],
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+    mask: Tensor | None = None,
+    threshold: float | Tensor = 0.5,
+    dropout: float = 0.0,
+    training: bool = False,
+    forced: Tensor | None = None,
+    constant_delta: float | None = None,
+):
+    """Skip GRU over a whole sequence; arguments as ``skip_lstm_naive`` without ``c0``.
+
+    Returns ``(output (T, B, H), h_n (L, B, H), update_prob (B,), cum_prob (B,), updates (T, B),
+    update_probs (T, B))``.
+    """
+    L = len(layers)
+
+    def step(x_t, state):
+        inp = x_t
+        new_h = []
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
+            h = gru_cell(inp, state[k], w_ih, w_hh, b_ih, b_hh)
+            new_h.append(h)
+            inp = F.dropout(h, dropout, training) if (dropout and k < L - 1) else h
+        return tuple(new_h), new_h[-1]
+
+    delta_fn = _delta_fn(gate_weight, gate_bias, constant_delta)
+    out, state, up, cum, u, p = skip_loop(step, x, tuple(h0.unbind(0)), update_prob0, cum_prob0,
+                                          delta_fn, out_index=L - 1, mask=mask,
+                                          threshold=threshold, forced=forced)
+    return out, torch.stack(state), up, cum, u, p

@@ -1,0 +1,91 @@
+"""Skip LSTM reference: a per-step loop over ``skiprnn.ops.naive.skip_loop`` (THE definition).
+
+Gate layout and maths are nn.LSTM's (rows of ``weight_ih`` are [i, f, g, o]):
+
+    i, f, g, o = x W_ih^T + b_ih + h W_hh^T + b_hh
+    c' = σ(f) c + σ(i) tanh(g);   h' = σ(o) tanh(c')
+
+The candidate is computed bottom-up through the stack (each layer feeds its candidate ``h'`` to
+the next, with dropout between layers in training); one gate u_t, from the top layer's new ``c'``,
+updates or copies every layer together (paper §1.1, §1.5).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..naive import skip_loop
+
+
+def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+              b_ih: Tensor | None, b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One nn.LSTM step: ``x (B, I), h (B, H), c (B, H) -> (h', c')``."""
+    gates = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h_new = torch.sigmoid(o) * torch.tanh(c_new)
+    return h_new, c_new
+
+
+def skip_lstm_naive(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    update_prob0: Tensor,
+    cum_prob0: Tensor,
+    layers: Sequence[tuple],
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+    mask: Tensor | None = None,
+    threshold: float | Tensor = 0.5,
+    dropout: float = 0.0,
+    training: bool = False,
+    forced: Tensor | None = None,
+    constant_delta: float | None = None,
+):
+    """Skip LSTM over a whole sequence.
+
+    Args:
+        x: ``(T, B, I)``.
+        h0, c0: ``(L, B, H)`` initial state.
+        update_prob0, cum_prob0: ``(B,)`` carried Δũ and accumulator (1 and 0 for a fresh start).
+        layers: L tuples ``(w_ih (4H, I_l), w_hh (4H, H), b_ih (4H,) | None, b_hh (4H,) | None)``.
+        gate_weight: ``(1, H)`` and gate_bias ``(1,)``: Δũ = σ(c'_top · W_p^T + b_p).
+        mask: optional ``(T, B)`` valid-step mask. threshold: τ (float or ``(T, B)``).
+        dropout, training: dropout on the candidate ``h'`` fed between layers (as nn.LSTM).
+        forced: optional ``(T, B)`` binary updates (random-skip baseline).
+        constant_delta: if given, Δũ is this constant instead of the learned gate (periodic baseline).
+
+    Returns:
+        ``(output (T, B, H), h_n (L, B, H), c_n (L, B, H), update_prob (B,), cum_prob (B,),
+        updates (T, B), update_probs (T, B))``.
+    """
+    L = len(layers)
+
+    def step(x_t, state):
+        hs, cs = state[:L], state[L:]
+        inp = x_t
+        new_h, new_c = [], []
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
+            h, c = lstm_cell(inp, hs[k], cs[k], w_ih, w_hh, b_ih, b_hh)
+            new_h.append(h)
+            new_c.append(c)
+            inp = F.dropout(h, dropout, training) if (dropout and k < L - 1) else h
+        return tuple(new_h) + tuple(new_c), new_c[-1]
+
+    delta_fn = _delta_fn(gate_weight, gate_bias, constant_delta)
+    state0 = tuple(h0.unbind(0)) + tuple(c0.unbind(0))
+    out, state, up, cum, u, p = skip_loop(step, x, state0, update_prob0, cum_prob0, delta_fn,
+                                          out_index=L - 1, mask=mask, threshold=threshold,
+                                          forced=forced)
+    return out, torch.stack(state[:L]), torch.stack(state[L:]), up, cum, u, p
+
+
+def _delta_fn(gate_weight, gate_bias, constant_delta):
+    if constant_delta is not None:
+        return lambda feat: feat.new_full((feat.shape[0],), constant_delta)
+    return lambda feat: torch.sigmoid(F.linear(feat, gate_weight, gate_bias)).squeeze(-1)
