@@ -1,0 +1,26 @@
+"""skiprnn: Skip RNN (Campos et al., ICLR 2018) for PyTorch.
+
+Layers that drop in where nn.LSTM / nn.GRU stand and learn to skip state updates::
+
+    import torch, skiprnn
+    rnn = skiprnn.SkipLSTM(input_size=2, hidden_size=110)
+    out = rnn(torch.randn(50, 8, 2))          # (output, state, updates, update_probs)
+    loss = skiprnn.budget_loss(out.updates, cost_per_sample=1e-5)
+"""
+
+from .losses import budget_loss, target_rate_loss
+from .metrics import flops_per_update, inference_flops, n_skip, update_counts, update_fraction
+from .modules import (MODELS, PeriodicSkipGRU, PeriodicSkipLSTM, PlainGRU, PlainLSTM,
+                      RandomSkipGRU, RandomSkipLSTM, SkipCellOutput, SkipGRU, SkipGRUCell,
+                      SkipGRUState, SkipLSTM, SkipLSTMCell, SkipLSTMState, SkipOutput, SkipRNN,
+                      SkipRNNState, build_rnn)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SkipLSTM", "SkipGRU", "SkipLSTMCell", "SkipGRUCell", "SkipRNN", "SkipOutput", "SkipLSTMState",
+    "SkipGRUState", "SkipRNNState", "SkipCellOutput", "PlainLSTM", "PlainGRU", "RandomSkipLSTM",
+    "RandomSkipGRU", "PeriodicSkipLSTM", "PeriodicSkipGRU", "MODELS", "build_rnn", "budget_loss",
+    "target_rate_loss", "n_skip", "update_counts", "update_fraction", "flops_per_update",
+    "inference_flops", "__version__",
+]

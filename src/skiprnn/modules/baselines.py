@@ -1,0 +1,141 @@
+"""The paper's baselines behind the same output contract as the Skip layers.
+
+- ``PlainLSTM`` / ``PlainGRU``: nn.LSTM / nn.GRU (cuDNN where available); ``updates`` all ones.
+- ``RandomSkipLSTM`` / ``RandomSkipGRU``: skip each state update with probability ``p_skip``
+  (u_t ~ Bernoulli(1 - p_skip)); the first step of a sequence still updates (paper §2).
+- ``PeriodicSkipLSTM`` / ``PeriodicSkipGRU``: update every ``period`` steps (steps 1, 1+period, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from ._checks import check_input, check_lengths
+from .rnn import SkipOutput, _SkipRNNBase
+
+
+def _check_p_skip(p_skip) -> float:
+    if not isinstance(p_skip, (int, float)) or isinstance(p_skip, bool) or not 0.0 <= p_skip < 1.0:
+        raise ValueError(f"p_skip must be a probability in [0, 1), got {p_skip!r}")
+    return float(p_skip)
+
+
+class _RandomSkip:
+    gate_mode = "random"
+
+    def __init__(self, *args, p_skip: float = 0.5, **kwargs):
+        self.p_skip = _check_p_skip(p_skip)
+        super().__init__(*args, **kwargs)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", p_skip={self.p_skip}"
+
+
+class _PeriodicSkip:
+    gate_mode = "periodic"
+
+    def __init__(self, *args, period: int = 2, **kwargs):
+        if not isinstance(period, int) or isinstance(period, bool) or period < 1:
+            raise ValueError(f"period must be a positive integer, got {period!r}")
+        self.period = period
+        super().__init__(*args, **kwargs)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", period={self.period}"
+
+
+class RandomSkipLSTM(_RandomSkip, _SkipRNNBase):
+    """LSTM that skips each update with probability ``p_skip`` (first step forced)."""
+
+    mode = "lstm"
+
+
+class RandomSkipGRU(_RandomSkip, _SkipRNNBase):
+    """GRU that skips each update with probability ``p_skip`` (first step forced)."""
+
+    mode = "gru"
+
+
+class PeriodicSkipLSTM(_PeriodicSkip, _SkipRNNBase):
+    """LSTM that updates on steps 1, 1+period, 1+2·period, ... (chunked calls keep the phase)."""
+
+    mode = "lstm"
+
+
+class PeriodicSkipGRU(_PeriodicSkip, _SkipRNNBase):
+    """GRU that updates on steps 1, 1+period, 1+2·period, ... (chunked calls keep the phase)."""
+
+    mode = "gru"
+
+
+class _Plain:
+    """forward(input, hx=None, lengths=None) -> SkipOutput on top of nn.LSTM / nn.GRU."""
+
+    def __init__(self, *args, learn_init: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.learn_init = learn_init
+        n = 2 if isinstance(self, nn.LSTM) else 1
+        if learn_init:
+            p = next(self.parameters())
+            self.init_state = nn.Parameter(
+                torch.randn(n, self.num_layers, 1, self.hidden_size, device=p.device, dtype=p.dtype))
+        else:
+            self.register_parameter("init_state", None)
+
+    def forward(self, input, hx=None, lengths=None) -> SkipOutput:  # noqa: D102 - see class doc
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            if lengths is not None:
+                raise ValueError("pass lengths only with a padded tensor, not with a PackedSequence")
+            padded, lengths = pad_packed_sequence(input)
+            x, unbatched = check_input(padded, self.input_size, False)
+        else:
+            x, unbatched = check_input(input, self.input_size, self.batch_first)
+        T, B = x.shape[:2]
+        mask = check_lengths(lengths, T, B, x.device) if lengths is not None else None
+        if hx is None and self.init_state is not None:
+            s = self.init_state.to(x.dtype).expand(-1, -1, B, -1).contiguous()
+            hx = (s[0], s[1]) if isinstance(self, nn.LSTM) else s[0]
+        elif hx is not None and unbatched:
+            hx = tuple(h.unsqueeze(1) for h in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
+        run = super().forward
+        if self.batch_first:  # x is time-major here
+            self.batch_first = False
+            try:
+                out, state = self._run(run, x, hx, lengths, mask)
+            finally:
+                self.batch_first = True
+        else:
+            out, state = self._run(run, x, hx, lengths, mask)
+        u = torch.ones(T, B, device=x.device, dtype=x.dtype) if mask is None else mask.to(x.dtype)
+        if packed:
+            out = input._replace(data=pack_padded_sequence(out, lengths.cpu(), enforce_sorted=False).data) \
+                if input.sorted_indices is not None else pack_padded_sequence(out, lengths.cpu())
+        elif unbatched:
+            out, u = out.squeeze(1), u.squeeze(1)
+            state = tuple(s.squeeze(1) for s in state) if isinstance(state, tuple) else state.squeeze(1)
+        elif self.batch_first:
+            out, u = out.transpose(0, 1), u.transpose(0, 1)
+        return SkipOutput(out, state, u, u.clone())
+
+    @staticmethod
+    def _run(run, x, hx, lengths, mask):
+        if mask is None:
+            return run(x, hx)
+        pk = pack_padded_sequence(x, torch.as_tensor(lengths).cpu(), enforce_sorted=False)
+        out, state = run(pk, hx)
+        out, _ = pad_packed_sequence(out, total_length=x.shape[0])
+        return out, state
+
+
+class PlainLSTM(_Plain, nn.LSTM):
+    """nn.LSTM (cuDNN on GPU) with the Skip layers' ``forward(input, hx, lengths) -> SkipOutput``.
+
+    ``updates`` are all ones (0 on padding); ``state`` is nn.LSTM's ``(h_n, c_n)``.
+    """
+
+
+class PlainGRU(_Plain, nn.GRU):
+    """nn.GRU (cuDNN on GPU) with the Skip layers' output contract; ``state`` is ``h_n``."""

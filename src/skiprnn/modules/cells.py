@@ -1,0 +1,210 @@
+"""Single-step Skip cells and a generic Skip RNN around any recurrent cell."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.naive import skip_loop
+from ..ops.skip_gru.naive import skip_gru_naive
+from ..ops.skip_lstm.naive import skip_lstm_naive
+from ..ops.ste import bernoulli_thresholds, check_binarizer, check_threshold
+from ._checks import check_input, check_lengths
+from .rnn import SkipGRUState, SkipLSTMState, SkipOutput
+
+
+class SkipCellOutput(NamedTuple):
+    """One step: output ``(B, H)``, state, update ``(B,)`` (binary, straight-through) and
+    update_prob ``(B,)`` (ũ_t)."""
+
+    output: Tensor
+    state: tuple
+    update: Tensor
+    update_prob: Tensor
+
+
+class _SkipCellBase(nn.Module):
+    gates = 4
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 binarizer: str = "round", threshold: float = 0.5, device=None, dtype=None):
+        super().__init__()
+        f = {"device": device, "dtype": dtype}
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        self.binarizer, self.threshold = check_binarizer(binarizer), check_threshold(threshold)
+        G = self.gates * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(G, input_size, **f))
+        self.weight_hh = nn.Parameter(torch.empty(G, hidden_size, **f))
+        self.bias_ih = nn.Parameter(torch.empty(G, **f)) if bias else None
+        self.bias_hh = nn.Parameter(torch.empty(G, **f)) if bias else None
+        self.update_gate = nn.Linear(hidden_size, 1, **f)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        k = 1.0 / math.sqrt(self.hidden_size)
+        for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
+            if p is not None:
+                nn.init.uniform_(p, -k, k)
+        self.update_gate.reset_parameters()
+        nn.init.constant_(self.update_gate.bias, 1.0)
+
+    def _prep(self, input: Tensor):
+        if not isinstance(input, Tensor) or not input.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got {getattr(input, 'dtype', type(input))}")
+        if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
+            raise ValueError(f"input must have shape (B, {self.input_size}) or ({self.input_size},), "
+                             f"got {tuple(input.shape)}")
+        unbatched = input.dim() == 1
+        return (input.unsqueeze(0) if unbatched else input), unbatched
+
+    def _threshold(self, B, x):
+        if self.binarizer == "bernoulli" and self.training:
+            return bernoulli_thresholds((1, B), x)
+        return self.threshold
+
+
+class SkipLSTMCell(_SkipCellBase):
+    """One Skip LSTM step (nn.LSTMCell parameters + ``update_gate``).
+
+    ``forward(input (B, I), state=None) -> SkipCellOutput``; ``state`` is a SkipLSTMState with h,
+    c of shape ``(B, H)`` and update_prob, cum_update_prob ``(B,)``, or nn.LSTMCell's ``(h, c)``.
+    """
+
+    gates = 4
+
+    def forward(self, input: Tensor, state=None) -> SkipCellOutput:
+        x, unb = self._prep(input)
+        B, H = x.shape[0], self.hidden_size
+        if state is None:
+            state = (x.new_zeros(B, H), x.new_zeros(B, H))
+        elif unb:
+            state = tuple(t.unsqueeze(0) for t in state)
+        if len(state) == 2:
+            state = (state[0], state[1], x.new_ones(B), x.new_zeros(B))
+        h, c, up, cum = state
+        out, hn, cn, up, cum, u, p = skip_lstm_naive(
+            x[None], h[None], c[None], up, cum,
+            [(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)],
+            self.update_gate.weight, self.update_gate.bias, threshold=self._threshold(B, x))
+        st = SkipLSTMState(hn[0], cn[0], up, cum)
+        if unb:
+            st = SkipLSTMState(hn[0, 0], cn[0, 0], up[0], cum[0])
+            return SkipCellOutput(out[0, 0], st, u[0, 0], p[0, 0])
+        return SkipCellOutput(out[0], st, u[0], p[0])
+
+
+class SkipGRUCell(_SkipCellBase):
+    """One Skip GRU step (nn.GRUCell parameters + ``update_gate``); state is a SkipGRUState with
+    h ``(B, H)`` or nn.GRUCell's ``h``."""
+
+    gates = 3
+
+    def forward(self, input: Tensor, state=None) -> SkipCellOutput:
+        x, unb = self._prep(input)
+        B, H = x.shape[0], self.hidden_size
+        if state is None:
+            state = x.new_zeros(B, H)
+        elif unb:
+            state = state.unsqueeze(0) if isinstance(state, Tensor) else tuple(t.unsqueeze(0) for t in state)
+        if isinstance(state, Tensor):
+            state = (state, x.new_ones(B), x.new_zeros(B))
+        h, up, cum = state
+        out, hn, up, cum, u, p = skip_gru_naive(
+            x[None], h[None], up, cum, [(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)],
+            self.update_gate.weight, self.update_gate.bias, threshold=self._threshold(B, x))
+        if unb:
+            return SkipCellOutput(out[0, 0], SkipGRUState(hn[0, 0], up[0], cum[0]), u[0, 0], p[0, 0])
+        return SkipCellOutput(out[0], SkipGRUState(hn[0], up, cum), u[0], p[0])
+
+
+class SkipRNNState(NamedTuple):
+    """State of a generic :class:`SkipRNN`: the wrapped cell's state (a tensor or tuple of
+    ``(B, *)`` tensors), update_prob and cum_update_prob ``(B,)``."""
+
+    cell_state: object
+    update_prob: Tensor
+    cum_update_prob: Tensor
+
+
+class SkipRNN(nn.Module):
+    """Skip RNN around any recurrent cell mapping ``(input (B, I), state) -> state``.
+
+    Works with nn.RNNCell, nn.GRUCell, nn.LSTMCell or a custom cell. The state may be a tensor
+    ``(B, H)`` or a tuple of ``(B, *)`` tensors.
+
+    Args:
+        cell: the recurrent cell.
+        gate_size: size of the gate feature (default ``cell.hidden_size``).
+        gate_index: which state tensor feeds Δũ (default -1: ``c`` for nn.LSTMCell, as the paper).
+        output_index: which state tensor is the output (default 0: ``h``).
+        batch_first, binarizer, threshold: as :class:`SkipLSTM`.
+
+    ``forward(input, hx=None, lengths=None) -> SkipOutput``; ``hx`` is the cell's state or a
+    SkipRNNState; without ``hx`` the cell state starts at zeros (needs ``cell.hidden_size``;
+    nn.LSTMCell gets ``(h, c)``).
+    """
+
+    def __init__(self, cell: nn.Module, gate_size: int | None = None, gate_index: int = -1,
+                 output_index: int = 0, batch_first: bool = False, binarizer: str = "round",
+                 threshold: float = 0.5):
+        super().__init__()
+        if not callable(cell):
+            raise TypeError(f"cell must be a callable nn.Module, got {type(cell).__name__}")
+        self.cell = cell
+        gate_size = gate_size if gate_size is not None else getattr(cell, "hidden_size", None)
+        if gate_size is None:
+            raise ValueError("gate_size is required when the cell has no hidden_size attribute")
+        self.input_size = getattr(cell, "input_size", None)
+        self.gate_index, self.output_index = gate_index, output_index
+        self.batch_first = batch_first
+        self.binarizer, self.threshold = check_binarizer(binarizer), check_threshold(threshold)
+        self.update_gate = nn.Linear(gate_size, 1)
+        nn.init.constant_(self.update_gate.bias, 1.0)
+
+    def _initial_cell_state(self, B, x):
+        H = getattr(self.cell, "hidden_size", None)
+        if H is None:
+            raise ValueError("hx is required for a cell without a hidden_size attribute")
+        z = x.new_zeros(B, H)
+        return (z, z.clone()) if isinstance(self.cell, nn.LSTMCell) else z
+
+    def forward(self, input: Tensor, hx=None, lengths=None) -> SkipOutput:
+        if self.input_size is not None:
+            x, unbatched = check_input(input, self.input_size, self.batch_first)
+        else:
+            if not isinstance(input, Tensor) or input.dim() != 3:
+                raise ValueError(f"input must be a 3-D tensor, got {getattr(input, 'shape', type(input))}")
+            x, unbatched = (input.transpose(0, 1) if self.batch_first else input), False
+        T, B = x.shape[:2]
+        mask = check_lengths(lengths, T, B, x.device) if lengths is not None else None
+        if isinstance(hx, SkipRNNState):
+            cs, up, cum = hx
+        else:
+            cs = hx if hx is not None else self._initial_cell_state(B, x)
+            up, cum = x.new_ones(B), x.new_zeros(B)
+        single = isinstance(cs, Tensor)
+        state0 = (cs,) if single else tuple(cs)
+
+        def step(x_t, state):
+            new = self.cell(x_t, state[0] if single else tuple(state))
+            new = (new,) if isinstance(new, Tensor) else tuple(new)
+            return new, new[self.gate_index]
+
+        def delta_fn(feat):
+            return torch.sigmoid(F.linear(feat, self.update_gate.weight, self.update_gate.bias)).squeeze(-1)
+
+        thr = (bernoulli_thresholds((T, B), x) if self.binarizer == "bernoulli" and self.training
+               else self.threshold)
+        out, state, up, cum, u, p = skip_loop(step, x, state0, up, cum, delta_fn,
+                                              out_index=self.output_index % len(state0),
+                                              mask=mask, threshold=thr)
+        st = SkipRNNState(state[0] if single else state, up, cum)
+        if unbatched:
+            out, u, p = out.squeeze(1), u.squeeze(1), p.squeeze(1)
+        elif self.batch_first:
+            out, u, p = out.transpose(0, 1), u.transpose(0, 1), p.transpose(0, 1)
+        return SkipOutput(out, st, u, p)

@@ -1,0 +1,349 @@
+"""Skip LSTM / Skip GRU sequence layers that drop in where nn.LSTM / nn.GRU stand.
+
+Parameters are named and laid out exactly as nn.LSTM's / nn.GRU's (``weight_ih_l{k}``,
+``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, same gate order), so an nn.LSTM
+state_dict loads with ``strict=False``. The update-gate projection (W_p, b_p) is
+``module.update_gate``, an ``nn.Linear(hidden_size, 1)`` whose bias starts at 1.0 (paper §1.4).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from ..ops import dispatch
+from ..ops.ste import bernoulli_thresholds, check_binarizer, check_threshold
+from ._checks import check_input, check_lengths, check_state_tensor
+
+
+class SkipOutput(NamedTuple):
+    """What every layer of this package returns.
+
+    output: ``(T, B, H)`` (``(B, T, H)`` with batch_first, ``(T, H)`` unbatched, or a
+        PackedSequence for packed input): the top layer's h after each step (copied when skipped,
+        0 on padding).
+    state: everything needed to continue the sequence (pass it back as ``hx``).
+    updates: ``(T, B)`` / ``(B, T)``: the binary u_t (float, carries the straight-through
+        gradient); 0 on padding.
+    update_probs: same shape: ũ_t, the probability the gate was rounded from; 0 on padding.
+    """
+
+    output: Tensor | PackedSequence
+    state: tuple
+    updates: Tensor
+    update_probs: Tensor
+
+
+class SkipLSTMState(NamedTuple):
+    """Skip LSTM state: h, c ``(L, B, H)``; update_prob (the carried Δũ) and cum_update_prob
+    (the ũ accumulator) ``(B,)``. A fresh sequence starts from update_prob=1, cum_update_prob=0."""
+
+    h: Tensor
+    c: Tensor
+    update_prob: Tensor
+    cum_update_prob: Tensor
+
+
+class SkipGRUState(NamedTuple):
+    """Skip GRU state: h ``(L, B, H)``; update_prob and cum_update_prob ``(B,)``."""
+
+    h: Tensor
+    update_prob: Tensor
+    cum_update_prob: Tensor
+
+
+_GATES = {"lstm": 4, "gru": 3}
+GATE_MODES = ("learned", "random", "periodic")
+
+
+class _SkipRNNBase(nn.Module):
+    """Shared machinery of Skip LSTM / Skip GRU and their skipping baselines."""
+
+    mode = "lstm"
+    gate_mode = "learned"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, binarizer: str = "round",
+                 threshold: float = 0.5, learn_init: bool = False, backend: str = "auto",
+                 device=None, dtype=None):
+        super().__init__()
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size),
+                        ("num_layers", num_layers)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout <= 1.0):
+            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.binarizer = check_binarizer(binarizer)
+        self.threshold = check_threshold(threshold)
+        self.backend = dispatch.check_backend(backend)
+        self.learn_init = learn_init
+        G = _GATES[self.mode] * hidden_size
+        for k in range(num_layers):
+            in_k = input_size if k == 0 else hidden_size
+            setattr(self, f"weight_ih_l{k}", nn.Parameter(torch.empty(G, in_k, **factory)))
+            setattr(self, f"weight_hh_l{k}", nn.Parameter(torch.empty(G, hidden_size, **factory)))
+            if bias:
+                setattr(self, f"bias_ih_l{k}", nn.Parameter(torch.empty(G, **factory)))
+                setattr(self, f"bias_hh_l{k}", nn.Parameter(torch.empty(G, **factory)))
+            else:
+                self.register_parameter(f"bias_ih_l{k}", None)
+                self.register_parameter(f"bias_hh_l{k}", None)
+        self.update_gate = (nn.Linear(hidden_size, 1, **factory) if self.gate_mode == "learned"
+                            else None)
+        n_init = 2 if self.mode == "lstm" else 1
+        if learn_init:
+            self.init_state = nn.Parameter(torch.empty(n_init, num_layers, 1, hidden_size, **factory))
+        else:
+            self.register_parameter("init_state", None)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ initialisation
+    def reset_parameters(self) -> None:
+        """nn.LSTM's initialisation (U(-1/√H, 1/√H)); update-gate bias 1.0; learned s_0 ~ N(0, 1)."""
+        k = 1.0 / math.sqrt(self.hidden_size)
+        for name, p in self.named_parameters():
+            if name.startswith(("weight_", "bias_")):
+                nn.init.uniform_(p, -k, k)
+        if self.update_gate is not None:
+            self.update_gate.reset_parameters()
+            nn.init.constant_(self.update_gate.bias, 1.0)
+        if self.init_state is not None:
+            nn.init.normal_(self.init_state, 0.0, 1.0)
+
+    def paper_init_(self) -> "_SkipRNNBase":
+        """The paper's code initialisation (§1.4): Glorot-uniform weights, zero biases, LSTM forget
+        bias +1 (TF's ``forget_bias``), GRU reset/update gate biases 1, update-gate bias 1."""
+        H = self.hidden_size
+        with torch.no_grad():
+            for k in range(self.num_layers):
+                for w in (getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}")):
+                    nn.init.xavier_uniform_(w)
+                b_ih, b_hh = getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}")
+                if b_ih is not None:
+                    b_ih.zero_()
+                    b_hh.zero_()
+                    if self.mode == "lstm":
+                        b_ih[H:2 * H] = 1.0
+                    else:
+                        b_ih[:2 * H] = 1.0
+            if self.update_gate is not None:
+                nn.init.xavier_uniform_(self.update_gate.weight)
+                self.update_gate.bias.fill_(1.0)
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    def _layers(self):
+        return [(getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
+                 getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}"))
+                for k in range(self.num_layers)]
+
+    @property
+    def state_type(self):
+        return SkipLSTMState if self.mode == "lstm" else SkipGRUState
+
+    def initial_state(self, batch_size: int, like: Tensor | None = None):
+        """A fresh state for ``batch_size`` sequences (zeros, or the learned s_0 broadcast)."""
+        p = next(self.parameters())
+        dev, dt = (like.device, like.dtype) if like is not None else (p.device, p.dtype)
+        L, B, H = self.num_layers, batch_size, self.hidden_size
+        if self.init_state is not None:
+            s = self.init_state.to(dt).expand(-1, L, B, H)
+            hc = list(s.unbind(0))
+        else:
+            hc = [torch.zeros(L, B, H, device=dev, dtype=dt) for _ in range(2 if self.mode == "lstm" else 1)]
+        up = torch.ones(B, device=dev, dtype=dt)
+        cum = torch.zeros(B, device=dev, dtype=dt)
+        return self.state_type(*hc, up, cum)
+
+    def _parse_hx(self, hx, B: int, x: Tensor, unbatched: bool):
+        L, H = self.num_layers, self.hidden_size
+        if hx is None:
+            return self.initial_state(B, x)
+        fresh = self.initial_state(B, x)
+        n_hc = 2 if self.mode == "lstm" else 1
+        if isinstance(hx, Tensor):
+            if self.mode == "lstm":
+                raise TypeError("hx for a Skip LSTM must be a tuple (h0, c0) or a SkipLSTMState, "
+                                "got a single tensor")
+            hx = (hx,)
+        if not isinstance(hx, (tuple, list)):
+            raise TypeError(f"hx must be None, a tuple of tensors or a {self.state_type.__name__}, "
+                            f"got {type(hx).__name__}")
+        full = isinstance(hx, self.state_type) or len(hx) == n_hc + 2
+        if len(hx) not in (n_hc, n_hc + 2):
+            raise ValueError(f"hx must hold {n_hc} tensors (nn.{self.mode.upper()} style) or "
+                             f"{n_hc + 2} (a {self.state_type.__name__}), got {len(hx)}")
+        hx = list(hx)
+        hshape = (L, H) if unbatched else (L, B, H)
+        names = ["h0", "c0"] if self.mode == "lstm" else ["h0"]
+        for i in range(n_hc):
+            hx[i] = check_state_tensor(names[i], hx[i], hshape, x)
+            if unbatched:
+                hx[i] = hx[i].unsqueeze(1)
+        if full:
+            sshape = () if unbatched else (B,)
+            for i, name in ((n_hc, "update_prob"), (n_hc + 1, "cum_update_prob")):
+                hx[i] = check_state_tensor(name, hx[i], sshape, x)
+                if unbatched:
+                    hx[i] = hx[i].reshape(1)
+            return self.state_type(*hx)
+        return self.state_type(*hx, fresh[-2], fresh[-1])
+
+    def _gate_args(self, T: int, B: int, x: Tensor):
+        """Threshold / forced updates / constant Δũ for this call, per gate mode and binarizer."""
+        threshold, forced, const = self.threshold, None, None
+        if self.gate_mode == "learned":
+            if self.binarizer == "bernoulli" and self.training:
+                threshold = bernoulli_thresholds((T, B), x)
+        elif self.gate_mode == "random":
+            forced = (torch.rand(T, B, device=x.device) >= self.p_skip).to(x.dtype)
+            const = 0.0  # no learned gate: ũ is 1 at a fresh start (forced update), then 0
+        else:  # periodic: Δũ = 1/period and τ = 1 - 1/(2·period) give an update every `period` steps
+            const = 1.0 / self.period
+            threshold = 1.0 - 0.5 / self.period
+        return threshold, forced, const
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input, hx=None, lengths=None) -> SkipOutput:
+        """Run the layer.
+
+        Args:
+            input: ``(T, B, input_size)`` (``(B, T, input_size)`` with batch_first), unbatched
+                ``(T, input_size)``, or a PackedSequence.
+            hx: None (fresh state, or the learned s_0), nn.LSTM-style ``(h0, c0)`` each
+                ``(num_layers, B, H)`` (GRU: ``h0``), or a previous ``state`` to continue exactly.
+            lengths: optional ``(B,)`` valid lengths of a padded batch (1 ≤ length ≤ T).
+
+        Returns:
+            SkipOutput ``(output, state, updates, update_probs)``.
+        """
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            if lengths is not None:
+                raise ValueError("pass lengths only with a padded tensor, not with a PackedSequence")
+            pk = input
+            input, lengths = pad_packed_sequence(pk, batch_first=False)
+            x, unbatched = check_input(input, self.input_size, batch_first=False)
+        else:
+            x, unbatched = check_input(input, self.input_size, self.batch_first)
+        T, B = x.shape[0], x.shape[1]
+        mask = None
+        if lengths is not None:
+            mask = check_lengths(lengths, T, B, x.device)
+            if bool(mask.all()):
+                mask = None
+        state = self._parse_hx(hx, B, x, unbatched)
+        threshold, forced, const = self._gate_args(T, B, x)
+        needs_ref = (forced is not None or const is not None or not isinstance(threshold, float)
+                     or (self.training and self.dropout > 0 and self.num_layers > 1))
+        name, fn = dispatch.select(self.mode, self.backend, device_type=x.device.type,
+                                   num_layers=self.num_layers, fast_ok=not needs_ref)
+        self.last_backend = name
+        gw = self.update_gate.weight if self.update_gate is not None else None
+        gb = self.update_gate.bias if self.update_gate is not None else None
+        hc = state[:-2]
+        res = fn(x, *hc, state.update_prob, state.cum_update_prob, self._layers(), gw, gb,
+                 mask=mask, threshold=threshold, dropout=self.dropout, training=self.training,
+                 forced=forced, constant_delta=const)
+        out, new_hc, (up, cum), u, p = res[0], res[1:-4], res[-4:-2], res[-2], res[-1]
+        new_state = self.state_type(*new_hc, up, cum)
+        if packed:
+            out = pack_padded_sequence(out, lengths.cpu(), enforce_sorted=False)
+            # pad_packed_sequence restored the caller's batch order; keep its permutation.
+            out = PackedSequence(out.data, out.batch_sizes, pk.sorted_indices, pk.unsorted_indices) \
+                if pk.sorted_indices is not None else out
+        elif unbatched:
+            out = out.squeeze(1)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        if unbatched:
+            u, p = u.squeeze(1), p.squeeze(1)
+            new_state = self.state_type(*(t.squeeze(1) for t in new_hc), up.squeeze(0), cum.squeeze(0))
+        elif self.batch_first:
+            u, p = u.transpose(0, 1), p.transpose(0, 1)
+        return SkipOutput(out, new_state, u, p)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.gate_mode == "learned" and self.binarizer != "round":
+            s += f", binarizer={self.binarizer!r}"
+        if self.gate_mode == "learned" and self.threshold != 0.5:
+            s += f", threshold={self.threshold}"
+        if self.learn_init:
+            s += ", learn_init=True"
+        return s
+
+    # ------------------------------------------------------------------ conversion
+    @classmethod
+    def _from_plain(cls, rnn: nn.RNNBase, **kwargs):
+        if getattr(rnn, "bidirectional", False):
+            raise ValueError("bidirectional layers have no Skip counterpart: the gate is causal")
+        if getattr(rnn, "proj_size", 0):
+            raise ValueError("nn.LSTM with proj_size > 0 is not supported")
+        p = next(rnn.parameters())
+        kw = dict(input_size=rnn.input_size, hidden_size=rnn.hidden_size, num_layers=rnn.num_layers,
+                  bias=rnn.bias, batch_first=rnn.batch_first, dropout=rnn.dropout,
+                  device=p.device, dtype=p.dtype)
+        kw.update(kwargs)
+        new = cls(**kw)
+        missing, unexpected = new.load_state_dict(rnn.state_dict(), strict=False)
+        if unexpected:
+            raise ValueError(f"unexpected parameters from {type(rnn).__name__}: {unexpected}")
+        return new
+
+
+class SkipLSTM(_SkipRNNBase):
+    """Skip LSTM (paper Eqs. 2-5): an nn.LSTM whose state update is gated by a learned binary u_t.
+
+    One gate u_t is shared by the whole stack; Δũ comes from the top layer's new cell state c.
+
+    Args (as nn.LSTM, plus):
+        binarizer: 'round' (paper) or 'bernoulli' (stochastic in training, thresholded in eval);
+            both use the straight-through gradient.
+        threshold: τ in [0, 1): u_t = 1[ũ_t > τ]. 0.5 is the paper's round(); raise it at
+            inference to use fewer updates without retraining.
+        learn_init: learn the initial state s_0 (h and c, broadcast to any batch size), as the paper.
+        backend: 'auto' | 'reference' | 'cpu' | 'triton' (env ``SKIPRNN_BACKEND`` overrides).
+
+    Shapes: input ``(T, B, I)`` → output ``(T, B, H)``, updates ``(T, B)`` (see SkipOutput).
+    """
+
+    mode = "lstm"
+
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM, **kwargs) -> "SkipLSTM":
+        """A Skip LSTM with ``lstm``'s weights (the update gate starts fresh, bias 1)."""
+        if not isinstance(lstm, nn.LSTM):
+            raise TypeError(f"from_lstm expects an nn.LSTM, got {type(lstm).__name__}")
+        return cls._from_plain(lstm, **kwargs)
+
+
+class SkipGRU(_SkipRNNBase):
+    """Skip GRU (paper Eqs. 2-5) over nn.GRU's cell; Δũ comes from the top layer's new h.
+
+    Arguments and shapes as :class:`SkipLSTM`; ``hx`` may be ``h0`` ``(L, B, H)``.
+    """
+
+    mode = "gru"
+
+    @classmethod
+    def from_gru(cls, gru: nn.GRU, **kwargs) -> "SkipGRU":
+        """A Skip GRU with ``gru``'s weights (the update gate starts fresh, bias 1)."""
+        if not isinstance(gru, nn.GRU):
+            raise TypeError(f"from_gru expects an nn.GRU, got {type(gru).__name__}")
+        return cls._from_plain(gru, **kwargs)
