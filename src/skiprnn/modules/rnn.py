@@ -243,8 +243,12 @@ class _SkipRNNBase(nn.Module):
         threshold, forced, const = self._gate_args(T, B, x)
         needs_ref = (forced is not None or const is not None or not isinstance(threshold, float)
                      or (self.training and self.dropout > 0 and self.num_layers > 1))
+        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        skip_ok = (self.gate_mode == "learned" and isinstance(threshold, float)
+                   and not (self.training and self.dropout > 0 and self.num_layers > 1))
         name, fn = dispatch.select(self.mode, self.backend, device_type=x.device.type,
-                                   num_layers=self.num_layers, fast_ok=not needs_ref)
+                                   num_layers=self.num_layers, fast_ok=not needs_ref,
+                                   grad=grad, skip_ok=skip_ok)
         self.last_backend = name
         gw = self.update_gate.weight if self.update_gate is not None else None
         gb = self.update_gate.bias if self.update_gate is not None else None

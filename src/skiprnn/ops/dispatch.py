@@ -12,7 +12,7 @@ import importlib
 import os
 from functools import lru_cache
 
-BACKENDS = ("auto", "reference", "cpu", "triton")
+BACKENDS = ("auto", "reference", "cpu", "triton", "skipping")
 ENV_VAR = "SKIPRNN_BACKEND"
 
 # (cell kind, backend) -> "module:function"; every function has the naive signature.
@@ -23,6 +23,9 @@ _IMPLS = {
     ("gru", "cpu"): "skiprnn.ops.skip_gru.cpu:skip_gru_cpu",
     ("lstm", "triton"): "skiprnn.ops.skip_lstm.fused:skip_lstm_triton",
     ("gru", "triton"): "skiprnn.ops.skip_gru.fused:skip_gru_triton",
+    # inference only (no autograd): skipped steps do no work
+    ("lstm", "skipping"): "skiprnn.inference.skipping:skip_lstm_skipping",
+    ("gru", "skipping"): "skiprnn.inference.skipping:skip_gru_skipping",
 }
 
 
@@ -52,12 +55,15 @@ def triton_available() -> bool:
     return True
 
 
-def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_ok: bool):
+def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_ok: bool,
+           grad: bool = True, skip_ok: bool = False):
     """Return ``(name, function)`` for the requested backend.
 
     ``fast_ok`` is False when the call needs something only the reference does (several layers,
     Bernoulli sampling, baselines' forced gates, dropout). 'auto' then falls back to the reference;
-    an explicitly requested fast backend raises.
+    an explicitly requested fast backend raises. Without autograd (``grad=False``) and with a
+    deterministic learned gate (``skip_ok``), 'auto' uses the skipping inference path, whose
+    skipped steps cost nothing.
     """
     env = os.environ.get(ENV_VAR)
     if env:
@@ -65,6 +71,12 @@ def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
     check_backend(backend)
     if backend == "reference":
         return "reference", _load(kind, "reference")
+    if backend == "skipping" or (backend == "auto" and not grad and skip_ok):
+        fn = _load(kind, "skipping")
+        if fn is not None:
+            return "skipping", fn
+        if backend == "skipping":
+            raise RuntimeError("the skipping inference backend is not available")
     if backend == "auto":
         if not fast_ok or num_layers != 1:
             return "reference", _load(kind, "reference")
