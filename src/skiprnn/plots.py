@@ -1,0 +1,426 @@
+"""Figures of the paper, rendered to PNG with matplotlib's Agg canvas (no display, no pyplot state).
+
+Every function takes plain tensors / numpy arrays / lists (nothing from the model code), writes a PNG
+at ``path`` (parent folders are created) and returns ``path`` as a ``Path``. The image is
+``figsize × dpi`` pixels exactly (no tight bounding box).
+
+* :func:`plot_adding_samples`   — paper Fig. 5: adding-task sequences, used samples red, skipped blue.
+* :func:`plot_frequency_samples` — paper Fig. 6: sine waves with used / skipped samples.
+* :func:`plot_mnist_masks`      — paper Fig. 3: digits with used pixels red, skipped blue (28×28).
+* :func:`plot_learning_curves`  — curves from Lightning's ``CSVLogger`` ``metrics.csv`` or dicts;
+  several runs give mean and min–max band (paper Fig. 2).
+* :func:`plot_tradeoff`         — metric vs state updates across λ values / p_skip / thresholds.
+
+Conventions: batch first. ``updates`` holds the binary gate u_t (1 = state updated = sample used);
+values > 0.5 count as used, so ũ probabilities threshold like the paper's rounding.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+__all__ = ["plot_adding_samples", "plot_frequency_samples", "plot_mnist_masks",
+           "plot_learning_curves", "plot_tradeoff", "read_metrics_csv"]
+
+USED_COLOR = "#d62728"     # red: sample used (state updated)
+SKIPPED_COLOR = "#1f77b4"  # blue: sample skipped (state copied)
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def _np(a, dtype=np.float64) -> np.ndarray:
+    """Tensor / array / list -> numpy array of ``dtype`` (detached, on CPU)."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().float().numpy()
+    return np.asarray(a, dtype=dtype)
+
+
+def _new_figure(figsize, dpi) -> Figure:
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: PathLike, dpi: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=dpi)
+    return path
+
+
+def _as_sequences(x, updates, channels: Optional[int], name: str, max_samples: Optional[int]):
+    """Check and convert ``x`` (N, T[, C]) and ``updates`` (N, T); single sequences get N = 1."""
+    x = _np(x)
+    u = _np(updates)
+    if channels is not None and x.ndim == 2 and x.shape[-1] == channels and u.ndim == 1:
+        x = x[None]
+    if u.ndim == 1:
+        u = u[None]
+    if channels == 1 and x.ndim == 2:
+        x = x[..., None]
+    if channels is not None and (x.ndim != 3 or x.shape[-1] != channels):
+        raise ValueError(f"{name}: x must have shape (N, T, {channels}), got {x.shape}")
+    if u.shape != x.shape[:2]:
+        raise ValueError(f"{name}: updates must have shape (N, T) = {x.shape[:2]}, got {u.shape}")
+    if max_samples is not None:
+        x, u = x[:max_samples], u[:max_samples]
+    return x, u > 0.5
+
+
+def _legend_handles(extra=()):
+    handles = [Line2D([], [], ls="", marker="o", color=USED_COLOR, label="used (update)"),
+               Line2D([], [], ls="", marker="o", color=SKIPPED_COLOR, label="skipped (copy)")]
+    return handles + list(extra)
+
+
+# ------------------------------------------------------------------------------------------------
+# sample figures
+# ------------------------------------------------------------------------------------------------
+def plot_adding_samples(x, updates, path: PathLike, *, max_samples: Optional[int] = 10,
+                        title: Optional[str] = "Adding task: used (red) and skipped (blue) samples",
+                        figsize: Optional[tuple] = None, dpi: int = 100) -> Path:
+    """Paper Fig. 5: one row per sequence, value vs time step.
+
+    ``x``: (N, T, 2) with ``x[..., 0]`` the values and ``x[..., 1]`` the 0/1 markers (a single
+    (T, 2) sequence is accepted); ``updates``: (N, T) binary u_t. Used samples are red dots, skipped
+    ones blue; the two marked samples get a black ring and a shaded column.
+    """
+    x, used = _as_sequences(x, updates, 2, "plot_adding_samples", max_samples)
+    n, T = used.shape
+    figsize = figsize or (9.0, 1.0 + 0.9 * n)
+    fig = _new_figure(figsize, dpi)
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+    t = np.arange(T)
+    for i, ax in enumerate(axes):
+        values, markers = x[i, :, 0], x[i, :, 1] > 0.5
+        ax.axhline(0.0, color="0.85", lw=0.6, zorder=0)
+        for tm in t[markers]:
+            ax.axvspan(tm - 0.5, tm + 0.5, color="0.88", zorder=0)
+        ax.scatter(t[~used[i]], values[~used[i]], s=10, color=SKIPPED_COLOR, zorder=2)
+        ax.scatter(t[used[i]], values[used[i]], s=10, color=USED_COLOR, zorder=3)
+        ax.scatter(t[markers], values[markers], s=70, facecolors="none", edgecolors="black",
+                   linewidths=1.2, zorder=4)
+        ax.set_ylim(-0.6, 0.6)
+        ax.set_yticks([-0.5, 0.0, 0.5])
+        ax.tick_params(labelsize=7)
+        ax.set_ylabel(f"#{i}", rotation=0, ha="right", va="center", fontsize=8)
+        ax.text(1.005, 0.5, f"{int(used[i].sum())}/{T}\nused", transform=ax.transAxes,
+                fontsize=7, va="center")
+    axes[-1].set_xlabel("time step")
+    axes[-1].set_xlim(-1, T)
+    ring = Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="black",
+                  label="marker")
+    fig.legend(handles=_legend_handles([ring]), loc="upper right", ncol=3, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, x=0.02, ha="left", fontsize=10)
+    fig.subplots_adjust(left=0.07, right=0.92, top=1 - 0.5 / figsize[1], bottom=0.5 / figsize[1],
+                        hspace=0.15)
+    fig.text(0.01, 0.5, "value", rotation=90, va="center", fontsize=9)
+    return _save(fig, path, dpi)
+
+
+def plot_frequency_samples(x, updates, path: PathLike, *, sampling_period_ms: Optional[float] = None,
+                           labels=None, max_samples: Optional[int] = 10,
+                           title: Optional[str] = "Frequency discrimination: used (red) and "
+                                                  "skipped (blue) samples",
+                           figsize: Optional[tuple] = None, dpi: int = 100) -> Path:
+    """Paper Fig. 6: one row per sine wave, amplitude vs sample index (or time in ms when
+    ``sampling_period_ms`` is given).
+
+    ``x``: (N, T, 1) or (N, T) amplitudes; ``updates``: (N, T) binary u_t; ``labels``: optional
+    (N,) class indices shown per row.
+    """
+    x, used = _as_sequences(x, updates, 1, "plot_frequency_samples", max_samples)
+    n, T = used.shape
+    lab = None if labels is None else _np(labels, np.int64)
+    figsize = figsize or (9.0, 1.0 + 0.9 * n)
+    fig = _new_figure(figsize, dpi)
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+    t = np.arange(T) * (sampling_period_ms or 1.0)
+    for i, ax in enumerate(axes):
+        v = x[i, :, 0]
+        ax.plot(t, v, color="0.75", lw=0.8, zorder=1)
+        ax.scatter(t[~used[i]], v[~used[i]], s=6, color=SKIPPED_COLOR, zorder=2)
+        ax.scatter(t[used[i]], v[used[i]], s=12, color=USED_COLOR, zorder=3)
+        ax.set_ylim(-1.2, 1.2)
+        ax.set_yticks([-1, 0, 1])
+        ax.tick_params(labelsize=7)
+        name = f"#{i}" if lab is None else f"#{i}\nclass {lab[i]}"
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+        ax.text(1.005, 0.5, f"{int(used[i].sum())}/{T}\nused", transform=ax.transAxes,
+                fontsize=7, va="center")
+    axes[-1].set_xlabel("time (ms)" if sampling_period_ms else "sample index")
+    fig.legend(handles=_legend_handles(), loc="upper right", ncol=2, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, x=0.02, ha="left", fontsize=10)
+    fig.subplots_adjust(left=0.08, right=0.92, top=1 - 0.5 / figsize[1], bottom=0.5 / figsize[1],
+                        hspace=0.15)
+    fig.text(0.01, 0.5, "amplitude", rotation=90, va="center", fontsize=9)
+    return _save(fig, path, dpi)
+
+
+def plot_mnist_masks(images, updates, path: PathLike, *, labels=None, max_samples: Optional[int] = 8,
+                     ncols: Optional[int] = None,
+                     title: Optional[str] = "Sequential MNIST: used (red) and skipped (blue) pixels",
+                     figsize: Optional[tuple] = None, dpi: int = 100) -> Path:
+    """Paper Fig. 3: each digit as a 28×28 mask, used pixels red and skipped pixels blue, the colour
+    brightened by the pixel's intensity so the digit stays visible.
+
+    ``images``: (N, 784), (N, 784, 1) or (N, 28, 28), uint8 or float in [0, 1]; ``updates``:
+    (N, 784) binary u_t in raster order; ``labels``: optional (N,) digits for the panel titles.
+    """
+    img = _np(images)
+    if img.ndim == 3 and img.shape[1:] == (784, 1):
+        img = img[..., 0]
+    if img.ndim == 2 and img.shape == (28, 28):
+        img = img[None]
+    if img.ndim == 2 and img.shape[1] == 784:
+        img = img.reshape(-1, 28, 28)
+    if img.ndim != 3 or img.shape[1:] != (28, 28):
+        raise ValueError(f"plot_mnist_masks: images must be (N, 784) or (N, 28, 28), got {img.shape}")
+    u = _np(updates)
+    if u.ndim == 1:
+        u = u[None]
+    if u.shape != (img.shape[0], 784):
+        raise ValueError(f"plot_mnist_masks: updates must have shape ({img.shape[0]}, 784), got {u.shape}")
+    if img.max() > 1.0:
+        img = img / 255.0
+    if max_samples is not None:
+        img, u = img[:max_samples], u[:max_samples]
+    used = (u > 0.5).reshape(-1, 28, 28)
+    n = img.shape[0]
+    lab = None if labels is None else _np(labels, np.int64)
+    ncols = ncols or min(n, 4)
+    nrows = math.ceil(n / ncols)
+    figsize = figsize or (2.2 * ncols, 2.4 * nrows + 0.5)
+    fig = _new_figure(figsize, dpi)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    red, blue = np.array([0.95, 0.1, 0.1]), np.array([0.15, 0.35, 0.95])
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        base = np.where(used[i][..., None], red, blue)
+        rgb = base * (0.35 + 0.65 * img[i][..., None])
+        ax.imshow(np.clip(rgb, 0, 1), interpolation="nearest")
+        head = "" if lab is None else f"digit {lab[i]}: "
+        ax.set_title(f"{head}{int(used[i].sum())}/784 used", fontsize=8)
+    handles = [Line2D([], [], ls="", marker="s", color=USED_COLOR, label="used"),
+               Line2D([], [], ls="", marker="s", color=SKIPPED_COLOR, label="skipped")]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.55 / figsize[1], bottom=0.35 / figsize[1],
+                        wspace=0.05, hspace=0.25)
+    return _save(fig, path, dpi)
+
+
+# ------------------------------------------------------------------------------------------------
+# learning curves
+# ------------------------------------------------------------------------------------------------
+def read_metrics_csv(path: PathLike, x: str = "step") -> "OrderedDict[str, tuple]":
+    """Read a Lightning ``CSVLogger`` ``metrics.csv`` into ``{metric: (xs, ys)}``.
+
+    Each metric keeps only the rows where it was logged (empty cells / NaN are dropped). ``x`` is
+    the column used as abscissa ('step' or 'epoch'); rows without it are skipped.
+    """
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return OrderedDict()
+    if x not in rows[0]:
+        raise ValueError(f"{path}: no column {x!r} (columns: {', '.join(rows[0])})")
+    return _columns_to_series({k: [r.get(k, "") for r in rows] for k in rows[0]}, x)
+
+
+def _to_float(v) -> float:
+    if v is None:
+        return math.nan
+    if isinstance(v, str):
+        v = v.strip()
+        if not v:
+            return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _columns_to_series(cols: Mapping, x: str) -> "OrderedDict[str, tuple]":
+    xs_all = np.array([_to_float(v) for v in cols[x]])
+    out = OrderedDict()
+    for key, values in cols.items():
+        if key in (x, "step", "epoch"):
+            continue
+        ys = np.array([_to_float(v) for v in values])
+        keep = np.isfinite(ys) & np.isfinite(xs_all)
+        if keep.any():
+            out[key] = (xs_all[keep], ys[keep])
+    return out
+
+
+def _normalise_run(run, x: str) -> "OrderedDict[str, tuple]":
+    """One run (CSV path or dict) -> {metric: (xs, ys)} with NaNs dropped."""
+    if isinstance(run, (str, os.PathLike)):
+        return read_metrics_csv(run, x)
+    if not isinstance(run, Mapping):
+        raise TypeError(f"a run must be a metrics.csv path or a dict, got {type(run).__name__}")
+    if x in run and all(np.ndim(v) == 1 for v in run.values()):
+        lens = {len(v) for v in run.values()}
+        if len(lens) == 1:  # columnar table like the CSV
+            return _columns_to_series(run, x)
+    out = OrderedDict()
+    for key, s in run.items():
+        if isinstance(s, Mapping):
+            xs, ys = _np(s["x"]), _np(s["y"])
+        elif isinstance(s, tuple) and len(s) == 2:
+            xs, ys = _np(s[0]), _np(s[1])
+        else:
+            ys = _np(s)
+            xs = np.arange(len(ys), dtype=np.float64)
+        if xs.shape != ys.shape:
+            raise ValueError(f"series {key!r}: x and y lengths differ ({xs.shape} vs {ys.shape})")
+        keep = np.isfinite(xs) & np.isfinite(ys)
+        if keep.any():
+            out[key] = (xs[keep], ys[keep])
+    return out
+
+
+def plot_learning_curves(source, path: PathLike, *, x: str = "step", keys: Optional[Sequence[str]] = None,
+                         labels: Optional[Sequence[str]] = None, band: bool = True,
+                         logy: Union[str, bool] = "auto", title: Optional[str] = None,
+                         ncols: int = 2, figsize: Optional[tuple] = None, dpi: int = 100) -> Path:
+    """Learning curves, one panel per metric (train loss, val metric, val update fraction, ...).
+
+    ``source``: one run or a list of runs. A run is the path of a Lightning ``CSVLogger``
+    ``metrics.csv`` (columns ``step``, ``epoch`` and one per logged metric, with empty cells where a
+    metric was not logged), a columnar dict like that CSV (``{'step': [...], 'val_metric': [...]}``
+    with NaN gaps), or a dict of series ``{name: ys | (xs, ys) | {'x': xs, 'y': ys}}``.
+
+    ``x``: abscissa column for tables ('step' or 'epoch'). ``keys``: metrics to show (default all,
+    in order of appearance). Several runs: with ``band`` and identical abscissae for a metric, the
+    mean is drawn with a min–max band (paper Fig. 2); otherwise each run is its own line, named by
+    ``labels``. ``logy='auto'`` uses a log axis for positive series whose name contains 'loss'.
+    """
+    runs = list(source) if isinstance(source, (list, tuple)) else [source]
+    if not runs:
+        raise ValueError("plot_learning_curves: no runs given")
+    series = [_normalise_run(r, x) for r in runs]
+    if keys is None:
+        keys = list(OrderedDict.fromkeys(k for s in series for k in s))
+    keys = [k for k in keys if any(k in s for s in series)]
+    if not keys:
+        raise ValueError("plot_learning_curves: no metric with data to plot")
+    labels = list(labels) if labels is not None else [f"run {i}" for i in range(len(runs))]
+    ncols = max(1, min(ncols, len(keys)))
+    nrows = math.ceil(len(keys) / ncols)
+    figsize = figsize or (5.0 * ncols, 3.2 * nrows + (0.4 if title else 0.0))
+    fig = _new_figure(figsize, dpi)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    for ax, key in zip(axes, keys):
+        present = [(i, s[key]) for i, s in enumerate(series) if key in s]
+        same_x = len(present) > 1 and all(
+            p[1][0].shape == present[0][1][0].shape and np.array_equal(p[1][0], present[0][1][0])
+            for p in present)
+        if band and same_x:
+            xs = present[0][1][0]
+            ys = np.stack([p[1][1] for p in present])
+            ax.fill_between(xs, ys.min(0), ys.max(0), color="C0", alpha=0.25, lw=0,
+                            label=f"min–max ({len(present)} runs)")
+            ax.plot(xs, ys.mean(0), color="C0", lw=1.5, label="mean")
+            ax.legend(fontsize=7)
+        else:
+            for i, (xs, ys) in present:
+                marker = "o" if len(xs) <= 30 else None
+                ax.plot(xs, ys, color=colors[i], lw=1.2, marker=marker, ms=3,
+                        label=labels[i] if len(runs) > 1 else None)
+            if len(runs) > 1:
+                ax.legend(fontsize=7)
+        all_y = np.concatenate([p[1][1] for p in present])
+        if logy is True or (logy == "auto" and "loss" in key.lower() and (all_y > 0).all()):
+            ax.set_yscale("log")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(keys):]:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+# ------------------------------------------------------------------------------------------------
+# trade-off
+# ------------------------------------------------------------------------------------------------
+def plot_tradeoff(points: Sequence[Mapping], path: PathLike, metric_name: str = "accuracy", *,
+                  title: Optional[str] = None, x_label: Optional[str] = None,
+                  annotate: bool = True, figsize: tuple = (6.4, 4.8), dpi: int = 100) -> Path:
+    """Task metric vs number of state updates, e.g. across λ values, p_skip or thresholds.
+
+    ``points``: dicts with
+
+    * ``metric`` (y) and optional ``metric_std`` (error bar);
+    * x: ``updates_fraction`` (fraction of steps updated, plotted in %) or ``updates`` (updates per
+      sequence), with optional ``updates_fraction_std`` / ``updates_std``; every point must use the
+      same one;
+    * ``label`` (text next to the point, e.g. "λ=1e-4") and optional ``group`` (series: points of a
+      group are joined by a line and share a colour and a legend entry, e.g. "Skip LSTM",
+      "LSTM + random skip"; default: the label).
+    """
+    if not points:
+        raise ValueError("plot_tradeoff: no points")
+    if all("updates_fraction" in p for p in points):
+        xkey, scale = "updates_fraction", 100.0
+        x_label = x_label or "state updates (% of steps)"
+    elif all("updates" in p for p in points):
+        xkey, scale = "updates", 1.0
+        x_label = x_label or "state updates per sequence"
+    else:
+        raise ValueError("plot_tradeoff: every point needs 'updates_fraction', or every point 'updates'")
+    groups: "OrderedDict[str, list]" = OrderedDict()
+    for p in points:
+        if "metric" not in p:
+            raise ValueError(f"plot_tradeoff: point without 'metric': {dict(p)}")
+        groups.setdefault(str(p.get("group", p.get("label", ""))), []).append(p)
+    fig = _new_figure(figsize, dpi)
+    ax = fig.subplots()
+    for gi, (group, pts) in enumerate(groups.items()):
+        pts = sorted(pts, key=lambda p: float(p[xkey]))
+        xs = np.array([float(p[xkey]) for p in pts]) * scale
+        ys = np.array([float(p["metric"]) for p in pts])
+        xerr = np.array([float(p.get(xkey + "_std", 0.0) or 0.0) for p in pts]) * scale
+        yerr = np.array([float(p.get("metric_std", 0.0) or 0.0) for p in pts])
+        color = f"C{gi % 10}"
+        ax.errorbar(xs, ys, xerr=xerr if xerr.any() else None, yerr=yerr if yerr.any() else None,
+                    color=color, marker="o", ms=5, lw=1.2, capsize=3, ls="-" if len(pts) > 1 else "",
+                    label=group)
+        if annotate:
+            for p, xv, yv in zip(pts, xs, ys):
+                text = str(p.get("label", ""))
+                if text and text != group:
+                    ax.annotate(text, (xv, yv), textcoords="offset points", xytext=(4, 4),
+                                fontsize=7, color=color)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(metric_name)
+    if xkey == "updates_fraction":
+        ax.set_xlim(left=0, right=max(105.0, ax.get_xlim()[1]))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"{metric_name} vs state updates", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
