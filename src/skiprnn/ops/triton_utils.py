@@ -1,0 +1,127 @@
+"""Shared pieces of the Triton fast paths (Skip LSTM / Skip GRU): device math, tile heuristics,
+precision names and debug poisoning.
+
+Importing this module never compiles anything, and it imports without Triton installed
+(``HAS_TRITON`` is then False and the kernels are not defined). The kernels only use long-standing
+``tl`` APIs so that they compile under Triton 3.0 ... 3.9.
+
+Environment knobs (read at call time):
+
+* ``SKIPRNN_TRITON_POISON=1``: fresh kernel outputs and scratch buffers are filled with NaN
+  instead of left uninitialised, so an element a kernel forgets to write fails a test at once.
+* ``SKIPRNN_TRITON_PRECISION=ieee|tf32``: overrides the default ``precision``.
+* ``SKIPRNN_TRITON_TILES=BLOCK_B,BLOCK_N,BLOCK_K[,num_warps]``: overrides the tile heuristic
+  (tests use it to exercise the tiled loops at small H; also handy for tuning on a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # pragma: no cover - exercised implicitly
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover
+    triton = None
+    tl = None
+    HAS_TRITON = False
+
+PRECISIONS = ("ieee", "tf32")
+POISON_ENV = "SKIPRNN_TRITON_POISON"
+PRECISION_ENV = "SKIPRNN_TRITON_PRECISION"
+TILES_ENV = "SKIPRNN_TRITON_TILES"
+
+
+def require_triton() -> None:
+    if not HAS_TRITON:
+        raise RuntimeError("the Triton backend needs the `triton` package (pip install triton)")
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_device(t: torch.Tensor) -> None:
+    if t.device.type != "cuda" and not interpreting():
+        raise RuntimeError(
+            f"the Triton backend runs on CUDA tensors (got {t.device}); on CPU it needs "
+            "TRITON_INTERPRET=1 set before triton is imported")
+
+
+def resolve_precision(precision: str | None, dtype: torch.dtype) -> str:
+    """The ``tl.dot`` input precision.
+
+    'ieee' is exact fp32 (FMA path); 'tf32' uses tensor cores with 10-bit mantissas (as cuDNN does
+    for RNNs under PyTorch's default ``torch.backends.cudnn.allow_tf32 = True``). The default is
+    'tf32' on CUDA for fp32/bf16/fp16 inputs, 'ieee' otherwise (float64, the interpreter).
+    Float64 inputs always use 'ieee'.
+    """
+    if precision is None:
+        precision = os.environ.get(PRECISION_ENV) or None
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if dtype == torch.float64:
+        return "ieee"
+    if precision is None:
+        return "ieee" if interpreting() else "tf32"
+    return precision
+
+
+def new_buffer(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.empty``, or NaN-filled when ``SKIPRNN_TRITON_POISON=1`` (debugging, tests)."""
+    dtype = dtype or like.dtype
+    if os.environ.get(POISON_ENV, "0") not in ("", "0"):
+        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
+    return torch.empty(shape, dtype=dtype, device=like.device)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Kernels run in fp32 (fp64 for fp64 inputs); bf16/fp16 are upcast outside the kernel."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def tile_config(H: int, B: int) -> dict:
+    """Heuristic tiles for the recurrent kernels.
+
+    BLOCK_B rows per program (>= 16, the tl.dot minimum); the per-step ``h · W_hh^T`` is tiled
+    over BLOCK_N output units and BLOCK_K input units so that H up to 512 (and beyond) fits.
+    """
+    env = os.environ.get(TILES_ENV)
+    if env:
+        vals = [int(v) for v in env.split(",")]
+        cfg = dict(BLOCK_B=vals[0], BLOCK_N=vals[1], BLOCK_K=vals[2],
+                   num_warps=vals[3] if len(vals) > 3 else 4)
+        for k in ("BLOCK_B", "BLOCK_N", "BLOCK_K"):
+            if cfg[k] < 16 or cfg[k] & (cfg[k] - 1):
+                raise ValueError(f"{TILES_ENV}: {k} must be a power of two >= 16, got {cfg[k]}")
+        return cfg
+    HP = max(16, next_pow2(H))
+    block_n = min(HP, 64)
+    block_k = min(HP, 32)
+    block_b = 16
+    num_warps = 4
+    return dict(BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def sigmoid(x):
+        """Overflow-free logistic function (works for fp32 and fp64)."""
+        e = tl.exp(-tl.abs(x))
+        return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+    @triton.jit
+    def tanh(x):
+        """Overflow-free tanh, accurate to a few ulps of 1 in absolute terms."""
+        e = tl.exp(-2.0 * tl.abs(x))
+        t = (1.0 - e) / (1.0 + e)
+        return tl.where(x >= 0, t, -t)
