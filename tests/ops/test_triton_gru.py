@@ -1,0 +1,264 @@
+"""Fused Triton Skip GRU vs the naive reference (THE definition): gates, outputs, final state and
+every gradient.
+
+Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set below before
+triton is imported) in float64 at tiny, awkward shapes. With a GPU the same small cases run
+compiled in float32 ('ieee' products), and the ``gpu`` tests run the paper's shapes.
+Fresh kernel buffers are NaN-poisoned (``SKIPRNN_TRITON_POISON=1``) so an unwritten output fails.
+"""
+
+import math
+import os
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("SKIPRNN_TRITON_POISON", "1")
+
+triton = pytest.importorskip("triton")
+
+from skiprnn.ops.skip_gru import fused  # noqa: E402
+from skiprnn.ops.skip_gru.fused import skip_gru_triton  # noqa: E402
+from skiprnn.ops.skip_gru.naive import skip_gru_naive  # noqa: E402
+
+DEVICE = "cuda" if CUDA else "cpu"
+DTYPE = torch.float32 if CUDA else torch.float64
+# fp64 in the interpreter agrees to rounding; fp32 on a GPU to a few ulps of the gradients' scale
+TOL = dict(atol=1e-5, rtol=1e-4) if CUDA else dict(atol=1e-10, rtol=1e-8)
+
+
+def _interpreted() -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+    return isinstance(fused._skip_gru_fwd_kernel, InterpretedFunction)
+
+
+if not CUDA and not _interpreted():  # triton was imported before TRITON_INTERPRET was set
+    pytest.skip("no GPU and the kernels were not built for the Triton interpreter "
+                "(run with TRITON_INTERPRET=1)", allow_module_level=True)
+
+NAMES = ["x", "h0", "update_prob0", "cum_prob0", "w_ih", "w_hh", "b_ih", "b_hh",
+         "gate_weight", "gate_bias"]
+OUT_NAMES = ["output", "h_n", "update_prob", "cum_prob", "updates", "update_probs"]
+
+
+def make_problem(T, B, I, H, *, seed, masked, fresh, bias=True, dtype=DTYPE, device=DEVICE,
+                 margin=1e-3):
+    """Random inputs whose reference gates stay at least ``margin`` away from the 0.5 tie."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+    for _ in range(100):
+        p = dict(
+            x=rnd(T, B, I),
+            h0=rnd(1, B, H, scale=0.8),
+            w_ih=rnd(3 * H, I, scale=0.6), w_hh=rnd(3 * H, H, scale=0.6 / math.sqrt(H)),
+            b_ih=rnd(3 * H, scale=0.2) if bias else None,
+            b_hh=rnd(3 * H, scale=0.2) if bias else None,
+            gate_weight=rnd(1, H, scale=1.0), gate_bias=rnd(1, scale=0.5),
+        )
+        if fresh:  # a fresh start: the min() in ũ ties at step 1 (gradient split 50/50)
+            p["update_prob0"] = torch.ones(B, dtype=dtype)
+            p["cum_prob0"] = torch.zeros(B, dtype=dtype)
+        else:
+            p["update_prob0"] = (0.05 + 0.95 * torch.rand(B, generator=gen,
+                                                          dtype=torch.float64)).to(dtype)
+            p["cum_prob0"] = (0.45 * torch.rand(B, generator=gen, dtype=torch.float64)).to(dtype)
+        mask = None
+        if masked:
+            lengths = torch.randint(1, T + 1, (B,), generator=gen)
+            lengths[0] = T
+            mask = (torch.arange(T)[:, None] < lengths[None, :]).to(dtype)
+        p = {k: (None if v is None else v.to(device)) for k, v in p.items()}
+        mask = None if mask is None else mask.to(device)
+        with torch.no_grad():
+            ref = run(skip_gru_naive, p, mask)
+        probs = ref[5]
+        valid = torch.ones_like(probs, dtype=torch.bool) if mask is None else mask > 0
+        if ((probs - 0.5).abs()[valid] > margin).all():
+            return p, mask
+    raise RuntimeError("could not draw a problem away from gate ties")
+
+
+def run(fn, p, mask, **kw):
+    return fn(p["x"], p["h0"], p["update_prob0"], p["cum_prob0"],
+              [(p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])], p["gate_weight"], p["gate_bias"],
+              mask=mask, **kw)
+
+
+def check_against_reference(p, mask, tol=TOL, grad_tol=None, **kw):
+    grad_tol = grad_tol or tol
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in p.items() if v is not None}
+    p_ref = {k: leaves.get(k) for k in p}
+    p_fast = {k: (None if v is None else v.detach().clone().requires_grad_(True))
+              for k, v in p.items()}
+    ref = run(skip_gru_naive, p_ref, mask)
+    out = run(skip_gru_triton, p_fast, mask, **kw)
+    assert len(out) == len(ref)
+    # binary gates first: a flipped gate changes the whole trajectory
+    torch.testing.assert_close(out[4], ref[4], atol=0, rtol=0, msg="updates differ")
+    for name, a, b in zip(OUT_NAMES, out, ref):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
+    gen = torch.Generator().manual_seed(1234)
+    g_outs = [torch.randn(r.shape, generator=gen, dtype=torch.float64).to(r) for r in ref]
+    names = [k for k in NAMES if p[k] is not None]
+    g_ref = torch.autograd.grad(ref, [p_ref[k] for k in names], g_outs)
+    g_fast = torch.autograd.grad(out, [p_fast[k] for k in names], g_outs)
+    for name, a, b in zip(names, g_fast, g_ref):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        torch.testing.assert_close(a, b, **grad_tol, msg=lambda m: f"grad {name}: {m}")
+
+
+# (T, B, I, H, masked, fresh)
+CASES = [
+    (1, 1, 1, 1, False, True),
+    (1, 3, 3, 7, True, False),
+    (5, 3, 2, 7, True, False),
+    (5, 17, 2, 20, False, False),
+    (9, 3, 1, 1, True, True),
+    (9, 1, 2, 7, False, True),
+    (9, 17, 3, 20, True, False),
+]
+
+
+def _id(c):
+    T, B, I, H, masked, fresh = c
+    return f"T{T}-B{B}-I{I}-H{H}" + ("-mask" if masked else "") + ("-fresh" if fresh else "")
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_matches_reference(case):
+    T, B, I, H, masked, fresh = case
+    p, mask = make_problem(T, B, I, H, seed=hash(case) % 10_000, masked=masked, fresh=fresh)
+    check_against_reference(p, mask, precision="ieee")
+
+
+def test_tiled_loops_and_no_bias(monkeypatch):
+    """Several BLOCK_N / BLOCK_K tiles per row (H=20 with 16-wide tiles), two programs."""
+    monkeypatch.setenv("SKIPRNN_TRITON_TILES", "16,16,16,4")
+    p, mask = make_problem(7, 19, 2, 20, seed=7, masked=True, fresh=False, bias=False)
+    check_against_reference(p, mask, precision="ieee")
+
+
+def test_float32():
+    p, mask = make_problem(6, 5, 2, 9, seed=3, masked=True, fresh=True, dtype=torch.float32)
+    check_against_reference(p, mask, tol=dict(atol=2e-5, rtol=1e-4), precision="ieee")
+
+
+def test_bfloat16_computes_in_float32():
+    """bf16 inputs run the fp32 kernels and return bf16 outputs and gradients."""
+    p, mask = make_problem(4, 3, 2, 5, seed=11, masked=False, fresh=True, dtype=torch.float32)
+    pb = {k: (None if v is None else v.to(torch.bfloat16).requires_grad_(True))
+          for k, v in p.items()}
+    pf = {k: (None if v is None else v.detach().float().requires_grad_(True))
+          for k, v in pb.items()}
+    out_b = run(skip_gru_triton, pb, mask, precision="ieee")
+    out_f = run(skip_gru_triton, pf, mask, precision="ieee")
+    for a, b in zip(out_b, out_f):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a, b.to(torch.bfloat16), atol=0, rtol=0)
+    names = [k for k in NAMES if p[k] is not None]
+    gb = torch.autograd.grad(out_b[0].float().sum(), [pb[k] for k in names])
+    gf = torch.autograd.grad(out_f[0].sum(), [pf[k] for k in names])
+    for name, a, b in zip(names, gb, gf):
+        assert a.dtype == torch.bfloat16, name
+        torch.testing.assert_close(a, b.to(torch.bfloat16), atol=0, rtol=0)
+
+
+def test_threshold_other_than_half():
+    p, mask = make_problem(6, 4, 2, 6, seed=5, masked=True, fresh=False)
+    with torch.no_grad():
+        ref = run(skip_gru_naive, p, mask, threshold=0.75)
+        out = run(skip_gru_triton, p, mask, threshold=0.75, precision="ieee")
+    valid = mask > 0
+    if ((ref[5] - 0.75).abs()[valid] > 1e-3).all():
+        for a, b in zip(out, ref):
+            torch.testing.assert_close(a, b, **TOL)
+
+
+def test_unsupported_arguments_raise():
+    p, mask = make_problem(2, 2, 1, 3, seed=1, masked=False, fresh=True)
+    layer = (p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
+    args = (p["x"], p["h0"], p["update_prob0"], p["cum_prob0"])
+    g = (p["gate_weight"], p["gate_bias"])
+    with pytest.raises(ValueError):
+        skip_gru_triton(*args, [layer, layer], *g)
+    with pytest.raises(ValueError):
+        skip_gru_triton(*args, [layer], *g, forced=torch.ones(2, 2, device=DEVICE))
+    with pytest.raises(ValueError):
+        skip_gru_triton(*args, [layer], *g, constant_delta=0.3)
+    with pytest.raises(ValueError):
+        skip_gru_triton(*args, [layer], *g, precision="fp8")
+
+
+def test_dispatch_routes_here():
+    from skiprnn.ops import dispatch
+    name, fn = dispatch.select("gru", "triton", device_type=DEVICE, num_layers=1, fast_ok=True)
+    assert name == "triton" and fn is skip_gru_triton
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU: the paper's shapes (adding: T=50, I=2; sequential MNIST: T=784, I=1; H=110) and a big H.
+# ------------------------------------------------------------------------------------------------
+
+GPU_SHAPES = [(256, 784, 1, 110), (256, 50, 2, 110), (64, 1000, 64, 512)]
+
+
+def gpu_problem(B, T, I, H, seed=0, masked=True):
+    """nn.GRU-like init; the gate is kept well away from ties (Δũ ≈ 0.3 ± 0.03) so that ieee and
+    tf32 runs take the same skip decisions as the fp32 reference."""
+    gen = torch.Generator().manual_seed(seed)
+    k = 1 / math.sqrt(H)
+
+    def uni(*shape, scale=k):
+        return ((torch.rand(*shape, generator=gen) * 2 - 1) * scale).cuda()
+
+    p = dict(x=torch.randn(T, B, I, generator=gen).cuda(),
+             h0=uni(1, B, H, scale=0.5),
+             update_prob0=torch.ones(B, device="cuda"), cum_prob0=torch.zeros(B, device="cuda"),
+             w_ih=uni(3 * H, I), w_hh=uni(3 * H, H), b_ih=uni(3 * H), b_hh=uni(3 * H),
+             gate_weight=uni(1, H, scale=0.05 / math.sqrt(H)),
+             gate_bias=torch.full((1,), math.log(0.3 / 0.7), device="cuda"))
+    mask = None
+    if masked:
+        lengths = torch.randint(T // 2, T + 1, (B,), generator=gen)
+        lengths[0] = T
+        mask = (torch.arange(T)[:, None] < lengths[None, :]).float().cuda()
+    return p, mask
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["ieee", "tf32"])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "B{}-T{}-I{}-H{}".format(*s))
+def test_gpu_paper_shapes(shape, precision):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    p, mask = gpu_problem(*shape)
+    leaves_r = {k: v.clone().requires_grad_(True) for k, v in p.items()}
+    leaves_f = {k: v.clone().requires_grad_(True) for k, v in p.items()}
+    ref = run(skip_gru_naive, leaves_r, mask)
+    out = run(skip_gru_triton, leaves_f, mask, precision=precision)
+    torch.cuda.synchronize()
+    flips = (out[4] != ref[4]).sum().item()
+    assert flips == 0, f"{flips} gate decisions differ"
+    tol = 1e-5 if precision == "ieee" else 3e-2
+    for name, a, b in zip(OUT_NAMES, out, ref):
+        assert torch.isfinite(a).all(), name
+        assert _rel(a, b) < tol, (name, _rel(a, b))
+    g_outs = [torch.randn_like(r) for r in ref]
+    names = list(NAMES)
+    g_ref = torch.autograd.grad(ref, [leaves_r[k] for k in names], g_outs)
+    g_fast = torch.autograd.grad(out, [leaves_f[k] for k in names], g_outs)
+    gtol = 1e-4 if precision == "ieee" else 5e-2
+    for name, a, b in zip(names, g_fast, g_ref):
+        assert torch.isfinite(a).all(), name
+        assert _rel(a, b) < gtol, (name, _rel(a, b))
