@@ -39,7 +39,7 @@ if HAS_TRITON:
     # kernels
     # ------------------------------------------------------------------------------------------
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["T", "B"])
     def _skip_gru_fwd_kernel(
         XP, WT, BHN, WP, BP, MASK, UP0, CUM0,
         HS, G, OUT, UPD, PROB, STATS, UPN, CUMN,
@@ -136,7 +136,7 @@ if HAS_TRITON:
         tl.store(UPN + rows, up, mask=rmask)
         tl.store(CUMN + rows, cum, mask=rmask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["T", "B"])
     def _skip_gru_bwd_kernel(
         W, WP, MASK, HS, G, STATS,
         GOUT, GUPD, GPROB, GUPN, GCUMN,
@@ -160,7 +160,8 @@ if HAS_TRITON:
         zero_b = gup * 0.0
         # pointers to step t = T-1, walked backwards
         r_t = (T - 1) * B + rows
-        s_t = (T - 1) * B * H  # offset of (t, 0, 0) in (T, B, H) arrays
+        go_t = GOUT + (T - 1) * B * H
+        hs_t = HS + (T - 1) * B * H
         g_t = G + (T - 1) * B * H4
         dg_t = DG + (T - 1) * B * H4
         for tt in range(T):
@@ -190,12 +191,12 @@ if HAS_TRITON:
                 soff = rows64[:, None] * H + cols[None, :]
                 goff = rows64[:, None] * H4 + cols[None, :]
                 gh = tl.load(gh_cur + soff, mask=m2, other=0.0) \
-                    + tl.load(GOUT + s_t + soff, mask=m2, other=0.0) * m[:, None]
+                    + tl.load(go_t + soff, mask=m2, other=0.0) * m[:, None]
                 r = tl.load(g_t + goff, mask=m2, other=0.0)
                 zg = tl.load(g_t + goff + H, mask=m2, other=0.0)
                 n = tl.load(g_t + goff + 2 * H, mask=m2, other=0.0)
                 hn = tl.load(g_t + goff + 3 * H, mask=m2, other=0.0)
-                h_old = tl.load(HS + s_t + soff, mask=m2, other=0.0)
+                h_old = tl.load(hs_t + soff, mask=m2, other=0.0)
                 hc = (1.0 - zg) * n + zg * h_old
                 gu += tl.sum(tl.where(m2, (hc - h_old) * gh, 0.0), axis=1)
                 wp = tl.load(WP + cols, mask=cmask, other=0.0)
@@ -233,7 +234,8 @@ if HAS_TRITON:
                 tl.store(ptr, tl.load(ptr, mask=m2, other=0.0) + acc, mask=m2)
             tl.debug_barrier()  # dh for step t-1 is complete
             r_t -= B
-            s_t -= B * H
+            go_t -= B * H
+            hs_t -= B * H
             g_t -= B * H4
             dg_t -= B * H4
         tl.store(DUP0 + rows, gup, mask=rmask)

@@ -50,7 +50,7 @@ if HAS_TRITON:
     # kernels
     # ------------------------------------------------------------------------------------------
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["T", "B"])
     def _skip_lstm_fwd_kernel(
         XP, WT, WP, BP, MASK, UP0, CUM0,
         HS, CS, G, OUT, UPD, PROB, STATS, UPN, CUMN,
@@ -155,7 +155,7 @@ if HAS_TRITON:
         tl.store(UPN + rows, up, mask=rmask)
         tl.store(CUMN + rows, cum, mask=rmask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["T", "B"])
     def _skip_lstm_bwd_kernel(
         W, WP, MASK, HS, CS, G, STATS,
         GOUT, GUPD, GPROB, GUPN, GCUMN,
@@ -179,7 +179,9 @@ if HAS_TRITON:
         zero_b = gup * 0.0
         # pointers to step t = T-1, walked backwards
         r_t = (T - 1) * B + rows
-        s_t = (T - 1) * B * H  # offset of (t, 0, 0) in (T, B, H) arrays
+        go_t = GOUT + (T - 1) * B * H
+        hs_t = HS + (T - 1) * B * H
+        cs_t = CS + (T - 1) * B * H
         g_t = G + (T - 1) * B * H4
         dg_t = DG + (T - 1) * B * H4
         for tt in range(T):
@@ -211,14 +213,14 @@ if HAS_TRITON:
                 soff = rows64[:, None] * H + cols[None, :]
                 goff = rows64[:, None] * H4 + cols[None, :]
                 gh = tl.load(gh_cur + soff, mask=m2, other=0.0) \
-                    + tl.load(GOUT + s_t + soff, mask=m2, other=0.0) * m[:, None]
+                    + tl.load(go_t + soff, mask=m2, other=0.0) * m[:, None]
                 gc = tl.load(gc_cur + soff, mask=m2, other=0.0)
                 si = tl.load(g_t + goff, mask=m2, other=0.0)
                 sf = tl.load(g_t + goff + H, mask=m2, other=0.0)
                 tg = tl.load(g_t + goff + 2 * H, mask=m2, other=0.0)
                 so = tl.load(g_t + goff + 3 * H, mask=m2, other=0.0)
-                c_old = tl.load(CS + s_t + soff, mask=m2, other=0.0)
-                h_old = tl.load(HS + s_t + soff, mask=m2, other=0.0)
+                c_old = tl.load(cs_t + soff, mask=m2, other=0.0)
+                h_old = tl.load(hs_t + soff, mask=m2, other=0.0)
                 cc = sf * c_old + si * tg
                 tc = _tanh(cc)
                 hc = so * tc
@@ -257,7 +259,9 @@ if HAS_TRITON:
                 tl.store(ptr, tl.load(ptr, mask=m2, other=0.0) + acc, mask=m2)
             tl.debug_barrier()  # dh for step t-1 is complete
             r_t -= B
-            s_t -= B * H
+            go_t -= B * H
+            hs_t -= B * H
+            cs_t -= B * H
             g_t -= B * H4
             dg_t -= B * H4
         tl.store(DUP0 + rows, gup, mask=rmask)
