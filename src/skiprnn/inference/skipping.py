@@ -1,0 +1,323 @@
+"""Skipping inference: skipped steps do no work (paper Eq. 6, Fig. 1d, §7).
+
+Between two updates the ũ accumulator evolves without looking at the input or the state::
+
+    ũ_t = cum_{t-1} + min(Δũ, 1 - cum_{t-1});   u_t = 1[ũ_t > τ];   cum_t = (1 - u_t)·ũ_t
+
+so right after an update we know how many of the next inputs will be read, and skipped steps are
+pure bookkeeping: the state is carried forward, the output of a skipped step is the held ``h``, and
+the input of a skipped step is never touched (not projected, not even needed: see
+``skiprnn.inference.stream``). The gate bookkeeping is replayed as scalar (or per-row) arithmetic in
+the tensor's own dtype, one operation at a time in the same order as the reference loop, so the
+binary gates and ũ are **bitwise** those of ``skiprnn.ops.naive.skip_loop``; outputs and states are
+the reference's up to float rounding of the matrix products (bit-for-bit on CPU at batch size 1 for
+the LSTM, which uses ``torch.lstm_cell``).
+
+Functions here have exactly the naive functions' signature and return tuple, so
+``skiprnn.ops.dispatch`` routes no-grad calls of the layers here. Calls that need something only
+the reference does (forced gates of the random baseline, per-step thresholds, dropout in training,
+dtypes other than float32/float64) fall back to the reference loop under ``torch.no_grad()``.
+
+Paths:
+
+* batch size 1: a scalar loop; an update runs the cell on one row (``torch.lstm_cell`` / the GRU
+  maths), a skip costs a few scalar float operations; outputs are gathered in one ``index_select``.
+* batch > 1: per step, only the rows that update run the cell (``index_select`` → cell →
+  ``index_copy_``); steps where no row updates cost nothing. The gate bookkeeping lives on the host
+  (NumPy), so on a GPU each step with an update reads back Δũ of the updated rows (one sync).
+* CUDA, Skip LSTM with one layer: a persistent Triton kernel (``skiprnn.inference.triton_skip``)
+  keeps each block of rows' state in registers over the whole sequence and skips the cell for a
+  step when no row of the block updates; no host round trip at all.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["skip_lstm_skipping", "skip_gru_skipping", "simulate_skips", "np_dtype", "StepCell"]
+
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def np_dtype(dtype: torch.dtype):
+    """The NumPy scalar type that replays the gate arithmetic of ``dtype`` exactly (or None)."""
+    return _NP_DTYPES.get(dtype)
+
+
+def simulate_skips(update_prob, cum_prob, threshold: float = 0.5, limit: int | None = None,
+                   dtype=np.float32):
+    """How many upcoming steps will NOT be read, replaying the ũ recursion exactly.
+
+    Args:
+        update_prob: the carried Δũ (a float, or the scalar of the state).
+        cum_prob: the ũ accumulator of the state.
+        threshold: τ (u = 1[ũ > τ]).
+        limit: stop after this many skipped steps (None: no limit).
+        dtype: the NumPy scalar type of the layer's dtype (``np.float32`` for float32 layers).
+
+    Returns:
+        ``(n, probs, cum)``: n skipped steps before the next read (``math.inf`` when ũ can never
+        exceed τ again, e.g. Δũ underflowed to 0), the ũ of each skipped step (NumPy array), and
+        the accumulator after them.
+    """
+    one, thr = dtype(1), dtype(threshold)
+    up, cum = dtype(update_prob), dtype(cum_prob)
+    probs = []
+    while limit is None or len(probs) < limit:
+        ut = cum + min(up, one - cum)
+        if ut > thr:
+            break
+        if ut == cum and len(probs) > 0:  # no progress: the gate never opens again
+            return math.inf, np.asarray(probs, dtype), cum
+        probs.append(ut)
+        cum = ut
+    return len(probs), np.asarray(probs, dtype), cum
+
+
+# ---------------------------------------------------------------------------------------------
+# one state update of the whole stack on a set of rows
+# ---------------------------------------------------------------------------------------------
+def _gru_cell(x, h, w_ih, w_hh, b_ih, b_hh):
+    # the reference's arithmetic (skiprnn.ops.skip_gru.naive.gru_cell), op for op
+    gi = F.linear(x, w_ih, b_ih)
+    gh = F.linear(h, w_hh, b_hh)
+    i_r, i_z, i_n = gi.chunk(3, dim=-1)
+    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return (1 - z) * n + z * h
+
+
+class StepCell:
+    """The candidate update of a Skip LSTM / GRU stack and its Δũ, on any subset of rows.
+
+    ``cell(x (n, I), hs [L × (n, H)], cs [L × (n, H)] | None) -> (new_hs, new_cs, delta (n,))``.
+    """
+
+    def __init__(self, kind: str, layers: Sequence[tuple], gate_weight, gate_bias,
+                 constant_delta: float | None = None):
+        if kind not in ("lstm", "gru"):
+            raise ValueError(f"kind must be 'lstm' or 'gru', got {kind!r}")
+        self.kind = kind
+        self.layers = [tuple(p.detach() if isinstance(p, Tensor) else p for p in lay)
+                       for lay in layers]
+        self.gate_weight = gate_weight.detach() if gate_weight is not None else None
+        self.gate_bias = gate_bias.detach() if gate_bias is not None else None
+        self.constant_delta = constant_delta
+        if constant_delta is None and self.gate_weight is None:
+            raise ValueError("a learned gate needs gate_weight and gate_bias")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def delta(self, feat: Tensor) -> Tensor:
+        if self.constant_delta is not None:
+            return feat.new_full((feat.shape[0],), self.constant_delta)
+        return torch.sigmoid(F.linear(feat, self.gate_weight, self.gate_bias)).squeeze(-1)
+
+    def __call__(self, x: Tensor, hs: Sequence[Tensor], cs: Sequence[Tensor] | None):
+        inp = x
+        new_h, new_c = [], []
+        if self.kind == "lstm":
+            for (w_ih, w_hh, b_ih, b_hh), h, c in zip(self.layers, hs, cs):
+                # CPU: the same linear + linear and pointwise ops as the reference lstm_cell
+                h, c = torch.lstm_cell(inp, (h, c), w_ih, w_hh, b_ih, b_hh)
+                new_h.append(h)
+                new_c.append(c)
+                inp = h
+            return new_h, new_c, self.delta(new_c[-1])
+        for (w_ih, w_hh, b_ih, b_hh), h in zip(self.layers, hs):
+            h = _gru_cell(inp, h, w_ih, w_hh, b_ih, b_hh)
+            new_h.append(h)
+            inp = h
+        return new_h, None, self.delta(new_h[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# whole-sequence engines
+# ---------------------------------------------------------------------------------------------
+def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt):
+    """Batch size 1: scalar gate bookkeeping on the host, the cell only on update steps."""
+    T, H = x.shape[0], hs[0].shape[-1]
+    one, thr = npdt(1), npdt(threshold)
+    zero = npdt(0)
+    up, cum = npdt(up0.item()), npdt(cum0.item())
+    hist = [hs[-1], hs[-1].new_zeros(1, H)]  # 0: the top h before step 0; 1: padding
+    cur = 0
+    idx = np.ones(T, np.int64)
+    u_np = np.zeros(T, npdt)
+    p_np = np.zeros(T, npdt)
+    for t in range(T):
+        if valid is not None and not valid[t]:
+            continue
+        ut = cum + min(up, one - cum)
+        p_np[t] = ut
+        if ut > thr:
+            hs, cs, delta = cell(x[t], hs, cs)
+            up, cum = npdt(delta.item()), zero
+            u_np[t] = 1
+            hist.append(hs[-1])
+            cur = len(hist) - 1
+        else:
+            cum = ut
+        idx[t] = cur
+    dev = x.device
+    out = torch.cat(hist).index_select(0, torch.from_numpy(idx).to(dev)).unsqueeze(1)
+    u = torch.from_numpy(u_np).to(dev).unsqueeze(1)
+    p = torch.from_numpy(p_np).to(dev).unsqueeze(1)
+    up_t = torch.tensor([up], dtype=x.dtype, device=dev)
+    cum_t = torch.tensor([cum], dtype=x.dtype, device=dev)
+    return out, hs, cs, up_t, cum_t, u, p
+
+
+def _run_batched(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt):
+    """Batch > 1: per step, gather the updating rows, run the cell on them, scatter back."""
+    T, B, H = x.shape[0], x.shape[1], hs[0].shape[-1]
+    dev = x.device
+    one, thr, zero = npdt(1), npdt(threshold), npdt(0)
+    up = up0.detach().cpu().numpy().astype(npdt, copy=True)
+    cum = cum0.detach().cpu().numpy().astype(npdt, copy=True)
+    hs = [h.clone() for h in hs]
+    cs = [c.clone() for c in cs] if cs is not None else None
+    hist = [hs[-1].clone(), hs[-1].new_zeros(1, H)]  # rows 0..B-1: initial top h; row B: padding
+    cur = np.arange(B, dtype=np.int64)
+    offset = B + 1
+    idx = np.empty((T, B), np.int64)
+    U = np.zeros((T, B), npdt)
+    P = np.zeros((T, B), npdt)
+    arange_b = np.arange(B, dtype=np.int64)
+    for t in range(T):
+        ut = cum + np.minimum(up, one - cum)
+        u = ut > thr
+        if valid is not None:
+            v = valid[t]
+            u &= v
+            P[t] = np.where(v, ut, zero)
+            cum = np.where(u, zero, np.where(v, ut, cum))
+        else:
+            P[t] = ut
+            cum = np.where(u, zero, ut)
+        rows = np.flatnonzero(u)
+        n = rows.size
+        if n:
+            if n == B:
+                new_h, new_c, delta = cell(x[t], hs, cs)
+                for k in range(len(hs)):
+                    hs[k].copy_(new_h[k])
+                    if cs is not None:
+                        cs[k].copy_(new_c[k])
+                up = delta.cpu().numpy().astype(npdt)
+                cur = offset + arange_b
+            else:
+                r = torch.from_numpy(rows).to(dev)
+                new_h, new_c, delta = cell(
+                    x[t].index_select(0, r), [h.index_select(0, r) for h in hs],
+                    [c.index_select(0, r) for c in cs] if cs is not None else None)
+                for k in range(len(hs)):
+                    hs[k].index_copy_(0, r, new_h[k])
+                    if cs is not None:
+                        cs[k].index_copy_(0, r, new_c[k])
+                up[rows] = delta.cpu().numpy()
+                cur = cur.copy()
+                cur[rows] = offset + np.arange(n, dtype=np.int64)
+            hist.append(new_h[-1])
+            offset += n
+            U[t, rows] = 1
+        idx[t] = cur if valid is None else np.where(valid[t], cur, B)
+    out = torch.cat(hist).index_select(0, torch.from_numpy(idx.reshape(-1)).to(dev)).view(T, B, H)
+    to = dict(device=dev, dtype=x.dtype)
+    return (out, hs, cs, torch.from_numpy(up).to(**to), torch.from_numpy(cum).to(**to),
+            torch.from_numpy(U).to(**to), torch.from_numpy(P).to(**to))
+
+
+def _triton_skip():
+    try:
+        from . import triton_skip
+    except ImportError:
+        return None
+    return triton_skip
+
+
+def _needs_reference(x, threshold, dropout, training, forced, num_layers) -> bool:
+    return (forced is not None or isinstance(threshold, Tensor) or np_dtype(x.dtype) is None
+            or (training and dropout and num_layers > 1))
+
+
+def _skipping(kind, x, hc, update_prob0, cum_prob0, layers, gate_weight, gate_bias, mask,
+              threshold, dropout, training, forced, constant_delta):
+    L = len(layers)
+    with torch.no_grad():
+        cell = StepCell(kind, layers, gate_weight, gate_bias, constant_delta)
+        hs = list(hc[0].unbind(0))
+        cs = list(hc[1].unbind(0)) if kind == "lstm" else None
+        T, B = x.shape[0], x.shape[1]
+        thr = float(threshold)
+        if x.device.type == "cuda" and B > 1:
+            triton_skip = _triton_skip()
+            if triton_skip is not None and triton_skip.supported(kind, L, x, constant_delta):
+                return triton_skip.skip_lstm_triton_inference(
+                    x, hc[0], hc[1], update_prob0, cum_prob0, layers, gate_weight, gate_bias,
+                    mask, thr)
+        valid = None if mask is None else mask.detach().to("cpu", torch.bool).numpy()
+        npdt = np_dtype(x.dtype)
+        if B == 1:
+            out, hs, cs, up, cum, u, p = _run_single(
+                cell, x, hs, cs, update_prob0, cum_prob0,
+                None if valid is None else valid[:, 0], thr, npdt)
+        else:
+            out, hs, cs, up, cum, u, p = _run_batched(cell, x, hs, cs, update_prob0, cum_prob0,
+                                                      valid, thr, npdt)
+    hn = torch.stack(hs)
+    if kind == "lstm":
+        return out, hn, torch.stack(cs), up, cum, u, p
+    return out, hn, up, cum, u, p
+
+
+def skip_lstm_skipping(x: Tensor, h0: Tensor, c0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
+                       layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
+                       mask: Tensor | None = None, threshold: float | Tensor = 0.5,
+                       dropout: float = 0.0, training: bool = False, forced: Tensor | None = None,
+                       constant_delta: float | None = None):
+    """Skip LSTM inference whose skipped steps do no work; signature and return tuple of
+    ``skiprnn.ops.skip_lstm.naive.skip_lstm_naive`` (no autograd: results are detached).
+
+    Returns ``(output (T, B, H), h_n (L, B, H), c_n (L, B, H), update_prob (B,), cum_prob (B,),
+    updates (T, B), update_probs (T, B))``.
+    """
+    if _needs_reference(x, threshold, dropout, training, forced, len(layers)):
+        from ..ops.skip_lstm.naive import skip_lstm_naive
+        with torch.no_grad():
+            return skip_lstm_naive(x, h0, c0, update_prob0, cum_prob0, layers, gate_weight,
+                                   gate_bias, mask=mask, threshold=threshold, dropout=dropout,
+                                   training=training, forced=forced, constant_delta=constant_delta)
+    return _skipping("lstm", x, (h0, c0), update_prob0, cum_prob0, layers, gate_weight, gate_bias,
+                     mask, threshold, dropout, training, forced, constant_delta)
+
+
+def skip_gru_skipping(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
+                      layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
+                      mask: Tensor | None = None, threshold: float | Tensor = 0.5,
+                      dropout: float = 0.0, training: bool = False, forced: Tensor | None = None,
+                      constant_delta: float | None = None):
+    """Skip GRU inference whose skipped steps do no work; signature and return tuple of
+    ``skiprnn.ops.skip_gru.naive.skip_gru_naive``.
+
+    Returns ``(output (T, B, H), h_n (L, B, H), update_prob (B,), cum_prob (B,), updates (T, B),
+    update_probs (T, B))``.
+    """
+    if _needs_reference(x, threshold, dropout, training, forced, len(layers)):
+        from ..ops.skip_gru.naive import skip_gru_naive
+        with torch.no_grad():
+            return skip_gru_naive(x, h0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,
+                                  mask=mask, threshold=threshold, dropout=dropout,
+                                  training=training, forced=forced, constant_delta=constant_delta)
+    return _skipping("gru", x, (h0,), update_prob0, cum_prob0, layers, gate_weight, gate_bias,
+                     mask, threshold, dropout, training, forced, constant_delta)
