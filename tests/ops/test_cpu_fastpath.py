@@ -1,0 +1,259 @@
+"""CPU fast paths (``skip_lstm_cpu``, ``skip_gru_cpu``) vs the naive reference (THE definition).
+
+Every case compares, in this order: the binary gates (must be identical), then every output and
+final state, then the gradient of every input (``torch.autograd.grad`` with random upstream
+gradients on ALL outputs). float64 must agree to rounding; float32 to a loose relative tolerance.
+Inputs are redrawn until the reference's ũ stays ``margin`` away from the threshold on every valid
+step, so a gate cannot flip on rounding. Fresh starts (Δũ=1, cum=0) exercise the 50/50 gradient
+split of ``torch.minimum`` at the tie of step 1; continued starts have Δũ<1 and cum>0.
+Uninitialised memory is NaN-filled (``torch.utils.deterministic.fill_uninitialized_memory``) so a
+buffer the fast path forgets to write fails at once.
+"""
+
+import math
+
+import pytest
+import torch
+
+from skiprnn.ops.skip_gru.cpu import skip_gru_cpu
+from skiprnn.ops.skip_gru.naive import skip_gru_naive
+from skiprnn.ops.skip_lstm.cpu import skip_lstm_cpu
+from skiprnn.ops.skip_lstm.naive import skip_lstm_naive
+
+IMPLS = {"lstm": (skip_lstm_naive, skip_lstm_cpu, 4), "gru": (skip_gru_naive, skip_gru_cpu, 3)}
+TOL = {torch.float64: (1e-12, 1e-9), torch.float32: (1e-5, 2e-4)}  # (atol, rtol of the scale)
+
+
+@pytest.fixture(autouse=True)
+def _poison_empty():
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(old_det)
+    torch.utils.deterministic.fill_uninitialized_memory = old_fill
+
+
+def names(cell):
+    state = ["h0", "c0"] if cell == "lstm" else ["h0"]
+    return ["x", *state, "update_prob0", "cum_prob0", "w_ih", "w_hh", "b_ih", "b_hh",
+            "gate_weight", "gate_bias"]
+
+
+def call(fn, cell, p, **kw):
+    layers = [(p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])]
+    state = (p["h0"], p["c0"]) if cell == "lstm" else (p["h0"],)
+    return fn(p["x"], *state, p["update_prob0"], p["cum_prob0"], layers, p["gate_weight"],
+              p["gate_bias"], **kw)
+
+
+def _safe_delta(rnd_uniform, threshold, gap=0.07):
+    """A Δũ level d whose accumulated values k·d (k = 1, 2, ...; capped at 1) stay ``gap`` away
+    from the threshold, so the gates of a whole sequence keep clear of the tie."""
+    for _ in range(1000):
+        d = 0.15 + 0.8 * rnd_uniform()
+        levels = [min(k * d, 1.0) for k in range(1, int(1 / d) + 2)]
+        if min(abs(v - threshold) for v in levels) > gap:
+            return d
+    raise RuntimeError(f"no safe Δũ for threshold {threshold}")
+
+
+def make_problem(cell, T, B, I, H, *, seed, masked, fresh, threshold=0.5, bias=True,
+                 dtype=torch.float64, margin=1e-4):
+    """Random inputs whose reference ũ stays ``margin`` away from ``threshold`` (redrawn else).
+
+    The update-gate bias sits at the logit of a "safe" Δũ level and ``W_p`` is small (it moves
+    Δũ by about ±0.01), so ũ = k·Δũ keeps away from the threshold; the reference is then run and
+    the draw is repeated if any valid step still comes within ``margin``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    G = IMPLS[cell][2]
+    ref_fn = IMPLS[cell][0]
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+    def uniform():
+        return torch.rand((), generator=gen, dtype=torch.float64).item()
+
+    for _ in range(50):
+        d = _safe_delta(uniform, threshold)
+        p = dict(
+            x=rnd(T, B, I), h0=rnd(1, B, H, scale=0.5),
+            w_ih=rnd(G * H, I, scale=0.6), w_hh=rnd(G * H, H, scale=0.6 / math.sqrt(H)),
+            b_ih=rnd(G * H, scale=0.2) if bias else None,
+            b_hh=rnd(G * H, scale=0.2) if bias else None,
+            gate_weight=rnd(1, H, scale=0.03 / math.sqrt(H)),
+            gate_bias=torch.full((1,), math.log(d / (1 - d)), dtype=dtype),
+        )
+        if cell == "lstm":
+            p["c0"] = rnd(1, B, H)
+        if fresh:
+            p["update_prob0"] = torch.ones(B, dtype=dtype)
+            p["cum_prob0"] = torch.zeros(B, dtype=dtype)
+        else:  # continuing mid-sequence: Δũ < 1, cum > 0
+            p["update_prob0"] = (0.05 + 0.9 * torch.rand(B, generator=gen,
+                                                         dtype=torch.float64)).to(dtype)
+            p["cum_prob0"] = (0.02 + 0.4 * torch.rand(B, generator=gen,
+                                                      dtype=torch.float64)).to(dtype)
+        mask = None
+        if masked:
+            lengths = torch.randint(1, T + 1, (B,), generator=gen)
+            lengths[0] = T
+            mask = (torch.arange(T)[:, None] < lengths[None, :]).to(dtype)
+        with torch.no_grad():
+            ref = call(ref_fn, cell, p, mask=mask, threshold=threshold)
+        probs = ref[-1]
+        valid = torch.ones_like(probs, dtype=torch.bool) if mask is None else mask.bool()
+        if (probs[valid] - threshold).abs().min() > margin:
+            return p, mask
+    raise RuntimeError("could not draw a problem away from the gate threshold")
+
+
+def assert_close(a, b, what, dtype):
+    atol, rtol = TOL[dtype]
+    assert a.shape == b.shape, f"{what}: shape {tuple(b.shape)} != {tuple(a.shape)}"
+    assert torch.isfinite(b).all(), f"{what}: non-finite values in the fast path"
+    err = (a - b).abs().max().item() if a.numel() else 0.0
+    scale = a.abs().max().item() if a.numel() else 0.0
+    assert err <= atol + rtol * scale, f"{what}: max error {err:.3g} (scale {scale:.3g})"
+
+
+def check(cell, p, mask, dtype, threshold=0.5):
+    ref_fn, fast_fn, _ = IMPLS[cell]
+    inputs = {k: v.clone().requires_grad_() for k, v in p.items() if v is not None}
+    q = {k: inputs.get(k) for k in p}
+    ref = call(ref_fn, cell, q, mask=mask, threshold=threshold)
+    fast = call(fast_fn, cell, q, mask=mask, threshold=threshold)
+    out_names = (["output", "h_n", "c_n"] if cell == "lstm" else ["output", "h_n"]) + \
+        ["update_prob", "cum_prob", "updates", "update_probs"]
+    assert len(fast) == len(ref) == len(out_names)
+    # binary gates first: a flipped gate changes the whole trajectory
+    assert torch.equal(ref[-2], fast[-2]), "binary gates differ"
+    assert set(fast[-2].unique().tolist()) <= {0.0, 1.0}
+    for name, a, b in zip(out_names, ref, fast):
+        assert b.dtype == a.dtype, name
+        assert_close(a, b, name, dtype)
+    gen = torch.Generator().manual_seed(1234)
+    ups = [torch.randn(a.shape, generator=gen, dtype=torch.float64).to(dtype) for a in ref]
+    wrt = [n for n in names(cell) if n in inputs]
+    g_ref = torch.autograd.grad(ref, [inputs[n] for n in wrt], ups)
+    g_fast = torch.autograd.grad(fast, [inputs[n] for n in wrt], ups)
+    for n, a, b in zip(wrt, g_ref, g_fast):
+        assert_close(a, b, f"grad {n}", dtype)
+
+
+# (T, B, I, H, masked, fresh, threshold, bias)
+CASES = [
+    (1, 1, 1, 1, False, True, 0.5, True),
+    (1, 3, 2, 110, True, False, 0.5, True),
+    (63, 1, 1, 110, False, False, 0.5, True),
+    (63, 3, 5, 1, True, True, 0.3, True),
+    (63, 64, 1, 110, True, False, 0.5, True),
+    (200, 3, 2, 110, True, False, 0.7, False),
+    (200, 64, 3, 1, False, True, 0.5, True),
+    (200, 64, 1, 110, True, True, 0.5, True),
+]
+
+
+def case_id(c):
+    T, B, I, H, masked, fresh, thr, bias = c
+    return (f"T{T}-B{B}-I{I}-H{H}" + ("-masked" if masked else "") +
+            ("-fresh" if fresh else "-continued") + f"-thr{thr}" + ("" if bias else "-nobias"))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_reference_float64(cell, case):
+    T, B, I, H, masked, fresh, thr, bias = case
+    p, mask = make_problem(cell, T, B, I, H, seed=T * 1000 + B * 10 + H, masked=masked,
+                           fresh=fresh, threshold=thr, bias=bias)
+    check(cell, p, mask, torch.float64, threshold=thr)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
+def test_matches_reference_float32(cell, masked):
+    p, mask = make_problem(cell, 200, 16, 2, 110, seed=7, masked=masked, fresh=not masked,
+                           dtype=torch.float32, margin=1e-3)
+    check(cell, p, mask, torch.float32)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gates_both_update_and_skip(cell):
+    """The problems above must exercise skipped steps, not only updates."""
+    p, mask = make_problem(cell, 63, 64, 1, 110, seed=3, masked=False, fresh=True)
+    with torch.no_grad():
+        out = call(IMPLS[cell][1], cell, p)
+    frac = out[-2].mean().item()
+    assert 0.05 < frac < 0.95, frac
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_threshold_tensor(cell):
+    """A (T, B) threshold tensor (e.g. uniform noise = Bernoulli sampling) matches the reference."""
+    T, B = 40, 5
+    gen = torch.Generator().manual_seed(5)
+    for seed in range(50):
+        p, mask = make_problem(cell, T, B, 2, 8, seed=100 + seed, masked=True, fresh=True,
+                               margin=0.0)
+        thr = torch.rand(T, B, generator=gen, dtype=torch.float64)
+        with torch.no_grad():
+            ref = call(IMPLS[cell][0], cell, p, mask=mask, threshold=thr)
+        if ((ref[-1] - thr).abs()[mask.bool()] > 1e-4).all():
+            break
+    check(cell, p, mask, torch.float64, threshold=thr)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_two_chunks_equal_one_call(cell):
+    """Feeding the returned state back continues exactly; gradients flow across the chunks."""
+    T, k = 60, 23
+    p, mask = make_problem(cell, T, 4, 2, 16, seed=11, masked=False, fresh=True)
+    fast = IMPLS[cell][1]
+    leaves = {n: p[n].clone().requires_grad_() for n in ("x", "w_hh", "gate_weight")}
+
+    def run(q):
+        return call(fast, cell, q)
+
+    whole = run({**p, **leaves})
+    q1 = {**p, **leaves, "x": leaves["x"][:k]}
+    first = run(q1)
+    nstate = 2 if cell == "lstm" else 1
+    q2 = {**p, **leaves, "x": leaves["x"][k:], "h0": first[1],
+          "update_prob0": first[1 + nstate], "cum_prob0": first[2 + nstate]}
+    if cell == "lstm":
+        q2["c0"] = first[2]
+    second = run(q2)
+    assert torch.equal(torch.cat([first[-2], second[-2]]), whole[-2])
+    torch.testing.assert_close(torch.cat([first[0], second[0]]), whole[0], atol=1e-12, rtol=0)
+    loss_whole = whole[0].pow(2).sum() + whole[-1].sum()
+    loss_chunks = torch.cat([first[0], second[0]]).pow(2).sum() + first[-1].sum() + \
+        second[-1].sum()
+    g1 = torch.autograd.grad(loss_whole, list(leaves.values()))
+    g2 = torch.autograd.grad(loss_chunks, list(leaves.values()))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_unsupported_raise(cell):
+    p, _ = make_problem(cell, 5, 2, 1, 3, seed=0, masked=False, fresh=True, margin=0.0)
+    fast = IMPLS[cell][1]
+    with pytest.raises(ValueError, match="forced"):
+        call(fast, cell, p, forced=torch.ones(5, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="constant_delta"):
+        call(fast, cell, p, constant_delta=0.3)
+    layers = [(p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])] * 2
+    state = (p["h0"].expand(2, -1, -1),) * (2 if cell == "lstm" else 1)
+    with pytest.raises(ValueError, match="one layer"):
+        fast(p["x"], *state, p["update_prob0"], p["cum_prob0"], layers, p["gate_weight"],
+             p["gate_bias"])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_dispatch_finds_cpu_backend(cell):
+    from skiprnn.ops.dispatch import select
+    name, fn = select(cell, "cpu", device_type="cpu", num_layers=1, fast_ok=True)
+    assert name == "cpu" and fn is IMPLS[cell][1]
