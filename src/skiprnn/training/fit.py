@@ -1,0 +1,341 @@
+"""``fit()``: one training run in its own directory, and ``evaluate_run()`` for a finished one.
+
+A run directory holds::
+
+    config.json            the resolved RunConfig (what --resume and evaluate rebuild)
+    csv/metrics.csv        CSVLogger (a resumed session logs to csv_resume<k>/)
+    tb/                    TensorBoard logs
+    checkpoints/best.ckpt  best validation loss (task loss + budget)
+    checkpoints/last.ckpt  latest state (also written on Ctrl-C / SIGTERM)
+    results.json           task, model, λ, p_skip, seed, test metric, solved, updates, FLOPs, ...
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import ConfigError, RunConfig
+
+__all__ = ["fit", "evaluate_run", "load_module", "RunInterrupted", "environment_info", "git_commit"]
+
+
+class RunInterrupted(RuntimeError):
+    """Training was interrupted (Ctrl-C / SIGTERM) after saving a resumable checkpoint."""
+
+    def __init__(self, run_dir, step):
+        self.run_dir, self.step = Path(run_dir), step
+        super().__init__(f"training interrupted at step {step}; a resumable checkpoint is in "
+                         f"{self.run_dir / 'checkpoints' / 'last.ckpt'}. Continue with: "
+                         f"skiprnn train --resume {self.run_dir}")
+
+
+def git_commit() -> Optional[str]:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except Exception:
+        return None
+
+
+def environment_info(device: Optional[torch.device] = None) -> dict:
+    import lightning
+
+    from .. import __version__
+    info = {
+        "skiprnn": __version__, "torch": torch.__version__, "lightning": lightning.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "git_commit": git_commit(),
+    }
+    if torch.cuda.is_available():
+        info["cuda"] = torch.version.cuda
+        info["gpu"] = torch.cuda.get_device_name(device if device is not None and device.type == "cuda" else 0)
+    return info
+
+
+def _accelerator(cfg: RunConfig) -> str:
+    acc = cfg.accelerator
+    if acc == "cuda":
+        acc = "gpu"
+    if acc == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("--accelerator gpu was asked for but no CUDA device is available "
+                          f"(torch {torch.__version__}, cuda available: False)")
+    return acc
+
+
+def _devices(v):
+    if isinstance(v, str) and v not in ("auto", "-1") and "," not in v:
+        return int(v)
+    if v == "-1":
+        return -1
+    return v
+
+
+def _new_log_version(run_dir: Path) -> tuple[str, str]:
+    if not (run_dir / "csv").exists():
+        return "csv", "tb"
+    k = 1
+    while (run_dir / f"csv_resume{k}").exists():
+        k += 1
+    return f"csv_resume{k}", f"tb_resume{k}"
+
+
+def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: bool = False,
+        verbose: bool = True) -> Optional[dict]:
+    """Train one run; returns the results dict (written to RUN/results.json) on rank 0, else None.
+
+    ``resume``: a run directory; its config.json is used (``cfg`` supplies new stop rules only)
+    and training continues from ``checkpoints/last.ckpt``. Raises :class:`RunInterrupted` after
+    Ctrl-C / SIGTERM (a resumable last.ckpt has been written).
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from .callbacks import InterruptCheckpoint, SolvedStopping, WallClock
+    from .data import TaskDataModule
+    from .module import SkipRNNModule
+
+    ckpt_path = None
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.json").exists():
+            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.exists():
+            raise ConfigError(f"--resume {run_dir}: no checkpoints/last.ckpt to continue from")
+        ckpt_path = str(last)
+    else:
+        cfg.validate()
+        run_dir = Path(cfg.out) if cfg.out else Path("runs") / (
+            cfg.run_name() + "-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        if (run_dir / "results.json").exists() or (run_dir / "checkpoints").exists():
+            if not overwrite:
+                raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} "
+                                  "to continue it, --overwrite to replace it, or another --out")
+            import shutil
+            shutil.rmtree(run_dir)
+        cfg.out = str(run_dir)
+    cfg.validate()
+    acc = _accelerator(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif acc == "cpu" or (acc == "auto" and not torch.cuda.is_available()):
+        # a 110-unit RNN's small matmuls gain nothing from more threads, and oversubscribed
+        # cores (parallel runs, shared machines) make them many times slower
+        torch.set_num_threads(1)
+    if acc in ("gpu", "auto") and torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    conf = cfg.to_dict()
+    module = SkipRNNModule(conf)
+    task = module.task
+    dm = TaskDataModule(task, seed=cfg.seed, eval_batch_size=cfg.eval_batch_size,
+                        num_workers=cfg.num_workers)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = run_dir / "checkpoints"
+    csv_v, tb_v = _new_log_version(run_dir)
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version=csv_v)]
+    try:
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version=tb_v,
+                                         default_hp_metric=False))
+    except ModuleNotFoundError:  # pragma: no cover - tensorboard is optional
+        pass
+
+    best_ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/loss", mode="min",
+                                save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                                enable_version_counter=False)
+    interrupt = InterruptCheckpoint(ckpt_dir / "last.ckpt")
+    clock = WallClock()
+    callbacks = [best_ckpt, interrupt, clock]
+    solved_cb = None
+    if cfg.stop_when_solved and task.solved(0.0 if not task.higher_is_better else 1.0) is not None:
+        solved_cb = SolvedStopping(task, patience=cfg.solved_patience)
+        callbacks.append(solved_cb)
+    if cfg.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+
+    trainer_kw = {}
+    if task.name == "mnist" and cfg.val_every:
+        trainer_kw["val_check_interval"] = min(cfg.val_every, 10 ** 9)
+    trainer = pl.Trainer(
+        accelerator=acc, devices=_devices(cfg.devices), num_nodes=cfg.num_nodes, strategy=cfg.strategy,
+        precision=cfg.precision, max_steps=cfg.max_steps if cfg.max_steps else -1,
+        max_epochs=cfg.max_epochs if cfg.max_epochs else (None if cfg.max_steps or cfg.max_time else 1),
+        max_time=cfg.max_time, gradient_clip_val=task.grad_clip or None,
+        gradient_clip_algorithm="norm", logger=loggers, callbacks=callbacks,
+        enable_progress_bar=cfg.progress_bar, enable_model_summary=False,
+        num_sanity_val_steps=0, log_every_n_steps=min(50, getattr(task, "train_batches_per_epoch", 50) or 50),
+        default_root_dir=str(run_dir), deterministic=False, **trainer_kw)
+    if cfg.max_epochs is None and not cfg.max_steps and cfg.max_time:
+        trainer.fit_loop.max_epochs = -1
+
+    if trainer.is_global_zero:
+        cfg.save(run_dir / "config.json")
+        if verbose:
+            print(f"[skiprnn] run {run_dir}: {cfg.task} / {cfg.model}"
+                  + (f" λ={cfg.cost_per_sample:g}" if module.learned_gate else "")
+                  + (f" p_skip={cfg.p_skip:g}" if cfg.model.startswith('random_') else "")
+                  + f", lr={task.lr:g}, batch={task.batch_size}, hidden={task.hidden_size}, "
+                  f"seed={cfg.seed}, backend={cfg.backend}", flush=True)
+
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except SystemExit as e:   # Lightning exits after KeyboardInterrupt; SIGTERM raises SIGTERMException
+        if interrupt.interrupted:
+            raise RunInterrupted(run_dir, trainer.global_step) from e
+        raise
+    if interrupt.interrupted:
+        raise RunInterrupted(run_dir, trainer.global_step)
+    session_time = time.perf_counter() - t0
+
+    if not trainer.is_global_zero:
+        return None
+
+    # ---- measure on the test set, on one device, exactly (no DDP padding)
+    which = cfg.test_ckpt
+    path = best_ckpt.best_model_path if which == "best" else str(ckpt_dir / "last.ckpt")
+    if which == "best" and not path:
+        which, path = "last", ""
+    device = module.device
+    if path and Path(path).exists():
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    else:
+        which = "final"
+    module.to(device)
+    test = module.evaluate(dm.test_dataloader(), device=device)
+
+    if solved_cb is not None and solved_cb.triggered:
+        reason = "solved"
+    elif cfg.max_steps and trainer.global_step >= cfg.max_steps:
+        reason = "max_steps"
+    elif cfg.max_epochs and trainer.current_epoch >= cfg.max_epochs:
+        reason = "max_epochs"
+    elif cfg.max_time:
+        reason = "max_time"
+    else:
+        reason = "finished"
+
+    t = task
+    results = {
+        "task": t.name, "model": cfg.model,
+        "cost_per_sample": module.cost_per_sample,
+        "p_skip": cfg.p_skip if cfg.model.startswith("random_") else None,
+        "seed": cfg.seed, "hidden_size": t.hidden_size, "num_layers": t.num_layers,
+        "seq_len": t.seq_len, "lr": t.lr, "batch_size": t.batch_size, "grad_clip": t.grad_clip,
+        "task_options": cfg.task_options,
+        "metric_name": t.metric_name, "test_metric": test[t.metric_name],
+        "solved": test["solved"], "test": test,
+        "updates_mean": test["updates_mean"], "updates_std": test["updates_std"],
+        "updates_percent": 100.0 * test["update_fraction"],
+        "flops": test["flops"], "flops_rule": "paper §6: updates × per-update MACs"
+        + (" (+h for the learned gate)" if module.learned_gate else ""),
+        "test_checkpoint": which, "best_checkpoint": best_ckpt.best_model_path or None,
+        "best_val_loss": (float(best_ckpt.best_model_score) if best_ckpt.best_model_score is not None
+                          else None),
+        "val": {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items()
+                if k.startswith("val/")},
+        "steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
+        "stop_reason": reason,
+        "solved_at_step": solved_cb.solved_at_step if solved_cb is not None else None,
+        "wall_time_s": clock.elapsed, "session_wall_time_s": session_time,
+        "accelerator": str(trainer.accelerator.__class__.__name__), "devices": trainer.num_devices,
+        "num_nodes": trainer.num_nodes, "strategy": type(trainer.strategy).__name__,
+        "backend": getattr(module, "train_backend", None) or getattr(module.rnn, "last_backend", "torch"),
+        "hardware": environment_info(device), "run_dir": str(run_dir),
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "finished_at": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if verbose:
+        print(format_summary(results), flush=True)
+    return results
+
+
+def format_summary(r: dict) -> str:
+    solved = {True: "yes", False: "no", None: "n/a"}[r["solved"]]
+    lines = [
+        "",
+        f"== {r['task']} / {r['model']}"
+        + (f" λ={r['cost_per_sample']:g}" if r["model"].startswith("skip_") else "")
+        + (f" p_skip={r['p_skip']:g}" if r.get("p_skip") is not None else "")
+        + f" / seed {r['seed']} ==",
+        f"test {r['metric_name']}: {r['test_metric']:.5g}   solved: {solved}",
+        f"state updates: {r['updates_mean']:.2f} of {r['seq_len']} per sequence "
+        f"({r['updates_percent']:.1f}%)   inference FLOPs: {r['flops']:.3g}",
+        f"{r['steps']} steps ({r['stop_reason']}), lr {r['lr']:g}, {r['wall_time_s']:.0f} s, "
+        f"backend {r['backend']}",
+        f"run dir: {r['run_dir']}  (skiprnn evaluate / plot {r['run_dir']})",
+    ]
+    return "\n".join(lines)
+
+
+def load_module(run_dir, ckpt: str = "best", device: str | torch.device = "cpu"):
+    """The trained SkipRNNModule of a run (``ckpt``: best | last | a path)."""
+    from .module import SkipRNNModule
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    if ckpt in ("best", "last"):
+        path = run_dir / "checkpoints" / f"{ckpt}.ckpt"
+        if not path.exists() and ckpt == "best":
+            path = run_dir / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(ckpt)
+    if not path.exists():
+        raise ConfigError(f"no checkpoint {path}")
+    module = SkipRNNModule(cfg)
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+    return module.to(device).eval(), cfg, path
+
+
+def evaluate_run(run_dir, ckpt: str = "best", split: str = "test", thresholds=None,
+                 device: str = "cpu", eval_batch_size: Optional[int] = None) -> dict:
+    """Metrics of a trained run on ``split`` (test | val), optionally at several inference
+    thresholds τ of the learned gate (u_t = 1[ũ_t > τ]; paper: 0.5)."""
+    from .data import TaskDataModule
+    if split not in ("test", "val"):
+        raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
+    module, cfg, path = load_module(run_dir, ckpt, device)
+    dm = TaskDataModule(module.task, seed=cfg.get("seed", 0),
+                        eval_batch_size=eval_batch_size or cfg.get("eval_batch_size", 1024))
+    loader = dm.test_dataloader() if split == "test" else dm.val_dataloader()
+    taus = list(thresholds) if thresholds else [None]
+    if any(t is not None for t in taus) and not module.learned_gate:
+        raise ConfigError(f"--threshold needs a model with a learned gate (skip_lstm, skip_gru); "
+                          f"this run is {cfg['model']!r}")
+    rows = []
+    for tau in taus:
+        if tau is not None:
+            if not (0.0 <= tau < 1.0):
+                raise ConfigError(f"--threshold must lie in [0, 1), got {tau}")
+            module.rnn.threshold = float(tau)
+        r = module.evaluate(loader, device=torch.device(device))
+        r["threshold"] = getattr(module.rnn, "threshold", None)
+        rows.append(r)
+    out = {"run_dir": str(run_dir), "checkpoint": str(path), "split": split, "task": cfg["task"],
+           "model": cfg["model"], "metric_name": module.metric_name, "seq_len": module.task.seq_len,
+           "results": rows}
+    return out

@@ -1,0 +1,190 @@
+"""The LightningModule: an RNN from ``build_rnn`` + a linear head, task loss + budget loss."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+try:
+    import lightning.pytorch as pl
+except ImportError as e:  # pragma: no cover - lightning is an optional dependency
+    raise ImportError("skiprnn.training needs Lightning: pip install 'skiprnn[train]'") from e
+
+from ..losses import budget_loss
+from ..metrics import inference_flops
+from ..modules import build_rnn
+from ..modules.registry import cell_kind, has_learned_gate
+from ..tasks import get_task
+
+__all__ = ["SkipRNNModule", "build_task", "final_hidden"]
+
+
+def build_task(cfg: dict):
+    """The task object of a run config (a dict, as saved in ``config.json``)."""
+    over = dict(cfg.get("task_options") or {})
+    from ..tasks import TASKS
+    fields = TASKS[cfg["task"]].field_names()
+    for k in ("hidden_size", "num_layers", "lr", "batch_size", "grad_clip"):
+        if cfg.get(k) is not None and k in fields:
+            over[k] = cfg[k]
+    if cfg.get("val_every") is not None and "train_batches_per_epoch" in fields:
+        over["train_batches_per_epoch"] = cfg["val_every"]
+    if cfg.get("data_dir") is not None and "data_dir" in fields:
+        over["data_dir"] = cfg["data_dir"]
+    return get_task(cfg["task"], **over)
+
+
+def final_hidden(out, lengths=None) -> torch.Tensor:
+    """The top layer's last h per sequence ``(B, H)`` (copied when the last step was skipped).
+
+    Without padding it is ``output[:, -1]``; with ``lengths`` it is the final state, which is each
+    sequence's own last valid step.
+    """
+    if lengths is None:
+        return out.output[:, -1]
+    st = out.state
+    if isinstance(st, torch.Tensor):          # nn.GRU h_n
+        return st[-1]
+    h = getattr(st, "h", None)
+    if h is None:                              # nn.LSTM (h_n, c_n)
+        h = st[0]
+    return h[-1]
+
+
+class SkipRNNModule(pl.LightningModule):
+    """RNN (any model of ``skiprnn.MODELS``) + linear head on the last output.
+
+    ``loss = task.loss(head(h_T), y) + λ·Σ_t u_t`` (the budget acts on learned gates only).
+    Logs ``{train,val,test}/loss``, ``/task_loss``, ``/<metric>``, ``/updates`` (mean Σ_t u_t per
+    sequence), ``/update_fraction`` and ``/flops`` (paper §6 inference FLOPs per sequence).
+    """
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.config = config
+        self.task = build_task(config)
+        t = self.task
+        self.model_name = config["model"]
+        self.cell = cell_kind(self.model_name)
+        self.learned_gate = has_learned_gate(self.model_name)
+        self.cost_per_sample = float(config.get("cost_per_sample") or 0.0) if self.learned_gate else 0.0
+        kw = {"batch_first": True, "learn_init": True}
+        if self.model_name.startswith(("skip_", "random_", "periodic_")):
+            kw["backend"] = config.get("backend", "auto")
+        self.rnn = build_rnn(self.model_name, t.input_size, t.hidden_size, t.num_layers,
+                             p_skip=config.get("p_skip", 0.5), period=config.get("period", 2),
+                             paper_init=True, **kw)
+        self.head = nn.Linear(t.hidden_size, t.predict_head)
+        nn.init.xavier_uniform_(self.head.weight)   # tf.contrib.layers.linear: Xavier, zero bias
+        nn.init.zeros_(self.head.bias)
+        self.metric_name = t.metric_name
+
+    # ------------------------------------------------------------------ model
+    def forward(self, x, lengths=None):
+        out = self.rnn(x, lengths=lengths)
+        return self.head(final_hidden(out, lengths)), out
+
+    def flops(self, mean_updates: float) -> float:
+        t = self.task
+        return inference_flops(mean_updates, self.cell, t.input_size, t.hidden_size, t.num_layers,
+                               skip=self.learned_gate)
+
+    def _split_batch(self, batch):
+        if len(batch) == 3:
+            return batch
+        x, y = batch
+        return x, y, None
+
+    def _step(self, batch, stage: str):
+        x, y, lengths = self._split_batch(batch)
+        pred, out = self(x, lengths)
+        task_loss = self.task.loss(pred, y)
+        budget = (budget_loss(out.updates, self.cost_per_sample, lengths=lengths, batch_first=True)
+                  if self.cost_per_sample > 0 else task_loss.new_zeros(()))
+        loss = task_loss + budget
+        B = x.shape[0]
+        with torch.no_grad():
+            u = out.updates.detach()
+            counts = u.sum(1) if lengths is None else (u * _mask(lengths, u.shape[1], u.device)).sum(1)
+            lens = (torch.full_like(counts, u.shape[1]) if lengths is None
+                    else torch.as_tensor(lengths, device=u.device).to(counts.dtype))
+            upd = counts.mean()
+            frac = (counts / lens).mean()
+            metric = self.task.metric(pred.detach(), y)
+        if stage == "train":
+            self.train_backend = getattr(self.rnn, "last_backend", "torch")
+        kw = dict(batch_size=B, sync_dist=True, on_step=stage == "train", on_epoch=True)
+        self.log(f"{stage}/loss", loss.detach(), prog_bar=stage != "test", **kw)
+        self.log(f"{stage}/task_loss", task_loss.detach(), **kw)
+        if self.cost_per_sample > 0:
+            self.log(f"{stage}/budget_loss", budget.detach(), **kw)
+        self.log(f"{stage}/{self.metric_name}", metric, prog_bar=True, **kw)
+        self.log(f"{stage}/updates", upd, **kw)
+        self.log(f"{stage}/update_fraction", frac, prog_bar=True, **kw)
+        self.log(f"{stage}/flops", self.flops(float(upd)), **kw)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        # Adam with the paper's β/ε; global-norm clipping is done by the Trainer (gradient_clip_val).
+        return torch.optim.Adam(self.parameters(), lr=self.task.lr, betas=(0.9, 0.999), eps=1e-8)
+
+    # ------------------------------------------------------------------ evaluation helper
+    @torch.no_grad()
+    def evaluate(self, loader, device: Optional[torch.device] = None) -> dict:
+        """Exact metrics over a whole loader on one device (no Trainer): metric, losses, mean and
+        std of updates per sequence, update fraction, FLOPs. Used for results.json and evaluate."""
+        was_training = self.training
+        self.eval()
+        device = device or next(self.parameters()).device
+        n = 0
+        sums = {"metric": 0.0, "task_loss": 0.0, "budget_loss": 0.0, "frac": 0.0}
+        counts_all = []
+        for batch in loader:
+            x, y, lengths = self._split_batch(batch)
+            x, y = x.to(device), y.to(device)
+            pred, out = self(x, lengths)
+            B = x.shape[0]
+            u = out.updates
+            m = None if lengths is None else _mask(lengths, u.shape[1], u.device)
+            counts = u.sum(1) if m is None else (u * m).sum(1)
+            lens = (torch.full_like(counts, u.shape[1]) if lengths is None
+                    else torch.as_tensor(lengths, device=u.device).to(counts.dtype))
+            sums["metric"] += float(self.task.metric(pred, y)) * B
+            sums["task_loss"] += float(self.task.loss(pred, y)) * B
+            sums["budget_loss"] += self.cost_per_sample * float(counts.sum())
+            sums["frac"] += float((counts / lens).sum())
+            counts_all.append(counts.float().cpu())
+            n += B
+        if was_training:
+            self.train()
+        c = torch.cat(counts_all)
+        mean_u = float(c.mean())
+        res = {
+            self.metric_name: sums["metric"] / n,
+            "task_loss": sums["task_loss"] / n,
+            "loss": (sums["task_loss"] + sums["budget_loss"]) / n,
+            "updates_mean": mean_u,
+            "updates_std": float(c.std()) if c.numel() > 1 else 0.0,
+            "update_fraction": sums["frac"] / n,
+            "flops": self.flops(mean_u),
+            "num_sequences": n,
+        }
+        res["solved"] = self.task.solved(res[self.metric_name])
+        return res
+
+
+def _mask(lengths, T, device):
+    lengths = torch.as_tensor(lengths, device=device)
+    return (torch.arange(T, device=device)[None, :] < lengths[:, None]).float()

@@ -1,0 +1,400 @@
+"""``skiprnn reproduce table1|table2|table4``: the paper's rows, several seeds, side by side.
+
+Each (row, seed) is one ``skiprnn train`` run in ``OUT/runs/<table>/<row>/seed<k>`` (a subprocess,
+``--jobs`` at a time); a run whose results.json exists is reused, so the command is resumable.
+The table is written to ``OUT/<table>.md`` (+ ``.csv`` and ``.json``): the paper's numbers
+(paper.md §4) next to ours, mean ± std over seeds, with our training settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import fnmatch
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .config import ConfigError
+
+__all__ = ["TABLES", "Row", "reproduce", "row_ids"]
+
+
+@dataclass
+class Row:
+    id: str
+    label: str
+    model: str
+    cost_per_sample: float = 0.0
+    p_skip: Optional[float] = None
+    task_options: dict = field(default_factory=dict)
+    paper: dict = field(default_factory=dict)
+    group: Optional[str] = None     # Table 4: the Ts column
+
+
+def _t1() -> list[Row]:
+    P = lambda s, u, f: {"solved": s, "updates": u, "flops": f}  # noqa: E731
+    return [
+        Row("lstm", "LSTM", "lstm", paper=P("Yes", "100.0% ± 0.0%", "2.46e6")),
+        Row("lstm_p0.2", "LSTM (p_skip = 0.2)", "random_skip_lstm", p_skip=0.2, paper=P("No", "80.0% ± 0.1%", "1.97e6")),
+        Row("lstm_p0.5", "LSTM (p_skip = 0.5)", "random_skip_lstm", p_skip=0.5, paper=P("No", "50.1% ± 0.1%", "1.23e6")),
+        Row("skip_lstm_l0", "Skip LSTM, λ = 0", "skip_lstm", 0.0, paper=P("Yes", "81.1% ± 3.6%", "2.00e6")),
+        Row("skip_lstm_l1e-5", "Skip LSTM, λ = 1e-5", "skip_lstm", 1e-5, paper=P("Yes", "53.9% ± 2.1%", "1.33e6")),
+        Row("gru", "GRU", "gru", paper=P("Yes", "100.0% ± 0.0%", "1.85e6")),
+        Row("gru_p0.02", "GRU (p_skip = 0.02)", "random_skip_gru", p_skip=0.02, paper=P("No", "98.0% ± 0.0%", "1.81e6")),
+        Row("gru_p0.5", "GRU (p_skip = 0.5)", "random_skip_gru", p_skip=0.5, paper=P("No", "49.9% ± 0.6%", "9.25e5")),
+        Row("skip_gru_l0", "Skip GRU, λ = 0", "skip_gru", 0.0, paper=P("Yes", "97.9% ± 3.2%", "1.81e6")),
+        Row("skip_gru_l1e-5", "Skip GRU, λ = 1e-5", "skip_gru", 1e-5, paper=P("Yes", "50.7% ± 2.6%", "9.40e5")),
+        # not in the paper: a larger budget, for CPU runs too short for λ = 1e-5 (clearly labelled)
+        Row("skip_lstm_l1e-4", "Skip LSTM, λ = 1e-4 (extra, not in paper)", "skip_lstm", 1e-4),
+        Row("skip_gru_l1e-4", "Skip GRU, λ = 1e-4 (extra, not in paper)", "skip_gru", 1e-4),
+    ]
+
+
+def _t2() -> list[Row]:
+    P = lambda a, u, f: {"accuracy": a, "updates": u, "flops": f}  # noqa: E731
+    return [
+        Row("lstm", "LSTM", "lstm", paper=P("0.910 ± 0.045", "784.00 ± 0.00", "3.83e7")),
+        Row("lstm_p0.5", "LSTM (p_skip = 0.5)", "random_skip_lstm", p_skip=0.5, paper=P("0.893 ± 0.003", "392.03 ± 0.05", "1.91e7")),
+        Row("skip_lstm_l1e-4", "Skip LSTM, λ = 1e-4", "skip_lstm", 1e-4, paper=P("0.973 ± 0.002", "379.38 ± 33.09", "1.86e7")),
+        Row("gru", "GRU", "gru", paper=P("0.968 ± 0.013", "784.00 ± 0.00", "2.87e7")),
+        Row("gru_p0.5", "GRU (p_skip = 0.5)", "random_skip_gru", p_skip=0.5, paper=P("0.912 ± 0.004", "391.86 ± 0.14", "1.44e7")),
+        Row("skip_gru_l1e-4", "Skip GRU, λ = 1e-4", "skip_gru", 1e-4, paper=P("0.976 ± 0.003", "392.62 ± 26.48", "1.44e7")),
+    ]
+
+
+_T4_PAPER = {  # row -> (solved, updates) at Ts = 1 ms, Ts = 0.5 ms
+    "lstm": (("Yes", "100.0 ± 0.00"), ("Yes", "200.0 ± 0.00")),
+    "skip_lstm_l0": (("Yes", "55.5 ± 16.9"), ("Yes", "147.9 ± 27.0")),
+    "skip_lstm_l1e-5": (("Yes", "47.4 ± 14.1"), ("Yes", "50.7 ± 16.8")),
+    "skip_lstm_l1e-4": (("Yes", "12.7 ± 0.5"), ("Yes", "19.9 ± 1.5")),
+    "gru": (("Yes", "100.0 ± 0.00"), ("Yes", "200.0 ± 0.00")),
+    "skip_gru_l0": (("Yes", "73.7 ± 17.9"), ("Yes", "167.0 ± 18.3")),
+    "skip_gru_l1e-5": (("Yes", "51.9 ± 10.2"), ("Yes", "54.2 ± 4.4")),
+    "skip_gru_l1e-4": (("Yes", "23.5 ± 6.2"), ("Yes", "22.5 ± 2.1")),
+}
+_T4_LABEL = {"lstm": ("LSTM", "lstm", 0.0), "skip_lstm_l0": ("Skip LSTM, λ = 0", "skip_lstm", 0.0),
+             "skip_lstm_l1e-5": ("Skip LSTM, λ = 1e-5", "skip_lstm", 1e-5),
+             "skip_lstm_l1e-4": ("Skip LSTM, λ = 1e-4", "skip_lstm", 1e-4),
+             "gru": ("GRU", "gru", 0.0), "skip_gru_l0": ("Skip GRU, λ = 0", "skip_gru", 0.0),
+             "skip_gru_l1e-5": ("Skip GRU, λ = 1e-5", "skip_gru", 1e-5),
+             "skip_gru_l1e-4": ("Skip GRU, λ = 1e-4", "skip_gru", 1e-4)}
+
+
+def _t4() -> list[Row]:
+    rows = []
+    for ts, col in ((1.0, 0), (0.5, 1)):
+        for rid, (label, model, lam) in _T4_LABEL.items():
+            s, u = _T4_PAPER[rid][col]
+            rows.append(Row(f"{rid}_ts{ts:g}", label, model, lam,
+                            task_options={"sampling_period_ms": ts},
+                            paper={"solved": s, "updates": u}, group=f"Ts = {ts:g} ms"))
+    return rows
+
+
+#: per table: task, rows, our training settings (full and --quick). Full settings are chosen for
+#: CPU budgets (the paper's lr 1e-4 / unlimited iterations would take days on 2 cores).
+TABLES = {
+    "table1": {
+        "task": "adding", "title": "Table 1: Adding task", "rows": _t1,
+        "full": {"lr": 3e-3, "max_steps": 3000, "val_every": 100, "stop_when_solved": True,
+                 "solved_patience": 5},
+        "quick": {"lr": 1e-3, "max_steps": 20, "val_every": 10, "batch_size": 64,
+                  "task_options": {"val_size": 256, "test_size": 512}},
+        "metric": "mse",
+    },
+    "table2": {
+        "task": "mnist", "title": "Table 2: Sequential MNIST", "rows": _t2,
+        "full": {"lr": 1e-3, "max_epochs": 600},
+        "quick": {"lr": 1e-3, "max_steps": 6, "batch_size": 32, "eval_batch_size": 128,
+                  "task_options": {"limit_train": 192, "limit_val": 64, "limit_test": 128}},
+        "metric": "accuracy",
+    },
+    "table4": {
+        "task": "frequency", "title": "Table 4: Frequency discrimination", "rows": _t4,
+        "full": {"lr": 1e-3, "max_steps": 3000, "val_every": 100, "stop_when_solved": True,
+                 "solved_patience": 5},
+        "quick": {"lr": 1e-3, "max_steps": 20, "val_every": 10, "batch_size": 64,
+                  "task_options": {"val_size": 256, "test_size": 512}},
+        "metric": "accuracy",
+    },
+}
+
+
+def row_ids(table: str) -> list[str]:
+    return [r.id for r in TABLES[table]["rows"]()]
+
+
+def select_rows(table: str, patterns: Optional[list[str]]) -> list[Row]:
+    rows = TABLES[table]["rows"]()
+    if not patterns:
+        return [r for r in rows if r.paper]  # the paper's rows only
+    chosen = []
+    for pat in patterns:
+        hit = [r for r in rows if fnmatch.fnmatchcase(r.id, pat)]
+        if not hit:
+            raise ConfigError(f"no row {pat!r} in {table}; valid rows: {', '.join(r.id for r in rows)}")
+        chosen += [r for r in hit if r not in chosen]
+    return chosen
+
+
+def _train_args(table: str, row: Row, seed: int, settings: dict, run_dir: Path, extra: list[str]) -> list[str]:
+    t = TABLES[table]
+    args = [sys.executable, "-m", "skiprnn", "train", t["task"], "--model", row.model,
+            "--seed", str(seed), "--out", str(run_dir), "--no-progress"]
+    if row.model.startswith("skip_"):
+        args += ["--cost-per-sample", repr(row.cost_per_sample)]
+    if row.p_skip is not None:
+        args += ["--p-skip", repr(row.p_skip)]
+    opts = dict(settings.get("task_options", {}))
+    opts.update(row.task_options)
+    for k, v in opts.items():
+        args += ["--task-option", f"{k}={v}"]
+    for k, v in settings.items():
+        if k == "task_options":
+            continue
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            if v:
+                args.append(flag)
+        else:
+            args += [flag, str(v)]
+    if row.model.startswith("skip_") and row.cost_per_sample == 0 and settings.get("stop_when_solved"):
+        args += ["--solved-patience", "0"]
+    if not row.model.startswith("skip_") and settings.get("stop_when_solved"):
+        args += ["--solved-patience", "0"]
+    return args + list(extra)
+
+
+def _fmt_pm(vals, fmt="{:.1f}", suffix=""):
+    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return "–"
+    m = sum(vals) / len(vals)
+    s = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+    return f"{fmt.format(m)}{suffix} ± {fmt.format(s)}{suffix}"
+
+
+def _sci(x):
+    if x is None:
+        return "–"
+    e = int(math.floor(math.log10(abs(x)))) if x else 0
+    return f"{x / 10 ** e:.2f} × 10^{e}"
+
+
+def _paper_settings():
+    return "Adam lr 1e-4, batch 256, global-norm clip 1; iterations not stated (adding/frequency), 600 epochs (MNIST)"
+
+
+def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, out: str = "results",
+              rows: Optional[list[str]] = None, runs_dir: Optional[str] = None,
+              extra_train_args: Optional[list[str]] = None, threads: Optional[int] = 1,
+              settings_override: Optional[dict] = None, verbose: bool = True,
+              report_only: bool = False) -> dict:
+    """Run (or reuse) every (row, seed) of ``table`` and write OUT/<table>.{md,csv,json}."""
+    if table not in TABLES:
+        raise ConfigError(f"unknown table {table!r}; valid tables: {', '.join(TABLES)}")
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds must be an integer >= 1, got {seeds!r}")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
+    spec = TABLES[table]
+    chosen = select_rows(table, rows)
+    settings = dict(spec["quick" if quick else "full"])
+    if settings_override:
+        settings.update(settings_override)
+    if threads:
+        settings["threads"] = threads
+    out = Path(out)
+    base = Path(runs_dir) if runs_dir else Path("runs") / ("quick" if quick else "full") / table
+    extra = list(extra_train_args or [])
+
+    todo, runs = [], {}
+    for row in chosen:
+        for s in range(seeds):
+            rd = base / row.id / f"seed{s}"
+            runs[(row.id, s)] = rd
+            if not (rd / "results.json").exists():
+                todo.append((row, s, rd))
+    if verbose:
+        print(f"[skiprnn] {table}: {len(chosen)} rows × {seeds} seeds, {len(runs) - len(todo)} "
+              f"done, {len(todo)} to run ({jobs} at a time) in {base}", flush=True)
+
+    running: list = []
+    failed = []
+    if report_only:
+        todo = []
+
+    def launch(row, s, rd):
+        rd.mkdir(parents=True, exist_ok=True)
+        resume = (rd / "checkpoints" / "last.ckpt").exists() and (rd / "config.json").exists()
+        if resume:
+            args = [sys.executable, "-m", "skiprnn", "train", "--resume", str(rd), "--no-progress"]
+        else:
+            if (rd / "checkpoints").exists() or (rd / "config.json").exists():
+                import shutil
+                shutil.rmtree(rd)
+                rd.mkdir(parents=True)
+            args = _train_args(table, row, s, settings, rd, extra)
+        log = open(rd / "train.log", "a")
+        log.write(f"$ {' '.join(args)}\n")
+        log.flush()
+        env = dict(os.environ)
+        src = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return p, log, row, s, rd, time.time()
+
+    try:
+        pending = list(todo)
+        while pending or running:
+            while pending and len(running) < jobs:
+                running.append(launch(*pending.pop(0)))
+            time.sleep(0.5)
+            for item in list(running):
+                p, log, row, s, rd, t0 = item
+                if p.poll() is None:
+                    continue
+                running.remove(item)
+                log.close()
+                ok = p.returncode == 0 and (rd / "results.json").exists()
+                if not ok:
+                    failed.append((row.id, s, rd))
+                if verbose:
+                    msg = "ok" if ok else f"FAILED (exit {p.returncode}; see {rd / 'train.log'})"
+                    if ok:
+                        r = json.loads((rd / "results.json").read_text())
+                        msg += (f": {r['metric_name']}={r['test_metric']:.4g} solved={r['solved']} "
+                                f"updates={r['updates_mean']:.1f} ({r['updates_percent']:.1f}%) "
+                                f"steps={r['steps']}")
+                    print(f"[skiprnn] {table} {row.id} seed{s} {msg} [{time.time() - t0:.0f} s]", flush=True)
+                # keep the table current while the other runs go on
+                write_table(table, summarise(table, chosen, runs, settings, quick, seeds), out, quick)
+    except KeyboardInterrupt:
+        for p, log, *_ in running:
+            p.terminate()   # SIGTERM: the run saves last.ckpt and is resumed next time
+        for p, log, *_ in running:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                p.kill()
+        raise
+
+    summary = summarise(table, chosen, runs, settings, quick, seeds)
+    write_table(table, summary, out, quick)
+    if failed and verbose:
+        print(f"[skiprnn] {len(failed)} run(s) failed: " + ", ".join(f"{a}/seed{b}" for a, b, _ in failed))
+    summary["failed"] = [f"{a}/seed{b}" for a, b, _ in failed]
+    return summary
+
+
+def summarise(table, chosen, runs, settings, quick, seeds) -> dict:
+    spec = TABLES[table]
+    out_rows = []
+    for row in chosen:
+        res = []
+        for s in range(seeds):
+            p = runs[(row.id, s)] / "results.json"
+            if p.exists():
+                res.append(json.loads(p.read_text()))
+        d = {"id": row.id, "label": row.label, "model": row.model, "cost_per_sample": row.cost_per_sample,
+             "p_skip": row.p_skip, "group": row.group, "paper": row.paper, "n_runs": len(res),
+             "runs": [str(runs[(row.id, s)]) for s in range(seeds)]}
+        if res:
+            d["metric"] = [r["test_metric"] for r in res]
+            d["solved"] = [r["solved"] for r in res]
+            d["updates"] = [r["updates_mean"] for r in res]
+            d["updates_percent"] = [r["updates_percent"] for r in res]
+            d["flops"] = [r["flops"] for r in res]
+            d["steps"] = [r["steps"] for r in res]
+            d["lr"] = sorted({r["lr"] for r in res})
+            d["wall_time_s"] = [r["wall_time_s"] for r in res]
+            d["seq_len"] = res[0]["seq_len"]
+        out_rows.append(d)
+    return {"table": table, "task": spec["task"], "title": spec["title"], "quick": quick,
+            "seeds": seeds, "settings": settings, "rows": out_rows,
+            "paper_settings": _paper_settings(),
+            "written_at": _dt.datetime.now().isoformat(timespec="seconds")}
+
+
+def _solved_cell(d):
+    if not d.get("solved"):
+        return "–"
+    s = d["solved"]
+    if all(v is None for v in s):
+        return "n/a"
+    k = sum(bool(v) for v in s)
+    word = "Yes" if k == len(s) else ("No" if k == 0 else "Partly")
+    return f"{word} ({k}/{len(s)})"
+
+
+def write_table(table: str, summary: dict, out: Path, quick: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / (table + ("_quick" if quick else ""))
+    rows = summary["rows"]
+    st = summary["settings"]
+    ours = ", ".join(f"{k}={v}" for k, v in st.items() if k not in ("threads",))
+    lines = [f"# {summary['title']}" + (" (--quick smoke run, not a result)" if quick else ""), ""]
+    lines += [f"Paper: {summary['paper_settings']}.",
+              f"Ours: {ours}; {summary['seeds']} seed(s); test set of the task (fixed, seeded); "
+              "updates/FLOPs per test sequence (paper §6 FLOP rule). Mean ± std over seeds.", ""]
+    if table == "table1":
+        lines += ["| Model | Paper: solved | Paper: updates | Paper: FLOPs | Ours: solved | Ours: test MSE | "
+                  "Ours: updates | Ours: FLOPs | Ours: steps |", "|---|---|---|---|---|---|---|---|---|"]
+        for d in rows:
+            p = d["paper"] or {}
+            lines.append(f"| {d['label']} | {p.get('solved', '–')} | {p.get('updates', '–')} | "
+                         f"{p.get('flops', '–')} | {_solved_cell(d)} | "
+                         f"{_fmt_pm(d.get('metric', []), '{:.2e}')} | "
+                         f"{_fmt_pm(d.get('updates_percent', []), '{:.1f}', '%')} | "
+                         f"{_sci(_mean(d.get('flops')))} | {_fmt_pm(d.get('steps', []), '{:.0f}')} |")
+    elif table == "table2":
+        lines += ["| Model | Paper: accuracy | Paper: updates | Paper: FLOPs | Ours: accuracy | "
+                  "Ours: updates | Ours: FLOPs | Ours: steps |", "|---|---|---|---|---|---|---|---|"]
+        for d in rows:
+            p = d["paper"] or {}
+            lines.append(f"| {d['label']} | {p.get('accuracy', '–')} | {p.get('updates', '–')} | "
+                         f"{p.get('flops', '–')} | {_fmt_pm(d.get('metric', []), '{:.3f}')} | "
+                         f"{_fmt_pm(d.get('updates', []), '{:.2f}')} | {_sci(_mean(d.get('flops')))} | "
+                         f"{_fmt_pm(d.get('steps', []), '{:.0f}')} |")
+    else:
+        lines += ["| Model | Ts | Paper: solved | Paper: updates | Ours: solved | Ours: test accuracy | "
+                  "Ours: updates | Ours: steps |", "|---|---|---|---|---|---|---|---|"]
+        for d in rows:
+            p = d["paper"] or {}
+            lines.append(f"| {d['label']} | {d['group']} | {p.get('solved', '–')} | {p.get('updates', '–')} | "
+                         f"{_solved_cell(d)} | {_fmt_pm(d.get('metric', []), '{:.4f}')} | "
+                         f"{_fmt_pm(d.get('updates', []), '{:.1f}')} | "
+                         f"{_fmt_pm(d.get('steps', []), '{:.0f}')} |")
+    lines += ["", "Rows with fewer runs than seeds are still running or failed (see n_runs in the .json).",
+              f"Written {summary['written_at']} by `skiprnn reproduce {table}"
+              + (" --quick" if quick else "") + f" --seeds {summary['seeds']}`."]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label", "group", "n_runs", "solved", "metric_mean", "metric_std",
+                    "updates_mean", "updates_std", "updates_percent_mean", "flops_mean", "steps_mean",
+                    "lr", "paper"])
+        for d in rows:
+            w.writerow([d["id"], d["label"], d["group"], d["n_runs"], _solved_cell(d),
+                        _mean(d.get("metric")), _std(d.get("metric")), _mean(d.get("updates")),
+                        _std(d.get("updates")), _mean(d.get("updates_percent")), _mean(d.get("flops")),
+                        _mean(d.get("steps")), ";".join(map(str, d.get("lr", []))), json.dumps(d["paper"])])
+
+
+def _mean(v):
+    return sum(v) / len(v) if v else None
+
+
+def _std(v):
+    if not v or len(v) < 2:
+        return 0.0 if v else None
+    m = _mean(v)
+    return (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5

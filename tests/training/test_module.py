@@ -1,0 +1,108 @@
+"""The LightningModule and data module: shapes, losses, exact evaluation, data streams."""
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+
+from skiprnn.training.config import ConfigError, RunConfig  # noqa: E402
+from skiprnn.training.data import TaskDataModule  # noqa: E402
+from skiprnn.training.module import SkipRNNModule, final_hidden  # noqa: E402
+
+
+def _cfg(**kw):
+    c = RunConfig(max_steps=1, hidden_size=8, **kw)
+    c.task_options = dict(val_size=64, test_size=96, **c.task_options)
+    return c.validate().to_dict()
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru", "skip_lstm", "skip_gru", "random_skip_lstm",
+                                   "random_skip_gru", "periodic_skip_gru"])
+def test_step_and_evaluate(model):
+    torch.manual_seed(0)
+    m = SkipRNNModule(_cfg(model=model, cost_per_sample=1e-2 if model.startswith("skip") else 0.0))
+    x, y = m.task.sample(16)
+    pred, out = m(x)
+    assert pred.shape == (16, 1)
+    assert out.updates.shape == (16, 50)
+    task_loss = m.task.loss(pred, y)
+    assert torch.isfinite(task_loss)
+    dm = TaskDataModule(m.task, eval_batch_size=40)   # 96 items in batches 40, 40, 16
+    r = m.evaluate(dm.test_dataloader())
+    xs, ys = dm.test_dataset().tensors
+    with torch.no_grad():
+        p_all, o_all = m.eval()(xs)
+    if not model.startswith("random"):
+        assert math.isclose(r["mse"], float(m.task.metric(p_all, ys)), rel_tol=1e-5)
+        assert math.isclose(r["updates_mean"], float(o_all.updates.sum(1).mean()), rel_tol=1e-6)
+    assert r["num_sequences"] == 96
+    assert 0 < r["update_fraction"] <= 1
+    assert r["flops"] > 0
+    if model in ("lstm", "gru"):
+        assert r["updates_mean"] == 50
+    if model.startswith("skip"):
+        # the budget term is λ·Σu per sequence on top of the task loss
+        assert math.isclose(r["loss"] - r["task_loss"], 1e-2 * r["updates_mean"], rel_tol=1e-5)
+
+
+def test_budget_only_for_learned_gates():
+    m = SkipRNNModule(_cfg(model="random_skip_lstm", cost_per_sample=1.0))
+    assert m.cost_per_sample == 0.0
+    m = SkipRNNModule(_cfg(model="skip_gru", cost_per_sample=1e-3))
+    assert m.cost_per_sample == 1e-3
+
+
+def test_paper_flops_for_full_size_models():
+    m = SkipRNNModule(RunConfig(max_steps=1).to_dict())   # 110 units, adding task
+    assert m.flops(50) == pytest.approx(50 * (4 * 112 * 110 + 110))
+    m = SkipRNNModule(RunConfig(model="gru", max_steps=1).to_dict())
+    assert m.flops(50) == pytest.approx(1.848e6)
+
+
+def test_final_hidden_uses_state_with_lengths():
+    torch.manual_seed(0)
+    for model in ("lstm", "gru", "skip_lstm"):
+        m = SkipRNNModule(_cfg(model=model))
+        x = torch.randn(3, 7, 2)
+        lengths = torch.tensor([7, 4, 2])
+        out = m.rnn(x, lengths=lengths)
+        h = final_hidden(out, lengths)
+        for b, L in enumerate(lengths.tolist()):
+            ref = m.rnn(x[b:b + 1, :L])
+            torch.testing.assert_close(h[b], ref.output[0, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_synthetic_stream_epochs_and_ranks():
+    m = SkipRNNModule(_cfg())
+    dm = TaskDataModule(m.task, seed=3)
+    dl = dm.train_dataloader()
+    e0 = [b[0] for b in dl]
+    assert len(e0) == len(dl) == m.task.train_batches_per_epoch
+    assert e0[0].shape == (m.task.batch_size, 50, 2)
+    again = [b[0] for b in dl]   # epoch taken from the trainer (none: 0): the same data
+    torch.testing.assert_close(e0[0], again[0])
+
+    class T:  # a stand-in trainer at epoch 1, rank 1 of 2
+        current_epoch, global_rank, world_size = 1, 1, 2
+    dm.trainer = T()
+    other = next(iter(dm.train_dataloader()))[0]
+    assert not torch.equal(other, e0[0])
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(cost_per_sample=-1e-5), "cost-per-sample"),
+    (dict(p_skip=1.0), "p-skip"),
+    (dict(batch_size=0), "batch-size"),
+    (dict(lr=0.0), "lr"),
+    (dict(max_time="5 minutes"), "max-time"),
+    (dict(model="nope"), "valid models"),
+    (dict(task="nope"), "valid tasks"),
+    (dict(max_steps=None), "stop rule"),
+])
+def test_config_errors(kw, msg):
+    base = dict(max_steps=1)
+    base.update(kw)
+    with pytest.raises(ConfigError, match=msg):
+        RunConfig(**base).validate()
