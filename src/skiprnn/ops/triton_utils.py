@@ -114,6 +114,11 @@ def tile_config(H: int, B: int) -> dict:
 if HAS_TRITON:
 
     @triton.jit
+    def mma(a, b, acc, PRECISION: tl.constexpr):
+        """acc + a @ b in acc's dtype (fp32 or fp64); PRECISION 'ieee' | 'tf32'."""
+        return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+
+    @triton.jit
     def sigmoid(x):
         """Overflow-free logistic function (works for fp32 and fp64)."""
         e = tl.exp(-tl.abs(x))

@@ -32,6 +32,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from ..triton_utils import mma as _mma
     from ..triton_utils import sigmoid as _sigmoid
     from ..triton_utils import tanh as _tanh
 
@@ -73,8 +74,16 @@ if HAS_TRITON:
                 m = tl.load(MASK + r_t, mask=rmask, other=0.0)
             else:
                 m = zero_b + 1.0
-            u = (ut > threshold).to(ut.dtype) * m
-            upd = u != 0
+            upd = (ut > threshold) & (m != 0)
+            u = tl.where(upd, zero_b + 1.0, zero_b)
+            # per-row scalars are stored before the tiles use them (Triton 3.6 layout pass)
+            srow = STATS + r_t
+            tl.store(srow, u, mask=rmask)
+            tl.store(srow + T * B, ut, mask=rmask)
+            tl.store(srow + 3 * T * B, up, mask=rmask)
+            tl.store(srow + 4 * T * B, cum, mask=rmask)
+            tl.store(UPD + r_t, u, mask=rmask)
+            tl.store(PROB + r_t, ut * m, mask=rmask)
             h_nxt = h_cur + B * H
             z = zero_b
             for n0 in range(0, H, BLOCK_N):
@@ -90,12 +99,9 @@ if HAS_TRITON:
                                  mask=rmask[:, None] & kmask[None, :], other=0.0)
                     wptr = WT + ks[:, None].to(tl.int64) * H3 + cols[None, :]
                     wmask = kmask[:, None] & cmask[None, :]
-                    acc_r = tl.dot(hk, tl.load(wptr, mask=wmask, other=0.0), acc_r,
-                                   input_precision=PRECISION)
-                    acc_z = tl.dot(hk, tl.load(wptr + H, mask=wmask, other=0.0), acc_z,
-                                   input_precision=PRECISION)
-                    acc_n = tl.dot(hk, tl.load(wptr + 2 * H, mask=wmask, other=0.0), acc_n,
-                                   input_precision=PRECISION)
+                    acc_r = _mma(hk, tl.load(wptr, mask=wmask, other=0.0), acc_r, PRECISION)
+                    acc_z = _mma(hk, tl.load(wptr + H, mask=wmask, other=0.0), acc_z, PRECISION)
+                    acc_n = _mma(hk, tl.load(wptr + 2 * H, mask=wmask, other=0.0), acc_n, PRECISION)
                 m2 = rmask[:, None] & cmask[None, :]
                 xoff = rows64[:, None] * H3 + cols[None, :]
                 goff = rows64[:, None] * H4 + cols[None, :]
@@ -116,14 +122,7 @@ if HAS_TRITON:
                 tl.store(h_nxt + soff, h_new, mask=m2)
                 tl.store(o_t + soff, h_new * m[:, None], mask=m2)
             delta = _sigmoid(z + bp)
-            srow = STATS + r_t
-            tl.store(srow, u, mask=rmask)
-            tl.store(srow + T * B, ut, mask=rmask)
             tl.store(srow + 2 * T * B, delta, mask=rmask)
-            tl.store(srow + 3 * T * B, up, mask=rmask)
-            tl.store(srow + 4 * T * B, cum, mask=rmask)
-            tl.store(UPD + r_t, u, mask=rmask)
-            tl.store(PROB + r_t, ut * m, mask=rmask)
             up = tl.where(upd, delta, up)
             cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
             h_cur = h_nxt
@@ -228,7 +227,7 @@ if HAS_TRITON:
                                       mask=rmask[:, None] & kmask[None, :], other=0.0)
                         w = tl.load(W + (g * H + ks[:, None]).to(tl.int64) * H + cols[None, :],
                                     mask=kmask[:, None] & cmask[None, :], other=0.0)
-                        acc = tl.dot(dgk, w, acc, input_precision=PRECISION)
+                        acc = _mma(dgk, w, acc, PRECISION)
                 m2 = rmask[:, None] & cmask[None, :]
                 ptr = gh_nxt + rows64[:, None] * H + cols[None, :]
                 tl.store(ptr, tl.load(ptr, mask=m2, other=0.0) + acc, mask=m2)

@@ -43,6 +43,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from ..triton_utils import mma as _mma
     from ..triton_utils import sigmoid as _sigmoid
     from ..triton_utils import tanh as _tanh
 
@@ -84,8 +85,16 @@ if HAS_TRITON:
                 m = tl.load(MASK + r_t, mask=rmask, other=0.0)
             else:
                 m = zero_b + 1.0
-            u = (ut > threshold).to(ut.dtype) * m
-            upd = u != 0
+            upd = (ut > threshold) & (m != 0)
+            u = tl.where(upd, zero_b + 1.0, zero_b)
+            # per-row scalars are stored before the tiles use them (Triton 3.6 layout pass)
+            srow = STATS + r_t
+            tl.store(srow, u, mask=rmask)
+            tl.store(srow + T * B, ut, mask=rmask)
+            tl.store(srow + 3 * T * B, up, mask=rmask)
+            tl.store(srow + 4 * T * B, cum, mask=rmask)
+            tl.store(UPD + r_t, u, mask=rmask)
+            tl.store(PROB + r_t, ut * m, mask=rmask)
             h_nxt = h_cur + B * H
             c_nxt = c_cur + B * H
             z = zero_b
@@ -103,14 +112,10 @@ if HAS_TRITON:
                                  mask=rmask[:, None] & kmask[None, :], other=0.0)
                     wptr = WT + ks[:, None].to(tl.int64) * H4 + cols[None, :]
                     wmask = kmask[:, None] & cmask[None, :]
-                    acc_i = tl.dot(hk, tl.load(wptr, mask=wmask, other=0.0), acc_i,
-                                   input_precision=PRECISION)
-                    acc_f = tl.dot(hk, tl.load(wptr + H, mask=wmask, other=0.0), acc_f,
-                                   input_precision=PRECISION)
-                    acc_g = tl.dot(hk, tl.load(wptr + 2 * H, mask=wmask, other=0.0), acc_g,
-                                   input_precision=PRECISION)
-                    acc_o = tl.dot(hk, tl.load(wptr + 3 * H, mask=wmask, other=0.0), acc_o,
-                                   input_precision=PRECISION)
+                    acc_i = _mma(hk, tl.load(wptr, mask=wmask, other=0.0), acc_i, PRECISION)
+                    acc_f = _mma(hk, tl.load(wptr + H, mask=wmask, other=0.0), acc_f, PRECISION)
+                    acc_g = _mma(hk, tl.load(wptr + 2 * H, mask=wmask, other=0.0), acc_g, PRECISION)
+                    acc_o = _mma(hk, tl.load(wptr + 3 * H, mask=wmask, other=0.0), acc_o, PRECISION)
                 m2 = rmask[:, None] & cmask[None, :]
                 goff = rows64[:, None] * H4 + cols[None, :]
                 si = _sigmoid(acc_i + tl.load(xp_t + goff, mask=m2, other=0.0))
@@ -134,14 +139,7 @@ if HAS_TRITON:
                 tl.store(h_nxt + soff, h_new, mask=m2)
                 tl.store(o_t + soff, h_new * m[:, None], mask=m2)
             delta = _sigmoid(z + bp)
-            srow = STATS + r_t
-            tl.store(srow, u, mask=rmask)
-            tl.store(srow + T * B, ut, mask=rmask)
             tl.store(srow + 2 * T * B, delta, mask=rmask)
-            tl.store(srow + 3 * T * B, up, mask=rmask)
-            tl.store(srow + 4 * T * B, cum, mask=rmask)
-            tl.store(UPD + r_t, u, mask=rmask)
-            tl.store(PROB + r_t, ut * m, mask=rmask)
             up = tl.where(upd, delta, up)
             cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
             h_cur = h_nxt
@@ -253,7 +251,7 @@ if HAS_TRITON:
                                       mask=rmask[:, None] & kmask[None, :], other=0.0)
                         w = tl.load(W + (g * H + ks[:, None]).to(tl.int64) * H + cols[None, :],
                                     mask=kmask[:, None] & cmask[None, :], other=0.0)
-                        acc = tl.dot(dgk, w, acc, input_precision=PRECISION)
+                        acc = _mma(dgk, w, acc, PRECISION)
                 m2 = rmask[:, None] & cmask[None, :]
                 ptr = gh_nxt + rows64[:, None] * H + cols[None, :]
                 tl.store(ptr, tl.load(ptr, mask=m2, other=0.0) + acc, mask=m2)
