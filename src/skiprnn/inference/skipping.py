@@ -144,37 +144,194 @@ class StepCell:
 # ---------------------------------------------------------------------------------------------
 # whole-sequence engines
 # ---------------------------------------------------------------------------------------------
-def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt):
-    """Batch size 1: scalar gate bookkeeping on the host, the cell only on update steps."""
+class LazyInputProjection:
+    """``x_t W_ihᵀ + b`` for the steps that are read, computed in small blocks on demand.
+
+    A per-step matrix-vector product re-reads W_ih from memory at every read; a block of read steps
+    is one GEMM. The block is predicted from the current skip period (the reads so far were ``period``
+    steps apart): on a hit the next block doubles (up to ``max_block``), on a miss it shrinks back to
+    one step, so at most a few unread steps are ever projected (``wasted`` counts them).
+    """
+
+    def __init__(self, x2d: Tensor, weight: Tensor, bias: Tensor | None, max_block: int = 32):
+        self.x2d, self.wt, self.bias = x2d, weight.t(), bias
+        self.T = x2d.shape[0]
+        self.max_block = max_block
+        self.size = 1
+        self.map: dict = {}
+        self.block = None
+        self.last = -1
+        self.projected = 0
+        self.used = 0
+
+    @property
+    def wasted(self) -> int:
+        return self.projected - self.used
+
+    def get(self, t: int, period: int) -> Tensor:
+        j = self.map.get(t)
+        self.used += 1
+        if j is not None:
+            return self.block[j:j + 1]
+        self.size = min(self.max_block, self.size * 2) if t > self.last else 1
+        stop = min(self.T, t + max(1, period) * self.size)
+        steps = range(t, stop, max(1, period))
+        if len(steps) == 1:
+            rows = self.x2d[t:t + 1]
+        else:
+            rows = self.x2d.index_select(
+                0, torch.arange(t, stop, max(1, period), device=self.x2d.device))
+        self.block = (torch.addmm(self.bias, rows, self.wt) if self.bias is not None
+                      else rows @ self.wt)
+        self.map = {s: i for i, s in enumerate(steps)}
+        self.last = steps[-1]
+        self.projected += len(steps)
+        return self.block[0:1]
+
+
+class _NumpyStack:
+    """One state update at batch size 1 in NumPy (CPU): a GEMV plus in-place elementwise ufuncs.
+
+    At batch size 1 a torch op costs several microseconds of dispatch while its arithmetic costs
+    less; NumPy's ufuncs on preallocated buffers keep the per-update overhead well below the
+    GEMV's memory traffic, so an update costs about one step of ``nn.LSTM``. Numerics: the same
+    float32 products and sums as the reference, with NumPy's exp/tanh (within an ulp of torch's).
+    """
+
+    def __init__(self, cell: StepCell, npdt):
+        self.kind, self.npdt = cell.kind, npdt
+        self.G = 4 if cell.kind == "lstm" else 3
+
+        def arr(t):
+            return None if t is None else t.detach().contiguous().numpy()
+
+        self.layers = [tuple(arr(p) for p in lay) for lay in cell.layers]
+        self.H = self.layers[0][1].shape[1]
+        # upper layers: one bias (b_ih + b_hh for the LSTM)
+        self.const = cell.constant_delta
+        self.gw = None if cell.gate_weight is None else arr(cell.gate_weight)[0]
+        self.gb = None if cell.gate_bias is None else npdt(cell.gate_bias.item())
+        GH = self.G * self.H
+        # GEMVs go through torch (its BLAS honours torch.set_num_threads; NumPy's may spawn threads)
+        self.w_hh_t = [lay[1].detach().contiguous() for lay in cell.layers]
+        self.w_ih_t = [lay[0].detach().contiguous() for lay in cell.layers]
+        self.buf_t = torch.empty(GH, dtype=cell.layers[0][1].dtype)
+        self.buf = self.buf_t.numpy()
+        self.sg = np.empty(GH, npdt)
+        self.one = npdt(1)
+
+    def _sigmoid(self, x, out):
+        np.negative(x, out=out)
+        np.exp(out, out=out)
+        out += self.one
+        np.reciprocal(out, out=out)
+        return out
+
+    def __call__(self, xp_first: np.ndarray, hs: list, cs: list | None):
+        """``xp_first``: the first layer's ``x W_ihᵀ + b_ih`` (+ b_hh for the LSTM)."""
+        H, one = self.H, self.one
+        new_h, new_c = [], []
+        inp = None
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
+            h = hs[k]
+            if self.kind == "lstm":
+                torch.mv(self.w_hh_t[k], torch.from_numpy(h), out=self.buf_t)
+                g = self.buf
+                if k == 0:
+                    g += xp_first
+                else:
+                    g += torch.mv(self.w_ih_t[k], torch.from_numpy(inp)).numpy()
+                    if b_ih is not None:
+                        g += b_ih
+                        g += b_hh
+                sg = self._sigmoid(g, self.sg)
+                c = sg[H:2 * H] * cs[k]
+                c += sg[:H] * np.tanh(g[2 * H:3 * H])
+                h = sg[3 * H:] * np.tanh(c)
+                new_c.append(c)
+            else:
+                torch.mv(self.w_hh_t[k], torch.from_numpy(h), out=self.buf_t)
+                gh = self.buf
+                if b_hh is not None:
+                    gh += b_hh
+                if k == 0:
+                    gi = xp_first
+                else:
+                    gi = torch.mv(self.w_ih_t[k], torch.from_numpy(inp)).numpy()
+                    if b_ih is not None:
+                        gi += b_ih
+                rz = gi[:2 * H] + gh[:2 * H]
+                rz = self._sigmoid(rz, rz)
+                r, z = rz[:H], rz[H:]
+                n = gh[2 * H:] * r
+                n += gi[2 * H:]
+                np.tanh(n, out=n)
+                h = (one - z) * n
+                h += z * hs[k]
+            new_h.append(h)
+            inp = h
+        feat = new_c[-1] if self.kind == "lstm" else new_h[-1]
+        if self.const is not None:
+            delta = self.npdt(self.const)
+        else:
+            zz = np.dot(self.gw, feat) + self.gb
+            delta = one / (one + np.exp(-zz))
+        return new_h, (new_c if self.kind == "lstm" else None), self.npdt(delta)
+
+
+def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, stats=None):
+    """Batch size 1 on the CPU: scalar gate bookkeeping, the cell (NumPy) only on update steps."""
     T, H = x.shape[0], hs[0].shape[-1]
     one, thr = npdt(1), npdt(threshold)
     zero = npdt(0)
     up, cum = npdt(up0.item()), npdt(cum0.item())
-    hist = [hs[-1], hs[-1].new_zeros(1, H)]  # 0: the top h before step 0; 1: padding
+    w_ih, w_hh, b_ih, b_hh = cell.layers[0]
+    b = b_ih
+    if cell.kind == "lstm" and b_ih is not None:
+        b = b_ih + b_hh
+    proj = LazyInputProjection(x[:, 0], w_ih, b)
+    stack = _NumpyStack(cell, npdt)
+    hs = [h[0].numpy().copy() for h in hs]
+    cs = [c[0].numpy().copy() for c in cs] if cs is not None else None
+    hist = [hs[-1], np.zeros(H, npdt)]  # 0: the top h before step 0; 1: padding
     cur = 0
     idx = np.ones(T, np.int64)
     u_np = np.zeros(T, npdt)
     p_np = np.zeros(T, npdt)
+    last_read = None
+    period = 1
+    block_id, block_np = None, None
     for t in range(T):
         if valid is not None and not valid[t]:
             continue
         ut = cum + min(up, one - cum)
         p_np[t] = ut
         if ut > thr:
-            hs, cs, delta = cell(x[t], hs, cs)
-            up, cum = npdt(delta.item()), zero
+            if last_read is not None:
+                period = t - last_read
+            last_read = t
+            proj.get(t, period)
+            if proj.block is not block_id:
+                block_id, block_np = proj.block, proj.block.numpy()
+            xp = block_np[proj.map[t]]
+            hs, cs, up = stack(xp, hs, cs)
+            cum = zero
             u_np[t] = 1
             hist.append(hs[-1])
             cur = len(hist) - 1
         else:
             cum = ut
         idx[t] = cur
+    if stats is not None:
+        stats.update(projected=proj.projected, read=proj.used)
     dev = x.device
-    out = torch.cat(hist).index_select(0, torch.from_numpy(idx).to(dev)).unsqueeze(1)
-    u = torch.from_numpy(u_np).to(dev).unsqueeze(1)
-    p = torch.from_numpy(p_np).to(dev).unsqueeze(1)
+    out = torch.from_numpy(np.stack(hist)[idx]).unsqueeze(1)
+    u = torch.from_numpy(u_np).unsqueeze(1)
+    p = torch.from_numpy(p_np).unsqueeze(1)
     up_t = torch.tensor([up], dtype=x.dtype, device=dev)
     cum_t = torch.tensor([cum], dtype=x.dtype, device=dev)
+    hs = [torch.from_numpy(h).unsqueeze(0) for h in hs]
+    cs = [torch.from_numpy(c).unsqueeze(0) for c in cs] if cs is not None else None
     return out, hs, cs, up_t, cum_t, u, p
 
 
@@ -268,10 +425,11 @@ def _skipping(kind, x, hc, update_prob0, cum_prob0, layers, gate_weight, gate_bi
                     mask, thr)
         valid = None if mask is None else mask.detach().to("cpu", torch.bool).numpy()
         npdt = np_dtype(x.dtype)
-        if B == 1:
-            out, hs, cs, up, cum, u, p = _run_single(
-                cell, x, hs, cs, update_prob0, cum_prob0,
-                None if valid is None else valid[:, 0], thr, npdt)
+        if B == 1 and x.device.type == "cpu":
+            with np.errstate(over="ignore"):
+                out, hs, cs, up, cum, u, p = _run_single(
+                    cell, x, hs, cs, update_prob0, cum_prob0,
+                    None if valid is None else valid[:, 0], thr, npdt)
         else:
             out, hs, cs, up, cum, u, p = _run_batched(cell, x, hs, cs, update_prob0, cum_prob0,
                                                       valid, thr, npdt)
