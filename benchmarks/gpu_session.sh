@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One GPU session on the lent H100/H200: kernel tests, training and inference benchmarks,
+# and a short sequential-MNIST training run. Everything lands in $OUT (logs + JSON).
+#   bash benchmarks/gpu_session.sh [kernels|inference|mnist|all] ...
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src:/tmp/site:${PYTHONPATH:-}"
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET
+OUT="${OUT:-/tmp/skiprnn_out}"
+mkdir -p "$OUT"
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+  git rev-parse HEAD 2>/dev/null
+} 2>&1 | tee "$OUT/device.txt"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
+phases=("$@")
+[ ${#phases[@]} -eq 0 ] && phases=(all)
+for phase in "${phases[@]}"; do
+  case "$phase" in
+    kernels|all)
+      timeout 300 python3 -m pytest -q -rs -x --durations=10 tests/ops/test_triton_lstm.py tests/ops/test_triton_gru.py 2>&1 | tail -25 | tee "$OUT/gpu_tests.log"
+      timeout 200 python3 benchmarks/bench_gpu_train.py --out "$OUT/bench_gpu_train.json" 2>&1 | tee "$OUT/bench_gpu_train.log" | tail -30
+      ;;&
+    inference|all)
+      if [ -f benchmarks/bench_inference.py ]; then
+        timeout 150 python3 benchmarks/bench_inference.py --device cuda --out "$OUT/bench_inference_gpu.json" 2>&1 | tee "$OUT/bench_inference_gpu.log" | tail -20
+      fi
+      ;;&
+    mnist|all)
+      timeout "${MNIST_TIMEOUT:-420}" python3 -m skiprnn train mnist ${MNIST_ARGS:-} --out "$OUT/mnist_run" 2>&1 | tail -30 | tee "$OUT/mnist_train.log"
+      ;;
+  esac
+done
