@@ -1,5 +1,19 @@
-"""Skipping inference: skipped steps cost nothing, and their inputs need not be produced."""
+"""Skipping inference: skipped steps cost nothing, and their inputs need not be produced.
 
+* ``skip_lstm_skipping`` / ``skip_gru_skipping``: whole-sequence forward (the dispatcher's
+  'skipping' backend, used by the layers for no-grad calls).
+* ``SkipStream`` / ``stream(layer)``: step-by-step, with ``skips_ahead`` (inputs not to produce).
+* ``lazy_forward``: frames fetched and encoded only on the steps that are read.
+* ``evaluate_thresholds``: accuracy vs updates over the runtime threshold τ.
+* ``SkipStepModule`` / ``export_step``: one step as an exportable graph (torch.export).
+"""
+
+from .export import SkipGRUStep, SkipLSTMStep, SkipStepModule, export_onnx, export_step
+from .lazy import LazyResult, lazy_forward
 from .skipping import simulate_skips, skip_gru_skipping, skip_lstm_skipping
+from .stream import SkipStream, stream
+from .thresholds import evaluate_thresholds, plot_thresholds, skip_layers
 
-__all__ = ["skip_lstm_skipping", "skip_gru_skipping", "simulate_skips"]
+__all__ = ["skip_lstm_skipping", "skip_gru_skipping", "simulate_skips", "SkipStream", "stream",
+           "lazy_forward", "LazyResult", "evaluate_thresholds", "plot_thresholds", "skip_layers",
+           "SkipStepModule", "SkipLSTMStep", "SkipGRUStep", "export_step", "export_onnx"]

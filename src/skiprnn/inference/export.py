@@ -1,0 +1,112 @@
+"""A single Skip RNN step as a graph without data-dependent control flow (torch.export / ONNX).
+
+The step always computes the candidate (a compiled graph cannot branch on data); the caller skips
+the call altogether on steps it knows are skipped (``skiprnn.inference.simulate_skips`` gives how
+many, from ``update_prob`` / ``cum`` after each call), and feeds the state back.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SkipStepModule", "SkipLSTMStep", "SkipGRUStep", "export_step"]
+
+
+class _StepBase(nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        if getattr(layer, "gate_mode", "learned") != "learned":
+            raise ValueError("SkipStepModule needs a learned-gate layer")
+        self.layer = layer
+        self.num_layers = layer.num_layers
+        self.threshold = float(layer.threshold)
+
+    def _gate(self, feat, update_prob, cum):
+        g = self.layer.update_gate
+        u_tilde = cum + torch.minimum(update_prob, 1 - cum)
+        u = u_tilde > self.threshold
+        delta = torch.sigmoid(F.linear(feat, g.weight, g.bias)).squeeze(-1)
+        new_up = torch.where(u, delta, update_prob)
+        new_cum = torch.where(u, torch.zeros_like(u_tilde), u_tilde)
+        return u, u_tilde, new_up, new_cum
+
+
+class SkipLSTMStep(_StepBase):
+    """``forward(x_t (B, I), h (L, B, H), c (L, B, H), update_prob (B,), cum (B,))`` →
+    ``(output (B, H), h, c, update_prob, cum, update (B,), u_tilde (B,))``."""
+
+    def forward(self, x_t: Tensor, h: Tensor, c: Tensor, update_prob: Tensor, cum: Tensor):
+        inp = x_t
+        hs, cs = [], []
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layer._layers()):
+            gates = F.linear(inp, w_ih, b_ih) + F.linear(h[k], w_hh, b_hh)
+            i, f, g, o = gates.chunk(4, dim=-1)
+            ck = torch.sigmoid(f) * c[k] + torch.sigmoid(i) * torch.tanh(g)
+            hk = torch.sigmoid(o) * torch.tanh(ck)
+            hs.append(hk)
+            cs.append(ck)
+            inp = hk
+        u, u_tilde, new_up, new_cum = self._gate(cs[-1], update_prob, cum)
+        ub = u.unsqueeze(0).unsqueeze(-1)
+        new_h = torch.where(ub, torch.stack(hs), h)
+        new_c = torch.where(ub, torch.stack(cs), c)
+        return new_h[-1], new_h, new_c, new_up, new_cum, u.to(x_t.dtype), u_tilde
+
+
+class SkipGRUStep(_StepBase):
+    """``forward(x_t (B, I), h (L, B, H), update_prob (B,), cum (B,))`` →
+    ``(output (B, H), h, update_prob, cum, update (B,), u_tilde (B,))``."""
+
+    def forward(self, x_t: Tensor, h: Tensor, update_prob: Tensor, cum: Tensor):
+        inp = x_t
+        hs = []
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layer._layers()):
+            gi = F.linear(inp, w_ih, b_ih)
+            gh = F.linear(h[k], w_hh, b_hh)
+            i_r, i_z, i_n = gi.chunk(3, dim=-1)
+            h_r, h_z, h_n = gh.chunk(3, dim=-1)
+            r = torch.sigmoid(i_r + h_r)
+            z = torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + r * h_n)
+            hk = (1 - z) * n + z * h[k]
+            hs.append(hk)
+            inp = hk
+        u, u_tilde, new_up, new_cum = self._gate(hs[-1], update_prob, cum)
+        new_h = torch.where(u.unsqueeze(0).unsqueeze(-1), torch.stack(hs), h)
+        return new_h[-1], new_h, new_up, new_cum, u.to(x_t.dtype), u_tilde
+
+
+def SkipStepModule(layer) -> nn.Module:
+    """The single-step module of a SkipLSTM (``SkipLSTMStep``) or SkipGRU (``SkipGRUStep``)."""
+    return (SkipLSTMStep if layer.mode == "lstm" else SkipGRUStep)(layer).eval()
+
+
+def example_inputs(layer, batch_size: int = 1):
+    st = layer.initial_state(batch_size)
+    p = next(layer.parameters())
+    x = torch.zeros(batch_size, layer.input_size, device=p.device, dtype=p.dtype)
+    return (x, *st)
+
+
+def export_step(layer, batch_size: int = 1, dynamic_batch: bool = False):
+    """``torch.export.export`` of the single step (an ``ExportedProgram``; ``.module()`` runs it)."""
+    mod = SkipStepModule(layer)
+    args = example_inputs(layer, batch_size)
+    dyn = None
+    if dynamic_batch:
+        B = torch.export.Dim("batch", min=1, max=1 << 16)
+        shapes = [{0: B}] + [({1: B} if a.dim() == 3 else {0: B}) for a in args[1:]]
+        dyn = tuple(shapes)
+    return torch.export.export(mod, args, dynamic_shapes=dyn)
+
+
+def export_onnx(layer, path, batch_size: int = 1):
+    """ONNX export of the single step (needs the ``onnx`` package); returns the path."""
+    mod = SkipStepModule(layer)
+    args = example_inputs(layer, batch_size)
+    names = ["x_t", "h", "c", "update_prob", "cum"] if layer.mode == "lstm" else \
+        ["x_t", "h", "update_prob", "cum"]
+    torch.onnx.export(mod, args, str(path), input_names=names, dynamo=True)
+    return path
