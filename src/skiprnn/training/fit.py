@@ -174,8 +174,10 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
         callbacks.append(TQDMProgressBar(refresh_rate=10))
 
     trainer_kw = {}
-    if task.name == "mnist" and cfg.val_every:
-        trainer_kw["val_check_interval"] = min(cfg.val_every, 10 ** 9)
+    if not hasattr(task, "sample") and cfg.val_every:   # real datasets: validate every N batches
+        n_batches = -(-len(task.train_dataset(cfg.seed)) // task.batch_size)
+        if cfg.val_every < n_batches:
+            trainer_kw["val_check_interval"] = int(cfg.val_every)
     trainer = pl.Trainer(
         accelerator=acc, devices=_devices(cfg.devices), num_nodes=cfg.num_nodes, strategy=cfg.strategy,
         precision=cfg.precision, max_steps=cfg.max_steps if cfg.max_steps else -1,

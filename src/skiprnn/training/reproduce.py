@@ -118,7 +118,7 @@ TABLES = {
     },
     "table4": {
         "task": "frequency", "title": "Table 4: Frequency discrimination", "rows": _t4,
-        "full": {"lr": 1e-3, "max_steps": 3000, "val_every": 100, "stop_when_solved": True,
+        "full": {"lr": 3e-3, "max_steps": 3000, "val_every": 100, "stop_when_solved": True,
                  "solved_patience": 5},
         "quick": {"lr": 1e-3, "max_steps": 20, "val_every": 10, "batch_size": 64,
                   "task_options": {"val_size": 256, "test_size": 512}},
@@ -172,6 +172,19 @@ def _train_args(table: str, row: Row, seed: int, settings: dict, run_dir: Path, 
     return args + list(extra)
 
 
+def _running_pid(rd: Path):
+    """pid of a live training process marked in ``rd/RUNNING`` (another reproduce), else None."""
+    f = rd / "RUNNING"
+    if not f.exists():
+        return None
+    try:
+        pid = int(f.read_text().split()[0])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError, PermissionError, OSError):
+        return None
+    return pid
+
+
 def _fmt_pm(vals, fmt="{:.1f}", suffix=""):
     vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
@@ -196,7 +209,7 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
               rows: Optional[list[str]] = None, runs_dir: Optional[str] = None,
               extra_train_args: Optional[list[str]] = None, threads: Optional[int] = 1,
               settings_override: Optional[dict] = None, verbose: bool = True,
-              report_only: bool = False) -> dict:
+              report_only: bool = False, seed_major: bool = False) -> dict:
     """Run (or reuse) every (row, seed) of ``table`` and write OUT/<table>.{md,csv,json}."""
     if table not in TABLES:
         raise ConfigError(f"unknown table {table!r}; valid tables: {', '.join(TABLES)}")
@@ -216,15 +229,23 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
     extra = list(extra_train_args or [])
 
     todo, runs = [], {}
-    for row in chosen:
-        for s in range(seeds):
-            rd = base / row.id / f"seed{s}"
-            runs[(row.id, s)] = rd
-            if not (rd / "results.json").exists():
-                todo.append((row, s, rd))
+    order = ([(row, s) for s in range(seeds) for row in chosen] if seed_major
+             else [(row, s) for row in chosen for s in range(seeds)])
+    elsewhere = []
+    for row, s in order:
+        rd = base / row.id / f"seed{s}"
+        runs[(row.id, s)] = rd
+        if (rd / "results.json").exists():
+            continue
+        if _running_pid(rd) is not None:   # another `reproduce` is running it: leave it alone
+            elsewhere.append(rd)
+            continue
+        todo.append((row, s, rd))
     if verbose:
-        print(f"[skiprnn] {table}: {len(chosen)} rows × {seeds} seeds, {len(runs) - len(todo)} "
-              f"done, {len(todo)} to run ({jobs} at a time) in {base}", flush=True)
+        print(f"[skiprnn] {table}: {len(chosen)} rows × {seeds} seeds, "
+              f"{len(runs) - len(todo) - len(elsewhere)} "
+              f"done, {len(todo)} to run ({jobs} at a time) in {base}"
+              + (f"; {len(elsewhere)} running elsewhere" if elsewhere else ""), flush=True)
 
     running: list = []
     failed = []
@@ -249,13 +270,16 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
         src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        (rd / "RUNNING").write_text(f"{p.pid}\n")
         return p, log, row, s, rd, time.time()
 
     try:
         pending = list(todo)
         while pending or running:
-            while pending and len(running) < jobs:
+            busy = len(running) + sum(_running_pid(rd) is not None for rd in elsewhere)
+            while pending and busy < jobs:
                 running.append(launch(*pending.pop(0)))
+                busy += 1
             time.sleep(0.5)
             for item in list(running):
                 p, log, row, s, rd, t0 = item
@@ -263,6 +287,7 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
                     continue
                 running.remove(item)
                 log.close()
+                (rd / "RUNNING").unlink(missing_ok=True)
                 ok = p.returncode == 0 and (rd / "results.json").exists()
                 if not ok:
                     failed.append((row.id, s, rd))
