@@ -168,11 +168,12 @@ class LazyInputProjection:
     def wasted(self) -> int:
         return self.projected - self.used
 
-    def get(self, t: int, period: int) -> Tensor:
+    def get(self, t: int, period: int) -> int:
+        """Make sure step t is projected; returns its row in ``self.block``."""
         j = self.map.get(t)
         self.used += 1
         if j is not None:
-            return self.block[j:j + 1]
+            return j
         self.size = min(self.max_block, self.size * 2) if t > self.last else 1
         stop = min(self.T, t + max(1, period) * self.size)
         steps = range(t, stop, max(1, period))
@@ -186,7 +187,7 @@ class LazyInputProjection:
         self.map = {s: i for i, s in enumerate(steps)}
         self.last = steps[-1]
         self.projected += len(steps)
-        return self.block[0:1]
+        return 0
 
 
 class _NumpyStack:
@@ -219,12 +220,13 @@ class _NumpyStack:
         self.buf = self.buf_t.numpy()
         self.sg = np.empty(GH, npdt)
         self.one = npdt(1)
+        self.half = npdt(0.5)
 
     def _sigmoid(self, x, out):
-        np.negative(x, out=out)
-        np.exp(out, out=out)
-        out += self.one
-        np.reciprocal(out, out=out)
+        np.multiply(x, self.half, out=out)
+        np.tanh(out, out=out)
+        out *= self.half
+        out += self.half
         return out
 
     def __call__(self, xp_first: np.ndarray, hs: list, cs: list | None):
@@ -310,10 +312,10 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
             if last_read is not None:
                 period = t - last_read
             last_read = t
-            proj.get(t, period)
+            j = proj.get(t, period)
             if proj.block is not block_id:
                 block_id, block_np = proj.block, proj.block.numpy()
-            xp = block_np[proj.map[t]]
+            xp = block_np[j]
             hs, cs, up = stack(xp, hs, cs)
             cum = zero
             u_np[t] = 1

@@ -83,6 +83,17 @@ class SkipStream:
 
     # ------------------------------------------------------------------ helpers
     def _cell(self) -> StepCell:
+        # cached: StepCell holds detached views that share the parameters' storage, so in-place
+        # updates (optimizer steps, load_state_dict) are seen; a replaced Parameter is re-read.
+        params = tuple(p for lay in self.layer._layers() for p in lay)
+        if self.layer.update_gate is not None:
+            params += tuple(self.layer.update_gate.parameters())
+        key = tuple(id(p) for p in params)
+        if getattr(self, "_cell_key", None) != key:
+            self._cell_cache, self._cell_key = self._make_cell(), key
+        return self._cell_cache
+
+    def _make_cell(self) -> StepCell:
         lay = self.layer
         gw = lay.update_gate.weight if lay.update_gate is not None else None
         gb = lay.update_gate.bias if lay.update_gate is not None else None
