@@ -8,6 +8,8 @@ Layers that drop in where nn.LSTM / nn.GRU stand and learn to skip state updates
     loss = skiprnn.budget_loss(out.updates, cost_per_sample=1e-5)
 """
 
+from .inference import (SkipStepModule, SkipStream, evaluate_thresholds, export_step,
+                        lazy_forward)
 from .losses import budget_loss, target_rate_loss
 from .metrics import flops_per_update, inference_flops, n_skip, update_counts, update_fraction
 from .modules import (MODELS, PeriodicSkipGRU, PeriodicSkipLSTM, PlainGRU, PlainLSTM,
@@ -22,5 +24,6 @@ __all__ = [
     "SkipGRUState", "SkipRNNState", "SkipCellOutput", "PlainLSTM", "PlainGRU", "RandomSkipLSTM",
     "RandomSkipGRU", "PeriodicSkipLSTM", "PeriodicSkipGRU", "MODELS", "build_rnn", "budget_loss",
     "target_rate_loss", "n_skip", "update_counts", "update_fraction", "flops_per_update",
-    "inference_flops", "__version__",
+    "inference_flops", "SkipStream", "lazy_forward", "evaluate_thresholds", "SkipStepModule",
+    "export_step", "__version__",
 ]

@@ -274,6 +274,17 @@ class _SkipRNNBase(nn.Module):
             u, p = u.transpose(0, 1), p.transpose(0, 1)
         return SkipOutput(out, new_state, u, p)
 
+    def stream(self, batch_size: int = 1, state=None):
+        """A step-by-step stream over this layer (``skiprnn.inference.SkipStream``).
+
+        ``stream.step(x_t)`` runs one step, ``stream.skips_ahead`` says how many upcoming inputs
+        will not be read (so the caller need not produce them), ``stream.skip(n)`` advances over
+        them; results equal the whole-sequence forward.
+        """
+        from ..inference.stream import SkipStream
+
+        return SkipStream(self, batch_size, state)
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
