@@ -28,9 +28,27 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..skip_lstm.cpu import _thresholds
+from ..skip_lstm.cpu import _SECOND_BACKWARD, CHUNK, _Lease, _thresholds
 
 __all__ = ["skip_gru_cpu"]
+
+
+class _KK_GRU:
+    """Column layout of the per-step row the reverse loop reads (``KK[t]``, width ``W``):
+    ``[h'-h | Δũ'-Δũ, 1-u-ũ, g_u+g_ũ | KG (4H) | z | kz | u | 1-u, 1-m | pu | m]``; the first
+    ``H + 3`` entries dotted with ``S = [dh | dup | dcum | 1]`` give dũ, and
+    ``dG = dh' * KG = [dr_pre, dz_pre, d(h W_hnᵀ + b_hn), d(x W_inᵀ + b_in)]``."""
+
+    def __init__(self, H):
+        self.S = H
+        self.KG = H + 3
+        self.Z = 5 * H + 3
+        self.KZ = 6 * H + 3
+        self.U = 6 * H + 4
+        self.C2 = 6 * H + 5
+        self.PU = 6 * H + 7
+        self.M = 6 * H + 8
+        self.W = 6 * H + 9
 
 
 class _SkipGRUFunction(torch.autograd.Function):
@@ -39,183 +57,237 @@ class _SkipGRUFunction(torch.autograd.Function):
         T, B, I = x.shape
         H = w_hh.shape[1]
         H2, H3 = 2 * H, 3 * H
-        # PRE[t] = [x W_irᵀ + b_ir + b_hr, x W_izᵀ + b_iz + b_hz, b_hn]; the per-step addmm adds
-        # h W_hhᵀ, giving [r_pre, z_pre, gh_n]; r, z are then activated in place.
-        PRE = torch.mm(x.reshape(T * B, I), w_ih.t()).view(T, B, H3)
-        GIN = PRE[..., H2:].clone()  # x W_inᵀ + b_in
+        C = min(CHUNK, T)
+        train = any(ctx.needs_input_grad)
+        # x-projection bias: [b_ir + b_hr, b_iz + b_hz, b_in]; b_hn is added inside r ⊙ (·)
+        bias = None
         if b_ih is not None:
-            PRE[..., :H2] += b_ih[:H2]
-            GIN += b_ih[H2:]
+            bias = b_ih.clone()
         if b_hh is not None:
-            PRE[..., :H2] += b_hh[:H2]
-            PRE[..., H2:] = b_hh[H2:]
-        else:
-            PRE[..., H2:] = 0
-        WhT = w_hh.t()
-        gwT = gw.t()
-        HS = x.new_empty(T + 1, B, H)
-        HS[0] = h0[0]
-        NN = x.new_empty(T, B, H)  # n
-        CAND = x.new_empty(T, B, H)  # h'
-        UT = x.new_empty(T, B, 1)
-        UB = torch.empty(T, B, 1, dtype=torch.bool, device=x.device)
-        DL = x.new_empty(T, B, 1)
-        UP = x.new_empty(T + 1, B, 1)
-        CUM = x.new_empty(T + 1, B, 1)
-        UP[0, :, 0] = up0
-        CUM[0, :, 0] = cum0
-        tmp = x.new_empty(B, 1)
-        zero = x.new_zeros(1, 1)
-        one = x.new_ones(1, 1)
+            bias = torch.cat([b_hh[:H2], b_hh.new_zeros(H)]) if bias is None else bias
+            if b_ih is not None:
+                bias[:H2] += b_hh[:H2]
+        WiT, WhT, gwT = w_ih.t(), w_hh.t(), gw.t()
+        lease = _Lease(x)
+        big, new = lease.new, x.new_empty
+        L = _KK_GRU(H)
+
+        WP = new(C, B, H3)  # [r_pre, z_pre, h W_hnᵀ + b_hn], then r, z activated in place
+        WGIN = new(C, B, H)  # x W_inᵀ + b_in
+        WN = new(C, B, H)  # n
+        WHS = new(C + 1, B, H)  # state before / after each step of the chunk
+        WCAND = new(C, B, H)  # h'
+        WSC = new(C + 1, B, 5)  # per step [Δũ_in, cum_in, ũ, u, Δũ_cand]
+        WHS[0] = h0[0]
+        WSC[0, :, 0] = up0
+        WSC[0, :, 1] = cum0
+        Hh = big(T + 1, B, H)
+        Hh[0] = h0[0]
+        SC = new(T, B, 5)
+        if train:
+            KK = big(T, B, L.W)
+            CC = big(T, B, H)  # h' (for the update-gate weight gradient)
+            WT1 = new(C, B, H)
+        zero, one = x.new_zeros(1, 1), x.new_ones(1, 1)
         thr = _thresholds(threshold, mask, T, B, x)
-        per_step_thr = isinstance(thr, Tensor)
-        mb = mask.view(T, B, 1).bool() if mask is not None else None
-
-        for t in range(T):
-            p = PRE[t]
-            h = HS[t]
-            n = NN[t]
-            cand = CAND[t]
-            up = UP[t]
-            cum = CUM[t]
-            ut = UT[t]
-            ub = UB[t]
-            dl = DL[t]
-            p.addmm_(h, WhT)
-            p[:, :H2].sigmoid_()
-            torch.addcmul(GIN[t], p[:, :H], p[:, H2:], out=n)
-            n.tanh_()
-            torch.lerp(n, h, p[:, H:H2], out=cand)
-            torch.sub(one, cum, out=tmp)
-            torch.minimum(up, tmp, out=tmp)
-            torch.add(cum, tmp, out=ut)
-            torch.gt(ut, thr[t] if per_step_thr else thr, out=ub)
-            torch.where(ub, cand, h, out=HS[t + 1])
-            torch.addmm(gb, cand, gwT, out=dl)
-            dl.sigmoid_()
-            torch.where(ub, dl, up, out=UP[t + 1])
-            if mb is not None:
-                torch.where(mb[t], ut, cum, out=tmp)
-                torch.where(ub, zero, tmp, out=CUM[t + 1])
-            else:
-                torch.where(ub, zero, ut, out=CUM[t + 1])
-
-        U = UB.to(x.dtype)
+        thr_ = thr.unbind(0) if thr.shape[0] == T else [thr] * T
         M = mask.to(x.dtype).view(T, B, 1) if mask is not None else None
-        if M is None:
-            output = HS[1:].clone()
-            probs = UT.view(T, B).clone()
-        else:
-            output = HS[1:] * M
-            probs = (UT * M).view(T, B)
-        h_n = HS[T].unsqueeze(0).clone()
-        up_n = UP[T, :, 0].clone()
-        cum_n = CUM[T, :, 0].clone()
-        updates = U.view(T, B).clone()
+        m_ = M.unbind(0) if M is not None else None
+        tmp = new(B, 1)
 
-        ctx.save_for_backward(x, w_ih, w_hh, gw)
-        ctx.bufs = (PRE, NN, HS, CAND, UT, U, DL, UP, CUM, M)
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        p_, rz_, r_, z_, ghn_ = WP.unbind(0), WP[..., :H2].unbind(0), WP[..., :H].unbind(0), \
+            WP[..., H:H2].unbind(0), WP[..., H2:].unbind(0)
+        gin_, n_, hs_, cand_ = WGIN.unbind(0), WN.unbind(0), WHS.unbind(0), WCAND.unbind(0)
+        up_, cum_, ut_, u_, dl_ = (WSC[..., k:k + 1].unbind(0) for k in range(5))
+
+        for t0 in range(0, T, C):
+            n = min(C, T - t0)
+            xp = WP[:n].view(n * B, H3)
+            if bias is None:
+                torch.mm(x[t0:t0 + n].reshape(n * B, I), WiT, out=xp)
+            else:
+                torch.addmm(bias, x[t0:t0 + n].reshape(n * B, I), WiT, out=xp)
+            WGIN[:n] = WP[:n, :, H2:]
+            if b_hh is None:
+                WP[:n, :, H2:] = 0
+            else:
+                WP[:n, :, H2:] = b_hh[H2:]
+            for j in range(n):
+                t = t0 + j
+                nn_, cand, ut, u, dl = n_[j], cand_[j], ut_[j], u_[j], dl_[j]
+                p_[j].addmm_(hs_[j], WhT)
+                rz_[j].sigmoid_()
+                torch.addcmul(gin_[j], r_[j], ghn_[j], out=nn_)
+                nn_.tanh_()
+                torch.lerp(nn_, hs_[j], z_[j], out=cand)  # (1 - z) n + z h
+                torch.add(cum_[j], up_[j], out=ut)
+                ut.clamp_max_(1)
+                torch.gt(ut, thr_[t], out=u)
+                torch.lerp(hs_[j], cand, u, out=hs_[j + 1])
+                torch.addmm(gb, cand, gwT, out=dl)
+                dl.sigmoid_()
+                torch.lerp(up_[j], dl, u, out=up_[j + 1])
+                if m_ is not None:
+                    torch.lerp(cum_[j], ut, m_[t], out=tmp)
+                    torch.lerp(tmp, zero, u, out=cum_[j + 1])
+                else:
+                    torch.lerp(ut, zero, u, out=cum_[j + 1])
+            # ---- flush the chunk ----
+            Hh[t0 + 1:t0 + n + 1] = WHS[1:n + 1]
+            SC[t0:t0 + n] = WSC[:n]
+            if train:
+                kk = KK[t0:t0 + n]
+                r, z, ghn = WP[:n, :, :H], WP[:n, :, H:H2], WP[:n, :, H2:]
+                nn_, cand, hso, t1 = WN[:n], WCAND[:n], WHS[:n], WT1[:n]
+                d = kk[..., :H]
+                torch.sub(cand, hso, out=d)
+                kn = kk[..., L.KG + H3:L.KG + 4 * H]
+                torch.sub(one, z, out=t1)
+                torch.mul(nn_, nn_, out=kn)
+                torch.addcmul(t1, t1, kn, value=-1, out=kn)  # (1 - z)(1 - n²)
+                torch.mul(kn, r, out=kk[..., L.KG + H2:L.KG + H3])
+                kr = kk[..., L.KG:L.KG + H]
+                torch.addcmul(r, r, r, value=-1, out=kr)
+                kr.mul_(ghn).mul_(kn)  # r(1 - r) gh_n (1 - z)(1 - n²)
+                torch.addcmul(zero, d, z, value=-1, out=kk[..., L.KG + H:L.KG + H2])  # (h-n)z(1-z)
+                kk[..., L.Z:L.Z + H] = z
+                CC[t0:t0 + n] = cand
+                sc = WSC[:n]
+                up_o, cum_o, ut, u, dl = (sc[..., k:k + 1] for k in range(5))
+                torch.sub(dl, up_o, out=kk[..., L.S:L.S + 1])
+                torch.sub(one, u, out=kk[..., L.C2:L.C2 + 1])
+                torch.sub(kk[..., L.C2:L.C2 + 1], ut, out=kk[..., L.S + 1:L.S + 2])
+                torch.addcmul(dl, dl, dl, value=-1, out=kk[..., L.KZ:L.KZ + 1])
+                kk[..., L.KZ:L.KZ + 1].mul_(u)
+                kk[..., L.U:L.U + 1] = u
+                a = torch.sub(one, cum_o)
+                torch.lt(up_o, a, out=kk[..., L.PU:L.PU + 1])
+                kk[..., L.PU:L.PU + 1].add_((up_o == a).to(x.dtype), alpha=0.5)
+                if M is None:
+                    kk[..., L.C2 + 1] = 0
+                    kk[..., L.M] = 1
+                else:
+                    torch.sub(one, M[t0:t0 + n], out=kk[..., L.C2 + 1:L.C2 + 2])
+                    kk[..., L.M:L.M + 1] = M[t0:t0 + n]
+            WHS[0] = WHS[n]
+            WSC[0, :, :2] = WSC[n, :, :2]
+
+        if M is None:
+            output = Hh[1:].clone()
+            probs = SC[..., 2].clone()
+        else:
+            output = Hh[1:] * M
+            probs = SC[..., 2] * M[..., 0]
+        h_n = WHS[0].unsqueeze(0).clone()
+        up_n = WSC[0, :, 0].clone()
+        cum_n = WSC[0, :, 1].clone()
+        updates = SC[..., 3].clone()
+        if train:
+            ctx.save_for_backward(x, w_ih, w_hh, gw)
+            ctx.bufs = (Hh, KK, CC)
+            ctx.lease = lease
+            ctx.masked = M is not None
+            ctx.has_bias = (b_ih is not None, b_hh is not None)
+        else:
+            lease.release()
         return output, h_n, up_n, cum_n, updates, probs
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_hn, g_up, g_cum, g_u, g_ut):
         x, w_ih, w_hh, gw = ctx.saved_tensors
-        PRE, NN, HS, CAND, UT, U, DL, UP, CUM, M = ctx.bufs
-        del ctx.bufs
+        if ctx.bufs is None:
+            raise RuntimeError(_SECOND_BACKWARD)
+        Hh, KK, CC = ctx.bufs
+        ctx.bufs = None
         T, B, I = x.shape
         H = w_hh.shape[1]
-        H2, H3 = 2 * H, 3 * H
-        W = H + 3  # running gradient row: [dh | dup | dcum | 1]
-        kw = dict(dtype=x.dtype, device=x.device)
+        H2, H3, H4 = 2 * H, 3 * H, 4 * H
+        C = min(CHUNK, T)
+        L = _KK_GRU(H)
+        W = H + 3  # running gradient row S = [dh | dup | dcum | 1]
+        new = x.new_empty
+        tmp_lease = _Lease(x)
 
-        # ---- coefficients of every step, computed at once --------------------------------
-        r, z, ghn = PRE[..., :H], PRE[..., H:H2], PRE[..., H2:]
-        h_old = HS[:-1]
-        # KG: dG[t] = dh' * KG[t], dG = [dr_pre, dz_pre, d gh_n, d gi_n]
-        KG = torch.empty(T, B, 4 * H, **kw)
-        kn = KG[..., H3:]
-        torch.mul(NN, NN, out=kn)
-        kn.neg_().add_(1).mul_(1 - z)  # (1 - z)(1 - n²)
-        torch.mul(kn, r, out=KG[..., H2:H3])
-        kr = KG[..., :H]
-        torch.mul(r, 1 - r, out=kr)
-        kr.mul_(ghn).mul_(kn)  # r(1 - r) gh_n (1 - z)(1 - n²)
-        kz = KG[..., H:H2]
-        torch.sub(h_old, NN, out=kz)
-        kz.mul_(z).mul_(1 - z)
-        KZ = DL * (1 - DL) * U
-        omu = 1 - U
-        a = 1 - CUM[:-1]
-        up_old = UP[:-1]
-        Pu = (up_old < a).to(x.dtype) + 0.5 * (up_old == a).to(x.dtype)
-        C2 = torch.empty(T, B, 2, **kw)
-        C2[..., :1] = omu
-        if M is None:
-            C2[..., 1:] = 0
-        else:
-            C2[..., 1:] = 1 - M
-        DEXT = torch.empty(T, B, W, **kw)
-        torch.sub(CAND, h_old, out=DEXT[..., :H])
-        torch.sub(DL, up_old, out=DEXT[..., H:H + 1])
-        torch.sub(omu, UT, out=DEXT[..., H + 1:H + 2])
-        torch.add(g_u, g_ut, out=DEXT[..., H + 2])
-        if M is None:
-            GO = g_out
-        else:
-            DEXT.mul_(M)
-            GO = g_out * M
+        torch.add(g_u, g_ut, out=KK[..., L.S + 2])
+        GO = g_out
+        masked = ctx.masked
+        if masked:
+            GO = torch.mul(g_out, KK[..., L.M:L.M + 1], out=tmp_lease.new(T, B, H))
+        go_ = GO.unbind(0)
 
-        # ---- the reverse time loop -------------------------------------------------------
-        S = torch.empty(B, W, **kw)
-        Sn = torch.empty(B, W, **kw)
+        S, Sn = new(B, W), new(B, W)
         torch.add(g_hn[0], GO[T - 1], out=S[:, :H])
         S[:, H] = g_up
         S[:, H + 1] = g_cum
         S[:, H + 2] = 1
         Sn[:, H + 2] = 1
-        dG = torch.empty(T, B, 4 * H, **kw)
-        DZ = torch.empty(T, B, 1, **kw)
-        dhp = torch.empty(B, H, **kw)
-        dut = torch.empty(B, 1, **kw)
+        views = [(s, s[:, :H], s[:, H:H + 1], s[:, H:H + 2]) for s in (S, Sn)]
+        dG = tmp_lease.new(T, B, H4 + 1)  # [dr_pre, dz_pre, d gh_n, d gi_n | dz]
+        WK = new(C, B, L.W)
+        WDG = new(C, B, H4 + 1)
+        dhp, dut = new(B, H), new(B, 1)
+        dhp4 = dhp.unsqueeze(1)
         dut_flat = dut.view(B)
-        for t in range(T - 1, -1, -1):
-            dh = S[:, :H]
-            dgt = dG[t]
-            dz = DZ[t]
-            torch.linalg.vecdot(DEXT[t], S, out=dut_flat)
-            torch.mul(S[:, H:H + 1], KZ[t], out=dz)
-            torch.mul(dh, U[t], out=dhp)
-            dhp.addcmul_(dz, gw)
-            torch.mul(dhp.unsqueeze(1), KG[t].view(B, 4, H), out=dgt.view(B, 4, H))
-            snh = Sn[:, :H]
-            if t > 0:
-                torch.addcmul(GO[t - 1], dh, omu[t], out=snh)
-            else:
-                torch.mul(dh, omu[t], out=snh)
-            snh.addcmul_(dhp, z[t])
-            snh.addmm_(dgt[:, :H3], w_hh)
-            torch.mul(S[:, H:H + 2], C2[t], out=Sn[:, H:H + 2])
-            Sn[:, H:H + 2].addcmul_(dut, Pu[t])
-            S, Sn = Sn, S
+        dext_ = WK[..., :W].unbind(0)
+        kg_ = WK[..., L.KG:L.KG + H4].unflatten(2, (4, H)).unbind(0)
+        zg_ = WK[..., L.Z:L.Z + H].unbind(0)
+        kz_, u_, omu_, c2_, pu_, m_ = (WK[..., k:k + w].unbind(0) for k, w in (
+            (L.KZ, 1), (L.U, 1), (L.C2, 1), (L.C2, 2), (L.PU, 1), (L.M, 1)))
+        dg4_ = WDG[..., :H4].unflatten(2, (4, H)).unbind(0)
+        dgh_ = WDG[..., :H3].unbind(0)
+        dz_ = WDG[..., H4:].unbind(0)
+        cur = 0
+        for t0 in reversed(range(0, T, C)):
+            n = min(C, T - t0)
+            WK[:n] = KK[t0:t0 + n]
+            for j in range(n - 1, -1, -1):
+                t = t0 + j
+                s, dh, dup, ssc = views[cur]
+                _, snh, _, snsc = views[1 - cur]
+                dz, omu = dz_[j], omu_[j]
+                torch.linalg.vecdot(dext_[j], s, out=dut_flat)
+                if masked:
+                    dut.mul_(m_[j])
+                torch.mul(dup, kz_[j], out=dz)
+                torch.mul(dh, u_[j], out=dhp)
+                dhp.addcmul_(dz, gw)
+                torch.mul(dhp4, kg_[j], out=dg4_[j])
+                if t > 0:
+                    torch.addmm(go_[t - 1], dgh_[j], w_hh, out=snh)
+                else:
+                    torch.mm(dgh_[j], w_hh, out=snh)
+                snh.addcmul_(dh, omu)
+                snh.addcmul_(dhp, zg_[j])
+                torch.mul(ssc, c2_[j], out=snsc)
+                snsc.addcmul_(dut, pu_[j])
+                cur = 1 - cur
+            dG[t0:t0 + n] = WDG[:n]
+        S = views[cur][0]
 
         # ---- parameter gradients: big GEMMs ----------------------------------------------
         need = ctx.needs_input_grad
-        dG2 = dG.view(T * B, 4 * H)
-        dGI = torch.cat([dG2[:, :H2], dG2[:, H3:]], 1) if (need[0] or need[4] or need[6]) \
-            else None
-        dGH = dG2[:, :H3]
-        dx = torch.mm(dGI, w_ih).view(T, B, I) if need[0] else None
+        dG2 = dG.view(T * B, H4 + 1)
+        d_rz, d_hn, d_in, dz = dG2[:, :H2], dG2[:, H2:H3], dG2[:, H3:H4], dG2[:, H4:]
+        x2 = x.reshape(T * B, I)
+        dx = None
+        if need[0]:
+            dx = torch.mm(d_rz, w_ih[:H2])
+            dx.addmm_(d_in, w_ih[H2:])
+            dx = dx.view(T, B, I)
         dh0 = S[:, :H].unsqueeze(0).clone() if need[1] else None
         dup0 = S[:, H].clone() if need[2] else None
         dcum0 = S[:, H + 1].clone() if need[3] else None
-        dWi = dGI.t().mm(x.reshape(T * B, I)) if need[4] else None
-        dWh = dGH.t().mm(h_old.reshape(T * B, H)) if need[5] else None
-        db_ih = dGI.sum(0) if (need[6] and ctx.has_bias[0]) else None
-        db_hh = dGH.sum(0) if (need[7] and ctx.has_bias[1]) else None
-        dgw = DZ.view(1, T * B).mm(CAND.reshape(T * B, H)) if need[8] else None
-        dgb = DZ.sum().view(1) if need[9] else None
+        dWi = torch.cat([d_rz.t().mm(x2), d_in.t().mm(x2)]) if need[4] else None
+        dWh = dG2[:, :H3].t().mm(Hh[:-1].view(T * B, H)) if need[5] else None
+        db_ih = torch.cat([d_rz.sum(0), d_in.sum(0)]) if (need[6] and ctx.has_bias[0]) \
+            else None
+        db_hh = dG2[:, :H3].sum(0) if (need[7] and ctx.has_bias[1]) else None
+        dgw = dz.t().mm(CC.view(T * B, H)) if need[8] else None
+        dgb = dz.sum().view(1) if need[9] else None
+        del Hh, KK, CC, dG, dG2, d_rz, d_hn, d_in, dz, GO, go_
+        ctx.lease.release()
+        tmp_lease.release()
         return (dx, dh0, dup0, dcum0, dWi, dWh, db_ih, db_hh, dgw, dgb, None, None)
 
 

@@ -28,6 +28,8 @@ Works on any device (CUDA tensors too, as a slow generic fallback: it launches m
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Sequence
 
 import torch
@@ -35,6 +37,90 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 __all__ = ["skip_lstm_cpu"]
+
+_SECOND_BACKWARD = (
+    "Trying to backward through a CPU fast-path Skip RNN call a second time: its work buffers "
+    "were handed back after the first backward (retain_graph=True is not supported here; use "
+    "backend='reference' for that).")
+
+
+class _BufferPool:
+    """Reuse the big per-call work buffers of the fast paths across calls (CPU only).
+
+    A fresh multi-MB CPU tensor is mmap'd by the allocator and page-faulted (zeroed by the kernel)
+    on every call: for the paper's sequential-MNIST shape that costs about as much as the whole
+    recurrence. Buffers are checked out in ``forward``, handed back when ``backward`` is done (or
+    when the autograd graph is freed, or at the end of a no-grad forward), and kept for the next
+    call up to ``max_bytes`` in all (least recently used shapes are dropped first). Set
+    ``SKIPRNN_CPU_POOL_MB=0`` to disable. Never hands the same tensor to two live calls.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._free: dict = {}  # (shape, dtype) -> list of tensors, in LRU order (dict order)
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, shape, like: Tensor) -> Tensor:
+        shape = tuple(shape)
+        if like.device.type == "cpu" and self.max_bytes > 0:
+            key = (shape, like.dtype)
+            with self._lock:
+                lst = self._free.get(key)
+                if lst:
+                    t = lst.pop()
+                    self._bytes -= t.numel() * t.element_size()
+                    self._free[key] = self._free.pop(key)  # most recently used last
+                    return t
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+    def put(self, tensors) -> None:
+        with self._lock:
+            for t in tensors:
+                if t is None or t.device.type != "cpu":
+                    continue
+                nbytes = t.numel() * t.element_size()
+                if nbytes > self.max_bytes:
+                    continue
+                key = (tuple(t.shape), t.dtype)
+                self._free.setdefault(key, []).append(t)
+                self._free[key] = self._free.pop(key)
+                self._bytes += nbytes
+                while self._bytes > self.max_bytes:  # evict least recently used
+                    old = next(iter(self._free))
+                    lst = self._free[old]
+                    gone = lst.pop(0)
+                    self._bytes -= gone.numel() * gone.element_size()
+                    if not lst:
+                        del self._free[old]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+            self._bytes = 0
+
+
+_POOL = _BufferPool(int(float(os.environ.get("SKIPRNN_CPU_POOL_MB", "2048")) * 2**20))
+
+
+class _Lease:
+    """Buffers checked out of the pool for one call; handed back once (on release or on GC)."""
+
+    def __init__(self, like: Tensor):
+        self.like = like
+        self.bufs: list = []
+
+    def new(self, *shape) -> Tensor:
+        t = _POOL.get(shape, self.like)
+        self.bufs.append(t)
+        return t
+
+    def release(self) -> None:
+        bufs, self.bufs = self.bufs, []
+        _POOL.put(bufs)
+
+    def __del__(self):
+        self.release()
 
 
 def _to_internal(w: Tensor) -> Tensor:
@@ -50,11 +136,12 @@ def _to_external(w: Tensor) -> Tensor:
 
 
 def _thresholds(threshold, mask, T, B, like):
-    """Per-step threshold column (T, B, 1), +inf on padded steps (never an update), or a float."""
+    """Threshold τ as a tensor: ``(T, B, 1)`` per step (``+inf`` on padded steps: never an
+    update) when a mask or a tensor threshold is given, else ``(1, 1)``."""
     if isinstance(threshold, Tensor) and threshold.dim() > 0:
         thr = threshold.detach().to(like).expand(T, B).reshape(T, B, 1).clone()
     elif mask is None:
-        return float(threshold)
+        return like.new_full((1, 1), float(threshold))
     else:
         thr = like.new_full((T, B, 1), float(threshold))
     if mask is not None:
@@ -62,196 +149,270 @@ def _thresholds(threshold, mask, T, B, like):
     return thr
 
 
+CHUNK = 16  # time steps per chunk: per-step work lives in small fixed buffers, flushed per chunk
+
+
 class _SkipLSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, threshold):
         T, B, I = x.shape
         H = w_hh.shape[1]
-        Wi = _to_internal(w_ih)
-        Wh = _to_internal(w_hh)
+        H2, H3, H4 = 2 * H, 3 * H, 4 * H
+        C = min(CHUNK, T)
+        train = any(ctx.needs_input_grad)
+        Wi, Wh = _to_internal(w_ih), _to_internal(w_hh)
         bias = None
         if b_ih is not None:
             bias = b_ih
         if b_hh is not None:
             bias = b_hh if bias is None else bias + b_hh
-        # A: pre-activations, then (in place) activations [σo, σi, σf, tanh g], (T, B, 4H)
-        if bias is None:
-            A = torch.mm(x.reshape(T * B, I), Wi.t())
-        else:
-            A = torch.addmm(_to_internal(bias), x.reshape(T * B, I), Wi.t())
-        A = A.view(T, B, 4 * H)
-        WhT = Wh.t()
-        gwT = gw.t()  # (H, 1)
-        HC = x.new_empty(T + 1, B, 2 * H)  # mixed state [h | c]
-        HC[0, :, :H] = h0[0]
-        HC[0, :, H:] = c0[0]
-        CAND = x.new_empty(T, B, 2 * H)  # candidate [h' | c']
-        TC = x.new_empty(T, B, H)  # tanh(c')
-        UT = x.new_empty(T, B, 1)  # ũ
-        UB = torch.empty(T, B, 1, dtype=torch.bool, device=x.device)  # u as bool
-        DL = x.new_empty(T, B, 1)  # Δũ of the candidate
-        UP = x.new_empty(T + 1, B, 1)
-        CUM = x.new_empty(T + 1, B, 1)
-        UP[0, :, 0] = up0
-        CUM[0, :, 0] = cum0
-        tmp = x.new_empty(B, 1)
-        zero = x.new_zeros(1, 1)
-        one = x.new_ones(1, 1)
+        bias = _to_internal(bias) if bias is not None else None
+        WiT, WhT, gwT = Wi.t(), Wh.t(), gw.t()
+        lease = _Lease(x)
+        big, new = lease.new, x.new_empty
+        L = _KK_LSTM(H)
+
+        # chunk work buffers; every per-step view below is made once per call
+        WA = new(C, B, H4)  # gates of the chunk: pre-activations, then [σo, σi, σf, tanh g]
+        WHC = new(C + 1, B, H2)  # mixed state [h | c] before / after each step of the chunk
+        WCAND = new(C, B, H2)  # candidate [h' | c']
+        WTC = new(C, B, H)  # tanh(c')
+        WSC = new(C + 1, B, 5)  # per step [Δũ_in, cum_in, ũ, u, Δũ_cand]
+        WHC[0, :, :H] = h0[0]
+        WHC[0, :, H:] = c0[0]
+        WSC[0, :, 0] = up0
+        WSC[0, :, 1] = cum0
+        Hh = big(T + 1, B, H)  # h before / after every step (the output and dW_hh's operand)
+        Hh[0] = h0[0]
+        SC = new(T, B, 5)  # history of WSC rows
+        if train:
+            KK = big(T, B, L.W)  # everything the reverse loop reads, one row per step
+            CC = big(T, B, H)  # c' (for the update-gate weight gradient)
+            WSD = new(C, B, H2)  # σ' of [i, f]
+        zero, one = x.new_zeros(1, 1), x.new_ones(1, 1)
         thr = _thresholds(threshold, mask, T, B, x)
-        per_step_thr = isinstance(thr, Tensor)
-        mb = mask.view(T, B, 1).bool() if mask is not None else None
-        H3 = 3 * H
-
-        for t in range(T):
-            a = A[t]
-            hc = HC[t]
-            cand = CAND[t]
-            hn = cand[:, :H]
-            cn = cand[:, H:]
-            tc = TC[t]
-            up = UP[t]
-            cum = CUM[t]
-            ut = UT[t]
-            ub = UB[t]
-            dl = DL[t]
-            a.addmm_(hc[:, :H], WhT)
-            a[:, :H3].sigmoid_()
-            a[:, H3:].tanh_()
-            torch.mul(a[:, 2 * H:H3], hc[:, H:], out=cn)
-            cn.addcmul_(a[:, H:2 * H], a[:, H3:])
-            torch.tanh(cn, out=tc)
-            torch.mul(a[:, :H], tc, out=hn)
-            # the update gate
-            torch.sub(one, cum, out=tmp)
-            torch.minimum(up, tmp, out=tmp)
-            torch.add(cum, tmp, out=ut)
-            torch.gt(ut, thr[t] if per_step_thr else thr, out=ub)
-            torch.where(ub, cand, hc, out=HC[t + 1])
-            torch.addmm(gb, cn, gwT, out=dl)
-            dl.sigmoid_()
-            torch.where(ub, dl, up, out=UP[t + 1])
-            if mb is not None:
-                torch.where(mb[t], ut, cum, out=tmp)
-                torch.where(ub, zero, tmp, out=CUM[t + 1])
-            else:
-                torch.where(ub, zero, ut, out=CUM[t + 1])
-
-        U = UB.to(x.dtype)
+        thr_ = thr.unbind(0) if thr.shape[0] == T else [thr] * T
         M = mask.to(x.dtype).view(T, B, 1) if mask is not None else None
-        if M is None:
-            output = HC[1:, :, :H].clone()
-            probs = UT.view(T, B).clone()
-        else:
-            output = HC[1:, :, :H] * M
-            probs = (UT * M).view(T, B)
-        h_n = HC[T, :, :H].unsqueeze(0).clone()
-        c_n = HC[T, :, H:].unsqueeze(0).clone()
-        up_n = UP[T, :, 0].clone()
-        cum_n = CUM[T, :, 0].clone()
-        updates = U.view(T, B).clone()
+        m_ = M.unbind(0) if M is not None else None
+        tmp = new(B, 1)
 
-        ctx.save_for_backward(x, Wi, Wh, gw)
-        ctx.bufs = (A, HC, CAND, TC, UT, U, DL, UP, CUM, M)
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        a_, s_, g_ = WA.unbind(0), WA[..., :H3].unbind(0), WA[..., H3:].unbind(0)
+        o_, i_, f_ = WA[..., :H].unbind(0), WA[..., H:H2].unbind(0), WA[..., H2:H3].unbind(0)
+        hc_, hh_, cc_ = WHC.unbind(0), WHC[..., :H].unbind(0), WHC[..., H:].unbind(0)
+        cand_, candh_, candc_ = WCAND.unbind(0), WCAND[..., :H].unbind(0), \
+            WCAND[..., H:].unbind(0)
+        tc_ = WTC.unbind(0)
+        up_, cum_, ut_, u_, dl_ = (WSC[..., k:k + 1].unbind(0) for k in range(5))
+
+        for t0 in range(0, T, C):
+            n = min(C, T - t0)
+            xa = WA[:n].view(n * B, H4)
+            if bias is None:
+                torch.mm(x[t0:t0 + n].reshape(n * B, I), WiT, out=xa)
+            else:
+                torch.addmm(bias, x[t0:t0 + n].reshape(n * B, I), WiT, out=xa)
+            for j in range(n):
+                t = t0 + j
+                g, cn, tc, ut, u, dl = g_[j], candc_[j], tc_[j], ut_[j], u_[j], dl_[j]
+                a_[j].addmm_(hh_[j], WhT)
+                s_[j].sigmoid_()
+                g.tanh_()
+                torch.mul(f_[j], cc_[j], out=cn)
+                cn.addcmul_(i_[j], g)
+                torch.tanh(cn, out=tc)
+                torch.mul(o_[j], tc, out=candh_[j])
+                # ũ = cum + min(Δũ, 1 - cum) = min(cum + Δũ, 1)
+                torch.add(cum_[j], up_[j], out=ut)
+                ut.clamp_max_(1)
+                torch.gt(ut, thr_[t], out=u)
+                torch.lerp(hc_[j], cand_[j], u, out=hc_[j + 1])  # exact: u is 0 or 1
+                torch.addmm(gb, cn, gwT, out=dl)
+                dl.sigmoid_()
+                torch.lerp(up_[j], dl, u, out=up_[j + 1])
+                if m_ is not None:
+                    torch.lerp(cum_[j], ut, m_[t], out=tmp)
+                    torch.lerp(tmp, zero, u, out=cum_[j + 1])
+                else:
+                    torch.lerp(ut, zero, u, out=cum_[j + 1])
+            # ---- flush the chunk ----
+            Hh[t0 + 1:t0 + n + 1] = WHC[1:n + 1, :, :H]
+            SC[t0:t0 + n] = WSC[:n]
+            if train:
+                kk = KK[t0:t0 + n]
+                A, hco, cand = WA[:n], WHC[:n], WCAND[:n]
+                o, i, f, g = A[..., :H], A[..., H:H2], A[..., H2:H3], A[..., H3:]
+                sd = WSD[:n]
+                torch.sub(cand, hco, out=kk[..., :H2])
+                torch.addcmul(A[..., H:H3], A[..., H:H3], A[..., H:H3], value=-1, out=sd)
+                torch.mul(g, sd[..., :H], out=kk[..., L.K3:L.K3 + H])
+                torch.mul(hco[..., H:], sd[..., H:], out=kk[..., L.K3 + H:L.K3 + H2])
+                k3g = kk[..., L.K3 + H2:L.K3 + H3]
+                torch.mul(g, g, out=k3g)
+                torch.addcmul(i, i, k3g, value=-1, out=k3g)
+                hp = cand[..., :H]
+                torch.addcmul(hp, hp, o, value=-1, out=kk[..., L.KO:L.KO + H])
+                torch.addcmul(o, hp, WTC[:n], value=-1, out=kk[..., L.KH:L.KH + H])
+                kk[..., L.F:L.F + H] = f
+                CC[t0:t0 + n] = cand[..., H:]
+                sc = WSC[:n]
+                up_o, cum_o, ut, u, dl = (sc[..., k:k + 1] for k in range(5))
+                torch.sub(dl, up_o, out=kk[..., L.S:L.S + 1])
+                torch.sub(one, u, out=kk[..., L.C2:L.C2 + 1])  # 1 - u
+                torch.sub(kk[..., L.C2:L.C2 + 1], ut, out=kk[..., L.S + 1:L.S + 2])
+                torch.addcmul(dl, dl, dl, value=-1, out=kk[..., L.KZ:L.KZ + 1])
+                kk[..., L.KZ:L.KZ + 1].mul_(u)
+                kk[..., L.U:L.U + 1] = u
+                a = torch.sub(one, cum_o)
+                torch.lt(up_o, a, out=kk[..., L.PU:L.PU + 1])
+                kk[..., L.PU:L.PU + 1].add_((up_o == a).to(x.dtype), alpha=0.5)
+                if M is None:
+                    kk[..., L.C2 + 1] = 0
+                    kk[..., L.M] = 1
+                else:
+                    torch.sub(one, M[t0:t0 + n], out=kk[..., L.C2 + 1:L.C2 + 2])
+                    kk[..., L.M:L.M + 1] = M[t0:t0 + n]
+            WHC[0] = WHC[n]
+            WSC[0, :, :2] = WSC[n, :, :2]
+
+        if M is None:
+            output = Hh[1:].clone()
+            probs = SC[..., 2].clone()
+        else:
+            output = Hh[1:] * M
+            probs = SC[..., 2] * M[..., 0]
+        h_n = WHC[0, :, :H].unsqueeze(0).clone()
+        c_n = WHC[0, :, H:].unsqueeze(0).clone()
+        up_n = WSC[0, :, 0].clone()
+        cum_n = WSC[0, :, 1].clone()
+        updates = SC[..., 3].clone()
+        if train:
+            ctx.save_for_backward(x, Wi, Wh, gw)
+            ctx.bufs = (Hh, KK, CC)
+            ctx.lease = lease
+            ctx.masked = M is not None
+            ctx.has_bias = (b_ih is not None, b_hh is not None)
+        else:
+            lease.release()
         return output, h_n, c_n, up_n, cum_n, updates, probs
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_hn, g_cn, g_up, g_cum, g_u, g_ut):
         x, Wi, Wh, gw = ctx.saved_tensors
-        A, HC, CAND, TC, UT, U, DL, UP, CUM, M = ctx.bufs
-        del ctx.bufs
+        if ctx.bufs is None:
+            raise RuntimeError(_SECOND_BACKWARD)
+        Hh, KK, CC = ctx.bufs
+        ctx.bufs = None
         T, B, I = x.shape
         H = Wh.shape[1]
-        H2, H3 = 2 * H, 3 * H
-        W = H2 + 3  # running gradient row: [dh | dc | dup | dcum | 1]
+        H2, H3, H4 = 2 * H, 3 * H, 4 * H
+        C = min(CHUNK, T)
+        L = _KK_LSTM(H)
+        W = H2 + 3  # running gradient row S = [dh | dc | dup | dcum | 1]
+        new = x.new_empty
+        tmp_lease = _Lease(x)
 
-        # ---- coefficients of every step, computed at once --------------------------------
-        o, i, f, g = A[..., :H], A[..., H:H2], A[..., H2:H3], A[..., H3:]
-        SD = A[..., :H3] * (1 - A[..., :H3])  # σ' for [o, i, f]
-        K3 = torch.empty(T, B, H3, dtype=x.dtype, device=x.device)  # dgates[i,f,g] = dc' * K3
-        torch.mul(g, SD[..., H:H2], out=K3[..., :H])
-        torch.mul(HC[:-1, :, H:], SD[..., H2:], out=K3[..., H:H2])
-        torch.mul(g, g, out=K3[..., H2:])
-        K3[..., H2:].neg_().add_(1).mul_(i)
-        TC2 = torch.mul(TC, TC).neg_().add_(1)
-        KH = TC2.mul_(o).mul_(U)  # dc' += dh_next * KH  (u σo (1 - tanh² c'))
-        KO = SD[..., :H].mul_(TC).mul_(U)  # dgates[o] = dh_next * KO
-        KZ = DL * (1 - DL) * U  # dz = dup_next * KZ
-        omu = 1 - U
-        a = 1 - CUM[:-1]
-        up_old = UP[:-1]
-        Pu = (up_old < a).to(x.dtype) + 0.5 * (up_old == a).to(x.dtype)  # ∂ũ/∂up = ∂ũ/∂cum
-        C2 = torch.empty(T, B, 2, dtype=x.dtype, device=x.device)
-        C2[..., :1] = omu
-        if M is None:
-            C2[..., 1:] = 0
-        else:
-            C2[..., 1:] = 1 - M
-        DEXT = torch.empty(T, B, W, dtype=x.dtype, device=x.device)  # dũ = DEXT[t] · S
-        torch.sub(CAND, HC[:-1], out=DEXT[..., :H2])
-        torch.sub(DL, up_old, out=DEXT[..., H2:H2 + 1])
-        torch.sub(omu, UT, out=DEXT[..., H2 + 1:H2 + 2])
-        torch.add(g_u, g_ut, out=DEXT[..., H2 + 2])
-        GO = torch.zeros(T, B, H2, dtype=x.dtype, device=x.device)
-        if M is None:
-            GO[..., :H] = g_out
-        else:
-            DEXT.mul_(M)
-            torch.mul(g_out, M, out=GO[..., :H])
+        torch.add(g_u, g_ut, out=KK[..., L.S + 2])
+        GO = g_out
+        masked = ctx.masked
+        if masked:
+            GO = torch.mul(g_out, KK[..., L.M:L.M + 1], out=tmp_lease.new(T, B, H))
+        go_ = GO.unbind(0)
 
-        # ---- the reverse time loop -------------------------------------------------------
-        S = torch.empty(B, W, dtype=x.dtype, device=x.device)
-        Sn = torch.empty(B, W, dtype=x.dtype, device=x.device)
-        torch.add(g_hn[0], GO[T - 1, :, :H], out=S[:, :H])
+        S, Sn = new(B, W), new(B, W)
+        torch.add(g_hn[0], GO[T - 1], out=S[:, :H])
         S[:, H:H2] = g_cn[0]
         S[:, H2] = g_up
         S[:, H2 + 1] = g_cum
         S[:, H2 + 2] = 1
         Sn[:, H2 + 2] = 1
-        dG = torch.empty(T, B, 4 * H, dtype=x.dtype, device=x.device)
-        DZ = torch.empty(T, B, 1, dtype=x.dtype, device=x.device)
-        dcp = torch.empty(B, H, dtype=x.dtype, device=x.device)
-        dut = torch.empty(B, 1, dtype=x.dtype, device=x.device)
+        views = [(s, s[:, :H2], s[:, :H], s[:, H:H2], s[:, H2:H2 + 1], s[:, H2:H2 + 2])
+                 for s in (S, Sn)]
+        dG = tmp_lease.new(T, B, H4 + 1)  # [dgates (internal order) | dz]
+        WK = new(C, B, L.W)
+        WDG = new(C, B, H4 + 1)
+        dhc, dut = new(B, H2), new(B, 1)
+        dhp, dcp = dhc[:, :H], dhc[:, H:]
+        dcp3 = dcp.unsqueeze(1)
         dut_flat = dut.view(B)
-        for t in range(T - 1, -1, -1):
-            dh = S[:, :H]
-            dc = S[:, H:H2]
-            dgt = dG[t]
-            dz = DZ[t]
-            torch.linalg.vecdot(DEXT[t], S, out=dut_flat)
-            torch.mul(S[:, H2:H2 + 1], KZ[t], out=dz)
-            torch.mul(dc, U[t], out=dcp)
-            dcp.addcmul_(dh, KH[t])
-            dcp.addcmul_(dz, gw)
-            torch.mul(dh, KO[t], out=dgt[:, :H])
-            torch.mul(dcp.unsqueeze(1), K3[t].view(B, 3, H), out=dgt[:, H:].view(B, 3, H))
-            if t > 0:
-                torch.addcmul(GO[t - 1], S[:, :H2], omu[t], out=Sn[:, :H2])
-            else:
-                torch.mul(S[:, :H2], omu[t], out=Sn[:, :H2])
-            Sn[:, :H].addmm_(dgt, Wh)
-            Sn[:, H:H2].addcmul_(dcp, f[t])
-            torch.mul(S[:, H2:H2 + 2], C2[t], out=Sn[:, H2:H2 + 2])
-            Sn[:, H2:H2 + 2].addcmul_(dut, Pu[t])
-            S, Sn = Sn, S
+        dext_ = WK[..., :W].unbind(0)
+        k3_ = WK[..., L.K3:L.K3 + H3].unflatten(2, (3, H)).unbind(0)
+        ko_, kh_, f_ = (WK[..., k:k + H].unbind(0) for k in (L.KO, L.KH, L.F))
+        kz_, u_, omu_, c2_, pu_, m_ = (WK[..., k:k + w].unbind(0) for k, w in (
+            (L.KZ, 1), (L.U, 1), (L.C2, 1), (L.C2, 2), (L.PU, 1), (L.M, 1)))
+        dg_, dgo_ = WDG[..., :H4].unbind(0), WDG[..., :H].unbind(0)
+        dg3_ = WDG[..., H:H4].unflatten(2, (3, H)).unbind(0)
+        dz_ = WDG[..., H4:].unbind(0)
+        cur = 0
+        for t0 in reversed(range(0, T, C)):
+            n = min(C, T - t0)
+            WK[:n] = KK[t0:t0 + n]
+            for j in range(n - 1, -1, -1):
+                t = t0 + j
+                s, s2, dh, dc, dup, ssc = views[cur]
+                _, _, snh, snc, _, snsc = views[1 - cur]
+                dz, omu = dz_[j], omu_[j]
+                torch.linalg.vecdot(dext_[j], s, out=dut_flat)
+                if masked:
+                    dut.mul_(m_[j])
+                torch.mul(dup, kz_[j], out=dz)
+                torch.mul(s2, u_[j], out=dhc)
+                dcp.addcmul_(dhp, kh_[j])
+                dcp.addcmul_(dz, gw)
+                torch.mul(dhp, ko_[j], out=dgo_[j])
+                torch.mul(dcp3, k3_[j], out=dg3_[j])
+                if t > 0:
+                    torch.addmm(go_[t - 1], dg_[j], Wh, out=snh)
+                else:
+                    torch.mm(dg_[j], Wh, out=snh)
+                snh.addcmul_(dh, omu)
+                torch.mul(dc, omu, out=snc)
+                snc.addcmul_(dcp, f_[j])
+                torch.mul(ssc, c2_[j], out=snsc)
+                snsc.addcmul_(dut, pu_[j])
+                cur = 1 - cur
+            dG[t0:t0 + n] = WDG[:n]
+        S = views[cur][0]
 
         # ---- parameter gradients: big GEMMs ----------------------------------------------
         need = ctx.needs_input_grad
-        dG2 = dG.view(T * B, 4 * H)
-        dx = torch.mm(dG2, Wi).view(T, B, I) if need[0] else None
+        dG2 = dG.view(T * B, H4 + 1)
+        dgates, dz = dG2[:, :H4], dG2[:, H4:]
+        dx = torch.mm(dgates, Wi).view(T, B, I) if need[0] else None
         dh0 = S[:, :H].unsqueeze(0).clone() if need[1] else None
         dc0 = S[:, H:H2].unsqueeze(0).clone() if need[2] else None
         dup0 = S[:, H2].clone() if need[3] else None
         dcum0 = S[:, H2 + 1].clone() if need[4] else None
-        dWi = _to_external(dG2.t().mm(x.reshape(T * B, I))) if need[5] else None
-        dWh = _to_external(dG2.t().mm(HC[:-1, :, :H].reshape(T * B, H))) if need[6] else None
-        db = _to_external(dG2.sum(0)) if (need[7] or need[8]) else None
-        dgw = DZ.view(1, T * B).mm(CAND[..., H:].reshape(T * B, H)) if need[9] else None
-        dgb = DZ.sum().view(1) if need[10] else None
+        dWi = _to_external(dgates.t().mm(x.reshape(T * B, I))) if need[5] else None
+        dWh = _to_external(dgates.t().mm(Hh[:-1].view(T * B, H))) if need[6] else None
+        db = _to_external(dgates.sum(0)) if (need[7] or need[8]) else None
+        dgw = dz.t().mm(CC.view(T * B, H)) if need[9] else None
+        dgb = dz.sum().view(1) if need[10] else None
         db_ih = db if (need[7] and ctx.has_bias[0]) else None
         db_hh = db.clone() if (need[8] and ctx.has_bias[1]) else None
+        del Hh, KK, CC, dG, dG2, dgates, dz, GO, go_
+        ctx.lease.release()
+        tmp_lease.release()
         return (dx, dh0, dc0, dup0, dcum0, dWi, dWh, db_ih, db_hh, dgw, dgb, None, None)
+
+
+class _KK_LSTM:
+    """Column layout of the per-step row the reverse loop reads (``KK[t]``, width ``W``):
+    ``[h'-h | c'-c | Δũ'-Δũ, 1-u-ũ, g_u+g_ũ | K3 (3H) | KO | KH | f | kz | u | 1-u, 1-m | pu | m]``;
+    the first ``2H + 3`` entries dotted with ``S = [dh | dc | dup | dcum | 1]`` give dũ."""
+
+    def __init__(self, H):
+        self.S = 2 * H
+        self.K3 = 2 * H + 3
+        self.KO = 5 * H + 3
+        self.KH = 6 * H + 3
+        self.F = 7 * H + 3
+        self.KZ = 8 * H + 3
+        self.U = 8 * H + 4
+        self.C2 = 8 * H + 5
+        self.PU = 8 * H + 7
+        self.M = 8 * H + 8
+        self.W = 8 * H + 9
 
 
 def skip_lstm_cpu(
