@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..triton_utils import (HAS_TRITON, check_device, compute_dtype, new_buffer,
                             require_triton, resolve_precision, tile_config)
+from .. import coop, gru_coop
 
 if HAS_TRITON:
     import triton
@@ -317,9 +318,16 @@ class _SkipGRUTriton(torch.autograd.Function):
         gwc, gbc = _c(gate_w.reshape(-1), cdt), _c(gate_b.reshape(-1), cdt)
         maskc = _c(mask, cdt)
         cfg = tile_config(H, B)
-        out, hs, gates, upd, prob, stats, up_n, cum_n = _launch_fwd(
-            xp, w_hhc, b_hn, gwc, gbc, maskc, _c(h0, cdt), _c(up0, cdt), _c(cum0, cdt),
-            threshold, precision, cfg)
+        fargs = (xp, w_hhc, b_hn, gwc, gbc, maskc, _c(h0, cdt), _c(up0, cdt), _c(cum0, cdt),
+                 threshold, precision)
+        key = ("gru-fwd", T, B, H, precision, maskc is not None, str(cdt), str(x.device))
+
+        def run_coop(c):
+            res, flag = gru_coop.launch_fwd(*fargs, c)
+            return res[:8], flag
+
+        out, hs, gates, upd, prob, stats, up_n, cum_n = coop.run(
+            key, coop.candidates(H, B, x.device, 3), run_coop, lambda: _launch_fwd(*fargs, cfg))
         ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, gates, stats)
         ctx.cfg, ctx.precision = cfg, precision
         ctx.has_bias = (b_ih is not None, b_hh is not None)
@@ -336,9 +344,12 @@ class _SkipGRUTriton(torch.autograd.Function):
         cdt = gates.dtype
         T, B, I = xc.shape
         H = w_hhc.shape[1]
-        dg, gz, dh0, dup0, dcum0 = _launch_bwd(
-            w_hhc, gwc, maskc, hs, gates, stats, _c(g_out, cdt), _c(g_hn, cdt), _c(g_upn, cdt),
-            _c(g_cumn, cdt), _c(g_upd, cdt), _c(g_prob, cdt), ctx.precision, ctx.cfg)
+        bargs = (w_hhc, gwc, maskc, hs, gates, stats, _c(g_out, cdt), _c(g_hn, cdt),
+                 _c(g_upn, cdt), _c(g_cumn, cdt), _c(g_upd, cdt), _c(g_prob, cdt), ctx.precision)
+        key = ("gru-bwd", T, B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
+        dg, gz, dh0, dup0, dcum0 = coop.run(
+            key, coop.candidates(H, B, xc.device, 3),
+            lambda c: gru_coop.launch_bwd(*bargs, c), lambda: _launch_bwd(*bargs, ctx.cfg))
         dg2 = dg.view(T * B, 4 * H)
         dxp = dg2[:, :3 * H]                                            # d(x W_ih^T + b_ih)
         dgh = torch.cat([dg2[:, :2 * H], dg2[:, 3 * H:]], dim=1)        # d(h W_hh^T + b_hh)

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from ..triton_utils import (HAS_TRITON, check_device, compute_dtype, new_buffer,
                             require_triton, resolve_precision, tile_config)
+from .. import coop, lstm_coop
 
 if HAS_TRITON:
     import triton
@@ -344,9 +345,16 @@ class _SkipLSTMTriton(torch.autograd.Function):
         gwc, gbc = _c(gate_w.reshape(-1), cdt), _c(gate_b.reshape(-1), cdt)
         maskc = _c(mask, cdt)
         cfg = tile_config(H, B)
-        out, hs, cs, gates, upd, prob, stats, up_n, cum_n = _launch_fwd(
-            xp, w_hhc, gwc, gbc, maskc, _c(h0, cdt), _c(c0, cdt), _c(up0, cdt), _c(cum0, cdt),
-            threshold, precision, cfg)
+        fargs = (xp, w_hhc, gwc, gbc, maskc, _c(h0, cdt), _c(c0, cdt), _c(up0, cdt),
+                 _c(cum0, cdt), threshold, precision)
+        key = ("lstm-fwd", T, B, H, precision, maskc is not None, str(cdt), str(x.device))
+
+        def run_coop(c):
+            res, flag = lstm_coop.launch_fwd(*fargs, c)
+            return res[:9], flag
+
+        out, hs, cs, gates, upd, prob, stats, up_n, cum_n = coop.run(
+            key, coop.candidates(H, B, x.device, 4), run_coop, lambda: _launch_fwd(*fargs, cfg))
         ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, cs, gates, stats)
         ctx.cfg, ctx.precision = cfg, precision
         ctx.has_bias = (b_ih is not None, b_hh is not None)
@@ -363,10 +371,13 @@ class _SkipLSTMTriton(torch.autograd.Function):
         cdt = gates.dtype
         T, B, I = xc.shape
         H = w_hhc.shape[1]
-        dg, gz, dh0, dc0, dup0, dcum0 = _launch_bwd(
-            w_hhc, gwc, maskc, hs, cs, gates, stats, _c(g_out, cdt), _c(g_hn, cdt),
-            _c(g_cn, cdt), _c(g_upn, cdt), _c(g_cumn, cdt), _c(g_upd, cdt), _c(g_prob, cdt),
-            ctx.precision, ctx.cfg)
+        bargs = (w_hhc, gwc, maskc, hs, cs, gates, stats, _c(g_out, cdt), _c(g_hn, cdt),
+                 _c(g_cn, cdt), _c(g_upn, cdt), _c(g_cumn, cdt), _c(g_upd, cdt),
+                 _c(g_prob, cdt), ctx.precision)
+        key = ("lstm-bwd", T, B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
+        dg, gz, dh0, dc0, dup0, dcum0 = coop.run(
+            key, coop.candidates(H, B, xc.device, 4),
+            lambda c: lstm_coop.launch_bwd(*bargs, c), lambda: _launch_bwd(*bargs, ctx.cfg))
         dg2 = dg.view(T * B, 4 * H)
         need = ctx.needs_input_grad
         dx = (dg2 @ w_ihc).view(T, B, I) if need[0] else None

@@ -1,0 +1,218 @@
+"""Cooperative ("hidden units split across programs") Triton path: shared device helpers, config
+candidates and the run-time selection of the fastest kernel per shape.
+
+The cooperative kernels (``lstm_coop.py``, ``gru_coop.py``) run on a 2-D grid: program
+``(pr, pc)`` owns ``BLOCK_B`` batch rows and ``BLOCK_N`` hidden units (all the gates of those
+units). Its slice of ``W_hh`` (``HP x gates*BLOCK_N``, ``HP = next_pow2(H)``) is loaded once, before
+the time loop, and stays on chip for the whole sequence; per step only ``h`` (forward) or the gate
+gradients (backward) travel through L2. The ``ncol = cdiv(H, BLOCK_N)`` programs of one row block
+exchange data every step and meet at a spin barrier (``grid_sync``, an atomic counter per row
+block, release/acquire at GPU scope). A spin barrier needs every program resident at once, so the
+cooperative path is only used when the whole grid fits in one wave (``grid <= #SMs``) and never with
+several column blocks in the interpreter (its programs run one after the other). A spin limit turns
+a would-be hang into a raised flag: the kernel finishes (with garbage), the host sees the flag and
+recomputes with the old kernels.
+
+Environment knobs (read at call time):
+
+* ``SKIPRNN_COOP=0`` disables the cooperative path (old one-program-per-row-block kernels only);
+  ``SKIPRNN_COOP=force`` skips the timing and uses the first valid cooperative candidate.
+* ``SKIPRNN_COOP_CONFIG=BLOCK_B,BLOCK_N,num_warps`` forces one cooperative configuration
+  (``old`` forces the old kernels).
+* ``SKIPRNN_COOP_CHECK=1`` reads the deadlock flag after every launch (default: during the
+  selection and the first two launches per shape only, to avoid a host sync per call).
+
+``selection_log()`` returns the choices made so far (the benchmark prints it).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .triton_utils import HAS_TRITON, interpreting, next_pow2
+
+COOP_ENV = "SKIPRNN_COOP"
+CONFIG_ENV = "SKIPRNN_COOP_CONFIG"
+CHECK_ENV = "SKIPRNN_COOP_CHECK"
+SPIN_LIMIT = 1 << 20  # atomic polls (~0.5-1 us each) before a barrier is declared dead
+
+_choice: dict = {}     # key -> cfg dict or "old"
+_uses: dict = {}       # key -> launches so far
+_log: list = []        # (key, choice, {candidate: ms or error})
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def grid_sync(CNT, target, bad, SPIN: tl.constexpr):
+        """Barrier among the programs that share the counter ``CNT``: every program adds 1, then
+        waits until the counter reaches ``target`` (= programs x barriers so far). Returns the
+        updated dead-barrier flag (after one timeout no barrier waits any more)."""
+        tl.debug_barrier()  # this program's stores are issued before the release below
+        tl.atomic_add(CNT, 1, sem="release")
+        limit = tl.where(bad != 0, 0, SPIN)
+        cnt = tl.atomic_add(CNT, 0, sem="acquire")
+        it = 0
+        while (cnt < target) & (it < limit):
+            cnt = tl.atomic_add(CNT, 0, sem="acquire")
+            it += 1
+        bad = tl.where(cnt < target, 1, bad)
+        tl.debug_barrier()
+        return bad
+
+
+def enabled() -> bool:
+    return os.environ.get(COOP_ENV, "1").lower() not in ("0", "off", "false", "no")
+
+
+_SMS: dict = {}
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1 << 30
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SMS:
+        _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SMS[idx]
+
+
+def grid_of(cfg: dict, B: int, H: int) -> tuple[int, int]:
+    return (-(-B // cfg["BLOCK_B"]), -(-H // cfg["BLOCK_N"]))
+
+
+def _cfg(bb, bn, nw):
+    return dict(BLOCK_B=bb, BLOCK_N=bn, num_warps=nw)
+
+
+def candidates(H: int, B: int, device: torch.device, gates: int) -> list[dict]:
+    """Cooperative configurations worth timing for this shape, best guess first; each one's grid
+    fits in one wave. Under the interpreter: one column block only (no spinning)."""
+    HP = max(16, next_pow2(H))
+    env = os.environ.get(CONFIG_ENV)
+    if interpreting():
+        if env and env.strip() != "old":
+            bb, bn, nw = (int(v) for v in env.split(","))
+            if bn >= H:
+                return [_cfg(bb, bn, nw)]
+        return [_cfg(16, HP, 4)]
+    if env:
+        if env.strip() == "old":
+            return []
+        bb, bn, nw = (int(v) for v in env.split(","))
+        cands = [_cfg(bb, bn, nw)]
+    elif HP <= 128:
+        # W slice per program: gates x HP x BLOCK_N fp32 (LSTM, H=110: 32 KB at BLOCK_N=16)
+        cands = [_cfg(16, 16, 4), _cfg(32, 32, 8), _cfg(64, 16, 4), _cfg(16, 32, 8)]
+    elif HP <= 256:
+        cands = [_cfg(16, 16, 8), _cfg(32, 16, 8), _cfg(64, 16, 8)]
+    else:
+        # H=512: 4 x 512 x 16 fp32 = 128 KB per program; more warps spread it over registers
+        cands = [_cfg(16, 16, 8), _cfg(32, 16, 8), _cfg(16, 16, 16), _cfg(64, 16, 8)]
+    nsm = sm_count(device)
+    out = []
+    for c in cands:
+        nr, nc = grid_of(c, B, H)
+        if nr * nc <= nsm:
+            out.append(c)
+    return out
+
+
+def check_flag() -> bool:
+    return os.environ.get(CHECK_ENV, "0") not in ("", "0")
+
+
+def _time(fn, reps=2):
+    if not torch.cuda.is_available():
+        return 0.0
+    fn()  # compile + warm
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        res = fn()
+    end.record()
+    torch.cuda.synchronize()
+    if res is not None and bool(res):
+        raise RuntimeError("cooperative barrier timed out (programs not co-resident)")
+    return start.elapsed_time(end) / reps
+
+
+def run(key, cands: list[dict], launch_coop, launch_old):
+    """Run the fastest valid path for ``key``.
+
+    ``launch_coop(cfg)`` returns ``(result, flag)`` (flag: int32 device tensor, nonzero when a
+    barrier timed out); ``launch_old()`` returns the result. On the first call for a key with more
+    than one option, every option is timed (compile + 2 timed launches each) and the winner cached.
+    """
+    if not cands or not enabled():
+        return launch_old()
+    choice = _choice.get(key)
+    if choice is None:
+        force = os.environ.get(COOP_ENV, "").lower() == "force"
+        if len(cands) == 1 and (interpreting() or force or os.environ.get(CONFIG_ENV)):
+            choice = cands[0]
+        elif force or interpreting() or not torch.cuda.is_available():
+            choice = cands[0]
+        else:
+            timings = {}
+            best, best_ms = "old", None
+            for c in cands:
+                name = f"{c['BLOCK_B']},{c['BLOCK_N']},{c['num_warps']}"
+                try:
+                    ms = _time(lambda c=c: _flag_value(launch_coop(c)[1]))
+                except Exception as e:  # compile failure, out of resources, dead barrier
+                    timings[name] = f"{type(e).__name__}: {str(e)[:200]}"
+                    continue
+                timings[name] = ms
+                if best_ms is None or ms < best_ms:
+                    best, best_ms = c, ms
+            try:
+                ms = _time(lambda: (launch_old(), None)[1])
+                timings["old"] = ms
+                if best_ms is None or ms < best_ms:
+                    best, best_ms = "old", ms
+            except Exception as e:  # pragma: no cover
+                timings["old"] = f"{type(e).__name__}: {str(e)[:200]}"
+            choice = best
+            _log.append((key, choice, timings))
+        _choice[key] = choice
+    if choice == "old":
+        return launch_old()
+    n = _uses.get(key, 0)
+    _uses[key] = n + 1
+    try:
+        res, flag = launch_coop(choice)
+    except Exception:
+        if n > 0:
+            raise
+        _choice[key] = "old"
+        return launch_old()
+    if n < 2 or check_flag():
+        if _flag_value(flag):
+            _choice[key] = "old"
+            _log.append((key, "old", {"reason": "barrier timed out"}))
+            return launch_old()
+    return res
+
+
+def _flag_value(flag) -> int:
+    return int(flag.item()) if flag is not None else 0
+
+
+def selection_log() -> list:
+    return list(_log)
+
+
+def choices() -> dict:
+    return {str(k): (v if v == "old" else f"{v['BLOCK_B']},{v['BLOCK_N']},{v['num_warps']}")
+            for k, v in _choice.items()}
+
+
+def reset() -> None:
+    _choice.clear()
+    _uses.clear()
+    _log.clear()

@@ -1,0 +1,308 @@
+"""Skip GRU, cooperative Triton kernels (hidden units split across programs, W_hh on chip).
+
+Drop-in replacements for ``skip_gru.fused._launch_fwd`` / ``_launch_bwd`` with the structure of
+``lstm_coop.py`` (see there and ``coop.py``): 3 gate slices of W_hh resident per program, the
+Δũ pre-activation Σ h_cand·w_p and the straight-through sum Σ (h̃-h)dh exchanged as per-column-block
+partials, one barrier per step among the programs of a row block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import coop
+from .triton_utils import HAS_TRITON, new_buffer, next_pow2
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from .coop import grid_sync as _grid_sync
+    from .triton_utils import mma as _mma
+    from .triton_utils import sigmoid as _sigmoid
+    from .triton_utils import tanh as _tanh
+
+    @triton.jit(do_not_specialize=["T", "B"])
+    def _gru_coop_fwd_kernel(
+        XP, WT, BHN, WP, BP, MASK, UP0, CUM0,
+        HS, G, OUT, UPD, PROB, STATS, UPN, CUMN, HN,
+        ZP, CNT, FLAG,
+        T, B, H, NCOL, threshold,
+        HAS_MASK: tl.constexpr, SAVE: tl.constexpr, BLOCK_B: tl.constexpr,
+        BLOCK_N: tl.constexpr, HP: tl.constexpr, NCP: tl.constexpr, PRECISION: tl.constexpr,
+        SPIN: tl.constexpr,
+    ):
+        """XP (T,B,3H) incl. b_ih, b_hr, b_hz; WT = W_hh^T (H,3H); BHN (H,); HS (T+1,B,H) [SAVE]
+        or (2,B,H), [0] = h0; G (T,B,4H) r, z, n, W_hn h + b_hn and STATS (5,T,B) [SAVE];
+        HN (B,H) final h; ZP (2,NCOL,B) partials; CNT (#row blocks,) zeroed counters."""
+        pr = tl.program_id(0)
+        pc = tl.program_id(1)
+        rows = pr * BLOCK_B + tl.arange(0, BLOCK_B)
+        rmask = rows < B
+        rows64 = rows.to(tl.int64)
+        cols = pc * BLOCK_N + tl.arange(0, BLOCK_N)
+        cmask = cols < H
+        ks = tl.arange(0, HP)
+        kmask = ks < H
+        H3 = 3 * H
+        H4 = 4 * H
+        wptr = WT + ks[:, None].to(tl.int64) * H3 + cols[None, :]
+        wm = kmask[:, None] & cmask[None, :]
+        w_r = tl.load(wptr, mask=wm, other=0.0)
+        w_z = tl.load(wptr + H, mask=wm, other=0.0)
+        w_n = tl.load(wptr + 2 * H, mask=wm, other=0.0)
+        bhn = tl.load(BHN + cols, mask=cmask, other=0.0)
+        wp = tl.load(WP + cols, mask=cmask, other=0.0)
+        bp = tl.load(BP)
+        up = tl.load(UP0 + rows, mask=rmask, other=1.0)
+        cum = tl.load(CUM0 + rows, mask=rmask, other=0.0)
+        zero_b = up * 0.0
+        smask = rmask & (pc == 0)
+        m2 = rmask[:, None] & cmask[None, :]
+        soff = rows64[:, None] * H + cols[None, :]
+        xoff = rows64[:, None] * H3 + cols[None, :]
+        goff = rows64[:, None] * H4 + cols[None, :]
+        hoff = rows64[:, None] * H + ks[None, :]
+        hm = rmask[:, None] & kmask[None, :]
+        pcs = tl.arange(0, NCP)
+        zoff = pcs[:, None] * B + rows[None, :]
+        zm = (pcs < NCOL)[:, None] & rmask[None, :]
+        h_own = tl.load(HS + soff, mask=m2, other=0.0)
+        bad = pc * 0
+        xp_t = XP
+        g_t = G
+        o_t = OUT
+        r_t = rows
+        h_rd = HS
+        for t in range(T):
+            ut = cum + tl.minimum(up, 1.0 - cum)
+            if HAS_MASK:
+                m = tl.load(MASK + r_t, mask=rmask, other=0.0)
+            else:
+                m = zero_b + 1.0
+            upd = (ut > threshold) & (m != 0)
+            u = tl.where(upd, zero_b + 1.0, zero_b)
+            srow = STATS + r_t
+            if SAVE:
+                tl.store(srow, u, mask=smask)
+                tl.store(srow + T * B, ut, mask=smask)
+                tl.store(srow + 3 * T * B, up, mask=smask)
+                tl.store(srow + 4 * T * B, cum, mask=smask)
+            tl.store(UPD + r_t, u, mask=smask)
+            tl.store(PROB + r_t, ut * m, mask=smask)
+            if SAVE:
+                h_wr = h_rd + B * H
+            else:
+                h_wr = HS + ((t + 1) % 2) * B * H
+            hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
+            zt = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
+            acc_r = _mma(hfull, w_r, zt, PRECISION)
+            acc_z = _mma(hfull, w_z, zt, PRECISION)
+            acc_n = _mma(hfull, w_n, zt, PRECISION)
+            r = _sigmoid(acc_r + tl.load(xp_t + xoff, mask=m2, other=0.0))
+            zg = _sigmoid(acc_z + tl.load(xp_t + xoff + H, mask=m2, other=0.0))
+            hn = acc_n + bhn[None, :]
+            n = _tanh(tl.load(xp_t + xoff + 2 * H, mask=m2, other=0.0) + r * hn)
+            if SAVE:
+                tl.store(g_t + goff, r, mask=m2)
+                tl.store(g_t + goff + H, zg, mask=m2)
+                tl.store(g_t + goff + 2 * H, n, mask=m2)
+                tl.store(g_t + goff + 3 * H, hn, mask=m2)
+            hc = (1.0 - zg) * n + zg * h_own
+            zpart = tl.sum(tl.where(m2, hc * wp[None, :], 0.0), axis=1)
+            zslot = ZP + (t % 2) * NCOL * B
+            tl.store(zslot + pc * B + rows, zpart, mask=rmask)
+            h_own = tl.where(upd[:, None], hc, h_own)
+            tl.store(h_wr + soff, h_own, mask=m2)
+            tl.store(o_t + soff, h_own * m[:, None], mask=m2)
+            bad = _grid_sync(CNT + pr, NCOL * (t + 1), bad, SPIN)
+            z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
+            delta = _sigmoid(z + bp)
+            if SAVE:
+                tl.store(srow + 2 * T * B, delta, mask=smask)
+            up = tl.where(upd, delta, up)
+            cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
+            h_rd = h_wr
+            xp_t += B * H3
+            g_t += B * H4
+            o_t += B * H
+            r_t += B
+        tl.store(UPN + rows, up, mask=smask)
+        tl.store(CUMN + rows, cum, mask=smask)
+        tl.store(HN + soff, h_own, mask=m2)
+        tl.atomic_max(FLAG, bad)
+
+    @triton.jit(do_not_specialize=["T", "B"])
+    def _gru_coop_bwd_kernel(
+        W, WP, MASK, HS, G, STATS,
+        GOUT, GUPD, GPROB, GUPN, GCUMN, GHN,
+        DG, GZ, DH0, DUP0, DCUM0,
+        ZP, CNT, FLAG,
+        T, B, H, NCOL,
+        HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+        HP: tl.constexpr, NCP: tl.constexpr, PRECISION: tl.constexpr, SPIN: tl.constexpr,
+    ):
+        """W = W_hh (3H,H); GHN (B,H) grad of h_n; DH0 (B,H) out; DG (T,B,4H) gets d(r, z, n
+        pre-activations) and d(W_hn h + b_hn); GZ (T,B) gradient of Δũ's pre-activation."""
+        pr = tl.program_id(0)
+        pc = tl.program_id(1)
+        rows = pr * BLOCK_B + tl.arange(0, BLOCK_B)
+        rmask = rows < B
+        rows64 = rows.to(tl.int64)
+        cols = pc * BLOCK_N + tl.arange(0, BLOCK_N)
+        cmask = cols < H
+        ks = tl.arange(0, HP)
+        kmask = ks < H
+        H4 = 4 * H
+        wptr = W + ks[:, None].to(tl.int64) * H + cols[None, :]
+        wm = kmask[:, None] & cmask[None, :]
+        w_r = tl.load(wptr, mask=wm, other=0.0)
+        w_z = tl.load(wptr + H * H, mask=wm, other=0.0)
+        w_n = tl.load(wptr + 2 * H * H, mask=wm, other=0.0)
+        wp = tl.load(WP + cols, mask=cmask, other=0.0)
+        gup = tl.load(GUPN + rows, mask=rmask, other=0.0)
+        gcum = tl.load(GCUMN + rows, mask=rmask, other=0.0)
+        zero_b = gup * 0.0
+        smask = rmask & (pc == 0)
+        m2 = rmask[:, None] & cmask[None, :]
+        soff = rows64[:, None] * H + cols[None, :]
+        goff = rows64[:, None] * H4 + cols[None, :]
+        dgoff = rows64[:, None] * H4 + ks[None, :]
+        dgm = rmask[:, None] & kmask[None, :]
+        pcs = tl.arange(0, NCP)
+        zoff = pcs[:, None] * B + rows[None, :]
+        zm = (pcs < NCOL)[:, None] & rmask[None, :]
+        gh = tl.load(GHN + soff, mask=m2, other=0.0)
+        bad = pc * 0
+        r_t = (T - 1) * B + rows
+        go_t = GOUT + (T - 1) * B * H
+        hs_t = HS + (T - 1) * B * H
+        g_t = G + (T - 1) * B * H4
+        dg_t = DG + (T - 1) * B * H4
+        for tt in range(T):
+            srow = STATS + r_t
+            u = tl.load(srow, mask=rmask, other=0.0)
+            ut = tl.load(srow + T * B, mask=rmask, other=0.0)
+            delta = tl.load(srow + 2 * T * B, mask=rmask, other=0.0)
+            up_p = tl.load(srow + 3 * T * B, mask=rmask, other=0.0)
+            cum_p = tl.load(srow + 4 * T * B, mask=rmask, other=0.0)
+            if HAS_MASK:
+                m = tl.load(MASK + r_t, mask=rmask, other=0.0)
+            else:
+                m = zero_b + 1.0
+            gupd = tl.load(GUPD + r_t, mask=rmask, other=0.0)
+            gprob = tl.load(GPROB + r_t, mask=rmask, other=0.0)
+            gz = u * gup * delta * (1.0 - delta)
+            tl.store(GZ + r_t, gz, mask=smask)
+            gu = gupd + m * gup * (delta - up_p) - m * gcum * ut
+            ub = u[:, None]
+            ght = gh + tl.load(go_t + soff, mask=m2, other=0.0) * m[:, None]
+            r = tl.load(g_t + goff, mask=m2, other=0.0)
+            zg = tl.load(g_t + goff + H, mask=m2, other=0.0)
+            n = tl.load(g_t + goff + 2 * H, mask=m2, other=0.0)
+            hn = tl.load(g_t + goff + 3 * H, mask=m2, other=0.0)
+            h_old = tl.load(hs_t + soff, mask=m2, other=0.0)
+            hc = (1.0 - zg) * n + zg * h_old
+            gpart = tl.sum(tl.where(m2, (hc - h_old) * ght, 0.0), axis=1)
+            zslot = ZP + (tt % 2) * NCOL * B
+            tl.store(zslot + pc * B + rows, gpart, mask=rmask)
+            ghc = ub * ght + gz[:, None] * wp[None, :]
+            dn = ghc * (1.0 - zg) * (1.0 - n * n)
+            tl.store(dg_t + goff, dn * hn * r * (1.0 - r), mask=m2)
+            tl.store(dg_t + goff + H, ghc * (h_old - n) * zg * (1.0 - zg), mask=m2)
+            tl.store(dg_t + goff + 2 * H, dn, mask=m2)
+            tl.store(dg_t + goff + 3 * H, dn * r, mask=m2)
+            gh = (1.0 - ub) * ght + ghc * zg
+            bad = _grid_sync(CNT + pr, NCOL * (tt + 1), bad, SPIN)
+            # dh_{t-1}[its units] += [dr, dz, dhn] (DG columns 0, H, 3H) . W_hh rows 0, H, 2H
+            acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=GHN.dtype.element_ty)
+            a = tl.load(dg_t + dgoff, mask=dgm, other=0.0, cache_modifier=".cg")
+            acc = _mma(a, w_r, acc, PRECISION)
+            a = tl.load(dg_t + dgoff + H, mask=dgm, other=0.0, cache_modifier=".cg")
+            acc = _mma(a, w_z, acc, PRECISION)
+            a = tl.load(dg_t + dgoff + 3 * H, mask=dgm, other=0.0, cache_modifier=".cg")
+            acc = _mma(a, w_n, acc, PRECISION)
+            gh = gh + acc
+            gu += tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
+            g_ut = m * (gu + (1.0 - u) * gcum + gprob)
+            one_m = 1.0 - cum_p
+            a_w = tl.where(up_p < one_m, 1.0, tl.where(up_p > one_m, 0.0, 0.5))
+            gup = m * (1.0 - u) * gup + (1.0 - m) * gup + a_w * g_ut
+            gcum = (1.0 - m) * gcum + a_w * g_ut
+            r_t -= B
+            go_t -= B * H
+            hs_t -= B * H
+            g_t -= B * H4
+            dg_t -= B * H4
+        tl.store(DH0 + soff, gh, mask=m2)
+        tl.store(DUP0 + rows, gup, mask=smask)
+        tl.store(DCUM0 + rows, gcum, mask=smask)
+        tl.atomic_max(FLAG, bad)
+
+
+def _meta(cfg, B, H, device):
+    HP = max(16, next_pow2(H))
+    nr, nc = coop.grid_of(cfg, B, H)
+    cnt = torch.zeros((nr,), dtype=torch.int32, device=device)
+    flag = torch.zeros((1,), dtype=torch.int32, device=device)
+    return HP, nr, nc, cnt, flag
+
+
+def launch_fwd(xp, w_hh, b_hn, gate_w, gate_b, mask, h0, up0, cum0, threshold, precision, cfg,
+               save=True):
+    """Returns ``((out, hs, gates, upd, prob, stats, up_n, cum_n, h_n), flag)``; with
+    ``save=False`` hs/gates/stats are None."""
+    T, B, H3 = xp.shape
+    H = H3 // 3
+    HP, nr, nc, cnt, flag = _meta(cfg, B, H, xp.device)
+    zp = new_buffer((2, nc, B), xp)
+    if save:
+        hs = new_buffer((T + 1, B, H), xp)
+        gates = new_buffer((T, B, 4 * H), xp)
+        stats = new_buffer((5, T, B), xp)
+    else:
+        hs = new_buffer((2, B, H), xp)
+        gates = stats = xp  # unused
+    hs[0].copy_(h0)
+    out = new_buffer((T, B, H), xp)
+    upd = new_buffer((T, B), xp)
+    prob = new_buffer((T, B), xp)
+    up_n = new_buffer((B,), xp)
+    cum_n = new_buffer((B,), xp)
+    h_n = new_buffer((B, H), xp)
+    wt = w_hh.t().contiguous()
+    _gru_coop_fwd_kernel[(nr, nc)](
+        xp, wt, b_hn, gate_w, gate_b, mask if mask is not None else up0, up0, cum0,
+        hs, gates, out, upd, prob, stats, up_n, cum_n, h_n,
+        zp, cnt, flag,
+        T, B, H, nc, float(threshold),
+        HAS_MASK=mask is not None, SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
+        HP=HP, NCP=max(2, next_pow2(nc)), PRECISION=precision, SPIN=coop.SPIN_LIMIT,
+        num_warps=cfg["num_warps"], num_stages=1)
+    if not save:
+        hs = gates = stats = None
+    return (out, hs, gates, upd, prob, stats, up_n, cum_n, h_n), flag
+
+
+def launch_bwd(w_hh, gate_w, mask, hs, gates, stats, g_out, g_hn, g_upn, g_cumn, g_upd,
+               g_prob, precision, cfg):
+    """Returns ``((dg, gz, dh0, dup0, dcum0), flag)`` (as ``fused._launch_bwd``)."""
+    T, B, H4 = gates.shape
+    H = H4 // 4
+    HP, nr, nc, cnt, flag = _meta(cfg, B, H, gates.device)
+    zp = new_buffer((2, nc, B), gates)
+    dg = new_buffer((T, B, 4 * H), gates)
+    gz = new_buffer((T, B), gates)
+    dh0 = new_buffer((B, H), gates)
+    dup0 = new_buffer((B,), gates)
+    dcum0 = new_buffer((B,), gates)
+    _gru_coop_bwd_kernel[(nr, nc)](
+        w_hh, gate_w, mask if mask is not None else dup0, hs, gates, stats,
+        g_out, g_upd, g_prob, g_upn, g_cumn, g_hn.contiguous(),
+        dg, gz, dh0, dup0, dcum0,
+        zp, cnt, flag,
+        T, B, H, nc,
+        HAS_MASK=mask is not None, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
+        HP=HP, NCP=max(2, next_pow2(nc)), PRECISION=precision, SPIN=coop.SPIN_LIMIT,
+        num_warps=cfg["num_warps"], num_stages=1)
+    return (dg, gz, dh0, dup0, dcum0), flag

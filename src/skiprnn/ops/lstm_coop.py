@@ -1,0 +1,346 @@
+"""Skip LSTM, cooperative Triton kernels (hidden units split across programs, W_hh on chip).
+
+Drop-in replacements for ``skip_lstm.fused._launch_fwd`` / ``_launch_bwd``: same buffers in, same
+buffers out (h/c history, gate activations, per-row stats; gate gradients, dz, dh0, dc0, ...), so
+the autograd function and its outer GEMMs are shared with the old kernels. See ``coop.py`` for the
+grid, the barrier and the selection.
+
+Forward, program ``(pr, pc)``, per step t: ũ, u (per row, computed identically by every program of
+the row block), the full ``h_{t-1}`` of its rows from ``HS[t]`` (L2, ``.cg``), ``h W^T`` for its
+units against the resident slice, gates, candidate, gating/copy of its units (``h``, ``c`` of its
+units also stay in registers), ``Σ_its units c_cand·w_p`` to the partials buffer; barrier; every
+program sums the partials to Δũ and updates up / cum.
+
+Backward, reverse time: its units' dh, dc stay in registers; it writes the gate gradients of its
+units to ``DG[t]`` and its part of the straight-through sum ``Σ (h̃-h)dh + (c̃-c)dc``; barrier;
+``dh_{t-1}[its units] += DG[t] (all units) · W_hh[:, its units]`` with the resident slice, and the
+partials are summed to update d(up), d(cum).
+
+``SAVE=False`` (inference): nothing is kept for a backward (h ping-pongs in a (2, B, H) buffer).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import coop
+from .triton_utils import HAS_TRITON, new_buffer, next_pow2
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from .coop import grid_sync as _grid_sync
+    from .triton_utils import mma as _mma
+    from .triton_utils import sigmoid as _sigmoid
+    from .triton_utils import tanh as _tanh
+
+    @triton.jit(do_not_specialize=["T", "B"])
+    def _lstm_coop_fwd_kernel(
+        XP, WT, WP, BP, MASK, UP0, CUM0,
+        HS, CS, G, OUT, UPD, PROB, STATS, UPN, CUMN, HN, CN,
+        ZP, CNT, FLAG,
+        T, B, H, NCOL, threshold,
+        HAS_MASK: tl.constexpr, SAVE: tl.constexpr, BLOCK_B: tl.constexpr,
+        BLOCK_N: tl.constexpr, HP: tl.constexpr, NCP: tl.constexpr, PRECISION: tl.constexpr,
+        SPIN: tl.constexpr,
+    ):
+        """XP (T,B,4H); WT = W_hh^T (H,4H); HS (T+1,B,H) [SAVE] or (2,B,H), [0] = h0;
+        CS (T+1,B,H) [SAVE] with [0] = c0, else c0 (B,H); G (T,B,4H), STATS (5,T,B) [SAVE];
+        HN, CN (B,H) final state; ZP (2,NCOL,B) partials; CNT (#row blocks,) zeroed counters."""
+        pr = tl.program_id(0)
+        pc = tl.program_id(1)
+        rows = pr * BLOCK_B + tl.arange(0, BLOCK_B)
+        rmask = rows < B
+        rows64 = rows.to(tl.int64)
+        cols = pc * BLOCK_N + tl.arange(0, BLOCK_N)
+        cmask = cols < H
+        ks = tl.arange(0, HP)
+        kmask = ks < H
+        H4 = 4 * H
+        # the resident slice of W_hh^T: HP x BLOCK_N per gate, loaded once
+        wptr = WT + ks[:, None].to(tl.int64) * H4 + cols[None, :]
+        wm = kmask[:, None] & cmask[None, :]
+        w_i = tl.load(wptr, mask=wm, other=0.0)
+        w_f = tl.load(wptr + H, mask=wm, other=0.0)
+        w_g = tl.load(wptr + 2 * H, mask=wm, other=0.0)
+        w_o = tl.load(wptr + 3 * H, mask=wm, other=0.0)
+        wp = tl.load(WP + cols, mask=cmask, other=0.0)
+        bp = tl.load(BP)
+        up = tl.load(UP0 + rows, mask=rmask, other=1.0)
+        cum = tl.load(CUM0 + rows, mask=rmask, other=0.0)
+        zero_b = up * 0.0
+        smask = rmask & (pc == 0)  # per-row outputs: written by column block 0 only
+        m2 = rmask[:, None] & cmask[None, :]
+        soff = rows64[:, None] * H + cols[None, :]
+        goff = rows64[:, None] * H4 + cols[None, :]
+        hoff = rows64[:, None] * H + ks[None, :]
+        hm = rmask[:, None] & kmask[None, :]
+        pcs = tl.arange(0, NCP)
+        zoff = pcs[:, None] * B + rows[None, :]
+        zm = (pcs < NCOL)[:, None] & rmask[None, :]
+        h_own = tl.load(HS + soff, mask=m2, other=0.0)
+        c_own = tl.load(CS + soff, mask=m2, other=0.0)
+        bad = pc * 0
+        xp_t = XP
+        g_t = G
+        o_t = OUT
+        r_t = rows
+        h_rd = HS
+        for t in range(T):
+            ut = cum + tl.minimum(up, 1.0 - cum)
+            if HAS_MASK:
+                m = tl.load(MASK + r_t, mask=rmask, other=0.0)
+            else:
+                m = zero_b + 1.0
+            upd = (ut > threshold) & (m != 0)
+            u = tl.where(upd, zero_b + 1.0, zero_b)
+            srow = STATS + r_t
+            if SAVE:
+                tl.store(srow, u, mask=smask)
+                tl.store(srow + T * B, ut, mask=smask)
+                tl.store(srow + 3 * T * B, up, mask=smask)
+                tl.store(srow + 4 * T * B, cum, mask=smask)
+            tl.store(UPD + r_t, u, mask=smask)
+            tl.store(PROB + r_t, ut * m, mask=smask)
+            if SAVE:
+                h_wr = h_rd + B * H
+            else:
+                h_wr = HS + ((t + 1) % 2) * B * H
+            hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
+            zt = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
+            acc_i = _mma(hfull, w_i, zt, PRECISION)
+            acc_f = _mma(hfull, w_f, zt, PRECISION)
+            acc_g = _mma(hfull, w_g, zt, PRECISION)
+            acc_o = _mma(hfull, w_o, zt, PRECISION)
+            si = _sigmoid(acc_i + tl.load(xp_t + goff, mask=m2, other=0.0))
+            sf = _sigmoid(acc_f + tl.load(xp_t + goff + H, mask=m2, other=0.0))
+            tg = _tanh(acc_g + tl.load(xp_t + goff + 2 * H, mask=m2, other=0.0))
+            so = _sigmoid(acc_o + tl.load(xp_t + goff + 3 * H, mask=m2, other=0.0))
+            if SAVE:
+                tl.store(g_t + goff, si, mask=m2)
+                tl.store(g_t + goff + H, sf, mask=m2)
+                tl.store(g_t + goff + 2 * H, tg, mask=m2)
+                tl.store(g_t + goff + 3 * H, so, mask=m2)
+            cc = sf * c_own + si * tg
+            hc = so * _tanh(cc)
+            zpart = tl.sum(tl.where(m2, cc * wp[None, :], 0.0), axis=1)
+            zslot = ZP + (t % 2) * NCOL * B
+            tl.store(zslot + pc * B + rows, zpart, mask=rmask)
+            c_own = tl.where(upd[:, None], cc, c_own)
+            h_own = tl.where(upd[:, None], hc, h_own)
+            tl.store(h_wr + soff, h_own, mask=m2)
+            if SAVE:
+                tl.store(CS + (t + 1) * B * H + soff, c_own, mask=m2)
+            tl.store(o_t + soff, h_own * m[:, None], mask=m2)
+            bad = _grid_sync(CNT + pr, NCOL * (t + 1), bad, SPIN)
+            z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
+            delta = _sigmoid(z + bp)
+            if SAVE:
+                tl.store(srow + 2 * T * B, delta, mask=smask)
+            up = tl.where(upd, delta, up)
+            cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
+            h_rd = h_wr
+            xp_t += B * H4
+            g_t += B * H4
+            o_t += B * H
+            r_t += B
+        tl.store(UPN + rows, up, mask=smask)
+        tl.store(CUMN + rows, cum, mask=smask)
+        tl.store(HN + soff, h_own, mask=m2)
+        tl.store(CN + soff, c_own, mask=m2)
+        tl.atomic_max(FLAG, bad)
+
+    @triton.jit(do_not_specialize=["T", "B"])
+    def _lstm_coop_bwd_kernel(
+        W, WP, MASK, HS, CS, G, STATS,
+        GOUT, GUPD, GPROB, GUPN, GCUMN, GHN, GCN,
+        DG, GZ, DH0, DC0, DUP0, DCUM0,
+        ZP, CNT, FLAG,
+        T, B, H, NCOL,
+        HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+        HP: tl.constexpr, NCP: tl.constexpr, PRECISION: tl.constexpr, SPIN: tl.constexpr,
+    ):
+        """W = W_hh (4H,H); GHN/GCN (B,H) grads of h_n/c_n; DH0/DC0 (B,H) out; DG (T,B,4H)
+        pre-activation gate gradients; GZ (T,B) gradient of Δũ's pre-activation."""
+        pr = tl.program_id(0)
+        pc = tl.program_id(1)
+        rows = pr * BLOCK_B + tl.arange(0, BLOCK_B)
+        rmask = rows < B
+        rows64 = rows.to(tl.int64)
+        cols = pc * BLOCK_N + tl.arange(0, BLOCK_N)
+        cmask = cols < H
+        ks = tl.arange(0, HP)
+        kmask = ks < H
+        H4 = 4 * H
+        # resident slice of W_hh: rows g*H + k (all k), columns = this program's units
+        wptr = W + ks[:, None].to(tl.int64) * H + cols[None, :]
+        wm = kmask[:, None] & cmask[None, :]
+        w_i = tl.load(wptr, mask=wm, other=0.0)
+        w_f = tl.load(wptr + H * H, mask=wm, other=0.0)
+        w_g = tl.load(wptr + 2 * H * H, mask=wm, other=0.0)
+        w_o = tl.load(wptr + 3 * H * H, mask=wm, other=0.0)
+        wp = tl.load(WP + cols, mask=cmask, other=0.0)
+        gup = tl.load(GUPN + rows, mask=rmask, other=0.0)
+        gcum = tl.load(GCUMN + rows, mask=rmask, other=0.0)
+        zero_b = gup * 0.0
+        smask = rmask & (pc == 0)
+        m2 = rmask[:, None] & cmask[None, :]
+        soff = rows64[:, None] * H + cols[None, :]
+        goff = rows64[:, None] * H4 + cols[None, :]
+        dgoff = rows64[:, None] * H4 + ks[None, :]
+        dgm = rmask[:, None] & kmask[None, :]
+        pcs = tl.arange(0, NCP)
+        zoff = pcs[:, None] * B + rows[None, :]
+        zm = (pcs < NCOL)[:, None] & rmask[None, :]
+        gh = tl.load(GHN + soff, mask=m2, other=0.0)
+        gc = tl.load(GCN + soff, mask=m2, other=0.0)
+        bad = pc * 0
+        r_t = (T - 1) * B + rows
+        go_t = GOUT + (T - 1) * B * H
+        hs_t = HS + (T - 1) * B * H
+        cs_t = CS + (T - 1) * B * H
+        g_t = G + (T - 1) * B * H4
+        dg_t = DG + (T - 1) * B * H4
+        for tt in range(T):
+            srow = STATS + r_t
+            u = tl.load(srow, mask=rmask, other=0.0)
+            ut = tl.load(srow + T * B, mask=rmask, other=0.0)
+            delta = tl.load(srow + 2 * T * B, mask=rmask, other=0.0)
+            up_p = tl.load(srow + 3 * T * B, mask=rmask, other=0.0)
+            cum_p = tl.load(srow + 4 * T * B, mask=rmask, other=0.0)
+            if HAS_MASK:
+                m = tl.load(MASK + r_t, mask=rmask, other=0.0)
+            else:
+                m = zero_b + 1.0
+            gupd = tl.load(GUPD + r_t, mask=rmask, other=0.0)
+            gprob = tl.load(GPROB + r_t, mask=rmask, other=0.0)
+            gz = u * gup * delta * (1.0 - delta)
+            tl.store(GZ + r_t, gz, mask=smask)
+            gu = gupd + m * gup * (delta - up_p) - m * gcum * ut
+            ub = u[:, None]
+            ght = gh + tl.load(go_t + soff, mask=m2, other=0.0) * m[:, None]
+            si = tl.load(g_t + goff, mask=m2, other=0.0)
+            sf = tl.load(g_t + goff + H, mask=m2, other=0.0)
+            tg = tl.load(g_t + goff + 2 * H, mask=m2, other=0.0)
+            so = tl.load(g_t + goff + 3 * H, mask=m2, other=0.0)
+            c_old = tl.load(cs_t + soff, mask=m2, other=0.0)
+            h_old = tl.load(hs_t + soff, mask=m2, other=0.0)
+            cc = sf * c_old + si * tg
+            tc = _tanh(cc)
+            hc = so * tc
+            gpart = tl.sum(tl.where(m2, (hc - h_old) * ght + (cc - c_old) * gc, 0.0), axis=1)
+            zslot = ZP + (tt % 2) * NCOL * B
+            tl.store(zslot + pc * B + rows, gpart, mask=rmask)
+            ghc = ub * ght
+            gcc = ub * gc + gz[:, None] * wp[None, :] + ghc * so * (1.0 - tc * tc)
+            tl.store(dg_t + goff, gcc * tg * si * (1.0 - si), mask=m2)
+            tl.store(dg_t + goff + H, gcc * c_old * sf * (1.0 - sf), mask=m2)
+            tl.store(dg_t + goff + 2 * H, gcc * si * (1.0 - tg * tg), mask=m2)
+            tl.store(dg_t + goff + 3 * H, ghc * tc * so * (1.0 - so), mask=m2)
+            gc = (1.0 - ub) * gc + gcc * sf
+            gh = (1.0 - ub) * ght
+            bad = _grid_sync(CNT + pr, NCOL * (tt + 1), bad, SPIN)
+            # dh_{t-1}[its units] += DG[t] (all units, 4 gates) . W_hh[:, its units]
+            acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=GHN.dtype.element_ty)
+            a = tl.load(dg_t + dgoff, mask=dgm, other=0.0, cache_modifier=".cg")
+            acc = _mma(a, w_i, acc, PRECISION)
+            a = tl.load(dg_t + dgoff + H, mask=dgm, other=0.0, cache_modifier=".cg")
+            acc = _mma(a, w_f, acc, PRECISION)
+            a = tl.load(dg_t + dgoff + 2 * H, mask=dgm, other=0.0, cache_modifier=".cg")
+            acc = _mma(a, w_g, acc, PRECISION)
+            a = tl.load(dg_t + dgoff + 3 * H, mask=dgm, other=0.0, cache_modifier=".cg")
+            acc = _mma(a, w_o, acc, PRECISION)
+            gh = gh + acc
+            gu += tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
+            # ũ = cum + min(up, 1 - cum): d/dup = d/dcum = a, a = 1, 0, or 1/2 at a tie
+            g_ut = m * (gu + (1.0 - u) * gcum + gprob)
+            one_m = 1.0 - cum_p
+            a_w = tl.where(up_p < one_m, 1.0, tl.where(up_p > one_m, 0.0, 0.5))
+            gup = m * (1.0 - u) * gup + (1.0 - m) * gup + a_w * g_ut
+            gcum = (1.0 - m) * gcum + a_w * g_ut
+            r_t -= B
+            go_t -= B * H
+            hs_t -= B * H
+            cs_t -= B * H
+            g_t -= B * H4
+            dg_t -= B * H4
+        tl.store(DH0 + soff, gh, mask=m2)
+        tl.store(DC0 + soff, gc, mask=m2)
+        tl.store(DUP0 + rows, gup, mask=smask)
+        tl.store(DCUM0 + rows, gcum, mask=smask)
+        tl.atomic_max(FLAG, bad)
+
+
+def _meta(cfg, B, H, device):
+    HP = max(16, next_pow2(H))
+    nr, nc = coop.grid_of(cfg, B, H)
+    cnt = torch.zeros((nr,), dtype=torch.int32, device=device)
+    flag = torch.zeros((1,), dtype=torch.int32, device=device)
+    return HP, nr, nc, cnt, flag
+
+
+def launch_fwd(xp, w_hh, gate_w, gate_b, mask, h0, c0, up0, cum0, threshold, precision, cfg,
+               save=True):
+    """Returns ``((out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n), flag)``; with
+    ``save=False`` hs/cs/gates/stats are None."""
+    T, B, H4 = xp.shape
+    H = H4 // 4
+    HP, nr, nc, cnt, flag = _meta(cfg, B, H, xp.device)
+    zp = new_buffer((2, nc, B), xp)
+    if save:
+        hs = new_buffer((T + 1, B, H), xp)
+        cs = new_buffer((T + 1, B, H), xp)
+        hs[0].copy_(h0)
+        cs[0].copy_(c0)
+        gates = new_buffer((T, B, 4 * H), xp)
+        stats = new_buffer((5, T, B), xp)
+    else:
+        hs = new_buffer((2, B, H), xp)
+        hs[0].copy_(h0)
+        cs = c0.contiguous()
+        gates = stats = xp  # unused
+    out = new_buffer((T, B, H), xp)
+    upd = new_buffer((T, B), xp)
+    prob = new_buffer((T, B), xp)
+    up_n = new_buffer((B,), xp)
+    cum_n = new_buffer((B,), xp)
+    h_n = new_buffer((B, H), xp)
+    c_n = new_buffer((B, H), xp)
+    wt = w_hh.t().contiguous()
+    _lstm_coop_fwd_kernel[(nr, nc)](
+        xp, wt, gate_w, gate_b, mask if mask is not None else up0, up0, cum0,
+        hs, cs, gates, out, upd, prob, stats, up_n, cum_n, h_n, c_n,
+        zp, cnt, flag,
+        T, B, H, nc, float(threshold),
+        HAS_MASK=mask is not None, SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
+        HP=HP, NCP=max(2, next_pow2(nc)), PRECISION=precision, SPIN=coop.SPIN_LIMIT,
+        num_warps=cfg["num_warps"], num_stages=1)
+    if not save:
+        hs = cs = gates = stats = None
+    return (out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n), flag
+
+
+def launch_bwd(w_hh, gate_w, mask, hs, cs, gates, stats, g_out, g_hn, g_cn, g_upn, g_cumn,
+               g_upd, g_prob, precision, cfg):
+    """Returns ``((dg, gz, dh0, dc0, dup0, dcum0), flag)`` (as ``fused._launch_bwd``)."""
+    T, B, H4 = gates.shape
+    H = H4 // 4
+    HP, nr, nc, cnt, flag = _meta(cfg, B, H, gates.device)
+    zp = new_buffer((2, nc, B), gates)
+    dg = new_buffer((T, B, 4 * H), gates)
+    gz = new_buffer((T, B), gates)
+    dh0 = new_buffer((B, H), gates)
+    dc0 = new_buffer((B, H), gates)
+    dup0 = new_buffer((B,), gates)
+    dcum0 = new_buffer((B,), gates)
+    _lstm_coop_bwd_kernel[(nr, nc)](
+        w_hh, gate_w, mask if mask is not None else dup0, hs, cs, gates, stats,
+        g_out, g_upd, g_prob, g_upn, g_cumn, g_hn.contiguous(), g_cn.contiguous(),
+        dg, gz, dh0, dc0, dup0, dcum0,
+        zp, cnt, flag,
+        T, B, H, nc,
+        HAS_MASK=mask is not None, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
+        HP=HP, NCP=max(2, next_pow2(nc)), PRECISION=precision, SPIN=coop.SPIN_LIMIT,
+        num_warps=cfg["num_warps"], num_stages=1)
+    return (dg, gz, dh0, dc0, dup0, dcum0), flag
