@@ -262,3 +262,51 @@ def test_gpu_paper_shapes(shape, precision):
     for name, a, b in zip(names, g_fast, g_ref):
         assert torch.isfinite(a).all(), name
         assert _rel(a, b) < gtol, (name, _rel(a, b))
+
+
+# ------------------------------------------------------------------------------------------------
+# cooperative path (skiprnn/ops/lstm_coop.py): in the interpreter one column block (no spinning);
+# the old kernels stay tested with SKIPRNN_COOP=0. Multi-column runs: tests/ops/test_triton_coop.py.
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("coop_on", ["0", "1"])
+@pytest.mark.parametrize("case", [(6, 19, 2, 20, True, False), (5, 3, 1, 7, False, True)], ids=_id)
+def test_old_and_coop_paths(monkeypatch, coop_on, case):
+    from skiprnn.ops import coop
+    monkeypatch.setenv("SKIPRNN_COOP", coop_on)
+    T, B, I, H, masked, fresh = case
+    p, mask = make_problem(T, B, I, H, seed=17, masked=masked, fresh=fresh)
+    coop.reset()
+    check_against_reference(p, mask, precision="ieee")
+    chosen = coop.choices()
+    if coop_on == "0":
+        assert chosen == {}
+    elif _interpreted():
+        assert len(chosen) == 2 and all(v != "old" for v in chosen.values()), chosen
+
+
+def test_coop_forced_config_interpreter(monkeypatch):
+    """A forced config with one column block (BLOCK_N >= H) and two row blocks."""
+    if not _interpreted():
+        pytest.skip("interpreter only")
+    from skiprnn.ops import coop
+    monkeypatch.setenv("SKIPRNN_COOP_CONFIG", "16,32,4")
+    coop.reset()
+    p, mask = make_problem(5, 21, 2, 20, seed=23, masked=True, fresh=False, bias=False)
+    check_against_reference(p, mask, precision="ieee")
+    assert set(coop.choices().values()) == {"16,32,4"}
+    coop.reset()
+
+
+@pytest.mark.parametrize("coop_on", ["0", "1"])
+def test_infer_matches_reference(monkeypatch, coop_on):
+    from skiprnn.ops.skip_lstm.fused import skip_lstm_triton_infer
+    monkeypatch.setenv("SKIPRNN_COOP", coop_on)
+    p, mask = make_problem(7, 5, 2, 9, seed=31, masked=True, fresh=False)
+    with torch.no_grad():
+        ref = run(skip_lstm_naive, p, mask)
+    out = run(skip_lstm_triton_infer, p, mask, precision="ieee")
+    assert len(out) == len(ref)
+    for name, a, b in zip(OUT_NAMES, out, ref):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{name}: {m}")

@@ -187,7 +187,7 @@ def run(key, cands: list[dict], launch_coop, launch_old):
     try:
         res, flag = launch_coop(choice)
     except Exception:
-        if n > 0:
+        if n > 0 or interpreting():
             raise
         _choice[key] = "old"
         return launch_old()

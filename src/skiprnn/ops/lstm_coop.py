@@ -70,7 +70,7 @@ if HAS_TRITON:
         up = tl.load(UP0 + rows, mask=rmask, other=1.0)
         cum = tl.load(CUM0 + rows, mask=rmask, other=0.0)
         zero_b = up * 0.0
-        smask = rmask & (pc == 0)  # per-row outputs: written by column block 0 only
+        smask = rmask & ((rows * 0 + pc) == 0)  # per-row outputs: column block 0 writes them
         m2 = rmask[:, None] & cmask[None, :]
         soff = rows64[:, None] * H + cols[None, :]
         goff = rows64[:, None] * H4 + cols[None, :]
@@ -184,7 +184,7 @@ if HAS_TRITON:
         gup = tl.load(GUPN + rows, mask=rmask, other=0.0)
         gcum = tl.load(GCUMN + rows, mask=rmask, other=0.0)
         zero_b = gup * 0.0
-        smask = rmask & (pc == 0)
+        smask = rmask & ((rows * 0 + pc) == 0)
         m2 = rmask[:, None] & cmask[None, :]
         soff = rows64[:, None] * H + cols[None, :]
         goff = rows64[:, None] * H4 + cols[None, :]

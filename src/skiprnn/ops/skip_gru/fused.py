@@ -432,3 +432,68 @@ def skip_gru_triton(
         x, h0[0], update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh, gate_weight, gate_bias, mask,
         float(threshold), prec)
     return out, h_n.unsqueeze(0), up, cum, upd, prob
+
+
+@torch.no_grad()
+def skip_gru_triton_infer(
+    x: Tensor,
+    h0: Tensor,
+    update_prob0: Tensor,
+    cum_prob0: Tensor,
+    layers: Sequence[tuple],
+    gate_weight: Tensor,
+    gate_bias: Tensor,
+    mask: Tensor | None = None,
+    threshold: float | Tensor = 0.5,
+    dropout: float = 0.0,
+    training: bool = False,
+    forced: Tensor | None = None,
+    constant_delta: float | None = None,
+    precision: str | None = None,
+):
+    """Forward-only Skip GRU (no autograd, nothing saved for a backward): ``skip_gru_naive``'s
+    signature and returns. Uses the cooperative kernel (h ping-pong, no history) where it applies,
+    else the training forward under ``no_grad``."""
+    require_triton()
+    if len(layers) != 1 or forced is not None or constant_delta is not None \
+            or (isinstance(threshold, Tensor) and threshold.dim() != 0) or x.dim() != 3 \
+            or x.shape[0] == 0:
+        return skip_gru_triton(x, h0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,
+                               mask, threshold, dropout, training, forced, constant_delta,
+                               precision)  # raises the usual errors
+    check_device(x)
+    threshold = float(threshold)
+    w_ih, w_hh, b_ih, b_hh = layers[0]
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    cdt = compute_dtype(x.dtype)
+    prec = resolve_precision(precision, x.dtype)
+    cands = coop.candidates(H, B, x.device, 3)
+    if not cands or not coop.enabled() or h0.shape != (1, B, H) \
+            or w_hh.shape != (3 * H, H) or w_ih.shape != (3 * H, I):
+        return skip_gru_triton(x, h0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,
+                               mask, threshold, precision=precision)
+    bias = torch.zeros(3 * H, dtype=cdt, device=x.device)
+    b_hn = torch.zeros(H, dtype=cdt, device=x.device)
+    if b_ih is not None:
+        bias = bias + b_ih.to(cdt)
+    if b_hh is not None:
+        bias[:2 * H] += b_hh[:2 * H].to(cdt)
+        b_hn = _c(b_hh[2 * H:], cdt)
+    xp = torch.addmm(bias, _c(x, cdt).reshape(T * B, I), _c(w_ih, cdt).t()).view(T, B, 3 * H)
+    fargs = (xp, _c(w_hh, cdt), b_hn, _c(gate_weight.reshape(-1), cdt),
+             _c(gate_bias.reshape(-1), cdt), _c(mask, cdt), _c(h0[0], cdt),
+             _c(update_prob0, cdt), _c(cum_prob0, cdt), threshold, prec)
+
+    def run_coop(c):
+        return gru_coop.launch_fwd(*fargs, c, save=False)
+
+    def run_old():
+        out, hs, _, upd, prob, _, up_n, cum_n = _launch_fwd(*fargs, tile_config(H, B))
+        return out, None, None, upd, prob, None, up_n, cum_n, hs[T]
+
+    key = ("gru-infer", T, B, H, prec, mask is not None, str(cdt), str(x.device))
+    out, _, _, upd, prob, _, up_n, cum_n, h_n = coop.run(key, cands, run_coop, run_old)
+    dt = x.dtype
+    return (out.to(dt), h_n.to(dt).unsqueeze(0), up_n.to(dt), cum_n.to(dt), upd.to(dt),
+            prob.to(dt))
