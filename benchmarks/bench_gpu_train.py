@@ -7,8 +7,13 @@ H=110) and a large one (B=64 T=1000 I=64 H=512) it times, in one run on one devi
 * ``fwd+bwd`` forward plus ``torch.autograd.grad`` of the output w.r.t. input and all weights,
 
 for ``nn.LSTM`` / ``nn.GRU`` (cuDNN; PyTorch's default ``cudnn.allow_tf32`` is recorded),
-the Triton Skip kernels with ``precision='tf32'`` and ``'ieee'``, and the naive reference
-(fwd+bwd only, the two smaller shapes, very few repetitions: it is ~2 orders of magnitude slower).
+the Triton Skip kernels with ``precision='tf32'`` (``triton-tf32``: the default path, cooperative
+kernels auto-selected per shape, see ``skiprnn/ops/coop.py``; ``old-tf32``: the one-program-per-row-
+block kernels, ``SKIPRNN_COOP=0``; ``infer-tf32``: the forward-only ``*_triton_infer``), with
+``--ieee`` also ``triton-ieee``, and the naive reference (fwd+bwd only, the two smaller shapes, very
+few repetitions: it is ~2 orders of magnitude slower). The configurations the auto-selection timed
+and picked are printed and stored (``coop_selection``); it times at most ``SKIPRNN_COOP_MAXCAND``
+(default here 2) cooperative candidates per shape and direction, plus the old kernels.
 Medians over ``--reps`` (>= 20) timed repetitions after warm-up, CUDA events. Prints a table with
 ratios to nn.LSTM / nn.GRU (the figures to quote) and writes JSON (device, versions, git commit,
 every timing or the error a backend raised) to ``--out``. A failing backend is recorded and the
@@ -41,6 +46,7 @@ SHAPES = [  # (name, B, T, I, H)
     ("large", 64, 1000, 64, 512),
 ]
 REFERENCE_REPS = {"adding": 3, "mnist": 1}  # reference fwd+bwd only here
+BACKEND_COLS = ("cudnn", "old-tf32", "triton-tf32", "infer-tf32", "triton-ieee", "reference")
 DEVICE = "cuda"  # "cpu" only for --cpu-smoke (checks this script's logic without a GPU)
 
 
@@ -109,13 +115,35 @@ def backend_fn(cell: str, backend: str, case: dict):
     params = [x, *layer, gw, gb]
     if backend == "reference":
         return (lambda: ref(x, *state, case["up0"], case["cum0"], [layer], gw, gb)[0]), params
-    precision = backend.split("-")[1]
-    return (lambda: fast(x, *state, case["up0"], case["cum0"], [layer], gw, gb,
-                         precision=precision)[0]), params
+    kind, precision = backend.split("-")
+    if kind == "infer":
+        if cell == "lstm":
+            from skiprnn.ops.skip_lstm.fused import skip_lstm_triton_infer as inf
+        else:
+            from skiprnn.ops.skip_gru.fused import skip_gru_triton_infer as inf
+        return (lambda: inf(x, *state, case["up0"], case["cum0"], [layer], gw, gb,
+                            precision=precision)[0]), None
+
+    def fwd():
+        prev = os.environ.get("SKIPRNN_COOP")
+        if kind == "old":
+            os.environ["SKIPRNN_COOP"] = "0"
+        try:
+            return fast(x, *state, case["up0"], case["cum0"], [layer], gw, gb,
+                        precision=precision)[0]
+        finally:
+            if kind == "old":
+                if prev is None:
+                    os.environ.pop("SKIPRNN_COOP", None)
+                else:
+                    os.environ["SKIPRNN_COOP"] = prev
+    return fwd, params
 
 
 def run_one(cell, backend, case, mode, reps, warmup):
     fwd, params = backend_fn(cell, backend, case)
+    if params is None and mode != "fwd":
+        return {"skipped": "forward only"}
     if mode == "fwd":
         fn = fwd
     else:
@@ -135,12 +163,16 @@ def main(argv=None):
     ap.add_argument("--cells", default="lstm,gru")
     ap.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--ieee", action="store_true", help="also time precision='ieee'")
+    ap.add_argument("--max-cand", type=int, default=2,
+                    help="cooperative candidates timed per shape (SKIPRNN_COOP_MAXCAND)")
     ap.add_argument("--budget", type=float, default=85.0,
                     help="seconds; past it the remaining reference timings are skipped")
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="tiny shapes on the CPU under TRITON_INTERPRET=1 (tests this script)")
     args = ap.parse_args(argv)
     t_start = time.time()
+    os.environ.setdefault("SKIPRNN_COOP_MAXCAND", str(args.max_cand))
     if args.cpu_smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")
         DEVICE = "cpu"
@@ -178,9 +210,13 @@ def main(argv=None):
             except Exception as e:  # pragma: no cover
                 res["error"] = repr(e)
                 continue
-            backends = ["cudnn", "triton-tf32", "triton-ieee"]
+            backends = ["cudnn", "old-tf32", "triton-tf32", "infer-tf32"]
+            if args.ieee:
+                backends.append("triton-ieee")
             for backend in backends:
                 for mode in ("fwd", "fwd+bwd"):
+                    if backend.startswith("infer") and mode != "fwd":
+                        continue
                     res.setdefault(backend, {})
                     try:
                         res[backend][mode] = run_one(cell, backend, case, mode, args.reps,
@@ -204,6 +240,19 @@ def main(argv=None):
                 torch.cuda.empty_cache()
 
     info["total_s"] = time.time() - t_start
+    try:
+        from skiprnn.ops import coop
+        info["coop_selection"] = [
+            {"key": str(k), "choice": c if c == "old" else
+             f"{c['BLOCK_B']},{c['BLOCK_N']},{c['num_warps']}", "timings_ms": t}
+            for k, c, t in coop.selection_log()]
+        info["coop_choices"] = coop.choices()
+    except Exception as e:  # pragma: no cover
+        info["coop_selection"] = repr(e)
+    print("\ncooperative-kernel selection (BLOCK_B,BLOCK_N,num_warps or old; ms per candidate):")
+    for item in info.get("coop_selection", []) if isinstance(info.get("coop_selection"), list) \
+            else []:
+        print(f"  {item['key']}: {item['choice']}  {item['timings_ms']}")
     _table(results)
     with open(args.out, "w") as f:
         json.dump({"info": info, "results": results}, f, indent=2)
@@ -220,7 +269,22 @@ def _ms(res, backend, mode):
 def _print_line(cell, key, backend, mode, res):
     r = res[backend][mode]
     val = f"{r['median_ms']:.3f} ms" if "median_ms" in r else r.get("error", r.get("skipped"))
+    if backend == "triton-tf32" and "median_ms" in r:
+        val += "  " + _picked(cell, key)
     print(f"[{cell}] {key:34s} {backend:12s} {mode:8s} {val}", flush=True)
+
+
+def _picked(cell, key):
+    """The auto-selected kernels for this cell and shape, e.g. ``[fwd=16,16,4 bwd=old]``."""
+    try:
+        from skiprnn.ops import coop
+        dims = dict(kv.split("=") for kv in key.split()[1:])
+        sub = f", {dims['T']}, {dims['B']}, {dims['H']}, 'tf32',"
+        got = [f"{k.split(',')[0].strip(chr(40)).strip(chr(39)).split('-')[1]}={v}"
+               for k, v in coop.choices().items() if sub in k and f"'{cell}-" in k]
+        return "[" + " ".join(got) + "]"
+    except Exception as e:  # pragma: no cover
+        return f"[{e!r}]"
 
 
 def _table(results):
@@ -229,13 +293,13 @@ def _table(results):
         base_name = "nn.LSTM" if cell == "lstm" else "nn.GRU"
         print(f"\n{cell.upper()}  (base: {base_name} cuDNN)")
         hdr = f"{'shape':34s} {'mode':8s} " + " ".join(
-            f"{b:>20s}" for b in ("cudnn", "triton-tf32", "triton-ieee", "reference"))
+            f"{b:>20s}" for b in BACKEND_COLS)
         print(hdr)
         for key, res in per_shape.items():
             for mode in ("fwd", "fwd+bwd"):
                 base = _ms(res, "cudnn", mode)
                 cells = []
-                for b in ("cudnn", "triton-tf32", "triton-ieee", "reference"):
+                for b in BACKEND_COLS:
                     v = _ms(res, b, mode)
                     if v is None:
                         cells.append(f"{'-':>20s}")

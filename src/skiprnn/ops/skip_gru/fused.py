@@ -493,7 +493,8 @@ def skip_gru_triton_infer(
         return out, None, None, upd, prob, None, up_n, cum_n, hs[T]
 
     key = ("gru-infer", T, B, H, prec, mask is not None, str(cdt), str(x.device))
-    out, _, _, upd, prob, _, up_n, cum_n, h_n = coop.run(key, cands, run_coop, run_old)
+    out, _, _, upd, prob, _, up_n, cum_n, h_n = coop.run(
+        key, cands, run_coop, run_old, hint=("gru-fwd",) + key[1:])
     dt = x.dtype
     return (out.to(dt), h_n.to(dt).unsqueeze(0), up_n.to(dt), cum_n.to(dt), upd.to(dt),
             prob.to(dt))

@@ -520,7 +520,8 @@ def skip_lstm_triton_infer(
         return out, None, None, None, upd, prob, None, up_n, cum_n, hs[T], cs[T]
 
     key = ("lstm-infer", T, B, H, prec, mask is not None, str(cdt), str(x.device))
-    out, _, _, _, upd, prob, _, up_n, cum_n, h_n, c_n = coop.run(key, cands, run_coop, run_old)
+    out, _, _, _, upd, prob, _, up_n, cum_n, h_n, c_n = coop.run(
+        key, cands, run_coop, run_old, hint=("lstm-fwd",) + key[1:])
     dt = x.dtype
     return (out.to(dt), h_n.to(dt).unsqueeze(0), c_n.to(dt).unsqueeze(0), up_n.to(dt),
             cum_n.to(dt), upd.to(dt), prob.to(dt))
