@@ -20,7 +20,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     cmd = [sys.executable, "-m", "skiprnn", "train", "--quick", "--max-steps", "4", "--val-every", "2",
            "--hidden-size", "8", "--batch-size", "16", "--devices", "2", "--strategy", "ddp",
            "--accelerator", "cpu", "--out", str(run), "--no-progress"]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     r = json.loads((run / "results.json").read_text())
     assert r["devices"] == 2 and r["strategy"] == "DDPStrategy" and r["steps"] == 4

@@ -15,9 +15,10 @@ class SolvedStopping(pl.Callback):
     """Stop training once the task is solved on the validation set (synthetic tasks).
 
     With ``patience = 0`` training stops at the first solved validation. With ``patience = k``
-    it goes on while the mean number of updates keeps falling (by more than ``min_delta``
-    updates per sequence) and stops after ``k`` solved validations without such progress —
-    the budget loss needs that time to remove updates once the task itself is solved.
+    it goes on while solved validations keep lowering the mean number of updates (by more than
+    ``min_delta`` per sequence) and stops after ``k`` validations without a new such best — the
+    budget loss needs that time to remove updates once the task itself is solved. Validations
+    that are no longer solved count as "no progress" (the best checkpoint keeps the solved model).
     """
 
     def __init__(self, task, patience: int = 0, min_delta: float = 0.25):
@@ -36,13 +37,15 @@ class SolvedStopping(pl.Callback):
         u = trainer.callback_metrics.get("val/updates")
         if m is None or u is None:
             return
-        if not self.task.solved(float(m)):
-            self.wait = 0
-            return
+        solved = bool(self.task.solved(float(m)))
         if self.solved_at_step is None:
+            if not solved:
+                return
             self.solved_at_step = int(trainer.global_step)
+        # once solved, every validation that is not a new best (solved with fewer updates) counts:
+        # a run that loses the solution (e.g. the gate collapses) stops too
         u = float(u)
-        if u < self.best_updates - self.min_delta:
+        if solved and u < self.best_updates - self.min_delta:
             self.best_updates = u
             self.wait = 0
         else:
@@ -50,8 +53,9 @@ class SolvedStopping(pl.Callback):
         if self.patience == 0 or self.wait >= self.patience:
             self.triggered = True
             trainer.should_stop = True
-            rank_zero_info(f"[skiprnn] solved on validation ({self.task.metric_name}={float(m):.4g}, "
-                           f"{u:.2f} updates/sequence) at step {trainer.global_step}: stopping")
+            rank_zero_info(f"[skiprnn] solved on validation at step {self.solved_at_step}; stopping at "
+                           f"step {trainer.global_step} ({self.task.metric_name}={float(m):.4g}, "
+                           f"{u:.2f} updates/sequence; best solved: {self.best_updates:.2f})")
 
     def state_dict(self):
         return {"best_updates": self.best_updates, "wait": self.wait,

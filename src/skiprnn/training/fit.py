@@ -219,9 +219,11 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
     if which == "best" and not path:
         which, path = "last", ""
     device = module.device
+    ckpt_step = None
     if path and Path(path).exists():
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        module.load_state_dict(ck["state_dict"])
+        ckpt_step = ck.get("global_step")
     else:
         which = "final"
     module.to(device)
@@ -252,7 +254,10 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
         "updates_percent": 100.0 * test["update_fraction"],
         "flops": test["flops"], "flops_rule": "paper §6: updates × per-update MACs"
         + (" (+h for the learned gate)" if module.learned_gate else ""),
-        "test_checkpoint": which, "best_checkpoint": best_ckpt.best_model_path or None,
+        "test_checkpoint": which, "test_checkpoint_step": ckpt_step,
+        "max_steps": cfg.max_steps, "max_epochs": cfg.max_epochs, "max_time": cfg.max_time,
+        "val_every": cfg.val_every, "stop_when_solved": cfg.stop_when_solved,
+        "solved_patience": cfg.solved_patience, "best_checkpoint": best_ckpt.best_model_path or None,
         "best_val_loss": (float(best_ckpt.best_model_score) if best_ckpt.best_model_score is not None
                           else None),
         "val": {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items()
@@ -285,7 +290,9 @@ def format_summary(r: dict) -> str:
         f"test {r['metric_name']}: {r['test_metric']:.5g}   solved: {solved}",
         f"state updates: {r['updates_mean']:.2f} of {r['seq_len']} per sequence "
         f"({r['updates_percent']:.1f}%)   inference FLOPs: {r['flops']:.3g}",
-        f"{r['steps']} steps ({r['stop_reason']}), lr {r['lr']:g}, {r['wall_time_s']:.0f} s, "
+        f"{r['steps']} steps ({r['stop_reason']}; measured: {r['test_checkpoint']} checkpoint"
+        + (f" @ step {r['test_checkpoint_step']}" if r.get('test_checkpoint_step') is not None else "")
+        + f"), lr {r['lr']:g}, {r['wall_time_s']:.0f} s, "
         f"backend {r['backend']}",
         f"run dir: {r['run_dir']}  (skiprnn evaluate / plot {r['run_dir']})",
     ]

@@ -338,6 +338,8 @@ def summarise(table, chosen, runs, settings, quick, seeds) -> dict:
             d["updates_percent"] = [r["updates_percent"] for r in res]
             d["flops"] = [r["flops"] for r in res]
             d["steps"] = [r["steps"] for r in res]
+            d["ckpt_steps"] = [r.get("test_checkpoint_step") for r in res]
+            d["max_steps"] = sorted({r["max_steps"] for r in res if r.get("max_steps")})
             d["lr"] = sorted({r["lr"] for r in res})
             d["wall_time_s"] = [r["wall_time_s"] for r in res]
             d["seq_len"] = res[0]["seq_len"]
@@ -371,33 +373,44 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> None:
               "updates/FLOPs per test sequence (paper §6 FLOP rule). Mean ± std over seeds.", ""]
     if table == "table1":
         lines += ["| Model | Paper: solved | Paper: updates | Paper: FLOPs | Ours: solved | Ours: test MSE | "
-                  "Ours: updates | Ours: FLOPs | Ours: steps |", "|---|---|---|---|---|---|---|---|---|"]
+                  "Ours: updates | Ours: FLOPs | Ours: steps run (measured ckpt) |", "|---|---|---|---|---|---|---|---|---|"]
         for d in rows:
             p = d["paper"] or {}
             lines.append(f"| {d['label']} | {p.get('solved', '–')} | {p.get('updates', '–')} | "
                          f"{p.get('flops', '–')} | {_solved_cell(d)} | "
                          f"{_fmt_pm(d.get('metric', []), '{:.2e}')} | "
                          f"{_fmt_pm(d.get('updates_percent', []), '{:.1f}', '%')} | "
-                         f"{_sci(_mean(d.get('flops')))} | {_fmt_pm(d.get('steps', []), '{:.0f}')} |")
+                         f"{_sci(_mean(d.get('flops')))} | {_steps_cell(d)} |")
     elif table == "table2":
         lines += ["| Model | Paper: accuracy | Paper: updates | Paper: FLOPs | Ours: accuracy | "
-                  "Ours: updates | Ours: FLOPs | Ours: steps |", "|---|---|---|---|---|---|---|---|"]
+                  "Ours: updates | Ours: FLOPs | Ours: steps run (measured ckpt) |", "|---|---|---|---|---|---|---|---|"]
         for d in rows:
             p = d["paper"] or {}
             lines.append(f"| {d['label']} | {p.get('accuracy', '–')} | {p.get('updates', '–')} | "
                          f"{p.get('flops', '–')} | {_fmt_pm(d.get('metric', []), '{:.3f}')} | "
                          f"{_fmt_pm(d.get('updates', []), '{:.2f}')} | {_sci(_mean(d.get('flops')))} | "
-                         f"{_fmt_pm(d.get('steps', []), '{:.0f}')} |")
+                         f"{_steps_cell(d)} |")
     else:
         lines += ["| Model | Ts | Paper: solved | Paper: updates | Ours: solved | Ours: test accuracy | "
-                  "Ours: updates | Ours: steps |", "|---|---|---|---|---|---|---|---|"]
+                  "Ours: updates | Ours: steps run (measured ckpt) |", "|---|---|---|---|---|---|---|---|"]
         for d in rows:
             p = d["paper"] or {}
             lines.append(f"| {d['label']} | {d['group']} | {p.get('solved', '–')} | {p.get('updates', '–')} | "
                          f"{_solved_cell(d)} | {_fmt_pm(d.get('metric', []), '{:.4f}')} | "
                          f"{_fmt_pm(d.get('updates', []), '{:.1f}')} | "
-                         f"{_fmt_pm(d.get('steps', []), '{:.0f}')} |")
-    lines += ["", "Rows with fewer runs than seeds are still running or failed (see n_runs in the .json).",
+                         f"{_steps_cell(d)} |")
+    for d in rows:
+        diffs = []
+        if d.get("max_steps") and st.get("max_steps") and d["max_steps"] != [st["max_steps"]]:
+            diffs.append(f"max_steps={'/'.join(map(str, d['max_steps']))}")
+        if d.get("lr") and st.get("lr") and d["lr"] != [st["lr"]]:
+            diffs.append(f"lr={'/'.join(f'{x:g}' for x in d['lr'])}")
+        if diffs:
+            lines.append(f"- {d['label']}: run with {', '.join(diffs)} (differs from the settings above).")
+    lines += ["", "The test metric, updates and FLOPs are measured on the checkpoint with the best validation "
+              "loss (task loss + budget); 'steps run' counts all training steps, '(measured ckpt)' the step "
+              "of that checkpoint. Test set: fixed and seeded, the same for every run.",
+              "Rows with fewer runs than seeds are still running or failed (see n_runs in the .json).",
               f"Written {summary['written_at']} by `skiprnn reproduce {table}"
               + (" --quick" if quick else "") + f" --seeds {summary['seeds']}`."]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -412,6 +425,16 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> None:
                         _mean(d.get("metric")), _std(d.get("metric")), _mean(d.get("updates")),
                         _std(d.get("updates")), _mean(d.get("updates_percent")), _mean(d.get("flops")),
                         _mean(d.get("steps")), ";".join(map(str, d.get("lr", []))), json.dumps(d["paper"])])
+
+
+def _steps_cell(d):
+    if not d.get("steps"):
+        return "–"
+    out = "/".join(str(x) for x in d["steps"])
+    ck = [c for c in d.get("ckpt_steps", []) if c is not None]
+    if ck and ck != d["steps"]:
+        out += " (" + "/".join(str(c) for c in ck) + ")"
+    return out
 
 
 def _mean(v):
