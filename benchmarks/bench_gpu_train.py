@@ -243,8 +243,7 @@ def main(argv=None):
     try:
         from skiprnn.ops import coop
         info["coop_selection"] = [
-            {"key": str(k), "choice": c if c == "old" else
-             f"{c['BLOCK_B']},{c['BLOCK_N']},{c['num_warps']}", "timings_ms": t}
+            {"key": str(k), "choice": coop.cfg_name(c), "timings_ms": t}
             for k, c, t in coop.selection_log()]
         info["coop_choices"] = coop.choices()
     except Exception as e:  # pragma: no cover

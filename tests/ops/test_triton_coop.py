@@ -6,8 +6,8 @@ a timeout (a hung kernel must not take the GPU session with it), with one config
 (``SKIPRNN_COOP=force``, ``SKIPRNN_COOP_CONFIG``) and the deadlock flag checked after every launch
 (``SKIPRNN_COOP_CHECK=1``); the child fails if the cooperative kernel was not the one that ran.
 Compared with the naive reference in fp32 ('ieee' products): outputs, final state, every gradient,
-and the forward-only ``*_triton_infer``. Run directly: ``python tests/ops/test_triton_coop.py CELL
-B T I H BLOCK_B BLOCK_N WARPS MASKED FRESH``.
+and the forward-only ``*_triton_infer``. Run directly: ``SKIPRNN_COOP=force
+SKIPRNN_COOP_CONFIG=16,16,4 python tests/ops/test_triton_coop.py CELL B T I H CFG MASKED FRESH``.
 """
 
 import json
@@ -23,21 +23,21 @@ CUDA = torch.cuda.is_available()
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(HERE, "..", "..", "src")
 
-# (cell, B, T, I, H, BLOCK_B, BLOCK_N, num_warps, masked, fresh)
+# (cell, B, T, I, H, "BLOCK_B,BLOCK_N,num_warps[,KSPLIT]", masked, fresh)
 CASES = [
-    ("lstm", 37, 23, 3, 110, 16, 16, 4, True, False),   # B % BLOCK_B != 0, 3x7 programs
-    ("gru", 37, 23, 3, 110, 16, 16, 4, True, False),
-    ("lstm", 256, 50, 2, 110, 32, 32, 8, True, True),   # adding task shape
-    ("gru", 256, 50, 2, 110, 16, 32, 8, False, True),
-    ("lstm", 64, 40, 64, 512, 16, 16, 8, True, False),  # 4x32 programs
-    ("gru", 64, 40, 64, 512, 32, 16, 8, False, False),
-    ("lstm", 256, 784, 1, 110, 16, 16, 4, True, True),  # sequential MNIST shape
+    ("lstm", 37, 23, 3, 110, "16,16,4", True, False),    # B % BLOCK_B != 0, 3x7 programs
+    ("gru", 37, 23, 3, 110, "16,16,4,4", True, False),   # K split in 4 chunks
+    ("lstm", 256, 50, 2, 110, "32,32,8", True, True),    # adding task shape
+    ("gru", 256, 50, 2, 110, "16,32,8", False, True),
+    ("lstm", 64, 40, 64, 512, "16,16,8,8", True, False),  # 4x32 programs
+    ("gru", 64, 40, 64, 512, "32,16,8", False, False),
+    ("lstm", 256, 784, 1, 110, "16,16,4,4", True, True),  # sequential MNIST shape
 ]
 
 
 def _id(c):
-    return "{}-B{}-T{}-I{}-H{}-cfg{}x{}w{}".format(*c[:8]) + ("-mask" if c[8] else "") + \
-        ("-fresh" if c[9] else "")
+    return "{}-B{}-T{}-I{}-H{}-cfg{}".format(*c[:6]).replace(",", "_") + \
+        ("-mask" if c[6] else "") + ("-fresh" if c[7] else "")
 
 
 @pytest.mark.gpu
@@ -45,10 +45,11 @@ def _id(c):
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_coop_multi_column_gpu(case):
     nsm = torch.cuda.get_device_properties(0).multi_processor_count
-    cell, B, T, I, H, bb, bn = case[:7]
+    cell, B, T, I, H, cfg = case[:6]
+    bb, bn = (int(v) for v in cfg.split(",")[:2])
     if -(-B // bb) * -(-H // bn) > nsm:
         pytest.skip("grid larger than the GPU")
-    env = dict(os.environ, SKIPRNN_COOP="force", SKIPRNN_COOP_CONFIG=f"{bb},{bn},{case[7]}",
+    env = dict(os.environ, SKIPRNN_COOP="force", SKIPRNN_COOP_CONFIG=cfg,
                SKIPRNN_COOP_CHECK="1", PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("TRITON_INTERPRET", None)
     try:
@@ -80,31 +81,32 @@ def _child(cell, B, T, I, H, masked, fresh):
         from skiprnn.ops.skip_gru.fused import skip_gru_triton_infer as infer
         from skiprnn.ops.skip_gru.naive import skip_gru_naive as ref_fn
         G = 3
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: interpreter dry run
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     gen = torch.Generator().manual_seed(B * 1000 + H)
     k = 1 / math.sqrt(H)
 
     def uni(*shape, scale=k):
-        return ((torch.rand(*shape, generator=gen) * 2 - 1) * scale).cuda()
+        return ((torch.rand(*shape, generator=gen) * 2 - 1) * scale).to(dev)
 
-    p = dict(x=torch.randn(T, B, I, generator=gen).cuda(), h0=uni(1, B, H, scale=0.5))
+    p = dict(x=torch.randn(T, B, I, generator=gen).to(dev), h0=uni(1, B, H, scale=0.5))
     if cell == "lstm":
         p["c0"] = uni(1, B, H, scale=0.5)
     if fresh:
-        p["update_prob0"] = torch.ones(B, device="cuda")
-        p["cum_prob0"] = torch.zeros(B, device="cuda")
+        p["update_prob0"] = torch.ones(B, device=dev)
+        p["cum_prob0"] = torch.zeros(B, device=dev)
     else:
-        p["update_prob0"] = (0.05 + 0.9 * torch.rand(B, generator=gen)).cuda()
-        p["cum_prob0"] = (0.3 * torch.rand(B, generator=gen)).cuda()
+        p["update_prob0"] = (0.05 + 0.9 * torch.rand(B, generator=gen)).to(dev)
+        p["cum_prob0"] = (0.3 * torch.rand(B, generator=gen)).to(dev)
     p.update(w_ih=uni(G * H, I), w_hh=uni(G * H, H), b_ih=uni(G * H), b_hh=uni(G * H),
              gate_weight=uni(1, H, scale=0.05 / math.sqrt(H)),
-             gate_bias=torch.full((1,), math.log(0.3 / 0.7), device="cuda"))
+             gate_bias=torch.full((1,), math.log(0.3 / 0.7), device=dev))
     mask = None
     if masked:
         lengths = torch.randint(max(1, T // 2), T + 1, (B,), generator=gen)
         lengths[0] = T
-        mask = (torch.arange(T)[:, None] < lengths[None, :]).float().cuda()
+        mask = (torch.arange(T)[:, None] < lengths[None, :]).float().to(dev)
     names = list(p)
     state = ["h0", "c0"] if cell == "lstm" else ["h0"]
 
@@ -118,7 +120,8 @@ def _child(cell, B, T, I, H, masked, fresh):
     ref = call(ref_fn, leaves_r)
     out = call(fast, leaves_f, precision="ieee")
     uidx = 5 if cell == "lstm" else 4
-    torch.cuda.synchronize()
+    if dev == "cuda":
+        torch.cuda.synchronize()
     flips = (out[uidx] != ref[uidx]).sum().item()
     assert flips == 0, f"{flips} gate decisions differ"
     report = {}
@@ -151,4 +154,4 @@ def _child(cell, B, T, I, H, masked, fresh):
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    _child(a[0], int(a[1]), int(a[2]), int(a[3]), int(a[4]), a[8] == "True", a[9] == "True")
+    _child(a[0], int(a[1]), int(a[2]), int(a[3]), int(a[4]), a[6] == "True", a[7] == "True")

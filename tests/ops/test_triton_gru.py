@@ -285,16 +285,18 @@ def test_old_and_coop_paths(monkeypatch, coop_on, case):
         assert len(chosen) == 2 and all(v != "old" for v in chosen.values()), chosen
 
 
-def test_coop_forced_config_interpreter(monkeypatch):
-    """A forced config with one column block (BLOCK_N >= H) and two row blocks."""
+@pytest.mark.parametrize("cfg", ["16,32,4", "16,32,4,2"])
+def test_coop_forced_config_interpreter(monkeypatch, cfg):
+    """A forced config with one column block (BLOCK_N >= H) and two row blocks; with and without
+    the K split (batched dots over K chunks)."""
     if not _interpreted():
         pytest.skip("interpreter only")
     from skiprnn.ops import coop
-    monkeypatch.setenv("SKIPRNN_COOP_CONFIG", "16,32,4")
+    monkeypatch.setenv("SKIPRNN_COOP_CONFIG", cfg)
     coop.reset()
     p, mask = make_problem(5, 21, 2, 20, seed=23, masked=True, fresh=False, bias=False)
     check_against_reference(p, mask, precision="ieee")
-    assert set(coop.choices().values()) == {"16,32,4"}
+    assert set(coop.choices().values()) == {cfg}
     coop.reset()
 
 

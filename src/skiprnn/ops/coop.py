@@ -17,7 +17,7 @@ Environment knobs (read at call time):
 
 * ``SKIPRNN_COOP=0`` disables the cooperative path (old one-program-per-row-block kernels only);
   ``SKIPRNN_COOP=force`` skips the timing and uses the first valid cooperative candidate.
-* ``SKIPRNN_COOP_CONFIG=BLOCK_B,BLOCK_N,num_warps`` forces one cooperative configuration
+* ``SKIPRNN_COOP_CONFIG=BLOCK_B,BLOCK_N,num_warps[,KSPLIT]`` forces one cooperative configuration
   (``old`` forces the old kernels).
 * ``SKIPRNN_COOP_MAXCAND=n``: time only the first n candidates (the benchmark uses 2).
 * ``SKIPRNN_COOP_CHECK=1`` reads the deadlock flag after every launch (default: during the
@@ -65,6 +65,16 @@ if HAS_TRITON:
         tl.debug_barrier()
         return bad
 
+    @triton.jit
+    def kdot(a, w, acc, KC: tl.constexpr, PRECISION: tl.constexpr):
+        """acc + a @ w; with KC > 1, a (KC, M, K/KC) and w (KC, K/KC, N) are K chunks (batched
+        dots, one chunk per warp group, summed): keeps the mma A operand off the full K."""
+        if KC == 1:
+            return tl.dot(a, w, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+        else:
+            return acc + tl.sum(tl.dot(a, w, input_precision=PRECISION, out_dtype=acc.dtype),
+                                axis=0)
+
 
 def enabled() -> bool:
     return os.environ.get(COOP_ENV, "1").lower() not in ("0", "off", "false", "no")
@@ -86,8 +96,22 @@ def grid_of(cfg: dict, B: int, H: int) -> tuple[int, int]:
     return (-(-B // cfg["BLOCK_B"]), -(-H // cfg["BLOCK_N"]))
 
 
-def _cfg(bb, bn, nw):
-    return dict(BLOCK_B=bb, BLOCK_N=bn, num_warps=nw)
+def _cfg(bb, bn, nw, kc=1):
+    c = dict(BLOCK_B=bb, BLOCK_N=bn, num_warps=nw)
+    if kc > 1:
+        c["KSPLIT"] = kc
+    return c
+
+
+def _parse(env: str) -> dict:
+    return _cfg(*(int(v) for v in env.split(",")))
+
+
+def cfg_name(c) -> str:
+    if c == "old":
+        return "old"
+    return f"{c['BLOCK_B']},{c['BLOCK_N']},{c['num_warps']}" + (
+        f",{c['KSPLIT']}" if c.get("KSPLIT", 1) > 1 else "")
 
 
 def candidates(H: int, B: int, device: torch.device, gates: int) -> list[dict]:
@@ -97,25 +121,26 @@ def candidates(H: int, B: int, device: torch.device, gates: int) -> list[dict]:
     env = os.environ.get(CONFIG_ENV)
     if interpreting():
         if env and env.strip() != "old":
-            bb, bn, nw = (int(v) for v in env.split(","))
-            if bn >= H:
-                return [_cfg(bb, bn, nw)]
+            c = _parse(env)
+            if c["BLOCK_N"] >= H:
+                return [c]
         return [_cfg(16, HP, 4)]
     if env:
         if env.strip() == "old":
             return []
-        bb, bn, nw = (int(v) for v in env.split(","))
-        cands = [_cfg(bb, bn, nw)]
+        cands = [_parse(env)]
     elif HP <= 128:
         # W slice per program: gates x HP x BLOCK_N fp32 in shared memory (LSTM, H=110: 32 KB at
         # BLOCK_N=16); ptxas (sm_90, Triton 3.6, tf32): 16x16x4w 249 regs, 16x32x8w 228 regs,
         # 32x32x8w 255 regs + 168 B spill, 64x16x4w 900 B spill
-        cands = [_cfg(16, 16, 4), _cfg(16, 32, 8), _cfg(32, 32, 8)]
+        # (K split in 4 chunks: the tf32 mma A operand is 16x32 per warp instead of 16x128)
+        cands = [_cfg(16, 16, 4), _cfg(16, 16, 4, 4), _cfg(16, 32, 8), _cfg(32, 32, 8)]
     elif HP <= 256:
-        cands = [_cfg(16, 16, 8), _cfg(32, 16, 8), _cfg(16, 16, 4)]
+        cands = [_cfg(16, 16, 8, 8), _cfg(16, 16, 8), _cfg(32, 16, 8)]
     else:
-        # H=512: 4 x 512 x 16 fp32 = 128 KB of shared memory per program
-        cands = [_cfg(16, 16, 8), _cfg(32, 16, 8), _cfg(16, 16, 16)]
+        # H=512: 4 x 512 x 16 fp32 = 128 KB per program; without a K split the 16x512 A operand
+        # of the tf32 mma is held by every warp (255 regs + spills); with 8 chunks: 16x64 per warp
+        cands = [_cfg(16, 16, 8, 8), _cfg(16, 16, 8), _cfg(32, 16, 8, 8), _cfg(32, 16, 8)]
     maxc = int(os.environ.get(MAXCAND_ENV, "0") or 0)
     if maxc > 0 and not env:
         cands = cands[:maxc]
@@ -163,6 +188,8 @@ def run(key, cands: list[dict], launch_coop, launch_old, hint=None):
         choice = _choice[hint]  # e.g. inference reuses the training forward's choice
         if choice != "old" and choice not in cands:
             choice = None
+        if choice is not None:
+            _choice[key] = choice
     if choice is None:
         force = os.environ.get(COOP_ENV, "").lower() == "force"
         if len(cands) == 1 and (interpreting() or force or os.environ.get(CONFIG_ENV)):
@@ -173,7 +200,7 @@ def run(key, cands: list[dict], launch_coop, launch_old, hint=None):
             timings = {}
             best, best_ms = "old", None
             for c in cands:
-                name = f"{c['BLOCK_B']},{c['BLOCK_N']},{c['num_warps']}"
+                name = cfg_name(c)
                 try:
                     ms = _time(lambda c=c: _flag_value(launch_coop(c)[1]))
                 except Exception as e:  # compile failure, out of resources, dead barrier
@@ -220,8 +247,7 @@ def selection_log() -> list:
 
 
 def choices() -> dict:
-    return {str(k): (v if v == "old" else f"{v['BLOCK_B']},{v['BLOCK_N']},{v['num_warps']}")
-            for k, v in _choice.items()}
+    return {str(k): cfg_name(v) for k, v in _choice.items()}
 
 
 def reset() -> None:

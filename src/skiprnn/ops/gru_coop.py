@@ -18,7 +18,7 @@ if HAS_TRITON:
     import triton.language as tl
 
     from .coop import grid_sync as _grid_sync
-    from .triton_utils import mma as _mma
+    from .coop import kdot as _kdot
     from .triton_utils import sigmoid as _sigmoid
     from .triton_utils import tanh as _tanh
 
@@ -29,7 +29,8 @@ if HAS_TRITON:
         ZP, CNT, FLAG,
         T, B, H, NCOL, threshold,
         HAS_MASK: tl.constexpr, SAVE: tl.constexpr, BLOCK_B: tl.constexpr,
-        BLOCK_N: tl.constexpr, HP: tl.constexpr, NCP: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_N: tl.constexpr, HP: tl.constexpr, KC: tl.constexpr, NCP: tl.constexpr,
+        PRECISION: tl.constexpr,
         SPIN: tl.constexpr,
     ):
         """XP (T,B,3H) incl. b_ih, b_hr, b_hz; WT = W_hh^T (H,3H); BHN (H,); HS (T+1,B,H) [SAVE]
@@ -46,8 +47,20 @@ if HAS_TRITON:
         kmask = ks < H
         H3 = 3 * H
         H4 = 4 * H
-        wptr = WT + ks[:, None].to(tl.int64) * H3 + cols[None, :]
-        wm = kmask[:, None] & cmask[None, :]
+        if KC == 1:
+            wptr = WT + ks[:, None].to(tl.int64) * H3 + cols[None, :]
+            wm = kmask[:, None] & cmask[None, :]
+            hoff = rows64[:, None] * H + ks[None, :]
+            hm = rmask[:, None] & kmask[None, :]
+        else:  # K split in KC chunks: (KC, HP/KC, BLOCK_N) slices, batched dots, sum over KC
+            k3 = tl.arange(0, KC)[:, None, None] * (HP // KC) \
+                + tl.arange(0, HP // KC)[None, :, None]
+            wptr = WT + k3.to(tl.int64) * H3 + cols[None, None, :]
+            wm = (k3 < H) & cmask[None, None, :]
+            ka = tl.arange(0, KC)[:, None, None] * (HP // KC) \
+                + tl.arange(0, HP // KC)[None, None, :]
+            hoff = rows64[None, :, None] * H + ka
+            hm = rmask[None, :, None] & (ka < H)
         w_r = tl.load(wptr, mask=wm, other=0.0)
         w_z = tl.load(wptr + H, mask=wm, other=0.0)
         w_n = tl.load(wptr + 2 * H, mask=wm, other=0.0)
@@ -62,8 +75,6 @@ if HAS_TRITON:
         soff = rows64[:, None] * H + cols[None, :]
         xoff = rows64[:, None] * H3 + cols[None, :]
         goff = rows64[:, None] * H4 + cols[None, :]
-        hoff = rows64[:, None] * H + ks[None, :]
-        hm = rmask[:, None] & kmask[None, :]
         pcs = tl.arange(0, NCP)
         zoff = pcs[:, None] * B + rows[None, :]
         zm = (pcs < NCOL)[:, None] & rmask[None, :]
@@ -96,9 +107,9 @@ if HAS_TRITON:
                 h_wr = HS + ((t + 1) % 2) * B * H
             hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
             zt = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
-            acc_r = _mma(hfull, w_r, zt, PRECISION)
-            acc_z = _mma(hfull, w_z, zt, PRECISION)
-            acc_n = _mma(hfull, w_n, zt, PRECISION)
+            acc_r = _kdot(hfull, w_r, zt, KC, PRECISION)
+            acc_z = _kdot(hfull, w_z, zt, KC, PRECISION)
+            acc_n = _kdot(hfull, w_n, zt, KC, PRECISION)
             r = _sigmoid(acc_r + tl.load(xp_t + xoff, mask=m2, other=0.0))
             zg = _sigmoid(acc_z + tl.load(xp_t + xoff + H, mask=m2, other=0.0))
             hn = acc_n + bhn[None, :]
@@ -140,7 +151,8 @@ if HAS_TRITON:
         ZP, CNT, FLAG,
         T, B, H, NCOL,
         HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-        HP: tl.constexpr, NCP: tl.constexpr, PRECISION: tl.constexpr, SPIN: tl.constexpr,
+        HP: tl.constexpr, KC: tl.constexpr, NCP: tl.constexpr, PRECISION: tl.constexpr,
+        SPIN: tl.constexpr,
     ):
         """W = W_hh (3H,H); GHN (B,H) grad of h_n; DH0 (B,H) out; DG (T,B,4H) gets d(r, z, n
         pre-activations) and d(W_hn h + b_hn); GZ (T,B) gradient of Δũ's pre-activation."""
@@ -154,8 +166,20 @@ if HAS_TRITON:
         ks = tl.arange(0, HP)
         kmask = ks < H
         H4 = 4 * H
-        wptr = W + ks[:, None].to(tl.int64) * H + cols[None, :]
-        wm = kmask[:, None] & cmask[None, :]
+        if KC == 1:
+            wptr = W + ks[:, None].to(tl.int64) * H + cols[None, :]
+            wm = kmask[:, None] & cmask[None, :]
+            dgoff = rows64[:, None] * H4 + ks[None, :]
+            dgm = rmask[:, None] & kmask[None, :]
+        else:
+            k3 = tl.arange(0, KC)[:, None, None] * (HP // KC) \
+                + tl.arange(0, HP // KC)[None, :, None]
+            wptr = W + k3.to(tl.int64) * H + cols[None, None, :]
+            wm = (k3 < H) & cmask[None, None, :]
+            ka = tl.arange(0, KC)[:, None, None] * (HP // KC) \
+                + tl.arange(0, HP // KC)[None, None, :]
+            dgoff = rows64[None, :, None] * H4 + ka
+            dgm = rmask[None, :, None] & (ka < H)
         w_r = tl.load(wptr, mask=wm, other=0.0)
         w_z = tl.load(wptr + H * H, mask=wm, other=0.0)
         w_n = tl.load(wptr + 2 * H * H, mask=wm, other=0.0)
@@ -167,8 +191,6 @@ if HAS_TRITON:
         m2 = rmask[:, None] & cmask[None, :]
         soff = rows64[:, None] * H + cols[None, :]
         goff = rows64[:, None] * H4 + cols[None, :]
-        dgoff = rows64[:, None] * H4 + ks[None, :]
-        dgm = rmask[:, None] & kmask[None, :]
         pcs = tl.arange(0, NCP)
         zoff = pcs[:, None] * B + rows[None, :]
         zm = (pcs < NCOL)[:, None] & rmask[None, :]
@@ -217,11 +239,11 @@ if HAS_TRITON:
             # dh_{t-1}[its units] += [dr, dz, dhn] (DG columns 0, H, 3H) . W_hh rows 0, H, 2H
             acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=GHN.dtype.element_ty)
             a = tl.load(dg_t + dgoff, mask=dgm, other=0.0, cache_modifier=".cg")
-            acc = _mma(a, w_r, acc, PRECISION)
+            acc = _kdot(a, w_r, acc, KC, PRECISION)
             a = tl.load(dg_t + dgoff + H, mask=dgm, other=0.0, cache_modifier=".cg")
-            acc = _mma(a, w_z, acc, PRECISION)
+            acc = _kdot(a, w_z, acc, KC, PRECISION)
             a = tl.load(dg_t + dgoff + 3 * H, mask=dgm, other=0.0, cache_modifier=".cg")
-            acc = _mma(a, w_n, acc, PRECISION)
+            acc = _kdot(a, w_n, acc, KC, PRECISION)
             gh = gh + acc
             gu += tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
             g_ut = m * (gu + (1.0 - u) * gcum + gprob)
@@ -277,7 +299,8 @@ def launch_fwd(xp, w_hh, b_hn, gate_w, gate_b, mask, h0, up0, cum0, threshold, p
         zp, cnt, flag,
         T, B, H, nc, float(threshold),
         HAS_MASK=mask is not None, SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
-        HP=HP, NCP=max(2, next_pow2(nc)), PRECISION=precision, SPIN=coop.SPIN_LIMIT,
+        HP=HP, KC=cfg.get("KSPLIT", 1), NCP=max(2, next_pow2(nc)), PRECISION=precision,
+        SPIN=coop.SPIN_LIMIT,
         num_warps=cfg["num_warps"], num_stages=1)
     if not save:
         hs = gates = stats = None
@@ -303,6 +326,7 @@ def launch_bwd(w_hh, gate_w, mask, hs, gates, stats, g_out, g_hn, g_upn, g_cumn,
         zp, cnt, flag,
         T, B, H, nc,
         HAS_MASK=mask is not None, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
-        HP=HP, NCP=max(2, next_pow2(nc)), PRECISION=precision, SPIN=coop.SPIN_LIMIT,
+        HP=HP, KC=cfg.get("KSPLIT", 1), NCP=max(2, next_pow2(nc)), PRECISION=precision,
+        SPIN=coop.SPIN_LIMIT,
         num_warps=cfg["num_warps"], num_stages=1)
     return (dg, gz, dh0, dup0, dcum0), flag

@@ -31,7 +31,7 @@ if HAS_TRITON:
     import triton.language as tl
 
     from .coop import grid_sync as _grid_sync
-    from .triton_utils import mma as _mma
+    from .coop import kdot as _kdot
     from .triton_utils import sigmoid as _sigmoid
     from .triton_utils import tanh as _tanh
 
@@ -42,7 +42,8 @@ if HAS_TRITON:
         ZP, CNT, FLAG,
         T, B, H, NCOL, threshold,
         HAS_MASK: tl.constexpr, SAVE: tl.constexpr, BLOCK_B: tl.constexpr,
-        BLOCK_N: tl.constexpr, HP: tl.constexpr, NCP: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_N: tl.constexpr, HP: tl.constexpr, KC: tl.constexpr, NCP: tl.constexpr,
+        PRECISION: tl.constexpr,
         SPIN: tl.constexpr,
     ):
         """XP (T,B,4H); WT = W_hh^T (H,4H); HS (T+1,B,H) [SAVE] or (2,B,H), [0] = h0;
@@ -59,8 +60,20 @@ if HAS_TRITON:
         kmask = ks < H
         H4 = 4 * H
         # the resident slice of W_hh^T: HP x BLOCK_N per gate, loaded once
-        wptr = WT + ks[:, None].to(tl.int64) * H4 + cols[None, :]
-        wm = kmask[:, None] & cmask[None, :]
+        if KC == 1:
+            wptr = WT + ks[:, None].to(tl.int64) * H4 + cols[None, :]
+            wm = kmask[:, None] & cmask[None, :]
+            hoff = rows64[:, None] * H + ks[None, :]
+            hm = rmask[:, None] & kmask[None, :]
+        else:  # K split in KC chunks: (KC, HP/KC, BLOCK_N) slices, batched dots, sum over KC
+            k3 = tl.arange(0, KC)[:, None, None] * (HP // KC) \
+                + tl.arange(0, HP // KC)[None, :, None]
+            wptr = WT + k3.to(tl.int64) * H4 + cols[None, None, :]
+            wm = (k3 < H) & cmask[None, None, :]
+            ka = tl.arange(0, KC)[:, None, None] * (HP // KC) \
+                + tl.arange(0, HP // KC)[None, None, :]
+            hoff = rows64[None, :, None] * H + ka
+            hm = rmask[None, :, None] & (ka < H)
         w_i = tl.load(wptr, mask=wm, other=0.0)
         w_f = tl.load(wptr + H, mask=wm, other=0.0)
         w_g = tl.load(wptr + 2 * H, mask=wm, other=0.0)
@@ -74,8 +87,6 @@ if HAS_TRITON:
         m2 = rmask[:, None] & cmask[None, :]
         soff = rows64[:, None] * H + cols[None, :]
         goff = rows64[:, None] * H4 + cols[None, :]
-        hoff = rows64[:, None] * H + ks[None, :]
-        hm = rmask[:, None] & kmask[None, :]
         pcs = tl.arange(0, NCP)
         zoff = pcs[:, None] * B + rows[None, :]
         zm = (pcs < NCOL)[:, None] & rmask[None, :]
@@ -109,10 +120,10 @@ if HAS_TRITON:
                 h_wr = HS + ((t + 1) % 2) * B * H
             hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
             zt = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
-            acc_i = _mma(hfull, w_i, zt, PRECISION)
-            acc_f = _mma(hfull, w_f, zt, PRECISION)
-            acc_g = _mma(hfull, w_g, zt, PRECISION)
-            acc_o = _mma(hfull, w_o, zt, PRECISION)
+            acc_i = _kdot(hfull, w_i, zt, KC, PRECISION)
+            acc_f = _kdot(hfull, w_f, zt, KC, PRECISION)
+            acc_g = _kdot(hfull, w_g, zt, KC, PRECISION)
+            acc_o = _kdot(hfull, w_o, zt, KC, PRECISION)
             si = _sigmoid(acc_i + tl.load(xp_t + goff, mask=m2, other=0.0))
             sf = _sigmoid(acc_f + tl.load(xp_t + goff + H, mask=m2, other=0.0))
             tg = _tanh(acc_g + tl.load(xp_t + goff + 2 * H, mask=m2, other=0.0))
@@ -159,7 +170,8 @@ if HAS_TRITON:
         ZP, CNT, FLAG,
         T, B, H, NCOL,
         HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-        HP: tl.constexpr, NCP: tl.constexpr, PRECISION: tl.constexpr, SPIN: tl.constexpr,
+        HP: tl.constexpr, KC: tl.constexpr, NCP: tl.constexpr, PRECISION: tl.constexpr,
+        SPIN: tl.constexpr,
     ):
         """W = W_hh (4H,H); GHN/GCN (B,H) grads of h_n/c_n; DH0/DC0 (B,H) out; DG (T,B,4H)
         pre-activation gate gradients; GZ (T,B) gradient of Δũ's pre-activation."""
@@ -174,8 +186,20 @@ if HAS_TRITON:
         kmask = ks < H
         H4 = 4 * H
         # resident slice of W_hh: rows g*H + k (all k), columns = this program's units
-        wptr = W + ks[:, None].to(tl.int64) * H + cols[None, :]
-        wm = kmask[:, None] & cmask[None, :]
+        if KC == 1:
+            wptr = W + ks[:, None].to(tl.int64) * H + cols[None, :]
+            wm = kmask[:, None] & cmask[None, :]
+            dgoff = rows64[:, None] * H4 + ks[None, :]
+            dgm = rmask[:, None] & kmask[None, :]
+        else:
+            k3 = tl.arange(0, KC)[:, None, None] * (HP // KC) \
+                + tl.arange(0, HP // KC)[None, :, None]
+            wptr = W + k3.to(tl.int64) * H + cols[None, None, :]
+            wm = (k3 < H) & cmask[None, None, :]
+            ka = tl.arange(0, KC)[:, None, None] * (HP // KC) \
+                + tl.arange(0, HP // KC)[None, None, :]
+            dgoff = rows64[None, :, None] * H4 + ka
+            dgm = rmask[None, :, None] & (ka < H)
         w_i = tl.load(wptr, mask=wm, other=0.0)
         w_f = tl.load(wptr + H * H, mask=wm, other=0.0)
         w_g = tl.load(wptr + 2 * H * H, mask=wm, other=0.0)
@@ -188,8 +212,6 @@ if HAS_TRITON:
         m2 = rmask[:, None] & cmask[None, :]
         soff = rows64[:, None] * H + cols[None, :]
         goff = rows64[:, None] * H4 + cols[None, :]
-        dgoff = rows64[:, None] * H4 + ks[None, :]
-        dgm = rmask[:, None] & kmask[None, :]
         pcs = tl.arange(0, NCP)
         zoff = pcs[:, None] * B + rows[None, :]
         zm = (pcs < NCOL)[:, None] & rmask[None, :]
@@ -244,13 +266,13 @@ if HAS_TRITON:
             # dh_{t-1}[its units] += DG[t] (all units, 4 gates) . W_hh[:, its units]
             acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=GHN.dtype.element_ty)
             a = tl.load(dg_t + dgoff, mask=dgm, other=0.0, cache_modifier=".cg")
-            acc = _mma(a, w_i, acc, PRECISION)
+            acc = _kdot(a, w_i, acc, KC, PRECISION)
             a = tl.load(dg_t + dgoff + H, mask=dgm, other=0.0, cache_modifier=".cg")
-            acc = _mma(a, w_f, acc, PRECISION)
+            acc = _kdot(a, w_f, acc, KC, PRECISION)
             a = tl.load(dg_t + dgoff + 2 * H, mask=dgm, other=0.0, cache_modifier=".cg")
-            acc = _mma(a, w_g, acc, PRECISION)
+            acc = _kdot(a, w_g, acc, KC, PRECISION)
             a = tl.load(dg_t + dgoff + 3 * H, mask=dgm, other=0.0, cache_modifier=".cg")
-            acc = _mma(a, w_o, acc, PRECISION)
+            acc = _kdot(a, w_o, acc, KC, PRECISION)
             gh = gh + acc
             gu += tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
             # ũ = cum + min(up, 1 - cum): d/dup = d/dcum = a, a = 1, 0, or 1/2 at a tie
@@ -314,7 +336,8 @@ def launch_fwd(xp, w_hh, gate_w, gate_b, mask, h0, c0, up0, cum0, threshold, pre
         zp, cnt, flag,
         T, B, H, nc, float(threshold),
         HAS_MASK=mask is not None, SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
-        HP=HP, NCP=max(2, next_pow2(nc)), PRECISION=precision, SPIN=coop.SPIN_LIMIT,
+        HP=HP, KC=cfg.get("KSPLIT", 1), NCP=max(2, next_pow2(nc)), PRECISION=precision,
+        SPIN=coop.SPIN_LIMIT,
         num_warps=cfg["num_warps"], num_stages=1)
     if not save:
         hs = cs = gates = stats = None
@@ -341,6 +364,7 @@ def launch_bwd(w_hh, gate_w, mask, hs, cs, gates, stats, g_out, g_hn, g_cn, g_up
         zp, cnt, flag,
         T, B, H, nc,
         HAS_MASK=mask is not None, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
-        HP=HP, NCP=max(2, next_pow2(nc)), PRECISION=precision, SPIN=coop.SPIN_LIMIT,
+        HP=HP, KC=cfg.get("KSPLIT", 1), NCP=max(2, next_pow2(nc)), PRECISION=precision,
+        SPIN=coop.SPIN_LIMIT,
         num_warps=cfg["num_warps"], num_stages=1)
     return (dg, gz, dh0, dc0, dup0, dcum0), flag
