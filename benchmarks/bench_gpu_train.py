@@ -278,7 +278,7 @@ def _picked(cell, key):
     try:
         from skiprnn.ops import coop
         dims = dict(kv.split("=") for kv in key.split()[1:])
-        sub = f", {dims['T']}, {dims['B']}, {dims['H']}, 'tf32',"
+        sub = f", {dims['B']}, {dims['H']}, 'tf32',"
         got = [f"{k.split(',')[0].strip(chr(40)).strip(chr(39)).split('-')[1]}={v}"
                for k, v in coop.choices().items() if sub in k and f"'{cell}-" in k]
         return "[" + " ".join(got) + "]"

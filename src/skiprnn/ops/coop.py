@@ -179,7 +179,8 @@ def run(key, cands: list[dict], launch_coop, launch_old, hint=None):
     ``launch_coop(cfg)`` returns ``(result, flag)`` (flag: int32 device tensor, nonzero when a
     barrier timed out); ``launch_old()`` returns the result. On the first call for a key with more
     than one option, every option is timed (compile + 2 timed launches each) and the winner cached.
-    ``hint``: another key whose choice is reused when this key has none yet.
+    ``hint``: another key whose choice is reused when this key has none yet. Keys leave T out
+    (the best configuration does not depend on the sequence length).
     """
     if not cands or not enabled():
         return launch_old()

@@ -320,7 +320,7 @@ class _SkipGRUTriton(torch.autograd.Function):
         cfg = tile_config(H, B)
         fargs = (xp, w_hhc, b_hn, gwc, gbc, maskc, _c(h0, cdt), _c(up0, cdt), _c(cum0, cdt),
                  threshold, precision)
-        key = ("gru-fwd", T, B, H, precision, maskc is not None, str(cdt), str(x.device))
+        key = ("gru-fwd", B, H, precision, maskc is not None, str(cdt), str(x.device))
 
         def run_coop(c):
             res, flag = gru_coop.launch_fwd(*fargs, c)
@@ -346,7 +346,7 @@ class _SkipGRUTriton(torch.autograd.Function):
         H = w_hhc.shape[1]
         bargs = (w_hhc, gwc, maskc, hs, gates, stats, _c(g_out, cdt), _c(g_hn, cdt),
                  _c(g_upn, cdt), _c(g_cumn, cdt), _c(g_upd, cdt), _c(g_prob, cdt), ctx.precision)
-        key = ("gru-bwd", T, B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
+        key = ("gru-bwd", B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
         dg, gz, dh0, dup0, dcum0 = coop.run(
             key, coop.candidates(H, B, xc.device, 3),
             lambda c: gru_coop.launch_bwd(*bargs, c), lambda: _launch_bwd(*bargs, ctx.cfg))
@@ -492,7 +492,7 @@ def skip_gru_triton_infer(
         out, hs, _, upd, prob, _, up_n, cum_n = _launch_fwd(*fargs, tile_config(H, B))
         return out, None, None, upd, prob, None, up_n, cum_n, hs[T]
 
-    key = ("gru-infer", T, B, H, prec, mask is not None, str(cdt), str(x.device))
+    key = ("gru-infer", B, H, prec, mask is not None, str(cdt), str(x.device))
     out, _, _, upd, prob, _, up_n, cum_n, h_n = coop.run(
         key, cands, run_coop, run_old, hint=("gru-fwd",) + key[1:])
     dt = x.dtype

@@ -347,7 +347,7 @@ class _SkipLSTMTriton(torch.autograd.Function):
         cfg = tile_config(H, B)
         fargs = (xp, w_hhc, gwc, gbc, maskc, _c(h0, cdt), _c(c0, cdt), _c(up0, cdt),
                  _c(cum0, cdt), threshold, precision)
-        key = ("lstm-fwd", T, B, H, precision, maskc is not None, str(cdt), str(x.device))
+        key = ("lstm-fwd", B, H, precision, maskc is not None, str(cdt), str(x.device))
 
         def run_coop(c):
             res, flag = lstm_coop.launch_fwd(*fargs, c)
@@ -374,7 +374,7 @@ class _SkipLSTMTriton(torch.autograd.Function):
         bargs = (w_hhc, gwc, maskc, hs, cs, gates, stats, _c(g_out, cdt), _c(g_hn, cdt),
                  _c(g_cn, cdt), _c(g_upn, cdt), _c(g_cumn, cdt), _c(g_upd, cdt),
                  _c(g_prob, cdt), ctx.precision)
-        key = ("lstm-bwd", T, B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
+        key = ("lstm-bwd", B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
         dg, gz, dh0, dc0, dup0, dcum0 = coop.run(
             key, coop.candidates(H, B, xc.device, 4),
             lambda c: lstm_coop.launch_bwd(*bargs, c), lambda: _launch_bwd(*bargs, ctx.cfg))
@@ -519,7 +519,7 @@ def skip_lstm_triton_infer(
         out, hs, cs, _, upd, prob, _, up_n, cum_n = _launch_fwd(*fargs, tile_config(H, B))
         return out, None, None, None, upd, prob, None, up_n, cum_n, hs[T], cs[T]
 
-    key = ("lstm-infer", T, B, H, prec, mask is not None, str(cdt), str(x.device))
+    key = ("lstm-infer", B, H, prec, mask is not None, str(cdt), str(x.device))
     out, _, _, _, upd, prob, _, up_n, cum_n, h_n, c_n = coop.run(
         key, cands, run_coop, run_old, hint=("lstm-fwd",) + key[1:])
     dt = x.dtype
