@@ -142,3 +142,18 @@ def test_python_m_skiprnn_help():
     p = subprocess.run([sys.executable, "-m", "skiprnn", "--help"], env=_env(), capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0 and "reproduce" in p.stdout
+
+
+def test_stop_when_solved_keeps_fewest_update_checkpoint(tmp_path, monkeypatch):
+    """Solved at every validation: stop after `patience` validations without fewer updates, and
+    measure the solved checkpoint with the fewest updates."""
+    from skiprnn.tasks.adding import AddingTask
+    monkeypatch.setattr(AddingTask, "solved", lambda self, v: True)
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--quick", "--max-steps", "40", "--val-every", "2",
+                 "--hidden-size", "8", "--stop-when-solved", "--solved-patience", "1",
+                 "--cost-per-sample", "0", "--no-progress"]) == 0
+    r = json.loads((run / "results.json").read_text())
+    assert r["stop_reason"] == "solved" and r["steps"] < 40
+    assert r["test_checkpoint"] == "best_solved" and r["solved_at_step"] == 2
+    assert (run / "checkpoints" / "best_solved.ckpt").exists()

@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--list-rows", action="store_true", help="print the row ids and exit")
     r.add_argument("--seed-major", action="store_true",
                    help="run seed 0 of every row first, then seed 1, ... (early overview)")
+    r.add_argument("--note", dest="notes", action="append", help="a note printed under the table")
     r.add_argument("--report-only", action="store_true",
                    help="write the table from the runs already done; start none")
     r.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
@@ -252,7 +253,7 @@ def cmd_reproduce(ns) -> int:
     res = reproduce(ns.table, seeds=ns.seeds, quick=ns.quick, jobs=ns.jobs, out=ns.out, rows=ns.rows,
                     runs_dir=ns.runs_dir, extra_train_args=ns.train_args, threads=ns.threads,
                     settings_override=dict(ns.settings or []), report_only=ns.report_only,
-                    seed_major=ns.seed_major)
+                    seed_major=ns.seed_major, notes=ns.notes)
     stem = Path(ns.out) / (ns.table + ("_quick" if ns.quick else ""))
     print(Path(str(stem) + ".md").read_text())
     return 1 if res.get("failed") else 0

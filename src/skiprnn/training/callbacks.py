@@ -18,11 +18,13 @@ class SolvedStopping(pl.Callback):
     it goes on while solved validations keep lowering the mean number of updates (by more than
     ``min_delta`` per sequence) and stops after ``k`` validations without a new such best — the
     budget loss needs that time to remove updates once the task itself is solved. Validations
-    that are no longer solved count as "no progress" (the best checkpoint keeps the solved model).
+    that are no longer solved count as "no progress". With ``ckpt_path``, each new best (solved,
+    fewest updates on validation) is saved there (``best_solved.ckpt``).
     """
 
-    def __init__(self, task, patience: int = 0, min_delta: float = 0.25):
+    def __init__(self, task, patience: int = 0, min_delta: float = 0.25, ckpt_path=None):
         self.task = task
+        self.ckpt_path = None if ckpt_path is None else Path(ckpt_path)
         self.patience = int(patience)
         self.min_delta = float(min_delta)
         self.best_updates = float("inf")
@@ -48,6 +50,8 @@ class SolvedStopping(pl.Callback):
         if solved and u < self.best_updates - self.min_delta:
             self.best_updates = u
             self.wait = 0
+            if self.ckpt_path is not None:   # the solved model with the fewest updates so far
+                trainer.save_checkpoint(self.ckpt_path)
         else:
             self.wait += 1
         if self.patience == 0 or self.wait >= self.patience:

@@ -168,7 +168,8 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
     callbacks = [best_ckpt, interrupt, clock]
     solved_cb = None
     if cfg.stop_when_solved and task.solved(0.0 if not task.higher_is_better else 1.0) is not None:
-        solved_cb = SolvedStopping(task, patience=cfg.solved_patience)
+        solved_cb = SolvedStopping(task, patience=cfg.solved_patience,
+                                   ckpt_path=ckpt_dir / "best_solved.ckpt")
         callbacks.append(solved_cb)
     if cfg.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
@@ -214,8 +215,16 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
         return None
 
     # ---- measure on the test set, on one device, exactly (no DDP padding)
+    # "best": the solved validation checkpoint with the fewest updates when the run has one
+    # (stop-when-solved runs: the paper reports "solved" and the number of updates), else the
+    # checkpoint with the lowest validation loss (task loss + budget)
     which = cfg.test_ckpt
-    path = best_ckpt.best_model_path if which == "best" else str(ckpt_dir / "last.ckpt")
+    if which == "best" and (ckpt_dir / "best_solved.ckpt").exists():
+        which, path = "best_solved", str(ckpt_dir / "best_solved.ckpt")
+    else:
+        path = best_ckpt.best_model_path if which == "best" else str(ckpt_dir / "last.ckpt")
+        if which == "best" and not path and (ckpt_dir / "best.ckpt").exists():
+            path = str(ckpt_dir / "best.ckpt")   # resumed session: the earlier best
     if which == "best" and not path:
         which, path = "last", ""
     device = module.device
@@ -306,7 +315,9 @@ def load_module(run_dir, ckpt: str = "best", device: str | torch.device = "cpu")
     if not (run_dir / "config.json").exists():
         raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
     cfg = json.loads((run_dir / "config.json").read_text())
-    if ckpt in ("best", "last"):
+    if ckpt == "best" and (run_dir / "checkpoints" / "best_solved.ckpt").exists():
+        path = run_dir / "checkpoints" / "best_solved.ckpt"
+    elif ckpt in ("best", "last", "best_solved"):
         path = run_dir / "checkpoints" / f"{ckpt}.ckpt"
         if not path.exists() and ckpt == "best":
             path = run_dir / "checkpoints" / "last.ckpt"

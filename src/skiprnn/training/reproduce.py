@@ -118,8 +118,8 @@ TABLES = {
     },
     "table4": {
         "task": "frequency", "title": "Table 4: Frequency discrimination", "rows": _t4,
-        "full": {"lr": 3e-3, "max_steps": 3000, "val_every": 100, "stop_when_solved": True,
-                 "solved_patience": 5},
+        "full": {"lr": 1e-3, "batch_size": 64, "max_steps": 4000, "val_every": 100,
+                 "stop_when_solved": True, "solved_patience": 5},
         "quick": {"lr": 1e-3, "max_steps": 20, "val_every": 10, "batch_size": 64,
                   "task_options": {"val_size": 256, "test_size": 512}},
         "metric": "accuracy",
@@ -209,7 +209,8 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
               rows: Optional[list[str]] = None, runs_dir: Optional[str] = None,
               extra_train_args: Optional[list[str]] = None, threads: Optional[int] = 1,
               settings_override: Optional[dict] = None, verbose: bool = True,
-              report_only: bool = False, seed_major: bool = False) -> dict:
+              report_only: bool = False, seed_major: bool = False,
+              notes: Optional[list[str]] = None) -> dict:
     """Run (or reuse) every (row, seed) of ``table`` and write OUT/<table>.{md,csv,json}."""
     if table not in TABLES:
         raise ConfigError(f"unknown table {table!r}; valid tables: {', '.join(TABLES)}")
@@ -312,6 +313,7 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
         raise
 
     summary = summarise(table, chosen, runs, settings, quick, seeds)
+    summary["notes"] = list(notes or [])
     write_table(table, summary, out, quick)
     if failed and verbose:
         print(f"[skiprnn] {len(failed)} run(s) failed: " + ", ".join(f"{a}/seed{b}" for a, b, _ in failed))
@@ -407,9 +409,13 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> None:
             diffs.append(f"lr={'/'.join(f'{x:g}' for x in d['lr'])}")
         if diffs:
             lines.append(f"- {d['label']}: run with {', '.join(diffs)} (differs from the settings above).")
-    lines += ["", "The test metric, updates and FLOPs are measured on the checkpoint with the best validation "
-              "loss (task loss + budget); 'steps run' counts all training steps, '(measured ckpt)' the step "
-              "of that checkpoint. Test set: fixed and seeded, the same for every run.",
+    for n in summary.get("notes", []):
+        lines.append(f"- {n}")
+    lines += ["", "The test metric, updates and FLOPs are measured on one checkpoint per run, chosen on the "
+              "validation set: the solved validation with the fewest updates when the run solved the task "
+              "(stop-when-solved runs), else the lowest validation loss (task loss + budget). 'steps run' "
+              "counts all training steps, '(measured ckpt)' the step of that checkpoint. Test set: fixed and "
+              "seeded, the same for every run.",
               "Rows with fewer runs than seeds are still running or failed (see n_runs in the .json).",
               f"Written {summary['written_at']} by `skiprnn reproduce {table}"
               + (" --quick" if quick else "") + f" --seeds {summary['seeds']}`."]
