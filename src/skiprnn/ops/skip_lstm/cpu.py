@@ -135,24 +135,70 @@ def _to_external(w: Tensor) -> Tensor:
     return torch.cat([i, f, g, o], 0)
 
 
-def _thresholds(threshold, mask, T, B, like):
-    """Threshold τ as a tensor: ``(T, B, 1)`` per step (``+inf`` on padded steps: never an
-    update) when a mask or a tensor threshold is given, else ``(1, 1)``."""
-    if isinstance(threshold, Tensor) and threshold.dim() > 0:
-        thr = threshold.detach().to(like).expand(T, B).reshape(T, B, 1).clone()
-    elif mask is None:
-        return like.new_full((1, 1), float(threshold))
-    else:
-        thr = like.new_full((T, B, 1), float(threshold))
-    if mask is not None:
-        thr.masked_fill_(~mask.view(T, B, 1).bool(), float("inf"))
-    return thr
-
-
 CHUNK = 16  # time steps per chunk: per-step work lives in small fixed buffers, flushed per chunk
 
 
+def _thresholds(threshold, mask, T, B, like):
+    """Threshold τ as a tensor: ``(T, 1, B)`` per step (``+inf`` on padded steps: never an
+    update) when a mask or a tensor threshold is given, else ``(1, 1)``."""
+    if isinstance(threshold, Tensor) and threshold.dim() > 0:
+        thr = threshold.detach().to(like).expand(T, B).reshape(T, 1, B).clone()
+    elif mask is None:
+        return like.new_full((1, 1), float(threshold))
+    else:
+        thr = like.new_full((T, 1, B), float(threshold))
+    if mask is not None:
+        thr.masked_fill_(~mask.view(T, 1, B).bool(), float("inf"))
+    return thr
+
+
+class _KK_LSTM:
+    """Row layout of the per-step block the reverse loop reads (``KK[t]``, ``(W, B)``):
+    ``[h'-h | c'-c | Δũ'-Δũ, 1-u-ũ, g_u+g_ũ | K3 (3H) | KO | KH | f | kz | u | 1-u | 1-m | pu | m]``.
+    The first ``2H + 3`` rows dotted with ``S = [dh | dc | dup | dcum | 1]`` give dũ;
+    ``dgates = [dh' KO, dc' K3]``; ``dc' = u dc + dh' KH + dz W_pᵀ``."""
+
+    def __init__(self, H):
+        self.S = 2 * H
+        self.K3 = 2 * H + 3
+        self.KO = 5 * H + 3
+        self.KH = 6 * H + 3
+        self.F = 7 * H + 3
+        self.KZ = 8 * H + 3
+        self.U = 8 * H + 4
+        self.C2 = 8 * H + 5  # [1 - u, 1 - m]
+        self.PU = 8 * H + 7
+        self.M = 8 * H + 8
+        self.W = 8 * H + 9
+
+
+def _gate_flush(kk, sc, L, M_chunk, one):
+    """Per-step scalar coefficients of the reverse loop, for a chunk (rows of ``kk``)."""
+    up_o, cum_o, ut, u, dl = (sc[:, k:k + 1] for k in range(5))
+    torch.sub(dl, up_o, out=kk[:, L.S:L.S + 1])
+    omu = kk[:, L.C2:L.C2 + 1]
+    torch.sub(one, u, out=omu)
+    torch.sub(omu, ut, out=kk[:, L.S + 1:L.S + 2])
+    kz = kk[:, L.KZ:L.KZ + 1]
+    torch.addcmul(dl, dl, dl, value=-1, out=kz)
+    kz.mul_(u)
+    kk[:, L.U:L.U + 1] = u
+    a = torch.sub(one, cum_o)
+    pu = kk[:, L.PU:L.PU + 1]
+    torch.lt(up_o, a, out=pu)  # ∂ũ/∂Δũ = ∂ũ/∂cum of torch.minimum: 1, 0, or 1/2 at a tie
+    pu.add_((up_o == a).to(pu.dtype), alpha=0.5)
+    if M_chunk is None:
+        kk[:, L.C2 + 1] = 0
+        kk[:, L.M] = 1
+    else:
+        torch.sub(one, M_chunk, out=kk[:, L.C2 + 1:L.C2 + 2])
+        kk[:, L.M:L.M + 1] = M_chunk
+
+
 class _SkipLSTMFunction(torch.autograd.Function):
+    """Feature-major inside: every per-step tensor is ``(features, B)``, so gate blocks, state
+    halves and the rows the backward reads are all contiguous."""
+
     @staticmethod
     def forward(ctx, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, threshold):
         T, B, I = x.shape
@@ -166,55 +212,53 @@ class _SkipLSTMFunction(torch.autograd.Function):
             bias = b_ih
         if b_hh is not None:
             bias = b_hh if bias is None else bias + b_hh
-        bias = _to_internal(bias) if bias is not None else None
-        WiT, WhT, gwT = Wi.t(), Wh.t(), gw.t()
+        bias = _to_internal(bias).view(H4, 1) if bias is not None else None
         lease = _Lease(x)
         big, new = lease.new, x.new_empty
         L = _KK_LSTM(H)
 
-        # chunk work buffers; every per-step view below is made once per call
-        WA = new(C, B, H4)  # gates of the chunk: pre-activations, then [σo, σi, σf, tanh g]
-        WHC = new(C + 1, B, H2)  # mixed state [h | c] before / after each step of the chunk
-        WCAND = new(C, B, H2)  # candidate [h' | c']
-        WTC = new(C, B, H)  # tanh(c')
-        WSC = new(C + 1, B, 5)  # per step [Δũ_in, cum_in, ũ, u, Δũ_cand]
-        WHC[0, :, :H] = h0[0]
-        WHC[0, :, H:] = c0[0]
-        WSC[0, :, 0] = up0
-        WSC[0, :, 1] = cum0
-        Hh = big(T + 1, B, H)  # h before / after every step (the output and dW_hh's operand)
+        WA = new(C, H4, B)  # gates: pre-activations, then [σo, σi, σf, tanh g]
+        WHC = new(C + 1, H2, B)  # mixed state [h; c] before / after each step of the chunk
+        WCAND = new(C, H2, B)  # candidate [h'; c']
+        WTC = new(C, H, B)  # tanh(c')
+        WSC = new(C + 1, 5, B)  # per step [Δũ_in, cum_in, ũ, u, Δũ_cand]
+        WHC[0, :H] = h0[0].t()
+        WHC[0, H:] = c0[0].t()
+        WSC[0, 0] = up0
+        WSC[0, 1] = cum0
+        Hh = big(T + 1, B, H)  # h before / after every step: the output and dW_hh's operand
         Hh[0] = h0[0]
-        SC = new(T, B, 5)  # history of WSC rows
+        SC = new(T, 5, B)
         if train:
-            KK = big(T, B, L.W)  # everything the reverse loop reads, one row per step
-            CC = big(T, B, H)  # c' (for the update-gate weight gradient)
-            WSD = new(C, B, H2)  # σ' of [i, f]
+            KK = big(T, L.W, B)  # everything the reverse loop reads, one block per step
+            CC = big(T, H, B)  # c' (for the update-gate weight gradient)
+            WSD = new(C, H2, B)  # σ' of [i; f]
         zero, one = x.new_zeros(1, 1), x.new_ones(1, 1)
         thr = _thresholds(threshold, mask, T, B, x)
-        thr_ = thr.unbind(0) if thr.shape[0] == T else [thr] * T
-        M = mask.to(x.dtype).view(T, B, 1) if mask is not None else None
+        thr_ = thr.unbind(0) if thr.dim() == 3 else [thr] * T
+        M = mask.to(x.dtype).view(T, 1, B) if mask is not None else None
         m_ = M.unbind(0) if M is not None else None
-        tmp = new(B, 1)
+        tmp = new(1, B)
+        Wib = Wi.expand(C, H4, I)
 
-        a_, s_, g_ = WA.unbind(0), WA[..., :H3].unbind(0), WA[..., H3:].unbind(0)
-        o_, i_, f_ = WA[..., :H].unbind(0), WA[..., H:H2].unbind(0), WA[..., H2:H3].unbind(0)
-        hc_, hh_, cc_ = WHC.unbind(0), WHC[..., :H].unbind(0), WHC[..., H:].unbind(0)
-        cand_, candh_, candc_ = WCAND.unbind(0), WCAND[..., :H].unbind(0), \
-            WCAND[..., H:].unbind(0)
+        a_, s_, g_ = WA.unbind(0), WA[:, :H3].unbind(0), WA[:, H3:].unbind(0)
+        o_, i_, f_ = WA[:, :H].unbind(0), WA[:, H:H2].unbind(0), WA[:, H2:H3].unbind(0)
+        hc_, hh_, cc_ = WHC.unbind(0), WHC[:, :H].unbind(0), WHC[:, H:].unbind(0)
+        cand_, candh_, candc_ = WCAND.unbind(0), WCAND[:, :H].unbind(0), WCAND[:, H:].unbind(0)
         tc_ = WTC.unbind(0)
-        up_, cum_, ut_, u_, dl_ = (WSC[..., k:k + 1].unbind(0) for k in range(5))
+        up_, cum_, ut_, u_, dl_ = (WSC[:, k:k + 1].unbind(0) for k in range(5))
 
         for t0 in range(0, T, C):
             n = min(C, T - t0)
-            xa = WA[:n].view(n * B, H4)
+            xT = x[t0:t0 + n].transpose(1, 2)
             if bias is None:
-                torch.mm(x[t0:t0 + n].reshape(n * B, I), WiT, out=xa)
+                torch.bmm(Wib[:n], xT, out=WA[:n])
             else:
-                torch.addmm(bias, x[t0:t0 + n].reshape(n * B, I), WiT, out=xa)
+                torch.baddbmm(bias, Wib[:n], xT, out=WA[:n])
             for j in range(n):
                 t = t0 + j
                 g, cn, tc, ut, u, dl = g_[j], candc_[j], tc_[j], ut_[j], u_[j], dl_[j]
-                a_[j].addmm_(hh_[j], WhT)
+                a_[j].addmm_(Wh, hh_[j])
                 s_[j].sigmoid_()
                 g.tanh_()
                 torch.mul(f_[j], cc_[j], out=cn)
@@ -226,7 +270,7 @@ class _SkipLSTMFunction(torch.autograd.Function):
                 ut.clamp_max_(1)
                 torch.gt(ut, thr_[t], out=u)
                 torch.lerp(hc_[j], cand_[j], u, out=hc_[j + 1])  # exact: u is 0 or 1
-                torch.addmm(gb, cn, gwT, out=dl)
+                torch.addmm(gb, gw, cn, out=dl)
                 dl.sigmoid_()
                 torch.lerp(up_[j], dl, u, out=up_[j + 1])
                 if m_ is not None:
@@ -235,61 +279,44 @@ class _SkipLSTMFunction(torch.autograd.Function):
                 else:
                     torch.lerp(ut, zero, u, out=cum_[j + 1])
             # ---- flush the chunk ----
-            Hh[t0 + 1:t0 + n + 1] = WHC[1:n + 1, :, :H]
+            Hh[t0 + 1:t0 + n + 1] = WHC[1:n + 1, :H].transpose(1, 2)
             SC[t0:t0 + n] = WSC[:n]
             if train:
                 kk = KK[t0:t0 + n]
                 A, hco, cand = WA[:n], WHC[:n], WCAND[:n]
-                o, i, f, g = A[..., :H], A[..., H:H2], A[..., H2:H3], A[..., H3:]
+                o, i, f, g = A[:, :H], A[:, H:H2], A[:, H2:H3], A[:, H3:]
                 sd = WSD[:n]
-                torch.sub(cand, hco, out=kk[..., :H2])
-                torch.addcmul(A[..., H:H3], A[..., H:H3], A[..., H:H3], value=-1, out=sd)
-                torch.mul(g, sd[..., :H], out=kk[..., L.K3:L.K3 + H])
-                torch.mul(hco[..., H:], sd[..., H:], out=kk[..., L.K3 + H:L.K3 + H2])
-                k3g = kk[..., L.K3 + H2:L.K3 + H3]
+                torch.sub(cand, hco, out=kk[:, :H2])
+                torch.addcmul(A[:, H:H3], A[:, H:H3], A[:, H:H3], value=-1, out=sd)
+                torch.mul(g, sd[:, :H], out=kk[:, L.K3:L.K3 + H])
+                torch.mul(hco[:, H:], sd[:, H:], out=kk[:, L.K3 + H:L.K3 + H2])
+                k3g = kk[:, L.K3 + H2:L.K3 + H3]
                 torch.mul(g, g, out=k3g)
-                torch.addcmul(i, i, k3g, value=-1, out=k3g)
-                hp = cand[..., :H]
-                torch.addcmul(hp, hp, o, value=-1, out=kk[..., L.KO:L.KO + H])
-                torch.addcmul(o, hp, WTC[:n], value=-1, out=kk[..., L.KH:L.KH + H])
-                kk[..., L.F:L.F + H] = f
-                CC[t0:t0 + n] = cand[..., H:]
-                sc = WSC[:n]
-                up_o, cum_o, ut, u, dl = (sc[..., k:k + 1] for k in range(5))
-                torch.sub(dl, up_o, out=kk[..., L.S:L.S + 1])
-                torch.sub(one, u, out=kk[..., L.C2:L.C2 + 1])  # 1 - u
-                torch.sub(kk[..., L.C2:L.C2 + 1], ut, out=kk[..., L.S + 1:L.S + 2])
-                torch.addcmul(dl, dl, dl, value=-1, out=kk[..., L.KZ:L.KZ + 1])
-                kk[..., L.KZ:L.KZ + 1].mul_(u)
-                kk[..., L.U:L.U + 1] = u
-                a = torch.sub(one, cum_o)
-                torch.lt(up_o, a, out=kk[..., L.PU:L.PU + 1])
-                kk[..., L.PU:L.PU + 1].add_((up_o == a).to(x.dtype), alpha=0.5)
-                if M is None:
-                    kk[..., L.C2 + 1] = 0
-                    kk[..., L.M] = 1
-                else:
-                    torch.sub(one, M[t0:t0 + n], out=kk[..., L.C2 + 1:L.C2 + 2])
-                    kk[..., L.M:L.M + 1] = M[t0:t0 + n]
+                torch.addcmul(i, i, k3g, value=-1, out=k3g)  # i (1 - g²)
+                hp = cand[:, :H]
+                torch.addcmul(hp, hp, o, value=-1, out=kk[:, L.KO:L.KO + H])  # tanh(c') σ'(o)
+                torch.addcmul(o, hp, WTC[:n], value=-1, out=kk[:, L.KH:L.KH + H])  # o tanh'(c')
+                kk[:, L.F:L.F + H] = f
+                CC[t0:t0 + n] = cand[:, H:]
+                _gate_flush(kk, WSC[:n], L, None if M is None else M[t0:t0 + n], one)
             WHC[0] = WHC[n]
-            WSC[0, :, :2] = WSC[n, :, :2]
+            WSC[0, :2] = WSC[n, :2]
 
         if M is None:
             output = Hh[1:].clone()
-            probs = SC[..., 2].clone()
+            probs = SC[:, 2].clone()
         else:
-            output = Hh[1:] * M
-            probs = SC[..., 2] * M[..., 0]
-        h_n = WHC[0, :, :H].unsqueeze(0).clone()
-        c_n = WHC[0, :, H:].unsqueeze(0).clone()
-        up_n = WSC[0, :, 0].clone()
-        cum_n = WSC[0, :, 1].clone()
-        updates = SC[..., 3].clone()
+            output = Hh[1:] * M.view(T, B, 1)
+            probs = SC[:, 2] * M[:, 0]
+        h_n = WHC[0, :H].t().unsqueeze(0).clone()
+        c_n = WHC[0, H:].t().unsqueeze(0).clone()
+        up_n = WSC[0, 0].clone()
+        cum_n = WSC[0, 1].clone()
+        updates = SC[:, 3].clone()
         if train:
             ctx.save_for_backward(x, Wi, Wh, gw)
-            ctx.bufs = (Hh, KK, CC)
+            ctx.bufs = (Hh, KK, CC, M)
             ctx.lease = lease
-            ctx.masked = M is not None
             ctx.has_bias = (b_ih is not None, b_hh is not None)
         else:
             lease.release()
@@ -301,118 +328,113 @@ class _SkipLSTMFunction(torch.autograd.Function):
         x, Wi, Wh, gw = ctx.saved_tensors
         if ctx.bufs is None:
             raise RuntimeError(_SECOND_BACKWARD)
-        Hh, KK, CC = ctx.bufs
+        Hh, KK, CC, M = ctx.bufs
         ctx.bufs = None
         T, B, I = x.shape
         H = Wh.shape[1]
         H2, H3, H4 = 2 * H, 3 * H, 4 * H
         C = min(CHUNK, T)
         L = _KK_LSTM(H)
-        W = H2 + 3  # running gradient row S = [dh | dc | dup | dcum | 1]
+        W = H2 + 3  # running gradient S = [dh; dc; dup; dcum; 1], (W, B)
         new = x.new_empty
         tmp_lease = _Lease(x)
 
-        torch.add(g_u, g_ut, out=KK[..., L.S + 2])
-        GO = g_out
-        masked = ctx.masked
-        if masked:
-            GO = torch.mul(g_out, KK[..., L.M:L.M + 1], out=tmp_lease.new(T, B, H))
-        go_ = GO.unbind(0)
-
-        S, Sn = new(B, W), new(B, W)
-        torch.add(g_hn[0], GO[T - 1], out=S[:, :H])
-        S[:, H:H2] = g_cn[0]
-        S[:, H2] = g_up
-        S[:, H2 + 1] = g_cum
-        S[:, H2 + 2] = 1
-        Sn[:, H2 + 2] = 1
-        views = [(s, s[:, :H2], s[:, :H], s[:, H:H2], s[:, H2:H2 + 1], s[:, H2:H2 + 2])
-                 for s in (S, Sn)]
-        dG = tmp_lease.new(T, B, H4 + 1)  # [dgates (internal order) | dz]
-        WK = new(C, B, L.W)
-        WDG = new(C, B, H4 + 1)
-        dhc, dut = new(B, H2), new(B, 1)
-        dhp, dcp = dhc[:, :H], dhc[:, H:]
-        dcp3 = dcp.unsqueeze(1)
+        torch.add(g_u, g_ut, out=KK[:, L.S + 2])
+        S, Sn = new(W, B), new(W, B)
+        last = g_out[T - 1] if M is None else g_out[T - 1] * M[T - 1].t()
+        torch.add(g_hn[0], last, out=S[:H].t())
+        S[H:H2] = g_cn[0].t()
+        S[H2] = g_up
+        S[H2 + 1] = g_cum
+        S[H2 + 2] = 1
+        Sn[H2 + 2] = 1
+        views = [(s, s[:H2], s[:H], s[H:H2], s[H2:H2 + 1], s[H2:H2 + 2]) for s in (S, Sn)]
+        WDG = new(C, H4, B)  # dgates of the chunk, (4H, B) per step
+        DGP = new(H4, C * B)  # the same, permuted for the chunk's weight-gradient GEMMs
+        WGO = new(C + 1, H, B)  # output gradients of steps t0-1 .. t0+n-1
+        DZ = tmp_lease.new(T, 1, B)
+        xa = tmp_lease.new(T * B, I + 1)  # [x | 1]: one GEMM gives dW_ih and the bias gradient
+        xa[:, :I] = x.reshape(T * B, I)
+        xa[:, I] = 1
+        dWh = x.new_zeros(H4, H)
+        dWib = x.new_zeros(H4, I + 1)
+        dx = new(T, B, I)
+        dhc, dut = new(H2, B), new(1, B)
+        dhp, dcp = dhc[:H], dhc[H:]
+        dcp3 = dcp.unsqueeze(0)
         dut_flat = dut.view(B)
-        dext_ = WK[..., :W].unbind(0)
-        k3_ = WK[..., L.K3:L.K3 + H3].unflatten(2, (3, H)).unbind(0)
-        ko_, kh_, f_ = (WK[..., k:k + H].unbind(0) for k in (L.KO, L.KH, L.F))
-        kz_, u_, omu_, c2_, pu_, m_ = (WK[..., k:k + w].unbind(0) for k, w in (
+        gwT, WhT = gw.t(), Wh.t()
+        dext_ = KK[:, :W].unbind(0)
+        k3_ = KK[:, L.K3:L.K3 + H3].unflatten(1, (3, H)).unbind(0)
+        ko_, kh_, f_ = (KK[:, k:k + H].unbind(0) for k in (L.KO, L.KH, L.F))
+        kz_, u_, omu_, c2_, pu_, m_ = (KK[:, k:k + w].unbind(0) for k, w in (
             (L.KZ, 1), (L.U, 1), (L.C2, 1), (L.C2, 2), (L.PU, 1), (L.M, 1)))
-        dg_, dgo_ = WDG[..., :H4].unbind(0), WDG[..., :H].unbind(0)
-        dg3_ = WDG[..., H:H4].unflatten(2, (3, H)).unbind(0)
-        dz_ = WDG[..., H4:].unbind(0)
+        dg_, dgo_ = WDG.unbind(0), WDG[:, :H].unbind(0)
+        dg3_ = WDG[:, H:].unflatten(1, (3, H)).unbind(0)
+        dz_, go_ = DZ.unbind(0), WGO.unbind(0)
+        masked = M is not None
         cur = 0
         for t0 in reversed(range(0, T, C)):
             n = min(C, T - t0)
-            WK[:n] = KK[t0:t0 + n]
+            lo = max(t0 - 1, 0)
+            src = g_out[lo:t0 + n].transpose(1, 2)
+            dst = WGO[1 if t0 == 0 else 0:n + 1]
+            if masked:
+                torch.mul(src, M[lo:t0 + n], out=dst)
+            else:
+                dst.copy_(src)
             for j in range(n - 1, -1, -1):
-                t = t0 + j
                 s, s2, dh, dc, dup, ssc = views[cur]
                 _, _, snh, snc, _, snsc = views[1 - cur]
-                dz, omu = dz_[j], omu_[j]
-                torch.linalg.vecdot(dext_[j], s, out=dut_flat)
+                t = t0 + j
+                dz, omu = dz_[t], omu_[t]
+                torch.linalg.vecdot(dext_[t], s, dim=0, out=dut_flat)
                 if masked:
-                    dut.mul_(m_[j])
-                torch.mul(dup, kz_[j], out=dz)
-                torch.mul(s2, u_[j], out=dhc)
-                dcp.addcmul_(dhp, kh_[j])
-                dcp.addcmul_(dz, gw)
-                torch.mul(dhp, ko_[j], out=dgo_[j])
-                torch.mul(dcp3, k3_[j], out=dg3_[j])
+                    dut.mul_(m_[t])
+                torch.mul(dup, kz_[t], out=dz)
+                torch.mul(s2, u_[t], out=dhc)
+                dcp.addcmul_(dhp, kh_[t])
+                dcp.addcmul_(gwT, dz)
+                torch.mul(dhp, ko_[t], out=dgo_[j])
+                torch.mul(dcp3, k3_[t], out=dg3_[j])
                 if t > 0:
-                    torch.addmm(go_[t - 1], dg_[j], Wh, out=snh)
+                    torch.addmm(go_[j], WhT, dg_[j], out=snh)
                 else:
-                    torch.mm(dg_[j], Wh, out=snh)
+                    torch.mm(WhT, dg_[j], out=snh)
                 snh.addcmul_(dh, omu)
                 torch.mul(dc, omu, out=snc)
-                snc.addcmul_(dcp, f_[j])
-                torch.mul(ssc, c2_[j], out=snsc)
-                snsc.addcmul_(dut, pu_[j])
+                snc.addcmul_(dcp, f_[t])
+                torch.mul(ssc, c2_[t], out=snsc)
+                snsc.addcmul_(dut, pu_[t])
                 cur = 1 - cur
-            dG[t0:t0 + n] = WDG[:n]
+            # the chunk's share of the weight / input gradients, while dgates are hot
+            dgp = DGP[:, :n * B]
+            dgp.view(H4, n, B).copy_(WDG[:n].transpose(0, 1))
+            dWh.addmm_(dgp, Hh[t0:t0 + n].view(n * B, H))
+            dWib.addmm_(dgp, xa[t0 * B:(t0 + n) * B])
+            torch.mm(dgp.t(), Wi, out=dx[t0:t0 + n].view(n * B, I))
         S = views[cur][0]
 
-        # ---- parameter gradients: big GEMMs ----------------------------------------------
         need = ctx.needs_input_grad
-        dG2 = dG.view(T * B, H4 + 1)
-        dgates, dz = dG2[:, :H4], dG2[:, H4:]
-        dx = torch.mm(dgates, Wi).view(T, B, I) if need[0] else None
-        dh0 = S[:, :H].unsqueeze(0).clone() if need[1] else None
-        dc0 = S[:, H:H2].unsqueeze(0).clone() if need[2] else None
-        dup0 = S[:, H2].clone() if need[3] else None
-        dcum0 = S[:, H2 + 1].clone() if need[4] else None
-        dWi = _to_external(dgates.t().mm(x.reshape(T * B, I))) if need[5] else None
-        dWh = _to_external(dgates.t().mm(Hh[:-1].view(T * B, H))) if need[6] else None
-        db = _to_external(dgates.sum(0)) if (need[7] or need[8]) else None
-        dgw = dz.t().mm(CC.view(T * B, H)) if need[9] else None
-        dgb = dz.sum().view(1) if need[10] else None
-        db_ih = db if (need[7] and ctx.has_bias[0]) else None
-        db_hh = db.clone() if (need[8] and ctx.has_bias[1]) else None
-        del Hh, KK, CC, dG, dG2, dgates, dz, GO, go_
+        db = _to_external(dWib[:, I])
+        dgw = torch.bmm(CC, DZ.transpose(1, 2)).sum(0).t()
+        grads = (
+            dx,
+            S[:H].t().unsqueeze(0).clone(),
+            S[H:H2].t().unsqueeze(0).clone(),
+            S[H2].clone(),
+            S[H2 + 1].clone(),
+            _to_external(dWib[:, :I]),
+            _to_external(dWh),
+            db if ctx.has_bias[0] else None,
+            db.clone() if ctx.has_bias[1] else None,
+            dgw,
+            DZ.sum().view(1),
+        )
+        del Hh, KK, CC, DZ, xa
         ctx.lease.release()
         tmp_lease.release()
-        return (dx, dh0, dc0, dup0, dcum0, dWi, dWh, db_ih, db_hh, dgw, dgb, None, None)
-
-
-class _KK_LSTM:
-    """Column layout of the per-step row the reverse loop reads (``KK[t]``, width ``W``):
-    ``[h'-h | c'-c | Δũ'-Δũ, 1-u-ũ, g_u+g_ũ | K3 (3H) | KO | KH | f | kz | u | 1-u, 1-m | pu | m]``;
-    the first ``2H + 3`` entries dotted with ``S = [dh | dc | dup | dcum | 1]`` give dũ."""
-
-    def __init__(self, H):
-        self.S = 2 * H
-        self.K3 = 2 * H + 3
-        self.KO = 5 * H + 3
-        self.KH = 6 * H + 3
-        self.F = 7 * H + 3
-        self.KZ = 8 * H + 3
-        self.U = 8 * H + 4
-        self.C2 = 8 * H + 5
-        self.PU = 8 * H + 7
-        self.M = 8 * H + 8
-        self.W = 8 * H + 9
+        return tuple(g if need[k] else None for k, g in enumerate(grads)) + (None, None)
 
 
 def skip_lstm_cpu(
