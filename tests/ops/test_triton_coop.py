@@ -31,7 +31,6 @@ CASES = [
     ("gru", 256, 50, 2, 110, "16,32,8", False, True),
     ("lstm", 64, 40, 64, 512, "16,16,8,8", True, False),  # 4x32 programs
     ("gru", 64, 40, 64, 512, "32,16,8", False, False),
-    ("lstm", 256, 784, 1, 110, "16,16,4,4", True, True),  # sequential MNIST shape
 ]
 
 

@@ -134,7 +134,7 @@ def candidates(H: int, B: int, device: torch.device, gates: int) -> list[dict]:
         # BLOCK_N=16); ptxas (sm_90, Triton 3.6, tf32): 16x16x4w 249 regs, 16x32x8w 228 regs,
         # 32x32x8w 255 regs + 168 B spill, 64x16x4w 900 B spill
         # (K split in 4 chunks: the tf32 mma A operand is 16x32 per warp instead of 16x128)
-        cands = [_cfg(16, 16, 4), _cfg(16, 16, 4, 4), _cfg(16, 32, 8), _cfg(32, 32, 8)]
+        cands = [_cfg(16, 16, 4, 4), _cfg(16, 16, 4), _cfg(16, 32, 8), _cfg(32, 32, 8)]
     elif HP <= 256:
         cands = [_cfg(16, 16, 8, 8), _cfg(16, 16, 8), _cfg(32, 16, 8)]
     else:
