@@ -140,6 +140,43 @@ def backend_fn(cell: str, backend: str, case: dict):
     return fwd, params
 
 
+def check_vs_old(cell: str, case: dict) -> dict:
+    """The default (cooperative, auto-selected) tf32 path against the old kernels, same inputs:
+    differing skip decisions, relative error of the outputs where no decision differs, and of the
+    gradients (all compiled already by the timings, so this costs only a few launches)."""
+    if cell == "lstm":
+        from skiprnn.ops.skip_lstm.fused import skip_lstm_triton as fast
+        state, uidx = (case["h0"], case["c0"]), 5
+    else:
+        from skiprnn.ops.skip_gru.fused import skip_gru_triton as fast
+        state, uidx = (case["h0"],), 4
+    x, layer, gw, gb = case["x"], case["layer"], case["gate_w"], case["gate_b"]
+    params = [x, *layer, gw, gb]
+    outs, grads = {}, {}
+    for name, env in (("old", "0"), ("new", None)):
+        prev = os.environ.get("SKIPRNN_COOP")
+        if env is not None:
+            os.environ["SKIPRNN_COOP"] = env
+        try:
+            o = fast(x, *state, case["up0"], case["cum0"], [layer], gw, gb, precision="tf32")
+            grads[name] = torch.autograd.grad(o[0], params, case["g_out"])
+            outs[name] = [t.detach() for t in o]
+        finally:
+            if env is not None:
+                if prev is None:
+                    os.environ.pop("SKIPRNN_COOP", None)
+                else:
+                    os.environ["SKIPRNN_COOP"] = prev
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+    flips = int((outs["new"][uidx] != outs["old"][uidx]).sum().item())
+    return {"decisions": int(outs["old"][uidx].numel()), "flips": flips,
+            "rel_output": rel(outs["new"][0], outs["old"][0]),
+            "rel_grads": [rel(a, b) for a, b in zip(grads["new"], grads["old"])]}
+
+
 def run_one(cell, backend, case, mode, reps, warmup):
     fwd, params = backend_fn(cell, backend, case)
     if params is None and mode != "fwd":
@@ -225,6 +262,13 @@ def main(argv=None):
                         res[backend][mode] = {"error": f"{type(e).__name__}: {e}"[:2000],
                                               "traceback": traceback.format_exc()[-4000:]}
                     _print_line(cell, key, backend, mode, res)
+            if DEVICE == "cuda":
+                try:
+                    res["check_vs_old"] = check_vs_old(cell, case)
+                except Exception as e:
+                    res["check_vs_old"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+                print(f"[{cell}] {key:34s} check new vs old (tf32): {res['check_vs_old']}",
+                      flush=True)
             if not args.no_reference and name in REFERENCE_REPS:
                 if time.time() - t_start > args.budget:
                     res["reference"] = {"fwd+bwd": {"skipped": "time budget"}}
