@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..skip_lstm.cpu import _SECOND_BACKWARD, CHUNK, _gate_flush, _Lease, _thresholds
+from ..skip_lstm.cpu import (_SECOND_BACKWARD, CHUNK, _add_h_old_gemm, _gate_flush, _Lease,
+                             _thresholds)
 
 __all__ = ["skip_gru_cpu"]
 
@@ -80,13 +81,13 @@ class _SkipGRUFunction(torch.autograd.Function):
         WN = new(C, H, B)  # n
         WHS = new(C + 1, H, B)  # state before / after each step of the chunk
         WCAND = new(C, H, B)  # h'
-        WSC = new(C + 1, 5, B)  # per step [Δũ_in, cum_in, ũ, u, Δũ_cand]
+        WSC = new(C + 1, 6, B)  # per step rows [cum_in, ũ, Δũ_in, 0, Δũ_cand, u] (see _SC)
         WHS[0] = h0[0].t()
-        WSC[0, 0] = up0
-        WSC[0, 1] = cum0
-        Hh = big(T + 1, B, H)
-        Hh[0] = h0[0]
-        SC = new(T, 5, B)
+        WSC[:, 3] = 0
+        WSC[0, 2] = up0
+        WSC[0, 0] = cum0
+        Hh = x.new_empty(T, B, H) if mask is None else big(T, B, H)  # h after every step
+        SC = new(T, 6, B)
         if train:
             KK = big(T, L.W, B)
             CC = big(T, H, B)  # h' (for the update-gate weight gradient)
@@ -96,13 +97,13 @@ class _SkipGRUFunction(torch.autograd.Function):
         thr_ = thr.unbind(0) if thr.dim() == 3 else [thr] * T
         M = mask.to(x.dtype).view(T, 1, B) if mask is not None else None
         m_ = M.unbind(0) if M is not None else None
-        tmp = new(1, B)
         Wib = w_ih.expand(C, H3, I)
 
         p_, rz_, r_, z_, ghn_ = WP.unbind(0), WP[:, :H2].unbind(0), WP[:, :H].unbind(0), \
             WP[:, H:H2].unbind(0), WP[:, H2:].unbind(0)
         gin_, n_, hs_, cand_ = WGIN.unbind(0), WN.unbind(0), WHS.unbind(0), WCAND.unbind(0)
-        up_, cum_, ut_, u_, dl_ = (WSC[:, k:k + 1].unbind(0) for k in range(5))
+        cum_, ut_, up_, dl_, u_ = (WSC[:, k:k + 1].unbind(0) for k in (0, 1, 2, 4, 5))
+        st_, en_, nx_ = WSC[:, 1:3].unbind(0), WSC[:, 3:5].unbind(0), WSC[:, 0:3:2].unbind(0)
 
         for t0 in range(0, T, C):
             n = min(C, T - t0)
@@ -123,18 +124,16 @@ class _SkipGRUFunction(torch.autograd.Function):
                 torch.lerp(nn_, hs_[j], z_[j], out=cand)  # (1 - z) n + z h
                 torch.add(cum_[j], up_[j], out=ut)  # ũ = min(cum + Δũ, 1)
                 ut.clamp_max_(1)
+                if m_ is not None:  # padded steps: ũ row carries cum, so cum' = cum
+                    torch.lerp(cum_[j], ut, m_[t], out=ut)
                 torch.gt(ut, thr_[t], out=u)
                 torch.lerp(hs_[j], cand, u, out=hs_[j + 1])  # exact: u is 0 or 1
                 torch.addmm(gb, gw, cand, out=dl)
                 dl.sigmoid_()
-                torch.lerp(up_[j], dl, u, out=up_[j + 1])
-                if m_ is not None:
-                    torch.lerp(cum_[j], ut, m_[t], out=tmp)
-                    torch.lerp(tmp, zero, u, out=cum_[j + 1])
-                else:
-                    torch.lerp(ut, zero, u, out=cum_[j + 1])
+                # [cum'; Δũ'] = [ũ; Δũ] + u ([0; Δũ_cand] - [ũ; Δũ]) in one op, exact for u in {0, 1}
+                torch.lerp(st_[j], en_[j], u, out=nx_[j + 1])
             # ---- flush the chunk ----
-            Hh[t0 + 1:t0 + n + 1] = WHS[1:n + 1].transpose(1, 2)
+            Hh[t0:t0 + n] = WHS[1:n + 1].transpose(1, 2)
             SC[t0:t0 + n] = WSC[:n]
             if train:
                 kk = KK[t0:t0 + n]
@@ -155,21 +154,21 @@ class _SkipGRUFunction(torch.autograd.Function):
                 CC[t0:t0 + n] = cand
                 _gate_flush(kk, WSC[:n], L, None if M is None else M[t0:t0 + n], one)
             WHS[0] = WHS[n]
-            WSC[0, :2] = WSC[n, :2]
+            WSC[0, 0:3:2] = WSC[n, 0:3:2]
 
         if M is None:
-            output = Hh[1:].clone()
-            probs = SC[:, 2].clone()
+            output = Hh
+            probs = SC[:, 1].clone()
         else:
-            output = Hh[1:] * M.view(T, B, 1)
-            probs = SC[:, 2] * M[:, 0]
+            output = Hh * M.view(T, B, 1)
+            probs = SC[:, 1] * M[:, 0]
         h_n = WHS[0].t().unsqueeze(0).clone()
-        up_n = WSC[0, 0].clone()
-        cum_n = WSC[0, 1].clone()
-        updates = SC[:, 3].clone()
+        up_n = WSC[0, 2].clone()
+        cum_n = WSC[0, 0].clone()
+        updates = SC[:, 5].clone()
         if train:
-            ctx.save_for_backward(x, w_ih, w_hh, gw)
-            ctx.bufs = (Hh, KK, CC, M)
+            ctx.save_for_backward(x, w_ih, w_hh, gw, Hh, h0[0])
+            ctx.bufs = (KK, CC, M)
             ctx.lease = lease
             ctx.has_bias = (b_ih is not None, b_hh is not None)
         else:
@@ -179,10 +178,12 @@ class _SkipGRUFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_hn, g_up, g_cum, g_u, g_ut):
-        x, w_ih, w_hh, gw = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        x, w_ih, w_hh, gw = saved[:4]
         if ctx.bufs is None:
             raise RuntimeError(_SECOND_BACKWARD)
-        Hh, KK, CC, M = ctx.bufs
+        KK, CC, M = ctx.bufs
+        Hh, h0 = saved[-2:]
         ctx.bufs = None
         T, B, I = x.shape
         H = w_hh.shape[1]
@@ -259,7 +260,7 @@ class _SkipGRUFunction(torch.autograd.Function):
                 cur = 1 - cur
             dgp = DGP[:, :n * B]
             dgp.view(H4, n, B).copy_(WDG[:n].transpose(0, 1))
-            dWh.addmm_(dgp[:H3], Hh[t0:t0 + n].view(n * B, H))
+            _add_h_old_gemm(dWh, dgp[:H3], Hh, h0, t0, n, B, H)
             dbh += dgp[:H3].sum(1)
             xc = xa[t0 * B:(t0 + n) * B]
             dWib[:H2].addmm_(dgp[:H2], xc)
@@ -283,7 +284,7 @@ class _SkipGRUFunction(torch.autograd.Function):
             dgw,
             DZ.sum().view(1),
         )
-        del Hh, KK, CC, DZ, xa
+        del Hh, h0, saved, KK, CC, DZ, xa
         ctx.lease.release()
         tmp_lease.release()
         return tuple(g if need[k] else None for k, g in enumerate(grads)) + (None, None)

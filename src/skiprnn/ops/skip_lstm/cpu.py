@@ -152,6 +152,16 @@ def _thresholds(threshold, mask, T, B, like):
     return thr
 
 
+def _add_h_old_gemm(dW, dgp, Hh, h0, t0, n, B, H):
+    """dW += dgates · h_oldᵀ for steps t0..t0+n-1 (h_old = h0 at step 0, else Hh[t-1])."""
+    if t0 > 0:
+        dW.addmm_(dgp, Hh[t0 - 1:t0 + n - 1].view(n * B, H))
+        return
+    dW.addmm_(dgp[:, :B], h0)
+    if n > 1:
+        dW.addmm_(dgp[:, B:n * B], Hh[:n - 1].view((n - 1) * B, H))
+
+
 class _KK_LSTM:
     """Row layout of the per-step block the reverse loop reads (``KK[t]``, ``(W, B)``):
     ``[h'-h | c'-c | Δũ'-Δũ, 1-u-ũ, g_u+g_ũ | K3 (3H) | KO | KH | f | kz | u | 1-u | 1-m | pu | m]``.
@@ -174,7 +184,7 @@ class _KK_LSTM:
 
 def _gate_flush(kk, sc, L, M_chunk, one):
     """Per-step scalar coefficients of the reverse loop, for a chunk (rows of ``kk``)."""
-    up_o, cum_o, ut, u, dl = (sc[:, k:k + 1] for k in range(5))
+    cum_o, ut, up_o, dl, u = (sc[:, k:k + 1] for k in (0, 1, 2, 4, 5))
     torch.sub(dl, up_o, out=kk[:, L.S:L.S + 1])
     omu = kk[:, L.C2:L.C2 + 1]
     torch.sub(one, u, out=omu)
@@ -221,24 +231,25 @@ class _SkipLSTMFunction(torch.autograd.Function):
         WHC = new(C + 1, H2, B)  # mixed state [h; c] before / after each step of the chunk
         WCAND = new(C, H2, B)  # candidate [h'; c']
         WTC = new(C, H, B)  # tanh(c')
-        WSC = new(C + 1, 5, B)  # per step [Δũ_in, cum_in, ũ, u, Δũ_cand]
+        WSC = new(C + 1, 6, B)  # per step rows [cum_in, ũ, Δũ_in, 0, Δũ_cand, u] (see _SC)
         WHC[0, :H] = h0[0].t()
         WHC[0, H:] = c0[0].t()
-        WSC[0, 0] = up0
-        WSC[0, 1] = cum0
-        Hh = big(T + 1, B, H)  # h before / after every step: the output and dW_hh's operand
-        Hh[0] = h0[0]
-        SC = new(T, 5, B)
+        WSC[:, 3] = 0
+        WSC[0, 2] = up0
+        WSC[0, 0] = cum0
+        # h after every step: the output itself without a mask (saved, so an in-place change of
+        # it is caught), else a work buffer; with h0 it is the operand of the dW_hh GEMM
+        Hh = x.new_empty(T, B, H) if mask is None else big(T, B, H)
+        SC = new(T, 6, B)
         if train:
             KK = big(T, L.W, B)  # everything the reverse loop reads, one block per step
             CC = big(T, H, B)  # c' (for the update-gate weight gradient)
             WSD = new(C, H2, B)  # σ' of [i; f]
-        zero, one = x.new_zeros(1, 1), x.new_ones(1, 1)
+        one = x.new_ones(1, 1)
         thr = _thresholds(threshold, mask, T, B, x)
         thr_ = thr.unbind(0) if thr.dim() == 3 else [thr] * T
         M = mask.to(x.dtype).view(T, 1, B) if mask is not None else None
         m_ = M.unbind(0) if M is not None else None
-        tmp = new(1, B)
         Wib = Wi.expand(C, H4, I)
 
         a_, s_, g_ = WA.unbind(0), WA[:, :H3].unbind(0), WA[:, H3:].unbind(0)
@@ -246,7 +257,8 @@ class _SkipLSTMFunction(torch.autograd.Function):
         hc_, hh_, cc_ = WHC.unbind(0), WHC[:, :H].unbind(0), WHC[:, H:].unbind(0)
         cand_, candh_, candc_ = WCAND.unbind(0), WCAND[:, :H].unbind(0), WCAND[:, H:].unbind(0)
         tc_ = WTC.unbind(0)
-        up_, cum_, ut_, u_, dl_ = (WSC[:, k:k + 1].unbind(0) for k in range(5))
+        cum_, ut_, up_, dl_, u_ = (WSC[:, k:k + 1].unbind(0) for k in (0, 1, 2, 4, 5))
+        st_, en_, nx_ = WSC[:, 1:3].unbind(0), WSC[:, 3:5].unbind(0), WSC[:, 0:3:2].unbind(0)
 
         for t0 in range(0, T, C):
             n = min(C, T - t0)
@@ -268,18 +280,16 @@ class _SkipLSTMFunction(torch.autograd.Function):
                 # ũ = cum + min(Δũ, 1 - cum) = min(cum + Δũ, 1)
                 torch.add(cum_[j], up_[j], out=ut)
                 ut.clamp_max_(1)
+                if m_ is not None:  # padded steps: ũ row carries cum, so cum' = cum
+                    torch.lerp(cum_[j], ut, m_[t], out=ut)
                 torch.gt(ut, thr_[t], out=u)
                 torch.lerp(hc_[j], cand_[j], u, out=hc_[j + 1])  # exact: u is 0 or 1
                 torch.addmm(gb, gw, cn, out=dl)
                 dl.sigmoid_()
-                torch.lerp(up_[j], dl, u, out=up_[j + 1])
-                if m_ is not None:
-                    torch.lerp(cum_[j], ut, m_[t], out=tmp)
-                    torch.lerp(tmp, zero, u, out=cum_[j + 1])
-                else:
-                    torch.lerp(ut, zero, u, out=cum_[j + 1])
+                # [cum'; Δũ'] = [ũ; Δũ] + u ([0; Δũ_cand] - [ũ; Δũ]) in one op, exact for u in {0, 1}
+                torch.lerp(st_[j], en_[j], u, out=nx_[j + 1])
             # ---- flush the chunk ----
-            Hh[t0 + 1:t0 + n + 1] = WHC[1:n + 1, :H].transpose(1, 2)
+            Hh[t0:t0 + n] = WHC[1:n + 1, :H].transpose(1, 2)
             SC[t0:t0 + n] = WSC[:n]
             if train:
                 kk = KK[t0:t0 + n]
@@ -300,22 +310,22 @@ class _SkipLSTMFunction(torch.autograd.Function):
                 CC[t0:t0 + n] = cand[:, H:]
                 _gate_flush(kk, WSC[:n], L, None if M is None else M[t0:t0 + n], one)
             WHC[0] = WHC[n]
-            WSC[0, :2] = WSC[n, :2]
+            WSC[0, 0:3:2] = WSC[n, 0:3:2]
 
         if M is None:
-            output = Hh[1:].clone()
-            probs = SC[:, 2].clone()
+            output = Hh
+            probs = SC[:, 1].clone()
         else:
-            output = Hh[1:] * M.view(T, B, 1)
-            probs = SC[:, 2] * M[:, 0]
+            output = Hh * M.view(T, B, 1)
+            probs = SC[:, 1] * M[:, 0]
         h_n = WHC[0, :H].t().unsqueeze(0).clone()
         c_n = WHC[0, H:].t().unsqueeze(0).clone()
-        up_n = WSC[0, 0].clone()
-        cum_n = WSC[0, 1].clone()
-        updates = SC[:, 3].clone()
+        up_n = WSC[0, 2].clone()
+        cum_n = WSC[0, 0].clone()
+        updates = SC[:, 5].clone()
         if train:
-            ctx.save_for_backward(x, Wi, Wh, gw)
-            ctx.bufs = (Hh, KK, CC, M)
+            ctx.save_for_backward(x, Wi, Wh, gw, Hh, h0[0])
+            ctx.bufs = (KK, CC, M)
             ctx.lease = lease
             ctx.has_bias = (b_ih is not None, b_hh is not None)
         else:
@@ -325,10 +335,12 @@ class _SkipLSTMFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_hn, g_cn, g_up, g_cum, g_u, g_ut):
-        x, Wi, Wh, gw = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        x, Wi, Wh, gw = saved[:4]
         if ctx.bufs is None:
             raise RuntimeError(_SECOND_BACKWARD)
-        Hh, KK, CC, M = ctx.bufs
+        KK, CC, M = ctx.bufs
+        Hh, h0 = saved[-2:]
         ctx.bufs = None
         T, B, I = x.shape
         H = Wh.shape[1]
@@ -410,7 +422,7 @@ class _SkipLSTMFunction(torch.autograd.Function):
             # the chunk's share of the weight / input gradients, while dgates are hot
             dgp = DGP[:, :n * B]
             dgp.view(H4, n, B).copy_(WDG[:n].transpose(0, 1))
-            dWh.addmm_(dgp, Hh[t0:t0 + n].view(n * B, H))
+            _add_h_old_gemm(dWh, dgp, Hh, h0, t0, n, B, H)
             dWib.addmm_(dgp, xa[t0 * B:(t0 + n) * B])
             torch.mm(dgp.t(), Wi, out=dx[t0:t0 + n].view(n * B, I))
         S = views[cur][0]
@@ -431,7 +443,7 @@ class _SkipLSTMFunction(torch.autograd.Function):
             dgw,
             DZ.sum().view(1),
         )
-        del Hh, KK, CC, DZ, xa
+        del Hh, h0, saved, KK, CC, DZ, xa
         ctx.lease.release()
         tmp_lease.release()
         return tuple(g if need[k] else None for k, g in enumerate(grads)) + (None, None)
