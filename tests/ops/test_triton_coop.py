@@ -49,7 +49,8 @@ def test_coop_multi_column_gpu(case):
     if -(-B // bb) * -(-H // bn) > nsm:
         pytest.skip("grid larger than the GPU")
     env = dict(os.environ, SKIPRNN_COOP="force", SKIPRNN_COOP_CONFIG=cfg,
-               SKIPRNN_COOP_CHECK="1", PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               SKIPRNN_COOP_CHECK="1",
+               PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("TRITON_INTERPRET", None)
     try:
         r = subprocess.run([sys.executable, os.path.abspath(__file__), *map(str, case)], env=env,

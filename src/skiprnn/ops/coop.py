@@ -114,9 +114,12 @@ def cfg_name(c) -> str:
         f",{c['KSPLIT']}" if c.get("KSPLIT", 1) > 1 else "")
 
 
-def candidates(H: int, B: int, device: torch.device, gates: int) -> list[dict]:
+def candidates(H: int, B: int, device: torch.device, gates: int,
+               precision: str = "tf32") -> list[dict]:
     """Cooperative configurations worth timing for this shape, best guess first; each one's grid
-    fits in one wave. Under the interpreter: one column block only (no spinning)."""
+    fits in one wave. Under the interpreter: one column block only (no spinning). With 'ieee'
+    (FMA dots, no mma operand replication) the configurations without a K split come first (the
+    K split spills at H=512 there)."""
     HP = max(16, next_pow2(H))
     env = os.environ.get(CONFIG_ENV)
     if interpreting():
@@ -141,6 +144,8 @@ def candidates(H: int, B: int, device: torch.device, gates: int) -> list[dict]:
         # H=512: 4 x 512 x 16 fp32 = 128 KB per program; without a K split the 16x512 A operand
         # of the tf32 mma is held by every warp (255 regs + spills); with 8 chunks: 16x64 per warp
         cands = [_cfg(16, 16, 8, 8), _cfg(16, 16, 8), _cfg(32, 16, 8, 8), _cfg(32, 16, 8)]
+    if precision == "ieee":
+        cands = sorted(cands, key=lambda c: c.get("KSPLIT", 1) > 1)
     maxc = int(os.environ.get(MAXCAND_ENV, "0") or 0)
     if maxc > 0 and not env:
         cands = cands[:maxc]

@@ -2,8 +2,8 @@
 
 Drop-in replacements for ``skip_gru.fused._launch_fwd`` / ``_launch_bwd`` with the structure of
 ``lstm_coop.py`` (see there and ``coop.py``): 3 gate slices of W_hh resident per program, the
-Δũ pre-activation Σ h_cand·w_p and the straight-through sum Σ (h̃-h)dh exchanged as per-column-block
-partials, one barrier per step among the programs of a row block.
+Δũ pre-activation Σ h_cand·w_p and the straight-through sum Σ (h̃-h)dh exchanged as
+per-column-block partials, one barrier per step among the programs of a row block.
 """
 
 from __future__ import annotations
@@ -85,12 +85,16 @@ if HAS_TRITON:
         o_t = OUT
         r_t = rows
         h_rd = HS
+        # step 0's inputs; inside the loop the next step's are loaded before the barrier
+        if HAS_MASK:
+            m = tl.load(MASK + rows, mask=rmask, other=0.0)
+        else:
+            m = zero_b + 1.0
+        x_r = tl.load(XP + xoff, mask=m2, other=0.0)
+        x_z = tl.load(XP + xoff + H, mask=m2, other=0.0)
+        x_n = tl.load(XP + xoff + 2 * H, mask=m2, other=0.0)
         for t in range(T):
             ut = cum + tl.minimum(up, 1.0 - cum)
-            if HAS_MASK:
-                m = tl.load(MASK + r_t, mask=rmask, other=0.0)
-            else:
-                m = zero_b + 1.0
             upd = (ut > threshold) & (m != 0)
             u = tl.where(upd, zero_b + 1.0, zero_b)
             srow = STATS + r_t
@@ -110,10 +114,10 @@ if HAS_TRITON:
             acc_r = _kdot(hfull, w_r, zt, KC, PRECISION)
             acc_z = _kdot(hfull, w_z, zt, KC, PRECISION)
             acc_n = _kdot(hfull, w_n, zt, KC, PRECISION)
-            r = _sigmoid(acc_r + tl.load(xp_t + xoff, mask=m2, other=0.0))
-            zg = _sigmoid(acc_z + tl.load(xp_t + xoff + H, mask=m2, other=0.0))
+            r = _sigmoid(acc_r + x_r)
+            zg = _sigmoid(acc_z + x_z)
             hn = acc_n + bhn[None, :]
-            n = _tanh(tl.load(xp_t + xoff + 2 * H, mask=m2, other=0.0) + r * hn)
+            n = _tanh(x_n + r * hn)
             if SAVE:
                 tl.store(g_t + goff, r, mask=m2)
                 tl.store(g_t + goff + H, zg, mask=m2)
@@ -126,6 +130,16 @@ if HAS_TRITON:
             h_own = tl.where(upd[:, None], hc, h_own)
             tl.store(h_wr + soff, h_own, mask=m2)
             tl.store(o_t + soff, h_own * m[:, None], mask=m2)
+            # prefetch step t+1's inputs (step t's again at the last step: harmless)
+            nxt = tl.where(t + 1 < T, B, 0)
+            if HAS_MASK:
+                m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
+            else:
+                m_n = m
+            xp_n = xp_t + nxt * H3
+            x_r = tl.load(xp_n + xoff, mask=m2, other=0.0)
+            x_z = tl.load(xp_n + xoff + H, mask=m2, other=0.0)
+            x_n = tl.load(xp_n + xoff + 2 * H, mask=m2, other=0.0)
             bad = _grid_sync(CNT + pr, NCOL * (t + 1), bad, SPIN)
             z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
             delta = _sigmoid(z + bp)
@@ -133,6 +147,7 @@ if HAS_TRITON:
                 tl.store(srow + 2 * T * B, delta, mask=smask)
             up = tl.where(upd, delta, up)
             cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
+            m = m_n
             h_rd = h_wr
             xp_t += B * H3
             g_t += B * H4
@@ -142,6 +157,30 @@ if HAS_TRITON:
         tl.store(CUMN + rows, cum, mask=smask)
         tl.store(HN + soff, h_own, mask=m2)
         tl.atomic_max(FLAG, bad)
+
+    @triton.jit
+    def _bwd_loads(STATS, MASK, GUPD, GPROB, go_t, g_t, hs_t, r_t, soff, goff, rmask, m2,
+                   T, B, H, HAS_MASK: tl.constexpr):
+        """One step's backward inputs: per-row stats, mask, incoming grads, gates, old state."""
+        srow = STATS + r_t
+        u = tl.load(srow, mask=rmask, other=0.0)
+        ut = tl.load(srow + T * B, mask=rmask, other=0.0)
+        delta = tl.load(srow + 2 * T * B, mask=rmask, other=0.0)
+        up_p = tl.load(srow + 3 * T * B, mask=rmask, other=0.0)
+        cum_p = tl.load(srow + 4 * T * B, mask=rmask, other=0.0)
+        if HAS_MASK:
+            m = tl.load(MASK + r_t, mask=rmask, other=0.0)
+        else:
+            m = u * 0.0 + 1.0
+        gupd = tl.load(GUPD + r_t, mask=rmask, other=0.0)
+        gprob = tl.load(GPROB + r_t, mask=rmask, other=0.0)
+        go = tl.load(go_t + soff, mask=m2, other=0.0)
+        r = tl.load(g_t + goff, mask=m2, other=0.0)
+        zg = tl.load(g_t + goff + H, mask=m2, other=0.0)
+        n = tl.load(g_t + goff + 2 * H, mask=m2, other=0.0)
+        hn = tl.load(g_t + goff + 3 * H, mask=m2, other=0.0)
+        h_old = tl.load(hs_t + soff, mask=m2, other=0.0)
+        return u, ut, delta, up_p, cum_p, m, gupd, gprob, go, r, zg, n, hn, h_old
 
     @triton.jit(do_not_specialize=["T", "B"])
     def _gru_coop_bwd_kernel(
@@ -201,29 +240,15 @@ if HAS_TRITON:
         hs_t = HS + (T - 1) * B * H
         g_t = G + (T - 1) * B * H4
         dg_t = DG + (T - 1) * B * H4
+        u, ut, delta, up_p, cum_p, m, gupd, gprob, go, r, zg, n, hn, h_old = \
+            _bwd_loads(STATS, MASK, GUPD, GPROB, go_t, g_t, hs_t, r_t, soff, goff, rmask, m2,
+                       T, B, H, HAS_MASK)
         for tt in range(T):
-            srow = STATS + r_t
-            u = tl.load(srow, mask=rmask, other=0.0)
-            ut = tl.load(srow + T * B, mask=rmask, other=0.0)
-            delta = tl.load(srow + 2 * T * B, mask=rmask, other=0.0)
-            up_p = tl.load(srow + 3 * T * B, mask=rmask, other=0.0)
-            cum_p = tl.load(srow + 4 * T * B, mask=rmask, other=0.0)
-            if HAS_MASK:
-                m = tl.load(MASK + r_t, mask=rmask, other=0.0)
-            else:
-                m = zero_b + 1.0
-            gupd = tl.load(GUPD + r_t, mask=rmask, other=0.0)
-            gprob = tl.load(GPROB + r_t, mask=rmask, other=0.0)
             gz = u * gup * delta * (1.0 - delta)
             tl.store(GZ + r_t, gz, mask=smask)
             gu = gupd + m * gup * (delta - up_p) - m * gcum * ut
             ub = u[:, None]
-            ght = gh + tl.load(go_t + soff, mask=m2, other=0.0) * m[:, None]
-            r = tl.load(g_t + goff, mask=m2, other=0.0)
-            zg = tl.load(g_t + goff + H, mask=m2, other=0.0)
-            n = tl.load(g_t + goff + 2 * H, mask=m2, other=0.0)
-            hn = tl.load(g_t + goff + 3 * H, mask=m2, other=0.0)
-            h_old = tl.load(hs_t + soff, mask=m2, other=0.0)
+            ght = gh + go * m[:, None]
             hc = (1.0 - zg) * n + zg * h_old
             gpart = tl.sum(tl.where(m2, (hc - h_old) * ght, 0.0), axis=1)
             zslot = ZP + (tt % 2) * NCOL * B
@@ -235,6 +260,11 @@ if HAS_TRITON:
             tl.store(dg_t + goff + 2 * H, dn, mask=m2)
             tl.store(dg_t + goff + 3 * H, dn * r, mask=m2)
             gh = (1.0 - ub) * ght + ghc * zg
+            # prefetch step t-1's inputs (step 0's again at the last step: harmless)
+            nxt = tl.where(tt + 1 < T, B, 0)
+            u_n, ut_n, delta_n, up_n, cum_n, m_n, gupd_n, gprob_n, go, r, zg, n, hn, h_old = \
+                _bwd_loads(STATS, MASK, GUPD, GPROB, go_t - nxt * H, g_t - nxt * H4,
+                           hs_t - nxt * H, r_t - nxt, soff, goff, rmask, m2, T, B, H, HAS_MASK)
             bad = _grid_sync(CNT + pr, NCOL * (tt + 1), bad, SPIN)
             # dh_{t-1}[its units] += [dr, dz, dhn] (DG columns 0, H, 3H) . W_hh rows 0, H, 2H
             acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=GHN.dtype.element_ty)
@@ -251,6 +281,8 @@ if HAS_TRITON:
             a_w = tl.where(up_p < one_m, 1.0, tl.where(up_p > one_m, 0.0, 0.5))
             gup = m * (1.0 - u) * gup + (1.0 - m) * gup + a_w * g_ut
             gcum = (1.0 - m) * gcum + a_w * g_ut
+            u, ut, delta, up_p, cum_p, m, gupd, gprob = \
+                u_n, ut_n, delta_n, up_n, cum_n, m_n, gupd_n, gprob_n
             r_t -= B
             go_t -= B * H
             hs_t -= B * H

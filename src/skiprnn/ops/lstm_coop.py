@@ -98,12 +98,17 @@ if HAS_TRITON:
         o_t = OUT
         r_t = rows
         h_rd = HS
+        # step 0's inputs; inside the loop the next step's are loaded before the barrier
+        if HAS_MASK:
+            m = tl.load(MASK + rows, mask=rmask, other=0.0)
+        else:
+            m = zero_b + 1.0
+        x_i = tl.load(XP + goff, mask=m2, other=0.0)
+        x_f = tl.load(XP + goff + H, mask=m2, other=0.0)
+        x_g = tl.load(XP + goff + 2 * H, mask=m2, other=0.0)
+        x_o = tl.load(XP + goff + 3 * H, mask=m2, other=0.0)
         for t in range(T):
             ut = cum + tl.minimum(up, 1.0 - cum)
-            if HAS_MASK:
-                m = tl.load(MASK + r_t, mask=rmask, other=0.0)
-            else:
-                m = zero_b + 1.0
             upd = (ut > threshold) & (m != 0)
             u = tl.where(upd, zero_b + 1.0, zero_b)
             srow = STATS + r_t
@@ -124,10 +129,10 @@ if HAS_TRITON:
             acc_f = _kdot(hfull, w_f, zt, KC, PRECISION)
             acc_g = _kdot(hfull, w_g, zt, KC, PRECISION)
             acc_o = _kdot(hfull, w_o, zt, KC, PRECISION)
-            si = _sigmoid(acc_i + tl.load(xp_t + goff, mask=m2, other=0.0))
-            sf = _sigmoid(acc_f + tl.load(xp_t + goff + H, mask=m2, other=0.0))
-            tg = _tanh(acc_g + tl.load(xp_t + goff + 2 * H, mask=m2, other=0.0))
-            so = _sigmoid(acc_o + tl.load(xp_t + goff + 3 * H, mask=m2, other=0.0))
+            si = _sigmoid(acc_i + x_i)
+            sf = _sigmoid(acc_f + x_f)
+            tg = _tanh(acc_g + x_g)
+            so = _sigmoid(acc_o + x_o)
             if SAVE:
                 tl.store(g_t + goff, si, mask=m2)
                 tl.store(g_t + goff + H, sf, mask=m2)
@@ -144,6 +149,17 @@ if HAS_TRITON:
             if SAVE:
                 tl.store(CS + (t + 1) * B * H + soff, c_own, mask=m2)
             tl.store(o_t + soff, h_own * m[:, None], mask=m2)
+            # prefetch step t+1's inputs (step t's again at the last step: harmless)
+            nxt = tl.where(t + 1 < T, B, 0)
+            if HAS_MASK:
+                m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
+            else:
+                m_n = m
+            xp_n = xp_t + nxt * H4
+            x_i = tl.load(xp_n + goff, mask=m2, other=0.0)
+            x_f = tl.load(xp_n + goff + H, mask=m2, other=0.0)
+            x_g = tl.load(xp_n + goff + 2 * H, mask=m2, other=0.0)
+            x_o = tl.load(xp_n + goff + 3 * H, mask=m2, other=0.0)
             bad = _grid_sync(CNT + pr, NCOL * (t + 1), bad, SPIN)
             z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
             delta = _sigmoid(z + bp)
@@ -151,6 +167,7 @@ if HAS_TRITON:
                 tl.store(srow + 2 * T * B, delta, mask=smask)
             up = tl.where(upd, delta, up)
             cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
+            m = m_n
             h_rd = h_wr
             xp_t += B * H4
             g_t += B * H4
@@ -161,6 +178,31 @@ if HAS_TRITON:
         tl.store(HN + soff, h_own, mask=m2)
         tl.store(CN + soff, c_own, mask=m2)
         tl.atomic_max(FLAG, bad)
+
+    @triton.jit
+    def _bwd_loads(STATS, MASK, GUPD, GPROB, go_t, g_t, cs_t, hs_t, r_t, soff, goff, rmask, m2,
+                   T, B, H, HAS_MASK: tl.constexpr):
+        """One step's backward inputs: per-row stats, mask, incoming grads, gates, old state."""
+        srow = STATS + r_t
+        u = tl.load(srow, mask=rmask, other=0.0)
+        ut = tl.load(srow + T * B, mask=rmask, other=0.0)
+        delta = tl.load(srow + 2 * T * B, mask=rmask, other=0.0)
+        up_p = tl.load(srow + 3 * T * B, mask=rmask, other=0.0)
+        cum_p = tl.load(srow + 4 * T * B, mask=rmask, other=0.0)
+        if HAS_MASK:
+            m = tl.load(MASK + r_t, mask=rmask, other=0.0)
+        else:
+            m = u * 0.0 + 1.0
+        gupd = tl.load(GUPD + r_t, mask=rmask, other=0.0)
+        gprob = tl.load(GPROB + r_t, mask=rmask, other=0.0)
+        go = tl.load(go_t + soff, mask=m2, other=0.0)
+        si = tl.load(g_t + goff, mask=m2, other=0.0)
+        sf = tl.load(g_t + goff + H, mask=m2, other=0.0)
+        tg = tl.load(g_t + goff + 2 * H, mask=m2, other=0.0)
+        so = tl.load(g_t + goff + 3 * H, mask=m2, other=0.0)
+        c_old = tl.load(cs_t + soff, mask=m2, other=0.0)
+        h_old = tl.load(hs_t + soff, mask=m2, other=0.0)
+        return u, ut, delta, up_p, cum_p, m, gupd, gprob, go, si, sf, tg, so, c_old, h_old
 
     @triton.jit(do_not_specialize=["T", "B"])
     def _lstm_coop_bwd_kernel(
@@ -224,30 +266,15 @@ if HAS_TRITON:
         cs_t = CS + (T - 1) * B * H
         g_t = G + (T - 1) * B * H4
         dg_t = DG + (T - 1) * B * H4
+        u, ut, delta, up_p, cum_p, m, gupd, gprob, go, si, sf, tg, so, c_old, h_old = \
+            _bwd_loads(STATS, MASK, GUPD, GPROB, go_t, g_t, cs_t, hs_t, r_t, soff, goff, rmask,
+                       m2, T, B, H, HAS_MASK)
         for tt in range(T):
-            srow = STATS + r_t
-            u = tl.load(srow, mask=rmask, other=0.0)
-            ut = tl.load(srow + T * B, mask=rmask, other=0.0)
-            delta = tl.load(srow + 2 * T * B, mask=rmask, other=0.0)
-            up_p = tl.load(srow + 3 * T * B, mask=rmask, other=0.0)
-            cum_p = tl.load(srow + 4 * T * B, mask=rmask, other=0.0)
-            if HAS_MASK:
-                m = tl.load(MASK + r_t, mask=rmask, other=0.0)
-            else:
-                m = zero_b + 1.0
-            gupd = tl.load(GUPD + r_t, mask=rmask, other=0.0)
-            gprob = tl.load(GPROB + r_t, mask=rmask, other=0.0)
             gz = u * gup * delta * (1.0 - delta)
             tl.store(GZ + r_t, gz, mask=smask)
             gu = gupd + m * gup * (delta - up_p) - m * gcum * ut
             ub = u[:, None]
-            ght = gh + tl.load(go_t + soff, mask=m2, other=0.0) * m[:, None]
-            si = tl.load(g_t + goff, mask=m2, other=0.0)
-            sf = tl.load(g_t + goff + H, mask=m2, other=0.0)
-            tg = tl.load(g_t + goff + 2 * H, mask=m2, other=0.0)
-            so = tl.load(g_t + goff + 3 * H, mask=m2, other=0.0)
-            c_old = tl.load(cs_t + soff, mask=m2, other=0.0)
-            h_old = tl.load(hs_t + soff, mask=m2, other=0.0)
+            ght = gh + go * m[:, None]
             cc = sf * c_old + si * tg
             tc = _tanh(cc)
             hc = so * tc
@@ -262,6 +289,12 @@ if HAS_TRITON:
             tl.store(dg_t + goff + 3 * H, ghc * tc * so * (1.0 - so), mask=m2)
             gc = (1.0 - ub) * gc + gcc * sf
             gh = (1.0 - ub) * ght
+            # prefetch step t-1's inputs (step 0's again at the last step: harmless)
+            nxt = tl.where(tt + 1 < T, B, 0)
+            u_n, ut_n, delta_n, up_n, cum_n, m_n, gupd_n, gprob_n, go, si, sf, tg, so, c_old, \
+                h_old = _bwd_loads(STATS, MASK, GUPD, GPROB, go_t - nxt * H, g_t - nxt * H4,
+                                   cs_t - nxt * H, hs_t - nxt * H, r_t - nxt, soff, goff, rmask,
+                                   m2, T, B, H, HAS_MASK)
             bad = _grid_sync(CNT + pr, NCOL * (tt + 1), bad, SPIN)
             # dh_{t-1}[its units] += DG[t] (all units, 4 gates) . W_hh[:, its units]
             acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=GHN.dtype.element_ty)
@@ -281,6 +314,8 @@ if HAS_TRITON:
             a_w = tl.where(up_p < one_m, 1.0, tl.where(up_p > one_m, 0.0, 0.5))
             gup = m * (1.0 - u) * gup + (1.0 - m) * gup + a_w * g_ut
             gcum = (1.0 - m) * gcum + a_w * g_ut
+            u, ut, delta, up_p, cum_p, m, gupd, gprob = \
+                u_n, ut_n, delta_n, up_n, cum_n, m_n, gupd_n, gprob_n
             r_t -= B
             go_t -= B * H
             hs_t -= B * H

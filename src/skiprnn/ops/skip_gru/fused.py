@@ -327,7 +327,8 @@ class _SkipGRUTriton(torch.autograd.Function):
             return res[:8], flag
 
         out, hs, gates, upd, prob, stats, up_n, cum_n = coop.run(
-            key, coop.candidates(H, B, x.device, 3), run_coop, lambda: _launch_fwd(*fargs, cfg))
+            key, coop.candidates(H, B, x.device, 3, precision), run_coop,
+            lambda: _launch_fwd(*fargs, cfg))
         ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, gates, stats)
         ctx.cfg, ctx.precision = cfg, precision
         ctx.has_bias = (b_ih is not None, b_hh is not None)
@@ -348,7 +349,7 @@ class _SkipGRUTriton(torch.autograd.Function):
                  _c(g_upn, cdt), _c(g_cumn, cdt), _c(g_upd, cdt), _c(g_prob, cdt), ctx.precision)
         key = ("gru-bwd", B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
         dg, gz, dh0, dup0, dcum0 = coop.run(
-            key, coop.candidates(H, B, xc.device, 3),
+            key, coop.candidates(H, B, xc.device, 3, ctx.precision),
             lambda c: gru_coop.launch_bwd(*bargs, c), lambda: _launch_bwd(*bargs, ctx.cfg))
         dg2 = dg.view(T * B, 4 * H)
         dxp = dg2[:, :3 * H]                                            # d(x W_ih^T + b_ih)
@@ -468,7 +469,7 @@ def skip_gru_triton_infer(
     H = w_hh.shape[1]
     cdt = compute_dtype(x.dtype)
     prec = resolve_precision(precision, x.dtype)
-    cands = coop.candidates(H, B, x.device, 3)
+    cands = coop.candidates(H, B, x.device, 3, prec)
     if not cands or not coop.enabled() or h0.shape != (1, B, H) \
             or w_hh.shape != (3 * H, H) or w_ih.shape != (3 * H, I):
         return skip_gru_triton(x, h0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,

@@ -354,7 +354,8 @@ class _SkipLSTMTriton(torch.autograd.Function):
             return res[:9], flag
 
         out, hs, cs, gates, upd, prob, stats, up_n, cum_n = coop.run(
-            key, coop.candidates(H, B, x.device, 4), run_coop, lambda: _launch_fwd(*fargs, cfg))
+            key, coop.candidates(H, B, x.device, 4, precision), run_coop,
+            lambda: _launch_fwd(*fargs, cfg))
         ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, cs, gates, stats)
         ctx.cfg, ctx.precision = cfg, precision
         ctx.has_bias = (b_ih is not None, b_hh is not None)
@@ -376,7 +377,7 @@ class _SkipLSTMTriton(torch.autograd.Function):
                  _c(g_prob, cdt), ctx.precision)
         key = ("lstm-bwd", B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
         dg, gz, dh0, dc0, dup0, dcum0 = coop.run(
-            key, coop.candidates(H, B, xc.device, 4),
+            key, coop.candidates(H, B, xc.device, 4, ctx.precision),
             lambda c: lstm_coop.launch_bwd(*bargs, c), lambda: _launch_bwd(*bargs, ctx.cfg))
         dg2 = dg.view(T * B, 4 * H)
         need = ctx.needs_input_grad
@@ -496,7 +497,7 @@ def skip_lstm_triton_infer(
     H = w_hh.shape[1]
     cdt = compute_dtype(x.dtype)
     prec = resolve_precision(precision, x.dtype)
-    cands = coop.candidates(H, B, x.device, 4)
+    cands = coop.candidates(H, B, x.device, 4, prec)
     if not cands or not coop.enabled() or h0.shape != (1, B, H) or c0.shape != (1, B, H) \
             or w_hh.shape != (4 * H, H) or w_ih.shape != (4 * H, I):
         return skip_lstm_triton(x, h0, c0, update_prob0, cum_prob0, layers, gate_weight,
