@@ -56,12 +56,11 @@ class _SkipGRUFunction(torch.autograd.Function):
     """Feature-major inside, like the Skip LSTM fast path: per-step tensors are ``(features, B)``."""
 
     @staticmethod
-    def forward(ctx, x, h0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, threshold):
+    def forward(ctx, x, h0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, threshold, train):
         T, B, I = x.shape
         H = w_hh.shape[1]
         H2, H3 = 2 * H, 3 * H
         C = min(CHUNK, T)
-        train = any(ctx.needs_input_grad)
         # x-projection bias [b_ir + b_hr, b_iz + b_hz, b_in]; b_hn stays inside r ⊙ (W_hn h + b_hn)
         bias = None
         if b_ih is not None:
@@ -287,7 +286,7 @@ class _SkipGRUFunction(torch.autograd.Function):
         del Hh, h0, saved, KK, CC, DZ, xa
         ctx.lease.release()
         tmp_lease.release()
-        return tuple(g if need[k] else None for k, g in enumerate(grads)) + (None, None)
+        return tuple(g if need[k] else None for k, g in enumerate(grads)) + (None, None, None)
 
 
 def skip_gru_cpu(
@@ -322,5 +321,6 @@ def skip_gru_cpu(
         raise ValueError(f"x must be (T, B, I), got shape {tuple(x.shape)}")
     if isinstance(threshold, Tensor) and threshold.dim() == 0:
         threshold = float(threshold)
-    return _SkipGRUFunction.apply(x, h0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh,
-                                  gate_weight, gate_bias, mask, threshold)
+    args = (x, h0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh, gate_weight, gate_bias)
+    train = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)
+    return _SkipGRUFunction.apply(*args, mask, threshold, train)

@@ -100,7 +100,7 @@ class _BufferPool:
             self._bytes = 0
 
 
-_POOL = _BufferPool(int(float(os.environ.get("SKIPRNN_CPU_POOL_MB", "2048")) * 2**20))
+_POOL = _BufferPool(int(float(os.environ.get("SKIPRNN_CPU_POOL_MB", "1024")) * 2**20))
 
 
 class _Lease:
@@ -210,12 +210,12 @@ class _SkipLSTMFunction(torch.autograd.Function):
     halves and the rows the backward reads are all contiguous."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, threshold):
+    def forward(ctx, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, threshold,
+                train):
         T, B, I = x.shape
         H = w_hh.shape[1]
         H2, H3, H4 = 2 * H, 3 * H, 4 * H
         C = min(CHUNK, T)
-        train = any(ctx.needs_input_grad)
         Wi, Wh = _to_internal(w_ih), _to_internal(w_hh)
         bias = None
         if b_ih is not None:
@@ -446,7 +446,7 @@ class _SkipLSTMFunction(torch.autograd.Function):
         del Hh, h0, saved, KK, CC, DZ, xa
         ctx.lease.release()
         tmp_lease.release()
-        return tuple(g if need[k] else None for k, g in enumerate(grads)) + (None, None)
+        return tuple(g if need[k] else None for k, g in enumerate(grads)) + (None, None, None)
 
 
 def skip_lstm_cpu(
@@ -482,5 +482,7 @@ def skip_lstm_cpu(
         raise ValueError(f"x must be (T, B, I), got shape {tuple(x.shape)}")
     if isinstance(threshold, Tensor) and threshold.dim() == 0:
         threshold = float(threshold)
-    return _SkipLSTMFunction.apply(x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh,
-                                   gate_weight, gate_bias, mask, threshold)
+    args = (x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh, gate_weight, gate_bias)
+    # keep the per-step backward coefficients only when a graph will be built
+    train = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)
+    return _SkipLSTMFunction.apply(*args, mask, threshold, train)
