@@ -257,3 +257,50 @@ def test_dispatch_finds_cpu_backend(cell):
     from skiprnn.ops.dispatch import select
     name, fn = select(cell, "cpu", device_type="cpu", num_layers=1, fast_ok=True)
     assert name == "cpu" and fn is IMPLS[cell][1]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
+def test_no_grad_forward_matches(cell, masked):
+    """Inference (no graph: the backward bookkeeping is skipped) gives the same outputs."""
+    p, mask = make_problem(cell, 40, 6, 2, 12, seed=21, masked=masked, fresh=False)
+    q = {k: (None if v is None else v.clone().requires_grad_()) for k, v in p.items()}
+    with torch.no_grad():
+        ref = call(IMPLS[cell][0], cell, p, mask=mask)
+        fast = call(IMPLS[cell][1], cell, q, mask=mask)
+    assert torch.equal(ref[-2], fast[-2])
+    for a, b in zip(ref, fast):
+        assert not b.requires_grad
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_two_live_calls_then_one_backward(cell):
+    """Work buffers come from a pool: two calls alive at once must not share them."""
+    p1, _ = make_problem(cell, 30, 4, 2, 8, seed=31, masked=False, fresh=True)
+    p2, _ = make_problem(cell, 30, 4, 2, 8, seed=32, masked=False, fresh=True)
+    grads = []
+    for fn in IMPLS[cell][:2]:
+        leaves = [p1["w_hh"].clone().requires_grad_(), p2["w_hh"].clone().requires_grad_()]
+        o1 = call(fn, cell, {**p1, "w_hh": leaves[0]})
+        o2 = call(fn, cell, {**p2, "w_hh": leaves[1]})
+        loss = o1[0].pow(2).sum() + o2[0].sum() + o1[-1].sum() + o2[-1].sum()
+        grads.append(torch.autograd.grad(loss, leaves))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_second_backward_and_inplace_output_raise(cell):
+    p, _ = make_problem(cell, 10, 3, 2, 5, seed=41, masked=False, fresh=True)
+    w = p["w_hh"].clone().requires_grad_()
+    out = call(IMPLS[cell][1], cell, {**p, "w_hh": w})
+    loss = out[0].sum()
+    torch.autograd.grad(loss, w, retain_graph=True)
+    with pytest.raises(RuntimeError, match="second time"):
+        torch.autograd.grad(loss, w)
+    out = call(IMPLS[cell][1], cell, {**p, "w_hh": w})
+    loss = out[0].sum()
+    out[0].add_(1)  # the output is saved for backward: modifying it in place must be caught
+    with pytest.raises(RuntimeError, match="inplace"):
+        torch.autograd.grad(loss, w)
