@@ -25,9 +25,9 @@ Paths:
 * batch > 1: per step, only the rows that update run the cell (``index_select`` → cell →
   ``index_copy_``); steps where no row updates cost nothing. The gate bookkeeping lives on the host
   (NumPy), so on a GPU each step with an update reads back Δũ of the updated rows (one sync).
-* CUDA, Skip LSTM with one layer: a persistent Triton kernel (``skiprnn.inference.triton_skip``)
-  keeps each block of rows' state in registers over the whole sequence and skips the cell for a
-  step when no row of the block updates; no host round trip at all.
+* CUDA batches, one layer (LSTM or GRU): the fused forward-only Triton kernel
+  (``skip_lstm_triton_infer`` / ``skip_gru_triton_infer``) keeps the state on chip over the whole
+  sequence; no host round trip at all.
 """
 
 from __future__ import annotations
@@ -397,12 +397,20 @@ def _run_batched(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt):
             torch.from_numpy(U).to(**to), torch.from_numpy(P).to(**to))
 
 
-def _triton_skip():
+def _triton_infer(kind: str):
+    """The fused forward-only Triton kernel for ``kind`` (CUDA batches), or None without Triton."""
+    from ..ops.dispatch import triton_available
+
+    if not triton_available():
+        return None
     try:
-        from . import triton_skip
+        if kind == "lstm":
+            from ..ops.skip_lstm.fused import skip_lstm_triton_infer as fn
+        else:
+            from ..ops.skip_gru.fused import skip_gru_triton_infer as fn
     except ImportError:
         return None
-    return triton_skip
+    return fn
 
 
 def _needs_reference(x, threshold, dropout, training, forced, num_layers) -> bool:
@@ -419,12 +427,12 @@ def _skipping(kind, x, hc, update_prob0, cum_prob0, layers, gate_weight, gate_bi
         cs = list(hc[1].unbind(0)) if kind == "lstm" else None
         T, B = x.shape[0], x.shape[1]
         thr = float(threshold)
-        if x.device.type == "cuda" and B > 1:
-            triton_skip = _triton_skip()
-            if triton_skip is not None and triton_skip.supported(kind, L, x, constant_delta):
-                return triton_skip.skip_lstm_triton_inference(
-                    x, hc[0], hc[1], update_prob0, cum_prob0, layers, gate_weight, gate_bias,
-                    mask, thr)
+        if x.device.type == "cuda" and B > 1 and L == 1 and constant_delta is None:
+            fused = _triton_infer(kind)
+            if fused is not None:
+                # one persistent kernel: state stays on chip, no host round trip per step
+                return fused(x, hc[0], *([hc[1]] if kind == "lstm" else []), update_prob0,
+                             cum_prob0, layers, gate_weight, gate_bias, mask=mask, threshold=thr)
         valid = None if mask is None else mask.detach().to("cpu", torch.bool).numpy()
         npdt = np_dtype(x.dtype)
         if B == 1 and x.device.type == "cpu":
