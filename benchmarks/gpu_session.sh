@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-  git rev-parse HEAD 2>/dev/null
+  echo "commit ${SKIPRNN_GIT_COMMIT:-unknown}"
 } 2>&1 | tee "$OUT/device.txt"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -31,7 +31,23 @@ for phase in "${phases[@]}"; do
       fi
       ;;&
     mnist|all)
-      timeout "${MNIST_TIMEOUT:-420}" python3 -m skiprnn train mnist ${MNIST_ARGS:-} --out "$OUT/mnist_run" 2>&1 | tail -30 | tee "$OUT/mnist_train.log"
+      SKIPRNN_COOP_MAXCAND=2 timeout "${MNIST_TIMEOUT:-420}" python3 -m skiprnn train mnist --model skip_lstm \
+        --cost-per-sample 1e-4 --accelerator gpu --lr "${MNIST_LR:-1e-3}" --max-time "${MNIST_TIME:-00:00:05:00}" \
+        --no-progress --out /tmp/mnist_run > "$OUT/mnist_train.log" 2>&1
+      tail -12 "$OUT/mnist_train.log"
+      tar czf "$OUT/mnist_run.tgz" --exclude=checkpoints -C /tmp mnist_run 2>/dev/null
+      ;;
+    final)
+      # the one-shot session: speed first, then inference, MNIST, and the multi-column kernel tests
+      SKIPRNN_COOP_MAXCAND=2 timeout 170 python3 benchmarks/bench_gpu_train.py --no-reference \
+        --out "$OUT/bench_gpu_train_v2.json" > "$OUT/bench_gpu_train_v2.log" 2>&1
+      tail -32 "$OUT/bench_gpu_train_v2.log"
+      timeout 45 python3 benchmarks/bench_inference.py --device cuda --reps 7 --gpu-budget-s 30 --no-lazy \
+        --out "$OUT/inference_cuda_v2.json" > "$OUT/inference_cuda_v2.log" 2>&1
+      tail -12 "$OUT/inference_cuda_v2.log"
+      MNIST_TIMEOUT=120 MNIST_TIME=00:00:01:35 bash "$0" mnist
+      timeout 60 python3 -m pytest -q -rs -x tests/ops/test_triton_coop.py > "$OUT/coop_tests.log" 2>&1
+      tail -5 "$OUT/coop_tests.log"
       ;;
   esac
 done
