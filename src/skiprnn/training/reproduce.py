@@ -415,6 +415,19 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> None:
             lines.append(f"- {d['label']}: run with {', '.join(diffs)} (differs from the settings above).")
     for n in summary.get("notes", []):
         lines.append(f"- {n}")
+    per = [d for d in rows if d.get("n_runs")]
+    if per:
+        lines += ["", "Per run (seed: solved, test metric, updates per sequence, steps run):", ""]
+        for d in per:
+            cells = []
+            for k, run in enumerate(d["runs"]):
+                p = Path(run) / "results.json"
+                if not p.exists():
+                    continue
+                r = json.loads(p.read_text())
+                cells.append(f"s{r['seed']}: {'solved' if r['solved'] else ('not solved' if r['solved'] is False else 'n/a')}, "
+                             f"{r['test_metric']:.4g}, {r['updates_mean']:.2f} ({r['updates_percent']:.1f}%), {r['steps']}")
+            lines.append(f"- {d['label']}" + (f" [{d['group']}]" if d.get("group") else "") + ": " + "; ".join(cells))
     lines += ["", "The test metric, updates and FLOPs are measured on one checkpoint per run, chosen on the "
               "validation set: the solved validation with the fewest updates when the run solved the task "
               "(stop-when-solved runs), else the lowest validation loss (task loss + budget). 'steps run' "
