@@ -157,3 +157,12 @@ def test_stop_when_solved_keeps_fewest_update_checkpoint(tmp_path, monkeypatch):
     assert r["stop_reason"] == "solved" and r["steps"] < 40
     assert r["test_checkpoint"] == "best_solved" and r["solved_at_step"] == 2
     assert (run / "checkpoints" / "best_solved.ckpt").exists()
+
+
+def test_data_mnist_calls_download(tmp_path, monkeypatch, capsys):
+    """`skiprnn data mnist` is the only place that fetches MNIST (download stubbed here)."""
+    import skiprnn.tasks as tasks
+    calls = []
+    monkeypatch.setattr(tasks, "download_mnist", lambda d=None: calls.append(d) or Path(d))
+    assert main(["data", "mnist", "--data-dir", str(tmp_path)]) == 0
+    assert calls == [str(tmp_path)] and str(tmp_path) in capsys.readouterr().out
