@@ -304,3 +304,18 @@ def test_second_backward_and_inplace_output_raise(cell):
     out[0].add_(1)  # the output is saved for backward: modifying it in place must be caught
     with pytest.raises(RuntimeError, match="inplace"):
         torch.autograd.grad(loss, w)
+
+
+def test_buffer_pool_reuses_and_evicts():
+    from skiprnn.ops.skip_lstm.cpu import _BufferPool
+    like = torch.empty(0)
+    pool = _BufferPool(max_bytes=4 * 100)  # room for 100 floats
+    a = pool.get((10, 5), like)
+    pool.put([a])
+    assert pool.get((10, 5), like) is a  # handed back, then reused
+    assert pool.get((10, 5), like) is not a  # never handed out twice
+    for shape in [(10, 5), (20, 2), (30,), (10, 5), (7, 7), (101,)]:
+        t = pool.get(shape, like)
+        pool.put([t, pool.get(shape, like)])
+        assert pool._bytes <= pool.max_bytes
+        assert all(lst for lst in pool._free.values())

@@ -2,22 +2,18 @@
 
 Same signature, maths and return tuple as :func:`skiprnn.ops.skip_gru.naive.skip_gru_naive`
 (THE definition; see ``skiprnn.ops.naive`` for the per-step equations). Built like
-:mod:`skiprnn.ops.skip_lstm.cpu`:
+:mod:`skiprnn.ops.skip_lstm.cpu` (feature-major ``(features, B)`` work tensors, chunks of 16 steps,
+per-chunk coefficient and weight-gradient work, pooled buffers):
 
-* forward: ``x W_ihᵀ`` for all steps is one GEMM, with ``b_ih + b_hh`` folded into the r, z rows
-  and ``b_hn`` preset in the n rows, so that one in-place ``addmm`` per step yields
-  ``[r_pre, z_pre, h W_hnᵀ + b_hn]``; then one sigmoid over [r, z], one ``addcmul`` + tanh for n,
-  one ``lerp`` for ``h' = (1 - z) n + z h``, the update gate and one ``where`` for the state.
-* backward: per-step coefficients for all steps at once, then a reverse loop of one ``addmm``
-  and about nine small in-place ops per step; weight / bias / input gradients are big GEMMs after
-  the loop.
+* forward, per step: ``W_ih x`` comes per chunk from one batched GEMM with ``b_ih + b_hh`` folded
+  into the r, z rows and ``b_hn`` preset in the n rows, so that one in-place ``addmm`` yields
+  ``[r_pre; z_pre; W_hn h + b_hn]``; then one sigmoid over [r; z], ``addcmul`` + tanh for n, one
+  ``lerp`` for ``h' = (1 - z) n + z h`` and the update gate as in the LSTM path;
+* backward, per step: one ``addmm`` and nine small ops.
 
-Supported: one layer, the deterministic gate with a float threshold τ (a ``(T, B)`` threshold
-tensor works as well), ``forced is None``, ``constant_delta is None``; anything else raises
-``ValueError`` (use the reference). ``dropout`` is accepted because the reference applies it only
-between layers. The mask must be binary. Gradients reach every input from every output; the
-``min`` in ``ũ`` splits its gradient 50/50 at exact ties like ``torch.minimum``. Double backward is
-not supported (``once_differentiable``). Works on CUDA tensors too, as a slow generic fallback.
+Supported and unsupported cases, gradients and errors: as in :mod:`skiprnn.ops.skip_lstm.cpu`
+(one layer, float or ``(T, B)`` threshold, no ``forced`` / ``constant_delta``; no double backward,
+no second backward through the same call).
 """
 
 from __future__ import annotations

@@ -1,18 +1,24 @@
 """Skip LSTM fast path for one layer: a hand-written BPTT in a ``torch.autograd.Function``.
 
 Same signature, maths and return tuple as :func:`skiprnn.ops.skip_lstm.naive.skip_lstm_naive`
-(THE definition; see ``skiprnn.ops.naive`` for the per-step equations). It runs only what must be
-sequential inside the time loop, with preallocated buffers, ``out=`` arguments and no autograd
-graph:
+(THE definition; see ``skiprnn.ops.naive`` for the per-step equations), tested against it on
+every output and every gradient. Only what must be sequential runs in the time loop, with fixed
+buffers, ``out=`` arguments and no autograd graph. What makes it fast on a CPU:
 
-* forward: the input projection ``x W_ihᵀ + b_ih + b_hh`` for all steps is one GEMM; per step one
-  ``addmm`` for ``h W_hhᵀ``, one sigmoid over the contiguous [o, i, f] rows (the gate rows are
-  reordered internally), one tanh, the cell update, the update gate and one ``where`` that mixes
-  ``[h | c]`` together. Activations are kept in ``(T, B, ·)`` buffers for the backward pass.
-* backward: every per-step coefficient that does not depend on the incoming gradient is computed
-  for all steps at once; the reverse time loop then costs one ``addmm`` (``dgates W_hh``) and about
-  ten small in-place ops per step; ``dW_hh``, ``dW_ih``, ``dx``, the biases and the update-gate
-  parameters are single big GEMMs / reductions after the loop.
+* feature-major work tensors: each step's gates, state and saved coefficients are
+  ``(features, B)`` blocks, so every per-step op reads and writes contiguous memory (ops on
+  strided ``(B, H)`` slices cost three to four times more at these sizes);
+* forward, per step: one ``addmm`` (``W_hh h``), one sigmoid over the contiguous [o, i, f] rows
+  (gate rows are reordered internally), one tanh, four ops for the cell, seven for the update
+  gate (one ``lerp`` mixes ``[h; c]``, another updates ``[cum; Δũ]``, both exact for u ∈ {0, 1});
+  the input projection ``W_ih x + b`` is one batched GEMM per chunk of 16 steps;
+* per chunk, the coefficients the backward needs (σ', tanh', h' - h, ...) are written into one
+  ``(T, W, B)`` buffer in a few large ops, so the reverse loop reads them ready-made;
+* backward, per step: one ``addmm`` (``W_hhᵀ dgates``) and twelve small ops; the weight, bias
+  and input gradients are three GEMMs per chunk while the chunk's dgates are still in cache;
+* big work buffers come from a small pool and are reused across calls (fresh multi-MB buffers are
+  page-faulted on every call, which costs as much as the recurrence); under ``torch.no_grad`` the
+  backward bookkeeping is skipped.
 
 Supported: one layer, the deterministic gate with a float threshold τ (a ``(T, B)`` threshold
 tensor works as well), ``forced is None``, ``constant_delta is None``; anything else raises
@@ -20,10 +26,13 @@ tensor works as well), ``forced is None``, ``constant_delta is None``; anything 
 *between* layers, so it never acts on one layer. The mask must be binary (bool or 0/1).
 Gradients flow to ``x``, the LSTM weights and biases, ``gate_weight``, ``gate_bias``, ``h0``, ``c0``,
 ``update_prob0`` and ``cum_prob0`` from every output. The gradient of the ``min`` in
-``ũ = cum + min(Δũ, 1 - cum)`` is split 50/50 at exact ties, as ``torch.minimum`` does.
-Double backward is not supported (the backward is ``once_differentiable``).
+``ũ = cum + min(Δũ, 1 - cum)`` is split 50/50 at exact ties, as ``torch.minimum`` does (ũ itself
+is computed as ``min(cum + Δũ, 1)``, equal up to one rounding where the clamp acts).
+Not supported: double backward (``once_differentiable``) and a second backward through the same
+call (``retain_graph=True``): both raise. The output is saved for backward, so modifying it in
+place before ``backward`` raises too.
 
-Works on any device (CUDA tensors too, as a slow generic fallback: it launches many tiny kernels).
+Works on CUDA tensors as well, as a slow generic fallback (it launches many tiny kernels).
 """
 
 from __future__ import annotations
@@ -66,11 +75,12 @@ class _BufferPool:
         if like.device.type == "cpu" and self.max_bytes > 0:
             key = (shape, like.dtype)
             with self._lock:
-                lst = self._free.get(key)
+                lst = self._free.pop(key, None)
                 if lst:
                     t = lst.pop()
                     self._bytes -= t.numel() * t.element_size()
-                    self._free[key] = self._free.pop(key)  # most recently used last
+                    if lst:
+                        self._free[key] = lst  # most recently used last
                     return t
         return torch.empty(shape, dtype=like.dtype, device=like.device)
 
@@ -83,8 +93,9 @@ class _BufferPool:
                 if nbytes > self.max_bytes:
                     continue
                 key = (tuple(t.shape), t.dtype)
-                self._free.setdefault(key, []).append(t)
-                self._free[key] = self._free.pop(key)
+                lst = self._free.pop(key, [])
+                lst.append(t)
+                self._free[key] = lst  # most recently used last
                 self._bytes += nbytes
                 while self._bytes > self.max_bytes:  # evict least recently used
                     old = next(iter(self._free))
@@ -120,7 +131,10 @@ class _Lease:
         _POOL.put(bufs)
 
     def __del__(self):
-        self.release()
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown
+            pass
 
 
 def _to_internal(w: Tensor) -> Tensor:
