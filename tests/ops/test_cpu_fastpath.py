@@ -25,12 +25,17 @@ TOL = {torch.float64: (1e-12, 1e-9), torch.float32: (1e-5, 2e-4)}  # (atol, rtol
 
 
 @pytest.fixture(autouse=True)
-def _poison_empty():
+def _poison_empty_one_thread():
+    """NaN-fill fresh allocations; one intra-op thread (tiny GEMMs on a shared, busy machine
+    otherwise wait milliseconds for a second thread, and the results do not depend on it)."""
     old_det = torch.are_deterministic_algorithms_enabled()
     old_fill = torch.utils.deterministic.fill_uninitialized_memory
+    old_threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = True
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(old_threads)
     torch.use_deterministic_algorithms(old_det)
     torch.utils.deterministic.fill_uninitialized_memory = old_fill
 
