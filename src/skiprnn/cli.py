@@ -169,7 +169,8 @@ def cmd_train(ns) -> int:
         from .training.config import RunConfig as RC
         cfg = RC.load(Path(resume) / "config.json") if (Path(resume) / "config.json").exists() else RC()
         for k in ("max_steps", "max_epochs", "max_time", "devices", "num_nodes", "strategy",
-                  "accelerator", "threads", "progress_bar", "num_workers"):
+                  "accelerator", "threads", "progress_bar", "num_workers", "solved_patience",
+                  "stop_when_solved"):
             if k in given:
                 setattr(cfg, k, given[k])
         return _run_fit(cfg, resume, False)

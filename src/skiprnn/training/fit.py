@@ -69,6 +69,10 @@ def environment_info(device: Optional[torch.device] = None) -> dict:
     return info
 
 
+def trainer_is_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
 def _accelerator(cfg: RunConfig) -> str:
     acc = cfg.accelerator
     if acc == "cuda":
@@ -146,6 +150,12 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     conf = cfg.to_dict()
     module = SkipRNNModule(conf)
+    if resume is not None:
+        conf_saved = json.loads((run_dir / "config.json").read_text())
+        changed = {k: (conf_saved.get(k), v) for k, v in conf.items() if conf_saved.get(k) != v}
+        if changed and trainer_is_zero():
+            print("[skiprnn] resume with changed settings: "
+                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), flush=True)
     task = module.task
     dm = TaskDataModule(task, seed=cfg.seed, eval_batch_size=cfg.eval_batch_size,
                         num_workers=cfg.num_workers)
