@@ -9,5 +9,4 @@ nice python -m skiprnn reproduce table4 --seeds 4 --jobs 1 --seed-major --rows s
   --set lr=1e-3 --set batch_size=64 --set max_steps=4000
 # abandoned attempts (runs/explore/): --set lr=3e-3 with batch 256 and with batch 64 (gate collapse);
 # `--rows skip_lstm_l1e-3_ts1` at lr 1e-3, batch 64 (collapse to 1% updates, chance accuracy).
-# the table (no training):
-nice python -m skiprnn reproduce table4 --seeds 4 --report-only --note "..."
+# the table (no training): see the end of results/table1.sh (writes table1 and table4)
