@@ -212,7 +212,7 @@ class _SkipGRUFunction(torch.autograd.Function):
         dhp, dut = new(H, B), new(1, B)
         dhp4 = dhp.unsqueeze(0)
         dut_flat = dut.view(B)
-        gwT, WhT = gw.t(), w_hh.t()
+        gwT, WhT = gw.t(), w_hh.t().contiguous()  # (contiguous: a faster GEMM)
         dext_ = KK[:, :W].unbind(0)
         kg_ = KK[:, L.KG:L.KG + H4].unflatten(1, (4, H)).unbind(0)
         zg_ = KK[:, L.Z:L.Z + H].unbind(0)

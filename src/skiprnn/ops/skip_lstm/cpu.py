@@ -16,9 +16,10 @@ buffers, ``out=`` arguments and no autograd graph. What makes it fast on a CPU:
   ``(T, W, B)`` buffer in a few large ops, so the reverse loop reads them ready-made;
 * backward, per step: one ``addmm`` (``W_hhᵀ dgates``) and twelve small ops; the weight, bias
   and input gradients are three GEMMs per chunk while the chunk's dgates are still in cache;
-* big work buffers come from a small pool and are reused across calls (fresh multi-MB buffers are
-  page-faulted on every call, which costs as much as the recurrence); under ``torch.no_grad`` the
-  backward bookkeeping is skipped.
+* big work buffers come from a pool and are reused across calls (fresh multi-MB buffers are
+  page-faulted on every call, which costs as much as the recurrence): up to
+  ``SKIPRNN_CPU_POOL_MB`` (default 2048) stay allocated between calls, :func:`release_cpu_buffers`
+  frees them; under ``torch.no_grad`` the backward bookkeeping is skipped.
 
 Supported: one layer, the deterministic gate with a float threshold τ (a ``(T, B)`` threshold
 tensor works as well), ``forced is None``, ``constant_delta is None``; anything else raises
@@ -45,7 +46,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["skip_lstm_cpu"]
+__all__ = ["skip_lstm_cpu", "release_cpu_buffers"]
 
 _SECOND_BACKWARD = (
     "Trying to backward through a CPU fast-path Skip RNN call a second time: its work buffers "
@@ -111,7 +112,13 @@ class _BufferPool:
             self._bytes = 0
 
 
-_POOL = _BufferPool(int(float(os.environ.get("SKIPRNN_CPU_POOL_MB", "1024")) * 2**20))
+_POOL = _BufferPool(int(float(os.environ.get("SKIPRNN_CPU_POOL_MB", "2048")) * 2**20))
+
+
+def release_cpu_buffers() -> None:
+    """Drop the work buffers the CPU fast paths keep for reuse (up to ``SKIPRNN_CPU_POOL_MB``,
+    2048 by default, are kept between calls; 0 keeps none)."""
+    _POOL.clear()
 
 
 class _Lease:
@@ -389,7 +396,7 @@ class _SkipLSTMFunction(torch.autograd.Function):
         dhp, dcp = dhc[:H], dhc[H:]
         dcp3 = dcp.unsqueeze(0)
         dut_flat = dut.view(B)
-        gwT, WhT = gw.t(), Wh.t()
+        gwT, WhT = gw.t(), Wh.t().contiguous()  # (contiguous: a faster GEMM)
         dext_ = KK[:, :W].unbind(0)
         k3_ = KK[:, L.K3:L.K3 + H3].unflatten(1, (3, H)).unbind(0)
         ko_, kh_, f_ = (KK[:, k:k + H].unbind(0) for k in (L.KO, L.KH, L.F))
