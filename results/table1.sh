@@ -47,3 +47,8 @@ $PY reproduce table4 --seeds 4 --report-only \
   --note "Only Skip LSTM λ=1e-4 at Ts = 1 ms was run (1 seed; CPU time). Its mean of 59 updates mixes two regimes: ~7-12 samples on distractor waves, ~100 on target-band waves (results/figures/table4_frequency_skip_lstm_l1e-4_ts1_seed0_samples.png); raising the inference threshold does not help (evaluate --threshold 0.7: 60 updates solved, 0.8: 55 updates, 88% accuracy)." \
   --note "Tried and abandoned (runs/explore/): lr 3e-3 with batch 256 or 64 collapsed the gate (6-19% updates, ~50% accuracy) within 600 steps; λ=1e-3 (not in the paper) at lr 1e-3, batch 64 collapsed to 1% updates at chance accuracy." \
   --note "Acceptance not met: solved (99.6% test accuracy) but with 59.2 of 100 updates, not <= 20 (paper: 12.7). Commands: results/table4.sh."
+
+# Skip LSTM λ=1e-5 rerun at lr 1e-3 (results/table1_lr1e-3/table1.md): 4/4 solved, 58.1% ± 1.8% updates
+nice python -m skiprnn reproduce table1 --seeds 4 --jobs 2 --rows skip_lstm_l1e-5 --set lr=1e-3 \
+  --set max_steps=4000 --set solved_patience=15 --runs-dir runs/lr1e-3/table1 --out results/table1_lr1e-3 \
+  --note "Skip LSTM λ=1e-5 rerun at lr 1e-3 (paper 1e-4), max 4000 steps, keep training while solved validations lower the updates (patience 15)"
