@@ -115,7 +115,7 @@ TABLES = {
     },
     "table2": {
         "task": "mnist", "title": "Table 2: Sequential MNIST", "rows": _t2,
-        "full": {"lr": 1e-3, "max_epochs": 600},
+        "full": {"lr": 1e-4, "max_epochs": 600},
         "quick": {"lr": 1e-3, "max_steps": 6, "batch_size": 32, "eval_batch_size": 128,
                   "task_options": {"limit_train": 192, "limit_val": 64, "limit_test": 128}},
         "metric": "accuracy",
