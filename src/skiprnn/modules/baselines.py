@@ -100,15 +100,7 @@ class _Plain:
             hx = (s[0], s[1]) if isinstance(self, nn.LSTM) else s[0]
         elif hx is not None and unbatched:
             hx = tuple(h.unsqueeze(1) for h in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
-        run = super().forward
-        if self.batch_first:  # x is time-major here
-            self.batch_first = False
-            try:
-                out, state = self._run(run, x, hx, lengths, mask)
-            finally:
-                self.batch_first = True
-        else:
-            out, state = self._run(run, x, hx, lengths, mask)
+        out, state = self._run(x, hx, lengths, mask)
         u = torch.ones(T, B, device=x.device, dtype=x.dtype) if mask is None else mask.to(x.dtype)
         if packed:
             out = input._replace(data=pack_padded_sequence(out, lengths.cpu(), enforce_sorted=False).data) \
@@ -120,12 +112,16 @@ class _Plain:
             out, u = out.transpose(0, 1), u.transpose(0, 1)
         return SkipOutput(out, state, u, u.clone())
 
-    @staticmethod
-    def _run(run, x, hx, lengths, mask):
+    def _run(self, x, hx, lengths, mask):
+        """nn.LSTM / nn.GRU on time-major ``x``; returns a time-major output (0 on padding)."""
+        bf = self.batch_first
+        inp = x.transpose(0, 1) if bf else x
         if mask is None:
-            return run(x, hx)
-        pk = pack_padded_sequence(x, torch.as_tensor(lengths).cpu(), enforce_sorted=False)
-        out, state = run(pk, hx)
+            out, state = super().forward(inp, hx)
+            return (out.transpose(0, 1) if bf else out), state
+        pk = pack_padded_sequence(inp, torch.as_tensor(lengths).cpu(), batch_first=bf,
+                                  enforce_sorted=False)
+        out, state = super().forward(pk, hx)
         out, _ = pad_packed_sequence(out, total_length=x.shape[0])
         return out, state
 

@@ -166,7 +166,6 @@ class _SkipRNNBase(nn.Module):
         L, H = self.num_layers, self.hidden_size
         if hx is None:
             return self.initial_state(B, x)
-        fresh = self.initial_state(B, x)
         n_hc = 2 if self.mode == "lstm" else 1
         if isinstance(hx, Tensor):
             if self.mode == "lstm":
@@ -194,7 +193,8 @@ class _SkipRNNBase(nn.Module):
                 if unbatched:
                     hx[i] = hx[i].reshape(1)
             return self.state_type(*hx)
-        return self.state_type(*hx, fresh[-2], fresh[-1])
+        # nn.LSTM-style (h0, c0): a fresh gate (Δũ = 1, accumulator 0)
+        return self.state_type(*hx, x.new_ones(B), x.new_zeros(B))
 
     def _gate_args(self, T: int, B: int, x: Tensor):
         """Threshold / forced updates / constant Δũ for this call, per gate mode and binarizer."""
