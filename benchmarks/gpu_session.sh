@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session on the lent H100/H200: kernel tests, training and inference benchmarks,
 # and a short sequential-MNIST training run. Everything lands in $OUT (logs + JSON).
-#   bash benchmarks/gpu_session.sh [kernels|inference|mnist|all] ...
+#   bash benchmarks/gpu_session.sh [kernels|inference|mnist|profile|train|final|all] ...
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src:/tmp/site:${PYTHONPATH:-}"
@@ -36,6 +36,30 @@ for phase in "${phases[@]}"; do
         --no-progress --out /tmp/mnist_run > "$OUT/mnist_train.log" 2>&1
       tail -12 "$OUT/mnist_train.log"
       tar czf "$OUT/mnist_run.tgz" --exclude=checkpoints -C /tmp mnist_run 2>/dev/null
+      ;;
+    profile)
+      # host vs device time and a torch.profiler table at the adding shape (fixed costs)
+      timeout 150 python3 benchmarks/profile_gpu.py --out "$OUT/profile_gpu.json" > "$OUT/profile_gpu.log" 2>&1
+      tail -20 "$OUT/profile_gpu.log"
+      ;;
+    train)
+      # concurrent training runs on the one GPU (time-sliced): sequential MNIST at the paper's
+      # lr 1e-4 and Table 4 (frequency, Ts = 1 ms, Skip LSTM λ = 1e-4) at the paper's lr 1e-4,
+      # batch 256, three seeds; each for TRAIN_TIME, then test evaluation
+      TT="${TRAIN_TIME:-00:00:03:30}"
+      mkdir -p /tmp/gpu_runs
+      SKIPRNN_COOP_MAXCAND=2 timeout 420 python3 -m skiprnn train mnist --model skip_lstm \
+        --cost-per-sample 1e-4 --accelerator gpu --lr 1e-4 --max-time "$TT" --no-progress \
+        --out /tmp/gpu_runs/mnist_lr1e-4 > "$OUT/mnist_lr1e-4.log" 2>&1 &
+      for s in 0 1 2; do
+        SKIPRNN_COOP_MAXCAND=2 timeout 420 python3 -m skiprnn train frequency --model skip_lstm \
+          --cost-per-sample 1e-4 --accelerator gpu --lr 1e-4 --batch-size 256 --seed $s \
+          --max-steps 10000000 --max-time "$TT" --solved-patience 1000000 --no-progress \
+          --out /tmp/gpu_runs/t4_skip_lstm_l1e-4_ts1_seed$s > "$OUT/t4_seed$s.log" 2>&1 &
+      done
+      wait
+      for f in "$OUT"/mnist_lr1e-4.log "$OUT"/t4_seed*.log; do echo "== $f"; tail -8 "$f"; done
+      tar czf "$OUT/gpu_runs.tgz" -C /tmp gpu_runs 2>/dev/null
       ;;
     final)
       # the one-shot session: speed first, then inference, MNIST, and the multi-column kernel tests
