@@ -23,7 +23,10 @@ CUDA = torch.cuda.is_available()
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(HERE, "..", "..", "src")
 
-# (cell, B, T, I, H, "BLOCK_B,BLOCK_N,num_warps[,KSPLIT]", masked, fresh)
+# (cell, B, T, I, H, "BLOCK_B,BLOCK_N,num_warps[,KSPLIT]", masked, fresh[, sync])
+# sync: whole row blocks skip together (update-gate weight 0, alternate phases, see
+# skiprnn_testutil.synchronise_gates): the forward-only kernel then skips a block's matrix
+# product and barrier on those steps, and its h ping-pong must follow the block's own updates
 CASES = [
     ("lstm", 37, 23, 3, 110, "16,16,4", True, False),    # B % BLOCK_B != 0, 3x7 programs
     ("gru", 37, 23, 3, 110, "16,16,4,4", True, False),   # K split in 4 chunks
@@ -31,12 +34,16 @@ CASES = [
     ("gru", 256, 50, 2, 110, "16,32,8", False, True),
     ("lstm", 64, 40, 64, 512, "16,16,8,8", True, False),  # 4x32 programs
     ("gru", 64, 40, 64, 512, "32,16,8", False, False),
+    ("lstm", 37, 23, 3, 110, "16,16,4,4", True, True, True),
+    ("gru", 37, 23, 3, 110, "16,16,4", True, True, True),
+    ("lstm", 64, 40, 64, 512, "16,16,8,8", True, True, True),
 ]
 
 
 def _id(c):
     return "{}-B{}-T{}-I{}-H{}-cfg{}".format(*c[:6]).replace(",", "_") + \
-        ("-mask" if c[6] else "") + ("-fresh" if c[7] else "")
+        ("-mask" if c[6] else "") + ("-fresh" if c[7] else "") + \
+        ("-sync" if len(c) > 8 and c[8] else "")
 
 
 @pytest.mark.gpu
@@ -69,7 +76,7 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
-def _child(cell, B, T, I, H, masked, fresh):
+def _child(cell, B, T, I, H, masked, fresh, sync=False, block=16):
     from skiprnn.ops import coop
     if cell == "lstm":
         from skiprnn.ops.skip_lstm.fused import skip_lstm_triton as fast
@@ -107,6 +114,10 @@ def _child(cell, B, T, I, H, masked, fresh):
         lengths = torch.randint(max(1, T // 2), T + 1, (B,), generator=gen)
         lengths[0] = T
         mask = (torch.arange(T)[:, None] < lengths[None, :]).float().to(dev)
+    if sync:
+        sys.path.insert(0, os.path.join(HERE, ".."))
+        from skiprnn_testutil import blocks_skip_together, synchronise_gates
+        mask = synchronise_gates(p, T, block).to(dev)
     names = list(p)
     state = ["h0", "c0"] if cell == "lstm" else ["h0"]
 
@@ -120,6 +131,8 @@ def _child(cell, B, T, I, H, masked, fresh):
     ref = call(ref_fn, leaves_r)
     out = call(fast, leaves_f, precision="ieee")
     uidx = 5 if cell == "lstm" else 4
+    if sync:
+        assert blocks_skip_together(ref[uidx].detach().cpu(), block)
     if dev == "cuda":
         torch.cuda.synchronize()
     flips = (out[uidx] != ref[uidx]).sum().item()
@@ -154,4 +167,5 @@ def _child(cell, B, T, I, H, masked, fresh):
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    _child(a[0], int(a[1]), int(a[2]), int(a[3]), int(a[4]), a[6] == "True", a[7] == "True")
+    _child(a[0], int(a[1]), int(a[2]), int(a[3]), int(a[4]), a[6] == "True", a[7] == "True",
+           len(a) > 8 and a[8] == "True", int(a[5].split(",")[0]))

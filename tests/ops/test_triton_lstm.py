@@ -315,3 +315,29 @@ def test_infer_matches_reference(monkeypatch, coop_on):
     for name, a, b in zip(OUT_NAMES, out, ref):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{name}: {m}")
+
+
+def test_infer_block_skip_matches_reference(monkeypatch):
+    """The forward-only kernel skips the matrix product and the barrier of a row block on steps
+    where none of its rows updates: two row blocks that update on alternate steps (and end at
+    different times) still give the reference's outputs, final state and gates."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from skiprnn_testutil import blocks_skip_together, synchronise_gates
+
+    from skiprnn.ops import coop
+    from skiprnn.ops.skip_lstm.fused import skip_lstm_triton_infer
+    monkeypatch.setenv("SKIPRNN_COOP_CONFIG", "16,32,4")  # 2 row blocks, 1 column block
+    coop.reset()
+    T = 9
+    p, _ = make_problem(T, 21, 2, 20, seed=41, masked=False, fresh=True)
+    mask = synchronise_gates(p, T).to(p["x"].device)
+    with torch.no_grad():
+        ref = run(skip_lstm_naive, p, mask)
+    assert blocks_skip_together(ref[5].cpu())
+    out = run(skip_lstm_triton_infer, p, mask, precision="ieee")
+    torch.testing.assert_close(out[5], ref[5], atol=0, rtol=0, msg="updates differ")
+    for name, a, b in zip(OUT_NAMES, out, ref):
+        torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{name}: {m}")
+    assert set(coop.choices().values()) == {"16,32,4"}
+    coop.reset()
