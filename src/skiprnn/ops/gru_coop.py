@@ -308,9 +308,8 @@ if HAS_TRITON:
 def _meta(cfg, B, H, device):
     HP = max(16, next_pow2(H))
     nr, nc = coop.grid_of(cfg, B, H)
-    cnt = torch.zeros((nr,), dtype=torch.int32, device=device)
-    flag = torch.zeros((1,), dtype=torch.int32, device=device)
-    return HP, nr, nc, cnt, flag
+    cnt = torch.zeros((nr + 1,), dtype=torch.int32, device=device)  # one launch: counters + flag
+    return HP, nr, nc, cnt[:nr], cnt[nr:]
 
 
 def launch_fwd(xp, w_hh, b_hn, gate_w, gate_b, mask, h0, up0, cum0, threshold, precision, cfg,

@@ -298,6 +298,24 @@ def _c(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if t is None else t.to(dtype).contiguous()
 
 
+def _input_projection(xc: Tensor, w_ihc: Tensor, b_ih, b_hh, cdt) -> tuple[Tensor, Tensor]:
+    """``x W_ih^T + b_ih + [b_hr, b_hz, 0]`` for all steps in one GEMM, (T, B, I) -> (T, B, 3H),
+    and ``b_hn`` (H,) (it sits inside the reset gate's product)."""
+    T, B, I = xc.shape
+    H = w_ihc.shape[0] // 3
+    if b_hh is not None:
+        b_hh = b_hh.to(cdt)
+        bias = torch.cat([b_hh[:2 * H], b_hh[:H] * 0]) if b_ih is None else \
+            torch.cat([b_ih[:2 * H].to(cdt) + b_hh[:2 * H], b_ih[2 * H:].to(cdt)])
+        b_hn = b_hh[2 * H:].contiguous()
+    else:
+        bias = None if b_ih is None else b_ih.to(cdt)
+        b_hn = torch.zeros(H, dtype=cdt, device=xc.device)
+    x2 = xc.reshape(T * B, I)
+    xp = torch.mm(x2, w_ihc.t()) if bias is None else torch.addmm(bias, x2, w_ihc.t())
+    return xp.view(T, B, 3 * H), b_hn
+
+
 class _SkipGRUTriton(torch.autograd.Function):
 
     @staticmethod
@@ -307,14 +325,7 @@ class _SkipGRUTriton(torch.autograd.Function):
         T, B, I = x.shape
         H = w_hh.shape[1]
         xc, w_ihc, w_hhc = _c(x, cdt), _c(w_ih, cdt), _c(w_hh, cdt)
-        bias = torch.zeros(3 * H, dtype=cdt, device=x.device)
-        b_hn = torch.zeros(H, dtype=cdt, device=x.device)
-        if b_ih is not None:
-            bias = bias + b_ih.to(cdt)
-        if b_hh is not None:
-            bias[:2 * H] += b_hh[:2 * H].to(cdt)
-            b_hn = _c(b_hh[2 * H:], cdt)
-        xp = torch.addmm(bias, xc.reshape(T * B, I), w_ihc.t()).view(T, B, 3 * H)
+        xp, b_hn = _input_projection(xc, w_ihc, b_ih, b_hh, cdt)
         gwc, gbc = _c(gate_w.reshape(-1), cdt), _c(gate_b.reshape(-1), cdt)
         maskc = _c(mask, cdt)
         cfg = tile_config(H, B)
@@ -323,12 +334,14 @@ class _SkipGRUTriton(torch.autograd.Function):
         key = ("gru-fwd", B, H, precision, maskc is not None, str(cdt), str(x.device))
 
         def run_coop(c):
-            res, flag = gru_coop.launch_fwd(*fargs, c)
-            return res[:8], flag
+            return gru_coop.launch_fwd(*fargs, c)
 
-        out, hs, gates, upd, prob, stats, up_n, cum_n = coop.run(
-            key, coop.candidates(H, B, x.device, 3, precision), run_coop,
-            lambda: _launch_fwd(*fargs, cfg))
+        def run_old():
+            res = _launch_fwd(*fargs, cfg)
+            return (*res, res[1][T].clone())
+
+        out, hs, gates, upd, prob, stats, up_n, cum_n, h_n = coop.run(
+            key, coop.candidates(H, B, x.device, 3, precision), run_coop, run_old)
         ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, gates, stats)
         ctx.cfg, ctx.precision = cfg, precision
         ctx.has_bias = (b_ih is not None, b_hh is not None)
@@ -336,8 +349,7 @@ class _SkipGRUTriton(torch.autograd.Function):
                       (x, h0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b)]
         ctx.gate_shapes = (gate_w.shape, gate_b.shape)
         dt = x.dtype
-        return (out.to(dt), hs[T].to(dt, copy=True), up_n.to(dt), cum_n.to(dt), upd.to(dt),
-                prob.to(dt))
+        return (out.to(dt), h_n.to(dt), up_n.to(dt), cum_n.to(dt), upd.to(dt), prob.to(dt))
 
     @staticmethod
     def backward(ctx, g_out, g_hn, g_upn, g_cumn, g_upd, g_prob):
@@ -474,14 +486,7 @@ def skip_gru_triton_infer(
             or w_hh.shape != (3 * H, H) or w_ih.shape != (3 * H, I):
         return skip_gru_triton(x, h0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,
                                mask, threshold, precision=precision)
-    bias = torch.zeros(3 * H, dtype=cdt, device=x.device)
-    b_hn = torch.zeros(H, dtype=cdt, device=x.device)
-    if b_ih is not None:
-        bias = bias + b_ih.to(cdt)
-    if b_hh is not None:
-        bias[:2 * H] += b_hh[:2 * H].to(cdt)
-        b_hn = _c(b_hh[2 * H:], cdt)
-    xp = torch.addmm(bias, _c(x, cdt).reshape(T * B, I), _c(w_ih, cdt).t()).view(T, B, 3 * H)
+    xp, b_hn = _input_projection(_c(x, cdt), _c(w_ih, cdt), b_ih, b_hh, cdt)
     fargs = (xp, _c(w_hh, cdt), b_hn, _c(gate_weight.reshape(-1), cdt),
              _c(gate_bias.reshape(-1), cdt), _c(mask, cdt), _c(h0[0], cdt),
              _c(update_prob0, cdt), _c(cum_prob0, cdt), threshold, prec)

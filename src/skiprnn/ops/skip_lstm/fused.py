@@ -327,6 +327,18 @@ def _c(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if t is None else t.to(dtype).contiguous()
 
 
+def _input_projection(xc: Tensor, w_ihc: Tensor, b_ih, b_hh, cdt) -> Tensor:
+    """``x W_ih^T + b_ih + b_hh`` for all steps in one GEMM: (T, B, I) -> (T, B, 4H)."""
+    T, B, I = xc.shape
+    if b_ih is not None and b_hh is not None:
+        bias = torch.add(b_ih.to(cdt), b_hh.to(cdt))
+    elif b_ih is not None or b_hh is not None:
+        bias = (b_ih if b_ih is not None else b_hh).to(cdt)
+    else:
+        return torch.mm(xc.reshape(T * B, I), w_ihc.t()).view(T, B, -1)
+    return torch.addmm(bias, xc.reshape(T * B, I), w_ihc.t()).view(T, B, -1)
+
+
 class _SkipLSTMTriton(torch.autograd.Function):
 
     @staticmethod
@@ -336,12 +348,7 @@ class _SkipLSTMTriton(torch.autograd.Function):
         T, B, I = x.shape
         H = w_hh.shape[1]
         xc, w_ihc, w_hhc = _c(x, cdt), _c(w_ih, cdt), _c(w_hh, cdt)
-        bias = torch.zeros(4 * H, dtype=cdt, device=x.device)
-        if b_ih is not None:
-            bias = bias + b_ih.to(cdt)
-        if b_hh is not None:
-            bias = bias + b_hh.to(cdt)
-        xp = torch.addmm(bias, xc.reshape(T * B, I), w_ihc.t()).view(T, B, 4 * H)
+        xp = _input_projection(xc, w_ihc, b_ih, b_hh, cdt)
         gwc, gbc = _c(gate_w.reshape(-1), cdt), _c(gate_b.reshape(-1), cdt)
         maskc = _c(mask, cdt)
         cfg = tile_config(H, B)
@@ -350,12 +357,14 @@ class _SkipLSTMTriton(torch.autograd.Function):
         key = ("lstm-fwd", B, H, precision, maskc is not None, str(cdt), str(x.device))
 
         def run_coop(c):
-            res, flag = lstm_coop.launch_fwd(*fargs, c)
-            return res[:9], flag
+            return lstm_coop.launch_fwd(*fargs, c)
 
-        out, hs, cs, gates, upd, prob, stats, up_n, cum_n = coop.run(
-            key, coop.candidates(H, B, x.device, 4, precision), run_coop,
-            lambda: _launch_fwd(*fargs, cfg))
+        def run_old():
+            res = _launch_fwd(*fargs, cfg)
+            return (*res, res[1][T].clone(), res[2][T].clone())
+
+        out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n = coop.run(
+            key, coop.candidates(H, B, x.device, 4, precision), run_coop, run_old)
         ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, cs, gates, stats)
         ctx.cfg, ctx.precision = cfg, precision
         ctx.has_bias = (b_ih is not None, b_hh is not None)
@@ -363,8 +372,8 @@ class _SkipLSTMTriton(torch.autograd.Function):
                       (x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b)]
         ctx.gate_shapes = (gate_w.shape, gate_b.shape)
         dt = x.dtype
-        return (out.to(dt), hs[T].to(dt, copy=True), cs[T].to(dt, copy=True), up_n.to(dt),
-                cum_n.to(dt), upd.to(dt), prob.to(dt))
+        return (out.to(dt), h_n.to(dt), c_n.to(dt), up_n.to(dt), cum_n.to(dt), upd.to(dt),
+                prob.to(dt))
 
     @staticmethod
     def backward(ctx, g_out, g_hn, g_cn, g_upn, g_cumn, g_upd, g_prob):
@@ -502,12 +511,7 @@ def skip_lstm_triton_infer(
             or w_hh.shape != (4 * H, H) or w_ih.shape != (4 * H, I):
         return skip_lstm_triton(x, h0, c0, update_prob0, cum_prob0, layers, gate_weight,
                                 gate_bias, mask, threshold, precision=precision)
-    bias = torch.zeros(4 * H, dtype=cdt, device=x.device)
-    if b_ih is not None:
-        bias = bias + b_ih.to(cdt)
-    if b_hh is not None:
-        bias = bias + b_hh.to(cdt)
-    xp = torch.addmm(bias, _c(x, cdt).reshape(T * B, I), _c(w_ih, cdt).t()).view(T, B, 4 * H)
+    xp = _input_projection(_c(x, cdt), _c(w_ih, cdt), b_ih, b_hh, cdt)
     fargs = (xp, _c(w_hh, cdt), _c(gate_weight.reshape(-1), cdt), _c(gate_bias.reshape(-1), cdt),
              _c(mask, cdt), _c(h0[0], cdt), _c(c0[0], cdt), _c(update_prob0, cdt),
              _c(cum_prob0, cdt), threshold, prec)
