@@ -341,3 +341,20 @@ def test_infer_block_skip_matches_reference(monkeypatch):
         torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{name}: {m}")
     assert set(coop.choices().values()) == {"16,32,4"}
     coop.reset()
+
+
+@pytest.mark.parametrize("used", [(0,), (1, 4)])
+def test_gradients_when_only_some_outputs_are_used(used):
+    """Outputs without a gradient reach the backward as None (no zero tensors materialised):
+    only the output sequence, or only the final h and the binary updates (a budget loss)."""
+    p, mask = make_problem(6, 5, 2, 9, seed=43, masked=True, fresh=False)
+    names = [k for k in NAMES if p[k] is not None]
+    grads = {}
+    for fn in (skip_gru_naive, skip_gru_triton):
+        q = {k: (None if v is None else v.detach().clone().requires_grad_(True))
+             for k, v in p.items()}
+        outs = run(fn, q, mask)
+        loss = sum((outs[i] * (i + 1.5)).sin().sum() for i in used)
+        grads[fn] = torch.autograd.grad(loss, [q[k] for k in names])
+    for name, a, b in zip(names, grads[skip_gru_triton], grads[skip_gru_naive]):
+        torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{name}: {m}")

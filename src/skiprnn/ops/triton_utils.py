@@ -16,6 +16,7 @@ Environment knobs (read at call time):
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -130,3 +131,14 @@ if HAS_TRITON:
         e = tl.exp(-2.0 * tl.abs(x))
         t = (1.0 - e) / (1.0 + e)
         return tl.where(x >= 0, t, -t)
+
+
+def grads_or_zeros(grads, shapes, dtype: torch.dtype, device) -> list:
+    """Incoming gradients for a backward kernel (autograd with ``set_materialize_grads(False)``):
+    each ``None`` becomes a view of ONE zeroed buffer (one launch instead of a zero tensor per
+    output), the others are cast to ``dtype`` and made contiguous. ``shapes``: one per gradient."""
+    sizes = [math.prod(s) for s in shapes]
+    missing = [n for g, n in zip(grads, sizes) if g is None]
+    zero = torch.zeros(max(missing), dtype=dtype, device=device) if missing else None
+    return [zero[:n].view(s) if g is None else g.to(dtype).contiguous()
+            for g, n, s in zip(grads, sizes, shapes)]

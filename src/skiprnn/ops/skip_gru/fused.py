@@ -25,8 +25,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..triton_utils import (HAS_TRITON, check_device, compute_dtype, new_buffer,
-                            require_triton, resolve_precision, tile_config)
+from ..triton_utils import (HAS_TRITON, check_device, compute_dtype, grads_or_zeros,
+                            new_buffer, require_triton, resolve_precision, tile_config)
 from .. import coop, gru_coop
 
 if HAS_TRITON:
@@ -343,6 +343,7 @@ class _SkipGRUTriton(torch.autograd.Function):
         out, hs, gates, upd, prob, stats, up_n, cum_n, h_n = coop.run(
             key, coop.candidates(H, B, x.device, 3, precision), run_coop, run_old)
         ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, gates, stats)
+        ctx.set_materialize_grads(False)  # missing output grads: one zero buffer in backward
         ctx.cfg, ctx.precision = cfg, precision
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         ctx.dtypes = [None if t is None else t.dtype for t in
@@ -357,8 +358,9 @@ class _SkipGRUTriton(torch.autograd.Function):
         cdt = gates.dtype
         T, B, I = xc.shape
         H = w_hhc.shape[1]
-        bargs = (w_hhc, gwc, maskc, hs, gates, stats, _c(g_out, cdt), _c(g_hn, cdt),
-                 _c(g_upn, cdt), _c(g_cumn, cdt), _c(g_upd, cdt), _c(g_prob, cdt), ctx.precision)
+        g = grads_or_zeros((g_out, g_hn, g_upn, g_cumn, g_upd, g_prob),
+                           ((T, B, H), (B, H), (B,), (B,), (T, B), (T, B)), cdt, xc.device)
+        bargs = (w_hhc, gwc, maskc, hs, gates, stats, *g, ctx.precision)
         key = ("gru-bwd", B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
         dg, gz, dh0, dup0, dcum0 = coop.run(
             key, coop.candidates(H, B, xc.device, 3, ctx.precision),

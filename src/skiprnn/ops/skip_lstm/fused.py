@@ -36,8 +36,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..triton_utils import (HAS_TRITON, check_device, compute_dtype, new_buffer,
-                            require_triton, resolve_precision, tile_config)
+from ..triton_utils import (HAS_TRITON, check_device, compute_dtype, grads_or_zeros,
+                            new_buffer, require_triton, resolve_precision, tile_config)
 from .. import coop, lstm_coop
 
 if HAS_TRITON:
@@ -366,6 +366,7 @@ class _SkipLSTMTriton(torch.autograd.Function):
         out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n = coop.run(
             key, coop.candidates(H, B, x.device, 4, precision), run_coop, run_old)
         ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, cs, gates, stats)
+        ctx.set_materialize_grads(False)  # missing output grads: one zero buffer in backward
         ctx.cfg, ctx.precision = cfg, precision
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         ctx.dtypes = [None if t is None else t.dtype for t in
@@ -381,9 +382,9 @@ class _SkipLSTMTriton(torch.autograd.Function):
         cdt = gates.dtype
         T, B, I = xc.shape
         H = w_hhc.shape[1]
-        bargs = (w_hhc, gwc, maskc, hs, cs, gates, stats, _c(g_out, cdt), _c(g_hn, cdt),
-                 _c(g_cn, cdt), _c(g_upn, cdt), _c(g_cumn, cdt), _c(g_upd, cdt),
-                 _c(g_prob, cdt), ctx.precision)
+        g = grads_or_zeros((g_out, g_hn, g_cn, g_upn, g_cumn, g_upd, g_prob),
+                           ((T, B, H), (B, H), (B, H), (B,), (B,), (T, B), (T, B)), cdt, xc.device)
+        bargs = (w_hhc, gwc, maskc, hs, cs, gates, stats, *g, ctx.precision)
         key = ("lstm-bwd", B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
         dg, gz, dh0, dc0, dup0, dcum0 = coop.run(
             key, coop.candidates(H, B, xc.device, 4, ctx.precision),
