@@ -61,6 +61,22 @@ for phase in "${phases[@]}"; do
       for f in "$OUT"/mnist_lr1e-4.log "$OUT"/t4_seed*.log; do echo "== $f"; tail -8 "$f"; done
       tar czf "$OUT/gpu_runs.tgz" -C /tmp gpu_runs 2>/dev/null
       ;;
+    final2)
+      # second session call: speed first (training kernels, then skipping inference), then the
+      # GPU tests of the kernels (block-skip multi-column cases first)
+      SKIPRNN_COOP_MAXCAND=2 timeout "${BENCH_TIMEOUT:-170}" python3 benchmarks/bench_gpu_train.py \
+        --no-reference --out "$OUT/bench_gpu_train_v3.json" > "$OUT/bench_gpu_train_v3.log" 2>&1
+      tail -34 "$OUT/bench_gpu_train_v3.log"
+      timeout 60 python3 benchmarks/bench_inference.py --device cuda --reps 7 --gpu-budget-s 30 --no-lazy \
+        --out "$OUT/inference_cuda_v3.json" > "$OUT/inference_cuda_v3.log" 2>&1
+      tail -12 "$OUT/inference_cuda_v3.log"
+      timeout 80 python3 -m pytest -q -rs tests/ops/test_triton_coop.py -k "sync or cfg16_16_4-mask" \
+        > "$OUT/gpu_tests_coop_v3.log" 2>&1
+      tail -4 "$OUT/gpu_tests_coop_v3.log"
+      timeout "${TEST_TIMEOUT:-120}" python3 -m pytest -q -rs tests/ops/test_triton_lstm.py \
+        tests/ops/test_triton_gru.py > "$OUT/gpu_tests_v3.log" 2>&1
+      tail -6 "$OUT/gpu_tests_v3.log"
+      ;;
     final)
       # the one-shot session: speed first, then inference, MNIST, and the multi-column kernel tests
       SKIPRNN_COOP_MAXCAND=2 timeout 170 python3 benchmarks/bench_gpu_train.py --no-reference \
