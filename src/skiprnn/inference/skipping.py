@@ -20,8 +20,12 @@ dtypes other than float32/float64) fall back to the reference loop under ``torch
 
 Paths:
 
-* batch size 1: a scalar loop; an update runs the cell on one row (``torch.lstm_cell`` / the GRU
-  maths), a skip costs a few scalar float operations; outputs are gathered in one ``index_select``.
+* batch size 1 (CPU): a loop over the updates only. Each run of skipped steps is replayed at once
+  (``simulate_skips``, memoised per (Δũ, ũ): with a constant gate every run is a dict lookup) and
+  written in bulk; an update is one GEMV per weight matrix (row blocks in alternating order, so
+  part of W stays in L2 between updates) plus NumPy pointwise maths; the first layer's input
+  projections are computed in blocks of steps (contiguous for dense reads, strided for sparse
+  ones); outputs are gathered in one index at the end.
 * batch > 1: per step, only the rows that update run the cell (``index_select`` → cell →
   ``index_copy_``); steps where no row updates cost nothing. The gate bookkeeping lives on the host
   (NumPy), so on a GPU each step with an update reads back Δũ of the updated rows (one sync).
@@ -144,195 +148,329 @@ class StepCell:
 # ---------------------------------------------------------------------------------------------
 # whole-sequence engines
 # ---------------------------------------------------------------------------------------------
-class LazyInputProjection:
-    """``x_t W_ihᵀ + b`` for the steps that are read, computed in small blocks on demand.
+# steps per contiguous block of input projections (LazyInputProjection, dense reads)
+PROJECTION_CHUNK = 128
 
-    A per-step matrix-vector product re-reads W_ih from memory at every read; a block of read steps
-    is one GEMM. The block is predicted from the current skip period (the reads so far were ``period``
-    steps apart): on a hit the next block doubles (up to ``max_block``), on a miss it shrinks back to
-    one step, so at most a few unread steps are ever projected (``wasted`` counts them).
+
+class LazyInputProjection:
+    """``x_t W_ihᵀ + b`` for the steps that are read, computed in blocks on demand.
+
+    A per-step matrix-vector product re-reads W_ih from memory at every read; a block of steps is
+    one GEMM. At a step that is not in the current block a new block starts there, of one of two
+    kinds, chosen from the reads so far (running means of the interval between reads and of how
+    often the strided prediction below missed):
+
+    * dense reads (mean interval ≤ ``dense_interval``, or ≤ ``irregular_interval`` when the
+      pattern is irregular): the next ``chunk`` steps, contiguous. Every read in them is a hit
+      whatever the pattern; the unread rows cost GEMM time, which at this density is less than
+      the cost of many small blocks after mispredictions.
+    * otherwise: the steps ``period`` apart from here (``period`` = the last interval), a strided
+      view of x. On a hit the next block doubles (up to ``max_block``), on a miss it shrinks back
+      to one step, so at most a few unread steps are ever projected.
+
+    Crossovers measured on one CPU core (H = 512, I = 64, ``benchmarks``-style runs): contiguous
+    blocks are faster for a regular pattern up to an interval of about 3, for an irregular one
+    (a learned gate) up to an interval of about 12-16: after a misprediction a one-row GEMM reads
+    all of W_ih for one row, a chunk reads it once for ``chunk`` rows.
+
+    ``wasted`` counts the projected rows that were not read; ``n_contiguous`` / ``n_strided``
+    the blocks of each kind.
     """
 
-    def __init__(self, x2d: Tensor, weight: Tensor, bias: Tensor | None, max_block: int = 32):
+    def __init__(self, x2d: Tensor, weight: Tensor, bias: Tensor | None, max_block: int = 32,
+                 chunk: int | None = None, dense_interval: float = 3.0,
+                 irregular_interval: float = 12.0):
         self.x2d, self.wt, self.bias = x2d, weight.t(), bias
         self.T = x2d.shape[0]
         self.max_block = max_block
+        self.chunk = PROJECTION_CHUNK if chunk is None else chunk
+        self.dense_interval, self.irregular_interval = dense_interval, irregular_interval
+        self.miss = 0.0  # running mean of strided predictions that missed
         self.size = 1
-        self.map: dict = {}
         self.block = None
-        self.last = -1
+        self.start, self.last, self.stride = 0, -1, 1  # the block holds start, start+stride…, last
+        self.prev = None
+        self.interval = None
         self.projected = 0
         self.used = 0
+        self.n_contiguous = self.n_strided = 0
 
     @property
     def wasted(self) -> int:
         return self.projected - self.used
 
-    def get(self, t: int, period: int) -> int:
-        """Make sure step t is projected; returns its row in ``self.block``."""
-        j = self.map.get(t)
+    def get(self, t: int, period: int | None = None) -> int:
+        """Make sure step t (read steps in increasing order) is projected; returns its row in
+        ``self.block``. ``period``: the expected interval to the next read (default: the last
+        interval)."""
         self.used += 1
-        if j is not None:
-            return j
-        self.size = min(self.max_block, self.size * 2) if t > self.last else 1
-        stop = min(self.T, t + max(1, period) * self.size)
-        steps = range(t, stop, max(1, period))
-        if len(steps) == 1:
-            rows = self.x2d[t:t + 1]
+        if self.prev is not None:
+            d = t - self.prev
+            self.interval = d if self.interval is None else 0.75 * self.interval + 0.25 * d
+            if period is None:
+                period = d
+        self.prev = t
+        off = t - self.start
+        if 0 <= off and t <= self.last and off % self.stride == 0:
+            return off // self.stride
+        if self.stride > 1:
+            # the strided block ran out on its grid (a hit), or t fell off the grid (a miss)
+            self.miss = 0.75 * self.miss + (0.0 if t == self.last + self.stride else 0.25)
+        elif self.block is not None:
+            self.miss *= 0.9  # now and then, try predicting again
+        if self.interval is not None and (
+                self.interval <= self.dense_interval
+                or (self.miss > 0.5 and self.interval <= self.irregular_interval)):
+            stride, stop = 1, min(self.T, t + self.chunk)
+            self.n_contiguous += 1
         else:
-            rows = self.x2d.index_select(
-                0, torch.arange(t, stop, max(1, period), device=self.x2d.device))
+            stride = max(1, period or 1)
+            self.size = min(self.max_block, self.size * 2) if t > self.last else 1
+            stop = min(self.T, t + stride * self.size)
+            self.n_strided += 1
+        rows = self.x2d[t:stop:stride]
         self.block = (torch.addmm(self.bias, rows, self.wt) if self.bias is not None
                       else rows @ self.wt)
-        self.map = {s: i for i, s in enumerate(steps)}
-        self.last = steps[-1]
-        self.projected += len(steps)
+        n = rows.shape[0]
+        self.start, self.stride, self.last = t, stride, t + stride * (n - 1)
+        self.projected += n
         return 0
 
 
+# bytes of weight per block of rows in a batch-size-1 matrix-vector product (_AlternatingMV)
+MV_BLOCK_BYTES = 1 << 20
+
+
+class _AlternatingMV:
+    """``out = W v`` for a fixed ``W``, its rows in blocks read alternately first-to-last and
+    last-to-first.
+
+    At batch size 1 an update is one matrix-vector product per weight matrix, bound by reading W
+    (H = 512 LSTM: W_hh is 4 MB, more than a core's L2). Streaming it in the same order every time
+    evicts each block before it is read again; reading the blocks in the reverse order of the
+    previous product starts with the blocks that were read last, which are still cached, so about
+    an L2's worth of W comes from L2 instead of L3/DRAM on every update (H = 512 LSTM on one core
+    here: ≈ 130 instead of ≈ 155 µs per product). The blocks (whole multiples of 16 rows) are the
+    same in both directions, so the result does not depend on the order; with MKL it is bitwise
+    that of one ``torch.mv`` when the number of rows is a multiple of 16 (within a few ulp
+    otherwise). Matrices up to ``block_bytes`` are one block.
+    """
+
+    def __init__(self, weight: Tensor, out: Tensor, block_bytes: int | None = None):
+        block_bytes = MV_BLOCK_BYTES if block_bytes is None else block_bytes
+        w = weight.detach().contiguous()
+        rows = w.shape[0]
+        n = max(1, min(8, -(-w.numel() * w.element_size() // max(1, block_bytes))))
+        step = -(-rows // (16 * n)) * 16 if n > 1 else rows  # ⌈rows / n⌉, a multiple of 16
+        self.blocks = [(w[i:i + step], out[i:i + step]) for i in range(0, rows, step)]
+        self.reverse = self.blocks[::-1]
+        self.out = out
+        self.flip = False
+
+    def __call__(self, v: Tensor) -> Tensor:
+        blocks = self.reverse if self.flip else self.blocks
+        self.flip = not self.flip
+        for w, o in blocks:
+            torch.mv(w, v, out=o)
+        return self.out
+
+
 class _NumpyStack:
-    """One state update at batch size 1 in NumPy (CPU): a GEMV plus in-place elementwise ufuncs.
+    """One state update at batch size 1 on the CPU: GEMVs (torch) plus in-place NumPy ufuncs.
 
     At batch size 1 a torch op costs several microseconds of dispatch while its arithmetic costs
-    less; NumPy's ufuncs on preallocated buffers keep the per-update overhead well below the
-    GEMV's memory traffic, so an update costs about one step of ``nn.LSTM``. Numerics: the same
-    float32 products and sums as the reference, with NumPy's exp/tanh (within an ulp of torch's).
+    less; NumPy's ufuncs on preallocated buffers keep the per-update overhead small next to the
+    GEMV, which reads W_hh (see ``_AlternatingMV``). Numerics: the same float products and sums as
+    the reference; σ(a) = ½·tanh(½·a) + ½ with NumPy's tanh (within an ulp or so of torch's).
+
+    ``self.first_ih``: the first layer's ``(W_ih, b)`` (b = b_ih + b_hh for the LSTM) for
+    ``LazyInputProjection``; the caller passes its rows as ``xp_first``.
     """
 
     def __init__(self, cell: StepCell, npdt):
         self.kind, self.npdt = cell.kind, npdt
-        self.G = 4 if cell.kind == "lstm" else 3
+        G = 4 if cell.kind == "lstm" else 3
+        self.H = H = cell.layers[0][1].shape[1]
+        dt = cell.layers[0][1].dtype
 
         def arr(t):
             return None if t is None else t.detach().contiguous().numpy()
 
-        self.layers = [tuple(arr(p) for p in lay) for lay in cell.layers]
-        self.H = self.layers[0][1].shape[1]
-        # upper layers: one bias (b_ih + b_hh for the LSTM)
+        def mv(w):
+            buf = torch.empty(G * H, dtype=dt)
+            return _AlternatingMV(w, buf), buf.numpy()
+
+        self.mv_hh, self.g, self.mv_ih, self.gi, self.b_ih, self.b_hh = [], [], [], [], [], []
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(cell.layers):
+            m, g = mv(w_hh)
+            self.mv_hh.append(m)
+            self.g.append(g)
+            m, g = mv(w_ih) if k else (None, None)
+            self.mv_ih.append(m)
+            self.gi.append(g)
+            self.b_ih.append(arr(b_ih))
+            self.b_hh.append(arr(b_hh))
+        w_ih, _, b_ih, b_hh = cell.layers[0]
+        b = b_ih
+        if self.kind == "lstm" and b_ih is not None:
+            b = b_ih + b_hh
+        self.first_ih = (w_ih, b)
         self.const = cell.constant_delta
         self.gw = None if cell.gate_weight is None else arr(cell.gate_weight)[0]
         self.gb = None if cell.gate_bias is None else npdt(cell.gate_bias.item())
-        GH = self.G * self.H
-        # GEMVs go through torch (its BLAS honours torch.set_num_threads; NumPy's may spawn threads)
-        self.w_hh_t = [lay[1].detach().contiguous() for lay in cell.layers]
-        self.w_ih_t = [lay[0].detach().contiguous() for lay in cell.layers]
-        self.buf_t = torch.empty(GH, dtype=cell.layers[0][1].dtype)
-        self.buf = self.buf_t.numpy()
-        self.sg = np.empty(GH, npdt)
+        self.sg = np.empty(G * H, npdt)
+        self.tmp = np.empty(H, npdt)
         self.one = npdt(1)
         self.half = npdt(0.5)
 
-    def _sigmoid(self, x, out):
-        np.multiply(x, self.half, out=out)
-        np.tanh(out, out=out)
-        out *= self.half
-        out += self.half
-        return out
-
-    def __call__(self, xp_first: np.ndarray, hs: list, cs: list | None):
-        """``xp_first``: the first layer's ``x W_ihᵀ + b_ih`` (+ b_hh for the LSTM)."""
-        H, one = self.H, self.one
-        new_h, new_c = [], []
+    def __call__(self, xp_first: np.ndarray, hs: list, cs: list | None, h_out=None):
+        """Update the state; ``cs`` is updated in place. ``h_out``: where the top layer's new h
+        goes (a fresh array if None). Returns ``(new_hs, cs, Δũ)``."""
+        H, half, sg, tmp = self.H, self.half, self.sg, self.tmp
+        top = len(hs) - 1
+        new_h = []
         inp = None
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
-            h = hs[k]
+        for k in range(len(hs)):
+            self.mv_hh[k](torch.from_numpy(hs[k]))
+            g = self.g[k]
+            dest = h_out if k == top else None
+            if k:
+                self.mv_ih[k](torch.from_numpy(inp))
             if self.kind == "lstm":
-                torch.mv(self.w_hh_t[k], torch.from_numpy(h), out=self.buf_t)
-                g = self.buf
                 if k == 0:
                     g += xp_first
                 else:
-                    g += torch.mv(self.w_ih_t[k], torch.from_numpy(inp)).numpy()
-                    if b_ih is not None:
-                        g += b_ih
-                        g += b_hh
-                sg = self._sigmoid(g, self.sg)
-                c = sg[H:2 * H] * cs[k]
-                c += sg[:H] * np.tanh(g[2 * H:3 * H])
-                h = sg[3 * H:] * np.tanh(c)
-                new_c.append(c)
+                    g += self.gi[k]
+                    if self.b_ih[k] is not None:
+                        g += self.b_ih[k]
+                        g += self.b_hh[k]
+                np.multiply(g, half, out=sg)  # σ over all four gates (the g gate's is unused)
+                np.tanh(sg, out=sg)
+                sg *= half
+                sg += half
+                c = cs[k]
+                c *= sg[H:2 * H]
+                np.tanh(g[2 * H:3 * H], out=tmp)
+                tmp *= sg[:H]
+                c += tmp
+                np.tanh(c, out=tmp)
+                h = np.multiply(sg[3 * H:], tmp, out=dest)
             else:
-                torch.mv(self.w_hh_t[k], torch.from_numpy(h), out=self.buf_t)
-                gh = self.buf
-                if b_hh is not None:
-                    gh += b_hh
+                gh = g
+                if self.b_hh[k] is not None:
+                    gh += self.b_hh[k]
                 if k == 0:
                     gi = xp_first
                 else:
-                    gi = torch.mv(self.w_ih_t[k], torch.from_numpy(inp)).numpy()
-                    if b_ih is not None:
-                        gi += b_ih
-                rz = gi[:2 * H] + gh[:2 * H]
-                rz = self._sigmoid(rz, rz)
+                    gi = self.gi[k]
+                    if self.b_ih[k] is not None:
+                        gi += self.b_ih[k]
+                rz = np.add(gi[:2 * H], gh[:2 * H], out=sg[:2 * H])
+                rz *= half
+                np.tanh(rz, out=rz)
+                rz *= half
+                rz += half
                 r, z = rz[:H], rz[H:]
-                n = gh[2 * H:] * r
+                n = np.multiply(gh[2 * H:], r, out=tmp)
                 n += gi[2 * H:]
                 np.tanh(n, out=n)
-                h = (one - z) * n
-                h += z * hs[k]
+                h = np.subtract(self.one, z, out=dest)
+                h *= n
+                np.multiply(z, hs[k], out=tmp)
+                h += tmp
             new_h.append(h)
             inp = h
-        feat = new_c[-1] if self.kind == "lstm" else new_h[-1]
         if self.const is not None:
-            delta = self.npdt(self.const)
-        else:
-            zz = np.dot(self.gw, feat) + self.gb
-            delta = one / (one + np.exp(-zz))
-        return new_h, (new_c if self.kind == "lstm" else None), self.npdt(delta)
+            return new_h, cs, self.npdt(self.const)
+        feat = cs[-1] if self.kind == "lstm" else new_h[-1]
+        zz = np.dot(self.gw, feat) + self.gb
+        return new_h, cs, self.npdt(self.one / (self.one + np.exp(-zz)))
+
+
+class _SkipRuns:
+    """``simulate_skips`` from a state, memoised: after an update the accumulator is 0, so with a
+    constant (or recurring) Δũ every run of skipped steps is the same and costs one dict lookup."""
+
+    def __init__(self, threshold, npdt, max_size: int = 4096):
+        self.thr, self.npdt, self.max_size = threshold, npdt, max_size
+        self.memo: dict = {}
+
+    def __call__(self, up, cum, limit: int):
+        """``(n, probs, stuck)``: n ≤ limit skipped steps and their ũ; stuck: the gate never opens
+        again (every later step is skipped with ũ = probs[-1])."""
+        key = (up, cum)
+        hit = self.memo.get(key)
+        if hit is not None:
+            return hit if hit[0] <= limit or hit[2] else (limit, hit[1], False)
+        n, probs, _ = simulate_skips(up, cum, self.thr, limit=limit, dtype=self.npdt)
+        res = (len(probs), probs, n == math.inf)
+        if res[0] < limit or res[2]:  # a complete run (not cut by the limit): reusable
+            if len(self.memo) >= self.max_size:
+                self.memo.clear()
+            self.memo[key] = res
+        return res
 
 
 def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, stats=None):
-    """Batch size 1 on the CPU: scalar gate bookkeeping, the cell (NumPy) only on update steps."""
+    """Batch size 1 on the CPU: the cell (NumPy) only on update steps, runs of skipped steps
+    written in bulk (their ũ from ``_SkipRuns``, their output an index of the held h)."""
     T, H = x.shape[0], hs[0].shape[-1]
-    one, thr = npdt(1), npdt(threshold)
-    zero = npdt(0)
+    one, thr, zero = npdt(1), npdt(threshold), npdt(0)
     up, cum = npdt(up0.item()), npdt(cum0.item())
-    w_ih, w_hh, b_ih, b_hh = cell.layers[0]
-    b = b_ih
-    if cell.kind == "lstm" and b_ih is not None:
-        b = b_ih + b_hh
-    proj = LazyInputProjection(x[:, 0], w_ih, b)
     stack = _NumpyStack(cell, npdt)
+    runs = _SkipRuns(threshold, npdt)
     hs = [h[0].numpy().copy() for h in hs]
     cs = [c[0].numpy().copy() for c in cs] if cs is not None else None
-    hist = [hs[-1], np.zeros(H, npdt)]  # 0: the top h before step 0; 1: padding
+    steps = np.arange(T) if valid is None else np.flatnonzero(valid)  # steps that count
+    n_steps = len(steps)
+    # inputs up to the last step that counts (blocks of projections stop there)
+    proj = LazyInputProjection(x[:int(steps[-1]) + 1 if n_steps else 0, 0], *stack.first_ih)
+    # output rows: 0 the top h before step 0, 1 padding (masked steps), 2 + j the j-th update's h
+    hist = np.empty((n_steps + 2, H), npdt)
+    hist[0] = hs[-1]
+    hist[1] = 0
+    hs[-1] = hist[0]
     cur = 0
     idx = np.ones(T, np.int64)
     u_np = np.zeros(T, npdt)
     p_np = np.zeros(T, npdt)
-    last_read = None
-    period = 1
     block_id, block_np = None, None
-    for t in range(T):
-        if valid is not None and not valid[t]:
-            continue
-        ut = cum + min(up, one - cum)
-        p_np[t] = ut
-        if ut > thr:
-            if last_read is not None:
-                period = t - last_read
-            last_read = t
-            j = proj.get(t, period)
-            if proj.block is not block_id:
-                block_id, block_np = proj.block, proj.block.numpy()
-            xp = block_np[j]
-            hs, cs, up = stack(xp, hs, cs)
-            cum = zero
-            u_np[t] = 1
-            hist.append(hs[-1])
-            cur = len(hist) - 1
-        else:
-            cum = ut
+    k = 0
+    while k < n_steps:
+        n, probs, stuck = runs(up, cum, n_steps - k)
+        if stuck:  # the gate never opens again: ũ stays at its last value
+            n = n_steps - k
+            if n > len(probs):
+                probs = np.concatenate([probs, np.full(n - len(probs), probs[-1], npdt)])
+        if n:
+            sel = steps[k:k + n] if valid is not None else slice(k, k + n)
+            p_np[sel] = probs[:n]
+            idx[sel] = cur
+            cum = probs[n - 1]
+            k += n
+            if k >= n_steps:
+                break
+        # a read step: ũ crosses τ
+        t = int(steps[k])
+        p_np[t] = cum + min(up, one - cum)
+        u_np[t] = 1
+        j = proj.get(t)
+        if proj.block is not block_id:
+            block_id, block_np = proj.block, proj.block.numpy()
+        cur += 1 if cur else 2
+        hs, cs, up = stack(block_np[j], hs, cs, h_out=hist[cur])
+        cum = zero
         idx[t] = cur
+        k += 1
     if stats is not None:
         stats.update(projected=proj.projected, read=proj.used)
     dev = x.device
-    out = torch.from_numpy(np.stack(hist)[idx]).unsqueeze(1)
+    out = torch.from_numpy(hist[idx]).unsqueeze(1)
     u = torch.from_numpy(u_np).unsqueeze(1)
     p = torch.from_numpy(p_np).unsqueeze(1)
     up_t = torch.tensor([up], dtype=x.dtype, device=dev)
     cum_t = torch.tensor([cum], dtype=x.dtype, device=dev)
-    hs = [torch.from_numpy(h).unsqueeze(0) for h in hs]
+    hs = [torch.from_numpy(h.copy()).unsqueeze(0) for h in hs]
     cs = [torch.from_numpy(c).unsqueeze(0) for c in cs] if cs is not None else None
     return out, hs, cs, up_t, cum_t, u, p
 

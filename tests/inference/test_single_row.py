@@ -1,0 +1,167 @@
+"""Batch size 1 on the CPU (``skipping._run_single``): blocked input projections (contiguous chunks
+for dense reads, strided blocks for sparse ones), GEMVs in alternating row blocks, runs of skipped
+steps written in bulk. Everything equals the training-path reference."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from skiprnn.inference import skipping
+
+from inference_testutil import assert_no_ties, assert_same, constant_gate, make_layer, random_state, run
+
+T = 60
+CHUNK = 7
+
+
+class RecordingProjection(skipping.LazyInputProjection):
+    """Logs every block it makes as ``(start, last, stride)``."""
+
+    made: list = []
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.log = []
+        RecordingProjection.made.append(self)
+
+    def get(self, t, period=None):
+        before = self.block
+        j = super().get(t, period)
+        if self.block is not before:
+            self.log.append((self.start, self.last, self.stride))
+        return j
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Chunks of CHUNK steps and GEMV blocks of 16 rows, so that tiny layers cross boundaries."""
+    monkeypatch.setattr(skipping, "PROJECTION_CHUNK", CHUNK)
+    monkeypatch.setattr(skipping, "MV_BLOCK_BYTES", 700)  # H = 12: 48 or 36 rows → 16-row blocks
+    monkeypatch.setattr(skipping, "LazyInputProjection", RecordingProjection)
+    RecordingProjection.made = []
+    return RecordingProjection.made
+
+
+PATTERNS = {
+    # name: (constant Δũ or None, gate_std, gate_bias)
+    "dense-regular": (0.4, None, None),  # a read every 2nd step: contiguous chunks
+    "sparse-regular": (0.052, None, None),  # every 10th step: strided blocks
+    "dense-irregular": (None, 1.5, -0.4),  # a learned gate (mean interval ≈ 1-2.5)
+    "sparse-irregular": (None, 2.0, -2.0),  # (mean interval ≈ 3-10)
+}
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("num_layers", [1, 2], ids=lambda v: f"L{v}")
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("length", [None, 45], ids=["full", "length45"])
+def test_equals_reference(small_blocks, kind, num_layers, pattern, length):
+    delta, std, bias = PATTERNS[pattern]
+    layer = make_layer(kind, num_layers=num_layers, seed=4,
+                       **({} if delta is not None else dict(gate_std=std, gate_bias=bias)))
+    if delta is not None:
+        constant_gate(layer, delta)
+    torch.manual_seed(0)
+    x = torch.randn(T, 1, 5)
+    kw = {} if length is None else {"lengths": torch.tensor([length])}
+    if pattern == "dense-irregular":
+        kw["hx"] = random_state(layer, 1)
+    ref = run(layer, x, "reference", **kw)
+    assert_no_ties(ref.update_probs[ref.update_probs > 0])
+    got = run(layer, x, "skipping", **kw)
+    assert layer.last_backend == "skipping"
+    assert_same(ref, got)
+    n = T if length is None else length
+    if length is not None:
+        assert (got.output[n:] == 0).all() and (got.updates[n:] == 0).all()
+    # the regime this pattern is meant to exercise
+    (proj,) = small_blocks
+    reads = torch.nonzero(got.updates[:, 0]).flatten().tolist()
+    assert proj.used == len(reads)
+    gaps = set(np.diff(reads).tolist())
+    if pattern.endswith("regular") and not pattern.endswith("irregular"):
+        assert len(gaps) == 1
+    else:
+        assert len(gaps) > 1, "the learned gate should give an irregular pattern"
+    strides = {s for _, _, s in proj.log}
+    if pattern == "dense-regular":
+        assert proj.n_contiguous >= 3 and 1 in strides
+        # a chunk cut short by the end of the sequence (the length)
+        assert any(s == 1 and last == n - 1 and last - start + 1 < CHUNK
+                   for start, last, s in proj.log)
+    assert all(last < n for _, last, _ in proj.log)
+    if pattern == "sparse-regular":
+        assert proj.n_contiguous == 0 and strides == {1, 10}  # first read: one step
+        assert proj.wasted <= 2 * 10
+
+
+def test_projection_rows_and_block_kinds():
+    torch.manual_seed(0)
+    n, I, G = 200, 5, 24
+    x, w, b = torch.randn(n, I), torch.randn(G, I), torch.randn(G)
+    want = F.linear(x, w, b)
+    rng = np.random.default_rng(0)
+    patterns = {
+        "every step": np.arange(n),
+        "every 2nd": np.arange(3, n, 2),
+        "every 9th": np.arange(0, n, 9),
+        "irregular dense": np.cumsum(rng.integers(1, 5, 80)),
+        "irregular sparse": np.cumsum(rng.integers(1, 40, 20)),
+    }
+    for name, steps in patterns.items():
+        steps = steps[steps < n]
+        p = skipping.LazyInputProjection(x, w, b, chunk=16)
+        for t in steps.tolist():
+            j = p.get(t)
+            torch.testing.assert_close(p.block[j], want[t], atol=1e-5, rtol=0, msg=name)
+        assert p.used == len(steps) and p.projected >= p.used
+        assert p.projected <= n + p.used, name
+        if name in ("every step", "every 2nd"):
+            assert p.n_contiguous > 0 and p.wasted < n // 2 + 16, name
+        if name == "every 9th":
+            assert p.n_contiguous == 0 and p.wasted <= 9 * 2, name
+
+
+@pytest.mark.parametrize("rows,cols", [(48, 12), (36, 12), (1028, 64), (2048, 512)])
+def test_alternating_mv(rows, cols):
+    torch.manual_seed(0)
+    w, v = torch.randn(rows, cols), torch.randn(cols)
+    out = torch.empty(rows)
+    mv = skipping._AlternatingMV(w, out, block_bytes=max(1, rows * cols * 4 // 5))
+    assert len(mv.blocks) > 1
+    assert all(b.shape[0] % 16 == 0 for b, _ in mv.blocks[:-1])
+    first = mv(v).clone()
+    second = mv(v).clone()  # the blocks in the other order
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, torch.mv(w, v), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_gate_that_never_opens_again_single_row(kind):
+    # Δũ underflows to 0 after the first update: ũ stays at 0 for the rest of the sequence
+    layer = make_layer(kind)
+    with torch.no_grad():
+        layer.update_gate.weight.zero_()
+        layer.update_gate.bias.fill_(-200.0)
+    x = torch.randn(25, 1, 5)
+    ref, got = run(layer, x, "reference"), run(layer, x, "skipping")
+    assert_same(ref, got, exact_probs=True)
+    assert got.updates.sum().item() == 1
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_accumulator_climbs_then_sticks(kind):
+    # a carried Δũ below an ulp of ũ: ũ climbs by one ulp per step to 0.25, where the ulp
+    # doubles, and stays there (ũ + Δũ rounds back to ũ); nothing is ever read
+    layer = make_layer(kind)
+    x = torch.randn(20, 1, 5)
+    hx = random_state(layer, 1)
+    ulp = 2.0 ** -26  # of floats in [0.125, 0.25)
+    hx = hx._replace(update_prob=torch.tensor([1e-8]),
+                     cum_update_prob=torch.tensor([0.25 - 3 * ulp]))
+    ref, got = run(layer, x, "reference", hx=hx), run(layer, x, "skipping", hx=hx)
+    assert_same(ref, got, exact_probs=True)
+    assert got.updates.sum().item() == 0
+    probs = got.update_probs[:, 0].tolist()
+    assert probs[:3] == [0.25 - 2 * ulp, 0.25 - ulp, 0.25] and set(probs[3:]) == {0.25}
