@@ -114,14 +114,25 @@ def cfg_name(c) -> str:
         f",{c['KSPLIT']}" if c.get("KSPLIT", 1) > 1 else "")
 
 
+_CANDS: dict = {}
+
+
 def candidates(H: int, B: int, device: torch.device, gates: int,
                precision: str = "tf32") -> list[dict]:
     """Cooperative configurations worth timing for this shape, best guess first; each one's grid
     fits in one wave. Under the interpreter: one column block only (no spinning). With 'ieee'
     (FMA dots, no mma operand replication) the configurations without a K split come first (the
-    K split spills at H=512 there)."""
-    HP = max(16, next_pow2(H))
+    K split spills at H=512 there). Cached per shape and environment (called on every launch)."""
     env = os.environ.get(CONFIG_ENV)
+    key = (H, B, str(device), gates, precision, env, os.environ.get(MAXCAND_ENV), interpreting())
+    hit = _CANDS.get(key)
+    if hit is None:
+        hit = _CANDS[key] = _candidates(H, B, device, precision, env)
+    return list(hit)
+
+
+def _candidates(H: int, B: int, device: torch.device, precision: str, env) -> list[dict]:
+    HP = max(16, next_pow2(H))
     if interpreting():
         if env and env.strip() != "old":
             c = _parse(env)
@@ -257,6 +268,7 @@ def choices() -> dict:
 
 
 def reset() -> None:
+    _CANDS.clear()
     _choice.clear()
     _uses.clear()
     _log.clear()

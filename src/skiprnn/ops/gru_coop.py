@@ -24,7 +24,7 @@ if HAS_TRITON:
 
     @triton.jit(do_not_specialize=["T", "B"])
     def _gru_coop_fwd_kernel(
-        XP, WT, BHN, WP, BP, MASK, UP0, CUM0,
+        XP, WT, BHN, WP, BP, MASK, UP0, CUM0, H0,
         HS, G, OUT, UPD, PROB, STATS, UPN, CUMN, HN,
         ZP, CNT, FLAG,
         T, B, H, NCOL, threshold,
@@ -33,8 +33,9 @@ if HAS_TRITON:
         PRECISION: tl.constexpr,
         SPIN: tl.constexpr,
     ):
-        """XP (T,B,3H) incl. b_ih, b_hr, b_hz; WT = W_hh^T (H,3H); BHN (H,); HS (T+1,B,H) [SAVE]
-        or (2,B,H), [0] = h0; G (T,B,4H) r, z, n, W_hn h + b_hn and STATS (5,T,B) [SAVE];
+        """XP (T,B,3H) incl. b_ih, b_hr, b_hz; WT = W_hh^T (H,3H); BHN (H,); H0 (B,H) initial h;
+        HS (T+1,B,H) history [SAVE] (the kernel writes [0] = h0) or (2,B,H) h ping-pong;
+        G (T,B,4H) r, z, n, W_hn h + b_hn and STATS (5,T,B) [SAVE];
         HN (B,H) final h; ZP (2,NCOL,B) partials; CNT (#row blocks,) zeroed counters."""
         pr = tl.program_id(0)
         pc = tl.program_id(1)
@@ -78,13 +79,15 @@ if HAS_TRITON:
         pcs = tl.arange(0, NCP)
         zoff = pcs[:, None] * B + rows[None, :]
         zm = (pcs < NCOL)[:, None] & rmask[None, :]
-        h_own = tl.load(HS + soff, mask=m2, other=0.0)
+        h_own = tl.load(H0 + soff, mask=m2, other=0.0)
+        if SAVE:  # the history's step 0 (read by the backward only): each program its own units
+            tl.store(HS + soff, h_own, mask=m2)
         bad = pc * 0
         xp_t = XP
         g_t = G
         o_t = OUT
         r_t = rows
-        h_rd = HS
+        h_rd = H0
         # step 0's inputs; inside the loop the next step's are loaded before the barrier
         if HAS_MASK:
             m = tl.load(MASK + rows, mask=rmask, other=0.0)
@@ -122,7 +125,7 @@ if HAS_TRITON:
             xn_n = tl.load(xp_n + xoff + 2 * H, mask=m2, other=0.0)
             if anyu > 0.0:
                 if SAVE:
-                    h_wr = h_rd + B * H
+                    h_wr = HS + (t + 1) * B * H
                 else:
                     h_wr = HS + ((nb + 1) % 2) * B * H
                 hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
@@ -327,7 +330,6 @@ def launch_fwd(xp, w_hh, b_hn, gate_w, gate_b, mask, h0, up0, cum0, threshold, p
     else:
         hs = new_buffer((2, B, H), xp)
         gates = stats = xp  # unused
-    hs[0].copy_(h0)
     out = new_buffer((T, B, H), xp)
     upd = new_buffer((T, B), xp)
     prob = new_buffer((T, B), xp)
@@ -337,7 +339,7 @@ def launch_fwd(xp, w_hh, b_hn, gate_w, gate_b, mask, h0, up0, cum0, threshold, p
     wt = w_hh.t().contiguous()
     _gru_coop_fwd_kernel[(nr, nc)](
         xp, wt, b_hn, gate_w, gate_b, mask if mask is not None else up0, up0, cum0,
-        hs, gates, out, upd, prob, stats, up_n, cum_n, h_n,
+        h0.contiguous(), hs, gates, out, upd, prob, stats, up_n, cum_n, h_n,
         zp, cnt, flag,
         T, B, H, nc, float(threshold),
         HAS_MASK=mask is not None, SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],

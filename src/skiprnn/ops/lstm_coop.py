@@ -37,7 +37,7 @@ if HAS_TRITON:
 
     @triton.jit(do_not_specialize=["T", "B"])
     def _lstm_coop_fwd_kernel(
-        XP, WT, WP, BP, MASK, UP0, CUM0,
+        XP, WT, WP, BP, MASK, UP0, CUM0, H0, C0,
         HS, CS, G, OUT, UPD, PROB, STATS, UPN, CUMN, HN, CN,
         ZP, CNT, FLAG,
         T, B, H, NCOL, threshold,
@@ -46,8 +46,8 @@ if HAS_TRITON:
         PRECISION: tl.constexpr,
         SPIN: tl.constexpr,
     ):
-        """XP (T,B,4H); WT = W_hh^T (H,4H); HS (T+1,B,H) [SAVE] or (2,B,H), [0] = h0;
-        CS (T+1,B,H) [SAVE] with [0] = c0, else c0 (B,H); G (T,B,4H), STATS (5,T,B) [SAVE];
+        """XP (T,B,4H); WT = W_hh^T (H,4H); H0, C0 (B,H) initial state; HS, CS (T+1,B,H)
+        history [SAVE] (the kernel writes [0] = h0, c0), else HS (2,B,H) h ping-pong, CS unused; G (T,B,4H), STATS (5,T,B) [SAVE];
         HN, CN (B,H) final state; ZP (2,NCOL,B) partials; CNT (#row blocks,) zeroed counters."""
         pr = tl.program_id(0)
         pc = tl.program_id(1)
@@ -90,14 +90,17 @@ if HAS_TRITON:
         pcs = tl.arange(0, NCP)
         zoff = pcs[:, None] * B + rows[None, :]
         zm = (pcs < NCOL)[:, None] & rmask[None, :]
-        h_own = tl.load(HS + soff, mask=m2, other=0.0)
-        c_own = tl.load(CS + soff, mask=m2, other=0.0)
+        h_own = tl.load(H0 + soff, mask=m2, other=0.0)
+        c_own = tl.load(C0 + soff, mask=m2, other=0.0)
+        if SAVE:  # the history's step 0 (read by the backward only): each program its own units
+            tl.store(HS + soff, h_own, mask=m2)
+            tl.store(CS + soff, c_own, mask=m2)
         bad = pc * 0
         xp_t = XP
         g_t = G
         o_t = OUT
         r_t = rows
-        h_rd = HS
+        h_rd = H0
         # step 0's inputs; inside the loop the next step's are loaded before the barrier
         if HAS_MASK:
             m = tl.load(MASK + rows, mask=rmask, other=0.0)
@@ -139,7 +142,7 @@ if HAS_TRITON:
             xn_o = tl.load(xp_n + goff + 3 * H, mask=m2, other=0.0)
             if anyu > 0.0:
                 if SAVE:
-                    h_wr = h_rd + B * H
+                    h_wr = HS + (t + 1) * B * H
                 else:
                     h_wr = HS + ((nb + 1) % 2) * B * H
                 hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
@@ -361,15 +364,11 @@ def launch_fwd(xp, w_hh, gate_w, gate_b, mask, h0, c0, up0, cum0, threshold, pre
     if save:
         hs = new_buffer((T + 1, B, H), xp)
         cs = new_buffer((T + 1, B, H), xp)
-        hs[0].copy_(h0)
-        cs[0].copy_(c0)
         gates = new_buffer((T, B, 4 * H), xp)
         stats = new_buffer((5, T, B), xp)
     else:
         hs = new_buffer((2, B, H), xp)
-        hs[0].copy_(h0)
-        cs = c0.contiguous()
-        gates = stats = xp  # unused
+        cs = gates = stats = xp  # unused
     out = new_buffer((T, B, H), xp)
     upd = new_buffer((T, B), xp)
     prob = new_buffer((T, B), xp)
@@ -380,7 +379,7 @@ def launch_fwd(xp, w_hh, gate_w, gate_b, mask, h0, c0, up0, cum0, threshold, pre
     wt = w_hh.t().contiguous()
     _lstm_coop_fwd_kernel[(nr, nc)](
         xp, wt, gate_w, gate_b, mask if mask is not None else up0, up0, cum0,
-        hs, cs, gates, out, upd, prob, stats, up_n, cum_n, h_n, c_n,
+        h0.contiguous(), c0.contiguous(), hs, cs, gates, out, upd, prob, stats, up_n, cum_n, h_n, c_n,
         zp, cnt, flag,
         T, B, H, nc, float(threshold),
         HAS_MASK=mask is not None, SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],

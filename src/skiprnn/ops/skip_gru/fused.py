@@ -295,7 +295,9 @@ def _launch_bwd(w_hh, gate_w, mask, hs, gates, stats, g_out, g_hn, g_upn, g_cumn
 # ----------------------------------------------------------------------------------------------
 
 def _c(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if t is None else t.to(dtype).contiguous()
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t  # the common case costs no dispatch
+    return t.to(dtype).contiguous()
 
 
 def _input_projection(xc: Tensor, w_ihc: Tensor, b_ih, b_hh, cdt) -> tuple[Tensor, Tensor]:
@@ -381,7 +383,7 @@ class _SkipGRUTriton(torch.autograd.Function):
             dgw = (gz.reshape(1, T * B) @ hc.reshape(T * B, H)).reshape(ctx.gate_shapes[0])
             dgb = gz.sum().reshape(ctx.gate_shapes[1])
         grads = [dx, dh0, dup0, dcum0, dw_ih, dw_hh, db_ih, db_hh, dgw, dgb]
-        grads = [None if (g is None or not n) else g.to(d)
+        grads = [None if (g is None or not n) else (g if g.dtype == d else g.to(d))
                  for g, n, d in zip(grads, need, ctx.dtypes)]
         return (*grads, None, None, None)
 

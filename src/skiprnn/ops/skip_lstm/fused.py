@@ -324,7 +324,9 @@ def _launch_bwd(w_hh, gate_w, mask, hs, cs, gates, stats, g_out, g_hn, g_cn, g_u
 # ----------------------------------------------------------------------------------------------
 
 def _c(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if t is None else t.to(dtype).contiguous()
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t  # the common case costs no dispatch
+    return t.to(dtype).contiguous()
 
 
 def _input_projection(xc: Tensor, w_ihc: Tensor, b_ih, b_hh, cdt) -> Tensor:
@@ -402,7 +404,7 @@ class _SkipLSTMTriton(torch.autograd.Function):
             dgb = gz.sum().reshape(ctx.gate_shapes[1])
         grads = [dx, dh0, dc0, dup0, dcum0, dw_ih, dw_hh,
                  db if ctx.has_bias[0] else None, db if ctx.has_bias[1] else None, dgw, dgb]
-        grads = [None if (g is None or not n) else g.to(d)
+        grads = [None if (g is None or not n) else (g if g.dtype == d else g.to(d))
                  for g, n, d in zip(grads, need, ctx.dtypes)]
         return (*grads, None, None, None)
 
