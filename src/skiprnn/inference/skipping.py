@@ -318,7 +318,6 @@ class _NumpyStack:
         self.const = cell.constant_delta
         self.gw = None if cell.gate_weight is None else arr(cell.gate_weight)[0]
         self.gb = None if cell.gate_bias is None else npdt(cell.gate_bias.item())
-        self.sg = np.empty(G * H, npdt)
         self.tmp = np.empty(H, npdt)
         self.one = npdt(1)
         self.half = npdt(0.5)
@@ -326,7 +325,7 @@ class _NumpyStack:
     def __call__(self, xp_first: np.ndarray, hs: list, cs: list | None, h_out=None):
         """Update the state; ``cs`` is updated in place. ``h_out``: where the top layer's new h
         goes (a fresh array if None). Returns ``(new_hs, cs, Δũ)``."""
-        H, half, sg, tmp = self.H, self.half, self.sg, self.tmp
+        H, half, tmp = self.H, self.half, self.tmp
         top = len(hs) - 1
         new_h = []
         inp = None
@@ -344,17 +343,17 @@ class _NumpyStack:
                     if self.b_ih[k] is not None:
                         g += self.b_ih[k]
                         g += self.b_hh[k]
-                np.multiply(g, half, out=sg)  # σ over all four gates (the g gate's is unused)
-                np.tanh(sg, out=sg)
-                sg *= half
-                sg += half
-                c = cs[k]
-                c *= sg[H:2 * H]
                 np.tanh(g[2 * H:3 * H], out=tmp)
-                tmp *= sg[:H]
+                g *= half  # σ over all four gates in place (the g gate's is unused)
+                np.tanh(g, out=g)
+                g *= half
+                g += half
+                tmp *= g[:H]
+                c = cs[k]
+                c *= g[H:2 * H]
                 c += tmp
                 np.tanh(c, out=tmp)
-                h = np.multiply(sg[3 * H:], tmp, out=dest)
+                h = np.multiply(g[3 * H:], tmp, out=dest)
             else:
                 gh = g
                 if self.b_hh[k] is not None:
@@ -365,7 +364,7 @@ class _NumpyStack:
                     gi = self.gi[k]
                     if self.b_ih[k] is not None:
                         gi += self.b_ih[k]
-                rz = np.add(gi[:2 * H], gh[:2 * H], out=sg[:2 * H])
+                rz = np.add(gi[:2 * H], gh[:2 * H], out=gh[:2 * H])  # in place: gh[2H:] stays
                 rz *= half
                 np.tanh(rz, out=rz)
                 rz *= half
