@@ -96,38 +96,20 @@ if HAS_TRITON:
         x_r = tl.load(XP + xoff, mask=m2, other=0.0)
         x_z = tl.load(XP + xoff + H, mask=m2, other=0.0)
         x_n = tl.load(XP + xoff + 2 * H, mask=m2, other=0.0)
-        nb = pc * 0  # barriers so far (steps on which some row of this block updated)
-        for t in range(T):
-            ut = cum + tl.minimum(up, 1.0 - cum)
-            upd = (ut > threshold) & (m != 0)
-            u = tl.where(upd, zero_b + 1.0, zero_b)
-            srow = STATS + r_t
-            if SAVE:
+        if SAVE:
+            # training: every step computes the candidate (the backward needs the gates)
+            for t in range(T):
+                ut = cum + tl.minimum(up, 1.0 - cum)
+                upd = (ut > threshold) & (m != 0)
+                u = tl.where(upd, zero_b + 1.0, zero_b)
+                srow = STATS + r_t
                 tl.store(srow, u, mask=smask)
                 tl.store(srow + T * B, ut, mask=smask)
                 tl.store(srow + 3 * T * B, up, mask=smask)
                 tl.store(srow + 4 * T * B, cum, mask=smask)
-            tl.store(UPD + r_t, u, mask=smask)
-            tl.store(PROB + r_t, ut * m, mask=smask)
-            # inference: a step on which no row of the block updates does no work (see LSTM)
-            anyu = tl.max(tl.where(rmask, u, 0.0), axis=0)
-            if SAVE:
-                anyu = anyu + 1.0
-            # prefetch step t+1's inputs (step t's again at the last step: harmless)
-            nxt = tl.where(t + 1 < T, B, 0)
-            if HAS_MASK:
-                m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
-            else:
-                m_n = m
-            xp_n = xp_t + nxt * H3
-            xn_r = tl.load(xp_n + xoff, mask=m2, other=0.0)
-            xn_z = tl.load(xp_n + xoff + H, mask=m2, other=0.0)
-            xn_n = tl.load(xp_n + xoff + 2 * H, mask=m2, other=0.0)
-            if anyu > 0.0:
-                if SAVE:
-                    h_wr = HS + (t + 1) * B * H
-                else:
-                    h_wr = HS + ((nb + 1) % 2) * B * H
+                tl.store(UPD + r_t, u, mask=smask)
+                tl.store(PROB + r_t, ut * m, mask=smask)
+                h_wr = HS + (t + 1) * B * H
                 hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
                 zt = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
                 acc_r = _kdot(hfull, w_r, zt, KC, PRECISION)
@@ -137,36 +119,93 @@ if HAS_TRITON:
                 zg = _sigmoid(acc_z + x_z)
                 hn = acc_n + bhn[None, :]
                 n = _tanh(x_n + r * hn)
-                if SAVE:
-                    tl.store(g_t + goff, r, mask=m2)
-                    tl.store(g_t + goff + H, zg, mask=m2)
-                    tl.store(g_t + goff + 2 * H, n, mask=m2)
-                    tl.store(g_t + goff + 3 * H, hn, mask=m2)
+                tl.store(g_t + goff, r, mask=m2)
+                tl.store(g_t + goff + H, zg, mask=m2)
+                tl.store(g_t + goff + 2 * H, n, mask=m2)
+                tl.store(g_t + goff + 3 * H, hn, mask=m2)
                 hc = (1.0 - zg) * n + zg * h_own
                 zpart = tl.sum(tl.where(m2, hc * wp[None, :], 0.0), axis=1)
-                zslot = ZP + (nb % 2) * NCOL * B
+                zslot = ZP + (t % 2) * NCOL * B
                 tl.store(zslot + pc * B + rows, zpart, mask=rmask)
                 h_own = tl.where(upd[:, None], hc, h_own)
                 tl.store(h_wr + soff, h_own, mask=m2)
-                bad = _grid_sync(CNT + pr, NCOL * (nb + 1), bad, SPIN)
-                z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"),
-                           axis=0)
+                tl.store(o_t + soff, h_own * m[:, None], mask=m2)
+                # prefetch step t+1's inputs (step t's again at the last step: harmless)
+                nxt = tl.where(t + 1 < T, B, 0)
+                if HAS_MASK:
+                    m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
+                else:
+                    m_n = m
+                xp_n = xp_t + nxt * H3
+                x_r = tl.load(xp_n + xoff, mask=m2, other=0.0)
+                x_z = tl.load(xp_n + xoff + H, mask=m2, other=0.0)
+                x_n = tl.load(xp_n + xoff + 2 * H, mask=m2, other=0.0)
+                bad = _grid_sync(CNT + pr, NCOL * (t + 1), bad, SPIN)
+                z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
                 delta = _sigmoid(z + bp)
-                if SAVE:
-                    tl.store(srow + 2 * T * B, delta, mask=smask)
+                tl.store(srow + 2 * T * B, delta, mask=smask)
                 up = tl.where(upd, delta, up)
+                cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
+                m = m_n
                 h_rd = h_wr
-                nb += 1
-            tl.store(o_t + soff, h_own * m[:, None], mask=m2)
-            cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
-            m = m_n
-            x_r = xn_r
-            x_z = xn_z
-            x_n = xn_n
-            xp_t += B * H3
-            g_t += B * H4
-            o_t += B * H
-            r_t += B
+                xp_t += B * H3
+                g_t += B * H4
+                o_t += B * H
+                r_t += B
+        else:
+            nb = pc * 0  # barriers so far (steps on which some row of this block updated)
+            for t in range(T):
+                ut = cum + tl.minimum(up, 1.0 - cum)
+                upd = (ut > threshold) & (m != 0)
+                u = tl.where(upd, zero_b + 1.0, zero_b)
+                tl.store(UPD + r_t, u, mask=smask)
+                tl.store(PROB + r_t, ut * m, mask=smask)
+                # inference: a step on which no row of the block updates does no work (see LSTM)
+                anyu = tl.max(tl.where(rmask, u, 0.0), axis=0)
+                # prefetch step t+1's inputs (step t's again at the last step: harmless)
+                nxt = tl.where(t + 1 < T, B, 0)
+                if HAS_MASK:
+                    m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
+                else:
+                    m_n = m
+                xp_n = xp_t + nxt * H3
+                xn_r = tl.load(xp_n + xoff, mask=m2, other=0.0)
+                xn_z = tl.load(xp_n + xoff + H, mask=m2, other=0.0)
+                xn_n = tl.load(xp_n + xoff + 2 * H, mask=m2, other=0.0)
+                if anyu > 0.0:
+                    h_wr = HS + ((nb + 1) % 2) * B * H
+                    hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
+                    zt = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
+                    acc_r = _kdot(hfull, w_r, zt, KC, PRECISION)
+                    acc_z = _kdot(hfull, w_z, zt, KC, PRECISION)
+                    acc_n = _kdot(hfull, w_n, zt, KC, PRECISION)
+                    r = _sigmoid(acc_r + x_r)
+                    zg = _sigmoid(acc_z + x_z)
+                    hn = acc_n + bhn[None, :]
+                    n = _tanh(x_n + r * hn)
+                    hc = (1.0 - zg) * n + zg * h_own
+                    zpart = tl.sum(tl.where(m2, hc * wp[None, :], 0.0), axis=1)
+                    zslot = ZP + (nb % 2) * NCOL * B
+                    tl.store(zslot + pc * B + rows, zpart, mask=rmask)
+                    h_own = tl.where(upd[:, None], hc, h_own)
+                    tl.store(h_wr + soff, h_own, mask=m2)
+                    bad = _grid_sync(CNT + pr, NCOL * (nb + 1), bad, SPIN)
+                    z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"),
+                               axis=0)
+                    delta = _sigmoid(z + bp)
+                    up = tl.where(upd, delta, up)
+                    h_rd = h_wr
+                    nb += 1
+                tl.store(o_t + soff, h_own * m[:, None], mask=m2)
+                cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
+                m = m_n
+                x_r = xn_r
+                x_z = xn_z
+                x_n = xn_n
+                xp_t += B * H3
+                g_t += B * H4
+                o_t += B * H
+                r_t += B
         tl.store(UPN + rows, up, mask=smask)
         tl.store(CUMN + rows, cum, mask=smask)
         tl.store(HN + soff, h_own, mask=m2)

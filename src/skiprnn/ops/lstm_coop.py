@@ -47,7 +47,8 @@ if HAS_TRITON:
         SPIN: tl.constexpr,
     ):
         """XP (T,B,4H); WT = W_hh^T (H,4H); H0, C0 (B,H) initial state; HS, CS (T+1,B,H)
-        history [SAVE] (the kernel writes [0] = h0, c0), else HS (2,B,H) h ping-pong, CS unused; G (T,B,4H), STATS (5,T,B) [SAVE];
+        history [SAVE] (the kernel writes [0] = h0, c0), else HS (2,B,H) h ping-pong;
+        G (T,B,4H), STATS (5,T,B) [SAVE];
         HN, CN (B,H) final state; ZP (2,NCOL,B) partials; CNT (#row blocks,) zeroed counters."""
         pr = tl.program_id(0)
         pc = tl.program_id(1)
@@ -110,41 +111,20 @@ if HAS_TRITON:
         x_f = tl.load(XP + goff + H, mask=m2, other=0.0)
         x_g = tl.load(XP + goff + 2 * H, mask=m2, other=0.0)
         x_o = tl.load(XP + goff + 3 * H, mask=m2, other=0.0)
-        nb = pc * 0  # barriers so far (steps on which some row of this block updated)
-        for t in range(T):
-            ut = cum + tl.minimum(up, 1.0 - cum)
-            upd = (ut > threshold) & (m != 0)
-            u = tl.where(upd, zero_b + 1.0, zero_b)
-            srow = STATS + r_t
-            if SAVE:
+        if SAVE:
+            # training: every step computes the candidate (the backward needs the gates)
+            for t in range(T):
+                ut = cum + tl.minimum(up, 1.0 - cum)
+                upd = (ut > threshold) & (m != 0)
+                u = tl.where(upd, zero_b + 1.0, zero_b)
+                srow = STATS + r_t
                 tl.store(srow, u, mask=smask)
                 tl.store(srow + T * B, ut, mask=smask)
                 tl.store(srow + 3 * T * B, up, mask=smask)
                 tl.store(srow + 4 * T * B, cum, mask=smask)
-            tl.store(UPD + r_t, u, mask=smask)
-            tl.store(PROB + r_t, ut * m, mask=smask)
-            # every program of the row block reaches the same decision: without a history to save
-            # (inference), a step on which no row of the block updates does no matrix product,
-            # no exchange and no barrier (h, c and the update probability are carried)
-            anyu = tl.max(tl.where(rmask, u, 0.0), axis=0)
-            if SAVE:
-                anyu = anyu + 1.0
-            # prefetch step t+1's inputs (step t's again at the last step: harmless)
-            nxt = tl.where(t + 1 < T, B, 0)
-            if HAS_MASK:
-                m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
-            else:
-                m_n = m
-            xp_n = xp_t + nxt * H4
-            xn_i = tl.load(xp_n + goff, mask=m2, other=0.0)
-            xn_f = tl.load(xp_n + goff + H, mask=m2, other=0.0)
-            xn_g = tl.load(xp_n + goff + 2 * H, mask=m2, other=0.0)
-            xn_o = tl.load(xp_n + goff + 3 * H, mask=m2, other=0.0)
-            if anyu > 0.0:
-                if SAVE:
-                    h_wr = HS + (t + 1) * B * H
-                else:
-                    h_wr = HS + ((nb + 1) % 2) * B * H
+                tl.store(UPD + r_t, u, mask=smask)
+                tl.store(PROB + r_t, ut * m, mask=smask)
+                h_wr = HS + (t + 1) * B * H
                 hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
                 zt = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
                 acc_i = _kdot(hfull, w_i, zt, KC, PRECISION)
@@ -155,41 +135,104 @@ if HAS_TRITON:
                 sf = _sigmoid(acc_f + x_f)
                 tg = _tanh(acc_g + x_g)
                 so = _sigmoid(acc_o + x_o)
-                if SAVE:
-                    tl.store(g_t + goff, si, mask=m2)
-                    tl.store(g_t + goff + H, sf, mask=m2)
-                    tl.store(g_t + goff + 2 * H, tg, mask=m2)
-                    tl.store(g_t + goff + 3 * H, so, mask=m2)
+                tl.store(g_t + goff, si, mask=m2)
+                tl.store(g_t + goff + H, sf, mask=m2)
+                tl.store(g_t + goff + 2 * H, tg, mask=m2)
+                tl.store(g_t + goff + 3 * H, so, mask=m2)
                 cc = sf * c_own + si * tg
                 hc = so * _tanh(cc)
                 zpart = tl.sum(tl.where(m2, cc * wp[None, :], 0.0), axis=1)
-                zslot = ZP + (nb % 2) * NCOL * B
+                zslot = ZP + (t % 2) * NCOL * B
                 tl.store(zslot + pc * B + rows, zpart, mask=rmask)
                 c_own = tl.where(upd[:, None], cc, c_own)
                 h_own = tl.where(upd[:, None], hc, h_own)
                 tl.store(h_wr + soff, h_own, mask=m2)
-                if SAVE:
-                    tl.store(CS + (t + 1) * B * H + soff, c_own, mask=m2)
-                bad = _grid_sync(CNT + pr, NCOL * (nb + 1), bad, SPIN)
-                z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"),
-                           axis=0)
+                tl.store(CS + (t + 1) * B * H + soff, c_own, mask=m2)
+                tl.store(o_t + soff, h_own * m[:, None], mask=m2)
+                # prefetch step t+1's inputs (step t's again at the last step: harmless)
+                nxt = tl.where(t + 1 < T, B, 0)
+                if HAS_MASK:
+                    m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
+                else:
+                    m_n = m
+                xp_n = xp_t + nxt * H4
+                x_i = tl.load(xp_n + goff, mask=m2, other=0.0)
+                x_f = tl.load(xp_n + goff + H, mask=m2, other=0.0)
+                x_g = tl.load(xp_n + goff + 2 * H, mask=m2, other=0.0)
+                x_o = tl.load(xp_n + goff + 3 * H, mask=m2, other=0.0)
+                bad = _grid_sync(CNT + pr, NCOL * (t + 1), bad, SPIN)
+                z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
                 delta = _sigmoid(z + bp)
-                if SAVE:
-                    tl.store(srow + 2 * T * B, delta, mask=smask)
+                tl.store(srow + 2 * T * B, delta, mask=smask)
                 up = tl.where(upd, delta, up)
+                cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
+                m = m_n
                 h_rd = h_wr
-                nb += 1
-            tl.store(o_t + soff, h_own * m[:, None], mask=m2)
-            cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
-            m = m_n
-            x_i = xn_i
-            x_f = xn_f
-            x_g = xn_g
-            x_o = xn_o
-            xp_t += B * H4
-            g_t += B * H4
-            o_t += B * H
-            r_t += B
+                xp_t += B * H4
+                g_t += B * H4
+                o_t += B * H
+                r_t += B
+        else:
+            nb = pc * 0  # barriers so far (steps on which some row of this block updated)
+            for t in range(T):
+                ut = cum + tl.minimum(up, 1.0 - cum)
+                upd = (ut > threshold) & (m != 0)
+                u = tl.where(upd, zero_b + 1.0, zero_b)
+                tl.store(UPD + r_t, u, mask=smask)
+                tl.store(PROB + r_t, ut * m, mask=smask)
+                # inference: every program of the row block reaches the same decision, so a step
+                # on which no row of the block updates does no matrix product, no exchange and no
+                # barrier (h, c and the update probability are carried)
+                anyu = tl.max(tl.where(rmask, u, 0.0), axis=0)
+                # prefetch step t+1's inputs (step t's again at the last step: harmless)
+                nxt = tl.where(t + 1 < T, B, 0)
+                if HAS_MASK:
+                    m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
+                else:
+                    m_n = m
+                xp_n = xp_t + nxt * H4
+                xn_i = tl.load(xp_n + goff, mask=m2, other=0.0)
+                xn_f = tl.load(xp_n + goff + H, mask=m2, other=0.0)
+                xn_g = tl.load(xp_n + goff + 2 * H, mask=m2, other=0.0)
+                xn_o = tl.load(xp_n + goff + 3 * H, mask=m2, other=0.0)
+                if anyu > 0.0:
+                    h_wr = HS + ((nb + 1) % 2) * B * H
+                    hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
+                    zt = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
+                    acc_i = _kdot(hfull, w_i, zt, KC, PRECISION)
+                    acc_f = _kdot(hfull, w_f, zt, KC, PRECISION)
+                    acc_g = _kdot(hfull, w_g, zt, KC, PRECISION)
+                    acc_o = _kdot(hfull, w_o, zt, KC, PRECISION)
+                    si = _sigmoid(acc_i + x_i)
+                    sf = _sigmoid(acc_f + x_f)
+                    tg = _tanh(acc_g + x_g)
+                    so = _sigmoid(acc_o + x_o)
+                    cc = sf * c_own + si * tg
+                    hc = so * _tanh(cc)
+                    zpart = tl.sum(tl.where(m2, cc * wp[None, :], 0.0), axis=1)
+                    zslot = ZP + (nb % 2) * NCOL * B
+                    tl.store(zslot + pc * B + rows, zpart, mask=rmask)
+                    c_own = tl.where(upd[:, None], cc, c_own)
+                    h_own = tl.where(upd[:, None], hc, h_own)
+                    tl.store(h_wr + soff, h_own, mask=m2)
+                    bad = _grid_sync(CNT + pr, NCOL * (nb + 1), bad, SPIN)
+                    z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"),
+                               axis=0)
+                    delta = _sigmoid(z + bp)
+                    up = tl.where(upd, delta, up)
+                    h_rd = h_wr
+                    nb += 1
+                tl.store(o_t + soff, h_own * m[:, None], mask=m2)
+                cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
+                m = m_n
+                x_i = xn_i
+                x_f = xn_f
+                x_g = xn_g
+                x_o = xn_o
+                xp_t += B * H4
+                g_t += B * H4
+                o_t += B * H
+                r_t += B
         tl.store(UPN + rows, up, mask=smask)
         tl.store(CUMN + rows, cum, mask=smask)
         tl.store(HN + soff, h_own, mask=m2)
@@ -379,7 +422,8 @@ def launch_fwd(xp, w_hh, gate_w, gate_b, mask, h0, c0, up0, cum0, threshold, pre
     wt = w_hh.t().contiguous()
     _lstm_coop_fwd_kernel[(nr, nc)](
         xp, wt, gate_w, gate_b, mask if mask is not None else up0, up0, cum0,
-        h0.contiguous(), c0.contiguous(), hs, cs, gates, out, upd, prob, stats, up_n, cum_n, h_n, c_n,
+        h0.contiguous(), c0.contiguous(), hs, cs, gates, out, upd, prob, stats, up_n, cum_n,
+        h_n, c_n,
         zp, cnt, flag,
         T, B, H, nc, float(threshold),
         HAS_MASK=mask is not None, SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
