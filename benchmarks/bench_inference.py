@@ -13,6 +13,7 @@ device are the figures to quote. JSON (device, versions, git commit) goes to ``-
 
     PYTHONPATH=src python benchmarks/bench_inference.py --device cpu --out results/inference_cpu.json
     PYTHONPATH=src python benchmarks/bench_inference.py --device cuda --out results/inference_cuda.json
+    PYTHONPATH=src python benchmarks/bench_inference.py --device cpu --parts lazy  # lazy rows
 """
 
 from __future__ import annotations
@@ -308,14 +309,22 @@ def main(argv=None):
     ap.add_argument("--checkpoint", default=None, help="optional trained SkipLSTM state_dict")
     ap.add_argument("--gpu-budget-s", type=float, default=40.0)
     ap.add_argument("--no-lazy", action="store_true")
+    ap.add_argument("--parts", default="all",
+                    help="comma-separated parts to run: skipping (the nn.LSTM comparisons), lazy, "
+                         "cuda; default all (as selected by --device / --no-lazy)")
     args = ap.parse_args(argv)
+    parts = {"skipping", "lazy", "cuda"} if args.parts == "all" else set(args.parts.split(","))
+    bad = parts - {"skipping", "lazy", "cuda"}
+    if bad:
+        ap.error(f"unknown --parts {sorted(bad)}")
     torch.set_num_threads(args.threads)
     rows = []
     if args.device in ("cpu", "all"):
-        cpu_part(args, rows)
-        if not args.no_lazy:
+        if "skipping" in parts:
+            cpu_part(args, rows)
+        if "lazy" in parts and not args.no_lazy:
             lazy_part(args, rows, torch.device("cpu"))
-    if args.device in ("cuda", "all"):
+    if args.device in ("cuda", "all") and "cuda" in parts:
         if not torch.cuda.is_available():
             print("CUDA not available: skipping the GPU part")
         else:

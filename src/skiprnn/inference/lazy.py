@@ -4,6 +4,11 @@
                        frame_flops=cnn_macs)
     res.output          # the layer's SkipOutput, equal to rnn(cnn(video))
     res.stats           # encoder calls, steps read, FLOPs saved
+
+At batch size 1 on the CPU a read step is: fetch the frame, encode it, one matrix-vector product
+per layer with ``[W_hh | W_ih | b]`` and a few in-place NumPy ops (``_LazyStack``); the number of
+steps skipped after it follows from (Δũ, ũ) alone and their outputs are filled in at the end, so a
+skipped step costs nothing. Other cases step a ``SkipStream``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import torch
 from torch import Tensor
 
 from ..metrics import flops_per_update
-from .skipping import StepCell, _NumpyStack, _SkipRuns, np_dtype
+from . import skipping
+from .skipping import _AlternatingMV, _SkipRuns, np_dtype
 from .stream import SkipStream, _gate_config
 
 __all__ = ["lazy_forward", "LazyResult"]
@@ -70,7 +76,7 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
     if T < 1:
         raise ValueError("length must be at least 1")
     if batch_size == 1 and _single_ok(layer):
-        return _lazy_single(layer, get, encoder, T, frame_flops, hx)
+        return _lazy_single(layer, source, get, encoder, T, frame_flops, hx)
     B = batch_size
     I, H = layer.input_size, layer.hidden_size
     st = SkipStream(layer, B, hx)
@@ -134,12 +140,8 @@ def _stats(layer, T, B, read_steps, source_calls, encoder_calls, frames_encoded,
     return stats
 
 
-def _shape(v):
-    return tuple(v.shape) if hasattr(v, "shape") else type(v).__name__
-
-
 # ---------------------------------------------------------------------------------------------
-# batch size 1 on the CPU: the machinery of the skipping forward's B = 1 path, one read at a time
+# batch size 1 on the CPU: per read step one matrix-vector product per layer + NumPy pointwise maths
 # ---------------------------------------------------------------------------------------------
 def _single_ok(layer) -> bool:
     """The B = 1 CPU path applies: CPU float32/float64 parameters, a deterministic gate."""
@@ -153,48 +155,185 @@ def _single_ok(layer) -> bool:
     return True
 
 
-def _lazy_single(layer, get, encoder, T: int, frame_flops: float, hx) -> LazyResult:
-    """One stream, CPU: per read step fetch → encode → one projection GEMV → the NumPy cell update
-    (``_NumpyStack``, as in the whole-sequence B = 1 path); runs of skipped steps are known in
-    closed form from (Δũ, ũ) after each update (``_SkipRuns``, memoised) and written in bulk, so a
-    skipped step costs nothing per step. Same arithmetic as ``skipping._run_single``."""
+class _LazyStack:
+    """One state update of a Skip LSTM / GRU stack at batch size 1 (CPU), for steps read one at a
+    time (the whole-sequence path projects the inputs of many steps in one GEMM; here each input
+    arrives alone).
+
+    Every layer keeps one vector ``v = [h; inp; 1]`` (no 1 without biases) and multiplies it with
+    its weights concatenated column-wise once per update:
+
+    * LSTM: ``[W_hh | W_ih | b_ih + b_hh]`` with the gate rows reordered (g, i, f, o) and the rows
+      of the sigmoid gates (i, f, o) scaled by ½, so one ``tanh`` over all rows gives tanh(g) and
+      tanh(a/2), and σ(a) = ½·tanh(a/2) + ½ needs two more in-place ops over a contiguous slice.
+      Scaling by ½ is exact, so this equals σ of the unscaled product.
+    * GRU: ``[W_hh | b_hh]`` on ``[h; 1]`` and ``[W_ih | b_ih]`` on ``[inp; 1]`` (the candidate
+      gate needs the two parts apart), the reference's pointwise maths.
+
+    Matrices above ``skipping.MV_BLOCK_BYTES`` run as ``_AlternatingMV`` row blocks (L2 reuse at
+    large H).
+    The bias is folded into the product and W_ih x and W_hh h are summed in one dot product, so
+    the results equal the layer's up to float rounding (gates: the same up to ties at τ).
+
+    ``x`` / ``x2t``: where the first layer's input goes before ``update`` (NumPy / a ``(1, I)``
+    tensor). ``update(h_top)`` also writes the top layer's new h into ``h_top``; returns Δũ.
+    """
+
+    def __init__(self, kind, layers, gate_weight, gate_bias, const, hs, cs, npdt):
+        self.kind, self.npdt = kind, npdt
+        self.L = L = len(layers)
+        H = hs[0].shape[0]
+        self.H = H
+        self.half, self.one = npdt(0.5), npdt(1)
+        self.v, self.vt, self.mv, self.g, self.c = [], [], [], [], []
+        self.inp = []  # layer k's input slice of v (k >= 1 gets the new h of layer k - 1)
+        self.tmp = np.empty(H, npdt)
+        self.tmp2 = np.empty(H, npdt)
+        for k, lay in enumerate(layers):
+            w_ih, w_hh, b_ih, b_hh = (None if p is None else p.detach() for p in lay)
+            n_in = w_ih.shape[1]
+            bias = b_ih is not None
+            if kind == "lstm":
+                cols = [w_hh, w_ih] + ([(b_ih + b_hh).unsqueeze(1)] if bias else [])
+                W = torch.cat(cols, 1)
+                W = torch.cat([W[2 * H:3 * H], W[:2 * H] * 0.5, W[3 * H:] * 0.5])  # g, i, f, o
+                vt = torch.zeros(H + n_in + bias, dtype=W.dtype)
+                gt = torch.empty(4 * H, dtype=W.dtype)
+                self.mv.append((self._mv(W, gt, vt),))
+                g = gt.numpy()
+                self.g.append((g, g[H:], g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:]))
+                self.c.append(cs[k])
+                inp = vt.numpy()[H:H + n_in]
+            else:
+                vt = torch.zeros(H + bias + n_in + bias, dtype=w_hh.dtype)
+                gh_t = torch.empty(3 * H, dtype=w_hh.dtype)
+                gi_t = torch.empty(3 * H, dtype=w_hh.dtype)
+                wh = torch.cat([w_hh, b_hh.unsqueeze(1)], 1) if bias else w_hh
+                wi = torch.cat([w_ih, b_ih.unsqueeze(1)], 1) if bias else w_ih
+                self.mv.append((self._mv(wh, gh_t, vt[:H + bias]),
+                                self._mv(wi, gi_t, vt[H + bias:])))
+                gh, gi = gh_t.numpy(), gi_t.numpy()
+                self.g.append((gh[:2 * H], gh[2 * H:], gi[:2 * H], gi[2 * H:], gh[:H], gh[H:2 * H]))
+                inp = vt.numpy()[H + bias:H + bias + n_in]
+            v = vt.numpy()
+            v[:H] = hs[k]
+            if bias:
+                v[-1] = 1
+                if kind == "gru":
+                    v[H] = 1
+            self.v.append(v)
+            self.vt.append(vt)
+            self.inp.append(inp)
+        self.x = self.inp[0]
+        self.x2t = torch.from_numpy(self.x).view(1, -1)  # the first layer's input, as (1, I)
+        self.const = None if const is None else npdt(const)
+        self.gw = None if gate_weight is None else gate_weight.detach()[0].numpy()
+        self.gb = None if gate_bias is None else npdt(gate_bias.item())
+
+    @staticmethod
+    def _mv(W, out, v):
+        """A callable computing ``out = W v`` (one ``torch.mv``, or alternating row blocks)."""
+        W = W.contiguous()
+        if W.numel() * W.element_size() <= skipping.MV_BLOCK_BYTES:
+            return lambda: torch.mv(W, v, out=out)
+        amv = _AlternatingMV(W, out)
+        return lambda: amv(v)
+
+    @property
+    def hs(self):
+        return [v[:self.H] for v in self.v]
+
+    def update(self, h_top):
+        """One update from ``self.x``; writes the top layer's new h into ``h_top`` too."""
+        half, tmp = self.half, self.tmp
+        top = self.L - 1
+        for k in range(self.L):
+            v = self.v[k]
+            h = v[:self.H]
+            if self.kind == "lstm":
+                self.mv[k][0]()
+                g, sig, gg, i, f, o = self.g[k]
+                np.tanh(g, out=g)  # tanh(g) and tanh(a/2) of the pre-halved sigmoid rows
+                sig *= half
+                sig += half
+                np.multiply(i, gg, out=tmp)
+                c = self.c[k]
+                c *= f
+                c += tmp
+                np.tanh(c, out=tmp)
+                np.multiply(o, tmp, out=h)  # v[:H] is free: this update's product is done
+            else:
+                mh, mi = self.mv[k]
+                mh()
+                mi()
+                gh_rz, gh_n, gi_rz, gi_n, r, z = self.g[k]
+                rz = np.add(gi_rz, gh_rz, out=gh_rz)
+                rz *= half
+                np.tanh(rz, out=rz)
+                rz *= half
+                rz += half
+                n = np.multiply(gh_n, r, out=tmp)
+                n += gi_n
+                np.tanh(n, out=n)
+                zh = np.multiply(z, h, out=self.tmp2)
+                np.subtract(self.one, z, out=h)
+                h *= n
+                h += zh
+            if k < top:
+                self.inp[k + 1][:] = h
+            else:
+                h_top[:] = h
+        if self.const is not None:
+            return self.const
+        feat = self.c[-1] if self.kind == "lstm" else self.v[-1][:self.H]
+        zz = np.dot(self.gw, feat) + self.gb
+        return self.npdt(self.one / (self.one + np.exp(-zz)))
+
+
+def _getter_one(source, get):
+    """``get1(t)``: the frame at step t as a batch of one (a tensor source: one slice, as a caller
+    encoding frames one by one would take it)."""
+    if isinstance(source, Tensor):
+        return lambda t: source[t:t + 1]
+
+    def get1(t):
+        frame = get(t)
+        return frame.unsqueeze(0) if isinstance(frame, Tensor) else frame
+    return get1
+
+
+def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) -> LazyResult:
+    """One stream, CPU: per read step fetch → encode → one ``_LazyStack`` update; the run of
+    skipped steps after it follows from (Δũ, ũ) alone (``_SkipRuns``: replayed once, memoised),
+    and the skipped steps' outputs and ũ are filled in bulk at the end, so a skipped step costs
+    nothing in the loop."""
     from ..modules.rnn import SkipOutput
 
     I, H = layer.input_size, layer.hidden_size
-    p0 = next(layer.parameters())
-    dt = p0.dtype
+    dt = next(layer.parameters()).dtype
     npdt = np_dtype(dt)
     threshold, const = _gate_config(layer)
     if hx is None:
         state = layer.initial_state(1)
     else:
         state = layer._parse_hx(hx, 1, torch.empty(1, 1, 1, dtype=dt), unbatched=False)
-    lay = layer
-    gw = lay.update_gate.weight if lay.update_gate is not None else None
-    gb = lay.update_gate.bias if lay.update_gate is not None else None
+    gw = layer.update_gate.weight if layer.update_gate is not None else None
+    gb = layer.update_gate.bias if layer.update_gate is not None else None
     one, zero = npdt(1), npdt(0)
+    get1 = _getter_one(source, get)
+    shape1 = (1, I)
     with torch.no_grad(), np.errstate(over="ignore"):
-        cell = StepCell(layer.mode, layer._layers(), gw, gb, const)
-        stack = _NumpyStack(cell, npdt)
-        runs = _SkipRuns(threshold, npdt)
-        hs = [h[0].detach().numpy().copy() for h in state[0].unbind(0)]
-        cs = ([c[0].detach().numpy().copy() for c in state[1].unbind(0)]
+        hs = [h[0].detach().numpy().astype(npdt, copy=True) for h in state[0].unbind(0)]
+        cs = ([c[0].detach().numpy().astype(npdt, copy=True) for c in state[1].unbind(0)]
               if layer.mode == "lstm" else None)
+        stack = _LazyStack(layer.mode, layer._layers(), gw, gb, const, hs, cs, npdt)
+        runs = _SkipRuns(threshold, npdt)
+        x2 = stack.x2t
         up, cum = npdt(state.update_prob.item()), npdt(state.cum_update_prob.item())
-        # first layer's input projection x W_ihᵀ + b (b = b_ih + b_hh for the LSTM), one row
-        w_ih, b_first = stack.first_ih
-        wt = w_ih.t()
-        xp = torch.empty(1, w_ih.shape[0], dtype=dt)
-        xp_np = xp.numpy()[0]
         # output rows: 0 the top h before step 0, j the j-th update's h
         hist = np.empty((T + 1, H), npdt)
         hist[0] = hs[-1]
-        hs[-1] = hist[0]
-        idx = np.zeros(T, np.int64)
-        u_np = np.zeros(T, npdt)
-        p_np = np.zeros(T, npdt)
-        read = []
-        cur = 0
+        read, read_uc, skipped = [], [], []
         k = 0
         while k < T:
             n, probs, stuck = runs(up, cum, T - k)
@@ -203,43 +342,43 @@ def _lazy_single(layer, get, encoder, T: int, frame_flops: float, hx) -> LazyRes
                 if n > len(probs):
                     probs = np.concatenate([probs, np.full(n - len(probs), probs[-1], npdt)])
             if n:
-                p_np[k:k + n] = probs[:n]
-                idx[k:k + n] = cur
+                skipped.append((k, n, probs))
                 cum = probs[n - 1]
                 k += n
                 if k >= T:
                     break
             # a read step: ũ crosses τ
-            frame = get(k)
-            sel = frame.unsqueeze(0) if isinstance(frame, Tensor) else frame
+            sel = get1(k)
             feat = encoder(sel) if encoder is not None else sel
-            if not isinstance(feat, Tensor) or feat.dim() != 2 or tuple(feat.shape) != (1, I):
+            if not isinstance(feat, Tensor) or feat.shape != shape1:
                 what = "encoder output" if encoder is not None else "frame"
                 raise ValueError(f"{what} at step {k} must have shape (1, {I}) "
                                  f"(rows read, input_size), got {_shape(feat)}")
-            if feat.dtype != dt or feat.device.type != "cpu":
-                feat = feat.to("cpu", dt)
-            if b_first is not None:
-                torch.addmm(b_first, feat, wt, out=xp)
-            else:
-                torch.mm(feat, wt, out=xp)
-            p_np[k] = cum + min(up, one - cum)
-            u_np[k] = 1
-            cur += 1
-            hs, cs, up = stack(xp_np, hs, cs, h_out=hist[cur])
-            cum = zero
-            idx[k] = cur
+            x2.copy_(feat)  # any dtype / device
+            read_uc.append((up, cum))
             read.append(k)
+            up = stack.update(hist[len(read)])
+            cum = zero
             k += 1
+        u_np = np.zeros(T, npdt)
+        p_np = np.empty(T, npdt)
+        u_np[read] = 1
+        p_np[read] = [cum_ + min(up_, one - cum_) for up_, cum_ in read_uc]  # ũ at the reads
+        for k, n, probs in skipped:
+            p_np[k:k + n] = probs[:n]
+        idx = np.cumsum(u_np.astype(np.int64))  # updates so far = the history row of each step
     out = torch.from_numpy(hist[idx]).view(T, 1, H)
     u = torch.from_numpy(u_np).view(T, 1)
     p = torch.from_numpy(p_np).view(T, 1)
-    hn = torch.stack([torch.from_numpy(h.copy()) for h in hs]).unsqueeze(1)
-    hc = [hn]
+    hc = [torch.from_numpy(np.stack(stack.hs)).unsqueeze(1)]
     if cs is not None:
-        hc.append(torch.stack([torch.from_numpy(c) for c in cs]).unsqueeze(1))
+        hc.append(torch.from_numpy(np.stack(stack.c)).unsqueeze(1))
     new_state = layer.state_type(*hc, torch.tensor([up], dtype=dt), torch.tensor([cum], dtype=dt))
     n = len(read)
-    stats = _stats(layer, T, 1, [read], n, n if encoder is not None else 0,
-                   n if encoder is not None else 0, frame_flops)
+    n_enc = n if encoder is not None else 0
+    stats = _stats(layer, T, 1, [read], n, n_enc, n_enc, frame_flops)
     return LazyResult(SkipOutput(out, new_state, u, p), stats)
+
+
+def _shape(v):
+    return tuple(v.shape) if hasattr(v, "shape") else type(v).__name__
