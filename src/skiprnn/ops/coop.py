@@ -48,6 +48,8 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from .triton_utils import sigmoid as _sigmoid
+
     @triton.jit
     def grid_sync(CNT, target, bad, SPIN: tl.constexpr):
         """Barrier among the programs that share the counter ``CNT``: every program adds 1, then
@@ -64,6 +66,21 @@ if HAS_TRITON:
         bad = tl.where(cnt < target, 1, bad)
         tl.debug_barrier()
         return bad
+
+    @triton.jit
+    def decide(up, cum, m, threshold):
+        """ũ_t = cum + min(Δũ, 1 - cum) per row, the binary update (rows with m = 0 never update)
+        and u as a float; every program of a row block computes the same values."""
+        ut = cum + tl.minimum(up, 1.0 - cum)
+        upd = (ut > threshold) & (m != 0)
+        zero = up * 0.0
+        return ut, upd, tl.where(upd, zero + 1.0, zero)
+
+    @triton.jit
+    def delta_from_partials(zslot, zoff, zm, bp):
+        """After the barrier: Δũ = σ(Σ of the column blocks' partial w_p-sums + b_p)."""
+        z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
+        return _sigmoid(z + bp)
 
     @triton.jit
     def kdot(a, w, acc, KC: tl.constexpr, PRECISION: tl.constexpr):

@@ -17,10 +17,32 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from .coop import decide as _decide
+    from .coop import delta_from_partials as _delta
     from .coop import grid_sync as _grid_sync
     from .coop import kdot as _kdot
     from .triton_utils import sigmoid as _sigmoid
     from .triton_utils import tanh as _tanh
+
+    @triton.jit
+    def _load3(ptr, off, m2, H):
+        """The three gate slices (r, z, n) of this program's units at ``ptr + off``."""
+        return (tl.load(ptr + off, mask=m2, other=0.0), tl.load(ptr + off + H, mask=m2, other=0.0),
+                tl.load(ptr + off + 2 * H, mask=m2, other=0.0))
+
+    @triton.jit
+    def _candidate(hfull, w_r, w_z, w_n, x_r, x_z, x_n, bhn, h_own, wp, m2,
+                   KC: tl.constexpr, PRECISION: tl.constexpr):
+        """One step's candidate for this program's units: r, z, n, W_hn h + b_hn, h̃ and the rows'
+        partial sums of w_p·h̃ over these units."""
+        zt = tl.zeros(x_r.shape, dtype=x_r.dtype)
+        r = _sigmoid(_kdot(hfull, w_r, zt, KC, PRECISION) + x_r)
+        zg = _sigmoid(_kdot(hfull, w_z, zt, KC, PRECISION) + x_z)
+        hn = _kdot(hfull, w_n, zt, KC, PRECISION) + bhn[None, :]
+        n = _tanh(x_n + r * hn)
+        hc = (1.0 - zg) * n + zg * h_own
+        zpart = tl.sum(tl.where(m2, hc * wp[None, :], 0.0), axis=1)
+        return r, zg, n, hn, hc, zpart
 
     @triton.jit(do_not_specialize=["T", "B"])
     def _gru_coop_fwd_kernel(
@@ -93,15 +115,11 @@ if HAS_TRITON:
             m = tl.load(MASK + rows, mask=rmask, other=0.0)
         else:
             m = zero_b + 1.0
-        x_r = tl.load(XP + xoff, mask=m2, other=0.0)
-        x_z = tl.load(XP + xoff + H, mask=m2, other=0.0)
-        x_n = tl.load(XP + xoff + 2 * H, mask=m2, other=0.0)
+        x_r, x_z, x_n = _load3(XP, xoff, m2, H)
         if SAVE:
             # training: every step computes the candidate (the backward needs the gates)
             for t in range(T):
-                ut = cum + tl.minimum(up, 1.0 - cum)
-                upd = (ut > threshold) & (m != 0)
-                u = tl.where(upd, zero_b + 1.0, zero_b)
+                ut, upd, u = _decide(up, cum, m, threshold)
                 srow = STATS + r_t
                 tl.store(srow, u, mask=smask)
                 tl.store(srow + T * B, ut, mask=smask)
@@ -111,20 +129,12 @@ if HAS_TRITON:
                 tl.store(PROB + r_t, ut * m, mask=smask)
                 h_wr = HS + (t + 1) * B * H
                 hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
-                zt = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
-                acc_r = _kdot(hfull, w_r, zt, KC, PRECISION)
-                acc_z = _kdot(hfull, w_z, zt, KC, PRECISION)
-                acc_n = _kdot(hfull, w_n, zt, KC, PRECISION)
-                r = _sigmoid(acc_r + x_r)
-                zg = _sigmoid(acc_z + x_z)
-                hn = acc_n + bhn[None, :]
-                n = _tanh(x_n + r * hn)
+                r, zg, n, hn, hc, zpart = _candidate(
+                    hfull, w_r, w_z, w_n, x_r, x_z, x_n, bhn, h_own, wp, m2, KC, PRECISION)
                 tl.store(g_t + goff, r, mask=m2)
                 tl.store(g_t + goff + H, zg, mask=m2)
                 tl.store(g_t + goff + 2 * H, n, mask=m2)
                 tl.store(g_t + goff + 3 * H, hn, mask=m2)
-                hc = (1.0 - zg) * n + zg * h_own
-                zpart = tl.sum(tl.where(m2, hc * wp[None, :], 0.0), axis=1)
                 zslot = ZP + (t % 2) * NCOL * B
                 tl.store(zslot + pc * B + rows, zpart, mask=rmask)
                 h_own = tl.where(upd[:, None], hc, h_own)
@@ -137,12 +147,9 @@ if HAS_TRITON:
                 else:
                     m_n = m
                 xp_n = xp_t + nxt * H3
-                x_r = tl.load(xp_n + xoff, mask=m2, other=0.0)
-                x_z = tl.load(xp_n + xoff + H, mask=m2, other=0.0)
-                x_n = tl.load(xp_n + xoff + 2 * H, mask=m2, other=0.0)
+                x_r, x_z, x_n = _load3(xp_n, xoff, m2, H)
                 bad = _grid_sync(CNT + pr, NCOL * (t + 1), bad, SPIN)
-                z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
-                delta = _sigmoid(z + bp)
+                delta = _delta(zslot, zoff, zm, bp)
                 tl.store(srow + 2 * T * B, delta, mask=smask)
                 up = tl.where(upd, delta, up)
                 cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
@@ -155,9 +162,7 @@ if HAS_TRITON:
         else:
             nb = pc * 0  # barriers so far (steps on which some row of this block updated)
             for t in range(T):
-                ut = cum + tl.minimum(up, 1.0 - cum)
-                upd = (ut > threshold) & (m != 0)
-                u = tl.where(upd, zero_b + 1.0, zero_b)
+                ut, upd, u = _decide(up, cum, m, threshold)
                 tl.store(UPD + r_t, u, mask=smask)
                 tl.store(PROB + r_t, ut * m, mask=smask)
                 # inference: a step on which no row of the block updates does no work (see LSTM)
@@ -169,30 +174,18 @@ if HAS_TRITON:
                 else:
                     m_n = m
                 xp_n = xp_t + nxt * H3
-                xn_r = tl.load(xp_n + xoff, mask=m2, other=0.0)
-                xn_z = tl.load(xp_n + xoff + H, mask=m2, other=0.0)
-                xn_n = tl.load(xp_n + xoff + 2 * H, mask=m2, other=0.0)
+                xn_r, xn_z, xn_n = _load3(xp_n, xoff, m2, H)
                 if anyu > 0.0:
                     h_wr = HS + ((nb + 1) % 2) * B * H
                     hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
-                    zt = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
-                    acc_r = _kdot(hfull, w_r, zt, KC, PRECISION)
-                    acc_z = _kdot(hfull, w_z, zt, KC, PRECISION)
-                    acc_n = _kdot(hfull, w_n, zt, KC, PRECISION)
-                    r = _sigmoid(acc_r + x_r)
-                    zg = _sigmoid(acc_z + x_z)
-                    hn = acc_n + bhn[None, :]
-                    n = _tanh(x_n + r * hn)
-                    hc = (1.0 - zg) * n + zg * h_own
-                    zpart = tl.sum(tl.where(m2, hc * wp[None, :], 0.0), axis=1)
+                    _, _, _, _, hc, zpart = _candidate(
+                        hfull, w_r, w_z, w_n, x_r, x_z, x_n, bhn, h_own, wp, m2, KC, PRECISION)
                     zslot = ZP + (nb % 2) * NCOL * B
                     tl.store(zslot + pc * B + rows, zpart, mask=rmask)
                     h_own = tl.where(upd[:, None], hc, h_own)
                     tl.store(h_wr + soff, h_own, mask=m2)
                     bad = _grid_sync(CNT + pr, NCOL * (nb + 1), bad, SPIN)
-                    z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"),
-                               axis=0)
-                    delta = _sigmoid(z + bp)
+                    delta = _delta(zslot, zoff, zm, bp)
                     up = tl.where(upd, delta, up)
                     h_rd = h_wr
                     nb += 1
@@ -203,7 +196,6 @@ if HAS_TRITON:
                 x_z = xn_z
                 x_n = xn_n
                 xp_t += B * H3
-                g_t += B * H4
                 o_t += B * H
                 r_t += B
         tl.store(UPN + rows, up, mask=smask)

@@ -30,10 +30,34 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from .coop import decide as _decide
+    from .coop import delta_from_partials as _delta
     from .coop import grid_sync as _grid_sync
     from .coop import kdot as _kdot
     from .triton_utils import sigmoid as _sigmoid
     from .triton_utils import tanh as _tanh
+
+    @triton.jit
+    def _load4(ptr, off, m2, H):
+        """The four gate slices (i, f, g, o) of this program's units at ``ptr + off``."""
+        return (tl.load(ptr + off, mask=m2, other=0.0), tl.load(ptr + off + H, mask=m2, other=0.0),
+                tl.load(ptr + off + 2 * H, mask=m2, other=0.0),
+                tl.load(ptr + off + 3 * H, mask=m2, other=0.0))
+
+    @triton.jit
+    def _candidate(hfull, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, c_own, wp, m2,
+                   KC: tl.constexpr, PRECISION: tl.constexpr):
+        """One step's candidate for this program's units: gates, c̃, h̃ and the rows' partial
+        sums of w_p·c̃ over these units."""
+        zt = tl.zeros(x_i.shape, dtype=x_i.dtype)
+        si = _sigmoid(_kdot(hfull, w_i, zt, KC, PRECISION) + x_i)
+        sf = _sigmoid(_kdot(hfull, w_f, zt, KC, PRECISION) + x_f)
+        tg = _tanh(_kdot(hfull, w_g, zt, KC, PRECISION) + x_g)
+        so = _sigmoid(_kdot(hfull, w_o, zt, KC, PRECISION) + x_o)
+        cc = sf * c_own + si * tg
+        hc = so * _tanh(cc)
+        zpart = tl.sum(tl.where(m2, cc * wp[None, :], 0.0), axis=1)
+        return si, sf, tg, so, cc, hc, zpart
 
     @triton.jit(do_not_specialize=["T", "B"])
     def _lstm_coop_fwd_kernel(
@@ -107,16 +131,11 @@ if HAS_TRITON:
             m = tl.load(MASK + rows, mask=rmask, other=0.0)
         else:
             m = zero_b + 1.0
-        x_i = tl.load(XP + goff, mask=m2, other=0.0)
-        x_f = tl.load(XP + goff + H, mask=m2, other=0.0)
-        x_g = tl.load(XP + goff + 2 * H, mask=m2, other=0.0)
-        x_o = tl.load(XP + goff + 3 * H, mask=m2, other=0.0)
+        x_i, x_f, x_g, x_o = _load4(XP, goff, m2, H)
         if SAVE:
             # training: every step computes the candidate (the backward needs the gates)
             for t in range(T):
-                ut = cum + tl.minimum(up, 1.0 - cum)
-                upd = (ut > threshold) & (m != 0)
-                u = tl.where(upd, zero_b + 1.0, zero_b)
+                ut, upd, u = _decide(up, cum, m, threshold)
                 srow = STATS + r_t
                 tl.store(srow, u, mask=smask)
                 tl.store(srow + T * B, ut, mask=smask)
@@ -126,22 +145,12 @@ if HAS_TRITON:
                 tl.store(PROB + r_t, ut * m, mask=smask)
                 h_wr = HS + (t + 1) * B * H
                 hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
-                zt = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
-                acc_i = _kdot(hfull, w_i, zt, KC, PRECISION)
-                acc_f = _kdot(hfull, w_f, zt, KC, PRECISION)
-                acc_g = _kdot(hfull, w_g, zt, KC, PRECISION)
-                acc_o = _kdot(hfull, w_o, zt, KC, PRECISION)
-                si = _sigmoid(acc_i + x_i)
-                sf = _sigmoid(acc_f + x_f)
-                tg = _tanh(acc_g + x_g)
-                so = _sigmoid(acc_o + x_o)
+                si, sf, tg, so, cc, hc, zpart = _candidate(
+                    hfull, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, c_own, wp, m2, KC, PRECISION)
                 tl.store(g_t + goff, si, mask=m2)
                 tl.store(g_t + goff + H, sf, mask=m2)
                 tl.store(g_t + goff + 2 * H, tg, mask=m2)
                 tl.store(g_t + goff + 3 * H, so, mask=m2)
-                cc = sf * c_own + si * tg
-                hc = so * _tanh(cc)
-                zpart = tl.sum(tl.where(m2, cc * wp[None, :], 0.0), axis=1)
                 zslot = ZP + (t % 2) * NCOL * B
                 tl.store(zslot + pc * B + rows, zpart, mask=rmask)
                 c_own = tl.where(upd[:, None], cc, c_own)
@@ -156,13 +165,9 @@ if HAS_TRITON:
                 else:
                     m_n = m
                 xp_n = xp_t + nxt * H4
-                x_i = tl.load(xp_n + goff, mask=m2, other=0.0)
-                x_f = tl.load(xp_n + goff + H, mask=m2, other=0.0)
-                x_g = tl.load(xp_n + goff + 2 * H, mask=m2, other=0.0)
-                x_o = tl.load(xp_n + goff + 3 * H, mask=m2, other=0.0)
+                x_i, x_f, x_g, x_o = _load4(xp_n, goff, m2, H)
                 bad = _grid_sync(CNT + pr, NCOL * (t + 1), bad, SPIN)
-                z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
-                delta = _sigmoid(z + bp)
+                delta = _delta(zslot, zoff, zm, bp)
                 tl.store(srow + 2 * T * B, delta, mask=smask)
                 up = tl.where(upd, delta, up)
                 cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
@@ -175,9 +180,7 @@ if HAS_TRITON:
         else:
             nb = pc * 0  # barriers so far (steps on which some row of this block updated)
             for t in range(T):
-                ut = cum + tl.minimum(up, 1.0 - cum)
-                upd = (ut > threshold) & (m != 0)
-                u = tl.where(upd, zero_b + 1.0, zero_b)
+                ut, upd, u = _decide(up, cum, m, threshold)
                 tl.store(UPD + r_t, u, mask=smask)
                 tl.store(PROB + r_t, ut * m, mask=smask)
                 # inference: every program of the row block reaches the same decision, so a step
@@ -191,34 +194,19 @@ if HAS_TRITON:
                 else:
                     m_n = m
                 xp_n = xp_t + nxt * H4
-                xn_i = tl.load(xp_n + goff, mask=m2, other=0.0)
-                xn_f = tl.load(xp_n + goff + H, mask=m2, other=0.0)
-                xn_g = tl.load(xp_n + goff + 2 * H, mask=m2, other=0.0)
-                xn_o = tl.load(xp_n + goff + 3 * H, mask=m2, other=0.0)
+                xn_i, xn_f, xn_g, xn_o = _load4(xp_n, goff, m2, H)
                 if anyu > 0.0:
                     h_wr = HS + ((nb + 1) % 2) * B * H
                     hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
-                    zt = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
-                    acc_i = _kdot(hfull, w_i, zt, KC, PRECISION)
-                    acc_f = _kdot(hfull, w_f, zt, KC, PRECISION)
-                    acc_g = _kdot(hfull, w_g, zt, KC, PRECISION)
-                    acc_o = _kdot(hfull, w_o, zt, KC, PRECISION)
-                    si = _sigmoid(acc_i + x_i)
-                    sf = _sigmoid(acc_f + x_f)
-                    tg = _tanh(acc_g + x_g)
-                    so = _sigmoid(acc_o + x_o)
-                    cc = sf * c_own + si * tg
-                    hc = so * _tanh(cc)
-                    zpart = tl.sum(tl.where(m2, cc * wp[None, :], 0.0), axis=1)
+                    _, _, _, _, cc, hc, zpart = _candidate(
+                        hfull, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, c_own, wp, m2, KC, PRECISION)
                     zslot = ZP + (nb % 2) * NCOL * B
                     tl.store(zslot + pc * B + rows, zpart, mask=rmask)
                     c_own = tl.where(upd[:, None], cc, c_own)
                     h_own = tl.where(upd[:, None], hc, h_own)
                     tl.store(h_wr + soff, h_own, mask=m2)
                     bad = _grid_sync(CNT + pr, NCOL * (nb + 1), bad, SPIN)
-                    z = tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"),
-                               axis=0)
-                    delta = _sigmoid(z + bp)
+                    delta = _delta(zslot, zoff, zm, bp)
                     up = tl.where(upd, delta, up)
                     h_rd = h_wr
                     nb += 1
@@ -230,7 +218,6 @@ if HAS_TRITON:
                 x_g = xn_g
                 x_o = xn_o
                 xp_t += B * H4
-                g_t += B * H4
                 o_t += B * H
                 r_t += B
         tl.store(UPN + rows, up, mask=smask)

@@ -133,6 +133,14 @@ if HAS_TRITON:
         return tl.where(x >= 0, t, -t)
 
 
+def contiguous_as(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``t`` in ``dtype`` and contiguous (``None`` stays ``None``); the common case, already both,
+    returns ``t`` itself without a dispatch."""
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t
+    return t.to(dtype).contiguous()
+
+
 def grads_or_zeros(grads, shapes, dtype: torch.dtype, device) -> list:
     """Incoming gradients for a backward kernel (autograd with ``set_materialize_grads(False)``):
     each ``None`` becomes a view of ONE zeroed buffer (one launch instead of a zero tensor per

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from ..triton_utils import (HAS_TRITON, check_device, compute_dtype, grads_or_zeros,
                             new_buffer, require_triton, resolve_precision, tile_config)
+from ..triton_utils import contiguous_as as _c
 from .. import coop, lstm_coop
 
 if HAS_TRITON:
@@ -322,12 +323,6 @@ def _launch_bwd(w_hh, gate_w, mask, hs, cs, gates, stats, g_out, g_hn, g_cn, g_u
 # ----------------------------------------------------------------------------------------------
 # autograd
 # ----------------------------------------------------------------------------------------------
-
-def _c(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    if t is None or (t.dtype == dtype and t.is_contiguous()):
-        return t  # the common case costs no dispatch
-    return t.to(dtype).contiguous()
-
 
 def _input_projection(xc: Tensor, w_ihc: Tensor, b_ih, b_hh, cdt) -> Tensor:
     """``x W_ih^T + b_ih + b_hh`` for all steps in one GEMM: (T, B, I) -> (T, B, 4H)."""
