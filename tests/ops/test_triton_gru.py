@@ -288,6 +288,21 @@ def test_old_and_coop_paths(monkeypatch, coop_on, case):
         assert len(chosen) == 2 and all(v != "old" for v in chosen.values()), chosen
 
 
+@pytest.mark.parametrize("coop_on", ["0", "1"])
+@pytest.mark.parametrize("which", ["b_ih", "b_hh"])
+def test_one_bias_only(monkeypatch, coop_on, which):
+    """Only one of the two biases: the cooperative kernels add the biases of their units
+    themselves (HAS_BIH / HAS_BHH), the old kernels get them folded into the projection; the
+    gradient of the present bias comes from the backward's per-row-block sums."""
+    from skiprnn.ops import coop
+    monkeypatch.setenv("SKIPRNN_COOP", coop_on)
+    coop.reset()
+    p, mask = make_problem(6, 19, 2, 20, seed=29, masked=True, fresh=False)
+    p[which] = None
+    check_against_reference(p, mask, precision="ieee")
+    coop.reset()
+
+
 @pytest.mark.parametrize("cfg", ["16,32,4", "16,32,4,2"])
 def test_coop_forced_config_interpreter(monkeypatch, cfg):
     """A forced config with one column block (BLOCK_N >= H) and two row blocks; with and without

@@ -113,6 +113,33 @@ def grid_of(cfg: dict, B: int, H: int) -> tuple[int, int]:
     return (-(-B // cfg["BLOCK_B"]), -(-H // cfg["BLOCK_N"]))
 
 
+def launch_meta(cfg, B, H, device, zeros=None):
+    """Constants of a launch and its barrier counters + deadlock flag (``nr + 1`` zeroed int32:
+    a view of ``zeros`` when the caller has a zeroed int32 buffer that large, else one launch)."""
+    HP = max(16, next_pow2(H))
+    nr, nc = grid_of(cfg, B, H)
+    if zeros is None or zeros.numel() < nr + 1:
+        zeros = torch.zeros((nr + 1,), dtype=torch.int32, device=device)
+    return HP, nr, nc, zeros[:nr], zeros[nr:nr + 1]
+
+
+def counter_scratch(cands: list[dict], B: int) -> int:
+    """How many zeroed int32 a cooperative launch of any of ``cands`` needs for its barrier
+    counters and deadlock flag (0 without candidates)."""
+    return max((-(-B // c["BLOCK_B"]) for c in cands), default=-1) + 1
+
+
+def once(value):
+    """A callable that returns ``value`` the first time and None afterwards: scratch that is zeroed
+    for one launch only (the selection may launch several times)."""
+    box = [value]
+
+    def take():
+        v, box[0] = box[0], None
+        return v
+    return take
+
+
 def _cfg(bb, bn, nw, kc=1):
     c = dict(BLOCK_B=bb, BLOCK_N=bn, num_warps=nw)
     if kc > 1:

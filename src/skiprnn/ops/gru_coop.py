@@ -8,10 +8,9 @@ per-column-block partials, one barrier per step among the programs of a row bloc
 
 from __future__ import annotations
 
-import torch
 
 from . import coop
-from .triton_utils import HAS_TRITON, new_buffer, next_pow2
+from .triton_utils import HAS_TRITON, buffers, next_pow2
 
 if HAS_TRITON:
     import triton
@@ -25,10 +24,12 @@ if HAS_TRITON:
     from .triton_utils import tanh as _tanh
 
     @triton.jit
-    def _load3(ptr, off, m2, H):
-        """The three gate slices (r, z, n) of this program's units at ``ptr + off``."""
-        return (tl.load(ptr + off, mask=m2, other=0.0), tl.load(ptr + off + H, mask=m2, other=0.0),
-                tl.load(ptr + off + 2 * H, mask=m2, other=0.0))
+    def _load3(ptr, off, m2, H, b_r, b_z, b_n):
+        """The three gate slices (r, z, n) of this program's units at ``ptr + off``, plus their
+        input-side biases (b_ir + b_hr, b_iz + b_hz, b_in)."""
+        return (tl.load(ptr + off, mask=m2, other=0.0) + b_r[None, :],
+                tl.load(ptr + off + H, mask=m2, other=0.0) + b_z[None, :],
+                tl.load(ptr + off + 2 * H, mask=m2, other=0.0) + b_n[None, :])
 
     @triton.jit
     def _candidate(hfull, w_r, w_z, w_n, x_r, x_z, x_n, bhn, h_own, wp, m2,
@@ -46,16 +47,18 @@ if HAS_TRITON:
 
     @triton.jit(do_not_specialize=["T", "B"])
     def _gru_coop_fwd_kernel(
-        XP, WT, BHN, WP, BP, MASK, UP0, CUM0, H0,
+        XP, W, BIH, BHH, WP, BP, MASK, UP0, CUM0, H0,
         HS, G, OUT, UPD, PROB, STATS, UPN, CUMN, HN,
         ZP, CNT, FLAG,
         T, B, H, NCOL, threshold,
-        HAS_MASK: tl.constexpr, SAVE: tl.constexpr, BLOCK_B: tl.constexpr,
+        HAS_MASK: tl.constexpr, HAS_BIH: tl.constexpr, HAS_BHH: tl.constexpr,
+        SAVE: tl.constexpr, BLOCK_B: tl.constexpr,
         BLOCK_N: tl.constexpr, HP: tl.constexpr, KC: tl.constexpr, NCP: tl.constexpr,
         PRECISION: tl.constexpr,
         SPIN: tl.constexpr,
     ):
-        """XP (T,B,3H) incl. b_ih, b_hr, b_hz; WT = W_hh^T (H,3H); BHN (H,); H0 (B,H) initial h;
+        """XP (T,B,3H) = x W_ih^T (no bias); W = W_hh (3H,H); BIH, BHH (3H,) biases (HAS_BIH,
+        HAS_BHH; b_hn sits inside the reset gate's product); H0 (B,H) initial h;
         HS (T+1,B,H) history [SAVE] (the kernel writes [0] = h0) or (2,B,H) h ping-pong;
         G (T,B,4H) r, z, n, W_hn h + b_hn and STATS (5,T,B) [SAVE];
         HN (B,H) final h; ZP (2,NCOL,B) partials; CNT (#row blocks,) zeroed counters."""
@@ -70,25 +73,38 @@ if HAS_TRITON:
         kmask = ks < H
         H3 = 3 * H
         H4 = 4 * H
+        # the resident slice of W_hh^T, read from W_hh transposed: (k, n) of gate g = W[g*H+n, k]
         if KC == 1:
-            wptr = WT + ks[:, None].to(tl.int64) * H3 + cols[None, :]
+            wptr = W + cols[None, :].to(tl.int64) * H + ks[:, None]
             wm = kmask[:, None] & cmask[None, :]
             hoff = rows64[:, None] * H + ks[None, :]
             hm = rmask[:, None] & kmask[None, :]
         else:  # K split in KC chunks: (KC, HP/KC, BLOCK_N) slices, batched dots, sum over KC
             k3 = tl.arange(0, KC)[:, None, None] * (HP // KC) \
                 + tl.arange(0, HP // KC)[None, :, None]
-            wptr = WT + k3.to(tl.int64) * H3 + cols[None, None, :]
+            wptr = W + cols[None, None, :].to(tl.int64) * H + k3
             wm = (k3 < H) & cmask[None, None, :]
             ka = tl.arange(0, KC)[:, None, None] * (HP // KC) \
                 + tl.arange(0, HP // KC)[None, None, :]
             hoff = rows64[None, :, None] * H + ka
             hm = rmask[None, :, None] & (ka < H)
         w_r = tl.load(wptr, mask=wm, other=0.0)
-        w_z = tl.load(wptr + H, mask=wm, other=0.0)
-        w_n = tl.load(wptr + 2 * H, mask=wm, other=0.0)
-        bhn = tl.load(BHN + cols, mask=cmask, other=0.0)
+        w_z = tl.load(wptr + H * H, mask=wm, other=0.0)
+        w_n = tl.load(wptr + 2 * H * H, mask=wm, other=0.0)
         wp = tl.load(WP + cols, mask=cmask, other=0.0)
+        zero_n = wp * 0.0
+        b_r = zero_n
+        b_z = zero_n
+        b_n = zero_n
+        bhn = zero_n
+        if HAS_BIH:
+            b_r += tl.load(BIH + cols, mask=cmask, other=0.0)
+            b_z += tl.load(BIH + H + cols, mask=cmask, other=0.0)
+            b_n += tl.load(BIH + 2 * H + cols, mask=cmask, other=0.0)
+        if HAS_BHH:
+            b_r += tl.load(BHH + cols, mask=cmask, other=0.0)
+            b_z += tl.load(BHH + H + cols, mask=cmask, other=0.0)
+            bhn += tl.load(BHH + 2 * H + cols, mask=cmask, other=0.0)
         bp = tl.load(BP)
         up = tl.load(UP0 + rows, mask=rmask, other=1.0)
         cum = tl.load(CUM0 + rows, mask=rmask, other=0.0)
@@ -115,7 +131,7 @@ if HAS_TRITON:
             m = tl.load(MASK + rows, mask=rmask, other=0.0)
         else:
             m = zero_b + 1.0
-        x_r, x_z, x_n = _load3(XP, xoff, m2, H)
+        x_r, x_z, x_n = _load3(XP, xoff, m2, H, b_r, b_z, b_n)
         if SAVE:
             # training: every step computes the candidate (the backward needs the gates)
             for t in range(T):
@@ -147,7 +163,7 @@ if HAS_TRITON:
                 else:
                     m_n = m
                 xp_n = xp_t + nxt * H3
-                x_r, x_z, x_n = _load3(xp_n, xoff, m2, H)
+                x_r, x_z, x_n = _load3(xp_n, xoff, m2, H, b_r, b_z, b_n)
                 bad = _grid_sync(CNT + pr, NCOL * (t + 1), bad, SPIN)
                 delta = _delta(zslot, zoff, zm, bp)
                 tl.store(srow + 2 * T * B, delta, mask=smask)
@@ -174,7 +190,7 @@ if HAS_TRITON:
                 else:
                     m_n = m
                 xp_n = xp_t + nxt * H3
-                xn_r, xn_z, xn_n = _load3(xp_n, xoff, m2, H)
+                xn_r, xn_z, xn_n = _load3(xp_n, xoff, m2, H, b_r, b_z, b_n)
                 if anyu > 0.0:
                     h_wr = HS + ((nb + 1) % 2) * B * H
                     hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
@@ -231,7 +247,7 @@ if HAS_TRITON:
     def _gru_coop_bwd_kernel(
         W, WP, MASK, HS, G, STATS,
         GOUT, GUPD, GPROB, GUPN, GCUMN, GHN,
-        DG, GZ, DH0, DUP0, DCUM0,
+        DG, GZ, DH0, DUP0, DCUM0, PART,
         ZP, CNT, FLAG,
         T, B, H, NCOL,
         HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -239,7 +255,9 @@ if HAS_TRITON:
         SPIN: tl.constexpr,
     ):
         """W = W_hh (3H,H); GHN (B,H) grad of h_n; DH0 (B,H) out; DG (T,B,4H) gets d(r, z, n
-        pre-activations) and d(W_hn h + b_hn); GZ (T,B) gradient of Δũ's pre-activation."""
+        pre-activations) and d(W_hn h + b_hn); GZ (T,B) gradient of Δũ's pre-activation; PART
+        (#row blocks, H+1) this row block's sums over its rows and all steps of gz·h̃ (→ w_p's
+        gradient, H) and of gz (→ b_p's); the host sums the row blocks."""
         pr = tl.program_id(0)
         pc = tl.program_id(1)
         rows = pr * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -288,6 +306,9 @@ if HAS_TRITON:
         u, ut, delta, up_p, cum_p, m, gupd, gprob, go, r, zg, n, hn, h_old = \
             _bwd_loads(STATS, MASK, GUPD, GPROB, go_t, g_t, hs_t, r_t, soff, goff, rmask, m2,
                        T, B, H, HAS_MASK)
+        # running sums for PART (registers; masked lanes hold zeros)
+        s_w = tl.zeros((BLOCK_B, BLOCK_N), dtype=GHN.dtype.element_ty)
+        s_b = zero_b
         for tt in range(T):
             gz = u * gup * delta * (1.0 - delta)
             tl.store(GZ + r_t, gz, mask=smask)
@@ -300,10 +321,15 @@ if HAS_TRITON:
             tl.store(zslot + pc * B + rows, gpart, mask=rmask)
             ghc = ub * ght + gz[:, None] * wp[None, :]
             dn = ghc * (1.0 - zg) * (1.0 - n * n)
-            tl.store(dg_t + goff, dn * hn * r * (1.0 - r), mask=m2)
-            tl.store(dg_t + goff + H, ghc * (h_old - n) * zg * (1.0 - zg), mask=m2)
+            d_r = dn * hn * r * (1.0 - r)
+            d_z = ghc * (h_old - n) * zg * (1.0 - zg)
+            d_h = dn * r
+            tl.store(dg_t + goff, d_r, mask=m2)
+            tl.store(dg_t + goff + H, d_z, mask=m2)
             tl.store(dg_t + goff + 2 * H, dn, mask=m2)
-            tl.store(dg_t + goff + 3 * H, dn * r, mask=m2)
+            tl.store(dg_t + goff + 3 * H, d_h, mask=m2)
+            s_w += gz[:, None] * hc
+            s_b += gz
             gh = (1.0 - ub) * ght + ghc * zg
             # prefetch step t-1's inputs (step 0's again at the last step: harmless)
             nxt = tl.where(tt + 1 < T, B, 0)
@@ -336,44 +362,43 @@ if HAS_TRITON:
         tl.store(DH0 + soff, gh, mask=m2)
         tl.store(DUP0 + rows, gup, mask=smask)
         tl.store(DCUM0 + rows, gcum, mask=smask)
+        prow = PART + pr * (H + 1)
+        tl.store(prow + cols, tl.sum(tl.where(m2, s_w, 0.0), axis=0), mask=cmask)
+        tl.store(prow + H, tl.sum(tl.where(rmask, s_b, 0.0), axis=0), mask=pc == 0)
         tl.atomic_max(FLAG, bad)
 
 
-def _meta(cfg, B, H, device):
-    HP = max(16, next_pow2(H))
-    nr, nc = coop.grid_of(cfg, B, H)
-    cnt = torch.zeros((nr + 1,), dtype=torch.int32, device=device)  # one launch: counters + flag
-    return HP, nr, nc, cnt[:nr], cnt[nr:]
-
-
-def launch_fwd(xp, w_hh, b_hn, gate_w, gate_b, mask, h0, up0, cum0, threshold, precision, cfg,
-               save=True):
-    """Returns ``((out, hs, gates, upd, prob, stats, up_n, cum_n, h_n), flag)``; with
-    ``save=False`` hs/gates/stats are None."""
+def launch_fwd(xp, w_hh, b_ih, b_hh, gate_w, gate_b, mask, h0, up0, cum0, threshold, precision,
+               cfg, save=True):
+    """``xp`` = x W_ih^T without biases (T,B,3H); ``b_ih``, ``b_hh`` (3H,) or None. Returns
+    ``((out, hs, gates, upd, prob, stats, up_n, cum_n, h_n), flag)``; with ``save=False``
+    hs/gates/stats are None."""
     T, B, H3 = xp.shape
     H = H3 // 3
-    HP, nr, nc, cnt, flag = _meta(cfg, B, H, xp.device)
-    zp = new_buffer((2, nc, B), xp)
+    HP, nr, nc, cnt, flag = coop.launch_meta(cfg, B, H, xp.device)
+    new = buffers(xp)
+    zp = new((2, nc, B))
     if save:
-        hs = new_buffer((T + 1, B, H), xp)
-        gates = new_buffer((T, B, 4 * H), xp)
-        stats = new_buffer((5, T, B), xp)
+        hs = new((T + 1, B, H))
+        gates = new((T, B, 4 * H))
+        stats = new((5, T, B))
     else:
-        hs = new_buffer((2, B, H), xp)
+        hs = new((2, B, H))
         gates = stats = xp  # unused
-    out = new_buffer((T, B, H), xp)
-    upd = new_buffer((T, B), xp)
-    prob = new_buffer((T, B), xp)
-    up_n = new_buffer((B,), xp)
-    cum_n = new_buffer((B,), xp)
-    h_n = new_buffer((B, H), xp)
-    wt = w_hh.t().contiguous()
+    out = new((T, B, H))
+    upd = new((T, B))
+    prob = new((T, B))
+    up_n = new((B,))
+    cum_n = new((B,))
+    h_n = new((B, H))
     _gru_coop_fwd_kernel[(nr, nc)](
-        xp, wt, b_hn, gate_w, gate_b, mask if mask is not None else up0, up0, cum0,
-        h0.contiguous(), hs, gates, out, upd, prob, stats, up_n, cum_n, h_n,
+        xp, w_hh, up0 if b_ih is None else b_ih, up0 if b_hh is None else b_hh, gate_w, gate_b,
+        mask if mask is not None else up0, up0, cum0,
+        h0, hs, gates, out, upd, prob, stats, up_n, cum_n, h_n,
         zp, cnt, flag,
         T, B, H, nc, float(threshold),
-        HAS_MASK=mask is not None, SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
+        HAS_MASK=mask is not None, HAS_BIH=b_ih is not None, HAS_BHH=b_hh is not None,
+        SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
         HP=HP, KC=cfg.get("KSPLIT", 1), NCP=max(2, next_pow2(nc)), PRECISION=precision,
         SPIN=coop.SPIN_LIMIT,
         num_warps=cfg["num_warps"], num_stages=1)
@@ -383,25 +408,29 @@ def launch_fwd(xp, w_hh, b_hn, gate_w, gate_b, mask, h0, up0, cum0, threshold, p
 
 
 def launch_bwd(w_hh, gate_w, mask, hs, gates, stats, g_out, g_hn, g_upn, g_cumn, g_upd,
-               g_prob, precision, cfg):
-    """Returns ``((dg, gz, dh0, dup0, dcum0), flag)`` (as ``fused._launch_bwd``)."""
+               g_prob, precision, cfg, zeros=None):
+    """Returns ``((dg, gz, dh0, dup0, dcum0, part), flag)``; ``part`` (#row blocks, H+1): per
+    row block, the sums of gz·h̃ (H) and of gz (1).
+    ``zeros``: optional zeroed int32 scratch for the barrier counters (see ``coop.launch_meta``)."""
     T, B, H4 = gates.shape
     H = H4 // 4
-    HP, nr, nc, cnt, flag = _meta(cfg, B, H, gates.device)
-    zp = new_buffer((2, nc, B), gates)
-    dg = new_buffer((T, B, 4 * H), gates)
-    gz = new_buffer((T, B), gates)
-    dh0 = new_buffer((B, H), gates)
-    dup0 = new_buffer((B,), gates)
-    dcum0 = new_buffer((B,), gates)
+    HP, nr, nc, cnt, flag = coop.launch_meta(cfg, B, H, gates.device, zeros)
+    new = buffers(gates)
+    zp = new((2, nc, B))
+    dg = new((T, B, 4 * H))
+    gz = new((T, B))
+    dh0 = new((B, H))
+    dup0 = new((B,))
+    dcum0 = new((B,))
+    part = new((nr, H + 1))
     _gru_coop_bwd_kernel[(nr, nc)](
         w_hh, gate_w, mask if mask is not None else dup0, hs, gates, stats,
-        g_out, g_upd, g_prob, g_upn, g_cumn, g_hn.contiguous(),
-        dg, gz, dh0, dup0, dcum0,
+        g_out, g_upd, g_prob, g_upn, g_cumn, g_hn,
+        dg, gz, dh0, dup0, dcum0, part,
         zp, cnt, flag,
         T, B, H, nc,
         HAS_MASK=mask is not None, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
         HP=HP, KC=cfg.get("KSPLIT", 1), NCP=max(2, next_pow2(nc)), PRECISION=precision,
         SPIN=coop.SPIN_LIMIT,
         num_warps=cfg["num_warps"], num_stages=1)
-    return (dg, gz, dh0, dup0, dcum0), flag
+    return (dg, gz, dh0, dup0, dcum0, part), flag

@@ -21,10 +21,9 @@ partials are summed to update d(up), d(cum).
 
 from __future__ import annotations
 
-import torch
 
 from . import coop
-from .triton_utils import HAS_TRITON, new_buffer, next_pow2
+from .triton_utils import HAS_TRITON, buffers, next_pow2
 
 if HAS_TRITON:
     import triton
@@ -38,11 +37,23 @@ if HAS_TRITON:
     from .triton_utils import tanh as _tanh
 
     @triton.jit
-    def _load4(ptr, off, m2, H):
-        """The four gate slices (i, f, g, o) of this program's units at ``ptr + off``."""
-        return (tl.load(ptr + off, mask=m2, other=0.0), tl.load(ptr + off + H, mask=m2, other=0.0),
-                tl.load(ptr + off + 2 * H, mask=m2, other=0.0),
-                tl.load(ptr + off + 3 * H, mask=m2, other=0.0))
+    def _bias(BIH, BHH, idx, cmask, zero_n, HAS_BIH: tl.constexpr, HAS_BHH: tl.constexpr):
+        """``b_ih[idx] + b_hh[idx]`` (either may be absent) for this program's units."""
+        b = zero_n
+        if HAS_BIH:
+            b += tl.load(BIH + idx, mask=cmask, other=0.0)
+        if HAS_BHH:
+            b += tl.load(BHH + idx, mask=cmask, other=0.0)
+        return b
+
+    @triton.jit
+    def _load4(ptr, off, m2, H, b_i, b_f, b_g, b_o):
+        """The four gate slices (i, f, g, o) of this program's units at ``ptr + off``, plus the
+        biases of those units (the input projection is a plain GEMM, the biases join here)."""
+        return (tl.load(ptr + off, mask=m2, other=0.0) + b_i[None, :],
+                tl.load(ptr + off + H, mask=m2, other=0.0) + b_f[None, :],
+                tl.load(ptr + off + 2 * H, mask=m2, other=0.0) + b_g[None, :],
+                tl.load(ptr + off + 3 * H, mask=m2, other=0.0) + b_o[None, :])
 
     @triton.jit
     def _candidate(hfull, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, c_own, wp, m2,
@@ -61,16 +72,18 @@ if HAS_TRITON:
 
     @triton.jit(do_not_specialize=["T", "B"])
     def _lstm_coop_fwd_kernel(
-        XP, WT, WP, BP, MASK, UP0, CUM0, H0, C0,
+        XP, W, BIH, BHH, WP, BP, MASK, UP0, CUM0, H0, C0,
         HS, CS, G, OUT, UPD, PROB, STATS, UPN, CUMN, HN, CN,
         ZP, CNT, FLAG,
         T, B, H, NCOL, threshold,
-        HAS_MASK: tl.constexpr, SAVE: tl.constexpr, BLOCK_B: tl.constexpr,
+        HAS_MASK: tl.constexpr, HAS_BIH: tl.constexpr, HAS_BHH: tl.constexpr,
+        SAVE: tl.constexpr, BLOCK_B: tl.constexpr,
         BLOCK_N: tl.constexpr, HP: tl.constexpr, KC: tl.constexpr, NCP: tl.constexpr,
         PRECISION: tl.constexpr,
         SPIN: tl.constexpr,
     ):
-        """XP (T,B,4H); WT = W_hh^T (H,4H); H0, C0 (B,H) initial state; HS, CS (T+1,B,H)
+        """XP (T,B,4H) = x W_ih^T (no bias); W = W_hh (4H,H); BIH, BHH (4H,) biases (HAS_BIH,
+        HAS_BHH); H0, C0 (B,H) initial state; HS, CS (T+1,B,H)
         history [SAVE] (the kernel writes [0] = h0, c0), else HS (2,B,H) h ping-pong;
         G (T,B,4H), STATS (5,T,B) [SAVE];
         HN, CN (B,H) final state; ZP (2,NCOL,B) partials; CNT (#row blocks,) zeroed counters."""
@@ -84,26 +97,32 @@ if HAS_TRITON:
         ks = tl.arange(0, HP)
         kmask = ks < H
         H4 = 4 * H
-        # the resident slice of W_hh^T: HP x BLOCK_N per gate, loaded once
+        # the resident slice of W_hh^T: HP x BLOCK_N per gate, loaded once (read from W_hh
+        # transposed: element (k, n) of gate g is W[g*H + n, k])
         if KC == 1:
-            wptr = WT + ks[:, None].to(tl.int64) * H4 + cols[None, :]
+            wptr = W + cols[None, :].to(tl.int64) * H + ks[:, None]
             wm = kmask[:, None] & cmask[None, :]
             hoff = rows64[:, None] * H + ks[None, :]
             hm = rmask[:, None] & kmask[None, :]
         else:  # K split in KC chunks: (KC, HP/KC, BLOCK_N) slices, batched dots, sum over KC
             k3 = tl.arange(0, KC)[:, None, None] * (HP // KC) \
                 + tl.arange(0, HP // KC)[None, :, None]
-            wptr = WT + k3.to(tl.int64) * H4 + cols[None, None, :]
+            wptr = W + cols[None, None, :].to(tl.int64) * H + k3
             wm = (k3 < H) & cmask[None, None, :]
             ka = tl.arange(0, KC)[:, None, None] * (HP // KC) \
                 + tl.arange(0, HP // KC)[None, None, :]
             hoff = rows64[None, :, None] * H + ka
             hm = rmask[None, :, None] & (ka < H)
         w_i = tl.load(wptr, mask=wm, other=0.0)
-        w_f = tl.load(wptr + H, mask=wm, other=0.0)
-        w_g = tl.load(wptr + 2 * H, mask=wm, other=0.0)
-        w_o = tl.load(wptr + 3 * H, mask=wm, other=0.0)
+        w_f = tl.load(wptr + H * H, mask=wm, other=0.0)
+        w_g = tl.load(wptr + 2 * H * H, mask=wm, other=0.0)
+        w_o = tl.load(wptr + 3 * H * H, mask=wm, other=0.0)
         wp = tl.load(WP + cols, mask=cmask, other=0.0)
+        zero_n = wp * 0.0
+        b_i = _bias(BIH, BHH, cols, cmask, zero_n, HAS_BIH, HAS_BHH)
+        b_f = _bias(BIH, BHH, cols + H, cmask, zero_n, HAS_BIH, HAS_BHH)
+        b_g = _bias(BIH, BHH, cols + 2 * H, cmask, zero_n, HAS_BIH, HAS_BHH)
+        b_o = _bias(BIH, BHH, cols + 3 * H, cmask, zero_n, HAS_BIH, HAS_BHH)
         bp = tl.load(BP)
         up = tl.load(UP0 + rows, mask=rmask, other=1.0)
         cum = tl.load(CUM0 + rows, mask=rmask, other=0.0)
@@ -131,7 +150,7 @@ if HAS_TRITON:
             m = tl.load(MASK + rows, mask=rmask, other=0.0)
         else:
             m = zero_b + 1.0
-        x_i, x_f, x_g, x_o = _load4(XP, goff, m2, H)
+        x_i, x_f, x_g, x_o = _load4(XP, goff, m2, H, b_i, b_f, b_g, b_o)
         if SAVE:
             # training: every step computes the candidate (the backward needs the gates)
             for t in range(T):
@@ -165,7 +184,7 @@ if HAS_TRITON:
                 else:
                     m_n = m
                 xp_n = xp_t + nxt * H4
-                x_i, x_f, x_g, x_o = _load4(xp_n, goff, m2, H)
+                x_i, x_f, x_g, x_o = _load4(xp_n, goff, m2, H, b_i, b_f, b_g, b_o)
                 bad = _grid_sync(CNT + pr, NCOL * (t + 1), bad, SPIN)
                 delta = _delta(zslot, zoff, zm, bp)
                 tl.store(srow + 2 * T * B, delta, mask=smask)
@@ -194,7 +213,7 @@ if HAS_TRITON:
                 else:
                     m_n = m
                 xp_n = xp_t + nxt * H4
-                xn_i, xn_f, xn_g, xn_o = _load4(xp_n, goff, m2, H)
+                xn_i, xn_f, xn_g, xn_o = _load4(xp_n, goff, m2, H, b_i, b_f, b_g, b_o)
                 if anyu > 0.0:
                     h_wr = HS + ((nb + 1) % 2) * B * H
                     hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
@@ -255,7 +274,7 @@ if HAS_TRITON:
     def _lstm_coop_bwd_kernel(
         W, WP, MASK, HS, CS, G, STATS,
         GOUT, GUPD, GPROB, GUPN, GCUMN, GHN, GCN,
-        DG, GZ, DH0, DC0, DUP0, DCUM0,
+        DG, GZ, DH0, DC0, DUP0, DCUM0, PART,
         ZP, CNT, FLAG,
         T, B, H, NCOL,
         HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -263,7 +282,11 @@ if HAS_TRITON:
         SPIN: tl.constexpr,
     ):
         """W = W_hh (4H,H); GHN/GCN (B,H) grads of h_n/c_n; DH0/DC0 (B,H) out; DG (T,B,4H)
-        pre-activation gate gradients; GZ (T,B) gradient of Δũ's pre-activation."""
+        pre-activation gate gradients; GZ (T,B) gradient of Δũ's pre-activation; PART
+        (#row blocks, H+1) this row block's sums over its rows and all steps of gz·c̃ (→ w_p's
+        gradient, H) and of gz (→ b_p's): the host sums the row blocks, instead of recomputing
+        c̃ from G and CS (four launches). Only these two are kept in registers: running sums of
+        the gate gradients too (for the bias gradient) make ptxas spill at 16x16x4."""
         pr = tl.program_id(0)
         pc = tl.program_id(1)
         rows = pr * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -316,6 +339,9 @@ if HAS_TRITON:
         u, ut, delta, up_p, cum_p, m, gupd, gprob, go, si, sf, tg, so, c_old, h_old = \
             _bwd_loads(STATS, MASK, GUPD, GPROB, go_t, g_t, cs_t, hs_t, r_t, soff, goff, rmask,
                        m2, T, B, H, HAS_MASK)
+        # running sums for PART (registers; masked lanes hold zeros)
+        s_w = tl.zeros((BLOCK_B, BLOCK_N), dtype=GHN.dtype.element_ty)
+        s_b = zero_b
         for tt in range(T):
             gz = u * gup * delta * (1.0 - delta)
             tl.store(GZ + r_t, gz, mask=smask)
@@ -330,10 +356,16 @@ if HAS_TRITON:
             tl.store(zslot + pc * B + rows, gpart, mask=rmask)
             ghc = ub * ght
             gcc = ub * gc + gz[:, None] * wp[None, :] + ghc * so * (1.0 - tc * tc)
-            tl.store(dg_t + goff, gcc * tg * si * (1.0 - si), mask=m2)
-            tl.store(dg_t + goff + H, gcc * c_old * sf * (1.0 - sf), mask=m2)
-            tl.store(dg_t + goff + 2 * H, gcc * si * (1.0 - tg * tg), mask=m2)
-            tl.store(dg_t + goff + 3 * H, ghc * tc * so * (1.0 - so), mask=m2)
+            d_i = gcc * tg * si * (1.0 - si)
+            d_f = gcc * c_old * sf * (1.0 - sf)
+            d_g = gcc * si * (1.0 - tg * tg)
+            d_o = ghc * tc * so * (1.0 - so)
+            tl.store(dg_t + goff, d_i, mask=m2)
+            tl.store(dg_t + goff + H, d_f, mask=m2)
+            tl.store(dg_t + goff + 2 * H, d_g, mask=m2)
+            tl.store(dg_t + goff + 3 * H, d_o, mask=m2)
+            s_w += gz[:, None] * cc
+            s_b += gz
             gc = (1.0 - ub) * gc + gcc * sf
             gh = (1.0 - ub) * ght
             # prefetch step t-1's inputs (step 0's again at the last step: harmless)
@@ -373,47 +405,46 @@ if HAS_TRITON:
         tl.store(DC0 + soff, gc, mask=m2)
         tl.store(DUP0 + rows, gup, mask=smask)
         tl.store(DCUM0 + rows, gcum, mask=smask)
+        prow = PART + pr * (H + 1)
+        tl.store(prow + cols, tl.sum(tl.where(m2, s_w, 0.0), axis=0), mask=cmask)
+        tl.store(prow + H, tl.sum(tl.where(rmask, s_b, 0.0), axis=0), mask=pc == 0)
         tl.atomic_max(FLAG, bad)
 
 
-def _meta(cfg, B, H, device):
-    HP = max(16, next_pow2(H))
-    nr, nc = coop.grid_of(cfg, B, H)
-    cnt = torch.zeros((nr + 1,), dtype=torch.int32, device=device)  # one launch: counters + flag
-    return HP, nr, nc, cnt[:nr], cnt[nr:]
-
-
-def launch_fwd(xp, w_hh, gate_w, gate_b, mask, h0, c0, up0, cum0, threshold, precision, cfg,
-               save=True):
-    """Returns ``((out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n), flag)``; with
+def launch_fwd(xp, w_hh, b_ih, b_hh, gate_w, gate_b, mask, h0, c0, up0, cum0, threshold,
+               precision, cfg, save=True):
+    """``xp`` = x W_ih^T without biases (T,B,4H); ``b_ih``, ``b_hh`` (4H,) or None. Returns
+    ``((out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n), flag)``; with
     ``save=False`` hs/cs/gates/stats are None."""
     T, B, H4 = xp.shape
     H = H4 // 4
-    HP, nr, nc, cnt, flag = _meta(cfg, B, H, xp.device)
-    zp = new_buffer((2, nc, B), xp)
+    HP, nr, nc, cnt, flag = coop.launch_meta(cfg, B, H, xp.device)
+    new = buffers(xp)
+    zp = new((2, nc, B))
     if save:
-        hs = new_buffer((T + 1, B, H), xp)
-        cs = new_buffer((T + 1, B, H), xp)
-        gates = new_buffer((T, B, 4 * H), xp)
-        stats = new_buffer((5, T, B), xp)
+        hs = new((T + 1, B, H))
+        cs = new((T + 1, B, H))
+        gates = new((T, B, 4 * H))
+        stats = new((5, T, B))
     else:
-        hs = new_buffer((2, B, H), xp)
+        hs = new((2, B, H))
         cs = gates = stats = xp  # unused
-    out = new_buffer((T, B, H), xp)
-    upd = new_buffer((T, B), xp)
-    prob = new_buffer((T, B), xp)
-    up_n = new_buffer((B,), xp)
-    cum_n = new_buffer((B,), xp)
-    h_n = new_buffer((B, H), xp)
-    c_n = new_buffer((B, H), xp)
-    wt = w_hh.t().contiguous()
+    out = new((T, B, H))
+    upd = new((T, B))
+    prob = new((T, B))
+    up_n = new((B,))
+    cum_n = new((B,))
+    h_n = new((B, H))
+    c_n = new((B, H))
     _lstm_coop_fwd_kernel[(nr, nc)](
-        xp, wt, gate_w, gate_b, mask if mask is not None else up0, up0, cum0,
-        h0.contiguous(), c0.contiguous(), hs, cs, gates, out, upd, prob, stats, up_n, cum_n,
+        xp, w_hh, up0 if b_ih is None else b_ih, up0 if b_hh is None else b_hh, gate_w, gate_b,
+        mask if mask is not None else up0, up0, cum0,
+        h0, c0, hs, cs, gates, out, upd, prob, stats, up_n, cum_n,
         h_n, c_n,
         zp, cnt, flag,
         T, B, H, nc, float(threshold),
-        HAS_MASK=mask is not None, SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
+        HAS_MASK=mask is not None, HAS_BIH=b_ih is not None, HAS_BHH=b_hh is not None,
+        SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
         HP=HP, KC=cfg.get("KSPLIT", 1), NCP=max(2, next_pow2(nc)), PRECISION=precision,
         SPIN=coop.SPIN_LIMIT,
         num_warps=cfg["num_warps"], num_stages=1)
@@ -423,26 +454,30 @@ def launch_fwd(xp, w_hh, gate_w, gate_b, mask, h0, c0, up0, cum0, threshold, pre
 
 
 def launch_bwd(w_hh, gate_w, mask, hs, cs, gates, stats, g_out, g_hn, g_cn, g_upn, g_cumn,
-               g_upd, g_prob, precision, cfg):
-    """Returns ``((dg, gz, dh0, dc0, dup0, dcum0), flag)`` (as ``fused._launch_bwd``)."""
+               g_upd, g_prob, precision, cfg, zeros=None):
+    """Returns ``((dg, gz, dh0, dc0, dup0, dcum0, part), flag)``; ``part`` (#row blocks, H+1):
+    per row block, the sums of gz·c̃ (H) and of gz (1).
+    ``zeros``: optional zeroed int32 scratch for the barrier counters (see ``coop.launch_meta``)."""
     T, B, H4 = gates.shape
     H = H4 // 4
-    HP, nr, nc, cnt, flag = _meta(cfg, B, H, gates.device)
-    zp = new_buffer((2, nc, B), gates)
-    dg = new_buffer((T, B, 4 * H), gates)
-    gz = new_buffer((T, B), gates)
-    dh0 = new_buffer((B, H), gates)
-    dc0 = new_buffer((B, H), gates)
-    dup0 = new_buffer((B,), gates)
-    dcum0 = new_buffer((B,), gates)
+    HP, nr, nc, cnt, flag = coop.launch_meta(cfg, B, H, gates.device, zeros)
+    new = buffers(gates)
+    zp = new((2, nc, B))
+    dg = new((T, B, 4 * H))
+    gz = new((T, B))
+    dh0 = new((B, H))
+    dc0 = new((B, H))
+    dup0 = new((B,))
+    dcum0 = new((B,))
+    part = new((nr, H + 1))
     _lstm_coop_bwd_kernel[(nr, nc)](
         w_hh, gate_w, mask if mask is not None else dup0, hs, cs, gates, stats,
-        g_out, g_upd, g_prob, g_upn, g_cumn, g_hn.contiguous(), g_cn.contiguous(),
-        dg, gz, dh0, dc0, dup0, dcum0,
+        g_out, g_upd, g_prob, g_upn, g_cumn, g_hn, g_cn,
+        dg, gz, dh0, dc0, dup0, dcum0, part,
         zp, cnt, flag,
         T, B, H, nc,
         HAS_MASK=mask is not None, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
         HP=HP, KC=cfg.get("KSPLIT", 1), NCP=max(2, next_pow2(nc)), PRECISION=precision,
         SPIN=coop.SPIN_LIMIT,
         num_warps=cfg["num_warps"], num_stages=1)
-    return (dg, gz, dh0, dc0, dup0, dcum0), flag
+    return (dg, gz, dh0, dc0, dup0, dcum0, part), flag

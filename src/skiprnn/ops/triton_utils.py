@@ -72,12 +72,23 @@ def resolve_precision(precision: str | None, dtype: torch.dtype) -> str:
     return precision
 
 
+def poisoning() -> bool:
+    return os.environ.get(POISON_ENV, "0") not in ("", "0")
+
+
 def new_buffer(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``torch.empty``, or NaN-filled when ``SKIPRNN_TRITON_POISON=1`` (debugging, tests)."""
+    return buffers(like, dtype)(shape)
+
+
+def buffers(like: torch.Tensor, dtype: torch.dtype | None = None):
+    """``new_buffer`` bound to ``like``'s device (and dtype unless given): a launcher that makes
+    a dozen buffers reads the poison switch once."""
     dtype = dtype or like.dtype
-    if os.environ.get(POISON_ENV, "0") not in ("", "0"):
-        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
-    return torch.empty(shape, dtype=dtype, device=like.device)
+    device = like.device
+    if poisoning():
+        return lambda shape: torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return lambda shape: torch.empty(shape, dtype=dtype, device=device)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -141,12 +152,23 @@ def contiguous_as(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | 
     return t.to(dtype).contiguous()
 
 
-def grads_or_zeros(grads, shapes, dtype: torch.dtype, device) -> list:
+def grads_or_zeros(grads, shapes, dtype: torch.dtype, device, scratch: int = 0):
     """Incoming gradients for a backward kernel (autograd with ``set_materialize_grads(False)``):
     each ``None`` becomes a view of ONE zeroed buffer (one launch instead of a zero tensor per
-    output), the others are cast to ``dtype`` and made contiguous. ``shapes``: one per gradient."""
+    output), the others are cast to ``dtype`` and made contiguous. ``shapes``: one per gradient.
+
+    Returns ``(grads, spare)``: with ``scratch > 0`` and some gradient missing, ``spare`` is a
+    zeroed int32 view of at least ``scratch`` elements carved from the same buffer (the barrier
+    counters of a cooperative kernel, so that they cost no launch of their own), else None."""
     sizes = [math.prod(s) for s in shapes]
     missing = [n for g, n in zip(grads, sizes) if g is None]
-    zero = torch.zeros(max(missing), dtype=dtype, device=device) if missing else None
-    return [zero[:n].view(s) if g is None else g.to(dtype).contiguous()
-            for g, n, s in zip(grads, sizes, shapes)]
+    zero = spare = None
+    if missing:
+        off = -(-scratch // 32) * 32  # the gradients' views stay 128-byte aligned
+        zero = torch.zeros(off + max(missing), dtype=dtype, device=device)
+        if scratch:
+            spare = zero[:off].view(torch.int32)
+            zero = zero[off:]
+    out = [zero[:n].view(s) if g is None else g.to(dtype).contiguous()
+           for g, n, s in zip(grads, sizes, shapes)]
+    return out, spare

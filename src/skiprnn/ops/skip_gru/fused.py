@@ -295,22 +295,34 @@ def _launch_bwd(w_hh, gate_w, mask, hs, gates, stats, g_out, g_hn, g_upn, g_cumn
 # autograd
 # ----------------------------------------------------------------------------------------------
 
-def _input_projection(xc: Tensor, w_ihc: Tensor, b_ih, b_hh, cdt) -> tuple[Tensor, Tensor]:
-    """``x W_ih^T + b_ih + [b_hr, b_hz, 0]`` for all steps in one GEMM, (T, B, I) -> (T, B, 3H),
-    and ``b_hn`` (H,) (it sits inside the reset gate's product)."""
+def _input_projection(xc: Tensor, w_ihc: Tensor) -> Tensor:
+    """``x W_ih^T`` for all steps in one GEMM: (T, B, I) -> (T, B, 3H). The cooperative kernels
+    add the biases themselves; the old kernels get them via ``_old_bias``."""
     T, B, I = xc.shape
-    H = w_ihc.shape[0] // 3
-    if b_hh is not None:
-        b_hh = b_hh.to(cdt)
-        bias = torch.cat([b_hh[:2 * H], b_hh[:H] * 0]) if b_ih is None else \
-            torch.cat([b_ih[:2 * H].to(cdt) + b_hh[:2 * H], b_ih[2 * H:].to(cdt)])
-        b_hn = b_hh[2 * H:].contiguous()
-    else:
-        bias = None if b_ih is None else b_ih.to(cdt)
-        b_hn = torch.zeros(H, dtype=cdt, device=xc.device)
-    x2 = xc.reshape(T * B, I)
-    xp = torch.mm(x2, w_ihc.t()) if bias is None else torch.addmm(bias, x2, w_ihc.t())
-    return xp.view(T, B, 3 * H), b_hn
+    return torch.mm(xc.reshape(T * B, I), w_ihc.t()).view(T, B, -1)
+
+
+def _old_bias(xp: Tensor, b_ih, b_hh) -> tuple[Tensor, Tensor]:
+    """For the old kernels: ``xp + b_ih + [b_hr, b_hz, 0]`` and ``b_hn`` (H,) (it sits inside
+    the reset gate's product)."""
+    H = xp.shape[-1] // 3
+    if b_ih is not None:
+        xp = xp + b_ih
+    if b_hh is None:
+        return xp, xp.new_zeros(H)
+    xp = torch.cat([xp[..., :2 * H] + b_hh[:2 * H], xp[..., 2 * H:]], dim=-1)
+    return xp, b_hh[2 * H:].contiguous()
+
+
+def _sums_old(gz: Tensor, gates: Tensor, hs: Tensor) -> Tensor:
+    """``part`` of ``gru_coop.launch_bwd`` (one row) for the old kernels: sums over all rows and
+    steps of gz·h̃ (H) and of gz (1)."""
+    H = hs.shape[-1]
+    T, B = gz.shape
+    z = gates[..., H:2 * H]
+    hc = (1 - z) * gates[..., 2 * H:3 * H] + z * hs[:-1]
+    dgw = gz.reshape(1, T * B) @ hc.reshape(T * B, H)
+    return torch.cat([dgw.reshape(-1), gz.sum().reshape(1)]).unsqueeze(0)
 
 
 class _SkipGRUTriton(torch.autograd.Function):
@@ -322,31 +334,32 @@ class _SkipGRUTriton(torch.autograd.Function):
         T, B, I = x.shape
         H = w_hh.shape[1]
         xc, w_ihc, w_hhc = _c(x, cdt), _c(w_ih, cdt), _c(w_hh, cdt)
-        xp, b_hn = _input_projection(xc, w_ihc, b_ih, b_hh, cdt)
+        bih, bhh = _c(b_ih, cdt), _c(b_hh, cdt)
+        xp = _input_projection(xc, w_ihc)
         gwc, gbc = _c(gate_w.reshape(-1), cdt), _c(gate_b.reshape(-1), cdt)
         maskc = _c(mask, cdt)
-        cfg = tile_config(H, B)
-        fargs = (xp, w_hhc, b_hn, gwc, gbc, maskc, _c(h0, cdt), _c(up0, cdt), _c(cum0, cdt),
-                 threshold, precision)
+        rest = (gwc, gbc, maskc, _c(h0, cdt), _c(up0, cdt), _c(cum0, cdt), threshold, precision)
         key = ("gru-fwd", B, H, precision, maskc is not None, str(cdt), str(x.device))
 
         def run_coop(c):
-            return gru_coop.launch_fwd(*fargs, c)
+            return gru_coop.launch_fwd(xp, w_hhc, bih, bhh, *rest, c)
 
         def run_old():
-            res = _launch_fwd(*fargs, cfg)
+            xpb, b_hn = _old_bias(xp, bih, bhh)
+            res = _launch_fwd(xpb, w_hhc, b_hn, *rest, tile_config(H, B))
             return (*res, res[1][T].clone())
 
         out, hs, gates, upd, prob, stats, up_n, cum_n, h_n = coop.run(
             key, coop.candidates(H, B, x.device, 3, precision), run_coop, run_old)
         ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, gates, stats)
         ctx.set_materialize_grads(False)  # missing output grads: one zero buffer in backward
-        ctx.cfg, ctx.precision = cfg, precision
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        ctx.precision = precision
         ctx.dtypes = [None if t is None else t.dtype for t in
                       (x, h0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b)]
         ctx.gate_shapes = (gate_w.shape, gate_b.shape)
         dt = x.dtype
+        if dt == cdt:
+            return out, h_n, up_n, cum_n, upd, prob
         return (out.to(dt), h_n.to(dt), up_n.to(dt), cum_n.to(dt), upd.to(dt), prob.to(dt))
 
     @staticmethod
@@ -355,28 +368,38 @@ class _SkipGRUTriton(torch.autograd.Function):
         cdt = gates.dtype
         T, B, I = xc.shape
         H = w_hhc.shape[1]
-        g = grads_or_zeros((g_out, g_hn, g_upn, g_cumn, g_upd, g_prob),
-                           ((T, B, H), (B, H), (B,), (B,), (T, B), (T, B)), cdt, xc.device)
+        cands = coop.candidates(H, B, xc.device, 3, ctx.precision)
+        g, spare = grads_or_zeros((g_out, g_hn, g_upn, g_cumn, g_upd, g_prob),
+                                  ((T, B, H), (B, H), (B,), (B,), (T, B), (T, B)), cdt, xc.device,
+                                  scratch=coop.counter_scratch(cands, B))
+        spare = coop.once(spare)
         bargs = (w_hhc, gwc, maskc, hs, gates, stats, *g, ctx.precision)
         key = ("gru-bwd", B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
-        dg, gz, dh0, dup0, dcum0 = coop.run(
-            key, coop.candidates(H, B, xc.device, 3, ctx.precision),
-            lambda c: gru_coop.launch_bwd(*bargs, c), lambda: _launch_bwd(*bargs, ctx.cfg))
+
+        def run_old():
+            dg, gz, dh0, dup0, dcum0 = _launch_bwd(*bargs, tile_config(H, B))
+            return dg, gz, dh0, dup0, dcum0, _sums_old(gz, gates, hs)
+
+        dg, gz, dh0, dup0, dcum0, part = coop.run(
+            key, cands, lambda c: gru_coop.launch_bwd(*bargs, c, zeros=spare()), run_old)
         dg2 = dg.view(T * B, 4 * H)
         dxp = dg2[:, :3 * H]                                            # d(x W_ih^T + b_ih)
-        dgh = torch.cat([dg2[:, :2 * H], dg2[:, 3 * H:]], dim=1)        # d(h W_hh^T + b_hh)
         need = ctx.needs_input_grad
         dx = (dxp @ w_ihc).view(T, B, I) if need[0] else None
         dw_ih = dxp.t() @ xc.reshape(T * B, I) if need[4] else None
-        dw_hh = dgh.t() @ hs[:-1].reshape(T * B, H) if need[5] else None
-        db_ih = dxp.sum(0) if need[6] else None
-        db_hh = dgh.sum(0) if need[7] else None
-        dgw = dgb = None
+        dw_hh = None
+        if need[5]:
+            dgh = torch.cat([dg2[:, :2 * H], dg2[:, 3 * H:]], dim=1)    # d(h W_hh^T + b_hh)
+            dw_hh = dgh.t() @ hs[:-1].reshape(T * B, H)
+        db_ih = db_hh = dgw = dgb = None
+        if need[6] or need[7]:
+            s = dg2.sum(0)  # [r, z, n (input side), W_hn h + b_hn]
+            db_ih = s[:3 * H]
+            db_hh = torch.cat([s[:2 * H], s[3 * H:]]) if need[7] else None
         if need[8] or need[9]:
-            z = gates[..., H:2 * H]
-            hc = (1 - z) * gates[..., 2 * H:3 * H] + z * hs[:-1]
-            dgw = (gz.reshape(1, T * B) @ hc.reshape(T * B, H)).reshape(ctx.gate_shapes[0])
-            dgb = gz.sum().reshape(ctx.gate_shapes[1])
+            sums = part.sum(0)  # row blocks' sums of gz·h̃ and gz
+            dgw = sums[:H].view(ctx.gate_shapes[0])
+            dgb = sums[H:].view(ctx.gate_shapes[1])
         grads = [dx, dh0, dup0, dcum0, dw_ih, dw_hh, db_ih, db_hh, dgw, dgb]
         grads = [None if (g is None or not n) else (g if g.dtype == d else g.to(d))
                  for g, n, d in zip(grads, need, ctx.dtypes)]
@@ -485,16 +508,18 @@ def skip_gru_triton_infer(
             or w_hh.shape != (3 * H, H) or w_ih.shape != (3 * H, I):
         return skip_gru_triton(x, h0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,
                                mask, threshold, precision=precision)
-    xp, b_hn = _input_projection(_c(x, cdt), _c(w_ih, cdt), b_ih, b_hh, cdt)
-    fargs = (xp, _c(w_hh, cdt), b_hn, _c(gate_weight.reshape(-1), cdt),
-             _c(gate_bias.reshape(-1), cdt), _c(mask, cdt), _c(h0[0], cdt),
-             _c(update_prob0, cdt), _c(cum_prob0, cdt), threshold, prec)
+    xp = _input_projection(_c(x, cdt), _c(w_ih, cdt))
+    bih, bhh, w_hhc = _c(b_ih, cdt), _c(b_hh, cdt), _c(w_hh, cdt)
+    rest = (_c(gate_weight.reshape(-1), cdt), _c(gate_bias.reshape(-1), cdt), _c(mask, cdt),
+            _c(h0[0], cdt), _c(update_prob0, cdt), _c(cum_prob0, cdt), threshold, prec)
 
     def run_coop(c):
-        return gru_coop.launch_fwd(*fargs, c, save=False)
+        return gru_coop.launch_fwd(xp, w_hhc, bih, bhh, *rest, c, save=False)
 
     def run_old():
-        out, hs, _, upd, prob, _, up_n, cum_n = _launch_fwd(*fargs, tile_config(H, B))
+        xpb, b_hn = _old_bias(xp, bih, bhh)
+        out, hs, _, upd, prob, _, up_n, cum_n = _launch_fwd(xpb, w_hhc, b_hn, *rest,
+                                                            tile_config(H, B))
         return out, None, None, upd, prob, None, up_n, cum_n, hs[T]
 
     key = ("gru-infer", B, H, prec, mask is not None, str(cdt), str(x.device))

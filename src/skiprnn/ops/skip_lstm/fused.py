@@ -324,16 +324,29 @@ def _launch_bwd(w_hh, gate_w, mask, hs, cs, gates, stats, g_out, g_hn, g_cn, g_u
 # autograd
 # ----------------------------------------------------------------------------------------------
 
-def _input_projection(xc: Tensor, w_ihc: Tensor, b_ih, b_hh, cdt) -> Tensor:
-    """``x W_ih^T + b_ih + b_hh`` for all steps in one GEMM: (T, B, I) -> (T, B, 4H)."""
+def _input_projection(xc: Tensor, w_ihc: Tensor) -> Tensor:
+    """``x W_ih^T`` for all steps in one GEMM: (T, B, I) -> (T, B, 4H). The cooperative kernels
+    add the biases themselves (one launch fewer); the old kernels get them via ``_with_bias``."""
     T, B, I = xc.shape
-    if b_ih is not None and b_hh is not None:
-        bias = torch.add(b_ih.to(cdt), b_hh.to(cdt))
-    elif b_ih is not None or b_hh is not None:
-        bias = (b_ih if b_ih is not None else b_hh).to(cdt)
-    else:
-        return torch.mm(xc.reshape(T * B, I), w_ihc.t()).view(T, B, -1)
-    return torch.addmm(bias, xc.reshape(T * B, I), w_ihc.t()).view(T, B, -1)
+    return torch.mm(xc.reshape(T * B, I), w_ihc.t()).view(T, B, -1)
+
+
+def _with_bias(xp: Tensor, b_ih, b_hh) -> Tensor:
+    if b_ih is not None:
+        xp = xp + b_ih
+    if b_hh is not None:
+        xp = xp + b_hh
+    return xp
+
+
+def _sums_old(gz: Tensor, gates: Tensor, cs: Tensor) -> Tensor:
+    """``part`` of ``lstm_coop.launch_bwd`` (one row) for the old kernels: sums over all rows and
+    steps of gz·c̃ (H) and of gz (1)."""
+    H = cs.shape[-1]
+    T, B = gz.shape
+    cc = gates[..., H:2 * H] * cs[:-1] + gates[..., :H] * gates[..., 2 * H:3 * H]
+    dgw = gz.reshape(1, T * B) @ cc.reshape(T * B, H)
+    return torch.cat([dgw.reshape(-1), gz.sum().reshape(1)]).unsqueeze(0)
 
 
 class _SkipLSTMTriton(torch.autograd.Function):
@@ -345,31 +358,34 @@ class _SkipLSTMTriton(torch.autograd.Function):
         T, B, I = x.shape
         H = w_hh.shape[1]
         xc, w_ihc, w_hhc = _c(x, cdt), _c(w_ih, cdt), _c(w_hh, cdt)
-        xp = _input_projection(xc, w_ihc, b_ih, b_hh, cdt)
+        bih, bhh = _c(b_ih, cdt), _c(b_hh, cdt)
+        xp = _input_projection(xc, w_ihc)
         gwc, gbc = _c(gate_w.reshape(-1), cdt), _c(gate_b.reshape(-1), cdt)
         maskc = _c(mask, cdt)
-        cfg = tile_config(H, B)
-        fargs = (xp, w_hhc, gwc, gbc, maskc, _c(h0, cdt), _c(c0, cdt), _c(up0, cdt),
-                 _c(cum0, cdt), threshold, precision)
+        state = (_c(h0, cdt), _c(c0, cdt), _c(up0, cdt), _c(cum0, cdt))
         key = ("lstm-fwd", B, H, precision, maskc is not None, str(cdt), str(x.device))
 
         def run_coop(c):
-            return lstm_coop.launch_fwd(*fargs, c)
+            return lstm_coop.launch_fwd(xp, w_hhc, bih, bhh, gwc, gbc, maskc, *state, threshold,
+                                        precision, c)
 
         def run_old():
-            res = _launch_fwd(*fargs, cfg)
+            res = _launch_fwd(_with_bias(xp, bih, bhh), w_hhc, gwc, gbc, maskc, *state,
+                              threshold, precision, tile_config(H, B))
             return (*res, res[1][T].clone(), res[2][T].clone())
 
         out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n = coop.run(
             key, coop.candidates(H, B, x.device, 4, precision), run_coop, run_old)
         ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, cs, gates, stats)
         ctx.set_materialize_grads(False)  # missing output grads: one zero buffer in backward
-        ctx.cfg, ctx.precision = cfg, precision
+        ctx.precision = precision
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         ctx.dtypes = [None if t is None else t.dtype for t in
                       (x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b)]
         ctx.gate_shapes = (gate_w.shape, gate_b.shape)
         dt = x.dtype
+        if dt == cdt:
+            return out, h_n, c_n, up_n, cum_n, upd, prob
         return (out.to(dt), h_n.to(dt), c_n.to(dt), up_n.to(dt), cum_n.to(dt), upd.to(dt),
                 prob.to(dt))
 
@@ -379,13 +395,21 @@ class _SkipLSTMTriton(torch.autograd.Function):
         cdt = gates.dtype
         T, B, I = xc.shape
         H = w_hhc.shape[1]
-        g = grads_or_zeros((g_out, g_hn, g_cn, g_upn, g_cumn, g_upd, g_prob),
-                           ((T, B, H), (B, H), (B, H), (B,), (B,), (T, B), (T, B)), cdt, xc.device)
+        cands = coop.candidates(H, B, xc.device, 4, ctx.precision)
+        g, spare = grads_or_zeros(
+            (g_out, g_hn, g_cn, g_upn, g_cumn, g_upd, g_prob),
+            ((T, B, H), (B, H), (B, H), (B,), (B,), (T, B), (T, B)), cdt, xc.device,
+            scratch=coop.counter_scratch(cands, B))
+        spare = coop.once(spare)
         bargs = (w_hhc, gwc, maskc, hs, cs, gates, stats, *g, ctx.precision)
         key = ("lstm-bwd", B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
-        dg, gz, dh0, dc0, dup0, dcum0 = coop.run(
-            key, coop.candidates(H, B, xc.device, 4, ctx.precision),
-            lambda c: lstm_coop.launch_bwd(*bargs, c), lambda: _launch_bwd(*bargs, ctx.cfg))
+
+        def run_old():
+            dg, gz, dh0, dc0, dup0, dcum0 = _launch_bwd(*bargs, tile_config(H, B))
+            return dg, gz, dh0, dc0, dup0, dcum0, _sums_old(gz, gates, cs)
+
+        dg, gz, dh0, dc0, dup0, dcum0, part = coop.run(
+            key, cands, lambda c: lstm_coop.launch_bwd(*bargs, c, zeros=spare()), run_old)
         dg2 = dg.view(T * B, 4 * H)
         need = ctx.needs_input_grad
         dx = (dg2 @ w_ihc).view(T, B, I) if need[0] else None
@@ -394,9 +418,9 @@ class _SkipLSTMTriton(torch.autograd.Function):
         db = dg2.sum(0) if (need[7] or need[8]) else None
         dgw = dgb = None
         if need[9] or need[10]:
-            cc = gates[..., H:2 * H] * cs[:-1] + gates[..., :H] * gates[..., 2 * H:3 * H]
-            dgw = (gz.reshape(1, T * B) @ cc.reshape(T * B, H)).reshape(ctx.gate_shapes[0])
-            dgb = gz.sum().reshape(ctx.gate_shapes[1])
+            sums = part.sum(0)  # row blocks' sums of gz·c̃ and gz
+            dgw = sums[:H].view(ctx.gate_shapes[0])
+            dgb = sums[H:].view(ctx.gate_shapes[1])
         grads = [dx, dh0, dc0, dup0, dcum0, dw_ih, dw_hh,
                  db if ctx.has_bias[0] else None, db if ctx.has_bias[1] else None, dgw, dgb]
         grads = [None if (g is None or not n) else (g if g.dtype == d else g.to(d))
@@ -509,17 +533,18 @@ def skip_lstm_triton_infer(
             or w_hh.shape != (4 * H, H) or w_ih.shape != (4 * H, I):
         return skip_lstm_triton(x, h0, c0, update_prob0, cum_prob0, layers, gate_weight,
                                 gate_bias, mask, threshold, precision=precision)
-    xp = _input_projection(_c(x, cdt), _c(w_ih, cdt), b_ih, b_hh, cdt)
-    fargs = (xp, _c(w_hh, cdt), _c(gate_weight.reshape(-1), cdt), _c(gate_bias.reshape(-1), cdt),
-             _c(mask, cdt), _c(h0[0], cdt), _c(c0[0], cdt), _c(update_prob0, cdt),
-             _c(cum_prob0, cdt), threshold, prec)
+    xp = _input_projection(_c(x, cdt), _c(w_ih, cdt))
+    bih, bhh = _c(b_ih, cdt), _c(b_hh, cdt)
+    rest = (_c(gate_weight.reshape(-1), cdt), _c(gate_bias.reshape(-1), cdt), _c(mask, cdt),
+            _c(h0[0], cdt), _c(c0[0], cdt), _c(update_prob0, cdt), _c(cum_prob0, cdt), threshold,
+            prec)
 
     def run_coop(c):
-        res, flag = lstm_coop.launch_fwd(*fargs, c, save=False)
-        return res, flag
+        return lstm_coop.launch_fwd(xp, _c(w_hh, cdt), bih, bhh, *rest, c, save=False)
 
     def run_old():
-        out, hs, cs, _, upd, prob, _, up_n, cum_n = _launch_fwd(*fargs, tile_config(H, B))
+        out, hs, cs, _, upd, prob, _, up_n, cum_n = _launch_fwd(
+            _with_bias(xp, bih, bhh), _c(w_hh, cdt), *rest, tile_config(H, B))
         return out, None, None, None, upd, prob, None, up_n, cum_n, hs[T], cs[T]
 
     key = ("lstm-infer", B, H, prec, mask is not None, str(cdt), str(x.device))
