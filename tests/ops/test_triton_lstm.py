@@ -199,6 +199,33 @@ def test_unsupported_arguments_raise():
         skip_lstm_triton(*args, [layer], *g, precision="fp8")
 
 
+def test_layer_reuses_its_fresh_state_without_touching_it():
+    """A SkipLSTM on the Triton backend with no ``hx`` shares one zero state per (B, device, dtype)
+    between calls (no launches to make it): results match the reference layer call after call,
+    the shared state stays zeros (Δũ ones) and the returned state is never the shared one."""
+    from skiprnn import SkipLSTM
+    torch.manual_seed(5)
+    fast = SkipLSTM(3, 9, backend="triton", dtype=DTYPE, device=DEVICE)
+    ref = SkipLSTM(3, 9, backend="reference", dtype=DTYPE, device=DEVICE)
+    ref.load_state_dict(fast.state_dict())
+    for step in range(3):
+        x = torch.randn(7, 4, 3, dtype=DTYPE, device=DEVICE)
+        a, b = fast(x), ref(x)
+        assert fast.last_backend == "triton"
+        torch.testing.assert_close(a.output, b.output, **TOL)
+        torch.testing.assert_close(a.updates, b.updates, atol=0, rtol=0)
+        ga = torch.autograd.grad(a.output.sin().sum() + a.state[0].sum(), list(fast.parameters()))
+        gb = torch.autograd.grad(b.output.sin().sum() + b.state[0].sum(), list(ref.parameters()))
+        for u, v in zip(ga, gb):
+            torch.testing.assert_close(u, v, **TOL)
+        shared = fast._fresh_states[(4, a.output.device, DTYPE)]
+        assert all(t.data_ptr() != s.data_ptr() for t in a.state for s in shared)
+        for t in shared[:-2] + (shared[-1],):
+            assert (t == 0).all()
+        assert (shared[-2] == 1).all()
+    assert len(fast._fresh_states) == 1
+
+
 def test_dispatch_routes_here():
     from skiprnn.ops import dispatch
     name, fn = dispatch.select("lstm", "triton", device_type=DEVICE, num_layers=1, fast_ok=True)

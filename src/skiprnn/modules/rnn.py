@@ -162,9 +162,24 @@ class _SkipRNNBase(nn.Module):
         cum = torch.zeros(B, device=dev, dtype=dt)
         return self.state_type(*hc, up, cum)
 
-    def _parse_hx(self, hx, B: int, x: Tensor, unbatched: bool):
+    def _fresh_state(self, B: int, x: Tensor):
+        """The zero state for the fused kernels, made once per (B, device, dtype) and reused: the
+        kernels only read it and return new tensors, so sharing it saves four launches a call.
+        (Other backends may hand a state tensor back as it came, so they get fresh ones.)"""
+        cache = self.__dict__.setdefault("_fresh_states", {})
+        key = (B, x.device, x.dtype)
+        st = cache.get(key)
+        if st is None:
+            if len(cache) >= 8:
+                cache.clear()
+            st = cache[key] = self.initial_state(B, x)
+        return st
+
+    def _parse_hx(self, hx, B: int, x: Tensor, unbatched: bool, shared_fresh: bool = False):
         L, H = self.num_layers, self.hidden_size
         if hx is None:
+            if shared_fresh and self.init_state is None:
+                return self._fresh_state(B, x)
             return self.initial_state(B, x)
         n_hc = 2 if self.mode == "lstm" else 1
         if isinstance(hx, Tensor):
@@ -239,7 +254,6 @@ class _SkipRNNBase(nn.Module):
             mask = check_lengths(lengths, T, B, x.device)
             if bool(mask.all()):
                 mask = None
-        state = self._parse_hx(hx, B, x, unbatched)
         threshold, forced, const = self._gate_args(T, B, x)
         needs_ref = (forced is not None or const is not None or not isinstance(threshold, float)
                      or (self.training and self.dropout > 0 and self.num_layers > 1))
@@ -250,6 +264,7 @@ class _SkipRNNBase(nn.Module):
                                    num_layers=self.num_layers, fast_ok=not needs_ref,
                                    grad=grad, skip_ok=skip_ok)
         self.last_backend = name
+        state = self._parse_hx(hx, B, x, unbatched, shared_fresh=name == "triton")
         gw = self.update_gate.weight if self.update_gate is not None else None
         gb = self.update_gate.bias if self.update_gate is not None else None
         hc = state[:-2]
