@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session on the lent H100/H200: kernel tests, training and inference benchmarks,
 # and a short sequential-MNIST training run. Everything lands in $OUT (logs + JSON).
-#   bash benchmarks/gpu_session.sh [kernels|inference|mnist|profile|train|final|all] ...
+#   bash benchmarks/gpu_session.sh [kernels|inference|mnist|profile|train|speed|final|final2|all] ...
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src:/tmp/site:${PYTHONPATH:-}"
@@ -31,11 +31,32 @@ for phase in "${phases[@]}"; do
       fi
       ;;&
     mnist|all)
+      # the run directory (config, metrics CSV, results.json; no checkpoints) is snapshotted into
+      # $OUT/mnist_run.tgz every 30 s, so a call cut short still returns what was written
       SKIPRNN_COOP_MAXCAND=2 timeout "${MNIST_TIMEOUT:-420}" python3 -m skiprnn train mnist --model skip_lstm \
         --cost-per-sample 1e-4 --accelerator gpu --lr "${MNIST_LR:-1e-3}" --max-time "${MNIST_TIME:-00:00:05:00}" \
-        --no-progress --out /tmp/mnist_run > "$OUT/mnist_train.log" 2>&1
+        --no-progress --out /tmp/mnist_run > "$OUT/mnist_train.log" 2>&1 &
+      msnap() {
+        tar czf /tmp/mnist_snap.tgz --exclude=checkpoints --exclude=tb -C /tmp mnist_run 2>/dev/null \
+          && cp /tmp/mnist_snap.tgz "$OUT/mnist_run.tgz.part" && mv "$OUT/mnist_run.tgz.part" "$OUT/mnist_run.tgz"
+      }
+      while [ -n "$(jobs -r)" ]; do sleep 30; msnap; done
+      wait
+      msnap
       tail -12 "$OUT/mnist_train.log"
-      tar czf "$OUT/mnist_run.tgz" --exclude=checkpoints -C /tmp mnist_run 2>/dev/null
+      ;;
+    speed)
+      # third-session kernels (biases in-kernel, W_hh read in place, per-row-block sums of gz·c̃):
+      # multi-column correctness first, then the training benchmark and the adding-shape profile
+      timeout "${TEST_TIMEOUT:-100}" python3 -m pytest -q -rs tests/ops/test_triton_coop.py \
+        > "$OUT/gpu_tests_coop.log" 2>&1
+      tail -4 "$OUT/gpu_tests_coop.log"
+      SKIPRNN_COOP_MAXCAND=2 timeout "${BENCH_TIMEOUT:-170}" python3 benchmarks/bench_gpu_train.py \
+        --no-reference --out "$OUT/bench_gpu_train_v4.json" > "$OUT/bench_gpu_train_v4.log" 2>&1
+      tail -34 "$OUT/bench_gpu_train_v4.log"
+      timeout "${PROFILE_TIMEOUT:-90}" python3 benchmarks/profile_gpu.py --out "$OUT/profile_gpu_v4.json" \
+        > "$OUT/profile_gpu_v4.log" 2>&1
+      grep "'host_ms'" "$OUT/profile_gpu_v4.log"
       ;;
     profile)
       # host vs device time and a torch.profiler table at the adding shape (fixed costs)
