@@ -12,7 +12,9 @@ ops is negligible), and reports per call
 * ``allocs``: fresh allocations (``empty``-like ops),
 * ``triton``: Triton kernel launches,
 
-for forward and forward+backward, next to ``nn.LSTM`` / ``nn.GRU`` on the same CPU. CPU PyTorch
+for forward and forward+backward of the functional fast path (``triton``) and of the
+``SkipLSTM`` / ``SkipGRU`` layer on that backend (``layer``: fresh state, gate, output tuple),
+next to ``nn.LSTM`` / ``nn.GRU`` (``torch``) on the same CPU. CPU PyTorch
 RNNs are not cuDNN (different op structure), so their column is context, not the GPU baseline;
 GPU ratios come from ``bench_gpu_train.py`` only.
 
@@ -89,10 +91,14 @@ def _case(cell: str, B: int, T: int, I: int, H: int):
         from skiprnn.ops.skip_lstm.fused import skip_lstm_triton as fast
     else:
         from skiprnn.ops.skip_gru.fused import skip_gru_triton as fast
+    from skiprnn import SkipGRU, SkipLSTM
+    skip = (SkipLSTM if cell == "lstm" else SkipGRU)(I, H, backend="triton")
     runs = {
         "torch": ((lambda: mod(x)[0]), [x, *mod.parameters()]),
         "triton": ((lambda: fast(x, *state, up0, cum0, [layer], gw, gb, precision="ieee")[0]),
                    [x, *layer, gw, gb]),
+        # the layer as a training loop calls it (fresh state, gate, output tuple)
+        "layer": ((lambda: skip(x).output), [x, *skip.parameters()]),
     }
     return runs, g_out
 
