@@ -106,3 +106,41 @@ def test_config_errors(kw, msg):
     base.update(kw)
     with pytest.raises(ConfigError, match=msg):
         RunConfig(**base).validate()
+
+
+def test_in_memory_data_read_a_batch_at_a_time_gives_the_same_batches():
+    """MNIST-like datasets with a ``batch(indices)`` gather: the data module's loaders yield
+    exactly the batches (and order) of item-by-item loading with the default collate."""
+    from torch.utils.data import DataLoader
+
+    from skiprnn.tasks.mnist import MNISTDataset
+
+    gen = torch.Generator().manual_seed(0)
+    train = MNISTDataset(torch.randint(0, 256, (70, 784), dtype=torch.uint8, generator=gen),
+                         torch.randint(0, 10, (70,), generator=gen))
+    test = MNISTDataset(torch.randint(0, 256, (33, 784), dtype=torch.uint8, generator=gen),
+                        torch.randint(0, 10, (33,), generator=gen))
+
+    class Task:  # the parts of a task the data module uses
+        batch_size = 16
+
+        def train_dataset(self, seed):
+            return train
+
+        def val_dataset(self):
+            return test
+
+        def test_dataset(self):
+            return test
+
+    dm = TaskDataModule(Task(), seed=5, eval_batch_size=10)
+    fast = list(dm.train_dataloader())
+    ref = list(DataLoader(train, batch_size=16, shuffle=True,
+                          generator=torch.Generator().manual_seed(5)))
+    assert len(fast) == len(ref) == 5
+    for (xa, ya), (xb, yb) in zip(fast, ref):
+        assert xa.shape == xb.shape and xa.dtype == xb.dtype == torch.float32
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    for fast_b, ref_b in zip(dm.test_dataloader(), DataLoader(test, batch_size=10)):
+        assert all(torch.equal(a, b) for a, b in zip(fast_b, ref_b))
+    assert train[3][0].shape == (784, 1)  # item access unchanged

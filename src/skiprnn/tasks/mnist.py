@@ -381,6 +381,12 @@ class MNISTDataset(Dataset):
     def __getitem__(self, i):
         return self.images[i].float().div_(255.0).unsqueeze(-1), self.labels[i]
 
+    def batch(self, indices) -> tuple:
+        """Items ``indices`` at once, as the default collate would stack them: ``x (n, 784, 1)``
+        float32, ``y (n,)`` int64 (one gather instead of n item calls)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[idx].float().div_(255.0).unsqueeze(-1), self.labels[idx]
+
     def tensors(self) -> tuple:
         """All items at once: ``x (N, 784, 1)`` float32, ``y (N,)`` int64."""
         return self.images.float().div_(255.0).unsqueeze(-1), self.labels
