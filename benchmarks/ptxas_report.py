@@ -20,23 +20,26 @@ fns = dict(lstm_fwd=L._lstm_coop_fwd_kernel, lstm_bwd=L._lstm_coop_bwd_kernel,
            gru_fwd=G._gru_coop_fwd_kernel, gru_bwd=G._gru_coop_bwd_kernel)
 bad = 0
 for w, fn in fns.items():
-    for prec, mask, save, bias, (bb, bn, nw, kc, hp), fp in [
-            ("tf32", True, True, (True, True), (16, 16, 4, 4, 128), "fp32"),
-            ("tf32", False, False, (True, False), (16, 16, 4, 4, 128), "fp32"),
-            ("ieee", True, True, (False, True), (16, 16, 4, 1, 128), "fp32"),
-            ("ieee", False, False, (False, False), (16, 32, 8, 1, 128), "fp32"),
-            ("tf32", True, False, (True, True), (16, 16, 8, 8, 512), "fp32"),
-            ("ieee", True, True, (True, True), (16, 16, 4, 1, 16), "fp64")]:
+    for prec, mask, save, bias, (bb, bn, nw, kc, hp), fp, xi in [
+            ("tf32", True, True, (True, True), (16, 16, 4, 4, 128), "fp32", 1),
+            ("tf32", True, True, (True, True), (16, 16, 4, 4, 128), "fp32", 2),
+            ("tf32", True, True, (True, True), (16, 16, 4, 4, 128), "fp32", 0),
+            ("tf32", False, False, (True, False), (16, 16, 4, 4, 128), "fp32", 2),
+            ("ieee", True, True, (False, True), (16, 16, 4, 1, 128), "fp32", 2),
+            ("ieee", False, False, (False, False), (16, 32, 8, 1, 128), "fp32", 0),
+            ("tf32", True, False, (True, True), (16, 16, 8, 8, 512), "fp32", 0),
+            ("tf32", True, True, (True, True), (16, 16, 8, 8, 512), "fp32", 2),
+            ("ieee", True, True, (True, True), (16, 16, 4, 1, 16), "fp64", 3)]:
         consts = dict(HAS_MASK=mask, BLOCK_B=bb, BLOCK_N=bn, HP=hp, KC=kc, NCP=8 if hp <= 128 else 32,
                       PRECISION=prec, SPIN=1 << 20)
         if "fwd" in w:
-            consts.update(SAVE=save, HAS_BIH=bias[0], HAS_BHH=bias[1])
-        elif not save:
+            consts.update(SAVE=save, HAS_BIH=bias[0], HAS_BHH=bias[1], XI=xi)
+        elif not save or xi:
             continue  # backward has no SAVE/infer variant
         s = {}
         for a in fn.arg_names:
             if a in consts: s[a] = "constexpr"
-            elif a in ("T", "B", "H", "NCOL"): s[a] = "i32"
+            elif a in ("T", "B", "H", "I", "NCOL"): s[a] = "i32"
             elif a == "threshold": s[a] = "fp32"
             elif a in ("CNT", "FLAG"): s[a] = "*i32"
             else: s[a] = "*" + fp
@@ -51,6 +54,7 @@ for w, fn in fns.items():
             m = re.search(r"Used (\d+) registers", r.stderr)
             sp = re.search(r"(\d+) bytes spill stores", r.stderr)
             print("OK  ", w, prec, "mask" if mask else "-", "save" if save else "infer", bias, (bb, bn, nw, kc, hp), fp,
+                  f"XI={xi}" if "fwd" in w else "",
                   "regs", m and m.group(1), "spill", sp and sp.group(1), flush=True)
         except Exception as e:
             bad += 1

@@ -20,6 +20,8 @@ Environment knobs (read at call time):
 * ``SKIPRNN_COOP_CONFIG=BLOCK_B,BLOCK_N,num_warps[,KSPLIT]`` forces one cooperative configuration
   (``old`` forces the old kernels).
 * ``SKIPRNN_COOP_MAXCAND=n``: time only the first n candidates (the benchmark uses 2).
+* ``SKIPRNN_COOP_FUSE_INPUT=0``: the forward reads a precomputed input projection even for
+  small inputs (default: it projects ``I <= 4`` inputs itself, see ``fuse_input``).
 * ``SKIPRNN_COOP_CHECK=1`` reads the deadlock flag after every launch (default: during the
   selection and the first two launches per shape only, to avoid a host sync per call).
 
@@ -123,6 +125,43 @@ def launch_meta(cfg, B, H, device, zeros=None):
     return HP, nr, nc, zeros[:nr], zeros[nr:nr + 1]
 
 
+FUSE_INPUT_ENV = "SKIPRNN_COOP_FUSE_INPUT"
+FUSE_INPUT_MAX = 4
+
+
+def fuse_input(I: int) -> bool:
+    """Whether the cooperative forward projects the inputs itself (``I <= 4``: I rank-one updates
+    per step in fp32) instead of reading a precomputed ``x W_ih^T``: one GEMM launch and a
+    (T, B, gates·H) round trip fewer. (A tf32 ``tl.dot`` with K padded to 16 instead made
+    ptxas spill at the default 16,16,4,4 tiles.) ``SKIPRNN_COOP_FUSE_INPUT=0``
+    turns it off (A/B timing)."""
+    return 0 < I <= FUSE_INPUT_MAX and os.environ.get(FUSE_INPUT_ENV, "1") != "0"
+
+
+class InputProjection:
+    """The input side of a forward: ``x`` (T,B,I) and ``W_ih`` (gates·H, I). A cooperative
+    configuration with ``FUSE`` projects small inputs itself (``fuse_input``); otherwise, and for
+    the old kernels, ``x W_ih^T`` (no bias) is one GEMM, made once and only if a path asks."""
+
+    def __init__(self, xc: torch.Tensor, w_ihc: torch.Tensor):
+        self.xc, self.w_ihc, self._xp = xc, w_ihc, None
+        self.fusable = fuse_input(xc.shape[2])
+
+    def xp(self) -> torch.Tensor:
+        """``x W_ih^T`` (T, B, gates·H)."""
+        if self._xp is None:
+            T, B, I = self.xc.shape
+            self._xp = torch.mm(self.xc.reshape(T * B, I), self.w_ihc.t()).view(T, B, -1)
+        return self._xp
+
+    def coop_args(self, cfg: dict) -> tuple:
+        """``(input, w_ih)`` for a cooperative forward with ``cfg``: ``(x, W_ih)`` when it
+        projects (``cfg['FUSE']``), else ``(x W_ih^T, None)``."""
+        if cfg.get("FUSE") and self.fusable:
+            return self.xc, self.w_ihc
+        return self.xp(), None
+
+
 def counter_scratch(cands: list[dict], B: int) -> int:
     """How many zeroed int32 a cooperative launch of any of ``cands`` needs for its barrier
     counters and deadlock flag (0 without candidates)."""
@@ -155,23 +194,36 @@ def cfg_name(c) -> str:
     if c == "old":
         return "old"
     return f"{c['BLOCK_B']},{c['BLOCK_N']},{c['num_warps']}" + (
-        f",{c['KSPLIT']}" if c.get("KSPLIT", 1) > 1 else "")
+        f",{c['KSPLIT']}" if c.get("KSPLIT", 1) > 1 else "") + ("+x" if c.get("FUSE") else "")
 
 
 _CANDS: dict = {}
 
 
 def candidates(H: int, B: int, device: torch.device, gates: int,
-               precision: str = "tf32") -> list[dict]:
+               precision: str = "tf32", fusable: bool = False) -> list[dict]:
     """Cooperative configurations worth timing for this shape, best guess first; each one's grid
     fits in one wave. Under the interpreter: one column block only (no spinning). With 'ieee'
     (FMA dots, no mma operand replication) the configurations without a K split come first (the
-    K split spills at H=512 there). Cached per shape and environment (called on every launch)."""
+    K split spills at H=512 there). Cached per shape and environment (called on every launch).
+
+    ``fusable`` (a forward whose inputs are few enough, ``fuse_input``): the best guess also comes
+    with ``FUSE=1`` first, the forward projecting its inputs itself; the timing then decides
+    between that (one GEMM launch fewer, ~55 more registers per thread) and reading ``x W_ih^T``.
+    Under the interpreter only the fused variant is returned."""
     env = os.environ.get(CONFIG_ENV)
-    key = (H, B, str(device), gates, precision, env, os.environ.get(MAXCAND_ENV), interpreting())
+    key = (H, B, str(device), gates, precision, env, os.environ.get(MAXCAND_ENV), interpreting(),
+           fusable)
     hit = _CANDS.get(key)
     if hit is None:
-        hit = _CANDS[key] = _candidates(H, B, device, precision, env)
+        hit = _candidates(H, B, device, precision, env)
+        if fusable and hit:
+            fused = [dict(hit[0], FUSE=1)]
+            hit = fused if interpreting() else fused + hit
+            maxc = int(os.environ.get(MAXCAND_ENV, "0") or 0)
+            if maxc > 0 and not env:
+                hit = hit[:maxc]
+        _CANDS[key] = hit
     return list(hit)
 
 

@@ -32,6 +32,26 @@ if HAS_TRITON:
                 tl.load(ptr + off + 2 * H, mask=m2, other=0.0) + b_n[None, :])
 
     @triton.jit
+    def _inputs3(ptr, xoff, rows64, rmask, cols, cmask, m2, H, WIH, b_r, b_z, b_n,
+                 XI: tl.constexpr):
+        """One step's input pre-activations (r, z, n) of this program's units, input-side biases
+        included: read from ``ptr`` = XP[t] (XI = 0) or computed from ``ptr`` = x[t] (T,B,I) and
+        W_ih (3H,I) by I rank-one updates (XI = I > 0; see ``lstm_coop._inputs4``)."""
+        if XI > 0:
+            a_r = tl.zeros(m2.shape, dtype=b_r.dtype) + b_r[None, :]
+            a_z = tl.zeros(m2.shape, dtype=b_r.dtype) + b_z[None, :]
+            a_n = tl.zeros(m2.shape, dtype=b_r.dtype) + b_n[None, :]
+            wcol = WIH + cols.to(tl.int64) * XI
+            for k in tl.static_range(XI):
+                xk = tl.load(ptr + rows64 * XI + k, mask=rmask, other=0.0)[:, None]
+                a_r += xk * tl.load(wcol + k, mask=cmask, other=0.0)[None, :]
+                a_z += xk * tl.load(wcol + H * XI + k, mask=cmask, other=0.0)[None, :]
+                a_n += xk * tl.load(wcol + 2 * H * XI + k, mask=cmask, other=0.0)[None, :]
+            return a_r, a_z, a_n
+        else:
+            return _load3(ptr, xoff, m2, H, b_r, b_z, b_n)
+
+    @triton.jit
     def _candidate(hfull, w_r, w_z, w_n, x_r, x_z, x_n, bhn, h_own, wp, m2,
                    KC: tl.constexpr, PRECISION: tl.constexpr):
         """One step's candidate for this program's units: r, z, n, W_hn h + b_hn, h̃ and the rows'
@@ -47,17 +67,18 @@ if HAS_TRITON:
 
     @triton.jit(do_not_specialize=["T", "B"])
     def _gru_coop_fwd_kernel(
-        XP, W, BIH, BHH, WP, BP, MASK, UP0, CUM0, H0,
+        XP, WIH, W, BIH, BHH, WP, BP, MASK, UP0, CUM0, H0,
         HS, G, OUT, UPD, PROB, STATS, UPN, CUMN, HN,
         ZP, CNT, FLAG,
         T, B, H, NCOL, threshold,
-        HAS_MASK: tl.constexpr, HAS_BIH: tl.constexpr, HAS_BHH: tl.constexpr,
+        HAS_MASK: tl.constexpr, HAS_BIH: tl.constexpr, HAS_BHH: tl.constexpr, XI: tl.constexpr,
         SAVE: tl.constexpr, BLOCK_B: tl.constexpr,
         BLOCK_N: tl.constexpr, HP: tl.constexpr, KC: tl.constexpr, NCP: tl.constexpr,
         PRECISION: tl.constexpr,
         SPIN: tl.constexpr,
     ):
-        """XP (T,B,3H) = x W_ih^T (no bias); W = W_hh (3H,H); BIH, BHH (3H,) biases (HAS_BIH,
+        """XP (T,B,3H) = x W_ih^T (no bias), or with XI = I > 0 x itself (T,B,I) and
+        WIH = W_ih (3H,I) (projected here); W = W_hh (3H,H); BIH, BHH (3H,) biases (HAS_BIH,
         HAS_BHH; b_hn sits inside the reset gate's product); H0 (B,H) initial h;
         HS (T+1,B,H) history [SAVE] (the kernel writes [0] = h0) or (2,B,H) h ping-pong;
         G (T,B,4H) r, z, n, W_hn h + b_hn and STATS (5,T,B) [SAVE];
@@ -105,6 +126,10 @@ if HAS_TRITON:
             b_r += tl.load(BHH + cols, mask=cmask, other=0.0)
             b_z += tl.load(BHH + H + cols, mask=cmask, other=0.0)
             bhn += tl.load(BHH + 2 * H + cols, mask=cmask, other=0.0)
+        if XI > 0:  # per-row width of the input stream: x (T,B,I) or XP (T,B,3H)
+            IW = XI
+        else:
+            IW = H3
         bp = tl.load(BP)
         up = tl.load(UP0 + rows, mask=rmask, other=1.0)
         cum = tl.load(CUM0 + rows, mask=rmask, other=0.0)
@@ -131,7 +156,8 @@ if HAS_TRITON:
             m = tl.load(MASK + rows, mask=rmask, other=0.0)
         else:
             m = zero_b + 1.0
-        x_r, x_z, x_n = _load3(XP, xoff, m2, H, b_r, b_z, b_n)
+        x_r, x_z, x_n = _inputs3(XP, xoff, rows64, rmask, cols, cmask, m2, H, WIH, b_r, b_z,
+                                 b_n, XI)
         if SAVE:
             # training: every step computes the candidate (the backward needs the gates)
             for t in range(T):
@@ -162,8 +188,9 @@ if HAS_TRITON:
                     m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
                 else:
                     m_n = m
-                xp_n = xp_t + nxt * H3
-                x_r, x_z, x_n = _load3(xp_n, xoff, m2, H, b_r, b_z, b_n)
+                xp_n = xp_t + nxt * IW
+                x_r, x_z, x_n = _inputs3(xp_n, xoff, rows64, rmask, cols, cmask, m2, H, WIH,
+                                         b_r, b_z, b_n, XI)
                 bad = _grid_sync(CNT + pr, NCOL * (t + 1), bad, SPIN)
                 delta = _delta(zslot, zoff, zm, bp)
                 tl.store(srow + 2 * T * B, delta, mask=smask)
@@ -171,7 +198,7 @@ if HAS_TRITON:
                 cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
                 m = m_n
                 h_rd = h_wr
-                xp_t += B * H3
+                xp_t += B * IW
                 g_t += B * H4
                 o_t += B * H
                 r_t += B
@@ -189,8 +216,9 @@ if HAS_TRITON:
                     m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
                 else:
                     m_n = m
-                xp_n = xp_t + nxt * H3
-                xn_r, xn_z, xn_n = _load3(xp_n, xoff, m2, H, b_r, b_z, b_n)
+                xp_n = xp_t + nxt * IW
+                xn_r, xn_z, xn_n = _inputs3(xp_n, xoff, rows64, rmask, cols, cmask, m2, H,
+                                            WIH, b_r, b_z, b_n, XI)
                 if anyu > 0.0:
                     h_wr = HS + ((nb + 1) % 2) * B * H
                     hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
@@ -211,7 +239,7 @@ if HAS_TRITON:
                 x_r = xn_r
                 x_z = xn_z
                 x_n = xn_n
-                xp_t += B * H3
+                xp_t += B * IW
                 o_t += B * H
                 r_t += B
         tl.store(UPN + rows, up, mask=smask)
@@ -369,12 +397,14 @@ if HAS_TRITON:
 
 
 def launch_fwd(xp, w_hh, b_ih, b_hh, gate_w, gate_b, mask, h0, up0, cum0, threshold, precision,
-               cfg, save=True):
-    """``xp`` = x W_ih^T without biases (T,B,3H); ``b_ih``, ``b_hh`` (3H,) or None. Returns
-    ``((out, hs, gates, upd, prob, stats, up_n, cum_n, h_n), flag)``; with ``save=False``
-    hs/gates/stats are None."""
-    T, B, H3 = xp.shape
-    H = H3 // 3
+               cfg, save=True, w_ih=None):
+    """``xp`` = x W_ih^T without biases (T,B,3H), or with ``w_ih`` (3H,I) given, x itself
+    (T,B,I) (projected in the kernel, see ``coop.fuse_input``); ``b_ih``, ``b_hh`` (3H,) or None.
+    Returns ``((out, hs, gates, upd, prob, stats, up_n, cum_n, h_n), flag)``; with
+    ``save=False`` hs/gates/stats are None."""
+    T, B = xp.shape[:2]
+    H = w_hh.shape[1]
+    I = xp.shape[2] if w_ih is not None else 0
     HP, nr, nc, cnt, flag = coop.launch_meta(cfg, B, H, xp.device)
     new = buffers(xp)
     zp = new((2, nc, B))
@@ -392,13 +422,13 @@ def launch_fwd(xp, w_hh, b_ih, b_hh, gate_w, gate_b, mask, h0, up0, cum0, thresh
     cum_n = new((B,))
     h_n = new((B, H))
     _gru_coop_fwd_kernel[(nr, nc)](
-        xp, w_hh, up0 if b_ih is None else b_ih, up0 if b_hh is None else b_hh, gate_w, gate_b,
+        xp, w_hh if w_ih is None else w_ih, w_hh, up0 if b_ih is None else b_ih, up0 if b_hh is None else b_hh, gate_w, gate_b,
         mask if mask is not None else up0, up0, cum0,
         h0, hs, gates, out, upd, prob, stats, up_n, cum_n, h_n,
         zp, cnt, flag,
         T, B, H, nc, float(threshold),
         HAS_MASK=mask is not None, HAS_BIH=b_ih is not None, HAS_BHH=b_hh is not None,
-        SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
+        XI=I, SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
         HP=HP, KC=cfg.get("KSPLIT", 1), NCP=max(2, next_pow2(nc)), PRECISION=precision,
         SPIN=coop.SPIN_LIMIT,
         num_warps=cfg["num_warps"], num_stages=1)

@@ -56,6 +56,30 @@ if HAS_TRITON:
                 tl.load(ptr + off + 3 * H, mask=m2, other=0.0) + b_o[None, :])
 
     @triton.jit
+    def _inputs4(ptr, goff, rows64, rmask, cols, cmask, m2, H, WIH, b_i, b_f, b_g, b_o,
+                 XI: tl.constexpr):
+        """One step's input pre-activations of this program's units (i, f, g, o), biases included:
+        with XI = 0 read from the projection ``ptr`` = XP[t] (T,B,4H); with XI = I > 0 (a few
+        input features) computed here from ``ptr`` = x[t] (T,B,I) and W_ih (4H,I) by I
+        rank-one updates in fp32 (the W_ih columns are L1 hits after the first step): no
+        (T·B, 4H) GEMM launch, no projection written and read back."""
+        if XI > 0:
+            a_i = tl.zeros(m2.shape, dtype=b_i.dtype) + b_i[None, :]
+            a_f = tl.zeros(m2.shape, dtype=b_i.dtype) + b_f[None, :]
+            a_g = tl.zeros(m2.shape, dtype=b_i.dtype) + b_g[None, :]
+            a_o = tl.zeros(m2.shape, dtype=b_i.dtype) + b_o[None, :]
+            wcol = WIH + cols.to(tl.int64) * XI
+            for k in tl.static_range(XI):
+                xk = tl.load(ptr + rows64 * XI + k, mask=rmask, other=0.0)[:, None]
+                a_i += xk * tl.load(wcol + k, mask=cmask, other=0.0)[None, :]
+                a_f += xk * tl.load(wcol + H * XI + k, mask=cmask, other=0.0)[None, :]
+                a_g += xk * tl.load(wcol + 2 * H * XI + k, mask=cmask, other=0.0)[None, :]
+                a_o += xk * tl.load(wcol + 3 * H * XI + k, mask=cmask, other=0.0)[None, :]
+            return a_i, a_f, a_g, a_o
+        else:
+            return _load4(ptr, goff, m2, H, b_i, b_f, b_g, b_o)
+
+    @triton.jit
     def _candidate(hfull, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, c_own, wp, m2,
                    KC: tl.constexpr, PRECISION: tl.constexpr):
         """One step's candidate for this program's units: gates, c̃, h̃ and the rows' partial
@@ -72,18 +96,19 @@ if HAS_TRITON:
 
     @triton.jit(do_not_specialize=["T", "B"])
     def _lstm_coop_fwd_kernel(
-        XP, W, BIH, BHH, WP, BP, MASK, UP0, CUM0, H0, C0,
+        XP, WIH, W, BIH, BHH, WP, BP, MASK, UP0, CUM0, H0, C0,
         HS, CS, G, OUT, UPD, PROB, STATS, UPN, CUMN, HN, CN,
         ZP, CNT, FLAG,
         T, B, H, NCOL, threshold,
-        HAS_MASK: tl.constexpr, HAS_BIH: tl.constexpr, HAS_BHH: tl.constexpr,
+        HAS_MASK: tl.constexpr, HAS_BIH: tl.constexpr, HAS_BHH: tl.constexpr, XI: tl.constexpr,
         SAVE: tl.constexpr, BLOCK_B: tl.constexpr,
         BLOCK_N: tl.constexpr, HP: tl.constexpr, KC: tl.constexpr, NCP: tl.constexpr,
         PRECISION: tl.constexpr,
         SPIN: tl.constexpr,
     ):
-        """XP (T,B,4H) = x W_ih^T (no bias); W = W_hh (4H,H); BIH, BHH (4H,) biases (HAS_BIH,
-        HAS_BHH); H0, C0 (B,H) initial state; HS, CS (T+1,B,H)
+        """XP (T,B,4H) = x W_ih^T (no bias), or with XI = I > 0 x itself (T,B,I) and
+        WIH = W_ih (4H,I) (the projection is done here); W = W_hh (4H,H); BIH, BHH (4H,) biases
+        (HAS_BIH, HAS_BHH); H0, C0 (B,H) initial state; HS, CS (T+1,B,H)
         history [SAVE] (the kernel writes [0] = h0, c0), else HS (2,B,H) h ping-pong;
         G (T,B,4H), STATS (5,T,B) [SAVE];
         HN, CN (B,H) final state; ZP (2,NCOL,B) partials; CNT (#row blocks,) zeroed counters."""
@@ -123,6 +148,10 @@ if HAS_TRITON:
         b_f = _bias(BIH, BHH, cols + H, cmask, zero_n, HAS_BIH, HAS_BHH)
         b_g = _bias(BIH, BHH, cols + 2 * H, cmask, zero_n, HAS_BIH, HAS_BHH)
         b_o = _bias(BIH, BHH, cols + 3 * H, cmask, zero_n, HAS_BIH, HAS_BHH)
+        if XI > 0:  # per-row width of the input stream: x (T,B,I) or XP (T,B,4H)
+            IW = XI
+        else:
+            IW = H4
         bp = tl.load(BP)
         up = tl.load(UP0 + rows, mask=rmask, other=1.0)
         cum = tl.load(CUM0 + rows, mask=rmask, other=0.0)
@@ -150,7 +179,8 @@ if HAS_TRITON:
             m = tl.load(MASK + rows, mask=rmask, other=0.0)
         else:
             m = zero_b + 1.0
-        x_i, x_f, x_g, x_o = _load4(XP, goff, m2, H, b_i, b_f, b_g, b_o)
+        x_i, x_f, x_g, x_o = _inputs4(XP, goff, rows64, rmask, cols, cmask, m2, H, WIH,
+                                      b_i, b_f, b_g, b_o, XI)
         if SAVE:
             # training: every step computes the candidate (the backward needs the gates)
             for t in range(T):
@@ -183,8 +213,9 @@ if HAS_TRITON:
                     m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
                 else:
                     m_n = m
-                xp_n = xp_t + nxt * H4
-                x_i, x_f, x_g, x_o = _load4(xp_n, goff, m2, H, b_i, b_f, b_g, b_o)
+                xp_n = xp_t + nxt * IW
+                x_i, x_f, x_g, x_o = _inputs4(xp_n, goff, rows64, rmask, cols, cmask, m2, H,
+                                              WIH, b_i, b_f, b_g, b_o, XI)
                 bad = _grid_sync(CNT + pr, NCOL * (t + 1), bad, SPIN)
                 delta = _delta(zslot, zoff, zm, bp)
                 tl.store(srow + 2 * T * B, delta, mask=smask)
@@ -192,7 +223,7 @@ if HAS_TRITON:
                 cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
                 m = m_n
                 h_rd = h_wr
-                xp_t += B * H4
+                xp_t += B * IW
                 g_t += B * H4
                 o_t += B * H
                 r_t += B
@@ -212,8 +243,9 @@ if HAS_TRITON:
                     m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
                 else:
                     m_n = m
-                xp_n = xp_t + nxt * H4
-                xn_i, xn_f, xn_g, xn_o = _load4(xp_n, goff, m2, H, b_i, b_f, b_g, b_o)
+                xp_n = xp_t + nxt * IW
+                xn_i, xn_f, xn_g, xn_o = _inputs4(xp_n, goff, rows64, rmask, cols, cmask, m2,
+                                                  H, WIH, b_i, b_f, b_g, b_o, XI)
                 if anyu > 0.0:
                     h_wr = HS + ((nb + 1) % 2) * B * H
                     hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
@@ -236,7 +268,7 @@ if HAS_TRITON:
                 x_f = xn_f
                 x_g = xn_g
                 x_o = xn_o
-                xp_t += B * H4
+                xp_t += B * IW
                 o_t += B * H
                 r_t += B
         tl.store(UPN + rows, up, mask=smask)
@@ -412,12 +444,14 @@ if HAS_TRITON:
 
 
 def launch_fwd(xp, w_hh, b_ih, b_hh, gate_w, gate_b, mask, h0, c0, up0, cum0, threshold,
-               precision, cfg, save=True):
-    """``xp`` = x W_ih^T without biases (T,B,4H); ``b_ih``, ``b_hh`` (4H,) or None. Returns
-    ``((out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n), flag)``; with
+               precision, cfg, save=True, w_ih=None):
+    """``xp`` = x W_ih^T without biases (T,B,4H), or with ``w_ih`` (4H,I) given, x itself
+    (T,B,I) (the kernel projects it; see ``fuse_input``); ``b_ih``, ``b_hh`` (4H,) or None.
+    Returns ``((out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n), flag)``; with
     ``save=False`` hs/cs/gates/stats are None."""
-    T, B, H4 = xp.shape
-    H = H4 // 4
+    T, B = xp.shape[:2]
+    H = w_hh.shape[1]
+    I = xp.shape[2] if w_ih is not None else 0
     HP, nr, nc, cnt, flag = coop.launch_meta(cfg, B, H, xp.device)
     new = buffers(xp)
     zp = new((2, nc, B))
@@ -437,14 +471,14 @@ def launch_fwd(xp, w_hh, b_ih, b_hh, gate_w, gate_b, mask, h0, c0, up0, cum0, th
     h_n = new((B, H))
     c_n = new((B, H))
     _lstm_coop_fwd_kernel[(nr, nc)](
-        xp, w_hh, up0 if b_ih is None else b_ih, up0 if b_hh is None else b_hh, gate_w, gate_b,
+        xp, w_hh if w_ih is None else w_ih, w_hh, up0 if b_ih is None else b_ih, up0 if b_hh is None else b_hh, gate_w, gate_b,
         mask if mask is not None else up0, up0, cum0,
         h0, c0, hs, cs, gates, out, upd, prob, stats, up_n, cum_n,
         h_n, c_n,
         zp, cnt, flag,
         T, B, H, nc, float(threshold),
         HAS_MASK=mask is not None, HAS_BIH=b_ih is not None, HAS_BHH=b_hh is not None,
-        SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
+        XI=I, SAVE=save, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
         HP=HP, KC=cfg.get("KSPLIT", 1), NCP=max(2, next_pow2(nc)), PRECISION=precision,
         SPIN=coop.SPIN_LIMIT,
         num_warps=cfg["num_warps"], num_stages=1)

@@ -295,13 +295,6 @@ def _launch_bwd(w_hh, gate_w, mask, hs, gates, stats, g_out, g_hn, g_upn, g_cumn
 # autograd
 # ----------------------------------------------------------------------------------------------
 
-def _input_projection(xc: Tensor, w_ihc: Tensor) -> Tensor:
-    """``x W_ih^T`` for all steps in one GEMM: (T, B, I) -> (T, B, 3H). The cooperative kernels
-    add the biases themselves; the old kernels get them via ``_old_bias``."""
-    T, B, I = xc.shape
-    return torch.mm(xc.reshape(T * B, I), w_ihc.t()).view(T, B, -1)
-
-
 def _old_bias(xp: Tensor, b_ih, b_hh) -> tuple[Tensor, Tensor]:
     """For the old kernels: ``xp + b_ih + [b_hr, b_hz, 0]`` and ``b_hn`` (H,) (it sits inside
     the reset gate's product)."""
@@ -335,22 +328,25 @@ class _SkipGRUTriton(torch.autograd.Function):
         H = w_hh.shape[1]
         xc, w_ihc, w_hhc = _c(x, cdt), _c(w_ih, cdt), _c(w_hh, cdt)
         bih, bhh = _c(b_ih, cdt), _c(b_hh, cdt)
-        xp = _input_projection(xc, w_ihc)
+        proj = coop.InputProjection(xc, w_ihc)
         gwc, gbc = _c(gate_w.reshape(-1), cdt), _c(gate_b.reshape(-1), cdt)
         maskc = _c(mask, cdt)
         rest = (gwc, gbc, maskc, _c(h0, cdt), _c(up0, cdt), _c(cum0, cdt), threshold, precision)
-        key = ("gru-fwd", B, H, precision, maskc is not None, str(cdt), str(x.device))
+        key = ("gru-fwd", B, H, precision, maskc is not None, str(cdt), str(x.device),
+               proj.fusable)
 
         def run_coop(c):
-            return gru_coop.launch_fwd(xp, w_hhc, bih, bhh, *rest, c)
+            xin, wih = proj.coop_args(c)
+            return gru_coop.launch_fwd(xin, w_hhc, bih, bhh, *rest, c, w_ih=wih)
 
         def run_old():
-            xpb, b_hn = _old_bias(xp, bih, bhh)
+            xpb, b_hn = _old_bias(proj.xp(), bih, bhh)
             res = _launch_fwd(xpb, w_hhc, b_hn, *rest, tile_config(H, B))
             return (*res, res[1][T].clone())
 
         out, hs, gates, upd, prob, stats, up_n, cum_n, h_n = coop.run(
-            key, coop.candidates(H, B, x.device, 3, precision), run_coop, run_old)
+            key, coop.candidates(H, B, x.device, 3, precision, proj.fusable), run_coop,
+            run_old)
         ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, gates, stats)
         ctx.set_materialize_grads(False)  # missing output grads: one zero buffer in backward
         ctx.precision = precision
@@ -503,26 +499,27 @@ def skip_gru_triton_infer(
     H = w_hh.shape[1]
     cdt = compute_dtype(x.dtype)
     prec = resolve_precision(precision, x.dtype)
-    cands = coop.candidates(H, B, x.device, 3, prec)
+    cands = coop.candidates(H, B, x.device, 3, prec, coop.fuse_input(I))
     if not cands or not coop.enabled() or h0.shape != (1, B, H) \
             or w_hh.shape != (3 * H, H) or w_ih.shape != (3 * H, I):
         return skip_gru_triton(x, h0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,
                                mask, threshold, precision=precision)
-    xp = _input_projection(_c(x, cdt), _c(w_ih, cdt))
+    proj = coop.InputProjection(_c(x, cdt), _c(w_ih, cdt))
     bih, bhh, w_hhc = _c(b_ih, cdt), _c(b_hh, cdt), _c(w_hh, cdt)
     rest = (_c(gate_weight.reshape(-1), cdt), _c(gate_bias.reshape(-1), cdt), _c(mask, cdt),
             _c(h0[0], cdt), _c(update_prob0, cdt), _c(cum_prob0, cdt), threshold, prec)
 
     def run_coop(c):
-        return gru_coop.launch_fwd(xp, w_hhc, bih, bhh, *rest, c, save=False)
+        xin, wih = proj.coop_args(c)
+        return gru_coop.launch_fwd(xin, w_hhc, bih, bhh, *rest, c, save=False, w_ih=wih)
 
     def run_old():
-        xpb, b_hn = _old_bias(xp, bih, bhh)
+        xpb, b_hn = _old_bias(proj.xp(), bih, bhh)
         out, hs, _, upd, prob, _, up_n, cum_n = _launch_fwd(xpb, w_hhc, b_hn, *rest,
                                                             tile_config(H, B))
         return out, None, None, upd, prob, None, up_n, cum_n, hs[T]
 
-    key = ("gru-infer", B, H, prec, mask is not None, str(cdt), str(x.device))
+    key = ("gru-infer", B, H, prec, mask is not None, str(cdt), str(x.device), proj.fusable)
     out, _, _, upd, prob, _, up_n, cum_n, h_n = coop.run(
         key, cands, run_coop, run_old, hint=("gru-fwd",) + key[1:])
     dt = x.dtype

@@ -3,7 +3,9 @@
 Same maths, signature and return tuple as ``skip_lstm_naive`` (the definition, see
 ``skiprnn/ops/skip_lstm/naive.py``); tested against it on outputs, final state and every gradient.
 
-Layout of the work:
+Layout of the work (this module's own kernels, "old"; the default cooperative kernels in
+``lstm_coop.py`` share the autograd function and differ as noted there: biases added in-kernel,
+and for inputs of at most 4 features a configuration may project them in-kernel too):
 
 1. The input projection of all steps is one GEMM outside the kernel:
    ``xp = x W_ih^T + b_ih + b_hh`` (T, B, 4H).
@@ -324,13 +326,6 @@ def _launch_bwd(w_hh, gate_w, mask, hs, cs, gates, stats, g_out, g_hn, g_cn, g_u
 # autograd
 # ----------------------------------------------------------------------------------------------
 
-def _input_projection(xc: Tensor, w_ihc: Tensor) -> Tensor:
-    """``x W_ih^T`` for all steps in one GEMM: (T, B, I) -> (T, B, 4H). The cooperative kernels
-    add the biases themselves (one launch fewer); the old kernels get them via ``_with_bias``."""
-    T, B, I = xc.shape
-    return torch.mm(xc.reshape(T * B, I), w_ihc.t()).view(T, B, -1)
-
-
 def _with_bias(xp: Tensor, b_ih, b_hh) -> Tensor:
     if b_ih is not None:
         xp = xp + b_ih
@@ -359,23 +354,26 @@ class _SkipLSTMTriton(torch.autograd.Function):
         H = w_hh.shape[1]
         xc, w_ihc, w_hhc = _c(x, cdt), _c(w_ih, cdt), _c(w_hh, cdt)
         bih, bhh = _c(b_ih, cdt), _c(b_hh, cdt)
-        xp = _input_projection(xc, w_ihc)
         gwc, gbc = _c(gate_w.reshape(-1), cdt), _c(gate_b.reshape(-1), cdt)
         maskc = _c(mask, cdt)
         state = (_c(h0, cdt), _c(c0, cdt), _c(up0, cdt), _c(cum0, cdt))
-        key = ("lstm-fwd", B, H, precision, maskc is not None, str(cdt), str(x.device))
+        proj = coop.InputProjection(xc, w_ihc)
+        key = ("lstm-fwd", B, H, precision, maskc is not None, str(cdt), str(x.device),
+               proj.fusable)
 
         def run_coop(c):
-            return lstm_coop.launch_fwd(xp, w_hhc, bih, bhh, gwc, gbc, maskc, *state, threshold,
-                                        precision, c)
+            xin, wih = proj.coop_args(c)
+            return lstm_coop.launch_fwd(xin, w_hhc, bih, bhh, gwc, gbc, maskc, *state, threshold,
+                                        precision, c, w_ih=wih)
 
         def run_old():
-            res = _launch_fwd(_with_bias(xp, bih, bhh), w_hhc, gwc, gbc, maskc, *state,
+            res = _launch_fwd(_with_bias(proj.xp(), bih, bhh), w_hhc, gwc, gbc, maskc, *state,
                               threshold, precision, tile_config(H, B))
             return (*res, res[1][T].clone(), res[2][T].clone())
 
         out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n = coop.run(
-            key, coop.candidates(H, B, x.device, 4, precision), run_coop, run_old)
+            key, coop.candidates(H, B, x.device, 4, precision, proj.fusable), run_coop,
+            run_old)
         ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, cs, gates, stats)
         ctx.set_materialize_grads(False)  # missing output grads: one zero buffer in backward
         ctx.precision = precision
@@ -528,26 +526,27 @@ def skip_lstm_triton_infer(
     H = w_hh.shape[1]
     cdt = compute_dtype(x.dtype)
     prec = resolve_precision(precision, x.dtype)
-    cands = coop.candidates(H, B, x.device, 4, prec)
+    cands = coop.candidates(H, B, x.device, 4, prec, coop.fuse_input(I))
     if not cands or not coop.enabled() or h0.shape != (1, B, H) or c0.shape != (1, B, H) \
             or w_hh.shape != (4 * H, H) or w_ih.shape != (4 * H, I):
         return skip_lstm_triton(x, h0, c0, update_prob0, cum_prob0, layers, gate_weight,
                                 gate_bias, mask, threshold, precision=precision)
-    xp = _input_projection(_c(x, cdt), _c(w_ih, cdt))
+    proj = coop.InputProjection(_c(x, cdt), _c(w_ih, cdt))
     bih, bhh = _c(b_ih, cdt), _c(b_hh, cdt)
     rest = (_c(gate_weight.reshape(-1), cdt), _c(gate_bias.reshape(-1), cdt), _c(mask, cdt),
             _c(h0[0], cdt), _c(c0[0], cdt), _c(update_prob0, cdt), _c(cum_prob0, cdt), threshold,
             prec)
 
     def run_coop(c):
-        return lstm_coop.launch_fwd(xp, _c(w_hh, cdt), bih, bhh, *rest, c, save=False)
+        xin, wih = proj.coop_args(c)
+        return lstm_coop.launch_fwd(xin, _c(w_hh, cdt), bih, bhh, *rest, c, save=False, w_ih=wih)
 
     def run_old():
         out, hs, cs, _, upd, prob, _, up_n, cum_n = _launch_fwd(
-            _with_bias(xp, bih, bhh), _c(w_hh, cdt), *rest, tile_config(H, B))
+            _with_bias(proj.xp(), bih, bhh), _c(w_hh, cdt), *rest, tile_config(H, B))
         return out, None, None, None, upd, prob, None, up_n, cum_n, hs[T], cs[T]
 
-    key = ("lstm-infer", B, H, prec, mask is not None, str(cdt), str(x.device))
+    key = ("lstm-infer", B, H, prec, mask is not None, str(cdt), str(x.device), proj.fusable)
     out, _, _, _, upd, prob, _, up_n, cum_n, h_n, c_n = coop.run(
         key, cands, run_coop, run_old, hint=("lstm-fwd",) + key[1:])
     dt = x.dtype
