@@ -106,3 +106,26 @@ def test_cells_and_generic_errors():
         skiprnn.build_rnn("skip_rnn", 2, 3)
     with pytest.raises(ValueError, match="backend 'cpu' supports one layer"):
         SkipLSTM(3, 4, num_layers=2, backend="cpu")(torch.randn(2, 1, 3))
+
+
+def test_input_dtype_or_device_other_than_the_layers(lstm):
+    with pytest.raises(ValueError, match=r"layer's dtype torch.float32, got torch.float64"):
+        lstm(torch.randn(5, 2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"layer's dtype torch.float32, got torch.float16"):
+        lstm(torch.randn(5, 2, 3, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"input is on meta but the layer's parameters are on cpu"):
+        lstm(torch.randn(5, 2, 3, device="meta"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast: run in the layer's dtype
+        out = SkipLSTM(3, 5)(torch.randn(5, 2, 3, dtype=torch.bfloat16))
+    assert out.output.shape == (5, 2, 5) and out.output.dtype == torch.float32
+
+
+def test_skipping_backend_needs_no_grad(monkeypatch):
+    layer = SkipLSTM(3, 5, backend="skipping")
+    with pytest.raises(ValueError, match="inference only.*no_grad"):
+        layer(torch.randn(5, 2, 3))
+    with torch.no_grad():
+        assert layer(torch.randn(5, 2, 3)).output.shape == (5, 2, 5)
+    monkeypatch.setenv("SKIPRNN_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="SKIPRNN_BACKEND must be one of .* got 'bogus'"):
+        SkipLSTM(3, 5)(torch.randn(5, 2, 3))

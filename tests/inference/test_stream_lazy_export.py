@@ -138,6 +138,17 @@ def test_lazy_batched_source_encodes_only_reading_rows():
     assert res.stats["source_calls"] == int((ref.updates.sum(1) > 0).sum())
 
 
+@pytest.mark.parametrize("B", [1, 3])
+def test_lazy_batch_first_layer_keeps_its_layout(B):
+    """A batch_first layer gets (B, T, ...) results from lazy_forward, as from its forward."""
+    layer = make_layer("lstm", seed=11, batch_first=True)
+    x = torch.randn(B, 30, 5)
+    ref = run(layer, x, "reference")
+    res = lazy_forward(layer, lambda t: x[:, t] if B > 1 else x[0, t], length=30, batch_size=B)
+    assert res.output.output.shape == (B, 30, 12) and res.output.updates.shape == (B, 30)
+    assert_same(ref, res.output)
+
+
 def test_lazy_bad_inputs():
     layer = make_layer("lstm")
     with pytest.raises(ValueError, match="holds 3 frames, expected at least length=10"):

@@ -68,7 +68,8 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
         hx: optional state to continue from.
 
     Returns:
-        :class:`LazyResult` ``(output, stats)``; ``output`` equals ``layer(encoder(all frames))``.
+        :class:`LazyResult` ``(output, stats)``; ``output`` equals ``layer(encoder(all frames))``,
+        in the layer's layout (``(B, T, ...)`` for a ``batch_first`` layer, else ``(T, B, ...)``).
     """
     from ..modules.rnn import SkipOutput
 
@@ -122,7 +123,7 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
             for r in rows:
                 read_steps[int(r)].append(t)
             t += 1
-    output = SkipOutput(torch.cat(outs), st.state, torch.cat(us), torch.cat(ps))
+    output = _layout(layer, SkipOutput(torch.cat(outs), st.state, torch.cat(us), torch.cat(ps)))
     return LazyResult(output, _stats(layer, T, B, read_steps, source_calls, encoder_calls,
                                      frames_encoded, frame_flops))
 
@@ -377,7 +378,15 @@ def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) ->
     n = len(read)
     n_enc = n if encoder is not None else 0
     stats = _stats(layer, T, 1, [read], n, n_enc, n_enc, frame_flops)
-    return LazyResult(SkipOutput(out, new_state, u, p), stats)
+    return LazyResult(_layout(layer, SkipOutput(out, new_state, u, p)), stats)
+
+
+def _layout(layer, out):
+    """Time-major results in ``layer``'s layout: batch-first layers get (B, T, ...)."""
+    if not getattr(layer, "batch_first", False):
+        return out
+    return type(out)(out.output.transpose(0, 1), out.state, out.updates.transpose(0, 1),
+                     out.update_probs.transpose(0, 1))
 
 
 def _shape(v):

@@ -32,6 +32,21 @@ def check_input(input: Tensor, input_size: int, batch_first: bool) -> tuple[Tens
     return input, unbatched
 
 
+def check_matches_weights(x: Tensor, weight: Tensor) -> Tensor:
+    """The input must have the layer's dtype and device (as nn.LSTM requires). Under autocast an
+    input in another float dtype (an autocast encoder's output) is cast to the layer's dtype:
+    the recurrence runs in the parameters' precision. Returns the input to use."""
+    if x.device != weight.device:
+        raise ValueError(f"input is on {x.device} but the layer's parameters are on "
+                         f"{weight.device}: move one of them (e.g. layer.to({str(x.device)!r}))")
+    if x.dtype != weight.dtype:
+        if torch.is_autocast_enabled(x.device.type):
+            return x.to(weight.dtype)
+        raise ValueError(f"input must have the layer's dtype {weight.dtype}, got {x.dtype}: cast "
+                         f"the input (x.to({weight.dtype})) or the layer, or run under autocast")
+    return x
+
+
 def check_lengths(lengths, T: int, B: int, device) -> Tensor:
     """Validate ``lengths`` (B,) with 1 <= length <= T; return a (T, B) bool mask."""
     if isinstance(lengths, (list, tuple)):

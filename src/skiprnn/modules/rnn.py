@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ..ops import dispatch
 from ..ops.ste import bernoulli_thresholds, check_binarizer, check_threshold
-from ._checks import check_input, check_lengths, check_state_tensor
+from ._checks import check_input, check_lengths, check_matches_weights, check_state_tensor
 
 
 class SkipOutput(NamedTuple):
@@ -248,6 +248,7 @@ class _SkipRNNBase(nn.Module):
             x, unbatched = check_input(input, self.input_size, batch_first=False)
         else:
             x, unbatched = check_input(input, self.input_size, self.batch_first)
+        x = check_matches_weights(x, self.weight_ih_l0)
         T, B = x.shape[0], x.shape[1]
         mask = None
         if lengths is not None:

@@ -67,10 +67,16 @@ def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
     """
     env = os.environ.get(ENV_VAR)
     if env:
-        backend = check_backend(env)
+        if env not in BACKENDS:
+            raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {env!r}")
+        backend = env
     check_backend(backend)
     if backend == "reference":
         return "reference", _load(kind, "reference")
+    if backend == "skipping" and grad:
+        raise ValueError("backend 'skipping' is for inference only (skipped steps keep no autograd "
+                         "graph): call the layer under torch.no_grad() / torch.inference_mode(), "
+                         "or use backend='auto', which picks it there by itself")
     if backend == "skipping" or (backend == "auto" and not grad and skip_ok):
         fn = _load(kind, "skipping")
         if fn is not None:

@@ -321,6 +321,7 @@ def _sums_old(gz: Tensor, gates: Tensor, hs: Tensor) -> Tensor:
 class _SkipGRUTriton(torch.autograd.Function):
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # no autocast inside
     def forward(ctx, x, h0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, mask,
                 threshold, precision):
         cdt = compute_dtype(x.dtype)
@@ -359,6 +360,7 @@ class _SkipGRUTriton(torch.autograd.Function):
         return (out.to(dt), h_n.to(dt), up_n.to(dt), cum_n.to(dt), upd.to(dt), prob.to(dt))
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g_out, g_hn, g_upn, g_cumn, g_upd, g_prob):
         xc, w_ihc, w_hhc, gwc, maskc, hs, gates, stats = ctx.saved_tensors
         cdt = gates.dtype
@@ -466,6 +468,7 @@ def skip_gru_triton(
 
 
 @torch.no_grad()
+@torch.autocast("cuda", enabled=False)  # the projection GEMM stays in fp32 under autocast
 def skip_gru_triton_infer(
     x: Tensor,
     h0: Tensor,

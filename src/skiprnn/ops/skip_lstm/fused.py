@@ -347,6 +347,7 @@ def _sums_old(gz: Tensor, gates: Tensor, cs: Tensor) -> Tensor:
 class _SkipLSTMTriton(torch.autograd.Function):
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # no autocast inside
     def forward(ctx, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, mask,
                 threshold, precision):
         cdt = compute_dtype(x.dtype)
@@ -388,6 +389,7 @@ class _SkipLSTMTriton(torch.autograd.Function):
                 prob.to(dt))
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g_out, g_hn, g_cn, g_upn, g_cumn, g_upd, g_prob):
         xc, w_ihc, w_hhc, gwc, maskc, hs, cs, gates, stats = ctx.saved_tensors
         cdt = gates.dtype
@@ -492,6 +494,7 @@ def skip_lstm_triton(
 
 
 @torch.no_grad()
+@torch.autocast("cuda", enabled=False)  # the projection GEMM stays in fp32 under autocast
 def skip_lstm_triton_infer(
     x: Tensor,
     h0: Tensor,
