@@ -19,11 +19,19 @@ from .modules import (MODELS, PeriodicSkipGRU, PeriodicSkipLSTM, PlainGRU, Plain
 
 __version__ = "0.1.0"
 
+
+def release_cpu_buffers() -> None:
+    """Free the work buffers the CPU fast paths keep between calls (``SKIPRNN_CPU_POOL_MB``)."""
+    from .ops.skip_lstm.cpu import release_cpu_buffers as _release
+
+    _release()
+
+
 __all__ = [
     "SkipLSTM", "SkipGRU", "SkipLSTMCell", "SkipGRUCell", "SkipRNN", "SkipOutput", "SkipLSTMState",
     "SkipGRUState", "SkipRNNState", "SkipCellOutput", "PlainLSTM", "PlainGRU", "RandomSkipLSTM",
     "RandomSkipGRU", "PeriodicSkipLSTM", "PeriodicSkipGRU", "MODELS", "build_rnn", "budget_loss",
     "target_rate_loss", "n_skip", "update_counts", "update_fraction", "flops_per_update",
     "inference_flops", "SkipStream", "lazy_forward", "evaluate_thresholds", "SkipStepModule",
-    "export_step", "__version__",
+    "export_step", "release_cpu_buffers", "__version__",
 ]

@@ -9,6 +9,7 @@ state_dict loads with ``strict=False``. The update-gate projection (W_p, b_p) is
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -77,6 +78,10 @@ class _SkipRNNBase(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not (isinstance(dropout, (int, float)) and 0.0 <= dropout <= 1.0):
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout acts between stacked layers only (as in nn.LSTM), so a non-zero "
+                          f"dropout expects num_layers greater than 1, got dropout={dropout} and "
+                          "num_layers=1", stacklevel=2)
         factory = {"device": device, "dtype": dtype}
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
