@@ -129,3 +129,15 @@ def test_skipping_backend_needs_no_grad(monkeypatch):
     monkeypatch.setenv("SKIPRNN_BACKEND", "bogus")
     with pytest.raises(ValueError, match="SKIPRNN_BACKEND must be one of .* got 'bogus'"):
         SkipLSTM(3, 5)(torch.randn(5, 2, 3))
+
+
+def test_state_in_another_dtype_or_device():
+    layer = SkipLSTM(3, 5)
+    x = torch.randn(4, 2, 3)
+    h = torch.zeros(1, 2, 5)
+    with pytest.raises(ValueError, match="h0 must have the input's dtype torch.float32, got torch.float64"):
+        layer(x, (h.double(), h))
+    with pytest.raises(ValueError, match="c0 is on meta but the input is on cpu"):
+        layer(x, (h, h.to("meta")))
+    st = layer(x).state  # a state from the layer continues as it is
+    assert layer(x, st).output.shape == (4, 2, 5)

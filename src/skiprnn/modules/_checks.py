@@ -71,4 +71,10 @@ def check_state_tensor(name: str, t, expected: tuple, like: Tensor) -> Tensor:
         raise ValueError(f"Expected {name} size {tuple(expected)}, got {tuple(t.shape)}")
     if not t.is_floating_point():
         raise TypeError(f"{name} must be floating point, got dtype {t.dtype}")
-    return t.to(device=like.device, dtype=like.dtype)
+    if t.device != like.device:
+        raise ValueError(f"{name} is on {t.device} but the input is on {like.device}")
+    if t.dtype != like.dtype:
+        if torch.is_autocast_enabled(like.device.type):
+            return t.to(like.dtype)
+        raise ValueError(f"{name} must have the input's dtype {like.dtype}, got {t.dtype}")
+    return t
