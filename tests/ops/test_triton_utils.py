@@ -53,3 +53,14 @@ def test_launch_meta_uses_scratch_only_when_large_enough():
     _, _, _, cnt, flag = coop.launch_meta(cfg, 37, 20, "cpu", small)
     assert cnt.data_ptr() != small.data_ptr() and cnt.numel() == 3 and (cnt == 0).all()
     assert flag.numel() == 1 and int(flag) == 0
+
+
+def test_env_reads_like_os_environ_get(monkeypatch):
+    from skiprnn._env import env
+
+    monkeypatch.delenv("SKIPRNN_TEST_KNOB", raising=False)
+    assert env("SKIPRNN_TEST_KNOB") is None and env("SKIPRNN_TEST_KNOB", "d") == "d"
+    monkeypatch.setenv("SKIPRNN_TEST_KNOB", "forcé")
+    assert env("SKIPRNN_TEST_KNOB", "d") == "forcé"
+    monkeypatch.setenv("SKIPRNN_TEST_KNOB", "")
+    assert env("SKIPRNN_TEST_KNOB", "d") == ""

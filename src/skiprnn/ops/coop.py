@@ -30,10 +30,10 @@ Environment knobs (read at call time):
 
 from __future__ import annotations
 
-import os
 
 import torch
 
+from .._env import env as _env
 from .triton_utils import HAS_TRITON, interpreting, next_pow2
 
 COOP_ENV = "SKIPRNN_COOP"
@@ -96,7 +96,7 @@ if HAS_TRITON:
 
 
 def enabled() -> bool:
-    return os.environ.get(COOP_ENV, "1").lower() not in ("0", "off", "false", "no")
+    return _env(COOP_ENV, "1").lower() not in ("0", "off", "false", "no")
 
 
 _SMS: dict = {}
@@ -135,7 +135,7 @@ def fuse_input(I: int) -> bool:
     (T, B, gates·H) round trip fewer. (A tf32 ``tl.dot`` with K padded to 16 instead made
     ptxas spill at the default 16,16,4,4 tiles.) ``SKIPRNN_COOP_FUSE_INPUT=0``
     turns it off (A/B timing)."""
-    return 0 < I <= FUSE_INPUT_MAX and os.environ.get(FUSE_INPUT_ENV, "1") != "0"
+    return 0 < I <= FUSE_INPUT_MAX and _env(FUSE_INPUT_ENV, "1") != "0"
 
 
 class InputProjection:
@@ -211,8 +211,8 @@ def candidates(H: int, B: int, device: torch.device, gates: int,
     with ``FUSE=1`` first, the forward projecting its inputs itself; the timing then decides
     between that (one GEMM launch fewer, ~55 more registers per thread) and reading ``x W_ih^T``.
     Under the interpreter only the fused variant is returned."""
-    env = os.environ.get(CONFIG_ENV)
-    key = (H, B, str(device), gates, precision, env, os.environ.get(MAXCAND_ENV), interpreting(),
+    env = _env(CONFIG_ENV)
+    key = (H, B, str(device), gates, precision, env, _env(MAXCAND_ENV), interpreting(),
            fusable)
     hit = _CANDS.get(key)
     if hit is None:
@@ -220,7 +220,7 @@ def candidates(H: int, B: int, device: torch.device, gates: int,
         if fusable and hit:
             fused = [dict(hit[0], FUSE=1)]
             hit = fused if interpreting() else fused + hit
-            maxc = int(os.environ.get(MAXCAND_ENV, "0") or 0)
+            maxc = int(_env(MAXCAND_ENV, "0") or 0)
             if maxc > 0 and not env:
                 hit = hit[:maxc]
         _CANDS[key] = hit
@@ -253,7 +253,7 @@ def _candidates(H: int, B: int, device: torch.device, precision: str, env) -> li
         cands = [_cfg(16, 16, 8, 8), _cfg(16, 16, 8), _cfg(32, 16, 8, 8), _cfg(32, 16, 8)]
     if precision == "ieee":
         cands = sorted(cands, key=lambda c: c.get("KSPLIT", 1) > 1)
-    maxc = int(os.environ.get(MAXCAND_ENV, "0") or 0)
+    maxc = int(_env(MAXCAND_ENV, "0") or 0)
     if maxc > 0 and not env:
         cands = cands[:maxc]
     nsm = sm_count(device)
@@ -266,7 +266,7 @@ def _candidates(H: int, B: int, device: torch.device, precision: str, env) -> li
 
 
 def check_flag() -> bool:
-    return os.environ.get(CHECK_ENV, "0") not in ("", "0")
+    return _env(CHECK_ENV, "0") not in ("", "0")
 
 
 def _time(fn, reps=2):
@@ -304,8 +304,8 @@ def run(key, cands: list[dict], launch_coop, launch_old, hint=None):
         if choice is not None:
             _choice[key] = choice
     if choice is None:
-        force = os.environ.get(COOP_ENV, "").lower() == "force"
-        if len(cands) == 1 and (interpreting() or force or os.environ.get(CONFIG_ENV)):
+        force = _env(COOP_ENV, "").lower() == "force"
+        if len(cands) == 1 and (interpreting() or force or _env(CONFIG_ENV)):
             choice = cands[0]
         elif force or interpreting() or not torch.cuda.is_available():
             choice = cands[0]

@@ -9,8 +9,9 @@ until a backend is first used.
 from __future__ import annotations
 
 import importlib
-import os
 from functools import lru_cache
+
+from .._env import env as _env
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "skipping")
 ENV_VAR = "SKIPRNN_BACKEND"
@@ -65,7 +66,7 @@ def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
     deterministic learned gate (``skip_ok``), 'auto' uses the skipping inference path, whose
     skipped steps cost nothing.
     """
-    env = os.environ.get(ENV_VAR)
+    env = _env(ENV_VAR)
     if env:
         if env not in BACKENDS:
             raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {env!r}")

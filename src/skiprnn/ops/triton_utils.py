@@ -17,9 +17,10 @@ Environment knobs (read at call time):
 from __future__ import annotations
 
 import math
-import os
 
 import torch
+
+from .._env import env as _env
 
 try:  # pragma: no cover - exercised implicitly
     import triton
@@ -43,7 +44,7 @@ def require_triton() -> None:
 
 
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return _env("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def check_device(t: torch.Tensor) -> None:
@@ -62,7 +63,7 @@ def resolve_precision(precision: str | None, dtype: torch.dtype) -> str:
     Float64 inputs always use 'ieee'.
     """
     if precision is None:
-        precision = os.environ.get(PRECISION_ENV) or None
+        precision = _env(PRECISION_ENV) or None
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if dtype == torch.float64:
@@ -73,7 +74,7 @@ def resolve_precision(precision: str | None, dtype: torch.dtype) -> str:
 
 
 def poisoning() -> bool:
-    return os.environ.get(POISON_ENV, "0") not in ("", "0")
+    return _env(POISON_ENV, "0") not in ("", "0")
 
 
 def new_buffer(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -106,7 +107,7 @@ def tile_config(H: int, B: int) -> dict:
     BLOCK_B rows per program (>= 16, the tl.dot minimum); the per-step ``h · W_hh^T`` is tiled
     over BLOCK_N output units and BLOCK_K input units so that H up to 512 (and beyond) fits.
     """
-    env = os.environ.get(TILES_ENV)
+    env = _env(TILES_ENV)
     if env:
         vals = [int(v) for v in env.split(",")]
         cfg = dict(BLOCK_B=vals[0], BLOCK_N=vals[1], BLOCK_K=vals[2],
