@@ -141,3 +141,9 @@ def test_state_in_another_dtype_or_device():
         layer(x, (h, h.to("meta")))
     st = layer(x).state  # a state from the layer continues as it is
     assert layer(x, st).output.shape == (4, 2, 5)
+
+
+def test_cell_input_dtype_other_than_the_cells():
+    cell = SkipLSTMCell(3, 5)
+    with pytest.raises(ValueError, match=r"layer's dtype torch.float32, got torch.float64"):
+        cell(torch.randn(2, 3, dtype=torch.float64))

@@ -13,7 +13,7 @@ from ..ops.naive import skip_loop
 from ..ops.skip_gru.naive import skip_gru_naive
 from ..ops.skip_lstm.naive import skip_lstm_naive
 from ..ops.ste import bernoulli_thresholds, check_binarizer, check_threshold
-from ._checks import check_input, check_lengths
+from ._checks import check_input, check_lengths, check_matches_weights
 from .rnn import SkipGRUState, SkipLSTMState, SkipOutput
 
 
@@ -59,6 +59,7 @@ class _SkipCellBase(nn.Module):
             raise ValueError(f"input must have shape (B, {self.input_size}) or ({self.input_size},), "
                              f"got {tuple(input.shape)}")
         unbatched = input.dim() == 1
+        input = check_matches_weights(input, self.weight_ih)
         return (input.unsqueeze(0) if unbatched else input), unbatched
 
     def _threshold(self, B, x):
