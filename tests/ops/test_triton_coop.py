@@ -37,11 +37,15 @@ CASES = [
     ("lstm", 37, 23, 3, 110, "16,16,4,4", True, True, True),
     ("gru", 37, 23, 3, 110, "16,16,4", True, True, True),
     ("lstm", 64, 40, 64, 512, "16,16,8,8", True, True, True),
+    # the forward projects its inputs itself (I <= 4, '+x'), several column blocks
+    ("lstm", 37, 23, 3, 110, "16,16,4,4+x", True, False),
+    ("gru", 256, 50, 2, 110, "16,16,4+x", True, True),
+    ("lstm", 37, 23, 3, 110, "16,16,4+x", True, True, True),
 ]
 
 
 def _id(c):
-    return "{}-B{}-T{}-I{}-H{}-cfg{}".format(*c[:6]).replace(",", "_") + \
+    return "{}-B{}-T{}-I{}-H{}-cfg{}".format(*c[:6]).replace(",", "_").replace("+", "p") + \
         ("-mask" if c[6] else "") + ("-fresh" if c[7] else "") + \
         ("-sync" if len(c) > 8 and c[8] else "")
 

@@ -17,8 +17,9 @@ Environment knobs (read at call time):
 
 * ``SKIPRNN_COOP=0`` disables the cooperative path (old one-program-per-row-block kernels only);
   ``SKIPRNN_COOP=force`` skips the timing and uses the first valid cooperative candidate.
-* ``SKIPRNN_COOP_CONFIG=BLOCK_B,BLOCK_N,num_warps[,KSPLIT]`` forces one cooperative configuration
-  (``old`` forces the old kernels).
+* ``SKIPRNN_COOP_CONFIG=BLOCK_B,BLOCK_N,num_warps[,KSPLIT][+x]`` forces one cooperative
+  configuration (``+x``: the forward projects inputs of I <= 4 itself; ``old`` forces the old
+  kernels).
 * ``SKIPRNN_COOP_MAXCAND=n``: time only the first n candidates (the benchmark uses 2).
 * ``SKIPRNN_COOP_FUSE_INPUT=0``: the forward reads a precomputed input projection even for
   small inputs (default: it projects ``I <= 4`` inputs itself, see ``fuse_input``).
@@ -187,7 +188,13 @@ def _cfg(bb, bn, nw, kc=1):
 
 
 def _parse(env: str) -> dict:
-    return _cfg(*(int(v) for v in env.split(",")))
+    """``BLOCK_B,BLOCK_N,num_warps[,KSPLIT][+x]`` (``+x``: the forward projects its inputs)."""
+    env = env.strip()
+    fuse = env.endswith("+x")
+    c = _cfg(*(int(v) for v in env.removesuffix("+x").split(",")))
+    if fuse:
+        c["FUSE"] = 1
+    return c
 
 
 def cfg_name(c) -> str:
@@ -217,11 +224,13 @@ def candidates(H: int, B: int, device: torch.device, gates: int,
     hit = _CANDS.get(key)
     if hit is None:
         hit = _candidates(H, B, device, precision, env)
-        if fusable and hit:
+        if not fusable:
+            hit = [{k: v for k, v in c.items() if k != "FUSE"} for c in hit]
+        elif hit and not env:  # a forced configuration stays the only candidate
             fused = [dict(hit[0], FUSE=1)]
             hit = fused if interpreting() else fused + hit
             maxc = int(_env(MAXCAND_ENV, "0") or 0)
-            if maxc > 0 and not env:
+            if maxc > 0:
                 hit = hit[:maxc]
         _CANDS[key] = hit
     return list(hit)

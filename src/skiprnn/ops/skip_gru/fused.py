@@ -376,7 +376,8 @@ class _SkipGRUTriton(torch.autograd.Function):
 
         def run_old():
             dg, gz, dh0, dup0, dcum0 = _launch_bwd(*bargs, tile_config(H, B))
-            return dg, gz, dh0, dup0, dcum0, _sums_old(gz, gates, hs)
+            part = _sums_old(gz, gates, hs) if any(ctx.needs_input_grad[8:10]) else None
+            return dg, gz, dh0, dup0, dcum0, part
 
         dg, gz, dh0, dup0, dcum0, part = coop.run(
             key, cands, lambda c: gru_coop.launch_bwd(*bargs, c, zeros=spare()), run_old)

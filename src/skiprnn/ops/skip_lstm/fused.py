@@ -406,7 +406,8 @@ class _SkipLSTMTriton(torch.autograd.Function):
 
         def run_old():
             dg, gz, dh0, dc0, dup0, dcum0 = _launch_bwd(*bargs, tile_config(H, B))
-            return dg, gz, dh0, dc0, dup0, dcum0, _sums_old(gz, gates, cs)
+            part = _sums_old(gz, gates, cs) if any(ctx.needs_input_grad[9:11]) else None
+            return dg, gz, dh0, dc0, dup0, dcum0, part
 
         dg, gz, dh0, dc0, dup0, dcum0, part = coop.run(
             key, cands, lambda c: lstm_coop.launch_bwd(*bargs, c, zeros=spare()), run_old)
