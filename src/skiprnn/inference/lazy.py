@@ -337,11 +337,7 @@ def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) ->
         read, read_uc, skipped = [], [], []
         k = 0
         while k < T:
-            n, probs, stuck = runs(up, cum, T - k)
-            if stuck:  # the gate never opens again: ũ stays at its last value
-                n = T - k
-                if n > len(probs):
-                    probs = np.concatenate([probs, np.full(n - len(probs), probs[-1], npdt)])
+            n, probs = runs.until_read(up, cum, T - k)
             if n:
                 skipped.append((k, n, probs))
                 cum = probs[n - 1]

@@ -409,6 +409,16 @@ class _SkipRuns:
             self.memo[key] = res
         return res
 
+    def until_read(self, up, cum, left: int):
+        """``(n, probs)``: the skipped steps before the next read (n ≤ left) and their ũ; when the
+        gate never opens again, all ``left`` steps, ũ held at its last value."""
+        n, probs, stuck = self(up, cum, left)
+        if stuck:
+            n = left
+            if n > len(probs):
+                probs = np.concatenate([probs, np.full(n - len(probs), probs[-1], self.npdt)])
+        return n, probs
+
 
 def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, stats=None):
     """Batch size 1 on the CPU: the cell (NumPy) only on update steps, runs of skipped steps
@@ -436,11 +446,7 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
     block_id, block_np = None, None
     k = 0
     while k < n_steps:
-        n, probs, stuck = runs(up, cum, n_steps - k)
-        if stuck:  # the gate never opens again: ũ stays at its last value
-            n = n_steps - k
-            if n > len(probs):
-                probs = np.concatenate([probs, np.full(n - len(probs), probs[-1], npdt)])
+        n, probs = runs.until_read(up, cum, n_steps - k)
         if n:
             sel = steps[k:k + n] if valid is not None else slice(k, k + n)
             p_np[sel] = probs[:n]
