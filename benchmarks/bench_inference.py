@@ -287,8 +287,8 @@ def lazy_part(args, rows, dev):
 
 # ------------------------------------------------------------------------------------------------
 def table(rows):
-    hdr = (f"| part | case | B×T×I×H | updates | baseline ms | ours ms | ratio | note |\n"
-           f"|---|---|---|---|---|---|---|---|")
+    hdr = ("| part | case | B×T×I×H | updates | baseline ms | ours ms | ratio | note |\n"
+           "|---|---|---|---|---|---|---|---|")
     lines = [hdr]
     for r in rows:
         lines.append(f"| {r['part']} | {r['case']} | {r['B']}×{r['T']}×{r['I']}×{r['H']} | "

@@ -10,7 +10,7 @@ here emits PTX 9.4 for a ptxas 8.8, so only the compile step is checked and regs
 
 Numbers from the third session are in ``benchmarks/GPU_NOTES.md``.
 """
-import sys, os, re, subprocess, tempfile, itertools
+import sys, os, re, subprocess, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource

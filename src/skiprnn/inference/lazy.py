@@ -182,7 +182,7 @@ class _LazyStack:
 
     def __init__(self, kind, layers, gate_weight, gate_bias, const, hs, cs, npdt):
         self.kind, self.npdt = kind, npdt
-        self.L = L = len(layers)
+        self.L = len(layers)
         H = hs[0].shape[0]
         self.H = H
         self.half, self.one = npdt(0.5), npdt(1)

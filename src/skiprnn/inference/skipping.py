@@ -424,7 +424,7 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
     """Batch size 1 on the CPU: the cell (NumPy) only on update steps, runs of skipped steps
     written in bulk (their ũ from ``_SkipRuns``, their output an index of the held h)."""
     T, H = x.shape[0], hs[0].shape[-1]
-    one, thr, zero = npdt(1), npdt(threshold), npdt(0)
+    one, zero = npdt(1), npdt(0)
     up, cum = npdt(up0.item()), npdt(cum0.item())
     stack = _NumpyStack(cell, npdt)
     runs = _SkipRuns(threshold, npdt)
@@ -568,7 +568,7 @@ def _skipping(kind, x, hc, update_prob0, cum_prob0, layers, gate_weight, gate_bi
         cell = StepCell(kind, layers, gate_weight, gate_bias, constant_delta)
         hs = list(hc[0].unbind(0))
         cs = list(hc[1].unbind(0)) if kind == "lstm" else None
-        T, B = x.shape[0], x.shape[1]
+        B = x.shape[1]
         thr = float(threshold)
         if x.device.type == "cuda" and B > 1 and L == 1 and constant_delta is None:
             fused = _triton_infer(kind)
