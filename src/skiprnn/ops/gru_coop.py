@@ -52,6 +52,18 @@ if HAS_TRITON:
             return _load3(ptr, xoff, m2, H, b_r, b_z, b_n)
 
     @triton.jit
+    def _step_inputs3(MASK, r, m_default, ptr, xoff, rows64, rmask, cols, cmask, m2, H, WIH,
+                      b_r, b_z, b_n, XI: tl.constexpr, HAS_MASK: tl.constexpr):
+        """A step's mask entries (``m_default`` without a mask) and input pre-activations."""
+        if HAS_MASK:
+            m = tl.load(MASK + r, mask=rmask, other=0.0)
+        else:
+            m = m_default
+        x_r, x_z, x_n = _inputs3(ptr, xoff, rows64, rmask, cols, cmask, m2, H, WIH, b_r, b_z,
+                                 b_n, XI)
+        return m, x_r, x_z, x_n
+
+    @triton.jit
     def _candidate(hfull, w_r, w_z, w_n, x_r, x_z, x_n, bhn, h_own, wp, m2,
                    KC: tl.constexpr, PRECISION: tl.constexpr):
         """One step's candidate for this program's units: r, z, n, W_hn h + b_hn, h̃ and the rows'
@@ -152,12 +164,8 @@ if HAS_TRITON:
         r_t = rows
         h_rd = H0
         # step 0's inputs; inside the loop the next step's are loaded before the barrier
-        if HAS_MASK:
-            m = tl.load(MASK + rows, mask=rmask, other=0.0)
-        else:
-            m = zero_b + 1.0
-        x_r, x_z, x_n = _inputs3(XP, xoff, rows64, rmask, cols, cmask, m2, H, WIH, b_r, b_z,
-                                 b_n, XI)
+        m, x_r, x_z, x_n = _step_inputs3(MASK, rows, zero_b + 1.0, XP, xoff, rows64, rmask, cols,
+                                         cmask, m2, H, WIH, b_r, b_z, b_n, XI, HAS_MASK)
         if SAVE:
             # training: every step computes the candidate (the backward needs the gates)
             for t in range(T):
@@ -184,13 +192,9 @@ if HAS_TRITON:
                 tl.store(o_t + soff, h_own * m[:, None], mask=m2)
                 # prefetch step t+1's inputs (step t's again at the last step: harmless)
                 nxt = tl.where(t + 1 < T, B, 0)
-                if HAS_MASK:
-                    m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
-                else:
-                    m_n = m
-                xp_n = xp_t + nxt * IW
-                x_r, x_z, x_n = _inputs3(xp_n, xoff, rows64, rmask, cols, cmask, m2, H, WIH,
-                                         b_r, b_z, b_n, XI)
+                m_n, x_r, x_z, x_n = _step_inputs3(
+                    MASK, r_t + nxt, m, xp_t + nxt * IW, xoff, rows64, rmask, cols, cmask, m2, H,
+                    WIH, b_r, b_z, b_n, XI, HAS_MASK)
                 bad = _grid_sync(CNT + pr, NCOL * (t + 1), bad, SPIN)
                 delta = _delta(zslot, zoff, zm, bp)
                 tl.store(srow + 2 * T * B, delta, mask=smask)
@@ -212,13 +216,9 @@ if HAS_TRITON:
                 anyu = tl.max(tl.where(rmask, u, 0.0), axis=0)
                 # prefetch step t+1's inputs (step t's again at the last step: harmless)
                 nxt = tl.where(t + 1 < T, B, 0)
-                if HAS_MASK:
-                    m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
-                else:
-                    m_n = m
-                xp_n = xp_t + nxt * IW
-                xn_r, xn_z, xn_n = _inputs3(xp_n, xoff, rows64, rmask, cols, cmask, m2, H,
-                                            WIH, b_r, b_z, b_n, XI)
+                m_n, xn_r, xn_z, xn_n = _step_inputs3(
+                    MASK, r_t + nxt, m, xp_t + nxt * IW, xoff, rows64, rmask, cols, cmask, m2, H,
+                    WIH, b_r, b_z, b_n, XI, HAS_MASK)
                 if anyu > 0.0:
                     h_wr = HS + ((nb + 1) % 2) * B * H
                     hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")

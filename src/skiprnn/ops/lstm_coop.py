@@ -80,6 +80,19 @@ if HAS_TRITON:
             return _load4(ptr, goff, m2, H, b_i, b_f, b_g, b_o)
 
     @triton.jit
+    def _step_inputs4(MASK, r, m_default, ptr, goff, rows64, rmask, cols, cmask, m2, H, WIH,
+                      b_i, b_f, b_g, b_o, XI: tl.constexpr, HAS_MASK: tl.constexpr):
+        """A step's mask entries (``m_default`` without a mask) and input pre-activations; ``r``
+        the step's (T, B) offsets, ``ptr`` its XP / x row."""
+        if HAS_MASK:
+            m = tl.load(MASK + r, mask=rmask, other=0.0)
+        else:
+            m = m_default
+        x_i, x_f, x_g, x_o = _inputs4(ptr, goff, rows64, rmask, cols, cmask, m2, H, WIH,
+                                      b_i, b_f, b_g, b_o, XI)
+        return m, x_i, x_f, x_g, x_o
+
+    @triton.jit
     def _candidate(hfull, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, c_own, wp, m2,
                    KC: tl.constexpr, PRECISION: tl.constexpr):
         """One step's candidate for this program's units: gates, c̃, h̃ and the rows' partial
@@ -175,12 +188,9 @@ if HAS_TRITON:
         r_t = rows
         h_rd = H0
         # step 0's inputs; inside the loop the next step's are loaded before the barrier
-        if HAS_MASK:
-            m = tl.load(MASK + rows, mask=rmask, other=0.0)
-        else:
-            m = zero_b + 1.0
-        x_i, x_f, x_g, x_o = _inputs4(XP, goff, rows64, rmask, cols, cmask, m2, H, WIH,
-                                      b_i, b_f, b_g, b_o, XI)
+        m, x_i, x_f, x_g, x_o = _step_inputs4(MASK, rows, zero_b + 1.0, XP, goff, rows64, rmask,
+                                              cols, cmask, m2, H, WIH, b_i, b_f, b_g, b_o, XI,
+                                              HAS_MASK)
         if SAVE:
             # training: every step computes the candidate (the backward needs the gates)
             for t in range(T):
@@ -209,13 +219,9 @@ if HAS_TRITON:
                 tl.store(o_t + soff, h_own * m[:, None], mask=m2)
                 # prefetch step t+1's inputs (step t's again at the last step: harmless)
                 nxt = tl.where(t + 1 < T, B, 0)
-                if HAS_MASK:
-                    m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
-                else:
-                    m_n = m
-                xp_n = xp_t + nxt * IW
-                x_i, x_f, x_g, x_o = _inputs4(xp_n, goff, rows64, rmask, cols, cmask, m2, H,
-                                              WIH, b_i, b_f, b_g, b_o, XI)
+                m_n, x_i, x_f, x_g, x_o = _step_inputs4(
+                    MASK, r_t + nxt, m, xp_t + nxt * IW, goff, rows64, rmask, cols, cmask, m2, H,
+                    WIH, b_i, b_f, b_g, b_o, XI, HAS_MASK)
                 bad = _grid_sync(CNT + pr, NCOL * (t + 1), bad, SPIN)
                 delta = _delta(zslot, zoff, zm, bp)
                 tl.store(srow + 2 * T * B, delta, mask=smask)
@@ -239,13 +245,9 @@ if HAS_TRITON:
                 anyu = tl.max(tl.where(rmask, u, 0.0), axis=0)
                 # prefetch step t+1's inputs (step t's again at the last step: harmless)
                 nxt = tl.where(t + 1 < T, B, 0)
-                if HAS_MASK:
-                    m_n = tl.load(MASK + r_t + nxt, mask=rmask, other=0.0)
-                else:
-                    m_n = m
-                xp_n = xp_t + nxt * IW
-                xn_i, xn_f, xn_g, xn_o = _inputs4(xp_n, goff, rows64, rmask, cols, cmask, m2,
-                                                  H, WIH, b_i, b_f, b_g, b_o, XI)
+                m_n, xn_i, xn_f, xn_g, xn_o = _step_inputs4(
+                    MASK, r_t + nxt, m, xp_t + nxt * IW, goff, rows64, rmask, cols, cmask, m2, H,
+                    WIH, b_i, b_f, b_g, b_o, XI, HAS_MASK)
                 if anyu > 0.0:
                     h_wr = HS + ((nb + 1) % 2) * B * H
                     hfull = tl.load(h_rd + hoff, mask=hm, other=0.0, cache_modifier=".cg")
