@@ -17,6 +17,18 @@ mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
+# snapshots_while_running DIR TARBALL: while this shell's background jobs run (and once after),
+# replace $OUT/TARBALL every 30 s with /tmp/DIR packed without checkpoints or TensorBoard files
+# (the device returns at most 8 files from $OUT: a call cut short still returns what was written)
+snapshots_while_running() {
+  snap() {
+    tar czf "/tmp/$1_snap.tgz" --exclude=checkpoints --exclude=tb -C /tmp "$1" 2>/dev/null \
+      && cp "/tmp/$1_snap.tgz" "$OUT/$2.part" && mv "$OUT/$2.part" "$OUT/$2"
+  }
+  while [ -n "$(jobs -r)" ]; do sleep 30; snap "$1" "$2"; done
+  wait
+  snap "$1" "$2"
+}
 phases=("$@")
 [ ${#phases[@]} -eq 0 ] && phases=(all)
 for phase in "${phases[@]}"; do
@@ -36,13 +48,7 @@ for phase in "${phases[@]}"; do
       SKIPRNN_COOP_MAXCAND=2 timeout "${MNIST_TIMEOUT:-420}" python3 -m skiprnn train mnist --model skip_lstm \
         --cost-per-sample 1e-4 --accelerator gpu --lr "${MNIST_LR:-1e-3}" --max-time "${MNIST_TIME:-00:00:05:00}" \
         --no-progress --out /tmp/mnist_run > "$OUT/mnist_train.log" 2>&1 &
-      msnap() {
-        tar czf /tmp/mnist_snap.tgz --exclude=checkpoints --exclude=tb -C /tmp mnist_run 2>/dev/null \
-          && cp /tmp/mnist_snap.tgz "$OUT/mnist_run.tgz.part" && mv "$OUT/mnist_run.tgz.part" "$OUT/mnist_run.tgz"
-      }
-      while [ -n "$(jobs -r)" ]; do sleep 30; msnap; done
-      wait
-      msnap
+      snapshots_while_running mnist_run mnist_run.tgz
       tail -12 "$OUT/mnist_train.log"
       ;;
     speed)
@@ -82,13 +88,7 @@ for phase in "${phases[@]}"; do
           --seed $s --max-steps 10000000 --max-time "$TT" --solved-patience 1000000 --no-progress \
           --out "$R/t4_skip_lstm_l1e-4_ts1_seed$s" > "$R/t4_seed$s.log" 2>&1 &
       done
-      snapshot() {
-        tar czf /tmp/gpu_runs_snap.tgz --exclude=checkpoints --exclude=tb -C /tmp gpu_runs 2>/dev/null \
-          && cp /tmp/gpu_runs_snap.tgz "$OUT/gpu_runs.tgz.part" && mv "$OUT/gpu_runs.tgz.part" "$OUT/gpu_runs.tgz"
-      }
-      while [ -n "$(jobs -r)" ]; do sleep 30; snapshot; done
-      wait
-      snapshot
+      snapshots_while_running gpu_runs gpu_runs.tgz
       for f in "$R"/*.log; do echo "== $f"; grep -v -i "warn\|tip:" "$f" | tail -8; done
       ;;
     final2)
