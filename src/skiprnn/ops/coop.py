@@ -31,6 +31,7 @@ Environment knobs (read at call time):
 
 from __future__ import annotations
 
+import math
 
 import torch
 
@@ -218,60 +219,48 @@ def candidates(H: int, B: int, device: torch.device, gates: int,
     with ``FUSE=1`` first, the forward projecting its inputs itself; the timing then decides
     between that (one GEMM launch fewer, ~55 more registers per thread) and reading ``x W_ih^T``.
     Under the interpreter only the fused variant is returned."""
-    env = _env(CONFIG_ENV)
-    key = (H, B, str(device), gates, precision, env, _env(MAXCAND_ENV), interpreting(),
-           fusable)
+    env, maxc = _env(CONFIG_ENV), _env(MAXCAND_ENV)
+    key = (H, B, str(device), gates, precision, env, maxc, interpreting(), fusable)
     hit = _CANDS.get(key)
     if hit is None:
-        hit = _candidates(H, B, device, precision, env)
-        if not fusable:
-            hit = [{k: v for k, v in c.items() if k != "FUSE"} for c in hit]
-        elif hit and not env:  # a forced configuration stays the only candidate
-            fused = [dict(hit[0], FUSE=1)]
-            hit = fused if interpreting() else fused + hit
-            maxc = int(_env(MAXCAND_ENV, "0") or 0)
-            if maxc > 0:
-                hit = hit[:maxc]
-        _CANDS[key] = hit
+        hit = _CANDS[key] = _candidates(H, B, device, precision, env, int(maxc or 0), fusable)
     return list(hit)
 
 
-def _candidates(H: int, B: int, device: torch.device, precision: str, env) -> list[dict]:
+def _candidates(H: int, B: int, device: torch.device, precision: str, env, maxc: int,
+                fusable: bool) -> list[dict]:
     HP = max(16, next_pow2(H))
+    forced = _parse(env) if env and env.strip() != "old" else None
     if interpreting():
-        if env and env.strip() != "old":
-            c = _parse(env)
-            if c["BLOCK_N"] >= H:
-                return [c]
-        return [_cfg(16, HP, 4)]
-    if env:
-        if env.strip() == "old":
-            return []
-        cands = [_parse(env)]
-    elif HP <= 128:
-        # W slice per program: gates x HP x BLOCK_N fp32 in shared memory (LSTM, H=110: 32 KB at
-        # BLOCK_N=16); ptxas (sm_90, Triton 3.6, tf32): 16x16x4w 249 regs, 16x32x8w 228 regs,
-        # 32x32x8w 255 regs + 168 B spill, 64x16x4w 900 B spill
-        # (K split in 4 chunks: the tf32 mma A operand is 16x32 per warp instead of 16x128)
-        cands = [_cfg(16, 16, 4, 4), _cfg(16, 16, 4), _cfg(16, 32, 8), _cfg(32, 32, 8)]
-    elif HP <= 256:
-        cands = [_cfg(16, 16, 8, 8), _cfg(16, 16, 8), _cfg(32, 16, 8)]
+        cands = [forced if forced is not None and forced["BLOCK_N"] >= H else _cfg(16, HP, 4)]
+        if fusable and not env:
+            cands = [dict(cands[0], FUSE=1)]
+    elif env:  # a forced configuration is the only candidate ('old': none)
+        cands = [forced] if forced is not None else []
     else:
-        # H=512: 4 x 512 x 16 fp32 = 128 KB per program; without a K split the 16x512 A operand
-        # of the tf32 mma is held by every warp (255 regs + spills); with 8 chunks: 16x64 per warp
-        cands = [_cfg(16, 16, 8, 8), _cfg(16, 16, 8), _cfg(32, 16, 8, 8), _cfg(32, 16, 8)]
-    if precision == "ieee":
-        cands = sorted(cands, key=lambda c: c.get("KSPLIT", 1) > 1)
-    maxc = int(_env(MAXCAND_ENV, "0") or 0)
-    if maxc > 0 and not env:
-        cands = cands[:maxc]
+        if HP <= 128:
+            # W slice per program: gates x HP x BLOCK_N fp32 in shared memory (LSTM, H=110: 32 KB
+            # at BLOCK_N=16); ptxas (sm_90, Triton 3.6, tf32): 16x16x4w 249 regs, 16x32x8w 228
+            # regs, 32x32x8w 255 regs + 168 B spill, 64x16x4w 900 B spill
+            # (K split in 4 chunks: the tf32 mma A operand is 16x32 per warp instead of 16x128)
+            cands = [_cfg(16, 16, 4, 4), _cfg(16, 16, 4), _cfg(16, 32, 8), _cfg(32, 32, 8)]
+        elif HP <= 256:
+            cands = [_cfg(16, 16, 8, 8), _cfg(16, 16, 8), _cfg(32, 16, 8)]
+        else:
+            # H=512: 4 x 512 x 16 fp32 = 128 KB per program; without a K split the 16x512 A
+            # operand of the tf32 mma is held by every warp (255 regs + spills); with 8 chunks:
+            # 16x64 per warp
+            cands = [_cfg(16, 16, 8, 8), _cfg(16, 16, 8), _cfg(32, 16, 8, 8), _cfg(32, 16, 8)]
+        if precision == "ieee":
+            cands = sorted(cands, key=lambda c: c.get("KSPLIT", 1) > 1)
+        if fusable:
+            cands = [dict(cands[0], FUSE=1)] + cands
+        if maxc > 0:
+            cands = cands[:maxc]
+    if not fusable:  # the backward (or wide inputs): FUSE has no meaning
+        cands = [{k: v for k, v in c.items() if k != "FUSE"} for c in cands]
     nsm = sm_count(device)
-    out = []
-    for c in cands:
-        nr, nc = grid_of(c, B, H)
-        if nr * nc <= nsm:
-            out.append(c)
-    return out
+    return [c for c in cands if math.prod(grid_of(c, B, H)) <= nsm]
 
 
 def check_flag() -> bool:
