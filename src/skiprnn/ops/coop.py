@@ -227,6 +227,13 @@ def candidates(H: int, B: int, device: torch.device, gates: int,
     return list(hit)
 
 
+def _one_wave(cands: list[dict], B: int, H: int, device) -> list[dict]:
+    """The configurations whose grid fits in one wave (a spin barrier needs every program
+    resident)."""
+    nsm = sm_count(device)
+    return [c for c in cands if math.prod(grid_of(c, B, H)) <= nsm]
+
+
 def _candidates(H: int, B: int, device: torch.device, precision: str, env, maxc: int,
                 fusable: bool) -> list[dict]:
     HP = max(16, next_pow2(H))
@@ -235,8 +242,8 @@ def _candidates(H: int, B: int, device: torch.device, precision: str, env, maxc:
         cands = [forced if forced is not None and forced["BLOCK_N"] >= H else _cfg(16, HP, 4)]
         if fusable and not env:
             cands = [dict(cands[0], FUSE=1)]
-    elif env:  # a forced configuration is the only candidate ('old': none)
-        cands = [forced] if forced is not None else []
+    elif env:  # a forced configuration is the only candidate ('old': none), if it fits
+        cands = _one_wave([forced] if forced is not None else [], B, H, device)
     else:
         if HP <= 128:
             # W slice per program: gates x HP x BLOCK_N fp32 in shared memory (LSTM, H=110: 32 KB
@@ -253,14 +260,14 @@ def _candidates(H: int, B: int, device: torch.device, precision: str, env, maxc:
             cands = [_cfg(16, 16, 8, 8), _cfg(16, 16, 8), _cfg(32, 16, 8, 8), _cfg(32, 16, 8)]
         if precision == "ieee":
             cands = sorted(cands, key=lambda c: c.get("KSPLIT", 1) > 1)
-        if fusable:
+        cands = _one_wave(cands, B, H, device)
+        if fusable and cands:
             cands = [dict(cands[0], FUSE=1)] + cands
         if maxc > 0:
             cands = cands[:maxc]
     if not fusable:  # the backward (or wide inputs): FUSE has no meaning
         cands = [{k: v for k, v in c.items() if k != "FUSE"} for c in cands]
-    nsm = sm_count(device)
-    return [c for c in cands if math.prod(grid_of(c, B, H)) <= nsm]
+    return cands
 
 
 def check_flag() -> bool:
