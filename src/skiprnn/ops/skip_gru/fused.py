@@ -503,12 +503,12 @@ def skip_gru_triton_infer(
     H = w_hh.shape[1]
     cdt = compute_dtype(x.dtype)
     prec = resolve_precision(precision, x.dtype)
-    cands = coop.candidates(H, B, x.device, 3, prec, coop.fuse_input(I))
+    proj = coop.InputProjection(_c(x, cdt), _c(w_ih, cdt))
+    cands = coop.candidates(H, B, x.device, 3, prec, proj.fusable)
     if not cands or not coop.enabled() or h0.shape != (1, B, H) \
             or w_hh.shape != (3 * H, H) or w_ih.shape != (3 * H, I):
         return skip_gru_triton(x, h0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,
                                mask, threshold, precision=precision)
-    proj = coop.InputProjection(_c(x, cdt), _c(w_ih, cdt))
     bih, bhh, w_hhc = _c(b_ih, cdt), _c(b_hh, cdt), _c(w_hh, cdt)
     rest = (_c(gate_weight.reshape(-1), cdt), _c(gate_bias.reshape(-1), cdt), _c(mask, cdt),
             _c(h0[0], cdt), _c(update_prob0, cdt), _c(cum_prob0, cdt), threshold, prec)
