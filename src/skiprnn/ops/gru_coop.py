@@ -422,7 +422,9 @@ def launch_fwd(xp, w_hh, b_ih, b_hh, gate_w, gate_b, mask, h0, up0, cum0, thresh
     cum_n = new((B,))
     h_n = new((B, H))
     _gru_coop_fwd_kernel[(nr, nc)](
-        xp, w_hh if w_ih is None else w_ih, w_hh, up0 if b_ih is None else b_ih, up0 if b_hh is None else b_hh, gate_w, gate_b,
+        # absent tensors (HAS_* False / XI = 0) get any valid pointer: never read
+        xp, w_hh if w_ih is None else w_ih, w_hh, up0 if b_ih is None else b_ih,
+        up0 if b_hh is None else b_hh, gate_w, gate_b,
         mask if mask is not None else up0, up0, cum0,
         h0, hs, gates, out, upd, prob, stats, up_n, cum_n, h_n,
         zp, cnt, flag,

@@ -153,6 +153,15 @@ def contiguous_as(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | 
     return t.to(dtype).contiguous()
 
 
+def gate_sums(gz: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """``(1, H+1)``: Σ over all rows and steps of gz·cand (T,B,H) and of gz (T,B) — for the old
+    kernels, the one-row form of the per-row-block sums the cooperative backward kernels keep
+    (w_p's and b_p's gradients)."""
+    H = cand.shape[-1]
+    dgw = gz.reshape(1, -1) @ cand.reshape(-1, H)
+    return torch.cat([dgw.reshape(-1), gz.sum().reshape(1)]).unsqueeze(0)
+
+
 def grads_or_zeros(grads, shapes, dtype: torch.dtype, device, scratch: int = 0):
     """Incoming gradients for a backward kernel (autograd with ``set_materialize_grads(False)``):
     each ``None`` becomes a view of ONE zeroed buffer (one launch instead of a zero tensor per

@@ -25,8 +25,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..triton_utils import (HAS_TRITON, check_device, compute_dtype, grads_or_zeros,
-                            new_buffer, require_triton, resolve_precision, tile_config)
+from ..triton_utils import (HAS_TRITON, check_device, compute_dtype, gate_sums,
+                            grads_or_zeros, new_buffer, require_triton, resolve_precision,
+                            tile_config)
 from ..triton_utils import contiguous_as as _c
 from .. import coop, gru_coop
 
@@ -308,14 +309,10 @@ def _old_bias(xp: Tensor, b_ih, b_hh) -> tuple[Tensor, Tensor]:
 
 
 def _sums_old(gz: Tensor, gates: Tensor, hs: Tensor) -> Tensor:
-    """``part`` of ``gru_coop.launch_bwd`` (one row) for the old kernels: sums over all rows and
-    steps of gz·h̃ (H) and of gz (1)."""
+    """``part`` of ``gru_coop.launch_bwd`` for the old kernels (h̃ recomputed from the gates)."""
     H = hs.shape[-1]
-    T, B = gz.shape
     z = gates[..., H:2 * H]
-    hc = (1 - z) * gates[..., 2 * H:3 * H] + z * hs[:-1]
-    dgw = gz.reshape(1, T * B) @ hc.reshape(T * B, H)
-    return torch.cat([dgw.reshape(-1), gz.sum().reshape(1)]).unsqueeze(0)
+    return gate_sums(gz, (1 - z) * gates[..., 2 * H:3 * H] + z * hs[:-1])
 
 
 class _SkipGRUTriton(torch.autograd.Function):

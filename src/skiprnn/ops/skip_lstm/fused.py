@@ -38,8 +38,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..triton_utils import (HAS_TRITON, check_device, compute_dtype, grads_or_zeros,
-                            new_buffer, require_triton, resolve_precision, tile_config)
+from ..triton_utils import (HAS_TRITON, check_device, compute_dtype, gate_sums,
+                            grads_or_zeros, new_buffer, require_triton, resolve_precision,
+                            tile_config)
 from ..triton_utils import contiguous_as as _c
 from .. import coop, lstm_coop
 
@@ -335,13 +336,9 @@ def _with_bias(xp: Tensor, b_ih, b_hh) -> Tensor:
 
 
 def _sums_old(gz: Tensor, gates: Tensor, cs: Tensor) -> Tensor:
-    """``part`` of ``lstm_coop.launch_bwd`` (one row) for the old kernels: sums over all rows and
-    steps of gz·c̃ (H) and of gz (1)."""
+    """``part`` of ``lstm_coop.launch_bwd`` for the old kernels (c̃ recomputed from the gates)."""
     H = cs.shape[-1]
-    T, B = gz.shape
-    cc = gates[..., H:2 * H] * cs[:-1] + gates[..., :H] * gates[..., 2 * H:3 * H]
-    dgw = gz.reshape(1, T * B) @ cc.reshape(T * B, H)
-    return torch.cat([dgw.reshape(-1), gz.sum().reshape(1)]).unsqueeze(0)
+    return gate_sums(gz, gates[..., H:2 * H] * cs[:-1] + gates[..., :H] * gates[..., 2 * H:3 * H])
 
 
 class _SkipLSTMTriton(torch.autograd.Function):
