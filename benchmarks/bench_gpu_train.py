@@ -29,7 +29,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -39,6 +38,7 @@ import torch.nn as nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
+from skiprnn._env import git_commit  # noqa: E402
 
 SHAPES = [  # (name, B, T, I, H)
     ("mnist", 256, 784, 1, 110),
@@ -48,14 +48,6 @@ SHAPES = [  # (name, B, T, I, H)
 REFERENCE_REPS = {"adding": 3, "mnist": 1}  # reference fwd+bwd only here
 BACKEND_COLS = ("cudnn", "old-tf32", "triton-tf32", "infer-tf32", "triton-ieee", "reference")
 DEVICE = "cuda"  # "cpu" only for --cpu-smoke (checks this script's logic without a GPU)
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=HERE,
-                                       stderr=subprocess.DEVNULL, text=True).strip()
-    except Exception:
-        return None
 
 
 def time_cuda(fn, reps: int, warmup: int) -> list[float]:

@@ -28,7 +28,6 @@ import collections
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -39,6 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
+from skiprnn._env import git_commit  # noqa: E402
 
 VIEW_OPS = {"view", "t", "select", "slice", "reshape", "_unsafe_view", "as_strided", "unsqueeze",
             "transpose", "expand", "detach", "alias", "squeeze", "permute", "_reshape_alias",
@@ -129,16 +129,6 @@ def _count(fn) -> dict:
                 op_names=dict(sorted(ops.items())))
 
 
-def _git_commit() -> str:
-    if os.environ.get("SKIPRNN_GIT_COMMIT"):
-        return os.environ["SKIPRNN_GIT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except Exception:  # pragma: no cover
-        return "unknown"
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="2,2,2,4", help="B,T,I,H (tiny: arithmetic negligible)")
@@ -155,7 +145,7 @@ def main(argv=None) -> dict:
     _stub_kernels()
     res = dict(shape=dict(B=B, T=T, I=I, H=H), torch=torch.__version__,
                python=platform.python_version(), cpu=platform.processor() or platform.machine(),
-               threads=args.threads, git_commit=_git_commit(), rows=[])
+               threads=args.threads, git_commit=git_commit(), rows=[])
     print(f"{'cell':5} {'path':7} {'mode':8} {'us/call':>9} {'ops':>4} {'allocs':>6} "
           f"{'triton':>6}")
     cases = []

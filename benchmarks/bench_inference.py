@@ -24,7 +24,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from skiprnn import SkipLSTM  # noqa: E402
+from skiprnn._env import git_commit  # noqa: E402
 from skiprnn.inference import lazy_forward  # noqa: E402
 from skiprnn.metrics import n_skip  # noqa: E402
 
@@ -74,17 +74,6 @@ def set_constant_gate(layer, delta):
     with torch.no_grad():
         layer.update_gate.weight.zero_()
         layer.update_gate.bias.fill_(logit(delta))
-
-
-def git_commit():
-    if os.environ.get("SKIPRNN_GIT_COMMIT"):
-        return os.environ["SKIPRNN_GIT_COMMIT"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                       stderr=subprocess.DEVNULL,
-                                       cwd=os.path.dirname(__file__)).strip()
-    except Exception:
-        return None
 
 
 def reference_forward(layer, x):

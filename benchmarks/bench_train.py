@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from skiprnn._env import git_commit  # noqa: E402
 from skiprnn.ops.skip_gru.cpu import skip_gru_cpu  # noqa: E402
 from skiprnn.ops.skip_gru.naive import skip_gru_naive  # noqa: E402
 from skiprnn.ops.skip_lstm.cpu import skip_lstm_cpu  # noqa: E402
@@ -56,17 +56,6 @@ def triton_fns():
         except Exception as exc:  # noqa: BLE001 - report and go on without it
             print(f"[bench] triton {cell}: not available ({type(exc).__name__}: {exc})")
     return fns
-
-
-def git_commit():
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                    cwd=ROOT, capture_output=True, text=True).stdout.strip())
-        return commit, dirty
-    except Exception:  # noqa: BLE001
-        return None, None
 
 
 def cpu_model():
@@ -251,7 +240,8 @@ def main(argv=None):
             impls["triton"] = tri[cell]
         impls_by_cell[cell] = impls
 
-    commit, dirty = git_commit()
+    commit = git_commit()
+    dirty = bool(commit and commit.endswith("-dirty"))
     meta = dict(
         device=device.type,
         device_name=(torch.cuda.get_device_name(device) if device.type == "cuda"

@@ -17,3 +17,29 @@ def env(name: str, default=None):
         return os.environ.get(name, default)
     v = _ENV_DATA.get(_ENV_KEY(name))
     return default if v is None else _ENV_VALUE(v)
+
+
+def git_commit(dirty_suffix: bool = True):
+    """The commit of this source tree, for run records and benchmark JSON.
+
+    ``SKIPRNN_GIT_COMMIT`` wins when set (a copy whose git metadata is stale or missing, e.g.
+    a working tree shipped to another machine); else ``git rev-parse HEAD`` in the package's
+    directory, with ``-dirty`` appended when tracked files differ from it (``dirty_suffix``).
+    ``None`` outside a git checkout."""
+    import subprocess
+    forced = env("SKIPRNN_GIT_COMMIT")
+    if forced:
+        return forced
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        if not sha:
+            return None
+        if dirty_suffix and subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                capture_output=True, text=True, timeout=5).stdout.strip():
+            sha += "-dirty"
+        return sha
+    except Exception:
+        return None

@@ -1,6 +1,8 @@
 """Host-side helpers of the Triton paths (no kernels): the zero buffer for missing output
 gradients, the barrier-counter scratch carved from it, and the once-only hand-over."""
 
+import os
+
 import pytest
 import torch
 
@@ -64,3 +66,23 @@ def test_env_reads_like_os_environ_get(monkeypatch):
     assert env("SKIPRNN_TEST_KNOB", "d") == "forcé"
     monkeypatch.setenv("SKIPRNN_TEST_KNOB", "")
     assert env("SKIPRNN_TEST_KNOB", "d") == ""
+
+
+def test_git_commit_override_and_checkout(monkeypatch):
+    import subprocess
+
+    import skiprnn
+    from skiprnn._env import git_commit
+    from skiprnn.training.fit import environment_info
+
+    monkeypatch.setenv("SKIPRNN_GIT_COMMIT", "abc1234")
+    assert git_commit() == "abc1234" and environment_info()["git_commit"] == "abc1234"
+    monkeypatch.delenv("SKIPRNN_GIT_COMMIT")
+    pkg = os.path.dirname(os.path.abspath(skiprnn.__file__))
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=pkg, capture_output=True, text=True)
+    if head.returncode != 0:
+        assert git_commit() is None
+        return
+    got = git_commit()
+    assert got.split("-")[0] == head.stdout.strip()
+    assert git_commit(dirty_suffix=False) == head.stdout.strip()

@@ -16,7 +16,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Optional
 
 import torch
 
+from .._env import git_commit
 from .config import ConfigError, RunConfig
 
 __all__ = ["fit", "evaluate_run", "load_module", "RunInterrupted", "environment_info", "git_commit"]
@@ -37,20 +37,6 @@ class RunInterrupted(RuntimeError):
         super().__init__(f"training interrupted at step {step}; a resumable checkpoint is in "
                          f"{self.run_dir / 'checkpoints' / 'last.ckpt'}. Continue with: "
                          f"skiprnn train --resume {self.run_dir}")
-
-
-def git_commit() -> Optional[str]:
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        if not sha:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except Exception:
-        return None
 
 
 def environment_info(device: Optional[torch.device] = None) -> dict:
