@@ -160,15 +160,14 @@ def _error(msg: str) -> int:
 
 # ==================================================================== commands
 def cmd_train(ns) -> int:
-    from .training.config import CPU_LR, CPU_LR_PER_TASK, QUICK, ConfigError, RunConfig, resolve_defaults
-    from .training.fit import RunInterrupted, fit
+    from .training.config import CPU_LR, CPU_LR_PER_TASK, QUICK, RunConfig, resolve_defaults
 
     given = {k: v for k, v in vars(ns).items() if k not in ("command", "overwrite")
              and not (k == "task" and v is None)}
     resume = given.pop("resume", None)
     if resume:
-        from .training.config import RunConfig as RC
-        cfg = RC.load(Path(resume) / "config.json") if (Path(resume) / "config.json").exists() else RC()
+        cfg = (RunConfig.load(Path(resume) / "config.json") if (Path(resume) / "config.json").exists()
+               else RunConfig())
         for k in ("max_steps", "max_epochs", "max_time", "devices", "num_nodes", "strategy",
                   "accelerator", "threads", "progress_bar", "num_workers", "solved_patience",
                   "stop_when_solved"):
@@ -248,7 +247,7 @@ def cmd_data(ns) -> int:
 
 
 def cmd_reproduce(ns) -> int:
-    from .training.reproduce import TABLES, reproduce, row_ids
+    from .training.reproduce import reproduce, row_ids
     if ns.list_rows:
         print("\n".join(row_ids(ns.table)))
         return 0

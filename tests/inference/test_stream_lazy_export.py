@@ -8,7 +8,7 @@ import torch
 from skiprnn.inference import (SkipStream, evaluate_thresholds, export_step, lazy_forward,
                                plot_thresholds, stream)
 
-from inference_testutil import assert_no_ties, assert_same, constant_gate, make_layer, random_state, run
+from inference_testutil import assert_no_ties, assert_same, make_layer, random_state, run
 
 KINDS = ["lstm", "gru"]
 
