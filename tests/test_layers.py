@@ -346,3 +346,30 @@ def test_dropout_between_layers_only_in_training():
     assert torch.equal(a, b)
     layer.train()
     assert not torch.equal(layer(x).output, layer(x).output)
+
+
+@pytest.mark.parametrize("skip_cls", [SkipLSTM, SkipGRU], ids=["lstm", "gru"])
+def test_env_backend_overrides_the_layers_choice(skip_cls, monkeypatch):
+    """SKIPRNN_BACKEND (a valid value) wins over the layer's backend; unset, 'auto' on CPU with
+    autograd picks the CPU fast path."""
+    layer = skip_cls(3, 5, backend="auto")
+    x = torch.randn(6, 2, 3)
+    monkeypatch.delenv("SKIPRNN_BACKEND", raising=False)
+    ref = layer(x)
+    assert layer.last_backend == "cpu"
+    monkeypatch.setenv("SKIPRNN_BACKEND", "reference")
+    out = layer(x)
+    assert layer.last_backend == "reference"
+    torch.testing.assert_close(out.output, ref.output, atol=1e-6, rtol=0)
+    assert torch.equal(out.updates, ref.updates)
+    # it also overrides an explicit backend, both ways
+    layer.backend = "cpu"
+    layer(x)
+    assert layer.last_backend == "reference"
+    layer.backend = "reference"
+    monkeypatch.setenv("SKIPRNN_BACKEND", "cpu")
+    layer(x)
+    assert layer.last_backend == "cpu"
+    monkeypatch.delenv("SKIPRNN_BACKEND")
+    layer(x)
+    assert layer.last_backend == "reference"

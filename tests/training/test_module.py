@@ -144,3 +144,82 @@ def test_in_memory_data_read_a_batch_at_a_time_gives_the_same_batches():
     for fast_b, ref_b in zip(dm.test_dataloader(), DataLoader(test, batch_size=10)):
         assert all(torch.equal(a, b) for a, b in zip(fast_b, ref_b))
     assert train[3][0].shape == (784, 1)  # item access unchanged
+
+
+def _logged(m):
+    """Capture ``self.log`` calls of a module used without a Trainer (name -> value)."""
+    logged = {}
+
+    def log(name, value, **kw):
+        logged[name] = value
+    m.log = log
+    return logged
+
+
+@pytest.mark.parametrize("model", ["skip_lstm", "skip_gru"])
+def test_training_step_loss_is_task_loss_plus_budget(model):
+    lam = 1e-2
+    torch.manual_seed(0)
+    m = SkipRNNModule(_cfg(model=model, cost_per_sample=lam))
+    torch.manual_seed(0)
+    m0 = SkipRNNModule(_cfg(model=model, cost_per_sample=0.0))
+    for a, b in zip(m.parameters(), m0.parameters()):
+        assert torch.equal(a, b)   # the same model but for λ
+    with torch.no_grad():          # a gate that skips some steps, so Σu is neither 0 nor T
+        for mod in (m, m0):
+            mod.rnn.update_gate.bias.fill_(-0.3)
+    x, y = m.task.sample(8)
+    logged = _logged(m)
+    _logged(m0)
+    loss = m.training_step((x, y), 0)
+    # independently: a forward of the same (deterministic: one layer, no dropout) model
+    pred, out = m(x)
+    u = out.updates
+    assert 0 < u.mean() < 1
+    budget = lam * u.sum(1).mean()
+    torch.testing.assert_close(loss, m.task.loss(pred, y) + budget)
+    torch.testing.assert_close(logged["train/budget_loss"], budget.detach())
+    torch.testing.assert_close(logged["train/updates"], u.sum(1).mean().detach())
+    # the budget term reaches the gate bias: its gradient is λ·∂(mean Σu)/∂b on top of the task's
+    loss.backward()
+    g = m.rnn.update_gate.bias.grad.clone()
+    assert g.abs().item() > 0
+    m0.training_step((x, y), 0).backward()
+    g0 = m0.rnn.update_gate.bias.grad.clone()
+    assert not torch.allclose(g, g0)
+    _, out_b = m(x)
+    (g_budget,) = torch.autograd.grad(lam * out_b.updates.sum(1).mean(), m.rnn.update_gate.bias)
+    assert g_budget.abs().item() > 0
+    torch.testing.assert_close(g - g0, g_budget, rtol=1e-4, atol=1e-7)
+
+
+def test_step_with_lengths_counts_only_valid_steps():
+    lam = 1e-2
+    torch.manual_seed(0)
+    m = SkipRNNModule(_cfg(model="skip_lstm", cost_per_sample=lam))
+    with torch.no_grad():
+        m.rnn.update_gate.bias.fill_(-0.3)
+    x, y = m.task.sample(4)
+    lengths = torch.tensor([50, 31, 12, 3])
+    x_pad = x.clone()
+    for b, n in enumerate(lengths.tolist()):
+        x_pad[b, n:] = 1e3          # garbage on padding must not matter
+    logged = _logged(m)
+    loss = m.training_step((x_pad, y, lengths), 0)
+    # each sequence alone: its prediction from its last valid step, its own Σu
+    preds, counts = [], []
+    for b, n in enumerate(lengths.tolist()):
+        p, o = m(x[b:b + 1, :n])
+        preds.append(p)
+        counts.append(o.updates.sum())
+    pred, counts = torch.cat(preds), torch.stack(counts)
+    assert counts.min() > 0 and (counts < lengths).any()
+    expected = m.task.loss(pred, y) + lam * counts.mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logged["train/budget_loss"], lam * counts.mean().detach())
+    # validation logs the same quantities under val/, fractions over each valid length
+    logged.clear()
+    assert m.validation_step((x_pad, y, lengths), 0) is None
+    torch.testing.assert_close(logged["val/loss"], expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logged["val/updates"], counts.mean().detach())
+    torch.testing.assert_close(logged["val/update_fraction"], (counts / lengths).mean().detach())
