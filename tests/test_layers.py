@@ -54,23 +54,38 @@ def test_gate_open_equals_plain_batch_first_with_h0(skip_cls, plain_cls):
     torch.testing.assert_close(out.output, ref, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+# (backend requested, num_layers, grad enabled, backend that must run): dispatch picks the
+# reference for stacked layers, the CPU fast path for one layer with autograd, and the skipping
+# inference path for one layer without it
+COPY_CASES = [("reference", 2, True, "reference"), ("auto", 2, True, "reference"),
+              ("auto", 1, True, "cpu"), ("cpu", 1, True, "cpu"),
+              ("auto", 1, False, "skipping"), ("skipping", 1, False, "skipping")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("backend,L,grad,used", COPY_CASES,
+                         ids=["-".join(map(str, c)) for c in COPY_CASES])
 @pytest.mark.parametrize("skip_cls", [SkipLSTM, SkipGRU], ids=["lstm", "gru"])
-def test_skipped_steps_copy_state_exactly(skip_cls, backend):
-    layer = skip_cls(3, 5, num_layers=2, backend=backend)
+def test_skipped_steps_copy_state_exactly(skip_cls, backend, L, grad, used, dtype):
+    torch.manual_seed(0)
+    layer = skip_cls(3, 5, num_layers=L, backend=backend, dtype=dtype)
     set_constant_gate(layer, 0.2)  # update, skip 2, update, ...
-    x = torch.randn(20, 3, 3)
-    out = layer(x)
-    u = out.updates
-    assert u[0].eq(1).all()
-    for t in range(1, 20):
-        skipped = u[t] == 0
-        assert torch.equal(out.output[t][skipped], out.output[t - 1][skipped])
-        if (~skipped).any():
-            assert not torch.equal(out.output[t][~skipped], out.output[t - 1][~skipped])
-    # the final state equals the state after the last update, bit for bit
-    last = int(torch.nonzero(u[:, 0]).max())
-    steps = layer(x[: last + 1]).state
+    x = torch.randn(20, 3, 3, dtype=dtype)
+    with torch.set_grad_enabled(grad):
+        out = layer(x)
+        assert layer.last_backend == used
+        u = out.updates
+        assert u[0].eq(1).all() and (u == 0).any()
+        for t in range(1, 20):
+            skipped = u[t] == 0
+            assert torch.equal(out.output[t][skipped], out.output[t - 1][skipped])
+            if (~skipped).any():
+                assert not torch.equal(out.output[t][~skipped], out.output[t - 1][~skipped])
+        # the final state equals the state after the last update, bit for bit
+        last = int(torch.nonzero(u[:, 0]).max())
+        assert last < 19  # the sequence ends on skipped steps
+        steps = layer(x[: last + 1]).state
+        assert layer.last_backend == used
     for a, b in zip(out.state[:-1], steps[:-1]):  # h (c) and the carried Δũ; ũ keeps growing
         assert torch.equal(a, b)
 
@@ -335,6 +350,32 @@ def test_bernoulli_binarizer_is_stochastic_in_training_and_binary():
     assert layer.update_gate.bias.grad.abs().item() > 0
     layer.eval()
     assert torch.equal(layer(x).updates, layer(x).updates)
+
+
+@pytest.mark.parametrize("skip_cls", [SkipLSTM, SkipGRU], ids=["lstm", "gru"])
+def test_bernoulli_binarizer_samples_with_probability_u_tilde(skip_cls):
+    """In training the Bernoulli binarizer draws u ~ Bernoulli(ũ). With a constant Δũ = 0.3, ũ
+    takes the levels 0.3, 0.6, 0.9 (then 1) after an update; at each level the empirical update
+    frequency must be that level. Seeded, so deterministic; the tolerance is 5 binomial standard
+    deviations sqrt(p(1-p)/n) (n > 10^4 samples per level: at most ±0.013), far from e.g. √p
+    (0.55, 0.77, 0.95) or 1 - p."""
+    torch.manual_seed(0)
+    layer = skip_cls(1, 2, binarizer="bernoulli")
+    set_constant_gate(layer, 0.3)
+    assert layer.training
+    with torch.no_grad():
+        out = layer(torch.randn(100, 1000, 1))
+    u, p = out.updates, out.update_probs
+    assert set(u.unique().tolist()) == {0.0, 1.0}
+    for level in (0.3, 0.6, 0.9):
+        at = (p - level).abs() < 1e-4
+        n = int(at.sum())
+        assert n > 10_000, (level, n)
+        freq = u[at].mean().item()
+        tol = 5 * (level * (1 - level) / n) ** 0.5
+        assert abs(freq - level) < tol, (level, freq, tol, n)
+    assert u[(p - 1).abs() < 1e-6].eq(1).all()  # ũ = 1 always updates
+    assert ((p - 0.3).abs() < 1e-4)[1:][u[:-1] == 1].all()  # the step after an update has ũ = Δũ
 
 
 def test_dropout_between_layers_only_in_training():

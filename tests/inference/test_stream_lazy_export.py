@@ -176,36 +176,69 @@ def test_evaluate_thresholds(tmp_path):
         def forward(self, x):
             return self.head(self.rnn(x).output[-1])
 
-    model = M()
-    data = [(torch.randn(30, 4, 5), torch.randn(4, 1)) for _ in range(3)]
-    rows = evaluate_thresholds(model, data, [0.3, 0.5, 0.8],
-                               lambda out, b: float(((out - b[1]) ** 2).mean()))
-    assert [r["threshold"] for r in rows] == [0.3, 0.5, 0.8]
+    model = M().train()  # evaluate_thresholds runs in eval mode, then restores this
+    gen = torch.Generator().manual_seed(3)
+    # batches of different sizes: the metric is the batch-size-weighted mean
+    data = [(torch.randn(30, B, 5, generator=gen), torch.randn(B, 1, generator=gen))
+            for B in (4, 1, 7)]
+
+    def mse(out, b):
+        return float(((out - b[1]) ** 2).mean())
+
+    taus = [0.3, 0.5, 0.8]
+    rows = evaluate_thresholds(model, data, taus, mse)
+    assert model.training and layer.training and head.training
+    assert layer.threshold == 0.5
+    assert [r["threshold"] for r in rows] == taus
     ups = [r["updates"] for r in rows]
     assert ups[0] >= ups[1] >= ups[2] and ups[0] > ups[2]
-    assert layer.threshold == 0.5
     assert 0 < rows[2]["updates_fraction"] <= 1
+    # each row against a manual evaluation at its τ
+    for tau, row in zip(taus, rows):
+        layer.threshold = tau
+        model.eval()
+        m_sum = u_sum = 0.0
+        with torch.no_grad():
+            for x, y in data:
+                m_sum += mse(model(x), (x, y)) * x.shape[1]
+                u_sum += float(layer(x).updates.sum())
+        n = sum(x.shape[1] for x, _ in data)
+        assert row["metric"] == pytest.approx(m_sum / n, rel=1e-6, abs=1e-9), tau
+        assert row["updates"] == pytest.approx(u_sum / n, rel=1e-12), tau
+        assert row["updates_fraction"] == pytest.approx(u_sum / (30 * n), rel=1e-12), tau
+    metrics = [r["metric"] for r in rows]
+    assert len(set(metrics)) == 3  # τ changes the model's output
     path = plot_thresholds(rows, tmp_path / "tau.png", metric_name="MSE")
     assert path.exists()
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_export_step_equals_layer(kind):
+    """Exported at batch 3 with a dynamic batch dimension, the step runs at batch 3, 1 and 5
+    (fresh and continued states) and matches the layer's whole-sequence forward."""
     layer = make_layer(kind, num_layers=2, seed=2)
-    x = torch.randn(25, 3, 5)
-    ref = run(layer, x, "reference")
     f = export_step(layer, batch_size=3, dynamic_batch=True).module()
-    st = tuple(layer.initial_state(3))
-    outs, us, ps = [], [], []
-    for t in range(25):
-        r = f(x[t], *st)
-        outs.append(r[0])
-        us.append(r[-2])
-        ps.append(r[-1])
-        st = r[1:-2]
-    assert torch.equal(torch.stack(us), ref.updates)
-    torch.testing.assert_close(torch.stack(outs), ref.output, atol=1e-5, rtol=0)
-    torch.testing.assert_close(torch.stack(ps), ref.update_probs, atol=1e-6, rtol=0)
+    gen = torch.Generator().manual_seed(0)  # a draw whose ũ stays 2e-4 away from τ
+    for B, fresh in ((3, True), (1, True), (5, True), (5, False)):
+        x = torch.randn(25, B, 5, generator=gen)
+        hx = None if fresh else random_state(layer, B, seed=B)
+        ref = run(layer, x, "reference", hx=hx)
+        assert_no_ties(ref.update_probs)
+        st = tuple(layer.initial_state(B) if fresh else hx)
+        outs, us, ps = [], [], []
+        for t in range(25):
+            r = f(x[t], *st)
+            outs.append(r[0])
+            us.append(r[-2])
+            ps.append(r[-1])
+            st = r[1:-2]
+        assert torch.stack(outs).shape == (25, B, 12), B
+        assert torch.equal(torch.stack(us), ref.updates), B
+        assert 0 < ref.updates.mean() < 1, B  # both updates and skips
+        torch.testing.assert_close(torch.stack(outs), ref.output, atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.stack(ps), ref.update_probs, atol=1e-6, rtol=0)
+        for name, a, b in zip(ref.state._fields, ref.state, st):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=0, msg=f"state.{name} at B={B}")
 
 
 def test_export_onnx_optional(tmp_path):

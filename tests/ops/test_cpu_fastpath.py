@@ -15,12 +15,14 @@ import math
 import pytest
 import torch
 
+from skiprnn.inference.skipping import skip_gru_skipping, skip_lstm_skipping
 from skiprnn.ops.skip_gru.cpu import skip_gru_cpu
 from skiprnn.ops.skip_gru.naive import skip_gru_naive
 from skiprnn.ops.skip_lstm.cpu import skip_lstm_cpu
 from skiprnn.ops.skip_lstm.naive import skip_lstm_naive
 
 IMPLS = {"lstm": (skip_lstm_naive, skip_lstm_cpu, 4), "gru": (skip_gru_naive, skip_gru_cpu, 3)}
+SKIPPING = {"lstm": skip_lstm_skipping, "gru": skip_gru_skipping}  # inference-only backend
 TOL = {torch.float64: (1e-12, 1e-9), torch.float32: (1e-5, 2e-4)}  # (atol, rtol of the scale)
 
 
@@ -125,6 +127,28 @@ def assert_close(a, b, what, dtype):
     assert err <= atol + rtol * scale, f"{what}: max error {err:.3g} (scale {scale:.3g})"
 
 
+def assert_skips_copy_exactly(cell, p, mask, out, what):
+    """Eq. 3 with u = 0 is a copy: on every valid skipped step the output (the held h) equals the
+    previous step's output (h0 before step 0) bit for bit; h_n is the last valid output bit for
+    bit; rows that never update keep h0 (c0), Δũ and nothing else. Returns the number of skipped
+    valid steps checked."""
+    output, h_n, u = out[0], out[1], out[-2]
+    valid = torch.ones_like(u, dtype=torch.bool) if mask is None else mask.bool()
+    prev = torch.cat([p["h0"][-1:].to(output), output[:-1]])
+    skipped = (u == 0) & valid
+    assert torch.equal(output[skipped], prev[skipped]), f"{what}: a skipped step changed h"
+    last = valid.sum(0) - 1  # lengths are prefixes: the last valid step of each row
+    assert torch.equal(h_n[-1], output[last, torch.arange(u.shape[1])]), f"{what}: h_n"
+    never = ~(u.bool() & valid).any(0)
+    if never.any():
+        assert torch.equal(h_n[-1][never], p["h0"][-1][never]), f"{what}: h of a row never updated"
+        if cell == "lstm":
+            assert torch.equal(out[2][-1][never], p["c0"][-1][never]), f"{what}: c of a row never updated"
+        up = out[-4]
+        assert torch.equal(up[never], p["update_prob0"][never]), f"{what}: Δũ of a row never updated"
+    return int(skipped.sum())
+
+
 def check(cell, p, mask, dtype, threshold=0.5):
     ref_fn, fast_fn, _ = IMPLS[cell]
     inputs = {k: v.clone().requires_grad_() for k, v in p.items() if v is not None}
@@ -140,6 +164,14 @@ def check(cell, p, mask, dtype, threshold=0.5):
     for name, a, b in zip(out_names, ref, fast):
         assert b.dtype == a.dtype, name
         assert_close(a, b, name, dtype)
+    n_ref = assert_skips_copy_exactly(cell, p, mask, ref, "reference")
+    assert assert_skips_copy_exactly(cell, p, mask, fast, "cpu") == n_ref
+    with torch.no_grad():  # the skipping inference backend: same gates, same exact copies
+        skipping = call(SKIPPING[cell], cell, p, mask=mask, threshold=threshold)
+    assert torch.equal(ref[-2], skipping[-2]), "skipping: binary gates differ"
+    for name, a, b in zip(out_names, ref, skipping):
+        assert_close(a.detach(), b, f"skipping {name}", dtype)
+    assert assert_skips_copy_exactly(cell, p, mask, skipping, "skipping") == n_ref
     gen = torch.Generator().manual_seed(1234)
     ups = [torch.randn(a.shape, generator=gen, dtype=torch.float64).to(dtype) for a in ref]
     wrt = [n for n in names(cell) if n in inputs]
@@ -208,6 +240,8 @@ def test_threshold_tensor(cell):
             ref = call(IMPLS[cell][0], cell, p, mask=mask, threshold=thr)
         if ((ref[-1] - thr).abs()[mask.bool()] > 1e-4).all():
             break
+    else:
+        pytest.fail("no seed in 50 gave a draw whose ũ stays 1e-4 away from the random thresholds")
     check(cell, p, mask, torch.float64, threshold=thr)
 
 

@@ -48,8 +48,9 @@ OUT_NAMES = ["output", "h_n", "update_prob", "cum_prob", "updates", "update_prob
 
 
 def make_problem(T, B, I, H, *, seed, masked, fresh, bias=True, dtype=DTYPE, device=DEVICE,
-                 margin=1e-3):
-    """Random inputs whose reference gates stay at least ``margin`` away from the 0.5 tie."""
+                 margin=1e-3, threshold=0.5):
+    """Random inputs whose reference gates stay at least ``margin`` away from the ``threshold``
+    tie."""
     gen = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, scale=1.0):
@@ -79,10 +80,10 @@ def make_problem(T, B, I, H, *, seed, masked, fresh, bias=True, dtype=DTYPE, dev
         p = {k: (None if v is None else v.to(device)) for k, v in p.items()}
         mask = None if mask is None else mask.to(device)
         with torch.no_grad():
-            ref = run(skip_gru_naive, p, mask)
+            ref = run(skip_gru_naive, p, mask, threshold=threshold)
         probs = ref[5]
         valid = torch.ones_like(probs, dtype=torch.bool) if mask is None else mask > 0
-        if ((probs - 0.5).abs()[valid] > margin).all():
+        if ((probs - threshold).abs()[valid] > margin).all():
             return p, mask
     raise RuntimeError("could not draw a problem away from gate ties")
 
@@ -93,14 +94,14 @@ def run(fn, p, mask, **kw):
               mask=mask, **kw)
 
 
-def check_against_reference(p, mask, tol=TOL, grad_tol=None, **kw):
+def check_against_reference(p, mask, tol=TOL, grad_tol=None, threshold=0.5, **kw):
     grad_tol = grad_tol or tol
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in p.items() if v is not None}
     p_ref = {k: leaves.get(k) for k in p}
     p_fast = {k: (None if v is None else v.detach().clone().requires_grad_(True))
               for k, v in p.items()}
-    ref = run(skip_gru_naive, p_ref, mask)
-    out = run(skip_gru_triton, p_fast, mask, **kw)
+    ref = run(skip_gru_naive, p_ref, mask, threshold=threshold)
+    out = run(skip_gru_triton, p_fast, mask, threshold=threshold, **kw)
     assert len(out) == len(ref)
     # binary gates first: a flipped gate changes the whole trajectory
     torch.testing.assert_close(out[4], ref[4], atol=0, rtol=0, msg="updates differ")
@@ -174,14 +175,18 @@ def test_bfloat16_computes_in_float32():
 
 
 def test_threshold_other_than_half():
-    p, mask = make_problem(6, 4, 2, 6, seed=5, masked=True, fresh=False)
+    """τ = 0.75 reaches the kernels: outputs, final state and every gradient match the reference
+    at τ = 0.75, and the gates differ from those at τ = 0.5 (so the test sees τ)."""
+    p, mask = make_problem(6, 4, 2, 6, seed=5, masked=True, fresh=False, threshold=0.75)
     with torch.no_grad():
         ref = run(skip_gru_naive, p, mask, threshold=0.75)
-        out = run(skip_gru_triton, p, mask, threshold=0.75, precision="ieee")
+        at_half = run(skip_gru_naive, p, mask)
     valid = mask > 0
-    if ((ref[5] - 0.75).abs()[valid] > 1e-3).all():
-        for a, b in zip(out, ref):
-            torch.testing.assert_close(a, b, **TOL)
+    assert ((ref[5] - 0.75).abs()[valid] > 1e-3).all()  # no gate near the tie
+    u = ref[4][valid]
+    assert (u == 1).any() and (u == 0).any()
+    assert not torch.equal(ref[4], at_half[4])
+    check_against_reference(p, mask, threshold=0.75, precision="ieee")
 
 
 def test_unsupported_arguments_raise():
@@ -189,14 +194,16 @@ def test_unsupported_arguments_raise():
     layer = (p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
     args = (p["x"], p["h0"], p["update_prob0"], p["cum_prob0"])
     g = (p["gate_weight"], p["gate_bias"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="supports one layer, got 2"):
         skip_gru_triton(*args, [layer, layer], *g)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="forced gates or constant_delta"):
         skip_gru_triton(*args, [layer], *g, forced=torch.ones(2, 2, device=DEVICE))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="forced gates or constant_delta"):
         skip_gru_triton(*args, [layer], *g, constant_delta=0.3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="precision must be one of"):
         skip_gru_triton(*args, [layer], *g, precision="fp8")
+    with pytest.raises(ValueError, match="needs a float threshold"):  # per-step τ: the reference
+        skip_gru_triton(*args, [layer], *g, threshold=torch.full((2, 2), 0.5, device=DEVICE))
 
 
 def test_layer_reuses_its_fresh_state_without_touching_it():
