@@ -11,23 +11,36 @@ __all__ = ["plot_run", "metrics_files"]
 
 
 def metrics_files(run_dir) -> list[Path]:
-    """CSVLogger files of a run in session order (csv/, csv_resume1/, ...)."""
+    """CSVLogger files of a run in session order (csv/, csv_resume1/, csv_resume2/, ...).
+
+    Sessions without a metrics.csv (a resume that trained no step) are skipped, not taken as the
+    end of the list."""
+    import re
     run_dir = Path(run_dir)
     files = [run_dir / "csv" / "metrics.csv"]
-    k = 1
-    while (run_dir / f"csv_resume{k}" / "metrics.csv").exists():
-        files.append(run_dir / f"csv_resume{k}" / "metrics.csv")
-        k += 1
-    return [f for f in files if f.exists()]
+    resumes = []
+    for d in run_dir.glob("csv_resume*"):
+        m = re.fullmatch(r"csv_resume(\d+)", d.name)
+        if m and d.is_dir():
+            resumes.append((int(m.group(1)), d / "metrics.csv"))
+    files += [f for _, f in sorted(resumes)]
+    return [f for f in files if f.is_file()]
 
 
 def _merged_metrics(run_dir) -> dict:
+    """``{metric: (steps, values)}`` over every session. A resumed session restarts from the last
+    checkpoint, so it may log steps an earlier session had already logged: at such a step the
+    later session's values replace the earlier ones."""
     from ..plots import read_metrics_csv
     merged: dict = {}
     for f in metrics_files(run_dir):
         for k, (xs, ys) in read_metrics_csv(f).items():
+            xs, ys = list(xs), list(ys)
+            new_steps = set(xs)
             ox, oy = merged.get(k, ([], []))
-            merged[k] = (list(ox) + list(xs), list(oy) + list(ys))
+            keep = [(x, y) for x, y in zip(ox, oy) if x not in new_steps]
+            pairs = sorted(keep + list(zip(xs, ys)), key=lambda p: p[0])   # stable: session order
+            merged[k] = ([p[0] for p in pairs], [p[1] for p in pairs])
     return merged
 
 
