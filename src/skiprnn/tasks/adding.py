@@ -51,6 +51,7 @@ class AddingTask(SyntheticTask):
     p_skip: dict = field(default_factory=lambda: {"lstm": (0.2, 0.5), "gru": (0.02, 0.5)})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive_int("seq_len", self.seq_len, minimum=2)
 
     # ----- definition ---------------------------------------------------------------------------

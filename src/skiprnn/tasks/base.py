@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass, field, fields
 from typing import Callable, ClassVar, Iterator, Optional
 
@@ -78,6 +79,15 @@ class Task:
     grad_clip: float = 1.0
     cost_per_sample: tuple = (0.0,)
     p_skip: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        check_positive_int("hidden_size", self.hidden_size)
+        check_positive_int("num_layers", self.num_layers)
+        check_positive_int("batch_size", self.batch_size)
+        check_finite_positive("lr", self.lr)
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"grad_clip must be a finite number >= 0, got {self.grad_clip!r}")
 
     # ----- shapes -------------------------------------------------------------------------------
     input_size: ClassVar[int] = 1
@@ -225,6 +235,14 @@ class SyntheticTask(Task):
     test_size: int = 10_000
     heldout_seed: int = 0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.train_batches_per_epoch is not None:
+            check_positive_int("train_batches_per_epoch", self.train_batches_per_epoch)
+        check_positive_int("val_size", self.val_size)
+        check_positive_int("test_size", self.test_size)
+        check_positive_int("heldout_seed", self.heldout_seed, minimum=0)
+
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> tuple:  # pragma: no cover
         """``n`` fresh items as a batch: ``x (n, T, input_size)`` float32, ``y (n,)``."""
         raise NotImplementedError
@@ -256,6 +274,38 @@ class SyntheticTask(Task):
     def test_dataset(self) -> TensorDataset:
         """Fixed test set of ``test_size`` items, disjoint in seed from validation and training."""
         return self._heldout("test", self.test_size)
+
+
+_TYPE_CHECKS = {
+    "int": ("an int", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, (str, os.PathLike))),
+    "bool": ("True or False", lambda v: isinstance(v, bool)),
+    "tuple": ("a tuple or list", lambda v: isinstance(v, (tuple, list))),
+    "dict": ("a dict", lambda v: isinstance(v, dict)),
+}
+
+
+def check_field_types(task) -> None:
+    """Raise ``ValueError`` naming the option, the expected type and the value when an init field
+    of the task dataclass has a value of the wrong type (e.g. ``val_size='abc'``). Fields with an
+    annotation other than int / float / str / bool / tuple / dict (optionally ``Optional[...]``)
+    are not checked."""
+    for f in fields(task):
+        if not f.init:
+            continue
+        ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        optional = ann.startswith("Optional[") and ann.endswith("]")
+        base = ann[len("Optional["):-1] if optional else ann
+        if base not in _TYPE_CHECKS:
+            continue
+        v = getattr(task, f.name)
+        if v is None and optional:
+            continue
+        what, ok = _TYPE_CHECKS[base]
+        if not ok(v):
+            raise ValueError(f"task option {f.name} must be {what}{' or None' if optional else ''}, "
+                             f"got {v!r} ({type(v).__name__})")
 
 
 def ceil_div(a: int, b: int) -> int:

