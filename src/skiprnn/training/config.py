@@ -39,6 +39,15 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 CPU_LR = 1e-3
 CPU_LR_PER_TASK = {"adding": 3e-3, "frequency": 1e-3, "mnist": 1e-3}
 
+#: task fields that the run's own settings replace (training/module.py build_task): giving them as
+#: --task-option would be silently overridden, so they are refused with the flag to use instead
+TASK_OPTION_FLAGS = {
+    "hidden_size": "--hidden-size", "num_layers": "--num-layers", "lr": "--lr",
+    "batch_size": "--batch-size", "grad_clip": "--grad-clip", "data_dir": "--data-dir",
+    "train_batches_per_epoch": "--val-every", "max_epochs": "--max-epochs",
+    "cost_per_sample": "--cost-per-sample", "p_skip": "--p-skip",
+}
+
 _TIME_RE = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")
 
 
@@ -96,8 +105,16 @@ class RunConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     # ------------------------------------------------------------------ checks
-    def validate(self) -> "RunConfig":
-        from ..modules.registry import MODELS
+    def validate(self, explicit: Optional[set] = None) -> "RunConfig":
+        """Raise :class:`ConfigError` for impossible values or options the run would ignore.
+
+        ``explicit``: names of the fields the user gave (``skiprnn train``); with it, a ``p_skip``
+        given for a model other than random_skip_*, a ``period`` given for a model other than
+        periodic_skip_* and a ``cost_per_sample`` > 0 given for a model without a learned gate are
+        errors too (only what the user gave: defaults and saved configs are not refused; the
+        module ignores λ for such models).
+        """
+        from ..modules.registry import MODELS, has_learned_gate
         from ..tasks import TASKS
 
         if self.task not in TASKS:
@@ -158,7 +175,80 @@ class RunConfig:
             raise ConfigError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
         if self.max_steps is None and self.max_epochs is None and self.max_time is None:
             raise ConfigError("no stop rule: give --max-steps, --max-epochs or --max-time")
+        self._check_model_options(explicit or set(), has_learned_gate(self.model))
+        self._check_backend()
+        self._check_task_options()
         return self
+
+    def _check_model_options(self, explicit: set, learned_gate: bool) -> None:
+        if "cost_per_sample" in explicit and self.cost_per_sample > 0 and not learned_gate:
+            raise ConfigError(
+                f"--cost-per-sample (λ) {self.cost_per_sample:g} has no effect on {self.model!r}: the "
+                "budget loss needs a learned update gate (skip_lstm, skip_gru); drop it or pick one of "
+                "those models")
+        if "p_skip" in explicit and not self.model.startswith("random_skip_"):
+            raise ConfigError(f"--p-skip only applies to random_skip_lstm / random_skip_gru, not "
+                              f"{self.model!r}")
+        if "period" in explicit and not self.model.startswith("periodic_skip_"):
+            raise ConfigError(f"--period only applies to periodic_skip_lstm / periodic_skip_gru, not "
+                              f"{self.model!r}")
+
+    def _check_backend(self) -> None:
+        if self.model in ("lstm", "gru"):
+            return  # plain cuDNN/torch layers: the Skip RNN backend is not used
+        if self.backend == "skipping":
+            raise ConfigError("--backend skipping is inference-only (skipped steps keep no autograd "
+                              "graph) and cannot train; use auto, reference, cpu or triton. Inference "
+                              "(evaluate, plot) already uses it by itself under 'auto'")
+        multi = (self.num_layers or 1) > 1
+        if self.backend in ("cpu", "triton") and multi:
+            raise ConfigError(f"--backend {self.backend} supports one layer; --num-layers "
+                              f"{self.num_layers} needs --backend auto or reference")
+        if self.backend in ("cpu", "triton") and self.model.startswith(("random_", "periodic_")):
+            raise ConfigError(f"--backend {self.backend} runs the deterministic learned gate only; "
+                              f"{self.model!r} needs --backend auto or reference")
+        if self.backend == "triton":
+            from ..ops.dispatch import triton_available
+            from ..ops.triton_utils import interpreting
+            if not triton_available():
+                raise ConfigError("--backend triton needs the `triton` package (pip install triton); "
+                                  "use --backend auto")
+            if interpreting():
+                return  # TRITON_INTERPRET=1: the kernels run on CPU tensors (slowly)
+            import torch
+            if self.accelerator in ("cpu", "mps") or not torch.cuda.is_available():
+                raise ConfigError(
+                    "--backend triton trains on CUDA only"
+                    + ("" if torch.cuda.is_available() else " and no CUDA device is available here")
+                    + f" (--accelerator {self.accelerator}); use --backend auto / cpu, or set "
+                    "TRITON_INTERPRET=1 to run the Triton kernels in the (slow) interpreter on CPU")
+
+    def _check_task_options(self) -> None:
+        from ..tasks import TASKS
+        opts = dict(self.task_options or {})
+        cls = TASKS[self.task]
+        valid = [k for k in cls.field_names() if k not in TASK_OPTION_FLAGS]
+        shadowed = {k: TASK_OPTION_FLAGS[k] for k in opts if k in TASK_OPTION_FLAGS}
+        if shadowed:
+            raise ConfigError(
+                "; ".join(f"--task-option {k}=... is a training setting: use {flag}"
+                          for k, flag in shadowed.items())
+                + f" (task options of {self.task!r}: {', '.join(valid)})")
+        bad = sorted(set(opts) - set(valid))
+        if bad:
+            raise ConfigError(f"task {self.task!r} has no option(s) {', '.join(map(repr, bad))}; "
+                              f"valid options: {', '.join(valid)}")
+        over = dict(opts)
+        fields_ = cls.field_names()
+        for k in ("hidden_size", "num_layers", "lr", "batch_size", "grad_clip", "data_dir"):
+            if getattr(self, k) is not None and k in fields_:
+                over[k] = getattr(self, k)
+        if self.val_every is not None and "train_batches_per_epoch" in fields_:
+            over["train_batches_per_epoch"] = self.val_every
+        try:
+            cls(**over)   # the task's own checks (types, ranges); builds no data
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"--task-option: {e}") from None
 
     # ------------------------------------------------------------------ derived
     def run_name(self) -> str:

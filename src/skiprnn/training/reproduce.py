@@ -167,6 +167,8 @@ def _train_args(table: str, row: Row, seed: int, settings: dict, run_dir: Path, 
         if isinstance(v, bool):
             if v:
                 args.append(flag)
+            elif k == "stop_when_solved":
+                args.append("--no-stop-when-solved")
         else:
             args += [flag, str(v)]
     if row.model.startswith("skip_") and row.cost_per_sample == 0 and settings.get("stop_when_solved"):
@@ -174,6 +176,82 @@ def _train_args(table: str, row: Row, seed: int, settings: dict, run_dir: Path, 
     if not row.model.startswith("skip_") and settings.get("stop_when_solved"):
         args += ["--solved-patience", "0"]
     return args + list(extra)
+
+
+#: RunConfig fields that ``--set`` may not change: each row or reproduce itself decides them
+_ROW_FIELDS = {
+    "task": "the table's task", "model": "each row's model", "seed": "--seeds",
+    "cost_per_sample": "each row's λ", "p_skip": "each row's p_skip", "period": "each row",
+    "out": "--runs-dir", "quick": "reproduce --quick", "progress_bar": "reproduce (always off)",
+}
+
+
+def check_settings(settings: dict) -> None:
+    """Refuse ``--set`` keys that are not training settings (RunConfig fields) or that the rows fix."""
+    from .config import RunConfig
+    from dataclasses import fields as _fields
+    names = [f.name for f in _fields(RunConfig)]
+    allowed = [n for n in names if n not in _ROW_FIELDS]
+    unknown = [k for k in settings if k not in names]
+    if unknown:
+        raise ConfigError(f"--set {', '.join(unknown)}: no such training setting; valid keys: "
+                          f"{', '.join(allowed)}")
+    fixed = [k for k in settings if k in _ROW_FIELDS]
+    if fixed:
+        raise ConfigError("; ".join(f"--set {k} cannot be changed here (set by {_ROW_FIELDS[k]})"
+                                    for k in fixed) + f". Valid keys: {', '.join(allowed)}")
+    if "task_options" in settings and not isinstance(settings["task_options"], dict):
+        raise ConfigError(f"--set task_options must be a dict, e.g. task_options={{'val_size':256}}, "
+                          f"got {settings['task_options']!r}")
+
+
+def check_train_args(args: list[str], what: str) -> None:
+    """Parse and check one run's ``skiprnn train`` arguments in this process (no training), so that
+    bad --set / --train-arg values fail once, up front, instead of inside every run's train.log."""
+    import contextlib
+    import io
+    from ..cli import build_parser, build_train_config
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            ns = build_parser().parse_args(args)
+    except SystemExit:
+        msg = err.getvalue().strip().splitlines()
+        msg = msg[-1].split("error: ", 1)[-1] if msg else "bad arguments"
+        raise ConfigError(f"{what}: `skiprnn train` would refuse its arguments: {msg}") from None
+    try:
+        build_train_config(ns, verbose=False)
+    except ConfigError as e:
+        raise ConfigError(f"{what}: {e}") from None
+
+
+def _command(table, seeds, quick, jobs, out, rows, runs_dir, extra, threads, settings_override,
+             report_only, seed_major, notes) -> str:
+    import shlex
+    a = ["skiprnn", "reproduce", table]
+    if quick:
+        a.append("--quick")
+    a += ["--seeds", str(seeds)]
+    if rows:
+        a += ["--rows", *rows]
+    for k, v in (settings_override or {}).items():
+        a += ["--set", f"{k}={v}"]
+    a += ["--out", str(out)]
+    if runs_dir:
+        a += ["--runs-dir", str(runs_dir)]
+    if jobs != 1:
+        a += ["--jobs", str(jobs)]
+    if threads != 1:
+        a += ["--threads", str(threads)]
+    if seed_major:
+        a.append("--seed-major")
+    if report_only:
+        a.append("--report-only")
+    for x in extra or []:
+        a.append(f"--train-arg={x}")
+    for n in notes or []:
+        a += ["--note", n]
+    return shlex.join(a)
 
 
 def _running_pid(rd: Path):
@@ -214,8 +292,10 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
               extra_train_args: Optional[list[str]] = None, threads: Optional[int] = 1,
               settings_override: Optional[dict] = None, verbose: bool = True,
               report_only: bool = False, seed_major: bool = False,
-              notes: Optional[list[str]] = None) -> dict:
-    """Run (or reuse) every (row, seed) of ``table`` and write OUT/<table>.{md,csv,json}."""
+              notes: Optional[list[str]] = None, command: Optional[str] = None) -> dict:
+    """Run (or reuse) every (row, seed) of ``table`` and write OUT/<table>.{md,csv,json}.
+
+    ``command``: the command line recorded in the table (default: rebuilt from the arguments)."""
     if table not in TABLES:
         raise ConfigError(f"unknown table {table!r}; valid tables: {', '.join(TABLES)}")
     if not isinstance(seeds, int) or seeds < 1:
@@ -226,7 +306,11 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
     chosen = select_rows(table, rows)
     settings = dict(spec["quick" if quick else "full"])
     if settings_override:
+        check_settings(settings_override)
         settings.update(settings_override)
+    if command is None:
+        command = _command(table, seeds, quick, jobs, out, rows, runs_dir, extra_train_args, threads,
+                           settings_override, report_only, seed_major, notes)
     if threads:
         settings["threads"] = threads
     out = Path(out)
@@ -246,6 +330,11 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
             elsewhere.append(rd)
             continue
         todo.append((row, s, rd))
+    checked = set()
+    for row, s, rd in ([] if report_only else todo):   # each row's train arguments, before any run
+        if row.id not in checked:
+            checked.add(row.id)
+            check_train_args(_train_args(table, row, s, settings, rd, extra)[3:], f"row {row.id}")
     if verbose:
         print(f"[skiprnn] {table}: {len(chosen)} rows × {seeds} seeds, "
               f"{len(runs) - len(todo) - len(elsewhere)} "
@@ -256,6 +345,12 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
     failed = []
     if report_only:
         todo = []
+
+    def current_summary():
+        sm = summarise(table, chosen, runs, settings, quick, seeds)
+        sm["notes"] = list(notes or [])
+        sm["command"] = command
+        return sm
 
     def launch(row, s, rd):
         rd.mkdir(parents=True, exist_ok=True)
@@ -305,7 +400,7 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
                                 f"steps={r['steps']}")
                     print(f"[skiprnn] {table} {row.id} seed{s} {msg} [{time.time() - t0:.0f} s]", flush=True)
                 # keep the table current while the other runs go on
-                write_table(table, summarise(table, chosen, runs, settings, quick, seeds), out, quick)
+                write_table(table, current_summary(), out, quick)
     except KeyboardInterrupt:
         for p, log, *_ in running:
             p.terminate()   # SIGTERM: the run saves last.ckpt and is resumed next time
@@ -316,8 +411,7 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
                 p.kill()
         raise
 
-    summary = summarise(table, chosen, runs, settings, quick, seeds)
-    summary["notes"] = list(notes or [])
+    summary = current_summary()
     write_table(table, summary, out, quick)
     if failed and verbose:
         print(f"[skiprnn] {len(failed)} run(s) failed: " + ", ".join(f"{a}/seed{b}" for a, b, _ in failed))
@@ -434,8 +528,9 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> None:
               "counts all training steps, '(measured ckpt)' the step of that checkpoint. Test set: fixed and "
               "seeded, the same for every run.",
               "Rows with fewer runs than seeds are still running or failed (see n_runs in the .json).",
-              f"Written {summary['written_at']} by `skiprnn reproduce {table}"
-              + (" --quick" if quick else "") + f" --seeds {summary['seeds']}`."]
+              f"Written {summary['written_at']} by `"
+              + (summary.get("command") or f"skiprnn reproduce {table}" + (" --quick" if quick else "")
+                 + f" --seeds {summary['seeds']}") + "`."]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
