@@ -4,9 +4,15 @@
   ``task.train_batches_per_epoch`` batches (the validation period), each epoch's data a function
   of ``(seed, epoch, rank)`` so resumed runs and DDP ranks never replay each other's batches.
   Validation and test sets are fixed and seeded by the task (the same for every run).
-* MNIST: the task's in-memory splits, shuffled each epoch (a DistributedSampler under DDP);
-  a dataset with a ``batch(indices)`` method is read a whole batch at a time (one gather instead
-  of a call per item and a collate: ~5 ms less host time per batch of 256 on a CPU core).
+* MNIST: the task's in-memory splits, shuffled each epoch with an order that is a function of
+  ``(seed, epoch)`` (a DistributedSampler under DDP); a dataset with a ``batch(indices)`` method
+  is read a whole batch at a time (one gather instead of a call per item and a collate: ~5 ms less
+  host time per batch of 256 on a CPU core).
+* Resuming: the training batch of optimizer step ``s`` is batch ``s % N`` of epoch ``s // N``
+  (``N`` batches per epoch), whatever the session. Each time the training loader is iterated it
+  asks the trainer for its ``global_step`` and starts there, so a run resumed mid-epoch goes on
+  with the next batch of that epoch: no batch is trained twice or skipped, and a resumed run sees
+  the batches of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,24 +22,81 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..tasks import SyntheticStream
+from ..tasks.base import derive_seed
 
 __all__ = ["TaskDataModule"]
 
 
 class _EpochBatches(IterableDataset):
-    """Whole batches of a :class:`SyntheticStream`, using the trainer's epoch for the data."""
+    """Whole batches of a :class:`SyntheticStream`; :class:`_StepLoader` sets ``epoch``."""
 
-    def __init__(self, stream: SyntheticStream, epoch_fn):
+    def __init__(self, stream: SyntheticStream):
         super().__init__()
         self.stream = stream
-        self.epoch_fn = epoch_fn
+        self.epoch = 0
 
     def __len__(self) -> int:
         return self.stream.num_batches
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
     def __iter__(self):
-        self.stream.set_epoch(self.epoch_fn())
+        self.stream.set_epoch(self.epoch)
         return iter(self.stream.batches())
+
+
+class _StepLoader(DataLoader):
+    """A training DataLoader that starts where the trainer is: batch ``s % N`` of epoch ``s // N``
+    for ``s = position()`` (the trainer's global step; ``N = len(self)``).
+
+    ``position`` returns ``(global_step, epoch)``; a ``None`` step means "no trainer step known":
+    the epoch is then used from its first batch. The epoch goes to the dataset's / sampler's
+    ``set_epoch`` and, with ``order_seed``, seeds the shuffling generator (epoch 0: ``order_seed``
+    itself, i.e. ``DataLoader(shuffle=True, generator=Generator().manual_seed(order_seed))``).
+    The batches of the epoch before ``s % N`` are skipped (map-style data: read and dropped).
+    """
+
+    def __init__(self, *args, position=None, order_seed=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.position = position
+        self.order_seed = order_seed
+
+    # Lightning's resumable-loader protocol: the position lives in the trainer's global step,
+    # which the checkpoint holds, so there is nothing else to save (and no "not resumable" warning)
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def _start(self) -> tuple[int, int]:
+        step, epoch = self.position() if self.position is not None else (None, 0)
+        if step is None:
+            return int(epoch), 0
+        try:
+            n = len(self)
+        except TypeError:   # an endless stream: no epochs to align with
+            return int(epoch), 0
+        if n <= 0:
+            return int(epoch), 0
+        return divmod(int(step), n)
+
+    def __iter__(self):
+        epoch, skip = self._start()
+        for obj in (self.dataset, self.sampler, getattr(self.batch_sampler, "sampler", None)):
+            if callable(getattr(obj, "set_epoch", None)):
+                obj.set_epoch(epoch)
+        if self.order_seed is not None and self.generator is not None:
+            self.generator.manual_seed(self.order_seed if epoch == 0
+                                       else derive_seed(self.order_seed, "train-order", epoch))
+        it = super().__iter__()
+        for _ in range(skip):
+            try:
+                next(it)
+            except StopIteration:
+                break
+        return it
 
 
 class _Batched(Dataset):
@@ -87,17 +150,29 @@ class TaskDataModule(pl.LightningDataModule):
         tr = getattr(self, "trainer", None)
         return 0 if tr is None else int(tr.current_epoch)
 
+    def _position(self) -> tuple:
+        """``(global_step or None, epoch)`` of the trainer (where the training data go on)."""
+        tr = getattr(self, "trainer", None)
+        if tr is None:
+            return None, 0
+        step = getattr(tr, "global_step", None)
+        return (None if step is None else int(step)), int(tr.current_epoch)
+
     def train_dataloader(self):
         rank, world = self._rank()
         if self.synthetic:
             seed = self.seed if world == 1 else f"{self.seed}/rank{rank}"
             stream = self.task.train_dataset(seed)
-            return DataLoader(_EpochBatches(stream, self._epoch), batch_size=None)
+            # its own generator: creating the iterator then draws no number from the global RNG
+            # (a resumed run would otherwise draw one more than an uninterrupted one)
+            return _StepLoader(_EpochBatches(stream), batch_size=None, position=self._position,
+                               generator=torch.Generator().manual_seed(self.seed))
         ds, collate = _loader_args(self.task.train_dataset(self.seed))
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(ds, batch_size=self.task.batch_size, shuffle=True, generator=g,
-                          num_workers=self.num_workers, drop_last=False, collate_fn=collate,
-                          persistent_workers=self.num_workers > 0)
+        return _StepLoader(ds, batch_size=self.task.batch_size, shuffle=True, generator=g,
+                           num_workers=self.num_workers, drop_last=False, collate_fn=collate,
+                           persistent_workers=self.num_workers > 0, position=self._position,
+                           order_seed=self.seed)
 
     def val_dataset(self):
         if self._val is None:

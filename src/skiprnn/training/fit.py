@@ -6,7 +6,9 @@ A run directory holds::
     csv/metrics.csv        CSVLogger (a resumed session logs to csv_resume<k>/)
     tb/                    TensorBoard logs
     checkpoints/best.ckpt  best validation loss (task loss + budget)
-    checkpoints/last.ckpt  latest state (also written on Ctrl-C / SIGTERM)
+    checkpoints/last.ckpt  latest state: written at every validation, at the last step and on
+                           Ctrl-C / SIGTERM (a resumed run trains the same batches, with the same
+                           random state, as one that was never stopped)
     results.json           task, model, λ, p_skip, seed, test metric, solved, updates, FLOPs, ...
 """
 
@@ -16,6 +18,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -86,13 +89,80 @@ def _new_log_version(run_dir: Path) -> tuple[str, str]:
     return f"csv_resume{k}", f"tb_resume{k}"
 
 
+def _command_line() -> str:
+    """The command that started this process, as one can type it again."""
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if prog in ("__main__.py", "-m", "-c", ""):
+        prog = "python -m skiprnn"
+    return " ".join([prog] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def _seeded_evaluate(module, loader, device, seed: int) -> dict:
+    """``module.evaluate`` with the global RNGs seeded by ``seed`` (random-skip masks: the same
+    numbers on every call) and restored afterwards."""
+    device = torch.device(device)
+    devs = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devs):
+        torch.manual_seed(int(seed))
+        return module.evaluate(loader, device=device)
+
+
+def _holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds (part of) a run: a killed run leaves config.json and csv/."""
+    return any((run_dir / p).exists() for p in ("results.json", "checkpoints", "config.json", "csv"))
+
+
+def _make_last_checkpoint(path):
+    from lightning.pytorch.callbacks import Checkpoint
+
+    class LastCheckpoint(Checkpoint):
+        """``last.ckpt`` = the latest state: after every validation, at the step where training
+        stops (before the epoch is closed, so a resume goes on mid-epoch), and at the end of
+        training if neither wrote it. A ``Checkpoint`` so Lightning runs it after the other
+        callbacks (their state, e.g. the best score or the Timer's stop, is then current)."""
+
+        def __init__(self):
+            self.path = Path(path)
+            self.saved_step = None
+
+        def _save(self, trainer):
+            trainer.save_checkpoint(self.path)
+            self.saved_step = trainer.global_step
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.should_stop or (trainer.max_steps is not None and trainer.max_steps > 0
+                                       and trainer.global_step >= trainer.max_steps):
+                self._save(trainer)
+
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                self._save(trainer)
+
+        def on_train_end(self, trainer, pl_module):
+            if self.saved_step != trainer.global_step:
+                self._save(trainer)
+
+    return LastCheckpoint()
+
+
+def _nothing_to_do(run_dir: Path, step: int, verbose: bool) -> Optional[dict]:
+    """A resume that has nothing left to train: the run's results.json stays as it is."""
+    old = run_dir / "results.json"
+    if verbose and trainer_is_zero():
+        print(f"[skiprnn] {run_dir} is already at step {step}; nothing to do (raise --max-steps / "
+              "--max-epochs / --max-time to train further)", flush=True)
+    return json.loads(old.read_text()) if old.exists() else None
+
+
 def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: bool = False,
-        verbose: bool = True) -> Optional[dict]:
+        verbose: bool = True, callbacks: Optional[list] = None) -> Optional[dict]:
     """Train one run; returns the results dict (written to RUN/results.json) on rank 0, else None.
 
     ``resume``: a run directory; its config.json is used (``cfg`` supplies new stop rules only)
     and training continues from ``checkpoints/last.ckpt``. Raises :class:`RunInterrupted` after
-    Ctrl-C / SIGTERM (a resumable last.ckpt has been written).
+    Ctrl-C / SIGTERM (a resumable last.ckpt has been written). A resume with nothing left to
+    train (already at ``max_steps``) keeps results.json and returns it. ``callbacks``: extra
+    Lightning callbacks (tests).
     """
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
@@ -111,18 +181,26 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
         if not last.exists():
             raise ConfigError(f"--resume {run_dir}: no checkpoints/last.ckpt to continue from")
         ckpt_path = str(last)
+        start_step = int(torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0))
     else:
         cfg.validate()
         run_dir = Path(cfg.out) if cfg.out else Path("runs") / (
             cfg.run_name() + "-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-        if (run_dir / "results.json").exists() or (run_dir / "checkpoints").exists():
+        # DDP: the other ranks re-run this command once rank 0 has started the run in run_dir
+        if trainer_is_zero() and _holds_run(run_dir):
             if not overwrite:
-                raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} "
-                                  "to continue it, --overwrite to replace it, or another --out")
+                if (run_dir / "checkpoints" / "last.ckpt").exists() or not (run_dir / "config.json").exists():
+                    raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} "
+                                      "to continue it, --overwrite to replace it, or another --out")
+                raise ConfigError(f"run directory {run_dir} already holds a run that stopped before its "
+                                  "first checkpoint (nothing to resume); use --overwrite to replace it, "
+                                  "or another --out")
             import shutil
             shutil.rmtree(run_dir)
         cfg.out = str(run_dir)
     cfg.validate()
+    if resume is not None and cfg.max_steps and start_step >= cfg.max_steps:
+        return _nothing_to_do(run_dir, start_step, verbose)
     acc = _accelerator(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -156,12 +234,15 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
     except ModuleNotFoundError:  # pragma: no cover - tensorboard is optional
         pass
 
+    # best.ckpt only; last.ckpt is LastCheckpoint's (ModelCheckpoint(save_last=True) with a monitor
+    # rewrites last.ckpt only when the monitored loss improves)
     best_ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/loss", mode="min",
-                                save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                                save_top_k=1, save_last=False, auto_insert_metric_name=False,
                                 enable_version_counter=False)
     interrupt = InterruptCheckpoint(ckpt_dir / "last.ckpt")
     clock = WallClock()
-    callbacks = [best_ckpt, interrupt, clock]
+    extra_callbacks = list(callbacks or [])
+    callbacks = [best_ckpt, _make_last_checkpoint(ckpt_dir / "last.ckpt"), interrupt, clock]
     solved_cb = None
     if cfg.stop_when_solved and task.solved(0.0 if not task.higher_is_better else 1.0) is not None:
         solved_cb = SolvedStopping(task, patience=cfg.solved_patience,
@@ -169,6 +250,7 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
         callbacks.append(solved_cb)
     if cfg.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
+    callbacks += extra_callbacks
 
     trainer_kw = {}
     if not hasattr(task, "sample") and cfg.val_every:   # real datasets: validate every N batches
@@ -210,6 +292,10 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
     if not trainer.is_global_zero:
         return None
 
+    if resume is not None and trainer.global_step == start_step:
+        # nothing trained in this session (already at its stop rule): keep the run's results
+        return _nothing_to_do(run_dir, start_step, verbose)
+
     # ---- measure on the test set, on one device, exactly (no DDP padding)
     # "best": the solved validation checkpoint with the fewest updates when the run has one
     # (stop-when-solved runs: the paper reports "solved" and the number of updates), else the
@@ -232,7 +318,7 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
     else:
         which = "final"
     module.to(device)
-    test = module.evaluate(dm.test_dataloader(), device=device)
+    test = _seeded_evaluate(module, dm.test_dataloader(), device, cfg.seed)
 
     if solved_cb is not None and solved_cb.triggered:
         reason = "solved"
@@ -275,7 +361,7 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
         "num_nodes": trainer.num_nodes, "strategy": type(trainer.strategy).__name__,
         "backend": getattr(module, "train_backend", None) or getattr(module.rnn, "last_backend", "torch"),
         "hardware": environment_info(device), "run_dir": str(run_dir),
-        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "command": _command_line(),
         "finished_at": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -348,7 +434,7 @@ def evaluate_run(run_dir, ckpt: str = "best", split: str = "test", thresholds=No
             if not (0.0 <= tau < 1.0):
                 raise ConfigError(f"--threshold must lie in [0, 1), got {tau}")
             module.rnn.threshold = float(tau)
-        r = module.evaluate(loader, device=torch.device(device))
+        r = _seeded_evaluate(module, loader, device, cfg.get("seed", 0))
         r["threshold"] = getattr(module.rnn, "threshold", None)
         rows.append(r)
     out = {"run_dir": str(run_dir), "checkpoint": str(path), "split": split, "task": cfg["task"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Optional
 
 import torch
@@ -141,6 +142,45 @@ class SkipRNNModule(pl.LightningModule):
         # Adam with the paper's β/ε; global-norm clipping is done by the Trainer (gradient_clip_val).
         return torch.optim.Adam(self.parameters(), lr=self.task.lr, betas=(0.9, 0.999), eps=1e-8)
 
+    # ------------------------------------------------------------------ random state in checkpoints
+    # Random-skip masks (and anything else drawing from the global RNGs) go on where they were after
+    # a resume: checkpoints hold the torch / CUDA / numpy / python RNG states. A checkpoint written
+    # in the middle of a training step (an interrupt) holds the state from the start of that step,
+    # which the resumed run trains again; one written during validation, the state before it.
+    # The saved state is applied just before the first training batch (or validation) of the
+    # resumed session, so nothing the Trainer draws while it restores counts.
+    def on_train_batch_start(self, batch, batch_idx):
+        self._apply_saved_rng()
+        self._rng_step = (int(self.trainer.global_step), rng_state())
+
+    def on_validation_start(self):
+        self._apply_saved_rng()
+        self._rng_val = rng_state()
+
+    def on_validation_epoch_end(self):
+        self._rng_val = None
+
+    def on_save_checkpoint(self, checkpoint):
+        state = getattr(self, "_saved_rng", None)   # restored but not applied yet
+        if state is None:
+            state = getattr(self, "_rng_val", None)
+        step = getattr(self, "_rng_step", None)
+        if state is None and step is not None and self._trainer is not None \
+                and step[0] == int(self.trainer.global_step) and self.trainer.training:
+            state = step[1]   # saved mid-step (optimizer step not taken): that step runs again
+        checkpoint["skiprnn_rng"] = state if state is not None else rng_state()
+        if getattr(self, "_rng_val", None) is not None:
+            _mark_mid_validation(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint):
+        self._saved_rng = checkpoint.get("skiprnn_rng")
+
+    def _apply_saved_rng(self):
+        state = getattr(self, "_saved_rng", None)
+        if state is not None:
+            self._saved_rng = None
+            set_rng_state(state)
+
     # ------------------------------------------------------------------ evaluation helper
     @torch.no_grad()
     def evaluate(self, loader, device: Optional[torch.device] = None) -> dict:
@@ -184,6 +224,58 @@ class SkipRNNModule(pl.LightningModule):
         }
         res["solved"] = self.task.solved(res[self.metric_name])
         return res
+
+
+def _mark_mid_validation(checkpoint: dict) -> None:
+    """A checkpoint written during validation (an interrupt): make its validation progress read as
+    "stopped inside the first validation step", the state from which Lightning runs the whole
+    validation again on resume (the RNG state saved is the one from before the validation).
+    Stopped between two validation batches, Lightning would skip the validation instead."""
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    prog = loop.get("epoch_loop.val_loop.batch_progress")
+    if not isinstance(prog, dict):
+        return
+    for part in ("total", "current"):
+        c = prog.get(part)
+        if isinstance(c, dict) and "processed" in c:
+            c.update(ready=1, started=1, processed=0, completed=0)
+
+
+def rng_state() -> dict:
+    """The global random states (torch CPU, CUDA when initialised, numpy, python), as tensors and
+    plain numbers (what ``torch.load(weights_only=True)`` reads back)."""
+    version, words, gauss = random.getstate()
+    st = {"torch": torch.get_rng_state(),
+          "python": [version, torch.tensor(words, dtype=torch.int64), gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        st["numpy"] = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                       float(cached)]
+    except ImportError:  # pragma: no cover
+        pass
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    """Restore what :func:`rng_state` returned (parts this process cannot take are skipped)."""
+    if st.get("torch") is not None:
+        torch.set_rng_state(st["torch"].cpu())
+    if st.get("python") is not None:
+        version, words, gauss = st["python"]
+        random.setstate((version, tuple(int(w) for w in words.tolist()), gauss))
+    cuda = st.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+    if st.get("numpy") is not None:
+        try:
+            import numpy as np
+            kind, keys, pos, has_gauss, cached = st["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        except ImportError:  # pragma: no cover
+            pass
 
 
 def _mask(lengths, T, device):

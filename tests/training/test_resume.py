@@ -1,0 +1,159 @@
+"""Stopping and resuming: last.ckpt is the latest state, and a run stopped (max_steps, Ctrl-C
+mid-step, Ctrl-C during validation) and resumed ends with the very weights of one never stopped."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+
+import lightning.pytorch as pl  # noqa: E402
+
+from skiprnn.training.config import ConfigError, RunConfig  # noqa: E402
+from skiprnn.training.data import TaskDataModule  # noqa: E402
+from skiprnn.training.fit import RunInterrupted, evaluate_run, fit  # noqa: E402
+
+
+def _cfg(out, steps, model="skip_lstm", lr=1e-2, val_every=10, **kw):
+    return RunConfig(task="adding", model=model, max_steps=steps, val_every=val_every, hidden_size=8,
+                     batch_size=8, lr=lr, cost_per_sample=1e-3 if model.startswith("skip") else 0.0,
+                     progress_bar=False, out=str(out), threads=1, eval_batch_size=16,
+                     task_options={"val_size": 32, "test_size": 32}, **kw)
+
+
+def _ckpt(run, name="last"):
+    return torch.load(run / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=False)
+
+
+class _Interrupt(pl.Callback):
+    """Ctrl-C at ``step``: in the middle of a training step (after the forward pass, before the
+    optimizer step) or before a validation batch."""
+
+    def __init__(self, step, where):
+        self.step, self.where = step, where
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        if self.where == "train" and trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if self.where == "val" and trainer.global_step == self.step and batch_idx == 1:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("model", ["skip_lstm", "random_skip_lstm"])
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, model):
+    straight = tmp_path / "straight"
+    fit(_cfg(straight, 25, model), verbose=False)
+
+    run = tmp_path / "run"
+    fit(_cfg(run, 13, model), verbose=False)              # max_steps mid-epoch, between validations
+    assert _ckpt(run)["global_step"] == 13
+    with pytest.raises(RunInterrupted):                   # Ctrl-C inside step 18 (mid-epoch)
+        fit(_cfg(run, 25, model), resume=run, verbose=False, callbacks=[_Interrupt(17, "train")])
+    assert _ckpt(run)["global_step"] == 17
+    with pytest.raises(RunInterrupted):                   # Ctrl-C during the validation at step 20
+        fit(_cfg(run, 25, model), resume=run, verbose=False, callbacks=[_Interrupt(20, "val")])
+    assert _ckpt(run)["global_step"] == 20
+    r = fit(_cfg(run, 25, model), resume=run, verbose=False)
+    assert r["steps"] == 25
+
+    a, b = _ckpt(straight), _ckpt(run)
+    assert a["global_step"] == b["global_step"] == 25
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    # the interrupted validation ran again on resume: validations at steps 10, 20 (and none twice)
+    import csv
+    val_steps = []
+    for d in ("csv", "csv_resume1", "csv_resume2", "csv_resume3"):
+        if not (run / d / "metrics.csv").exists():   # an interrupted session may have logged nothing
+            continue
+        with open(run / d / "metrics.csv") as f:
+            val_steps += [int(row["step"]) + 1 for row in csv.DictReader(f) if row.get("val/loss")]
+    # (the re-run validation is logged a couple of steps late: Lightning's logging-step counter
+    # after a restart mid-validation)
+    assert len(val_steps) == 2 and val_steps[0] == 10 and 20 <= val_steps[1] <= 22
+
+
+def test_last_checkpoint_is_the_latest_state(tmp_path):
+    # lr 1.0 diverges: the validation loss at step 20 is worse than at step 10 (best stays at 10)
+    run = tmp_path / "run"
+    r = fit(_cfg(run, 20, "random_skip_lstm", lr=1.0, test_ckpt="last"), verbose=False)
+    assert _ckpt(run, "best")["global_step"] == 10
+    assert _ckpt(run)["global_step"] == 20 == r["steps"] == r["test_checkpoint_step"]
+    # stopped by max_steps between validations: the last steps are saved too
+    run2 = tmp_path / "run2"
+    r = fit(_cfg(run2, 13, test_ckpt="last"), verbose=False)
+    assert _ckpt(run2)["global_step"] == 13 == r["test_checkpoint_step"]
+
+
+def test_resume_with_nothing_to_do_keeps_results(tmp_path, capsys):
+    run = tmp_path / "run"
+    fit(_cfg(run, 5, val_every=5), verbose=False)
+    before = (run / "results.json").read_text()
+    r = fit(_cfg(run, 5, val_every=5), resume=run)
+    assert "nothing to do" in capsys.readouterr().out
+    assert r["steps"] == 5 and (run / "results.json").read_text() == before
+    assert not (run / "csv_resume1").exists()
+
+
+def test_directory_of_a_killed_run_is_not_reused(tmp_path):
+    run = tmp_path / "run"
+    (run / "csv").mkdir(parents=True)
+    (run / "csv" / "metrics.csv").write_text("epoch,step\n")
+    _cfg(run, 5).save(run / "config.json")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        fit(_cfg(run, 5, val_every=5), verbose=False)
+    fit(_cfg(run, 5, val_every=5), overwrite=True, verbose=False)
+    assert not (run / "csv_resume1").exists()
+
+
+def test_random_skip_evaluation_is_reproducible_and_command_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/x/skiprnn/__main__.py", "train", "--out", "a b"])
+    run = tmp_path / "run"
+    r = fit(_cfg(run, 5, "random_skip_lstm", val_every=5), verbose=False)
+    assert r["command"] == "python -m skiprnn train --out 'a b'"
+    e1, e2 = evaluate_run(run), evaluate_run(run)
+    assert e1["results"][0]["mse"] == e2["results"][0]["mse"] == pytest.approx(r["test_metric"], rel=1e-6)
+    assert json.loads((run / "results.json").read_text())["test_metric"] == r["test_metric"]
+
+
+class _Trainer:
+    global_rank, world_size = 0, 1
+
+    def __init__(self, step, epoch):
+        self.global_step, self.current_epoch = step, epoch
+
+
+def test_training_loader_starts_at_the_trainers_step():
+    """Batch s % N of epoch s // N for global step s (synthetic stream and shuffled in-memory data)."""
+    from skiprnn.tasks import get_task
+    from skiprnn.tasks.mnist import MNISTDataset
+
+    task = get_task("adding", batch_size=4, train_batches_per_epoch=5)
+    gen = torch.Generator().manual_seed(0)
+    train = MNISTDataset(torch.randint(0, 256, (37, 784), dtype=torch.uint8, generator=gen),
+                         torch.randint(0, 10, (37,), generator=gen))
+
+    class Mem:
+        batch_size = 8   # 5 batches per epoch, the last one of 5 items
+
+        def train_dataset(self, seed):
+            return train
+
+    for t in (task, Mem()):
+        dm = TaskDataModule(t, seed=2)
+        full = []
+        for epoch in range(3):
+            dm.trainer = _Trainer(5 * epoch, epoch)
+            full += [b[0] for b in dm.train_dataloader()]
+        assert len(full) == 15
+        assert not torch.equal(full[0], full[5]) and not torch.equal(full[5], full[10])
+        for s in (0, 3, 5, 7, 11):
+            dm.trainer = _Trainer(s, 9)   # the trainer's own epoch count does not matter
+            got = [b[0] for b in dm.train_dataloader()]
+            assert len(got) == 5 - s % 5
+            for a, b in zip(got, full[s:]):
+                assert torch.equal(a, b)
