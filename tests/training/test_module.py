@@ -178,8 +178,8 @@ def test_training_step_loss_is_task_loss_plus_budget(model):
     assert 0 < u.mean() < 1
     budget = lam * u.sum(1).mean()
     torch.testing.assert_close(loss, m.task.loss(pred, y) + budget)
-    torch.testing.assert_close(logged["train/budget_loss"], budget.detach())
-    torch.testing.assert_close(logged["train/updates"], u.sum(1).mean().detach())
+    torch.testing.assert_close(logged["train/budget_loss_step"], budget.detach())
+    torch.testing.assert_close(logged["train/updates_step"], u.sum(1).mean().detach())
     # the budget term reaches the gate bias: its gradient is λ·∂(mean Σu)/∂b on top of the task's
     loss.backward()
     g = m.rnn.update_gate.bias.grad.clone()
@@ -216,10 +216,68 @@ def test_step_with_lengths_counts_only_valid_steps():
     assert counts.min() > 0 and (counts < lengths).any()
     expected = m.task.loss(pred, y) + lam * counts.mean()
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(logged["train/budget_loss"], lam * counts.mean().detach())
+    torch.testing.assert_close(logged["train/budget_loss_step"], lam * counts.mean().detach())
     # validation logs the same quantities under val/, fractions over each valid length
     logged.clear()
     assert m.validation_step((x_pad, y, lengths), 0) is None
     torch.testing.assert_close(logged["val/loss"], expected.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(logged["val/updates"], counts.mean().detach())
     torch.testing.assert_close(logged["val/update_fraction"], (counts / lengths).mean().detach())
+
+
+@pytest.mark.parametrize("model", ["skip_lstm", "lstm"])
+def test_training_steps_do_not_wait_for_the_device(model, tmp_path):
+    """No ``.item()``-like read (``aten._local_scalar_dense``: a host-GPU sync on CUDA) in a
+    training step but at the steps the loggers write (every ``log_every_n_steps``, one read) and
+    at the epoch's end; the step metrics still reach the CSV there, the epoch means at the end.
+    (Adam's reads of its step counters are left out: those live on the CPU on every device.)"""
+    import traceback
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from skiprnn.training.callbacks import StepMetricsProgressBar
+
+    reads = []
+
+    class Reads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default and not any(
+                    "torch/optim/" in f.filename.replace("\\", "/")
+                    for f in traceback.extract_stack()):
+                reads.append(1)
+            return func(*args, **(kwargs or {}))
+
+    at_start = {}
+
+    class Mark(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            at_start[trainer.global_step] = len(reads)
+
+    torch.manual_seed(0)
+    cfg = _cfg(model=model, cost_per_sample=1e-3 if model == "skip_lstm" else 0.0)
+    cfg["task_options"]["train_batches_per_epoch"] = 30
+    m = SkipRNNModule(cfg)
+    trainer = pl.Trainer(max_steps=60, log_every_n_steps=10, limit_val_batches=0,
+                         logger=CSVLogger(str(tmp_path)), enable_checkpointing=False,
+                         enable_progress_bar=True, enable_model_summary=False,
+                         num_sanity_val_steps=0, callbacks=[Mark(), StepMetricsProgressBar()])
+    with Reads():
+        trainer.fit(m, TaskDataModule(m.task))
+    per_step = [at_start[s + 1] - at_start[s] for s in range(59)]
+    writes = {s for s in range(59) if (s + 1) % 10 == 0}
+    epoch_ends = {29}
+    assert all(per_step[s] == 0 for s in range(59) if s not in writes | epoch_ends), str(per_step)
+    # the loggers read each step metric there, the progress bar its three in one read
+    assert all(1 <= per_step[s] <= 9 for s in writes - epoch_ends), str(per_step)
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
+    step_rows = [r for r in rows if r.get("train/loss_step")]
+    assert [int(r["step"]) for r in step_rows] == [9, 19, 29, 39, 49, 59]
+    epoch_rows = [r for r in rows if r.get("train/loss_epoch")]
+    assert [int(r["epoch"]) for r in epoch_rows] == [0, 1]
+    assert all(float(r["train/update_fraction_epoch"]) > 0 for r in epoch_rows)
+    # the progress bar shows the values of the last logging step
+    assert set(m.progress_values) == {"loss", "mse", "update_fraction"}
+    assert m.progress_values["loss"] == pytest.approx(float(step_rows[-1]["train/loss_step"]))

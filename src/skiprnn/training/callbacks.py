@@ -6,9 +6,10 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-__all__ = ["SolvedStopping", "InterruptCheckpoint", "WallClock"]
+__all__ = ["SolvedStopping", "InterruptCheckpoint", "WallClock", "StepMetricsProgressBar"]
 
 
 class SolvedStopping(pl.Callback):
@@ -114,3 +115,16 @@ class WallClock(pl.Callback):
 
     def load_state_dict(self, state):
         self.previous = float(state.get("elapsed", 0.0))
+
+
+class StepMetricsProgressBar(TQDMProgressBar):
+    """The TQDM bar with the training values the module read at its last logging step
+    (``SkipRNNModule.progress_values``: loss, metric, update fraction). Logged as progress-bar
+    metrics instead, Lightning would read them from the device after every batch (a host-GPU
+    sync per step)."""
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        for k, v in getattr(pl_module, "progress_values", {}).items():
+            metrics[f"train/{k}"] = v
+        return metrics

@@ -165,10 +165,10 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
     Lightning callbacks (tests).
     """
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from .callbacks import InterruptCheckpoint, SolvedStopping, WallClock
+    from .callbacks import InterruptCheckpoint, SolvedStopping, StepMetricsProgressBar, WallClock
     from .data import TaskDataModule
     from .module import SkipRNNModule
 
@@ -249,7 +249,7 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
                                    ckpt_path=ckpt_dir / "best_solved.ckpt")
         callbacks.append(solved_cb)
     if cfg.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
+        callbacks.append(StepMetricsProgressBar(refresh_rate=10))
     callbacks += extra_callbacks
 
     trainer_kw = {}

@@ -117,20 +117,77 @@ class SkipRNNModule(pl.LightningModule):
             metric = self.task.metric(pred.detach(), y)
         if stage == "train":
             self.train_backend = getattr(self.rnn, "last_backend", "torch")
-        kw = dict(batch_size=B, sync_dist=True, on_step=stage == "train", on_epoch=True)
-        self.log(f"{stage}/loss", loss.detach(), prog_bar=stage != "test", **kw)
-        self.log(f"{stage}/task_loss", task_loss.detach(), **kw)
+        values = {"loss": loss.detach(), "task_loss": task_loss.detach()}
         if self.cost_per_sample > 0:
-            self.log(f"{stage}/budget_loss", budget.detach(), **kw)
-        self.log(f"{stage}/{self.metric_name}", metric, prog_bar=True, **kw)
-        self.log(f"{stage}/updates", upd, **kw)
-        self.log(f"{stage}/update_fraction", frac, prog_bar=True, **kw)
-        # FLOPs are linear in the updates: a tensor product, no host sync in the training step
-        self.log(f"{stage}/flops", upd * self.flops(1.0), **kw)
+            values["budget_loss"] = budget.detach()
+        values[self.metric_name] = metric
+        values["updates"] = upd
+        values["update_fraction"] = frac
+        # FLOPs are linear in the updates: a tensor product, no host sync
+        values["flops"] = upd * self.flops(1.0)
+        if stage == "train":
+            self._log_train(values, B)
+        else:
+            for k, v in values.items():
+                self.log(f"{stage}/{k}", v, prog_bar=k in self._pbar_keys(stage), batch_size=B,
+                         sync_dist=True, on_step=False, on_epoch=True)
         return loss
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
+
+    # ------------------------------------------------------------------ training-step logging
+    # ``self.log`` costs ~0.6 ms of host time per call (Lightning copies the metric's metadata on
+    # every call): seven metrics a step were ~4 ms, more than a whole fused Skip LSTM forward +
+    # backward at the adding shape on a GPU. And a progress-bar metric logged on a step is turned
+    # into a Python number after every batch (``.item()``: a host-GPU sync per step). So the
+    # training metrics go to Lightning only at the steps its loggers write (every
+    # ``log_every_n_steps``; the loggers read them there) and never as progress-bar metrics: the
+    # progress bar (``callbacks.StepMetricsProgressBar``) shows ``progress_values``, read from the
+    # device at those steps only. The epoch means (batch-size weighted, as Lightning's own) are
+    # summed on the device and logged at the epoch's end. The logged names are Lightning's:
+    # ``train/<name>_step`` and ``train/<name>_epoch``.
+    def _pbar_keys(self, stage: str) -> tuple:
+        return ((() if stage == "test" else ("loss",)) + (self.metric_name, "update_fraction"))
+
+    def _log_train(self, values: dict, batch_size: int) -> None:
+        vec = torch.stack([v.detach().float().reshape(()) for v in values.values()])
+        sums = getattr(self, "_train_sums", None)
+        if sums is None or sums[0] != list(values) or sums[1].device != vec.device:
+            self._train_sums = sums = [list(values), torch.zeros_like(vec), 0]
+        sums[1].add_(vec, alpha=batch_size)
+        sums[2] += batch_size
+        if self._trainer is not None and not self._writes_step_logs():
+            return
+        for k, v in zip(values, vec):
+            self.log(f"train/{k}_step", v, on_step=True, on_epoch=False, batch_size=batch_size)
+        if self._trainer is not None and self.trainer.progress_bar_callback is not None:
+            keys = [k for k in values if k in self._pbar_keys("train")]
+            idx = torch.tensor([list(values).index(k) for k in keys], device=vec.device)
+            self.progress_values = dict(zip(keys, vec.index_select(0, idx).tolist()))
+
+    def _writes_step_logs(self) -> bool:
+        """Whether Lightning writes the step metrics of this training step to the loggers."""
+        conn = getattr(self.trainer, "_logger_connector", None)
+        try:
+            return bool(conn.should_update_logs)
+        except Exception:  # another Lightning: log every step
+            return True
+
+    def on_train_epoch_start(self):
+        self._train_sums = None
+
+    #: the latest training values for the progress bar (Python numbers, set at logging steps)
+    progress_values: dict = {}
+
+    def on_train_epoch_end(self):
+        sums = getattr(self, "_train_sums", None)
+        if sums is None or sums[2] == 0:
+            return
+        names, total, n = sums
+        for k, v in zip(names, total / n):
+            self.log(f"train/{k}_epoch", v, on_step=False, on_epoch=True, sync_dist=True)
+        self._train_sums = None
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
@@ -151,7 +208,9 @@ class SkipRNNModule(pl.LightningModule):
     # resumed session, so nothing the Trainer draws while it restores counts.
     def on_train_batch_start(self, batch, batch_idx):
         self._apply_saved_rng()
-        self._rng_step = (int(self.trainer.global_step), rng_state())
+        # torch's states only (~1 µs; numpy's and python's cost ~60 µs a step and no training
+        # step draws from them): rng_state() completes them if a checkpoint is written mid-step
+        self._rng_step = (int(self.trainer.global_step), _torch_rng_state())
 
     def on_validation_start(self):
         self._apply_saved_rng()
@@ -167,7 +226,7 @@ class SkipRNNModule(pl.LightningModule):
         step = getattr(self, "_rng_step", None)
         if state is None and step is not None and self._trainer is not None \
                 and step[0] == int(self.trainer.global_step) and self.trainer.training:
-            state = step[1]   # saved mid-step (optimizer step not taken): that step runs again
+            state = rng_state(step[1])   # saved mid-step (optimizer step not taken): it runs again
         checkpoint["skiprnn_rng"] = state if state is not None else rng_state()
         if getattr(self, "_rng_val", None) is not None:
             _mark_mid_validation(checkpoint)
@@ -241,14 +300,20 @@ def _mark_mid_validation(checkpoint: dict) -> None:
             c.update(ready=1, started=1, processed=0, completed=0)
 
 
-def rng_state() -> dict:
-    """The global random states (torch CPU, CUDA when initialised, numpy, python), as tensors and
-    plain numbers (what ``torch.load(weights_only=True)`` reads back)."""
-    version, words, gauss = random.getstate()
-    st = {"torch": torch.get_rng_state(),
-          "python": [version, torch.tensor(words, dtype=torch.int64), gauss]}
+def _torch_rng_state() -> dict:
+    st = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def rng_state(torch_part: Optional[dict] = None) -> dict:
+    """The global random states (torch CPU, CUDA when initialised, numpy, python), as tensors and
+    plain numbers (what ``torch.load(weights_only=True)`` reads back). ``torch_part``: torch's
+    states taken earlier (``_torch_rng_state()``) instead of the current ones."""
+    version, words, gauss = random.getstate()
+    st = dict(torch_part) if torch_part is not None else _torch_rng_state()
+    st["python"] = [version, torch.tensor(words, dtype=torch.int64), gauss]
     try:
         import numpy as np
         kind, keys, pos, has_gauss, cached = np.random.get_state()
