@@ -157,3 +157,24 @@ def test_training_loader_starts_at_the_trainers_step():
             assert len(got) == 5 - s % 5
             for a, b in zip(got, full[s:]):
                 assert torch.equal(a, b)
+
+
+def test_training_flushes_subnormals_and_restores_the_callers_setting(tmp_path):
+    """Subnormal gradients (long back-propagation) are ~10-100x slower on x86: fit() flushes them
+    while it trains and gives the caller's setting back."""
+    from skiprnn.training.fit import flushing_denormals
+
+    seen = []
+
+    class _Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(flushing_denormals())
+
+    torch.set_flush_denormal(False)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    torch.set_flush_denormal(False)
+    r = fit(_cfg(tmp_path / "run", 3, val_every=3), verbose=False, callbacks=[_Probe()])
+    assert seen == [True, True, True]
+    assert r["hardware"]["cpu_flush_denormal"] is True
+    assert not flushing_denormals()
