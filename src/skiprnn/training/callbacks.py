@@ -52,7 +52,7 @@ class SolvedStopping(pl.Callback):
             self.best_updates = u
             self.wait = 0
             if self.ckpt_path is not None:   # the solved model with the fewest updates so far
-                trainer.save_checkpoint(self.ckpt_path)
+                trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         else:
             self.wait += 1
         if self.patience == 0 or self.wait >= self.patience:

@@ -127,7 +127,7 @@ def _make_last_checkpoint(path):
             self.saved_step = None
 
         def _save(self, trainer):
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # full state (resumable)
             self.saved_step = trainer.global_step
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
