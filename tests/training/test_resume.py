@@ -99,6 +99,17 @@ def test_resume_with_nothing_to_do_keeps_results(tmp_path, capsys):
     assert not (run / "csv_resume1").exists()
 
 
+def test_run_stopped_in_its_last_validation_is_finished_by_a_resume(tmp_path):
+    """Ctrl-C during the validation at max_steps: last.ckpt is at max_steps but no results.json
+    was written; the resume re-runs that validation and the test evaluation."""
+    run = tmp_path / "run"
+    with pytest.raises(RunInterrupted):
+        fit(_cfg(run, 10, val_every=5), verbose=False, callbacks=[_Interrupt(10, "val")])
+    assert _ckpt(run)["global_step"] == 10 and not (run / "results.json").exists()
+    r = fit(_cfg(run, 10, val_every=5), resume=run, verbose=False)
+    assert r is not None and r["steps"] == 10 and (run / "results.json").exists()
+
+
 def test_directory_of_a_killed_run_is_not_reused(tmp_path):
     run = tmp_path / "run"
     (run / "csv").mkdir(parents=True)

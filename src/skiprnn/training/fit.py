@@ -220,7 +220,11 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
             shutil.rmtree(run_dir)
         cfg.out = str(run_dir)
     cfg.validate()
-    if resume is not None and cfg.max_steps and start_step >= cfg.max_steps:
+    # a resume with nothing left to train keeps results.json; without one (stopped in the last
+    # validation or the test evaluation) the run goes on: Lightning re-runs an interrupted
+    # validation, then the test evaluation writes results.json
+    done = resume is not None and (run_dir / "results.json").exists()
+    if done and cfg.max_steps and start_step >= cfg.max_steps:
         return _nothing_to_do(run_dir, start_step, verbose)
     acc = _accelerator(cfg)
     if cfg.threads:
@@ -313,7 +317,7 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
     if not trainer.is_global_zero:
         return None
 
-    if resume is not None and trainer.global_step == start_step:
+    if done and trainer.global_step == start_step:
         # nothing trained in this session (already at its stop rule): keep the run's results
         return _nothing_to_do(run_dir, start_step, verbose)
 
