@@ -281,3 +281,33 @@ def test_training_steps_do_not_wait_for_the_device(model, tmp_path):
     # the progress bar shows the values of the last logging step
     assert set(m.progress_values) == {"loss", "mse", "update_fraction"}
     assert m.progress_values["loss"] == pytest.approx(float(step_rows[-1]["train/loss_step"]))
+
+
+def test_a_stop_between_logging_steps_still_writes_that_steps_metrics(tmp_path):
+    """A callback that stops training after a step (max_time's Timer) makes Lightning write that
+    step's metrics although it is not a logging step: they must be there, and be that step's."""
+    import csv
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    losses = []
+
+    class StopAt7(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+            if trainer.global_step == 7:
+                trainer.should_stop = True
+
+    torch.manual_seed(0)
+    m = SkipRNNModule(_cfg(model="skip_lstm", cost_per_sample=1e-3))
+    trainer = pl.Trainer(max_steps=100, log_every_n_steps=5, limit_val_batches=0,
+                         logger=CSVLogger(str(tmp_path)), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, callbacks=[StopAt7()])
+    trainer.fit(m, TaskDataModule(m.task))
+    assert trainer.global_step == 7
+    rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
+    step_rows = {int(r["step"]): float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")}
+    assert sorted(step_rows) == [4, 6]
+    assert step_rows[4] == pytest.approx(losses[4]) and step_rows[6] == pytest.approx(losses[6])

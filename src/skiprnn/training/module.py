@@ -157,14 +157,26 @@ class SkipRNNModule(pl.LightningModule):
             self._train_sums = sums = [list(values), torch.zeros_like(vec), 0]
         sums[1].add_(vec, alpha=batch_size)
         sums[2] += batch_size
-        if self._trainer is not None and not self._writes_step_logs():
-            return
-        for k, v in zip(values, vec):
+        self._unlogged = (list(values), vec, batch_size)
+        if self._trainer is None or self._writes_step_logs():
+            self._log_step_values()
+
+    def _log_step_values(self) -> None:
+        names, vec, batch_size = self._unlogged
+        self._unlogged = None
+        for k, v in zip(names, vec):
             self.log(f"train/{k}_step", v, on_step=True, on_epoch=False, batch_size=batch_size)
         if self._trainer is not None and self.trainer.progress_bar_callback is not None:
-            keys = [k for k in values if k in self._pbar_keys("train")]
-            idx = torch.tensor([list(values).index(k) for k in keys], device=vec.device)
+            keys = [k for k in names if k in self._pbar_keys("train")]
+            idx = torch.tensor([names.index(k) for k in keys], device=vec.device)
             self.progress_values = dict(zip(keys, vec.index_select(0, idx).tolist()))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # a callback that stops training (max_time's Timer, SolvedStopping) sets should_stop after
+        # the step: Lightning then writes this step's metrics too
+        if getattr(self, "_unlogged", None) is not None and self._writes_step_logs():
+            self._log_step_values()
+        self._unlogged = None
 
     def _writes_step_logs(self) -> bool:
         """Whether Lightning writes the step metrics of this training step to the loggers."""
