@@ -135,8 +135,9 @@ def test_in_memory_data_read_a_batch_at_a_time_gives_the_same_batches():
 
     dm = TaskDataModule(Task(), seed=5, eval_batch_size=10)
     fast = list(dm.train_dataloader())
-    ref = list(DataLoader(train, batch_size=16, shuffle=True,
-                          generator=torch.Generator().manual_seed(5)))
+    # epoch 0's order: a RandomSampler with its own generator seeded with the run's seed
+    ref = list(DataLoader(train, batch_size=16, sampler=torch.utils.data.RandomSampler(
+        train, generator=torch.Generator().manual_seed(5))))
     assert len(fast) == len(ref) == 5
     for (xa, ya), (xb, yb) in zip(fast, ref):
         assert xa.shape == xb.shape and xa.dtype == xb.dtype == torch.float32
@@ -311,3 +312,28 @@ def test_a_stop_between_logging_steps_still_writes_that_steps_metrics(tmp_path):
     step_rows = {int(r["step"]): float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")}
     assert sorted(step_rows) == [4, 6]
     assert step_rows[4] == pytest.approx(losses[4]) and step_rows[6] == pytest.approx(losses[6])
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_in_memory_epoch_order_does_not_depend_on_the_iterator(workers):
+    """Epoch e's order is a function of (seed, e) only: reading epoch 1 after epoch 0 from one
+    (persistent-worker) loader, or first from a fresh loader (a resumed session), is the same."""
+    class Task:
+        batch_size = 4
+
+        def train_dataset(self, seed):
+            return torch.utils.data.TensorDataset(torch.arange(12.0)[:, None])
+
+    def loader(epoch_of):
+        dm = TaskDataModule(Task(), seed=3, num_workers=workers)
+        dl = dm.train_dataloader()
+        dl.position = epoch_of
+        return dl
+
+    pos = {"v": (None, 0)}
+    dl = loader(lambda: pos["v"])
+    first = [b[0].flatten().tolist() for b in dl]
+    pos["v"] = (None, 1)
+    again = [b[0].flatten().tolist() for b in dl]            # same loader, epoch 1
+    fresh = [b[0].flatten().tolist() for b in loader(lambda: (None, 1))]
+    assert again == fresh and again != first

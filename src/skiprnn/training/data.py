@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
 from ..tasks import SyntheticStream
 from ..tasks.base import derive_seed
@@ -52,8 +52,10 @@ class _StepLoader(DataLoader):
 
     ``position`` returns ``(global_step, epoch)``; a ``None`` step means "no trainer step known":
     the epoch is then used from its first batch. The epoch goes to the dataset's / sampler's
-    ``set_epoch`` and, with ``order_seed``, seeds the shuffling generator (epoch 0: ``order_seed``
-    itself, i.e. ``DataLoader(shuffle=True, generator=Generator().manual_seed(order_seed))``).
+    ``set_epoch`` and, with ``order_seed``, seeds the sampler's own generator (epoch 0:
+    ``order_seed`` itself). The sampler's generator is not the loader's: a fresh iterator draws
+    its workers' base seed from the loader's generator and a persistent one does not, so sharing
+    it would give a resumed session (fresh iterator) another order than an uninterrupted run.
     The batches of the epoch before ``s % N`` are skipped (map-style data: read and dropped).
     """
 
@@ -87,9 +89,10 @@ class _StepLoader(DataLoader):
         for obj in (self.dataset, self.sampler, getattr(self.batch_sampler, "sampler", None)):
             if callable(getattr(obj, "set_epoch", None)):
                 obj.set_epoch(epoch)
-        if self.order_seed is not None and self.generator is not None:
-            self.generator.manual_seed(self.order_seed if epoch == 0
-                                       else derive_seed(self.order_seed, "train-order", epoch))
+        order = getattr(self.sampler, "generator", None)
+        if self.order_seed is not None and order is not None:
+            order.manual_seed(self.order_seed if epoch == 0
+                              else derive_seed(self.order_seed, "train-order", epoch))
         it = super().__iter__()
         for _ in range(skip):
             try:
@@ -168,8 +171,9 @@ class TaskDataModule(pl.LightningDataModule):
             return _StepLoader(_EpochBatches(stream), batch_size=None, position=self._position,
                                generator=torch.Generator().manual_seed(self.seed))
         ds, collate = _loader_args(self.task.train_dataset(self.seed))
-        g = torch.Generator().manual_seed(self.seed)
-        return _StepLoader(ds, batch_size=self.task.batch_size, shuffle=True, generator=g,
+        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(self.seed))
+        return _StepLoader(ds, batch_size=self.task.batch_size, sampler=sampler,
+                           generator=torch.Generator().manual_seed(self.seed),
                            num_workers=self.num_workers, drop_last=False, collate_fn=collate,
                            persistent_workers=self.num_workers > 0, position=self._position,
                            order_seed=self.seed)
