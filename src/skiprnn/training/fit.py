@@ -303,6 +303,7 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
                   + f", lr={task.lr:g}, batch={task.batch_size}, hidden={task.hidden_size}, "
                   f"seed={cfg.seed}, backend={cfg.backend}", flush=True)
 
+    commit = git_commit()   # the code that trains: HEAD may move while a long run goes on
     t0 = time.perf_counter()
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
@@ -385,7 +386,7 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
         "accelerator": str(trainer.accelerator.__class__.__name__), "devices": trainer.num_devices,
         "num_nodes": trainer.num_nodes, "strategy": type(trainer.strategy).__name__,
         "backend": getattr(module, "train_backend", None) or getattr(module.rnn, "last_backend", "torch"),
-        "hardware": environment_info(device), "run_dir": str(run_dir),
+        "hardware": {**environment_info(device), "git_commit": commit}, "run_dir": str(run_dir),
         "command": _command_line(),
         "finished_at": _dt.datetime.now().isoformat(timespec="seconds"),
     }
