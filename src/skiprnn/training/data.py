@@ -149,10 +149,6 @@ class TaskDataModule(pl.LightningDataModule):
             return 0, 1
         return tr.global_rank, tr.world_size
 
-    def _epoch(self) -> int:
-        tr = getattr(self, "trainer", None)
-        return 0 if tr is None else int(tr.current_epoch)
-
     def _position(self) -> tuple:
         """``(global_step or None, epoch)`` of the trainer (where the training data go on)."""
         tr = getattr(self, "trainer", None)

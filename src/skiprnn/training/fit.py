@@ -42,7 +42,8 @@ class RunInterrupted(RuntimeError):
                          f"skiprnn train --resume {self.run_dir}")
 
 
-def environment_info(device: Optional[torch.device] = None) -> dict:
+def environment_info(device: Optional[torch.device] = None, commit: Optional[str] = None) -> dict:
+    """Versions, hardware and ``commit`` (default: ``git_commit()`` now)."""
     import lightning
 
     from .. import __version__
@@ -50,7 +51,7 @@ def environment_info(device: Optional[torch.device] = None) -> dict:
         "skiprnn": __version__, "torch": torch.__version__, "lightning": lightning.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "git_commit": git_commit(),
+        "torch_threads": torch.get_num_threads(), "git_commit": commit or git_commit(),
         "cpu_flush_denormal": flushing_denormals(),
     }
     if torch.cuda.is_available():
@@ -386,7 +387,7 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
         "accelerator": str(trainer.accelerator.__class__.__name__), "devices": trainer.num_devices,
         "num_nodes": trainer.num_nodes, "strategy": type(trainer.strategy).__name__,
         "backend": getattr(module, "train_backend", None) or getattr(module.rnn, "last_backend", "torch"),
-        "hardware": {**environment_info(device), "git_commit": commit}, "run_dir": str(run_dir),
+        "hardware": environment_info(device, commit), "run_dir": str(run_dir),
         "command": _command_line(),
         "finished_at": _dt.datetime.now().isoformat(timespec="seconds"),
     }

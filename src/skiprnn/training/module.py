@@ -167,9 +167,8 @@ class SkipRNNModule(pl.LightningModule):
         for k, v in zip(names, vec):
             self.log(f"train/{k}_step", v, on_step=True, on_epoch=False, batch_size=batch_size)
         if self._trainer is not None and self.trainer.progress_bar_callback is not None:
-            keys = [k for k in names if k in self._pbar_keys("train")]
-            idx = torch.tensor([names.index(k) for k in keys], device=vec.device)
-            self.progress_values = dict(zip(keys, vec.index_select(0, idx).tolist()))
+            pbar = self._pbar_keys("train")
+            self.progress_values = {k: v for k, v in zip(names, vec.tolist()) if k in pbar}
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # a callback that stops training (max_time's Timer, SolvedStopping) sets should_stop after
