@@ -32,7 +32,7 @@ def test_train_evaluate_plot(tmp_path, capsys):
                 "updates_mean", "updates_percent", "flops", "wall_time_s", "hardware", "steps",
                 "epochs", "lr"):
         assert key in r
-    assert (r["task"], r["model"], r["steps"], r["lr"]) == ("adding", "skip_lstm", 6, 1e-3)
+    assert (r["task"], r["model"], r["steps"], r["lr"]) == ("adding", "skip_lstm", 6, 3e-3)
     assert r["hardware"]["skiprnn"] and "torch" in r["hardware"]
     assert (run / "config.json").exists() and (run / "csv" / "metrics.csv").exists()
     assert (run / "checkpoints" / "best.ckpt").exists() and (run / "checkpoints" / "last.ckpt").exists()

@@ -27,6 +27,11 @@ TASK_CHOICES = ("adding", "frequency", "mnist")
 TABLE_CHOICES = ("table1", "table2", "table4")
 
 
+def _recipes():
+    from .training.config import RECIPES
+    return RECIPES
+
+
 def _model_choices():
     from .modules.registry import MODELS
     return list(MODELS)
@@ -62,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ---------------------------------------------------------------- train
     t = sub.add_parser("train", help="train one model on one task (default: Skip LSTM, adding task)",
-                       description="Train one run. Defaults are the paper's (110 units, Adam, batch 256, "
-                       "global-norm clip 1, update-gate bias 1, learned initial state), except the "
-                       "learning rate on CPU: 3e-3 (adding) / 1e-3 (frequency, mnist) instead of the paper's 1e-4 "
-                       "unless --lr is given.",
+                       description="Train one run. The model and data are the paper's (110 units, "
+                       "Adam, batch 256, global-norm clip 1, update-gate bias 1, learned initial "
+                       "state); the learning rate and the gate's training controls come from the "
+                       "recipe (--recipe; any of its settings can be given on its own): "
+                       + "; ".join(f"{k}: {v['doc']}" for k, v in _recipes().items()) + ".",
                        argument_default=S)
     t.add_argument("task", nargs="?", choices=TASK_CHOICES, default=None, help="task (default: adding)")
     t.add_argument("--model", choices=_model_choices(), help="model (default: skip_lstm)")
@@ -76,7 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--hidden-size", dest="hidden_size", type=int, help="units (paper: 110)")
     t.add_argument("--num-layers", dest="num_layers", type=int)
-    t.add_argument("--lr", type=float, help="Adam learning rate (paper: 1e-4; CPU default 3e-3 adding, 1e-3 otherwise)")
+    t.add_argument("--recipe", choices=tuple(_recipes()),
+                   help="training recipe (default: fast; 'paper' is the paper's, see README)")
+    t.add_argument("--lr", type=float, help="Adam learning rate (paper: 1e-4; recipe fast: 3e-3 adding, "
+                   "1e-3 frequency and mnist)")
+    t.add_argument("--budget-warmup", dest="budget_warmup", type=int, metavar="STEPS",
+                   help="optimizer steps with λ = 0 before the budget starts (paper: 0)")
+    t.add_argument("--budget-ramp", dest="budget_ramp", type=int, metavar="STEPS",
+                   help="then steps of a linear ramp from 0 to λ (paper: 0)")
+    t.add_argument("--gate-warmup", dest="gate_warmup", type=int, metavar="STEPS",
+                   help="optimizer steps with the gate held open: every step updates (paper: 0)")
+    t.add_argument("--gate-lr-mult", dest="gate_lr_mult", type=float, metavar="M",
+                   help="the update gate's W_p, b_p learn at lr × M (paper: 1)")
+    t.add_argument("--target-rate", dest="target_rate", type=float, metavar="FRACTION",
+                   help="add the target-rate loss weight·mean_b (used fraction − FRACTION)² (paper §3.2)")
+    t.add_argument("--target-weight", dest="target_weight", type=float, help="its weight (default 1)")
+    t.add_argument("--max-skip", dest="max_skip", type=int, metavar="K",
+                   help="at most K consecutive skipped steps (default: no cap)")
     t.add_argument("--batch-size", dest="batch_size", type=int, help="paper: 256")
     t.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
     t.add_argument("--grad-clip", dest="grad_clip", type=float, help="global-norm clip (paper: 1)")
@@ -183,8 +205,7 @@ def _given(ns) -> dict:
 
 def build_train_config(ns, verbose: bool = True):
     """``(cfg, resume, overwrite)`` of ``skiprnn train`` arguments, checked (raises ConfigError)."""
-    from .training.config import (CPU_LR, CPU_LR_PER_TASK, QUICK, ConfigError, RunConfig,
-                                  resolve_defaults)
+    from .training.config import QUICK, ConfigError, RunConfig, resolve_defaults
 
     given = _given(ns)
     overwrite = given.pop("overwrite", False)
@@ -224,14 +245,6 @@ def build_train_config(ns, verbose: bool = True):
             elif k not in explicit:
                 setattr(cfg, k, v)
     cfg.validate(explicit=explicit)
-    if cfg.lr is None:
-        import torch
-        on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
-        if not on_gpu:
-            cfg.lr = CPU_LR_PER_TASK.get(cfg.task, CPU_LR) if not quick else CPU_LR
-            if verbose:
-                print(f"[skiprnn] lr {cfg.lr:g} (CPU default; the paper's 1e-4 is slow on CPU: pass --lr "
-                      "1e-4 for the paper's setting)", flush=True)
     return cfg, None, overwrite
 
 

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 __all__ = ["plot_adding_samples", "plot_frequency_samples", "plot_mnist_masks",
-           "plot_learning_curves", "plot_tradeoff", "read_metrics_csv"]
+           "plot_learning_curves", "plot_gate_dynamics", "plot_tradeoff", "read_metrics_csv"]
 
 USED_COLOR = "#d62728"     # red: sample used (state updated)
 SKIPPED_COLOR = "#1f77b4"  # blue: sample skipped (state copied)
@@ -358,6 +358,112 @@ def plot_learning_curves(source, path: PathLike, *, x: str = "step", keys: Optio
         ax.tick_params(labelsize=7)
     for ax in axes[len(keys):]:
         ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def plot_gate_dynamics(metrics: Mapping, path: PathLike, *, title: Optional[str] = None,
+                       dpi: int = 100) -> Path:
+    """What decides the update gate during training, from a run's ``gate/*`` step metrics.
+
+    ``metrics``: ``{name: (steps, values)}`` (e.g. ``read_metrics_csv``), with the names the
+    training module logs: ``gate/lambda``, ``gate/bias``, ``gate/weight_norm``,
+    ``gate/grad_bias_{task,budget}``, ``gate/delta_q{10,50,90}``, ``gate/updates_pos<k>``,
+    ``gate/grad_cell_{task,budget}``, ``gate/cell_budget_dominated`` and, if present,
+    ``train/update_fraction_step``. Panels: λ and the used fraction; b_p and |W_p|;
+    the gradient on b_p split into its task and budget parts (positive: pushes Δũ down); the
+    Δũ quantiles against 0.5 (below it the step after an update is skipped); and a map of the
+    fraction of updates per position bucket (rows: start → end of the sequence) over training;
+    the gradient on the cell's weights by part, with the share of weights whose budget part is
+    larger (Adam moves those towards fewer updates at about the learning rate).
+    """
+    def get(k):
+        v = metrics.get(k)
+        return None if v is None else (_np(v[0]), _np(v[1]))
+
+    buckets = sorted((int(k[len("gate/updates_pos"):]), k) for k in metrics
+                     if k.startswith("gate/updates_pos"))
+    if get("gate/bias") is None and not buckets:
+        raise ValueError("plot_gate_dynamics: no gate/* metrics (a run without a learned gate, or "
+                         "logged before the gate diagnostics existed)")
+    fig = _new_figure((11.0, 7.4 + (0.4 if title else 0.0)), dpi)
+    axes = fig.subplots(3, 2).ravel()
+
+    ax = axes[0]
+    lam = get("gate/lambda")
+    if lam is not None:
+        ax.plot(*lam, color="C3", lw=1.3, label="λ (budget weight)")
+        ax.set_ylabel("λ", color="C3")
+    frac = get("train/update_fraction_step")
+    if frac is not None:
+        ax2 = ax.twinx()
+        ax2.plot(*frac, color="C0", lw=1.0, label="used fraction (train)")
+        ax2.set_ylim(0, 1.05)
+        ax2.set_ylabel("used fraction", color="C0")
+    ax.set_title("budget schedule and updates", fontsize=9)
+
+    ax = axes[1]
+    for k, c, lab in (("gate/bias", "C2", "b_p"), ("gate/weight_norm", "C4", "|W_p|")):
+        v = get(k)
+        if v is not None:
+            ax.plot(*v, color=c, lw=1.3, label=lab)
+    ax.set_title("update-gate parameters", fontsize=9)
+    ax.legend(fontsize=7)
+
+    ax = axes[2]
+    for k, c, lab in (("gate/grad_bias_task", "C0", "task"), ("gate/grad_bias_budget", "C3", "budget")):
+        v = get(k)
+        if v is not None:
+            ax.plot(*v, color=c, lw=1.1, marker="o" if len(v[0]) <= 30 else None, ms=3, label=lab)
+    ax.set_yscale("symlog", linthresh=1e-6)
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_title("∂L/∂b_p by part (> 0 removes updates)", fontsize=9)
+    ax.legend(fontsize=7)
+
+    ax = axes[3]
+    q = [get(f"gate/delta_q{p}") for p in (10, 50, 90)]
+    if q[1] is not None:
+        if q[0] is not None and q[2] is not None:
+            ax.fill_between(q[0][0], q[0][1], q[2][1], color="C1", alpha=0.3, lw=0, label="10–90 %")
+        ax.plot(*q[1], color="C1", lw=1.3, label="median")
+    ax.axhline(0.5, color="0.3", ls="--", lw=0.9, label="0.5: skip below")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Δũ after an update", fontsize=9)
+    ax.legend(fontsize=7)
+
+    ax = axes[4]
+    if buckets:
+        xs = get(buckets[0][1])[0]
+        grid = np.stack([get(k)[1] for _, k in buckets])
+        extent = (xs[0], xs[-1] if len(xs) > 1 else xs[0] + 1, len(buckets) - 0.5, -0.5)
+        im = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1,
+                       extent=extent)
+        fig.colorbar(im, ax=ax, fraction=0.05, label="fraction updated")
+        ax.set_ylabel(f"position (1/{len(buckets)} of the sequence)")
+    ax.set_title("where the updates fall", fontsize=9)
+
+    ax = axes[5]
+    for k, c, lab in (("gate/grad_cell_task", "C0", "|task part|"),
+                      ("gate/grad_cell_budget", "C3", "|budget part|")):
+        v = get(k)
+        if v is not None:
+            ax.plot(*v, color=c, lw=1.1, label=lab)
+    if get("gate/grad_cell_task") is not None:
+        ax.set_yscale("log")
+        ax.legend(fontsize=7, loc="upper left")
+    dom = get("gate/cell_budget_dominated")
+    if dom is not None:
+        ax2 = ax.twinx()
+        ax2.plot(*dom, color="k", lw=1.0, ls=":", label="share budget-dominated")
+        ax2.set_ylim(0, 1.02)
+        ax2.set_ylabel("share of weights led by the budget", fontsize=7)
+    ax.set_title("gradient on the cell's weights", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

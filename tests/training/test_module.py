@@ -270,10 +270,13 @@ def test_training_steps_do_not_wait_for_the_device(model, tmp_path):
     writes = {s for s in range(59) if (s + 1) % 10 == 0}
     epoch_ends = {29}
     assert all(per_step[s] == 0 for s in range(59) if s not in writes | epoch_ends), str(per_step)
-    # the loggers read each step metric there, the progress bar its three in one read
-    assert all(1 <= per_step[s] <= 9 for s in writes - epoch_ends), str(per_step)
     import csv
     rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
+    # the loggers read each step metric there (the gate diagnostics of a learned gate too), the
+    # progress bar its three in one read
+    n_gate = len([k for k in rows[0] if k.startswith("gate/")])
+    assert n_gate == (22 if model == "skip_lstm" else 0)
+    assert all(1 <= per_step[s] <= 9 + n_gate for s in writes - epoch_ends), str(per_step)
     step_rows = [r for r in rows if r.get("train/loss_step")]
     assert [int(r["step"]) for r in step_rows] == [9, 19, 29, 39, 49, 59]
     epoch_rows = [r for r in rows if r.get("train/loss_epoch")]
@@ -337,3 +340,74 @@ def test_in_memory_epoch_order_does_not_depend_on_the_iterator(workers):
     again = [b[0].flatten().tolist() for b in dl]            # same loader, epoch 1
     fresh = [b[0].flatten().tolist() for b in loader(lambda: (None, 1))]
     assert again == fresh and again != first
+
+
+# ---------------------------------------------------------------------------- training controls
+def test_training_loss_follows_the_budget_schedule_and_the_gate_warmup():
+    """λ is 0 during the budget warm-up, then ramps; the gate is held open (every step updates)
+    during the gate warm-up even where it would skip; validation uses the full λ and the gate."""
+    torch.manual_seed(0)
+    cfg = _cfg(model="skip_lstm", cost_per_sample=1e-2, budget_warmup=2, budget_ramp=2, gate_warmup=3)
+    m = SkipRNNModule(cfg)
+    with torch.no_grad():
+        m.rnn.update_gate.bias.fill_(-1.5)          # Δũ ≈ 0.18: the gate skips on its own
+    x, y = m.task.sample(16)
+    expected_lam = [0.0, 0.0, 0.5e-2, 1e-2, 1e-2]
+    for step, lam in enumerate(expected_lam):
+        m._trainer = None
+        type(m).global_step = property(lambda self, s=step: s)
+        try:
+            loss = m.training_step((x, y), 0)
+        finally:
+            del type(m).global_step
+        pred, out = m(x)            # outside the warm-up context: the gate's own decisions
+        with m.held_open(step < 3):
+            pred_t, out_t = m(x)
+        task = m.task.loss(pred_t, y)
+        counts = out_t.updates.sum(1).mean()
+        torch.testing.assert_close(loss, task + lam * counts)
+        if step < 3:
+            assert bool((out_t.updates == 1).all())
+            assert float(out.updates.detach().mean()) < 0.6          # it would have skipped
+        else:
+            assert float(out_t.updates.detach().mean()) < 0.6
+    # validation: the full λ, the gate's own decisions
+    m.validation_step((x, y), 0)
+
+
+def test_gate_lr_mult_reaches_the_optimizer():
+    m = SkipRNNModule(_cfg(model="skip_lstm", cost_per_sample=1e-3, lr=2e-3, gate_lr_mult=0.25))
+    opt = m.configure_optimizers()
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["main"]["lr"] == 2e-3 and groups["update_gate"]["lr"] == pytest.approx(5e-4)
+    assert {id(p) for p in groups["update_gate"]["params"]} == {id(p) for p in m.rnn.update_gate.parameters()}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(m.parameters()))
+    # the paper's: one group
+    assert len(SkipRNNModule(_cfg(model="skip_lstm")).configure_optimizers().param_groups) == 1
+
+
+def test_gate_diagnostics_split_the_gradient_into_task_and_budget(tmp_path):
+    """At a logging step the gate's gradient is logged in two parts that add up to the total, and
+    the budget part equals the budget's own gradient."""
+    torch.manual_seed(0)
+    m = SkipRNNModule(_cfg(model="skip_lstm", cost_per_sample=1e-2))
+    x, y = m.task.sample(16)
+    logged = {}
+    m.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    import types
+    m._trainer = types.SimpleNamespace(global_step=0)
+    m._writes_step_logs = lambda: True
+    m._log_train = lambda values, batch_size: None
+    loss = m.training_step((x, y), 0)
+    loss.backward()
+    m.on_after_backward()
+    total = m.rnn.update_gate.bias.grad.sum().item()
+    assert logged["gate/grad_bias_task"] + logged["gate/grad_bias_budget"] == pytest.approx(total, rel=1e-5)
+    m.zero_grad()
+    pred, out = m(x)
+    budget_loss_ = 1e-2 * out.updates.sum(1).mean()
+    budget_loss_.backward()
+    assert logged["gate/grad_bias_budget"] == pytest.approx(m.rnn.update_gate.bias.grad.item(), rel=1e-5)
+    assert logged["gate/lambda"] == pytest.approx(1e-2)
+    assert 0 < logged["gate/delta_q10"] <= logged["gate/delta_q50"] <= logged["gate/delta_q90"] <= 1
+    assert all(0 <= logged[f"gate/updates_pos{k}"] <= 1 for k in range(8))

@@ -43,21 +43,28 @@ class _Interrupt(pl.Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("model", ["skip_lstm", "random_skip_lstm"])
-def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, model):
+#: gate controls whose schedules straddle the interruptions below (gate open until step 15, λ = 0
+#: until 12, then ramped to step 22; the gate at half the learning rate)
+CONTROLS = {"gate_warmup": 15, "budget_warmup": 12, "budget_ramp": 10, "gate_lr_mult": 0.5}
+
+
+@pytest.mark.parametrize("model,controls", [("skip_lstm", {}), ("random_skip_lstm", {}),
+                                            ("skip_lstm", CONTROLS)],
+                         ids=["skip_lstm", "random_skip_lstm", "skip_lstm-controls"])
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, model, controls):
     straight = tmp_path / "straight"
-    fit(_cfg(straight, 25, model), verbose=False)
+    fit(_cfg(straight, 25, model, **controls), verbose=False)
 
     run = tmp_path / "run"
-    fit(_cfg(run, 13, model), verbose=False)              # max_steps mid-epoch, between validations
+    fit(_cfg(run, 13, model, **controls), verbose=False)  # max_steps mid-epoch, between validations
     assert _ckpt(run)["global_step"] == 13
     with pytest.raises(RunInterrupted):                   # Ctrl-C inside step 18 (mid-epoch)
-        fit(_cfg(run, 25, model), resume=run, verbose=False, callbacks=[_Interrupt(17, "train")])
+        fit(_cfg(run, 25, model, **controls), resume=run, verbose=False, callbacks=[_Interrupt(17, "train")])
     assert _ckpt(run)["global_step"] == 17
     with pytest.raises(RunInterrupted):                   # Ctrl-C during the validation at step 20
-        fit(_cfg(run, 25, model), resume=run, verbose=False, callbacks=[_Interrupt(20, "val")])
+        fit(_cfg(run, 25, model, **controls), resume=run, verbose=False, callbacks=[_Interrupt(20, "val")])
     assert _ckpt(run)["global_step"] == 20
-    r = fit(_cfg(run, 25, model), resume=run, verbose=False)
+    r = fit(_cfg(run, 25, model, **controls), resume=run, verbose=False)
     assert r["steps"] == 25
 
     a, b = _ckpt(straight), _ckpt(run)

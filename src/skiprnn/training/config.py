@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["RunConfig", "ConfigError", "TASK_DEFAULTS", "CPU_LR", "resolve_defaults"]
+__all__ = ["RunConfig", "ConfigError", "TASK_DEFAULTS", "RECIPES", "resolve_defaults",
+           "recipe_settings"]
 
 
 class ConfigError(ValueError):
@@ -32,12 +33,26 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": {"model": "skip_lstm", "cost_per_sample": 1e-4, "max_epochs": 600},
 }
 
-#: Learning rate used on CPU when none is given (the paper's 1e-4 is too slow for CPU budgets).
-#: Adding: at 3e-3 the task is solved in ~400-1700 steps (Table 1 runs; the Skip gate can collapse
-#: later in training at this rate, which stop-when-solved avoids). Frequency: 3e-3 collapsed the
-#: gate, 1e-3 did not (Table 4 runs).
-CPU_LR = 1e-3
-CPU_LR_PER_TASK = {"adding": 3e-3, "frequency": 1e-3, "mnist": 1e-3}
+#: Named training recipes: the settings each one gives to the RunConfig fields the user did not
+#: set (a value, or a dict per task). ``paper`` is the paper's (Adam 1e-4 on every device, constant
+#: λ, the gate free from the first step); the others state what they change against it and why
+#: (README, "Training recipes"). Each entry's "doc" is printed by ``skiprnn train --help``.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {
+        "doc": "the paper's: Adam lr 1e-4, constant λ from the first step, one learning rate",
+        "lr": 1e-4, "budget_warmup": 0, "budget_ramp": 0, "gate_warmup": 0, "gate_lr_mult": 1.0,
+    },
+    "fast": {
+        "doc": "practical learning rates without a collapsing gate: the gate held open and λ = 0 "
+               "while the task is learned first, then λ ramped in; the gate's W_p, b_p at a "
+               "tenth of the learning rate",
+        "lr": {"adding": 3e-3, "frequency": 1e-3, "mnist": 1e-3},
+        "gate_warmup": {"adding": 300, "frequency": 500, "mnist": 1000},
+        "budget_warmup": {"adding": 300, "frequency": 500, "mnist": 1000},
+        "budget_ramp": {"adding": 300, "frequency": 500, "mnist": 1000},
+        "gate_lr_mult": 0.1,
+    },
+}
 
 #: task fields that the run's own settings replace (training/module.py build_task): giving them as
 #: --task-option would be silently overridden, so they are refused with the flag to use instead
@@ -58,6 +73,14 @@ class RunConfig:
     task: str = "adding"
     model: str = "skip_lstm"
     cost_per_sample: float = 0.0          # λ of the budget loss (paper Eq. 8)
+    recipe: str = "fast"                  # named bundle of the settings below (RECIPES)
+    budget_warmup: Optional[int] = None   # optimizer steps with λ = 0 (None: the recipe's)
+    budget_ramp: Optional[int] = None     # then steps of a linear ramp to λ
+    gate_warmup: Optional[int] = None     # optimizer steps with the gate held open (every step updates)
+    gate_lr_mult: Optional[float] = None  # the update gate's W_p, b_p learn at lr × this
+    target_rate: Optional[float] = None   # target-rate loss towards this fraction of updates
+    target_weight: float = 1.0            # its weight
+    max_skip: Optional[int] = None        # at most this many consecutive skipped steps
     p_skip: float = 0.5                   # random-skip baselines only
     period: int = 2                       # periodic-skip baselines only
     seed: int = 0
@@ -160,6 +183,15 @@ class RunConfig:
         num("--num-nodes", self.num_nodes, lo=1, integer=True)
         num("--num-workers", self.num_workers, lo=0, integer=True)
         num("--threads", self.threads, lo=1, integer=True)
+        num("--budget-warmup", self.budget_warmup, lo=0, integer=True)
+        num("--budget-ramp", self.budget_ramp, lo=0, integer=True)
+        num("--gate-warmup", self.gate_warmup, lo=0, integer=True)
+        num("--gate-lr-mult", self.gate_lr_mult, lo=0)
+        num("--target-rate", self.target_rate, lo=0, hi=1)
+        num("--target-weight", self.target_weight, lo=0, allow_none=False)
+        num("--max-skip", self.max_skip, lo=0, integer=True)
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {self.recipe!r}; valid recipes: {', '.join(RECIPES)}")
         if self.max_time is not None and not _TIME_RE.match(str(self.max_time)):
             raise ConfigError(f"--max-time must be DD:HH:MM:SS (e.g. 00:00:05:00), got {self.max_time!r}")
         if self.accelerator not in ("cpu", "gpu", "cuda", "mps", "auto"):
@@ -263,8 +295,25 @@ class RunConfig:
         return "-".join(parts)
 
 
+def recipe_settings(recipe: str, task: str) -> dict[str, Any]:
+    """The RunConfig values recipe ``recipe`` gives for ``task`` (its "doc" left out)."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; valid recipes: {', '.join(RECIPES)}")
+    return {k: (v.get(task) if isinstance(v, dict) else v)
+            for k, v in RECIPES[recipe].items() if k != "doc"}
+
+
 def resolve_defaults(cfg: RunConfig, explicit: set) -> RunConfig:
-    """Fill the per-task defaults for the fields the user did not give (names in ``explicit``)."""
+    """Fill the recipe's and the per-task defaults for the fields the user did not give (names
+    in ``explicit``). The learned-gate controls are left unset for models without a gate."""
+    from ..modules.registry import has_learned_gate
+    gated = cfg.model in _known_models() and has_learned_gate(cfg.model)
+    for k, v in recipe_settings(cfg.recipe, cfg.task).items():
+        if k in explicit or v is None:
+            continue
+        if k in _GATE_FIELDS and not gated:
+            continue
+        setattr(cfg, k, v)
     td = TASK_DEFAULTS.get(cfg.task, {})
     for k, v in td.items():
         if k not in explicit and hasattr(cfg, k):
@@ -274,6 +323,14 @@ def resolve_defaults(cfg: RunConfig, explicit: set) -> RunConfig:
                 continue
             setattr(cfg, k, v)
     return cfg
+
+
+_GATE_FIELDS = ("budget_warmup", "budget_ramp", "gate_warmup", "gate_lr_mult", "target_rate", "max_skip")
+
+
+def _known_models():
+    from ..modules.registry import MODELS
+    return MODELS
 
 
 #: ``--quick``: tiny runs for smoke tests (fields of RunConfig; task_options go to get_task).

@@ -45,7 +45,8 @@ def _merged_metrics(run_dir) -> dict:
 
 
 def plot_run(run_dir, ckpt: str = "best", samples: int = 10) -> list[Path]:
-    """Write RUN/figures/{samples,learning_curves}.png; returns the paths written."""
+    """Write RUN/figures/{samples,learning_curves,gate_dynamics}.png; returns the paths written
+    (gate_dynamics: runs with a learned gate whose metrics hold the ``gate/*`` diagnostics)."""
     from .. import plots
     from .fit import load_module
 
@@ -88,5 +89,9 @@ def plot_run(run_dir, ckpt: str = "best", samples: int = 10) -> list[Path]:
             written.append(plots.plot_learning_curves(
                 {k: metrics[k] for k in keys}, fig_dir / "learning_curves.png", keys=keys,
                 title=f"{task.name} / {title_model} (seed {cfg.get('seed', 0)})"))
+    if any(k.startswith("gate/") for k in metrics):
+        written.append(plots.plot_gate_dynamics(
+            metrics, fig_dir / "gate_dynamics.png",
+            title=f"{task.name} / {title_model} (seed {cfg.get('seed', 0)}): what decides the gate"))
     (fig_dir / "figures.json").write_text(json.dumps([str(p) for p in written], indent=2) + "\n")
     return written

@@ -302,7 +302,8 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
                   + (f" λ={cfg.cost_per_sample:g}" if module.learned_gate else "")
                   + (f" p_skip={cfg.p_skip:g}" if cfg.model.startswith('random_') else "")
                   + f", lr={task.lr:g}, batch={task.batch_size}, hidden={task.hidden_size}, "
-                  f"seed={cfg.seed}, backend={cfg.backend}", flush=True)
+                  f"seed={cfg.seed}, backend={cfg.backend}; recipe {cfg.recipe}"
+                  + (f" ({recipe_description(cfg)})" if module.learned_gate else ""), flush=True)
 
     commit = git_commit()   # the code that trains: HEAD may move while a long run goes on
     t0 = time.perf_counter()
@@ -365,7 +366,8 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
         "p_skip": cfg.p_skip if cfg.model.startswith("random_") else None,
         "seed": cfg.seed, "hidden_size": t.hidden_size, "num_layers": t.num_layers,
         "seq_len": t.seq_len, "lr": t.lr, "batch_size": t.batch_size, "grad_clip": t.grad_clip,
-        "task_options": cfg.task_options,
+        "task_options": cfg.task_options, "recipe": cfg.recipe,
+        "controls": {k: getattr(cfg, k) for k in GATE_CONTROLS} if module.learned_gate else None,
         "metric_name": t.metric_name, "test_metric": test[t.metric_name],
         "solved": test["solved"], "test": test,
         "updates_mean": test["updates_mean"], "updates_std": test["updates_std"],
@@ -404,7 +406,7 @@ def format_summary(r: dict) -> str:
         f"== {r['task']} / {r['model']}"
         + (f" λ={r['cost_per_sample']:g}" if r["model"].startswith("skip_") else "")
         + (f" p_skip={r['p_skip']:g}" if r.get("p_skip") is not None else "")
-        + f" / seed {r['seed']} ==",
+        + f" / seed {r['seed']} / recipe {r.get('recipe', 'paper')} ==",
         f"test {r['metric_name']}: {r['test_metric']:.5g}   solved: {solved}",
         f"state updates: {r['updates_mean']:.2f} of {r['seq_len']} per sequence "
         f"({r['updates_percent']:.1f}%)   inference FLOPs: {r['flops']:.3g}",
@@ -415,6 +417,28 @@ def format_summary(r: dict) -> str:
         f"run dir: {r['run_dir']}  (skiprnn evaluate / plot {r['run_dir']})",
     ]
     return "\n".join(lines)
+
+
+#: the RunConfig fields that shape how the learned gate is trained (recorded in results.json)
+GATE_CONTROLS = ("budget_warmup", "budget_ramp", "gate_warmup", "gate_lr_mult", "target_rate",
+                 "target_weight", "max_skip")
+
+
+def recipe_description(cfg: RunConfig) -> str:
+    """The gate controls of a run in words, e.g. 'gate open 300 steps, λ = 0 for 300 then a ramp
+    over 300, gate lr × 0.1' ('constant λ' when none is used)."""
+    parts = []
+    if cfg.gate_warmup:
+        parts.append(f"gate open {cfg.gate_warmup} steps")
+    if cfg.budget_warmup or cfg.budget_ramp:
+        parts.append(f"λ = 0 for {cfg.budget_warmup or 0} steps, then a ramp over {cfg.budget_ramp or 0}")
+    if cfg.gate_lr_mult not in (None, 1.0):
+        parts.append(f"gate lr × {cfg.gate_lr_mult:g}")
+    if cfg.target_rate is not None:
+        parts.append(f"target rate {cfg.target_rate:g} (weight {cfg.target_weight:g})")
+    if cfg.max_skip is not None:
+        parts.append(f"max {cfg.max_skip} skips in a row")
+    return ", ".join(parts) or "constant λ"
 
 
 def load_module(run_dir, ckpt: str = "best", device: str | torch.device = "cpu"):

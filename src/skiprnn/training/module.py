@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Optional
 
@@ -13,7 +14,8 @@ try:
 except ImportError as e:  # pragma: no cover - lightning is an optional dependency
     raise ImportError("skiprnn.training needs Lightning: pip install 'skiprnn[train]'") from e
 
-from ..losses import budget_loss
+from ..controls import BudgetSchedule, gate_param_groups, is_gate_parameter
+from ..losses import budget_loss, target_rate_loss
 from ..metrics import inference_flops
 from ..modules import build_rnn
 from ..modules.registry import cell_kind, has_learned_gate
@@ -72,9 +74,18 @@ class SkipRNNModule(pl.LightningModule):
         self.cell = cell_kind(self.model_name)
         self.learned_gate = has_learned_gate(self.model_name)
         self.cost_per_sample = float(config.get("cost_per_sample") or 0.0) if self.learned_gate else 0.0
+        #: λ per optimizer step (0 during the warm-up, then a ramp; the paper's is constant)
+        self.budget = BudgetSchedule(self.cost_per_sample, int(config.get("budget_warmup") or 0),
+                                     int(config.get("budget_ramp") or 0))
+        #: optimizer steps during which the gate is held open (every step updates, τ = 0)
+        self.gate_warmup = int(config.get("gate_warmup") or 0) if self.learned_gate else 0
+        self.target_rate = config.get("target_rate") if self.learned_gate else None
+        self.target_weight = float(config.get("target_weight") or 1.0)
         kw = {"batch_first": True, "learn_init": True}
         if self.model_name.startswith(("skip_", "random_", "periodic_")):
             kw["backend"] = config.get("backend", "auto")
+        if self.learned_gate and config.get("max_skip") is not None:
+            kw["max_skip"] = int(config["max_skip"])
         self.rnn = build_rnn(self.model_name, t.input_size, t.hidden_size, t.num_layers,
                              p_skip=config.get("p_skip", 0.5), period=config.get("period", 2),
                              paper_init=True, **kw)
@@ -99,12 +110,30 @@ class SkipRNNModule(pl.LightningModule):
         x, y = batch
         return x, y, None
 
+    @contextlib.contextmanager
+    def held_open(self, on: bool = True):
+        """Within: the learned gate updates at every step (threshold τ = 0: ũ > 0 always), with its
+        straight-through gradients as usual. ``on=False``: no change."""
+        if not on:
+            yield
+            return
+        tau = self.rnn.threshold
+        self.rnn.threshold = 0.0
+        try:
+            yield
+        finally:
+            self.rnn.threshold = tau
+
     def _step(self, batch, stage: str):
         x, y, lengths = self._split_batch(batch)
-        pred, out = self(x, lengths)
+        open_ = stage == "train" and int(self.global_step) < self.gate_warmup
+        with self.held_open(open_):
+            pred, out = self(x, lengths)
         task_loss = self.task.loss(pred, y)
-        budget = (budget_loss(out.updates, self.cost_per_sample, lengths=lengths, batch_first=True)
-                  if self.cost_per_sample > 0 else task_loss.new_zeros(()))
+        # training: λ of this optimizer step (the schedule's); validation / test: the full λ, so
+        # that the validation loss (best.ckpt) measures the run's objective at every step
+        lam = self.budget(int(self.global_step)) if stage == "train" else self.cost_per_sample
+        budget = self._budget_term(out.updates, lengths, lam)
         loss = task_loss + budget
         B = x.shape[0]
         with torch.no_grad():
@@ -118,7 +147,7 @@ class SkipRNNModule(pl.LightningModule):
         if stage == "train":
             self.train_backend = getattr(self.rnn, "last_backend", "torch")
         values = {"loss": loss.detach(), "task_loss": task_loss.detach()}
-        if self.cost_per_sample > 0:
+        if self.cost_per_sample > 0 or self.target_rate is not None:
             values["budget_loss"] = budget.detach()
         values[self.metric_name] = metric
         values["updates"] = upd
@@ -127,11 +156,23 @@ class SkipRNNModule(pl.LightningModule):
         values["flops"] = upd * self.flops(1.0)
         if stage == "train":
             self._log_train(values, B)
+            if self.learned_gate and self._trainer is not None and self._writes_step_logs():
+                with self.held_open(open_):
+                    self._gate_diagnostics(x, out, lengths, lam)
         else:
             for k, v in values.items():
                 self.log(f"{stage}/{k}", v, prog_bar=k in self._pbar_keys(stage), batch_size=B,
                          sync_dist=True, on_step=False, on_epoch=True)
         return loss
+
+    def _budget_term(self, updates, lengths, lam: float):
+        """λ·Σ_t u_t (mean over the batch) plus the target-rate loss when the run has one."""
+        budget = (budget_loss(updates, lam, lengths=lengths, batch_first=True) if lam > 0
+                  else updates.new_zeros(()))
+        if self.target_rate is not None:
+            budget = budget + target_rate_loss(updates, float(self.target_rate), lengths=lengths,
+                                               weight=self.target_weight, batch_first=True)
+        return budget
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
@@ -169,6 +210,88 @@ class SkipRNNModule(pl.LightningModule):
         if self._trainer is not None and self.trainer.progress_bar_callback is not None:
             pbar = self._pbar_keys("train")
             self.progress_values = {k: v for k, v in zip(names, vec.tolist()) if k in pbar}
+
+    # ------------------------------------------------------------------ gate diagnostics
+    #: position buckets of ``gate/updates_pos<k>`` (fraction of updates in each eighth of the sequence)
+    POSITION_BUCKETS = 8
+
+    def _rnn_parameters(self) -> list:
+        """``(name, parameter)`` of the RNN that train (the gate's W_p, b_p and the cell's)."""
+        return [(n, p) for n, p in self.rnn.named_parameters() if p.requires_grad]
+
+    def _gate_diagnostics(self, x, out, lengths, lam: float) -> None:
+        """What decides the gate, at the steps the loggers write (``gate/*`` metrics): λ, W_p's
+        norm and b_p, the distribution of Δũ, where in the sequence the updates fall, and (in
+        ``on_after_backward``) the gradient split into its task and budget parts: on b_p, on W_p,
+        on the cell's own weights (the budget reaches them too, through the state Δũ reads), and
+        the fraction of the cell's weights whose budget part is the larger one (Adam moves each
+        weight by about the learning rate in the direction of its dominant part, however small
+        λ is)."""
+        gate = self.rnn.update_gate
+        u = out.updates.detach()                         # (B, T)
+        p = out.update_probs.detach()
+        m = None if lengths is None else _mask(lengths, u.shape[1], u.device)
+        # ũ_{t+1} = Δũ_t after an update: the Δũ values drawn on this batch (others NaN)
+        after = u[:, :-1] > 0.5
+        if m is not None:
+            after = after & (m[:, 1:] > 0)
+        deltas = torch.where(after, p[:, 1:].float(), float("nan")).flatten()
+        q = torch.nanquantile(deltas, torch.tensor([0.1, 0.5, 0.9], device=deltas.device))
+        vals = {"lambda": torch.tensor(float(lam), device=u.device),
+                "bias": gate.bias.detach().reshape(()).float(),
+                "weight_norm": gate.weight.detach().float().norm(),
+                "delta_q10": q[0], "delta_q50": q[1], "delta_q90": q[2],
+                "delta_mean": deltas.nanmean()}
+        um = u if m is None else u * m
+        per_t = um.sum(0) / (u.shape[0] if m is None else m.sum(0).clamp_min(1))
+        for k, chunk in enumerate(per_t.tensor_split(self.POSITION_BUCKETS)):
+            vals[f"updates_pos{k}"] = chunk.mean()
+        self._log_scalars("gate/", vals)
+        # the budget part of the gate's gradient (the task part is the rest, in on_after_backward).
+        # The fast paths back-propagate a call once, so the budget's gradient comes from a second
+        # forward of the same batch (same weights: the same graph; random draws restored after)
+        params = [p for _, p in self._rnn_parameters()]
+        self._budget_grads = None
+        if params:
+            self._budget_grads = tuple(None for _ in params)
+            if lam > 0 or self.target_rate is not None:
+                with torch.random.fork_rng(devices=_rng_devices(u.device)):
+                    again = self.rnn(x, lengths=lengths)
+                    part = self._budget_term(again.updates, lengths, lam)
+                self._budget_grads = torch.autograd.grad(part, params, allow_unused=True)
+
+    def _log_scalars(self, prefix: str, values: dict) -> None:
+        """Log 0-d tensors as step metrics with one device read for all of them."""
+        numbers = torch.stack([v.detach().float().reshape(()) for v in values.values()]).tolist()
+        for k, v in zip(values, numbers):
+            self.log(prefix + k, v, on_step=True, on_epoch=False, batch_size=1)
+
+    def on_after_backward(self):
+        grads = getattr(self, "_budget_grads", None)
+        if grads is None:
+            return
+        self._budget_grads = None
+        gate = self.rnn.update_gate
+        cell_task, cell_budget, dominated, n_cell = [], [], 0, 0
+        vals = {}
+        for (name, p), gb in zip(self._rnn_parameters(), grads):
+            total = p.grad if p.grad is not None else torch.zeros_like(p)
+            gb = torch.zeros_like(p) if gb is None else gb
+            gt = total - gb
+            if p is gate.bias:        # signed: positive makes the optimizer lower Δũ (fewer updates)
+                vals["grad_bias_task"], vals["grad_bias_budget"] = gt.sum(), gb.sum()
+            elif p is gate.weight:
+                vals["grad_weight_task"] = torch.linalg.vector_norm(gt)
+                vals["grad_weight_budget"] = torch.linalg.vector_norm(gb)
+            elif not is_gate_parameter(name):
+                cell_task.append(gt.flatten())
+                cell_budget.append(gb.flatten())
+        if cell_task:
+            gt, gb = torch.cat(cell_task), torch.cat(cell_budget)
+            vals["grad_cell_task"] = torch.linalg.vector_norm(gt)
+            vals["grad_cell_budget"] = torch.linalg.vector_norm(gb)
+            vals["cell_budget_dominated"] = (gb.abs() > gt.abs()).float().mean()
+        self._log_scalars("gate/", vals)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # a callback that stops training (max_time's Timer, SolvedStopping) sets should_stop after
@@ -208,7 +331,10 @@ class SkipRNNModule(pl.LightningModule):
 
     def configure_optimizers(self):
         # Adam with the paper's β/ε; global-norm clipping is done by the Trainer (gradient_clip_val).
-        return torch.optim.Adam(self.parameters(), lr=self.task.lr, betas=(0.9, 0.999), eps=1e-8)
+        # The update gate's W_p, b_p may have their own learning rate (gate_lr_mult, 1 = the paper's).
+        mult = float(self.config.get("gate_lr_mult") or 1.0)
+        groups = self.parameters() if mult == 1.0 else gate_param_groups(self, self.task.lr, mult)
+        return torch.optim.Adam(groups, lr=self.task.lr, betas=(0.9, 0.999), eps=1e-8)
 
     # ------------------------------------------------------------------ random state in checkpoints
     # Random-skip masks (and anything else drawing from the global RNGs) go on where they were after
@@ -352,6 +478,10 @@ def set_rng_state(st: dict) -> None:
             np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         except ImportError:  # pragma: no cover
             pass
+
+
+def _rng_devices(device) -> list:
+    return [device.index or 0] if device.type == "cuda" else []
 
 
 def _mask(lengths, T, device):

@@ -1,0 +1,99 @@
+"""Training controls that keep the update gate from closing before the task is learned.
+
+The budget loss λ·Σ_t u_t (paper Eq. 8) reaches the gate through the straight-through estimator
+with the same sign at every step of every sequence, from the first iteration. Adam divides each
+parameter's step by the running size of its own gradient, so however small λ is, the gate's few
+parameters (``update_gate.weight``, ``update_gate.bias``) move by about the learning rate per step
+in the direction that removes updates — while the task gradient that would keep them open is still
+noise. Two controls, usable with any training loop:
+
+* :class:`BudgetSchedule` — λ is 0 for a warm-up, then ramps linearly to its value;
+* :func:`gate_param_groups` — the gate's parameters get their own learning rate (a multiplier of
+  the others'), so the budget cannot move them faster than the task learns.
+
+(A third, the cap on consecutive skipped steps, is the layers' ``max_skip`` argument.)
+
+Example (plain PyTorch)::
+
+    sched = BudgetSchedule(cost_per_sample=1e-4, warmup_steps=1000, ramp_steps=1000)
+    opt = torch.optim.Adam(gate_param_groups(model, lr=1e-3, gate_lr_mult=0.1))
+    for step, (x, y) in enumerate(loader):
+        out = model.rnn(x)
+        loss = task_loss(out, y) + budget_loss(out.updates, sched(step))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+__all__ = ["BudgetSchedule", "gate_param_groups", "is_gate_parameter"]
+
+
+def _check_number(name: str, v, lo: float = 0.0, integer: bool = False) -> None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= lo
+    if integer:
+        ok = ok and float(v).is_integer()
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        raise ValueError(f"{name} must be {kind} >= {lo:g}, got {v!r}")
+
+
+@dataclass(frozen=True)
+class BudgetSchedule:
+    """λ as a function of the optimizer step: 0 for ``warmup_steps``, then a linear ramp over
+    ``ramp_steps`` to ``cost_per_sample``, then constant.
+
+    ``BudgetSchedule(λ)`` (no warm-up, no ramp) is the paper's constant λ. Call it with the
+    number of optimizer steps already taken: ``sched(step) -> float``.
+    """
+
+    cost_per_sample: float
+    warmup_steps: int = 0
+    ramp_steps: int = 0
+
+    def __post_init__(self):
+        _check_number("cost_per_sample", self.cost_per_sample)
+        _check_number("warmup_steps", self.warmup_steps, integer=True)
+        _check_number("ramp_steps", self.ramp_steps, integer=True)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return 0.0
+        if self.ramp_steps and step < self.warmup_steps + self.ramp_steps:
+            # step = warmup: the first step with a non-zero budget (1/ramp of λ)
+            return self.cost_per_sample * (step - self.warmup_steps + 1) / self.ramp_steps
+        return float(self.cost_per_sample)
+
+    @property
+    def constant(self) -> bool:
+        """Whether λ is the same at every step (the paper's)."""
+        return self.warmup_steps == 0 and self.ramp_steps <= 1
+
+
+def is_gate_parameter(name: str) -> bool:
+    """Whether the parameter called ``name`` (as in ``named_parameters()``) is an update gate's
+    W_p / b_p (``update_gate.weight`` / ``update_gate.bias`` of a Skip layer, at any depth)."""
+    return name == "update_gate" or name.startswith("update_gate.") or ".update_gate." in name
+
+
+def gate_param_groups(model: nn.Module, lr: float, gate_lr_mult: float = 1.0) -> list[dict]:
+    """Optimizer parameter groups: every parameter of ``model`` at ``lr``, except the update
+    gates' W_p and b_p at ``lr * gate_lr_mult``.
+
+    Returns ``[{"params": [...], "lr": lr, "name": "main"}, {"params": [...], "lr": lr *
+    gate_lr_mult, "name": "update_gate"}]`` (the second only when the model has a gate), for any
+    ``torch.optim`` optimizer. Frozen parameters (``requires_grad=False``) are left out.
+    """
+    _check_number("lr", lr)
+    _check_number("gate_lr_mult", gate_lr_mult)
+    main, gate = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (gate if is_gate_parameter(name) else main).append(p)
+    groups = [{"params": main, "lr": lr, "name": "main"}]
+    if gate:
+        groups.append({"params": gate, "lr": lr * gate_lr_mult, "name": "update_gate"})
+    return groups

@@ -1,0 +1,54 @@
+"""The training controls of skiprnn.controls: the budget schedule and the gate's parameter group."""
+
+import pytest
+import torch
+
+import skiprnn
+from skiprnn.controls import BudgetSchedule, gate_param_groups, is_gate_parameter
+
+
+def test_budget_schedule_is_zero_in_warmup_then_ramps_then_constant():
+    s = BudgetSchedule(1e-4, warmup_steps=3, ramp_steps=4)
+    got = [s(k) for k in range(9)]
+    assert got[:3] == [0.0, 0.0, 0.0]
+    assert got[3:7] == pytest.approx([0.25e-4, 0.5e-4, 0.75e-4, 1e-4])
+    assert got[7:] == [1e-4, 1e-4]
+    assert not s.constant
+    assert BudgetSchedule(1e-4).constant and BudgetSchedule(1e-4)(0) == 1e-4   # the paper's
+
+
+@pytest.mark.parametrize("kw", [dict(cost_per_sample=-1.0), dict(cost_per_sample=1e-4, warmup_steps=-1),
+                                dict(cost_per_sample=1e-4, ramp_steps=2.5),
+                                dict(cost_per_sample=float("nan"))])
+def test_budget_schedule_refuses_bad_values(kw):
+    with pytest.raises(ValueError, match="must be"):
+        BudgetSchedule(**kw)
+
+
+def test_gate_param_groups_put_exactly_the_gate_at_its_own_lr():
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"rnn": skiprnn.SkipLSTM(2, 8, num_layers=2),
+                                 "head": torch.nn.Linear(8, 1)})
+    model["head"].bias.requires_grad_(False)            # frozen: left out
+    groups = gate_param_groups(model, lr=1e-3, gate_lr_mult=0.1)
+    assert [g["name"] for g in groups] == ["main", "update_gate"]
+    assert groups[0]["lr"] == 1e-3 and groups[1]["lr"] == pytest.approx(1e-4)
+    gate = {id(p) for p in model["rnn"].update_gate.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == gate
+    others = {id(p) for n, p in model.named_parameters() if "update_gate" not in n and p.requires_grad}
+    assert {id(p) for p in groups[0]["params"]} == others
+    # an optimizer takes them as they are, and steps the gate at its own rate
+    opt = torch.optim.SGD(groups, lr=1e-3)
+    b0 = model["rnn"].update_gate.bias.detach().clone()
+    model["rnn"].update_gate.bias.grad = torch.ones(1)
+    opt.step()
+    torch.testing.assert_close(model["rnn"].update_gate.bias.detach(), b0 - 1e-4)
+    # no gate, one group
+    assert len(gate_param_groups(torch.nn.LSTM(2, 8), lr=1e-3, gate_lr_mult=0.1)) == 1
+    with pytest.raises(ValueError, match="gate_lr_mult"):
+        gate_param_groups(model, lr=1e-3, gate_lr_mult=-1)
+
+
+def test_is_gate_parameter_names():
+    assert is_gate_parameter("update_gate.weight") and is_gate_parameter("rnn.update_gate.bias")
+    assert not is_gate_parameter("rnn.weight_hh_l0") and not is_gate_parameter("my_update_gate_x.w")
