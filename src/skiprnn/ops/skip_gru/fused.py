@@ -209,10 +209,10 @@ if HAS_TRITON:
                 tl.store(dg_t + goff + 2 * H, dn, mask=m2)
                 tl.store(dg_t + goff + 3 * H, dn * r, mask=m2)
                 tl.store(gh_nxt + soff, (1.0 - ub) * gh + ghc * zg, mask=m2)
-            # ũ = cum + min(up, 1 - cum): d/dup = d/dcum = a, a = 1, 0, or 1/2 at a tie
+            # ũ = cum + min(up, 1 - cum): d/dup = d/dcum = a = 1[up <= 1 - cum] (TF's min at a tie)
             g_ut = m * (gu + (1.0 - u) * gcum + gprob)
             one_m = 1.0 - cum_p
-            a = tl.where(up_p < one_m, 1.0, tl.where(up_p > one_m, 0.0, 0.5))
+            a = tl.where(up_p <= one_m, 1.0, 0.0)
             gup = m * (1.0 - u) * gup + (1.0 - m) * gup + a * g_ut
             gcum = (1.0 - m) * gcum + a * g_ut
             tl.debug_barrier()  # DG[t] and the partial dh are complete
@@ -406,6 +406,13 @@ class _SkipGRUTriton(torch.autograd.Function):
 # public function
 # ----------------------------------------------------------------------------------------------
 
+def _check_reset_after(reset_after: bool) -> None:
+    if reset_after is not True:
+        raise ValueError("the Triton Skip GRU kernels compute nn.GRU's candidate (reset_after="
+                         f"True); got reset_after={reset_after!r}: use backend 'cpu' or "
+                         "'reference' for the paper's GRU")
+
+
 def skip_gru_triton(
     x: Tensor,
     h0: Tensor,
@@ -421,6 +428,7 @@ def skip_gru_triton(
     forced: Tensor | None = None,
     constant_delta: float | None = None,
     precision: str | None = None,
+    reset_after: bool = True,
 ):
     """Skip GRU over a whole sequence with fused Triton kernels (forward and backward).
 
@@ -430,10 +438,12 @@ def skip_gru_triton(
 
     Supported: one layer, a float threshold, ``forced=None``, ``constant_delta=None`` (ValueError
     otherwise; use the reference). ``dropout`` only acts between layers, so it is ignored here.
+    ``reset_after=False`` (the paper's candidate) is not implemented in these kernels: ValueError.
     ``precision``: 'ieee' (exact fp32 products) or 'tf32' (tensor cores); default 'tf32' on CUDA
     ('ieee' for float64 and under ``TRITON_INTERPRET=1``); env ``SKIPRNN_TRITON_PRECISION``.
     """
     require_triton()
+    _check_reset_after(reset_after)
     if len(layers) != 1:
         raise ValueError(f"skip_gru_triton supports one layer, got {len(layers)}")
     if forced is not None or constant_delta is not None:
@@ -482,11 +492,13 @@ def skip_gru_triton_infer(
     forced: Tensor | None = None,
     constant_delta: float | None = None,
     precision: str | None = None,
+    reset_after: bool = True,
 ):
     """Forward-only Skip GRU (no autograd, nothing saved for a backward): ``skip_gru_naive``'s
     signature and returns. Uses the cooperative kernel (h ping-pong, no history) where it applies,
     else the training forward under ``no_grad``."""
     require_triton()
+    _check_reset_after(reset_after)
     if len(layers) != 1 or forced is not None or constant_delta is not None \
             or (isinstance(threshold, Tensor) and threshold.dim() != 0) or x.dim() != 3 \
             or x.shape[0] == 0:

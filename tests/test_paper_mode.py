@@ -1,0 +1,223 @@
+"""The paper-mode options of the layers (issue 11): one bias per gate, the paper's GRU candidate
+(``reset_after=False``), TF's joint-kernel initialisation, on every layer class and builder.
+(Equality with the official cells' equations: ``test_paper_exact.py``.)"""
+
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from skiprnn import (PeriodicSkipGRU, PlainGRU, PlainLSTM, RandomSkipGRU, SkipGRU, SkipGRUCell,
+                     SkipLSTM, SkipLSTMCell, build_rnn, flops_per_update)
+from skiprnn.ops.skip_gru.naive import gru_cell
+
+DT = torch.float64
+
+
+def _copy_params(dst, src):
+    """Copy the parameters ``src`` has (the RNN weights) into ``dst``."""
+    with torch.no_grad():
+        theirs = dict(src.named_parameters())
+        for n, p in dst.named_parameters():
+            if n in theirs:
+                p.copy_(theirs[n])
+
+
+@pytest.mark.parametrize("cls", [SkipLSTM, SkipGRU])
+def test_single_bias_has_no_bias_hh_and_adam_moves_the_bias_like_tf(cls):
+    """Two biases get identical gradients, so Adam moves their sum twice as fast; one bias moves
+    as TF's does. Same function when bias_hh = 0."""
+    torch.manual_seed(0)
+    two = cls(3, 5, dtype=DT)
+    one = cls(3, 5, single_bias=True, dtype=DT)
+    assert "bias_hh_l0" not in dict(one.named_parameters())
+    assert "bias_hh_l0" not in one.state_dict() and "_zero_bias" not in one.state_dict()
+    assert "single_bias=True" in repr(one)
+    _copy_params(one, two)
+    with torch.no_grad():
+        two.bias_hh_l0.zero_()
+    x = torch.randn(11, 4, 3, dtype=DT)
+    for m in (one, two):
+        m.last_loss = m(x).output.pow(2).sum()
+    torch.testing.assert_close(one.last_loss, two.last_loss, atol=1e-12, rtol=0)
+    moved = []
+    for m in (one, two):
+        before = m.bias_ih_l0.detach().clone() + (0 if m.single_bias else m.bias_hh_l0.detach())
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        m.last_loss.backward()
+        opt.step()
+        after = m.bias_ih_l0.detach() + (0 if m.single_bias else m.bias_hh_l0.detach())
+        moved.append((after - before).abs())
+    big = moved[1] > 1e-6
+    torch.testing.assert_close(moved[1][big], 2 * moved[0][big], rtol=1e-6, atol=0)
+
+
+def test_single_bias_needs_bias_and_is_a_bool():
+    with pytest.raises(ValueError, match="bias=True"):
+        SkipLSTM(2, 3, bias=False, single_bias=True)
+    with pytest.raises(TypeError, match="single_bias must be a bool"):
+        SkipGRU(2, 3, single_bias="yes")
+    with pytest.raises(TypeError, match="reset_after must be a bool"):
+        SkipGRU(2, 3, reset_after=0)
+
+
+def test_single_bias_follows_dtype_and_device_moves():
+    m = SkipLSTM(2, 3, single_bias=True).to(DT)
+    assert all(p.dtype == DT for lay in m._layers() for p in lay)
+    m(torch.randn(4, 1, 2, dtype=DT))
+
+
+def test_reset_after_changes_the_candidate_only_for_false():
+    torch.manual_seed(1)
+    a = SkipGRU(3, 6, dtype=DT)
+    b = SkipGRU(3, 6, reset_after=False, dtype=DT)
+    _copy_params(b, a)
+    x = torch.randn(9, 2, 3, dtype=DT)
+    assert not torch.allclose(a(x).output, b(x).output)
+    assert "reset_after=False" in repr(b) and "reset_after" not in repr(a)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gru_cell_reset_before_equals_the_tf_form(reset_after):
+    """``reset_after=False`` is ``tanh(W_c [x, r ⊙ h] + b_c)`` with ``W_c = [W_in | W_hn]``."""
+    torch.manual_seed(2)
+    I, H, B = 3, 4, 5
+    w_ih, w_hh = torch.randn(3 * H, I, dtype=DT), torch.randn(3 * H, H, dtype=DT)
+    b_ih, b_hh = torch.randn(3 * H, dtype=DT), torch.randn(3 * H, dtype=DT)
+    x, h = torch.randn(B, I, dtype=DT), torch.randn(B, H, dtype=DT)
+    r = torch.sigmoid(x @ w_ih[:H].t() + b_ih[:H] + h @ w_hh[:H].t() + b_hh[:H])
+    z = torch.sigmoid(x @ w_ih[H:2 * H].t() + b_ih[H:2 * H] + h @ w_hh[H:2 * H].t() + b_hh[H:2 * H])
+    if reset_after:
+        n = torch.tanh(x @ w_ih[2 * H:].t() + b_ih[2 * H:] + r * (h @ w_hh[2 * H:].t() + b_hh[2 * H:]))
+    else:
+        w_c = torch.cat([w_ih[2 * H:], w_hh[2 * H:]], 1)
+        n = torch.tanh(torch.cat([x, r * h], 1) @ w_c.t() + b_ih[2 * H:] + b_hh[2 * H:])
+    want = z * h + (1 - z) * n
+    got = gru_cell(x, h, w_ih, w_hh, b_ih, b_hh, reset_after)
+    torch.testing.assert_close(got, want, atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_flop_count_is_the_same_for_both_candidates(reset_after):
+    """The paper's FLOP count (§6) is the cell's multiply-accumulates: r ⊙ h before or after the
+    product does not change them (3·(I + H)·H per GRU step)."""
+    I, H, B = 5, 7, 1
+    args = [torch.randn(*s) for s in ((B, I), (B, H), (3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
+    with FlopCounterMode(display=False) as fc:
+        gru_cell(*args, reset_after=reset_after)
+    macs = fc.get_total_flops() / 2
+    assert macs == flops_per_update("gru", I, H, skip=False) == 3 * (I + H) * H
+
+
+def test_cells_take_the_options_and_equal_the_layer():
+    torch.manual_seed(3)
+    for cell, layer in ((SkipGRUCell(3, 4, reset_after=False, single_bias=True, dtype=DT),
+                         SkipGRU(3, 4, reset_after=False, single_bias=True, dtype=DT)),
+                        (SkipLSTMCell(3, 4, single_bias=True, dtype=DT),
+                         SkipLSTM(3, 4, single_bias=True, dtype=DT))):
+        assert cell.bias_hh is None
+        with torch.no_grad():
+            for n, p in cell.named_parameters():
+                dict(layer.named_parameters())[n if n.startswith("update_gate") else n + "_l0"].copy_(p)
+        x = torch.randn(6, 2, 3, dtype=DT)
+        ref = layer(x)
+        st, outs = None, []
+        for t in range(6):
+            o = cell(x[t], st)
+            st = o.state
+            outs.append(o.output)
+        torch.testing.assert_close(torch.stack(outs), ref.output, atol=1e-12, rtol=0)
+
+
+def test_baselines_take_the_options():
+    torch.manual_seed(4)
+    x = torch.randn(10, 3, 2, dtype=DT)
+    for cls in (RandomSkipGRU, PeriodicSkipGRU):
+        m = cls(2, 5, reset_after=False, single_bias=True, dtype=DT)
+        assert m.reset_after is False and m.bias_hh_l0 is None
+        m(x)
+    # the plain GRU in the paper's form: the Skip GRU with every step updating
+    plain = PlainGRU(2, 5, num_layers=2, reset_after=False, dtype=DT)
+    skip = SkipGRU(2, 5, num_layers=2, reset_after=False, dtype=DT)
+    _copy_params(skip, plain)
+    with torch.no_grad():
+        skip.update_gate.weight.zero_()
+        skip.update_gate.bias.fill_(50.0)
+    lengths = torch.tensor([10, 4, 7])
+    a, b = plain(x, lengths=lengths), skip(x, lengths=lengths)
+    torch.testing.assert_close(a.output, b.output, atol=1e-12, rtol=0)
+    torch.testing.assert_close(a.state, b.state.h, atol=1e-12, rtol=0)
+    assert torch.equal(a.updates, b.updates)
+    assert not torch.allclose(PlainGRU(2, 5, dtype=DT).forward(x).output,
+                              plain.forward(x).output)
+    lstm = PlainLSTM(2, 5, single_bias=True)
+    assert not lstm.bias_hh_l0.requires_grad and (lstm.bias_hh_l0 == 0).all()
+    lstm(torch.randn(4, 1, 2)).output.sum().backward()
+    assert lstm.bias_hh_l0.grad is None and lstm.bias_ih_l0.grad is not None
+
+
+def test_from_plain_refuses_the_paper_options():
+    with pytest.raises(ValueError, match="reset_after=False"):
+        SkipGRU.from_gru(torch.nn.GRU(2, 3), reset_after=False)
+    with pytest.raises(ValueError, match="single_bias=True"):
+        SkipLSTM.from_lstm(torch.nn.LSTM(2, 3), single_bias=True)
+
+
+def test_build_rnn_options():
+    m = build_rnn("skip_gru", 2, 4, reset_after=False, single_bias=True)
+    assert m.reset_after is False and m.single_bias
+    assert build_rnn("gru", 2, 4, reset_after=False).reset_after is False
+    with pytest.raises(ValueError, match="GRU models only"):
+        build_rnn("skip_lstm", 2, 4, reset_after=False)
+    with pytest.raises(ValueError, match="paper_init=True"):
+        build_rnn("skip_lstm", 2, 4, paper_init_joint=True)
+
+
+def test_auto_backend_routes_the_paper_gru():
+    m = SkipGRU(2, 4, reset_after=False)
+    x = torch.randn(5, 3, 2)
+    m(x)
+    assert m.last_backend == "cpu"
+    with torch.no_grad():
+        m(x)
+    assert m.last_backend == "skipping"
+    from skiprnn.ops.dispatch import select
+    assert select("gru", "auto", device_type="cuda", num_layers=1, fast_ok=True,
+                  reset_after=False)[0] == "cpu"
+
+
+@pytest.mark.parametrize("name,I,H", [("skip_lstm", 1, 110), ("skip_gru", 1, 110),
+                                      ("lstm", 3, 40), ("gru", 3, 40)])
+def test_paper_init_joint_bounds(name, I, H):
+    """TF's Glorot over the joint kernel: bound sqrt(6 / (I + H + G·H)); the GRU's gates and
+    candidate kernels each have their own. The separate form (default) keeps its bounds."""
+    torch.manual_seed(5)
+    gru = name.endswith("gru")
+    kw = {"reset_after": False} if gru else {}
+    m = build_rnn(name, I, H, paper_init=True, paper_init_joint=True, **kw)
+    w = torch.cat([m.weight_ih_l0, m.weight_hh_l0], 1)
+    blocks = [(0, 2 * H), (2 * H, 3 * H)] if gru else [(0, 4 * H)]
+    for lo, hi in blocks:
+        bound = math.sqrt(6 / (I + H + hi - lo))
+        blk = w[lo:hi].abs()
+        assert blk.max() <= bound
+        assert blk.max() > 0.95 * bound  # uses the whole range
+    b = m.bias_ih_l0.detach()
+    if gru:
+        assert (b[:2 * H] == 1).all() and (b[2 * H:] == 0).all()
+    else:
+        assert (b[H:2 * H] == 1).all() and b[:H].abs().sum() == 0 and b[2 * H:].abs().sum() == 0
+    if hasattr(m, "update_gate"):
+        assert m.update_gate.bias.item() == 1.0
+    # the default (separate Glorot) is unchanged: W_ih of the LSTM with I = 1 exceeds the joint bound
+    if name == "skip_lstm":
+        sep = build_rnn(name, I, H, paper_init=True)
+        assert sep.weight_ih_l0.abs().max() > math.sqrt(6 / (I + H + 4 * H))
+        assert sep.weight_ih_l0.abs().max() <= math.sqrt(6 / (I + 4 * H))
+
+
+def test_cell_paper_init_joint():
+    c = SkipGRUCell(1, 50, reset_after=False, single_bias=True).paper_init_(joint=True)
+    assert c.weight_ih[2 * 50:].abs().max() <= math.sqrt(6 / (1 + 100))
+    assert (c.bias_ih[:100] == 1).all()
