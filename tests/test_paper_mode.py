@@ -221,3 +221,39 @@ def test_cell_paper_init_joint():
     c = SkipGRUCell(1, 50, reset_after=False, single_bias=True).paper_init_(joint=True)
     assert c.weight_ih[2 * 50:].abs().max() <= math.sqrt(6 / (1 + 100))
     assert (c.bias_ih[:100] == 1).all()
+
+
+@pytest.mark.parametrize("name", ["skip_lstm", "skip_gru", "lstm", "gru", "random_skip_gru"])
+def test_paper_model(name):
+    from skiprnn import paper_model
+    from skiprnn.modules import paper_layer_kwargs
+
+    torch.manual_seed(6)
+    m = paper_model(name, 1, 16, batch_first=True)
+    gru = name.endswith("gru")
+    assert m.single_bias and m.learn_init and m.batch_first
+    assert getattr(m, "reset_after", True) is (not gru)
+    assert paper_layer_kwargs(name).get("reset_after", True) is (not gru)
+    assert not any(n.startswith("bias_hh") and p.requires_grad for n, p in m.named_parameters())
+    bound = math.sqrt(6 / (1 + 16 + (2 if gru else 4) * 16))
+    assert m.weight_hh_l0[:(2 if gru else 4) * 16].abs().max() <= bound
+    out = m(torch.rand(2, 30, 1))
+    out.output.sum().backward()
+    assert m.init_state.grad is not None
+
+
+def test_paper_recipe_functions():
+    from skiprnn.optim import TFAdam
+    from skiprnn.training.paper import PAPER_RECIPE, paper_optimizer, paper_task_options
+
+    assert paper_task_options("mnist") == {"val_split": "first", "eval_drop_last": True}
+    assert paper_task_options("adding") == {}
+    m = SkipLSTM(2, 3)
+    groups = [{"params": [m.weight_ih_l0]}, {"params": [m.update_gate.weight], "lr": 1e-3}]
+    opt = paper_optimizer(groups)
+    assert isinstance(opt, TFAdam)
+    assert [g["lr"] for g in opt.param_groups] == [PAPER_RECIPE["lr"], 1e-3]
+    assert opt.param_groups[0]["eps"] == 1e-8 and opt.param_groups[0]["betas"] == (0.9, 0.999)
+    from skiprnn.tasks import get_task
+    task = get_task("mnist", **paper_task_options("mnist"))
+    assert task.val_split == "first" and task.eval_drop_last

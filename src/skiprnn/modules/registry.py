@@ -81,3 +81,30 @@ def _paper_init_plain(m: nn.RNNBase, joint: bool = False) -> None:
     with torch.no_grad():
         for k in range(m.num_layers):
             paper_init_weights(mode, *(getattr(m, f"{n}_l{k}") for n in _PARAM_NAMES), joint=joint)
+
+
+def paper_layer_kwargs(name: str) -> dict:
+    """``build_rnn`` keyword arguments that make model ``name`` the paper code's model (issue 11):
+    one bias per gate, the GRU's reset gate before the product (GRU models), a learned initial
+    state, TF's Glorot over the joint kernels, forget / gate biases as the code's."""
+    kw = {"single_bias": True, "learn_init": True, "paper_init": True, "paper_init_joint": True}
+    if cell_kind(name) == "gru":
+        kw["reset_after"] = False
+    return kw
+
+
+def paper_model(name: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                **kwargs) -> nn.Module:
+    """The paper code's layer ``name`` (any of ``MODELS``): ``build_rnn`` with
+    :func:`paper_layer_kwargs` (``kwargs`` add to them or override them, e.g. ``batch_first``).
+
+    Equal, to rounding, to the official TensorFlow cells on the same weights
+    (``tests/test_paper_exact.py``): ``SkipLSTM`` / ``SkipGRU`` with ``single_bias=True``
+    (GRU: ``reset_after=False``), ``learn_init=True``, then ``paper_init_(joint=True)``. One
+    deliberate difference: in a stack each GRU layer's candidate reads the previous layer's h
+    (the official ``MultiSkipGRUCell`` gives it the raw input, a bug). The plain GRU in this form
+    runs on the reference loop (nn.GRU has no reset-before candidate).
+    """
+    return build_rnn(name, input_size, hidden_size, num_layers,
+                     **{**paper_layer_kwargs(name), **kwargs})
+
