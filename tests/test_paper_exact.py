@@ -7,7 +7,9 @@ from the equations in ``paper.md`` §1.4-1.5, in TF's layout: batch-major input,
 identity gradient, ``tf.minimum``'s gradient, the learned initial state tiled over the batch and
 the budget loss ``mean_b Σ_t λ·u_t``). Our layers with ``single_bias=True`` (GRU:
 ``reset_after=False``) and ``learn_init=True`` must equal them to 1e-12 in outputs, update
-probabilities, the exact 0/1 gate sequence and every parameter's gradient.
+probabilities, the exact 0/1 gate sequence and every parameter's gradient, on the reference and
+CPU backends (784-step MNIST-shaped inputs included) and on the Triton kernels (interpreted
+without a GPU: tiny shapes).
 
 Deliberate difference: the official ``MultiSkipGRUCell`` feeds the raw input to every layer's
 candidate kernel (paper.md §1.5, a bug there); the transcription, like our layers, feeds each
@@ -283,21 +285,19 @@ def test_mnist_shaped_784_steps(kind, backend):
             rate=(0.3, 0.6))
 
 
-def test_triton_interpreted():
-    """The fused Triton Skip LSTM (TRITON_INTERPRET=1 without a GPU), tiny shape. The Triton
-    Skip GRU has only nn.GRU's candidate (see ``test_triton_refuses_paper_gru``)."""
+def _interpreted_triton():
     pytest.importorskip("triton")
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no GPU and Triton not in interpreter mode")
     if torch.cuda.is_available():
         pytest.skip("float64 comparison: interpreter only")
-    compare("lstm", T=9, B=2, I=2, H=4, L=1, backend="triton", seed=4, delta=0.3)
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU and Triton not in interpreter mode")
 
 
-def test_triton_refuses_paper_gru():
-    layer = paper_layer("gru", 2, 4, 1, "triton")
-    with pytest.raises(ValueError, match="reset_after=False"):
-        layer(torch.rand(2, 3, 2, dtype=DT))
+@pytest.mark.parametrize("kind", KINDS)
+def test_triton_interpreted(kind):
+    """The fused Triton kernels (TRITON_INTERPRET=1 without a GPU), tiny shape."""
+    _interpreted_triton()
+    compare(kind, T=9, B=2, I=2, H=4, L=1, backend="triton", seed=4, delta=0.3)
 
 
 # a strong update gate: Δũ = σ(...) is exactly 1.0 in float64 on some updates (ties of the min
@@ -329,9 +329,7 @@ BACKENDS = ["reference", "cpu"]
 def test_min_tie_gradient_goes_to_delta(kind, backend, up0, cum0):
     """ũ = cum + min(Δũ, 1 - cum) at an exact tie: ∂ũ/∂Δũ = ∂ũ/∂cum = 1 (TF), not 1/2."""
     if backend == "triton":
-        pytest.importorskip("triton")
-        if torch.cuda.is_available():
-            pytest.skip("float64 check: interpreter only")
+        _interpreted_triton()
     layer = (SkipLSTM(2, 3, dtype=DT, backend=backend) if kind == "lstm"
              else SkipGRU(2, 3, dtype=DT, backend=backend))
     B = 2

@@ -563,12 +563,13 @@ def _skipping(kind, x, hc, update_prob0, cum_prob0, layers, gate_weight, gate_bi
         cs = list(hc[1].unbind(0)) if kind == "lstm" else None
         B = x.shape[1]
         thr = float(threshold)
-        if x.device.type == "cuda" and B > 1 and L == 1 and constant_delta is None and reset_after:
+        if x.device.type == "cuda" and B > 1 and L == 1 and constant_delta is None:
             fused = _triton_infer(kind)
             if fused is not None:
                 # one persistent kernel: state stays on chip, no host round trip per step
                 return fused(x, hc[0], *([hc[1]] if kind == "lstm" else []), update_prob0,
-                             cum_prob0, layers, gate_weight, gate_bias, mask=mask, threshold=thr)
+                             cum_prob0, layers, gate_weight, gate_bias, mask=mask, threshold=thr,
+                             **({} if kind == "lstm" else {"reset_after": reset_after}))
         valid = None if mask is None else mask.detach().to("cpu", torch.bool).numpy()
         npdt = np_dtype(x.dtype)
         if B == 1 and x.device.type == "cpu" and reset_after:  # NumPy maths: nn.GRU's candidate
@@ -613,7 +614,7 @@ def skip_gru_skipping(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Te
                       constant_delta: float | None = None, reset_after: bool = True):
     """Skip GRU inference whose skipped steps do no work; signature and return tuple of
     ``skiprnn.ops.skip_gru.naive.skip_gru_naive``. With ``reset_after=False`` (the paper's GRU)
-    batch size 1 runs on the batched (torch) engine, CUDA batches without the Triton kernel.
+    batch size 1 runs on the batched (torch) engine.
 
     Returns ``(output (T, B, H), h_n (L, B, H), update_prob (B,), cum_prob (B,), updates (T, B),
     update_probs (T, B))``.

@@ -146,8 +146,9 @@ class PlainGRU(_Plain, nn.GRU):
     """nn.GRU (cuDNN on GPU) with the Skip layers' output contract; ``state`` is ``h_n``.
 
     ``reset_after=False`` (the paper code's GRU candidate, see :class:`skiprnn.SkipGRU`) is not
-    something nn.GRU computes: it runs on the Skip GRU reference loop with every valid step
-    updating (same parameters, slower; there is no cuDNN kernel for it).
+    something nn.GRU (cuDNN) computes: it runs on the Skip GRU backends (``dispatch``: the CPU /
+    Triton fast paths for one layer, else the reference loop) with the update gate held open
+    (Δũ = σ(100) = 1.0 exactly, so every valid step updates). Same parameters as nn.GRU's.
     """
 
     def __init__(self, *args, reset_after: bool = True, **kwargs):
@@ -159,18 +160,19 @@ class PlainGRU(_Plain, nn.GRU):
     def _run(self, x, hx, lengths, mask):
         if self.reset_after:
             return super()._run(x, hx, lengths, mask)
-        from ..ops.skip_gru.naive import skip_gru_naive
+        from ..ops import dispatch
 
-        T, B = x.shape[:2]
+        B, H, L = x.shape[1], self.hidden_size, self.num_layers
         if hx is None:
-            hx = x.new_zeros(self.num_layers, B, self.hidden_size)
+            hx = x.new_zeros(L, B, H)
         layers = [tuple(getattr(self, f"{n}_l{k}") for n in
-                        ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-                  for k in range(self.num_layers)]
-        out, h_n, *_ = skip_gru_naive(x, hx, x.new_ones(B), x.new_zeros(B), layers, None, None,
-                                      mask=mask, dropout=self.dropout, training=self.training,
-                                      forced=x.new_ones(T, B), constant_delta=1.0,
-                                      reset_after=False)
+                        ("weight_ih", "weight_hh", "bias_ih", "bias_hh")) for k in range(L)]
+        dropout = self.training and self.dropout > 0 and L > 1
+        _, fn = dispatch.select("gru", "auto", device_type=x.device.type, num_layers=L,
+                                fast_ok=not dropout, grad=torch.is_grad_enabled(), skip_ok=True)
+        out, h_n, *_ = fn(x, hx, x.new_ones(B), x.new_zeros(B), layers, x.new_zeros(1, H),
+                          x.new_full((1,), 100.0), mask=mask, dropout=self.dropout,
+                          training=self.training, reset_after=False)
         return out, h_n
 
     def extra_repr(self):

@@ -330,7 +330,7 @@ class _SkipRNNBase(nn.Module):
                    and not (self.training and self.dropout > 0 and self.num_layers > 1))
         name, fn = dispatch.select(self.mode, self.backend, device_type=x.device.type,
                                    num_layers=self.num_layers, fast_ok=not needs_ref,
-                                   grad=grad, skip_ok=skip_ok, **self._cell_kwargs())
+                                   grad=grad, skip_ok=skip_ok)
         self.last_backend = name
         state = self._parse_hx(hx, B, x, unbatched, shared_fresh=name == "triton")
         gw = self.update_gate.weight if self.update_gate is not None else None

@@ -48,10 +48,6 @@ def _load(kind: str, backend: str):
         return None
 
 
-# backends that compute the paper's GRU candidate (reset_after=False); the others refuse it
-_RESET_BEFORE = ("reference", "cpu", "skipping")
-
-
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -61,11 +57,8 @@ def triton_available() -> bool:
 
 
 def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_ok: bool,
-           grad: bool = True, skip_ok: bool = False, reset_after: bool = True):
+           grad: bool = True, skip_ok: bool = False):
     """Return ``(name, function)`` for the requested backend.
-
-    ``reset_after=False`` (GRU: the paper's candidate) runs only on the backends in
-    ``_RESET_BEFORE``: 'auto' passes the others over, naming one raises.
 
     ``fast_ok`` is False when the call needs something only the reference does (several layers,
     Bernoulli sampling, baselines' forced gates, dropout). 'auto' then falls back to the reference;
@@ -79,9 +72,6 @@ def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
             raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {env!r}")
         backend = env
     check_backend(backend)
-    if not reset_after and backend not in _RESET_BEFORE + ("auto",):
-        raise ValueError(f"backend {backend!r} computes nn.GRU's candidate only; reset_after=False "
-                         f"(the paper's GRU) runs on {_RESET_BEFORE}: use one of those or 'auto'")
     if backend == "reference":
         return "reference", _load(kind, "reference")
     if backend == "skipping" and grad:
@@ -100,8 +90,6 @@ def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
         order = ["triton", "cpu"] if device_type == "cuda" else ["cpu"]
         for name in order:
             if name == "triton" and not triton_available():
-                continue
-            if not reset_after and name not in _RESET_BEFORE:
                 continue
             fn = _load(kind, name)
             if fn is not None:
