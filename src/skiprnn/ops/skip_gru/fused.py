@@ -49,6 +49,21 @@ if HAS_TRITON:
     # kernels
     # ------------------------------------------------------------------------------------------
 
+    @triton.jit
+    def _rows_dot(acc, A, a_stride, rows64, rmask, Wm, w_stride, cols, cmask, offs_k, K,
+                  BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+        """``acc + A[rows, :K] @ Wm[:K, cols]`` (row strides ``a_stride``, ``w_stride``), in
+        BLOCK_K tiles of K (the reset-before GRU's products, one operand at a time)."""
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + offs_k
+            kmask = ks < K
+            a = tl.load(A + rows64[:, None] * a_stride + ks[None, :],
+                        mask=rmask[:, None] & kmask[None, :], other=0.0)
+            w = tl.load(Wm + ks[:, None].to(tl.int64) * w_stride + cols[None, :],
+                        mask=kmask[:, None] & cmask[None, :], other=0.0)
+            acc = _mma(a, w, acc, PRECISION)
+        return acc
+
     @triton.jit(do_not_specialize=["T", "B"])
     def _skip_gru_fwd_kernel(
         XP, WT, BHN, WP, BP, MASK, UP0, CUM0,
@@ -101,18 +116,11 @@ if HAS_TRITON:
                 for n0 in range(0, H, BLOCK_N):
                     cols = n0 + offs_n
                     cmask = cols < H
-                    acc_r = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
-                    acc_z = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
-                    for k0 in range(0, H, BLOCK_K):
-                        ks = k0 + offs_k
-                        kmask = ks < H
-                        hk = tl.load(h_cur + rows64[:, None] * H + ks[None, :],
-                                     mask=rmask[:, None] & kmask[None, :], other=0.0)
-                        wptr = WT + ks[:, None].to(tl.int64) * H3 + cols[None, :]
-                        wmask = kmask[:, None] & cmask[None, :]
-                        acc_r = _mma(hk, tl.load(wptr, mask=wmask, other=0.0), acc_r, PRECISION)
-                        acc_z = _mma(hk, tl.load(wptr + H, mask=wmask, other=0.0), acc_z,
-                                     PRECISION)
+                    zero_t = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
+                    acc_r = _rows_dot(zero_t, h_cur, H, rows64, rmask, WT, H3, cols, cmask,
+                                      offs_k, H, BLOCK_K, PRECISION)
+                    acc_z = _rows_dot(zero_t, h_cur, H, rows64, rmask, WT + H, H3, cols, cmask,
+                                      offs_k, H, BLOCK_K, PRECISION)
                     m2 = rmask[:, None] & cmask[None, :]
                     xoff = rows64[:, None] * H3 + cols[None, :]
                     goff = rows64[:, None] * H4 + cols[None, :]
@@ -128,16 +136,9 @@ if HAS_TRITON:
                 cols = n0 + offs_n
                 cmask = cols < H
                 if not RESET_AFTER:
-                    acc_n = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
-                    for k0 in range(0, H, BLOCK_K):
-                        ks = k0 + offs_k
-                        kmask = ks < H
-                        rhk = tl.load(g_t + rows64[:, None] * H4 + 3 * H + ks[None, :],
-                                      mask=rmask[:, None] & kmask[None, :], other=0.0)
-                        wptr = WT + ks[:, None].to(tl.int64) * H3 + cols[None, :]
-                        wmask = kmask[:, None] & cmask[None, :]
-                        acc_n = _mma(rhk, tl.load(wptr + 2 * H, mask=wmask, other=0.0), acc_n,
-                                     PRECISION)
+                    acc_n = _rows_dot(tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty),
+                                      g_t + 3 * H, H4, rows64, rmask, WT + 2 * H, H3, cols, cmask,
+                                      offs_k, H, BLOCK_K, PRECISION)  # (r ⊙ h) W_hn^T
                     m2 = rmask[:, None] & cmask[None, :]
                     xoff = rows64[:, None] * H3 + cols[None, :]
                     goff = rows64[:, None] * H4 + cols[None, :]
@@ -283,15 +284,9 @@ if HAS_TRITON:
                 for n0 in range(0, H, BLOCK_N):
                     cols = n0 + offs_n
                     cmask = cols < H
-                    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=GHBUF.dtype.element_ty)
-                    for k0 in range(0, H, BLOCK_K):
-                        ks = k0 + offs_k
-                        kmask = ks < H
-                        dnk = tl.load(dg_t + rows64[:, None] * H4 + 2 * H + ks[None, :],
-                                      mask=rmask[:, None] & kmask[None, :], other=0.0)
-                        w = tl.load(W + (2 * H + ks[:, None]).to(tl.int64) * H + cols[None, :],
-                                    mask=kmask[:, None] & cmask[None, :], other=0.0)
-                        acc = _mma(dnk, w, acc, PRECISION)
+                    acc = _rows_dot(tl.zeros((BLOCK_B, BLOCK_N), dtype=GHBUF.dtype.element_ty),
+                                    dg_t + 2 * H, H4, rows64, rmask, W + 2 * H * H, H, cols, cmask,
+                                    offs_k, H, BLOCK_K, PRECISION)
                     m2 = rmask[:, None] & cmask[None, :]
                     soff = rows64[:, None] * H + cols[None, :]
                     goff = rows64[:, None] * H4 + cols[None, :]
