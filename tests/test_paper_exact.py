@@ -44,7 +44,7 @@ class _RoundIdentityGrad(torch.autograd.Function):
 
 
 def tf_minimum(x, y):
-    """``tf.minimum``: its gradient goes to ``x`` where ``x <= y`` (ties included), else to ``y``."""
+    """``tf.minimum``: its gradient goes to ``x`` where ``x <= y`` (ties included), else ``y``."""
     return torch.where(x <= y, x, y)
 
 

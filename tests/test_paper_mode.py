@@ -89,7 +89,8 @@ def test_gru_cell_reset_before_equals_the_tf_form(reset_after):
     r = torch.sigmoid(x @ w_ih[:H].t() + b_ih[:H] + h @ w_hh[:H].t() + b_hh[:H])
     z = torch.sigmoid(x @ w_ih[H:2 * H].t() + b_ih[H:2 * H] + h @ w_hh[H:2 * H].t() + b_hh[H:2 * H])
     if reset_after:
-        n = torch.tanh(x @ w_ih[2 * H:].t() + b_ih[2 * H:] + r * (h @ w_hh[2 * H:].t() + b_hh[2 * H:]))
+        hn = h @ w_hh[2 * H:].t() + b_hh[2 * H:]
+        n = torch.tanh(x @ w_ih[2 * H:].t() + b_ih[2 * H:] + r * hn)
     else:
         w_c = torch.cat([w_ih[2 * H:], w_hh[2 * H:]], 1)
         n = torch.tanh(torch.cat([x, r * h], 1) @ w_c.t() + b_ih[2 * H:] + b_hh[2 * H:])
@@ -118,8 +119,9 @@ def test_cells_take_the_options_and_equal_the_layer():
                          SkipLSTM(3, 4, single_bias=True, dtype=DT))):
         assert cell.bias_hh is None
         with torch.no_grad():
+            mine = dict(layer.named_parameters())
             for n, p in cell.named_parameters():
-                dict(layer.named_parameters())[n if n.startswith("update_gate") else n + "_l0"].copy_(p)
+                mine[n if n.startswith("update_gate") else n + "_l0"].copy_(p)
         x = torch.randn(6, 2, 3, dtype=DT)
         ref = layer(x)
         st, outs = None, []
@@ -227,7 +229,7 @@ def test_paper_init_joint_bounds(name, I, H):
         assert (b[H:2 * H] == 1).all() and b[:H].abs().sum() == 0 and b[2 * H:].abs().sum() == 0
     if hasattr(m, "update_gate"):
         assert m.update_gate.bias.item() == 1.0
-    # the default (separate Glorot) is unchanged: W_ih of the LSTM with I = 1 exceeds the joint bound
+    # the default (separate Glorot) is unchanged: the LSTM's W_ih (I = 1) exceeds the joint bound
     if name == "skip_lstm":
         sep = build_rnn(name, I, H, paper_init=True)
         assert sep.weight_ih_l0.abs().max() > math.sqrt(6 / (I + H + 4 * H))

@@ -91,7 +91,8 @@ def test_eval_drop_last_keeps_whole_batches(tmp_path):
     """As the paper code's evaluation in full batches (9,984 of 10,000 test images at 256)."""
     arrays, _ = write_fixture(tmp_path, gz=True)
     task = get_task("mnist", data_dir=str(tmp_path), val_size=7, batch_size=4, eval_drop_last=True)
-    assert (len(task.train_dataset()), len(task.val_dataset()), len(task.test_dataset())) == (13, 4, 4)
+    sizes = (len(task.train_dataset()), len(task.val_dataset()), len(task.test_dataset()))
+    assert sizes == (13, 4, 4)
     assert torch.equal(task.test_dataset().images, arrays["test_images"].reshape(N_TEST, 784)[:4])
     with pytest.raises(ValueError, match="whole batches of 8"):
         get_task("mnist", data_dir=str(tmp_path), batch_size=8, eval_drop_last=True).test_dataset()

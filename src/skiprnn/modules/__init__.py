@@ -3,7 +3,8 @@
 from .baselines import (PeriodicSkipGRU, PeriodicSkipLSTM, PlainGRU, PlainLSTM, RandomSkipGRU,
                         RandomSkipLSTM)
 from .cells import SkipCellOutput, SkipGRUCell, SkipLSTMCell, SkipRNN, SkipRNNState
-from .registry import MODELS, build_rnn, cell_kind, has_learned_gate, paper_layer_kwargs, paper_model
+from .registry import (MODELS, build_rnn, cell_kind, has_learned_gate, paper_layer_kwargs,
+                       paper_model)
 from .rnn import SkipGRU, SkipGRUState, SkipLSTM, SkipLSTMState, SkipOutput
 
 __all__ = [

@@ -398,9 +398,9 @@ class _SkipRNNBase(nn.Module):
         if getattr(rnn, "proj_size", 0):
             raise ValueError("nn.LSTM with proj_size > 0 is not supported")
         if kwargs.get("single_bias") or kwargs.get("reset_after") is False:
-            raise ValueError(f"{type(rnn).__name__} weights define nn.{cls.mode.upper()}'s cell (two "
-                             "biases, reset after the product); they cannot be loaded into a layer "
-                             "with single_bias=True or reset_after=False")
+            raise ValueError(f"{type(rnn).__name__} weights define nn.{cls.mode.upper()}'s cell "
+                             "(two biases, reset after the product); they cannot be loaded into a "
+                             "layer with single_bias=True or reset_after=False")
         p = next(rnn.parameters())
         kw = dict(input_size=rnn.input_size, hidden_size=rnn.hidden_size, num_layers=rnn.num_layers,
                   bias=rnn.bias, batch_first=rnn.batch_first, dropout=rnn.dropout,
@@ -424,7 +424,7 @@ class SkipLSTM(_SkipRNNBase):
         threshold: τ in [0, 1): u_t = 1[ũ_t > τ]. 0.5 is the paper's round(); raise it at
             inference to use fewer updates without retraining.
         learn_init: learn the initial state s_0 (h and c, broadcast to any batch size), as the paper.
-        single_bias: one bias vector per gate (``bias_ih_l{k}``; no ``bias_hh_l{k}``), as TF's cells.
+        single_bias: one bias vector per gate (``bias_ih_l{k}``, no ``bias_hh_l{k}``), as TF's.
         backend: 'auto' | 'reference' | 'cpu' | 'triton' (env ``SKIPRNN_BACKEND`` overrides).
 
     Shapes: input ``(T, B, I)`` → output ``(T, B, H)``, updates ``(T, B)`` (see SkipOutput).

@@ -23,7 +23,8 @@ and for inputs of at most 4 features a configuration may project them in-kernel 
 
 Gradient of the gate (straight-through, du/dũ = 1): ``du = Σ (h_cand - h_old) dh' + Σ (c_cand -
 c_old) dc' + d(up')(Δũ - up) - d(cum')ũ + d(updates)``; ``ũ = cum + min(up, 1 - cum)`` sends its
-whole gradient to ``up`` at an exact tie, as TensorFlow's ``tf.minimum`` (this happens at the first step).
+whole gradient to ``up`` at an exact tie, as TensorFlow's ``tf.minimum`` (this happens at the
+first step).
 
 Precision: ``precision='ieee'`` (exact fp32 products, used by the tests) or ``'tf32'`` (tensor
 cores, as cuDNN uses for RNNs under PyTorch's defaults). Default: 'tf32' on CUDA, 'ieee' in the
