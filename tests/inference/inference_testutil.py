@@ -1,12 +1,16 @@
 """Helpers for the skipping-inference tests."""
 
 import math
+from functools import partial
 
 import torch
 
 from skiprnn import SkipGRU, SkipLSTM
 
-CLASSES = {"lstm": SkipLSTM, "gru": SkipGRU}
+# "*_paper": the paper code's cells (one bias per gate; GRU with the reset gate before W_hn)
+CLASSES = {"lstm": SkipLSTM, "gru": SkipGRU,
+           "lstm_paper": partial(SkipLSTM, single_bias=True),
+           "gru_paper": partial(SkipGRU, single_bias=True, reset_after=False)}
 
 
 def logit(p: float) -> float:

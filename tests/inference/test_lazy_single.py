@@ -52,7 +52,7 @@ def layer_for(kind, num_layers, pattern, **kw):
     return layer
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "lstm_paper"])
 @pytest.mark.parametrize("num_layers", [1, 2], ids=lambda v: f"L{v}")
 @pytest.mark.parametrize("pattern", list(PATTERNS))
 @pytest.mark.parametrize("fresh", [True, False], ids=["fresh", "continued"])

@@ -11,7 +11,7 @@ from skiprnn.ops.skip_lstm.naive import skip_lstm_naive
 from inference_testutil import assert_no_ties, assert_same, constant_gate, make_layer, random_state, run
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "lstm_paper", "gru_paper"])
 @pytest.mark.parametrize("num_layers", [1, 2], ids=lambda v: f"L{v}")
 @pytest.mark.parametrize("B", [1, 6], ids=lambda v: f"B{v}")
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])

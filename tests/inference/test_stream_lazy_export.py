@@ -10,7 +10,7 @@ from skiprnn.inference import (SkipStream, evaluate_thresholds, export_step, laz
 
 from inference_testutil import assert_no_ties, assert_same, make_layer, random_state, run
 
-KINDS = ["lstm", "gru"]
+KINDS = ["lstm", "gru", "lstm_paper", "gru_paper"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -4,13 +4,14 @@ Every case compares, in this order: the binary gates (must be identical), then e
 final state, then the gradient of every input (``torch.autograd.grad`` with random upstream
 gradients on ALL outputs). float64 must agree to rounding; float32 to a loose relative tolerance.
 Inputs are redrawn until the reference's ũ stays ``margin`` away from the threshold on every valid
-step, so a gate cannot flip on rounding. Fresh starts (Δũ=1, cum=0) exercise the 50/50 gradient
-split of ``torch.minimum`` at the tie of step 1; continued starts have Δũ<1 and cum>0.
+step, so a gate cannot flip on rounding. Fresh starts (Δũ=1, cum=0) exercise the gradient of the
+min at the tie of step 1 (all of it to Δũ, as TensorFlow's); continued starts have Δũ<1 and cum>0.
 Uninitialised memory is NaN-filled (``torch.utils.deterministic.fill_uninitialized_memory``) so a
 buffer the fast path forgets to write fails at once.
 """
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -21,8 +22,13 @@ from skiprnn.ops.skip_gru.naive import skip_gru_naive
 from skiprnn.ops.skip_lstm.cpu import skip_lstm_cpu
 from skiprnn.ops.skip_lstm.naive import skip_lstm_naive
 
-IMPLS = {"lstm": (skip_lstm_naive, skip_lstm_cpu, 4), "gru": (skip_gru_naive, skip_gru_cpu, 3)}
-SKIPPING = {"lstm": skip_lstm_skipping, "gru": skip_gru_skipping}  # inference-only backend
+# "gru_paper": the paper's GRU candidate (reset_after=False: the reset gate acts before W_hn)
+IMPLS = {"lstm": (skip_lstm_naive, skip_lstm_cpu, 4), "gru": (skip_gru_naive, skip_gru_cpu, 3),
+         "gru_paper": (partial(skip_gru_naive, reset_after=False),
+                       partial(skip_gru_cpu, reset_after=False), 3)}
+SKIPPING = {"lstm": skip_lstm_skipping, "gru": skip_gru_skipping,  # inference-only backend
+            "gru_paper": partial(skip_gru_skipping, reset_after=False)}
+CELLS = ["lstm", "gru", "gru_paper"]
 TOL = {torch.float64: (1e-12, 1e-9), torch.float32: (1e-5, 2e-4)}  # (atol, rtol of the scale)
 
 
@@ -200,7 +206,7 @@ def case_id(c):
             ("-fresh" if fresh else "-continued") + f"-thr{thr}" + ("" if bias else "-nobias"))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_matches_reference_float64(cell, case):
     T, B, I, H, masked, fresh, thr, bias = case
@@ -209,7 +215,7 @@ def test_matches_reference_float64(cell, case):
     check(cell, p, mask, torch.float64, threshold=thr)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
 def test_matches_reference_float32(cell, masked):
     p, mask = make_problem(cell, 200, 16, 2, 110, seed=7, masked=masked, fresh=not masked,
@@ -217,7 +223,7 @@ def test_matches_reference_float32(cell, masked):
     check(cell, p, mask, torch.float32)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_gates_both_update_and_skip(cell):
     """The problems above must exercise skipped steps, not only updates."""
     p, mask = make_problem(cell, 63, 64, 1, 110, seed=3, masked=False, fresh=True)
@@ -227,7 +233,7 @@ def test_gates_both_update_and_skip(cell):
     assert 0.05 < frac < 0.95, frac
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_threshold_tensor(cell):
     """A (T, B) threshold tensor (e.g. uniform noise = Bernoulli sampling) matches the reference."""
     T, B = 40, 5
@@ -245,7 +251,7 @@ def test_threshold_tensor(cell):
     check(cell, p, mask, torch.float64, threshold=thr)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_two_chunks_equal_one_call(cell):
     """Feeding the returned state back continues exactly; gradients flow across the chunks."""
     T, k = 60, 23
@@ -298,7 +304,7 @@ def test_dispatch_finds_cpu_backend(cell):
     assert name == "cpu" and fn is IMPLS[cell][1]
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
 def test_no_grad_forward_matches(cell, masked):
     """Inference (no graph: the backward bookkeeping is skipped) gives the same outputs."""
@@ -313,7 +319,7 @@ def test_no_grad_forward_matches(cell, masked):
         torch.testing.assert_close(b, a, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_two_live_calls_then_one_backward(cell):
     """Work buffers come from a pool: two calls alive at once must not share them."""
     p1, _ = make_problem(cell, 30, 4, 2, 8, seed=31, masked=False, fresh=True)
@@ -329,7 +335,7 @@ def test_two_live_calls_then_one_backward(cell):
         torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-8)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_second_backward_and_inplace_output_raise(cell):
     p, _ = make_problem(cell, 10, 3, 2, 5, seed=41, masked=False, fresh=True)
     w = p["w_hh"].clone().requires_grad_()

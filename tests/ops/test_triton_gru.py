@@ -48,7 +48,7 @@ OUT_NAMES = ["output", "h_n", "update_prob", "cum_prob", "updates", "update_prob
 
 
 def make_problem(T, B, I, H, *, seed, masked, fresh, bias=True, dtype=DTYPE, device=DEVICE,
-                 margin=1e-3, threshold=0.5):
+                 margin=1e-3, threshold=0.5, reset_after=True):
     """Random inputs whose reference gates stay at least ``margin`` away from the ``threshold``
     tie."""
     gen = torch.Generator().manual_seed(seed)
@@ -65,7 +65,7 @@ def make_problem(T, B, I, H, *, seed, masked, fresh, bias=True, dtype=DTYPE, dev
             b_hh=rnd(3 * H, scale=0.2) if bias else None,
             gate_weight=rnd(1, H, scale=1.0), gate_bias=rnd(1, scale=0.5),
         )
-        if fresh:  # a fresh start: the min() in ũ ties at step 1 (gradient split 50/50)
+        if fresh:  # a fresh start: the min() in ũ ties at step 1 (gradient all to Δũ)
             p["update_prob0"] = torch.ones(B, dtype=dtype)
             p["cum_prob0"] = torch.zeros(B, dtype=dtype)
         else:
@@ -80,7 +80,7 @@ def make_problem(T, B, I, H, *, seed, masked, fresh, bias=True, dtype=DTYPE, dev
         p = {k: (None if v is None else v.to(device)) for k, v in p.items()}
         mask = None if mask is None else mask.to(device)
         with torch.no_grad():
-            ref = run(skip_gru_naive, p, mask, threshold=threshold)
+            ref = run(skip_gru_naive, p, mask, threshold=threshold, reset_after=reset_after)
         probs = ref[5]
         valid = torch.ones_like(probs, dtype=torch.bool) if mask is None else mask > 0
         if ((probs - threshold).abs()[valid] > margin).all():
@@ -94,14 +94,15 @@ def run(fn, p, mask, **kw):
               mask=mask, **kw)
 
 
-def check_against_reference(p, mask, tol=TOL, grad_tol=None, threshold=0.5, **kw):
+def check_against_reference(p, mask, tol=TOL, grad_tol=None, threshold=0.5, reset_after=True,
+                            **kw):
     grad_tol = grad_tol or tol
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in p.items() if v is not None}
     p_ref = {k: leaves.get(k) for k in p}
     p_fast = {k: (None if v is None else v.detach().clone().requires_grad_(True))
               for k, v in p.items()}
-    ref = run(skip_gru_naive, p_ref, mask, threshold=threshold)
-    out = run(skip_gru_triton, p_fast, mask, threshold=threshold, **kw)
+    ref = run(skip_gru_naive, p_ref, mask, threshold=threshold, reset_after=reset_after)
+    out = run(skip_gru_triton, p_fast, mask, threshold=threshold, reset_after=reset_after, **kw)
     assert len(out) == len(ref)
     # binary gates first: a flipped gate changes the whole trajectory
     torch.testing.assert_close(out[4], ref[4], atol=0, rtol=0, msg="updates differ")
@@ -140,6 +141,25 @@ def test_matches_reference(case):
     T, B, I, H, masked, fresh = case
     p, mask = make_problem(T, B, I, H, seed=hash(case) % 10_000, masked=masked, fresh=fresh)
     check_against_reference(p, mask, precision="ieee")
+
+
+@pytest.mark.parametrize("case", CASES[1:4] + CASES[6:], ids=_id)
+def test_paper_candidate_matches_reference(case):
+    """reset_after=False (the paper's GRU: W_hn acts on r ⊙ h) on the per-row-block kernels."""
+    T, B, I, H, masked, fresh = case
+    p, mask = make_problem(T, B, I, H, seed=hash(case) % 10_000 + 1, masked=masked, fresh=fresh,
+                           reset_after=False)
+    check_against_reference(p, mask, precision="ieee", reset_after=False)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_paper_candidate_tiled_loops(monkeypatch, bias):
+    """Several column tiles: r ⊙ h of every column before the candidate's product (forward),
+    W_hnᵀ dn over every column before dr (backward); two programs."""
+    monkeypatch.setenv("SKIPRNN_TRITON_TILES", "16,16,16,4")
+    p, mask = make_problem(7, 19, 2, 20, seed=8, masked=True, fresh=False, bias=bias,
+                           reset_after=False)
+    check_against_reference(p, mask, precision="ieee", reset_after=False)
 
 
 def test_tiled_loops_and_no_bias(monkeypatch):
@@ -244,6 +264,7 @@ def test_dispatch_routes_here():
 # ------------------------------------------------------------------------------------------------
 
 GPU_SHAPES = [(256, 784, 1, 110), (256, 50, 2, 110), (64, 1000, 64, 512)]
+PAPER_GPU_SHAPES = GPU_SHAPES[:2]  # reset_after=False at the paper's shapes
 
 
 def gpu_problem(B, T, I, H, seed=0, masked=True):
@@ -276,14 +297,17 @@ def _rel(a, b):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision", ["ieee", "tf32"])
-@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "B{}-T{}-I{}-H{}".format(*s))
-def test_gpu_paper_shapes(shape, precision):
+@pytest.mark.parametrize("shape,reset_after",
+                         [(s, True) for s in GPU_SHAPES] + [(s, False) for s in PAPER_GPU_SHAPES],
+                         ids=lambda v: "B{}-T{}-I{}-H{}".format(*v) if isinstance(v, tuple)
+                         else ("nn" if v else "paper"))
+def test_gpu_paper_shapes(shape, precision, reset_after):
     torch.backends.cuda.matmul.allow_tf32 = False
     p, mask = gpu_problem(*shape)
     leaves_r = {k: v.clone().requires_grad_(True) for k, v in p.items()}
     leaves_f = {k: v.clone().requires_grad_(True) for k, v in p.items()}
-    ref = run(skip_gru_naive, leaves_r, mask)
-    out = run(skip_gru_triton, leaves_f, mask, precision=precision)
+    ref = run(skip_gru_naive, leaves_r, mask, reset_after=reset_after)
+    out = run(skip_gru_triton, leaves_f, mask, precision=precision, reset_after=reset_after)
     torch.cuda.synchronize()
     flips = (out[4] != ref[4]).sum().item()
     assert flips == 0, f"{flips} gate decisions differ"

@@ -65,7 +65,7 @@ def make_problem(T, B, I, H, *, seed, masked, fresh, bias=True, dtype=DTYPE, dev
             b_hh=rnd(4 * H, scale=0.2) if bias else None,
             gate_weight=rnd(1, H, scale=1.0), gate_bias=rnd(1, scale=0.5),
         )
-        if fresh:  # a fresh start: the min() in ũ ties at step 1 (gradient split 50/50)
+        if fresh:  # a fresh start: the min() in ũ ties at step 1 (gradient all to Δũ)
             p["update_prob0"] = torch.ones(B, dtype=dtype)
             p["cum_prob0"] = torch.zeros(B, dtype=dtype)
         else:

@@ -72,6 +72,34 @@ def test_task_splits_and_items(tmp_path):
     assert xb.shape == (4, 784, 1) and yb.shape == (4,)
 
 
+def test_val_split_first_holds_out_the_start(tmp_path):
+    """The paper-era code (TF's read_data_sets) held out the FIRST val_size training images."""
+    arrays, _ = write_fixture(tmp_path, gz=True)
+    imgs = arrays["train_images"].reshape(N_TRAIN, 784)
+    task = get_task("mnist", data_dir=str(tmp_path), val_size=5, val_split="first")
+    tr, va = task.train_dataset(), task.val_dataset()
+    assert (len(tr), len(va)) == (15, 5)
+    assert torch.equal(va.images, imgs[:5]) and torch.equal(tr.images, imgs[5:])
+    assert torch.equal(va.labels, arrays["train_labels"][:5].long())
+    last = get_task("mnist", data_dir=str(tmp_path), val_size=5)  # the default: the end
+    assert torch.equal(last.val_dataset().images, imgs[15:])
+    with pytest.raises(ValueError, match="val_split must be one of"):
+        get_task("mnist", val_split="middle")
+
+
+def test_eval_drop_last_keeps_whole_batches(tmp_path):
+    """As the paper code's evaluation in full batches (9,984 of 10,000 test images at 256)."""
+    arrays, _ = write_fixture(tmp_path, gz=True)
+    task = get_task("mnist", data_dir=str(tmp_path), val_size=7, batch_size=4, eval_drop_last=True)
+    sizes = (len(task.train_dataset()), len(task.val_dataset()), len(task.test_dataset()))
+    assert sizes == (13, 4, 4)
+    assert torch.equal(task.test_dataset().images, arrays["test_images"].reshape(N_TEST, 784)[:4])
+    with pytest.raises(ValueError, match="whole batches of 8"):
+        get_task("mnist", data_dir=str(tmp_path), batch_size=8, eval_drop_last=True).test_dataset()
+    with pytest.raises(ValueError, match="eval_drop_last must be True or False"):
+        get_task("mnist", eval_drop_last="yes")
+
+
 def test_limits(tmp_path):
     write_fixture(tmp_path, gz=True)
     task = get_task("mnist", data_dir=str(tmp_path), val_size=5, limit=4, limit_test=2)

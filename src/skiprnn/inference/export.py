@@ -11,6 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.naive import accumulate
+from ..ops.skip_gru.naive import gru_cell
+from ..ops.skip_lstm.naive import lstm_cell
+
 __all__ = ["SkipStepModule", "SkipLSTMStep", "SkipGRUStep", "export_step"]
 
 
@@ -25,7 +29,7 @@ class _StepBase(nn.Module):
 
     def _gate(self, feat, update_prob, cum):
         g = self.layer.update_gate
-        u_tilde = cum + torch.minimum(update_prob, 1 - cum)
+        u_tilde = accumulate(update_prob, cum)
         u = u_tilde > self.threshold
         delta = torch.sigmoid(F.linear(feat, g.weight, g.bias)).squeeze(-1)
         new_up = torch.where(u, delta, update_prob)
@@ -41,10 +45,7 @@ class SkipLSTMStep(_StepBase):
         inp = x_t
         hs, cs = [], []
         for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layer._layers()):
-            gates = F.linear(inp, w_ih, b_ih) + F.linear(h[k], w_hh, b_hh)
-            i, f, g, o = gates.chunk(4, dim=-1)
-            ck = torch.sigmoid(f) * c[k] + torch.sigmoid(i) * torch.tanh(g)
-            hk = torch.sigmoid(o) * torch.tanh(ck)
+            hk, ck = lstm_cell(inp, h[k], c[k], w_ih, w_hh, b_ih, b_hh)
             hs.append(hk)
             cs.append(ck)
             inp = hk
@@ -63,14 +64,7 @@ class SkipGRUStep(_StepBase):
         inp = x_t
         hs = []
         for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layer._layers()):
-            gi = F.linear(inp, w_ih, b_ih)
-            gh = F.linear(h[k], w_hh, b_hh)
-            i_r, i_z, i_n = gi.chunk(3, dim=-1)
-            h_r, h_z, h_n = gh.chunk(3, dim=-1)
-            r = torch.sigmoid(i_r + h_r)
-            z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + r * h_n)
-            hk = (1 - z) * n + z * h[k]
+            hk = gru_cell(inp, h[k], w_ih, w_hh, b_ih, b_hh, self.layer.reset_after)
             hs.append(hk)
             inp = hk
         u, u_tilde, new_up, new_cum = self._gate(hs[-1], update_prob, cum)

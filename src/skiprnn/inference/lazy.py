@@ -145,9 +145,10 @@ def _stats(layer, T, B, read_steps, source_calls, encoder_calls, frames_encoded,
 # batch size 1 on the CPU: per read step one matrix-vector product per layer + NumPy pointwise maths
 # ---------------------------------------------------------------------------------------------
 def _single_ok(layer) -> bool:
-    """The B = 1 CPU path applies: CPU float32/float64 parameters, a deterministic gate."""
+    """The B = 1 CPU path applies: CPU float32/float64 parameters, a deterministic gate, and
+    nn.GRU's candidate (its NumPy maths; ``reset_after=False`` takes the generic path)."""
     p = next(layer.parameters())
-    if p.device.type != "cpu" or np_dtype(p.dtype) is None:
+    if p.device.type != "cpu" or np_dtype(p.dtype) is None or not layer.reset_after:
         return False
     try:
         _gate_config(layer)

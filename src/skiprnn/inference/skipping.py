@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.skip_gru.naive import gru_cell
+
 __all__ = ["skip_lstm_skipping", "skip_gru_skipping", "simulate_skips", "np_dtype", "StepCell"]
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
@@ -87,18 +89,6 @@ def simulate_skips(update_prob, cum_prob, threshold: float = 0.5, limit: int | N
 # ---------------------------------------------------------------------------------------------
 # one state update of the whole stack on a set of rows
 # ---------------------------------------------------------------------------------------------
-def _gru_cell(x, h, w_ih, w_hh, b_ih, b_hh):
-    # the reference's arithmetic (skiprnn.ops.skip_gru.naive.gru_cell), op for op
-    gi = F.linear(x, w_ih, b_ih)
-    gh = F.linear(h, w_hh, b_hh)
-    i_r, i_z, i_n = gi.chunk(3, dim=-1)
-    h_r, h_z, h_n = gh.chunk(3, dim=-1)
-    r = torch.sigmoid(i_r + h_r)
-    z = torch.sigmoid(i_z + h_z)
-    n = torch.tanh(i_n + r * h_n)
-    return (1 - z) * n + z * h
-
-
 class StepCell:
     """The candidate update of a Skip LSTM / GRU stack and its Δũ, on any subset of rows.
 
@@ -106,10 +96,13 @@ class StepCell:
     """
 
     def __init__(self, kind: str, layers: Sequence[tuple], gate_weight, gate_bias,
-                 constant_delta: float | None = None):
+                 constant_delta: float | None = None, reset_after: bool = True):
         if kind not in ("lstm", "gru"):
             raise ValueError(f"kind must be 'lstm' or 'gru', got {kind!r}")
+        if kind == "lstm" and not reset_after:
+            raise ValueError("reset_after=False applies to the GRU only, got kind='lstm'")
         self.kind = kind
+        self.reset_after = reset_after
         self.layers = [tuple(p.detach() if isinstance(p, Tensor) else p for p in lay)
                        for lay in layers]
         self.gate_weight = gate_weight.detach() if gate_weight is not None else None
@@ -139,7 +132,7 @@ class StepCell:
                 inp = h
             return new_h, new_c, self.delta(new_c[-1])
         for (w_ih, w_hh, b_ih, b_hh), h in zip(self.layers, hs):
-            h = _gru_cell(inp, h, w_ih, w_hh, b_ih, b_hh)
+            h = gru_cell(inp, h, w_ih, w_hh, b_ih, b_hh, self.reset_after)
             new_h.append(h)
             inp = h
         return new_h, None, self.delta(new_h[-1])
@@ -562,10 +555,10 @@ def _needs_reference(x, threshold, dropout, training, forced, num_layers) -> boo
 
 
 def _skipping(kind, x, hc, update_prob0, cum_prob0, layers, gate_weight, gate_bias, mask,
-              threshold, dropout, training, forced, constant_delta):
+              threshold, dropout, training, forced, constant_delta, reset_after=True):
     L = len(layers)
     with torch.no_grad():
-        cell = StepCell(kind, layers, gate_weight, gate_bias, constant_delta)
+        cell = StepCell(kind, layers, gate_weight, gate_bias, constant_delta, reset_after)
         hs = list(hc[0].unbind(0))
         cs = list(hc[1].unbind(0)) if kind == "lstm" else None
         B = x.shape[1]
@@ -575,10 +568,11 @@ def _skipping(kind, x, hc, update_prob0, cum_prob0, layers, gate_weight, gate_bi
             if fused is not None:
                 # one persistent kernel: state stays on chip, no host round trip per step
                 return fused(x, hc[0], *([hc[1]] if kind == "lstm" else []), update_prob0,
-                             cum_prob0, layers, gate_weight, gate_bias, mask=mask, threshold=thr)
+                             cum_prob0, layers, gate_weight, gate_bias, mask=mask, threshold=thr,
+                             **({} if kind == "lstm" else {"reset_after": reset_after}))
         valid = None if mask is None else mask.detach().to("cpu", torch.bool).numpy()
         npdt = np_dtype(x.dtype)
-        if B == 1 and x.device.type == "cpu":
+        if B == 1 and x.device.type == "cpu" and reset_after:  # NumPy maths: nn.GRU's candidate
             with np.errstate(over="ignore"):
                 out, hs, cs, up, cum, u, p = _run_single(
                     cell, x, hs, cs, update_prob0, cum_prob0,
@@ -617,9 +611,10 @@ def skip_gru_skipping(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Te
                       layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
                       mask: Tensor | None = None, threshold: float | Tensor = 0.5,
                       dropout: float = 0.0, training: bool = False, forced: Tensor | None = None,
-                      constant_delta: float | None = None):
+                      constant_delta: float | None = None, reset_after: bool = True):
     """Skip GRU inference whose skipped steps do no work; signature and return tuple of
-    ``skiprnn.ops.skip_gru.naive.skip_gru_naive``.
+    ``skiprnn.ops.skip_gru.naive.skip_gru_naive``. With ``reset_after=False`` (the paper's GRU)
+    batch size 1 runs on the batched (torch) engine.
 
     Returns ``(output (T, B, H), h_n (L, B, H), update_prob (B,), cum_prob (B,), updates (T, B),
     update_probs (T, B))``.
@@ -629,6 +624,7 @@ def skip_gru_skipping(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Te
         with torch.no_grad():
             return skip_gru_naive(x, h0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,
                                   mask=mask, threshold=threshold, dropout=dropout,
-                                  training=training, forced=forced, constant_delta=constant_delta)
+                                  training=training, forced=forced, constant_delta=constant_delta,
+                                  reset_after=reset_after)
     return _skipping("gru", x, (h0,), update_prob0, cum_prob0, layers, gate_weight, gate_bias,
-                     mask, threshold, dropout, training, forced, constant_delta)
+                     mask, threshold, dropout, training, forced, constant_delta, reset_after)

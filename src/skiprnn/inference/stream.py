@@ -97,7 +97,7 @@ class SkipStream:
         lay = self.layer
         gw = lay.update_gate.weight if lay.update_gate is not None else None
         gb = lay.update_gate.bias if lay.update_gate is not None else None
-        return StepCell(self.kind, lay._layers(), gw, gb, self.constant_delta)
+        return StepCell(self.kind, lay._layers(), gw, gb, self.constant_delta, **lay._cell_kwargs())
 
     def _u_tilde(self):
         one = self.npdt(1)
@@ -224,7 +224,7 @@ class SkipStream:
         gb = lay.update_gate.bias if lay.update_gate is not None else None
         fn = skip_lstm_skipping if self.kind == "lstm" else skip_gru_skipping
         res = fn(x, *st[:-2], st.update_prob, st.cum_update_prob, lay._layers(), gw, gb,
-                 threshold=self.threshold, constant_delta=self.constant_delta)
+                 threshold=self.threshold, constant_delta=self.constant_delta, **lay._cell_kwargs())
         out, hc, (up, cum), u, p = res[0], res[1:-4], res[-4:-2], res[-2], res[-1]
         self.hs = list(hc[0].unbind(0))
         self.cs = list(hc[1].unbind(0)) if self.kind == "lstm" else None

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ._checks import check_input, check_lengths
-from .rnn import SkipOutput, _SkipRNNBase
+from .rnn import SkipOutput, _GRUCandidate, _SkipRNNBase, check_single_bias
 
 
 def _check_p_skip(p_skip) -> float:
@@ -52,7 +52,7 @@ class RandomSkipLSTM(_RandomSkip, _SkipRNNBase):
     mode = "lstm"
 
 
-class RandomSkipGRU(_RandomSkip, _SkipRNNBase):
+class RandomSkipGRU(_RandomSkip, _GRUCandidate, _SkipRNNBase):
     """GRU that skips each update with probability ``p_skip`` (first step forced)."""
 
     mode = "gru"
@@ -64,18 +64,27 @@ class PeriodicSkipLSTM(_PeriodicSkip, _SkipRNNBase):
     mode = "lstm"
 
 
-class PeriodicSkipGRU(_PeriodicSkip, _SkipRNNBase):
+class PeriodicSkipGRU(_PeriodicSkip, _GRUCandidate, _SkipRNNBase):
     """GRU that updates on steps 1, 1+period, 1+2·period, ... (chunked calls keep the phase)."""
 
     mode = "gru"
 
 
 class _Plain:
-    """forward(input, hx=None, lengths=None) -> SkipOutput on top of nn.LSTM / nn.GRU."""
+    """forward(input, hx=None, lengths=None) -> SkipOutput on top of nn.LSTM / nn.GRU.
 
-    def __init__(self, *args, learn_init: bool = False, **kwargs):
+    ``single_bias=True``: ``bias_hh_l{k}`` are zero and frozen (``requires_grad=False``), so only
+    ``bias_ih_l{k}`` trains, one bias per gate as TF's cells (the layer still runs on cuDNN).
+    """
+
+    def __init__(self, *args, learn_init: bool = False, single_bias: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.learn_init = learn_init
+        self.single_bias = check_single_bias(single_bias, self.bias)
+        if single_bias:
+            with torch.no_grad():
+                for k in range(self.num_layers):
+                    getattr(self, f"bias_hh_l{k}").zero_().requires_grad_(False)
         n = 2 if isinstance(self, nn.LSTM) else 1
         if learn_init:
             p = next(self.parameters())
@@ -134,4 +143,37 @@ class PlainLSTM(_Plain, nn.LSTM):
 
 
 class PlainGRU(_Plain, nn.GRU):
-    """nn.GRU (cuDNN on GPU) with the Skip layers' output contract; ``state`` is ``h_n``."""
+    """nn.GRU (cuDNN on GPU) with the Skip layers' output contract; ``state`` is ``h_n``.
+
+    ``reset_after=False`` (the paper code's GRU candidate, see :class:`skiprnn.SkipGRU`) is not
+    something nn.GRU (cuDNN) computes: it runs on the Skip GRU backends (``dispatch``: the CPU /
+    Triton fast paths for one layer, else the reference loop) with the update gate held open
+    (Δũ = σ(100) = 1.0 exactly, so every valid step updates). Same parameters as nn.GRU's.
+    """
+
+    def __init__(self, *args, reset_after: bool = True, **kwargs):
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
+        super().__init__(*args, **kwargs)
+        self.reset_after = reset_after
+
+    def _run(self, x, hx, lengths, mask):
+        if self.reset_after:
+            return super()._run(x, hx, lengths, mask)
+        from ..ops import dispatch
+
+        B, H, L = x.shape[1], self.hidden_size, self.num_layers
+        if hx is None:
+            hx = x.new_zeros(L, B, H)
+        layers = [tuple(getattr(self, f"{n}_l{k}") for n in
+                        ("weight_ih", "weight_hh", "bias_ih", "bias_hh")) for k in range(L)]
+        dropout = self.training and self.dropout > 0 and L > 1
+        _, fn = dispatch.select("gru", "auto", device_type=x.device.type, num_layers=L,
+                                fast_ok=not dropout, grad=torch.is_grad_enabled(), skip_ok=True)
+        out, h_n, *_ = fn(x, hx, x.new_ones(B), x.new_zeros(B), layers, x.new_zeros(1, H),
+                          x.new_full((1,), 100.0), mask=mask, dropout=self.dropout,
+                          training=self.training, reset_after=False)
+        return out, h_n
+
+    def extra_repr(self):
+        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")

@@ -14,7 +14,8 @@ from ..ops.skip_gru.naive import skip_gru_naive
 from ..ops.skip_lstm.naive import skip_lstm_naive
 from ..ops.ste import bernoulli_thresholds, check_binarizer, check_threshold
 from ._checks import check_input, check_lengths, check_matches_weights
-from .rnn import SkipGRUState, SkipLSTMState, SkipOutput
+from .rnn import (SkipGRUState, SkipLSTMState, SkipOutput, _GRUCandidate, check_single_bias,
+                  paper_init_weights)
 
 
 class SkipCellOutput(NamedTuple):
@@ -30,17 +31,25 @@ class SkipCellOutput(NamedTuple):
 class _SkipCellBase(nn.Module):
     gates = 4
 
+    mode = "lstm"
+    reset_after = True
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
-                 binarizer: str = "round", threshold: float = 0.5, device=None, dtype=None):
+                 binarizer: str = "round", threshold: float = 0.5, single_bias: bool = False,
+                 device=None, dtype=None):
         super().__init__()
         f = {"device": device, "dtype": dtype}
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        self.single_bias = check_single_bias(single_bias, bias)
         self.binarizer, self.threshold = check_binarizer(binarizer), check_threshold(threshold)
         G = self.gates * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(G, input_size, **f))
         self.weight_hh = nn.Parameter(torch.empty(G, hidden_size, **f))
         self.bias_ih = nn.Parameter(torch.empty(G, **f)) if bias else None
-        self.bias_hh = nn.Parameter(torch.empty(G, **f)) if bias else None
+        self.bias_hh = nn.Parameter(torch.empty(G, **f)) if bias and not single_bias else None
+        # single_bias: the step gets a constant zero b_hh (not a parameter, not in state_dict)
+        self.register_buffer("_zero_bias", torch.zeros(G, **f) if single_bias else None,
+                             persistent=False)
         self.update_gate = nn.Linear(hidden_size, 1, **f)
         self.reset_parameters()
 
@@ -51,6 +60,19 @@ class _SkipCellBase(nn.Module):
                 nn.init.uniform_(p, -k, k)
         self.update_gate.reset_parameters()
         nn.init.constant_(self.update_gate.bias, 1.0)
+
+    def paper_init_(self, joint: bool = False):
+        """The paper code's initialisation, as the sequence layers' ``paper_init_``."""
+        with torch.no_grad():
+            paper_init_weights(self.mode, self.weight_ih, self.weight_hh, self.bias_ih,
+                               self.bias_hh, joint=joint)
+            nn.init.xavier_uniform_(self.update_gate.weight)
+            self.update_gate.bias.fill_(1.0)
+        return self
+
+    def _layer(self):
+        b_hh = self._zero_bias if self.single_bias else self.bias_hh
+        return [(self.weight_ih, self.weight_hh, self.bias_ih, b_hh)]
 
     def _prep(self, input: Tensor):
         if not isinstance(input, Tensor) or not input.is_floating_point():
@@ -88,8 +110,7 @@ class SkipLSTMCell(_SkipCellBase):
             state = (state[0], state[1], x.new_ones(B), x.new_zeros(B))
         h, c, up, cum = state
         out, hn, cn, up, cum, u, p = skip_lstm_naive(
-            x[None], h[None], c[None], up, cum,
-            [(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)],
+            x[None], h[None], c[None], up, cum, self._layer(),
             self.update_gate.weight, self.update_gate.bias, threshold=self._threshold(B, x))
         st = SkipLSTMState(hn[0], cn[0], up, cum)
         if unb:
@@ -98,11 +119,12 @@ class SkipLSTMCell(_SkipCellBase):
         return SkipCellOutput(out[0], st, u[0], p[0])
 
 
-class SkipGRUCell(_SkipCellBase):
+class SkipGRUCell(_GRUCandidate, _SkipCellBase):
     """One Skip GRU step (nn.GRUCell parameters + ``update_gate``); state is a SkipGRUState with
-    h ``(B, H)`` or nn.GRUCell's ``h``."""
+    h ``(B, H)`` or nn.GRUCell's ``h``. ``reset_after`` as :class:`SkipGRU`."""
 
     gates = 3
+    mode = "gru"
 
     def forward(self, input: Tensor, state=None) -> SkipCellOutput:
         x, unb = self._prep(input)
@@ -115,8 +137,9 @@ class SkipGRUCell(_SkipCellBase):
             state = (state, x.new_ones(B), x.new_zeros(B))
         h, up, cum = state
         out, hn, up, cum, u, p = skip_gru_naive(
-            x[None], h[None], up, cum, [(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)],
-            self.update_gate.weight, self.update_gate.bias, threshold=self._threshold(B, x))
+            x[None], h[None], up, cum, self._layer(),
+            self.update_gate.weight, self.update_gate.bias, threshold=self._threshold(B, x),
+            reset_after=self.reset_after)
         if unb:
             return SkipCellOutput(out[0, 0], SkipGRUState(hn[0, 0], up[0], cum[0]), u[0, 0], p[0, 0])
         return SkipCellOutput(out[0], SkipGRUState(hn[0], up, cum), u[0], p[0])

@@ -6,7 +6,7 @@ from torch import nn
 
 from .baselines import (PeriodicSkipGRU, PeriodicSkipLSTM, PlainGRU, PlainLSTM, RandomSkipGRU,
                         RandomSkipLSTM)
-from .rnn import SkipGRU, SkipLSTM
+from .rnn import _PARAM_NAMES, SkipGRU, SkipLSTM, paper_init_weights
 
 MODELS = {
     "lstm": PlainLSTM,
@@ -37,11 +37,26 @@ def check_model_name(name: str) -> str:
 
 
 def build_rnn(name: str, input_size: int, hidden_size: int, num_layers: int = 1, *,
-              p_skip: float = 0.5, period: int = 2, paper_init: bool = False, **kwargs) -> nn.Module:
+              p_skip: float = 0.5, period: int = 2, paper_init: bool = False,
+              paper_init_joint: bool = False, reset_after: bool = True,
+              **kwargs) -> nn.Module:
     """A layer by name: lstm, gru, skip_lstm, skip_gru, random_skip_{lstm,gru} (``p_skip``),
     periodic_skip_{lstm,gru} (``period``). Extra kwargs go to the layer (batch_first,
-    learn_init, threshold, binarizer, backend, dropout, ...)."""
+    learn_init, threshold, binarizer, backend, dropout, single_bias, ...).
+
+    ``reset_after`` (GRU models only; False is the paper's GRU candidate, see ``SkipGRU``).
+    ``paper_init``: the paper code's initialisation; with ``paper_init_joint`` TF's Glorot over
+    the joint kernels (``paper_init_(joint=True)``).
+    """
     cls = MODELS[check_model_name(name)]
+    if cell_kind(name) == "gru":
+        kwargs["reset_after"] = reset_after
+    elif reset_after is not True:
+        raise ValueError(f"reset_after applies to GRU models only; got reset_after={reset_after!r} "
+                         f"for {name!r}")
+    if paper_init_joint and not paper_init:
+        raise ValueError("paper_init_joint=True selects the joint-kernel form of the paper "
+                         "initialisation, so it needs paper_init=True; got paper_init=False")
     if name.startswith("random_"):
         kwargs["p_skip"] = p_skip
     elif name.startswith("periodic_"):
@@ -52,25 +67,44 @@ def build_rnn(name: str, input_size: int, hidden_size: int, num_layers: int = 1,
     m = cls(input_size, hidden_size, num_layers, **kwargs)
     if paper_init:
         if hasattr(m, "paper_init_"):
-            m.paper_init_()
+            m.paper_init_(joint=paper_init_joint)
         else:
-            _paper_init_plain(m)
+            _paper_init_plain(m, paper_init_joint)
     return m
 
 
-def _paper_init_plain(m: nn.RNNBase) -> None:
-    """Glorot-uniform weights, zero biases, forget bias 1 (LSTM) / r,z biases 1 (GRU)."""
+def _paper_init_plain(m: nn.RNNBase, joint: bool = False) -> None:
+    """The paper initialisation of an nn.LSTM / nn.GRU (``paper_init_weights`` per layer)."""
     import torch
 
-    H = m.hidden_size
+    mode = "lstm" if isinstance(m, nn.LSTM) else "gru"
     with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.startswith("weight_"):
-                nn.init.xavier_uniform_(p)
-            elif name.startswith("bias_"):
-                p.zero_()
-                if name.startswith("bias_ih"):
-                    if isinstance(m, nn.LSTM):
-                        p[H:2 * H] = 1.0
-                    else:
-                        p[:2 * H] = 1.0
+        for k in range(m.num_layers):
+            paper_init_weights(mode, *(getattr(m, f"{n}_l{k}") for n in _PARAM_NAMES), joint=joint)
+
+
+def paper_layer_kwargs(name: str) -> dict:
+    """``build_rnn`` keyword arguments that make model ``name`` the paper code's model (issue 11):
+    one bias per gate, the GRU's reset gate before the product (GRU models), a learned initial
+    state, TF's Glorot over the joint kernels, forget / gate biases as the code's."""
+    kw = {"single_bias": True, "learn_init": True, "paper_init": True, "paper_init_joint": True}
+    if cell_kind(name) == "gru":
+        kw["reset_after"] = False
+    return kw
+
+
+def paper_model(name: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                **kwargs) -> nn.Module:
+    """The paper code's layer ``name`` (any of ``MODELS``): ``build_rnn`` with
+    :func:`paper_layer_kwargs` (``kwargs`` add to them or override them, e.g. ``batch_first``).
+
+    Equal, to rounding, to the official TensorFlow cells on the same weights
+    (``tests/test_paper_exact.py``): ``SkipLSTM`` / ``SkipGRU`` with ``single_bias=True``
+    (GRU: ``reset_after=False``), ``learn_init=True``, then ``paper_init_(joint=True)``. One
+    deliberate difference: in a stack each GRU layer's candidate reads the previous layer's h
+    (the official ``MultiSkipGRUCell`` gives it the raw input, a bug). The plain GRU in this form
+    runs on the reference loop (nn.GRU has no reset-before candidate).
+    """
+    return build_rnn(name, input_size, hidden_size, num_layers,
+                     **{**paper_layer_kwargs(name), **kwargs})
+

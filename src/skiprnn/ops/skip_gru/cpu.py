@@ -11,6 +11,10 @@ per-chunk coefficient and weight-gradient work, pooled buffers):
   ``lerp`` for ``h' = (1 - z) n + z h`` and the update gate as in the LSTM path;
 * backward, per step: one ``addmm`` and nine small ops.
 
+``reset_after=False`` (the paper's GRU): per step the r, z rows come first (``addmm`` with
+``W_h[rz]``), then ``W_hn (r ⊙ h)``; the backward adds ``q = W_hnᵀ dn`` per step
+(dr_pre = q ⊙ h r(1 - r), dh += r ⊙ q) and ``dW_hn`` is a GEMM with the saved ``r ⊙ h``.
+
 Supported and unsupported cases, gradients and errors: as in :mod:`skiprnn.ops.skip_lstm.cpu`
 (one layer, float or ``(T, B)`` threshold, no ``forced`` / ``constant_delta``; no double backward,
 no second backward through the same call).
@@ -34,9 +38,13 @@ class _KK_GRU:
     """Row layout of the per-step block the reverse loop reads (``KK[t]``, ``(W, B)``):
     ``[h'-h | Δũ'-Δũ, 1-u-ũ, g_u+g_ũ | KG (4H) | z | kz | u | 1-u | 1-m | pu | m]``. The first
     ``H + 3`` rows dotted with ``S = [dh | dup | dcum | 1]`` give dũ, and
-    ``dG = dh' * KG = [dr_pre, dz_pre, d(W_hn h + b_hn), d(W_in x + b_in)]``."""
+    ``dG = dh' * KG = [dr_pre, dz_pre, d(W_hn h + b_hn), d(W_in x + b_in)]``.
 
-    def __init__(self, H):
+    ``reset_after=False`` (``n = tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn)``) appends
+    ``[KR | R]`` = ``[h r (1 - r) | r]``: there dr_pre = (W_hnᵀ dn) ⊙ KR needs the product first,
+    so KG's dr_pre rows are 0 and the reverse loop fills them."""
+
+    def __init__(self, H, reset_after=True):
         self.S = H
         self.KG = H + 3
         self.Z = 5 * H + 3
@@ -46,13 +54,18 @@ class _KK_GRU:
         self.PU = 6 * H + 7
         self.M = 6 * H + 8
         self.W = 6 * H + 9
+        if not reset_after:
+            self.KR = self.W
+            self.R = self.W + H
+            self.W += 2 * H
 
 
 class _SkipGRUFunction(torch.autograd.Function):
     """Feature-major inside, like the Skip LSTM fast path: per-step tensors are ``(features, B)``."""
 
     @staticmethod
-    def forward(ctx, x, h0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, threshold, train):
+    def forward(ctx, x, h0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, threshold, train,
+                reset_after):
         T, B, I = x.shape
         H = w_hh.shape[1]
         H2, H3 = 2 * H, 3 * H
@@ -69,13 +82,17 @@ class _SkipGRUFunction(torch.autograd.Function):
         b_hn = b_hh[H2:].view(H, 1) if b_hh is not None else 0.0
         lease = _Lease(x)
         big, new = lease.new, x.new_empty
-        L = _KK_GRU(H)
+        L = _KK_GRU(H, reset_after)
+        w_hrz, w_hn = w_hh[:H2], w_hh[H2:]
 
         WP = new(C, H3, B)  # [r_pre; z_pre; W_hn h + b_hn], then r, z activated in place
         WGIN = new(C, H, B)  # W_in x + b_in
         WN = new(C, H, B)  # n
         WHS = new(C + 1, H, B)  # state before / after each step of the chunk
         WCAND = new(C, H, B)  # h'
+        if not reset_after:
+            WRH = new(C, H, B)  # r ⊙ h
+            RH = big(T, B, H) if train else None  # r ⊙ h of every step (for dW_hn)
         WSC = new(C + 1, 6, B)  # per step rows [cum_in, ũ, Δũ_in, 0, Δũ_cand, u] (see _SC)
         WHS[0] = h0[0].t()
         WSC[:, 3] = 0
@@ -97,6 +114,7 @@ class _SkipGRUFunction(torch.autograd.Function):
         p_, rz_, r_, z_, ghn_ = WP.unbind(0), WP[:, :H2].unbind(0), WP[:, :H].unbind(0), \
             WP[:, H:H2].unbind(0), WP[:, H2:].unbind(0)
         gin_, n_, hs_, cand_ = WGIN.unbind(0), WN.unbind(0), WHS.unbind(0), WCAND.unbind(0)
+        rh_ = WRH.unbind(0) if not reset_after else None
         cum_, ut_, up_, dl_, u_ = (WSC[:, k:k + 1].unbind(0) for k in (0, 1, 2, 4, 5))
         st_, en_, nx_ = WSC[:, 1:3].unbind(0), WSC[:, 3:5].unbind(0), WSC[:, 0:3:2].unbind(0)
 
@@ -112,9 +130,16 @@ class _SkipGRUFunction(torch.autograd.Function):
             for j in range(n):
                 t = t0 + j
                 nn_, cand, ut, u, dl = n_[j], cand_[j], ut_[j], u_[j], dl_[j]
-                p_[j].addmm_(w_hh, hs_[j])
-                rz_[j].sigmoid_()
-                torch.addcmul(gin_[j], r_[j], ghn_[j], out=nn_)
+                if reset_after:
+                    p_[j].addmm_(w_hh, hs_[j])
+                    rz_[j].sigmoid_()
+                    torch.addcmul(gin_[j], r_[j], ghn_[j], out=nn_)
+                else:  # n = tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn)
+                    rz_[j].addmm_(w_hrz, hs_[j])
+                    rz_[j].sigmoid_()
+                    torch.mul(r_[j], hs_[j], out=rh_[j])
+                    ghn_[j].addmm_(w_hn, rh_[j])
+                    torch.add(gin_[j], ghn_[j], out=nn_)
                 nn_.tanh_()
                 torch.lerp(nn_, hs_[j], z_[j], out=cand)  # (1 - z) n + z h
                 torch.add(cum_[j], up_[j], out=ut)  # ũ = min(cum + Δũ, 1)
@@ -140,10 +165,19 @@ class _SkipGRUFunction(torch.autograd.Function):
                 torch.sub(one, z, out=t1)
                 torch.mul(nn_, nn_, out=kn)
                 torch.addcmul(t1, t1, kn, value=-1, out=kn)  # (1 - z)(1 - n²)
-                torch.mul(kn, r, out=kk[:, L.KG + H2:L.KG + H3])
                 kr = kk[:, L.KG:L.KG + H]
-                torch.addcmul(r, r, r, value=-1, out=kr)
-                kr.mul_(ghn).mul_(kn)  # r(1 - r) gh_n (1 - z)(1 - n²)
+                if reset_after:
+                    torch.mul(kn, r, out=kk[:, L.KG + H2:L.KG + H3])
+                    torch.addcmul(r, r, r, value=-1, out=kr)
+                    kr.mul_(ghn).mul_(kn)  # r(1 - r) gh_n (1 - z)(1 - n²)
+                else:
+                    kk[:, L.KG + H2:L.KG + H3] = kn
+                    kr.zero_()  # dr_pre = (W_hnᵀ dn) ⊙ h r (1 - r): filled in the reverse loop
+                    kr2 = kk[:, L.KR:L.KR + H]
+                    torch.addcmul(r, r, r, value=-1, out=kr2)
+                    kr2.mul_(hso)
+                    kk[:, L.R:L.R + H] = r
+                    RH[t0:t0 + n] = WRH[:n].transpose(1, 2)
                 torch.addcmul(zero, d, z, value=-1, out=kk[:, L.KG + H:L.KG + H2])  # (h-n)z(1-z)
                 kk[:, L.Z:L.Z + H] = z
                 CC[t0:t0 + n] = cand
@@ -163,7 +197,7 @@ class _SkipGRUFunction(torch.autograd.Function):
         updates = SC[:, 5].clone()
         if train:
             ctx.save_for_backward(x, w_ih, w_hh, gw, Hh, h0[0])
-            ctx.bufs = (KK, CC, M)
+            ctx.bufs = (KK, CC, M, RH if not reset_after else None)
             ctx.lease = lease
             ctx.has_bias = (b_ih is not None, b_hh is not None)
         else:
@@ -177,14 +211,15 @@ class _SkipGRUFunction(torch.autograd.Function):
         x, w_ih, w_hh, gw = saved[:4]
         if ctx.bufs is None:
             raise RuntimeError(_SECOND_BACKWARD)
-        KK, CC, M = ctx.bufs
+        KK, CC, M, RH = ctx.bufs
+        reset_after = RH is None
         Hh, h0 = saved[-2:]
         ctx.bufs = None
         T, B, I = x.shape
         H = w_hh.shape[1]
         H2, H3, H4 = 2 * H, 3 * H, 4 * H
         C = min(CHUNK, T)
-        L = _KK_GRU(H)
+        L = _KK_GRU(H, reset_after)
         W = H + 3  # running gradient S = [dh; dup; dcum; 1], (W, B)
         new = x.new_empty
         tmp_lease = _Lease(x)
@@ -213,13 +248,21 @@ class _SkipGRUFunction(torch.autograd.Function):
         dhp4 = dhp.unsqueeze(0)
         dut_flat = dut.view(B)
         gwT, WhT = gw.t(), w_hh.t().contiguous()  # (contiguous: a faster GEMM)
+        if not reset_after:
+            WhT = w_hh[:H2].t().contiguous()  # (H, 2H): the r, z rows act on h
+            WhnT = w_hh[H2:].t().contiguous()  # (H, H): the n rows act on r ⊙ h
+            q = new(H, B)  # W_hnᵀ dn = d(r ⊙ h)
+            kr_ = KK[:, L.KR:L.KR + H].unbind(0)
+            rr_ = KK[:, L.R:L.R + H].unbind(0)
+            dgr_ = WDG[:, :H].unbind(0)
+            dgn_ = WDG[:, H2:H3].unbind(0)
         dext_ = KK[:, :W].unbind(0)
         kg_ = KK[:, L.KG:L.KG + H4].unflatten(1, (4, H)).unbind(0)
         zg_ = KK[:, L.Z:L.Z + H].unbind(0)
         kz_, u_, omu_, c2_, pu_, m_ = (KK[:, k:k + w].unbind(0) for k, w in (
             (L.KZ, 1), (L.U, 1), (L.C2, 1), (L.C2, 2), (L.PU, 1), (L.M, 1)))
         dg4_ = WDG.unflatten(1, (4, H)).unbind(0)
-        dgh_ = WDG[:, :H3].unbind(0)
+        dgh_ = (WDG[:, :H3] if reset_after else WDG[:, :H2]).unbind(0)
         dz_, go_ = DZ.unbind(0), WGO.unbind(0)
         masked = M is not None
         cur = 0
@@ -244,10 +287,15 @@ class _SkipGRUFunction(torch.autograd.Function):
                 torch.mul(dh, u_[t], out=dhp)
                 dhp.addcmul_(gwT, dz)
                 torch.mul(dhp4, kg_[t], out=dg4_[j])
+                if not reset_after:
+                    torch.mm(WhnT, dgn_[j], out=q)
+                    torch.mul(q, kr_[t], out=dgr_[j])
                 if t > 0:
                     torch.addmm(go_[j], WhT, dgh_[j], out=snh)
                 else:
                     torch.mm(WhT, dgh_[j], out=snh)
+                if not reset_after:
+                    snh.addcmul_(q, rr_[t])
                 snh.addcmul_(dh, omu)
                 snh.addcmul_(dhp, zg_[t])
                 torch.mul(ssc, c2_[t], out=snsc)
@@ -255,7 +303,11 @@ class _SkipGRUFunction(torch.autograd.Function):
                 cur = 1 - cur
             dgp = DGP[:, :n * B]
             dgp.view(H4, n, B).copy_(WDG[:n].transpose(0, 1))
-            _add_h_old_gemm(dWh, dgp[:H3], Hh, h0, t0, n, B, H)
+            if reset_after:
+                _add_h_old_gemm(dWh, dgp[:H3], Hh, h0, t0, n, B, H)
+            else:
+                _add_h_old_gemm(dWh[:H2], dgp[:H2], Hh, h0, t0, n, B, H)
+                dWh[H2:].addmm_(dgp[H2:H3], RH[t0:t0 + n].view(n * B, H))
             dbh += dgp[:H3].sum(1)
             xc = xa[t0 * B:(t0 + n) * B]
             dWib[:H2].addmm_(dgp[:H2], xc)
@@ -279,10 +331,10 @@ class _SkipGRUFunction(torch.autograd.Function):
             dgw,
             DZ.sum().view(1),
         )
-        del Hh, h0, saved, KK, CC, DZ, xa
+        del Hh, h0, saved, KK, CC, DZ, xa, RH
         ctx.lease.release()
         tmp_lease.release()
-        return tuple(g if need[k] else None for k, g in enumerate(grads)) + (None, None, None)
+        return tuple(g if need[k] else None for k, g in enumerate(grads)) + (None,) * 4
 
 
 def skip_gru_cpu(
@@ -299,8 +351,10 @@ def skip_gru_cpu(
     training: bool = False,
     forced: Tensor | None = None,
     constant_delta: float | None = None,
+    reset_after: bool = True,
 ):
-    """One-layer Skip GRU fast path; arguments and returns exactly as ``skip_gru_naive``.
+    """One-layer Skip GRU fast path; arguments and returns exactly as ``skip_gru_naive``
+    (``reset_after=False``: the paper's candidate, forward and backward).
 
     Returns ``(output (T, B, H), h_n (1, B, H), update_prob (B,), cum_prob (B,), updates (T, B),
     update_probs (T, B))``. Raises ``ValueError`` for several layers, ``forced`` gates or
@@ -319,4 +373,4 @@ def skip_gru_cpu(
         threshold = float(threshold)
     args = (x, h0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh, gate_weight, gate_bias)
     train = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)
-    return _SkipGRUFunction.apply(*args, mask, threshold, train)
+    return _SkipGRUFunction.apply(*args, mask, threshold, train, bool(reset_after))

@@ -14,6 +14,12 @@ The structure is the Skip LSTM one (``skiprnn/ops/skip_lstm/fused.py``):
    gradients (T, B, 4H) and dz of Δũ, and adds ``[dr, dz, dhn] W_hh`` to the carried dh.
 4. Outside: dW_hh, dW_ih, dx, biases, dw_p, db_p as GEMMs / reductions.
 
+``reset_after=False`` (the paper's GRU, ``n = tanh(x W_in^T + b_in + (r ⊙ h) W_hn^T + b_hn)``):
+the same two kernels with ``RESET_AFTER`` off. The forward computes r, z of every column first
+(``r ⊙ h`` goes to the gates' last block), then the candidate's product; the backward computes
+``W_hnᵀ dn`` over every column before dr and adds ``r ⊙ W_hnᵀ dn`` to dh; ``dW_hn`` is a GEMM with
+the saved ``r ⊙ h``. The cooperative kernels (``gru_coop``) have nn.GRU's candidate only.
+
 Precision and dtypes as the Skip LSTM kernels ('ieee' | 'tf32'; bf16/fp16 computed in fp32).
 Nothing is compiled at import time; the module imports without Triton.
 """
@@ -43,16 +49,32 @@ if HAS_TRITON:
     # kernels
     # ------------------------------------------------------------------------------------------
 
+    @triton.jit
+    def _rows_dot(acc, A, a_stride, rows64, rmask, Wm, w_stride, cols, cmask, offs_k, K,
+                  BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+        """``acc + A[rows, :K] @ Wm[:K, cols]`` (row strides ``a_stride``, ``w_stride``), in
+        BLOCK_K tiles of K (the reset-before GRU's products, one operand at a time)."""
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + offs_k
+            kmask = ks < K
+            a = tl.load(A + rows64[:, None] * a_stride + ks[None, :],
+                        mask=rmask[:, None] & kmask[None, :], other=0.0)
+            w = tl.load(Wm + ks[:, None].to(tl.int64) * w_stride + cols[None, :],
+                        mask=kmask[:, None] & cmask[None, :], other=0.0)
+            acc = _mma(a, w, acc, PRECISION)
+        return acc
+
     @triton.jit(do_not_specialize=["T", "B"])
     def _skip_gru_fwd_kernel(
         XP, WT, BHN, WP, BP, MASK, UP0, CUM0,
         HS, G, OUT, UPD, PROB, STATS, UPN, CUMN,
         T, B, H, threshold,
         HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, RESET_AFTER: tl.constexpr,
     ):
         """XP (T,B,3H) input projection incl. b_ih and b_hr, b_hz; WT = W_hh^T (H,3H); BHN (H,);
-        HS (T+1,B,H) with [0] = h0; G (T,B,4H) gets r, z, n, W_hn h + b_hn;
+        HS (T+1,B,H) with [0] = h0; G (T,B,4H) gets r, z, n, W_hn h + b_hn (``RESET_AFTER``
+        False, the paper's candidate ``n = tanh(xp_n + W_hn (r ⊙ h) + b_hn)``: r, z, n, r ⊙ h);
         STATS (5,T,B) gets u, ũ, Δũ, up_{t-1}, cum_{t-1}."""
         pid = tl.program_id(0)
         rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -89,33 +111,68 @@ if HAS_TRITON:
             tl.store(PROB + r_t, ut * m, mask=rmask)
             h_nxt = h_cur + B * H
             z = zero_b
+            if not RESET_AFTER:
+                # phase 1: r, z of every column (W_hn acts on r ⊙ h, which needs all of r)
+                for n0 in range(0, H, BLOCK_N):
+                    cols = n0 + offs_n
+                    cmask = cols < H
+                    zero_t = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
+                    acc_r = _rows_dot(zero_t, h_cur, H, rows64, rmask, WT, H3, cols, cmask,
+                                      offs_k, H, BLOCK_K, PRECISION)
+                    acc_z = _rows_dot(zero_t, h_cur, H, rows64, rmask, WT + H, H3, cols, cmask,
+                                      offs_k, H, BLOCK_K, PRECISION)
+                    m2 = rmask[:, None] & cmask[None, :]
+                    xoff = rows64[:, None] * H3 + cols[None, :]
+                    goff = rows64[:, None] * H4 + cols[None, :]
+                    r = _sigmoid(acc_r + tl.load(xp_t + xoff, mask=m2, other=0.0))
+                    zg = _sigmoid(acc_z + tl.load(xp_t + xoff + H, mask=m2, other=0.0))
+                    h_old = tl.load(h_cur + rows64[:, None] * H + cols[None, :], mask=m2,
+                                    other=0.0)
+                    tl.store(g_t + goff, r, mask=m2)
+                    tl.store(g_t + goff + H, zg, mask=m2)
+                    tl.store(g_t + goff + 3 * H, r * h_old, mask=m2)
+                tl.debug_barrier()  # r ⊙ h of every column is in G
             for n0 in range(0, H, BLOCK_N):
                 cols = n0 + offs_n
                 cmask = cols < H
-                acc_r = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
-                acc_z = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
-                acc_n = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
-                for k0 in range(0, H, BLOCK_K):
-                    ks = k0 + offs_k
-                    kmask = ks < H
-                    hk = tl.load(h_cur + rows64[:, None] * H + ks[None, :],
-                                 mask=rmask[:, None] & kmask[None, :], other=0.0)
-                    wptr = WT + ks[:, None].to(tl.int64) * H3 + cols[None, :]
-                    wmask = kmask[:, None] & cmask[None, :]
-                    acc_r = _mma(hk, tl.load(wptr, mask=wmask, other=0.0), acc_r, PRECISION)
-                    acc_z = _mma(hk, tl.load(wptr + H, mask=wmask, other=0.0), acc_z, PRECISION)
-                    acc_n = _mma(hk, tl.load(wptr + 2 * H, mask=wmask, other=0.0), acc_n, PRECISION)
-                m2 = rmask[:, None] & cmask[None, :]
-                xoff = rows64[:, None] * H3 + cols[None, :]
-                goff = rows64[:, None] * H4 + cols[None, :]
-                r = _sigmoid(acc_r + tl.load(xp_t + xoff, mask=m2, other=0.0))
-                zg = _sigmoid(acc_z + tl.load(xp_t + xoff + H, mask=m2, other=0.0))
-                hn = acc_n + tl.load(BHN + cols, mask=cmask, other=0.0)[None, :]
-                n = _tanh(tl.load(xp_t + xoff + 2 * H, mask=m2, other=0.0) + r * hn)
-                tl.store(g_t + goff, r, mask=m2)
-                tl.store(g_t + goff + H, zg, mask=m2)
-                tl.store(g_t + goff + 2 * H, n, mask=m2)
-                tl.store(g_t + goff + 3 * H, hn, mask=m2)
+                if not RESET_AFTER:
+                    acc_n = _rows_dot(tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty),
+                                      g_t + 3 * H, H4, rows64, rmask, WT + 2 * H, H3, cols, cmask,
+                                      offs_k, H, BLOCK_K, PRECISION)  # (r ⊙ h) W_hn^T
+                    m2 = rmask[:, None] & cmask[None, :]
+                    xoff = rows64[:, None] * H3 + cols[None, :]
+                    goff = rows64[:, None] * H4 + cols[None, :]
+                    zg = tl.load(g_t + goff + H, mask=m2, other=0.0)
+                    hn = acc_n + tl.load(BHN + cols, mask=cmask, other=0.0)[None, :]
+                    n = _tanh(tl.load(xp_t + xoff + 2 * H, mask=m2, other=0.0) + hn)
+                    tl.store(g_t + goff + 2 * H, n, mask=m2)
+                else:
+                    acc_r = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
+                    acc_z = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
+                    acc_n = tl.zeros((BLOCK_B, BLOCK_N), dtype=XP.dtype.element_ty)
+                    for k0 in range(0, H, BLOCK_K):
+                        ks = k0 + offs_k
+                        kmask = ks < H
+                        hk = tl.load(h_cur + rows64[:, None] * H + ks[None, :],
+                                     mask=rmask[:, None] & kmask[None, :], other=0.0)
+                        wptr = WT + ks[:, None].to(tl.int64) * H3 + cols[None, :]
+                        wmask = kmask[:, None] & cmask[None, :]
+                        acc_r = _mma(hk, tl.load(wptr, mask=wmask, other=0.0), acc_r, PRECISION)
+                        acc_z = _mma(hk, tl.load(wptr + H, mask=wmask, other=0.0), acc_z,
+                                     PRECISION)
+                        acc_n = _mma(hk, tl.load(wptr + 2 * H, mask=wmask, other=0.0), acc_n,
+                                     PRECISION)
+                    m2 = rmask[:, None] & cmask[None, :]
+                    xoff = rows64[:, None] * H3 + cols[None, :]
+                    goff = rows64[:, None] * H4 + cols[None, :]
+                    r = _sigmoid(acc_r + tl.load(xp_t + xoff, mask=m2, other=0.0))
+                    zg = _sigmoid(acc_z + tl.load(xp_t + xoff + H, mask=m2, other=0.0))
+                    hn = acc_n + tl.load(BHN + cols, mask=cmask, other=0.0)[None, :]
+                    n = _tanh(tl.load(xp_t + xoff + 2 * H, mask=m2, other=0.0) + r * hn)
+                    tl.store(g_t + goff, r, mask=m2)
+                    tl.store(g_t + goff + H, zg, mask=m2)
+                    tl.store(g_t + goff + 2 * H, n, mask=m2)
+                    tl.store(g_t + goff + 3 * H, hn, mask=m2)
                 soff = rows64[:, None] * H + cols[None, :]
                 h_old = tl.load(h_cur + soff, mask=m2, other=0.0)
                 hc = (1.0 - zg) * n + zg * h_old
@@ -145,11 +202,14 @@ if HAS_TRITON:
         DG, GZ, GHBUF, DUP0, DCUM0,
         T, B, H,
         HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, RESET_AFTER: tl.constexpr,
+        N_HGATES: tl.constexpr,
     ):
         """W = W_hh (3H,H); GHBUF (2,B,H) ping-pong carried dh, [0] = grad of h_n; after the loop
-        [T % 2] holds dh0. DG (T,B,4H) gets d(r, z, n pre-activations) and d(W_hn h + b_hn);
-        GZ (T,B) the gradient of Δũ's pre-activation."""
+        [T % 2] holds dh0. DG (T,B,4H) gets d(r, z, n pre-activations) and d(W_hn h + b_hn)
+        (``RESET_AFTER`` False: d(W_hn (r ⊙ h) + b_hn) = dn, and dr once ``W_hnᵀ dn`` is known);
+        GZ (T,B) the gradient of Δũ's pre-activation. ``N_HGATES``: the DG blocks multiplied by
+        W_hh's rows at the end of a step (3: [dr, dz, dhn]; 2 without RESET_AFTER: [dr, dz])."""
         pid = tl.program_id(0)
         rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
         rmask = rows < B
@@ -197,30 +257,50 @@ if HAS_TRITON:
                 r = tl.load(g_t + goff, mask=m2, other=0.0)
                 zg = tl.load(g_t + goff + H, mask=m2, other=0.0)
                 n = tl.load(g_t + goff + 2 * H, mask=m2, other=0.0)
-                hn = tl.load(g_t + goff + 3 * H, mask=m2, other=0.0)
                 h_old = tl.load(hs_t + soff, mask=m2, other=0.0)
                 hc = (1.0 - zg) * n + zg * h_old
                 gu += tl.sum(tl.where(m2, (hc - h_old) * gh, 0.0), axis=1)
                 wp = tl.load(WP + cols, mask=cmask, other=0.0)
                 ghc = ub * gh + gz[:, None] * wp[None, :]
                 dn = ghc * (1.0 - zg) * (1.0 - n * n)
-                tl.store(dg_t + goff, dn * hn * r * (1.0 - r), mask=m2)
+                if RESET_AFTER:
+                    hn = tl.load(g_t + goff + 3 * H, mask=m2, other=0.0)
+                    tl.store(dg_t + goff, dn * hn * r * (1.0 - r), mask=m2)
+                    tl.store(dg_t + goff + 3 * H, dn * r, mask=m2)
+                else:  # dr needs W_hnᵀ dn over all columns: written after the barrier below
+                    tl.store(dg_t + goff + 3 * H, dn, mask=m2)
                 tl.store(dg_t + goff + H, ghc * (h_old - n) * zg * (1.0 - zg), mask=m2)
                 tl.store(dg_t + goff + 2 * H, dn, mask=m2)
-                tl.store(dg_t + goff + 3 * H, dn * r, mask=m2)
                 tl.store(gh_nxt + soff, (1.0 - ub) * gh + ghc * zg, mask=m2)
-            # ũ = cum + min(up, 1 - cum): d/dup = d/dcum = a, a = 1, 0, or 1/2 at a tie
+            # ũ = cum + min(up, 1 - cum): d/dup = d/dcum = a = 1[up <= 1 - cum] (TF's min at a tie)
             g_ut = m * (gu + (1.0 - u) * gcum + gprob)
             one_m = 1.0 - cum_p
-            a = tl.where(up_p < one_m, 1.0, tl.where(up_p > one_m, 0.0, 0.5))
+            a = tl.where(up_p <= one_m, 1.0, 0.0)
             gup = m * (1.0 - u) * gup + (1.0 - m) * gup + a * g_ut
             gcum = (1.0 - m) * gcum + a * g_ut
             tl.debug_barrier()  # DG[t] and the partial dh are complete
+            if not RESET_AFTER:
+                # q = dn W_hn = d(r ⊙ h): dr = q ⊙ h r (1 - r), dh += q ⊙ r
+                for n0 in range(0, H, BLOCK_N):
+                    cols = n0 + offs_n
+                    cmask = cols < H
+                    acc = _rows_dot(tl.zeros((BLOCK_B, BLOCK_N), dtype=GHBUF.dtype.element_ty),
+                                    dg_t + 2 * H, H4, rows64, rmask, W + 2 * H * H, H, cols, cmask,
+                                    offs_k, H, BLOCK_K, PRECISION)
+                    m2 = rmask[:, None] & cmask[None, :]
+                    soff = rows64[:, None] * H + cols[None, :]
+                    goff = rows64[:, None] * H4 + cols[None, :]
+                    r = tl.load(g_t + goff, mask=m2, other=0.0)
+                    h_old = tl.load(hs_t + soff, mask=m2, other=0.0)
+                    tl.store(dg_t + goff, acc * h_old * r * (1.0 - r), mask=m2)
+                    ptr = gh_nxt + soff
+                    tl.store(ptr, tl.load(ptr, mask=m2, other=0.0) + acc * r, mask=m2)
+                tl.debug_barrier()  # dr of every column is in DG[t]
             for n0 in range(0, H, BLOCK_N):
                 cols = n0 + offs_n
                 cmask = cols < H
                 acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=GHBUF.dtype.element_ty)
-                for g in tl.static_range(3):
+                for g in tl.static_range(N_HGATES):
                     # dh_prev += [dr, dz, dhn] W_hh: DG columns 0, H, 3H; W_hh rows 0, H, 2H
                     dcol = (g + g // 2) * H
                     for k0 in range(0, H, BLOCK_K):
@@ -248,7 +328,8 @@ if HAS_TRITON:
 # launchers
 # ----------------------------------------------------------------------------------------------
 
-def _launch_fwd(xp, w_hh, b_hn, gate_w, gate_b, mask, h0, up0, cum0, threshold, precision, cfg):
+def _launch_fwd(xp, w_hh, b_hn, gate_w, gate_b, mask, h0, up0, cum0, threshold, precision, cfg,
+                reset_after=True):
     T, B, H3 = xp.shape
     H = H3 // 3
     hs = new_buffer((T + 1, B, H), xp)
@@ -267,12 +348,13 @@ def _launch_fwd(xp, w_hh, b_hn, gate_w, gate_b, mask, h0, up0, cum0, threshold, 
         hs, gates, out, upd, prob, stats, up_n, cum_n,
         T, B, H, float(threshold),
         HAS_MASK=mask is not None, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], PRECISION=precision, num_warps=cfg["num_warps"])
+        BLOCK_K=cfg["BLOCK_K"], PRECISION=precision, RESET_AFTER=bool(reset_after),
+        num_warps=cfg["num_warps"])
     return out, hs, gates, upd, prob, stats, up_n, cum_n
 
 
 def _launch_bwd(w_hh, gate_w, mask, hs, gates, stats, g_out, g_hn, g_upn, g_cumn, g_upd,
-                g_prob, precision, cfg):
+                g_prob, precision, cfg, reset_after=True):
     T, B, H4 = gates.shape
     H = H4 // 4
     dg = new_buffer((T, B, 4 * H), gates)
@@ -288,7 +370,8 @@ def _launch_bwd(w_hh, gate_w, mask, hs, gates, stats, g_out, g_hn, g_upn, g_cumn
         dg, gz, ghbuf, dup0, dcum0,
         T, B, H,
         HAS_MASK=mask is not None, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], PRECISION=precision, num_warps=cfg["num_warps"])
+        BLOCK_K=cfg["BLOCK_K"], PRECISION=precision, RESET_AFTER=bool(reset_after),
+        N_HGATES=3 if reset_after else 2, num_warps=cfg["num_warps"])
     return dg, gz, ghbuf[T % 2], dup0, dcum0
 
 
@@ -320,7 +403,7 @@ class _SkipGRUTriton(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # no autocast inside
     def forward(ctx, x, h0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, mask,
-                threshold, precision):
+                threshold, precision, reset_after=True):
         cdt = compute_dtype(x.dtype)
         T, B, I = x.shape
         H = w_hh.shape[1]
@@ -339,15 +422,17 @@ class _SkipGRUTriton(torch.autograd.Function):
 
         def run_old():
             xpb, b_hn = _old_bias(proj.xp(), bih, bhh)
-            res = _launch_fwd(xpb, w_hhc, b_hn, *rest, tile_config(H, B))
+            res = _launch_fwd(xpb, w_hhc, b_hn, *rest, tile_config(H, B), reset_after)
             return (*res, res[1][T].clone())
 
-        out, hs, gates, upd, prob, stats, up_n, cum_n, h_n = coop.run(
-            key, coop.candidates(H, B, x.device, 3, precision, proj.fusable), run_coop,
-            run_old)
+        # the cooperative kernels have nn.GRU's candidate only
+        cands = coop.candidates(H, B, x.device, 3, precision, proj.fusable) if reset_after else []
+        out, hs, gates, upd, prob, stats, up_n, cum_n, h_n = coop.run(key, cands, run_coop,
+                                                                      run_old)
         ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, gates, stats)
         ctx.set_materialize_grads(False)  # missing output grads: one zero buffer in backward
         ctx.precision = precision
+        ctx.reset_after = reset_after
         ctx.dtypes = [None if t is None else t.dtype for t in
                       (x, h0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b)]
         ctx.gate_shapes = (gate_w.shape, gate_b.shape)
@@ -363,7 +448,7 @@ class _SkipGRUTriton(torch.autograd.Function):
         cdt = gates.dtype
         T, B, I = xc.shape
         H = w_hhc.shape[1]
-        cands = coop.candidates(H, B, xc.device, 3, ctx.precision)
+        cands = coop.candidates(H, B, xc.device, 3, ctx.precision) if ctx.reset_after else []
         g, spare = grads_or_zeros((g_out, g_hn, g_upn, g_cumn, g_upd, g_prob),
                                   ((T, B, H), (B, H), (B,), (B,), (T, B), (T, B)), cdt, xc.device,
                                   scratch=coop.counter_scratch(cands, B))
@@ -372,7 +457,7 @@ class _SkipGRUTriton(torch.autograd.Function):
         key = ("gru-bwd", B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
 
         def run_old():
-            dg, gz, dh0, dup0, dcum0 = _launch_bwd(*bargs, tile_config(H, B))
+            dg, gz, dh0, dup0, dcum0 = _launch_bwd(*bargs, tile_config(H, B), ctx.reset_after)
             part = _sums_old(gz, gates, hs) if any(ctx.needs_input_grad[8:10]) else None
             return dg, gz, dh0, dup0, dcum0, part
 
@@ -385,8 +470,12 @@ class _SkipGRUTriton(torch.autograd.Function):
         dw_ih = dxp.t() @ xc.reshape(T * B, I) if need[4] else None
         dw_hh = None
         if need[5]:
-            dgh = torch.cat([dg2[:, :2 * H], dg2[:, 3 * H:]], dim=1)    # d(h W_hh^T + b_hh)
-            dw_hh = dgh.t() @ hs[:-1].reshape(T * B, H)
+            if ctx.reset_after:
+                dgh = torch.cat([dg2[:, :2 * H], dg2[:, 3 * H:]], dim=1)  # d(h W_hh^T + b_hh)
+                dw_hh = dgh.t() @ hs[:-1].reshape(T * B, H)
+            else:  # the n rows act on r ⊙ h (kept in the gates' last block)
+                dw_hh = torch.cat([dg2[:, :2 * H].t() @ hs[:-1].reshape(T * B, H),
+                                   dg2[:, 3 * H:].t() @ gates[..., 3 * H:].reshape(T * B, H)])
         db_ih = db_hh = dgw = dgb = None
         if need[6] or need[7]:
             s = dg2.sum(0)  # [r, z, n (input side), W_hn h + b_hn]
@@ -399,12 +488,13 @@ class _SkipGRUTriton(torch.autograd.Function):
         grads = [dx, dh0, dup0, dcum0, dw_ih, dw_hh, db_ih, db_hh, dgw, dgb]
         grads = [None if (g is None or not n) else (g if g.dtype == d else g.to(d))
                  for g, n, d in zip(grads, need, ctx.dtypes)]
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------
 # public function
 # ----------------------------------------------------------------------------------------------
+
 
 def skip_gru_triton(
     x: Tensor,
@@ -421,6 +511,7 @@ def skip_gru_triton(
     forced: Tensor | None = None,
     constant_delta: float | None = None,
     precision: str | None = None,
+    reset_after: bool = True,
 ):
     """Skip GRU over a whole sequence with fused Triton kernels (forward and backward).
 
@@ -430,6 +521,8 @@ def skip_gru_triton(
 
     Supported: one layer, a float threshold, ``forced=None``, ``constant_delta=None`` (ValueError
     otherwise; use the reference). ``dropout`` only acts between layers, so it is ignored here.
+    ``reset_after=False`` (the paper's candidate) runs on the per-row-block kernels (the
+    cooperative ones have nn.GRU's candidate only).
     ``precision``: 'ieee' (exact fp32 products) or 'tf32' (tensor cores); default 'tf32' on CUDA
     ('ieee' for float64 and under ``TRITON_INTERPRET=1``); env ``SKIPRNN_TRITON_PRECISION``.
     """
@@ -461,7 +554,7 @@ def skip_gru_triton(
     prec = resolve_precision(precision, x.dtype)
     out, h_n, up, cum, upd, prob = _SkipGRUTriton.apply(
         x, h0[0], update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh, gate_weight, gate_bias, mask,
-        float(threshold), prec)
+        float(threshold), prec, bool(reset_after))
     return out, h_n.unsqueeze(0), up, cum, upd, prob
 
 
@@ -482,6 +575,7 @@ def skip_gru_triton_infer(
     forced: Tensor | None = None,
     constant_delta: float | None = None,
     precision: str | None = None,
+    reset_after: bool = True,
 ):
     """Forward-only Skip GRU (no autograd, nothing saved for a backward): ``skip_gru_naive``'s
     signature and returns. Uses the cooperative kernel (h ping-pong, no history) where it applies,
@@ -489,10 +583,10 @@ def skip_gru_triton_infer(
     require_triton()
     if len(layers) != 1 or forced is not None or constant_delta is not None \
             or (isinstance(threshold, Tensor) and threshold.dim() != 0) or x.dim() != 3 \
-            or x.shape[0] == 0:
+            or x.shape[0] == 0 or not reset_after:
         return skip_gru_triton(x, h0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,
                                mask, threshold, dropout, training, forced, constant_delta,
-                               precision)  # raises the usual errors
+                               precision, reset_after)  # raises the usual errors
     check_device(x)
     threshold = float(threshold)
     w_ih, w_hh, b_ih, b_hh = layers[0]

@@ -27,7 +27,7 @@ tensor works as well), ``forced is None``, ``constant_delta is None``; anything 
 *between* layers, so it never acts on one layer. The mask must be binary (bool or 0/1).
 Gradients flow to ``x``, the LSTM weights and biases, ``gate_weight``, ``gate_bias``, ``h0``, ``c0``,
 ``update_prob0`` and ``cum_prob0`` from every output. The gradient of the ``min`` in
-``ũ = cum + min(Δũ, 1 - cum)`` is split 50/50 at exact ties, as ``torch.minimum`` does (ũ itself
+``ũ = cum + min(Δũ, 1 - cum)`` goes wholly to Δũ at exact ties, as TensorFlow's (ũ itself
 is computed as ``min(cum + Δũ, 1)``, equal up to one rounding where the clamp acts).
 Not supported: double backward (``once_differentiable``) and a second backward through the same
 call (``retain_graph=True``): both raise. The output is saved for backward, so modifying it in
@@ -216,8 +216,7 @@ def _gate_flush(kk, sc, L, M_chunk, one):
     kk[:, L.U:L.U + 1] = u
     a = torch.sub(one, cum_o)
     pu = kk[:, L.PU:L.PU + 1]
-    torch.lt(up_o, a, out=pu)  # ∂ũ/∂Δũ = ∂ũ/∂cum of torch.minimum: 1, 0, or 1/2 at a tie
-    pu.add_((up_o == a).to(pu.dtype), alpha=0.5)
+    torch.le(up_o, a, out=pu)  # ∂ũ/∂Δũ = ∂ũ/∂cum: 1 where Δũ <= 1 - cum (TF's min at a tie), else 0
     if M_chunk is None:
         kk[:, L.C2 + 1] = 0
         kk[:, L.M] = 1

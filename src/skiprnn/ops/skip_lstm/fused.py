@@ -22,8 +22,9 @@ and for inputs of at most 4 features a configuration may project them in-kernel 
 4. Outside the kernel, big GEMMs: dW_hh, dW_ih, dx, biases, dw_p, db_p.
 
 Gradient of the gate (straight-through, du/dũ = 1): ``du = Σ (h_cand - h_old) dh' + Σ (c_cand -
-c_old) dc' + d(up')(Δũ - up) - d(cum')ũ + d(updates)``; ``ũ = cum + min(up, 1 - cum)`` splits its
-gradient 50/50 at an exact tie, as ``torch.minimum`` does (this happens at the first step).
+c_old) dc' + d(up')(Δũ - up) - d(cum')ũ + d(updates)``; ``ũ = cum + min(up, 1 - cum)`` sends its
+whole gradient to ``up`` at an exact tie, as TensorFlow's ``tf.minimum`` (this happens at the
+first step).
 
 Precision: ``precision='ieee'`` (exact fp32 products, used by the tests) or ``'tf32'`` (tensor
 cores, as cuDNN uses for RNNs under PyTorch's defaults). Default: 'tf32' on CUDA, 'ieee' in the
@@ -237,10 +238,10 @@ if HAS_TRITON:
                 tl.store(dg_t + goff + 3 * H, ghc * tc * so * (1.0 - so), mask=m2)
                 tl.store(gc_nxt + soff, (1.0 - ub) * gc + gcc * sf, mask=m2)
                 tl.store(gh_nxt + soff, (1.0 - ub) * gh, mask=m2)
-            # ũ = cum + min(up, 1 - cum): d/dup = d/dcum = a, a = 1, 0, or 1/2 at a tie
+            # ũ = cum + min(up, 1 - cum): d/dup = d/dcum = a = 1[up <= 1 - cum] (TF's min at a tie)
             g_ut = m * (gu + (1.0 - u) * gcum + gprob)
             one_m = 1.0 - cum_p
-            a = tl.where(up_p < one_m, 1.0, tl.where(up_p > one_m, 0.0, 0.5))
+            a = tl.where(up_p <= one_m, 1.0, 0.0)
             gup = m * (1.0 - u) * gup + (1.0 - m) * gup + a * g_ut
             gcum = (1.0 - m) * gcum + a * g_ut
             tl.debug_barrier()  # DG[t] and the partial dh are complete
