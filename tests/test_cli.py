@@ -120,6 +120,12 @@ def test_interrupt_leaves_resumable_checkpoint(tmp_path):
     (["train", "frequency", "--task-option", "sampling_period_ms=x"], 2, "sampling_period_ms must be a number"),
     (["train", "mnist", "--task-option", "source=web"], 2, "source must be"),
     (["train", "--backend", "skipping"], 2, "inference-only"),
+    (["train", "--recipe", "nope"], 2, "invalid choice"),
+    (["train", "--model", "lstm", "--budget-warmup", "10"], 2, "--budget-warmup act(s) on a learned"),
+    (["train", "--model", "gru", "--gate-lr-mult", "0.1"], 2, "--gate-lr-mult act(s) on a learned"),
+    (["train", "--gate-lr-mult", "-1"], 2, "--gate-lr-mult must be a number >= 0"),
+    (["train", "--target-rate", "1.5"], 2, "--target-rate must be a number >= 0 and <= 1"),
+    (["train", "--budget-ramp", "2.5"], 2, "invalid int value"),
     (["train", "--backend", "nope"], 2, "unknown backend"),
     (["evaluate", "/nonexistent/run", "--device", "foo"], 2, "unknown device 'foo'"),
     (["evaluate", "/nonexistent/run", "--eval-batch-size", "0"], 2, "--eval-batch-size must be"),
@@ -316,3 +322,43 @@ def test_os_errors_are_clean_and_debug_reraises(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("SKIPRNN_DEBUG", "1")
     with pytest.raises(PermissionError):
         main(["plot", str(tmp_path)])
+
+
+def test_recipes_fill_what_the_user_did_not_give():
+    """--recipe fast (the default) and --recipe paper set lr and the gate controls; any of them
+    given on the command line wins; models without a gate get no gate controls."""
+    from skiprnn.cli import build_parser, build_train_config
+    from skiprnn.training.config import RECIPES
+
+    def cfg(*args):
+        return build_train_config(build_parser().parse_args(["train", *args]), verbose=False)[0]
+
+    fast = cfg("mnist")
+    assert fast.recipe == "fast" and fast.lr == RECIPES["fast"]["lr"]["mnist"]
+    assert (fast.gate_warmup, fast.budget_warmup, fast.budget_ramp, fast.gate_lr_mult) == (
+        RECIPES["fast"]["gate_warmup"]["mnist"], RECIPES["fast"]["budget_warmup"]["mnist"],
+        RECIPES["fast"]["budget_ramp"]["mnist"], RECIPES["fast"]["gate_lr_mult"])
+    paper = cfg("mnist", "--recipe", "paper")
+    assert paper.lr == 1e-4 and (paper.gate_warmup, paper.budget_warmup, paper.budget_ramp) == (0, 0, 0)
+    assert paper.gate_lr_mult == 1.0
+    assert paper.task_options == {"val_split": "first", "eval_drop_last": True}   # the code's protocol
+    mixed = cfg("adding", "--recipe", "paper", "--lr", "3e-3", "--budget-warmup", "50")
+    assert (mixed.lr, mixed.budget_warmup, mixed.gate_warmup) == (3e-3, 50, 0)
+    plain = cfg("adding", "--model", "lstm")
+    assert plain.gate_warmup is None and plain.gate_lr_mult is None and plain.lr == 3e-3
+
+
+def test_paper_recipe_trains_the_paper_codes_layer_and_optimizer():
+    from skiprnn.optim import TFAdam
+    from skiprnn.training.config import RunConfig, resolve_defaults
+    from skiprnn.training.module import SkipRNNModule
+
+    c = resolve_defaults(RunConfig(task="adding", model="skip_gru", recipe="paper", max_steps=1,
+                                   hidden_size=8), {"model", "recipe"})
+    m = SkipRNNModule(c.validate().to_dict())
+    assert m.rnn.bias_hh_l0 is None and m.rnn.reset_after is False      # one bias, reset before
+    assert isinstance(m.configure_optimizers(), TFAdam)
+    c = resolve_defaults(RunConfig(task="adding", model="skip_gru", max_steps=1, hidden_size=8), {"model"})
+    m = SkipRNNModule(c.validate().to_dict())
+    assert m.rnn.bias_hh_l0 is not None and m.rnn.reset_after is True
+    assert type(m.configure_optimizers()).__name__ == "Adam"

@@ -11,8 +11,6 @@ noise. Two controls, usable with any training loop:
 * :func:`gate_param_groups` — the gate's parameters get their own learning rate (a multiplier of
   the others'), so the budget cannot move them faster than the task learns.
 
-(A third, the cap on consecutive skipped steps, is the layers' ``max_skip`` argument.)
-
 Example (plain PyTorch)::
 
     sched = BudgetSchedule(cost_per_sample=1e-4, warmup_steps=1000, ramp_steps=1000)

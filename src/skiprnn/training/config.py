@@ -39,7 +39,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 #: (README, "Training recipes"). Each entry's "doc" is printed by ``skiprnn train --help``.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
-        "doc": "the paper's: Adam lr 1e-4, constant λ from the first step, one learning rate",
+        "doc": "the paper's code: TF1's Adam at lr 1e-4, constant λ from the first step, one bias "
+               "per gate, the GRU's reset before the product, TF's initialisation, MNIST's first "
+               "5,000 images for validation and whole test batches",
         "lr": 1e-4, "budget_warmup": 0, "budget_ramp": 0, "gate_warmup": 0, "gate_lr_mult": 1.0,
     },
     "fast": {
@@ -80,7 +82,6 @@ class RunConfig:
     gate_lr_mult: Optional[float] = None  # the update gate's W_p, b_p learn at lr × this
     target_rate: Optional[float] = None   # target-rate loss towards this fraction of updates
     target_weight: float = 1.0            # its weight
-    max_skip: Optional[int] = None        # at most this many consecutive skipped steps
     p_skip: float = 0.5                   # random-skip baselines only
     period: int = 2                       # periodic-skip baselines only
     seed: int = 0
@@ -189,7 +190,6 @@ class RunConfig:
         num("--gate-lr-mult", self.gate_lr_mult, lo=0)
         num("--target-rate", self.target_rate, lo=0, hi=1)
         num("--target-weight", self.target_weight, lo=0, allow_none=False)
-        num("--max-skip", self.max_skip, lo=0, integer=True)
         if self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; valid recipes: {', '.join(RECIPES)}")
         if self.max_time is not None and not _TIME_RE.match(str(self.max_time)):
@@ -221,6 +221,12 @@ class RunConfig:
         if "p_skip" in explicit and not self.model.startswith("random_skip_"):
             raise ConfigError(f"--p-skip only applies to random_skip_lstm / random_skip_gru, not "
                               f"{self.model!r}")
+        gate_only = [k for k in _GATE_FIELDS if k in explicit and getattr(self, k) is not None
+                     and not learned_gate]
+        if gate_only:
+            raise ConfigError(
+                f"{', '.join('--' + k.replace('_', '-') for k in gate_only)} act(s) on a learned update "
+                f"gate; {self.model!r} has none (use skip_lstm or skip_gru)")
         if "period" in explicit and not self.model.startswith("periodic_skip_"):
             raise ConfigError(f"--period only applies to periodic_skip_lstm / periodic_skip_gru, not "
                               f"{self.model!r}")
@@ -314,6 +320,10 @@ def resolve_defaults(cfg: RunConfig, explicit: set) -> RunConfig:
         if k in _GATE_FIELDS and not gated:
             continue
         setattr(cfg, k, v)
+    if cfg.recipe == "paper":   # the paper code's protocol (MNIST: the first 5,000 for validation, ...)
+        from .paper import paper_task_options
+        for k, v in paper_task_options(cfg.task).items():
+            cfg.task_options.setdefault(k, v)
     td = TASK_DEFAULTS.get(cfg.task, {})
     for k, v in td.items():
         if k not in explicit and hasattr(cfg, k):
@@ -325,7 +335,7 @@ def resolve_defaults(cfg: RunConfig, explicit: set) -> RunConfig:
     return cfg
 
 
-_GATE_FIELDS = ("budget_warmup", "budget_ramp", "gate_warmup", "gate_lr_mult", "target_rate", "max_skip")
+_GATE_FIELDS = ("budget_warmup", "budget_ramp", "gate_warmup", "gate_lr_mult", "target_rate")
 
 
 def _known_models():

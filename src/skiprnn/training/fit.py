@@ -421,7 +421,7 @@ def format_summary(r: dict) -> str:
 
 #: the RunConfig fields that shape how the learned gate is trained (recorded in results.json)
 GATE_CONTROLS = ("budget_warmup", "budget_ramp", "gate_warmup", "gate_lr_mult", "target_rate",
-                 "target_weight", "max_skip")
+                 "target_weight")
 
 
 def recipe_description(cfg: RunConfig) -> str:
@@ -436,8 +436,6 @@ def recipe_description(cfg: RunConfig) -> str:
         parts.append(f"gate lr × {cfg.gate_lr_mult:g}")
     if cfg.target_rate is not None:
         parts.append(f"target rate {cfg.target_rate:g} (weight {cfg.target_weight:g})")
-    if cfg.max_skip is not None:
-        parts.append(f"max {cfg.max_skip} skips in a row")
     return ", ".join(parts) or "constant λ"
 
 

@@ -18,8 +18,9 @@ from ..controls import BudgetSchedule, gate_param_groups, is_gate_parameter
 from ..losses import budget_loss, target_rate_loss
 from ..metrics import inference_flops
 from ..modules import build_rnn
-from ..modules.registry import cell_kind, has_learned_gate
+from ..modules.registry import cell_kind, has_learned_gate, paper_layer_kwargs
 from ..tasks import get_task
+from .paper import paper_optimizer
 
 __all__ = ["SkipRNNModule", "build_task", "final_hidden"]
 
@@ -84,11 +85,14 @@ class SkipRNNModule(pl.LightningModule):
         kw = {"batch_first": True, "learn_init": True}
         if self.model_name.startswith(("skip_", "random_", "periodic_")):
             kw["backend"] = config.get("backend", "auto")
-        if self.learned_gate and config.get("max_skip") is not None:
-            kw["max_skip"] = int(config["max_skip"])
+        #: the paper recipe trains the official code's layer (one bias per gate, the GRU's reset
+        #: before the product, TF's joint Glorot) with TF1's Adam
+        self.paper_exact = config.get("recipe") == "paper"
+        if self.paper_exact:
+            kw.update(paper_layer_kwargs(self.model_name))
+        kw.setdefault("paper_init", True)
         self.rnn = build_rnn(self.model_name, t.input_size, t.hidden_size, t.num_layers,
-                             p_skip=config.get("p_skip", 0.5), period=config.get("period", 2),
-                             paper_init=True, **kw)
+                             p_skip=config.get("p_skip", 0.5), period=config.get("period", 2), **kw)
         self.head = nn.Linear(t.hidden_size, t.predict_head)
         nn.init.xavier_uniform_(self.head.weight)   # tf.contrib.layers.linear: Xavier, zero bias
         nn.init.zeros_(self.head.bias)
@@ -333,7 +337,10 @@ class SkipRNNModule(pl.LightningModule):
         # Adam with the paper's β/ε; global-norm clipping is done by the Trainer (gradient_clip_val).
         # The update gate's W_p, b_p may have their own learning rate (gate_lr_mult, 1 = the paper's).
         mult = float(self.config.get("gate_lr_mult") or 1.0)
-        groups = self.parameters() if mult == 1.0 else gate_param_groups(self, self.task.lr, mult)
+        groups = ([p for p in self.parameters() if p.requires_grad] if mult == 1.0
+                  else gate_param_groups(self, self.task.lr, mult))
+        if self.paper_exact:
+            return paper_optimizer(groups, lr=self.task.lr)      # TF1's Adam (ε before bias correction)
         return torch.optim.Adam(groups, lr=self.task.lr, betas=(0.9, 0.999), eps=1e-8)
 
     # ------------------------------------------------------------------ random state in checkpoints
