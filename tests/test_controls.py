@@ -52,3 +52,45 @@ def test_gate_param_groups_put_exactly_the_gate_at_its_own_lr():
 def test_is_gate_parameter_names():
     assert is_gate_parameter("update_gate.weight") and is_gate_parameter("rnn.update_gate.bias")
     assert not is_gate_parameter("rnn.weight_hh_l0") and not is_gate_parameter("my_update_gate_x.w")
+
+
+@pytest.mark.parametrize("make", [lambda: skiprnn.SkipLSTM(3, 16, num_layers=2),
+                                  lambda: skiprnn.PlainLSTM(3, 16), lambda: torch.nn.LSTM(3, 16),
+                                  lambda: skiprnn.SkipGRU(3, 16), lambda: torch.nn.GRU(3, 16)],
+                         ids=["skip_lstm_2l", "plain_lstm", "nn_lstm", "skip_gru", "nn_gru"])
+def test_chrono_init_sets_the_memory_gate_biases(make):
+    torch.manual_seed(0)
+    m = make()
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    skiprnn.chrono_init_(m, 784)
+    H = 16
+    lstm = isinstance(m, torch.nn.LSTM) or getattr(m, "mode", None) == "lstm"
+    for k in range(m.num_layers):
+        b = getattr(m, f"bias_ih_l{k}").detach()
+        keep = b[H:2 * H]
+        assert bool((keep >= 0).all()) and bool((keep <= torch.log(torch.tensor(783.0))).all())
+        assert float(keep.std()) > 0.5                      # spread over time scales, not constant
+        if lstm:
+            torch.testing.assert_close(b[:H], -keep)
+        torch.testing.assert_close(getattr(m, f"bias_hh_l{k}").detach()[:2 * H], torch.zeros(2 * H))
+    for n, p in m.named_parameters():                       # nothing else touched
+        if n.startswith("weight"):
+            assert torch.equal(p.detach(), before[n]), n
+    with pytest.raises(ValueError, match="max_len"):
+        skiprnn.chrono_init_(m, 2)
+
+
+def test_mnist_standardize_option():
+    from skiprnn.tasks import get_task
+    pytest.importorskip("mnist")
+    raw = get_task("mnist", limit=64).train_dataset()
+    std = get_task("mnist", limit=64, standardize=True).train_dataset()
+    x0, y0 = raw.tensors()
+    x1, y1 = std.tensors()
+    torch.testing.assert_close(x1, (x0 - 0.1307) / 0.3081)
+    assert torch.equal(y0, y1)
+    xb, _ = std.batch([3, 5])
+    torch.testing.assert_close(xb, x1[[3, 5]])
+    torch.testing.assert_close(std[7][0], x1[7])
+    with pytest.raises(ValueError, match="standardize must be True or False"):
+        get_task("mnist", standardize="yes")

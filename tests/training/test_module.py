@@ -375,6 +375,23 @@ def test_training_loss_follows_the_budget_schedule_and_the_gate_warmup():
     m.validation_step((x, y), 0)
 
 
+def test_gate_parameters_do_not_train_while_the_gate_is_held_open():
+    import types
+    torch.manual_seed(0)
+    m = SkipRNNModule(_cfg(model="skip_lstm", cost_per_sample=1e-2, gate_warmup=2))
+    x, y = m.task.sample(16)
+    for step, frozen in ((0, True), (1, True), (2, False)):
+        m._trainer = types.SimpleNamespace(global_step=step)
+        m._writes_step_logs = lambda: False
+        m._log_train = lambda values, batch_size: None
+        m.zero_grad()
+        m.training_step((x, y), 0).backward()
+        m.on_after_backward()
+        assert (m.rnn.update_gate.weight.grad is None) == frozen
+        assert (m.rnn.update_gate.bias.grad is None) == frozen
+        assert m.rnn.weight_hh_l0.grad is not None
+
+
 def test_gate_lr_mult_reaches_the_optimizer():
     m = SkipRNNModule(_cfg(model="skip_lstm", cost_per_sample=1e-3, lr=2e-3, gate_lr_mult=0.25))
     opt = m.configure_optimizers()
@@ -411,3 +428,13 @@ def test_gate_diagnostics_split_the_gradient_into_task_and_budget(tmp_path):
     assert logged["gate/lambda"] == pytest.approx(1e-2)
     assert 0 < logged["gate/delta_q10"] <= logged["gate/delta_q50"] <= logged["gate/delta_q90"] <= 1
     assert all(0 <= logged[f"gate/updates_pos{k}"] <= 1 for k in range(8))
+
+
+def test_init_chrono_reaches_the_layer():
+    H = 8
+    m = SkipRNNModule(_cfg(model="skip_lstm", init="chrono"))
+    f = m.rnn.bias_ih_l0.detach()[H:2 * H]
+    assert float(f.std()) > 0.3 and float(f.max()) <= float(torch.log(torch.tensor(m.task.seq_len - 1.0)))
+    torch.testing.assert_close(m.rnn.bias_ih_l0.detach()[:H], -f)
+    paper = SkipRNNModule(_cfg(model="skip_lstm")).rnn.bias_ih_l0.detach()[H:2 * H]
+    torch.testing.assert_close(paper, torch.ones(H))              # the paper's forget bias 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .baselines import (PeriodicSkipGRU, PeriodicSkipLSTM, PlainGRU, PlainLSTM, RandomSkipGRU,
@@ -75,12 +76,37 @@ def build_rnn(name: str, input_size: int, hidden_size: int, num_layers: int = 1,
 
 def _paper_init_plain(m: nn.RNNBase, joint: bool = False) -> None:
     """The paper initialisation of an nn.LSTM / nn.GRU (``paper_init_weights`` per layer)."""
-    import torch
-
     mode = "lstm" if isinstance(m, nn.LSTM) else "gru"
     with torch.no_grad():
         for k in range(m.num_layers):
             paper_init_weights(mode, *(getattr(m, f"{n}_l{k}") for n in _PARAM_NAMES), joint=joint)
+
+
+def chrono_init_(m: nn.Module, max_len: int, generator: torch.Generator | None = None) -> nn.Module:
+    """Chrono initialisation (Tallec & Ollivier, ICLR 2018) of an LSTM / GRU layer's gate biases
+    for dependencies up to ``max_len`` steps: the forget gate's (LSTM) or the keep gate's (GRU's
+    z, which weights the old state in nn.GRU) bias ~ log U(1, max_len − 1), and the LSTM input
+    gate's its negative, so each unit starts with a memory time scale spread up to ``max_len``.
+    The other parameters are left as they are. Works on Skip*, Plain* and torch's nn.LSTM / nn.GRU
+    (bias in ``bias_ih_l{k}``; ``bias_hh_l{k}``'s rows for these gates are zeroed).
+    """
+    if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 3:
+        raise ValueError(f"max_len must be an int >= 3 (the longest dependency in steps), got {max_len!r}")
+    lstm = isinstance(m, nn.LSTM) or getattr(m, "mode", None) == "lstm"
+    H, L = m.hidden_size, m.num_layers
+    with torch.no_grad():
+        for k in range(L):
+            b_ih, b_hh = getattr(m, f"bias_ih_l{k}", None), getattr(m, f"bias_hh_l{k}", None)
+            if b_ih is None:
+                raise ValueError("chrono_init_ needs a layer with biases (bias=True)")
+            u = torch.empty(H, dtype=b_ih.dtype).uniform_(1.0, float(max_len - 1), generator=generator)
+            t = torch.log(u).to(b_ih.device)
+            b_ih[H:2 * H] = t                 # LSTM forget gate / GRU z (keeps the old state)
+            if lstm:
+                b_ih[:H] = -t                 # LSTM input gate
+            if b_hh is not None:
+                b_hh[:2 * H] = 0.0
+    return m
 
 
 def paper_layer_kwargs(name: str) -> dict:

@@ -374,7 +374,11 @@ class MNISTDataset(Dataset):
     ``(x (784, 1) float32 in [0, 1] (= uint8 / 255), y int64 0-d)``.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+    #: pixel mean and standard deviation of the official 60,000 training images (over [0, 1])
+    MEAN, STD = 0.1307, 0.3081
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, standardize: bool = False):
+        self.standardize = bool(standardize)
         if images.dtype != torch.uint8 or images.dim() != 2 or images.shape[1] != 784:
             raise ValueError(f"images must be uint8 (N, 784), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
@@ -385,18 +389,26 @@ class MNISTDataset(Dataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(..., 784)`` -> float32 ``(..., 784, 1)``: ``/ 255``, then ``(x - MEAN) / STD``
+        with ``standardize``."""
+        x = images.float().div_(255.0)
+        if self.standardize:
+            x = x.sub_(self.MEAN).div_(self.STD)
+        return x.unsqueeze(-1)
+
     def __getitem__(self, i):
-        return self.images[i].float().div_(255.0).unsqueeze(-1), self.labels[i]
+        return self._inputs(self.images[i]), self.labels[i]
 
     def batch(self, indices) -> tuple:
         """Items ``indices`` at once, as the default collate would stack them: ``x (n, 784, 1)``
         float32, ``y (n,)`` int64 (one gather instead of n item calls)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[idx].float().div_(255.0).unsqueeze(-1), self.labels[idx]
+        return self._inputs(self.images[idx]), self.labels[idx]
 
     def tensors(self) -> tuple:
         """All items at once: ``x (N, 784, 1)`` float32, ``y (N,)`` int64."""
-        return self.images.float().div_(255.0).unsqueeze(-1), self.labels
+        return self._inputs(self.images), self.labels
 
 
 @dataclass
@@ -410,8 +422,11 @@ class MNISTTask(Task):
     runs), ``max_epochs`` (600) and the common :class:`Task` fields. λ grid {1e-4}; p_skip {0.5}
     for LSTM and GRU.
 
-    Items: ``x (784, 1)`` float32 in [0, 1], ``y`` int64 class. The data are loaded once per task
-    object on first use.
+    ``standardize`` (False: pixels in [0, 1] as the paper; True: ``(x - 0.1307) / 0.3081``, the
+    training set's mean and deviation).
+
+    Items: ``x (784, 1)`` float32 in [0, 1] (standardized if asked), ``y`` int64 class. The data are
+    loaded once per task object on first use.
     """
 
     name: ClassVar[str] = "mnist"
@@ -427,6 +442,7 @@ class MNISTTask(Task):
     val_size: int = 5_000
     val_split: str = "last"
     eval_drop_last: bool = False
+    standardize: bool = False
     limit: Optional[int] = None
     limit_train: Optional[int] = None
     limit_val: Optional[int] = None
@@ -448,8 +464,9 @@ class MNISTTask(Task):
             raise ValueError(f"val_size must be an int >= 1, got {self.val_size!r}")
         if self.val_split not in VAL_SPLITS:
             raise ValueError(f"val_split must be one of {VAL_SPLITS}, got {self.val_split!r}")
-        if not isinstance(self.eval_drop_last, bool):
-            raise ValueError(f"eval_drop_last must be True or False, got {self.eval_drop_last!r}")
+        for name in ("eval_drop_last", "standardize"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def arrays(self) -> MNISTArrays:
         """The full official arrays (loaded on first call, then cached on this object)."""
@@ -467,7 +484,7 @@ class MNISTTask(Task):
                 raise ValueError(f"eval_drop_last=True keeps whole batches of {self.batch_size} "
                                  f"only, and this split has fewer items ({images.shape[0]} before "
                                  "limits)")
-        return MNISTDataset(images[:k], labels[:k])
+        return MNISTDataset(images[:k], labels[:k], standardize=self.standardize)
 
     def _split_train(self) -> tuple:
         """``(images, labels, train slice, validation slice)`` of the official training set."""

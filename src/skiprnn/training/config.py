@@ -82,6 +82,7 @@ class RunConfig:
     gate_lr_mult: Optional[float] = None  # the update gate's W_p, b_p learn at lr × this
     target_rate: Optional[float] = None   # target-rate loss towards this fraction of updates
     target_weight: float = 1.0            # its weight
+    init: Optional[str] = None            # gate-bias initialisation: paper | chrono (None: the recipe's)
     p_skip: float = 0.5                   # random-skip baselines only
     period: int = 2                       # periodic-skip baselines only
     seed: int = 0
@@ -190,6 +191,8 @@ class RunConfig:
         num("--gate-lr-mult", self.gate_lr_mult, lo=0)
         num("--target-rate", self.target_rate, lo=0, hi=1)
         num("--target-weight", self.target_weight, lo=0, allow_none=False)
+        if self.init not in (None, "paper", "chrono"):
+            raise ConfigError(f"--init must be 'paper' or 'chrono', got {self.init!r}")
         if self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; valid recipes: {', '.join(RECIPES)}")
         if self.max_time is not None and not _TIME_RE.match(str(self.max_time)):

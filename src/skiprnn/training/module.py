@@ -18,7 +18,7 @@ from ..controls import BudgetSchedule, gate_param_groups, is_gate_parameter
 from ..losses import budget_loss, target_rate_loss
 from ..metrics import inference_flops
 from ..modules import build_rnn
-from ..modules.registry import cell_kind, has_learned_gate, paper_layer_kwargs
+from ..modules.registry import cell_kind, chrono_init_, has_learned_gate, paper_layer_kwargs
 from ..tasks import get_task
 from .paper import paper_optimizer
 
@@ -78,7 +78,8 @@ class SkipRNNModule(pl.LightningModule):
         #: λ per optimizer step (0 during the warm-up, then a ramp; the paper's is constant)
         self.budget = BudgetSchedule(self.cost_per_sample, int(config.get("budget_warmup") or 0),
                                      int(config.get("budget_ramp") or 0))
-        #: optimizer steps during which the gate is held open (every step updates, τ = 0)
+        #: optimizer steps during which the gate is held open (every step updates, τ = 0) and its
+        #: W_p, b_p do not train
         self.gate_warmup = int(config.get("gate_warmup") or 0) if self.learned_gate else 0
         self.target_rate = config.get("target_rate") if self.learned_gate else None
         self.target_weight = float(config.get("target_weight") or 1.0)
@@ -93,6 +94,8 @@ class SkipRNNModule(pl.LightningModule):
         kw.setdefault("paper_init", True)
         self.rnn = build_rnn(self.model_name, t.input_size, t.hidden_size, t.num_layers,
                              p_skip=config.get("p_skip", 0.5), period=config.get("period", 2), **kw)
+        if config.get("init") == "chrono":          # forget biases for memories up to T steps
+            chrono_init_(self.rnn, max(int(t.seq_len), 3))
         self.head = nn.Linear(t.hidden_size, t.predict_head)
         nn.init.xavier_uniform_(self.head.weight)   # tf.contrib.layers.linear: Xavier, zero bias
         nn.init.zeros_(self.head.bias)
@@ -271,6 +274,17 @@ class SkipRNNModule(pl.LightningModule):
             self.log(prefix + k, v, on_step=True, on_epoch=False, batch_size=1)
 
     def on_after_backward(self):
+        self._log_gradient_split()
+        if self.learned_gate and int(self.global_step) < self.gate_warmup:
+            # the gate is held open: its W_p, b_p stay where they start (a gradient through a
+            # gate that decides nothing would only drift them; Adam skips parameters without one)
+            for _, p in self._gate_named_parameters():
+                p.grad = None
+
+    def _gate_named_parameters(self) -> list:
+        return [(n, p) for n, p in self._rnn_parameters() if is_gate_parameter(n)]
+
+    def _log_gradient_split(self) -> None:
         grads = getattr(self, "_budget_grads", None)
         if grads is None:
             return
