@@ -36,6 +36,11 @@ class _Parser(argparse.ArgumentParser):
     pass
 
 
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
 def _kv(s: str):
     if "=" not in s:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
@@ -57,6 +62,7 @@ def _devices(s: str):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="skiprnn", description="Skip RNN (Campos et al., ICLR 2018): train, evaluate and "
                 "reproduce the paper's experiments.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     S = argparse.SUPPRESS
 
@@ -75,28 +81,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--period", type=int, help="update period (periodic_skip_* models)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--hidden-size", dest="hidden_size", type=int, help="units (paper: 110)")
-    t.add_argument("--num-layers", dest="num_layers", type=int)
+    t.add_argument("--num-layers", dest="num_layers", type=int,
+                   help="stacked layers sharing one update gate (paper: 1)")
     t.add_argument("--lr", type=float, help="Adam learning rate (paper: 1e-4; CPU default 3e-3 adding, 1e-3 otherwise)")
     t.add_argument("--batch-size", dest="batch_size", type=int, help="paper: 256")
-    t.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
+    t.add_argument("--eval-batch-size", dest="eval_batch_size", type=int,
+                   help="batch size of validation and test (default 1024; lower it if memory runs out)")
     t.add_argument("--grad-clip", dest="grad_clip", type=float, help="global-norm clip (paper: 1)")
-    t.add_argument("--max-steps", dest="max_steps", type=int)
-    t.add_argument("--max-epochs", dest="max_epochs", type=int)
+    t.add_argument("--max-steps", dest="max_steps", type=int,
+                   help="stop after N optimizer steps (default: adding/frequency 3000)")
+    t.add_argument("--max-epochs", dest="max_epochs", type=int,
+                   help="stop after N passes over the training data (default: mnist 600)")
     t.add_argument("--max-time", dest="max_time", help="DD:HH:MM:SS")
     t.add_argument("--val-every", dest="val_every", type=int,
                    help="validate every N training batches (synthetic tasks: batches per epoch)")
     t.add_argument("--stop-when-solved", dest="stop_when_solved", action="store_true",
                    help="stop once solved on validation (default on for adding/frequency)")
-    t.add_argument("--no-stop-when-solved", dest="stop_when_solved", action="store_false")
+    t.add_argument("--no-stop-when-solved", dest="stop_when_solved", action="store_false",
+                   help="train until the stop rule (--max-steps / --max-epochs / --max-time) even when solved")
     t.add_argument("--solved-patience", dest="solved_patience", type=int,
                    help="keep going after solving while updates still fall; stop after N validations "
                    "without progress (default 0: stop at once)")
-    t.add_argument("--accelerator", choices=("cpu", "gpu", "cuda", "mps", "auto"))
-    t.add_argument("--devices", type=_devices)
-    t.add_argument("--num-nodes", dest="num_nodes", type=int)
+    t.add_argument("--accelerator", choices=("cpu", "gpu", "cuda", "mps", "auto"),
+                   help="where to train (default auto: a GPU when there is one)")
+    t.add_argument("--devices", type=_devices,
+                   help="devices per node: a number, 'auto', -1 (all) or a list like '0,1' (default 1)")
+    t.add_argument("--num-nodes", dest="num_nodes", type=int, help="machines for distributed training (default 1)")
     t.add_argument("--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, ...")
     t.add_argument("--precision", help="Lightning precision (default 32-true)")
-    t.add_argument("--num-workers", dest="num_workers", type=int)
+    t.add_argument("--num-workers", dest="num_workers", type=int,
+                   help="DataLoader worker processes (default 0: load in the training process)")
     t.add_argument("--threads", type=int, help="torch CPU threads (default 1 on CPU)")
     t.add_argument("--backend", help="Skip RNN training backend: auto (default), reference, cpu, triton "
                    "(CUDA, or TRITON_INTERPRET=1 on CPU); 'skipping' is inference-only and cannot train")
@@ -115,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="test metrics, updates and FLOPs of a trained run")
     e.add_argument("run", help="run directory")
     e.add_argument("--ckpt", default="best", help="best | last | path (default best)")
-    e.add_argument("--split", default="test", choices=("test", "val"))
+    e.add_argument("--split", default="test", choices=("test", "val"), help="data split (default test)")
     e.add_argument("--threshold", type=float, nargs="+", help="inference thresholds τ (u = 1[ũ > τ])")
     e.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     e.add_argument("--eval-batch-size", type=int, help="default: the run's (>= 1)")
@@ -123,19 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
     # ---------------------------------------------------------------- plot
     pl = sub.add_parser("plot", help="paper-like figures and learning curves of a run (RUN/figures/)")
     pl.add_argument("run", help="run directory")
-    pl.add_argument("--ckpt", default="best")
+    pl.add_argument("--ckpt", default="best", help="best | last | path (default best)")
     pl.add_argument("--samples", type=int, default=10, help="sequences to draw (>= 1, default 10)")
 
     # ---------------------------------------------------------------- data
     d = sub.add_parser("data", help="fetch datasets (never done implicitly)")
-    d.add_argument("dataset", choices=("mnist",))
+    d.add_argument("dataset", choices=("mnist",), help="dataset to fetch")
     d.add_argument("--data-dir", help="where to put the files (default $SKIPRNN_DATA_DIR/mnist or "
                    "~/.cache/skiprnn/mnist)")
 
     # ---------------------------------------------------------------- reproduce
     r = sub.add_parser("reproduce", help="run the paper's table rows and write results/<table>.md")
-    r.add_argument("table", choices=TABLE_CHOICES)
-    r.add_argument("--seeds", type=int, default=4)
+    r.add_argument("table", choices=TABLE_CHOICES, help="the paper's table to reproduce")
+    r.add_argument("--seeds", type=int, default=4, help="runs per row, seeds 0..N-1 (default 4)")
     r.add_argument("--quick", action="store_true", help="tiny runs (a smoke test, minutes on CPU)")
     r.add_argument("--jobs", type=int, default=1, help="runs in parallel (subprocesses)")
     r.add_argument("--out", default="results", help="where the table goes (default results/)")
