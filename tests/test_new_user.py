@@ -52,3 +52,13 @@ def test_every_option_has_help_text():
     missing = [f"{cmd} {'/'.join(a.option_strings) or a.dest}" for cmd, a in _actions(build_parser())
                if not a.help or a.help == argparse.SUPPRESS]
     assert not missing, f"options without help text: {missing}"
+
+
+# ------------------------------------------------------------------ 6: the precision that ran
+def test_config_records_the_precision_that_ran(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--accelerator", "cpu", "--precision", "16-mixed",
+                 "--model", "lstm", *TINY]) == 0
+    assert "precision 16-mixed runs as bf16-mixed" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["precision"] == "bf16-mixed"
+    assert json.loads((run / "results.json").read_text())["precision"] == "bf16-mixed"

@@ -294,6 +294,11 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
         default_root_dir=str(run_dir), deterministic=False, **trainer_kw)
     if cfg.max_epochs is None and not cfg.max_steps and cfg.max_time:
         trainer.fit_loop.max_epochs = -1
+    if str(trainer.precision) != str(cfg.precision):   # e.g. 16-mixed runs as bf16-mixed on CPU
+        if verbose and trainer.is_global_zero:
+            print(f"[skiprnn] precision {cfg.precision} runs as {trainer.precision} here; recorded as "
+                  f"{trainer.precision}", flush=True)
+        cfg.precision = str(trainer.precision)
 
     if trainer.is_global_zero:
         cfg.save(run_dir / "config.json")
@@ -387,6 +392,7 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
         "accelerator": str(trainer.accelerator.__class__.__name__), "devices": trainer.num_devices,
         "num_nodes": trainer.num_nodes, "strategy": type(trainer.strategy).__name__,
         "backend": getattr(module, "train_backend", None) or getattr(module.rnn, "last_backend", "torch"),
+        "precision": cfg.precision,
         "hardware": environment_info(device, commit), "run_dir": str(run_dir),
         "command": _command_line(),
         "finished_at": _dt.datetime.now().isoformat(timespec="seconds"),
