@@ -62,3 +62,75 @@ def test_config_records_the_precision_that_ran(tmp_path, capsys):
     assert "precision 16-mixed runs as bf16-mixed" in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text())["precision"] == "bf16-mixed"
     assert json.loads((run / "results.json").read_text())["precision"] == "bf16-mixed"
+
+
+# ------------------------------------------------------------------ 2, 4: named data, no leftovers
+def test_missing_data_dir_is_an_error_and_leaves_no_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["train", "mnist", "--data-dir", str(tmp_path / "nonexistent"), "--out", str(run), *TINY])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"MNIST data directory {tmp_path / 'nonexistent'} does not exist" in err
+    assert "skiprnn data mnist --data-dir" in err and "Traceback" not in err
+    assert not run.exists()   # nothing half-written that would block the same --out
+
+
+def test_failure_after_the_run_started_leaves_no_run(tmp_path, capsys, monkeypatch):
+    """A run that fails before its first checkpoint (here: in the first training step) removes
+    what it wrote; the same --out then works without --overwrite."""
+    from skiprnn.training.module import SkipRNNModule
+    run = tmp_path / "run"
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "notes.txt").write_text("mine")
+
+    def boom(self, batch, batch_idx):
+        raise OSError("disk full")
+    with monkeypatch.context() as m:
+        m.setattr(SkipRNNModule, "training_step", boom)
+        assert main(["train", "--out", str(run), *TINY]) == 2
+        assert "disk full" in capsys.readouterr().err
+        assert not run.exists()
+        # a directory that existed keeps what was in it, and only that
+        assert main(["train", "--out", str(tmp_path / "keep"), *TINY]) == 2
+        assert [p.name for p in (tmp_path / "keep").iterdir()] == ["notes.txt"]
+    assert main(["train", "--out", str(run), *TINY]) == 0
+
+
+def test_results_record_the_data_that_was_read(tmp_path):
+    import hashlib
+
+    from skiprnn_testutil import write_fixture
+    _, paths = write_fixture(tmp_path / "mnist", gz=True)
+    run = tmp_path / "run"
+    assert main(["train", "mnist", "--data-dir", str(tmp_path / "mnist"), "--out", str(run),
+                 "--task-option", "val_size=5", *TINY]) == 0
+    data = json.loads((run / "results.json").read_text())["data"]
+    assert data["kind"] == "idx" and data["dir"] == str((tmp_path / "mnist").resolve())
+    assert data["files"]["train-images-idx3-ubyte.gz"] == hashlib.sha256(
+        paths["train_images"].read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------ 3: damaged checkpoints
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    assert main(["train", "--out", str(run), *TINY]) == 0
+    return run
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+@pytest.mark.parametrize("command", ["evaluate", "plot", "resume"])
+def test_damaged_checkpoint_is_a_clear_error(tiny_run, tmp_path, damage, command, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    ckpt = run / "checkpoints" / ("last.ckpt" if command == "resume" else "best.ckpt")
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    args = {"evaluate": ["evaluate", str(run)], "plot": ["plot", str(run)],
+            "resume": ["train", "--resume", str(run), "--max-steps", "4", "--no-progress"]}[command]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read the checkpoint {ckpt}" in err and "Traceback" not in err
+    assert ("--overwrite" if command == "resume" else "pass another --ckpt") in err
+    assert not (run / "figures").exists() and not (run / "csv_resume1").exists()

@@ -29,7 +29,8 @@ import torch
 from .._env import git_commit
 from .config import ConfigError, RunConfig
 
-__all__ = ["fit", "evaluate_run", "load_module", "RunInterrupted", "environment_info", "git_commit"]
+__all__ = ["fit", "evaluate_run", "load_module", "read_checkpoint", "RunInterrupted", "environment_info",
+           "git_commit"]
 
 
 class RunInterrupted(RuntimeError):
@@ -109,6 +110,36 @@ def _seeded_evaluate(module, loader, device, seed: int) -> dict:
         return module.evaluate(loader, device=device)
 
 
+def read_checkpoint(path, what_to_do: str) -> dict:
+    """The checkpoint at ``path`` (on the CPU); a missing, empty, truncated or foreign file raises
+    :class:`ConfigError` naming the file, what went wrong and ``what_to_do``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint {path}; {what_to_do}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:   # zip reader / unpickling / EOF errors of a damaged file
+        detail = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(f"cannot read the checkpoint {path} ({path.stat().st_size} bytes: empty, "
+                          f"truncated or not a checkpoint; {type(e).__name__}: {detail}); "
+                          f"{what_to_do}") from None
+    if not isinstance(ck, dict) or "state_dict" not in ck:
+        raise ConfigError(f"{path} is not a checkpoint of a skiprnn run (no state_dict); {what_to_do}")
+    return ck
+
+
+def _remove_new_entries(run_dir: Path, before: Optional[set]) -> Path:
+    """Remove ``run_dir`` (``before`` None: this run created it) or the entries of it that are not
+    in ``before``."""
+    import shutil
+    for p in ([run_dir] if before is None else [p for p in run_dir.iterdir() if p not in before]):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return run_dir
+
+
 def _holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds (part of) a run: a killed run leaves config.json and csv/."""
     return any((run_dir / p).exists() for p in ("results.json", "checkpoints", "config.json", "csv"))
@@ -179,13 +210,24 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
     """
     before = flushing_denormals()
     torch.set_flush_denormal(True)
+    created: list = []
     try:
-        return _fit(cfg, resume, overwrite, verbose, callbacks)
+        return _fit(cfg, resume, overwrite, verbose, callbacks, created)
+    except BaseException as e:
+        # a new run that failed (or was stopped) before its first checkpoint leaves nothing
+        # behind: a half-written directory would only block the same --out
+        if created and not (created[0][0] / "checkpoints" / "last.ckpt").exists():
+            run_dir = _remove_new_entries(*created[0])
+            if isinstance(e, RunInterrupted):   # there is no checkpoint to resume from
+                raise KeyboardInterrupt(f"interrupted before the first checkpoint; {run_dir} "
+                                        "was removed") from e
+        raise
     finally:
         torch.set_flush_denormal(before)
 
 
-def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> Optional[dict]:
+def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
+         created: Optional[list] = None) -> Optional[dict]:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -203,7 +245,10 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
         if not last.exists():
             raise ConfigError(f"--resume {run_dir}: no checkpoints/last.ckpt to continue from")
         ckpt_path = str(last)
-        start_step = int(torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0))
+        start_step = int(read_checkpoint(last, (
+            f"the run cannot be continued from it. Train it again into the same directory with "
+            f"--out {run_dir} --overwrite (its settings are in {run_dir / 'config.json'}), or "
+            f"measure its best weights with `skiprnn evaluate {run_dir} --ckpt best`")).get("global_step", 0))
     else:
         cfg.validate()
         run_dir = Path(cfg.out) if cfg.out else Path("runs") / (
@@ -247,9 +292,12 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
             print("[skiprnn] resume with changed settings: "
                   + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), flush=True)
     task = module.task
+    data_source = task.data_source()   # reads the data now: missing files fail before any is written
     dm = TaskDataModule(task, seed=cfg.seed, eval_batch_size=cfg.eval_batch_size,
                         num_workers=cfg.num_workers)
 
+    if created is not None and resume is None and trainer_is_zero():
+        created.append((run_dir, set(run_dir.iterdir()) if run_dir.is_dir() else None))
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoints"
     csv_v, tb_v = _new_log_version(run_dir)
@@ -344,7 +392,7 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
     device = module.device
     ckpt_step = None
     if path and Path(path).exists():
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = read_checkpoint(path, "the test metrics cannot be measured on it")
         module.load_state_dict(ck["state_dict"])
         ckpt_step = ck.get("global_step")
     else:
@@ -370,7 +418,7 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
         "p_skip": cfg.p_skip if cfg.model.startswith("random_") else None,
         "seed": cfg.seed, "hidden_size": t.hidden_size, "num_layers": t.num_layers,
         "seq_len": t.seq_len, "lr": t.lr, "batch_size": t.batch_size, "grad_clip": t.grad_clip,
-        "task_options": cfg.task_options,
+        "task_options": cfg.task_options, "data": data_source,
         "metric_name": t.metric_name, "test_metric": test[t.metric_name],
         "solved": test["solved"], "test": test,
         "updates_mean": test["updates_mean"], "updates_std": test["updates_std"],
@@ -438,10 +486,11 @@ def load_module(run_dir, ckpt: str = "best", device: str | torch.device = "cpu")
             path = run_dir / "checkpoints" / "last.ckpt"
     else:
         path = Path(ckpt)
-    if not path.exists():
-        raise ConfigError(f"no checkpoint {path}")
+    others = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt") if p != path)
+    state = read_checkpoint(path, "pass another --ckpt: best, last or a file path"
+                            + (f" ({', '.join(others)} in {run_dir / 'checkpoints'})" if others else "")
+                            + ", or train the run again")["state_dict"]
     module = SkipRNNModule(cfg)
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
     module.load_state_dict(state)
     return module.to(device).eval(), cfg, path
 
