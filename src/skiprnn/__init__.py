@@ -15,7 +15,7 @@ from .metrics import flops_per_update, inference_flops, n_skip, update_counts, u
 from .modules import (MODELS, PeriodicSkipGRU, PeriodicSkipLSTM, PlainGRU, PlainLSTM,
                       RandomSkipGRU, RandomSkipLSTM, SkipCellOutput, SkipGRU, SkipGRUCell,
                       SkipGRUState, SkipLSTM, SkipLSTMCell, SkipLSTMState, SkipOutput, SkipRNN,
-                      SkipRNNState, build_rnn)
+                      SkipRNNState, UnsupportedExportError, build_rnn)
 
 __version__ = "0.1.0"
 
@@ -33,5 +33,5 @@ __all__ = [
     "RandomSkipGRU", "PeriodicSkipLSTM", "PeriodicSkipGRU", "MODELS", "build_rnn", "budget_loss",
     "target_rate_loss", "n_skip", "update_counts", "update_fraction", "flops_per_update",
     "inference_flops", "SkipStream", "lazy_forward", "evaluate_thresholds", "SkipStepModule",
-    "export_step", "release_cpu_buffers", "__version__",
+    "export_step", "UnsupportedExportError", "release_cpu_buffers", "__version__",
 ]

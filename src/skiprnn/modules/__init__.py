@@ -4,9 +4,10 @@ from .baselines import (PeriodicSkipGRU, PeriodicSkipLSTM, PlainGRU, PlainLSTM, 
                         RandomSkipLSTM)
 from .cells import SkipCellOutput, SkipGRUCell, SkipLSTMCell, SkipRNN, SkipRNNState
 from .registry import MODELS, build_rnn, cell_kind, has_learned_gate
-from .rnn import SkipGRU, SkipGRUState, SkipLSTM, SkipLSTMState, SkipOutput
+from .rnn import SkipGRU, SkipGRUState, SkipLSTM, SkipLSTMState, SkipOutput, UnsupportedExportError
 
 __all__ = [
+    "UnsupportedExportError",
     "SkipLSTM", "SkipGRU", "SkipLSTMCell", "SkipGRUCell", "SkipRNN", "SkipOutput", "SkipLSTMState",
     "SkipGRUState", "SkipRNNState", "SkipCellOutput", "PlainLSTM", "PlainGRU", "RandomSkipLSTM",
     "RandomSkipGRU", "PeriodicSkipLSTM", "PeriodicSkipGRU", "MODELS", "build_rnn", "cell_kind",
