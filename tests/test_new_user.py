@@ -191,3 +191,29 @@ def test_lazy_forward_names_a_batch_dimension():
     with pytest.raises(ValueError, match=r"must have shape \(16,\).*got \(1, 16\).*pass source\[:, 0\]"):
         skiprnn.lazy_forward(layer, torch.randn(20, 1, 16))
     assert skiprnn.lazy_forward(layer, torch.randn(20, 1, 16)[:, 0]).output.output.shape == (20, 1, 8)
+
+
+# ------------------------------------------------------------------ 5: quiet output, lines in logs
+NOISE = ("💡 Tip", "litlogger", "LeafSpec", "IterableDataset", "could not find the monitored key",
+         "smaller than the logging interval", "exists and is not empty", "Traceback")
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-progress"]], ids=["piped", "no-progress"])
+def test_output_to_a_log_is_one_line_per_validation(tmp_path, extra):
+    """stdout not a terminal (a log file) or --no-progress: no bar redraws, one line per
+    validation, none of Lightning's boilerplate warnings; a run stopped before its first
+    validation (max_steps 1 < val_every) included."""
+    p = _run(["train", "--quick", "--max-steps", "5", "--val-every", "2", "--hidden-size", "8",
+              "--out", str(tmp_path / "run"), *extra])
+    assert p.returncode == 0, p.stderr
+    out = p.stdout + p.stderr
+    assert "\r" not in out
+    assert [ln.split(":")[0] for ln in p.stdout.splitlines() if "validation loss" in ln] == [
+        "[skiprnn] step 2 (epoch 0)", "[skiprnn] step 4 (epoch 1)"]
+    assert not [n for n in NOISE if n in out], out
+    p = _run(["train", "--resume", str(tmp_path / "run"), "--max-steps", "6", *extra])
+    assert p.returncode == 0 and not [n for n in NOISE if n in p.stdout + p.stderr], p.stdout + p.stderr
+    assert "[skiprnn] step 6 (epoch 2): validation" in p.stdout
+    p = _run(["train", "--quick", "--max-steps", "1", "--val-every", "2", "--hidden-size", "8",
+              "--out", str(tmp_path / "short"), *extra])
+    assert p.returncode == 0 and not [n for n in NOISE if n in p.stdout + p.stderr], p.stdout + p.stderr

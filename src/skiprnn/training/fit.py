@@ -210,9 +210,11 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
     """
     before = flushing_denormals()
     torch.set_flush_denormal(True)
+    from .callbacks import quiet_lightning
     created: list = []
     try:
-        return _fit(cfg, resume, overwrite, verbose, callbacks, created)
+        with quiet_lightning():
+            return _fit(cfg, resume, overwrite, verbose, callbacks, created)
     except BaseException as e:
         # a new run that failed (or was stopped) before its first checkpoint leaves nothing
         # behind: a half-written directory would only block the same --out
@@ -232,7 +234,8 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from .callbacks import InterruptCheckpoint, SolvedStopping, StepMetricsProgressBar, WallClock
+    from .callbacks import (InterruptCheckpoint, SolvedStopping, StepMetricsProgressBar, ValidationLines,
+                            WallClock)
     from .data import TaskDataModule
     from .module import SkipRNNModule
 
@@ -310,9 +313,11 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
 
     # best.ckpt only; last.ckpt is LastCheckpoint's (ModelCheckpoint(save_last=True) with a monitor
     # rewrites last.ckpt only when the monitored loss improves)
+    # saved after validations only (not at the end of a training epoch, which a run stopped by
+    # --max-steps before its first validation reaches with no validation loss to compare)
     best_ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/loss", mode="min",
                                 save_top_k=1, save_last=False, auto_insert_metric_name=False,
-                                enable_version_counter=False)
+                                enable_version_counter=False, save_on_train_epoch_end=False)
     interrupt = InterruptCheckpoint(ckpt_dir / "last.ckpt")
     clock = WallClock()
     extra_callbacks = list(callbacks or [])
@@ -322,14 +327,20 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
         solved_cb = SolvedStopping(task, patience=cfg.solved_patience,
                                    ckpt_path=ckpt_dir / "best_solved.ckpt")
         callbacks.append(solved_cb)
-    if cfg.progress_bar:
+    # the bar on a terminal; else (--no-progress, or stdout a log file) one line per validation
+    progress_bar = bool(cfg.progress_bar) and sys.stdout.isatty()
+    if progress_bar:
         callbacks.append(StepMetricsProgressBar(refresh_rate=10))
+    elif verbose:
+        callbacks.append(ValidationLines(task.metric_name))
     callbacks += extra_callbacks
 
     trainer_kw = {}
-    if not hasattr(task, "sample") and cfg.val_every:   # real datasets: validate every N batches
+    if hasattr(task, "sample"):
+        n_batches = getattr(task, "train_batches_per_epoch", None) or 50
+    else:
         n_batches = -(-len(task.train_dataset(cfg.seed)) // task.batch_size)
-        if cfg.val_every < n_batches:
+        if cfg.val_every and cfg.val_every < n_batches:   # real datasets: validate every N batches
             trainer_kw["val_check_interval"] = int(cfg.val_every)
     trainer = pl.Trainer(
         accelerator=acc, devices=_devices(cfg.devices), num_nodes=cfg.num_nodes, strategy=cfg.strategy,
@@ -337,8 +348,8 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
         max_epochs=cfg.max_epochs if cfg.max_epochs else (None if cfg.max_steps or cfg.max_time else 1),
         max_time=cfg.max_time, gradient_clip_val=task.grad_clip or None,
         gradient_clip_algorithm="norm", logger=loggers, callbacks=callbacks,
-        enable_progress_bar=cfg.progress_bar, enable_model_summary=False,
-        num_sanity_val_steps=0, log_every_n_steps=min(50, getattr(task, "train_batches_per_epoch", 50) or 50),
+        enable_progress_bar=progress_bar, enable_model_summary=False,
+        num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, n_batches)),
         default_root_dir=str(run_dir), deterministic=False, **trainer_kw)
     if cfg.max_epochs is None and not cfg.max_steps and cfg.max_time:
         trainer.fit_loop.max_epochs = -1
