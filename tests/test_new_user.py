@@ -217,3 +217,27 @@ def test_output_to_a_log_is_one_line_per_validation(tmp_path, extra):
     p = _run(["train", "--quick", "--max-steps", "1", "--val-every", "2", "--hidden-size", "8",
               "--out", str(tmp_path / "short"), *extra])
     assert p.returncode == 0 and not [n for n in NOISE if n in p.stdout + p.stderr], p.stdout + p.stderr
+
+
+# ------------------------------------------------------------------ 8: evaluate keeps its answers; plot says
+def test_evaluate_names_its_file_by_the_question(tiny_run, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["evaluate", str(run)]) == 0
+    assert main(["evaluate", str(run), "--ckpt", "last", "--threshold", "0.5", "0.7"]) == 0
+    assert main(["evaluate", str(run), "--split", "val"]) == 0
+    names = sorted(p.name for p in run.glob("eval_*.json"))
+    assert names == ["eval_test_best.json", "eval_test_last_tau0.5-0.7.json", "eval_val_best.json"]
+    assert [r["threshold"] for r in json.loads((run / names[1]).read_text())["results"]] == [0.5, 0.7]
+    assert "written " + str(run / "eval_val_best.json") in capsys.readouterr().out
+
+
+def test_plot_says_what_a_run_without_a_learned_gate_shows(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "lstm", "--out", str(run), *TINY]) == 0
+    capsys.readouterr()
+    assert main(["plot", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert str(run / "figures" / "samples.png") in out
+    assert "note: samples.png: lstm has no learned update gate, so every input is used" in out

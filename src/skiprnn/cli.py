@@ -287,6 +287,14 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"--device {device}: unsupported device type {dev.type!r}; use cpu or cuda")
 
 
+def eval_file_name(split: str, ckpt: str, thresholds=None) -> str:
+    """``eval_<split>_<ckpt>[_tau<τ1>-<τ2>...].json``: one file per question asked, so evaluating
+    other weights or thresholds keeps the earlier answers (a checkpoint path is named by its stem)."""
+    which = ckpt if ckpt in ("best", "last") else Path(ckpt).stem
+    taus = "_tau" + "-".join(f"{t:g}" for t in thresholds) if thresholds else ""
+    return f"eval_{split}_{which}{taus}.json"
+
+
 def cmd_evaluate(ns) -> int:
     from .training.config import ConfigError
     from .training.fit import evaluate_run
@@ -303,7 +311,7 @@ def cmd_evaluate(ns) -> int:
         print(f"{tau:>9} | {r[m]:>10.5g} | {str(r['solved']):>6} | "
               f"{r['updates_mean']:>7.2f} ± {r['updates_std']:<6.2f} | {100 * r['update_fraction']:>8.1f}% | "
               f"{r['flops']:>9.3g}")
-    name = f"eval_{out['split']}.json"
+    name = eval_file_name(out["split"], ns.ckpt, ns.threshold)
     Path(ns.run, name).write_text(json.dumps(out, indent=2) + "\n")
     print(f"written {Path(ns.run, name)}")
     return 0
@@ -314,9 +322,12 @@ def cmd_plot(ns) -> int:
     from .training.figures import plot_run
     if ns.samples < 1:
         raise ConfigError(f"--samples must be an integer >= 1, got {ns.samples}")
-    paths = plot_run(ns.run, ckpt=ns.ckpt, samples=ns.samples)
+    notes: list = []
+    paths = plot_run(ns.run, ckpt=ns.ckpt, samples=ns.samples, notes=notes)
     for p in paths:
         print(p)
+    for n in notes:
+        print(f"note: {n}")
     return 0
 
 
