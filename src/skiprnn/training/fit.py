@@ -331,8 +331,8 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
     progress_bar = bool(cfg.progress_bar) and sys.stdout.isatty()
     if progress_bar:
         callbacks.append(StepMetricsProgressBar(refresh_rate=10))
-    elif verbose:
-        callbacks.append(ValidationLines(task.metric_name))
+    elif verbose:   # first: its line comes before the stopping callbacks' messages
+        callbacks.insert(0, ValidationLines(task.metric_name))
     callbacks += extra_callbacks
 
     trainer_kw = {}
