@@ -1,6 +1,8 @@
 """Shared helpers for the tests."""
 
+import gzip
 import math
+import struct
 
 import torch
 
@@ -54,3 +56,36 @@ def blocks_skip_together(updates, block: int = 16) -> bool:
             if u[t, b0:b0 + block].sum() == 0 and u[t].sum() > 0:
                 return True
     return False
+
+
+# ---------------------------------------------------------------- MNIST idx fixtures
+N_TRAIN, N_TEST = 20, 6  # images in the tiny MNIST fixture
+NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+         "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+
+
+def idx_bytes(t: torch.Tensor) -> bytes:
+    head = struct.pack(">BBBB", 0, 0, 0x08, t.dim()) + b"".join(struct.pack(">I", s) for s in t.shape)
+    return head + bytes(t.flatten().tolist())
+
+
+def make_arrays(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "train_images": torch.randint(0, 256, (N_TRAIN, 28, 28), generator=g, dtype=torch.uint8),
+        "train_labels": torch.arange(N_TRAIN, dtype=torch.uint8) % 10,
+        "test_images": torch.randint(0, 256, (N_TEST, 28, 28), generator=g, dtype=torch.uint8),
+        "test_labels": (torch.arange(N_TEST, dtype=torch.uint8) * 3) % 10,
+    }
+
+
+def write_fixture(d, gz: bool, arrays=None):
+    arrays = arrays or make_arrays()
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for key, base in NAMES.items():
+        data = idx_bytes(arrays[key])
+        p = d / (base + (".gz" if gz else ""))
+        p.write_bytes(gzip.compress(data) if gz else data)
+        paths[key] = p
+    return arrays, paths

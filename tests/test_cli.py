@@ -39,7 +39,7 @@ def test_train_evaluate_plot(tmp_path, capsys):
     assert any((run / "tb").iterdir())
 
     assert main(["evaluate", str(run), "--threshold", "0.5", "0.9"]) == 0
-    ev = json.loads((run / "eval_test.json").read_text())
+    ev = json.loads((run / "eval_test_best_tau0.5-0.9.json").read_text())
     u5, u9 = (x["updates_mean"] for x in ev["results"])
     assert u9 <= u5
     assert ev["results"][0]["mse"] == pytest.approx(r["test_metric"], rel=1e-5)

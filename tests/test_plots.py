@@ -1,6 +1,7 @@
 import math
 import struct
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,43 @@ def test_tradeoff(tmp_path):
     with pytest.raises(ValueError):
         plots.plot_tradeoff([{"label": "a", "updates": 1, "metric": 1}, {"label": "b", "updates_fraction": 0.5,
                                                                           "metric": 1}], tmp_path / "t3.png")
+
+
+def test_mnist_mask_colours_match_the_legend_and_differ_from_the_background():
+    from matplotlib.colors import to_rgb
+    img = torch.zeros(1, 28, 28)
+    img[0, 10:18, 10:18] = 1.0                       # the "digit"; the rest is background
+    u = torch.zeros(1, 784)
+    u[0, ::2] = 1                                    # every other pixel used
+    fig = plots.mnist_masks_figure(img, u, max_samples=1)
+    drawn = fig.axes[0].images[0].get_array()        # (28, 28, 3)
+    used_digit, skipped_digit = drawn[10, 10], drawn[10, 11]      # pixels 290 (used), 291
+    used_bg, skipped_bg = drawn[0, 0], drawn[0, 1]
+    assert np.allclose(used_digit, to_rgb(plots.USED_COLOR))
+    assert np.allclose(skipped_digit, to_rgb(plots.SKIPPED_COLOR))
+    colours = [used_digit, used_bg, skipped_digit, skipped_bg]
+    # four colours, all different, none white and none black
+    assert min(np.abs(a - b).sum() for i, a in enumerate(colours) for b in colours[i + 1:]) > 0.3
+    assert all(0.05 < c.mean() < 0.95 for c in colours)
+    legend = {h.get_label(): np.array(to_rgb(h.get_color())) for h in fig.legends[0].legend_handles}
+    assert np.allclose(legend["used, digit"], used_digit) and np.allclose(legend["used, background"], used_bg)
+    assert np.allclose(legend["skipped, digit"], skipped_digit)
+    assert np.allclose(legend["skipped, background"], skipped_bg)
+
+
+def test_learning_curves_scales_threshold_labels_and_single_points():
+    steps = [100, 200, 300, 400]
+    fig = plots.learning_curves_figure(
+        {"val/mse": (steps, [0.17, 0.02, 0.001, 0.0004]), "val/accuracy": (steps, [0.5, 0.7, 0.9, 0.99]),
+         "val/updates": ([100], [50.0])},
+        hlines={"val/mse": (1 / 600, "solved")}, ylabels={"val/mse": "validation MSE"})
+    ax = {a.get_title(): a for a in fig.axes if a.get_title()}
+    assert ax["val/mse"].get_yscale() == "log" and ax["val/accuracy"].get_yscale() == "linear"
+    assert ax["val/mse"].get_ylabel() == "validation MSE" and ax["val/mse"].get_xlabel() == "step"
+    assert ax["val/accuracy"].get_ylabel() == "val/accuracy"
+    solved = [ln for ln in ax["val/mse"].get_lines() if ln.get_label() == "solved"]
+    assert len(solved) == 1 and solved[0].get_ydata()[0] == pytest.approx(1 / 600)
+    ymin, ymax = ax["val/mse"].get_ylim()
+    assert ymin <= 1 / 600 <= ymax
+    (point,) = ax["val/updates"].get_lines()      # one validation: a marker, not an empty axis
+    assert point.get_marker() not in (None, "None", "", " ") and list(point.get_ydata()) == [50.0]

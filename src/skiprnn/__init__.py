@@ -15,7 +15,7 @@ from .metrics import flops_per_update, inference_flops, n_skip, update_counts, u
 from .modules import (MODELS, PeriodicSkipGRU, PeriodicSkipLSTM, PlainGRU, PlainLSTM,
                       RandomSkipGRU, RandomSkipLSTM, SkipCellOutput, SkipGRU, SkipGRUCell,
                       SkipGRUState, SkipLSTM, SkipLSTMCell, SkipLSTMState, SkipOutput, SkipRNN,
-                      SkipRNNState, build_rnn, chrono_init_, paper_model)
+                      SkipRNNState, UnsupportedExportError, build_rnn, chrono_init_, paper_model)
 from .controls import BudgetSchedule, gate_param_groups
 from .optim import TFAdam
 
@@ -35,6 +35,6 @@ __all__ = [
     "RandomSkipGRU", "PeriodicSkipLSTM", "PeriodicSkipGRU", "MODELS", "build_rnn", "budget_loss",
     "target_rate_loss", "n_skip", "update_counts", "update_fraction", "flops_per_update",
     "inference_flops", "SkipStream", "lazy_forward", "evaluate_thresholds", "SkipStepModule",
-    "export_step", "release_cpu_buffers", "paper_model", "TFAdam", "chrono_init_", "BudgetSchedule",
-    "gate_param_groups", "__version__",
+    "export_step", "UnsupportedExportError", "release_cpu_buffers", "paper_model", "TFAdam",
+    "chrono_init_", "BudgetSchedule", "gate_param_groups", "__version__",
 ]

@@ -41,6 +41,11 @@ class _Parser(argparse.ArgumentParser):
     pass
 
 
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
 def _kv(s: str):
     if "=" not in s:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
@@ -62,6 +67,7 @@ def _devices(s: str):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="skiprnn", description="Skip RNN (Campos et al., ICLR 2018): train, evaluate and "
                 "reproduce the paper's experiments.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     S = argparse.SUPPRESS
 
@@ -81,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--period", type=int, help="update period (periodic_skip_* models)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--hidden-size", dest="hidden_size", type=int, help="units (paper: 110)")
-    t.add_argument("--num-layers", dest="num_layers", type=int)
+    t.add_argument("--num-layers", dest="num_layers", type=int,
+                   help="stacked layers sharing one update gate (paper: 1)")
     t.add_argument("--recipe", choices=tuple(_recipes()),
                    help="training recipe (default: fast; 'paper' is the paper's, see README)")
     t.add_argument("--lr", type=float, help="Adam learning rate (paper: 1e-4; recipe fast: 3e-3 adding, "
@@ -101,25 +108,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gate biases: 'paper' (forget bias 1, the code's) or 'chrono' (forget biases "
                         "log U(1, T-1), Tallec & Ollivier 2018: long memories from the start)")
     t.add_argument("--batch-size", dest="batch_size", type=int, help="paper: 256")
-    t.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
+    t.add_argument("--eval-batch-size", dest="eval_batch_size", type=int,
+                   help="batch size of validation and test (default 1024; lower it if memory runs out)")
     t.add_argument("--grad-clip", dest="grad_clip", type=float, help="global-norm clip (paper: 1)")
-    t.add_argument("--max-steps", dest="max_steps", type=int)
-    t.add_argument("--max-epochs", dest="max_epochs", type=int)
+    t.add_argument("--max-steps", dest="max_steps", type=int,
+                   help="stop after N optimizer steps (default: adding/frequency 3000)")
+    t.add_argument("--max-epochs", dest="max_epochs", type=int,
+                   help="stop after N passes over the training data (default: mnist 600)")
     t.add_argument("--max-time", dest="max_time", help="DD:HH:MM:SS")
     t.add_argument("--val-every", dest="val_every", type=int,
                    help="validate every N training batches (synthetic tasks: batches per epoch)")
     t.add_argument("--stop-when-solved", dest="stop_when_solved", action="store_true",
                    help="stop once solved on validation (default on for adding/frequency)")
-    t.add_argument("--no-stop-when-solved", dest="stop_when_solved", action="store_false")
+    t.add_argument("--no-stop-when-solved", dest="stop_when_solved", action="store_false",
+                   help="train until the stop rule (--max-steps / --max-epochs / --max-time) even when solved")
     t.add_argument("--solved-patience", dest="solved_patience", type=int,
                    help="keep going after solving while updates still fall; stop after N validations "
                    "without progress (default 0: stop at once)")
-    t.add_argument("--accelerator", choices=("cpu", "gpu", "cuda", "mps", "auto"))
-    t.add_argument("--devices", type=_devices)
-    t.add_argument("--num-nodes", dest="num_nodes", type=int)
+    t.add_argument("--accelerator", choices=("cpu", "gpu", "cuda", "mps", "auto"),
+                   help="where to train (default auto: a GPU when there is one)")
+    t.add_argument("--devices", type=_devices,
+                   help="devices per node: a number, 'auto', -1 (all) or a list like '0,1' (default 1)")
+    t.add_argument("--num-nodes", dest="num_nodes", type=int, help="machines for distributed training (default 1)")
     t.add_argument("--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, ...")
     t.add_argument("--precision", help="Lightning precision (default 32-true)")
-    t.add_argument("--num-workers", dest="num_workers", type=int)
+    t.add_argument("--num-workers", dest="num_workers", type=int,
+                   help="DataLoader worker processes (default 0: load in the training process)")
     t.add_argument("--threads", type=int, help="torch CPU threads (default 1 on CPU)")
     t.add_argument("--backend", help="Skip RNN training backend: auto (default), reference, cpu, triton "
                    "(CUDA, or TRITON_INTERPRET=1 on CPU); 'skipping' is inference-only and cannot train")
@@ -138,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="test metrics, updates and FLOPs of a trained run")
     e.add_argument("run", help="run directory")
     e.add_argument("--ckpt", default="best", help="best | last | path (default best)")
-    e.add_argument("--split", default="test", choices=("test", "val"))
+    e.add_argument("--split", default="test", choices=("test", "val"), help="data split (default test)")
     e.add_argument("--threshold", type=float, nargs="+", help="inference thresholds τ (u = 1[ũ > τ])")
     e.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     e.add_argument("--eval-batch-size", type=int, help="default: the run's (>= 1)")
@@ -146,22 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     # ---------------------------------------------------------------- plot
     pl = sub.add_parser("plot", help="paper-like figures and learning curves of a run (RUN/figures/)")
     pl.add_argument("run", help="run directory")
-    pl.add_argument("--ckpt", default="best")
+    pl.add_argument("--ckpt", default="best", help="best | last | path (default best)")
     pl.add_argument("--samples", type=int, default=10, help="sequences to draw (>= 1, default 10)")
 
     # ---------------------------------------------------------------- data
     d = sub.add_parser("data", help="fetch datasets (never done implicitly)")
-    d.add_argument("dataset", choices=("mnist",))
+    d.add_argument("dataset", choices=("mnist",), help="dataset to fetch")
     d.add_argument("--data-dir", help="where to put the files (default $SKIPRNN_DATA_DIR/mnist or "
                    "~/.cache/skiprnn/mnist)")
 
     # ---------------------------------------------------------------- reproduce
     r = sub.add_parser("reproduce", help="run the paper's table rows and write results/<table>.md")
-    r.add_argument("table", choices=TABLE_CHOICES)
-    r.add_argument("--seeds", type=int, default=4)
+    r.add_argument("table", choices=TABLE_CHOICES, help="the paper's table to reproduce")
+    r.add_argument("--seeds", type=int, default=4, help="runs per row, seeds 0..N-1 (default 4)")
     r.add_argument("--quick", action="store_true", help="tiny runs (a smoke test, minutes on CPU)")
     r.add_argument("--jobs", type=int, default=1, help="runs in parallel (subprocesses)")
-    r.add_argument("--out", default="results", help="where the table goes (default results/)")
+    r.add_argument("--out", help="where the table goes (default runs/reproduce/; --out results "
+                   "rewrites the tracked tables)")
     r.add_argument("--runs-dir", help="where the runs go (default runs/{full,quick}/<table>)")
     r.add_argument("--rows", nargs="+", help="row ids or glob patterns (default: the paper's rows)")
     r.add_argument("--list-rows", action="store_true", help="print the row ids and exit")
@@ -286,6 +301,14 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"--device {device}: unsupported device type {dev.type!r}; use cpu or cuda")
 
 
+def eval_file_name(split: str, ckpt: str, thresholds=None) -> str:
+    """``eval_<split>_<ckpt>[_tau<τ1>-<τ2>...].json``: one file per question asked, so evaluating
+    other weights or thresholds keeps the earlier answers (a checkpoint path is named by its stem)."""
+    which = ckpt if ckpt in ("best", "last") else Path(ckpt).stem
+    taus = "_tau" + "-".join(f"{t:g}" for t in thresholds) if thresholds else ""
+    return f"eval_{split}_{which}{taus}.json"
+
+
 def cmd_evaluate(ns) -> int:
     from .training.config import ConfigError
     from .training.fit import evaluate_run
@@ -302,7 +325,7 @@ def cmd_evaluate(ns) -> int:
         print(f"{tau:>9} | {r[m]:>10.5g} | {str(r['solved']):>6} | "
               f"{r['updates_mean']:>7.2f} ± {r['updates_std']:<6.2f} | {100 * r['update_fraction']:>8.1f}% | "
               f"{r['flops']:>9.3g}")
-    name = f"eval_{out['split']}.json"
+    name = eval_file_name(out["split"], ns.ckpt, ns.threshold)
     Path(ns.run, name).write_text(json.dumps(out, indent=2) + "\n")
     print(f"written {Path(ns.run, name)}")
     return 0
@@ -313,9 +336,12 @@ def cmd_plot(ns) -> int:
     from .training.figures import plot_run
     if ns.samples < 1:
         raise ConfigError(f"--samples must be an integer >= 1, got {ns.samples}")
-    paths = plot_run(ns.run, ckpt=ns.ckpt, samples=ns.samples)
+    notes: list = []
+    paths = plot_run(ns.run, ckpt=ns.ckpt, samples=ns.samples, notes=notes)
     for p in paths:
         print(p)
+    for n in notes:
+        print(f"note: {n}")
     return 0
 
 
@@ -344,18 +370,22 @@ def cmd_data(ns) -> int:
 
 
 def cmd_reproduce(ns) -> int:
-    from .training.reproduce import reproduce, row_ids
+    from .training.reproduce import DEFAULT_OUT, reproduce, row_ids
     if ns.list_rows:
         print("\n".join(row_ids(ns.table)))
         return 0
-    res = reproduce(ns.table, seeds=ns.seeds, quick=ns.quick, jobs=ns.jobs, out=ns.out, rows=ns.rows,
+    res = reproduce(ns.table, seeds=ns.seeds, quick=ns.quick, jobs=ns.jobs, out=ns.out or DEFAULT_OUT,
+                    rows=ns.rows,
                     runs_dir=ns.runs_dir, extra_train_args=ns.train_args, threads=ns.threads,
                     settings_override=dict(ns.settings or []), report_only=ns.report_only,
                     seed_major=ns.seed_major, notes=ns.notes,
                     command=shlex.join(["skiprnn", *ns.argv]) if getattr(ns, "argv", None) else None)
-    stem = Path(ns.out) / (ns.table + ("_quick" if ns.quick else ""))
-    print(Path(str(stem) + ".md").read_text())
-    return 1 if res.get("failed") else 0
+    if res.get("table_path") is None:
+        print("[skiprnn] no run has finished: no table written", file=sys.stderr)
+    else:
+        print(res["table_path"].read_text())
+        print(f"written {res['table_path']} (+ .csv, .json)")
+    return 1 if res.get("failed") or res.get("table_path") is None else 0
 
 
 def main(argv=None) -> int:

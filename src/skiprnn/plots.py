@@ -9,6 +9,9 @@ at ``path`` (parent folders are created) and returns ``path`` as a ``Path``. The
 * :func:`plot_mnist_masks`      — paper Fig. 3: digits with used pixels red, skipped blue (28×28).
 * :func:`plot_learning_curves`  — curves from Lightning's ``CSVLogger`` ``metrics.csv`` or dicts;
   several runs give mean and min–max band (paper Fig. 2).
+
+:func:`mnist_masks_figure` and :func:`learning_curves_figure` build the matplotlib ``Figure`` of
+the two ``plot_*`` functions without saving it (to edit or inspect it).
 * :func:`plot_tradeoff`         — metric vs state updates across λ values / p_skip / thresholds.
 
 Conventions: batch first. ``updates`` holds the binary gate u_t (1 = state updated = sample used);
@@ -29,8 +32,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-__all__ = ["plot_adding_samples", "plot_frequency_samples", "plot_mnist_masks",
-           "plot_learning_curves", "plot_gate_dynamics", "plot_tradeoff", "read_metrics_csv"]
+__all__ = ["plot_adding_samples", "plot_frequency_samples", "plot_mnist_masks", "mnist_masks_figure",
+           "mask_colour", "plot_learning_curves", "learning_curves_figure", "plot_gate_dynamics",
+           "plot_tradeoff", "read_metrics_csv"]
 
 USED_COLOR = "#d62728"     # red: sample used (state updated)
 SKIPPED_COLOR = "#1f77b4"  # blue: sample skipped (state copied)
@@ -171,12 +175,29 @@ def plot_frequency_samples(x, updates, path: PathLike, *, sampling_period_ms: Op
     return _save(fig, path, dpi)
 
 
-def plot_mnist_masks(images, updates, path: PathLike, *, labels=None, max_samples: Optional[int] = 8,
-                     ncols: Optional[int] = None,
-                     title: Optional[str] = "Sequential MNIST: used (red) and skipped (blue) pixels",
-                     figsize: Optional[tuple] = None, dpi: int = 100) -> Path:
-    """Paper Fig. 3: each digit as a 28×28 mask, used pixels red and skipped pixels blue, the colour
-    brightened by the pixel's intensity so the digit stays visible.
+def mask_colour(used, intensity) -> np.ndarray:
+    """RGB of MNIST mask pixels: ``USED_COLOR`` / ``SKIPPED_COLOR`` mixed with white, the more
+    white the darker the pixel (intensity 1: the pure colour; 0, the background: a pale tint of
+    it, so used and skipped background pixels differ from each other and from the digit)."""
+    from matplotlib.colors import to_rgb
+    used = np.asarray(used, bool)[..., None]
+    a = 0.25 + 0.75 * np.clip(np.asarray(intensity, np.float64), 0.0, 1.0)[..., None]
+    base = np.where(used, np.array(to_rgb(USED_COLOR)), np.array(to_rgb(SKIPPED_COLOR)))
+    return 1.0 - a * (1.0 - base)
+
+
+def plot_mnist_masks(images, updates, path: PathLike, *, dpi: int = 100, **kw) -> Path:
+    """Paper Fig. 3: each digit as a 28×28 mask, used pixels red and skipped pixels blue
+    (:func:`mask_colour`: pale on the background, full colour on the digit); the legend shows the
+    four colours drawn. Arguments: :func:`mnist_masks_figure`."""
+    return _save(mnist_masks_figure(images, updates, dpi=dpi, **kw), path, dpi)
+
+
+def mnist_masks_figure(images, updates, *, labels=None, max_samples: Optional[int] = 8,
+                       ncols: Optional[int] = None,
+                       title: Optional[str] = "Sequential MNIST: used (red) and skipped (blue) pixels",
+                       figsize: Optional[tuple] = None, dpi: int = 100) -> Figure:
+    """The figure of :func:`plot_mnist_masks`.
 
     ``images``: (N, 784), (N, 784, 1) or (N, 28, 28), uint8 or float in [0, 1]; ``updates``:
     (N, 784) binary u_t in raster order; ``labels``: optional (N,) digits for the panel titles.
@@ -207,24 +228,23 @@ def plot_mnist_masks(images, updates, path: PathLike, *, labels=None, max_sample
     figsize = figsize or (2.2 * ncols, 2.4 * nrows + 0.5)
     fig = _new_figure(figsize, dpi)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    red, blue = np.array([0.95, 0.1, 0.1]), np.array([0.15, 0.35, 0.95])
     for i, ax in enumerate(axes):
         ax.set_axis_off()
         if i >= n:
             continue
-        base = np.where(used[i][..., None], red, blue)
-        rgb = base * (0.35 + 0.65 * img[i][..., None])
-        ax.imshow(np.clip(rgb, 0, 1), interpolation="nearest")
+        ax.imshow(mask_colour(used[i], img[i]), interpolation="nearest")
         head = "" if lab is None else f"digit {lab[i]}: "
         ax.set_title(f"{head}{int(used[i].sum())}/784 used", fontsize=8)
-    handles = [Line2D([], [], ls="", marker="s", color=USED_COLOR, label="used"),
-               Line2D([], [], ls="", marker="s", color=SKIPPED_COLOR, label="skipped")]
-    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    handles = [Line2D([], [], ls="", marker="s", ms=8, mec="0.6", mew=0.5, color=mask_colour(u_, v),
+                      label=f"{'used' if u_ else 'skipped'}, {'digit' if v else 'background'}")
+               for u_ in (True, False) for v in (1.0, 0.0)]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, frameon=False,
+               handletextpad=0.2, columnspacing=0.8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.55 / figsize[1], bottom=0.35 / figsize[1],
                         wspace=0.05, hspace=0.25)
-    return _save(fig, path, dpi)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------------
@@ -298,11 +318,25 @@ def _normalise_run(run, x: str) -> "OrderedDict[str, tuple]":
     return out
 
 
-def plot_learning_curves(source, path: PathLike, *, x: str = "step", keys: Optional[Sequence[str]] = None,
-                         labels: Optional[Sequence[str]] = None, band: bool = True,
-                         logy: Union[str, bool] = "auto", title: Optional[str] = None,
-                         ncols: int = 2, figsize: Optional[tuple] = None, dpi: int = 100) -> Path:
-    """Learning curves, one panel per metric (train loss, val metric, val update fraction, ...).
+def plot_learning_curves(source, path: PathLike, *, dpi: int = 100, **kw) -> Path:
+    """Learning curves, one panel per metric (train loss, val metric, val update fraction, ...);
+    arguments: :func:`learning_curves_figure`."""
+    return _save(learning_curves_figure(source, dpi=dpi, **kw), path, dpi)
+
+
+def _is_error(key: str) -> bool:
+    """A loss or error metric (drawn on a log axis when positive): the values that fall by decades."""
+    k = key.lower()
+    return "loss" in k or "mse" in k or "error" in k
+
+
+def learning_curves_figure(source, *, x: str = "step", keys: Optional[Sequence[str]] = None,
+                           labels: Optional[Sequence[str]] = None, band: bool = True,
+                           logy: Union[str, bool] = "auto", title: Optional[str] = None,
+                           ylabels: Optional[Mapping[str, str]] = None,
+                           hlines: Optional[Mapping[str, tuple]] = None,
+                           ncols: int = 2, figsize: Optional[tuple] = None, dpi: int = 100) -> Figure:
+    """The figure of :func:`plot_learning_curves`: one panel per metric.
 
     ``source``: one run or a list of runs. A run is the path of a Lightning ``CSVLogger``
     ``metrics.csv`` (columns ``step``, ``epoch`` and one per logged metric, with empty cells where a
@@ -312,7 +346,10 @@ def plot_learning_curves(source, path: PathLike, *, x: str = "step", keys: Optio
     ``x``: abscissa column for tables ('step' or 'epoch'). ``keys``: metrics to show (default all,
     in order of appearance). Several runs: with ``band`` and identical abscissae for a metric, the
     mean is drawn with a min–max band (paper Fig. 2); otherwise each run is its own line, named by
-    ``labels``. ``logy='auto'`` uses a log axis for positive series whose name contains 'loss'.
+    ``labels``. ``logy='auto'`` uses a log axis for positive series of losses and errors (names
+    with 'loss', 'mse' or 'error'). ``ylabels``: the y-axis label per metric (default its name).
+    ``hlines``: ``{metric: (value, label)}``, a dashed horizontal line per panel (e.g. the
+    "solved" threshold). A series with one point is drawn as a marker.
     """
     runs = list(source) if isinstance(source, (list, tuple)) else [source]
     if not runs:
@@ -340,20 +377,24 @@ def plot_learning_curves(source, path: PathLike, *, x: str = "step", keys: Optio
             ys = np.stack([p[1][1] for p in present])
             ax.fill_between(xs, ys.min(0), ys.max(0), color="C0", alpha=0.25, lw=0,
                             label=f"min–max ({len(present)} runs)")
-            ax.plot(xs, ys.mean(0), color="C0", lw=1.5, label="mean")
-            ax.legend(fontsize=7)
+            ax.plot(xs, ys.mean(0), color="C0", lw=1.5, label="mean", marker="o" if len(xs) == 1 else None)
         else:
             for i, (xs, ys) in present:
                 marker = "o" if len(xs) <= 30 else None
                 ax.plot(xs, ys, color=colors[i], lw=1.2, marker=marker, ms=3,
                         label=labels[i] if len(runs) > 1 else None)
-            if len(runs) > 1:
-                ax.legend(fontsize=7)
         all_y = np.concatenate([p[1][1] for p in present])
-        if logy is True or (logy == "auto" and "loss" in key.lower() and (all_y > 0).all()):
+        if key in (hlines or {}):
+            value, label = hlines[key]
+            ax.axhline(value, color="0.3", ls="--", lw=1, label=label)
+            all_y = np.append(all_y, value)
+        if (band and same_x) or len(runs) > 1 or key in (hlines or {}):
+            ax.legend(fontsize=7)
+        if logy is True or (logy == "auto" and _is_error(key) and (all_y > 0).all()):
             ax.set_yscale("log")
         ax.set_title(key, fontsize=9)
         ax.set_xlabel(x)
+        ax.set_ylabel((ylabels or {}).get(key, key), fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     for ax in axes[len(keys):]:
@@ -361,7 +402,7 @@ def plot_learning_curves(source, path: PathLike, *, x: str = "step", keys: Optio
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path, dpi)
+    return fig
 
 
 def plot_gate_dynamics(metrics: Mapping, path: PathLike, *, title: Optional[str] = None,

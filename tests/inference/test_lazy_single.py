@@ -211,7 +211,7 @@ def test_random_gate_still_refused():
 
 def test_bad_inputs_single():
     layer = make_layer("lstm")
-    with pytest.raises(ValueError, match=r"frame at step 0 must have shape \(1, 5\).*got \(1, 4\)"):
+    with pytest.raises(ValueError, match=r"frame at step 0 must have shape \(5,\).*got \(4,\)"):
         lazy_forward(layer, torch.randn(3, 4))
     with pytest.raises(ValueError, match=r"encoder output at step 0 must have shape \(1, 5\).*"
                                          r"got \(5,\)"):

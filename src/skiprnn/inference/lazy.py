@@ -113,9 +113,7 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
             else:
                 feat = sel
             if not isinstance(feat, Tensor) or feat.dim() != 2 or tuple(feat.shape) != (len(rows), I):
-                what = "encoder output" if encoder is not None else "frame"
-                raise ValueError(f"{what} at step {t} must have shape ({len(rows)}, {I}) "
-                                 f"(rows read, input_size), got {_shape(feat)}")
+                raise _feature_error(encoder, t, len(rows), I, feat, B)
             out, u = st.step(feat)
             outs.append(out.unsqueeze(0))
             us.append(u.unsqueeze(0))
@@ -349,9 +347,7 @@ def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) ->
             sel = get1(k)
             feat = encoder(sel) if encoder is not None else sel
             if not isinstance(feat, Tensor) or feat.shape != shape1:
-                what = "encoder output" if encoder is not None else "frame"
-                raise ValueError(f"{what} at step {k} must have shape (1, {I}) "
-                                 f"(rows read, input_size), got {_shape(feat)}")
+                raise _feature_error(encoder, k, 1, I, feat, 1)
             x2.copy_(feat)  # any dtype / device
             read_uc.append((up, cum))
             read.append(k)
@@ -388,3 +384,19 @@ def _layout(layer, out):
 
 def _shape(v):
     return tuple(v.shape) if hasattr(v, "shape") else type(v).__name__
+
+
+def _feature_error(encoder, t: int, n: int, input_size: int, feat, batch_size: int) -> ValueError:
+    """The error for features of the wrong shape at step ``t`` (``n`` rows read)."""
+    if encoder is not None:
+        msg = (f"encoder output at step {t} must have shape ({n}, {input_size}) (rows read, "
+               f"input_size): the encoder maps a batch of n frames (n, ...) to (n, input_size); "
+               f"got {_shape(feat)}")
+    else:
+        one = f"({input_size},)" if batch_size == 1 else f"({batch_size}, {input_size})"
+        msg = (f"frame at step {t} must have shape {one} (no encoder: the frames are the layer's "
+               f"inputs); got {_shape(feat)[1:] if batch_size == 1 and isinstance(feat, Tensor) else _shape(feat)}")
+    if batch_size == 1 and isinstance(feat, Tensor) and feat.dim() == 3 and feat.shape[1] == 1:
+        msg += (f". A (T, 1, ...) source holds one stream with a batch dimension: pass source[:, 0] "
+                f"(batch_size=1 reads frames without one), or batch_size=B for (T, B, ...) frames")
+    return ValueError(msg)

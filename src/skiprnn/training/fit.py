@@ -29,7 +29,8 @@ import torch
 from .._env import git_commit
 from .config import ConfigError, RunConfig
 
-__all__ = ["fit", "evaluate_run", "load_module", "RunInterrupted", "environment_info", "git_commit"]
+__all__ = ["fit", "evaluate_run", "load_module", "read_checkpoint", "RunInterrupted", "environment_info",
+           "git_commit"]
 
 
 class RunInterrupted(RuntimeError):
@@ -109,6 +110,36 @@ def _seeded_evaluate(module, loader, device, seed: int) -> dict:
         return module.evaluate(loader, device=device)
 
 
+def read_checkpoint(path, what_to_do: str) -> dict:
+    """The checkpoint at ``path`` (on the CPU); a missing, empty, truncated or foreign file raises
+    :class:`ConfigError` naming the file, what went wrong and ``what_to_do``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint {path}; {what_to_do}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:   # zip reader / unpickling / EOF errors of a damaged file
+        detail = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(f"cannot read the checkpoint {path} ({path.stat().st_size} bytes: empty, "
+                          f"truncated or not a checkpoint; {type(e).__name__}: {detail}); "
+                          f"{what_to_do}") from None
+    if not isinstance(ck, dict) or "state_dict" not in ck:
+        raise ConfigError(f"{path} is not a checkpoint of a skiprnn run (no state_dict); {what_to_do}")
+    return ck
+
+
+def _remove_new_entries(run_dir: Path, before: Optional[set]) -> Path:
+    """Remove ``run_dir`` (``before`` None: this run created it) or the entries of it that are not
+    in ``before``."""
+    import shutil
+    for p in ([run_dir] if before is None else [p for p in run_dir.iterdir() if p not in before]):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return run_dir
+
+
 def _holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds (part of) a run: a killed run leaves config.json and csv/."""
     return any((run_dir / p).exists() for p in ("results.json", "checkpoints", "config.json", "csv"))
@@ -179,18 +210,32 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
     """
     before = flushing_denormals()
     torch.set_flush_denormal(True)
+    from .callbacks import quiet_lightning
+    created: list = []
     try:
-        return _fit(cfg, resume, overwrite, verbose, callbacks)
+        with quiet_lightning():
+            return _fit(cfg, resume, overwrite, verbose, callbacks, created)
+    except BaseException as e:
+        # a new run that failed (or was stopped) before its first checkpoint leaves nothing
+        # behind: a half-written directory would only block the same --out
+        if created and not (created[0][0] / "checkpoints" / "last.ckpt").exists():
+            run_dir = _remove_new_entries(*created[0])
+            if isinstance(e, RunInterrupted):   # there is no checkpoint to resume from
+                raise KeyboardInterrupt(f"interrupted before the first checkpoint; {run_dir} "
+                                        "was removed") from e
+        raise
     finally:
         torch.set_flush_denormal(before)
 
 
-def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> Optional[dict]:
+def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
+         created: Optional[list] = None) -> Optional[dict]:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from .callbacks import InterruptCheckpoint, SolvedStopping, StepMetricsProgressBar, WallClock
+    from .callbacks import (InterruptCheckpoint, SolvedStopping, StepMetricsProgressBar, ValidationLines,
+                            WallClock)
     from .data import TaskDataModule
     from .module import SkipRNNModule
 
@@ -203,7 +248,10 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
         if not last.exists():
             raise ConfigError(f"--resume {run_dir}: no checkpoints/last.ckpt to continue from")
         ckpt_path = str(last)
-        start_step = int(torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0))
+        start_step = int(read_checkpoint(last, (
+            f"the run cannot be continued from it. Train it again into the same directory with "
+            f"--out {run_dir} --overwrite (its settings are in {run_dir / 'config.json'}), or "
+            f"measure its best weights with `skiprnn evaluate {run_dir} --ckpt best`")).get("global_step", 0))
     else:
         cfg.validate()
         run_dir = Path(cfg.out) if cfg.out else Path("runs") / (
@@ -247,9 +295,12 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
             print("[skiprnn] resume with changed settings: "
                   + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), flush=True)
     task = module.task
+    data_source = task.data_source()   # reads the data now: missing files fail before any is written
     dm = TaskDataModule(task, seed=cfg.seed, eval_batch_size=cfg.eval_batch_size,
                         num_workers=cfg.num_workers)
 
+    if created is not None and resume is None and trainer_is_zero():
+        created.append((run_dir, set(run_dir.iterdir()) if run_dir.is_dir() else None))
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoints"
     csv_v, tb_v = _new_log_version(run_dir)
@@ -262,9 +313,11 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
 
     # best.ckpt only; last.ckpt is LastCheckpoint's (ModelCheckpoint(save_last=True) with a monitor
     # rewrites last.ckpt only when the monitored loss improves)
+    # saved after validations only (not at the end of a training epoch, which a run stopped by
+    # --max-steps before its first validation reaches with no validation loss to compare)
     best_ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/loss", mode="min",
                                 save_top_k=1, save_last=False, auto_insert_metric_name=False,
-                                enable_version_counter=False)
+                                enable_version_counter=False, save_on_train_epoch_end=False)
     interrupt = InterruptCheckpoint(ckpt_dir / "last.ckpt")
     clock = WallClock()
     extra_callbacks = list(callbacks or [])
@@ -274,14 +327,20 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
         solved_cb = SolvedStopping(task, patience=cfg.solved_patience,
                                    ckpt_path=ckpt_dir / "best_solved.ckpt")
         callbacks.append(solved_cb)
-    if cfg.progress_bar:
+    # the bar on a terminal; else (--no-progress, or stdout a log file) one line per validation
+    progress_bar = bool(cfg.progress_bar) and sys.stdout.isatty()
+    if progress_bar:
         callbacks.append(StepMetricsProgressBar(refresh_rate=10))
+    elif verbose:   # first: its line comes before the stopping callbacks' messages
+        callbacks.insert(0, ValidationLines(task.metric_name))
     callbacks += extra_callbacks
 
     trainer_kw = {}
-    if not hasattr(task, "sample") and cfg.val_every:   # real datasets: validate every N batches
+    if hasattr(task, "sample"):
+        n_batches = getattr(task, "train_batches_per_epoch", None) or 50
+    else:
         n_batches = -(-len(task.train_dataset(cfg.seed)) // task.batch_size)
-        if cfg.val_every < n_batches:
+        if cfg.val_every and cfg.val_every < n_batches:   # real datasets: validate every N batches
             trainer_kw["val_check_interval"] = int(cfg.val_every)
     trainer = pl.Trainer(
         accelerator=acc, devices=_devices(cfg.devices), num_nodes=cfg.num_nodes, strategy=cfg.strategy,
@@ -289,11 +348,16 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
         max_epochs=cfg.max_epochs if cfg.max_epochs else (None if cfg.max_steps or cfg.max_time else 1),
         max_time=cfg.max_time, gradient_clip_val=task.grad_clip or None,
         gradient_clip_algorithm="norm", logger=loggers, callbacks=callbacks,
-        enable_progress_bar=cfg.progress_bar, enable_model_summary=False,
-        num_sanity_val_steps=0, log_every_n_steps=min(50, getattr(task, "train_batches_per_epoch", 50) or 50),
+        enable_progress_bar=progress_bar, enable_model_summary=False,
+        num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, n_batches)),
         default_root_dir=str(run_dir), deterministic=False, **trainer_kw)
     if cfg.max_epochs is None and not cfg.max_steps and cfg.max_time:
         trainer.fit_loop.max_epochs = -1
+    if str(trainer.precision) != str(cfg.precision):   # e.g. 16-mixed runs as bf16-mixed on CPU
+        if verbose and trainer.is_global_zero:
+            print(f"[skiprnn] precision {cfg.precision} runs as {trainer.precision} here; recorded as "
+                  f"{trainer.precision}", flush=True)
+        cfg.precision = str(trainer.precision)
 
     if trainer.is_global_zero:
         cfg.save(run_dir / "config.json")
@@ -340,7 +404,7 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
     device = module.device
     ckpt_step = None
     if path and Path(path).exists():
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = read_checkpoint(path, "the test metrics cannot be measured on it")
         module.load_state_dict(ck["state_dict"])
         ckpt_step = ck.get("global_step")
     else:
@@ -366,7 +430,7 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
         "p_skip": cfg.p_skip if cfg.model.startswith("random_") else None,
         "seed": cfg.seed, "hidden_size": t.hidden_size, "num_layers": t.num_layers,
         "seq_len": t.seq_len, "lr": t.lr, "batch_size": t.batch_size, "grad_clip": t.grad_clip,
-        "task_options": cfg.task_options, "recipe": cfg.recipe,
+        "task_options": cfg.task_options, "data": data_source, "recipe": cfg.recipe,
         "controls": {k: getattr(cfg, k) for k in GATE_CONTROLS} if module.learned_gate else None,
         "metric_name": t.metric_name, "test_metric": test[t.metric_name],
         "solved": test["solved"], "test": test,
@@ -389,6 +453,7 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks) -> O
         "accelerator": str(trainer.accelerator.__class__.__name__), "devices": trainer.num_devices,
         "num_nodes": trainer.num_nodes, "strategy": type(trainer.strategy).__name__,
         "backend": getattr(module, "train_backend", None) or getattr(module.rnn, "last_backend", "torch"),
+        "precision": cfg.precision,
         "hardware": environment_info(device, commit), "run_dir": str(run_dir),
         "command": _command_line(),
         "finished_at": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -454,10 +519,11 @@ def load_module(run_dir, ckpt: str = "best", device: str | torch.device = "cpu")
             path = run_dir / "checkpoints" / "last.ckpt"
     else:
         path = Path(ckpt)
-    if not path.exists():
-        raise ConfigError(f"no checkpoint {path}")
+    others = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt") if p != path)
+    state = read_checkpoint(path, "pass another --ckpt: best, last or a file path"
+                            + (f" ({', '.join(others)} in {run_dir / 'checkpoints'})" if others else "")
+                            + ", or train the run again")["state_dict"]
     module = SkipRNNModule(cfg)
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
     module.load_state_dict(state)
     return module.to(device).eval(), cfg, path
 

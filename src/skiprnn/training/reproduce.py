@@ -1,9 +1,11 @@
 """``skiprnn reproduce table1|table2|table4``: the paper's rows, several seeds, side by side.
 
-Each (row, seed) is one ``skiprnn train`` run in ``OUT/runs/<table>/<row>/seed<k>`` (a subprocess,
-``--jobs`` at a time); a run whose results.json exists is reused, so the command is resumable.
-The table is written to ``OUT/<table>.md`` (+ ``.csv`` and ``.json``): the paper's numbers
-(paper.md §4) next to ours, mean ± std over seeds, with our training settings.
+Each (row, seed) is one ``skiprnn train`` run in ``runs/{full,quick}/<table>/<row>/seed<k>``
+(``--runs-dir``; a subprocess, ``--jobs`` at a time); a run whose results.json exists is reused, so
+the command is resumable. The table is written to ``OUT/<table>.md`` (+ ``.csv`` and ``.json``;
+``OUT`` = ``runs/reproduce`` unless ``--out`` names another: the tracked tables in ``results/`` are
+only rewritten with ``--out results``): the paper's numbers (paper.md §4) next to ours, mean ± std
+over seeds, with our training settings. No table is written before a run has finished.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from typing import Optional
 
 from .config import ConfigError
 
-__all__ = ["TABLES", "Row", "reproduce", "row_ids"]
+__all__ = ["TABLES", "Row", "reproduce", "row_ids", "DEFAULT_OUT"]
+
+#: where ``reproduce`` writes its tables unless told (``--out results`` publishes them)
+DEFAULT_OUT = "runs/reproduce"
 
 
 @dataclass
@@ -205,9 +210,10 @@ def check_settings(settings: dict) -> None:
                           f"got {settings['task_options']!r}")
 
 
-def check_train_args(args: list[str], what: str) -> None:
+def check_train_args(args: list[str], what: str):
     """Parse and check one run's ``skiprnn train`` arguments in this process (no training), so that
-    bad --set / --train-arg values fail once, up front, instead of inside every run's train.log."""
+    bad --set / --train-arg values fail once, up front, instead of inside every run's train.log.
+    Returns the run's RunConfig."""
     import contextlib
     import io
     from ..cli import build_parser, build_train_config
@@ -220,7 +226,7 @@ def check_train_args(args: list[str], what: str) -> None:
         msg = msg[-1].split("error: ", 1)[-1] if msg else "bad arguments"
         raise ConfigError(f"{what}: `skiprnn train` would refuse its arguments: {msg}") from None
     try:
-        build_train_config(ns, verbose=False)
+        return build_train_config(ns, verbose=False)[0]
     except ConfigError as e:
         raise ConfigError(f"{what}: {e}") from None
 
@@ -287,7 +293,7 @@ def _paper_settings():
     return "Adam lr 1e-4, batch 256, global-norm clip 1; iterations not stated (adding/frequency), 600 epochs (MNIST)"
 
 
-def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, out: str = "results",
+def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, out: str = DEFAULT_OUT,
               rows: Optional[list[str]] = None, runs_dir: Optional[str] = None,
               extra_train_args: Optional[list[str]] = None, threads: Optional[int] = 1,
               settings_override: Optional[dict] = None, verbose: bool = True,
@@ -330,11 +336,14 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
             elsewhere.append(rd)
             continue
         todo.append((row, s, rd))
-    checked = set()
+    checked = {}
     for row, s, rd in ([] if report_only else todo):   # each row's train arguments, before any run
         if row.id not in checked:
-            checked.add(row.id)
-            check_train_args(_train_args(table, row, s, settings, rd, extra)[3:], f"row {row.id}")
+            checked[row.id] = check_train_args(_train_args(table, row, s, settings, rd, extra)[3:],
+                                               f"row {row.id}")
+    if checked:   # the data too (MNIST files): one clear error instead of every run failing
+        from .module import build_task
+        build_task(next(iter(checked.values())).to_dict()).data_source()
     if verbose:
         print(f"[skiprnn] {table}: {len(chosen)} rows × {seeds} seeds, "
               f"{len(runs) - len(todo) - len(elsewhere)} "
@@ -412,7 +421,7 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
         raise
 
     summary = current_summary()
-    write_table(table, summary, out, quick)
+    summary["table_path"] = write_table(table, summary, out, quick)
     if failed and verbose:
         print(f"[skiprnn] {len(failed)} run(s) failed: " + ", ".join(f"{a}/seed{b}" for a, b, _ in failed))
     summary["failed"] = [f"{a}/seed{b}" for a, b, _ in failed]
@@ -461,9 +470,17 @@ def _solved_cell(d):
     return f"{word} ({k}/{len(s)})"
 
 
-def write_table(table: str, summary: dict, out: Path, quick: bool) -> None:
+def table_path(table: str, out, quick: bool) -> Path:
+    """``OUT/<table>[_quick].md`` (the .csv and .json beside it)."""
+    return Path(out) / (table + ("_quick" if quick else "") + ".md")
+
+
+def write_table(table: str, summary: dict, out: Path, quick: bool) -> Optional[Path]:
+    """Write the table files; none (returns None) while no run has finished."""
+    if not any(d.get("n_runs") for d in summary["rows"]):
+        return None
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / (table + ("_quick" if quick else ""))
+    stem = table_path(table, out, quick).with_suffix("")
     rows = summary["rows"]
     st = summary["settings"]
     ours = ", ".join(f"{k}={v}" for k, v in st.items() if k not in ("threads",))
@@ -543,6 +560,7 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> None:
                         _mean(d.get("metric")), _std(d.get("metric")), _mean(d.get("updates")),
                         _std(d.get("updates")), _mean(d.get("updates_percent")), _mean(d.get("flops")),
                         _mean(d.get("steps")), ";".join(map(str, d.get("lr", []))), json.dumps(d["paper"])])
+    return stem.with_suffix(".md")
 
 
 def _steps_cell(d):
