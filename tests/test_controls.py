@@ -94,3 +94,14 @@ def test_mnist_standardize_option():
     torch.testing.assert_close(std[7][0], x1[7])
     with pytest.raises(ValueError, match="standardize must be True or False"):
         get_task("mnist", standardize="yes")
+
+
+def test_cosine_decay_factor():
+    from skiprnn.controls import CosineDecay
+    d = CosineDecay(start=10, total=30, floor=0.1)
+    assert [d(s) for s in (0, 10)] == [1.0, 1.0]
+    assert d(20) == pytest.approx(0.55) and d(30) == pytest.approx(0.1) and d(99) == pytest.approx(0.1)
+    assert all(d(s) >= d(s + 1) for s in range(40))
+    assert CosineDecay(10, 5)(7) == 1.0                       # a run shorter than the start
+    with pytest.raises(ValueError, match="floor"):
+        CosineDecay(0, 10, floor=2.0)

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--target-rate", dest="target_rate", type=float, metavar="FRACTION",
                    help="add the target-rate loss weight·mean_b (used fraction − FRACTION)² (paper §3.2)")
     t.add_argument("--target-weight", dest="target_weight", type=float, help="its weight (default 1)")
+    t.add_argument("--lr-decay", dest="lr_decay", type=float, metavar="FACTOR",
+                   help="cosine decay of the learning rate to lr × FACTOR, from the end of the "
+                        "budget's ramp to the last step (paper: none)")
     t.add_argument("--init", choices=("paper", "chrono"),
                    help="gate biases: 'paper' (forget bias 1, the code's) or 'chrono' (forget biases "
                         "log U(1, T-1), Tallec & Ollivier 2018: long memories from the start)")

@@ -9,7 +9,9 @@ noise. Two controls, usable with any training loop:
 
 * :class:`BudgetSchedule` — λ is 0 for a warm-up, then ramps linearly to its value;
 * :func:`gate_param_groups` — the gate's parameters get their own learning rate (a multiplier of
-  the others'), so the budget cannot move them faster than the task learns.
+  the others');
+* :class:`CosineDecay` — a learning-rate decay after the budget's ramp, so the model settles at
+  the updates the budget buys.
 
 Example (plain PyTorch)::
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["BudgetSchedule", "gate_param_groups", "is_gate_parameter"]
+__all__ = ["BudgetSchedule", "CosineDecay", "gate_param_groups", "is_gate_parameter"]
 
 
 def _check_number(name: str, v, lo: float = 0.0, integer: bool = False) -> None:
@@ -69,6 +71,33 @@ class BudgetSchedule:
     def constant(self) -> bool:
         """Whether λ is the same at every step (the paper's)."""
         return self.warmup_steps == 0 and self.ramp_steps <= 1
+
+
+@dataclass(frozen=True)
+class CosineDecay:
+    """A learning-rate factor per optimizer step: 1 until ``start``, then a half cosine down to
+    ``floor`` at ``total`` (and ``floor`` after it). For ``torch.optim.lr_scheduler.LambdaLR``.
+
+    Used after the budget's ramp: the model then settles at the number of updates the budget
+    buys instead of being shaken around it by a large learning rate.
+    """
+
+    start: int
+    total: int
+    floor: float = 0.05
+
+    def __post_init__(self):
+        _check_number("start", self.start, integer=True)
+        _check_number("total", self.total, integer=True)
+        _check_number("floor", self.floor)
+        if self.floor > 1:
+            raise ValueError(f"floor must be a factor in [0, 1], got {self.floor!r}")
+
+    def __call__(self, step: int) -> float:
+        if step <= self.start or self.total <= self.start:
+            return 1.0
+        x = min(1.0, (step - self.start) / (self.total - self.start))
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * x))
 
 
 def is_gate_parameter(name: str) -> bool:

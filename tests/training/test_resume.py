@@ -44,8 +44,10 @@ class _Interrupt(pl.Callback):
 
 
 #: gate controls whose schedules straddle the interruptions below (gate open until step 15, λ = 0
-#: until 12, then ramped to step 22; the gate at half the learning rate)
-CONTROLS = {"gate_warmup": 15, "budget_warmup": 12, "budget_ramp": 10, "gate_lr_mult": 0.5}
+#: until 12, then ramped to step 22, the learning rate decayed from there; the gate at half the
+#: learning rate)
+CONTROLS = {"gate_warmup": 15, "budget_warmup": 12, "budget_ramp": 10, "gate_lr_mult": 0.5,
+            "lr_decay": 0.1}
 
 
 @pytest.mark.parametrize("model,controls", [("skip_lstm", {}), ("random_skip_lstm", {}),
@@ -69,6 +71,11 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, model, co
 
     a, b = _ckpt(straight), _ckpt(run)
     assert a["global_step"] == b["global_step"] == 25
+    if controls.get("lr_decay"):    # the decay went on where it was: lr = lr·f(25) in both
+        from skiprnn.controls import CosineDecay
+        f = CosineDecay(22, 25, 0.1)(25)
+        for ck in (a, b):
+            assert ck["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-2 * f)
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
     # the interrupted validation ran again on resume: validations at steps 10, 20 (and none twice)

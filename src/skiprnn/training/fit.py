@@ -486,7 +486,7 @@ def format_summary(r: dict) -> str:
 
 #: the RunConfig fields that shape how the learned gate is trained (recorded in results.json)
 GATE_CONTROLS = ("budget_warmup", "budget_ramp", "gate_warmup", "gate_lr_mult", "target_rate",
-                 "target_weight")
+                 "target_weight", "lr_decay", "init")
 
 
 def recipe_description(cfg: RunConfig) -> str:
@@ -499,6 +499,8 @@ def recipe_description(cfg: RunConfig) -> str:
         parts.append(f"λ = 0 for {cfg.budget_warmup or 0} steps, then a ramp over {cfg.budget_ramp or 0}")
     if cfg.gate_lr_mult not in (None, 1.0):
         parts.append(f"gate lr × {cfg.gate_lr_mult:g}")
+    if cfg.lr_decay is not None:
+        parts.append(f"lr cosine-decayed to × {cfg.lr_decay:g} after the ramp")
     if cfg.target_rate is not None:
         parts.append(f"target rate {cfg.target_rate:g} (weight {cfg.target_weight:g})")
     return ", ".join(parts) or "constant λ"

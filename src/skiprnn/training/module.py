@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from typing import Optional
 
@@ -14,7 +15,7 @@ try:
 except ImportError as e:  # pragma: no cover - lightning is an optional dependency
     raise ImportError("skiprnn.training needs Lightning: pip install 'skiprnn[train]'") from e
 
-from ..controls import BudgetSchedule, gate_param_groups, is_gate_parameter
+from ..controls import BudgetSchedule, CosineDecay, gate_param_groups, is_gate_parameter
 from ..losses import budget_loss, target_rate_loss
 from ..metrics import inference_flops
 from ..modules import build_rnn
@@ -354,8 +355,31 @@ class SkipRNNModule(pl.LightningModule):
         groups = ([p for p in self.parameters() if p.requires_grad] if mult == 1.0
                   else gate_param_groups(self, self.task.lr, mult))
         if self.paper_exact:
-            return paper_optimizer(groups, lr=self.task.lr)      # TF1's Adam (ε before bias correction)
-        return torch.optim.Adam(groups, lr=self.task.lr, betas=(0.9, 0.999), eps=1e-8)
+            opt = paper_optimizer(groups, lr=self.task.lr)      # TF1's Adam (ε before bias correction)
+        else:
+            opt = torch.optim.Adam(groups, lr=self.task.lr, betas=(0.9, 0.999), eps=1e-8)
+        floor = self.config.get("lr_decay")
+        if floor is None:
+            return opt
+        # cosine decay from the end of the budget's ramp to the run's last step
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else None
+        if total is None or not math.isfinite(total):
+            raise ValueError("lr_decay needs a run with a known length (max_steps or max_epochs), "
+                             f"got {total!r} steps")
+        decay = CosineDecay(self._decay_start(), int(total), float(floor))
+        # a function, not the object: LambdaLR saves an object's attributes in the checkpoint and a
+        # resume would restore the old run length; a resume with a new --max-steps re-plans the
+        # decay from the current step to the new end
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: decay(step))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _decay_start(self) -> int:
+        """The step the learning-rate decay starts: the end of the budget's ramp (for a model
+        without a gate, the recipe's, so that it decays as the Skip model beside it)."""
+        from .config import recipe_settings
+        rec = recipe_settings(self.config.get("recipe") or "paper", self.config["task"])
+        return sum(int(self.config.get(k) if self.config.get(k) is not None else rec.get(k) or 0)
+                   for k in ("budget_warmup", "budget_ramp"))
 
     # ------------------------------------------------------------------ random state in checkpoints
     # Random-skip masks (and anything else drawing from the global RNGs) go on where they were after
