@@ -202,8 +202,6 @@ class RunConfig:
         num("--target-rate", self.target_rate, lo=0, hi=1)
         num("--target-weight", self.target_weight, lo=0, allow_none=False)
         num("--lr-decay", self.lr_decay, lo=0, hi=1)
-        if self.lr_decay is not None and self.max_steps is None and self.max_epochs is None:
-            raise ConfigError("--lr-decay needs a run of known length: give --max-steps or --max-epochs")
         if self.init not in (None, "paper", "chrono"):
             raise ConfigError(f"--init must be 'paper' or 'chrono', got {self.init!r}")
         if self.recipe not in RECIPES:
@@ -223,6 +221,9 @@ class RunConfig:
             raise ConfigError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
         if self.max_steps is None and self.max_epochs is None and self.max_time is None:
             raise ConfigError("no stop rule: give --max-steps, --max-epochs or --max-time")
+        if self.lr_decay is not None and self.max_steps is None and self.max_epochs is None:
+            raise ConfigError("--lr-decay decays to the run's last step, so it needs --max-steps or "
+                              "--max-epochs (this run has only --max-time)")
         self._check_model_options(explicit or set(), has_learned_gate(self.model))
         self._check_backend()
         self._check_task_options()
@@ -349,6 +350,8 @@ def resolve_defaults(cfg: RunConfig, explicit: set) -> RunConfig:
             if k in ("max_steps", "max_epochs") and ({"max_steps", "max_epochs", "max_time"} & explicit):
                 continue
             setattr(cfg, k, v)
+    if "lr_decay" not in explicit and cfg.max_steps is None and cfg.max_epochs is None:
+        cfg.lr_decay = None   # the recipe's decay needs a known last step; a --max-time run has none
     return cfg
 
 

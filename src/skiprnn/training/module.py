@@ -362,7 +362,8 @@ class SkipRNNModule(pl.LightningModule):
         if floor is None:
             return opt
         # cosine decay from the end of the budget's ramp to the run's last step
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else None
+        total = (self.trainer.estimated_stepping_batches if self._trainer is not None
+                 else self.config.get("max_steps"))
         if total is None or not math.isfinite(total):
             raise ValueError("lr_decay needs a run with a known length (max_steps or max_epochs), "
                              f"got {total!r} steps")
