@@ -361,4 +361,6 @@ def test_paper_recipe_trains_the_paper_codes_layer_and_optimizer():
     c = resolve_defaults(RunConfig(task="adding", model="skip_gru", max_steps=1, hidden_size=8), {"model"})
     m = SkipRNNModule(c.validate().to_dict())
     assert m.rnn.bias_hh_l0 is not None and m.rnn.reset_after is True
-    assert type(m.configure_optimizers()).__name__ == "Adam"
+    conf = m.configure_optimizers()                      # recipe fast: Adam + the lr decay
+    assert type(conf["optimizer"]).__name__ == "Adam"
+    assert type(conf["lr_scheduler"]["scheduler"]).__name__ == "LambdaLR"
