@@ -213,16 +213,16 @@ def check_settings(settings: dict) -> None:
 
 
 def check_train_args(args: list[str], what: str):
-    """Parse and check one run's ``skiprnn train`` arguments in this process (no training), so that
-    bad --set / --train-arg values fail once, up front, instead of inside every run's train.log.
-    Returns the run's RunConfig."""
+    """Parse and check one run's ``skiprnn train`` arguments (those after ``train``) in this
+    process (no training), so that bad --set / --train-arg values fail once, up front, instead of
+    inside every run's train.log. Returns the run's RunConfig."""
     import contextlib
     import io
-    from ..cli import build_parser, build_train_config
+    from .args import build_train_config, train_parser
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            ns = build_parser().parse_args(args)
+            ns = train_parser().parse_args(args)
     except SystemExit:
         msg = err.getvalue().strip().splitlines()
         msg = msg[-1].split("error: ", 1)[-1] if msg else "bad arguments"
@@ -341,8 +341,8 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
     checked = {}
     for row, s, rd in ([] if report_only else todo):   # each row's train arguments, before any run
         if row.id not in checked:
-            checked[row.id] = check_train_args(_train_args(table, row, s, settings, rd, extra)[3:],
-                                               f"row {row.id}")
+            after_train = _train_args(table, row, s, settings, rd, extra)[4:]   # python -m skiprnn train
+            checked[row.id] = check_train_args(after_train, f"row {row.id}")
     if checked:   # the data too (MNIST files): one clear error instead of every run failing
         from .module import build_task
         build_task(next(iter(checked.values())).to_dict()).data_source()
