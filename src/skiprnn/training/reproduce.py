@@ -531,6 +531,21 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> Optional[P
     lines += [f"Paper: {summary['paper_settings']}.",
               f"Ours: {ours}; {summary['seeds']} seed(s); test set of the task (fixed, seeded); "
               "updates/FLOPs per test sequence (paper §6 FLOP rule). Mean ± std over seeds.", ""]
+    lines += _result_rows(table, rows)
+    lines += _setting_differences(rows, st)
+    for n in summary.get("notes", []):
+        lines.append(f"- {n}")
+    lines += _per_run_lines(rows)
+    lines += _table_footer(table, summary, quick)
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    _write_csv(stem.with_suffix(".csv"), rows)
+    return stem.with_suffix(".md")
+
+
+def _result_rows(table: str, rows: list[dict]) -> list[str]:
+    """The markdown table: the paper's numbers beside ours, one line per row."""
+    lines = []
     if table == "table1":
         lines += ["| Model | Paper: solved | Paper: updates | Paper: FLOPs | Ours: solved | Ours: test MSE | "
                   "Ours: updates | Ours: FLOPs | Ours: steps run (measured ckpt) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -559,6 +574,12 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> Optional[P
                          f"{_solved_cell(d)} | {_fmt_pm(d.get('metric', []), '{:.4f}')} | "
                          f"{_fmt_pm(d.get('updates', []), '{:.1f}')} | "
                          f"{_steps_cell(d)} |")
+    return lines
+
+
+def _setting_differences(rows: list[dict], st: dict) -> list[str]:
+    """A note for each row whose runs used other max_steps / lr than the table's settings."""
+    lines = []
     for d in rows:
         diffs = []
         if d.get("max_steps") and st.get("max_steps") and d["max_steps"] != [st["max_steps"]]:
@@ -567,8 +588,12 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> Optional[P
             diffs.append(f"lr={'/'.join(f'{x:g}' for x in d['lr'])}")
         if diffs:
             lines.append(f"- {d['label']}: run with {', '.join(diffs)} (differs from the settings above).")
-    for n in summary.get("notes", []):
-        lines.append(f"- {n}")
+    return lines
+
+
+def _per_run_lines(rows: list[dict]) -> list[str]:
+    """Each finished run's seed, solved, test metric, updates and steps."""
+    lines = []
     per = [d for d in rows if d.get("n_runs")]
     if per:
         lines += ["", "Per run (seed: solved, test metric, updates per sequence, steps run):", ""]
@@ -582,18 +607,25 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> Optional[P
                 cells.append(f"s{r['seed']}: {'solved' if r['solved'] else ('not solved' if r['solved'] is False else 'n/a')}, "
                              f"{r['test_metric']:.4g}, {r['updates_mean']:.2f} ({r['updates_percent']:.1f}%), {r['steps']}")
             lines.append(f"- {d['label']}" + (f" [{d['group']}]" if d.get("group") else "") + ": " + "; ".join(cells))
-    lines += ["", "The test metric, updates and FLOPs are measured on one checkpoint per run, chosen on the "
-              "validation set: the solved validation with the fewest updates when the run solved the task "
-              "(stop-when-solved runs), else the lowest validation loss (task loss + budget). 'steps run' "
-              "counts all training steps, '(measured ckpt)' the step of that checkpoint. Test set: fixed and "
-              "seeded, the same for every run.",
-              "Rows with fewer runs than seeds are still running or failed (see n_runs in the .json).",
-              f"Written {summary['written_at']} by `"
-              + (summary.get("command") or f"skiprnn reproduce {table}" + (" --quick" if quick else "")
-                 + f" --seeds {summary['seeds']}") + "`."]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+    return lines
+
+
+def _table_footer(table: str, summary: dict, quick: bool) -> list[str]:
+    """How the numbers were measured, and the command that wrote the table."""
+    command = summary.get("command") or (f"skiprnn reproduce {table}" + (" --quick" if quick else "")
+                                         + f" --seeds {summary['seeds']}")
+    return ["", "The test metric, updates and FLOPs are measured on one checkpoint per run, chosen on the "
+            "validation set: the solved validation with the fewest updates when the run solved the task "
+            "(stop-when-solved runs), else the lowest validation loss (task loss + budget). 'steps run' "
+            "counts all training steps, '(measured ckpt)' the step of that checkpoint. Test set: fixed and "
+            "seeded, the same for every run.",
+            "Rows with fewer runs than seeds are still running or failed (see n_runs in the .json).",
+            f"Written {summary['written_at']} by `{command}`."]
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    """One line per row: the means and spreads over seeds, and the paper's numbers."""
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "label", "group", "n_runs", "solved", "metric_mean", "metric_std",
                     "updates_mean", "updates_std", "updates_percent_mean", "flops_mean", "steps_mean",
@@ -603,7 +635,6 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> Optional[P
                         _mean(d.get("metric")), _std(d.get("metric")), _mean(d.get("updates")),
                         _std(d.get("updates")), _mean(d.get("updates_percent")), _mean(d.get("flops")),
                         _mean(d.get("steps")), ";".join(map(str, d.get("lr", []))), json.dumps(d["paper"])])
-    return stem.with_suffix(".md")
 
 
 def _steps_cell(d):
