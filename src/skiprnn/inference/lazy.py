@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..metrics import flops_per_update
-from ..types import SkipOutput
+from ..outputs import SkipOutput
 from . import skipping
 from .skipping import _AlternatingMV, _SkipRuns, np_dtype
 from .stream import SkipStream, _gate_config

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..types import SkipOutput
+from ..outputs import SkipOutput
 from .skipping import StepCell, np_dtype, simulate_skips, skip_gru_skipping, skip_lstm_skipping
 
 __all__ = ["SkipStream", "stream"]

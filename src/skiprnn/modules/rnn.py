@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ..ops import dispatch
 from ..ops.ste import bernoulli_thresholds, check_binarizer, check_threshold
-from ..types import SkipGRUState, SkipLSTMState, SkipOutput
+from ..outputs import SkipGRUState, SkipLSTMState, SkipOutput
 from ._checks import check_input, check_lengths, check_matches_weights, check_state_tensor
 
 
