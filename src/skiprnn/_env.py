@@ -1,4 +1,5 @@
-"""Reading environment knobs on hot paths (no heavy imports here)."""
+"""What the environment offers: knobs read on hot paths, the source commit, whether Triton is
+installed (no heavy imports here)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,12 @@ def git_commit(dirty_suffix: bool = True):
         return sha
     except Exception:
         return None
+
+
+def triton_available() -> bool:
+    """Whether Triton can be imported (it is then imported; nothing is compiled)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -432,7 +432,24 @@ def plot_gate_dynamics(metrics: Mapping, path: PathLike, *, title: Optional[str]
     fig = _new_figure((11.0, 7.4 + (0.4 if title else 0.0)), dpi)
     axes = fig.subplots(3, 2).ravel()
 
-    ax = axes[0]
+    _budget_panel(axes[0], get)
+    _gate_parameters_panel(axes[1], get)
+    _bias_gradient_panel(axes[2], get)
+    _delta_panel(axes[3], get)
+    _positions_panel(fig, axes[4], get, buckets)
+    _cell_gradient_panel(axes[5], get)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def _budget_panel(ax, get) -> None:
+    """λ and the fraction of steps used."""
     lam = get("gate/lambda")
     if lam is not None:
         ax.plot(*lam, color="C3", lw=1.3, label="λ (budget weight)")
@@ -445,7 +462,9 @@ def plot_gate_dynamics(metrics: Mapping, path: PathLike, *, title: Optional[str]
         ax2.set_ylabel("used fraction", color="C0")
     ax.set_title("budget schedule and updates", fontsize=9)
 
-    ax = axes[1]
+
+def _gate_parameters_panel(ax, get) -> None:
+    """b_p and |W_p|."""
     for k, c, lab in (("gate/bias", "C2", "b_p"), ("gate/weight_norm", "C4", "|W_p|")):
         v = get(k)
         if v is not None:
@@ -453,7 +472,9 @@ def plot_gate_dynamics(metrics: Mapping, path: PathLike, *, title: Optional[str]
     ax.set_title("update-gate parameters", fontsize=9)
     ax.legend(fontsize=7)
 
-    ax = axes[2]
+
+def _bias_gradient_panel(ax, get) -> None:
+    """The gradient on b_p split into its task and budget parts."""
     for k, c, lab in (("gate/grad_bias_task", "C0", "task"), ("gate/grad_bias_budget", "C3", "budget")):
         v = get(k)
         if v is not None:
@@ -463,7 +484,9 @@ def plot_gate_dynamics(metrics: Mapping, path: PathLike, *, title: Optional[str]
     ax.set_title("∂L/∂b_p by part (> 0 removes updates)", fontsize=9)
     ax.legend(fontsize=7)
 
-    ax = axes[3]
+
+def _delta_panel(ax, get) -> None:
+    """The Δũ quantiles after an update, against 0.5."""
     q = [get(f"gate/delta_q{p}") for p in (10, 50, 90)]
     if q[1] is not None:
         if q[0] is not None and q[2] is not None:
@@ -474,7 +497,9 @@ def plot_gate_dynamics(metrics: Mapping, path: PathLike, *, title: Optional[str]
     ax.set_title("Δũ after an update", fontsize=9)
     ax.legend(fontsize=7)
 
-    ax = axes[4]
+
+def _positions_panel(fig, ax, get, buckets) -> None:
+    """The fraction of updates per position bucket over training."""
     if buckets:
         xs = get(buckets[0][1])[0]
         grid = np.stack([get(k)[1] for _, k in buckets])
@@ -485,7 +510,9 @@ def plot_gate_dynamics(metrics: Mapping, path: PathLike, *, title: Optional[str]
         ax.set_ylabel(f"position (1/{len(buckets)} of the sequence)")
     ax.set_title("where the updates fall", fontsize=9)
 
-    ax = axes[5]
+
+def _cell_gradient_panel(ax, get) -> None:
+    """The gradient on the cell's weights by part, and the share the budget leads."""
     for k, c, lab in (("gate/grad_cell_task", "C0", "|task part|"),
                       ("gate/grad_cell_budget", "C3", "|budget part|")):
         v = get(k)
@@ -501,14 +528,6 @@ def plot_gate_dynamics(metrics: Mapping, path: PathLike, *, title: Optional[str]
         ax2.set_ylim(0, 1.02)
         ax2.set_ylabel("share of weights led by the budget", fontsize=7)
     ax.set_title("gradient on the cell's weights", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path, dpi)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..metrics import flops_per_update
+from ..outputs import SkipOutput
 from . import skipping
 from .skipping import _AlternatingMV, _SkipRuns, np_dtype
 from .stream import SkipStream, _gate_config
@@ -71,8 +72,6 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
         :class:`LazyResult` ``(output, stats)``; ``output`` equals ``layer(encoder(all frames))``,
         in the layer's layout (``(B, T, ...)`` for a ``batch_first`` layer, else ``(T, B, ...)``).
     """
-    from ..modules.rnn import SkipOutput
-
     T, get = _length_of(source, length)
     if T < 1:
         raise ValueError("length must be at least 1")
@@ -307,8 +306,6 @@ def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) ->
     skipped steps after it follows from (Δũ, ũ) alone (``_SkipRuns``: replayed once, memoised),
     and the skipped steps' outputs and ũ are filled in bulk at the end, so a skipped step costs
     nothing in the loop."""
-    from ..modules.rnn import SkipOutput
-
     I, H = layer.input_size, layer.hidden_size
     dt = next(layer.parameters()).dtype
     npdt = np_dtype(dt)

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._env import triton_available
 from ..ops.skip_gru.naive import gru_cell
 
 __all__ = ["skip_lstm_skipping", "skip_gru_skipping", "simulate_skips", "np_dtype", "StepCell"]
@@ -535,8 +536,6 @@ def _run_batched(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt):
 
 def _triton_infer(kind: str):
     """The fused forward-only Triton kernel for ``kind`` (CUDA batches), or None without Triton."""
-    from ..ops.dispatch import triton_available
-
     if not triton_available():
         return None
     try:

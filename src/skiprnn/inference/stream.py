@@ -1,6 +1,6 @@
 """Streaming inference: one step at a time, knowing ahead how many inputs will not be read.
 
-    stream = SkipStream(rnn, batch_size=1)        # or rnn.stream() once the layers expose it
+    stream = SkipStream(rnn, batch_size=1)        # or rnn.stream(batch_size=1)
     while True:
         n = stream.skips_ahead                   # the next n inputs will NOT be read ...
         stream.skip(n)                           # ... so don't even produce them
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..outputs import SkipOutput
 from .skipping import StepCell, np_dtype, simulate_skips, skip_gru_skipping, skip_lstm_skipping
 
 __all__ = ["SkipStream", "stream"]
@@ -209,7 +210,6 @@ class SkipStream:
     def feed(self, chunk: Tensor):
         """Run a ``(T, B, I)`` chunk (``(T, I)`` when B = 1) with the whole-sequence skipping
         forward and continue from its final state; returns ``SkipOutput``."""
-        from ..modules.rnn import SkipOutput
         if not isinstance(chunk, Tensor):
             raise TypeError(f"chunk must be a tensor (T, {self.B}, {self.layer.input_size})")
         one_d = chunk.dim() == 2 and self.B == 1

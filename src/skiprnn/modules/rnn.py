@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -26,43 +25,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ..ops import dispatch
 from ..ops.ste import bernoulli_thresholds, check_binarizer, check_threshold
+from ..outputs import SkipGRUState, SkipLSTMState, SkipOutput
 from ._checks import check_input, check_lengths, check_matches_weights, check_state_tensor
-
-
-class SkipOutput(NamedTuple):
-    """What every layer of this package returns.
-
-    output: ``(T, B, H)`` (``(B, T, H)`` with batch_first, ``(T, H)`` unbatched, or a
-        PackedSequence for packed input): the top layer's h after each step (copied when skipped,
-        0 on padding).
-    state: everything needed to continue the sequence (pass it back as ``hx``).
-    updates: ``(T, B)`` / ``(B, T)``: the binary u_t (float, carries the straight-through
-        gradient); 0 on padding.
-    update_probs: same shape: ũ_t, the probability the gate was rounded from; 0 on padding.
-    """
-
-    output: Tensor | PackedSequence
-    state: tuple
-    updates: Tensor
-    update_probs: Tensor
-
-
-class SkipLSTMState(NamedTuple):
-    """Skip LSTM state: h, c ``(L, B, H)``; update_prob (the carried Δũ) and cum_update_prob
-    (the ũ accumulator) ``(B,)``. A fresh sequence starts from update_prob=1, cum_update_prob=0."""
-
-    h: Tensor
-    c: Tensor
-    update_prob: Tensor
-    cum_update_prob: Tensor
-
-
-class SkipGRUState(NamedTuple):
-    """Skip GRU state: h ``(L, B, H)``; update_prob and cum_update_prob ``(B,)``."""
-
-    h: Tensor
-    update_prob: Tensor
-    cum_update_prob: Tensor
 
 
 class UnsupportedExportError(RuntimeError):
@@ -83,7 +47,6 @@ def unsupported_export(layer, how: str) -> UnsupportedExportError:
 
 
 _GATES = {"lstm": 4, "gru": 3}
-GATE_MODES = ("learned", "random", "periodic")
 _PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 

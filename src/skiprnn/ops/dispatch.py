@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from functools import lru_cache
 
-from .._env import env as _env
+from .._env import env as _env, triton_available
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "skipping")
 ENV_VAR = "SKIPRNN_BACKEND"
@@ -46,14 +46,6 @@ def _load(kind: str, backend: str):
         return getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError):
         return None
-
-
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_ok: bool,

@@ -29,8 +29,8 @@ import torch
 from .._env import git_commit
 from .config import ConfigError, RunConfig
 
-__all__ = ["fit", "evaluate_run", "load_module", "read_checkpoint", "RunInterrupted", "environment_info",
-           "git_commit"]
+__all__ = ["fit", "evaluate_run", "load_module", "read_checkpoint", "choose_checkpoint", "RunInterrupted",
+           "environment_info", "git_commit"]
 
 
 class RunInterrupted(RuntimeError):
@@ -231,43 +231,11 @@ def fit(cfg: RunConfig, resume: Optional[str | os.PathLike] = None, overwrite: b
 def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
          created: Optional[list] = None) -> Optional[dict]:
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from .callbacks import (InterruptCheckpoint, SolvedStopping, StepMetricsProgressBar, ValidationLines,
-                            WallClock)
     from .data import TaskDataModule
     from .module import SkipRNNModule
 
-    ckpt_path = None
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.json").exists():
-            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if not last.exists():
-            raise ConfigError(f"--resume {run_dir}: no checkpoints/last.ckpt to continue from")
-        ckpt_path = str(last)
-        start_step = int(read_checkpoint(last, (
-            f"the run cannot be continued from it. Train it again into the same directory with "
-            f"--out {run_dir} --overwrite (its settings are in {run_dir / 'config.json'}), or "
-            f"measure its best weights with `skiprnn evaluate {run_dir} --ckpt best`")).get("global_step", 0))
-    else:
-        cfg.validate()
-        run_dir = Path(cfg.out) if cfg.out else Path("runs") / (
-            cfg.run_name() + "-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-        # DDP: the other ranks re-run this command once rank 0 has started the run in run_dir
-        if trainer_is_zero() and _holds_run(run_dir):
-            if not overwrite:
-                if (run_dir / "checkpoints" / "last.ckpt").exists() or not (run_dir / "config.json").exists():
-                    raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} "
-                                      "to continue it, --overwrite to replace it, or another --out")
-                raise ConfigError(f"run directory {run_dir} already holds a run that stopped before its "
-                                  "first checkpoint (nothing to resume); use --overwrite to replace it, "
-                                  "or another --out")
-            import shutil
-            shutil.rmtree(run_dir)
-        cfg.out = str(run_dir)
+    run_dir, ckpt_path, start_step = _open_run_dir(cfg, resume, overwrite)
     cfg.validate()
     # a resume with nothing left to train keeps results.json; without one (stopped in the last
     # validation or the test evaluation) the run goes on: Lightning re-runs an interrupted
@@ -276,6 +244,77 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
     if done and cfg.max_steps and start_step >= cfg.max_steps:
         return _nothing_to_do(run_dir, start_step, verbose)
     acc = _accelerator(cfg)
+    _set_torch_threads(cfg, acc)
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    conf = cfg.to_dict()
+    module = SkipRNNModule(conf)
+    if resume is not None:
+        _report_changed_settings(run_dir, conf)
+    task = module.task
+    data_source = task.data_source()   # reads the data now: missing files fail before any is written
+    dm = TaskDataModule(task, seed=cfg.seed, eval_batch_size=cfg.eval_batch_size,
+                        num_workers=cfg.num_workers)
+
+    if created is not None and resume is None and trainer_is_zero():
+        created.append((run_dir, set(run_dir.iterdir()) if run_dir.is_dir() else None))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cbs = _RunCallbacks(cfg, task, run_dir / "checkpoints", verbose, callbacks)
+    trainer = _make_trainer(cfg, acc, task, run_dir, cbs, verbose)
+    if trainer.is_global_zero:
+        _save_and_announce(cfg, module, run_dir, verbose)
+
+    commit = git_commit()   # the code that trains: HEAD may move while a long run goes on
+    session_time = _train(trainer, module, dm, ckpt_path, cbs.interrupt, run_dir)
+    if not trainer.is_global_zero:
+        return None
+    if done and trainer.global_step == start_step:
+        # nothing trained in this session (already at its stop rule): keep the run's results
+        return _nothing_to_do(run_dir, start_step, verbose)
+
+    measured = _measure_test(module, dm, cfg, run_dir / "checkpoints")
+    results = _results(cfg, module, trainer, cbs, measured, data_source=data_source,
+                       session_time=session_time, commit=commit, run_dir=run_dir)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if verbose:
+        print(format_summary(results), flush=True)
+    return results
+
+
+def _open_run_dir(cfg: RunConfig, resume, overwrite: bool) -> tuple[Path, Optional[str], Optional[int]]:
+    """``(run_dir, checkpoint to continue from, its step)`` of a resume, or of a new run (whose
+    directory is chosen, checked and, with ``overwrite``, emptied; ``cfg.out`` is set to it)."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.json").exists():
+            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.exists():
+            raise ConfigError(f"--resume {run_dir}: no checkpoints/last.ckpt to continue from")
+        start_step = int(read_checkpoint(last, (
+            f"the run cannot be continued from it. Train it again into the same directory with "
+            f"--out {run_dir} --overwrite (its settings are in {run_dir / 'config.json'}), or "
+            f"measure its best weights with `skiprnn evaluate {run_dir} --ckpt best`")).get("global_step", 0))
+        return run_dir, str(last), start_step
+    cfg.validate()
+    run_dir = Path(cfg.out) if cfg.out else Path("runs") / (
+        cfg.run_name() + "-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    # DDP: the other ranks re-run this command once rank 0 has started the run in run_dir
+    if trainer_is_zero() and _holds_run(run_dir):
+        if not overwrite:
+            if (run_dir / "checkpoints" / "last.ckpt").exists() or not (run_dir / "config.json").exists():
+                raise ConfigError(f"run directory {run_dir} already holds a run; use --resume {run_dir} "
+                                  "to continue it, --overwrite to replace it, or another --out")
+            raise ConfigError(f"run directory {run_dir} already holds a run that stopped before its "
+                              "first checkpoint (nothing to resume); use --overwrite to replace it, "
+                              "or another --out")
+        import shutil
+        shutil.rmtree(run_dir)
+    cfg.out = str(run_dir)
+    return run_dir, None, None
+
+
+def _set_torch_threads(cfg: RunConfig, acc: str) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     elif acc == "cpu" or (acc == "auto" and not torch.cuda.is_available()):
@@ -285,55 +324,53 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
     if acc in ("gpu", "auto") and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
 
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    conf = cfg.to_dict()
-    module = SkipRNNModule(conf)
-    if resume is not None:
-        conf_saved = json.loads((run_dir / "config.json").read_text())
-        changed = {k: (conf_saved.get(k), v) for k, v in conf.items() if conf_saved.get(k) != v}
-        if changed and trainer_is_zero():
-            print("[skiprnn] resume with changed settings: "
-                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), flush=True)
-    task = module.task
-    data_source = task.data_source()   # reads the data now: missing files fail before any is written
-    dm = TaskDataModule(task, seed=cfg.seed, eval_batch_size=cfg.eval_batch_size,
-                        num_workers=cfg.num_workers)
 
-    if created is not None and resume is None and trainer_is_zero():
-        created.append((run_dir, set(run_dir.iterdir()) if run_dir.is_dir() else None))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = run_dir / "checkpoints"
-    csv_v, tb_v = _new_log_version(run_dir)
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version=csv_v)]
-    try:
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version=tb_v,
-                                         default_hp_metric=False))
-    except ModuleNotFoundError:  # pragma: no cover - tensorboard is optional
-        pass
+def _report_changed_settings(run_dir: Path, conf: dict) -> None:
+    """A resume's settings that differ from the run's config.json, printed (rank 0)."""
+    conf_saved = json.loads((run_dir / "config.json").read_text())
+    changed = {k: (conf_saved.get(k), v) for k, v in conf.items() if conf_saved.get(k) != v}
+    if changed and trainer_is_zero():
+        print("[skiprnn] resume with changed settings: "
+              + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), flush=True)
 
-    # best.ckpt only; last.ckpt is LastCheckpoint's (ModelCheckpoint(save_last=True) with a monitor
-    # rewrites last.ckpt only when the monitored loss improves)
-    # saved after validations only (not at the end of a training epoch, which a run stopped by
-    # --max-steps before its first validation reaches with no validation loss to compare)
-    best_ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/loss", mode="min",
-                                save_top_k=1, save_last=False, auto_insert_metric_name=False,
-                                enable_version_counter=False, save_on_train_epoch_end=False)
-    interrupt = InterruptCheckpoint(ckpt_dir / "last.ckpt")
-    clock = WallClock()
-    extra_callbacks = list(callbacks or [])
-    callbacks = [best_ckpt, _make_last_checkpoint(ckpt_dir / "last.ckpt"), interrupt, clock]
-    solved_cb = None
-    if cfg.stop_when_solved and task.solved(0.0 if not task.higher_is_better else 1.0) is not None:
-        solved_cb = SolvedStopping(task, patience=cfg.solved_patience,
-                                   ckpt_path=ckpt_dir / "best_solved.ckpt")
-        callbacks.append(solved_cb)
-    # the bar on a terminal; else (--no-progress, or stdout a log file) one line per validation
-    progress_bar = bool(cfg.progress_bar) and sys.stdout.isatty()
-    if progress_bar:
-        callbacks.append(StepMetricsProgressBar(refresh_rate=10))
-    elif verbose:   # first: its line comes before the stopping callbacks' messages
-        callbacks.insert(0, ValidationLines(task.metric_name))
-    callbacks += extra_callbacks
+
+class _RunCallbacks:
+    """The Lightning callbacks of one run, with the ones ``_fit`` reads afterwards by name."""
+
+    def __init__(self, cfg: RunConfig, task, ckpt_dir: Path, verbose: bool, extra: Optional[list]):
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        from .callbacks import (InterruptCheckpoint, SolvedStopping, StepMetricsProgressBar,
+                                ValidationLines, WallClock)
+
+        # best.ckpt only; last.ckpt is LastCheckpoint's (ModelCheckpoint(save_last=True) with a
+        # monitor rewrites last.ckpt only when the monitored loss improves)
+        # saved after validations only (not at the end of a training epoch, which a run stopped by
+        # --max-steps before its first validation reaches with no validation loss to compare)
+        self.best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/loss",
+                                    mode="min", save_top_k=1, save_last=False,
+                                    auto_insert_metric_name=False, enable_version_counter=False,
+                                    save_on_train_epoch_end=False)
+        self.interrupt = InterruptCheckpoint(ckpt_dir / "last.ckpt")
+        self.clock = WallClock()
+        self.all = [self.best, _make_last_checkpoint(ckpt_dir / "last.ckpt"), self.interrupt, self.clock]
+        self.solved = None
+        if cfg.stop_when_solved and task.solved(0.0 if not task.higher_is_better else 1.0) is not None:
+            self.solved = SolvedStopping(task, patience=cfg.solved_patience,
+                                         ckpt_path=ckpt_dir / "best_solved.ckpt")
+            self.all.append(self.solved)
+        # the bar on a terminal; else (--no-progress, or stdout a log file) one line per validation
+        self.progress_bar = bool(cfg.progress_bar) and sys.stdout.isatty()
+        if self.progress_bar:
+            self.all.append(StepMetricsProgressBar(refresh_rate=10))
+        elif verbose:   # first: its line comes before the stopping callbacks' messages
+            self.all.insert(0, ValidationLines(task.metric_name))
+        self.all += list(extra or [])
+
+
+def _make_trainer(cfg: RunConfig, acc: str, task, run_dir: Path, cbs: _RunCallbacks, verbose: bool):
+    """The Lightning Trainer of the run (``cfg.precision`` becomes the precision it runs at)."""
+    import lightning.pytorch as pl
 
     trainer_kw = {}
     if hasattr(task, "sample"):
@@ -347,8 +384,8 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
         precision=cfg.precision, max_steps=cfg.max_steps if cfg.max_steps else -1,
         max_epochs=cfg.max_epochs if cfg.max_epochs else (None if cfg.max_steps or cfg.max_time else 1),
         max_time=cfg.max_time, gradient_clip_val=task.grad_clip or None,
-        gradient_clip_algorithm="norm", logger=loggers, callbacks=callbacks,
-        enable_progress_bar=progress_bar, enable_model_summary=False,
+        gradient_clip_algorithm="norm", logger=_loggers(run_dir), callbacks=cbs.all,
+        enable_progress_bar=cbs.progress_bar, enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, n_batches)),
         default_root_dir=str(run_dir), deterministic=False, **trainer_kw)
     if cfg.max_epochs is None and not cfg.max_steps and cfg.max_time:
@@ -358,18 +395,38 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
             print(f"[skiprnn] precision {cfg.precision} runs as {trainer.precision} here; recorded as "
                   f"{trainer.precision}", flush=True)
         cfg.precision = str(trainer.precision)
+    return trainer
 
-    if trainer.is_global_zero:
-        cfg.save(run_dir / "config.json")
-        if verbose:
-            print(f"[skiprnn] run {run_dir}: {cfg.task} / {cfg.model}"
-                  + (f" λ={cfg.cost_per_sample:g}" if module.learned_gate else "")
-                  + (f" p_skip={cfg.p_skip:g}" if cfg.model.startswith('random_') else "")
-                  + f", lr={task.lr:g}, batch={task.batch_size}, hidden={task.hidden_size}, "
-                  f"seed={cfg.seed}, backend={cfg.backend}; recipe {cfg.recipe}"
-                  + (f" ({recipe_description(cfg)})" if module.learned_gate else ""), flush=True)
 
-    commit = git_commit()   # the code that trains: HEAD may move while a long run goes on
+def _loggers(run_dir: Path) -> list:
+    """A CSV logger and, when tensorboard is installed, a TensorBoard one (new versions on a resume)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    csv_v, tb_v = _new_log_version(run_dir)
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version=csv_v)]
+    try:
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version=tb_v,
+                                         default_hp_metric=False))
+    except ModuleNotFoundError:  # pragma: no cover - tensorboard is optional
+        pass
+    return loggers
+
+
+def _save_and_announce(cfg: RunConfig, module, run_dir: Path, verbose: bool) -> None:
+    """Write the run's config.json and (``verbose``) its one-line description."""
+    cfg.save(run_dir / "config.json")
+    if verbose:
+        task = module.task
+        print(f"[skiprnn] run {run_dir}: {cfg.task} / {cfg.model}"
+              + (f" λ={cfg.cost_per_sample:g}" if module.learned_gate else "")
+              + (f" p_skip={cfg.p_skip:g}" if cfg.model.startswith('random_') else "")
+              + f", lr={task.lr:g}, batch={task.batch_size}, hidden={task.hidden_size}, "
+              f"seed={cfg.seed}, backend={cfg.backend}; recipe {cfg.recipe}"
+              + (f" ({recipe_description(cfg)})" if module.learned_gate else ""), flush=True)
+
+
+def _train(trainer, module, dm, ckpt_path: Optional[str], interrupt, run_dir: Path) -> float:
+    """``trainer.fit``; returns its wall time, raises :class:`RunInterrupted` when it was stopped."""
     t0 = time.perf_counter()
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
@@ -379,52 +436,61 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
         raise
     if interrupt.interrupted:
         raise RunInterrupted(run_dir, trainer.global_step)
-    session_time = time.perf_counter() - t0
+    return time.perf_counter() - t0
 
-    if not trainer.is_global_zero:
-        return None
 
-    if done and trainer.global_step == start_step:
-        # nothing trained in this session (already at its stop rule): keep the run's results
-        return _nothing_to_do(run_dir, start_step, verbose)
+def choose_checkpoint(ckpt_dir: Path, ckpt: str) -> tuple[str, Path]:
+    """``(name, path)`` of the weights that ``ckpt`` names in a run's ``checkpoints/``.
 
-    # ---- measure on the test set, on one device, exactly (no DDP padding)
-    # "best": the solved validation checkpoint with the fewest updates when the run has one
-    # (stop-when-solved runs: the paper reports "solved" and the number of updates), else the
-    # checkpoint with the lowest validation loss (task loss + budget)
-    which = cfg.test_ckpt
-    if which == "best" and (ckpt_dir / "best_solved.ckpt").exists():
-        which, path = "best_solved", str(ckpt_dir / "best_solved.ckpt")
-    else:
-        path = best_ckpt.best_model_path if which == "best" else str(ckpt_dir / "last.ckpt")
-        if which == "best" and not path and (ckpt_dir / "best.ckpt").exists():
-            path = str(ckpt_dir / "best.ckpt")   # resumed session: the earlier best
-    if which == "best" and not path:
-        which, path = "last", ""
+    'best': the solved validation checkpoint with the fewest updates when the run has one
+    (``best_solved.ckpt``, stop-when-solved runs: the paper reports "solved" and the number of
+    updates), else the one with the lowest validation loss (``best.ckpt``: task loss + budget);
+    'last' and 'best_solved': those files; anything else is a file path. The file may not exist
+    (no validation before the run stopped): the caller decides what then."""
+    ckpt_dir = Path(ckpt_dir)
+    if ckpt == "best" and (ckpt_dir / "best_solved.ckpt").exists():
+        return "best_solved", ckpt_dir / "best_solved.ckpt"
+    if ckpt in ("best", "last", "best_solved"):
+        return ckpt, ckpt_dir / f"{ckpt}.ckpt"
+    return ckpt, Path(ckpt)
+
+
+def _measure_test(module, dm, cfg: RunConfig, ckpt_dir: Path) -> tuple[dict, str, Optional[int]]:
+    """``(test metrics, checkpoint name, its step)``: the test set measured on one device, exactly
+    (no DDP padding), on the checkpoint ``cfg.test_ckpt`` names; on the final weights ('final')
+    when that checkpoint was never written."""
+    which, path = choose_checkpoint(ckpt_dir, cfg.test_ckpt)
     device = module.device
     ckpt_step = None
-    if path and Path(path).exists():
+    if path.exists():
         ck = read_checkpoint(path, "the test metrics cannot be measured on it")
         module.load_state_dict(ck["state_dict"])
         ckpt_step = ck.get("global_step")
     else:
         which = "final"
     module.to(device)
-    test = _seeded_evaluate(module, dm.test_dataloader(), device, cfg.seed)
+    return _seeded_evaluate(module, dm.test_dataloader(), device, cfg.seed), which, ckpt_step
 
+
+def _stop_reason(cfg: RunConfig, trainer, solved_cb) -> str:
     if solved_cb is not None and solved_cb.triggered:
-        reason = "solved"
-    elif cfg.max_steps and trainer.global_step >= cfg.max_steps:
-        reason = "max_steps"
-    elif cfg.max_epochs and trainer.current_epoch >= cfg.max_epochs:
-        reason = "max_epochs"
-    elif cfg.max_time:
-        reason = "max_time"
-    else:
-        reason = "finished"
+        return "solved"
+    if cfg.max_steps and trainer.global_step >= cfg.max_steps:
+        return "max_steps"
+    if cfg.max_epochs and trainer.current_epoch >= cfg.max_epochs:
+        return "max_epochs"
+    if cfg.max_time:
+        return "max_time"
+    return "finished"
 
-    t = task
-    results = {
+
+def _results(cfg: RunConfig, module, trainer, cbs: _RunCallbacks, measured: tuple, *, data_source,
+             session_time: float, commit, run_dir: Path) -> dict:
+    """The run's results.json."""
+    test, which, ckpt_step = measured
+    t = module.task
+    best_ckpt, solved_cb = cbs.best, cbs.solved
+    return {
         "task": t.name, "model": cfg.model,
         "cost_per_sample": module.cost_per_sample,
         "p_skip": cfg.p_skip if cfg.model.startswith("random_") else None,
@@ -447,21 +513,17 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
         "val": {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items()
                 if k.startswith("val/")},
         "steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
-        "stop_reason": reason,
+        "stop_reason": _stop_reason(cfg, trainer, solved_cb),
         "solved_at_step": solved_cb.solved_at_step if solved_cb is not None else None,
-        "wall_time_s": clock.elapsed, "session_wall_time_s": session_time,
+        "wall_time_s": cbs.clock.elapsed, "session_wall_time_s": session_time,
         "accelerator": str(trainer.accelerator.__class__.__name__), "devices": trainer.num_devices,
         "num_nodes": trainer.num_nodes, "strategy": type(trainer.strategy).__name__,
         "backend": getattr(module, "train_backend", None) or getattr(module.rnn, "last_backend", "torch"),
         "precision": cfg.precision,
-        "hardware": environment_info(device, commit), "run_dir": str(run_dir),
+        "hardware": environment_info(module.device, commit), "run_dir": str(run_dir),
         "command": _command_line(),
         "finished_at": _dt.datetime.now().isoformat(timespec="seconds"),
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    if verbose:
-        print(format_summary(results), flush=True)
-    return results
 
 
 def format_summary(r: dict) -> str:
@@ -513,14 +575,9 @@ def load_module(run_dir, ckpt: str = "best", device: str | torch.device = "cpu")
     if not (run_dir / "config.json").exists():
         raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
     cfg = json.loads((run_dir / "config.json").read_text())
-    if ckpt == "best" and (run_dir / "checkpoints" / "best_solved.ckpt").exists():
-        path = run_dir / "checkpoints" / "best_solved.ckpt"
-    elif ckpt in ("best", "last", "best_solved"):
-        path = run_dir / "checkpoints" / f"{ckpt}.ckpt"
-        if not path.exists() and ckpt == "best":
-            path = run_dir / "checkpoints" / "last.ckpt"
-    else:
-        path = Path(ckpt)
+    which, path = choose_checkpoint(run_dir / "checkpoints", ckpt)
+    if which == "best" and not path.exists():   # no validation before the run stopped
+        path = run_dir / "checkpoints" / "last.ckpt"
     others = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt") if p != path)
     state = read_checkpoint(path, "pass another --ckpt: best, last or a file path"
                             + (f" ({', '.join(others)} in {run_dir / 'checkpoints'})" if others else "")

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .config import ConfigError
 
@@ -213,16 +213,16 @@ def check_settings(settings: dict) -> None:
 
 
 def check_train_args(args: list[str], what: str):
-    """Parse and check one run's ``skiprnn train`` arguments in this process (no training), so that
-    bad --set / --train-arg values fail once, up front, instead of inside every run's train.log.
-    Returns the run's RunConfig."""
+    """Parse and check one run's ``skiprnn train`` arguments (those after ``train``) in this
+    process (no training), so that bad --set / --train-arg values fail once, up front, instead of
+    inside every run's train.log. Returns the run's RunConfig."""
     import contextlib
     import io
-    from ..cli import build_parser, build_train_config
+    from .args import build_train_config, train_parser
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            ns = build_parser().parse_args(args)
+            ns = train_parser().parse_args(args)
     except SystemExit:
         msg = err.getvalue().strip().splitlines()
         msg = msg[-1].split("error: ", 1)[-1] if msg else "bad arguments"
@@ -304,15 +304,9 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
     """Run (or reuse) every (row, seed) of ``table`` and write OUT/<table>.{md,csv,json}.
 
     ``command``: the command line recorded in the table (default: rebuilt from the arguments)."""
-    if table not in TABLES:
-        raise ConfigError(f"unknown table {table!r}; valid tables: {', '.join(TABLES)}")
-    if not isinstance(seeds, int) or seeds < 1:
-        raise ConfigError(f"--seeds must be an integer >= 1, got {seeds!r}")
-    if not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
-    spec = TABLES[table]
+    _check_counts(table, seeds, jobs)
     chosen = select_rows(table, rows)
-    settings = dict(spec["quick" if quick else "full"])
+    settings = dict(TABLES[table]["quick" if quick else "full"])
     if settings_override:
         check_settings(settings_override)
         settings.update(settings_override)
@@ -324,38 +318,14 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
     out = Path(out)
     base = Path(runs_dir) if runs_dir else Path("runs") / ("quick" if quick else "full") / table
     extra = list(extra_train_args or [])
-
-    todo, runs = [], {}
-    order = ([(row, s) for s in range(seeds) for row in chosen] if seed_major
-             else [(row, s) for row in chosen for s in range(seeds)])
-    elsewhere = []
-    for row, s in order:
-        rd = base / row.id / f"seed{s}"
-        runs[(row.id, s)] = rd
-        if (rd / "results.json").exists():
-            continue
-        if _running_pid(rd) is not None:   # another `reproduce` is running it: leave it alone
-            elsewhere.append(rd)
-            continue
-        todo.append((row, s, rd))
-    checked = {}
-    for row, s, rd in ([] if report_only else todo):   # each row's train arguments, before any run
-        if row.id not in checked:
-            checked[row.id] = check_train_args(_train_args(table, row, s, settings, rd, extra)[3:],
-                                               f"row {row.id}")
-    if checked:   # the data too (MNIST files): one clear error instead of every run failing
-        from .module import build_task
-        build_task(next(iter(checked.values())).to_dict()).data_source()
+    runs, todo, elsewhere = _plan_runs(chosen, seeds, base, seed_major)
+    if not report_only:
+        _check_before_any_run(table, todo, settings, extra)
     if verbose:
         print(f"[skiprnn] {table}: {len(chosen)} rows × {seeds} seeds, "
               f"{len(runs) - len(todo) - len(elsewhere)} "
               f"done, {len(todo)} to run ({jobs} at a time) in {base}"
               + (f"; {len(elsewhere)} running elsewhere" if elsewhere else ""), flush=True)
-
-    running: list = []
-    failed = []
-    if report_only:
-        todo = []
 
     def current_summary():
         sm = summarise(table, chosen, runs, settings, quick, seeds)
@@ -363,71 +333,142 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
         sm["command"] = command
         return sm
 
-    def launch(row, s, rd):
-        rd.mkdir(parents=True, exist_ok=True)
-        resume = (rd / "checkpoints" / "last.ckpt").exists() and (rd / "config.json").exists()
-        if resume:
-            args = [sys.executable, "-m", "skiprnn", "train", "--resume", str(rd), "--no-progress"]
-        else:
-            if (rd / "checkpoints").exists() or (rd / "config.json").exists():
-                import shutil
-                shutil.rmtree(rd)
-                rd.mkdir(parents=True)
-            args = _train_args(table, row, s, settings, rd, extra)
-        log = open(rd / "train.log", "a")
-        log.write(f"$ {' '.join(args)}\n")
-        log.flush()
-        env = dict(os.environ)
-        src = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-        (rd / "RUNNING").write_text(f"{p.pid}\n")
-        return p, log, row, s, rd, time.time()
+    failed = []
 
-    try:
-        pending = list(todo)
-        while pending or running:
-            busy = len(running) + sum(_running_pid(rd) is not None for rd in elsewhere)
-            while pending and busy < jobs:
-                running.append(launch(*pending.pop(0)))
-                busy += 1
-            time.sleep(0.5)
-            for item in list(running):
-                p, log, row, s, rd, t0 = item
-                if p.poll() is None:
-                    continue
-                running.remove(item)
-                log.close()
-                (rd / "RUNNING").unlink(missing_ok=True)
-                ok = p.returncode == 0 and (rd / "results.json").exists()
-                if not ok:
-                    failed.append((row.id, s, rd))
-                if verbose:
-                    msg = "ok" if ok else f"FAILED (exit {p.returncode}; see {rd / 'train.log'})"
-                    if ok:
-                        r = json.loads((rd / "results.json").read_text())
-                        msg += (f": {r['metric_name']}={r['test_metric']:.4g} solved={r['solved']} "
-                                f"updates={r['updates_mean']:.1f} ({r['updates_percent']:.1f}%) "
-                                f"steps={r['steps']}")
-                    print(f"[skiprnn] {table} {row.id} seed{s} {msg} [{time.time() - t0:.0f} s]", flush=True)
-                # keep the table current while the other runs go on
-                write_table(table, current_summary(), out, quick)
-    except KeyboardInterrupt:
-        for p, log, *_ in running:
-            p.terminate()   # SIGTERM: the run saves last.ckpt and is resumed next time
-        for p, log, *_ in running:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:  # pragma: no cover
-                p.kill()
-        raise
+    def finished(job: _Job):
+        if not _close_run(job, table, verbose):
+            failed.append((job.row.id, job.seed, job.run_dir))
+        write_table(table, current_summary(), out, quick)   # current while the other runs go on
 
+    _run_jobs([] if report_only else todo, elsewhere, jobs,
+              lambda row, s, rd: _launch(table, row, s, rd, settings, extra), finished)
     summary = current_summary()
     summary["table_path"] = write_table(table, summary, out, quick)
     if failed and verbose:
         print(f"[skiprnn] {len(failed)} run(s) failed: " + ", ".join(f"{a}/seed{b}" for a, b, _ in failed))
     summary["failed"] = [f"{a}/seed{b}" for a, b, _ in failed]
     return summary
+
+
+def _check_counts(table: str, seeds, jobs) -> None:
+    if table not in TABLES:
+        raise ConfigError(f"unknown table {table!r}; valid tables: {', '.join(TABLES)}")
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds must be an integer >= 1, got {seeds!r}")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs must be an integer >= 1, got {jobs!r}")
+
+
+def _plan_runs(chosen: list[Row], seeds: int, base: Path, seed_major: bool):
+    """``(runs, todo, elsewhere)``: every (row id, seed)'s run directory; the (row, seed, dir) to
+    run, in order; the directories another ``reproduce`` is running now (left alone)."""
+    todo, runs, elsewhere = [], {}, []
+    order = ([(row, s) for s in range(seeds) for row in chosen] if seed_major
+             else [(row, s) for row in chosen for s in range(seeds)])
+    for row, s in order:
+        rd = base / row.id / f"seed{s}"
+        runs[(row.id, s)] = rd
+        if (rd / "results.json").exists():
+            continue
+        if _running_pid(rd) is not None:
+            elsewhere.append(rd)
+            continue
+        todo.append((row, s, rd))
+    return runs, todo, elsewhere
+
+
+def _check_before_any_run(table: str, todo: list, settings: dict, extra: list[str]) -> None:
+    """Each row's train arguments, and the data (MNIST files): one clear error up front instead of
+    every run failing."""
+    checked = {}
+    for row, s, rd in todo:
+        if row.id not in checked:
+            after_train = _train_args(table, row, s, settings, rd, extra)[4:]   # python -m skiprnn train
+            checked[row.id] = check_train_args(after_train, f"row {row.id}")
+    if checked:
+        from .module import build_task
+        build_task(next(iter(checked.values())).to_dict()).data_source()
+
+
+class _Job(NamedTuple):
+    process: subprocess.Popen
+    log: object
+    row: Row
+    seed: int
+    run_dir: Path
+    started: float
+
+
+def _launch(table: str, row: Row, s: int, rd: Path, settings: dict, extra: list[str]) -> _Job:
+    """Start the run (row, seed) in ``rd``: resumed from its last.ckpt when it has one, else anew
+    (a run that stopped before its first checkpoint is removed first)."""
+    rd.mkdir(parents=True, exist_ok=True)
+    resume = (rd / "checkpoints" / "last.ckpt").exists() and (rd / "config.json").exists()
+    if resume:
+        args = [sys.executable, "-m", "skiprnn", "train", "--resume", str(rd), "--no-progress"]
+    else:
+        if (rd / "checkpoints").exists() or (rd / "config.json").exists():
+            import shutil
+            shutil.rmtree(rd)
+            rd.mkdir(parents=True)
+        args = _train_args(table, row, s, settings, rd, extra)
+    log = open(rd / "train.log", "a")
+    log.write(f"$ {' '.join(args)}\n")
+    log.flush()
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    (rd / "RUNNING").write_text(f"{p.pid}\n")
+    return _Job(p, log, row, s, rd, time.time())
+
+
+def _run_jobs(pending: list, elsewhere: list[Path], jobs: int, start, finished) -> None:
+    """``start(row, seed, dir)`` for each pending run, ``jobs`` at a time (counting the runs
+    another reproduce has in ``elsewhere``), ``finished(job)`` as each ends. Ctrl-C stops the
+    running ones with SIGTERM (they save last.ckpt and are resumed next time) and is re-raised."""
+    running: list = []
+    try:
+        pending = list(pending)
+        while pending or running:
+            busy = len(running) + sum(_running_pid(rd) is not None for rd in elsewhere)
+            while pending and busy < jobs:
+                running.append(start(*pending.pop(0)))
+                busy += 1
+            time.sleep(0.5)
+            for job in list(running):
+                if job.process.poll() is None:
+                    continue
+                running.remove(job)
+                finished(job)
+    except KeyboardInterrupt:
+        for job in running:
+            job.process.terminate()
+        for job in running:
+            try:
+                job.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                job.process.kill()
+        raise
+
+
+def _close_run(job: _Job, table: str, verbose: bool) -> bool:
+    """Close an ended run's log and RUNNING mark; whether it succeeded (printed when verbose)."""
+    job.log.close()
+    rd = job.run_dir
+    (rd / "RUNNING").unlink(missing_ok=True)
+    code = job.process.returncode
+    ok = code == 0 and (rd / "results.json").exists()
+    if verbose:
+        msg = "ok" if ok else f"FAILED (exit {code}; see {rd / 'train.log'})"
+        if ok:
+            r = json.loads((rd / "results.json").read_text())
+            msg += (f": {r['metric_name']}={r['test_metric']:.4g} solved={r['solved']} "
+                    f"updates={r['updates_mean']:.1f} ({r['updates_percent']:.1f}%) "
+                    f"steps={r['steps']}")
+        print(f"[skiprnn] {table} {job.row.id} seed{job.seed} {msg} [{time.time() - job.started:.0f} s]",
+              flush=True)
+    return ok
 
 
 def summarise(table, chosen, runs, settings, quick, seeds) -> dict:
@@ -490,6 +531,21 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> Optional[P
     lines += [f"Paper: {summary['paper_settings']}.",
               f"Ours: {ours}; {summary['seeds']} seed(s); test set of the task (fixed, seeded); "
               "updates/FLOPs per test sequence (paper §6 FLOP rule). Mean ± std over seeds.", ""]
+    lines += _result_rows(table, rows)
+    lines += _setting_differences(rows, st)
+    for n in summary.get("notes", []):
+        lines.append(f"- {n}")
+    lines += _per_run_lines(rows)
+    lines += _table_footer(table, summary, quick)
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    _write_csv(stem.with_suffix(".csv"), rows)
+    return stem.with_suffix(".md")
+
+
+def _result_rows(table: str, rows: list[dict]) -> list[str]:
+    """The markdown table: the paper's numbers beside ours, one line per row."""
+    lines = []
     if table == "table1":
         lines += ["| Model | Paper: solved | Paper: updates | Paper: FLOPs | Ours: solved | Ours: test MSE | "
                   "Ours: updates | Ours: FLOPs | Ours: steps run (measured ckpt) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -518,6 +574,12 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> Optional[P
                          f"{_solved_cell(d)} | {_fmt_pm(d.get('metric', []), '{:.4f}')} | "
                          f"{_fmt_pm(d.get('updates', []), '{:.1f}')} | "
                          f"{_steps_cell(d)} |")
+    return lines
+
+
+def _setting_differences(rows: list[dict], st: dict) -> list[str]:
+    """A note for each row whose runs used other max_steps / lr than the table's settings."""
+    lines = []
     for d in rows:
         diffs = []
         if d.get("max_steps") and st.get("max_steps") and d["max_steps"] != [st["max_steps"]]:
@@ -526,8 +588,12 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> Optional[P
             diffs.append(f"lr={'/'.join(f'{x:g}' for x in d['lr'])}")
         if diffs:
             lines.append(f"- {d['label']}: run with {', '.join(diffs)} (differs from the settings above).")
-    for n in summary.get("notes", []):
-        lines.append(f"- {n}")
+    return lines
+
+
+def _per_run_lines(rows: list[dict]) -> list[str]:
+    """Each finished run's seed, solved, test metric, updates and steps."""
+    lines = []
     per = [d for d in rows if d.get("n_runs")]
     if per:
         lines += ["", "Per run (seed: solved, test metric, updates per sequence, steps run):", ""]
@@ -541,18 +607,25 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> Optional[P
                 cells.append(f"s{r['seed']}: {'solved' if r['solved'] else ('not solved' if r['solved'] is False else 'n/a')}, "
                              f"{r['test_metric']:.4g}, {r['updates_mean']:.2f} ({r['updates_percent']:.1f}%), {r['steps']}")
             lines.append(f"- {d['label']}" + (f" [{d['group']}]" if d.get("group") else "") + ": " + "; ".join(cells))
-    lines += ["", "The test metric, updates and FLOPs are measured on one checkpoint per run, chosen on the "
-              "validation set: the solved validation with the fewest updates when the run solved the task "
-              "(stop-when-solved runs), else the lowest validation loss (task loss + budget). 'steps run' "
-              "counts all training steps, '(measured ckpt)' the step of that checkpoint. Test set: fixed and "
-              "seeded, the same for every run.",
-              "Rows with fewer runs than seeds are still running or failed (see n_runs in the .json).",
-              f"Written {summary['written_at']} by `"
-              + (summary.get("command") or f"skiprnn reproduce {table}" + (" --quick" if quick else "")
-                 + f" --seeds {summary['seeds']}") + "`."]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+    return lines
+
+
+def _table_footer(table: str, summary: dict, quick: bool) -> list[str]:
+    """How the numbers were measured, and the command that wrote the table."""
+    command = summary.get("command") or (f"skiprnn reproduce {table}" + (" --quick" if quick else "")
+                                         + f" --seeds {summary['seeds']}")
+    return ["", "The test metric, updates and FLOPs are measured on one checkpoint per run, chosen on the "
+            "validation set: the solved validation with the fewest updates when the run solved the task "
+            "(stop-when-solved runs), else the lowest validation loss (task loss + budget). 'steps run' "
+            "counts all training steps, '(measured ckpt)' the step of that checkpoint. Test set: fixed and "
+            "seeded, the same for every run.",
+            "Rows with fewer runs than seeds are still running or failed (see n_runs in the .json).",
+            f"Written {summary['written_at']} by `{command}`."]
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    """One line per row: the means and spreads over seeds, and the paper's numbers."""
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "label", "group", "n_runs", "solved", "metric_mean", "metric_std",
                     "updates_mean", "updates_std", "updates_percent_mean", "flops_mean", "steps_mean",
@@ -562,7 +635,6 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> Optional[P
                         _mean(d.get("metric")), _std(d.get("metric")), _mean(d.get("updates")),
                         _std(d.get("updates")), _mean(d.get("updates_percent")), _mean(d.get("flops")),
                         _mean(d.get("steps")), ";".join(map(str, d.get("lr", []))), json.dumps(d["paper"])])
-    return stem.with_suffix(".md")
 
 
 def _steps_cell(d):
