@@ -438,3 +438,17 @@ def test_init_chrono_reaches_the_layer():
     torch.testing.assert_close(m.rnn.bias_ih_l0.detach()[:H], -f)
     paper = SkipRNNModule(_cfg(model="skip_lstm")).rnn.bias_ih_l0.detach()[H:2 * H]
     torch.testing.assert_close(paper, torch.ones(H))              # the paper's forget bias 1
+
+
+def test_target_rate_loss_joins_the_training_loss():
+    from skiprnn.losses import target_rate_loss
+    torch.manual_seed(0)
+    m = SkipRNNModule(_cfg(model="skip_lstm", cost_per_sample=1e-3, target_rate=0.3, target_weight=2.0))
+    x, y = m.task.sample(16)
+    m._trainer = None
+    loss = m.training_step((x, y), 0)
+    pred, out = m(x)
+    expected = (m.task.loss(pred, y) + 1e-3 * out.updates.sum(1).mean()
+                + target_rate_loss(out.updates, 0.3, weight=2.0, batch_first=True))
+    torch.testing.assert_close(loss, expected)
+    assert float(target_rate_loss(out.updates, 0.3, weight=2.0, batch_first=True)) > 0
