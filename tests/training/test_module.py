@@ -452,3 +452,12 @@ def test_target_rate_loss_joins_the_training_loss():
                 + target_rate_loss(out.updates, 0.3, weight=2.0, batch_first=True))
     torch.testing.assert_close(loss, expected)
     assert float(target_rate_loss(out.updates, 0.3, weight=2.0, batch_first=True)) > 0
+
+
+def test_zero_valued_controls_are_not_replaced_by_defaults():
+    """gate_lr_mult=0 freezes the gate (not '1 = default'); target_weight=0 adds nothing."""
+    m = SkipRNNModule(_cfg(model="skip_lstm", cost_per_sample=1e-3, gate_lr_mult=0.0,
+                           target_rate=0.3, target_weight=0.0))
+    groups = {g["name"]: g for g in m.configure_optimizers().param_groups}
+    assert groups["update_gate"]["lr"] == 0.0
+    assert m.target_weight == 0.0

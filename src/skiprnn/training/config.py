@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["RunConfig", "ConfigError", "TASK_DEFAULTS", "RECIPES", "resolve_defaults",
-           "recipe_settings"]
+__all__ = ["RunConfig", "ConfigError", "TASK_DEFAULTS", "RECIPES", "RECIPE_CONTROLS",
+           "resolve_defaults", "recipe_settings"]
 
 
 class ConfigError(ValueError):
@@ -36,17 +36,17 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 def _paper_task_options(task: str) -> dict:
-    from .paper import paper_task_options
+    from .paper import paper_task_options   # imported when asked: it needs torch, this module not
     return paper_task_options(task)
 
 
 #: Named training recipes: the settings each one gives to the RunConfig fields the user did not
-#: set (a value, or a dict per task). ``paper`` is the paper's (Adam 1e-4 on every device, constant
+#: set (a value, a dict per task, or a function of the task). ``paper`` is the paper's (Adam 1e-4 on every device, constant
 #: λ, the gate free from the first step); the others state what they change against it and why
 #: (README, "Training recipes"). Each entry's "doc" is printed by ``skiprnn train --help``.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
-        "task_options": {t: _paper_task_options(t) for t in ("adding", "frequency", "mnist")},
+        "task_options": _paper_task_options,
         "doc": "the paper's code: TF1's Adam at lr 1e-4, constant λ from the first step, one bias "
                "per gate, the GRU's reset before the product, TF's initialisation, MNIST's first "
                "5,000 images for validation and whole test batches",
@@ -324,15 +324,15 @@ def recipe_settings(recipe: str, task: str) -> dict[str, Any]:
     """The RunConfig values recipe ``recipe`` gives for ``task`` (its "doc" left out)."""
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; valid recipes: {', '.join(RECIPES)}")
-    return {k: (v.get(task) if isinstance(v, dict) else v)
+    return {k: (v.get(task) if isinstance(v, dict) else v(task) if callable(v) else v)
             for k, v in RECIPES[recipe].items() if k != "doc"}
 
 
 def resolve_defaults(cfg: RunConfig, explicit: set) -> RunConfig:
     """Fill the recipe's and the per-task defaults for the fields the user did not give (names
     in ``explicit``). The learned-gate controls are left unset for models without a gate."""
-    from ..modules.registry import has_learned_gate
-    gated = cfg.model in _known_models() and has_learned_gate(cfg.model)
+    from ..modules.registry import MODELS, has_learned_gate
+    gated = cfg.model in MODELS and has_learned_gate(cfg.model)
     for k, v in recipe_settings(cfg.recipe, cfg.task).items():
         if k == "task_options":         # the recipe's task options, under the user's own
             for kk, vv in (v or {}).items():
@@ -357,12 +357,10 @@ def resolve_defaults(cfg: RunConfig, explicit: set) -> RunConfig:
     return cfg
 
 
+#: RunConfig fields that act on a learned update gate only (refused for models without one)
 _GATE_FIELDS = ("budget_warmup", "budget_ramp", "gate_warmup", "gate_lr_mult", "target_rate")
-
-
-def _known_models():
-    from ..modules.registry import MODELS
-    return MODELS
+#: every field a recipe sets beside the learning rate (recorded in results.json as "controls")
+RECIPE_CONTROLS = _GATE_FIELDS + ("target_weight", "lr_decay", "init")
 
 
 #: ``--quick``: tiny runs for smoke tests (fields of RunConfig; task_options go to get_task).

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from .._env import git_commit
-from .config import ConfigError, RunConfig
+from .config import RECIPE_CONTROLS, ConfigError, RunConfig
 
 __all__ = ["fit", "evaluate_run", "load_module", "read_checkpoint", "choose_checkpoint", "RunInterrupted",
            "environment_info", "git_commit"]
@@ -497,7 +497,7 @@ def _results(cfg: RunConfig, module, trainer, cbs: _RunCallbacks, measured: tupl
         "seed": cfg.seed, "hidden_size": t.hidden_size, "num_layers": t.num_layers,
         "seq_len": t.seq_len, "lr": t.lr, "batch_size": t.batch_size, "grad_clip": t.grad_clip,
         "task_options": cfg.task_options, "data": data_source, "recipe": cfg.recipe,
-        "controls": {k: getattr(cfg, k) for k in GATE_CONTROLS} if module.learned_gate else None,
+        "controls": {k: getattr(cfg, k) for k in RECIPE_CONTROLS} if module.learned_gate else None,
         "metric_name": t.metric_name, "test_metric": test[t.metric_name],
         "solved": test["solved"], "test": test,
         "updates_mean": test["updates_mean"], "updates_std": test["updates_std"],
@@ -546,11 +546,6 @@ def format_summary(r: dict) -> str:
     return "\n".join(lines)
 
 
-#: the RunConfig fields that shape how the learned gate is trained (recorded in results.json)
-GATE_CONTROLS = ("budget_warmup", "budget_ramp", "gate_warmup", "gate_lr_mult", "target_rate",
-                 "target_weight", "lr_decay", "init")
-
-
 def recipe_description(cfg: RunConfig) -> str:
     """The gate controls of a run in words, e.g. 'gate open 300 steps, λ = 0 for 300 then a ramp
     over 300, gate lr × 0.1' ('constant λ' when none is used)."""
@@ -563,6 +558,8 @@ def recipe_description(cfg: RunConfig) -> str:
         parts.append(f"gate lr × {cfg.gate_lr_mult:g}")
     if cfg.lr_decay is not None:
         parts.append(f"lr cosine-decayed to × {cfg.lr_decay:g} after the ramp")
+    if cfg.init is not None and cfg.init != "paper":
+        parts.append(f"{cfg.init} initialisation")
     if cfg.target_rate is not None:
         parts.append(f"target rate {cfg.target_rate:g} (weight {cfg.target_weight:g})")
     return ", ".join(parts) or "constant λ"

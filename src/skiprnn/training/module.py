@@ -83,7 +83,7 @@ class SkipRNNModule(pl.LightningModule):
         #: W_p, b_p do not train
         self.gate_warmup = int(config.get("gate_warmup") or 0) if self.learned_gate else 0
         self.target_rate = config.get("target_rate") if self.learned_gate else None
-        self.target_weight = float(config.get("target_weight") or 1.0)
+        self.target_weight = float(_setting(config, "target_weight", 1.0))
         kw = {"batch_first": True, "learn_init": True}
         if self.model_name.startswith(("skip_", "random_", "periodic_")):
             kw["backend"] = config.get("backend", "auto")
@@ -291,7 +291,7 @@ class SkipRNNModule(pl.LightningModule):
             return
         self._budget_grads = None
         gate = self.rnn.update_gate
-        cell_task, cell_budget, dominated, n_cell = [], [], 0, 0
+        cell_task, cell_budget = [], []
         vals = {}
         for (name, p), gb in zip(self._rnn_parameters(), grads):
             total = p.grad if p.grad is not None else torch.zeros_like(p)
@@ -351,7 +351,7 @@ class SkipRNNModule(pl.LightningModule):
     def configure_optimizers(self):
         # Adam with the paper's β/ε; global-norm clipping is done by the Trainer (gradient_clip_val).
         # The update gate's W_p, b_p may have their own learning rate (gate_lr_mult, 1 = the paper's).
-        mult = float(self.config.get("gate_lr_mult") or 1.0)
+        mult = float(_setting(self.config, "gate_lr_mult", 1.0))
         groups = ([p for p in self.parameters() if p.requires_grad] if mult == 1.0
                   else gate_param_groups(self, self.task.lr, mult))
         if self.paper_exact:
@@ -524,6 +524,12 @@ def set_rng_state(st: dict) -> None:
             np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         except ImportError:  # pragma: no cover
             pass
+
+
+def _setting(config: dict, key: str, default):
+    """``config[key]``, or ``default`` where it is missing or None (not where it is 0)."""
+    v = config.get(key)
+    return default if v is None else v
 
 
 def _rng_devices(device) -> list:
