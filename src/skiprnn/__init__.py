@@ -18,6 +18,7 @@ from .modules import (MODELS, PeriodicSkipGRU, PeriodicSkipLSTM, PlainGRU, Plain
                       SkipRNNState, UnsupportedExportError, build_rnn, chrono_init_, paper_model)
 from .controls import BudgetSchedule, gate_param_groups
 from .optim import TFAdam
+from .outputs import LSTMHidden
 
 __version__ = "0.1.0"
 
@@ -36,5 +37,5 @@ __all__ = [
     "target_rate_loss", "n_skip", "update_counts", "update_fraction", "flops_per_update",
     "inference_flops", "SkipStream", "lazy_forward", "evaluate_thresholds", "SkipStepModule",
     "export_step", "UnsupportedExportError", "release_cpu_buffers", "paper_model", "TFAdam",
-    "chrono_init_", "BudgetSchedule", "gate_param_groups", "__version__",
+    "chrono_init_", "BudgetSchedule", "gate_param_groups", "LSTMHidden", "__version__",
 ]

@@ -59,6 +59,24 @@ def check_single_bias(single_bias, bias) -> bool:
     return single_bias
 
 
+def check_nn_only_options(name: str, bidirectional, proj_size) -> None:
+    """Refuse, with the reason, nn.LSTM options the Skip layers do not have (they are accepted as
+    keywords so that code written for nn.LSTM gets this message, not a TypeError)."""
+    if bidirectional:
+        raise ValueError(
+            f"{name}(bidirectional=True) is not supported yet: a reverse direction needs its own "
+            "update gate and a per-direction update count, which this layer does not have. Run a "
+            f"second {name} over the time-reversed input (torch.flip(x, [0]), or per sequence "
+            "for padded batches) and concatenate the outputs; got bidirectional=True")
+    if not (isinstance(proj_size, int) and not isinstance(proj_size, bool)) or proj_size < 0:
+        raise ValueError(f"proj_size must be a non-negative integer, got {proj_size!r}")
+    if proj_size:
+        raise ValueError(
+            f"{name} does not support proj_size > 0 (nn.LSTM's projected h): the update gate reads "
+            "the unprojected state and the paper defines no projection; put an nn.Linear on the "
+            f"output instead; got proj_size={proj_size}")
+
+
 def _glorot_(w: Tensor, fan_in: int, fan_out: int) -> None:
     bound = math.sqrt(6.0 / (fan_in + fan_out))
     nn.init.uniform_(w, -bound, bound)
@@ -102,8 +120,10 @@ class _SkipRNNBase(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, binarizer: str = "round",
                  threshold: float = 0.5, learn_init: bool = False, backend: str = "auto",
-                 single_bias: bool = False, device=None, dtype=None):
+                 single_bias: bool = False, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None):
         super().__init__()
+        check_nn_only_options(type(self).__name__, bidirectional, proj_size)
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -178,6 +198,22 @@ class _SkipRNNBase(nn.Module):
                 self.update_gate.bias.fill_(1.0)
         return self
 
+    # ------------------------------------------------------------------ nn.LSTM surface
+    bidirectional = False
+    proj_size = 0
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """Per layer ``[weight_ih, weight_hh, bias_ih, bias_hh]`` as nn.LSTM's ``all_weights``
+        (without the biases under ``bias=False``; without ``bias_hh`` under ``single_bias``). The
+        update gate's W_p, b_p are ``self.update_gate``'s."""
+        return [[p for p in (getattr(self, f"{n}_l{k}") for n in _PARAM_NAMES) if p is not None]
+                for k in range(self.num_layers)]
+
+    def flatten_parameters(self) -> None:
+        """Does nothing, as code written for nn.LSTM expects to be able to call it: the weights are
+        ordinary parameters, never a cuDNN flat buffer, so there is nothing to compact."""
+
     # ------------------------------------------------------------------ helpers
     def __prepare_scriptable__(self):   # torch.jit.script calls this first
         raise unsupported_export(self, "compiled with torch.jit.script")
@@ -232,6 +268,10 @@ class _SkipRNNBase(nn.Module):
                 return self._fresh_state(B, x)
             return self.initial_state(B, x)
         n_hc = 2 if self.mode == "lstm" else 1
+        gate = None
+        if not isinstance(hx, self.state_type) and hasattr(hx, "cum_update_prob"):
+            # the nn-style hidden a layer returned (SkipOutput[1]): its gate's state rides along
+            gate = (hx.update_prob, hx.cum_update_prob)
         if isinstance(hx, Tensor):
             if self.mode == "lstm":
                 raise TypeError("hx for a Skip LSTM must be a tuple (h0, c0) or a SkipLSTMState, "
@@ -244,7 +284,8 @@ class _SkipRNNBase(nn.Module):
         if len(hx) not in (n_hc, n_hc + 2):
             raise ValueError(f"hx must hold {n_hc} tensors (nn.{self.mode.upper()} style) or "
                              f"{n_hc + 2} (a {self.state_type.__name__}), got {len(hx)}")
-        hx = list(hx)
+        hx = list(hx) + (list(gate) if gate is not None and len(hx) == n_hc else [])
+        full = full or gate is not None
         hshape = (L, H) if unbatched else (L, B, H)
         names = ["h0", "c0"] if self.mode == "lstm" else ["h0"]
         for i in range(n_hc):
@@ -283,11 +324,13 @@ class _SkipRNNBase(nn.Module):
             input: ``(T, B, input_size)`` (``(B, T, input_size)`` with batch_first), unbatched
                 ``(T, input_size)``, or a PackedSequence.
             hx: None (fresh state, or the learned s_0), nn.LSTM-style ``(h0, c0)`` each
-                ``(num_layers, B, H)`` (GRU: ``h0``), or a previous ``state`` to continue exactly.
+                ``(num_layers, B, H)`` (GRU: ``h0``) for a fresh gate, or what a previous call
+                returned, its hidden (``result[1]``) or ``result.state``, to continue exactly.
             lengths: optional ``(B,)`` valid lengths of a padded batch (1 ≤ length ≤ T).
 
         Returns:
-            SkipOutput ``(output, state, updates, update_probs)``.
+            SkipOutput: unpacks as nn.LSTM's ``output, (h_n, c_n)`` (GRU: ``output, h_n``);
+            ``.updates``, ``.update_probs`` and the full ``.state`` are attributes.
         """
         if torch.jit.is_tracing():
             raise unsupported_export(self, "traced with torch.jit.trace or exported with the "
@@ -379,10 +422,7 @@ class _SkipRNNBase(nn.Module):
     # ------------------------------------------------------------------ conversion
     @classmethod
     def _from_plain(cls, rnn: nn.RNNBase, **kwargs):
-        if getattr(rnn, "bidirectional", False):
-            raise ValueError("bidirectional layers have no Skip counterpart: the gate is causal")
-        if getattr(rnn, "proj_size", 0):
-            raise ValueError("nn.LSTM with proj_size > 0 is not supported")
+        check_nn_only_options(cls.__name__, rnn.bidirectional, getattr(rnn, "proj_size", 0))
         if kwargs.get("single_bias") or kwargs.get("reset_after") is False:
             raise ValueError(f"{type(rnn).__name__} weights define nn.{cls.mode.upper()}'s cell "
                              "(two biases, reset after the product); they cannot be loaded into a "
@@ -412,8 +452,11 @@ class SkipLSTM(_SkipRNNBase):
         learn_init: learn the initial state s_0 (h and c, broadcast to any batch size), as the paper.
         single_bias: one bias vector per gate (``bias_ih_l{k}``, no ``bias_hh_l{k}``), as TF's.
         backend: 'auto' | 'reference' | 'cpu' | 'triton' (env ``SKIPRNN_BACKEND`` overrides).
+        bidirectional, proj_size: accepted for nn.LSTM's signature; True / > 0 are refused with
+            the reason (no reverse-direction gate, no projection yet).
 
-    Shapes: input ``(T, B, I)`` → output ``(T, B, H)``, updates ``(T, B)`` (see SkipOutput).
+    Shapes: input ``(T, B, I)`` → ``output, (h_n, c_n)`` as nn.LSTM: output ``(T, B, H)``, h_n and
+    c_n ``(num_layers, B, H)``; ``result.updates`` ``(T, B)`` (see SkipOutput).
     """
 
     mode = "lstm"
