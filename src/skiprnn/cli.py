@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     # ---------------------------------------------------------------- evaluate
     e = sub.add_parser("evaluate", help="test metrics, updates and FLOPs of a trained run")
     e.add_argument("run", help="run directory")
-    e.add_argument("--ckpt", default="best", help="best | last | path (default best)")
+    e.add_argument(
+        "--ckpt", default="best",
+        help="best | last | best_metric (best validation task metric) | path (default best)")
     e.add_argument("--split", default="test", choices=("test", "val"), help="data split (default test)")
     e.add_argument("--threshold", type=float, nargs="+", help="inference thresholds τ (u = 1[ũ > τ])")
     e.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
@@ -55,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     # ---------------------------------------------------------------- plot
     pl = sub.add_parser("plot", help="paper-like figures and learning curves of a run (RUN/figures/)")
     pl.add_argument("run", help="run directory")
-    pl.add_argument("--ckpt", default="best", help="best | last | path (default best)")
+    pl.add_argument(
+        "--ckpt", default="best",
+        help="best | last | best_metric (best validation task metric) | path (default best)")
     pl.add_argument("--samples", type=int, default=10, help="sequences to draw (>= 1, default 10)")
 
     # ---------------------------------------------------------------- data

@@ -203,3 +203,19 @@ def test_training_flushes_subnormals_and_restores_the_callers_setting(tmp_path):
     assert seen == [True, True, True]
     assert r["hardware"]["cpu_flush_denormal"] is True
     assert not flushing_denormals()
+
+
+def test_best_metric_checkpoint_is_the_best_validation_metric(tmp_path):
+    # lr 1.0 diverges: the best validation MSE is the first validation's (step 10), whatever the
+    # budget term did; best_metric.ckpt holds it and `best_metric` names it
+    import csv
+
+    from skiprnn.training.fit import choose_checkpoint
+
+    run = tmp_path / "run"
+    fit(_cfg(run, 30, lr=1.0), verbose=False)
+    with open(run / "csv" / "metrics.csv") as f:
+        vals = [(float(r["val/mse"]), int(r["step"]) + 1) for r in csv.DictReader(f) if r.get("val/mse")]
+    best_step = min(vals)[1]
+    assert _ckpt(run, "best_metric")["global_step"] == best_step
+    assert choose_checkpoint(run / "checkpoints", "best_metric")[1].name == "best_metric.ckpt"

