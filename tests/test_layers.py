@@ -414,3 +414,26 @@ def test_env_backend_overrides_the_layers_choice(skip_cls, monkeypatch):
     monkeypatch.delenv("SKIPRNN_BACKEND")
     layer(x)
     assert layer.last_backend == "reference"
+
+
+@pytest.mark.parametrize("make, grad, expect, why", [
+    (lambda: SkipLSTM(3, 5), True, "cpu", "one layer"),
+    (lambda: SkipGRU(3, 5), False, "skipping", "no autograd"),
+    (lambda: SkipLSTM(3, 5, num_layers=2), True, "reference", "num_layers=2"),
+    (lambda: SkipLSTM(3, 5, num_layers=2), False, "skipping", "no autograd"),
+    (lambda: SkipGRU(3, 5, binarizer="bernoulli"), True, "reference", "Bernoulli"),
+    (lambda: skiprnn.RandomSkipLSTM(3, 5), False, "reference", "random-skip"),
+    (lambda: skiprnn.PeriodicSkipGRU(3, 5), True, "reference", "periodic"),
+    (lambda: SkipLSTM(3, 5, backend="reference"), False, "reference", "backend='reference'"),
+])
+def test_backend_for_names_the_backend_the_call_then_uses(make, grad, expect, why, monkeypatch):
+    monkeypatch.delenv("SKIPRNN_BACKEND", raising=False)
+    layer = make()
+    x = torch.randn(2, 6, 3)
+    with torch.set_grad_enabled(grad):
+        choice = layer.backend_for(x)
+        layer(x)
+    assert choice.name == layer.last_backend == expect
+    assert why in choice.reason
+    monkeypatch.setenv("SKIPRNN_BACKEND", "reference")
+    assert "SKIPRNN_BACKEND='reference'" in layer.backend_for(x).reason

@@ -316,6 +316,32 @@ class _SkipRNNBase(nn.Module):
             threshold = 1.0 - 0.5 / self.period
         return threshold, forced, const
 
+    # ------------------------------------------------------------------ backend choice
+    def _decide_backend(self, x: Tensor, threshold) -> dispatch.BackendChoice:
+        """Ask dispatch which backend runs this call on time-major ``x`` (the only place the
+        layer states what its call needs)."""
+        dropout = self.training and self.dropout > 0 and self.num_layers > 1
+        why = ("a random-skip gate" if self.gate_mode == "random" else
+               "a periodic gate" if self.gate_mode == "periodic" else
+               "Bernoulli gate sampling in training" if not isinstance(threshold, float) else
+               "dropout between layers in training" if dropout else "")
+        grad = torch.is_grad_enabled() and (x.requires_grad
+                                            or any(p.requires_grad for p in self.parameters()))
+        return dispatch.decide(self.mode, self.backend, device_type=x.device.type,
+                               num_layers=self.num_layers, fast_ok=not why, grad=grad,
+                               skip_ok=self.gate_mode == "learned" and not why, why_not_fast=why)
+
+    def backend_for(self, input) -> dispatch.BackendChoice:
+        """Which backend ``self(input)`` would run on now (training mode, autograd, device and
+        ``SKIPRNN_BACKEND`` included) and why: ``BackendChoice(name, reason)``. Runs nothing
+        (Bernoulli thresholds are not drawn)."""
+        if isinstance(input, PackedSequence):
+            x = input.data.unsqueeze(1)
+        else:
+            x, _ = check_input(input, self.input_size, self.batch_first)
+        sampled = self.gate_mode == "learned" and self.binarizer == "bernoulli" and self.training
+        return self._decide_backend(x, None if sampled else 0.5)
+
     # ------------------------------------------------------------------ forward
     def forward(self, input, hx=None, lengths=None) -> SkipOutput:
         """Run the layer.
@@ -352,14 +378,8 @@ class _SkipRNNBase(nn.Module):
             if bool(mask.all()):
                 mask = None
         threshold, forced, const = self._gate_args(T, B, x)
-        needs_ref = (forced is not None or const is not None or not isinstance(threshold, float)
-                     or (self.training and self.dropout > 0 and self.num_layers > 1))
-        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        skip_ok = (self.gate_mode == "learned" and isinstance(threshold, float)
-                   and not (self.training and self.dropout > 0 and self.num_layers > 1))
-        name, fn = dispatch.select(self.mode, self.backend, device_type=x.device.type,
-                                   num_layers=self.num_layers, fast_ok=not needs_ref,
-                                   grad=grad, skip_ok=skip_ok)
+        name = self._decide_backend(x, threshold).name
+        fn = dispatch.select_named(self.mode, name)
         self.last_backend = name
         state = self._parse_hx(hx, B, x, unbatched, shared_fresh=name == "triton")
         gw = self.update_gate.weight if self.update_gate is not None else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from functools import lru_cache
+from typing import NamedTuple
 
 from .._env import env as _env, triton_available
 
@@ -48,50 +49,74 @@ def _load(kind: str, backend: str):
         return None
 
 
+class BackendChoice(NamedTuple):
+    """Which backend a call runs on (``name``) and why (``reason``, one sentence)."""
+
+    name: str
+    reason: str
+
+
 def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_ok: bool,
-           grad: bool = True, skip_ok: bool = False):
-    """Return ``(name, function)`` for the requested backend.
+           grad: bool = True, skip_ok: bool = False, why_not_fast: str = ""):
+    """Return ``(name, function)`` for the requested backend (see :func:`decide`)."""
+    choice = decide(kind, backend, device_type=device_type, num_layers=num_layers,
+                    fast_ok=fast_ok, grad=grad, skip_ok=skip_ok, why_not_fast=why_not_fast)
+    return choice.name, _load(kind, choice.name)
+
+
+def select_named(kind: str, name: str):
+    """The function of backend ``name`` (one :func:`decide` returned) for ``kind``."""
+    return _load(kind, name)
+
+
+def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_ok: bool,
+           grad: bool = True, skip_ok: bool = False, why_not_fast: str = "") -> BackendChoice:
+    """The backend a call runs on, with the reason: the one place the rules live.
 
     ``fast_ok`` is False when the call needs something only the reference does (several layers,
-    Bernoulli sampling, baselines' forced gates, dropout). 'auto' then falls back to the reference;
-    an explicitly requested fast backend raises. Without autograd (``grad=False``) and with a
-    deterministic learned gate (``skip_ok``), 'auto' uses the skipping inference path, whose
-    skipped steps cost nothing.
+    Bernoulli sampling, baselines' forced gates, dropout; ``why_not_fast`` says which). 'auto' then
+    falls back to the reference; an explicitly requested fast backend raises. Without autograd
+    (``grad=False``) and with a deterministic learned gate (``skip_ok``), 'auto' uses the skipping
+    inference path, whose skipped steps cost nothing.
     """
     env = _env(ENV_VAR)
+    asked = f"backend={backend!r}"
     if env:
         if env not in BACKENDS:
             raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {env!r}")
-        backend = env
+        backend, asked = env, f"{ENV_VAR}={env!r} (overrides the layer's backend={backend!r})"
     check_backend(backend)
     if backend == "reference":
-        return "reference", _load(kind, "reference")
+        return BackendChoice("reference", f"{asked} asks for the reference")
     if backend == "skipping" and grad:
         raise ValueError("backend 'skipping' is for inference only (skipped steps keep no autograd "
                          "graph): call the layer under torch.no_grad() / torch.inference_mode(), "
                          "or use backend='auto', which picks it there by itself")
     if backend == "skipping" or (backend == "auto" and not grad and skip_ok):
-        fn = _load(kind, "skipping")
-        if fn is not None:
-            return "skipping", fn
+        if _load(kind, "skipping") is not None:
+            return BackendChoice("skipping", f"{asked}, no autograd and a deterministic learned "
+                                 "gate: the skipping engine, whose skipped steps do no work")
         if backend == "skipping":
             raise RuntimeError("the skipping inference backend is not available")
+    slow = why_not_fast or ("" if num_layers == 1 else
+                            f"num_layers={num_layers} (the fast paths run one layer)")
     if backend == "auto":
-        if not fast_ok or num_layers != 1:
-            return "reference", _load(kind, "reference")
+        if not fast_ok or slow:
+            return BackendChoice("reference", f"{asked} and the call needs the reference: "
+                                 f"{slow or 'a gate mode only the reference runs'}")
         order = ["triton", "cpu"] if device_type == "cuda" else ["cpu"]
         for name in order:
             if name == "triton" and not triton_available():
                 continue
-            fn = _load(kind, name)
-            if fn is not None:
-                return name, fn
-        return "reference", _load(kind, "reference")
+            if _load(kind, name) is not None:
+                return BackendChoice(name, f"{asked}, one layer, deterministic gate, "
+                                     f"{device_type} tensors: the {name} fast path")
+        return BackendChoice("reference", f"{asked}: no fast path is available for "
+                             f"{device_type} tensors here")
     if not fast_ok or num_layers != 1:
         raise ValueError(
             f"backend {backend!r} supports one layer with the deterministic gate; this call needs "
-            f"the reference (num_layers={num_layers}). Use backend='auto' or 'reference'.")
-    fn = _load(kind, backend)
-    if fn is None:
+            f"the reference ({slow or 'its gate mode'}). Use backend='auto' or 'reference'.")
+    if _load(kind, backend) is None:
         raise RuntimeError(f"backend {backend!r} for Skip {kind.upper()} is not available here")
-    return backend, fn
+    return BackendChoice(backend, f"{asked} asks for it and the call is one that it runs")
