@@ -320,11 +320,9 @@ class _SkipRNNBase(nn.Module):
     def _decide_backend(self, x: Tensor, threshold) -> dispatch.BackendChoice:
         """Ask dispatch which backend runs this call on time-major ``x`` (the only place the
         layer states what its call needs)."""
-        dropout = self.training and self.dropout > 0 and self.num_layers > 1
-        why = ("a random-skip gate" if self.gate_mode == "random" else
-               "a periodic gate" if self.gate_mode == "periodic" else
-               "Bernoulli gate sampling in training" if not isinstance(threshold, float) else
-               "dropout between layers in training" if dropout else "")
+        why = dispatch.reference_only_reason(
+            self.gate_mode, sampled=not isinstance(threshold, float),
+            dropout=self.training and self.dropout > 0 and self.num_layers > 1)
         grad = torch.is_grad_enabled() and (x.requires_grad
                                             or any(p.requires_grad for p in self.parameters()))
         return dispatch.decide(self.mode, self.backend, device_type=x.device.type,

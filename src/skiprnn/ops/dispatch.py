@@ -64,6 +64,15 @@ def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
     return choice.name, _load(kind, choice.name)
 
 
+def reference_only_reason(gate_mode: str, sampled: bool = False, dropout: bool = False) -> str:
+    """Why a call can run on the reference only ("" when a fast path can run it): the gate modes
+    and training features the fast paths do not have."""
+    return ("a random-skip gate" if gate_mode == "random" else
+            "a periodic gate" if gate_mode == "periodic" else
+            "Bernoulli gate sampling in training" if sampled else
+            "dropout between layers in training" if dropout else "")
+
+
 def select_named(kind: str, name: str):
     """The function of backend ``name`` (one :func:`decide` returned) for ``kind``."""
     return _load(kind, name)

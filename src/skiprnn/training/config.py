@@ -264,13 +264,17 @@ class RunConfig:
             raise ConfigError("--backend skipping is inference-only (skipped steps keep no autograd "
                               "graph) and cannot train; use auto, reference, cpu or triton. Inference "
                               "(evaluate, plot) already uses it by itself under 'auto'")
-        multi = (self.num_layers or 1) > 1
-        if self.backend in ("cpu", "triton") and multi:
-            raise ConfigError(f"--backend {self.backend} supports one layer; --num-layers "
-                              f"{self.num_layers} needs --backend auto or reference")
-        if self.backend in ("cpu", "triton") and self.model.startswith(("random_", "periodic_")):
-            raise ConfigError(f"--backend {self.backend} runs the deterministic learned gate only; "
-                              f"{self.model!r} needs --backend auto or reference")
+        if self.backend in ("cpu", "triton"):   # dispatch's rules say whether it runs this model
+            from ..ops import dispatch
+            gate = ("random" if self.model.startswith("random_") else
+                    "periodic" if self.model.startswith("periodic_") else "learned")
+            why = dispatch.reference_only_reason(gate)
+            layers = self.num_layers or 1
+            if why or layers > 1:
+                raise ConfigError(
+                    f"--backend {self.backend} runs one layer with the deterministic learned gate; "
+                    f"{self.model!r} with --num-layers {layers} needs the reference "
+                    f"({why or f'{layers} layers'}): use --backend auto or reference")
         if self.backend == "triton":
             from ..ops.dispatch import triton_available
             from ..ops.triton_utils import interpreting
