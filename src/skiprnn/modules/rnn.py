@@ -340,6 +340,28 @@ class _SkipRNNBase(nn.Module):
         sampled = self.gate_mode == "learned" and self.binarizer == "bernoulli" and self.training
         return self._decide_backend(x, None if sampled else 0.5)
 
+    @torch.compiler.disable
+    def _recurrence(self, x: Tensor, hx, mask, unbatched: bool):
+        """Pick the backend and run the recurrence on time-major ``x``; the backend's result tuple.
+
+        Kept out of ``torch.compile``'s tracing: the backends are hand-written autograd
+        functions and Python time loops with data-dependent skips, which dynamo would unroll over
+        every step (minutes of compilation) or fail on (the CPU path's work-buffer views). Under
+        ``torch.compile`` the rest of a model is compiled and this runs eagerly between its
+        graphs (a graph break), with eager's results.
+        """
+        T, B = x.shape[0], x.shape[1]
+        threshold, forced, const = self._gate_args(T, B, x)
+        name = self._decide_backend(x, threshold).name
+        self.last_backend = name
+        state = self._parse_hx(hx, B, x, unbatched, shared_fresh=name == "triton")
+        gw = self.update_gate.weight if self.update_gate is not None else None
+        gb = self.update_gate.bias if self.update_gate is not None else None
+        return dispatch.select_named(self.mode, name)(
+            x, *state[:-2], state.update_prob, state.cum_update_prob, self._layers(), gw, gb,
+            mask=mask, threshold=threshold, dropout=self.dropout, training=self.training,
+            forced=forced, constant_delta=const, **self._cell_kwargs())
+
     # ------------------------------------------------------------------ forward
     def forward(self, input, hx=None, lengths=None) -> SkipOutput:
         """Run the layer.
@@ -375,17 +397,7 @@ class _SkipRNNBase(nn.Module):
             mask = check_lengths(lengths, T, B, x.device)
             if bool(mask.all()):
                 mask = None
-        threshold, forced, const = self._gate_args(T, B, x)
-        name = self._decide_backend(x, threshold).name
-        fn = dispatch.select_named(self.mode, name)
-        self.last_backend = name
-        state = self._parse_hx(hx, B, x, unbatched, shared_fresh=name == "triton")
-        gw = self.update_gate.weight if self.update_gate is not None else None
-        gb = self.update_gate.bias if self.update_gate is not None else None
-        hc = state[:-2]
-        res = fn(x, *hc, state.update_prob, state.cum_update_prob, self._layers(), gw, gb,
-                 mask=mask, threshold=threshold, dropout=self.dropout, training=self.training,
-                 forced=forced, constant_delta=const, **self._cell_kwargs())
+        res = self._recurrence(x, hx, mask, unbatched)
         out, new_hc, (up, cum), u, p = res[0], res[1:-4], res[-4:-2], res[-2], res[-1]
         new_state = self.state_type(*new_hc, up, cum)
         if packed:

@@ -1,0 +1,61 @@
+"""torch.compile (inductor, CPU) of models holding Skip layers trains as eager does."""
+
+import copy
+
+import pytest
+import torch
+
+import skiprnn
+from skiprnn import SkipGRU, SkipLSTM
+
+
+class _Model(torch.nn.Module):
+    """A Skip RNN, a head on the last output and the budget term: what a user compiles."""
+
+    def __init__(self, cls):
+        super().__init__()
+        self.rnn = cls(2, 16, batch_first=True)
+        self.head = torch.nn.Linear(16, 1)
+
+    def forward(self, x, y):
+        res = self.rnn(x)
+        pred = torch.tanh(self.head(res.output[:, -1])).squeeze(-1)
+        return ((pred - y) ** 2).mean() + skiprnn.budget_loss(res.updates, 1e-3, batch_first=True)
+
+
+def _train(model, step_fn, batches):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses, grads = [], []
+    for x, y in batches:
+        opt.zero_grad()
+        loss = step_fn(x, y)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        opt.step()
+    return losses, grads
+
+
+@pytest.mark.parametrize("cls", [SkipLSTM, SkipGRU])
+def test_compiled_model_trains_as_eager(cls):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = _Model(cls)
+    with torch.no_grad():                       # a gate that skips: updates on some steps only
+        eager.rnn.update_gate.bias.fill_(-0.3)
+    compiled_model = copy.deepcopy(eager)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 20, 2, generator=g), torch.randn(8, generator=g)) for _ in range(3)]
+    compiled = torch.compile(compiled_model, backend="inductor")
+    l_e, g_e = _train(eager, eager, batches)
+    l_c, g_c = _train(compiled_model, compiled, batches)
+    for a, b in zip(l_e, l_c):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    for ge, gc in zip(g_e, g_c):
+        assert ge.keys() == gc.keys()
+        for n in ge:
+            torch.testing.assert_close(gc[n], ge[n], rtol=1e-4, atol=1e-6, msg=n)
+    # the gate skipped on these inputs, so the equality covers skipped steps too
+    with torch.no_grad():
+        u = eager.rnn(batches[0][0]).updates
+    assert 0 < u.mean() < 1
