@@ -213,9 +213,19 @@ def test_best_metric_checkpoint_is_the_best_validation_metric(tmp_path):
     from skiprnn.training.fit import choose_checkpoint
 
     run = tmp_path / "run"
-    fit(_cfg(run, 30, lr=1.0), verbose=False)
+    r = fit(_cfg(run, 30, lr=1.0), verbose=False)
     with open(run / "csv" / "metrics.csv") as f:
         vals = [(float(r["val/mse"]), int(r["step"]) + 1) for r in csv.DictReader(f) if r.get("val/mse")]
     best_step = min(vals)[1]
     assert _ckpt(run, "best_metric")["global_step"] == best_step
     assert choose_checkpoint(run / "checkpoints", "best_metric")[1].name == "best_metric.ckpt"
+    # results.json measures the final weights and this checkpoint too, as `evaluate` does
+    from skiprnn.training.fit import evaluate_run
+
+    others = r["test_other_checkpoints"]
+    assert r["test_checkpoint"] == "best" and set(others) == {"last", "best_metric"}
+    assert others["last"]["step"] == 30 and others["best_metric"]["step"] == best_step
+    for name, o in others.items():
+        ev = evaluate_run(run, ckpt=name)["results"][0]
+        assert o["metric"] == pytest.approx(ev["mse"], rel=1e-6)
+        assert o["updates_mean"] == pytest.approx(ev["updates_mean"], rel=1e-6)

@@ -273,8 +273,10 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
         return _nothing_to_do(run_dir, start_step, verbose)
 
     measured = _measure_test(module, dm, cfg, run_dir / "checkpoints")
+    others = _measure_other_checkpoints(module, dm, cfg, run_dir / "checkpoints", measured[1])
     results = _results(cfg, module, trainer, cbs, measured, data_source=data_source,
                        session_time=session_time, commit=commit, run_dir=run_dir)
+    results["test_other_checkpoints"] = others
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     if verbose:
         print(format_summary(results), flush=True)
@@ -481,6 +483,30 @@ def _measure_test(module, dm, cfg: RunConfig, ckpt_dir: Path) -> tuple[dict, str
     return _seeded_evaluate(module, dm.test_dataloader(), device, cfg.seed), which, ckpt_step
 
 
+#: checkpoints measured on the test set besides the one results.json reports: the final weights
+#: (the paper's "after 600 epochs") and the best validation task metric (the paper code's "best
+#: validation performance"), so that a table can report both rules
+OTHER_TEST_CHECKPOINTS = ("last", "best_metric")
+
+
+def _measure_other_checkpoints(module, dm, cfg: RunConfig, ckpt_dir: Path, measured: str) -> dict:
+    """``{name: {step, metric, updates_mean, updates_percent, solved}}`` on the test set for each of
+    :data:`OTHER_TEST_CHECKPOINTS` the run wrote, other than the one ``measured`` already."""
+    out = {}
+    metric = module.task.metric_name
+    for name in OTHER_TEST_CHECKPOINTS:
+        path = ckpt_dir / f"{name}.ckpt"
+        if name == measured or not path.exists():
+            continue
+        ck = read_checkpoint(path, "the test metrics cannot be measured on it")
+        module.load_state_dict(ck["state_dict"])
+        test = _seeded_evaluate(module, dm.test_dataloader(), module.device, cfg.seed)
+        out[name] = {"step": ck.get("global_step"), "metric": test[metric],
+                     "updates_mean": test["updates_mean"],
+                     "updates_percent": 100.0 * test["update_fraction"], "solved": test["solved"]}
+    return out
+
+
 def _stop_reason(cfg: RunConfig, trainer, solved_cb) -> str:
     if solved_cb is not None and solved_cb.triggered:
         return "solved"
@@ -550,8 +576,11 @@ def format_summary(r: dict) -> str:
         + (f" @ step {r['test_checkpoint_step']}" if r.get('test_checkpoint_step') is not None else "")
         + f"), lr {r['lr']:g}, {r['wall_time_s']:.0f} s, "
         f"backend {r['backend']}",
-        f"run dir: {r['run_dir']}  (skiprnn evaluate / plot {r['run_dir']})",
     ]
+    for name, o in (r.get("test_other_checkpoints") or {}).items():
+        lines.append(f"  {name} checkpoint @ step {o['step']}: test {r['metric_name']} "
+                     f"{o['metric']:.5g}, {o['updates_mean']:.2f} updates ({o['updates_percent']:.1f}%)")
+    lines.append(f"run dir: {r['run_dir']}  (skiprnn evaluate / plot {r['run_dir']})")
     return "\n".join(lines)
 
 

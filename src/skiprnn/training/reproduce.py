@@ -491,6 +491,11 @@ def summarise(table, chosen, runs, settings, quick, seeds) -> dict:
             d["flops"] = [r["flops"] for r in res]
             d["steps"] = [r["steps"] for r in res]
             d["ckpt_steps"] = [r.get("test_checkpoint_step") for r in res]
+            for name in ("last", "best_metric"):   # the other checkpoint rules, where measured
+                o = [(r.get("test_other_checkpoints") or {}).get(name) for r in res]
+                if all(o):
+                    d[f"metric_{name}"] = [x["metric"] for x in o]
+                    d[f"updates_{name}"] = [x["updates_mean"] for x in o]
             d["max_steps"] = sorted({r["max_steps"] for r in res if r.get("max_steps")})
             d["lr"] = sorted({r["lr"] for r in res})
             d["wall_time_s"] = [r["wall_time_s"] for r in res]
@@ -558,13 +563,17 @@ def _result_rows(table: str, rows: list[dict]) -> list[str]:
                          f"{_sci(_mean(d.get('flops')))} | {_steps_cell(d)} |")
     elif table == "table2":
         lines += ["| Model | Paper: accuracy | Paper: updates | Paper: FLOPs | Ours: accuracy | "
-                  "Ours: updates | Ours: FLOPs | Ours: steps run (measured ckpt) |", "|---|---|---|---|---|---|---|---|"]
+                  "Ours: updates | Ours: FLOPs | Ours: steps run (measured ckpt) | Ours, final "
+                  "weights: accuracy / updates | Ours, best validation accuracy: accuracy / updates |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for d in rows:
             p = d["paper"] or {}
+            other = [f"{_fmt_pm(d[f'metric_{n}'], '{:.3f}')} / {_fmt_pm(d[f'updates_{n}'], '{:.2f}')}"
+                     if d.get(f"metric_{n}") else "–" for n in ("last", "best_metric")]
             lines.append(f"| {d['label']} | {p.get('accuracy', '–')} | {p.get('updates', '–')} | "
                          f"{p.get('flops', '–')} | {_fmt_pm(d.get('metric', []), '{:.3f}')} | "
                          f"{_fmt_pm(d.get('updates', []), '{:.2f}')} | {_sci(_mean(d.get('flops')))} | "
-                         f"{_steps_cell(d)} |")
+                         f"{_steps_cell(d)} | {other[0]} | {other[1]} |")
     else:
         lines += ["| Model | Ts | Paper: solved | Paper: updates | Ours: solved | Ours: test accuracy | "
                   "Ours: updates | Ours: steps run (measured ckpt) |", "|---|---|---|---|---|---|---|---|"]
@@ -616,7 +625,9 @@ def _table_footer(table: str, summary: dict, quick: bool) -> list[str]:
                                          + f" --seeds {summary['seeds']}")
     return ["", "The test metric, updates and FLOPs are measured on one checkpoint per run, chosen on the "
             "validation set: the solved validation with the fewest updates when the run solved the task "
-            "(stop-when-solved runs), else the lowest validation loss (task loss + budget). 'steps run' "
+            "(stop-when-solved runs), else the lowest validation loss (task loss + budget). Table 2 also "
+            "gives the final weights and the best validation accuracy's checkpoint (where the runs "
+            "measured them: results.json's test_other_checkpoints). 'steps run' "
             "counts all training steps, '(measured ckpt)' the step of that checkpoint. Test set: fixed and "
             "seeded, the same for every run.",
             "Rows with fewer runs than seeds are still running or failed (see n_runs in the .json).",
