@@ -94,7 +94,7 @@ def test_negative_cost_per_sample():
     with pytest.raises(ValueError, match="target_rate"):
         skiprnn.target_rate_loss(u, 1.5)
     with pytest.raises(ValueError, match=r"updates must be \(T, B\)"):
-        skiprnn.budget_loss(torch.ones(2, 2, 2), 0.1)
+        skiprnn.budget_loss(torch.ones(2, 2, 2, 2), 0.1)
 
 
 def test_cells_and_generic_errors():

@@ -52,6 +52,10 @@ def test_gate_param_groups_put_exactly_the_gate_at_its_own_lr():
 def test_is_gate_parameter_names():
     assert is_gate_parameter("update_gate.weight") and is_gate_parameter("rnn.update_gate.bias")
     assert not is_gate_parameter("rnn.weight_hh_l0") and not is_gate_parameter("my_update_gate_x.w")
+    bi = skiprnn.SkipGRU(3, 4, bidirectional=True)
+    gates = [n for n, _ in bi.named_parameters() if is_gate_parameter(n)]
+    assert gates == ["update_gate.weight", "update_gate.bias", "update_gate_reverse.weight",
+                     "update_gate_reverse.bias"]
 
 
 @pytest.mark.parametrize("make", [lambda: skiprnn.SkipLSTM(3, 16, num_layers=2),

@@ -114,8 +114,17 @@ def test_all_weights_and_flatten_parameters_as_nn(skip_cls, plain_cls):
 
 @pytest.mark.parametrize("cls", [SkipLSTM, SkipGRU])
 def test_nn_options_without_a_skip_counterpart_are_refused_clearly(cls):
-    with pytest.raises(ValueError, match=r"bidirectional=True\) is not supported.*reverse"):
-        cls(3, 5, bidirectional=True)
+    with pytest.raises(ValueError, match=r"bidirectional=True\) supports num_layers=1.*got num_layers=2"):
+        cls(3, 5, num_layers=2, bidirectional=True)
+    bi = cls(3, 5, bidirectional=True)
+    with pytest.raises(ValueError, match="cannot be streamed"):
+        bi.stream()
+    with pytest.raises(ValueError, match="bidirectional"):
+        skiprnn.lazy_forward(bi, torch.randn(6, 3))
+    with pytest.raises(ValueError, match="bidirectional"):
+        skiprnn.export_step(bi)
+    with pytest.raises(TypeError, match="bidirectional must be a bool"):
+        cls(3, 5, bidirectional=1)
     with pytest.raises(ValueError, match=r"proj_size > 0.*got proj_size=2"):
         cls(3, 5, proj_size=2)
     with pytest.raises(ValueError, match="non-negative integer"):
@@ -130,3 +139,98 @@ def test_from_lstm_with_projection_is_refused_clearly():
 
 def test_skip_output_is_exported_at_the_top_level():
     assert skiprnn.SkipOutput is type(SkipLSTM(2, 3)(torch.randn(4, 1, 2)))
+
+
+# ---------------------------------------------------------------------- bidirectional
+
+
+def _open(layer):
+    for gate in layer._update_gates():
+        with torch.no_grad():
+            gate.weight.zero_()
+            gate.bias.fill_(30.0)
+    return layer
+
+
+@pytest.mark.parametrize("skip_cls, plain_cls", [(SkipLSTM, nn.LSTM), (SkipGRU, nn.GRU)])
+@pytest.mark.parametrize("grad", [True, False])
+def test_bidirectional_with_the_gates_open_equals_nn(skip_cls, plain_cls, grad):
+    torch.manual_seed(3)
+    plain = plain_cls(3, 5, bidirectional=True, batch_first=True)
+    skip = _open(getattr(skip_cls, "from_" + plain_cls.__name__.lower())(plain))
+    assert [tuple(p.shape) for w in skip.all_weights for p in w] == \
+        [tuple(p.shape) for w in plain.all_weights for p in w]
+    x = torch.randn(4, 9, 3)
+    lengths = torch.tensor([9, 4, 6, 1])
+    with torch.set_grad_enabled(grad):
+        out, hidden = skip(x)
+        ref, ref_hidden = plain(x)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+        for a, b in zip(hidden if skip_cls is SkipLSTM else [hidden],
+                        ref_hidden if skip_cls is SkipLSTM else [ref_hidden]):
+            assert a.shape == (2, 4, 5)
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        # padded batch: the reverse direction starts at each sequence's own last step
+        res = skip(x, lengths=lengths)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        ref_p, ref_ph = plain(packed)
+        ref_p, _ = nn.utils.rnn.pad_packed_sequence(ref_p, batch_first=True, total_length=9)
+        torch.testing.assert_close(res.output, ref_p, rtol=0, atol=1e-6)
+        torch.testing.assert_close(res.state.h, ref_ph[0] if skip_cls is SkipLSTM else ref_ph,
+                                   rtol=0, atol=1e-6)
+    assert res.updates.shape == (4, 9, 2)
+    assert torch.equal(skiprnn.update_counts(res.updates, batch_first=True), 2.0 * lengths)
+
+
+@pytest.mark.parametrize("cls", [SkipLSTM, SkipGRU])
+def test_bidirectional_directions_are_two_unidirectional_layers(cls):
+    """Each direction is the unidirectional layer with that direction's weights and gate, the
+    reverse one run over each sequence reversed within its length; the budget counts both."""
+    torch.manual_seed(4)
+    bi = cls(3, 5, bidirectional=True)
+    with torch.no_grad():
+        bi.update_gate.bias.fill_(-0.4)
+        bi.update_gate_reverse.bias.fill_(0.3)
+    fwd, rev = cls(3, 5), cls(3, 5)
+    sd = bi.state_dict()
+    fwd.load_state_dict({k: v for k, v in sd.items() if "reverse" not in k})
+    rev.load_state_dict({k.replace("_reverse", ""): v for k, v in sd.items()
+                         if "reverse" in k or not k.startswith(("weight_", "bias_", "update_gate"))})
+    x = torch.randn(8, 3, 3)
+    lengths = torch.tensor([8, 5, 2])
+    res = bi(x, lengths=lengths)
+    f = fwd(x, lengths=lengths)
+    x_rev = torch.zeros_like(x)
+    for b, n in enumerate(lengths.tolist()):
+        x_rev[:n, b] = x[:n, b].flip(0)
+    r = rev(x_rev, lengths=lengths)
+    r_out, r_u = torch.zeros_like(r.output), torch.zeros_like(r.updates)
+    for b, n in enumerate(lengths.tolist()):
+        r_out[:n, b], r_u[:n, b] = r.output[:n, b].flip(0), r.updates[:n, b].flip(0)
+    torch.testing.assert_close(res.output, torch.cat([f.output, r_out], -1), rtol=0, atol=0)
+    assert torch.equal(res.updates, torch.stack([f.updates, r_u], -1))
+    assert 0 < res.updates[..., 0].sum() < lengths.sum() and 0 < res.updates[..., 1].sum()
+    torch.testing.assert_close(res.state.h, torch.cat([f.state.h, r.state.h]), rtol=0, atol=0)
+    assert torch.equal(res.state.cum_update_prob,
+                       torch.stack([f.state.cum_update_prob, r.state.cum_update_prob]))
+    # the budget counts both directions, and both gates get its gradient
+    loss = skiprnn.budget_loss(res.updates, 1e-2, lengths=lengths)
+    expected = 1e-2 * (f.updates.sum() + r.updates.sum()) / 3
+    torch.testing.assert_close(loss, expected)
+    frac = skiprnn.update_fraction(res.updates, lengths=lengths)
+    assert ((frac > 0) & (frac <= 1)).all()
+    loss.backward()
+    assert bi.update_gate.bias.grad.abs() > 0 and bi.update_gate_reverse.bias.grad.abs() > 0
+
+
+def test_bidirectional_learned_initial_state_paper_init_and_repr():
+    m = SkipLSTM(3, 5, bidirectional=True, learn_init=True, single_bias=True).paper_init_(joint=True)
+    assert m.init_state.shape == (2, 2, 1, 5)
+    assert "bidirectional=True" in repr(m)
+    assert m.update_gate_reverse.bias.item() == 1.0
+    assert torch.all(m.bias_ih_l0_reverse[5:10] == 1.0)       # the forget gate's bias
+    out, (h, c) = m(torch.randn(6, 4, 3))
+    assert out.shape == (6, 4, 10) and h.shape == c.shape == (2, 4, 5)
+    loss = out.sum() + skiprnn.budget_loss(m(torch.randn(6, 4, 3)).updates, 1e-2)
+    loss.backward()
+    assert m.init_state.grad is not None and m.weight_hh_l0_reverse.grad.abs().sum() > 0

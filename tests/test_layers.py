@@ -312,7 +312,8 @@ def test_from_plain_roundtrip(skip_cls, plain_cls, conv):
     with pytest.raises(TypeError, match="expects an nn"):
         getattr(skip_cls, conv)(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="bidirectional"):
-        getattr(skip_cls, conv)(plain_cls(3, 5, bidirectional=True))
+        getattr(skip_cls, conv)(plain_cls(3, 5, 2, bidirectional=True))
+    assert getattr(skip_cls, conv)(plain_cls(3, 5, bidirectional=True)).bidirectional
 
 
 def test_learned_initial_state_broadcasts_and_trains():

@@ -102,8 +102,9 @@ class CosineDecay:
 
 def is_gate_parameter(name: str) -> bool:
     """Whether the parameter called ``name`` (as in ``named_parameters()``) is an update gate's
-    W_p / b_p (``update_gate.weight`` / ``update_gate.bias`` of a Skip layer, at any depth)."""
-    return name == "update_gate" or name.startswith("update_gate.") or ".update_gate." in name
+    W_p / b_p (``update_gate.weight`` / ``update_gate.bias`` of a Skip layer, at any depth; a
+    bidirectional layer's ``update_gate_reverse`` too)."""
+    return any(part in ("update_gate", "update_gate_reverse") for part in name.split("."))
 
 
 def gate_param_groups(model: nn.Module, lr: float, gate_lr_mult: float = 1.0) -> list[dict]:

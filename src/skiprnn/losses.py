@@ -13,22 +13,28 @@ def _per_sequence(updates: Tensor, lengths, batch_first: bool) -> tuple[Tensor, 
         raise TypeError(f"updates must be a floating-point tensor, got {getattr(updates, 'dtype', type(updates))}")
     if updates.dim() == 1:
         updates = updates.unsqueeze(1 if not batch_first else 0)
-    if updates.dim() != 2:
-        raise ValueError(f"updates must be (T, B) (or (B, T) with batch_first), got shape {tuple(updates.shape)}")
-    u = updates.transpose(0, 1) if batch_first else updates  # (T, B)
+    if updates.dim() not in (2, 3):
+        raise ValueError(f"updates must be (T, B) (or (B, T) with batch_first; a bidirectional "
+                         f"layer's (T, B, 2)), got shape {tuple(updates.shape)}")
+    u = updates.transpose(0, 1) if batch_first else updates  # (T, B) or (T, B, directions)
+    n_dir = 1
+    if u.dim() == 3:      # a bidirectional layer: both directions' updates count
+        n_dir = u.shape[2]
+        u = u.sum(2)
     T, B = u.shape
     if lengths is not None:
         mask = check_lengths(lengths, T, B, u.device).to(u.dtype)
-        return (u * mask).sum(0), mask.sum(0)
-    return u.sum(0), u.new_full((B,), float(T))
+        return (u * mask).sum(0), n_dir * mask.sum(0)
+    return u.sum(0), u.new_full((B,), float(n_dir * T))
 
 
 def budget_loss(updates: Tensor, cost_per_sample: float, lengths=None, batch_first: bool = False) -> Tensor:
     """λ · Σ_t u_t per sequence, averaged over the batch (paper Eq. 8; the code's form).
 
     Args:
-        updates: ``(T, B)`` binary updates from a layer (``(B, T)`` with batch_first); gradients
-            reach the gate through the straight-through estimator.
+        updates: ``(T, B)`` binary updates from a layer (``(B, T)`` with batch_first; a
+            bidirectional layer's ``(T, B, 2)``, both directions counted); gradients reach the gate
+            through the straight-through estimator.
         cost_per_sample: λ ≥ 0.
         lengths: optional ``(B,)``: padded steps are never counted.
     """

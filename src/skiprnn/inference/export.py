@@ -74,6 +74,9 @@ class SkipGRUStep(_StepBase):
 
 def SkipStepModule(layer) -> nn.Module:
     """The single-step module of a SkipLSTM (``SkipLSTMStep``) or SkipGRU (``SkipGRUStep``)."""
+    if getattr(layer, "bidirectional", False):
+        raise ValueError("a bidirectional layer has no single step to export: its reverse "
+                         "direction starts from the end of the sequence")
     return (SkipLSTMStep if layer.mode == "lstm" else SkipGRUStep)(layer).eval()
 
 

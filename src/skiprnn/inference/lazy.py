@@ -72,6 +72,10 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
         :class:`LazyResult` ``(output, stats)``; ``output`` equals ``layer(encoder(all frames))``,
         in the layer's layout (``(B, T, ...)`` for a ``batch_first`` layer, else ``(T, B, ...)``).
     """
+    if getattr(layer, "bidirectional", False):
+        raise ValueError("lazy_forward reads a sequence front to back and cannot run a "
+                         "bidirectional layer (its reverse direction starts from the end); call "
+                         "the layer on the encoded sequence instead")
     T, get = _length_of(source, length)
     if T < 1:
         raise ValueError("length must be at least 1")

@@ -59,15 +59,18 @@ def check_single_bias(single_bias, bias) -> bool:
     return single_bias
 
 
-def check_nn_only_options(name: str, bidirectional, proj_size) -> None:
-    """Refuse, with the reason, nn.LSTM options the Skip layers do not have (they are accepted as
-    keywords so that code written for nn.LSTM gets this message, not a TypeError)."""
-    if bidirectional:
+def check_nn_only_options(name: str, bidirectional, proj_size, num_layers: int = 1) -> None:
+    """Check nn.LSTM's ``bidirectional`` and ``proj_size`` and refuse, with the reason, what the
+    Skip layers do not have (they are keywords so that code written for nn.LSTM gets a message,
+    not a TypeError)."""
+    if not isinstance(bidirectional, bool):
+        raise TypeError(f"bidirectional must be a bool, got {type(bidirectional).__name__}")
+    if bidirectional and num_layers > 1:
         raise ValueError(
-            f"{name}(bidirectional=True) is not supported yet: a reverse direction needs its own "
-            "update gate and a per-direction update count, which this layer does not have. Run a "
-            f"second {name} over the time-reversed input (torch.flip(x, [0]), or per sequence "
-            "for padded batches) and concatenate the outputs; got bidirectional=True")
+            f"{name}(bidirectional=True) supports num_layers=1: a stack shares one update gate "
+            "across its layers, but a bidirectional stack's layer k + 1 reads both directions of "
+            "layer k, so no gate could serve a whole direction. Stack bidirectional layers "
+            f"yourself (each with its own gates); got num_layers={num_layers}")
     if not (isinstance(proj_size, int) and not isinstance(proj_size, bool)) or proj_size < 0:
         raise ValueError(f"proj_size must be a non-negative integer, got {proj_size!r}")
     if proj_size:
@@ -75,6 +78,22 @@ def check_nn_only_options(name: str, bidirectional, proj_size) -> None:
             f"{name} does not support proj_size > 0 (nn.LSTM's projected h): the update gate reads "
             "the unprojected state and the paper defines no projection; put an nn.Linear on the "
             f"output instead; got proj_size={proj_size}")
+
+
+def reversal_index(T: int, B: int, mask: Tensor | None, device) -> Tensor:
+    """``(T, B)`` time indices that reverse each sequence within its valid length (padding stays
+    at the end, in place); applying it twice is the identity."""
+    t = torch.arange(T, device=device).unsqueeze(1)
+    if mask is None:
+        return (T - 1 - t).expand(T, B)
+    lengths = mask.sum(0)
+    return torch.where(t < lengths, lengths - 1 - t, t)
+
+
+def reverse_time(v: Tensor, order: Tensor) -> Tensor:
+    """``v`` ``(T, B, ...)`` with each sequence's valid steps in reverse order (:func:`reversal_index`)."""
+    idx = order.reshape(order.shape + (1,) * (v.dim() - 2)).expand(v.shape)
+    return v.gather(0, idx)
 
 
 def _glorot_(w: Tensor, fan_in: int, fan_out: int) -> None:
@@ -123,7 +142,7 @@ class _SkipRNNBase(nn.Module):
                  single_bias: bool = False, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None):
         super().__init__()
-        check_nn_only_options(type(self).__name__, bidirectional, proj_size)
+        check_nn_only_options(type(self).__name__, bidirectional, proj_size, num_layers)
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -142,28 +161,36 @@ class _SkipRNNBase(nn.Module):
         self.threshold = check_threshold(threshold)
         self.backend = dispatch.check_backend(backend)
         self.learn_init = learn_init
+        self.bidirectional = bidirectional
         G = _GATES[self.mode] * hidden_size
         for k in range(num_layers):
             in_k = input_size if k == 0 else hidden_size
-            setattr(self, f"weight_ih_l{k}", nn.Parameter(torch.empty(G, in_k, **factory)))
-            setattr(self, f"weight_hh_l{k}", nn.Parameter(torch.empty(G, hidden_size, **factory)))
-            if bias:
-                setattr(self, f"bias_ih_l{k}", nn.Parameter(torch.empty(G, **factory)))
-                if single_bias:
-                    self.register_parameter(f"bias_hh_l{k}", None)
+            for sfx in self._suffixes():
+                setattr(self, f"weight_ih_l{k}{sfx}", nn.Parameter(torch.empty(G, in_k, **factory)))
+                setattr(self, f"weight_hh_l{k}{sfx}",
+                        nn.Parameter(torch.empty(G, hidden_size, **factory)))
+                if bias:
+                    setattr(self, f"bias_ih_l{k}{sfx}", nn.Parameter(torch.empty(G, **factory)))
+                    if single_bias:
+                        self.register_parameter(f"bias_hh_l{k}{sfx}", None)
+                    else:
+                        setattr(self, f"bias_hh_l{k}{sfx}",
+                                nn.Parameter(torch.empty(G, **factory)))
                 else:
-                    setattr(self, f"bias_hh_l{k}", nn.Parameter(torch.empty(G, **factory)))
-            else:
-                self.register_parameter(f"bias_ih_l{k}", None)
-                self.register_parameter(f"bias_hh_l{k}", None)
+                    self.register_parameter(f"bias_ih_l{k}{sfx}", None)
+                    self.register_parameter(f"bias_hh_l{k}{sfx}", None)
         # single_bias: the backends get a constant zero b_hh (not a parameter, not in state_dict)
         self.register_buffer("_zero_bias", torch.zeros(G, **factory) if single_bias else None,
                              persistent=False)
         self.update_gate = (nn.Linear(hidden_size, 1, **factory) if self.gate_mode == "learned"
                             else None)
+        if bidirectional:   # the reverse direction's own gate
+            self.update_gate_reverse = (nn.Linear(hidden_size, 1, **factory)
+                                        if self.gate_mode == "learned" else None)
         n_init = 2 if self.mode == "lstm" else 1
         if learn_init:
-            self.init_state = nn.Parameter(torch.empty(n_init, num_layers, 1, hidden_size, **factory))
+            self.init_state = nn.Parameter(torch.empty(n_init, num_layers * self.num_directions, 1,
+                                                       hidden_size, **factory))
         else:
             self.register_parameter("init_state", None)
         self.reset_parameters()
@@ -175,9 +202,9 @@ class _SkipRNNBase(nn.Module):
         for name, p in self.named_parameters():
             if name.startswith(("weight_", "bias_")):
                 nn.init.uniform_(p, -k, k)
-        if self.update_gate is not None:
-            self.update_gate.reset_parameters()
-            nn.init.constant_(self.update_gate.bias, 1.0)
+        for gate in self._update_gates():
+            gate.reset_parameters()
+            nn.init.constant_(gate.bias, 1.0)
         if self.init_state is not None:
             nn.init.normal_(self.init_state, 0.0, 1.0)
 
@@ -190,12 +217,13 @@ class _SkipRNNBase(nn.Module):
         hold (:func:`paper_init_weights`).
         """
         with torch.no_grad():
-            for k in range(self.num_layers):
-                paper_init_weights(self.mode, *(getattr(self, f"{n}_l{k}") for n in _PARAM_NAMES),
-                                   joint=joint)
-            if self.update_gate is not None:
-                nn.init.xavier_uniform_(self.update_gate.weight)
-                self.update_gate.bias.fill_(1.0)
+            for d in range(self.num_directions):
+                for layer in self._layers(d):
+                    paper_init_weights(self.mode, *layer[:3],
+                                       None if self.single_bias else layer[3], joint=joint)
+            for gate in self._update_gates():
+                nn.init.xavier_uniform_(gate.weight)
+                gate.bias.fill_(1.0)
         return self
 
     # ------------------------------------------------------------------ nn.LSTM surface
@@ -203,12 +231,27 @@ class _SkipRNNBase(nn.Module):
     proj_size = 0
 
     @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _suffixes(self) -> tuple:
+        """Parameter-name suffix per direction, as nn.LSTM's: '' and '_reverse'."""
+        return ("", "_reverse") if self.bidirectional else ("",)
+
+    def _update_gates(self) -> list:
+        """The update gates' projections (W_p, b_p), one per direction (none without a learned
+        gate)."""
+        gates = [self.update_gate] + ([self.update_gate_reverse] if self.bidirectional else [])
+        return [g for g in gates if g is not None]
+
+    @property
     def all_weights(self) -> list[list[nn.Parameter]]:
-        """Per layer ``[weight_ih, weight_hh, bias_ih, bias_hh]`` as nn.LSTM's ``all_weights``
-        (without the biases under ``bias=False``; without ``bias_hh`` under ``single_bias``). The
-        update gate's W_p, b_p are ``self.update_gate``'s."""
-        return [[p for p in (getattr(self, f"{n}_l{k}") for n in _PARAM_NAMES) if p is not None]
-                for k in range(self.num_layers)]
+        """Per layer and direction ``[weight_ih, weight_hh, bias_ih, bias_hh]`` as nn.LSTM's
+        ``all_weights`` (without the biases under ``bias=False``; without ``bias_hh`` under
+        ``single_bias``). The update gates' W_p, b_p are ``self.update_gate``'s (and
+        ``self.update_gate_reverse``'s)."""
+        return [[p for p in (getattr(self, f"{n}_l{k}{sfx}") for n in _PARAM_NAMES) if p is not None]
+                for k in range(self.num_layers) for sfx in self._suffixes()]
 
     def flatten_parameters(self) -> None:
         """Does nothing, as code written for nn.LSTM expects to be able to call it: the weights are
@@ -218,13 +261,14 @@ class _SkipRNNBase(nn.Module):
     def __prepare_scriptable__(self):   # torch.jit.script calls this first
         raise unsupported_export(self, "compiled with torch.jit.script")
 
-    def _layers(self):
-        """Per layer ``(w_ih, w_hh, b_ih, b_hh)``; with ``single_bias`` b_hh is a constant zero."""
-        b_hh = [getattr(self, f"bias_hh_l{k}") for k in range(self.num_layers)]
-        if self.single_bias:
-            b_hh = [self._zero_bias] * self.num_layers
-        return [(getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"),
-                 getattr(self, f"bias_ih_l{k}"), b_hh[k]) for k in range(self.num_layers)]
+    def _layers(self, direction: int = 0):
+        """Per layer ``(w_ih, w_hh, b_ih, b_hh)`` of one direction (0: forward, 1: reverse); with
+        ``single_bias`` b_hh is a constant zero."""
+        sfx = self._suffixes()[direction]
+        return [(getattr(self, f"weight_ih_l{k}{sfx}"), getattr(self, f"weight_hh_l{k}{sfx}"),
+                 getattr(self, f"bias_ih_l{k}{sfx}"),
+                 self._zero_bias if self.single_bias else getattr(self, f"bias_hh_l{k}{sfx}"))
+                for k in range(self.num_layers)]
 
     def _cell_kwargs(self) -> dict:
         """Keyword arguments of the cell variant for the backends (GRU: ``reset_after``)."""
@@ -238,15 +282,20 @@ class _SkipRNNBase(nn.Module):
         """A fresh state for ``batch_size`` sequences (zeros, or the learned s_0 broadcast)."""
         p = next(self.parameters())
         dev, dt = (like.device, like.dtype) if like is not None else (p.device, p.dtype)
-        L, B, H = self.num_layers, batch_size, self.hidden_size
+        L, B, H = self.num_layers * self.num_directions, batch_size, self.hidden_size
         if self.init_state is not None:
             s = self.init_state.to(dt).expand(-1, L, B, H)
             hc = list(s.unbind(0))
         else:
             hc = [torch.zeros(L, B, H, device=dev, dtype=dt) for _ in range(2 if self.mode == "lstm" else 1)]
-        up = torch.ones(B, device=dev, dtype=dt)
-        cum = torch.zeros(B, device=dev, dtype=dt)
+        up = torch.ones(self._gate_shape(B), device=dev, dtype=dt)
+        cum = torch.zeros(self._gate_shape(B), device=dev, dtype=dt)
         return self.state_type(*hc, up, cum)
+
+    def _gate_shape(self, B: int) -> tuple:
+        """Shape of the state's update_prob / cum_update_prob: ``(B,)``, or ``(2, B)`` (one row per
+        direction) for a bidirectional layer."""
+        return (B,) if not self.bidirectional else (2, B)
 
     def _fresh_state(self, B: int, x: Tensor):
         """The zero state for the fused kernels, made once per (B, device, dtype) and reused: the
@@ -262,7 +311,7 @@ class _SkipRNNBase(nn.Module):
         return st
 
     def _parse_hx(self, hx, B: int, x: Tensor, unbatched: bool, shared_fresh: bool = False):
-        L, H = self.num_layers, self.hidden_size
+        L, H = self.num_layers * self.num_directions, self.hidden_size
         if hx is None:
             if shared_fresh and self.init_state is None:
                 return self._fresh_state(B, x)
@@ -293,14 +342,15 @@ class _SkipRNNBase(nn.Module):
             if unbatched:
                 hx[i] = hx[i].unsqueeze(1)
         if full:
-            sshape = () if unbatched else (B,)
+            sshape = self._gate_shape(B)
             for i, name in ((n_hc, "update_prob"), (n_hc + 1, "cum_update_prob")):
-                hx[i] = check_state_tensor(name, hx[i], sshape, x)
+                hx[i] = check_state_tensor(name, hx[i], sshape[:-1] if unbatched else sshape, x)
                 if unbatched:
-                    hx[i] = hx[i].reshape(1)
+                    hx[i] = hx[i].reshape(sshape)
             return self.state_type(*hx)
         # nn.LSTM-style (h0, c0): a fresh gate (Δũ = 1, accumulator 0)
-        return self.state_type(*hx, x.new_ones(B), x.new_zeros(B))
+        return self.state_type(*hx, x.new_ones(self._gate_shape(B)),
+                               x.new_zeros(self._gate_shape(B)))
 
     def _gate_args(self, T: int, B: int, x: Tensor):
         """Threshold / forced updates / constant Δũ for this call, per gate mode and binarizer."""
@@ -354,13 +404,37 @@ class _SkipRNNBase(nn.Module):
         threshold, forced, const = self._gate_args(T, B, x)
         name = self._decide_backend(x, threshold).name
         self.last_backend = name
-        state = self._parse_hx(hx, B, x, unbatched, shared_fresh=name == "triton")
-        gw = self.update_gate.weight if self.update_gate is not None else None
-        gb = self.update_gate.bias if self.update_gate is not None else None
-        return dispatch.select_named(self.mode, name)(
-            x, *state[:-2], state.update_prob, state.cum_update_prob, self._layers(), gw, gb,
-            mask=mask, threshold=threshold, dropout=self.dropout, training=self.training,
-            forced=forced, constant_delta=const, **self._cell_kwargs())
+        fn = dispatch.select_named(self.mode, name)
+        state = self._parse_hx(hx, B, x, unbatched,
+                               shared_fresh=name == "triton" and not self.bidirectional)
+        if not self.bidirectional:
+            return self._direction(fn, 0, x, state, mask, threshold, forced, const)
+        # the reverse direction reads each sequence from its last valid step back to its first
+        order = reversal_index(T, B, mask, x.device)
+        n_hc = len(state) - 2
+        sub = [tuple(t[d:d + 1] for t in state[:n_hc]) + (state[n_hc][d], state[n_hc + 1][d])
+               for d in (0, 1)]
+        fwd = self._direction(fn, 0, x, sub[0], mask, threshold, forced, const)
+        threshold, forced, const = self._gate_args(T, B, x)    # its own draws, if random
+        rev = self._direction(fn, 1, reverse_time(x, order), sub[1], mask,
+                              threshold if isinstance(threshold, float)
+                              else reverse_time(threshold, order),
+                              None if forced is None else reverse_time(forced, order), const)
+        rev = (reverse_time(rev[0], order),) + tuple(rev[1:-2]) + tuple(
+            reverse_time(t, order) for t in rev[-2:])
+        return ((torch.cat([fwd[0], rev[0]], -1),)
+                + tuple(torch.cat([a, b], 0) for a, b in zip(fwd[1:n_hc + 1], rev[1:n_hc + 1]))
+                + tuple(torch.stack([a, b], 0) for a, b in zip(fwd[n_hc + 1:-2], rev[n_hc + 1:-2]))
+                + tuple(torch.stack([a, b], -1) for a, b in zip(fwd[-2:], rev[-2:])))
+
+    def _direction(self, fn, d: int, x: Tensor, state, mask, threshold, forced, const):
+        """One direction's recurrence through backend ``fn``: its result tuple ``(out, *hc, up,
+        cum, u, p)``."""
+        gate = (self.update_gate, self.update_gate_reverse if self.bidirectional else None)[d]
+        gw, gb = (gate.weight, gate.bias) if gate is not None else (None, None)
+        return fn(x, *state, self._layers(d), gw, gb, mask=mask, threshold=threshold,
+                  dropout=self.dropout, training=self.training, forced=forced,
+                  constant_delta=const, **self._cell_kwargs())
 
     # ------------------------------------------------------------------ forward
     def forward(self, input, hx=None, lengths=None) -> SkipOutput:
@@ -411,7 +485,8 @@ class _SkipRNNBase(nn.Module):
             out = out.transpose(0, 1)
         if unbatched:
             u, p = u.squeeze(1), p.squeeze(1)
-            new_state = self.state_type(*(t.squeeze(1) for t in new_hc), up.squeeze(0), cum.squeeze(0))
+            new_state = self.state_type(*(t.squeeze(1) for t in new_hc), up.select(-1, 0),
+                                        cum.select(-1, 0))
         elif self.batch_first:
             u, p = u.transpose(0, 1), p.transpose(0, 1)
         return SkipOutput(out, new_state, u, p)
@@ -423,6 +498,9 @@ class _SkipRNNBase(nn.Module):
         will not be read (so the caller need not produce them), ``stream.skip(n)`` advances over
         them; results equal the whole-sequence forward.
         """
+        if self.bidirectional:
+            raise ValueError("a bidirectional layer cannot be streamed: its reverse direction "
+                             "starts from the end of the sequence")
         from ..inference.stream import SkipStream
 
         return SkipStream(self, batch_size, state)
@@ -447,12 +525,15 @@ class _SkipRNNBase(nn.Module):
             s += ", single_bias=True"
         if not self.reset_after:
             s += ", reset_after=False"
+        if self.bidirectional:
+            s += ", bidirectional=True"
         return s
 
     # ------------------------------------------------------------------ conversion
     @classmethod
     def _from_plain(cls, rnn: nn.RNNBase, **kwargs):
-        check_nn_only_options(cls.__name__, rnn.bidirectional, getattr(rnn, "proj_size", 0))
+        check_nn_only_options(cls.__name__, rnn.bidirectional, getattr(rnn, "proj_size", 0),
+                              rnn.num_layers)
         if kwargs.get("single_bias") or kwargs.get("reset_after") is False:
             raise ValueError(f"{type(rnn).__name__} weights define nn.{cls.mode.upper()}'s cell "
                              "(two biases, reset after the product); they cannot be loaded into a "
@@ -460,7 +541,7 @@ class _SkipRNNBase(nn.Module):
         p = next(rnn.parameters())
         kw = dict(input_size=rnn.input_size, hidden_size=rnn.hidden_size, num_layers=rnn.num_layers,
                   bias=rnn.bias, batch_first=rnn.batch_first, dropout=rnn.dropout,
-                  device=p.device, dtype=p.dtype)
+                  bidirectional=rnn.bidirectional, device=p.device, dtype=p.dtype)
         kw.update(kwargs)
         new = cls(**kw)
         missing, unexpected = new.load_state_dict(rnn.state_dict(), strict=False)
@@ -482,8 +563,10 @@ class SkipLSTM(_SkipRNNBase):
         learn_init: learn the initial state s_0 (h and c, broadcast to any batch size), as the paper.
         single_bias: one bias vector per gate (``bias_ih_l{k}``, no ``bias_hh_l{k}``), as TF's.
         backend: 'auto' | 'reference' | 'cpu' | 'triton' (env ``SKIPRNN_BACKEND`` overrides).
-        bidirectional, proj_size: accepted for nn.LSTM's signature; True / > 0 are refused with
-            the reason (no reverse-direction gate, no projection yet).
+        bidirectional: one layer only: a reverse direction with its own weights (``*_reverse``,
+            as nn.LSTM's) and gate (``update_gate_reverse``); output ``(T, B, 2H)``, h_n
+            ``(2, B, H)``, updates ``(T, B, 2)`` (direction last).
+        proj_size: accepted for nn.LSTM's signature; > 0 is refused with the reason.
 
     Shapes: input ``(T, B, I)`` → ``output, (h_n, c_n)`` as nn.LSTM: output ``(T, B, H)``, h_n and
     c_n ``(num_layers, B, H)``; ``result.updates`` ``(T, B)`` (see SkipOutput).
