@@ -60,12 +60,17 @@ class BudgetSchedule:
         _check_number("ramp_steps", self.ramp_steps, integer=True)
 
     def __call__(self, step: int) -> float:
+        return self.cost_per_sample * self.fraction(step)
+
+    def fraction(self, step: int) -> float:
+        """The schedule's share of the full budget at ``step``, in [0, 1] (λ(step) / λ); the
+        target-rate loss of a run follows it too."""
         if step < self.warmup_steps:
             return 0.0
         if self.ramp_steps and step < self.warmup_steps + self.ramp_steps:
             # step = warmup: the first step with a non-zero budget (1/ramp of λ)
-            return self.cost_per_sample * (step - self.warmup_steps + 1) / self.ramp_steps
-        return float(self.cost_per_sample)
+            return (step - self.warmup_steps + 1) / self.ramp_steps
+        return 1.0
 
     @property
     def constant(self) -> bool:

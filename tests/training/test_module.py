@@ -461,3 +461,21 @@ def test_zero_valued_controls_are_not_replaced_by_defaults():
     groups = {g["name"]: g for g in m.configure_optimizers().param_groups}
     assert groups["update_gate"]["lr"] == 0.0
     assert m.target_weight == 0.0
+
+
+@pytest.mark.parametrize("warmup, ramp, share", [(1, 0, 0.0), (0, 4, 0.25), (0, 0, 1.0)])
+def test_target_rate_loss_follows_the_budget_schedule(warmup, ramp, share):
+    """Like λ, the target-rate loss is off during the budget warm-up and ramps in with it (at
+    step 0 here: a warm-up of 1 step gives share 0, a 4-step ramp 1/4)."""
+    from skiprnn.losses import target_rate_loss
+    torch.manual_seed(0)
+    m = SkipRNNModule(_cfg(model="skip_lstm", cost_per_sample=1e-3, target_rate=0.3,
+                           target_weight=2.0, budget_warmup=warmup, budget_ramp=ramp))
+    x, y = m.task.sample(16)
+    m._trainer = None
+    assert m.global_step == 0
+    loss = m.training_step((x, y), 0)
+    pred, out = m(x)
+    expected = (m.task.loss(pred, y) + share * 1e-3 * out.updates.sum(1).mean()
+                + target_rate_loss(out.updates, 0.3, weight=2.0 * share, batch_first=True))
+    torch.testing.assert_close(loss, expected)

@@ -86,7 +86,8 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--gate-lr-mult", dest="gate_lr_mult", type=float, metavar="M",
                    help="the update gate's W_p, b_p learn at lr × M (paper: 1)")
     t.add_argument("--target-rate", dest="target_rate", type=float, metavar="FRACTION",
-                   help="add the target-rate loss weight·mean_b (used fraction − FRACTION)² (paper §3.2)")
+                   help="add the target-rate loss weight·mean_b (used fraction − FRACTION)² (paper §3.2); "
+                        "it follows the budget warm-up and ramp, as λ does")
     t.add_argument("--target-weight", dest="target_weight", type=float, help="its weight (default 1)")
     t.add_argument("--lr-decay", dest="lr_decay", type=float, metavar="FACTOR",
                    help="cosine decay of the learning rate to lr × FACTOR, from the end of the "

@@ -140,8 +140,9 @@ class SkipRNNModule(pl.LightningModule):
         task_loss = self.task.loss(pred, y)
         # training: λ of this optimizer step (the schedule's); validation / test: the full λ, so
         # that the validation loss (best.ckpt) measures the run's objective at every step
-        lam = self.budget(int(self.global_step)) if stage == "train" else self.cost_per_sample
-        budget = self._budget_term(out.updates, lengths, lam)
+        share = self.budget.fraction(int(self.global_step)) if stage == "train" else 1.0
+        lam = self.cost_per_sample * share
+        budget = self._budget_term(out.updates, lengths, share)
         loss = task_loss + budget
         B = x.shape[0]
         with torch.no_grad():
@@ -166,20 +167,23 @@ class SkipRNNModule(pl.LightningModule):
             self._log_train(values, B)
             if self.learned_gate and self._trainer is not None and self._writes_step_logs():
                 with self.held_open(open_):
-                    self._gate_diagnostics(x, out, lengths, lam)
+                    self._gate_diagnostics(x, out, lengths, share)
         else:
             for k, v in values.items():
                 self.log(f"{stage}/{k}", v, prog_bar=k in self._pbar_keys(stage), batch_size=B,
                          sync_dist=True, on_step=False, on_epoch=True)
         return loss
 
-    def _budget_term(self, updates, lengths, lam: float):
-        """λ·Σ_t u_t (mean over the batch) plus the target-rate loss when the run has one."""
+    def _budget_term(self, updates, lengths, share: float):
+        """λ·Σ_t u_t (mean over the batch) plus the target-rate loss when the run has one, both
+        at ``share`` of their full weight (the budget schedule's warm-up and ramp; 1 outside
+        training)."""
+        lam = self.cost_per_sample * share
         budget = (budget_loss(updates, lam, lengths=lengths, batch_first=True) if lam > 0
                   else updates.new_zeros(()))
-        if self.target_rate is not None:
+        if self.target_rate is not None and share > 0:
             budget = budget + target_rate_loss(updates, float(self.target_rate), lengths=lengths,
-                                               weight=self.target_weight, batch_first=True)
+                                               weight=self.target_weight * share, batch_first=True)
         return budget
 
     def training_step(self, batch, batch_idx):
@@ -227,7 +231,7 @@ class SkipRNNModule(pl.LightningModule):
         """``(name, parameter)`` of the RNN that train (the gate's W_p, b_p and the cell's)."""
         return [(n, p) for n, p in self.rnn.named_parameters() if p.requires_grad]
 
-    def _gate_diagnostics(self, x, out, lengths, lam: float) -> None:
+    def _gate_diagnostics(self, x, out, lengths, share: float) -> None:
         """What decides the gate, at the steps the loggers write (``gate/*`` metrics): λ, W_p's
         norm and b_p, the distribution of Δũ, where in the sequence the updates fall, and (in
         ``on_after_backward``) the gradient split into its task and budget parts: on b_p, on W_p,
@@ -245,7 +249,7 @@ class SkipRNNModule(pl.LightningModule):
             after = after & (m[:, 1:] > 0)
         deltas = torch.where(after, p[:, 1:].float(), float("nan")).flatten()
         q = torch.nanquantile(deltas, torch.tensor([0.1, 0.5, 0.9], device=deltas.device))
-        vals = {"lambda": torch.tensor(float(lam), device=u.device),
+        vals = {"lambda": torch.tensor(self.cost_per_sample * share, device=u.device),
                 "bias": gate.bias.detach().reshape(()).float(),
                 "weight_norm": gate.weight.detach().float().norm(),
                 "delta_q10": q[0], "delta_q50": q[1], "delta_q90": q[2],
@@ -262,10 +266,10 @@ class SkipRNNModule(pl.LightningModule):
         self._budget_grads = None
         if params:
             self._budget_grads = tuple(None for _ in params)
-            if lam > 0 or self.target_rate is not None:
+            if share > 0 and (self.cost_per_sample > 0 or self.target_rate is not None):
                 with torch.random.fork_rng(devices=_rng_devices(u.device)):
                     again = self.rnn(x, lengths=lengths)
-                    part = self._budget_term(again.updates, lengths, lam)
+                    part = self._budget_term(again.updates, lengths, share)
                 self._budget_grads = torch.autograd.grad(part, params, allow_unused=True)
 
     def _log_scalars(self, prefix: str, values: dict) -> None:
