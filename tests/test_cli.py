@@ -364,3 +364,28 @@ def test_paper_recipe_trains_the_paper_codes_layer_and_optimizer():
     conf = m.configure_optimizers()                      # recipe fast: Adam + the lr decay
     assert type(conf["optimizer"]).__name__ == "Adam"
     assert type(conf["lr_scheduler"]["scheduler"]).__name__ == "LambdaLR"
+
+
+def test_layer_picks_the_cell_independently_of_the_recipe():
+    """--layer paper trains the official code's cell under recipe fast (its Adam, lr and controls
+    stay the recipe's); --layer nn the nn.GRU cell under recipe paper; runs written before the
+    setting existed take the recipe's."""
+    from skiprnn.cli import build_parser, build_train_config
+    from skiprnn.training.module import SkipRNNModule
+
+    def module(*args):
+        c = build_train_config(build_parser().parse_args(
+            ["train", "adding", "--model", "skip_gru", "--hidden-size", "8", "--max-steps", "1",
+             *args]), verbose=False)[0]
+        return c, SkipRNNModule(c.to_dict())
+
+    c, m = module("--layer", "paper")
+    assert c.recipe == "fast" and c.layer == "paper"
+    assert m.rnn.bias_hh_l0 is None and m.rnn.reset_after is False and m.rnn.single_bias
+    assert type(m.configure_optimizers()["optimizer"]).__name__ == "Adam"
+    c, m = module("--recipe", "paper", "--layer", "nn")
+    assert m.rnn.bias_hh_l0 is not None and m.rnn.reset_after is True
+    assert type(m.configure_optimizers()).__name__ == "TFAdam"
+    assert module()[0].layer == "nn" and module("--recipe", "paper")[0].layer == "paper"
+    old = {k: v for k, v in module("--recipe", "paper")[0].to_dict().items() if k != "layer"}
+    assert SkipRNNModule(old).rnn.reset_after is False

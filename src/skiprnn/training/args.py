@@ -95,6 +95,11 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--init", choices=("paper", "chrono"),
                    help="gate biases: 'paper' (forget bias 1, the code's) or 'chrono' (forget biases "
                         "log U(1, T-1), Tallec & Ollivier 2018: long memories from the start)")
+    from .config import LAYERS
+    t.add_argument("--layer", choices=LAYERS,
+                   help="the cell: 'nn' (nn.LSTM / nn.GRU's: two biases, GRU reset after the "
+                        "product) or 'paper' (the official code's: one bias per gate, GRU reset "
+                        "before the product, TF's joint init) (default: the recipe's)")
 
 
 def _add_run_arguments(t: argparse.ArgumentParser) -> None:

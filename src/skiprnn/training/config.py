@@ -51,6 +51,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                "per gate, the GRU's reset before the product, TF's initialisation, MNIST's first "
                "5,000 images for validation and whole test batches",
         "lr": 1e-4, "budget_warmup": 0, "budget_ramp": 0, "gate_warmup": 0, "gate_lr_mult": 1.0,
+        "layer": "paper",
     },
     "fast": {
         "doc": "practical learning rates without a collapsing gate: the gate held open (its W_p, "
@@ -63,6 +64,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "gate_lr_mult": 1.0,
         "lr_decay": 0.05,
         "init": {"mnist": "chrono"},
+        "layer": "nn",
         "task_options": {"mnist": {"standardize": True}},
     },
 }
@@ -77,6 +79,12 @@ TASK_OPTION_FLAGS = {
 }
 
 _TIME_RE = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")
+
+
+#: the cell variants a run can train: nn (nn.LSTM / nn.GRU's cell: two biases per gate, the GRU's
+#: reset after the product) and paper (the official code's: one bias per gate, the GRU's reset
+#: before the product, TF's joint Glorot initialisation; modules.registry.paper_layer_kwargs)
+LAYERS = ("nn", "paper")
 
 
 #: the checkpoints results.json may be measured on: best (lowest validation loss, budget included;
@@ -101,6 +109,7 @@ class RunConfig:
     target_weight: float = 1.0            # its weight
     lr_decay: Optional[float] = None      # cosine decay to lr × this after the budget's ramp
     init: Optional[str] = None            # gate-bias initialisation: paper | chrono (None: the recipe's)
+    layer: Optional[str] = None           # the cell variant: nn | paper (None: the recipe's; LAYERS)
     p_skip: float = 0.5                   # random-skip baselines only
     period: int = 2                       # periodic-skip baselines only
     seed: int = 0
@@ -212,6 +221,8 @@ class RunConfig:
         num("--lr-decay", self.lr_decay, lo=0, hi=1)
         if self.init not in (None, "paper", "chrono"):
             raise ConfigError(f"--init must be 'paper' or 'chrono', got {self.init!r}")
+        if self.layer not in (None, *LAYERS):
+            raise ConfigError(f"--layer must be one of {', '.join(LAYERS)}, got {self.layer!r}")
         if self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; valid recipes: {', '.join(RECIPES)}")
         if self.max_time is not None and not _TIME_RE.match(str(self.max_time)):

@@ -598,6 +598,8 @@ def recipe_description(cfg: RunConfig) -> str:
         parts.append(f"lr cosine-decayed to × {cfg.lr_decay:g} after the ramp")
     if cfg.init is not None and cfg.init != "paper":
         parts.append(f"{cfg.init} initialisation")
+    if cfg.layer == "paper" and cfg.recipe != "paper":
+        parts.append("the paper code's cell")
     if cfg.target_rate is not None:
         parts.append(f"target rate {cfg.target_rate:g} (weight {cfg.target_weight:g})")
     return ", ".join(parts) or "constant λ"

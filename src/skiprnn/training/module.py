@@ -87,10 +87,11 @@ class SkipRNNModule(pl.LightningModule):
         kw = {"batch_first": True, "learn_init": True}
         if self.model_name.startswith(("skip_", "random_", "periodic_")):
             kw["backend"] = config.get("backend", "auto")
-        #: the paper recipe trains the official code's layer (one bias per gate, the GRU's reset
-        #: before the product, TF's joint Glorot) with TF1's Adam
+        #: the paper recipe trains with TF1's Adam; the official code's layer (one bias per gate,
+        #: the GRU's reset before the product, TF's joint Glorot) is its `layer` (runs written
+        #: before that setting existed: the recipe's)
         self.paper_exact = config.get("recipe") == "paper"
-        if self.paper_exact:
+        if (config.get("layer") or ("paper" if self.paper_exact else "nn")) == "paper":
             kw.update(paper_layer_kwargs(self.model_name))
         kw.setdefault("paper_init", True)
         self.rnn = build_rnn(self.model_name, t.input_size, t.hidden_size, t.num_layers,
