@@ -144,7 +144,7 @@ def checkpoint_case(args, dev):
 def dense_graph_forward(layer, x, threshold=0.5):
     """Variant: the dense masked step loop (every row computes every step, torch.where mixes),
     captured once as a CUDA graph; returns a replay function and the output buffers."""
-    (w_ih, w_hh, b_ih, b_hh), = [tuple(p.detach() for p in lay) for lay in layer._layers()]
+    (w_ih, w_hh, b_ih, b_hh), = [tuple(p.detach() for p in lay) for lay in layer.layer_weights()]
     gw, gb = layer.update_gate.weight.detach(), layer.update_gate.bias.detach()
     T, B, _ = x.shape
     H = layer.hidden_size

@@ -2,7 +2,7 @@
 
 The model is the adding task's by default (Skip LSTM / Skip GRU, B=256, T=50, I=2, H=110, a
 linear head and the budget loss). Under ``torch.compile`` the Skip recurrence runs eagerly
-between the compiled graphs (``_SkipRNNBase._recurrence`` is kept out of tracing), so the
+between the compiled graphs (``SkipRNNBase._recurrence`` is kept out of tracing), so the
 figures to read are: the first compiled training step (compilation included), then the median
 compiled and eager step after warm-up, interleaved.
 

@@ -64,7 +64,7 @@ def test_single_bias_needs_bias_and_is_a_bool():
 
 def test_single_bias_follows_dtype_and_device_moves():
     m = SkipLSTM(2, 3, single_bias=True).to(DT)
-    assert all(p.dtype == DT for lay in m._layers() for p in lay)
+    assert all(p.dtype == DT for lay in m.layer_weights() for p in lay)
     m(torch.randn(4, 1, 2, dtype=DT))
 
 

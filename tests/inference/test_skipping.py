@@ -100,7 +100,7 @@ def test_forced_and_tensor_threshold_fall_back_to_reference():
     layer = make_layer("lstm")
     x = torch.randn(12, 3, 5)
     st = layer.initial_state(3)
-    args = (x, st.h, st.c, st.update_prob, st.cum_update_prob, layer._layers(),
+    args = (x, st.h, st.c, st.update_prob, st.cum_update_prob, layer.layer_weights(),
             layer.update_gate.weight, layer.update_gate.bias)
     forced = (torch.rand(12, 3) > 0.5).float()
     thr = torch.rand(12, 3)
@@ -116,7 +116,7 @@ def test_gru_signature_returns_six():
     layer = make_layer("gru", num_layers=2)
     x = torch.randn(9, 2, 5)
     st = layer.initial_state(2)
-    res = skip_gru_skipping(x, st.h, st.update_prob, st.cum_update_prob, layer._layers(),
+    res = skip_gru_skipping(x, st.h, st.update_prob, st.cum_update_prob, layer.layer_weights(),
                             layer.update_gate.weight, layer.update_gate.bias)
     assert len(res) == 6
     assert [tuple(r.shape) for r in res] == [(9, 2, 12), (2, 2, 12), (2,), (2,), (9, 2), (9, 2)]

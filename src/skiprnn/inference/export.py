@@ -44,7 +44,7 @@ class SkipLSTMStep(_StepBase):
     def forward(self, x_t: Tensor, h: Tensor, c: Tensor, update_prob: Tensor, cum: Tensor):
         inp = x_t
         hs, cs = [], []
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layer._layers()):
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layer.layer_weights()):
             hk, ck = lstm_cell(inp, h[k], c[k], w_ih, w_hh, b_ih, b_hh)
             hs.append(hk)
             cs.append(ck)
@@ -63,7 +63,7 @@ class SkipGRUStep(_StepBase):
     def forward(self, x_t: Tensor, h: Tensor, update_prob: Tensor, cum: Tensor):
         inp = x_t
         hs = []
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layer._layers()):
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layer.layer_weights()):
             hk = gru_cell(inp, h[k], w_ih, w_hh, b_ih, b_hh, self.layer.reset_after)
             hs.append(hk)
             inp = hk

@@ -317,7 +317,7 @@ def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) ->
     if hx is None:
         state = layer.initial_state(1)
     else:
-        state = layer._parse_hx(hx, 1, torch.empty(1, 1, 1, dtype=dt), unbatched=False)
+        state = layer.parse_state(hx, 1, torch.empty(1, 1, 1, dtype=dt), unbatched=False)
     gw = layer.update_gate.weight if layer.update_gate is not None else None
     gb = layer.update_gate.bias if layer.update_gate is not None else None
     one, zero = npdt(1), npdt(0)
@@ -327,7 +327,7 @@ def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) ->
         hs = [h[0].detach().numpy().astype(npdt, copy=True) for h in state[0].unbind(0)]
         cs = ([c[0].detach().numpy().astype(npdt, copy=True) for c in state[1].unbind(0)]
               if layer.mode == "lstm" else None)
-        stack = _LazyStack(layer.mode, layer._layers(), gw, gb, const, hs, cs, npdt)
+        stack = _LazyStack(layer.mode, layer.layer_weights(), gw, gb, const, hs, cs, npdt)
         runs = _SkipRuns(threshold, npdt)
         x2 = stack.x2t
         up, cum = npdt(state.update_prob.item()), npdt(state.cum_update_prob.item())

@@ -71,7 +71,7 @@ class SkipStream:
         if state is None:
             state = layer.initial_state(batch_size)
         else:
-            state = layer._parse_hx(state, batch_size, torch.empty(1, batch_size, 1,
+            state = layer.parse_state(state, batch_size, torch.empty(1, batch_size, 1,
                                                                     device=p.device, dtype=p.dtype),
                                     unbatched=False)
         with torch.no_grad():
@@ -86,7 +86,7 @@ class SkipStream:
     def _cell(self) -> StepCell:
         # cached: StepCell holds detached views that share the parameters' storage, so in-place
         # updates (optimizer steps, load_state_dict) are seen; a replaced Parameter is re-read.
-        params = tuple(p for lay in self.layer._layers() for p in lay)
+        params = tuple(p for lay in self.layer.layer_weights() for p in lay)
         if self.layer.update_gate is not None:
             params += tuple(self.layer.update_gate.parameters())
         key = tuple(id(p) for p in params)
@@ -98,7 +98,7 @@ class SkipStream:
         lay = self.layer
         gw = lay.update_gate.weight if lay.update_gate is not None else None
         gb = lay.update_gate.bias if lay.update_gate is not None else None
-        return StepCell(self.kind, lay._layers(), gw, gb, self.constant_delta, **lay._cell_kwargs())
+        return StepCell(self.kind, lay.layer_weights(), gw, gb, self.constant_delta, **lay.cell_options())
 
     def _u_tilde(self):
         one = self.npdt(1)
@@ -223,8 +223,8 @@ class SkipStream:
         gw = lay.update_gate.weight if lay.update_gate is not None else None
         gb = lay.update_gate.bias if lay.update_gate is not None else None
         fn = skip_lstm_skipping if self.kind == "lstm" else skip_gru_skipping
-        res = fn(x, *st[:-2], st.update_prob, st.cum_update_prob, lay._layers(), gw, gb,
-                 threshold=self.threshold, constant_delta=self.constant_delta, **lay._cell_kwargs())
+        res = fn(x, *st[:-2], st.update_prob, st.cum_update_prob, lay.layer_weights(), gw, gb,
+                 threshold=self.threshold, constant_delta=self.constant_delta, **lay.cell_options())
         out, hc, (up, cum), u, p = res[0], res[1:-4], res[-4:-2], res[-2], res[-1]
         self.hs = list(hc[0].unbind(0))
         self.cs = list(hc[1].unbind(0)) if self.kind == "lstm" else None

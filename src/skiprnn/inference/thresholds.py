@@ -19,9 +19,9 @@ __all__ = ["evaluate_thresholds", "plot_thresholds", "skip_layers"]
 
 def skip_layers(model: nn.Module) -> list:
     """The learned-gate Skip layers inside ``model`` (``model`` itself included)."""
-    from ..modules.rnn import _SkipRNNBase
+    from ..modules.rnn import SkipRNNBase
     return [m for m in model.modules()
-            if isinstance(m, _SkipRNNBase) and getattr(m, "gate_mode", "learned") == "learned"]
+            if isinstance(m, SkipRNNBase) and getattr(m, "gate_mode", "learned") == "learned"]
 
 
 def _default_forward(model, batch):

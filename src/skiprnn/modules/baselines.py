@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ._checks import check_input, check_lengths
-from .rnn import SkipOutput, _GRUCandidate, _SkipRNNBase, check_single_bias
+from .rnn import SkipOutput, _GRUCandidate, SkipRNNBase, check_single_bias
 
 
 def _check_p_skip(p_skip) -> float:
@@ -46,25 +46,25 @@ class _PeriodicSkip:
         return super().extra_repr() + f", period={self.period}"
 
 
-class RandomSkipLSTM(_RandomSkip, _SkipRNNBase):
+class RandomSkipLSTM(_RandomSkip, SkipRNNBase):
     """LSTM that skips each update with probability ``p_skip`` (first step forced)."""
 
     mode = "lstm"
 
 
-class RandomSkipGRU(_RandomSkip, _GRUCandidate, _SkipRNNBase):
+class RandomSkipGRU(_RandomSkip, _GRUCandidate, SkipRNNBase):
     """GRU that skips each update with probability ``p_skip`` (first step forced)."""
 
     mode = "gru"
 
 
-class PeriodicSkipLSTM(_PeriodicSkip, _SkipRNNBase):
+class PeriodicSkipLSTM(_PeriodicSkip, SkipRNNBase):
     """LSTM that updates on steps 1, 1+period, 1+2·period, ... (chunked calls keep the phase)."""
 
     mode = "lstm"
 
 
-class PeriodicSkipGRU(_PeriodicSkip, _GRUCandidate, _SkipRNNBase):
+class PeriodicSkipGRU(_PeriodicSkip, _GRUCandidate, SkipRNNBase):
     """GRU that updates on steps 1, 1+period, 1+2·period, ... (chunked calls keep the phase)."""
 
     mode = "gru"

@@ -129,7 +129,7 @@ def paper_init_weights(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | Non
         b_ih[slice(H, 2 * H) if mode == "lstm" else slice(0, 2 * H)] = 1.0
 
 
-class _SkipRNNBase(nn.Module):
+class SkipRNNBase(nn.Module):
     """Shared machinery of Skip LSTM / Skip GRU and their skipping baselines."""
 
     mode = "lstm"
@@ -208,7 +208,7 @@ class _SkipRNNBase(nn.Module):
         if self.init_state is not None:
             nn.init.normal_(self.init_state, 0.0, 1.0)
 
-    def paper_init_(self, joint: bool = False) -> "_SkipRNNBase":
+    def paper_init_(self, joint: bool = False) -> "SkipRNNBase":
         """The paper's code initialisation (§1.4): Glorot-uniform weights, zero biases, LSTM forget
         bias +1 (TF's ``forget_bias``), GRU reset/update gate biases 1, update-gate bias 1.
 
@@ -218,7 +218,7 @@ class _SkipRNNBase(nn.Module):
         """
         with torch.no_grad():
             for d in range(self.num_directions):
-                for layer in self._layers(d):
+                for layer in self.layer_weights(d):
                     paper_init_weights(self.mode, *layer[:3],
                                        None if self.single_bias else layer[3], joint=joint)
             for gate in self._update_gates():
@@ -261,7 +261,7 @@ class _SkipRNNBase(nn.Module):
     def __prepare_scriptable__(self):   # torch.jit.script calls this first
         raise unsupported_export(self, "compiled with torch.jit.script")
 
-    def _layers(self, direction: int = 0):
+    def layer_weights(self, direction: int = 0):
         """Per layer ``(w_ih, w_hh, b_ih, b_hh)`` of one direction (0: forward, 1: reverse); with
         ``single_bias`` b_hh is a constant zero."""
         sfx = self._suffixes()[direction]
@@ -270,7 +270,7 @@ class _SkipRNNBase(nn.Module):
                  self._zero_bias if self.single_bias else getattr(self, f"bias_hh_l{k}{sfx}"))
                 for k in range(self.num_layers)]
 
-    def _cell_kwargs(self) -> dict:
+    def cell_options(self) -> dict:
         """Keyword arguments of the cell variant for the backends (GRU: ``reset_after``)."""
         return {"reset_after": self.reset_after} if self.mode == "gru" else {}
 
@@ -310,7 +310,12 @@ class _SkipRNNBase(nn.Module):
             st = cache[key] = self.initial_state(B, x)
         return st
 
-    def _parse_hx(self, hx, B: int, x: Tensor, unbatched: bool, shared_fresh: bool = False):
+    def parse_state(self, hx, B: int, x: Tensor, unbatched: bool, shared_fresh: bool = False):
+        """The full state (:class:`SkipLSTMState` / :class:`SkipGRUState`, batched) that ``hx``
+        stands for in a call on time-major ``x`` ``(T, B, I)``: None (fresh, or the learned
+        s_0), nn-style ``(h0, c0)`` / ``h0`` (a fresh gate), a returned hidden or a full state
+        (the gate carried). Checks every shape against the layer; ``unbatched``: ``hx`` has no
+        batch dimension. ``shared_fresh``: the fresh state may be a cached, read-only one."""
         L, H = self.num_layers * self.num_directions, self.hidden_size
         if hx is None:
             if shared_fresh and self.init_state is None:
@@ -405,7 +410,7 @@ class _SkipRNNBase(nn.Module):
         name = self._decide_backend(x, threshold).name
         self.last_backend = name
         fn = dispatch.select_named(self.mode, name)
-        state = self._parse_hx(hx, B, x, unbatched,
+        state = self.parse_state(hx, B, x, unbatched,
                                shared_fresh=name == "triton" and not self.bidirectional)
         if not self.bidirectional:
             return self._direction(fn, 0, x, state, mask, threshold, forced, const)
@@ -432,9 +437,9 @@ class _SkipRNNBase(nn.Module):
         cum, u, p)``."""
         gate = (self.update_gate, self.update_gate_reverse if self.bidirectional else None)[d]
         gw, gb = (gate.weight, gate.bias) if gate is not None else (None, None)
-        return fn(x, *state, self._layers(d), gw, gb, mask=mask, threshold=threshold,
+        return fn(x, *state, self.layer_weights(d), gw, gb, mask=mask, threshold=threshold,
                   dropout=self.dropout, training=self.training, forced=forced,
-                  constant_delta=const, **self._cell_kwargs())
+                  constant_delta=const, **self.cell_options())
 
     # ------------------------------------------------------------------ forward
     def forward(self, input, hx=None, lengths=None) -> SkipOutput:
@@ -550,7 +555,7 @@ class _SkipRNNBase(nn.Module):
         return new
 
 
-class SkipLSTM(_SkipRNNBase):
+class SkipLSTM(SkipRNNBase):
     """Skip LSTM (paper Eqs. 2-5): an nn.LSTM whose state update is gated by a learned binary u_t.
 
     One gate u_t is shared by the whole stack; Δũ comes from the top layer's new cell state c.
@@ -599,7 +604,7 @@ class _GRUCandidate:
         super().__init__(*args, **kwargs)
 
 
-class SkipGRU(_GRUCandidate, _SkipRNNBase):
+class SkipGRU(_GRUCandidate, SkipRNNBase):
     """Skip GRU (paper Eqs. 2-5) over nn.GRU's cell; Δũ comes from the top layer's new h.
 
     Arguments and shapes as :class:`SkipLSTM`; ``hx`` may be ``h0`` ``(L, B, H)``.
