@@ -59,3 +59,21 @@ def test_compiled_model_trains_as_eager(cls):
     with torch.no_grad():
         u = eager.rnn(batches[0][0]).updates
     assert 0 < u.mean() < 1
+
+
+@pytest.mark.parametrize("cls", [SkipLSTM, SkipGRU])
+def test_torch_export_of_a_layer_matches_eager(cls):
+    """torch.export of a whole layer's forward (traced through the reference, unrolled over T):
+    the program's output, updates and state equal the eager layer's on a gate that skips."""
+    torch.manual_seed(0)
+    layer = cls(3, 8).eval()
+    with torch.no_grad():
+        layer.update_gate.bias.fill_(-0.3)
+    x = torch.randn(12, 2, 3)
+    program = torch.export.export(layer, (x,))
+    got, ref = program.module()(x), layer(x)
+    assert isinstance(got, skiprnn.SkipOutput)
+    torch.testing.assert_close(got.output, ref.output, rtol=0, atol=1e-6)
+    assert torch.equal(got.updates, ref.updates) and 0 < ref.updates.mean() < 1
+    torch.testing.assert_close(got.state.cum_update_prob, ref.state.cum_update_prob, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[1][0] if cls is SkipLSTM else got[1], ref.state.h, rtol=0, atol=1e-6)

@@ -112,3 +112,22 @@ class SkipGRUState(NamedTuple):
     h: Tensor
     update_prob: Tensor
     cum_update_prob: Tensor
+
+
+def _register_pytrees() -> None:
+    """Let torch.export / torch.utils._pytree see through the records (their tensors are leaves):
+    a SkipOutput flattens to (output, state, updates, update_probs), an LSTMHidden to its four
+    tensors; both rebuild through their constructors (the GRU's hidden is a tensor already)."""
+    import torch.utils._pytree as pytree
+
+    pytree.register_pytree_node(
+        SkipOutput, lambda r: ([r[0], r.state, r.updates, r.update_probs], None),
+        lambda children, _: SkipOutput(*children),
+        serialized_type_name="skiprnn.outputs.SkipOutput")
+    pytree.register_pytree_node(
+        LSTMHidden, lambda h: ([h[0], h[1], h.update_prob, h.cum_update_prob], None),
+        lambda children, _: LSTMHidden(*children),
+        serialized_type_name="skiprnn.outputs.LSTMHidden")
+
+
+_register_pytrees()

@@ -380,6 +380,10 @@ class SkipRNNBase(nn.Module):
             dropout=self.training and self.dropout > 0 and self.num_layers > 1)
         grad = torch.is_grad_enabled() and (x.requires_grad
                                             or any(p.requires_grad for p in self.parameters()))
+        if torch.compiler.is_exporting():     # only the reference is plain traceable tensor maths
+            return dispatch.BackendChoice("reference", "torch.export traces the layer: the "
+                                          "reference (the others are hand-written autograd "
+                                          "functions and data-dependent loops)")
         return dispatch.decide(self.mode, self.backend, device_type=x.device.type,
                                num_layers=self.num_layers, fast_ok=not why, grad=grad,
                                skip_ok=self.gate_mode == "learned" and not why, why_not_fast=why)
