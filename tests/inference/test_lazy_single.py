@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from skiprnn import PeriodicSkipGRU, PeriodicSkipLSTM, RandomSkipLSTM
-from skiprnn.inference import lazy, lazy_forward, skipping
+from skiprnn.inference import lazy, lazy_forward
+from skiprnn.ops import skipping
 
 from inference_testutil import assert_no_ties, assert_same, constant_gate, make_layer, random_state, run
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from skiprnn.inference import skipping
+from skiprnn.ops import skipping
 
 from inference_testutil import assert_no_ties, assert_same, constant_gate, make_layer, random_state, run
 

@@ -16,7 +16,7 @@ from functools import partial
 import pytest
 import torch
 
-from skiprnn.inference.skipping import skip_gru_skipping, skip_lstm_skipping
+from skiprnn.ops.skipping import skip_gru_skipping, skip_lstm_skipping
 from skiprnn.ops.skip_gru.cpu import skip_gru_cpu
 from skiprnn.ops.skip_gru.naive import skip_gru_naive
 from skiprnn.ops.skip_lstm.cpu import skip_lstm_cpu

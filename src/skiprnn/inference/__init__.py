@@ -10,7 +10,7 @@
 
 from .export import SkipGRUStep, SkipLSTMStep, SkipStepModule, export_onnx, export_step
 from .lazy import LazyResult, lazy_forward
-from .skipping import simulate_skips, skip_gru_skipping, skip_lstm_skipping
+from ..ops.skipping import simulate_skips, skip_gru_skipping, skip_lstm_skipping
 from .stream import SkipStream, stream
 from .thresholds import evaluate_thresholds, plot_thresholds, skip_layers
 

@@ -21,8 +21,8 @@ from torch import Tensor
 
 from ..metrics import flops_per_update
 from ..outputs import SkipOutput
-from . import skipping
-from .skipping import _AlternatingMV, _SkipRuns, np_dtype
+from ..ops import skipping
+from ..ops.skipping import _AlternatingMV, _SkipRuns, np_dtype
 from .stream import SkipStream, _gate_config
 
 __all__ = ["lazy_forward", "LazyResult"]

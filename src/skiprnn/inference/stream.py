@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..outputs import SkipOutput
-from .skipping import StepCell, np_dtype, simulate_skips, skip_gru_skipping, skip_lstm_skipping
+from ..ops.skipping import StepCell, np_dtype, simulate_skips, skip_gru_skipping, skip_lstm_skipping
 
 __all__ = ["SkipStream", "stream"]
 

@@ -26,8 +26,8 @@ _IMPLS = {
     ("lstm", "triton"): "skiprnn.ops.skip_lstm.fused:skip_lstm_triton",
     ("gru", "triton"): "skiprnn.ops.skip_gru.fused:skip_gru_triton",
     # inference only (no autograd): skipped steps do no work
-    ("lstm", "skipping"): "skiprnn.inference.skipping:skip_lstm_skipping",
-    ("gru", "skipping"): "skiprnn.inference.skipping:skip_gru_skipping",
+    ("lstm", "skipping"): "skiprnn.ops.skipping:skip_lstm_skipping",
+    ("gru", "skipping"): "skiprnn.ops.skipping:skip_gru_skipping",
 }
 
 

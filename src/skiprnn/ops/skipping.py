@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._env import triton_available
-from ..ops.skip_gru.naive import gru_cell
+from .skip_gru.naive import gru_cell
 
 __all__ = ["skip_lstm_skipping", "skip_gru_skipping", "simulate_skips", "np_dtype", "StepCell"]
 
@@ -540,9 +540,9 @@ def _triton_infer(kind: str):
         return None
     try:
         if kind == "lstm":
-            from ..ops.skip_lstm.fused import skip_lstm_triton_infer as fn
+            from .skip_lstm.fused import skip_lstm_triton_infer as fn
         else:
-            from ..ops.skip_gru.fused import skip_gru_triton_infer as fn
+            from .skip_gru.fused import skip_gru_triton_infer as fn
     except ImportError:
         return None
     return fn
@@ -597,7 +597,7 @@ def skip_lstm_skipping(x: Tensor, h0: Tensor, c0: Tensor, update_prob0: Tensor, 
     updates (T, B), update_probs (T, B))``.
     """
     if _needs_reference(x, threshold, dropout, training, forced, len(layers)):
-        from ..ops.skip_lstm.naive import skip_lstm_naive
+        from .skip_lstm.naive import skip_lstm_naive
         with torch.no_grad():
             return skip_lstm_naive(x, h0, c0, update_prob0, cum_prob0, layers, gate_weight,
                                    gate_bias, mask=mask, threshold=threshold, dropout=dropout,
@@ -619,7 +619,7 @@ def skip_gru_skipping(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Te
     update_probs (T, B))``.
     """
     if _needs_reference(x, threshold, dropout, training, forced, len(layers)):
-        from ..ops.skip_gru.naive import skip_gru_naive
+        from .skip_gru.naive import skip_gru_naive
         with torch.no_grad():
             return skip_gru_naive(x, h0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,
                                   mask=mask, threshold=threshold, dropout=dropout,
