@@ -238,11 +238,13 @@ class SkipRNNBase(nn.Module):
         """Parameter-name suffix per direction, as nn.LSTM's: '' and '_reverse'."""
         return ("", "_reverse") if self.bidirectional else ("",)
 
+    def _gate(self, direction: int = 0):
+        """Direction ``direction``'s update-gate projection (W_p, b_p), None without a learned gate."""
+        return self.update_gate_reverse if direction else self.update_gate
+
     def _update_gates(self) -> list:
-        """The update gates' projections (W_p, b_p), one per direction (none without a learned
-        gate)."""
-        gates = [self.update_gate] + ([self.update_gate_reverse] if self.bidirectional else [])
-        return [g for g in gates if g is not None]
+        """The update gates' projections, one per direction (none without a learned gate)."""
+        return [g for g in map(self._gate, range(self.num_directions)) if g is not None]
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -439,7 +441,7 @@ class SkipRNNBase(nn.Module):
     def _direction(self, fn, d: int, x: Tensor, state, mask, threshold, forced, const):
         """One direction's recurrence through backend ``fn``: its result tuple ``(out, *hc, up,
         cum, u, p)``."""
-        gate = (self.update_gate, self.update_gate_reverse if self.bidirectional else None)[d]
+        gate = self._gate(d)
         gw, gb = (gate.weight, gate.bias) if gate is not None else (None, None)
         return fn(x, *state, self.layer_weights(d), gw, gb, mask=mask, threshold=threshold,
                   dropout=self.dropout, training=self.training, forced=forced,
