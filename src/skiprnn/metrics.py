@@ -8,24 +8,30 @@ import torch
 from torch import Tensor
 
 from .losses import _per_sequence
+from .ops.naive import check_max_skip
 
 _GATES = {"lstm": 4, "gru": 3}
 
 
-def n_skip(delta):
+def n_skip(delta, max_skip=None):
     """Steps skipped after an update whose gate produced Δũ = ``delta`` (paper Eq. 6).
 
     ``N_skip = min{n ∈ Z+ : n·Δũ ≥ 0.5} − 1 = ceil(0.5 / Δũ) − 1``. Works on floats and tensors.
     At exact ties (n·Δũ == 0.5, e.g. Δũ = 0.25) the layers skip one step more, because
     round(0.5) = 0 (round half to even, as TensorFlow in the paper's code).
+    ``max_skip``: a layer's cap K (``SkipLSTM(max_skip=K)``): ``min(N_skip, K)``, the steps that
+    layer skips after an update whose unfloored gate gave ``delta``.
     """
+    max_skip = check_max_skip(max_skip)
     if isinstance(delta, Tensor):
         if bool(((delta <= 0) | (delta > 1)).any()):
             raise ValueError("delta must lie in (0, 1]")
-        return torch.ceil(0.5 / delta).to(torch.long) - 1
+        n = torch.ceil(0.5 / delta).to(torch.long) - 1
+        return n if max_skip is None else n.clamp_max(max_skip)
     if not 0.0 < float(delta) <= 1.0:
         raise ValueError(f"delta must lie in (0, 1], got {delta!r}")
-    return math.ceil(0.5 / float(delta)) - 1
+    n = math.ceil(0.5 / float(delta)) - 1
+    return n if max_skip is None else min(n, max_skip)
 
 
 def update_counts(updates: Tensor, lengths=None, batch_first: bool = False) -> Tensor:

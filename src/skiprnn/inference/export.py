@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.naive import accumulate
+from ..ops.naive import accumulate, check_cap_holds, floor_update_prob
 from ..ops.skip_gru.naive import gru_cell
 from ..ops.skip_lstm.naive import lstm_cell
 
@@ -26,12 +26,16 @@ class _StepBase(nn.Module):
         self.layer = layer
         self.num_layers = layer.num_layers
         self.threshold = float(layer.threshold)
+        self.max_skip = getattr(layer, "max_skip", None)
+        check_cap_holds(self.max_skip, self.threshold)
 
     def _gate(self, feat, update_prob, cum):
         g = self.layer.update_gate
+        update_prob = floor_update_prob(update_prob, self.max_skip)  # no-op on the step's own
         u_tilde = accumulate(update_prob, cum)
         u = u_tilde > self.threshold
-        delta = torch.sigmoid(F.linear(feat, g.weight, g.bias)).squeeze(-1)
+        delta = floor_update_prob(torch.sigmoid(F.linear(feat, g.weight, g.bias)).squeeze(-1),
+                                  self.max_skip)
         new_up = torch.where(u, delta, update_prob)
         new_cum = torch.where(u, torch.zeros_like(u_tilde), u_tilde)
         return u, u_tilde, new_up, new_cum

@@ -22,6 +22,7 @@ from torch import Tensor
 from ..metrics import flops_per_update
 from ..outputs import SkipOutput
 from ..ops import skipping
+from ..ops.naive import floor_update_prob
 from ..ops.skipping import _AlternatingMV, _SkipRuns, np_dtype
 from .stream import SkipStream, _gate_config
 
@@ -182,7 +183,8 @@ class _LazyStack:
     tensor). ``update(h_top)`` also writes the top layer's new h into ``h_top``; returns Δũ.
     """
 
-    def __init__(self, kind, layers, gate_weight, gate_bias, const, hs, cs, npdt):
+    def __init__(self, kind, layers, gate_weight, gate_bias, const, hs, cs, npdt,
+                 max_skip=None):
         self.kind, self.npdt = kind, npdt
         self.L = len(layers)
         H = hs[0].shape[0]
@@ -230,6 +232,7 @@ class _LazyStack:
         self.x = self.inp[0]
         self.x2t = torch.from_numpy(self.x).view(1, -1)  # the first layer's input, as (1, I)
         self.const = None if const is None else npdt(const)
+        self.max_skip = max_skip  # Δũ floored as the layer's (ops.naive.floor_update_prob)
         self.gw = None if gate_weight is None else gate_weight.detach()[0].numpy()
         self.gb = None if gate_bias is None else npdt(gate_bias.item())
 
@@ -290,7 +293,7 @@ class _LazyStack:
             return self.const
         feat = self.c[-1] if self.kind == "lstm" else self.v[-1][:self.H]
         zz = np.dot(self.gw, feat) + self.gb
-        return self.npdt(self.one / (self.one + np.exp(-zz)))
+        return floor_update_prob(self.npdt(self.one / (self.one + np.exp(-zz))), self.max_skip)
 
 
 def _getter_one(source, get):
@@ -327,10 +330,13 @@ def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) ->
         hs = [h[0].detach().numpy().astype(npdt, copy=True) for h in state[0].unbind(0)]
         cs = ([c[0].detach().numpy().astype(npdt, copy=True) for c in state[1].unbind(0)]
               if layer.mode == "lstm" else None)
-        stack = _LazyStack(layer.mode, layer.layer_weights(), gw, gb, const, hs, cs, npdt)
+        max_skip = getattr(layer, "max_skip", None)
+        stack = _LazyStack(layer.mode, layer.layer_weights(), gw, gb, const, hs, cs, npdt,
+                           max_skip)
         runs = _SkipRuns(threshold, npdt)
         x2 = stack.x2t
-        up, cum = npdt(state.update_prob.item()), npdt(state.cum_update_prob.item())
+        up = floor_update_prob(npdt(state.update_prob.item()), max_skip)
+        cum = npdt(state.cum_update_prob.item())
         # output rows: 0 the top h before step 0, j the j-th update's h
         hist = np.empty((T + 1, H), npdt)
         hist[0] = hs[-1]

@@ -18,15 +18,18 @@ import torch
 from torch import Tensor
 
 from ..outputs import SkipOutput
+from ..ops.naive import check_cap_holds, floor_update_prob
 from ..ops.skipping import StepCell, np_dtype, simulate_skips, skip_gru_skipping, skip_lstm_skipping
 
 __all__ = ["SkipStream", "stream"]
 
 
 def _gate_config(layer):
-    """(threshold, constant Δũ) of a Skip layer at inference (learned gate or periodic baseline)."""
+    """(threshold, constant Δũ) of a Skip layer at inference (learned gate or periodic baseline);
+    refuses a threshold its ``max_skip`` cannot hold under."""
     mode = getattr(layer, "gate_mode", "learned")
     if mode == "learned":
+        check_cap_holds(getattr(layer, "max_skip", None), float(layer.threshold))
         return float(layer.threshold), None
     if mode == "periodic":
         return 1.0 - 0.5 / layer.period, 1.0 / layer.period
@@ -77,7 +80,9 @@ class SkipStream:
         with torch.no_grad():
             self.hs = [h.clone() for h in state[0].unbind(0)]
             self.cs = [c.clone() for c in state[1].unbind(0)] if self.kind == "lstm" else None
-        self.up = state.update_prob.detach().cpu().numpy().astype(self.npdt, copy=True)
+        self.max_skip = getattr(layer, "max_skip", None)
+        self.up = floor_update_prob(  # a given state's Δũ, floored as the layer's forward does
+            state.update_prob.detach().cpu().numpy().astype(self.npdt, copy=True), self.max_skip)
         self.cum = state.cum_update_prob.detach().cpu().numpy().astype(self.npdt, copy=True)
         self.t = 0
         self.last_update_prob = None

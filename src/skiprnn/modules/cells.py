@@ -14,8 +14,8 @@ from ..ops.skip_gru.naive import skip_gru_naive
 from ..ops.skip_lstm.naive import skip_lstm_naive
 from ..ops.ste import bernoulli_thresholds, check_binarizer, check_threshold
 from ._checks import check_input, check_lengths, check_matches_weights
-from .rnn import (SkipGRUState, SkipLSTMState, SkipOutput, _GRUCandidate, check_single_bias,
-                  paper_init_weights)
+from .rnn import (SkipGRUState, SkipLSTMState, SkipOutput, _GRUCandidate, check_layer_max_skip,
+                  check_single_bias, paper_init_weights)
 
 
 class SkipCellOutput(NamedTuple):
@@ -36,12 +36,14 @@ class _SkipCellBase(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  binarizer: str = "round", threshold: float = 0.5, single_bias: bool = False,
-                 device=None, dtype=None):
+                 max_skip: int | None = None, device=None, dtype=None):
         super().__init__()
         f = {"device": device, "dtype": dtype}
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         self.single_bias = check_single_bias(single_bias, bias)
         self.binarizer, self.threshold = check_binarizer(binarizer), check_threshold(threshold)
+        self.max_skip = check_layer_max_skip(type(self).__name__, max_skip, binarizer,
+                                             self.threshold)
         G = self.gates * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(G, input_size, **f))
         self.weight_hh = nn.Parameter(torch.empty(G, hidden_size, **f))
@@ -95,6 +97,7 @@ class SkipLSTMCell(_SkipCellBase):
 
     ``forward(input (B, I), state=None) -> SkipCellOutput``; ``state`` is a SkipLSTMState with h,
     c of shape ``(B, H)`` and update_prob, cum_update_prob ``(B,)``, or nn.LSTMCell's ``(h, c)``.
+    ``max_skip`` as :class:`SkipLSTM` (over a sequence of calls that carry the state).
     """
 
     gates = 4
@@ -111,7 +114,8 @@ class SkipLSTMCell(_SkipCellBase):
         h, c, up, cum = state
         out, hn, cn, up, cum, u, p = skip_lstm_naive(
             x[None], h[None], c[None], up, cum, self._layer(),
-            self.update_gate.weight, self.update_gate.bias, threshold=self._threshold(B, x))
+            self.update_gate.weight, self.update_gate.bias, threshold=self._threshold(B, x),
+            max_skip=self.max_skip)
         st = SkipLSTMState(hn[0], cn[0], up, cum)
         if unb:
             st = SkipLSTMState(hn[0, 0], cn[0, 0], up[0], cum[0])
@@ -139,7 +143,7 @@ class SkipGRUCell(_GRUCandidate, _SkipCellBase):
         out, hn, up, cum, u, p = skip_gru_naive(
             x[None], h[None], up, cum, self._layer(),
             self.update_gate.weight, self.update_gate.bias, threshold=self._threshold(B, x),
-            reset_after=self.reset_after)
+            reset_after=self.reset_after, max_skip=self.max_skip)
         if unb:
             return SkipCellOutput(out[0, 0], SkipGRUState(hn[0, 0], up[0], cum[0]), u[0, 0], p[0, 0])
         return SkipCellOutput(out[0], SkipGRUState(hn[0], up, cum), u[0], p[0])
@@ -165,7 +169,7 @@ class SkipRNN(nn.Module):
         gate_size: size of the gate feature (default ``cell.hidden_size``).
         gate_index: which state tensor feeds Δũ (default -1: ``c`` for nn.LSTMCell, as the paper).
         output_index: which state tensor is the output (default 0: ``h``).
-        batch_first, binarizer, threshold: as :class:`SkipLSTM`.
+        batch_first, binarizer, threshold, max_skip: as :class:`SkipLSTM`.
 
     ``forward(input, hx=None, lengths=None) -> SkipOutput``; ``hx`` is the cell's state or a
     SkipRNNState; without ``hx`` the cell state starts at zeros (needs ``cell.hidden_size``;
@@ -174,7 +178,7 @@ class SkipRNN(nn.Module):
 
     def __init__(self, cell: nn.Module, gate_size: int | None = None, gate_index: int = -1,
                  output_index: int = 0, batch_first: bool = False, binarizer: str = "round",
-                 threshold: float = 0.5):
+                 threshold: float = 0.5, max_skip: int | None = None):
         super().__init__()
         if not callable(cell):
             raise TypeError(f"cell must be a callable nn.Module, got {type(cell).__name__}")
@@ -186,6 +190,8 @@ class SkipRNN(nn.Module):
         self.gate_index, self.output_index = gate_index, output_index
         self.batch_first = batch_first
         self.binarizer, self.threshold = check_binarizer(binarizer), check_threshold(threshold)
+        self.max_skip = check_layer_max_skip(type(self).__name__, max_skip, binarizer,
+                                             self.threshold)
         self.update_gate = nn.Linear(gate_size, 1)
         nn.init.constant_(self.update_gate.bias, 1.0)
 
@@ -225,7 +231,7 @@ class SkipRNN(nn.Module):
                else self.threshold)
         out, state, up, cum, u, p = skip_loop(step, x, state0, up, cum, delta_fn,
                                               out_index=self.output_index % len(state0),
-                                              mask=mask, threshold=thr)
+                                              mask=mask, threshold=thr, max_skip=self.max_skip)
         st = SkipRNNState(state[0] if single else state, up, cum)
         if unbatched:
             out, u, p = out.squeeze(1), u.squeeze(1), p.squeeze(1)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..ops import dispatch
+from ..ops.naive import check_cap_holds, check_max_skip
 from ..ops.ste import bernoulli_thresholds, check_binarizer, check_threshold
 from ..outputs import SkipGRUState, SkipLSTMState, SkipOutput
 from ._checks import check_input, check_lengths, check_matches_weights, check_state_tensor
@@ -78,6 +79,24 @@ def check_nn_only_options(name: str, bidirectional, proj_size, num_layers: int =
             f"{name} does not support proj_size > 0 (nn.LSTM's projected h): the update gate reads "
             "the unprojected state and the paper defines no projection; put an nn.Linear on the "
             f"output instead; got proj_size={proj_size}")
+
+
+def check_layer_max_skip(name: str, max_skip, binarizer: str, threshold: float,
+                         gate_mode: str = "learned") -> int | None:
+    """A layer's ``max_skip`` (None or an int K ≥ 1), refused where the cap could not hold: no
+    learned gate, the Bernoulli binarizer (sampled in training), a threshold τ > 0.5."""
+    max_skip = check_max_skip(max_skip)
+    if max_skip is None:
+        return None
+    if gate_mode != "learned":
+        raise ValueError(f"max_skip floors a learned update gate; {name} has a {gate_mode} gate "
+                         f"(got max_skip={max_skip})")
+    if binarizer == "bernoulli":
+        raise ValueError(f"{name}: max_skip cannot cap runs of skipped steps under "
+                         "binarizer='bernoulli' (a sampled gate may stay shut for any number of "
+                         "steps in training); use binarizer='round'")
+    check_cap_holds(max_skip, threshold)
+    return max_skip
 
 
 def reversal_index(T: int, B: int, mask: Tensor | None, device) -> Tensor:
@@ -140,7 +159,7 @@ class SkipRNNBase(nn.Module):
                  batch_first: bool = False, dropout: float = 0.0, binarizer: str = "round",
                  threshold: float = 0.5, learn_init: bool = False, backend: str = "auto",
                  single_bias: bool = False, bidirectional: bool = False, proj_size: int = 0,
-                 device=None, dtype=None):
+                 max_skip: int | None = None, device=None, dtype=None):
         super().__init__()
         check_nn_only_options(type(self).__name__, bidirectional, proj_size, num_layers)
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size),
@@ -162,6 +181,8 @@ class SkipRNNBase(nn.Module):
         self.backend = dispatch.check_backend(backend)
         self.learn_init = learn_init
         self.bidirectional = bidirectional
+        self.max_skip = check_layer_max_skip(type(self).__name__, max_skip, self.binarizer,
+                                             self.threshold, self.gate_mode)
         G = _GATES[self.mode] * hidden_size
         for k in range(num_layers):
             in_k = input_size if k == 0 else hidden_size
@@ -273,8 +294,13 @@ class SkipRNNBase(nn.Module):
                 for k in range(self.num_layers)]
 
     def cell_options(self) -> dict:
-        """Keyword arguments of the cell variant for the backends (GRU: ``reset_after``)."""
-        return {"reset_after": self.reset_after} if self.mode == "gru" else {}
+        """Keyword arguments of the cell variant for the backends and inference engines (GRU:
+        ``reset_after``; ``max_skip`` when set, which only the reference, CPU and skipping paths
+        take, so that dispatch never routes such a call elsewhere)."""
+        opts = {"reset_after": self.reset_after} if self.mode == "gru" else {}
+        if getattr(self, "max_skip", None) is not None:
+            opts["max_skip"] = self.max_skip
+        return opts
 
     @property
     def state_type(self):
@@ -382,13 +408,16 @@ class SkipRNNBase(nn.Module):
             dropout=self.training and self.dropout > 0 and self.num_layers > 1)
         grad = torch.is_grad_enabled() and (x.requires_grad
                                             or any(p.requires_grad for p in self.parameters()))
+        no_triton = ("max_skip (the Triton kernels have no floor on Δũ)"
+                     if getattr(self, "max_skip", None) is not None else "")
         if torch.compiler.is_exporting():     # only the reference is plain traceable tensor maths
             return dispatch.BackendChoice("reference", "torch.export traces the layer: the "
                                           "reference (the others are hand-written autograd "
                                           "functions and data-dependent loops)")
         return dispatch.decide(self.mode, self.backend, device_type=x.device.type,
                                num_layers=self.num_layers, fast_ok=not why, grad=grad,
-                               skip_ok=self.gate_mode == "learned" and not why, why_not_fast=why)
+                               skip_ok=self.gate_mode == "learned" and not why, why_not_fast=why,
+                               why_not_triton=no_triton)
 
     def backend_for(self, input) -> dispatch.BackendChoice:
         """Which backend ``self(input)`` would run on now (training mode, autograd, device and
@@ -538,6 +567,8 @@ class SkipRNNBase(nn.Module):
             s += ", reset_after=False"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if getattr(self, "max_skip", None) is not None:
+            s += f", max_skip={self.max_skip}"
         return s
 
     # ------------------------------------------------------------------ conversion
@@ -578,6 +609,10 @@ class SkipLSTM(SkipRNNBase):
             as nn.LSTM's) and gate (``update_gate_reverse``); output ``(T, B, 2H)``, h_n
             ``(2, B, H)``, updates ``(T, B, 2)`` (direction last).
         proj_size: accepted for nn.LSTM's signature; > 0 is refused with the reason.
+        max_skip: None (the paper's gate) or K ≥ 1: at most K consecutive skipped steps, in
+            training and in every inference path (Δũ floored at 1/(2K+1), gradient 0 where the
+            floor acts; so at least 1/(K+1) of the steps are read). Needs binarizer='round' and
+            threshold ≤ 0.5; runs on the reference / CPU / skipping paths (never Triton).
 
     Shapes: input ``(T, B, I)`` → ``output, (h_n, c_n)`` as nn.LSTM: output ``(T, B, H)``, h_n and
     c_n ``(num_layers, B, H)``; ``result.updates`` ``(T, B)`` (see SkipOutput).

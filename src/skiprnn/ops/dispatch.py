@@ -57,10 +57,12 @@ class BackendChoice(NamedTuple):
 
 
 def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_ok: bool,
-           grad: bool = True, skip_ok: bool = False, why_not_fast: str = ""):
+           grad: bool = True, skip_ok: bool = False, why_not_fast: str = "",
+           why_not_triton: str = ""):
     """Return ``(name, function)`` for the requested backend (see :func:`decide`)."""
     choice = decide(kind, backend, device_type=device_type, num_layers=num_layers,
-                    fast_ok=fast_ok, grad=grad, skip_ok=skip_ok, why_not_fast=why_not_fast)
+                    fast_ok=fast_ok, grad=grad, skip_ok=skip_ok, why_not_fast=why_not_fast,
+                    why_not_triton=why_not_triton)
     return choice.name, _load(kind, choice.name)
 
 
@@ -79,14 +81,17 @@ def select_named(kind: str, name: str):
 
 
 def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_ok: bool,
-           grad: bool = True, skip_ok: bool = False, why_not_fast: str = "") -> BackendChoice:
+           grad: bool = True, skip_ok: bool = False, why_not_fast: str = "",
+           why_not_triton: str = "") -> BackendChoice:
     """The backend a call runs on, with the reason: the one place the rules live.
 
     ``fast_ok`` is False when the call needs something only the reference does (several layers,
     Bernoulli sampling, baselines' forced gates, dropout; ``why_not_fast`` says which). 'auto' then
     falls back to the reference; an explicitly requested fast backend raises. Without autograd
     (``grad=False``) and with a deterministic learned gate (``skip_ok``), 'auto' uses the skipping
-    inference path, whose skipped steps cost nothing.
+    inference path, whose skipped steps cost nothing. ``why_not_triton`` (e.g. ``max_skip``,
+    which the Triton kernels do not have): 'auto' on CUDA then runs the reference (the CPU path on
+    CUDA tensors is a slow generic fallback), and an explicit 'triton' raises.
     """
     env = _env(ENV_VAR)
     asked = f"backend={backend!r}"
@@ -110,6 +115,9 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
     slow = why_not_fast or ("" if num_layers == 1 else
                             f"num_layers={num_layers} (the fast paths run one layer)")
     if backend == "auto":
+        if device_type == "cuda" and why_not_triton and fast_ok and not slow:
+            return BackendChoice("reference", f"{asked} on cuda tensors and the call needs the "
+                                 f"reference: {why_not_triton}")
         if not fast_ok or slow:
             return BackendChoice("reference", f"{asked} and the call needs the reference: "
                                  f"{slow or 'a gate mode only the reference runs'}")
@@ -122,6 +130,9 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
                                      f"{device_type} tensors: the {name} fast path")
         return BackendChoice("reference", f"{asked}: no fast path is available for "
                              f"{device_type} tensors here")
+    if backend == "triton" and why_not_triton:
+        raise ValueError(f"backend 'triton' cannot run this call: {why_not_triton}. Use "
+                         "backend='auto', 'reference' or 'cpu'.")
     if not fast_ok or num_layers != 1:
         raise ValueError(
             f"backend {backend!r} supports one layer with the deterministic gate; this call needs "

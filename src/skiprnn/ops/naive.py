@@ -14,7 +14,12 @@ Per step t (B rows, state tensors of shape (B, *)):
 
 (*) at an exact tie the whole gradient of the min goes to Δũ, as TensorFlow's (``accumulate``).
 
-with Δũ_0 = 1 and cum_0 = 0, so the first step always updates. ``z_t`` is the gate feature of the
+with Δũ_0 = 1 and cum_0 = 0, so the first step always updates.
+
+A floor on reading (``max_skip=K``, off by default): Δũ_t = max(σ(W_p z_t + b_p), 1/(2K+1))
+(:func:`floor_update_prob`), applied to the carried Δũ of a given state too. After an update
+ũ_{t+j} = min(j·Δũ_t, 1) and (K+1)/(2K+1) > 0.5 > K/(2K+1), so at most K consecutive
+steps are skipped (exactly K where the unfloored gate would skip more) for any τ ≤ 0.5. ``z_t`` is the gate feature of the
 candidate state (the new top-layer ``c`` for LSTM, ``h`` for GRU).  The output at step t is one
 tensor of the gated state (``state[out_index]``, the top-layer ``h``). Padded steps (``mask`` 0) are
 never updates and leave every part of the state untouched.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,6 +55,59 @@ def accumulate(update_prob: Tensor, cum: Tensor) -> Tensor:
     return cum + torch.where(update_prob <= room, update_prob, room)
 
 
+def check_max_skip(max_skip) -> int | None:
+    """``max_skip``: None (no floor) or an int K ≥ 1, the most consecutive skipped steps."""
+    if max_skip is None:
+        return None
+    if not isinstance(max_skip, int) or isinstance(max_skip, bool) or max_skip < 1:
+        raise ValueError(f"max_skip must be None or an integer >= 1 (the most consecutive skipped "
+                         f"steps), got {max_skip!r}")
+    return max_skip
+
+
+def check_cap_holds(max_skip, threshold=0.5, forced=None, constant_delta=None) -> None:
+    """Refuse the gate settings under which ``max_skip`` could not cap runs of skipped steps: a
+    threshold τ > 0.5 (ũ would have to pass it), per-step thresholds (Bernoulli sampling), forced
+    gates or a constant Δũ (the random / periodic baselines, which have no learned gate)."""
+    if max_skip is None:
+        return
+    if forced is not None or constant_delta is not None:
+        raise ValueError("max_skip floors a learned update gate; the random / periodic baselines "
+                         "(forced gates, constant Δũ) have none")
+    if isinstance(threshold, Tensor):
+        raise ValueError("max_skip needs a fixed threshold τ: with per-step thresholds (Bernoulli "
+                         "sampling of the gate) ũ may stay under τ for any number of steps; use "
+                         "binarizer='round'")
+    if not float(threshold) <= 0.5:
+        raise ValueError(f"max_skip caps runs of skipped steps for a threshold τ <= 0.5 (its floor "
+                         f"is 1/(2K+1), made for τ = 0.5); got threshold={threshold!r}")
+
+
+def update_prob_floor(max_skip) -> float | None:
+    """The least Δũ under ``max_skip=K``: c = 1/(2K+1) (None without a cap).
+
+    After an update with Δũ = c the accumulator reads ũ = j·c, and K·c < 0.5 < (K+1)·c: exactly
+    K skipped steps, the longest run any Δũ ≥ c gives (Eq. 6 with Δũ = c)."""
+    return None if check_max_skip(max_skip) is None else 1.0 / (2 * max_skip + 1)
+
+
+def floor_update_prob(delta, max_skip):
+    """Δũ floored at :func:`update_prob_floor` (``delta`` returned as is when ``max_skip`` is None).
+
+    ``delta``: a tensor (any shape; the gradient flows only where ``delta`` > c, zero where the
+    floor is active, ties included) or a NumPy scalar / array (the inference engines' replay,
+    floored in its own dtype). The value is ``max(delta, c)`` with c in ``delta``'s dtype, so every
+    backend floors to the same number.
+    """
+    c = update_prob_floor(max_skip)
+    if c is None:
+        return delta
+    if isinstance(delta, Tensor):
+        return torch.where(delta > c, delta, delta.new_tensor(c))
+    dt = getattr(delta, "dtype", None)
+    return np.maximum(delta, dt.type(c)) if dt is not None else max(delta, c)
+
+
 def mix_state(u: Tensor, new: Sequence[Tensor], old: Sequence[Tensor]) -> tuple:
     """Eq. 3 for every state tensor: u·new + (1-u)·old, an exact copy of ``old`` where u == 0."""
     out = []
@@ -69,6 +128,7 @@ def skip_loop(
     mask: Tensor | None = None,
     threshold: float | Tensor = 0.5,
     forced: Tensor | None = None,
+    max_skip: int | None = None,
 ):
     """Run a Skip RNN over time, one step at a time.
 
@@ -83,14 +143,17 @@ def skip_loop(
         threshold: τ, a float or a ``(T, B)`` tensor (uniform noise gives Bernoulli sampling).
         forced: optional ``(T, B)`` binary updates that replace the learned gate (baselines); the
             first step of a fresh sequence (ũ = 1) still updates.
+        max_skip: None, or K: at most K consecutive skipped steps (Δũ floored at 1/(2K+1), the
+            carried ``update_prob0`` too; :func:`floor_update_prob`). Needs τ <= 0.5 (a float).
 
     Returns:
         ``(outputs (T, B, H), state, update_prob (B,), cum_prob (B,), updates (T, B),
         update_probs (T, B))``; outputs, updates and update_probs are 0 on padded steps.
     """
+    check_cap_holds(max_skip, threshold, forced)
     T = x.shape[0]
     state = tuple(state0)
-    up, cum = update_prob0, cum_prob0
+    up, cum = floor_update_prob(update_prob0, max_skip), cum_prob0
     outs, us, probs = [], [], []
     for t in range(T):
         u_tilde = accumulate(up, cum)
@@ -105,7 +168,7 @@ def skip_loop(
             u = u * m
         cand, feat = step(x[t], state)
         new_state = mix_state(u, cand, state)
-        delta = delta_fn(feat)
+        delta = floor_update_prob(delta_fn(feat), max_skip)
         new_up = u * delta + (1 - u) * up
         new_cum = (1 - u) * u_tilde
         if mask is not None:

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._env import triton_available
+from .naive import check_cap_holds, floor_update_prob
 from .skip_gru.naive import gru_cell
 
 __all__ = ["skip_lstm_skipping", "skip_gru_skipping", "simulate_skips", "np_dtype", "StepCell"]
@@ -58,7 +59,7 @@ def np_dtype(dtype: torch.dtype):
 
 
 def simulate_skips(update_prob, cum_prob, threshold: float = 0.5, limit: int | None = None,
-                   dtype=np.float32):
+                   dtype=np.float32, max_skip: int | None = None):
     """How many upcoming steps will NOT be read, replaying the ũ recursion exactly.
 
     Args:
@@ -67,6 +68,8 @@ def simulate_skips(update_prob, cum_prob, threshold: float = 0.5, limit: int | N
         threshold: τ (u = 1[ũ > τ]).
         limit: stop after this many skipped steps (None: no limit).
         dtype: the NumPy scalar type of the layer's dtype (``np.float32`` for float32 layers).
+        max_skip: the layer's ``max_skip`` (its floor on Δũ is applied to ``update_prob``, a
+            no-op on a Δũ the floored layer produced); None: no floor.
 
     Returns:
         ``(n, probs, cum)``: n skipped steps before the next read (``math.inf`` when ũ can never
@@ -74,7 +77,7 @@ def simulate_skips(update_prob, cum_prob, threshold: float = 0.5, limit: int | N
         the accumulator after them.
     """
     one, thr = dtype(1), dtype(threshold)
-    up, cum = dtype(update_prob), dtype(cum_prob)
+    up, cum = floor_update_prob(dtype(update_prob), max_skip), dtype(cum_prob)
     probs = []
     while limit is None or len(probs) < limit:
         ut = cum + min(up, one - cum)
@@ -93,11 +96,13 @@ def simulate_skips(update_prob, cum_prob, threshold: float = 0.5, limit: int | N
 class StepCell:
     """The candidate update of a Skip LSTM / GRU stack and its Δũ, on any subset of rows.
 
-    ``cell(x (n, I), hs [L × (n, H)], cs [L × (n, H)] | None) -> (new_hs, new_cs, delta (n,))``.
+    ``cell(x (n, I), hs [L × (n, H)], cs [L × (n, H)] | None) -> (new_hs, new_cs, delta (n,))``;
+    ``max_skip``: Δũ floored as the layer's (``skiprnn.ops.naive.floor_update_prob``).
     """
 
     def __init__(self, kind: str, layers: Sequence[tuple], gate_weight, gate_bias,
-                 constant_delta: float | None = None, reset_after: bool = True):
+                 constant_delta: float | None = None, reset_after: bool = True,
+                 max_skip: int | None = None):
         if kind not in ("lstm", "gru"):
             raise ValueError(f"kind must be 'lstm' or 'gru', got {kind!r}")
         if kind == "lstm" and not reset_after:
@@ -111,6 +116,8 @@ class StepCell:
         self.constant_delta = constant_delta
         if constant_delta is None and self.gate_weight is None:
             raise ValueError("a learned gate needs gate_weight and gate_bias")
+        check_cap_holds(max_skip, constant_delta=constant_delta)
+        self.max_skip = max_skip
 
     @property
     def num_layers(self) -> int:
@@ -119,7 +126,9 @@ class StepCell:
     def delta(self, feat: Tensor) -> Tensor:
         if self.constant_delta is not None:
             return feat.new_full((feat.shape[0],), self.constant_delta)
-        return torch.sigmoid(F.linear(feat, self.gate_weight, self.gate_bias)).squeeze(-1)
+        return floor_update_prob(
+            torch.sigmoid(F.linear(feat, self.gate_weight, self.gate_bias)).squeeze(-1),
+            self.max_skip)
 
     def __call__(self, x: Tensor, hs: Sequence[Tensor], cs: Sequence[Tensor] | None):
         inp = x
@@ -310,6 +319,7 @@ class _NumpyStack:
             b = b_ih + b_hh
         self.first_ih = (w_ih, b)
         self.const = cell.constant_delta
+        self.max_skip = cell.max_skip
         self.gw = None if cell.gate_weight is None else arr(cell.gate_weight)[0]
         self.gb = None if cell.gate_bias is None else npdt(cell.gate_bias.item())
         self.tmp = np.empty(H, npdt)
@@ -377,7 +387,8 @@ class _NumpyStack:
             return new_h, cs, self.npdt(self.const)
         feat = cs[-1] if self.kind == "lstm" else new_h[-1]
         zz = np.dot(self.gw, feat) + self.gb
-        return new_h, cs, self.npdt(self.one / (self.one + np.exp(-zz)))
+        return new_h, cs, floor_update_prob(self.npdt(self.one / (self.one + np.exp(-zz))),
+                                            self.max_skip)
 
 
 class _SkipRuns:
@@ -419,7 +430,7 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
     written in bulk (their ũ from ``_SkipRuns``, their output an index of the held h)."""
     T, H = x.shape[0], hs[0].shape[-1]
     one, zero = npdt(1), npdt(0)
-    up, cum = npdt(up0.item()), npdt(cum0.item())
+    up, cum = floor_update_prob(npdt(up0.item()), cell.max_skip), npdt(cum0.item())
     stack = _NumpyStack(cell, npdt)
     runs = _SkipRuns(threshold, npdt)
     hs = [h[0].numpy().copy() for h in hs]
@@ -479,7 +490,7 @@ def _run_batched(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt):
     T, B, H = x.shape[0], x.shape[1], hs[0].shape[-1]
     dev = x.device
     one, thr, zero = npdt(1), npdt(threshold), npdt(0)
-    up = up0.detach().cpu().numpy().astype(npdt, copy=True)
+    up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True), cell.max_skip)
     cum = cum0.detach().cpu().numpy().astype(npdt, copy=True)
     hs = [h.clone() for h in hs]
     cs = [c.clone() for c in cs] if cs is not None else None
@@ -554,15 +565,18 @@ def _needs_reference(x, threshold, dropout, training, forced, num_layers) -> boo
 
 
 def _skipping(kind, x, hc, update_prob0, cum_prob0, layers, gate_weight, gate_bias, mask,
-              threshold, dropout, training, forced, constant_delta, reset_after=True):
+              threshold, dropout, training, forced, constant_delta, reset_after=True,
+              max_skip=None):
     L = len(layers)
+    check_cap_holds(max_skip, threshold, forced, constant_delta)
     with torch.no_grad():
-        cell = StepCell(kind, layers, gate_weight, gate_bias, constant_delta, reset_after)
+        cell = StepCell(kind, layers, gate_weight, gate_bias, constant_delta, reset_after, max_skip)
         hs = list(hc[0].unbind(0))
         cs = list(hc[1].unbind(0)) if kind == "lstm" else None
         B = x.shape[1]
         thr = float(threshold)
-        if x.device.type == "cuda" and B > 1 and L == 1 and constant_delta is None:
+        if (x.device.type == "cuda" and B > 1 and L == 1 and constant_delta is None
+                and max_skip is None):  # (the Triton kernels have no floor on Δũ)
             fused = _triton_infer(kind)
             if fused is not None:
                 # one persistent kernel: state stays on chip, no host round trip per step
@@ -589,7 +603,7 @@ def skip_lstm_skipping(x: Tensor, h0: Tensor, c0: Tensor, update_prob0: Tensor, 
                        layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
                        mask: Tensor | None = None, threshold: float | Tensor = 0.5,
                        dropout: float = 0.0, training: bool = False, forced: Tensor | None = None,
-                       constant_delta: float | None = None):
+                       constant_delta: float | None = None, max_skip: int | None = None):
     """Skip LSTM inference whose skipped steps do no work; signature and return tuple of
     ``skiprnn.ops.skip_lstm.naive.skip_lstm_naive`` (no autograd: results are detached).
 
@@ -601,16 +615,18 @@ def skip_lstm_skipping(x: Tensor, h0: Tensor, c0: Tensor, update_prob0: Tensor, 
         with torch.no_grad():
             return skip_lstm_naive(x, h0, c0, update_prob0, cum_prob0, layers, gate_weight,
                                    gate_bias, mask=mask, threshold=threshold, dropout=dropout,
-                                   training=training, forced=forced, constant_delta=constant_delta)
+                                   training=training, forced=forced, constant_delta=constant_delta,
+                                   max_skip=max_skip)
     return _skipping("lstm", x, (h0, c0), update_prob0, cum_prob0, layers, gate_weight, gate_bias,
-                     mask, threshold, dropout, training, forced, constant_delta)
+                     mask, threshold, dropout, training, forced, constant_delta, max_skip=max_skip)
 
 
 def skip_gru_skipping(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
                       layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
                       mask: Tensor | None = None, threshold: float | Tensor = 0.5,
                       dropout: float = 0.0, training: bool = False, forced: Tensor | None = None,
-                      constant_delta: float | None = None, reset_after: bool = True):
+                      constant_delta: float | None = None, reset_after: bool = True,
+                      max_skip: int | None = None):
     """Skip GRU inference whose skipped steps do no work; signature and return tuple of
     ``skiprnn.ops.skip_gru.naive.skip_gru_naive``. With ``reset_after=False`` (the paper's GRU)
     batch size 1 runs on the batched (torch) engine.
@@ -624,6 +640,7 @@ def skip_gru_skipping(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Te
             return skip_gru_naive(x, h0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,
                                   mask=mask, threshold=threshold, dropout=dropout,
                                   training=training, forced=forced, constant_delta=constant_delta,
-                                  reset_after=reset_after)
+                                  reset_after=reset_after, max_skip=max_skip)
     return _skipping("gru", x, (h0,), update_prob0, cum_prob0, layers, gate_weight, gate_bias,
-                     mask, threshold, dropout, training, forced, constant_delta, reset_after)
+                     mask, threshold, dropout, training, forced, constant_delta, reset_after,
+                     max_skip)

@@ -85,6 +85,10 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
                    help="optimizer steps with the gate held open: every step updates (paper: 0)")
     t.add_argument("--gate-lr-mult", dest="gate_lr_mult", type=float, metavar="M",
                    help="the update gate's W_p, b_p learn at lr × M (paper: 1)")
+    t.add_argument("--max-skip", dest="max_skip", type=int, metavar="K",
+                   help="a floor on reading: at most K consecutive skipped steps, in training and "
+                        "inference (Δũ ≥ 1/(2K+1); at least 1/(K+1) of the steps are read) "
+                        "(paper: none)")
     t.add_argument("--target-rate", dest="target_rate", type=float, metavar="FRACTION",
                    help="add the target-rate loss weight·mean_b (used fraction − FRACTION)² (paper §3.2); "
                         "it follows the budget warm-up and ramp, as λ does")

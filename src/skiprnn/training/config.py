@@ -106,6 +106,7 @@ class RunConfig:
     gate_warmup: Optional[int] = None     # optimizer steps with the gate held open (every step updates)
     gate_lr_mult: Optional[float] = None  # the update gate's W_p, b_p learn at lr × this
     target_rate: Optional[float] = None   # target-rate loss towards this fraction of updates
+    max_skip: Optional[int] = None        # at most this many consecutive skipped steps (None: no cap)
     target_weight: float = 1.0            # its weight
     lr_decay: Optional[float] = None      # cosine decay to lr × this after the budget's ramp
     init: Optional[str] = None            # gate-bias initialisation: paper | chrono (None: the recipe's)
@@ -216,6 +217,7 @@ class RunConfig:
         num("--budget-ramp", self.budget_ramp, lo=0, integer=True)
         num("--gate-warmup", self.gate_warmup, lo=0, integer=True)
         num("--gate-lr-mult", self.gate_lr_mult, lo=0)
+        num("--max-skip", self.max_skip, lo=1, integer=True)
         num("--target-rate", self.target_rate, lo=0, hi=1)
         num("--target-weight", self.target_weight, lo=0, allow_none=False)
         num("--lr-decay", self.lr_decay, lo=0, hi=1)
@@ -286,6 +288,9 @@ class RunConfig:
                     f"--backend {self.backend} runs one layer with the deterministic learned gate; "
                     f"{self.model!r} with --num-layers {layers} needs the reference "
                     f"({why or f'{layers} layers'}): use --backend auto or reference")
+        if self.backend == "triton" and self.max_skip is not None:
+            raise ConfigError("--backend triton has no floor on Δũ, so it cannot run --max-skip; "
+                              "use --backend auto (CUDA: the reference), reference or cpu")
         if self.backend == "triton":
             from ..ops.dispatch import triton_available
             from ..ops.triton_utils import interpreting
@@ -380,7 +385,8 @@ def resolve_defaults(cfg: RunConfig, explicit: set) -> RunConfig:
 
 
 #: RunConfig fields that act on a learned update gate only (refused for models without one)
-_GATE_FIELDS = ("budget_warmup", "budget_ramp", "gate_warmup", "gate_lr_mult", "target_rate")
+_GATE_FIELDS = ("budget_warmup", "budget_ramp", "gate_warmup", "gate_lr_mult", "target_rate",
+                "max_skip")
 #: every field a recipe sets beside the learning rate (recorded in results.json as "controls")
 RECIPE_CONTROLS = _GATE_FIELDS + ("target_weight", "lr_decay", "init")
 

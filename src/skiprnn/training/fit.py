@@ -594,6 +594,8 @@ def recipe_description(cfg: RunConfig) -> str:
         parts.append(f"λ = 0 for {cfg.budget_warmup or 0} steps, then a ramp over {cfg.budget_ramp or 0}")
     if cfg.gate_lr_mult not in (None, 1.0):
         parts.append(f"gate lr × {cfg.gate_lr_mult:g}")
+    if cfg.max_skip is not None:
+        parts.append(f"at most {cfg.max_skip} skipped steps in a row")
     if cfg.lr_decay is not None:
         parts.append(f"lr cosine-decayed to × {cfg.lr_decay:g} after the ramp")
     if cfg.init is not None and cfg.init != "paper":

@@ -87,6 +87,8 @@ class SkipRNNModule(pl.LightningModule):
         kw = {"batch_first": True, "learn_init": True}
         if self.model_name.startswith(("skip_", "random_", "periodic_")):
             kw["backend"] = config.get("backend", "auto")
+        if self.learned_gate and config.get("max_skip") is not None:
+            kw["max_skip"] = int(config["max_skip"])   # at most K skipped steps in a row
         #: the paper recipe trains with TF1's Adam; the official code's layer (one bias per gate,
         #: the GRU's reset before the product, TF's joint Glorot) is its `layer` (runs written
         #: before that setting existed: the recipe's)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..naive import check_cap_holds, floor_update_prob, update_prob_floor
 from ..skip_lstm.cpu import (_SECOND_BACKWARD, CHUNK, _add_h_old_gemm, _gate_flush, _Lease,
                              _thresholds)
 
@@ -65,7 +66,7 @@ class _SkipGRUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, threshold, train,
-                reset_after):
+                reset_after, floor):
         T, B, I = x.shape
         H = w_hh.shape[1]
         H2, H3 = 2 * H, 3 * H
@@ -150,6 +151,8 @@ class _SkipGRUFunction(torch.autograd.Function):
                 torch.lerp(hs_[j], cand, u, out=hs_[j + 1])  # exact: u is 0 or 1
                 torch.addmm(gb, gw, cand, out=dl)
                 dl.sigmoid_()
+                if floor is not None:  # max_skip: the value of ops.naive.floor_update_prob
+                    dl.clamp_min_(floor)
                 # [cum'; Δũ'] = [ũ; Δũ] + u ([0; Δũ_cand] - [ũ; Δũ]) in one op, exact for u in {0, 1}
                 torch.lerp(st_[j], en_[j], u, out=nx_[j + 1])
             # ---- flush the chunk ----
@@ -181,7 +184,7 @@ class _SkipGRUFunction(torch.autograd.Function):
                 torch.addcmul(zero, d, z, value=-1, out=kk[:, L.KG + H:L.KG + H2])  # (h-n)z(1-z)
                 kk[:, L.Z:L.Z + H] = z
                 CC[t0:t0 + n] = cand
-                _gate_flush(kk, WSC[:n], L, None if M is None else M[t0:t0 + n], one)
+                _gate_flush(kk, WSC[:n], L, None if M is None else M[t0:t0 + n], one, floor)
             WHS[0] = WHS[n]
             WSC[0, 0:3:2] = WSC[n, 0:3:2]
 
@@ -334,7 +337,7 @@ class _SkipGRUFunction(torch.autograd.Function):
         del Hh, h0, saved, KK, CC, DZ, xa, RH
         ctx.lease.release()
         tmp_lease.release()
-        return tuple(g if need[k] else None for k, g in enumerate(grads)) + (None,) * 4
+        return tuple(g if need[k] else None for k, g in enumerate(grads)) + (None,) * 5
 
 
 def skip_gru_cpu(
@@ -352,9 +355,11 @@ def skip_gru_cpu(
     forced: Tensor | None = None,
     constant_delta: float | None = None,
     reset_after: bool = True,
+    max_skip: int | None = None,
 ):
     """One-layer Skip GRU fast path; arguments and returns exactly as ``skip_gru_naive``
-    (``reset_after=False``: the paper's candidate, forward and backward).
+    (``reset_after=False``: the paper's candidate, forward and backward; ``max_skip``: the floor
+    on Δũ, forward and backward).
 
     Returns ``(output (T, B, H), h_n (1, B, H), update_prob (B,), cum_prob (B,), updates (T, B),
     update_probs (T, B))``. Raises ``ValueError`` for several layers, ``forced`` gates or
@@ -366,6 +371,8 @@ def skip_gru_cpu(
         raise ValueError("skip_gru_cpu does not support forced gates; use the reference")
     if constant_delta is not None:
         raise ValueError("skip_gru_cpu does not support constant_delta; use the reference")
+    check_cap_holds(max_skip, threshold)
+    update_prob0 = floor_update_prob(update_prob0, max_skip)  # a given state's Δũ (autograd)
     w_ih, w_hh, b_ih, b_hh = layers[0]
     if x.dim() != 3:
         raise ValueError(f"x must be (T, B, I), got shape {tuple(x.shape)}")
@@ -373,4 +380,5 @@ def skip_gru_cpu(
         threshold = float(threshold)
     args = (x, h0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh, gate_weight, gate_bias)
     train = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)
-    return _SkipGRUFunction.apply(*args, mask, threshold, train, bool(reset_after))
+    return _SkipGRUFunction.apply(*args, mask, threshold, train, bool(reset_after),
+                                  update_prob_floor(max_skip))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..naive import skip_loop
+from ..naive import check_cap_holds, skip_loop
 from ..skip_lstm.naive import _delta_fn
 
 
@@ -58,6 +58,7 @@ def skip_gru_naive(
     training: bool = False,
     forced: Tensor | None = None,
     constant_delta: float | None = None,
+    max_skip: int | None = None,
     reset_after: bool = True,
 ):
     """Skip GRU over a whole sequence; arguments as ``skip_lstm_naive`` without ``c0``, plus
@@ -77,8 +78,9 @@ def skip_gru_naive(
             inp = F.dropout(h, dropout, training) if (dropout and k < L - 1) else h
         return tuple(new_h), new_h[-1]
 
+    check_cap_holds(max_skip, threshold, forced, constant_delta)
     delta_fn = _delta_fn(gate_weight, gate_bias, constant_delta)
     out, state, up, cum, u, p = skip_loop(step, x, tuple(h0.unbind(0)), update_prob0, cum_prob0,
                                           delta_fn, out_index=L - 1, mask=mask,
-                                          threshold=threshold, forced=forced)
+                                          threshold=threshold, forced=forced, max_skip=max_skip)
     return out, torch.stack(state), up, cum, u, p

@@ -22,7 +22,7 @@ buffers, ``out=`` arguments and no autograd graph. What makes it fast on a CPU:
   frees them; under ``torch.no_grad`` the backward bookkeeping is skipped.
 
 Supported: one layer, the deterministic gate with a float threshold τ (a ``(T, B)`` threshold
-tensor works as well), ``forced is None``, ``constant_delta is None``; anything else raises
+tensor works as well), ``forced is None``, ``constant_delta is None``, and ``max_skip`` (the floor on Δũ); anything else raises
 ``ValueError`` (use the reference). ``dropout`` is accepted because the reference applies it only
 *between* layers, so it never acts on one layer. The mask must be binary (bool or 0/1).
 Gradients flow to ``x``, the LSTM weights and biases, ``gate_weight``, ``gate_bias``, ``h0``, ``c0``,
@@ -45,6 +45,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from ..naive import check_cap_holds, floor_update_prob, update_prob_floor
 
 __all__ = ["skip_lstm_cpu", "release_cpu_buffers"]
 
@@ -203,8 +205,9 @@ class _KK_LSTM:
         self.W = 8 * H + 9
 
 
-def _gate_flush(kk, sc, L, M_chunk, one):
-    """Per-step scalar coefficients of the reverse loop, for a chunk (rows of ``kk``)."""
+def _gate_flush(kk, sc, L, M_chunk, one, floor=None):
+    """Per-step scalar coefficients of the reverse loop, for a chunk (rows of ``kk``). ``floor``:
+    the Δũ floor of ``max_skip`` (None: none); ∂Δũ/∂(W_p z + b_p) is 0 where it is active."""
     cum_o, ut, up_o, dl, u = (sc[:, k:k + 1] for k in (0, 1, 2, 4, 5))
     torch.sub(dl, up_o, out=kk[:, L.S:L.S + 1])
     omu = kk[:, L.C2:L.C2 + 1]
@@ -213,6 +216,8 @@ def _gate_flush(kk, sc, L, M_chunk, one):
     kz = kk[:, L.KZ:L.KZ + 1]
     torch.addcmul(dl, dl, dl, value=-1, out=kz)
     kz.mul_(u)
+    if floor is not None:  # Δũ = max(σ, c): σ' where σ > c (Δũ > c), else 0 (floor_update_prob)
+        kz.mul_(torch.gt(dl, floor))
     kk[:, L.U:L.U + 1] = u
     a = torch.sub(one, cum_o)
     pu = kk[:, L.PU:L.PU + 1]
@@ -231,7 +236,7 @@ class _SkipLSTMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, threshold,
-                train):
+                train, floor):
         T, B, I = x.shape
         H = w_hh.shape[1]
         H2, H3, H4 = 2 * H, 3 * H, 4 * H
@@ -306,6 +311,8 @@ class _SkipLSTMFunction(torch.autograd.Function):
                 torch.lerp(hc_[j], cand_[j], u, out=hc_[j + 1])  # exact: u is 0 or 1
                 torch.addmm(gb, gw, cn, out=dl)
                 dl.sigmoid_()
+                if floor is not None:  # max_skip: the value of ops.naive.floor_update_prob
+                    dl.clamp_min_(floor)
                 # [cum'; Δũ'] = [ũ; Δũ] + u ([0; Δũ_cand] - [ũ; Δũ]) in one op, exact for u in {0, 1}
                 torch.lerp(st_[j], en_[j], u, out=nx_[j + 1])
             # ---- flush the chunk ----
@@ -328,7 +335,7 @@ class _SkipLSTMFunction(torch.autograd.Function):
                 torch.addcmul(o, hp, WTC[:n], value=-1, out=kk[:, L.KH:L.KH + H])  # o tanh'(c')
                 kk[:, L.F:L.F + H] = f
                 CC[t0:t0 + n] = cand[:, H:]
-                _gate_flush(kk, WSC[:n], L, None if M is None else M[t0:t0 + n], one)
+                _gate_flush(kk, WSC[:n], L, None if M is None else M[t0:t0 + n], one, floor)
             WHC[0] = WHC[n]
             WSC[0, 0:3:2] = WSC[n, 0:3:2]
 
@@ -466,7 +473,7 @@ class _SkipLSTMFunction(torch.autograd.Function):
         del Hh, h0, saved, KK, CC, DZ, xa
         ctx.lease.release()
         tmp_lease.release()
-        return tuple(g if need[k] else None for k, g in enumerate(grads)) + (None, None, None)
+        return tuple(g if need[k] else None for k, g in enumerate(grads)) + (None,) * 4
 
 
 def skip_lstm_cpu(
@@ -484,8 +491,10 @@ def skip_lstm_cpu(
     training: bool = False,
     forced: Tensor | None = None,
     constant_delta: float | None = None,
+    max_skip: int | None = None,
 ):
-    """One-layer Skip LSTM fast path; arguments and returns exactly as ``skip_lstm_naive``.
+    """One-layer Skip LSTM fast path; arguments and returns exactly as ``skip_lstm_naive``
+    (``max_skip``: its floor on Δũ, forward and backward).
 
     Returns ``(output (T, B, H), h_n (1, B, H), c_n (1, B, H), update_prob (B,), cum_prob (B,),
     updates (T, B), update_probs (T, B))``. Raises ``ValueError`` for several layers, ``forced``
@@ -497,6 +506,8 @@ def skip_lstm_cpu(
         raise ValueError("skip_lstm_cpu does not support forced gates; use the reference")
     if constant_delta is not None:
         raise ValueError("skip_lstm_cpu does not support constant_delta; use the reference")
+    check_cap_holds(max_skip, threshold)
+    update_prob0 = floor_update_prob(update_prob0, max_skip)  # a given state's Δũ (autograd)
     w_ih, w_hh, b_ih, b_hh = layers[0]
     if x.dim() != 3:
         raise ValueError(f"x must be (T, B, I), got shape {tuple(x.shape)}")
@@ -505,4 +516,4 @@ def skip_lstm_cpu(
     args = (x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh, gate_weight, gate_bias)
     # keep the per-step backward coefficients only when a graph will be built
     train = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)
-    return _SkipLSTMFunction.apply(*args, mask, threshold, train)
+    return _SkipLSTMFunction.apply(*args, mask, threshold, train, update_prob_floor(max_skip))

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..naive import skip_loop
+from ..naive import check_cap_holds, skip_loop
 
 
 def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -46,6 +46,7 @@ def skip_lstm_naive(
     training: bool = False,
     forced: Tensor | None = None,
     constant_delta: float | None = None,
+    max_skip: int | None = None,
 ):
     """Skip LSTM over a whole sequence.
 
@@ -59,6 +60,8 @@ def skip_lstm_naive(
         dropout, training: dropout on the candidate ``h'`` fed between layers (as nn.LSTM).
         forced: optional ``(T, B)`` binary updates (random-skip baseline).
         constant_delta: if given, Δũ is this constant instead of the learned gate (periodic baseline).
+        max_skip: None, or K: at most K consecutive skipped steps (``skiprnn.ops.naive``'s floor
+            on Δũ; needs a float threshold <= 0.5 and the learned gate).
 
     Returns:
         ``(output (T, B, H), h_n (L, B, H), c_n (L, B, H), update_prob (B,), cum_prob (B,),
@@ -77,11 +80,12 @@ def skip_lstm_naive(
             inp = F.dropout(h, dropout, training) if (dropout and k < L - 1) else h
         return tuple(new_h) + tuple(new_c), new_c[-1]
 
+    check_cap_holds(max_skip, threshold, forced, constant_delta)
     delta_fn = _delta_fn(gate_weight, gate_bias, constant_delta)
     state0 = tuple(h0.unbind(0)) + tuple(c0.unbind(0))
     out, state, up, cum, u, p = skip_loop(step, x, state0, update_prob0, cum_prob0, delta_fn,
                                           out_index=L - 1, mask=mask, threshold=threshold,
-                                          forced=forced)
+                                          forced=forced, max_skip=max_skip)
     return out, torch.stack(state[:L]), torch.stack(state[L:]), up, cum, u, p
 
 
