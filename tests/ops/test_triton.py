@@ -1,5 +1,6 @@
-"""Fused Triton Skip GRU vs the naive reference (THE definition): gates, outputs, final state and
-every gradient.
+"""Fused Triton Skip LSTM and Skip GRU vs the naive references (THE definitions): gates, outputs,
+final state and every gradient. Every test runs for both cells (the ``cell`` fixture) unless it
+is about one cell's own option (the GRU's paper candidate, ``reset_after=False``).
 
 Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set below before
 triton is imported) in float64 at tiny, awkward shapes. With a GPU the same small cases run
@@ -9,6 +10,7 @@ Fresh kernel buffers are NaN-poisoned (``SKIPRNN_TRITON_POISON=1``) so an unwrit
 
 import math
 import os
+from typing import Callable, NamedTuple
 
 import pytest
 import torch
@@ -23,9 +25,10 @@ os.environ.setdefault("SKIPRNN_COOP", "force")
 
 triton = pytest.importorskip("triton")
 
-from skiprnn.ops.skip_gru import fused  # noqa: E402
-from skiprnn.ops.skip_gru.fused import skip_gru_triton  # noqa: E402
+from skiprnn.ops.skip_gru import fused as gru_fused  # noqa: E402
 from skiprnn.ops.skip_gru.naive import skip_gru_naive  # noqa: E402
+from skiprnn.ops.skip_lstm import fused as lstm_fused  # noqa: E402
+from skiprnn.ops.skip_lstm.naive import skip_lstm_naive  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 DTYPE = torch.float32 if CUDA else torch.float64
@@ -35,19 +38,59 @@ TOL = dict(atol=1e-5, rtol=1e-4) if CUDA else dict(atol=1e-10, rtol=1e-8)
 
 def _interpreted() -> bool:
     from triton.runtime.interpreter import InterpretedFunction
-    return isinstance(fused._skip_gru_fwd_kernel, InterpretedFunction)
+    return isinstance(lstm_fused._skip_lstm_fwd_kernel, InterpretedFunction)
 
 
 if not CUDA and not _interpreted():  # triton was imported before TRITON_INTERPRET was set
     pytest.skip("no GPU and the kernels were not built for the Triton interpreter "
                 "(run with TRITON_INTERPRET=1)", allow_module_level=True)
 
-NAMES = ["x", "h0", "update_prob0", "cum_prob0", "w_ih", "w_hh", "b_ih", "b_hh",
-         "gate_weight", "gate_bias"]
-OUT_NAMES = ["output", "h_n", "update_prob", "cum_prob", "updates", "update_probs"]
+
+class Cell(NamedTuple):
+    """What the tests need to know of a cell: its functions, its state and its output names."""
+
+    kind: str                  # "lstm" | "gru"
+    gates: int                 # gate blocks of W_ih / W_hh (4H or 3H rows)
+    states: tuple              # the initial state arguments, in call order
+    h0_scale: float            # make_problem's spread of h0
+    naive: Callable
+    fast: Callable
+    infer: Callable
+    layer: str                 # the skiprnn layer class
+
+    @property
+    def names(self) -> list:
+        """The differentiable arguments, in call order."""
+        return ["x", *self.states, "update_prob0", "cum_prob0", "w_ih", "w_hh", "b_ih", "b_hh",
+                "gate_weight", "gate_bias"]
+
+    @property
+    def out_names(self) -> list:
+        return ["output", *("h_n", "c_n")[:len(self.states)], "update_prob", "cum_prob",
+                "updates", "update_probs"]
 
 
-def make_problem(T, B, I, H, *, seed, masked, fresh, bias=True, dtype=DTYPE, device=DEVICE,
+CELLS = {
+    "lstm": Cell("lstm", 4, ("h0", "c0"), 0.5, skip_lstm_naive, lstm_fused.skip_lstm_triton,
+                 lstm_fused.skip_lstm_triton_infer, "SkipLSTM"),
+    "gru": Cell("gru", 3, ("h0",), 0.8, skip_gru_naive, gru_fused.skip_gru_triton,
+                gru_fused.skip_gru_triton_infer, "SkipGRU"),
+}
+GRU = CELLS["gru"]
+UPDATES, UPDATE_PROBS = -2, -1  # positions of the per-step outputs in every cell's results
+
+
+@pytest.fixture(params=list(CELLS))
+def cell(request) -> Cell:
+    return CELLS[request.param]
+
+
+def _cell_kw(cell, reset_after):
+    """``reset_after`` for the GRU (its candidate variant); the LSTM has none."""
+    return {"reset_after": reset_after} if cell.kind == "gru" else {}
+
+
+def make_problem(cell, T, B, I, H, *, seed, masked, fresh, bias=True, dtype=DTYPE, device=DEVICE,
                  margin=1e-3, threshold=0.5, reset_after=True):
     """Random inputs whose reference gates stay at least ``margin`` away from the ``threshold``
     tie."""
@@ -56,13 +99,15 @@ def make_problem(T, B, I, H, *, seed, masked, fresh, bias=True, dtype=DTYPE, dev
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
 
+    G = cell.gates
     for _ in range(100):
-        p = dict(
-            x=rnd(T, B, I),
-            h0=rnd(1, B, H, scale=0.8),
-            w_ih=rnd(3 * H, I, scale=0.6), w_hh=rnd(3 * H, H, scale=0.6 / math.sqrt(H)),
-            b_ih=rnd(3 * H, scale=0.2) if bias else None,
-            b_hh=rnd(3 * H, scale=0.2) if bias else None,
+        p = dict(x=rnd(T, B, I), h0=rnd(1, B, H, scale=cell.h0_scale))
+        if "c0" in cell.states:
+            p["c0"] = rnd(1, B, H)
+        p.update(
+            w_ih=rnd(G * H, I, scale=0.6), w_hh=rnd(G * H, H, scale=0.6 / math.sqrt(H)),
+            b_ih=rnd(G * H, scale=0.2) if bias else None,
+            b_hh=rnd(G * H, scale=0.2) if bias else None,
             gate_weight=rnd(1, H, scale=1.0), gate_bias=rnd(1, scale=0.5),
         )
         if fresh:  # a fresh start: the min() in ũ ties at step 1 (gradient all to Δũ)
@@ -80,38 +125,40 @@ def make_problem(T, B, I, H, *, seed, masked, fresh, bias=True, dtype=DTYPE, dev
         p = {k: (None if v is None else v.to(device)) for k, v in p.items()}
         mask = None if mask is None else mask.to(device)
         with torch.no_grad():
-            ref = run(skip_gru_naive, p, mask, threshold=threshold, reset_after=reset_after)
-        probs = ref[5]
+            ref = run(cell, cell.naive, p, mask, threshold=threshold,
+                      **_cell_kw(cell, reset_after))
+        probs = ref[UPDATE_PROBS]
         valid = torch.ones_like(probs, dtype=torch.bool) if mask is None else mask > 0
         if ((probs - threshold).abs()[valid] > margin).all():
             return p, mask
     raise RuntimeError("could not draw a problem away from gate ties")
 
 
-def run(fn, p, mask, **kw):
-    return fn(p["x"], p["h0"], p["update_prob0"], p["cum_prob0"],
+def run(cell, fn, p, mask, **kw):
+    return fn(p["x"], *[p[s] for s in cell.states], p["update_prob0"], p["cum_prob0"],
               [(p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])], p["gate_weight"], p["gate_bias"],
               mask=mask, **kw)
 
 
-def check_against_reference(p, mask, tol=TOL, grad_tol=None, threshold=0.5, reset_after=True,
-                            **kw):
+def check_against_reference(cell, p, mask, tol=TOL, grad_tol=None, threshold=0.5,
+                            reset_after=True, **kw):
     grad_tol = grad_tol or tol
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in p.items() if v is not None}
     p_ref = {k: leaves.get(k) for k in p}
     p_fast = {k: (None if v is None else v.detach().clone().requires_grad_(True))
               for k, v in p.items()}
-    ref = run(skip_gru_naive, p_ref, mask, threshold=threshold, reset_after=reset_after)
-    out = run(skip_gru_triton, p_fast, mask, threshold=threshold, reset_after=reset_after, **kw)
+    ck = _cell_kw(cell, reset_after)
+    ref = run(cell, cell.naive, p_ref, mask, threshold=threshold, **ck)
+    out = run(cell, cell.fast, p_fast, mask, threshold=threshold, **ck, **kw)
     assert len(out) == len(ref)
     # binary gates first: a flipped gate changes the whole trajectory
-    torch.testing.assert_close(out[4], ref[4], atol=0, rtol=0, msg="updates differ")
-    for name, a, b in zip(OUT_NAMES, out, ref):
+    torch.testing.assert_close(out[UPDATES], ref[UPDATES], atol=0, rtol=0, msg="updates differ")
+    for name, a, b in zip(cell.out_names, out, ref, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
     gen = torch.Generator().manual_seed(1234)
     g_outs = [torch.randn(r.shape, generator=gen, dtype=torch.float64).to(r) for r in ref]
-    names = [k for k in NAMES if p[k] is not None]
+    names = [k for k in cell.names if p[k] is not None]
     g_ref = torch.autograd.grad(ref, [p_ref[k] for k in names], g_outs)
     g_fast = torch.autograd.grad(out, [p_fast[k] for k in names], g_outs)
     for name, a, b in zip(names, g_fast, g_ref):
@@ -137,19 +184,19 @@ def _id(c):
 
 
 @pytest.mark.parametrize("case", CASES, ids=_id)
-def test_matches_reference(case):
+def test_matches_reference(cell, case):
     T, B, I, H, masked, fresh = case
-    p, mask = make_problem(T, B, I, H, seed=hash(case) % 10_000, masked=masked, fresh=fresh)
-    check_against_reference(p, mask, precision="ieee")
+    p, mask = make_problem(cell, T, B, I, H, seed=hash(case) % 10_000, masked=masked, fresh=fresh)
+    check_against_reference(cell, p, mask, precision="ieee")
 
 
 @pytest.mark.parametrize("case", CASES[1:4] + CASES[6:], ids=_id)
 def test_paper_candidate_matches_reference(case):
     """reset_after=False (the paper's GRU: W_hn acts on r ⊙ h) on the per-row-block kernels."""
     T, B, I, H, masked, fresh = case
-    p, mask = make_problem(T, B, I, H, seed=hash(case) % 10_000 + 1, masked=masked, fresh=fresh,
-                           reset_after=False)
-    check_against_reference(p, mask, precision="ieee", reset_after=False)
+    p, mask = make_problem(GRU, T, B, I, H, seed=hash(case) % 10_000 + 1, masked=masked,
+                           fresh=fresh, reset_after=False)
+    check_against_reference(GRU, p, mask, precision="ieee", reset_after=False)
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
@@ -157,36 +204,36 @@ def test_paper_candidate_tiled_loops(monkeypatch, bias):
     """Several column tiles: r ⊙ h of every column before the candidate's product (forward),
     W_hnᵀ dn over every column before dr (backward); two programs."""
     monkeypatch.setenv("SKIPRNN_TRITON_TILES", "16,16,16,4")
-    p, mask = make_problem(7, 19, 2, 20, seed=8, masked=True, fresh=False, bias=bias,
+    p, mask = make_problem(GRU, 7, 19, 2, 20, seed=8, masked=True, fresh=False, bias=bias,
                            reset_after=False)
-    check_against_reference(p, mask, precision="ieee", reset_after=False)
+    check_against_reference(GRU, p, mask, precision="ieee", reset_after=False)
 
 
-def test_tiled_loops_and_no_bias(monkeypatch):
+def test_tiled_loops_and_no_bias(monkeypatch, cell):
     """Several BLOCK_N / BLOCK_K tiles per row (H=20 with 16-wide tiles), two programs."""
     monkeypatch.setenv("SKIPRNN_TRITON_TILES", "16,16,16,4")
-    p, mask = make_problem(7, 19, 2, 20, seed=7, masked=True, fresh=False, bias=False)
-    check_against_reference(p, mask, precision="ieee")
+    p, mask = make_problem(cell, 7, 19, 2, 20, seed=7, masked=True, fresh=False, bias=False)
+    check_against_reference(cell, p, mask, precision="ieee")
 
 
-def test_float32():
-    p, mask = make_problem(6, 5, 2, 9, seed=3, masked=True, fresh=True, dtype=torch.float32)
-    check_against_reference(p, mask, tol=dict(atol=2e-5, rtol=1e-4), precision="ieee")
+def test_float32(cell):
+    p, mask = make_problem(cell, 6, 5, 2, 9, seed=3, masked=True, fresh=True, dtype=torch.float32)
+    check_against_reference(cell, p, mask, tol=dict(atol=2e-5, rtol=1e-4), precision="ieee")
 
 
-def test_bfloat16_computes_in_float32():
+def test_bfloat16_computes_in_float32(cell):
     """bf16 inputs run the fp32 kernels and return bf16 outputs and gradients."""
-    p, mask = make_problem(4, 3, 2, 5, seed=11, masked=False, fresh=True, dtype=torch.float32)
+    p, mask = make_problem(cell, 4, 3, 2, 5, seed=11, masked=False, fresh=True, dtype=torch.float32)
     pb = {k: (None if v is None else v.to(torch.bfloat16).requires_grad_(True))
           for k, v in p.items()}
     pf = {k: (None if v is None else v.detach().float().requires_grad_(True))
           for k, v in pb.items()}
-    out_b = run(skip_gru_triton, pb, mask, precision="ieee")
-    out_f = run(skip_gru_triton, pf, mask, precision="ieee")
+    out_b = run(cell, cell.fast, pb, mask, precision="ieee")
+    out_f = run(cell, cell.fast, pf, mask, precision="ieee")
     for a, b in zip(out_b, out_f):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a, b.to(torch.bfloat16), atol=0, rtol=0)
-    names = [k for k in NAMES if p[k] is not None]
+    names = [k for k in cell.names if p[k] is not None]
     gb = torch.autograd.grad(out_b[0].float().sum(), [pb[k] for k in names])
     gf = torch.autograd.grad(out_f[0].sum(), [pf[k] for k in names])
     for name, a, b in zip(names, gb, gf):
@@ -194,46 +241,47 @@ def test_bfloat16_computes_in_float32():
         torch.testing.assert_close(a, b.to(torch.bfloat16), atol=0, rtol=0)
 
 
-def test_threshold_other_than_half():
+def test_threshold_other_than_half(cell):
     """τ = 0.75 reaches the kernels: outputs, final state and every gradient match the reference
     at τ = 0.75, and the gates differ from those at τ = 0.5 (so the test sees τ)."""
-    p, mask = make_problem(6, 4, 2, 6, seed=5, masked=True, fresh=False, threshold=0.75)
+    p, mask = make_problem(cell, 6, 4, 2, 6, seed=5, masked=True, fresh=False, threshold=0.75)
     with torch.no_grad():
-        ref = run(skip_gru_naive, p, mask, threshold=0.75)
-        at_half = run(skip_gru_naive, p, mask)
+        ref = run(cell, cell.naive, p, mask, threshold=0.75)
+        at_half = run(cell, cell.naive, p, mask)
     valid = mask > 0
-    assert ((ref[5] - 0.75).abs()[valid] > 1e-3).all()  # no gate near the tie
-    u = ref[4][valid]
+    assert ((ref[UPDATE_PROBS] - 0.75).abs()[valid] > 1e-3).all()  # no gate near the tie
+    u = ref[UPDATES][valid]
     assert (u == 1).any() and (u == 0).any()
-    assert not torch.equal(ref[4], at_half[4])
-    check_against_reference(p, mask, threshold=0.75, precision="ieee")
+    assert not torch.equal(ref[UPDATES], at_half[UPDATES])
+    check_against_reference(cell, p, mask, threshold=0.75, precision="ieee")
 
 
-def test_unsupported_arguments_raise():
-    p, mask = make_problem(2, 2, 1, 3, seed=1, masked=False, fresh=True)
+def test_unsupported_arguments_raise(cell):
+    p, mask = make_problem(cell, 2, 2, 1, 3, seed=1, masked=False, fresh=True)
     layer = (p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
-    args = (p["x"], p["h0"], p["update_prob0"], p["cum_prob0"])
+    args = (p["x"], *[p[s] for s in cell.states], p["update_prob0"], p["cum_prob0"])
     g = (p["gate_weight"], p["gate_bias"])
     with pytest.raises(ValueError, match="supports one layer, got 2"):
-        skip_gru_triton(*args, [layer, layer], *g)
+        cell.fast(*args, [layer, layer], *g)
     with pytest.raises(ValueError, match="forced gates or constant_delta"):
-        skip_gru_triton(*args, [layer], *g, forced=torch.ones(2, 2, device=DEVICE))
+        cell.fast(*args, [layer], *g, forced=torch.ones(2, 2, device=DEVICE))
     with pytest.raises(ValueError, match="forced gates or constant_delta"):
-        skip_gru_triton(*args, [layer], *g, constant_delta=0.3)
+        cell.fast(*args, [layer], *g, constant_delta=0.3)
     with pytest.raises(ValueError, match="precision must be one of"):
-        skip_gru_triton(*args, [layer], *g, precision="fp8")
+        cell.fast(*args, [layer], *g, precision="fp8")
     with pytest.raises(ValueError, match="needs a float threshold"):  # per-step τ: the reference
-        skip_gru_triton(*args, [layer], *g, threshold=torch.full((2, 2), 0.5, device=DEVICE))
+        cell.fast(*args, [layer], *g, threshold=torch.full((2, 2), 0.5, device=DEVICE))
 
 
-def test_layer_reuses_its_fresh_state_without_touching_it():
-    """A SkipGRU on the Triton backend with no ``hx`` shares one zero state per (B, device, dtype)
+def test_layer_reuses_its_fresh_state_without_touching_it(cell):
+    """A SkipLSTM / SkipGRU on the Triton backend with no ``hx`` shares one zero state per (B, device, dtype)
     between calls (no launches to make it): results match the reference layer call after call,
     the shared state stays zeros (Δũ ones) and the returned state is never the shared one."""
-    from skiprnn import SkipGRU
+    import skiprnn
+    layer = getattr(skiprnn, cell.layer)
     torch.manual_seed(5)
-    fast = SkipGRU(3, 9, backend="triton", dtype=DTYPE, device=DEVICE)
-    ref = SkipGRU(3, 9, backend="reference", dtype=DTYPE, device=DEVICE)
+    fast = layer(3, 9, backend="triton", dtype=DTYPE, device=DEVICE)
+    ref = layer(3, 9, backend="reference", dtype=DTYPE, device=DEVICE)
     ref.load_state_dict(fast.state_dict())
     for step in range(3):
         x = torch.randn(7, 4, 3, dtype=DTYPE, device=DEVICE)
@@ -253,10 +301,10 @@ def test_layer_reuses_its_fresh_state_without_touching_it():
     assert len(fast._fresh_states) == 1
 
 
-def test_dispatch_routes_here():
+def test_dispatch_routes_here(cell):
     from skiprnn.ops import dispatch
-    name, fn = dispatch.select("gru", "triton", device_type=DEVICE, num_layers=1, fast_ok=True)
-    assert name == "triton" and fn is skip_gru_triton
+    name, fn = dispatch.select(cell.kind, "triton", device_type=DEVICE, num_layers=1, fast_ok=True)
+    assert name == "triton" and fn is cell.fast
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,8 +315,8 @@ GPU_SHAPES = [(256, 784, 1, 110), (256, 50, 2, 110), (64, 1000, 64, 512)]
 PAPER_GPU_SHAPES = GPU_SHAPES[:2]  # reset_after=False at the paper's shapes
 
 
-def gpu_problem(B, T, I, H, seed=0, masked=True):
-    """nn.GRU-like init; the gate is kept well away from ties (Δũ ≈ 0.3 ± 0.03) so that ieee and
+def gpu_problem(cell, B, T, I, H, seed=0, masked=True):
+    """nn.LSTM / nn.GRU-like init; the gate is kept well away from ties (Δũ ≈ 0.3 ± 0.03) so that ieee and
     tf32 runs take the same skip decisions as the fp32 reference."""
     gen = torch.Generator().manual_seed(seed)
     k = 1 / math.sqrt(H)
@@ -276,10 +324,12 @@ def gpu_problem(B, T, I, H, seed=0, masked=True):
     def uni(*shape, scale=k):
         return ((torch.rand(*shape, generator=gen) * 2 - 1) * scale).cuda()
 
-    p = dict(x=torch.randn(T, B, I, generator=gen).cuda(),
-             h0=uni(1, B, H, scale=0.5),
-             update_prob0=torch.ones(B, device="cuda"), cum_prob0=torch.zeros(B, device="cuda"),
-             w_ih=uni(3 * H, I), w_hh=uni(3 * H, H), b_ih=uni(3 * H), b_hh=uni(3 * H),
+    G = cell.gates
+    p = dict(x=torch.randn(T, B, I, generator=gen).cuda())
+    for s in cell.states:
+        p[s] = uni(1, B, H, scale=0.5)
+    p.update(update_prob0=torch.ones(B, device="cuda"), cum_prob0=torch.zeros(B, device="cuda"),
+             w_ih=uni(G * H, I), w_hh=uni(G * H, H), b_ih=uni(G * H), b_hh=uni(G * H),
              gate_weight=uni(1, H, scale=0.05 / math.sqrt(H)),
              gate_bias=torch.full((1,), math.log(0.3 / 0.7), device="cuda"))
     mask = None
@@ -297,26 +347,29 @@ def _rel(a, b):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision", ["ieee", "tf32"])
-@pytest.mark.parametrize("shape,reset_after",
-                         [(s, True) for s in GPU_SHAPES] + [(s, False) for s in PAPER_GPU_SHAPES],
+@pytest.mark.parametrize("kind,shape,reset_after",
+                         [(k, s, True) for k in CELLS for s in GPU_SHAPES]
+                         + [("gru", s, False) for s in PAPER_GPU_SHAPES],
                          ids=lambda v: "B{}-T{}-I{}-H{}".format(*v) if isinstance(v, tuple)
-                         else ("nn" if v else "paper"))
-def test_gpu_paper_shapes(shape, precision, reset_after):
+                         else v if isinstance(v, str) else ("nn" if v else "paper"))
+def test_gpu_paper_shapes(kind, shape, precision, reset_after):
     torch.backends.cuda.matmul.allow_tf32 = False
-    p, mask = gpu_problem(*shape)
+    cell = CELLS[kind]
+    p, mask = gpu_problem(cell, *shape)
     leaves_r = {k: v.clone().requires_grad_(True) for k, v in p.items()}
     leaves_f = {k: v.clone().requires_grad_(True) for k, v in p.items()}
-    ref = run(skip_gru_naive, leaves_r, mask, reset_after=reset_after)
-    out = run(skip_gru_triton, leaves_f, mask, precision=precision, reset_after=reset_after)
+    ck = _cell_kw(cell, reset_after)
+    ref = run(cell, cell.naive, leaves_r, mask, **ck)
+    out = run(cell, cell.fast, leaves_f, mask, precision=precision, **ck)
     torch.cuda.synchronize()
-    flips = (out[4] != ref[4]).sum().item()
+    flips = (out[UPDATES] != ref[UPDATES]).sum().item()
     assert flips == 0, f"{flips} gate decisions differ"
     tol = 1e-4 if precision == "ieee" else 3e-2
-    for name, a, b in zip(OUT_NAMES, out, ref):
+    for name, a, b in zip(cell.out_names, out, ref):
         assert torch.isfinite(a).all(), name
         assert _rel(a, b) < tol, (name, _rel(a, b))
     g_outs = [torch.randn_like(r) for r in ref]
-    names = list(NAMES)
+    names = cell.names
     g_ref = torch.autograd.grad(ref, [leaves_r[k] for k in names], g_outs)
     g_fast = torch.autograd.grad(out, [leaves_f[k] for k in names], g_outs)
     gtol = 1e-3 if precision == "ieee" else 5e-2
@@ -326,19 +379,19 @@ def test_gpu_paper_shapes(shape, precision, reset_after):
 
 
 # ------------------------------------------------------------------------------------------------
-# cooperative path (skiprnn/ops/gru_coop.py): in the interpreter one column block (no spinning);
+# cooperative path (skiprnn/ops/{lstm,gru}_coop.py): in the interpreter one column block (no spinning);
 # the old kernels stay tested with SKIPRNN_COOP=0. Multi-column runs: tests/ops/test_triton_coop.py.
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("coop_on", ["0", "1"])
 @pytest.mark.parametrize("case", [(6, 19, 2, 20, True, False), (5, 3, 1, 7, False, True)], ids=_id)
-def test_old_and_coop_paths(monkeypatch, coop_on, case):
+def test_old_and_coop_paths(monkeypatch, cell, coop_on, case):
     from skiprnn.ops import coop
     monkeypatch.setenv("SKIPRNN_COOP", coop_on)
     T, B, I, H, masked, fresh = case
-    p, mask = make_problem(T, B, I, H, seed=17, masked=masked, fresh=fresh)
+    p, mask = make_problem(cell, T, B, I, H, seed=17, masked=masked, fresh=fresh)
     coop.reset()
-    check_against_reference(p, mask, precision="ieee")
+    check_against_reference(cell, p, mask, precision="ieee")
     chosen = coop.choices()
     if coop_on == "0":
         assert chosen == {}
@@ -348,22 +401,22 @@ def test_old_and_coop_paths(monkeypatch, coop_on, case):
 
 @pytest.mark.parametrize("coop_on", ["0", "1"])
 @pytest.mark.parametrize("which", ["b_ih", "b_hh"])
-def test_one_bias_only(monkeypatch, coop_on, which):
+def test_one_bias_only(monkeypatch, cell, coop_on, which):
     """Only one of the two biases: the cooperative kernels add the biases of their units
     themselves (HAS_BIH / HAS_BHH), the old kernels get them folded into the projection; the
     gradient of the present bias comes from the backward's per-row-block sums."""
     from skiprnn.ops import coop
     monkeypatch.setenv("SKIPRNN_COOP", coop_on)
     coop.reset()
-    p, mask = make_problem(6, 19, 2, 20, seed=29, masked=True, fresh=False)
+    p, mask = make_problem(cell, 6, 19, 2, 20, seed=29, masked=True, fresh=False)
     p[which] = None
-    check_against_reference(p, mask, precision="ieee")
+    check_against_reference(cell, p, mask, precision="ieee")
     coop.reset()
 
 
 @pytest.mark.parametrize("I, env, fused", [(1, None, True), (4, None, True), (5, None, False),
                                            (3, "0", False)])
-def test_input_projection_in_kernel_or_as_a_gemm(monkeypatch, I, env, fused):
+def test_input_projection_in_kernel_or_as_a_gemm(monkeypatch, cell, I, env, fused):
     """Inputs of up to 4 features are projected inside the cooperative forward (no GEMM launch);
     wider ones, or SKIPRNN_COOP_FUSE_INPUT=0, read a precomputed x W_ih^T. Same results."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -381,10 +434,10 @@ def test_input_projection_in_kernel_or_as_a_gemm(monkeypatch, I, env, fused):
         monkeypatch.setenv("SKIPRNN_COOP_FUSE_INPUT", env)
     coop.reset()
     assert coop.fuse_input(I) is fused
-    p, mask = make_problem(4, 17, I, 20, seed=31 + I, masked=True, fresh=False)
-    check_against_reference(p, mask, precision="ieee")
+    p, mask = make_problem(cell, 4, 17, I, 20, seed=31 + I, masked=True, fresh=False)
+    check_against_reference(cell, p, mask, precision="ieee")
     with torch.no_grad(), Ops():
-        run(skip_gru_triton, p, mask, precision="ieee")
+        run(cell, cell.fast, p, mask, precision="ieee")
     if _interpreted():
         assert coop.choices() and "old" not in coop.choices().values()
         assert ("mm" in Ops.names) is not fused, Ops.names
@@ -392,7 +445,7 @@ def test_input_projection_in_kernel_or_as_a_gemm(monkeypatch, I, env, fused):
 
 
 @pytest.mark.parametrize("cfg", ["16,32,4", "16,32,4,2", "16,32,4+x"])
-def test_coop_forced_config_interpreter(monkeypatch, cfg):
+def test_coop_forced_config_interpreter(monkeypatch, cell, cfg):
     """A forced config with one column block (BLOCK_N >= H) and two row blocks; with and without
     the K split (batched dots over K chunks)."""
     if not _interpreted():
@@ -400,8 +453,8 @@ def test_coop_forced_config_interpreter(monkeypatch, cfg):
     from skiprnn.ops import coop
     monkeypatch.setenv("SKIPRNN_COOP_CONFIG", cfg)
     coop.reset()
-    p, mask = make_problem(5, 21, 2, 20, seed=23, masked=True, fresh=False, bias=False)
-    check_against_reference(p, mask, precision="ieee")
+    p, mask = make_problem(cell, 5, 21, 2, 20, seed=23, masked=True, fresh=False, bias=False)
+    check_against_reference(cell, p, mask, precision="ieee")
     chosen = coop.choices()
     assert {v.removesuffix("+x") for v in chosen.values()} == {cfg.removesuffix("+x")}
     assert all(v.endswith("+x") == (cfg.endswith("+x") and "-bwd" not in k)
@@ -410,20 +463,19 @@ def test_coop_forced_config_interpreter(monkeypatch, cfg):
 
 
 @pytest.mark.parametrize("coop_on", ["0", "1"])
-def test_infer_matches_reference(monkeypatch, coop_on):
-    from skiprnn.ops.skip_gru.fused import skip_gru_triton_infer
+def test_infer_matches_reference(monkeypatch, cell, coop_on):
     monkeypatch.setenv("SKIPRNN_COOP", coop_on)
-    p, mask = make_problem(7, 5, 2, 9, seed=31, masked=True, fresh=False)
+    p, mask = make_problem(cell, 7, 5, 2, 9, seed=31, masked=True, fresh=False)
     with torch.no_grad():
-        ref = run(skip_gru_naive, p, mask)
-    out = run(skip_gru_triton_infer, p, mask, precision="ieee")
+        ref = run(cell, cell.naive, p, mask)
+    out = run(cell, cell.infer, p, mask, precision="ieee")
     assert len(out) == len(ref)
-    for name, a, b in zip(OUT_NAMES, out, ref):
+    for name, a, b in zip(cell.out_names, out, ref):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{name}: {m}")
 
 
-def test_infer_block_skip_matches_reference(monkeypatch):
+def test_infer_block_skip_matches_reference(monkeypatch, cell):
     """The forward-only kernel skips the matrix product and the barrier of a row block on steps
     where none of its rows updates: two row blocks that update on alternate steps (and end at
     different times) still give the reference's outputs, final state and gates."""
@@ -432,35 +484,35 @@ def test_infer_block_skip_matches_reference(monkeypatch):
     from skiprnn_testutil import blocks_skip_together, synchronise_gates
 
     from skiprnn.ops import coop
-    from skiprnn.ops.skip_gru.fused import skip_gru_triton_infer
     monkeypatch.setenv("SKIPRNN_COOP_CONFIG", "16,32,4")  # 2 row blocks, 1 column block
     coop.reset()
     T = 9
-    p, _ = make_problem(T, 21, 2, 20, seed=41, masked=False, fresh=True)
+    p, _ = make_problem(cell, T, 21, 2, 20, seed=41, masked=False, fresh=True)
     mask = synchronise_gates(p, T).to(p["x"].device)
     with torch.no_grad():
-        ref = run(skip_gru_naive, p, mask)
-    assert blocks_skip_together(ref[4].cpu())
-    out = run(skip_gru_triton_infer, p, mask, precision="ieee")
-    torch.testing.assert_close(out[4], ref[4], atol=0, rtol=0, msg="updates differ")
-    for name, a, b in zip(OUT_NAMES, out, ref):
+        ref = run(cell, cell.naive, p, mask)
+    assert blocks_skip_together(ref[UPDATES].cpu())
+    out = run(cell, cell.infer, p, mask, precision="ieee")
+    torch.testing.assert_close(out[UPDATES], ref[UPDATES], atol=0, rtol=0, msg="updates differ")
+    for name, a, b in zip(cell.out_names, out, ref):
         torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{name}: {m}")
     assert {v.removesuffix("+x") for v in coop.choices().values()} == {"16,32,4"}
     coop.reset()
 
 
-@pytest.mark.parametrize("used", [(0,), (1, 4)])
-def test_gradients_when_only_some_outputs_are_used(used):
+@pytest.mark.parametrize("used", [("output",), ("h_n", "updates")], ids="+".join)
+def test_gradients_when_only_some_outputs_are_used(cell, used):
     """Outputs without a gradient reach the backward as None (no zero tensors materialised):
     only the output sequence, or only the final h and the binary updates (a budget loss)."""
-    p, mask = make_problem(6, 5, 2, 9, seed=43, masked=True, fresh=False)
-    names = [k for k in NAMES if p[k] is not None]
+    p, mask = make_problem(cell, 6, 5, 2, 9, seed=43, masked=True, fresh=False)
+    names = [k for k in cell.names if p[k] is not None]
+    idx = [cell.out_names.index(n) for n in used]
     grads = {}
-    for fn in (skip_gru_naive, skip_gru_triton):
+    for fn in (cell.naive, cell.fast):
         q = {k: (None if v is None else v.detach().clone().requires_grad_(True))
              for k, v in p.items()}
-        outs = run(fn, q, mask)
-        loss = sum((outs[i] * (i + 1.5)).sin().sum() for i in used)
+        outs = run(cell, fn, q, mask)
+        loss = sum((outs[i] * (i + 1.5)).sin().sum() for i in idx)
         grads[fn] = torch.autograd.grad(loss, [q[k] for k in names])
-    for name, a, b in zip(names, grads[skip_gru_triton], grads[skip_gru_naive]):
+    for name, a, b in zip(names, grads[cell.fast], grads[cell.naive]):
         torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{name}: {m}")
