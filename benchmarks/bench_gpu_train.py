@@ -97,11 +97,11 @@ def backend_fn(cell: str, backend: str, case: dict):
         mod = case["mod"]
         return (lambda: mod(x)[0]), [x, *mod.parameters()]
     if cell == "lstm":
-        from skiprnn.ops.skip_lstm.fused import skip_lstm_triton as fast
+        from skiprnn.ops.triton_rnn import skip_lstm_triton as fast
         from skiprnn.ops.skip_lstm.naive import skip_lstm_naive as ref
         state = (case["h0"], case["c0"])
     else:
-        from skiprnn.ops.skip_gru.fused import skip_gru_triton as fast
+        from skiprnn.ops.triton_rnn import skip_gru_triton as fast
         from skiprnn.ops.skip_gru.naive import skip_gru_naive as ref
         state = (case["h0"],)
     params = [x, *layer, gw, gb]
@@ -110,9 +110,9 @@ def backend_fn(cell: str, backend: str, case: dict):
     kind, precision = backend.split("-")
     if kind == "infer":
         if cell == "lstm":
-            from skiprnn.ops.skip_lstm.fused import skip_lstm_triton_infer as inf
+            from skiprnn.ops.triton_rnn import skip_lstm_triton_infer as inf
         else:
-            from skiprnn.ops.skip_gru.fused import skip_gru_triton_infer as inf
+            from skiprnn.ops.triton_rnn import skip_gru_triton_infer as inf
         return (lambda: inf(x, *state, case["up0"], case["cum0"], [layer], gw, gb,
                             precision=precision)[0]), None
 
@@ -137,10 +137,10 @@ def check_vs_old(cell: str, case: dict) -> dict:
     differing skip decisions, relative error of the outputs where no decision differs, and of the
     gradients (all compiled already by the timings, so this costs only a few launches)."""
     if cell == "lstm":
-        from skiprnn.ops.skip_lstm.fused import skip_lstm_triton as fast
+        from skiprnn.ops.triton_rnn import skip_lstm_triton as fast
         state, uidx = (case["h0"], case["c0"]), 5
     else:
-        from skiprnn.ops.skip_gru.fused import skip_gru_triton as fast
+        from skiprnn.ops.triton_rnn import skip_gru_triton as fast
         state, uidx = (case["h0"],), 4
     x, layer, gw, gb = case["x"], case["layer"], case["gate_w"], case["gate_b"]
     params = [x, *layer, gw, gb]

@@ -58,12 +58,10 @@ class _Stub:
 
 
 def _stub_kernels() -> None:
-    from skiprnn.ops import gru_coop, lstm_coop
-    from skiprnn.ops.skip_gru import fused as gf
-    from skiprnn.ops.skip_lstm import fused as lf
-    for mod in (lstm_coop, gru_coop, lf, gf):
+    from skiprnn.ops import coop_kernels, rowblock
+    for mod in (coop_kernels, rowblock):
         for name in list(vars(mod)):
-            if name.endswith("_kernel") and name.startswith("_"):
+            if name.endswith("_kernel"):
                 setattr(mod, name, _Stub())
 
 
@@ -88,9 +86,9 @@ def _case(cell: str, B: int, T: int, I: int, H: int):
     up0, cum0 = torch.ones(B), torch.zeros(B)
     g_out = torch.randn(T, B, H)
     if cell == "lstm":
-        from skiprnn.ops.skip_lstm.fused import skip_lstm_triton as fast
+        from skiprnn.ops.triton_rnn import skip_lstm_triton as fast
     else:
-        from skiprnn.ops.skip_gru.fused import skip_gru_triton as fast
+        from skiprnn.ops.triton_rnn import skip_gru_triton as fast
     from skiprnn import SkipGRU, SkipLSTM
     skip = (SkipLSTM if cell == "lstm" else SkipGRU)(I, H, backend="triton")
     runs = {

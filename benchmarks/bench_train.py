@@ -48,8 +48,8 @@ CUDA_SHAPES = [(256, 784, 1, 110)]
 def triton_fns():
     """The Triton backend's ops, if importable here (another module; may not exist yet)."""
     fns = {}
-    for cell, mod, name in (("lstm", "skiprnn.ops.skip_lstm.fused", "skip_lstm_triton"),
-                            ("gru", "skiprnn.ops.skip_gru.fused", "skip_gru_triton")):
+    for cell, mod, name in (("lstm", "skiprnn.ops.triton_rnn", "skip_lstm_triton"),
+                            ("gru", "skiprnn.ops.triton_rnn", "skip_gru_triton")):
         try:
             module = __import__(mod, fromlist=[name])
             fns[cell] = getattr(module, name)

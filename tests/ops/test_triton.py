@@ -25,9 +25,8 @@ os.environ.setdefault("SKIPRNN_COOP", "force")
 
 triton = pytest.importorskip("triton")
 
-from skiprnn.ops.skip_gru import fused as gru_fused  # noqa: E402
+from skiprnn.ops import rowblock, triton_rnn  # noqa: E402
 from skiprnn.ops.skip_gru.naive import skip_gru_naive  # noqa: E402
-from skiprnn.ops.skip_lstm import fused as lstm_fused  # noqa: E402
 from skiprnn.ops.skip_lstm.naive import skip_lstm_naive  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
@@ -38,7 +37,7 @@ TOL = dict(atol=1e-5, rtol=1e-4) if CUDA else dict(atol=1e-10, rtol=1e-8)
 
 def _interpreted() -> bool:
     from triton.runtime.interpreter import InterpretedFunction
-    return isinstance(lstm_fused._skip_lstm_fwd_kernel, InterpretedFunction)
+    return isinstance(rowblock.rowblock_fwd_kernel, InterpretedFunction)
 
 
 if not CUDA and not _interpreted():  # triton was imported before TRITON_INTERPRET was set
@@ -71,10 +70,10 @@ class Cell(NamedTuple):
 
 
 CELLS = {
-    "lstm": Cell("lstm", 4, ("h0", "c0"), 0.5, skip_lstm_naive, lstm_fused.skip_lstm_triton,
-                 lstm_fused.skip_lstm_triton_infer, "SkipLSTM"),
-    "gru": Cell("gru", 3, ("h0",), 0.8, skip_gru_naive, gru_fused.skip_gru_triton,
-                gru_fused.skip_gru_triton_infer, "SkipGRU"),
+    "lstm": Cell("lstm", 4, ("h0", "c0"), 0.5, skip_lstm_naive, triton_rnn.skip_lstm_triton,
+                 triton_rnn.skip_lstm_triton_infer, "SkipLSTM"),
+    "gru": Cell("gru", 3, ("h0",), 0.8, skip_gru_naive, triton_rnn.skip_gru_triton,
+                triton_rnn.skip_gru_triton_infer, "SkipGRU"),
 }
 GRU = CELLS["gru"]
 UPDATES, UPDATE_PROBS = -2, -1  # positions of the per-step outputs in every cell's results
@@ -379,7 +378,7 @@ def test_gpu_paper_shapes(kind, shape, precision, reset_after):
 
 
 # ------------------------------------------------------------------------------------------------
-# cooperative path (skiprnn/ops/{lstm,gru}_coop.py): in the interpreter one column block (no spinning);
+# cooperative path (skiprnn/ops/coop.py): in the interpreter one column block (no spinning);
 # the old kernels stay tested with SKIPRNN_COOP=0. Multi-column runs: tests/ops/test_triton_coop.py.
 # ------------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Cooperative Triton kernels (skiprnn/ops/{lstm,gru}_coop.py) with several column blocks, on a GPU.
+"""Cooperative Triton kernels (skiprnn/ops/coop_kernels.py) with several column blocks, on a GPU.
 
 The multi-column path spins at a barrier, which only works with every program resident: it cannot
 run in the interpreter (programs run one after the other). Each GPU case runs in a subprocess with
@@ -83,13 +83,13 @@ def _rel(a, b):
 def _child(cell, B, T, I, H, masked, fresh, sync=False, block=16):
     from skiprnn.ops import coop
     if cell == "lstm":
-        from skiprnn.ops.skip_lstm.fused import skip_lstm_triton as fast
-        from skiprnn.ops.skip_lstm.fused import skip_lstm_triton_infer as infer
+        from skiprnn.ops.triton_rnn import skip_lstm_triton as fast
+        from skiprnn.ops.triton_rnn import skip_lstm_triton_infer as infer
         from skiprnn.ops.skip_lstm.naive import skip_lstm_naive as ref_fn
         G = 4
     else:
-        from skiprnn.ops.skip_gru.fused import skip_gru_triton as fast
-        from skiprnn.ops.skip_gru.fused import skip_gru_triton_infer as infer
+        from skiprnn.ops.triton_rnn import skip_gru_triton as fast
+        from skiprnn.ops.triton_rnn import skip_gru_triton_infer as infer
         from skiprnn.ops.skip_gru.naive import skip_gru_naive as ref_fn
         G = 3
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: interpreter dry run

@@ -1,7 +1,7 @@
 """Cooperative ("hidden units split across programs") Triton path: shared device helpers, config
 candidates and the run-time selection of the fastest kernel per shape.
 
-The cooperative kernels (``lstm_coop.py``, ``gru_coop.py``) run on a 2-D grid: program
+The cooperative kernels (``coop_kernels.py``, one pair for both cells) run on a 2-D grid: program
 ``(pr, pc)`` owns ``BLOCK_B`` batch rows and ``BLOCK_N`` hidden units (all the gates of those
 units). Its slice of ``W_hh`` (``HP x gates*BLOCK_N``, ``HP = next_pow2(H)``) is loaded once, before
 the time loop, and stays on chip for the whole sequence; per step only ``h`` (forward) or the gate
@@ -74,11 +74,73 @@ if HAS_TRITON:
     @triton.jit
     def decide(up, cum, m, threshold):
         """ũ_t = cum + min(Δũ, 1 - cum) per row, the binary update (rows with m = 0 never update)
-        and u as a float; every program of a row block computes the same values."""
+        and u as a float (every program of a cooperative row block computes the same values).
+        Used by every forward kernel."""
         ut = cum + tl.minimum(up, 1.0 - cum)
         upd = (ut > threshold) & (m != 0)
         zero = up * 0.0
         return ut, upd, tl.where(upd, zero + 1.0, zero)
+
+    @triton.jit
+    def save_step(STATS, UPD, PROB, r_t, smask, u, ut, up, cum, m, T, B):
+        """A forward step's per-row outputs: the updates u and update probabilities ũ·m, and for
+        the backward u, ũ, up_{t-1}, cum_{t-1} in STATS (5,T,B) (Δũ, row 2, comes later)."""
+        srow = STATS + r_t
+        tl.store(srow, u, mask=smask)
+        tl.store(srow + T * B, ut, mask=smask)
+        tl.store(srow + 3 * T * B, up, mask=smask)
+        tl.store(srow + 4 * T * B, cum, mask=smask)
+        tl.store(UPD + r_t, u, mask=smask)
+        tl.store(PROB + r_t, ut * m, mask=smask)
+
+    @triton.jit
+    def store4(ptr, off, m2, H, v0, v1, v2, v3):
+        """Four (rows, units) blocks to ``ptr + off + k·H``, k = 0..3 (a step's gate blocks in G
+        or their gradients in DG, (T,B,4H), for both cells)."""
+        tl.store(ptr + off, v0, mask=m2)
+        tl.store(ptr + off + H, v1, mask=m2)
+        tl.store(ptr + off + 2 * H, v2, mask=m2)
+        tl.store(ptr + off + 3 * H, v3, mask=m2)
+
+    @triton.jit
+    def gate_update(up, cum, upd, ut, m, delta):
+        """The gate's state after a step: Δũ replaces the carried update probability where the
+        row updated; the accumulator restarts at 0 there, holds ũ where it skipped, and stays put
+        on masked (padding) steps. Returns ``(up, cum)``."""
+        return tl.where(upd, delta, up), tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
+
+    @triton.jit
+    def decide_backward(m, u, gu, gup, gcum, gprob, up_p, cum_p):
+        """The backward of a step's gate (``decide`` and the accumulator update after it): from
+        the gradients of the next step's up / cum (``gup``, ``gcum``), of u (``gu``, straight
+        through) and of the update probability ũ·m (``gprob``), those of this step's up / cum
+        (``up_p``, ``cum_p`` their values). ũ = cum + min(up, 1 - cum): d/dup = d/dcum =
+        a = 1[up <= 1 - cum] (TF's min at a tie). Used by every backward kernel."""
+        g_ut = m * (gu + (1.0 - u) * gcum + gprob)
+        one_m = 1.0 - cum_p
+        a = tl.where(up_p <= one_m, 1.0, 0.0)
+        gup = m * (1.0 - u) * gup + (1.0 - m) * gup + a * g_ut
+        gcum = (1.0 - m) * gcum + a * g_ut
+        return gup, gcum
+
+    @triton.jit
+    def step_stats(STATS, MASK, GUPD, GPROB, r_t, rmask, T, B, HAS_MASK: tl.constexpr):
+        """A step's per-row inputs of a backward: u, ũ, Δũ, up_{t-1}, cum_{t-1} (saved in STATS
+        (5,T,B) by the forward), the mask (ones without one) and the incoming gradients of the
+        updates and update probabilities; ``r_t`` the step's (T, B) offsets."""
+        srow = STATS + r_t
+        u = tl.load(srow, mask=rmask, other=0.0)
+        ut = tl.load(srow + T * B, mask=rmask, other=0.0)
+        delta = tl.load(srow + 2 * T * B, mask=rmask, other=0.0)
+        up_p = tl.load(srow + 3 * T * B, mask=rmask, other=0.0)
+        cum_p = tl.load(srow + 4 * T * B, mask=rmask, other=0.0)
+        if HAS_MASK:
+            m = tl.load(MASK + r_t, mask=rmask, other=0.0)
+        else:
+            m = u * 0.0 + 1.0
+        gupd = tl.load(GUPD + r_t, mask=rmask, other=0.0)
+        gprob = tl.load(GPROB + r_t, mask=rmask, other=0.0)
+        return u, ut, delta, up_p, cum_p, m, gupd, gprob
 
     @triton.jit
     def delta_from_partials(zslot, zoff, zm, bp):

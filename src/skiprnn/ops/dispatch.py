@@ -23,8 +23,8 @@ _IMPLS = {
     ("gru", "reference"): "skiprnn.ops.skip_gru.naive:skip_gru_naive",
     ("lstm", "cpu"): "skiprnn.ops.skip_lstm.cpu:skip_lstm_cpu",
     ("gru", "cpu"): "skiprnn.ops.skip_gru.cpu:skip_gru_cpu",
-    ("lstm", "triton"): "skiprnn.ops.skip_lstm.fused:skip_lstm_triton",
-    ("gru", "triton"): "skiprnn.ops.skip_gru.fused:skip_gru_triton",
+    ("lstm", "triton"): "skiprnn.ops.triton_rnn:skip_lstm_triton",
+    ("gru", "triton"): "skiprnn.ops.triton_rnn:skip_gru_triton",
     # inference only (no autograd): skipped steps do no work
     ("lstm", "skipping"): "skiprnn.ops.skipping:skip_lstm_skipping",
     ("gru", "skipping"): "skiprnn.ops.skipping:skip_gru_skipping",

@@ -550,10 +550,8 @@ def _triton_infer(kind: str):
     if not triton_available():
         return None
     try:
-        if kind == "lstm":
-            from .skip_lstm.fused import skip_lstm_triton_infer as fn
-        else:
-            from .skip_gru.fused import skip_gru_triton_infer as fn
+        from .triton_rnn import skip_gru_triton_infer, skip_lstm_triton_infer
+        fn = skip_lstm_triton_infer if kind == "lstm" else skip_gru_triton_infer
     except ImportError:
         return None
     return fn

@@ -1,0 +1,340 @@
+"""Skip LSTM and Skip GRU on fused Triton kernels (one layer, deterministic gate): one autograd
+function and one host wrapper for both cells, the cell a parameter (``'lstm'`` | ``'gru'``).
+
+Same maths, signatures and return tuples as ``skip_lstm_naive`` / ``skip_gru_naive`` (the
+definitions, ``skiprnn/ops/skip_{lstm,gru}/naive.py``); tested against them on outputs, final
+state and every gradient (``tests/ops/test_triton.py``).
+
+Kernels: the cooperative ones (``coop_kernels.py``, chosen and timed by ``coop.py``; W_hh on
+chip, biases added in-kernel, inputs of at most 4 features projected in-kernel) and the
+one-program-per-row-block ones (``rowblock.py``: the fallback, and the only kernels of the GRU's
+paper candidate ``reset_after=False``). Both write the same buffers, so the outer GEMMs of the
+backward are shared: dW_hh, dW_ih, dx, the biases, dw_p, db_p.
+
+Gradient of the gate (straight-through, du/dũ = 1): ``du = Σ (h̃ - h_old) dh' [+ Σ (c̃ - c_old)
+dc'] + d(up')(Δũ - up) - d(cum')ũ + d(updates)``; ``ũ = cum + min(up, 1 - cum)`` sends its
+whole gradient to ``up`` at an exact tie, as TensorFlow's ``tf.minimum`` (this happens at the
+first step).
+
+Precision: ``precision='ieee'`` (exact fp32 products, used by the tests) or ``'tf32'`` (tensor
+cores, as cuDNN uses for RNNs under PyTorch's defaults). Default: 'tf32' on CUDA, 'ieee' in the
+interpreter, always 'ieee' for float64. bf16/fp16 inputs are computed in fp32 and returned in
+their dtype. Nothing is compiled at import time; the module imports without Triton.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from . import coop, coop_kernels, rowblock
+from .triton_utils import (check_device, compute_dtype, gate_sums, grads_or_zeros,
+                           require_triton, resolve_precision, tile_config)
+from .triton_utils import contiguous_as as _c
+
+GATES = {"lstm": 4, "gru": 3}  # gate blocks of W_ih / W_hh per cell
+
+
+def _old_bias(cell: str, xp: Tensor, b_ih, b_hh) -> tuple[Tensor, Tensor | None]:
+    """For the row-block kernels: the biases folded into the projection ``xp`` (LSTM: both; GRU:
+    ``b_ih + [b_hr, b_hz, 0]``), and the GRU's ``b_hn`` (H,) (it sits inside the reset gate's
+    product; None for the LSTM)."""
+    if b_ih is not None:
+        xp = xp + b_ih
+    if cell == "lstm":
+        return (xp if b_hh is None else xp + b_hh), None
+    H = xp.shape[-1] // 3
+    if b_hh is None:
+        return xp, xp.new_zeros(H)
+    xp = torch.cat([xp[..., :2 * H] + b_hh[:2 * H], xp[..., 2 * H:]], dim=-1)
+    return xp, b_hh[2 * H:].contiguous()
+
+
+def _sums_old(cell: str, gz: Tensor, gates: Tensor, hs: Tensor, cs: Tensor | None) -> Tensor:
+    """``part`` of ``coop_kernels.launch_bwd`` for the row-block kernels: the Δũ feature (c̃ for
+    the LSTM, h̃ for the GRU) recomputed from the gates."""
+    H = hs.shape[-1]
+    g = [gates[..., k * H:(k + 1) * H] for k in range(3)]
+    if cell == "lstm":  # c̃ = f c + i g
+        return gate_sums(gz, g[1] * cs[:-1] + g[0] * g[2])
+    return gate_sums(gz, (1 - g[1]) * g[2] + g[1] * hs[:-1])  # h̃ = (1 - z) n + z h
+
+
+class _SkipRNNTriton(torch.autograd.Function):
+    """``cell`` 'lstm' | 'gru'; ``c0`` None for the GRU (its ``c_n`` output is None too)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # no autocast inside
+    def forward(ctx, cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, mask,
+                threshold, precision, reset_after):
+        cdt = compute_dtype(x.dtype)
+        T, B, I = x.shape
+        H = w_hh.shape[1]
+        xc, w_ihc, w_hhc = _c(x, cdt), _c(w_ih, cdt), _c(w_hh, cdt)
+        bih, bhh = _c(b_ih, cdt), _c(b_hh, cdt)
+        gwc, gbc = _c(gate_w.reshape(-1), cdt), _c(gate_b.reshape(-1), cdt)
+        maskc = _c(mask, cdt)
+        state = (_c(h0, cdt), _c(c0, cdt), _c(up0, cdt), _c(cum0, cdt))
+        proj = coop.InputProjection(xc, w_ihc)
+        key = (f"{cell}-fwd", B, H, precision, maskc is not None, str(cdt), str(x.device),
+               proj.fusable)
+
+        def run_coop(c):
+            xin, wih = proj.coop_args(c)
+            return coop_kernels.launch_fwd(cell, xin, w_hhc, bih, bhh, gwc, gbc, maskc, *state,
+                                           threshold, precision, c, w_ih=wih)
+
+        def run_old():
+            xpb, b_hn = _old_bias(cell, proj.xp(), bih, bhh)
+            res = rowblock.launch_fwd(cell, xpb, w_hhc, b_hn, gwc, gbc, maskc, *state, threshold,
+                                      precision, tile_config(H, B), reset_after)
+            hs, cs = res[1], res[2]
+            return (*res, hs[T].clone(), None if cs is None else cs[T].clone())
+
+        # the cooperative kernels have nn.GRU's candidate only
+        cands = coop.candidates(H, B, x.device, GATES[cell], precision, proj.fusable) \
+            if reset_after else []
+        out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n = coop.run(
+            key, cands, run_coop, run_old)
+        ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, cs, gates, stats)
+        ctx.set_materialize_grads(False)  # missing output grads: one zero buffer in backward
+        ctx.cell, ctx.precision, ctx.reset_after = cell, precision, reset_after
+        ctx.dtypes = [None if t is None else t.dtype for t in
+                      (x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b)]
+        ctx.gate_shapes = (gate_w.shape, gate_b.shape)
+        dt = x.dtype
+        res = (out, h_n, c_n, up_n, cum_n, upd, prob)
+        return res if dt == cdt else tuple(None if t is None else t.to(dt) for t in res)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, g_out, g_hn, g_cn, g_upn, g_cumn, g_upd, g_prob):
+        xc, w_ihc, w_hhc, gwc, maskc, hs, cs, gates, stats = ctx.saved_tensors
+        cell, lstm = ctx.cell, ctx.cell == "lstm"
+        cdt = gates.dtype
+        T, B, I = xc.shape
+        H = w_hhc.shape[1]
+        cands = coop.candidates(H, B, xc.device, GATES[cell], ctx.precision) \
+            if ctx.reset_after else []
+        gin = (g_out, g_hn, g_cn, g_upn, g_cumn, g_upd, g_prob)
+        shapes = ((T, B, H), (B, H), (B, H), (B,), (B,), (T, B), (T, B))
+        if not lstm:  # no c: leave its (absent) gradient out
+            gin, shapes = gin[:2] + gin[3:], shapes[:2] + shapes[3:]
+        g, spare = grads_or_zeros(gin, shapes, cdt, xc.device,
+                                  scratch=coop.counter_scratch(cands, B))
+        if not lstm:
+            g = g[:2] + [None] + g[2:]
+        spare = coop.once(spare)
+        bargs = (w_hhc, gwc, maskc, hs, cs, gates, stats, *g, ctx.precision)
+        key = (f"{cell}-bwd", B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
+        need = ctx.needs_input_grad  # (cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, ...)
+
+        def run_old():
+            res = rowblock.launch_bwd(cell, *bargs, tile_config(H, B), ctx.reset_after)
+            part = _sums_old(cell, res[1], gates, hs, cs) if any(need[10:12]) else None
+            return (*res, part)
+
+        dg, gz, dh0, dc0, dup0, dcum0, part = coop.run(
+            key, cands, lambda c: coop_kernels.launch_bwd(cell, *bargs, c, zeros=spare()),
+            run_old)
+        dg2 = dg.view(T * B, 4 * H)
+        dxp = dg2 if lstm else dg2[:, :3 * H]                          # d(x W_ih^T + b_ih)
+        dx = (dxp @ w_ihc).view(T, B, I) if need[1] else None
+        dw_ih = dxp.t() @ xc.reshape(T * B, I) if need[6] else None
+        dw_hh = None
+        if need[7]:
+            if lstm:
+                dw_hh = dg2.t() @ hs[:-1].reshape(T * B, H)
+            elif ctx.reset_after:
+                dgh = torch.cat([dg2[:, :2 * H], dg2[:, 3 * H:]], dim=1)  # d(h W_hh^T + b_hh)
+                dw_hh = dgh.t() @ hs[:-1].reshape(T * B, H)
+            else:  # the n rows act on r ⊙ h (kept in the gates' last block)
+                dw_hh = torch.cat([dg2[:, :2 * H].t() @ hs[:-1].reshape(T * B, H),
+                                   dg2[:, 3 * H:].t() @ gates[..., 3 * H:].reshape(T * B, H)])
+        db_ih = db_hh = dgw = dgb = None
+        if need[8] or need[9]:
+            s = dg2.sum(0)  # LSTM: both biases'; GRU: [r, z, n (input side), W_hn h + b_hn]
+            db_ih = db_hh = s
+            if not lstm:
+                db_ih = s[:3 * H]
+                db_hh = torch.cat([s[:2 * H], s[3 * H:]]) if need[9] else None
+        if need[10] or need[11]:
+            sums = part.sum(0)  # row blocks' sums of gz·(Δũ feature) and gz
+            dgw = sums[:H].view(ctx.gate_shapes[0])
+            dgb = sums[H:].view(ctx.gate_shapes[1])
+        grads = [dx, dh0, dc0, dup0, dcum0, dw_ih, dw_hh, db_ih, db_hh, dgw, dgb]
+        grads = [None if (g is None or not n) else (g if g.dtype == d else g.to(d))
+                 for g, n, d in zip(grads, need[1:], ctx.dtypes)]
+        return (None, *grads, None, None, None, None)
+
+
+def _checked_threshold(name: str, layers, forced, constant_delta, threshold) -> float:
+    """The float threshold of a call the fast path runs; ValueError for what it does not run."""
+    if len(layers) != 1:
+        raise ValueError(f"{name} supports one layer, got {len(layers)}")
+    if forced is not None or constant_delta is not None:
+        raise ValueError(f"{name} does not support forced gates or constant_delta; "
+                         "use the reference")
+    if isinstance(threshold, Tensor):
+        if threshold.dim() != 0:
+            raise ValueError(f"{name} needs a float threshold (no per-step thresholds)")
+    return float(threshold)
+
+
+def _skip_rnn_triton(cell, x, h0, c0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,
+                     mask, threshold, forced, constant_delta, precision, reset_after):
+    """The body of ``skip_{cell}_triton`` (``c0`` None for the GRU): checks, then the autograd
+    function; returns the naive function's tuple."""
+    require_triton()
+    name = f"skip_{cell}_triton"
+    threshold = _checked_threshold(name, layers, forced, constant_delta, threshold)
+    if x.dim() != 3:
+        raise ValueError(f"x must be (T, B, I), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x must have at least one time step")
+    check_device(x)
+    w_ih, w_hh, b_ih, b_hh = layers[0]
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    G = GATES[cell]
+    if w_ih.shape != (G * H, I) or w_hh.shape != (G * H, H):
+        raise ValueError(f"weights must be ({G}H, I) and ({G}H, H); got {tuple(w_ih.shape)}, "
+                         f"{tuple(w_hh.shape)}")
+    states = {"h0": h0} if c0 is None else {"h0": h0, "c0": c0}
+    if any(s.shape != (1, B, H) for s in states.values()):
+        raise ValueError(f"{' and '.join(states)} must be (1, B, H) = (1, {B}, {H}); got "
+                         + ", ".join(str(tuple(s.shape)) for s in states.values()))
+    if mask is not None and mask.shape != (T, B):
+        raise ValueError(f"mask must be (T, B) = ({T}, {B}), got {tuple(mask.shape)}")
+    prec = resolve_precision(precision, x.dtype)
+    out, h_n, c_n, up, cum, upd, prob = _SkipRNNTriton.apply(
+        cell, x, h0[0], None if c0 is None else c0[0], update_prob0, cum_prob0, w_ih, w_hh, b_ih,
+        b_hh, gate_weight, gate_bias, mask, threshold, prec, bool(reset_after))
+    state = (h_n.unsqueeze(0),) if c0 is None else (h_n.unsqueeze(0), c_n.unsqueeze(0))
+    return (out, *state, up, cum, upd, prob)
+
+
+@torch.no_grad()
+@torch.autocast("cuda", enabled=False)  # the projection GEMM stays in fp32 under autocast
+def _skip_rnn_triton_infer(cell, x, h0, c0, update_prob0, cum_prob0, layers, gate_weight,
+                           gate_bias, mask, threshold, forced, constant_delta, precision,
+                           reset_after):
+    """The body of ``skip_{cell}_triton_infer``: the cooperative forward-only kernel (h
+    ping-pong, no history) where it applies, else the training forward under ``no_grad``."""
+    require_triton()
+    train = (cell, x, h0, c0, update_prob0, cum_prob0, layers, gate_weight, gate_bias, mask)
+    if len(layers) != 1 or forced is not None or constant_delta is not None \
+            or (isinstance(threshold, Tensor) and threshold.dim() != 0) or x.dim() != 3 \
+            or x.shape[0] == 0 or not reset_after:
+        return _skip_rnn_triton(*train, threshold, forced, constant_delta, precision,
+                                reset_after)  # raises the usual errors
+    check_device(x)
+    threshold = float(threshold)
+    w_ih, w_hh, b_ih, b_hh = layers[0]
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    G = GATES[cell]
+    cdt = compute_dtype(x.dtype)
+    prec = resolve_precision(precision, x.dtype)
+    proj = coop.InputProjection(_c(x, cdt), _c(w_ih, cdt))
+    cands = coop.candidates(H, B, x.device, G, prec, proj.fusable)
+    if not cands or not coop.enabled() or h0.shape != (1, B, H) \
+            or (c0 is not None and c0.shape != (1, B, H)) \
+            or w_hh.shape != (G * H, H) or w_ih.shape != (G * H, I):
+        return _skip_rnn_triton(*train, threshold, None, None, precision, reset_after)
+    bih, bhh, w_hhc = _c(b_ih, cdt), _c(b_hh, cdt), _c(w_hh, cdt)
+    rest = (_c(gate_weight.reshape(-1), cdt), _c(gate_bias.reshape(-1), cdt), _c(mask, cdt),
+            _c(h0[0], cdt), None if c0 is None else _c(c0[0], cdt), _c(update_prob0, cdt),
+            _c(cum_prob0, cdt), threshold, prec)
+
+    def run_coop(c):
+        xin, wih = proj.coop_args(c)
+        return coop_kernels.launch_fwd(cell, xin, w_hhc, bih, bhh, *rest, c, save=False,
+                                       w_ih=wih)
+
+    def run_old():
+        xpb, b_hn = _old_bias(cell, proj.xp(), bih, bhh)
+        out, hs, cs, _, upd, prob, _, up_n, cum_n = rowblock.launch_fwd(
+            cell, xpb, w_hhc, b_hn, *rest, tile_config(H, B))
+        return (out, None, None, None, upd, prob, None, up_n, cum_n, hs[T],
+                None if cs is None else cs[T])
+
+    key = (f"{cell}-infer", B, H, prec, mask is not None, str(cdt), str(x.device), proj.fusable)
+    out, _, _, _, upd, prob, _, up_n, cum_n, h_n, c_n = coop.run(
+        key, cands, run_coop, run_old, hint=(f"{cell}-fwd",) + key[1:])
+    dt = x.dtype
+    state = (h_n,) if c0 is None else (h_n, c_n)
+    return (out.to(dt), *(s.to(dt).unsqueeze(0) for s in state), up_n.to(dt), cum_n.to(dt),
+            upd.to(dt), prob.to(dt))
+
+
+# ----------------------------------------------------------------------------------------------
+# public functions: the naive functions' signatures
+# ----------------------------------------------------------------------------------------------
+
+def skip_lstm_triton(x: Tensor, h0: Tensor, c0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
+                     layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
+                     mask: Tensor | None = None, threshold: float | Tensor = 0.5,
+                     dropout: float = 0.0, training: bool = False, forced: Tensor | None = None,
+                     constant_delta: float | None = None, precision: str | None = None):
+    """Skip LSTM over a whole sequence with fused Triton kernels (forward and backward).
+
+    Arguments and returns are exactly ``skip_lstm_naive``'s (one layer only):
+    ``(output (T, B, H), h_n (1, B, H), c_n (1, B, H), update_prob (B,), cum_prob (B,),
+    updates (T, B), update_probs (T, B))``.
+
+    Supported: one layer, a float threshold, ``forced=None``, ``constant_delta=None`` (ValueError
+    otherwise; use the reference). ``dropout`` only acts between layers, so it is ignored here.
+    ``precision``: 'ieee' (exact fp32 products) or 'tf32' (tensor cores); default 'tf32' on CUDA
+    ('ieee' for float64 and under ``TRITON_INTERPRET=1``); env ``SKIPRNN_TRITON_PRECISION``.
+    """
+    return _skip_rnn_triton("lstm", x, h0, c0, update_prob0, cum_prob0, layers, gate_weight,
+                            gate_bias, mask, threshold, forced, constant_delta, precision, True)
+
+
+def skip_gru_triton(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
+                    layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
+                    mask: Tensor | None = None, threshold: float | Tensor = 0.5,
+                    dropout: float = 0.0, training: bool = False, forced: Tensor | None = None,
+                    constant_delta: float | None = None, precision: str | None = None,
+                    reset_after: bool = True):
+    """Skip GRU over a whole sequence with fused Triton kernels (forward and backward).
+
+    Arguments and returns are exactly ``skip_gru_naive``'s (one layer only):
+    ``(output (T, B, H), h_n (1, B, H), update_prob (B,), cum_prob (B,), updates (T, B),
+    update_probs (T, B))``. Supported as :func:`skip_lstm_triton`; ``reset_after=False`` (the
+    paper's candidate) runs on the row-block kernels (the cooperative ones have nn.GRU's
+    candidate only).
+    """
+    return _skip_rnn_triton("gru", x, h0, None, update_prob0, cum_prob0, layers, gate_weight,
+                            gate_bias, mask, threshold, forced, constant_delta, precision,
+                            reset_after)
+
+
+def skip_lstm_triton_infer(x: Tensor, h0: Tensor, c0: Tensor, update_prob0: Tensor,
+                           cum_prob0: Tensor, layers: Sequence[tuple], gate_weight: Tensor,
+                           gate_bias: Tensor, mask: Tensor | None = None,
+                           threshold: float | Tensor = 0.5, dropout: float = 0.0,
+                           training: bool = False, forced: Tensor | None = None,
+                           constant_delta: float | None = None, precision: str | None = None):
+    """Forward-only Skip LSTM (no autograd, nothing saved for a backward): ``skip_lstm_naive``'s
+    signature and returns. Uses the cooperative kernel (h ping-pong, no history) where it applies,
+    else the training forward under ``no_grad``."""
+    return _skip_rnn_triton_infer("lstm", x, h0, c0, update_prob0, cum_prob0, layers,
+                                  gate_weight, gate_bias, mask, threshold, forced,
+                                  constant_delta, precision, True)
+
+
+def skip_gru_triton_infer(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
+                          layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
+                          mask: Tensor | None = None, threshold: float | Tensor = 0.5,
+                          dropout: float = 0.0, training: bool = False,
+                          forced: Tensor | None = None, constant_delta: float | None = None,
+                          precision: str | None = None, reset_after: bool = True):
+    """Forward-only Skip GRU: ``skip_gru_naive``'s signature and returns, as
+    :func:`skip_lstm_triton_infer`."""
+    return _skip_rnn_triton_infer("gru", x, h0, None, update_prob0, cum_prob0, layers,
+                                  gate_weight, gate_bias, mask, threshold, forced,
+                                  constant_delta, precision, reset_after)
