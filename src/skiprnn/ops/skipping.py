@@ -26,9 +26,10 @@ Paths:
   part of W stays in L2 between updates) plus NumPy pointwise maths; the first layer's input
   projections are computed in blocks of steps (contiguous for dense reads, strided for sparse
   ones); outputs are gathered in one index at the end.
-* batch > 1: per step, only the rows that update run the cell (``index_select`` → cell →
-  ``index_copy_``); steps where no row updates cost nothing. The gate bookkeeping lives on the host
-  (NumPy), so on a GPU each step with an update reads back Δũ of the updated rows (one sync).
+* batch > 1 (``skiprnn.ops.waves``): each row's next update is scheduled when it makes its last
+  one, and the k-th pending update of every row runs in one wave (one GEMM per weight matrix over
+  all rows still updating, whatever step each is at); the gate bookkeeping is replayed on the host
+  (NumPy) in blocks of steps, so on a GPU each wave reads back Δũ once.
 * CUDA batches, one layer (LSTM or GRU): the fused forward-only Triton kernel
   (``skip_lstm_triton_infer`` / ``skip_gru_triton_infer``) keeps the state on chip over the whole
   sequence; no host round trip at all.
@@ -47,6 +48,7 @@ from torch import Tensor
 from .._env import triton_available
 from .naive import check_cap_holds, floor_update_prob
 from .skip_gru.naive import gru_cell
+from .waves import run_waves
 
 __all__ = ["skip_lstm_skipping", "skip_gru_skipping", "simulate_skips", "np_dtype", "StepCell"]
 
@@ -485,66 +487,6 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
     return out, hs, cs, up_t, cum_t, u, p
 
 
-def _run_batched(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt):
-    """Batch > 1: per step, gather the updating rows, run the cell on them, scatter back."""
-    T, B, H = x.shape[0], x.shape[1], hs[0].shape[-1]
-    dev = x.device
-    one, thr, zero = npdt(1), npdt(threshold), npdt(0)
-    up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True), cell.max_skip)
-    cum = cum0.detach().cpu().numpy().astype(npdt, copy=True)
-    hs = [h.clone() for h in hs]
-    cs = [c.clone() for c in cs] if cs is not None else None
-    hist = [hs[-1].clone(), hs[-1].new_zeros(1, H)]  # rows 0..B-1: initial top h; row B: padding
-    cur = np.arange(B, dtype=np.int64)
-    offset = B + 1
-    idx = np.empty((T, B), np.int64)
-    U = np.zeros((T, B), npdt)
-    P = np.zeros((T, B), npdt)
-    arange_b = np.arange(B, dtype=np.int64)
-    for t in range(T):
-        ut = cum + np.minimum(up, one - cum)
-        u = ut > thr
-        if valid is not None:
-            v = valid[t]
-            u &= v
-            P[t] = np.where(v, ut, zero)
-            cum = np.where(u, zero, np.where(v, ut, cum))
-        else:
-            P[t] = ut
-            cum = np.where(u, zero, ut)
-        rows = np.flatnonzero(u)
-        n = rows.size
-        if n:
-            if n == B:
-                new_h, new_c, delta = cell(x[t], hs, cs)
-                for k in range(len(hs)):
-                    hs[k].copy_(new_h[k])
-                    if cs is not None:
-                        cs[k].copy_(new_c[k])
-                up = delta.cpu().numpy().astype(npdt)
-                cur = offset + arange_b
-            else:
-                r = torch.from_numpy(rows).to(dev)
-                new_h, new_c, delta = cell(
-                    x[t].index_select(0, r), [h.index_select(0, r) for h in hs],
-                    [c.index_select(0, r) for c in cs] if cs is not None else None)
-                for k in range(len(hs)):
-                    hs[k].index_copy_(0, r, new_h[k])
-                    if cs is not None:
-                        cs[k].index_copy_(0, r, new_c[k])
-                up[rows] = delta.cpu().numpy()
-                cur = cur.copy()
-                cur[rows] = offset + np.arange(n, dtype=np.int64)
-            hist.append(new_h[-1])
-            offset += n
-            U[t, rows] = 1
-        idx[t] = cur if valid is None else np.where(valid[t], cur, B)
-    out = torch.cat(hist).index_select(0, torch.from_numpy(idx.reshape(-1)).to(dev)).view(T, B, H)
-    to = dict(device=dev, dtype=x.dtype)
-    return (out, hs, cs, torch.from_numpy(up).to(**to), torch.from_numpy(cum).to(**to),
-            torch.from_numpy(U).to(**to), torch.from_numpy(P).to(**to))
-
-
 def _triton_infer(kind: str):
     """The fused forward-only Triton kernel for ``kind`` (CUDA batches), or None without Triton."""
     if not triton_available():
@@ -589,8 +531,8 @@ def _skipping(kind, x, hc, update_prob0, cum_prob0, layers, gate_weight, gate_bi
                     cell, x, hs, cs, update_prob0, cum_prob0,
                     None if valid is None else valid[:, 0], thr, npdt)
         else:
-            out, hs, cs, up, cum, u, p = _run_batched(cell, x, hs, cs, update_prob0, cum_prob0,
-                                                      valid, thr, npdt)
+            out, hs, cs, up, cum, u, p = run_waves(cell, x, hs, cs, update_prob0, cum_prob0,
+                                                   valid, thr, npdt)
     hn = torch.stack(hs)
     if kind == "lstm":
         return out, hn, torch.stack(cs), up, cum, u, p

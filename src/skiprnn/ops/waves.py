@@ -1,0 +1,465 @@
+"""Skipping inference for batches: each row's updates are scheduled, and run in waves.
+
+The rows of a batch are independent sequences, and a row's next update is known as soon as its
+last one is done: between two updates ũ evolves from (Δũ, cum) alone (paper Eq. 6, see
+``skiprnn.ops.skipping``). So instead of stepping through time and testing every row at every
+step, the engine keeps, for each row, the step of its next update, and runs **wave k = the k-th
+pending update of every row that has one**, whatever step each row is at. A wave is one matrix
+product over all those rows (M = rows still updating, not the few rows that happen to update at
+one step), and the state needs no gather or scatter between waves: it is kept compact, in the
+order of the rows still updating, and shrinks (one gather) only when rows make their last update.
+
+Per wave, on the host (NumPy, :class:`GateReplay`): the steps up to each row's next update,
+replayed exactly (ũ of every step in between, the step where ũ crosses τ); on the device (torch,
+:class:`_LstmWaves` / :class:`_GruWaves`): input rows gathered from ``x`` at each row's own step,
+one GEMM per weight matrix, a handful of in-place pointwise ops, the new top ``h`` written into a
+history buffer. The ``(T, B, H)`` output is one gather from that history at the end (a skipped
+step's output is the row's last update's ``h``). With a constant gate, all rows from the same
+state update at the same steps and a wave is exactly one step of the whole batch.
+
+Numerics: the binary gates and ũ are the reference's replayed bit for bit from the Δũ that the
+engine computes (``StepCell.delta`` on its candidate state); candidate states are the reference's
+up to float rounding (one GEMM on ``[x | h]`` instead of two, σ(a) as ½·tanh(½a) + ½ for the LSTM).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .naive import floor_update_prob
+
+__all__ = ["GateReplay", "run_waves"]
+
+# longest block of steps replayed at once by GateReplay (longer runs take several blocks)
+REPLAY_BLOCK = 256
+
+
+class GateReplay:
+    """The ũ recursion of every row between its updates, replayed on the host in blocks of steps.
+
+    Steps are counted per row in *ordinals* of its valid (unmasked) steps: padding steps neither
+    advance ũ nor update, so in ordinals every row's steps are contiguous. ``times[o, b]`` is the
+    time step of row b's o-th valid step.
+
+    ``probs``: the ``(T, B)`` ũ of every step (0 on padding), filled as rows are replayed.
+
+    Args:
+        T, B: sequence length and batch size.
+        valid: ``(T, B)`` bool (NumPy) or None (every step valid).
+        threshold: τ.
+        npdt: the NumPy scalar type of the layer's dtype (the replay is in that precision).
+    """
+
+    def __init__(self, T: int, B: int, valid: np.ndarray | None, threshold: float, npdt):
+        if valid is not None and valid.shape != (T, B):
+            raise ValueError(f"valid must have shape {(T, B)}, got {valid.shape}")
+        self.T, self.B, self.npdt = T, B, npdt
+        self.one, self.thr = npdt(1), npdt(threshold)
+        self.probs = np.zeros((T, B), npdt)
+        if valid is None:
+            self.n_valid = np.full(B, T, np.int64)
+            self.times = None
+        else:
+            self.n_valid = valid.sum(0).astype(np.int64)
+            # valid steps first, in time order: row o of column b is b's o-th valid step
+            self.times = np.argsort(~valid, axis=0, kind="stable")
+        self._memo: dict = {}
+
+    def time_of(self, ordinal: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Time steps of valid-step ``ordinal`` (< ``n_valid[rows]``) of each of ``rows``."""
+        return ordinal if self.times is None else self.times[ordinal, rows]
+
+    def column(self, up, cum, limit: int):
+        """ũ of the next steps of one row in gate state (``up``, ``cum``): a 1-D array that ends at
+        the first step where ũ > τ (included), or after ``limit`` steps. Memoised (with a constant
+        gate every wave asks for the same run)."""
+        key = (up, cum)
+        hit = self._memo.get(key)
+        if hit is not None and (hit[1] or hit[0].size >= limit):
+            return hit[0][:limit]
+        at, _ = self._replay(np.zeros(1, np.int64), np.array([limit]), np.array([up]),
+                             np.array([cum]), rows=None)
+        ut = self._col
+        if len(self._memo) > 4096:
+            self._memo.clear()
+        self._memo[key] = (ut, bool(at[0] < limit))
+        return ut
+
+    def next_update(self, rows: np.ndarray, start: np.ndarray, up: np.ndarray, cum: np.ndarray):
+        """Replay ũ for ``rows`` from ordinal ``start`` (the first step not yet evaluated) with
+        the carried Δũ ``up`` and accumulator ``cum`` (all ``(m,)``), up to each row's next update
+        (ũ > τ) or its last valid step. Writes ``probs`` on every step replayed (the update's too).
+
+        Returns ``(at, cum_end)``: the ordinal of each row's next update (``n_valid`` of the row
+        when there is none: then ``cum_end`` is its accumulator after its last step).
+        """
+        n_valid = self.n_valid[rows]
+        rem = n_valid - start
+        u0, c0, s0 = up[0], cum[0], start[0]
+        if (up == u0).all() and (cum == c0).all() and (start == s0).all():
+            # one gate state for all rows (a constant gate): one memoised column
+            ut = self.column(u0, c0, int(rem.max()))
+            n = ut.size
+            if self.times is None and n <= rem.min():  # same steps for every row
+                self.probs[s0:s0 + n, rows if rows.size < self.B else slice(None)] = ut[:, None]
+                crossed = ut[-1] > self.thr if n else False
+                at = np.full(rows.size, s0 + n - 1 if crossed else s0 + n, np.int64)
+                if not crossed:
+                    at = n_valid
+                return at, np.full(rows.size, ut[-1] if n else c0, self.npdt)
+            col = np.broadcast_to(ut[:, None], (n, rows.size))
+            n_now = np.minimum(n, rem)
+            self._write_probs(rows, start, col, n_now)
+            last = np.where(n_now > 0, ut[np.maximum(n_now - 1, 0)], c0) if n else np.full(
+                rows.size, c0, self.npdt)
+            crossed = (n_now == n) & (n > 0) & (last > self.thr)
+            return np.where(crossed, start + n_now - 1, n_valid), last
+        return self._replay(start, n_valid, up, cum, rows)
+
+    def _replay(self, start, n_valid, up, cum, rows):
+        """The block replay behind :meth:`next_update` (``rows`` None: one column, its ũ kept in
+        ``self._col`` instead of written)."""
+        one, thr, npdt = self.one, self.thr, self.npdt
+        m = start.shape[0]
+        at = np.empty(m, np.int64)
+        cum_end = np.zeros(m, npdt)
+        pos = np.arange(m)  # positions still searching
+        o, c, u = start.astype(np.int64), cum.astype(npdt), up.astype(npdt)
+        kept = []
+        while pos.size:
+            rem = n_valid[pos] - o
+            out = rem <= 0
+            if out.any():  # no steps left: no further update
+                at[pos[out]] = n_valid[pos[out]]
+                cum_end[pos[out]] = c[out]
+                keep = ~out
+                pos, o, c, u, rem = pos[keep], o[keep], c[keep], u[keep], rem[keep]
+                if not pos.size:
+                    break
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                guess = np.max((thr - c) / u)  # ≈ the longest run before ũ crosses τ
+            L = int(min(rem.max(), REPLAY_BLOCK, max(1.0, guess + 2.0) if np.isfinite(guess)
+                        else REPLAY_BLOCK))
+            # cum_j by sequential float adds of Δũ (what the recursion does while Δũ ≤ 1 - cum),
+            # then ũ_j = cum_{j-1} + min(Δũ, 1 - cum_{j-1}) exactly; both agree up to the first
+            # step where ũ crosses τ or 1 - cum < Δũ, and the replay stops there.
+            acc = np.empty((L + 1, pos.size), npdt)
+            acc[0] = c
+            acc[1:] = u
+            np.add.accumulate(acc, axis=0, out=acc)
+            prev = acc[:-1]
+            room = one - prev
+            ut = prev + np.minimum(u, room)
+            stop = (ut > thr) | (u > room)
+            first = stop.argmax(0)
+            cols = np.arange(pos.size)
+            stopped = stop[first, cols]
+            # steps replayed now: up to and including the stop, within the block and the row
+            n_now = np.minimum(np.where(stopped, first + 1, L), rem)
+            if rows is None:
+                kept.append(ut[:n_now[0], 0])
+            else:
+                self._write_probs(rows[pos], o, ut, n_now)
+            last = ut[n_now - 1, cols]
+            crossed = stopped & (first < n_now) & (last > thr)
+            at[pos[crossed]] = o[crossed] + first[crossed]
+            go = ~crossed  # no crossing yet: carry on from the last step replayed
+            pos, o, c, u = pos[go], o[go] + n_now[go], last[go], u[go]
+        if rows is None:
+            self._col = np.concatenate(kept) if kept else np.zeros(0, npdt)
+        return at, cum_end
+
+    def _write_probs(self, rows, start, ut, n_now):
+        """``probs`` of ``n_now[i]`` steps of ``rows[i]`` from ordinal ``start[i]``: ``ut[:, i]``."""
+        j = np.arange(ut.shape[0])[:, None]
+        sel = j < n_now[None, :]
+        ordinal = (start[None, :] + j)[sel]
+        cols = np.broadcast_to(rows[None, :], sel.shape)[sel]
+        self.probs[self.time_of(ordinal, cols), cols] = ut[sel]
+
+
+# ---------------------------------------------------------------------------------------------
+# the candidate update of the rows still updating, on their compact state
+# ---------------------------------------------------------------------------------------------
+class _Waves:
+    """Compact state of the rows still updating (in ``self.rows`` order) and the final state of
+    the others. Subclasses implement ``input_buffer()`` (where the first layer's input rows go)
+    and ``update(h_out) -> (top h, gate feature)``."""
+
+    def __init__(self, layers, states, rows: np.ndarray, x: Tensor):
+        self.L = len(layers)
+        self.dev, self.dt = x.device, x.dtype
+        self.I = x.shape[2]
+        self.H = layers[0][1].shape[1]
+        # final state (L, B, H) per state tensor; rows that stop updating are written here
+        self.final = [torch.stack(list(s)).clone() for s in states]
+        self.B = self.final[0].shape[1]
+        self.rows = rows
+
+    def index(self, a: np.ndarray) -> Tensor:
+        """A NumPy index array as a tensor on the state's device."""
+        return torch.from_numpy(a).to(self.dev)
+
+    def compact_state(self, keep: np.ndarray) -> None:
+        """Rows at positions ``~keep`` made their last update: save their state, drop them."""
+        gone, kept = self.index(np.flatnonzero(~keep)), self.index(np.flatnonzero(keep))
+        done_rows = self.index(self.rows[~keep])
+        for fin, live in zip(self.final, self.live_states()):
+            for k in range(self.L):
+                fin[k].index_copy_(0, done_rows, live[k].index_select(0, gone))
+        self.rows = self.rows[keep]
+        self._select(kept)
+
+    def finish(self) -> list:
+        if self.rows.size:
+            self.compact_state(np.zeros(self.rows.size, bool))
+        return self.final
+
+
+def _bias(b_ih, b_hh, n, like):
+    """b_ih + b_hh (either may be None; zeros when both are)."""
+    if b_ih is None and b_hh is None:
+        return like.new_zeros(n)
+    if b_ih is None or b_hh is None:
+        return (b_ih if b_hh is None else b_hh).detach().clone()
+    return (b_ih + b_hh).detach()
+
+
+class _LstmWaves(_Waves):
+    """LSTM stack. Per layer one GEMM ``[inp | h | 1] @ [W_ih | W_hh | b]ᵀ`` (the bias as a column of
+    ones: no separate pass to add it) with the gate rows in the order
+    (i, f, o, g) and the i, f, o rows halved (exact), so that one in-place tanh over all gates
+    gives tanh(½a) for i, f, o (σ = ½·tanh(½a) + ½) and tanh(a) for g."""
+
+    def __init__(self, layers, hs, cs, rows, x):
+        super().__init__(layers, (hs, cs), rows, x)
+        H = self.H
+        order = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H),
+                           torch.arange(2 * H, 3 * H)]).to(self.dev)
+        scale = torch.ones(4 * H, dtype=self.dt, device=self.dev)
+        scale[:3 * H] = 0.5
+        self.w, self.S, self.C, self.n_in = [], [], [], []
+        r = self.index(rows)
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
+            b = _bias(b_ih, b_hh, 4 * H, w_ih)
+            w = torch.cat([w_ih.detach(), w_hh.detach(), b[:, None]], 1)[order] * scale[:, None]
+            self.w.append(w.t().contiguous())  # (In + H + 1, 4H)
+            n_in = w_ih.shape[1]
+            self.n_in.append(n_in)
+            s = torch.empty(rows.size, n_in + H + 1, dtype=self.dt, device=self.dev)
+            s[:, n_in:n_in + H] = self.final[0][k].index_select(0, r)
+            s[:, -1] = 1
+            self.S.append(s)
+            self.C.append(self.final[1][k].index_select(0, r))
+        self.gates = torch.empty(rows.size, 4 * H, dtype=self.dt, device=self.dev)
+        self.tmp = torch.empty(rows.size, H, dtype=self.dt, device=self.dev)
+        self.h_top = torch.empty(rows.size, H, dtype=self.dt, device=self.dev)
+        self.half = torch.tensor(0.5, dtype=self.dt, device=self.dev)
+
+    def live_states(self):
+        return ([s[:, n:-1] for s, n in zip(self.S, self.n_in)], self.C)
+
+    def _select(self, kept: Tensor) -> None:
+        self.S = [s.index_select(0, kept) for s in self.S]
+        self.C = [c.index_select(0, kept) for c in self.C]
+        m = kept.shape[0]
+        self.gates, self.tmp, self.h_top = self.gates[:m], self.tmp[:m], self.h_top[:m]
+
+    def input_buffer(self) -> Tensor:
+        """Where the first layer's input rows go (``(m, I)``, a view)."""
+        return self.S[0][:, :self.I]
+
+    def update(self, h_out: Tensor | None = None):
+        """One update of every live row (inputs already in ``input_buffer()``); the top layer's
+        new h goes to ``h_out`` ``(m, H)`` (an own buffer if None). Returns ``(top h, gate
+        feature)`` (the feature: the top layer's new c)."""
+        H = self.H
+        g = self.gates
+        for k in range(self.L):
+            s, c = self.S[k], self.C[k]
+            torch.mm(s, self.w[k], out=g)
+            g.tanh_()
+            torch.add(self.half, g[:, :3 * H], alpha=0.5, out=g[:, :3 * H])  # σ, in one pass
+            c.mul_(g[:, H:2 * H])
+            c.addcmul_(g[:, :H], g[:, 3 * H:])
+            h = self.tmp if k < self.L - 1 else self.h_top if h_out is None else h_out
+            torch.tanh(c, out=h)
+            h.mul_(g[:, 2 * H:3 * H])
+            s[:, self.n_in[k]:-1].copy_(h)
+            if k < self.L - 1:
+                self.S[k + 1][:, :H].copy_(h)
+        return h, self.C[-1]
+
+
+class _GruWaves(_Waves):
+    """GRU stack (nn.GRU's candidate, or the paper's with ``reset_after=False``): GEMMs on the
+    input and on h, then in-place pointwise ops; h' = n + z·(h - n)."""
+
+    def __init__(self, layers, hs, rows, x, reset_after: bool):
+        super().__init__(layers, (hs,), rows, x)
+        self.reset_after = reset_after
+        H = self.H
+        r = self.index(rows)
+        self.w_ih, self.w_hh, self.b_ih, self.b_hh, self.Hs = [], [], [], [], []
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
+            self.w_ih.append(w_ih.detach().t().contiguous())
+            self.w_hh.append(w_hh.detach().t().contiguous())
+            zero = w_ih.new_zeros(3 * H).detach()
+            self.b_ih.append(zero if b_ih is None else b_ih.detach())
+            self.b_hh.append(zero if b_hh is None else b_hh.detach())
+            self.Hs.append(self.final[0][k].index_select(0, r))
+        m = rows.size
+        self.x_in = torch.empty(m, self.I, dtype=self.dt, device=self.dev)
+        self.gi = torch.empty(m, 3 * H, dtype=self.dt, device=self.dev)
+        self.gh = torch.empty(m, 3 * H, dtype=self.dt, device=self.dev)
+
+    def live_states(self):
+        return (self.Hs,)
+
+    def _select(self, kept: Tensor) -> None:
+        self.Hs = [h.index_select(0, kept) for h in self.Hs]
+        m = kept.shape[0]
+        self.x_in, self.gi, self.gh = self.x_in[:m], self.gi[:m], self.gh[:m]
+
+    def input_buffer(self) -> Tensor:
+        return self.x_in
+
+    def update(self, h_out: Tensor | None = None):
+        """As ``_LstmWaves.update``; the gate feature is the top layer's new h."""
+        H = self.H
+        gi, gh = self.gi, self.gh
+        inp = self.x_in
+        for k in range(self.L):
+            h = self.Hs[k]
+            torch.addmm(self.b_ih[k], inp, self.w_ih[k], out=gi)
+            if self.reset_after:
+                torch.addmm(self.b_hh[k], h, self.w_hh[k], out=gh)
+                rz = gi[:, :2 * H].add_(gh[:, :2 * H]).sigmoid_()
+                n = gh[:, 2 * H:].mul_(rz[:, :H])
+            else:  # n = tanh(x W_in + b_in + (r ⊙ h) W_hn + b_hn)
+                gh_rz = torch.addmm(self.b_hh[k][:2 * H], h, self.w_hh[k][:, :2 * H],
+                                    out=gh[:, :2 * H])
+                rz = gi[:, :2 * H].add_(gh_rz).sigmoid_()
+                n = torch.addmm(self.b_hh[k][2 * H:], rz[:, :H] * h, self.w_hh[k][:, 2 * H:],
+                                out=gh[:, 2 * H:])
+            n.add_(gi[:, 2 * H:]).tanh_()
+            h.sub_(n).mul_(rz[:, H:]).add_(n)
+            inp = h
+        if h_out is not None:
+            h_out.copy_(self.Hs[-1])
+        return self.Hs[-1], self.Hs[-1]
+
+
+def _fill_skipped(buf: Tensor, written: np.ndarray, valid: np.ndarray | None, T: int, B: int):
+    """Outputs of the steps without an update, in place in ``buf`` (rows: ``t·B + b`` the output,
+    then B initial top h, then a zero row): the latest update of the row so far, else its initial
+    h; zeros on padding. ``written``: ``(T, B)``, 1 + the buffer row of each update, else 0."""
+    H = buf.shape[1]
+    # source row of every output: the latest update of its row so far, else the initial h
+    src = np.maximum.accumulate(written, axis=0) - 1
+    src = np.where(src < 0, T * B + np.arange(B), src)
+    if valid is not None:
+        src = np.where(valid, src, T * B + B)
+    src_t = torch.from_numpy(src.reshape(-1)).to(buf.device)
+    step_bytes = B * H * buf.element_size()
+    block = max(1, FILL_BLOCK_BYTES // step_bytes)
+    tmp = buf.new_empty(min(T, block) * B, H)
+    for s in range(0, T, block):
+        e = min(T, s + block)
+        n = (e - s) * B
+        # gather first, then write: every source of this block is read before any write
+        torch.index_select(buf, 0, src_t[s * B:e * B], out=tmp[:n])
+        buf[s * B:e * B].copy_(tmp[:n])
+
+
+# ---------------------------------------------------------------------------------------------
+# bytes of output rows assembled per block at the end of run_waves
+FILL_BLOCK_BYTES = 1 << 20
+
+
+def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Tensor,
+              valid: np.ndarray | None, threshold: float, npdt):
+    """The batched skipping forward (any batch size, any device).
+
+    Args:
+        cell: the ``skiprnn.ops.skipping.StepCell`` (kind, layers, ``delta``).
+        x: ``(T, B, I)``; hs / cs: per layer ``(B, H)`` states (cs None for the GRU).
+        up0, cum0: ``(B,)`` carried Δũ and accumulator; valid: ``(T, B)`` bool or None.
+        threshold: τ; npdt: NumPy scalar type of ``x.dtype``.
+
+    Returns ``(out (T, B, H), hs, cs, up (B,), cum (B,), updates (T, B), update_probs (T, B))``
+    like the engines of ``skiprnn.ops.skipping``.
+
+    Output: each update writes its top-layer h at its own place in ``out``; the other steps are
+    filled at the end, in blocks of steps, by a gather from the latest update of their row.
+    """
+    T, B, _ = x.shape
+    H = hs[0].shape[-1]
+    dev, dt = x.device, x.dtype
+    replay = GateReplay(T, B, valid, threshold, npdt)
+    up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True), cell.max_skip)
+    cum = cum0.detach().cpu().numpy().astype(npdt, copy=True)
+    rows = np.arange(B)
+    at, cum_end = replay.next_update(rows, np.zeros(B, np.int64), up, cum)
+    live = at < replay.n_valid
+    cum[~live] = cum_end[~live]
+    cum[live] = 0
+    rows, at = rows[live], at[live]
+    if cell.kind == "lstm":
+        eng = _LstmWaves(cell.layers, hs, cs, rows, x)
+    else:
+        eng = _GruWaves(cell.layers, hs, rows, x, cell.reset_after)
+    # rows 0..T·B-1: the output (step t, row b at t·B + b); then the initial top h of each row,
+    # then zeros (padding steps)
+    buf = torch.empty(T * B + B + 1, H, dtype=dt, device=dev)
+    buf[T * B:T * B + B] = eng.final[0][-1]
+    buf[T * B + B] = 0
+    written = np.zeros((T, B), np.int64)  # 1 + the buffer row an update wrote, 0 elsewhere
+    x_rows = None
+    # filled: every output so far is written (a synced batch copies h over its skipped steps at
+    # once); otherwise the outputs of skipped steps are gathered at the end
+    filled = valid is None and rows.size == B and bool((at == at[0]).all())
+    if filled and at[0]:  # steps before the first update hold the initial h
+        n = int(at[0])
+        buf[:n * B].view(n, B, H).copy_(buf[T * B:T * B + B].expand(n, B, H))
+    while rows.size:
+        m = rows.size
+        t = replay.time_of(at, rows)
+        pos = t * B + rows
+        written[t, rows] = pos + 1
+        t0 = int(t[0])
+        synced = m == B and bool((t == t0).all())
+        if synced:  # the whole batch at one step: no gather, no scatter
+            eng.input_buffer().copy_(x[t0])
+            h, feat = eng.update(buf[t0 * B:(t0 + 1) * B])
+        else:
+            if x_rows is None:
+                x_rows = x.reshape(T * B, -1)
+            pos_t = eng.index(pos)
+            torch.index_select(x_rows, 0, pos_t, out=eng.input_buffer())
+            h, feat = eng.update()
+            buf.index_copy_(0, pos_t, h)
+        delta = cell.delta(feat).cpu().numpy().astype(npdt)
+        up[rows] = delta
+        at, cum_end = replay.next_update(rows, at + 1, delta, np.zeros(m, npdt))
+        filled = filled and synced and bool((at == at[0]).all())
+        if filled:  # the skipped steps up to the next update (or the end) hold h
+            n = int(at[0]) - t0 - 1
+            buf[(t0 + 1) * B:(t0 + 1 + n) * B].view(n, B, H).copy_(h.expand(n, B, H))
+        live = at < replay.n_valid[rows]
+        if not live.all():
+            cum[rows[~live]] = cum_end[~live]
+            eng.compact_state(live)
+            rows, at = rows[live], at[live]
+    final = eng.finish()
+    if not filled:
+        _fill_skipped(buf, written, valid, T, B)
+    out = buf[:T * B].view(T, B, H)
+    to = dict(device=dev, dtype=dt)
+    updates = torch.from_numpy(written > 0).to(**to)
+    hs_n = list(final[0].unbind(0))
+    cs_n = list(final[1].unbind(0)) if cell.kind == "lstm" else None
+    return (out, hs_n, cs_n, torch.from_numpy(up).to(**to), torch.from_numpy(cum).to(**to),
+            updates, torch.from_numpy(replay.probs).to(**to))
