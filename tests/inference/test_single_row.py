@@ -128,13 +128,23 @@ def test_alternating_mv(rows, cols):
     torch.manual_seed(0)
     w, v = torch.randn(rows, cols), torch.randn(cols)
     out = torch.empty(rows)
-    mv = skipping._AlternatingMV(w, out, block_bytes=max(1, rows * cols * 4 // 5))
+    mv = skipping._AlternatingMV(w, out, block_bytes=max(1, rows * cols * 4 // 5), threads=1)
     assert len(mv.blocks) > 1
     assert all(b.shape[0] % 16 == 0 for b, _ in mv.blocks[:-1])
     first = mv(v).clone()
     second = mv(v).clone()  # the blocks in the other order
     assert torch.equal(first, second)
     torch.testing.assert_close(first, torch.mv(w, v), atol=1e-4, rtol=1e-5)
+
+
+def test_alternating_mv_is_one_block_with_threads():
+    # several threads: one torch.mv, its rows split across the threads by MKL
+    w, v = torch.randn(2048, 512), torch.randn(512)
+    out = torch.empty(2048)
+    mv = skipping._AlternatingMV(w, out, threads=2)
+    assert len(mv.blocks) == 1 and mv.blocks[0][0].shape == (2048, 512)
+    assert torch.equal(mv(v), torch.mv(w, v))
+    assert len(skipping._AlternatingMV(w, out, threads=1).blocks) == 4  # 4 MB in 1 MB blocks
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
