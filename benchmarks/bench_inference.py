@@ -3,6 +3,9 @@
 CPU  (B=1, T=1000, I=64, H=512): the skipping forward at ~50 % and ~10 % updates (update-gate weight
      0, bias chosen so that n_skip = 1 or 9, away from ties) vs nn.LSTM over the whole sequence;
      the reference per-step loop for context; optionally a trained checkpoint's real pattern.
+Batched CPU (B=256, T=784, I=1, H=110, the MNIST shape, and B=64, T=1000, I=64, H=512): the same
+     two constant gates, plus a learned (irregular) gate: the trained MNIST Skip LSTM of
+     ``--checkpoint`` (default: results/mnist_fast_skip_lstm_s0, if present) on random inputs.
 CUDA (B=256, T=784, I=1, H=110, ~50 % updates): cuDNN nn.LSTM vs the skipping forward (the
      library's default path) and variants: a CUDA graph of the dense masked step loop.
 Lazy inputs: a small CNN on 28×28 frames, encoding every frame + nn.LSTM vs lazy_forward (only the
@@ -14,6 +17,8 @@ device are the figures to quote. JSON (device, versions, git commit) goes to ``-
     PYTHONPATH=src python benchmarks/bench_inference.py --device cpu --out results/inference_cpu.json
     PYTHONPATH=src python benchmarks/bench_inference.py --device cuda --out results/inference_cuda.json
     PYTHONPATH=src python benchmarks/bench_inference.py --device cpu --parts lazy  # lazy rows
+    PYTHONPATH=src python benchmarks/bench_inference.py --parts skipping,batched --threads 1 2 \
+        --out results/inference_cpu_threads.json   # one table, both thread counts (+ .md)
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ from skiprnn.metrics import n_skip  # noqa: E402
 
 # Δũ giving n_skip = 1 (update every 2nd step) and n_skip = 9 (every 10th), away from ties
 DELTAS = {"~50%": 0.4, "~10%": 0.052}
+# (B, T, I, H) of the batched comparisons
+BATCHED_SHAPES = [(256, 784, 1, 110), (64, 1000, 64, 512)]
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "results",
+                                  "mnist_fast_skip_lstm_s0", "checkpoints", "best_metric.ckpt")
 
 
 def logit(p):
@@ -116,9 +125,10 @@ def cpu_part(args, rows):
             rows.append(checkpoint_case(args, dev))
 
 
-def checkpoint_case(args, dev):
-    """A trained SkipLSTM's real skip pattern (state_dict with weight_ih_l0 …, update_gate.*)."""
-    sd = torch.load(args.checkpoint, map_location="cpu")
+def checkpoint_case(args, dev, B=1, T=None, part="cpu"):
+    """A trained SkipLSTM's real skip pattern (state_dict with weight_ih_l0 …, update_gate.*) on
+    random inputs (a learned init_state is not loaded: the state starts at zero)."""
+    sd = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     sd = sd.get("state_dict", sd)
     prefix = next(k for k in sd if k.endswith("weight_ih_l0"))[: -len("weight_ih_l0")]
     sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
@@ -130,14 +140,40 @@ def checkpoint_case(args, dev):
     lstm = torch.nn.LSTM(I, H, num_layers=L).eval()
     lstm.load_state_dict({k: v for k, v in sd.items() if not k.startswith("update_gate")},
                          strict=False)
-    T = args.cpu_T
-    x = torch.randn(T, 1, I)
+    T = args.cpu_T if T is None else T
+    x = torch.randn(T, B, I)
     with torch.no_grad():
         t = bench({"nn.LSTM": lambda: lstm(x), "skipping": lambda: layer(x)}, dev, args.reps)
         rate = float(layer(x).updates.mean())
-    return dict(part="cpu", case=f"checkpoint {os.path.basename(args.checkpoint)} (random input)",
-                B=1, T=T, I=I, H=H, updates=rate, nn_lstm_ms=t["nn.LSTM"] * 1e3,
+    name = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(args.checkpoint))))
+    return dict(part=part, case=f"learned gate: {name} (random input)",
+                B=B, T=T, I=I, H=H, updates=rate, nn_lstm_ms=t["nn.LSTM"] * 1e3,
                 skipping_ms=t["skipping"] * 1e3, ratio=t["skipping"] / t["nn.LSTM"])
+
+
+def batched_part(args, rows):
+    """Batches on the CPU: constant gates at ~50 % / ~10 % and a learned gate's pattern."""
+    dev = torch.device("cpu")
+    for B, T, I, H in BATCHED_SHAPES:
+        torch.manual_seed(0)
+        lstm = torch.nn.LSTM(I, H).eval()
+        layer = SkipLSTM.from_lstm(lstm).eval()
+        x = torch.randn(T, B, I)
+        with torch.no_grad():
+            for name, d in DELTAS.items():
+                set_constant_gate(layer, d)
+                t = bench({"nn.LSTM": lambda: lstm(x), "skipping": lambda: layer(x)}, dev,
+                          args.reps)
+                out = layer(x)
+                assert layer.last_backend == "skipping"
+                rows.append(dict(part="batched", case=f"constant gate {name} (n_skip={n_skip(d)})",
+                                 B=B, T=T, I=I, H=H, updates=float(out.updates.mean()),
+                                 nn_lstm_ms=t["nn.LSTM"] * 1e3, skipping_ms=t["skipping"] * 1e3,
+                                 ratio=t["skipping"] / t["nn.LSTM"]))
+    if args.checkpoint and os.path.exists(args.checkpoint):
+        rows.append(checkpoint_case(args, dev, B=256, T=784, part="batched"))
+    else:
+        print(f"[batched] no checkpoint at {args.checkpoint}: learned-gate row left out")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -276,11 +312,12 @@ def lazy_part(args, rows, dev):
 
 # ------------------------------------------------------------------------------------------------
 def table(rows):
-    hdr = ("| part | case | B×T×I×H | updates | baseline ms | ours ms | ratio | note |\n"
-           "|---|---|---|---|---|---|---|---|")
+    hdr = ("| threads | part | case | B×T×I×H | updates | baseline ms | ours ms | ratio | note |\n"
+           "|---|---|---|---|---|---|---|---|---|")
     lines = [hdr]
     for r in rows:
-        lines.append(f"| {r['part']} | {r['case']} | {r['B']}×{r['T']}×{r['I']}×{r['H']} | "
+        lines.append(f"| {r.get('threads', '')} | {r['part']} | {r['case']} | "
+                     f"{r['B']}×{r['T']}×{r['I']}×{r['H']} | "
                      f"{r['updates']:.3f} | {r['nn_lstm_ms']:.1f} | {r['skipping_ms']:.1f} | "
                      f"{r['ratio']:.3f} | {r.get('note', '')} |")
     return "\n".join(lines)
@@ -291,44 +328,69 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"])
     ap.add_argument("--out", default=None, help="JSON output path")
     ap.add_argument("--reps", type=int, default=9)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (1 keeps timings stable on a shared machine)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1],
+                    help="torch CPU thread counts, each a pass over the parts (1 keeps timings "
+                         "stable on a shared machine); one table with all of them")
     ap.add_argument("--cpu-T", type=int, default=1000)
     ap.add_argument("--lazy-T", type=int, default=200)
-    ap.add_argument("--checkpoint", default=None, help="optional trained SkipLSTM state_dict")
+    ap.add_argument("--checkpoint", default=None,
+                    help="trained SkipLSTM state_dict (Lightning checkpoints too): a B=1 row in "
+                         "'skipping'; the 'batched' part uses it, default the MNIST one in results/")
     ap.add_argument("--gpu-budget-s", type=float, default=40.0)
     ap.add_argument("--no-lazy", action="store_true")
     ap.add_argument("--parts", default="all",
-                    help="comma-separated parts to run: skipping (the nn.LSTM comparisons), lazy, "
-                         "cuda; default all (as selected by --device / --no-lazy)")
+                    help="comma-separated parts to run: skipping (the nn.LSTM comparisons at B=1), "
+                         "batched (B=256 and B=64), lazy, cuda; default all (as selected by "
+                         "--device / --no-lazy)")
     args = ap.parse_args(argv)
-    parts = {"skipping", "lazy", "cuda"} if args.parts == "all" else set(args.parts.split(","))
-    bad = parts - {"skipping", "lazy", "cuda"}
+    known = {"skipping", "batched", "lazy", "cuda"}
+    parts = known if args.parts == "all" else set(args.parts.split(","))
+    bad = parts - known
     if bad:
         ap.error(f"unknown --parts {sorted(bad)}")
-    torch.set_num_threads(args.threads)
+    if any(n < 1 for n in args.threads):
+        ap.error(f"--threads must be positive, got {args.threads}")
+    if "batched" in parts and args.checkpoint is None:
+        args.checkpoint = DEFAULT_CHECKPOINT if os.path.exists(DEFAULT_CHECKPOINT) else None
+    load_before = os.getloadavg()
     rows = []
-    if args.device in ("cpu", "all"):
-        if "skipping" in parts:
-            cpu_part(args, rows)
-        if "lazy" in parts and not args.no_lazy:
-            lazy_part(args, rows, torch.device("cpu"))
-    if args.device in ("cuda", "all") and "cuda" in parts:
-        if not torch.cuda.is_available():
-            print("CUDA not available: skipping the GPU part")
-        else:
-            cuda_part(args, rows)
+    for n_threads in args.threads:
+        torch.set_num_threads(n_threads)
+        first = len(rows)
+        if args.device in ("cpu", "all"):
+            if "skipping" in parts:
+                cpu_part(args, rows)
+            if "batched" in parts:
+                batched_part(args, rows)
+            if "lazy" in parts and not args.no_lazy:
+                lazy_part(args, rows, torch.device("cpu"))
+        if args.device in ("cuda", "all") and "cuda" in parts:
+            if not torch.cuda.is_available():
+                print("CUDA not available: skipping the GPU part")
+            else:
+                cuda_part(args, rows)
+        for r in rows[first:]:
+            r["threads"] = n_threads
+        print(table(rows[first:]), flush=True)
+    print()
     print(table(rows))
     info = dict(
         device=(torch.cuda.get_device_name(0) if args.device != "cpu" and torch.cuda.is_available()
                 else platform.processor() or platform.machine()),
         torch=torch.__version__, python=platform.python_version(), threads=args.threads,
+        cpu_count=os.cpu_count(), load_before=load_before, load_after=os.getloadavg(),
         cuda=torch.version.cuda, git_commit=git_commit(), command=" ".join(sys.argv), rows=rows)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as fh:
             json.dump(info, fh, indent=1)
-        print(f"wrote {args.out}")
+        md = os.path.splitext(args.out)[0] + ".md"
+        with open(md, "w") as fh:
+            fh.write(f"`{info['command']}`  \n{info['device']}, {os.cpu_count()} CPUs, torch "
+                     f"{info['torch']}, commit {info['git_commit']}, load average before "
+                     f"{load_before[0]:.2f} / after {info['load_after'][0]:.2f}; ratio = ours / "
+                     f"baseline in the same process at the same thread count.\n\n{table(rows)}\n")
+        print(f"wrote {args.out} and {md}")
     return rows
 
 

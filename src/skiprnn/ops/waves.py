@@ -24,6 +24,8 @@ up to float rounding (one GEMM on ``[x | h]`` instead of two, σ(a) as ½·tanh(
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -116,6 +118,10 @@ class GateReplay:
                 rows.size, c0, self.npdt)
             crossed = (n_now == n) & (n > 0) & (last > self.thr)
             return np.where(crossed, start + n_now - 1, n_valid), last
+        ut = cum + np.minimum(up, self.one - cum)
+        if (rem > 0).all() and (ut > self.thr).all():  # every row updates on its next step
+            self._write_probs(rows, start, ut[None, :], np.ones(rows.size, np.int64))
+            return start.astype(np.int64), np.zeros(rows.size, self.npdt)
         return self._replay(start, n_valid, up, cum, rows)
 
     def _replay(self, start, n_valid, up, cum, rows):
@@ -138,10 +144,9 @@ class GateReplay:
                 pos, o, c, u, rem = pos[keep], o[keep], c[keep], u[keep], rem[keep]
                 if not pos.size:
                     break
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                guess = np.max((thr - c) / u)  # ≈ the longest run before ũ crosses τ
-            L = int(min(rem.max(), REPLAY_BLOCK, max(1.0, guess + 2.0) if np.isfinite(guess)
-                        else REPLAY_BLOCK))
+            u_min = float(u.min())  # ≈ the longest run before ũ crosses τ: (τ - cum) / Δũ
+            guess = (float(thr) - float(c.min())) / u_min if u_min > 0 else math.inf
+            L = int(min(rem.max(), REPLAY_BLOCK, max(1.0, guess + 2.0)))
             # cum_j by sequential float adds of Δũ (what the recursion does while Δũ ≤ 1 - cum),
             # then ũ_j = cum_{j-1} + min(Δũ, 1 - cum_{j-1}) exactly; both agree up to the first
             # step where ũ crosses τ or 1 - cum < Δũ, and the replay stops there.
@@ -173,6 +178,9 @@ class GateReplay:
 
     def _write_probs(self, rows, start, ut, n_now):
         """``probs`` of ``n_now[i]`` steps of ``rows[i]`` from ordinal ``start[i]``: ``ut[:, i]``."""
+        if self.times is None and ut.shape[0] == 1:  # one step per row
+            self.probs[start, rows] = ut[0]
+            return
         j = np.arange(ut.shape[0])[:, None]
         sel = j < n_now[None, :]
         ordinal = (start[None, :] + j)[sel]
