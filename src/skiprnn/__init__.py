@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 def release_cpu_buffers() -> None:
     """Free the work buffers the CPU fast paths keep between calls (``SKIPRNN_CPU_POOL_MB``)."""
-    from .ops.skip_lstm.cpu import release_cpu_buffers as _release
+    from .ops.cpu_rnn import release_cpu_buffers as _release
 
     _release()
 

@@ -352,7 +352,7 @@ def test_second_backward_and_inplace_output_raise(cell):
 
 
 def test_buffer_pool_reuses_and_evicts():
-    from skiprnn.ops.skip_lstm.cpu import _BufferPool
+    from skiprnn.ops.cpu_rnn import _BufferPool
     like = torch.empty(0)
     pool = _BufferPool(max_bytes=4 * 100)  # room for 100 floats
     a = pool.get((10, 5), like)
