@@ -216,7 +216,8 @@ def test_no_cuda_device_and_triton_refused_up_front(capsys, monkeypatch, tmp_pat
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     from skiprnn.ops import dispatch
     monkeypatch.setattr(dispatch, "triton_available", lambda: True)
-    assert main(["train", "--quick", "--backend", "triton", "--out", str(tmp_path / "r")]) == 2
+    assert main(["train", "--quick", "--backend", "triton", "--max-skip", "none",
+                 "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "--backend triton trains on CUDA only" in err and "TRITON_INTERPRET=1" in err
     assert not (tmp_path / "r").exists()
@@ -337,7 +338,10 @@ def test_recipes_fill_what_the_user_did_not_give():
     assert fast.recipe == "fast" and fast.lr == RECIPES["fast"]["lr"]["mnist"]
     assert (fast.gate_warmup, fast.budget_warmup, fast.budget_ramp, fast.gate_lr_mult) == (
         RECIPES["fast"]["gate_warmup"]["mnist"], RECIPES["fast"]["budget_warmup"]["mnist"],
-        RECIPES["fast"]["budget_ramp"]["mnist"], RECIPES["fast"]["gate_lr_mult"])
+        RECIPES["fast"]["budget_ramp"]["mnist"], RECIPES["fast"]["gate_lr_mult"]["mnist"])
+    adding = cfg("adding")   # the faster gate, bounded by the floor on reading
+    assert (adding.gate_lr_mult, adding.max_skip) == (10.0, 4) and fast.max_skip is None
+    assert cfg("adding", "--gate-lr-mult", "1").gate_lr_mult == 1.0
     paper = cfg("mnist", "--recipe", "paper")
     assert paper.lr == 1e-4 and (paper.gate_warmup, paper.budget_warmup, paper.budget_ramp) == (0, 0, 0)
     assert paper.gate_lr_mult == 1.0
@@ -346,6 +350,7 @@ def test_recipes_fill_what_the_user_did_not_give():
     assert (mixed.lr, mixed.budget_warmup, mixed.gate_warmup) == (3e-3, 50, 0)
     plain = cfg("adding", "--model", "lstm")
     assert plain.gate_warmup is None and plain.gate_lr_mult is None and plain.lr == 3e-3
+    assert plain.max_skip is None
 
 
 def test_paper_recipe_trains_the_paper_codes_layer_and_optimizer():

@@ -2,7 +2,7 @@
 
 The floor Δũ ≥ c = 1/(2K+1) gives K·c < 0.5 < (K+1)·c: a gate that would skip longer runs skips
 exactly K steps after each update (closed form: updates at t ≡ 0 mod K+1), and a gate that
-already reads that often is not changed at all.
+already reads that often is not changed at all. At a threshold τ > ½ the floor is 2τ/(2K+1).
 """
 
 import math
@@ -102,6 +102,33 @@ def _backends(m, x, lengths=None):
 # ---------------------------------------------------------------------------------------------
 # the floor itself
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tau", [0.55, 0.6, 0.75, 0.9])
+def test_floor_follows_the_threshold(tau):
+    """At τ > ½ the floor is 2τ/(2K+1): exactly K skipped steps at τ (evaluating a capped model
+    at another threshold keeps its cap); at τ ≤ ½ it is 1/(2K+1)."""
+    for K in (1, 2, 4, 9, 30):
+        c = update_prob_floor(K, tau)
+        assert c == pytest.approx(2 * tau / (2 * K + 1))
+        assert simulate_skips(np.float32(c), np.float32(0), tau, dtype=np.float32)[0] == K
+        assert simulate_skips(np.float32(1e-4), np.float32(0), tau, dtype=np.float32,
+                              max_skip=K)[0] == K
+        assert update_prob_floor(K, 0.3) == update_prob_floor(K, 0.0) == 1 / (2 * K + 1)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("tau", [0.6, 0.8])
+def test_every_path_caps_at_a_raised_threshold(kind, tau):
+    K, T = 3, 23
+    m = _layer(kind, K)
+    m.threshold = tau
+    x = torch.randn(T, 1, 3)
+    res = _backends(m, x)
+    want = _closed_form(T, K)
+    for name, (u, p, out) in res.items():
+        assert torch.equal(u.reshape(T, 1).float(), want), name
+        assert torch.equal(p.reshape(T, 1), res["reference"][1]), name
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_floor_skips_exactly_k_steps(dtype):
     for K in range(1, 60):
@@ -352,15 +379,15 @@ def test_bad_max_skip_is_refused(bad):
 def test_incompatible_options_are_refused():
     with pytest.raises(ValueError, match="bernoulli"):
         SkipLSTM(3, 4, binarizer="bernoulli", max_skip=2)
-    with pytest.raises(ValueError, match=r"threshold τ <= 0.5.*0.6"):
-        SkipGRU(3, 4, threshold=0.6, max_skip=2)
+    with pytest.raises(ValueError, match=r"threshold must lie in \[0, 1\), got 1.0"):
+        SkipGRU(3, 4, threshold=1.0, max_skip=2)
     with pytest.raises(ValueError, match="random gate"):
         RandomSkipLSTM(3, 4, max_skip=2)
     with pytest.raises(ValueError, match="periodic gate"):
         PeriodicSkipGRU(3, 4, max_skip=2)
     m = _layer("lstm", 2)
     x = torch.randn(9, 1, 3)
-    m.threshold = 0.7                    # raised after construction: every path refuses it
+    m.threshold = 1.0                    # raised after construction: every path refuses it
     for backend in ("reference", "cpu"):
         m.backend = backend
         with pytest.raises(ValueError, match="threshold"):
@@ -409,10 +436,15 @@ def test_run_config_and_cli_reach_the_layer_and_a_resume_keeps_it(tmp_path):
     cfg = cfg_of("--max-skip", "3", *tiny)
     assert cfg.max_skip == 3
     assert SkipRNNModule(cfg.to_dict()).rnn.max_skip == 3
-    assert cfg_of(*tiny).max_skip is None
+    # recipe fast caps the adding task at 4; 'none' lifts it; the other tasks have no cap
+    assert cfg_of(*tiny).max_skip == 4
+    assert cfg_of("--max-skip", "none", *tiny).max_skip is None
+    assert cfg_of("frequency", *tiny).max_skip is None
+    assert cfg_of("--recipe", "paper", *tiny).max_skip is None
     for args, msg in ((["--max-skip", "0"], "--max-skip must be an integer >= 1"),
                       (["--max-skip", "2", "--model", "lstm"], "--max-skip act"),
-                      (["--max-skip", "2", "--backend", "triton"], "cannot run --max-skip")):
+                      (["--max-skip", "2", "--backend", "triton"], "cannot run max_skip=2"),
+                      (["--backend", "triton"], r"recipe 'fast' for adding\): pass --max-skip none")):
         with pytest.raises(ConfigError, match=msg):
             cfg_of(*args, *tiny)
     # a config written before the field existed loads with no cap

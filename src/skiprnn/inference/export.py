@@ -31,11 +31,12 @@ class _StepBase(nn.Module):
 
     def _gate(self, feat, update_prob, cum):
         g = self.layer.update_gate
-        update_prob = floor_update_prob(update_prob, self.max_skip)  # no-op on the step's own
+        # a no-op on the step's own Δũ
+        update_prob = floor_update_prob(update_prob, self.max_skip, self.threshold)
         u_tilde = accumulate(update_prob, cum)
         u = u_tilde > self.threshold
         delta = floor_update_prob(torch.sigmoid(F.linear(feat, g.weight, g.bias)).squeeze(-1),
-                                  self.max_skip)
+                                  self.max_skip, self.threshold)
         new_up = torch.where(u, delta, update_prob)
         new_cum = torch.where(u, torch.zeros_like(u_tilde), u_tilde)
         return u, u_tilde, new_up, new_cum

@@ -184,7 +184,7 @@ class _LazyStack:
     """
 
     def __init__(self, kind, layers, gate_weight, gate_bias, const, hs, cs, npdt,
-                 max_skip=None):
+                 max_skip=None, threshold=0.5):
         self.kind, self.npdt = kind, npdt
         self.L = len(layers)
         H = hs[0].shape[0]
@@ -232,7 +232,8 @@ class _LazyStack:
         self.x = self.inp[0]
         self.x2t = torch.from_numpy(self.x).view(1, -1)  # the first layer's input, as (1, I)
         self.const = None if const is None else npdt(const)
-        self.max_skip = max_skip  # Δũ floored as the layer's (ops.naive.floor_update_prob)
+        # Δũ floored as the layer's at τ (ops.naive.floor_update_prob)
+        self.max_skip, self.threshold = max_skip, threshold
         self.gw = None if gate_weight is None else gate_weight.detach()[0].numpy()
         self.gb = None if gate_bias is None else npdt(gate_bias.item())
 
@@ -293,7 +294,8 @@ class _LazyStack:
             return self.const
         feat = self.c[-1] if self.kind == "lstm" else self.v[-1][:self.H]
         zz = np.dot(self.gw, feat) + self.gb
-        return floor_update_prob(self.npdt(self.one / (self.one + np.exp(-zz))), self.max_skip)
+        return floor_update_prob(self.npdt(self.one / (self.one + np.exp(-zz))), self.max_skip,
+                                 self.threshold)
 
 
 def _getter_one(source, get):
@@ -332,10 +334,10 @@ def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) ->
               if layer.mode == "lstm" else None)
         max_skip = getattr(layer, "max_skip", None)
         stack = _LazyStack(layer.mode, layer.layer_weights(), gw, gb, const, hs, cs, npdt,
-                           max_skip)
+                           max_skip, threshold)
         runs = _SkipRuns(threshold, npdt)
         x2 = stack.x2t
-        up = floor_update_prob(npdt(state.update_prob.item()), max_skip)
+        up = floor_update_prob(npdt(state.update_prob.item()), max_skip, threshold)
         cum = npdt(state.cum_update_prob.item())
         # output rows: 0 the top h before step 0, j the j-th update's h
         hist = np.empty((T + 1, H), npdt)

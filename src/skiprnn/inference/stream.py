@@ -82,7 +82,8 @@ class SkipStream:
             self.cs = [c.clone() for c in state[1].unbind(0)] if self.kind == "lstm" else None
         self.max_skip = getattr(layer, "max_skip", None)
         self.up = floor_update_prob(  # a given state's Δũ, floored as the layer's forward does
-            state.update_prob.detach().cpu().numpy().astype(self.npdt, copy=True), self.max_skip)
+            state.update_prob.detach().cpu().numpy().astype(self.npdt, copy=True), self.max_skip,
+            self.threshold)
         self.cum = state.cum_update_prob.detach().cpu().numpy().astype(self.npdt, copy=True)
         self.t = 0
         self.last_update_prob = None
@@ -103,7 +104,8 @@ class SkipStream:
         lay = self.layer
         gw = lay.update_gate.weight if lay.update_gate is not None else None
         gb = lay.update_gate.bias if lay.update_gate is not None else None
-        return StepCell(self.kind, lay.layer_weights(), gw, gb, self.constant_delta, **lay.cell_options())
+        return StepCell(self.kind, lay.layer_weights(), gw, gb, self.constant_delta,
+                        threshold=self.threshold, **lay.cell_options())
 
     def _u_tilde(self):
         one = self.npdt(1)

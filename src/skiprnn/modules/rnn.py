@@ -84,7 +84,7 @@ def check_nn_only_options(name: str, bidirectional, proj_size, num_layers: int =
 def check_layer_max_skip(name: str, max_skip, binarizer: str, threshold: float,
                          gate_mode: str = "learned") -> int | None:
     """A layer's ``max_skip`` (None or an int K ≥ 1), refused where the cap could not hold: no
-    learned gate, the Bernoulli binarizer (sampled in training), a threshold τ > 0.5."""
+    learned gate, the Bernoulli binarizer (sampled in training), a threshold τ >= 1."""
     max_skip = check_max_skip(max_skip)
     if max_skip is None:
         return None

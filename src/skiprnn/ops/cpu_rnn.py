@@ -504,17 +504,18 @@ def skip_rnn_cpu(cell: CpuCell, x: Tensor, state: tuple, update_prob0: Tensor,
         raise ValueError(f"{name} does not support forced gates; use the reference")
     if constant_delta is not None:
         raise ValueError(f"{name} does not support constant_delta; use the reference")
+    if isinstance(threshold, Tensor) and threshold.dim() == 0:
+        threshold = float(threshold)
     check_cap_holds(max_skip, threshold)
-    update_prob0 = floor_update_prob(update_prob0, max_skip)  # a given state's Δũ (autograd)
+    # a given state's Δũ (autograd)
+    update_prob0 = floor_update_prob(update_prob0, max_skip, threshold)
     w_ih, w_hh, b_ih, b_hh = layers[0]
     if x.dim() != 3:
         raise ValueError(f"x must be (T, B, I), got shape {tuple(x.shape)}")
-    if isinstance(threshold, Tensor) and threshold.dim() == 0:
-        threshold = float(threshold)
     h0, c0 = state if cell.has_c else (state[0], None)
     args = (x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh, gate_weight, gate_bias)
     # keep the per-step backward coefficients only when a graph will be built
     train = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)
     out, h_n, c_n, up, cum, upd, prob = _SkipRNNCPU.apply(
-        cell, *args, mask, threshold, train, update_prob_floor(max_skip))
+        cell, *args, mask, threshold, train, update_prob_floor(max_skip, threshold))
     return (out, h_n, c_n, up, cum, upd, prob) if cell.has_c else (out, h_n, up, cum, upd, prob)

@@ -16,10 +16,11 @@ Per step t (B rows, state tensors of shape (B, *)):
 
 with Δũ_0 = 1 and cum_0 = 0, so the first step always updates.
 
-A floor on reading (``max_skip=K``, off by default): Δũ_t = max(σ(W_p z_t + b_p), 1/(2K+1))
-(:func:`floor_update_prob`), applied to the carried Δũ of a given state too. After an update
-ũ_{t+j} = min(j·Δũ_t, 1) and (K+1)/(2K+1) > 0.5 > K/(2K+1), so at most K consecutive
-steps are skipped (exactly K where the unfloored gate would skip more) for any τ ≤ 0.5. ``z_t`` is the gate feature of the
+A floor on reading (``max_skip=K``, off by default): Δũ_t = max(σ(W_p z_t + b_p), c) with
+c = 2·max(τ, ½)/(2K+1) (:func:`update_prob_floor`; 1/(2K+1) at the training threshold τ = ½),
+applied to the carried Δũ of a given state too. After an update ũ_{t+j} = min(j·Δũ_t, 1) and
+(K+1)·c > max(τ, ½) ≥ τ, so at most K consecutive steps are skipped for any τ < 1 (exactly K
+where the unfloored gate would skip more, for τ ≥ ½). ``z_t`` is the gate feature of the
 candidate state (the new top-layer ``c`` for LSTM, ``h`` for GRU).  The output at step t is one
 tensor of the gated state (``state[out_index]``, the top-layer ``h``). Padded steps (``mask`` 0) are
 never updates and leave every part of the state untouched.
@@ -67,7 +68,7 @@ def check_max_skip(max_skip) -> int | None:
 
 def check_cap_holds(max_skip, threshold=0.5, forced=None, constant_delta=None) -> None:
     """Refuse the gate settings under which ``max_skip`` could not cap runs of skipped steps: a
-    threshold τ > 0.5 (ũ would have to pass it), per-step thresholds (Bernoulli sampling), forced
+    threshold τ >= 1 (ũ <= 1 never passes it), per-step thresholds (Bernoulli sampling), forced
     gates or a constant Δũ (the random / periodic baselines, which have no learned gate)."""
     if max_skip is None:
         return
@@ -78,20 +79,26 @@ def check_cap_holds(max_skip, threshold=0.5, forced=None, constant_delta=None) -
         raise ValueError("max_skip needs a fixed threshold τ: with per-step thresholds (Bernoulli "
                          "sampling of the gate) ũ may stay under τ for any number of steps; use "
                          "binarizer='round'")
-    if not float(threshold) <= 0.5:
-        raise ValueError(f"max_skip caps runs of skipped steps for a threshold τ <= 0.5 (its floor "
-                         f"is 1/(2K+1), made for τ = 0.5); got threshold={threshold!r}")
+    if not float(threshold) < 1.0:
+        raise ValueError(f"max_skip caps runs of skipped steps for a threshold τ < 1 (ũ never "
+                         f"exceeds 1); got threshold={threshold!r}")
 
 
-def update_prob_floor(max_skip) -> float | None:
-    """The least Δũ under ``max_skip=K``: c = 1/(2K+1) (None without a cap).
+def update_prob_floor(max_skip, threshold: float = 0.5) -> float | None:
+    """The least Δũ under ``max_skip=K`` at threshold τ: c = 2·max(τ, ½)/(2K+1) (None without a
+    cap); 1/(2K+1) at the training threshold.
 
-    After an update with Δũ = c the accumulator reads ũ = j·c, and K·c < 0.5 < (K+1)·c: exactly
-    K skipped steps, the longest run any Δũ ≥ c gives (Eq. 6 with Δũ = c)."""
-    return None if check_max_skip(max_skip) is None else 1.0 / (2 * max_skip + 1)
+    After an update with Δũ = c the accumulator reads ũ = j·c, and K·c < m < (K+1)·c with
+    m = max(τ, ½): for τ ≥ ½ exactly K skipped steps, the longest run any Δũ ≥ c gives (Eq. 6
+    with Δũ = c); for τ < ½ (the gate held open, τ = 0) at most K. The floor depends on τ so
+    that a capped model evaluated at another threshold (``skiprnn evaluate --threshold``) keeps
+    its cap."""
+    if check_max_skip(max_skip) is None:
+        return None
+    return 2.0 * max(float(threshold), 0.5) / (2 * max_skip + 1)
 
 
-def floor_update_prob(delta, max_skip):
+def floor_update_prob(delta, max_skip, threshold: float = 0.5):
     """Δũ floored at :func:`update_prob_floor` (``delta`` returned as is when ``max_skip`` is None).
 
     ``delta``: a tensor (any shape; the gradient flows only where ``delta`` > c, zero where the
@@ -99,7 +106,7 @@ def floor_update_prob(delta, max_skip):
     floored in its own dtype). The value is ``max(delta, c)`` with c in ``delta``'s dtype, so every
     backend floors to the same number.
     """
-    c = update_prob_floor(max_skip)
+    c = update_prob_floor(max_skip, threshold)
     if c is None:
         return delta
     if isinstance(delta, Tensor):
@@ -144,7 +151,7 @@ def skip_loop(
         forced: optional ``(T, B)`` binary updates that replace the learned gate (baselines); the
             first step of a fresh sequence (ũ = 1) still updates.
         max_skip: None, or K: at most K consecutive skipped steps (Δũ floored at 1/(2K+1), the
-            carried ``update_prob0`` too; :func:`floor_update_prob`). Needs τ <= 0.5 (a float).
+            carried ``update_prob0`` too; :func:`floor_update_prob`). Needs a float τ < 1.
 
     Returns:
         ``(outputs (T, B, H), state, update_prob (B,), cum_prob (B,), updates (T, B),
@@ -153,7 +160,7 @@ def skip_loop(
     check_cap_holds(max_skip, threshold, forced)
     T = x.shape[0]
     state = tuple(state0)
-    up, cum = floor_update_prob(update_prob0, max_skip), cum_prob0
+    up, cum = floor_update_prob(update_prob0, max_skip, threshold), cum_prob0
     outs, us, probs = [], [], []
     for t in range(T):
         u_tilde = accumulate(up, cum)
@@ -168,7 +175,7 @@ def skip_loop(
             u = u * m
         cand, feat = step(x[t], state)
         new_state = mix_state(u, cand, state)
-        delta = floor_update_prob(delta_fn(feat), max_skip)
+        delta = floor_update_prob(delta_fn(feat), max_skip, threshold)
         new_up = u * delta + (1 - u) * up
         new_cum = (1 - u) * u_tilde
         if mask is not None:

@@ -79,7 +79,7 @@ def simulate_skips(update_prob, cum_prob, threshold: float = 0.5, limit: int | N
         the accumulator after them.
     """
     one, thr = dtype(1), dtype(threshold)
-    up, cum = floor_update_prob(dtype(update_prob), max_skip), dtype(cum_prob)
+    up, cum = floor_update_prob(dtype(update_prob), max_skip, threshold), dtype(cum_prob)
     probs = []
     while limit is None or len(probs) < limit:
         ut = cum + min(up, one - cum)
@@ -99,12 +99,13 @@ class StepCell:
     """The candidate update of a Skip LSTM / GRU stack and its Δũ, on any subset of rows.
 
     ``cell(x (n, I), hs [L × (n, H)], cs [L × (n, H)] | None) -> (new_hs, new_cs, delta (n,))``;
-    ``max_skip``: Δũ floored as the layer's (``skiprnn.ops.naive.floor_update_prob``).
+    ``max_skip``, ``threshold``: Δũ floored as the layer's at τ
+    (``skiprnn.ops.naive.floor_update_prob``).
     """
 
     def __init__(self, kind: str, layers: Sequence[tuple], gate_weight, gate_bias,
                  constant_delta: float | None = None, reset_after: bool = True,
-                 max_skip: int | None = None):
+                 max_skip: int | None = None, threshold: float = 0.5):
         if kind not in ("lstm", "gru"):
             raise ValueError(f"kind must be 'lstm' or 'gru', got {kind!r}")
         if kind == "lstm" and not reset_after:
@@ -118,8 +119,8 @@ class StepCell:
         self.constant_delta = constant_delta
         if constant_delta is None and self.gate_weight is None:
             raise ValueError("a learned gate needs gate_weight and gate_bias")
-        check_cap_holds(max_skip, constant_delta=constant_delta)
-        self.max_skip = max_skip
+        check_cap_holds(max_skip, threshold, constant_delta=constant_delta)
+        self.max_skip, self.threshold = max_skip, threshold
 
     @property
     def num_layers(self) -> int:
@@ -130,7 +131,7 @@ class StepCell:
             return feat.new_full((feat.shape[0],), self.constant_delta)
         return floor_update_prob(
             torch.sigmoid(F.linear(feat, self.gate_weight, self.gate_bias)).squeeze(-1),
-            self.max_skip)
+            self.max_skip, self.threshold)
 
     def __call__(self, x: Tensor, hs: Sequence[Tensor], cs: Sequence[Tensor] | None):
         inp = x
@@ -331,7 +332,7 @@ class _NumpyStack:
             b = b_ih + b_hh
         self.first_ih = (w_ih, b)
         self.const = cell.constant_delta
-        self.max_skip = cell.max_skip
+        self.max_skip, self.threshold = cell.max_skip, cell.threshold
         self.gw = None if cell.gate_weight is None else arr(cell.gate_weight)[0]
         self.gb = None if cell.gate_bias is None else npdt(cell.gate_bias.item())
         self.tmp = np.empty(H, npdt)
@@ -400,7 +401,7 @@ class _NumpyStack:
         feat = cs[-1] if self.kind == "lstm" else new_h[-1]
         zz = np.dot(self.gw, feat) + self.gb
         return new_h, cs, floor_update_prob(self.npdt(self.one / (self.one + np.exp(-zz))),
-                                            self.max_skip)
+                                            self.max_skip, self.threshold)
 
 
 class _SkipRuns:
@@ -442,7 +443,7 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
     written in bulk (their ũ from ``_SkipRuns``, their output an index of the held h)."""
     T, H = x.shape[0], hs[0].shape[-1]
     one, zero = npdt(1), npdt(0)
-    up, cum = floor_update_prob(npdt(up0.item()), cell.max_skip), npdt(cum0.item())
+    up, cum = floor_update_prob(npdt(up0.item()), cell.max_skip, cell.threshold), npdt(cum0.item())
     stack = _NumpyStack(cell, npdt)
     runs = _SkipRuns(threshold, npdt)
     hs = [h[0].numpy().copy() for h in hs]
@@ -519,12 +520,13 @@ def _skipping(kind, x, hc, update_prob0, cum_prob0, layers, gate_weight, gate_bi
               max_skip=None):
     L = len(layers)
     check_cap_holds(max_skip, threshold, forced, constant_delta)
+    thr = float(threshold)
     with torch.no_grad():
-        cell = StepCell(kind, layers, gate_weight, gate_bias, constant_delta, reset_after, max_skip)
+        cell = StepCell(kind, layers, gate_weight, gate_bias, constant_delta, reset_after, max_skip,
+                        thr)
         hs = list(hc[0].unbind(0))
         cs = list(hc[1].unbind(0)) if kind == "lstm" else None
         B = x.shape[1]
-        thr = float(threshold)
         if (x.device.type == "cuda" and B > 1 and L == 1 and constant_delta is None
                 and max_skip is None):  # (the Triton kernels have no floor on Δũ)
             fused = _triton_infer(kind)

@@ -407,7 +407,8 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
     H = hs[0].shape[-1]
     dev, dt = x.device, x.dtype
     replay = GateReplay(T, B, valid, threshold, npdt)
-    up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True), cell.max_skip)
+    up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True), cell.max_skip,
+                           cell.threshold)
     cum = cum0.detach().cpu().numpy().astype(npdt, copy=True)
     rows = np.arange(B)
     at, cum_end = replay.next_update(rows, np.zeros(B, np.int64), up, cum)

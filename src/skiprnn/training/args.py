@@ -39,6 +39,16 @@ def key_value(s: str):
     return k.strip(), v
 
 
+def _max_skip(s: str):
+    """``--max-skip``: an integer K, or 'none' (no cap, also over a recipe's)."""
+    if s.strip().lower() == "none":
+        return None
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer K >= 1 or 'none', got {s!r}") from None
+
+
 def _devices(s: str):
     try:
         return int(s)
@@ -85,10 +95,10 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
                    help="optimizer steps with the gate held open: every step updates (paper: 0)")
     t.add_argument("--gate-lr-mult", dest="gate_lr_mult", type=float, metavar="M",
                    help="the update gate's W_p, b_p learn at lr × M (paper: 1)")
-    t.add_argument("--max-skip", dest="max_skip", type=int, metavar="K",
+    t.add_argument("--max-skip", dest="max_skip", type=_max_skip, metavar="K",
                    help="a floor on reading: at most K consecutive skipped steps, in training and "
-                        "inference (Δũ ≥ 1/(2K+1); at least 1/(K+1) of the steps are read) "
-                        "(paper: none)")
+                        "inference (Δũ ≥ 1/(2K+1); at least 1/(K+1) of the steps are read); "
+                        "'none' removes the recipe's cap (paper: none; recipe fast: adding 4)")
     t.add_argument("--target-rate", dest="target_rate", type=float, metavar="FRACTION",
                    help="add the target-rate loss weight·mean_b (used fraction − FRACTION)² (paper §3.2); "
                         "it follows the budget warm-up and ramp, as λ does")

@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 #: models on the synthetic tasks train on after solving while the solved validations lower the
 #: updates (patience 10 validations; the measured checkpoint is the solved one with the fewest).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "adding": {"model": "skip_lstm", "cost_per_sample": 1e-5, "max_steps": 3000,
+    "adding": {"model": "skip_lstm", "cost_per_sample": 1e-5, "max_steps": 1500,
                "val_every": 100, "stop_when_solved": True, "solved_patience": 10},
     "frequency": {"model": "skip_lstm", "cost_per_sample": 1e-4, "max_steps": 3000,
                   "val_every": 100, "stop_when_solved": True, "solved_patience": 10},
@@ -61,7 +61,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "gate_warmup": {"adding": 300, "frequency": 500, "mnist": 2000},
         "budget_warmup": {"adding": 300, "frequency": 500, "mnist": 2000},
         "budget_ramp": {"adding": 300, "frequency": 500, "mnist": 1000},
-        "gate_lr_mult": 1.0,
+        "gate_lr_mult": {"adding": 10.0, "frequency": 1.0, "mnist": 1.0},
+        "max_skip": {"adding": 4},
         "lr_decay": 0.05,
         "init": {"mnist": "chrono"},
         "layer": "nn",
@@ -289,8 +290,10 @@ class RunConfig:
                     f"{self.model!r} with --num-layers {layers} needs the reference "
                     f"({why or f'{layers} layers'}): use --backend auto or reference")
         if self.backend == "triton" and self.max_skip is not None:
-            raise ConfigError("--backend triton has no floor on Δũ, so it cannot run --max-skip; "
-                              "use --backend auto (CUDA: the reference), reference or cpu")
+            raise ConfigError(f"--backend triton has no floor on Δũ, so it cannot run max_skip="
+                              f"{self.max_skip} (--max-skip, or recipe {self.recipe!r} for "
+                              f"{self.task}): pass --max-skip none, or use --backend auto (CUDA: "
+                              "the reference), reference or cpu")
         if self.backend == "triton":
             from ..ops.dispatch import triton_available
             from ..ops.triton_utils import interpreting

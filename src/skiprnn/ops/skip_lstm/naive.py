@@ -61,7 +61,7 @@ def skip_lstm_naive(
         forced: optional ``(T, B)`` binary updates (random-skip baseline).
         constant_delta: if given, Δũ is this constant instead of the learned gate (periodic baseline).
         max_skip: None, or K: at most K consecutive skipped steps (``skiprnn.ops.naive``'s floor
-            on Δũ; needs a float threshold <= 0.5 and the learned gate).
+            on Δũ; needs a float threshold < 1 and the learned gate).
 
     Returns:
         ``(output (T, B, H), h_n (L, B, H), c_n (L, B, H), update_prob (B,), cum_prob (B,),
