@@ -16,6 +16,7 @@ threads, library versions, git commit, load average, every timing) to ``--out``.
     python benchmarks/bench_train.py                      # CPU, all shapes
     python benchmarks/bench_train.py --device cuda        # adds (256, 784, 1, 110) and Triton
     python benchmarks/bench_train.py --quick              # smoke run (T capped, 2 reps)
+    python benchmarks/bench_train.py --threads 1 2        # one table, a row per thread count
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from skiprnn.ops.skip_gru.naive import skip_gru_naive  # noqa: E402
 from skiprnn.ops.skip_lstm.cpu import skip_lstm_cpu  # noqa: E402
 from skiprnn.ops.skip_lstm.naive import skip_lstm_naive  # noqa: E402
 
-SHAPES = [(64, 784, 1, 110), (256, 50, 2, 110), (64, 1000, 64, 512)]
+SHAPES = [(64, 100, 3, 64), (256, 50, 2, 110), (64, 784, 1, 110), (64, 1000, 64, 512)]
 CUDA_SHAPES = [(256, 784, 1, 110)]
 
 
@@ -144,7 +145,7 @@ def bench_shape(cell, shape, impls, args, device, dtype, sync):
     rows = []
     base = "nn." + cell.upper()
     for n in names:
-        row = dict(cell=cell, B=B, T=T, I=I, H=H, impl=n)
+        row = dict(cell=cell, B=B, T=T, I=I, H=H, impl=n, threads=torch.get_num_threads())
         for mode in ("fwd", "fwd+bwd"):
             row[f"{mode}_ms"] = statistics.median(times[n][mode])
             row[f"{mode}_all_ms"] = [round(v, 3) for v in times[n][mode]]
@@ -159,14 +160,16 @@ def bench_shape(cell, shape, impls, args, device, dtype, sync):
 def table(rows):
     """Markdown table: medians and their ratio to nn.LSTM / nn.GRU, plus the ratio of the best
     (minimum) repetitions, which is less sensitive to other processes on a shared machine."""
-    lines = ["| cell | B | T | I | H | impl | fwd ms | fwd / nn | fwd+bwd ms | fwd+bwd / nn "
-             "| fwd+bwd / nn (min) |",
-             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["| cell | B | T | I | H | threads | impl | fwd ms | fwd / nn | fwd+bwd ms "
+             "| fwd+bwd / nn | fwd+bwd / nn (min) |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    key = ("cell", "B", "T", "I", "H", "threads")
     for r in rows:
-        base = next(q for q in rows if q["cell"] == r["cell"] and q["impl"].startswith("nn.")
-                    and (q["B"], q["T"], q["I"], q["H"]) == (r["B"], r["T"], r["I"], r["H"]))
+        base = next(q for q in rows if q["impl"].startswith("nn.")
+                    and all(q.get(k) == r.get(k) for k in key))
         best = min(r["fwd+bwd_all_ms"]) / min(base["fwd+bwd_all_ms"])
-        lines.append(f"| {r['cell']} | {r['B']} | {r['T']} | {r['I']} | {r['H']} | {r['impl']} | "
+        lines.append(f"| {r['cell']} | {r['B']} | {r['T']} | {r['I']} | {r['H']} | "
+                     f"{r.get('threads', '')} | {r['impl']} | "
                      f"{r['fwd_ms']:.1f} | {r['fwd_ratio']:.2f}x | {r['fwd+bwd_ms']:.1f} | "
                      f"{r['fwd+bwd_ratio']:.2f}x | {best:.2f}x |")
     return "\n".join(lines)
@@ -197,7 +200,9 @@ def main(argv=None):
                    help="comma list among reference,cpu,triton (default: all available)")
     p.add_argument("--skip-reference-above", type=float, default=None,
                    help="skip the naive reference when B*T*H exceeds this")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="torch.set_num_threads; several (e.g. 1 2): every shape at each count, "
+                        "one table")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--out", default=None,
                    help="JSON output (default results/bench_train_<device>.json)")
@@ -210,8 +215,9 @@ def main(argv=None):
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    thread_counts = args.threads or [torch.get_num_threads()]
+    if any(n < 1 for n in thread_counts):
+        p.error(f"--threads must be positive, got {thread_counts}")
     if args.quick:
         args.reps, args.warmup = 2, 1
     if device.type == "cuda":
@@ -246,7 +252,7 @@ def main(argv=None):
         device=device.type,
         device_name=(torch.cuda.get_device_name(device) if device.type == "cuda"
                      else cpu_model()),
-        cpu_model=cpu_model(), cpu_count=os.cpu_count(), threads=torch.get_num_threads(),
+        cpu_model=cpu_model(), cpu_count=os.cpu_count(), threads=thread_counts,
         torch=torch.__version__, python=platform.python_version(),
         triton=_version("triton"), git_commit=commit, git_dirty=dirty,
         dtype=args.dtype, reps=args.reps, warmup=args.warmup, quick=args.quick,
@@ -258,11 +264,13 @@ def main(argv=None):
     rows = []
     for shape in shapes:
         for cell, impls in impls_by_cell.items():
-            t0 = time.perf_counter()
-            new = bench_shape(cell, shape, impls, args, device, dtype, sync)
-            rows += new
-            print(table(new).split("\n", 2)[2] if rows != new else table(new),
-                  f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            for n_threads in thread_counts:
+                torch.set_num_threads(n_threads)
+                t0 = time.perf_counter()
+                new = bench_shape(cell, shape, impls, args, device, dtype, sync)
+                rows += new
+                print(table(new).split("\n", 2)[2] if rows != new else table(new),
+                      f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     meta["loadavg_after"] = _loadavg()
     out = Path(args.out) if args.out else ROOT / "results" / f"bench_train_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
