@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..naive import check_cap_holds, skip_loop
-from ..skip_lstm.naive import _delta_fn
+from ..naive import skip_stack
 
 
 def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -44,43 +43,17 @@ def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor,
     return (1 - z) * n + z * h
 
 
-def skip_gru_naive(
-    x: Tensor,
-    h0: Tensor,
-    update_prob0: Tensor,
-    cum_prob0: Tensor,
-    layers: Sequence[tuple],
-    gate_weight: Tensor,
-    gate_bias: Tensor,
-    mask: Tensor | None = None,
-    threshold: float | Tensor = 0.5,
-    dropout: float = 0.0,
-    training: bool = False,
-    forced: Tensor | None = None,
-    constant_delta: float | None = None,
-    max_skip: int | None = None,
-    reset_after: bool = True,
-):
+def skip_gru_naive(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
+                   layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor, *options,
+                   reset_after: bool = True, **kw_options):
     """Skip GRU over a whole sequence; arguments as ``skip_lstm_naive`` without ``c0``, plus
     ``reset_after`` (False: the paper's candidate, see :func:`gru_cell`).
 
     Returns ``(output (T, B, H), h_n (L, B, H), update_prob (B,), cum_prob (B,), updates (T, B),
     update_probs (T, B))``.
     """
-    L = len(layers)
+    def layer(inp, parts, w_ih, w_hh, b_ih, b_hh):
+        return (gru_cell(inp, parts[0], w_ih, w_hh, b_ih, b_hh, reset_after),)
 
-    def step(x_t, state):
-        inp = x_t
-        new_h = []
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
-            h = gru_cell(inp, state[k], w_ih, w_hh, b_ih, b_hh, reset_after)
-            new_h.append(h)
-            inp = F.dropout(h, dropout, training) if (dropout and k < L - 1) else h
-        return tuple(new_h), new_h[-1]
-
-    check_cap_holds(max_skip, threshold, forced, constant_delta)
-    delta_fn = _delta_fn(gate_weight, gate_bias, constant_delta)
-    out, state, up, cum, u, p = skip_loop(step, x, tuple(h0.unbind(0)), update_prob0, cum_prob0,
-                                          delta_fn, out_index=L - 1, mask=mask,
-                                          threshold=threshold, forced=forced, max_skip=max_skip)
-    return out, torch.stack(state), up, cum, u, p
+    return skip_stack(layer, x, (h0,), update_prob0, cum_prob0, layers, gate_weight, gate_bias,
+                      *options, feature=0, **kw_options)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..naive import check_cap_holds, skip_loop
+from ..naive import skip_stack
 
 
 def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -31,23 +31,9 @@ def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
     return h_new, c_new
 
 
-def skip_lstm_naive(
-    x: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    update_prob0: Tensor,
-    cum_prob0: Tensor,
-    layers: Sequence[tuple],
-    gate_weight: Tensor,
-    gate_bias: Tensor,
-    mask: Tensor | None = None,
-    threshold: float | Tensor = 0.5,
-    dropout: float = 0.0,
-    training: bool = False,
-    forced: Tensor | None = None,
-    constant_delta: float | None = None,
-    max_skip: int | None = None,
-):
+def skip_lstm_naive(x: Tensor, h0: Tensor, c0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
+                    layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor, *options,
+                    **kw_options):
     """Skip LSTM over a whole sequence.
 
     Args:
@@ -56,40 +42,21 @@ def skip_lstm_naive(
         update_prob0, cum_prob0: ``(B,)`` carried Δũ and accumulator (1 and 0 for a fresh start).
         layers: L tuples ``(w_ih (4H, I_l), w_hh (4H, H), b_ih (4H,) | None, b_hh (4H,) | None)``.
         gate_weight: ``(1, H)`` and gate_bias ``(1,)``: Δũ = σ(c'_top · W_p^T + b_p).
-        mask: optional ``(T, B)`` valid-step mask. threshold: τ (float or ``(T, B)``).
-        dropout, training: dropout on the candidate ``h'`` fed between layers (as nn.LSTM).
-        forced: optional ``(T, B)`` binary updates (random-skip baseline).
-        constant_delta: if given, Δũ is this constant instead of the learned gate (periodic baseline).
-        max_skip: None, or K: at most K consecutive skipped steps (``skiprnn.ops.naive``'s floor
-            on Δũ; needs a float threshold < 1 and the learned gate).
+        options, in this order (or by name): ``mask=None``: optional ``(T, B)`` valid-step mask;
+        ``threshold=0.5``: τ (float or ``(T, B)``); ``dropout=0.0``, ``training=False``: dropout
+        on the candidate ``h'`` fed between layers (as nn.LSTM); ``forced=None``: optional
+        ``(T, B)`` binary updates (random-skip baseline); ``constant_delta=None``: Δũ held at this
+        constant instead of the learned gate (periodic baseline); ``max_skip=None``: at most K
+        consecutive skipped steps (``skiprnn.ops.naive``'s floor on Δũ; needs a float threshold
+        < 1 and the learned gate). See :func:`skiprnn.ops.naive.skip_stack`.
 
     Returns:
         ``(output (T, B, H), h_n (L, B, H), c_n (L, B, H), update_prob (B,), cum_prob (B,),
         updates (T, B), update_probs (T, B))``.
     """
-    L = len(layers)
-
-    def step(x_t, state):
-        hs, cs = state[:L], state[L:]
-        inp = x_t
-        new_h, new_c = [], []
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
-            h, c = lstm_cell(inp, hs[k], cs[k], w_ih, w_hh, b_ih, b_hh)
-            new_h.append(h)
-            new_c.append(c)
-            inp = F.dropout(h, dropout, training) if (dropout and k < L - 1) else h
-        return tuple(new_h) + tuple(new_c), new_c[-1]
-
-    check_cap_holds(max_skip, threshold, forced, constant_delta)
-    delta_fn = _delta_fn(gate_weight, gate_bias, constant_delta)
-    state0 = tuple(h0.unbind(0)) + tuple(c0.unbind(0))
-    out, state, up, cum, u, p = skip_loop(step, x, state0, update_prob0, cum_prob0, delta_fn,
-                                          out_index=L - 1, mask=mask, threshold=threshold,
-                                          forced=forced, max_skip=max_skip)
-    return out, torch.stack(state[:L]), torch.stack(state[L:]), up, cum, u, p
+    return skip_stack(_lstm_layer, x, (h0, c0), update_prob0, cum_prob0, layers, gate_weight,
+                      gate_bias, *options, feature=1, **kw_options)
 
 
-def _delta_fn(gate_weight, gate_bias, constant_delta):
-    if constant_delta is not None:
-        return lambda feat: feat.new_full((feat.shape[0],), constant_delta)
-    return lambda feat: torch.sigmoid(F.linear(feat, gate_weight, gate_bias)).squeeze(-1)
+def _lstm_layer(x, parts, w_ih, w_hh, b_ih, b_hh):
+    return lstm_cell(x, parts[0], parts[1], w_ih, w_hh, b_ih, b_hh)
