@@ -5,7 +5,7 @@ CPU  (B=1, T=1000, I=64, H=512): the skipping forward at ~50 % and ~10 % updates
      the reference per-step loop for context; optionally a trained checkpoint's real pattern.
 Batched CPU (B=256, T=784, I=1, H=110, the MNIST shape, and B=64, T=1000, I=64, H=512): the same
      two constant gates, plus a learned (irregular) gate: the trained MNIST Skip LSTM of
-     ``--checkpoint`` (default: results/mnist_fast_skip_lstm_s0, if present) on random inputs.
+     ``--checkpoint`` (default: results/mnist_fast_skip_lstm_s0, if present) on its own test digits.
 CUDA (B=256, T=784, I=1, H=110, ~50 % updates): cuDNN nn.LSTM vs the skipping forward (the
      library's default path) and variants: a CUDA graph of the dense masked step loop.
 Lazy inputs: a small CNN on 28×28 frames, encoding every frame + nn.LSTM vs lazy_forward (only the
@@ -126,8 +126,10 @@ def cpu_part(args, rows):
 
 
 def checkpoint_case(args, dev, B=1, T=None, part="cpu"):
-    """A trained SkipLSTM's real skip pattern (state_dict with weight_ih_l0 …, update_gate.*) on
-    random inputs (a learned init_state is not loaded: the state starts at zero)."""
+    """A trained SkipLSTM's real skip pattern (state_dict with weight_ih_l0 …, update_gate.*,
+    and the learned initial state ``init_state`` when there is one). The input is the run's own
+    data where that is at hand — an MNIST run's first B test digits, scaled as its config says,
+    read from the local copy (never downloaded) — else random."""
     sd = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     sd = sd.get("state_dict", sd)
     prefix = next(k for k in sd if k.endswith("weight_ih_l0"))[: -len("weight_ih_l0")]
@@ -141,14 +143,43 @@ def checkpoint_case(args, dev, B=1, T=None, part="cpu"):
     lstm.load_state_dict({k: v for k, v in sd.items() if not k.startswith("update_gate")},
                          strict=False)
     T = args.cpu_T if T is None else T
-    x = torch.randn(T, B, I)
+    x, source = _run_inputs(args.checkpoint, B, T)
+    if x is None:
+        x, source = torch.randn(T, B, I), "random input"
+    hx = None
+    if "init_state" in sd:   # (2, L, 1, H): the learned h0, c0 of the training module
+        h0, c0 = (s.expand(L, B, H).contiguous() for s in sd["init_state"])
+        hx = (h0, c0)
     with torch.no_grad():
-        t = bench({"nn.LSTM": lambda: lstm(x), "skipping": lambda: layer(x)}, dev, args.reps)
-        rate = float(layer(x).updates.mean())
+        t = bench({"nn.LSTM": lambda: lstm(x, hx), "skipping": lambda: layer(x, hx)}, dev,
+                  args.reps)
+        rate = float(layer(x, hx).updates.mean())
     name = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(args.checkpoint))))
-    return dict(part=part, case=f"learned gate: {name} (random input)",
+    return dict(part=part, case=f"learned gate: {name} ({source})",
                 B=B, T=T, I=I, H=H, updates=rate, nn_lstm_ms=t["nn.LSTM"] * 1e3,
                 skipping_ms=t["skipping"] * 1e3, ratio=t["skipping"] / t["nn.LSTM"])
+
+
+def _run_inputs(checkpoint, B, T):
+    """``(x (T, B, 1), description)`` of an MNIST run's first B test digits, or ``(None, why)``."""
+    run = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
+    cfg_path = os.path.join(run, "config.json")
+    if T != 784 or not os.path.exists(cfg_path):
+        return None, "no run config"
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    if cfg.get("task") != "mnist":
+        return None, "not an MNIST run"
+    from skiprnn.tasks.mnist import MNISTDataset, load_mnist
+    try:
+        arrays = load_mnist()
+    except Exception as exc:  # noqa: BLE001 - the row falls back to random input
+        print(f"[bench] MNIST not at hand ({type(exc).__name__}): random input")
+        return None, "MNIST not at hand"
+    standardize = bool((cfg.get("task_options") or {}).get("standardize", False))
+    ds = MNISTDataset(arrays.test_images[:B], arrays.test_labels[:B], standardize=standardize)
+    x, _ = ds.batch(list(range(B)))
+    return x.transpose(0, 1).contiguous(), f"first {B} MNIST test digits"
 
 
 def batched_part(args, rows):
