@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 #: models on the synthetic tasks train on after solving while the solved validations lower the
 #: updates (patience 10 validations; the measured checkpoint is the solved one with the fewest).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "adding": {"model": "skip_lstm", "cost_per_sample": 1e-5, "max_steps": 1500,
+    "adding": {"model": "skip_lstm", "cost_per_sample": 1e-5, "max_steps": 1200,
                "val_every": 100, "stop_when_solved": True, "solved_patience": 10},
     "frequency": {"model": "skip_lstm", "cost_per_sample": 1e-4, "max_steps": 3000,
                   "val_every": 100, "stop_when_solved": True, "solved_patience": 10},
