@@ -56,7 +56,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": {
         "doc": "practical learning rates without a collapsing gate: the gate held open (its W_p, "
                "b_p frozen) and λ = 0 while the task is learned, then λ ramped in and the learning "
-               "rate decayed (cosine, to 5 %); MNIST: chrono forget biases and standardized pixels",
+               "rate decayed (cosine, to 5 %); adding: W_p, b_p at 10x the rate with at most 4 "
+               "skipped steps in a row; MNIST: chrono forget biases and standardized pixels",
         "lr": {"adding": 3e-3, "frequency": 1e-3, "mnist": 1e-3},
         "gate_warmup": {"adding": 300, "frequency": 500, "mnist": 2000},
         "budget_warmup": {"adding": 300, "frequency": 500, "mnist": 2000},
