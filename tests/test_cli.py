@@ -73,14 +73,21 @@ def test_interrupt_leaves_resumable_checkpoint(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "skiprnn", "train", "--quick", "--max-steps", "100000", "--val-every",
            "2", "--hidden-size", "8", "--batch-size", "8", "--out", str(run), "--no-progress"]
-    p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(_env(), PYTHONFAULTHANDLER="1")   # a SIGABRT prints every thread's stack
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = run / "csv" / "metrics.csv"
     t0 = time.time()
     while time.time() - t0 < 60 and not (metrics.exists() and (run / "checkpoints" / "last.ckpt").exists()):
         time.sleep(0.2)
     time.sleep(1.0)
     p.send_signal(signal.SIGINT)
-    out, _ = p.communicate(timeout=60)
+    try:
+        out, _ = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGABRT)
+        out, _ = p.communicate(timeout=30)
+        pytest.fail("the interrupted run did not exit within 60 s; where its threads were when "
+                    f"aborted:\n{out[-8000:]}")
     assert p.returncode == 130, out
     assert "skiprnn train --resume" in out
     ck = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
