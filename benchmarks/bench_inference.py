@@ -95,25 +95,34 @@ def reference_forward(layer, x):
 
 
 # ------------------------------------------------------------------------------------------------
-def cpu_part(args, rows):
+def constant_gate_rows(part, B, T, I, H, reps):
+    """``(rows, lstm, layer, x)``: the skipping engine against nn.LSTM at each constant gate of
+    DELTAS, for one shape (a seeded nn.LSTM and the Skip LSTM holding its weights)."""
     dev = torch.device("cpu")
-    B, T, I, H = 1, args.cpu_T, 64, 512
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(I, H).eval()
     layer = SkipLSTM.from_lstm(lstm).eval()
     x = torch.randn(T, B, I)
+    rows = []
     with torch.no_grad():
         for name, d in DELTAS.items():
             set_constant_gate(layer, d)
-            fns = {"nn.LSTM": lambda: lstm(x), "skipping": lambda: layer(x)}
-            t = bench(fns, dev, args.reps)
+            t = bench({"nn.LSTM": lambda: lstm(x), "skipping": lambda: layer(x)}, dev, reps)
             out = layer(x)
             assert layer.last_backend == "skipping"
-            rate = float(out.updates.mean())
-            rows.append(dict(part="cpu", case=f"constant gate {name} (n_skip={n_skip(d)})",
-                             B=B, T=T, I=I, H=H, updates=rate, nn_lstm_ms=t["nn.LSTM"] * 1e3,
-                             skipping_ms=t["skipping"] * 1e3,
+            rows.append(dict(part=part, case=f"constant gate {name} (n_skip={n_skip(d)})",
+                             B=B, T=T, I=I, H=H, updates=float(out.updates.mean()),
+                             nn_lstm_ms=t["nn.LSTM"] * 1e3, skipping_ms=t["skipping"] * 1e3,
                              ratio=t["skipping"] / t["nn.LSTM"]))
+    return rows, lstm, layer, x
+
+
+def cpu_part(args, rows):
+    dev = torch.device("cpu")
+    B, T, I, H = 1, args.cpu_T, 64, 512
+    new, lstm, layer, x = constant_gate_rows("cpu", B, T, I, H, args.reps)
+    rows += new
+    with torch.no_grad():
         # the reference per-step loop, for context (one gate setting, fewer reps)
         set_constant_gate(layer, DELTAS["~50%"])
         t = bench({"nn.LSTM": lambda: lstm(x), "reference": lambda: reference_forward(layer, x)},
@@ -121,8 +130,8 @@ def cpu_part(args, rows):
         rows.append(dict(part="cpu", case="reference per-step loop (~50%)", B=B, T=T, I=I, H=H,
                          updates=0.5, nn_lstm_ms=t["nn.LSTM"] * 1e3,
                          skipping_ms=t["reference"] * 1e3, ratio=t["reference"] / t["nn.LSTM"]))
-        if args.checkpoint:
-            rows.append(checkpoint_case(args, dev))
+    if args.checkpoint:
+        rows.append(checkpoint_case(args, dev))
 
 
 def checkpoint_case(args, dev, B=1, T=None, part="cpu"):
@@ -186,21 +195,7 @@ def batched_part(args, rows):
     """Batches on the CPU: constant gates at ~50 % / ~10 % and a learned gate's pattern."""
     dev = torch.device("cpu")
     for B, T, I, H in BATCHED_SHAPES:
-        torch.manual_seed(0)
-        lstm = torch.nn.LSTM(I, H).eval()
-        layer = SkipLSTM.from_lstm(lstm).eval()
-        x = torch.randn(T, B, I)
-        with torch.no_grad():
-            for name, d in DELTAS.items():
-                set_constant_gate(layer, d)
-                t = bench({"nn.LSTM": lambda: lstm(x), "skipping": lambda: layer(x)}, dev,
-                          args.reps)
-                out = layer(x)
-                assert layer.last_backend == "skipping"
-                rows.append(dict(part="batched", case=f"constant gate {name} (n_skip={n_skip(d)})",
-                                 B=B, T=T, I=I, H=H, updates=float(out.updates.mean()),
-                                 nn_lstm_ms=t["nn.LSTM"] * 1e3, skipping_ms=t["skipping"] * 1e3,
-                                 ratio=t["skipping"] / t["nn.LSTM"]))
+        rows += constant_gate_rows("batched", B, T, I, H, args.reps)[0]
     if args.checkpoint and os.path.exists(args.checkpoint):
         rows.append(checkpoint_case(args, dev, B=256, T=784, part="batched"))
     else:
