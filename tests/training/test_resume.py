@@ -229,3 +229,38 @@ def test_best_metric_checkpoint_is_the_best_validation_metric(tmp_path):
         ev = evaluate_run(run, ckpt=name)["results"][0]
         assert o["metric"] == pytest.approx(ev["mse"], rel=1e-6)
         assert o["updates_mean"] == pytest.approx(ev["updates_mean"], rel=1e-6)
+
+
+def test_init_from_starts_from_the_checkpoints_weights_with_fresh_training_state(tmp_path):
+    first = tmp_path / "first"
+    fit(_cfg(first, 10), verbose=False)
+    start = {}
+
+    class _Weights(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            start.update({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+            start["step"] = trainer.global_step
+
+    src = first / "checkpoints" / "last.ckpt"
+    second = tmp_path / "second"
+    fit(_cfg(second, 5, init_from=str(src)), verbose=False, callbacks=[_Weights()])
+    saved = _ckpt(first)["state_dict"]
+    assert start.pop("step") == 0   # a new run: step count, optimizer and schedules from zero
+    assert set(start) == set(saved)
+    for k, v in saved.items():
+        assert torch.equal(start[k], v), k
+    assert json.loads((second / "config.json").read_text())["init_from"] == str(src)
+    # the weights moved on from there
+    assert not torch.equal(_ckpt(second)["state_dict"]["rnn.weight_hh_l0"], saved["rnn.weight_hh_l0"])
+
+
+def test_init_from_a_checkpoint_of_another_size_names_what_differs(tmp_path):
+    first = tmp_path / "first"
+    fit(_cfg(first, 2, val_every=2), verbose=False)
+    cfg = _cfg(tmp_path / "second", 2, init_from=str(first / "checkpoints" / "last.ckpt"))
+    cfg.hidden_size = 4
+    with pytest.raises(ConfigError, match=r"rnn.weight_hh_l0 \(32, 8\) \(this run: \(16, 4\)\)"):
+        fit(cfg, verbose=False)
+    assert not (tmp_path / "second").exists()   # nothing half-written
+    with pytest.raises(ConfigError, match="--init-from expects a checkpoint file"):
+        fit(_cfg(tmp_path / "third", 2, init_from=str(tmp_path / "none.ckpt")), verbose=False)

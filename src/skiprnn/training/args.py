@@ -158,6 +158,10 @@ def _add_run_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--out", help="run directory (default runs/<task>-<model>-...-<time>)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     t.add_argument("--resume", metavar="RUN", help="continue RUN from its last.ckpt")
+    t.add_argument("--init-from", dest="init_from", metavar="CKPT",
+                   help="start from the weights of CKPT (e.g. RUN/checkpoints/best.ckpt of a run of the "
+                        "same model and size): fine-tuning with new settings; the optimizer, step "
+                        "count and schedules start afresh")
     t.add_argument("--quick", action="store_true", help="a tiny run (few steps, small data) for smoke tests")
     t.add_argument("--no-progress", dest="progress_bar", action="store_false", help="no progress bar")
 

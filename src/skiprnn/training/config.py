@@ -109,6 +109,7 @@ class RunConfig:
     gate_lr_mult: Optional[float] = None  # the update gate's W_p, b_p learn at lr × this
     target_rate: Optional[float] = None   # target-rate loss towards this fraction of updates
     max_skip: Optional[int] = None        # at most this many consecutive skipped steps (None: no cap)
+    init_from: Optional[str] = None       # a checkpoint whose weights the run starts from (fine-tuning)
     target_weight: float = 1.0            # its weight
     lr_decay: Optional[float] = None      # cosine decay to lr × this after the budget's ramp
     init: Optional[str] = None            # gate-bias initialisation: paper | chrono (None: the recipe's)
@@ -237,6 +238,9 @@ class RunConfig:
                 or (isinstance(self.devices, str) and re.fullmatch(r"-1|\d+(,\d+)*,?", self.devices))):
             raise ConfigError(f"--devices must be a positive integer, 'auto', -1 or a list like '0,1'; "
                               f"got {self.devices!r}")
+        if self.init_from is not None and not Path(self.init_from).is_file():
+            raise ConfigError(f"--init-from expects a checkpoint file (e.g. RUN/checkpoints/best.ckpt), "
+                              f"got {self.init_from!r}, which is not a file")
         if self.test_ckpt not in TEST_CHECKPOINTS:
             raise ConfigError(f"test checkpoint must be one of {', '.join(TEST_CHECKPOINTS)}, "
                               f"got {self.test_ckpt!r}")

@@ -128,6 +128,24 @@ def read_checkpoint(path, what_to_do: str) -> dict:
     return ck
 
 
+def load_initial_weights(module, path) -> None:
+    """Load the weights of the checkpoint at ``path`` into ``module`` (``--init-from``); a
+    checkpoint of another model or size raises :class:`ConfigError` naming what differs."""
+    what = "--init-from needs a checkpoint of a run of the same model, layers and hidden size"
+    state = read_checkpoint(path, what)["state_dict"]
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} (this run: {tuple(own[k].shape)})"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    if missing or extra or shapes:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"not in this model {', '.join(extra)}"] if extra else []) + (
+            [f"other shapes {'; '.join(shapes)}"] if shapes else [])
+        raise ConfigError(f"{path} does not fit this run's model: {'; '.join(parts)}. {what}")
+    module.load_state_dict(state)
+
+
 def _remove_new_entries(run_dir: Path, before: Optional[set]) -> Path:
     """Remove ``run_dir`` (``before`` None: this run created it) or the entries of it that are not
     in ``before``."""
@@ -251,6 +269,8 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
     module = SkipRNNModule(conf)
     if resume is not None:
         _report_changed_settings(run_dir, conf)
+    elif cfg.init_from is not None:
+        load_initial_weights(module, cfg.init_from)
     task = module.task
     data_source = task.data_source()   # reads the data now: missing files fail before any is written
     dm = TaskDataModule(task, seed=cfg.seed, eval_batch_size=cfg.eval_batch_size,
@@ -604,6 +624,8 @@ def recipe_description(cfg: RunConfig) -> str:
         parts.append("the paper code's cell")
     if cfg.target_rate is not None:
         parts.append(f"target rate {cfg.target_rate:g} (weight {cfg.target_weight:g})")
+    if cfg.init_from is not None:
+        parts.append(f"started from the weights of {cfg.init_from}")
     return ", ".join(parts) or "constant λ"
 
 
