@@ -360,26 +360,35 @@ class _GruWaves(_Waves):
         return self.Hs[-1], self.Hs[-1]
 
 
-def _fill_skipped(buf: Tensor, written: np.ndarray, valid: np.ndarray | None, T: int, B: int):
-    """Outputs of the steps without an update, in place in ``buf`` (rows: ``t·B + b`` the output,
-    then B initial top h, then a zero row): the latest update of the row so far, else its initial
-    h; zeros on padding. ``written``: ``(T, B)``, 1 + the buffer row of each update, else 0."""
-    H = buf.shape[1]
-    # source row of every output: the latest update of its row so far, else the initial h
-    src = np.maximum.accumulate(written, axis=0) - 1
-    src = np.where(src < 0, T * B + np.arange(B), src)
+def _fill_outputs(out: Tensor, hist: Tensor, written: np.ndarray, valid: np.ndarray | None,
+                  start: int):
+    """Outputs of steps ``start..T-1``, gathered from ``hist`` into ``out`` in blocks of steps.
+
+    Args:
+        out: ``(T·B, H)``, the output (row ``t·B + b``: step t of row b).
+        hist: ``(B + 1 + n, H)``: rows 0..B-1 the top h each row carries into step ``start``,
+            row B zeros (padding), then the top h of every update since.
+        written: ``(T, B)``: 1 + the ``hist`` row of each update from ``start`` on, 0 where no
+            update (entries before ``start`` are ignored).
+        valid: ``(T, B)`` bool or None (every step valid).
+        start: the first step whose outputs are not written yet.
+
+    The output of a step is the h of its row's latest update so far (its own, if it updates),
+    else the carried h; zeros on padding.
+    """
+    T, B = written.shape
+    H = hist.shape[1]
+    if start >= T:
+        return
+    src = np.maximum.accumulate(written[start:], axis=0) - 1
+    src = np.where(src < 0, np.arange(B), src)
     if valid is not None:
-        src = np.where(valid, src, T * B + B)
-    src_t = torch.from_numpy(src.reshape(-1)).to(buf.device)
-    step_bytes = B * H * buf.element_size()
-    block = max(1, FILL_BLOCK_BYTES // step_bytes)
-    tmp = buf.new_empty(min(T, block) * B, H)
-    for s in range(0, T, block):
-        e = min(T, s + block)
-        n = (e - s) * B
-        # gather first, then write: every source of this block is read before any write
-        torch.index_select(buf, 0, src_t[s * B:e * B], out=tmp[:n])
-        buf[s * B:e * B].copy_(tmp[:n])
+        src = np.where(valid[start:], src, B)
+    src_t = torch.from_numpy(src.reshape(-1)).to(out.device)
+    block = max(1, FILL_BLOCK_BYTES // (B * H * out.element_size()))
+    for s in range(0, T - start, block):
+        e = min(T - start, s + block)
+        torch.index_select(hist, 0, src_t[s * B:e * B], out=out[(start + s) * B:(start + e) * B])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,8 +409,10 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
     Returns ``(out (T, B, H), hs, cs, up (B,), cum (B,), updates (T, B), update_probs (T, B))``
     like the engines of ``skiprnn.ops.skipping``.
 
-    Output: each update writes its top-layer h at its own place in ``out``; the other steps are
-    filled at the end, in blocks of steps, by a gather from the latest update of their row.
+    Output: while the whole batch updates at the same steps (a constant gate from a fresh state)
+    each wave writes its h straight into ``out`` and over the skipped steps up to the next wave.
+    Otherwise each wave appends its top-layer h to a compact history (contiguous writes, no
+    scatter into the large output), and the outputs are gathered from it at the end.
     """
     T, B, _ = x.shape
     H = hs[0].shape[-1]
@@ -420,43 +431,52 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
         eng = _LstmWaves(cell.layers, hs, cs, rows, x)
     else:
         eng = _GruWaves(cell.layers, hs, rows, x, cell.reset_after)
-    # rows 0..T·B-1: the output (step t, row b at t·B + b); then the initial top h of each row,
-    # then zeros (padding steps)
-    buf = torch.empty(T * B + B + 1, H, dtype=dt, device=dev)
-    buf[T * B:T * B + B] = eng.final[0][-1]
-    buf[T * B + B] = 0
-    written = np.zeros((T, B), np.int64)  # 1 + the buffer row an update wrote, 0 elsewhere
+    out = torch.empty(T * B, H, dtype=dt, device=dev)  # step t, row b at t·B + b
+    # history (see _fill_outputs): carried h, a zero row, then one row per update (at most one
+    # per valid step; untouched rows of the allocation are never paged in)
+    hist = torch.empty(B + 1 + int(replay.n_valid.sum()), H, dtype=dt, device=dev)
+    hist[:B] = eng.final[0][-1]
+    hist[B] = 0
+    n_hist = B + 1
+    written = np.zeros((T, B), np.int64)  # 1 + the hist row of an update, 0 where none
     x_rows = None
-    # filled: every output so far is written (a synced batch copies h over its skipped steps at
-    # once); otherwise the outputs of skipped steps are gathered at the end
+    # filled: every output up to the current step is written into `out` (a synced batch copies h
+    # over its skipped steps at once); fill_from: the first step whose outputs are gathered
     filled = valid is None and rows.size == B and bool((at == at[0]).all())
+    fill_from = 0
     if filled and at[0]:  # steps before the first update hold the initial h
         n = int(at[0])
-        buf[:n * B].view(n, B, H).copy_(buf[T * B:T * B + B].expand(n, B, H))
+        out[:n * B].view(n, B, H).copy_(hist[:B].expand(n, B, H))
     while rows.size:
         m = rows.size
         t = replay.time_of(at, rows)
-        pos = t * B + rows
-        written[t, rows] = pos + 1
         t0 = int(t[0])
         synced = m == B and bool((t == t0).all())
-        if synced:  # the whole batch at one step: no gather, no scatter
+        if filled:  # (then the wave is synced: rows only leave together)
+            written[t0] = 1
             eng.input_buffer().copy_(x[t0])
-            h, feat = eng.update(buf[t0 * B:(t0 + 1) * B])
+            h, feat = eng.update(out[t0 * B:(t0 + 1) * B])
         else:
-            if x_rows is None:
-                x_rows = x.reshape(T * B, -1)
-            pos_t = eng.index(pos)
-            torch.index_select(x_rows, 0, pos_t, out=eng.input_buffer())
-            h, feat = eng.update()
-            buf.index_copy_(0, pos_t, h)
+            written[t, rows] = np.arange(n_hist + 1, n_hist + 1 + m)
+            if synced:  # the whole batch at one step: no gather
+                eng.input_buffer().copy_(x[t0])
+            else:
+                if x_rows is None:
+                    x_rows = x.reshape(T * B, -1)
+                torch.index_select(x_rows, 0, eng.index(t * B + rows), out=eng.input_buffer())
+            h, feat = eng.update(hist[n_hist:n_hist + m])
+            n_hist += m
         delta = cell.delta(feat).cpu().numpy().astype(npdt)
         up[rows] = delta
         at, cum_end = replay.next_update(rows, at + 1, delta, np.zeros(m, npdt))
-        filled = filled and synced and bool((at == at[0]).all())
-        if filled:  # the skipped steps up to the next update (or the end) hold h
-            n = int(at[0]) - t0 - 1
-            buf[(t0 + 1) * B:(t0 + 1 + n) * B].view(n, B, H).copy_(h.expand(n, B, H))
+        if filled:
+            if bool((at == at[0]).all()):  # the skipped steps up to the next update hold h
+                n = int(at[0]) - t0 - 1
+                out[(t0 + 1) * B:(t0 + 1 + n) * B].view(n, B, H).copy_(h.expand(n, B, H))
+            else:  # rows part ways: from here on outputs are gathered from the history
+                filled = False
+                fill_from = t0 + 1
+                hist[:B] = h
         live = at < replay.n_valid[rows]
         if not live.all():
             cum[rows[~live]] = cum_end[~live]
@@ -464,11 +484,10 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
             rows, at = rows[live], at[live]
     final = eng.finish()
     if not filled:
-        _fill_skipped(buf, written, valid, T, B)
-    out = buf[:T * B].view(T, B, H)
+        _fill_outputs(out, hist, written, valid, fill_from)
     to = dict(device=dev, dtype=dt)
     updates = torch.from_numpy(written > 0).to(**to)
     hs_n = list(final[0].unbind(0))
     cs_n = list(final[1].unbind(0)) if cell.kind == "lstm" else None
-    return (out, hs_n, cs_n, torch.from_numpy(up).to(**to), torch.from_numpy(cum).to(**to),
-            updates, torch.from_numpy(replay.probs).to(**to))
+    return (out.view(T, B, H), hs_n, cs_n, torch.from_numpy(up).to(**to),
+            torch.from_numpy(cum).to(**to), updates, torch.from_numpy(replay.probs).to(**to))
