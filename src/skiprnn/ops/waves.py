@@ -59,7 +59,11 @@ class GateReplay:
             raise ValueError(f"valid must have shape {(T, B)}, got {valid.shape}")
         self.T, self.B, self.npdt = T, B, npdt
         self.one, self.thr = npdt(1), npdt(threshold)
-        self.probs = np.zeros((T, B), npdt)
+        # (T + REPLAY_BLOCK, B): after_update writes whole blocks, past the end too
+        self._probs = np.zeros((T + REPLAY_BLOCK, B), npdt)
+        self.probs = self._probs[:T]
+        self._cols = np.arange(B)
+        self._steps = np.arange(REPLAY_BLOCK)[:, None]
         if valid is None:
             self.n_valid = np.full(B, T, np.int64)
             self.times = None
@@ -123,6 +127,59 @@ class GateReplay:
             self._write_probs(rows, start, ut[None, :], np.ones(rows.size, np.int64))
             return start.astype(np.int64), np.zeros(rows.size, self.npdt)
         return self._replay(start, n_valid, up, cum, rows)
+
+    def after_update(self, rows: np.ndarray, start: np.ndarray, up: np.ndarray):
+        """:meth:`next_update` right after an update of every row (accumulator 0), in one block.
+
+        With no padding and τ < 1, ũ_j of the steps after an update is the running float sum
+        Δũ + Δũ + … (``np.add.accumulate``, the recursion's own adds) up to the first step where
+        that sum exceeds τ, where ũ = ũ_{j-1} + min(Δũ, 1 - ũ_{j-1}) (the sum can only exceed
+        1 - ũ_{j-1} at a step where it exceeds τ too). The block (long enough for the smallest
+        Δũ, at most ``REPLAY_BLOCK`` steps) is written whole into ``probs`` for every row: the
+        steps past a row's update hold scratch until that row is replayed from there (each
+        row's replays cover its steps in order, each from where the last one's update was).
+        Rows without a crossing in the block go on in :meth:`next_update`.
+
+        Args:
+            rows, start: ``(m,)`` rows and the step after each row's update.
+            up: ``(m,)`` the Δũ of each row's update.
+
+        Returns ``(at, cum_end)`` as :meth:`next_update`.
+        """
+        m = rows.shape[0]
+        thr = self.thr
+        if self.times is not None or not thr < self.one or m == 0:
+            return self.next_update(rows, start, up, np.zeros(m, self.npdt))
+        rem = self.T - start
+        u_min = float(up.min())
+        guess = float(thr) / u_min + 2.0 if u_min > 0 else math.inf
+        L = int(max(1, min(int(rem.max()), REPLAY_BLOCK, guess)))
+        acc = np.empty((L, m), self.npdt)
+        acc[:] = up
+        np.add.accumulate(acc, axis=0, out=acc)  # acc[j]: the sum at step start + j
+        over = acc > thr
+        first = over.argmax(0)
+        cols = self._cols[:m]
+        found = over[first, cols] & (first < rem)
+        prev = acc[first - 1, cols]
+        prev[first == 0] = 0
+        # the crossing step's ũ; where there is none, first = 0 and this is Δũ = acc[0] again
+        acc[first, cols] = prev + np.minimum(up, self.one - prev)
+        self._probs[start + self._steps[:L], rows] = acc
+        at = start + first
+        if found.all():
+            return at, np.zeros(m, self.npdt)
+        cum_end = np.zeros(m, self.npdt)
+        ended = ~found & (rem <= L)  # no update before the row's end: its accumulator there
+        if ended.any():
+            at[ended] = self.T
+            cum_end[ended] = np.where(rem[ended] > 0, acc[rem[ended] - 1, cols[ended]], 0)
+        more = ~found & ~ended  # no crossing within the block: replay on from its end
+        if more.any():
+            a, c = self._replay(start[more] + L, self.n_valid[rows[more]], up[more],
+                                acc[L - 1, cols[more]], rows[more])
+            at[more], cum_end[more] = a, c
+        return at, cum_end
 
     def _replay(self, start, n_valid, up, cum, rows):
         """The block replay behind :meth:`next_update` (``rows`` None: one column, its ũ kept in
@@ -468,7 +525,7 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
             n_hist += m
         delta = cell.delta(feat).cpu().numpy().astype(npdt)
         up[rows] = delta
-        at, cum_end = replay.next_update(rows, at + 1, delta, np.zeros(m, npdt))
+        at, cum_end = replay.after_update(rows, at + 1, delta)
         if filled:
             if bool((at == at[0]).all()):  # the skipped steps up to the next update hold h
                 n = int(at[0]) - t0 - 1
