@@ -129,9 +129,14 @@ class StepCell:
     def delta(self, feat: Tensor) -> Tensor:
         if self.constant_delta is not None:
             return feat.new_full((feat.shape[0],), self.constant_delta)
-        return floor_update_prob(
-            torch.sigmoid(F.linear(feat, self.gate_weight, self.gate_bias)).squeeze(-1),
-            self.max_skip, self.threshold)
+        # (n, H) @ (H,) + b: one matrix-vector product (F.linear with a (1, H) weight is a GEMM)
+        if feat.dim() == 2:
+            w = self.gate_weight[0]
+            z = (torch.mv(feat, w) if self.gate_bias is None
+                 else torch.addmv(self.gate_bias, feat, w))
+        else:
+            z = F.linear(feat, self.gate_weight, self.gate_bias).squeeze(-1)
+        return floor_update_prob(z.sigmoid_(), self.max_skip, self.threshold)
 
     def __call__(self, x: Tensor, hs: Sequence[Tensor], cs: Sequence[Tensor] | None):
         inp = x

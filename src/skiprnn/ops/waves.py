@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .cpu_rnn import _Lease
 from .naive import floor_update_prob
 
 __all__ = ["GateReplay", "run_waves"]
@@ -491,7 +492,9 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
     out = torch.empty(T * B, H, dtype=dt, device=dev)  # step t, row b at t·B + b
     # history (see _fill_outputs): carried h, a zero row, then one row per update (at most one
     # per valid step; untouched rows of the allocation are never paged in)
-    hist = torch.empty(B + 1 + int(replay.n_valid.sum()), H, dtype=dt, device=dev)
+    # (CPU: a pooled buffer, kept for the next call: a fresh one is paged in at every call)
+    lease = _Lease(x)
+    hist = lease.new(B + 1 + int(replay.n_valid.sum()), H)
     hist[:B] = eng.final[0][-1]
     hist[B] = 0
     n_hist = B + 1
@@ -542,6 +545,7 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
     final = eng.finish()
     if not filled:
         _fill_outputs(out, hist, written, valid, fill_from)
+    lease.release()
     to = dict(device=dev, dtype=dt)
     updates = torch.from_numpy(written > 0).to(**to)
     hs_n = list(final[0].unbind(0))
