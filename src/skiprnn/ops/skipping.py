@@ -515,6 +515,30 @@ def _triton_infer(kind: str):
     return fn
 
 
+def _dense_continuation(cell: StepCell, device_type: str):
+    """The dense CPU path (``skiprnn.ops.skip_*.cpu``) as ``run_waves``' ``dense`` argument, or
+    None where it cannot continue the call (other devices, several layers, a constant Δũ)."""
+    if device_type != "cpu" or cell.num_layers != 1 or cell.constant_delta is not None:
+        return None
+    from . import dispatch
+    fn = dispatch.select_named(cell.kind, "cpu")
+    if fn is None:
+        return None
+    opts = {"reset_after": cell.reset_after} if cell.kind == "gru" else {}
+
+    def dense(x, hs, cs, up, cum, mask):
+        """``(out (T, B, H), hs, cs, up (B,), cum (B,), updates (T, B), update_probs (T, B))``
+        from the state ``hs`` / ``cs`` (per layer ``(B, H)``), ``up``, ``cum``."""
+        state = (hs[0][None], cs[0][None]) if cell.kind == "lstm" else (hs[0][None],)
+        res = fn(x, *state, up, cum, cell.layers, cell.gate_weight, cell.gate_bias, mask=mask,
+                 threshold=cell.threshold, max_skip=cell.max_skip, **opts)
+        n = len(state)
+        return (res[0], list(res[1].unbind(0)),
+                list(res[2].unbind(0)) if cell.kind == "lstm" else None) + tuple(res[n + 1:])
+
+    return dense
+
+
 def _needs_reference(x, threshold, dropout, training, forced, num_layers) -> bool:
     return (forced is not None or isinstance(threshold, Tensor) or np_dtype(x.dtype) is None
             or (training and dropout and num_layers > 1))
@@ -549,7 +573,8 @@ def _skipping(kind, x, hc, update_prob0, cum_prob0, layers, gate_weight, gate_bi
                     None if valid is None else valid[:, 0], thr, npdt)
         else:
             out, hs, cs, up, cum, u, p = run_waves(cell, x, hs, cs, update_prob0, cum_prob0,
-                                                   valid, thr, npdt)
+                                                   valid, thr, npdt,
+                                                   dense=_dense_continuation(cell, x.device.type))
     hn = torch.stack(hs)
     if kind == "lstm":
         return out, hn, torch.stack(cs), up, cum, u, p

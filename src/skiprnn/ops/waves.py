@@ -38,6 +38,33 @@ __all__ = ["GateReplay", "run_waves"]
 # longest block of steps replayed at once by GateReplay (longer runs take several blocks)
 REPLAY_BLOCK = 256
 
+# Switching to the dense CPU path (``skiprnn.ops.cpu_rnn``, every step of every row) for the rest
+# of a sequence: decided every SWITCH_BLOCK steps from the fraction of (valid) row-steps that were
+# updates so far, against the break-even fraction of the cell and hidden size below (above it, the
+# dense path is the faster one). Measured on one core, one torch thread, B = 256 / T = 784 /
+# I = 1 / H = 110 and B = 64 / T = 300 / I = 64 / H = 512, a constant gate at 50 % and 100 %
+# updates (waves engine vs dense path, same process; time of each interpolated linearly in the
+# update fraction):
+#   GRU   H = 110: 50 % 320 vs 391 ms, 100 % 609 vs 380 ms -> break-even ≈ 62 %
+#   GRU   H = 512: 50 % 297 vs 504 ms, 100 % 524 vs 508 ms -> break-even ≈ 96 %
+#   LSTM  both shapes: the dense path is slower even at 100 % updates (425 vs 535 ms; 628 vs
+#         638 ms), so no switch (the CPU path's LSTM forward is 1.5-1.9x nn.LSTM, the GRU's
+#         0.7-0.9x nn.GRU: results/bench_train_cpu_threads.md).
+# An irregular (learned) gate costs the waves more than a constant one at the same fraction
+# (more waves, fewer rows each), so these are on the side of staying with the waves.
+SWITCH_BLOCK = 64
+# (kind, largest hidden size of the class) -> break-even update fraction, first class that fits
+DENSE_BREAK_EVEN = {"gru": ((256, 0.62), (None, 0.96)), "lstm": ()}
+
+
+def dense_break_even(kind: str, hidden_size: int) -> float | None:
+    """The update fraction above which the dense CPU path is faster than the waves for this cell
+    and hidden size (``DENSE_BREAK_EVEN``), or None: never."""
+    for largest, frac in DENSE_BREAK_EVEN.get(kind, ()):
+        if largest is None or hidden_size <= largest:
+            return frac
+    return None
+
 
 class GateReplay:
     """The ũ recursion of every row between its updates, replayed on the host in blocks of steps.
@@ -454,8 +481,27 @@ def _fill_outputs(out: Tensor, hist: Tensor, written: np.ndarray, valid: np.ndar
 FILL_BLOCK_BYTES = 1 << 20
 
 
+def _boundary_cum(replay: GateReplay, written: np.ndarray, valid: np.ndarray | None,
+                  cum0: np.ndarray, t_b: int) -> np.ndarray:
+    """``(B,)`` accumulator of every row after its last valid step before ``t_b`` (0 after an
+    update, else that step's ũ; ``cum0`` for a row without a valid step yet)."""
+    B = written.shape[1]
+    if t_b == 0:
+        return cum0.copy()
+    if valid is None:
+        last = np.full(B, t_b - 1)
+        has = np.ones(B, bool)
+    else:
+        v = valid[:t_b]
+        has = v.any(0)
+        last = t_b - 1 - v[::-1].argmax(0)
+    cols = np.arange(B)
+    cum = np.where(written[last, cols] > 0, 0, replay.probs[last, cols]).astype(cum0.dtype)
+    return np.where(has, cum, cum0)
+
+
 def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Tensor,
-              valid: np.ndarray | None, threshold: float, npdt):
+              valid: np.ndarray | None, threshold: float, npdt, dense=None):
     """The batched skipping forward (any batch size, any device).
 
     Args:
@@ -463,6 +509,13 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
         x: ``(T, B, I)``; hs / cs: per layer ``(B, H)`` states (cs None for the GRU).
         up0, cum0: ``(B,)`` carried Δũ and accumulator; valid: ``(T, B)`` bool or None.
         threshold: τ; npdt: NumPy scalar type of ``x.dtype``.
+        dense: None, or the dense path to continue on,
+            ``dense(x (T', B, I), hs, cs, up (B,), cum (B,), mask (T', B) | None) -> result
+            tuple`` like this function's: then the waves run in blocks of ``SWITCH_BLOCK`` steps
+            (rows wait at the end of a block), and at the end of a block the rest of the sequence
+            goes to ``dense`` when the update fraction so far is above
+            ``dense_break_even(cell.kind, H)`` (a rule of counts only: the same input always takes
+            the same route).
 
     Returns ``(out (T, B, H), hs, cs, up (B,), cum (B,), updates (T, B), update_probs (T, B))``
     like the engines of ``skiprnn.ops.skipping``.
@@ -479,7 +532,13 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
     up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True), cell.max_skip,
                            cell.threshold)
     cum = cum0.detach().cpu().numpy().astype(npdt, copy=True)
+    cum_init = cum.copy()
     rows = np.arange(B)
+    frac = dense_break_even(cell.kind, H) if dense is not None else None
+    block = SWITCH_BLOCK if frac is not None else T
+    t_end = min(T, block)  # rows whose next update is at t_end or later wait for the next block
+    waiting = []  # (rows, at) that wait
+    switch_at = None  # the step the dense path starts at
     at, cum_end = replay.next_update(rows, np.zeros(B, np.int64), up, cum)
     live = at < replay.n_valid
     cum[~live] = cum_end[~live]
@@ -507,7 +566,34 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
     if filled and at[0]:  # steps before the first update hold the initial h
         n = int(at[0])
         out[:n * B].view(n, B, H).copy_(hist[:B].expand(n, B, H))
-    while rows.size:
+    while True:
+        if rows.size and frac is not None:
+            wait = replay.time_of(at, rows) >= t_end
+            if wait.any():
+                waiting.append((rows[wait], at[wait]))
+                eng.compact_state(~wait)
+                rows, at = rows[~wait], at[~wait]
+        if not rows.size:
+            if not waiting:
+                break
+            # the end of a block: every row's state is at t_end
+            n_upd = int((written[:t_end] > 0).sum())
+            n_steps = t_end * B if valid is None else int(valid[:t_end].sum())
+            if n_upd > frac * n_steps:
+                switch_at = t_end
+                break
+            rows = np.concatenate([r for r, _ in waiting])
+            at = np.concatenate([a for _, a in waiting])
+            order = np.argsort(rows)
+            rows, at = rows[order], at[order]
+            waiting = []
+            hs_b = list(eng.final[0].unbind(0))
+            if cell.kind == "lstm":
+                eng = _LstmWaves(cell.layers, hs_b, list(eng.final[1].unbind(0)), rows, x)
+            else:
+                eng = _GruWaves(cell.layers, hs_b, rows, x, cell.reset_after)
+            t_end = min(T, t_end + block)
+            continue
         m = rows.size
         t = replay.time_of(at, rows)
         t0 = int(t[0])
@@ -543,12 +629,23 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
             eng.compact_state(live)
             rows, at = rows[live], at[live]
     final = eng.finish()
+    t_b = T if switch_at is None else switch_at
     if not filled:
-        _fill_outputs(out, hist, written, valid, fill_from)
+        _fill_outputs(out[:t_b * B], hist, written[:t_b], None if valid is None else valid[:t_b],
+                      fill_from)
     lease.release()
     to = dict(device=dev, dtype=dt)
     updates = torch.from_numpy(written > 0).to(**to)
+    probs = torch.from_numpy(replay.probs).to(**to)
     hs_n = list(final[0].unbind(0))
     cs_n = list(final[1].unbind(0)) if cell.kind == "lstm" else None
-    return (out.view(T, B, H), hs_n, cs_n, torch.from_numpy(up).to(**to),
-            torch.from_numpy(cum).to(**to), updates, torch.from_numpy(replay.probs).to(**to))
+    up_n, cum_n = torch.from_numpy(up).to(**to), torch.from_numpy(cum).to(**to)
+    if switch_at is not None:  # the rest of the sequence on the dense path, from the state at t_b
+        cum_b = torch.from_numpy(_boundary_cum(replay, written, valid, cum_init, t_b)).to(**to)
+        mask = None if valid is None else torch.from_numpy(valid[t_b:]).to(dev)
+        res = dense(x[t_b:], hs_n, cs_n, up_n, cum_b, mask)
+        out[t_b * B:].copy_(res[0].reshape(-1, H))
+        hs_n, cs_n, up_n, cum_n = res[1], res[2], res[3], res[4]
+        updates[t_b:] = res[5]
+        probs[t_b:] = res[6]
+    return out.view(T, B, H), hs_n, cs_n, up_n, cum_n, updates, probs
