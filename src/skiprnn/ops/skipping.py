@@ -29,7 +29,9 @@ Paths:
 * batch > 1 (``skiprnn.ops.waves``): each row's next update is scheduled when it makes its last
   one, and the k-th pending update of every row runs in one wave (one GEMM per weight matrix over
   all rows still updating, whatever step each is at); the gate bookkeeping is replayed on the host
-  (NumPy) in blocks of steps, so on a GPU each wave reads back Δũ once.
+  (NumPy) in blocks of steps, so on a GPU each wave reads back Δũ once. On the CPU (one layer)
+  the rest of the sequence goes to the dense CPU path where that is faster
+  (``waves.DENSE_BREAK_EVEN``).
 * CUDA batches, one layer (LSTM or GRU): the fused forward-only Triton kernel
   (``skip_lstm_triton_infer`` / ``skip_gru_triton_infer``) keeps the state on chip over the whole
   sequence; no host round trip at all.

@@ -17,6 +17,12 @@ history buffer. The ``(T, B, H)`` output is one gather from that history at the 
 step's output is the row's last update's ``h``). With a constant gate, all rows from the same
 state update at the same steps and a wave is exactly one step of the whole batch.
 
+Outputs: each wave appends its top h to a compact history (contiguous writes); the ``(T, B, H)``
+output is gathered from it at the end (a per-wave scatter into the large output cost more than
+the GEMMs). On the CPU with one layer, the rest of a sequence goes to the dense CPU path when the
+update fraction so far is above a measured break-even (``DENSE_BREAK_EVEN``; decided every
+``SWITCH_BLOCK`` steps, from counts only, so the same input always takes the same route).
+
 Numerics: the binary gates and ũ are the reference's replayed bit for bit from the Δũ that the
 engine computes (``StepCell.delta`` on its candidate state); candidate states are the reference's
 up to float rounding (one GEMM on ``[x | h]`` instead of two, σ(a) as ½·tanh(½a) + ½ for the LSTM).
