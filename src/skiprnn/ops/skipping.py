@@ -522,10 +522,10 @@ def _dense_continuation(cell: StepCell, device_type: str):
     None where it cannot continue the call (other devices, several layers, a constant Δũ)."""
     if device_type != "cpu" or cell.num_layers != 1 or cell.constant_delta is not None:
         return None
-    from . import dispatch
-    fn = dispatch.select_named(cell.kind, "cpu")
-    if fn is None:
-        return None
+    if cell.kind == "lstm":
+        from .skip_lstm.cpu import skip_lstm_cpu as fn
+    else:
+        from .skip_gru.cpu import skip_gru_cpu as fn
     opts = {"reset_after": cell.reset_after} if cell.kind == "gru" else {}
 
     def dense(x, hs, cs, up, cum, mask):
