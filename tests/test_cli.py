@@ -74,7 +74,11 @@ def test_interrupt_leaves_resumable_checkpoint(tmp_path):
     cmd = [sys.executable, "-m", "skiprnn", "train", "--quick", "--max-steps", "100000", "--val-every",
            "2", "--hidden-size", "8", "--batch-size", "8", "--out", str(run), "--no-progress"]
     env = dict(_env(), PYTHONFAULTHANDLER="1")   # a SIGABRT prints every thread's stack
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT as in a terminal even when this suite runs as a background job of a script: such
+    # jobs start with SIGINT ignored, a child inherits that, and Python then installs no
+    # KeyboardInterrupt handler (the run rightly ignores Ctrl-C it was told to ignore)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics = run / "csv" / "metrics.csv"
     t0 = time.time()
     while time.time() - t0 < 60 and not (metrics.exists() and (run / "checkpoints" / "last.ckpt").exists()):
