@@ -336,14 +336,21 @@ def test_two_live_calls_then_one_backward(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_second_backward_and_inplace_output_raise(cell):
-    p, _ = make_problem(cell, 10, 3, 2, 5, seed=41, masked=False, fresh=True)
+def test_second_backward_works_double_backward_and_inplace_output_raise(cell):
+    """The backward op only reads what the forward saved (pool memory is taken back only once
+    nothing uses it), so ``retain_graph=True`` and a second backward give the same gradient;
+    double backward raises a clear error; so does modifying the saved output in place."""
+    p, _ = make_problem(cell, 10, 3, 2, 5, seed=41, masked=True, fresh=True)
     w = p["w_hh"].clone().requires_grad_()
     out = call(IMPLS[cell][1], cell, {**p, "w_hh": w})
-    loss = out[0].sum()
-    torch.autograd.grad(loss, w, retain_graph=True)
-    with pytest.raises(RuntimeError, match="second time"):
-        torch.autograd.grad(loss, w)
+    loss = out[0].sum() + out[-1].sum()
+    g1, = torch.autograd.grad(loss, w, retain_graph=True)
+    call(IMPLS[cell][1], cell, {**p, "w_hh": w})[0].sum().backward()  # another call between
+    g2, = torch.autograd.grad(loss, w, retain_graph=True)
+    assert torch.equal(g1, g2)
+    g, = torch.autograd.grad(loss, w, create_graph=True)
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        g.sum().backward()
     out = call(IMPLS[cell][1], cell, {**p, "w_hh": w})
     loss = out[0].sum()
     out[0].add_(1)  # the output is saved for backward: modifying it in place must be caught
@@ -364,3 +371,20 @@ def test_buffer_pool_reuses_and_evicts():
         pool.put([t, pool.get(shape, like)])
         assert pool._bytes <= pool.max_bytes
         assert all(lst for lst in pool._free.values())
+
+
+def test_buffer_pool_lends_memory_back_only_when_unused():
+    """A lent buffer (an op output the backward reads) returns to the pool only once no tensor
+    (views and saved tensors included) uses its storage."""
+    from skiprnn.ops.cpu_rnn import _BufferPool
+    like = torch.empty(0)
+    pool = _BufferPool(max_bytes=4 * 1000)
+    a = pool.lend((10, 5), like)
+    ptr = a.data_ptr()
+    view = a[2:]
+    del a
+    assert pool.get((10, 5), like).data_ptr() != ptr  # a view still uses it
+    del view
+    b = pool.get((10, 5), like)
+    assert b.data_ptr() == ptr  # unused now: reused
+    assert pool.lend((2000,), like).numel() == 2000  # over the cap: fresh memory, not pooled

@@ -1,6 +1,8 @@
-"""The CPU fast path of one Skip RNN layer, shared by both cells: a hand-written BPTT in one
-``torch.autograd.Function``; the cell maths come from a :class:`CpuCell`
-(``skip_lstm/cpu.py``, ``skip_gru/cpu.py``).
+"""The CPU fast path of one Skip RNN layer, shared by both cells: a hand-written BPTT whose
+forward and backward are ``torch.library`` custom ops (``skiprnn::cpu_rnn_forward`` /
+``skiprnn::cpu_rnn_backward``, with fake kernels and an autograd registration), so that
+``torch.compile(fullgraph=True)`` and ``torch.export`` hold a call as one node; the cell maths
+come from a :class:`CpuCell` (``skip_lstm/cpu.py``, ``skip_gru/cpu.py``).
 
 Same signatures, maths and return tuples as ``skip_lstm_naive`` / ``skip_gru_naive`` (THE
 definitions; see ``skiprnn.ops.naive`` for the per-step equations), tested against them on every
@@ -19,7 +21,8 @@ buffers, ``out=`` arguments and no autograd graph. What makes it fast on a CPU:
 * backward, per step: one ``addmm`` (``W_hhᵀ dgates``) and about ten small ops; the weight, bias
   and input gradients are a few GEMMs per chunk while the chunk's dgates are still in cache;
 * big work buffers come from a pool and are reused across calls (fresh multi-MB buffers are
-  page-faulted on every call, which costs as much as the recurrence): up to
+  page-faulted on every call, which costs as much as the recurrence); those that leave the
+  forward op for the backward return to the pool only once nothing uses them: up to
   ``SKIPRNN_CPU_POOL_MB`` (default 2048) stay allocated between calls, :func:`release_cpu_buffers`
   frees them; under ``torch.no_grad`` the backward bookkeeping is skipped.
 
@@ -31,15 +34,16 @@ binary (bool or 0/1). Gradients flow to ``x``, the weights and biases, ``gate_we
 ``gate_bias``, the initial state, ``update_prob0`` and ``cum_prob0`` from every output. The
 gradient of the ``min`` in ``ũ = cum + min(Δũ, 1 - cum)`` goes wholly to Δũ at exact ties, as
 TensorFlow's (ũ itself is computed as ``min(cum + Δũ, 1)``, equal up to one rounding where the
-clamp acts). Not supported: double backward (``once_differentiable``) and a second backward
-through the same call (``retain_graph=True``): both raise. The output is saved for backward, so
-modifying it in place before ``backward`` raises too.
+clamp acts). A second backward through the same call (``retain_graph=True``) works; double
+backward does not (the backward op has no autograd formula: it raises). The output is saved for
+backward, so modifying it in place before ``backward`` raises.
 
 Works on CUDA tensors as well, as a slow generic fallback (it launches many tiny kernels).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from types import SimpleNamespace
@@ -47,16 +51,16 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .naive import check_cap_holds, floor_update_prob, update_prob_floor
 
-__all__ = ["CpuCell", "KKLayout", "skip_rnn_cpu", "release_cpu_buffers", "add_h_old_gemm"]
+__all__ = ["CpuCell", "KKLayout", "skip_rnn_cpu", "release_cpu_buffers", "add_h_old_gemm",
+           "register_cell", "cpu_rnn_forward", "cpu_rnn_backward"]
 
-_SECOND_BACKWARD = (
-    "Trying to backward through a CPU fast-path Skip RNN call a second time: its work buffers "
-    "were handed back after the first backward (retain_graph=True is not supported here; use "
-    "backend='reference' for that).")
+
+def _storage_users(t: Tensor) -> int:
+    """How many tensors share ``t``'s storage (``t`` included)."""
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata) - 1  # minus the temporary
 
 
 class _BufferPool:
@@ -64,15 +68,25 @@ class _BufferPool:
 
     A fresh multi-MB CPU tensor is mmap'd by the allocator and page-faulted (zeroed by the kernel)
     on every call: for the paper's sequential-MNIST shape that costs about as much as the whole
-    recurrence. Buffers are checked out in ``forward``, handed back when ``backward`` is done (or
-    when the autograd graph is freed, or at the end of a no-grad forward), and kept for the next
-    call up to ``max_bytes`` in all (least recently used shapes are dropped first). Set
-    ``SKIPRNN_CPU_POOL_MB=0`` to disable. Never hands the same tensor to two live calls.
+    recurrence. Two ways out of the pool, neither hands the same memory to two live users:
+
+    * :meth:`get` / :meth:`put`: scratch buffers of one op call, handed back by the call itself
+      (through a :class:`_Lease`) before it returns; they never escape the call.
+    * :meth:`lend`: buffers that leave an op call as its outputs (the coefficients the backward
+      reads, saved by autograd or held by a compiled graph). The caller gets a new tensor sharing
+      a pooled tensor's storage; the pool takes the memory back only once no tensor but its own
+      uses that storage (counted on the storage itself, so views, saved tensors and a compiled
+      graph's references all keep it out), and only then writes it again. An op output therefore
+      never aliases memory that is overwritten while anything can still read it.
+
+    Up to ``max_bytes`` of free buffers are kept (least recently used shapes are dropped first).
+    Set ``SKIPRNN_CPU_POOL_MB=0`` to disable.
     """
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._free: dict = {}  # (shape, dtype) -> list of tensors, in LRU order (dict order)
+        self._lent: list = []  # pooled tensors whose storage was lent out (see lend)
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -80,6 +94,7 @@ class _BufferPool:
         shape = tuple(shape)
         if like.device.type == "cpu" and self.max_bytes > 0:
             key = (shape, like.dtype)
+            self._reclaim()
             with self._lock:
                 lst = self._free.pop(key, None)
                 if lst:
@@ -89,6 +104,28 @@ class _BufferPool:
                         self._free[key] = lst  # most recently used last
                     return t
         return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+    def lend(self, shape, like: Tensor) -> Tensor:
+        """A tensor of ``shape`` (``like``'s dtype and device) whose memory returns to the pool
+        by itself once nothing uses it any more (fresh memory off the CPU or without a pool)."""
+        t = self.get(shape, like)
+        if t.device.type != "cpu" or t.numel() * t.element_size() > self.max_bytes:
+            return t
+        with self._lock:
+            self._lent.append(t)
+        return torch.empty(0, dtype=t.dtype, device=t.device).set_(t)
+
+    def _reclaim(self) -> None:
+        """Put back the lent tensors whose storage only the pool still uses."""
+        with self._lock:
+            if not self._lent:
+                return
+            back, kept = [], []
+            for t in self._lent:
+                (back if _storage_users(t) == 1 else kept).append(t)
+            self._lent = kept
+        if back:
+            self.put(back)
 
     def put(self, tensors) -> None:
         with self._lock:
@@ -114,6 +151,7 @@ class _BufferPool:
     def clear(self) -> None:
         with self._lock:
             self._free.clear()
+            self._lent = []  # their users free them
             self._bytes = 0
 
 
@@ -179,14 +217,16 @@ def add_h_old_gemm(dW, dgp, Hh, h0, t0, n, B, H):
 
 class KKLayout:
     """Row layout of the per-step block the reverse loop reads (``KK[t]``, ``(W, B)``):
-    ``[state' - state (S rows) | Δũ'-Δũ, 1-u-ũ, g_u+g_ũ | cell coefficients (from row CO) | kz |
-    u | 1-u | 1-m | pu | m | cell extra rows (from row X)]``. The first ``S + 3`` rows dotted with
-    the running gradient ``[dstate | dup | dcum | 1]`` give dũ; the cell says what its rows hold.
+    ``[state' - state (S rows) | Δũ'-Δũ, 1-u-ũ | cell coefficients (from row CO) | kz | u | 1-u |
+    1-m | pu | m | cell extra rows (from row X)]``. The first ``S + 2`` rows dotted with the
+    running gradient ``[dstate | dup | dcum]``, plus the gradient reaching u and ũ directly, give
+    dũ; the cell says what its rows hold. (The backward only reads this block: it is an input of
+    the backward op, which must not write its inputs.)
     """
 
     def __init__(self, state_rows: int, coef_rows: int, extra_rows: int = 0):
         self.S = state_rows
-        self.CO = state_rows + 3
+        self.CO = state_rows + 2
         self.KZ = self.CO + coef_rows
         self.U = self.KZ + 1
         self.C2 = self.KZ + 2  # [1 - u, 1 - m]
@@ -201,8 +241,9 @@ class CpuCell:
     ``skip_gru/cpu.py``). Work tensors are feature-major (``(features, B)`` per step); ``fw`` /
     ``bw`` are one call's shared buffers (:func:`_forward_work`, :func:`_backward_work`).
 
-    * ``name``; ``gates`` (gate blocks of W_ih / W_hh); ``has_c`` (the state rows are ``[h; c]``,
-      else ``h``); ``layout(H)``: its :class:`KKLayout`;
+    * ``name``; ``key``, its name for the ops (:func:`register_cell`); ``gates`` (gate blocks of
+      W_ih / W_hh); ``has_c`` (the state rows are ``[h; c]``, else ``h``); ``saves_extra``
+      (``forward_ops`` sets ``fw.extra``, ``(T, B, H)``); ``layout(H)``: its :class:`KKLayout`;
     * ``feature(cand, H)``: the rows of a candidate ``(C, state rows, B)`` the gate reads;
     * ``projection(w_ih, w_hh, b_ih, b_hh)`` -> ``(Wi (G H, I), Wh, bias (G H, 1) | None,
       b_extra)``: the chunk GEMM's operands in the cell's row order, W_hh, a per-step bias;
@@ -217,8 +258,10 @@ class CpuCell:
     """
 
     name: str
+    key: str
     gates: int
     has_c: bool
+    saves_extra: bool = False
 
 
 def _gate_flush(kk, sc, L, M_chunk, one, floor=None):
@@ -248,16 +291,21 @@ def _gate_flush(kk, sc, L, M_chunk, one, floor=None):
 
 # ---------------------------------------------------------------------------------- forward
 
-def _forward_work(cell, x, h0, c0, up0, cum0, mask, lease, train):
+def _forward_work(cell, x, h0, c0, up0, cum0, mask, train):
     """The forward's shared buffers: ``A`` (C, G H, B) gate pre-activations; ``ST`` (C+1, S, B)
     state before / after each step of the chunk; ``CAND`` (C, S, B) candidate; ``WSC`` (C+1, 6, B)
     per-step rows ``[cum_in, ũ, Δũ_in, 0, Δũ_cand, u]``; ``Hh`` (T, B, H) h after every step;
     ``SC`` (T, 6, B) every step's ``WSC`` rows; with ``train`` ``KK`` (T, W, B) and ``CC``
-    (T, H, B) the feature the gate read."""
+    (T, H, B) the feature the gate read. The big ones that outlive the call (``Hh`` under a mask,
+    ``KK``, ``CC``, a cell's ``extra``) are lent by the pool (:meth:`_BufferPool.lend`)."""
     T, B, I = x.shape
     H = h0.shape[-1]
     C, L = min(CHUNK, T), cell.layout(H)
-    new, big = x.new_empty, lease.new
+    new = x.new_empty
+
+    def big(*shape):
+        return _POOL.lend(shape, x)
+
     fw = SimpleNamespace(T=T, B=B, I=I, H=H, C=C, L=L, train=train, new=new, big=big, extra=None)
     fw.A, fw.ST, fw.CAND = new(C, cell.gates * H, B), new(C + 1, L.S, B), new(C, L.S, B)
     fw.WSC = new(C + 1, 6, B)
@@ -350,8 +398,8 @@ def _forward_results(fw, M, has_c):
 # --------------------------------------------------------------------------------- backward
 
 def _backward_work(cell, x, Wi, Wh, gw, Hh, h0, KK, extra, tmp_lease):
-    """The backward's shared buffers: running gradients ``S``, ``Sn`` ``(S rows + 3, B)`` =
-    ``[dstate; dup; dcum; 1]``; ``WDG`` (C, 4H, B) the chunk's dgates and ``DGP`` (4H, C B) the
+    """The backward's shared buffers: running gradients ``S``, ``Sn`` ``(S rows + 2, B)`` =
+    ``[dstate; dup; dcum]``; ``WDG`` (C, 4H, B) the chunk's dgates and ``DGP`` (4H, C B) the
     same for its GEMMs; ``WGO`` (C+1, H, B) output gradients of steps t0-1 .. t0+n-1; ``DZ``
     (T, 1, B) the gate pre-activation's gradient; ``xa`` (T B, I+1) ``[x | 1]``; ``dx``."""
     T, B, I = x.shape
@@ -359,7 +407,7 @@ def _backward_work(cell, x, Wi, Wh, gw, Hh, h0, KK, extra, tmp_lease):
     C, L, new = min(CHUNK, T), cell.layout(H), x.new_empty
     bw = SimpleNamespace(T=T, B=B, I=I, H=H, C=C, L=L, new=new, x=x, Wi=Wi, Wh=Wh, Hh=Hh,
                          h0=h0, KK=KK, extra=extra, gwT=gw.t())
-    bw.S, bw.Sn = new(L.S + 3, B), new(L.S + 3, B)
+    bw.S, bw.Sn = new(L.S + 2, B), new(L.S + 2, B)
     bw.WDG, bw.DGP, bw.WGO = new(C, 4 * H, B), new(4 * H, C * B), new(C + 1, H, B)
     bw.DZ = tmp_lease.new(T, 1, B)
     bw.xa = tmp_lease.new(T * B, I + 1)  # [x | 1]: one GEMM gives dW_ih and the bias gradient
@@ -380,8 +428,6 @@ def _init_running_grad(bw, g_out, g_hn, g_cn, g_up, g_cum, M):
         S[H:L.S] = g_cn[0].t()
     S[L.S] = g_up
     S[L.S + 1] = g_cum
-    S[L.S + 2] = 1
-    bw.Sn[L.S + 2] = 1
 
 
 def _output_grads(bw, g_out, M, t0, n):
@@ -397,14 +443,15 @@ def _output_grads(bw, g_out, M, t0, n):
         bw.WGO[0].zero_()
 
 
-def _backward_chunks(cell, bw, g_out, M):
+def _backward_chunks(cell, bw, g_out, g_gate, M):
     """The reverse loop: per step dũ and dz (the gate), the cell's dgates and state gradient,
-    the gradient of ``[cum, Δũ]``; per chunk the cell's weight and input gradients. Returns the
-    final running gradient (that of the initial state)."""
+    the gradient of ``[cum, Δũ]``; per chunk the cell's weight and input gradients. ``g_gate``
+    ``(T, 1, B)``: the gradient reaching u and ũ directly. Returns the final running gradient
+    (that of the initial state)."""
     T, C, B, H, L, KK = bw.T, bw.C, bw.B, bw.H, bw.L, bw.KK
     cell_step, cell_chunk, param_grads = cell.backward_ops(bw)
     views = [(s, s[L.S:L.S + 1], s[L.S:L.S + 2]) for s in (bw.S, bw.Sn)]
-    dext_ = KK[:, :L.S + 3].unbind(0)
+    dext_, gg_ = KK[:, :L.S + 2].unbind(0), g_gate.unbind(0)
     kz_, c2_, pu_, m_ = (KK[:, k:k + w].unbind(0) for k, w in (
         (L.KZ, 1), (L.C2, 2), (L.PU, 1), (L.M, 1)))
     dut, dz_ = bw.new(1, B), bw.dz_
@@ -418,6 +465,7 @@ def _backward_chunks(cell, bw, g_out, M):
             t = t0 + j
             s, dup, ssc = views[cur]
             torch.linalg.vecdot(dext_[t], s, dim=0, out=dut_flat)
+            dut.add_(gg_[t])
             if masked:
                 dut.mul_(m_[t])
             torch.mul(dup, kz_[t], out=dz_[t])
@@ -433,59 +481,209 @@ def _backward_chunks(cell, bw, g_out, M):
     return views[cur][0], param_grads
 
 
-class _SkipRNNCPU(torch.autograd.Function):
-    """One layer of either cell (``cell`` a :class:`CpuCell`; ``c0`` None without a cell half);
-    feature-major inside. Returns ``(output, h_n, c_n | None, Δũ_n, cum_n, updates, ũ)``."""
+# ------------------------------------------------------------------------ forward / backward
 
-    @staticmethod
-    def forward(ctx, cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, threshold,
-                train, floor):
-        T, B, _ = x.shape
-        lease = _Lease(x)
-        fw = _forward_work(cell, x, h0, c0, up0, cum0, mask, lease, train)
-        fw.Wi, fw.Wh, fw.bias, fw.b_extra = cell.projection(w_ih, w_hh, b_ih, b_hh)
-        M = mask.to(x.dtype).view(T, 1, B) if mask is not None else None
-        _forward_chunks(cell, fw, x, gw, gb, M, _thresholds(threshold, mask, T, B, x), floor)
-        res = _forward_results(fw, M, cell.has_c)
-        if train:
-            ctx.save_for_backward(x, fw.Wi, fw.Wh, gw, fw.Hh, h0[0])
-            ctx.bufs = (fw.KK, fw.CC, M, fw.extra)
-            ctx.lease, ctx.cell = lease, cell
-            ctx.has_bias = (b_ih is not None, b_hh is not None)
-        else:
-            lease.release()
-        return res
+def _forward(cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, threshold, train,
+             floor):
+    """One layer's forward (feature-major inside). Returns ``(output (T, B, H), h_n (1, B, H),
+    c_n (1, B, H) | None, Δũ_n (B,), cum_n (B,), updates (T, B), ũ (T, B))`` and what the
+    backward reads, ``(Hh (T, B, H), KK (T, W, B) | None, CC (T, H, B) | None, extra | None)``
+    (``Hh``: h after every step, the output itself without a mask; the rest only with
+    ``train``)."""
+    T, B, _ = x.shape
+    fw = _forward_work(cell, x, h0, c0, up0, cum0, mask, train)
+    fw.Wi, fw.Wh, fw.bias, fw.b_extra = cell.projection(w_ih, w_hh, b_ih, b_hh)
+    M = mask.to(x.dtype).view(T, 1, B) if mask is not None else None
+    _forward_chunks(cell, fw, x, gw, gb, M, _thresholds(threshold, mask, T, B, x), floor)
+    return _forward_results(fw, M, cell.has_c), (fw.Hh, fw.KK, fw.CC, fw.extra)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_out, g_hn, g_cn, g_up, g_cum, g_u, g_ut):
-        if ctx.bufs is None:
-            raise RuntimeError(_SECOND_BACKWARD)
-        x, Wi, Wh, gw, Hh, h0 = ctx.saved_tensors
-        KK, CC, M, extra = ctx.bufs
-        ctx.bufs = None
-        cell, tmp_lease = ctx.cell, _Lease(x)
-        bw = _backward_work(cell, x, Wi, Wh, gw, Hh, h0, KK, extra, tmp_lease)
-        L, H = bw.L, bw.H
-        torch.add(g_u, g_ut, out=KK[:, L.S + 2])
-        _init_running_grad(bw, g_out, g_hn, g_cn, g_up, g_cum, M)
-        S, param_grads = _backward_chunks(cell, bw, g_out, M)
-        grads = (
-            bw.dx,
-            S[:H].t().unsqueeze(0).clone(),
-            S[H:L.S].t().unsqueeze(0).clone() if cell.has_c else None,
-            S[L.S].clone(),
-            S[L.S + 1].clone(),
-            *param_grads(ctx.has_bias),
-            torch.bmm(CC, bw.DZ.transpose(1, 2)).sum(0).t(),
-            bw.DZ.sum().view(1),
-        )
-        del Hh, h0, KK, CC, bw
-        ctx.lease.release()
-        tmp_lease.release()
-        need = ctx.needs_input_grad
-        return (None,) + tuple(g if need[k + 1] else None for k, g in enumerate(grads)) \
-            + (None,) * 4
+
+def _backward(cell, x, h0, w_ih, w_hh, has_bias, gw, mask, Hh, KK, CC, extra, g_out, g_hn, g_cn,
+              g_up, g_cum, g_gate):
+    """One layer's backward from what :func:`_forward` saved; reads its inputs, writes none.
+    ``g_gate`` ``(T, B)``: the gradient of the updates plus that of ũ. Returns the gradients of
+    ``(x, h0, c0 | None, Δũ_0 (B,), cum_0 (B,), w_ih, w_hh, b_ih | None, b_hh | None,
+    gate_weight (1, H), gate_bias (1,))``."""
+    T, B, _ = x.shape
+    Wi, Wh, _, _ = cell.projection(w_ih, w_hh, None, None)
+    M = mask.to(x.dtype).view(T, 1, B) if mask is not None else None
+    tmp_lease = _Lease(x)
+    bw = _backward_work(cell, x, Wi, Wh, gw, Hh, h0[0], KK, extra, tmp_lease)
+    L, H = bw.L, bw.H
+    _init_running_grad(bw, g_out, g_hn, g_cn, g_up, g_cum, M)
+    S, param_grads = _backward_chunks(cell, bw, g_out, g_gate.view(T, 1, B), M)
+    grads = (
+        bw.dx,
+        S[:H].t().unsqueeze(0).clone(),
+        S[H:L.S].t().unsqueeze(0).clone() if cell.has_c else None,
+        S[L.S].clone(),
+        S[L.S + 1].clone(),
+        *param_grads(has_bias),
+        torch.bmm(CC, bw.DZ.transpose(1, 2)).sum(0).t(),
+        bw.DZ.sum().view(1),
+    )
+    del bw
+    tmp_lease.release()
+    return grads
+
+
+# ------------------------------------------------------------------ torch.library custom ops
+#
+# The forward and the backward are the ops ``skiprnn::cpu_rnn_forward`` / ``cpu_rnn_backward``
+# (fake kernels give their output shapes, so torch.compile and torch.export trace a call as one
+# node; ``register_autograd`` ties them together). Both always return 11 tensors; an output a
+# call does not have is an empty ``(0,)`` tensor. No output aliases an input, another output or
+# pool memory that is written again while the output lives (see :class:`_BufferPool`); the
+# backward only reads its inputs.
+
+_CELL_MODULES = {"lstm": "skiprnn.ops.skip_lstm.cpu", "gru": "skiprnn.ops.skip_gru.cpu",
+                 "gru_paper": "skiprnn.ops.skip_gru.cpu"}
+_CELLS: dict = {}
+
+
+def register_cell(cell: CpuCell) -> CpuCell:
+    """Make ``cell`` reachable by its ``key`` from the ops (the cell modules call this)."""
+    _CELLS[cell.key] = cell
+    return cell
+
+
+def _cell(key: str) -> CpuCell:
+    if key not in _CELLS:
+        if key not in _CELL_MODULES:
+            raise ValueError(f"unknown CPU cell {key!r}; one of {sorted(_CELL_MODULES)}")
+        importlib.import_module(_CELL_MODULES[key])
+    return _CELLS[key]
+
+
+_OUT11 = "(" + ", ".join(["Tensor"] * 11) + ")"
+
+
+@torch.library.custom_op(
+    "skiprnn::cpu_rnn_forward", mutates_args=(),
+    schema="(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor update_prob0, Tensor cum_prob0, "
+           "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor gate_weight, "
+           "Tensor gate_bias, Tensor? mask, float threshold, Tensor? step_thresholds, "
+           "float? delta_floor, bool train) -> " + _OUT11)
+def cpu_rnn_forward(cell, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh,
+                    gate_weight, gate_bias, mask, threshold, step_thresholds, delta_floor, train):
+    """One Skip RNN layer on the CPU path (the op; :func:`skip_rnn_cpu` is the user function).
+
+    ``cell``: ``'lstm'``, ``'gru'`` or ``'gru_paper'`` (``reset_after=False``); ``x`` ``(T, B,
+    I)``; ``h0`` / ``c0`` ``(1, B, H)`` (``c0`` None for a GRU); ``update_prob0``, ``cum_prob0``
+    ``(B,)``; weights as nn.LSTM's / nn.GRU's; ``gate_weight`` ``(1, H)``, ``gate_bias`` ``(1,)``;
+    ``mask`` ``(T, B)`` binary or None; ``threshold`` τ, or ``step_thresholds`` ``(T, B)`` when
+    given; ``delta_floor`` the Δũ floor of ``max_skip`` (None: none); ``train``: also return what
+    the backward reads.
+
+    Returns ``(output (T, B, H), h_n (1, B, H), c_n (1, B, H) | (0,), Δũ_n (B,), cum_n (B,),
+    updates (T, B), ũ (T, B), Hh (T, B, H) | (0,), KK (T, W, B) | (0,), CC (T, H, B) | (0,),
+    extra (T, B, H) | (0,))``: the last four are the backward's inputs (``Hh``: h after every step,
+    only under a mask, where it differs from the output; ``KK``, ``CC``, ``extra`` only with
+    ``train``, ``extra`` only for ``'gru_paper'``)."""
+    cl = _cell(cell)
+    thr = threshold if step_thresholds is None else step_thresholds
+    res, (Hh, KK, CC, extra) = _forward(cl, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih,
+                                        b_hh, gate_weight, gate_bias, mask, thr, train,
+                                        delta_floor)
+
+    def opt(t):
+        return x.new_empty(0) if t is None else t.contiguous()
+
+    return (*(opt(t) for t in res), opt(Hh if train and mask is not None else None),
+            opt(KK), opt(CC), opt(extra))
+
+
+@cpu_rnn_forward.register_fake
+def _cpu_rnn_forward_fake(cell, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh,
+                          gate_weight, gate_bias, mask, threshold, step_thresholds, delta_floor,
+                          train):
+    cl = _cell(cell)
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+
+    def new(*shape, when=True):
+        return x.new_empty(shape if when else (0,))
+
+    return (new(T, B, H), new(1, B, H), new(1, B, H, when=cl.has_c), new(B), new(B), new(T, B),
+            new(T, B), new(T, B, H, when=train and mask is not None),
+            new(T, cl.layout(H).W, B, when=train), new(T, H, B, when=train),
+            new(T, B, H, when=train and cl.saves_extra))
+
+
+@torch.library.custom_op(
+    "skiprnn::cpu_rnn_backward", mutates_args=(),
+    schema="(str cell, Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, bool has_b_ih, "
+           "bool has_b_hh, Tensor gate_weight, Tensor? mask, Tensor hh, Tensor kk, Tensor cc, "
+           "Tensor extra, Tensor g_output, Tensor g_h_n, Tensor? g_c_n, Tensor g_update_prob, "
+           "Tensor g_cum_prob, Tensor g_gate) -> " + _OUT11)
+def cpu_rnn_backward(cell, x, h0, w_ih, w_hh, has_b_ih, has_b_hh, gate_weight, mask, hh, kk, cc,
+                     extra, g_output, g_h_n, g_c_n, g_update_prob, g_cum_prob, g_gate):
+    """The backward of :func:`cpu_rnn_forward` (an op as well, so compiled graphs hold it as one
+    node). ``hh``, ``kk``, ``cc``, ``extra``: what the forward returned for it (``hh``: the output
+    without a mask); ``g_*``: the gradients of the forward's outputs (``g_gate`` ``(T, B)``: of
+    the updates plus of ũ). Reads its inputs only.
+
+    Returns the gradients ``(x (T, B, I), h0 (1, B, H), c0 (1, B, H) | (0,), update_prob0 (B,),
+    cum_prob0 (B,), w_ih, w_hh, b_ih (G H,) | (0,), b_hh | (0,), gate_weight (1, H),
+    gate_bias (1,))``."""
+    cl = _cell(cell)
+    if kk.numel() == 0:
+        raise RuntimeError("cpu_rnn_backward needs what cpu_rnn_forward saves with train=True")
+    grads = _backward(cl, x, h0, w_ih, w_hh, (has_b_ih, has_b_hh), gate_weight, mask, hh, kk, cc,
+                      extra if cl.saves_extra else None, g_output, g_h_n, g_c_n, g_update_prob,
+                      g_cum_prob, g_gate)
+    return tuple(x.new_empty(0) if g is None else g.contiguous() for g in grads)
+
+
+@cpu_rnn_backward.register_fake
+def _cpu_rnn_backward_fake(cell, x, h0, w_ih, w_hh, has_b_ih, has_b_hh, gate_weight, mask, hh,
+                           kk, cc, extra, g_output, g_h_n, g_c_n, g_update_prob, g_cum_prob,
+                           g_gate):
+    cl = _cell(cell)
+    T, B, _ = x.shape
+    H, GH = w_hh.shape[1], w_hh.shape[0]
+
+    def new(*shape, when=True):
+        return x.new_empty(shape if when else (0,))
+
+    return (new(*x.shape), new(1, B, H), new(1, B, H, when=cl.has_c), new(B), new(B),
+            new(*w_ih.shape), new(*w_hh.shape), new(GH, when=has_b_ih), new(GH, when=has_b_hh),
+            new(1, H), new(1))
+
+
+def _setup_context(ctx, inputs, output):
+    (cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, _, _, _, train) = inputs
+    out, hh, kk, cc, extra = output[0], *output[7:]
+    ctx.mark_non_differentiable(hh, kk, cc, extra)
+    ctx.set_materialize_grads(False)  # else autograd zero-fills a gradient of KK (T, W, B)
+    ctx.cell, ctx.train, ctx.has_c = cell, train, c0 is not None
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+    ctx.shapes = (up0.shape, cum0.shape, gw.shape, gb.shape)
+    ctx.save_for_backward(x, h0, w_ih, w_hh, gw, mask, out if mask is None else hh, kk, cc, extra)
+
+
+def _cpu_rnn_autograd(ctx, g_out, g_hn, g_cn, g_up, g_cum, g_u, g_ut, *_):
+    if not ctx.train:
+        raise RuntimeError("cpu_rnn_forward was called with train=False: it saved nothing for a "
+                           "backward (skip_rnn_cpu sets train whenever an input requires grad)")
+    x, h0, w_ih, w_hh, gw, mask, hh, kk, cc, extra = ctx.saved_tensors
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+
+    def grad(g, *shape):
+        return x.new_zeros(shape) if g is None else g
+
+    dx, dh0, dc0, dup, dcum, dwi, dwh, dbi, dbh, dgw, dgb = cpu_rnn_backward(
+        ctx.cell, x, h0, w_ih, w_hh, *ctx.has_bias, gw, mask, hh, kk, cc, extra,
+        grad(g_out, T, B, H), grad(g_hn, 1, B, H), grad(g_cn, 1, B, H) if ctx.has_c else None,
+        grad(g_up, B), grad(g_cum, B), grad(g_u, T, B) + grad(g_ut, T, B))
+    up_shape, cum_shape, gw_shape, gb_shape = ctx.shapes
+    return (None, dx, dh0, dc0 if ctx.has_c else None, dup.view(up_shape), dcum.view(cum_shape),
+            dwi, dwh, dbi if ctx.has_bias[0] else None, dbh if ctx.has_bias[1] else None,
+            dgw.view(gw_shape), dgb.view(gb_shape), None, None, None, None, None)
+
+
+cpu_rnn_forward.register_autograd(_cpu_rnn_autograd, setup_context=_setup_context)
 
 
 def skip_rnn_cpu(cell: CpuCell, x: Tensor, state: tuple, update_prob0: Tensor,
@@ -493,9 +691,9 @@ def skip_rnn_cpu(cell: CpuCell, x: Tensor, state: tuple, update_prob0: Tensor,
                  gate_bias: Tensor, mask: Tensor | None = None, threshold: float | Tensor = 0.5,
                  dropout: float = 0.0, training: bool = False, forced: Tensor | None = None,
                  constant_delta: float | None = None, max_skip: int | None = None) -> tuple:
-    """The body of ``skip_{lstm,gru}_cpu``: checks, then the autograd function. ``state``:
-    ``(h0, c0)`` or ``(h0,)``, each ``(1, B, H)``; the rest as the naive functions'. Returns
-    their tuple ``(output (T, B, H), *state_n (1, B, H), update_prob (B,), cum_prob (B,),
+    """The body of ``skip_{lstm,gru}_cpu``: checks, then the op :func:`cpu_rnn_forward`.
+    ``state``: ``(h0, c0)`` or ``(h0,)``, each ``(1, B, H)``; the rest as the naive functions'.
+    Returns their tuple ``(output (T, B, H), *state_n (1, B, H), update_prob (B,), cum_prob (B,),
     updates (T, B), update_probs (T, B))``."""
     name = f"skip_{cell.name}_cpu"
     if len(layers) != 1:
@@ -516,6 +714,8 @@ def skip_rnn_cpu(cell: CpuCell, x: Tensor, state: tuple, update_prob0: Tensor,
     args = (x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh, gate_weight, gate_bias)
     # keep the per-step backward coefficients only when a graph will be built
     train = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)
-    out, h_n, c_n, up, cum, upd, prob = _SkipRNNCPU.apply(
-        cell, *args, mask, threshold, train, update_prob_floor(max_skip, threshold))
+    steps = threshold if isinstance(threshold, Tensor) else None
+    res = cpu_rnn_forward(cell.key, *args, mask, 0.0 if steps is not None else float(threshold),
+                          steps, update_prob_floor(max_skip, threshold), train)
+    out, h_n, c_n, up, cum, upd, prob = res[:7]
     return (out, h_n, c_n, up, cum, upd, prob) if cell.has_c else (out, h_n, up, cum, upd, prob)

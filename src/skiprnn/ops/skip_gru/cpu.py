@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..cpu_rnn import CpuCell, KKLayout, add_h_old_gemm, skip_rnn_cpu
+from ..cpu_rnn import CpuCell, KKLayout, add_h_old_gemm, register_cell, skip_rnn_cpu
 
 __all__ = ["skip_gru_cpu"]
 
@@ -36,6 +36,8 @@ class _GRUCell(CpuCell):
 
     def __init__(self, reset_after: bool):
         self.reset_after = reset_after
+        self.key = "gru" if reset_after else "gru_paper"
+        self.saves_extra = not reset_after  # r ⊙ h of every step
 
     def layout(self, H):
         return KKLayout(H, 5 * H, 0 if self.reset_after else 2 * H)
@@ -183,7 +185,7 @@ class _GRUCell(CpuCell):
         return chunk, param_grads
 
 
-_GRU = {True: _GRUCell(True), False: _GRUCell(False)}  # by reset_after
+_GRU = {ra: register_cell(_GRUCell(ra)) for ra in (True, False)}  # by reset_after
 
 
 def skip_gru_cpu(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..cpu_rnn import CpuCell, KKLayout, add_h_old_gemm, skip_rnn_cpu
+from ..cpu_rnn import CpuCell, KKLayout, add_h_old_gemm, register_cell, skip_rnn_cpu
 
 __all__ = ["skip_lstm_cpu"]
 
@@ -37,7 +37,7 @@ class _LSTMCell(CpuCell):
     ``dgates = [dh' KO, dc' K3]`` and ``dc' = u dc + dh' KH + dz W_pᵀ``; K3 = ``[g σ'(i),
     c σ'(f), i (1 - g²)]``, KO = ``tanh(c') σ'(o)``, KH = ``o tanh'(c')``."""
 
-    name, gates, has_c = "lstm", 4, True
+    name, key, gates, has_c = "lstm", "lstm", 4, True
 
     def layout(self, H):
         return KKLayout(2 * H, 6 * H)
@@ -129,7 +129,7 @@ class _LSTMCell(CpuCell):
         return step, chunk, param_grads
 
 
-_LSTM = _LSTMCell()
+_LSTM = register_cell(_LSTMCell())
 
 
 def skip_lstm_cpu(x: Tensor, h0: Tensor, c0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
