@@ -388,3 +388,45 @@ def test_buffer_pool_lends_memory_back_only_when_unused():
     b = pool.get((10, 5), like)
     assert b.data_ptr() == ptr  # unused now: reused
     assert pool.lend((2000,), like).numel() == 2000  # over the cap: fresh memory, not pooled
+
+
+def _op_args(cell, masked, floor=None, steps=False, T=6, B=3, I=2, H=4):
+    """Arguments of ``skiprnn::cpu_rnn_forward`` (float64, train=True) for ``cell``."""
+    g = torch.Generator().manual_seed(7)
+    G = 4 if cell == "lstm" else 3
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+
+    mask = None
+    if masked:
+        mask = torch.ones(T, B, dtype=torch.bool)
+        mask[T // 2:, 1] = False
+    thr = torch.rand(T, B, generator=g, dtype=torch.float64) if steps else None
+    up0 = torch.full((B,), 0.7, dtype=torch.float64).requires_grad_()
+    cum0 = torch.full((B,), 0.1, dtype=torch.float64).requires_grad_()
+    return (cell, r(T, B, I), r(1, B, H), r(1, B, H) if cell == "lstm" else None, up0, cum0,
+            r(G * H, I), r(G * H, H), r(G * H), r(G * H), r(1, H), r(1), mask, 0.5, thr, floor,
+            True)
+
+
+@pytest.mark.parametrize("variant", ["plain", "masked", "max_skip", "step_thresholds"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_opcheck_forward_and_backward_ops(cell, variant):
+    """torch.library.opcheck of the CPU ops: schema (no hidden mutation or aliasing), fake
+    kernels (shapes, dtypes, strides as the real ones), autograd registration and AOT dispatch
+    with dynamic shapes (forward and backward traced, results equal eager)."""
+    ops = torch.ops.skiprnn
+    args = _op_args(cell, masked=variant == "masked", floor=0.2 if variant == "max_skip" else None,
+                    steps=variant == "step_thresholds")
+    torch.library.opcheck(ops.cpu_rnn_forward.default, args)
+    out = ops.cpu_rnn_forward(*args)
+    x, h0, c0, _, _, w_ih, w_hh, b_ih, b_hh, gw, _, mask = args[1:13]
+    hh = out[0] if mask is None else out[7]
+    grads = [torch.randn_like(t).detach() for t in out[:7]]
+    bwd_args = (cell, x.detach(), h0.detach(), w_ih.detach(), w_hh.detach(), True, True,
+                gw.detach(), mask, hh.detach(), out[8], out[9], out[10], grads[0], grads[1],
+                grads[2] if c0 is not None else None, grads[3], grads[4], grads[5] + grads[6])
+    torch.library.opcheck(ops.cpu_rnn_backward.default, bwd_args,
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_aot_dispatch_dynamic"))

@@ -410,14 +410,15 @@ class SkipRNNBase(nn.Module):
                                             or any(p.requires_grad for p in self.parameters()))
         no_triton = ("max_skip (the Triton kernels have no floor on Δũ)"
                      if getattr(self, "max_skip", None) is not None else "")
-        if torch.compiler.is_exporting():     # only the reference is plain traceable tensor maths
-            return dispatch.BackendChoice("reference", "torch.export traces the layer: the "
-                                          "reference (the others are hand-written autograd "
-                                          "functions and data-dependent loops)")
-        return dispatch.decide(self.mode, self.backend, device_type=x.device.type,
-                               num_layers=self.num_layers, fast_ok=not why, grad=grad,
-                               skip_ok=self.gate_mode == "learned" and not why, why_not_fast=why,
-                               why_not_triton=no_triton)
+        choice = dispatch.decide(self.mode, self.backend, device_type=x.device.type,
+                                 num_layers=self.num_layers, fast_ok=not why, grad=grad,
+                                 skip_ok=self.gate_mode == "learned" and not why,
+                                 why_not_fast=why, why_not_triton=no_triton)
+        if torch.compiler.is_exporting() and choice.name not in dispatch.TRACEABLE:
+            return dispatch.BackendChoice(
+                "reference", f"torch.export traces the layer and {choice.name!r} is not a "
+                "custom op: the reference (plain tensor maths, unrolled over T)")
+        return choice
 
     def backend_for(self, input) -> dispatch.BackendChoice:
         """Which backend ``self(input)`` would run on now (training mode, autograd, device and
@@ -430,16 +431,30 @@ class SkipRNNBase(nn.Module):
         sampled = self.gate_mode == "learned" and self.binarizer == "bernoulli" and self.training
         return self._decide_backend(x, None if sampled else 0.5)
 
-    @torch.compiler.disable
     def _recurrence(self, x: Tensor, hx, mask, unbatched: bool):
         """Pick the backend and run the recurrence on time-major ``x``; the backend's result tuple.
 
-        Kept out of ``torch.compile``'s tracing: the backends are hand-written autograd
-        functions and Python time loops with data-dependent skips, which dynamo would unroll over
-        every step (minutes of compilation) or fail on (the CPU path's work-buffer views). Under
-        ``torch.compile`` the rest of a model is compiled and this runs eagerly between its
-        graphs (a graph break), with eager's results.
+        Under ``torch.compile`` a backend that is a ``torch.library`` custom op (the CPU path,
+        ``dispatch.TRACEABLE``) is traced as one node of the graph (``fullgraph=True`` works);
+        any other runs eagerly between the compiled graphs (:meth:`_recurrence_untraced`, a
+        graph break): they are hand-written autograd functions and Python time loops with
+        data-dependent skips, which dynamo would unroll over every step (minutes of
+        compilation) or fail on.
         """
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            sampled = (self.gate_mode == "learned" and self.binarizer == "bernoulli"
+                       and self.training)
+            if self._decide_backend(x, None if sampled else 0.5).name not in dispatch.TRACEABLE:
+                return self._recurrence_untraced(x, hx, mask, unbatched)
+        return self._run_recurrence(x, hx, mask, unbatched)
+
+    @torch.compiler.disable
+    def _recurrence_untraced(self, x: Tensor, hx, mask, unbatched: bool):
+        """:meth:`_run_recurrence` kept out of ``torch.compile``'s tracing (a graph break)."""
+        return self._run_recurrence(x, hx, mask, unbatched)
+
+    def _run_recurrence(self, x: Tensor, hx, mask, unbatched: bool):
+        """The recurrence on the backend dispatch picks; the backend's result tuple."""
         T, B = x.shape[0], x.shape[1]
         threshold, forced, const = self._gate_args(T, B, x)
         name = self._decide_backend(x, threshold).name

@@ -9,12 +9,16 @@ until a backend is first used.
 from __future__ import annotations
 
 import importlib
-from functools import lru_cache
 from typing import NamedTuple
+
+import torch
 
 from .._env import env as _env, triton_available
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "skipping")
+# backends that are torch.library custom ops (fake kernels, autograd registered): torch.compile
+# and torch.export trace a call as one node; the others run outside the traced graphs
+TRACEABLE = ("cpu",)
 ENV_VAR = "SKIPRNN_BACKEND"
 
 # (cell kind, backend) -> "module:function"; every function has the naive signature.
@@ -37,16 +41,26 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-@lru_cache(maxsize=None)
+_LOADED: dict = {}  # (kind, backend) -> function | None, filled by _load
+
+
 def _load(kind: str, backend: str):
-    target = _IMPLS.get((kind, backend))
-    if target is None:
-        return None
-    mod, fn = target.split(":")
-    try:
-        return getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError):
-        return None
+    """The function of ``backend`` for ``kind`` (None where unavailable), imported on first use.
+    A plain dict cache (not ``lru_cache``): ``torch.compile`` traces this lookup, and
+    :func:`decide` (run untraced) has imported the chosen backend before."""
+    key = (kind, backend)
+    if key in _LOADED:
+        return _LOADED[key]
+    target = _IMPLS.get(key)
+    fn = None
+    if target is not None:
+        mod, name = target.split(":")
+        try:
+            fn = getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError):
+            fn = None
+    _LOADED[key] = fn
+    return fn
 
 
 class BackendChoice(NamedTuple):
@@ -80,6 +94,7 @@ def select_named(kind: str, name: str):
     return _load(kind, name)
 
 
+@torch.compiler.assume_constant_result
 def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_ok: bool,
            grad: bool = True, skip_ok: bool = False, why_not_fast: str = "",
            why_not_triton: str = "") -> BackendChoice:
@@ -92,6 +107,10 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
     inference path, whose skipped steps cost nothing. ``why_not_triton`` (e.g. ``max_skip``,
     which the Triton kernels do not have): 'auto' on CUDA then runs the reference (the CPU path on
     CUDA tensors is a slow generic fallback), and an explicit 'triton' raises.
+
+    Under ``torch.compile`` this runs once, untraced, when the layer is traced, and its answer
+    is a constant of the graph (``torch.compiler.assume_constant_result``): a later change of
+    ``SKIPRNN_BACKEND`` does not reach an already compiled model (``torch._dynamo.reset()``).
     """
     env = _env(ENV_VAR)
     asked = f"backend={backend!r}"
