@@ -1,10 +1,12 @@
 """torch.compile (inductor) of a model holding a Skip layer: compile time and step time vs eager.
 
 The model is the adding task's by default (Skip LSTM / Skip GRU, B=256, T=50, I=2, H=110, a
-linear head and the budget loss). Under ``torch.compile`` the Skip recurrence runs eagerly
-between the compiled graphs (``SkipRNNBase._recurrence`` is kept out of tracing), so the
-figures to read are: the first compiled training step (compilation included), then the median
-compiled and eager step after warm-up, interleaved.
+linear head and the budget loss). On the CPU the Skip recurrence is the custom op
+``skiprnn::cpu_rnn_forward`` (its backward ``skiprnn::cpu_rnn_backward``), one node of the
+compiled graph; other backends run eagerly between compiled graphs. The figures to read are:
+the first compiled training step (compilation included; it depends on inductor's on-disk cache,
+``TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)`` for a cold one), then the median compiled and eager
+step after warm-up, interleaved.
 
     python benchmarks/compile_time.py --threads 1
     python benchmarks/compile_time.py --threads 1 --shape 256 784 1 110     # the MNIST shape
