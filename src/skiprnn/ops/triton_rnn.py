@@ -62,112 +62,241 @@ def _sums_old(cell: str, gz: Tensor, gates: Tensor, hs: Tensor, cs: Tensor | Non
     return gate_sums(gz, (1 - g[1]) * g[2] + g[1] * hs[:-1])  # h̃ = (1 - z) n + z h
 
 
-class _SkipRNNTriton(torch.autograd.Function):
-    """``cell`` 'lstm' | 'gru'; ``c0`` None for the GRU (its ``c_n`` output is None too)."""
+def _outputs(ts, like):
+    """The op's output tuple: None -> an empty ``(0,)`` tensor like ``like``; every output
+    contiguous from the start of its own storage (as the fake kernels' ``new_empty``); no two
+    outputs share storage (views of one buffer, e.g. the GRU's two bias gradients, are
+    copied)."""
+    ts = [like.new_empty(0) if t is None else t for t in ts]
+    seen, out = set(), []
+    for t in ts:
+        if t.numel() and (t.untyped_storage().data_ptr() in seen or t.storage_offset()
+                          or not t.is_contiguous()):
+            t = t.clone(memory_format=torch.contiguous_format)
+        if t.numel():
+            seen.add(t.untyped_storage().data_ptr())
+        out.append(t)
+    return tuple(out)
 
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # no autocast inside
-    def forward(ctx, cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, mask,
-                threshold, precision, reset_after):
-        cdt = compute_dtype(x.dtype)
-        T, B, I = x.shape
-        H = w_hh.shape[1]
-        xc, w_ihc, w_hhc = _c(x, cdt), _c(w_ih, cdt), _c(w_hh, cdt)
-        bih, bhh = _c(b_ih, cdt), _c(b_hh, cdt)
-        gwc, gbc = _c(gate_w.reshape(-1), cdt), _c(gate_b.reshape(-1), cdt)
-        maskc = _c(mask, cdt)
-        state = (_c(h0, cdt), _c(c0, cdt), _c(up0, cdt), _c(cum0, cdt))
-        proj = coop.InputProjection(xc, w_ihc)
-        key = (f"{cell}-fwd", B, H, precision, maskc is not None, str(cdt), str(x.device),
-               proj.fusable)
 
-        def run_coop(c):
-            xin, wih = proj.coop_args(c)
-            return coop_kernels.launch_fwd(cell, xin, w_hhc, bih, bhh, gwc, gbc, maskc, *state,
-                                           threshold, precision, c, w_ih=wih)
+@torch.autocast("cuda", enabled=False)  # no autocast inside (inputs cast by register_autocast)
+def _forward(cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, mask,
+             threshold, precision, reset_after):
+    """The forward kernels. Returns ``(out (T, B, H), h_n (B, H), c_n (B, H) | None, Δũ_n (B,),
+    cum_n (B,), updates (T, B), ũ (T, B))`` in ``x``'s dtype and what the backward reads,
+    ``(hs (T+1, B, H), cs (T+1, B, H) | None, gates (T, B, 4H), stats (5, T, B))`` in the
+    compute dtype."""
+    cdt = compute_dtype(x.dtype)
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    xc, w_ihc, w_hhc = _c(x, cdt), _c(w_ih, cdt), _c(w_hh, cdt)
+    bih, bhh = _c(b_ih, cdt), _c(b_hh, cdt)
+    gwc, gbc = _c(gate_w.reshape(-1), cdt), _c(gate_b.reshape(-1), cdt)
+    maskc = _c(mask, cdt)
+    state = (_c(h0, cdt), _c(c0, cdt), _c(up0, cdt), _c(cum0, cdt))
+    proj = coop.InputProjection(xc, w_ihc)
+    key = (f"{cell}-fwd", B, H, precision, maskc is not None, str(cdt), str(x.device),
+           proj.fusable)
 
-        def run_old():
-            xpb, b_hn = _old_bias(cell, proj.xp(), bih, bhh)
-            res = rowblock.launch_fwd(cell, xpb, w_hhc, b_hn, gwc, gbc, maskc, *state, threshold,
-                                      precision, tile_config(H, B), reset_after)
-            hs, cs = res[1], res[2]
-            return (*res, hs[T].clone(), None if cs is None else cs[T].clone())
+    def run_coop(c):
+        xin, wih = proj.coop_args(c)
+        return coop_kernels.launch_fwd(cell, xin, w_hhc, bih, bhh, gwc, gbc, maskc, *state,
+                                       threshold, precision, c, w_ih=wih)
 
-        # the cooperative kernels have nn.GRU's candidate only
-        cands = coop.candidates(H, B, x.device, GATES[cell], precision, proj.fusable) \
-            if reset_after else []
-        out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n = coop.run(
-            key, cands, run_coop, run_old)
-        ctx.save_for_backward(xc, w_ihc, w_hhc, gwc, maskc, hs, cs, gates, stats)
-        ctx.set_materialize_grads(False)  # missing output grads: one zero buffer in backward
-        ctx.cell, ctx.precision, ctx.reset_after = cell, precision, reset_after
-        ctx.dtypes = [None if t is None else t.dtype for t in
-                      (x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b)]
-        ctx.gate_shapes = (gate_w.shape, gate_b.shape)
-        dt = x.dtype
-        res = (out, h_n, c_n, up_n, cum_n, upd, prob)
-        return res if dt == cdt else tuple(None if t is None else t.to(dt) for t in res)
+    def run_old():
+        xpb, b_hn = _old_bias(cell, proj.xp(), bih, bhh)
+        res = rowblock.launch_fwd(cell, xpb, w_hhc, b_hn, gwc, gbc, maskc, *state, threshold,
+                                  precision, tile_config(H, B), reset_after)
+        hs, cs = res[1], res[2]
+        return (*res, hs[T].clone(), None if cs is None else cs[T].clone())
 
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, g_out, g_hn, g_cn, g_upn, g_cumn, g_upd, g_prob):
-        xc, w_ihc, w_hhc, gwc, maskc, hs, cs, gates, stats = ctx.saved_tensors
-        cell, lstm = ctx.cell, ctx.cell == "lstm"
-        cdt = gates.dtype
-        T, B, I = xc.shape
-        H = w_hhc.shape[1]
-        cands = coop.candidates(H, B, xc.device, GATES[cell], ctx.precision) \
-            if ctx.reset_after else []
-        gin = (g_out, g_hn, g_cn, g_upn, g_cumn, g_upd, g_prob)
-        shapes = ((T, B, H), (B, H), (B, H), (B,), (B,), (T, B), (T, B))
-        if not lstm:  # no c: leave its (absent) gradient out
-            gin, shapes = gin[:2] + gin[3:], shapes[:2] + shapes[3:]
-        g, spare = grads_or_zeros(gin, shapes, cdt, xc.device,
-                                  scratch=coop.counter_scratch(cands, B))
+    # the cooperative kernels have nn.GRU's candidate only
+    cands = coop.candidates(H, B, x.device, GATES[cell], precision, proj.fusable) \
+        if reset_after else []
+    out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n = coop.run(
+        key, cands, run_coop, run_old)
+    dt = x.dtype
+    res = (out, h_n, c_n, up_n, cum_n, upd, prob)
+    if dt != cdt:
+        res = tuple(None if t is None else t.to(dt) for t in res)
+    return res, (hs, cs, gates, stats)
+
+
+@torch.autocast("cuda", enabled=False)
+def _backward(cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, grads, precision,
+              reset_after, need):
+    """The backward kernels and the outer GEMMs. ``grads``: the gradients of the forward's 7
+    results (None where absent); ``need``: which of ``(x, h0, c0, up0, cum0, w_ih, w_hh, b_ih,
+    b_hh, gate_w, gate_b)`` need a gradient. Returns those gradients in the compute dtype (None
+    where not needed or absent; ``h0`` / ``c0``'s ``(B, H)``)."""
+    lstm = cell == "lstm"
+    cdt = gates.dtype
+    xc, w_ihc, w_hhc = _c(x, cdt), _c(w_ih, cdt), _c(w_hh, cdt)
+    gwc, maskc = _c(gate_w.reshape(-1), cdt), _c(mask, cdt)
+    T, B, I = xc.shape
+    H = w_hhc.shape[1]
+    cands = coop.candidates(H, B, xc.device, GATES[cell], precision) if reset_after else []
+    gin = tuple(grads)
+    shapes = ((T, B, H), (B, H), (B, H), (B,), (B,), (T, B), (T, B))
+    if not lstm:  # no c: leave its (absent) gradient out
+        gin, shapes = gin[:2] + gin[3:], shapes[:2] + shapes[3:]
+    g, spare = grads_or_zeros(gin, shapes, cdt, xc.device,
+                              scratch=coop.counter_scratch(cands, B))
+    if not lstm:
+        g = g[:2] + [None] + g[2:]
+    spare = coop.once(spare)
+    bargs = (w_hhc, gwc, maskc, hs, cs, gates, stats, *g, precision)
+    key = (f"{cell}-bwd", B, H, precision, maskc is not None, str(cdt), str(xc.device))
+    need = (False, *need)  # indexed as the old autograd function's (cell, x, h0, ...)
+
+    def run_old():
+        res = rowblock.launch_bwd(cell, *bargs, tile_config(H, B), reset_after)
+        part = _sums_old(cell, res[1], gates, hs, cs) if any(need[10:12]) else None
+        return (*res, part)
+
+    dg, gz, dh0, dc0, dup0, dcum0, part = coop.run(
+        key, cands, lambda c: coop_kernels.launch_bwd(cell, *bargs, c, zeros=spare()),
+        run_old)
+    dg2 = dg.view(T * B, 4 * H)
+    dxp = dg2 if lstm else dg2[:, :3 * H]                          # d(x W_ih^T + b_ih)
+    dx = (dxp @ w_ihc).view(T, B, I) if need[1] else None
+    dw_ih = dxp.t() @ xc.reshape(T * B, I) if need[6] else None
+    dw_hh = None
+    if need[7]:
+        if lstm:
+            dw_hh = dg2.t() @ hs[:-1].reshape(T * B, H)
+        elif reset_after:
+            dgh = torch.cat([dg2[:, :2 * H], dg2[:, 3 * H:]], dim=1)  # d(h W_hh^T + b_hh)
+            dw_hh = dgh.t() @ hs[:-1].reshape(T * B, H)
+        else:  # the n rows act on r ⊙ h (kept in the gates' last block)
+            dw_hh = torch.cat([dg2[:, :2 * H].t() @ hs[:-1].reshape(T * B, H),
+                               dg2[:, 3 * H:].t() @ gates[..., 3 * H:].reshape(T * B, H)])
+    db_ih = db_hh = dgw = dgb = None
+    if need[8] or need[9]:
+        s = dg2.sum(0)  # LSTM: both biases'; GRU: [r, z, n (input side), W_hn h + b_hn]
+        db_ih = db_hh = s
         if not lstm:
-            g = g[:2] + [None] + g[2:]
-        spare = coop.once(spare)
-        bargs = (w_hhc, gwc, maskc, hs, cs, gates, stats, *g, ctx.precision)
-        key = (f"{cell}-bwd", B, H, ctx.precision, maskc is not None, str(cdt), str(xc.device))
-        need = ctx.needs_input_grad  # (cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, ...)
+            db_ih = s[:3 * H]
+            db_hh = torch.cat([s[:2 * H], s[3 * H:]]) if need[9] else None
+    if need[10] or need[11]:
+        sums = part.sum(0)  # row blocks' sums of gz·(Δũ feature) and gz
+        dgw = sums[:H].view(gate_w.shape)
+        dgb = sums[H:].view(-1)
+    grads = [dx, dh0, dc0, dup0, dcum0, dw_ih, dw_hh, db_ih, db_hh, dgw, dgb]
+    return [g if n else None for g, n in zip(grads, need[1:])]
 
-        def run_old():
-            res = rowblock.launch_bwd(cell, *bargs, tile_config(H, B), ctx.reset_after)
-            part = _sums_old(cell, res[1], gates, hs, cs) if any(need[10:12]) else None
-            return (*res, part)
 
-        dg, gz, dh0, dc0, dup0, dcum0, part = coop.run(
-            key, cands, lambda c: coop_kernels.launch_bwd(cell, *bargs, c, zeros=spare()),
-            run_old)
-        dg2 = dg.view(T * B, 4 * H)
-        dxp = dg2 if lstm else dg2[:, :3 * H]                          # d(x W_ih^T + b_ih)
-        dx = (dxp @ w_ihc).view(T, B, I) if need[1] else None
-        dw_ih = dxp.t() @ xc.reshape(T * B, I) if need[6] else None
-        dw_hh = None
-        if need[7]:
-            if lstm:
-                dw_hh = dg2.t() @ hs[:-1].reshape(T * B, H)
-            elif ctx.reset_after:
-                dgh = torch.cat([dg2[:, :2 * H], dg2[:, 3 * H:]], dim=1)  # d(h W_hh^T + b_hh)
-                dw_hh = dgh.t() @ hs[:-1].reshape(T * B, H)
-            else:  # the n rows act on r ⊙ h (kept in the gates' last block)
-                dw_hh = torch.cat([dg2[:, :2 * H].t() @ hs[:-1].reshape(T * B, H),
-                                   dg2[:, 3 * H:].t() @ gates[..., 3 * H:].reshape(T * B, H)])
-        db_ih = db_hh = dgw = dgb = None
-        if need[8] or need[9]:
-            s = dg2.sum(0)  # LSTM: both biases'; GRU: [r, z, n (input side), W_hn h + b_hn]
-            db_ih = db_hh = s
-            if not lstm:
-                db_ih = s[:3 * H]
-                db_hh = torch.cat([s[:2 * H], s[3 * H:]]) if need[9] else None
-        if need[10] or need[11]:
-            sums = part.sum(0)  # row blocks' sums of gz·(Δũ feature) and gz
-            dgw = sums[:H].view(ctx.gate_shapes[0])
-            dgb = sums[H:].view(ctx.gate_shapes[1])
-        grads = [dx, dh0, dc0, dup0, dcum0, dw_ih, dw_hh, db_ih, db_hh, dgw, dgb]
-        grads = [None if (g is None or not n) else (g if g.dtype == d else g.to(d))
-                 for g, n, d in zip(grads, need[1:], ctx.dtypes)]
-        return (None, *grads, None, None, None, None)
+# ------------------------------------------------------------------ torch.library custom ops
+#
+# ``skiprnn::triton_rnn_forward`` / ``skiprnn::triton_rnn_backward``: fake kernels give the
+# output shapes, ``register_autograd`` ties them, ``register_autocast`` runs the forward in fp32
+# under CUDA autocast. Both return 11 tensors (an absent one is an empty ``(0,)`` tensor); the
+# kernels' outputs are fresh buffers, and outputs that would share storage are cloned
+# (:func:`_outputs`), so no output aliases an input or another output; neither op writes its
+# inputs.
+
+_OUT11 = "(" + ", ".join(["Tensor"] * 11) + ")"
+
+
+@torch.library.custom_op(
+    "skiprnn::triton_rnn_forward", mutates_args=(),
+    schema="(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor update_prob0, Tensor cum_prob0, "
+           "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor gate_weight, "
+           "Tensor gate_bias, Tensor? mask, float threshold, str precision, bool reset_after) "
+           "-> " + _OUT11)
+def triton_rnn_forward(cell, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh,
+                       gate_weight, gate_bias, mask, threshold, precision, reset_after):
+    """One Skip RNN layer on the Triton kernels (the op; ``skip_{lstm,gru}_triton`` are the user
+    functions). ``cell`` 'lstm' | 'gru'; ``x`` ``(T, B, I)``; ``h0``, ``c0`` ``(B, H)`` (``c0``
+    None for the GRU); ``update_prob0``, ``cum_prob0`` ``(B,)``; ``mask`` ``(T, B)`` or None;
+    ``precision`` 'ieee' | 'tf32'; ``reset_after`` False: the GRU's paper candidate.
+
+    Returns ``(out (T, B, H), h_n (B, H), c_n (B, H) | (0,), Δũ_n (B,), cum_n (B,),
+    updates (T, B), ũ (T, B))`` in ``x``'s dtype, then what the backward reads, in the compute
+    dtype (fp32, fp64 for fp64): ``hs (T+1, B, H), cs (T+1, B, H) | (0,), gates (T, B, 4H),
+    stats (5, T, B)``."""
+    res, saved = _forward(cell, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh,
+                          gate_weight, gate_bias, mask, threshold, precision, reset_after)
+    return _outputs((*res, *saved), x)
+
+
+@triton_rnn_forward.register_fake
+def _triton_rnn_forward_fake(cell, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh,
+                             gate_weight, gate_bias, mask, threshold, precision, reset_after):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    lstm, cdt = cell == "lstm", compute_dtype(x.dtype)
+
+    def new(*shape, when=True, dtype=None):
+        return x.new_empty(shape if when else (0,), dtype=dtype)
+
+    return (new(T, B, H), new(B, H), new(B, H, when=lstm), new(B), new(B), new(T, B), new(T, B),
+            new(T + 1, B, H, dtype=cdt), new(T + 1, B, H, when=lstm, dtype=cdt),
+            new(T, B, 4 * H, dtype=cdt), new(5, T, B, dtype=cdt))
+
+
+@torch.library.custom_op(
+    "skiprnn::triton_rnn_backward", mutates_args=(),
+    schema="(str cell, Tensor x, Tensor w_ih, Tensor w_hh, Tensor gate_weight, Tensor? mask, "
+           "Tensor hs, Tensor? cs, Tensor gates, Tensor stats, Tensor? g_output, Tensor? g_h_n, "
+           "Tensor? g_c_n, Tensor? g_update_prob, Tensor? g_cum_prob, Tensor? g_updates, "
+           "Tensor? g_update_probs, str precision, bool reset_after, bool[] need) -> " + _OUT11)
+def triton_rnn_backward(cell, x, w_ih, w_hh, gate_weight, mask, hs, cs, gates, stats, g_output,
+                        g_h_n, g_c_n, g_update_prob, g_cum_prob, g_updates, g_update_probs,
+                        precision, reset_after, need):
+    """The backward of :func:`triton_rnn_forward` (``hs``, ``cs``, ``gates``, ``stats``: what it
+    returned for it; ``g_*``: the gradients of its 7 results, None where absent; ``need``: 11
+    flags, which of ``(x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh, gate_weight,
+    gate_bias)`` need a gradient). Returns those gradients in the compute dtype, ``(0,)`` where
+    not needed (``h0`` / ``c0``'s: ``(B, H)``; ``gate_bias``'s: ``(1,)``)."""
+    grads = (g_output, g_h_n, g_c_n, g_update_prob, g_cum_prob, g_updates, g_update_probs)
+    res = _backward(cell, x, w_ih, w_hh, gate_weight, mask, hs, None if cs.numel() == 0 else cs,
+                    gates, stats, grads, precision, reset_after, tuple(need))
+    return _outputs(res, gates)
+
+
+@triton_rnn_backward.register_fake
+def _triton_rnn_backward_fake(cell, x, w_ih, w_hh, gate_weight, mask, hs, cs, gates, stats,
+                              g_output, g_h_n, g_c_n, g_update_prob, g_cum_prob, g_updates,
+                              g_update_probs, precision, reset_after, need):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    shapes = (tuple(x.shape), (B, H), (B, H), (B,), (B,), tuple(w_ih.shape), tuple(w_hh.shape),
+              (w_hh.shape[0],), (w_hh.shape[0],), tuple(gate_weight.shape), (1,))
+    present = (True, True, cell == "lstm") + (True,) * 8
+    return tuple(gates.new_empty(s if n and p else (0,))
+                 for s, n, p in zip(shapes, need, present))
+
+
+def _setup_context(ctx, inputs, output):
+    (cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, mask, _, precision,
+     reset_after) = inputs
+    hs, cs, gates, stats = output[7:]
+    ctx.mark_non_differentiable(hs, cs, gates, stats)
+    ctx.set_materialize_grads(False)  # missing output grads: one zero buffer in backward
+    ctx.save_for_backward(x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats)
+    ctx.cell, ctx.precision, ctx.reset_after = cell, precision, reset_after
+    ctx.inputs = [None if t is None else (t.dtype, t.shape) for t in
+                  (x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b)]
+
+
+def _triton_rnn_autograd(ctx, *grads):
+    x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats = ctx.saved_tensors
+    need = [bool(n) and meta is not None for n, meta in zip(ctx.needs_input_grad[1:12],
+                                                             ctx.inputs)]
+    g = list(grads[:7])
+    if ctx.cell != "lstm":
+        g[2] = None  # the GRU's (empty) c_n
+    res = triton_rnn_backward(ctx.cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, *g,
+                              ctx.precision, ctx.reset_after, need)
+    out = []
+    for grad, n, meta in zip(res, need, ctx.inputs):
+        out.append(grad.to(meta[0]).view(meta[1]) if n else None)  # the input's dtype, shape
+    return (None, *out, None, None, None, None)
+
+
+triton_rnn_forward.register_autograd(_triton_rnn_autograd, setup_context=_setup_context)
+torch.library.register_autocast("skiprnn::triton_rnn_forward", "cuda", torch.float32)
 
 
 def _checked_threshold(name: str, layers, forced, constant_delta, threshold) -> float:
@@ -209,9 +338,9 @@ def _skip_rnn_triton(cell, x, h0, c0, update_prob0, cum_prob0, layers, gate_weig
     if mask is not None and mask.shape != (T, B):
         raise ValueError(f"mask must be (T, B) = ({T}, {B}), got {tuple(mask.shape)}")
     prec = resolve_precision(precision, x.dtype)
-    out, h_n, c_n, up, cum, upd, prob = _SkipRNNTriton.apply(
+    out, h_n, c_n, up, cum, upd, prob = triton_rnn_forward(
         cell, x, h0[0], None if c0 is None else c0[0], update_prob0, cum_prob0, w_ih, w_hh, b_ih,
-        b_hh, gate_weight, gate_bias, mask, threshold, prec, bool(reset_after))
+        b_hh, gate_weight, gate_bias, mask, threshold, prec, bool(reset_after))[:7]
     state = (h_n.unsqueeze(0),) if c0 is None else (h_n.unsqueeze(0), c_n.unsqueeze(0))
     return (out, *state, up, cum, upd, prob)
 
