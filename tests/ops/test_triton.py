@@ -537,3 +537,31 @@ def test_opcheck_forward_and_backward_ops(cell, reset_after):
     torch.library.opcheck(ops.triton_rnn_backward.default, bwd,
                           test_utils=("test_schema", "test_faketensor",
                                       "test_aot_dispatch_dynamic"))
+
+
+def test_fullgraph_compile_holds_the_triton_op(cell):
+    """torch.compile(fullgraph=True) of a layer on the Triton backend: the op is one node of the
+    graph (no graph break); forward and gradients equal eager's."""
+    import copy
+
+    import skiprnn
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = getattr(skiprnn, cell.layer)(2, 4, backend="triton").to(DEVICE, DTYPE)
+    with torch.no_grad():
+        layer.update_gate.bias.fill_(-0.3)
+    twin = copy.deepcopy(layer)
+
+    def loss(rnn, x):
+        res = rnn(x)
+        return res.output.pow(2).sum() + res.updates.sum()
+
+    x = torch.randn(5, 3, 2, dtype=DTYPE, device=DEVICE)
+    got = torch.compile(lambda x: loss(twin, x), fullgraph=True)(x)
+    want = loss(layer, x)
+    got.backward()
+    want.backward()
+    assert twin.last_backend == "triton"
+    torch.testing.assert_close(got, want, **TOL)
+    for (name, a), b in zip(layer.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, **TOL, msg=name)

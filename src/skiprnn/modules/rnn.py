@@ -434,8 +434,8 @@ class SkipRNNBase(nn.Module):
     def _recurrence(self, x: Tensor, hx, mask, unbatched: bool):
         """Pick the backend and run the recurrence on time-major ``x``; the backend's result tuple.
 
-        Under ``torch.compile`` a backend that is a ``torch.library`` custom op (the CPU path,
-        ``dispatch.TRACEABLE``) is traced as one node of the graph (``fullgraph=True`` works);
+        Under ``torch.compile`` a backend that is a ``torch.library`` custom op (the CPU and
+        Triton paths, ``dispatch.TRACEABLE``) is traced as one node of the graph (``fullgraph=True`` works);
         any other runs eagerly between the compiled graphs (:meth:`_recurrence_untraced`, a
         graph break): they are hand-written autograd functions and Python time loops with
         data-dependent skips, which dynamo would unroll over every step (minutes of

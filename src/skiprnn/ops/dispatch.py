@@ -18,7 +18,7 @@ from .._env import env as _env, triton_available
 BACKENDS = ("auto", "reference", "cpu", "triton", "skipping")
 # backends that are torch.library custom ops (fake kernels, autograd registered): torch.compile
 # and torch.export trace a call as one node; the others run outside the traced graphs
-TRACEABLE = ("cpu",)
+TRACEABLE = ("cpu", "triton")
 ENV_VAR = "SKIPRNN_BACKEND"
 
 # (cell kind, backend) -> "module:function"; every function has the naive signature.

@@ -1,5 +1,7 @@
-"""Skip LSTM and Skip GRU on fused Triton kernels (one layer, deterministic gate): one autograd
-function and one host wrapper for both cells, the cell a parameter (``'lstm'`` | ``'gru'``).
+"""Skip LSTM and Skip GRU on fused Triton kernels (one layer, deterministic gate): one pair of
+``torch.library`` custom ops (``skiprnn::triton_rnn_forward`` / ``triton_rnn_backward``, fake
+kernels, autograd and CUDA autocast registered, so torch.compile / torch.export hold a call as
+one node) and one host wrapper for both cells, the cell a parameter (``'lstm'`` | ``'gru'``).
 
 Same maths, signatures and return tuples as ``skip_lstm_naive`` / ``skip_gru_naive`` (the
 definitions, ``skiprnn/ops/skip_{lstm,gru}/naive.py``); tested against them on outputs, final
