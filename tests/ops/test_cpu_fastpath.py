@@ -390,6 +390,18 @@ def test_buffer_pool_lends_memory_back_only_when_unused():
     assert pool.lend((2000,), like).numel() == 2000  # over the cap: fresh memory, not pooled
 
 
+def test_buffer_pool_without_torchs_storage_count_lends_fresh_memory(monkeypatch):
+    """Without torch's (private) storage use count, lent buffers are never pooled."""
+    from skiprnn.ops import cpu_rnn
+    monkeypatch.setattr(cpu_rnn, "_USE_COUNT", None)
+    like = torch.empty(0)
+    pool = cpu_rnn._BufferPool(max_bytes=4 * 1000)
+    a = pool.lend((10, 5), like)
+    assert a.shape == (10, 5) and pool._lent == []   # nothing tracked: never written again
+    del a
+    assert pool._bytes == 0 and not pool._free
+
+
 def _op_args(cell, masked, floor=None, steps=False, T=6, B=3, I=2, H=4):
     """Arguments of ``skiprnn::cpu_rnn_forward`` (float64, train=True) for ``cell``."""
     g = torch.Generator().manual_seed(7)

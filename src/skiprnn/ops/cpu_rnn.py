@@ -58,9 +58,14 @@ __all__ = ["CpuCell", "KKLayout", "skip_rnn_cpu", "release_cpu_buffers", "add_h_
            "register_cell", "cpu_rnn_forward", "cpu_rnn_backward"]
 
 
+#: torch's count of a storage's users (a private function): without it (another torch version)
+#: lent buffers are fresh memory, never pooled
+_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)
+
+
 def _storage_users(t: Tensor) -> int:
     """How many tensors share ``t``'s storage (``t`` included)."""
-    return torch._C._storage_Use_Count(t.untyped_storage()._cdata) - 1  # minus the temporary
+    return _USE_COUNT(t.untyped_storage()._cdata) - 1  # minus the temporary
 
 
 class _BufferPool:
@@ -108,6 +113,8 @@ class _BufferPool:
     def lend(self, shape, like: Tensor) -> Tensor:
         """A tensor of ``shape`` (``like``'s dtype and device) whose memory returns to the pool
         by itself once nothing uses it any more (fresh memory off the CPU or without a pool)."""
+        if _USE_COUNT is None:
+            return torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
         t = self.get(shape, like)
         if t.device.type != "cpu" or t.numel() * t.element_size() > self.max_bytes:
             return t
