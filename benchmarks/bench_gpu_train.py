@@ -96,33 +96,28 @@ def backend_fn(cell: str, backend: str, case: dict):
     if backend == "cudnn":
         mod = case["mod"]
         return (lambda: mod(x)[0]), [x, *mod.parameters()]
-    if cell == "lstm":
-        from skiprnn.ops.triton_rnn import skip_lstm_triton as fast
-        from skiprnn.ops.skip_lstm.naive import skip_lstm_naive as ref
-        state = (case["h0"], case["c0"])
-    else:
-        from skiprnn.ops.triton_rnn import skip_gru_triton as fast
-        from skiprnn.ops.skip_gru.naive import skip_gru_naive as ref
-        state = (case["h0"],)
+    from skiprnn.ops.contract import GateOptions
+    from skiprnn.ops.naive import skip_rnn_naive as ref
+    from skiprnn.ops.triton_rnn import skip_rnn_triton as fast
+    from skiprnn.ops.triton_rnn import skip_rnn_triton_infer as inf
+    state = (case["h0"], case["c0"]) if cell == "lstm" else (case["h0"],)
     params = [x, *layer, gw, gb]
     if backend == "reference":
-        return (lambda: ref(x, *state, case["up0"], case["cum0"], [layer], gw, gb)[0]), params
+        return (lambda: ref(cell, x, state, case["up0"], case["cum0"], [layer], gw, gb).output,
+                params)
     kind, precision = backend.split("-")
+    opts = GateOptions(precision=precision)
     if kind == "infer":
-        if cell == "lstm":
-            from skiprnn.ops.triton_rnn import skip_lstm_triton_infer as inf
-        else:
-            from skiprnn.ops.triton_rnn import skip_gru_triton_infer as inf
-        return (lambda: inf(x, *state, case["up0"], case["cum0"], [layer], gw, gb,
-                            precision=precision)[0]), None
+        return (lambda: inf(cell, x, state, case["up0"], case["cum0"], [layer], gw, gb,
+                            opts).output), None
 
     def fwd():
         prev = os.environ.get("SKIPRNN_COOP")
         if kind == "old":
             os.environ["SKIPRNN_COOP"] = "0"
         try:
-            return fast(x, *state, case["up0"], case["cum0"], [layer], gw, gb,
-                        precision=precision)[0]
+            return fast(cell, x, state, case["up0"], case["cum0"], [layer], gw, gb,
+                        opts).output
         finally:
             if kind == "old":
                 if prev is None:
@@ -136,12 +131,9 @@ def check_vs_old(cell: str, case: dict) -> dict:
     """The default (cooperative, auto-selected) tf32 path against the old kernels, same inputs:
     differing skip decisions, relative error of the outputs where no decision differs, and of the
     gradients (all compiled already by the timings, so this costs only a few launches)."""
-    if cell == "lstm":
-        from skiprnn.ops.triton_rnn import skip_lstm_triton as fast
-        state, uidx = (case["h0"], case["c0"]), 5
-    else:
-        from skiprnn.ops.triton_rnn import skip_gru_triton as fast
-        state, uidx = (case["h0"],), 4
+    from skiprnn.ops.contract import GateOptions
+    from skiprnn.ops.triton_rnn import skip_rnn_triton as fast
+    state = (case["h0"], case["c0"]) if cell == "lstm" else (case["h0"],)
     x, layer, gw, gb = case["x"], case["layer"], case["gate_w"], case["gate_b"]
     params = [x, *layer, gw, gb]
     outs, grads = {}, {}
@@ -150,9 +142,10 @@ def check_vs_old(cell: str, case: dict) -> dict:
         if env is not None:
             os.environ["SKIPRNN_COOP"] = env
         try:
-            o = fast(x, *state, case["up0"], case["cum0"], [layer], gw, gb, precision="tf32")
-            grads[name] = torch.autograd.grad(o[0], params, case["g_out"])
-            outs[name] = [t.detach() for t in o]
+            o = fast(cell, x, state, case["up0"], case["cum0"], [layer], gw, gb,
+                     GateOptions(precision="tf32"))
+            grads[name] = torch.autograd.grad(o.output, params, case["g_out"])
+            outs[name] = {"output": o.output.detach(), "updates": o.updates.detach()}
         finally:
             if env is not None:
                 if prev is None:
@@ -163,9 +156,9 @@ def check_vs_old(cell: str, case: dict) -> dict:
     def rel(a, b):
         return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
-    flips = int((outs["new"][uidx] != outs["old"][uidx]).sum().item())
-    return {"decisions": int(outs["old"][uidx].numel()), "flips": flips,
-            "rel_output": rel(outs["new"][0], outs["old"][0]),
+    flips = int((outs["new"]["updates"] != outs["old"]["updates"]).sum().item())
+    return {"decisions": int(outs["old"]["updates"].numel()), "flips": flips,
+            "rel_output": rel(outs["new"]["output"], outs["old"]["output"]),
             "rel_grads": [rel(a, b) for a, b in zip(grads["new"], grads["old"])]}
 
 

@@ -85,15 +85,14 @@ def _case(cell: str, B: int, T: int, I: int, H: int):
     state = (torch.zeros(1, B, H),) * (2 if cell == "lstm" else 1)
     up0, cum0 = torch.ones(B), torch.zeros(B)
     g_out = torch.randn(T, B, H)
-    if cell == "lstm":
-        from skiprnn.ops.triton_rnn import skip_lstm_triton as fast
-    else:
-        from skiprnn.ops.triton_rnn import skip_gru_triton as fast
+    from skiprnn.ops.contract import GateOptions
+    from skiprnn.ops.triton_rnn import skip_rnn_triton as fast
     from skiprnn import SkipGRU, SkipLSTM
     skip = (SkipLSTM if cell == "lstm" else SkipGRU)(I, H, backend="triton")
     runs = {
         "torch": ((lambda: mod(x)[0]), [x, *mod.parameters()]),
-        "triton": ((lambda: fast(x, *state, up0, cum0, [layer], gw, gb, precision="ieee")[0]),
+        "triton": ((lambda: fast(cell, x, state, up0, cum0, [layer], gw, gb,
+                                 GateOptions(precision="ieee")).output),
                    [x, *layer, gw, gb]),
         # the layer as a training loop calls it (fresh state, gate, output tuple)
         "layer": ((lambda: skip(x).output), [x, *skip.parameters()]),

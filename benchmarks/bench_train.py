@@ -37,26 +37,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from skiprnn._env import git_commit  # noqa: E402
-from skiprnn.ops.skip_gru.cpu import skip_gru_cpu  # noqa: E402
-from skiprnn.ops.skip_gru.naive import skip_gru_naive  # noqa: E402
-from skiprnn.ops.skip_lstm.cpu import skip_lstm_cpu  # noqa: E402
-from skiprnn.ops.skip_lstm.naive import skip_lstm_naive  # noqa: E402
+from skiprnn.ops.cpu_rnn import skip_rnn_cpu  # noqa: E402
+from skiprnn.ops.naive import skip_rnn_naive  # noqa: E402
 
 SHAPES = [(64, 100, 3, 64), (256, 50, 2, 110), (64, 784, 1, 110), (64, 1000, 64, 512)]
 CUDA_SHAPES = [(256, 784, 1, 110)]
 
 
-def triton_fns():
-    """The Triton backend's ops, if importable here (another module; may not exist yet)."""
-    fns = {}
-    for cell, mod, name in (("lstm", "skiprnn.ops.triton_rnn", "skip_lstm_triton"),
-                            ("gru", "skiprnn.ops.triton_rnn", "skip_gru_triton")):
-        try:
-            module = __import__(mod, fromlist=[name])
-            fns[cell] = getattr(module, name)
-        except Exception as exc:  # noqa: BLE001 - report and go on without it
-            print(f"[bench] triton {cell}: not available ({type(exc).__name__}: {exc})")
-    return fns
+def triton_fn():
+    """The Triton backend (both cells), if importable here, else None."""
+    try:
+        from skiprnn.ops.triton_rnn import skip_rnn_triton
+    except Exception as exc:  # noqa: BLE001 - report and go on without it
+        print(f"[bench] triton: not available ({type(exc).__name__}: {exc})")
+        return None
+    return skip_rnn_triton
 
 
 def cpu_model():
@@ -94,15 +89,11 @@ def runners(cell, case, impls):
         return (y,)
 
     out["nn." + cell.upper()] = baseline
+    state = (s["h0"], s["c0"]) if cell == "lstm" else (s["h0"],)
     for name, fn in impls.items():
-        if cell == "lstm":
-            def run(fn=fn):
-                r = fn(x, s["h0"], s["c0"], s["up0"], s["cum0"], layers, gw, gb)
-                return (r[0], r[5])
-        else:
-            def run(fn=fn):
-                r = fn(x, s["h0"], s["up0"], s["cum0"], layers, gw, gb)
-                return (r[0], r[4])
+        def run(fn=fn):
+            r = fn(cell, x, state, s["up0"], s["cum0"], layers, gw, gb)
+            return (r.output, r.updates)
         out[name] = run
     return out
 
@@ -234,17 +225,10 @@ def main(argv=None):
         shapes = [(B, min(T, 64), I, H) for B, T, I, H in shapes]
 
     wanted = set(args.impls.split(",")) if args.impls else {"reference", "cpu", "triton"}
-    tri = triton_fns() if (device.type == "cuda" and "triton" in wanted) else {}
-    impls_by_cell = {}
-    for cell in args.cells.split(","):
-        impls = {}
-        if "reference" in wanted:
-            impls["reference"] = skip_lstm_naive if cell == "lstm" else skip_gru_naive
-        if "cpu" in wanted:
-            impls["cpu"] = skip_lstm_cpu if cell == "lstm" else skip_gru_cpu
-        if cell in tri:
-            impls["triton"] = tri[cell]
-        impls_by_cell[cell] = impls
+    tri = triton_fn() if (device.type == "cuda" and "triton" in wanted) else None
+    impls = {"reference": skip_rnn_naive, "cpu": skip_rnn_cpu, "triton": tri}
+    impls = {k: fn for k, fn in impls.items() if k in wanted and fn is not None}
+    impls_by_cell = {cell: impls for cell in args.cells.split(",")}
 
     commit = git_commit()
     dirty = bool(commit and commit.endswith("-dirty"))

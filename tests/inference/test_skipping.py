@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from skiprnn.inference import simulate_skips, skip_gru_skipping, skip_lstm_skipping
+from skiprnn.inference import simulate_skips, skip_rnn_skipping
 from skiprnn.metrics import n_skip
-from skiprnn.ops.skip_lstm.naive import skip_lstm_naive
+from skiprnn.ops.contract import GateOptions
+from skiprnn.ops.naive import skip_rnn_naive
 
 from inference_testutil import assert_no_ties, assert_same, constant_gate, make_layer, random_state, run
 
@@ -100,27 +101,29 @@ def test_forced_and_tensor_threshold_fall_back_to_reference():
     layer = make_layer("lstm")
     x = torch.randn(12, 3, 5)
     st = layer.initial_state(3)
-    args = (x, st.h, st.c, st.update_prob, st.cum_update_prob, layer.layer_weights(),
+    args = ("lstm", x, (st.h, st.c), st.update_prob, st.cum_update_prob, layer.layer_weights(),
             layer.update_gate.weight, layer.update_gate.bias)
     forced = (torch.rand(12, 3) > 0.5).float()
     thr = torch.rand(12, 3)
     with torch.no_grad():
-        for kw in ({"forced": forced, "constant_delta": 0.0}, {"threshold": thr}):
-            a = skip_lstm_naive(*args, **kw)
-            b = skip_lstm_skipping(*args, **kw)
-            for ta, tb in zip(a, b):
+        for opts in (GateOptions(forced=forced, constant_delta=0.0), GateOptions(threshold=thr)):
+            a = skip_rnn_naive(*args, opts)
+            b = skip_rnn_skipping(*args, opts)
+            for ta, tb in zip(a.tensors(), b.tensors()):
                 assert torch.equal(ta, tb)
 
 
-def test_gru_signature_returns_six():
+def test_gru_result_fields():
     layer = make_layer("gru", num_layers=2)
     x = torch.randn(9, 2, 5)
     st = layer.initial_state(2)
-    res = skip_gru_skipping(x, st.h, st.update_prob, st.cum_update_prob, layer.layer_weights(),
-                            layer.update_gate.weight, layer.update_gate.bias)
-    assert len(res) == 6
-    assert [tuple(r.shape) for r in res] == [(9, 2, 12), (2, 2, 12), (2,), (2,), (9, 2), (9, 2)]
-    assert not any(r.requires_grad for r in res)
+    res = skip_rnn_skipping("gru", x, (st.h,), st.update_prob, st.cum_update_prob,
+                            layer.layer_weights(), layer.update_gate.weight,
+                            layer.update_gate.bias)
+    assert len(res.state) == 1
+    assert [tuple(r.shape) for r in res.tensors()] == [(9, 2, 12), (2, 2, 12), (2,), (2,),
+                                                       (9, 2), (9, 2)]
+    assert not any(r.requires_grad for r in res.tensors())
 
 
 def test_simulate_skips_matches_eq6():

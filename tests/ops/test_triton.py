@@ -26,8 +26,8 @@ os.environ.setdefault("SKIPRNN_COOP", "force")
 triton = pytest.importorskip("triton")
 
 from skiprnn.ops import rowblock, triton_rnn  # noqa: E402
-from skiprnn.ops.skip_gru.naive import skip_gru_naive  # noqa: E402
-from skiprnn.ops.skip_lstm.naive import skip_lstm_naive  # noqa: E402
+from skiprnn.ops.contract import GateOptions  # noqa: E402
+from skiprnn.ops.naive import skip_rnn_naive  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 DTYPE = torch.float32 if CUDA else torch.float64
@@ -46,16 +46,17 @@ if not CUDA and not _interpreted():  # triton was imported before TRITON_INTERPR
 
 
 class Cell(NamedTuple):
-    """What the tests need to know of a cell: its functions, its state and its output names."""
+    """What the tests need to know of a cell: its state and its output names (the backends are
+    the same functions for both cells)."""
 
     kind: str                  # "lstm" | "gru"
     gates: int                 # gate blocks of W_ih / W_hh (4H or 3H rows)
-    states: tuple              # the initial state arguments, in call order
+    states: tuple              # the initial state tensors, in order
     h0_scale: float            # make_problem's spread of h0
-    naive: Callable
-    fast: Callable
-    infer: Callable
     layer: str                 # the skiprnn layer class
+    naive: Callable = skip_rnn_naive
+    fast: Callable = triton_rnn.skip_rnn_triton
+    infer: Callable = triton_rnn.skip_rnn_triton_infer
 
     @property
     def names(self) -> list:
@@ -70,13 +71,10 @@ class Cell(NamedTuple):
 
 
 CELLS = {
-    "lstm": Cell("lstm", 4, ("h0", "c0"), 0.5, skip_lstm_naive, triton_rnn.skip_lstm_triton,
-                 triton_rnn.skip_lstm_triton_infer, "SkipLSTM"),
-    "gru": Cell("gru", 3, ("h0",), 0.8, skip_gru_naive, triton_rnn.skip_gru_triton,
-                triton_rnn.skip_gru_triton_infer, "SkipGRU"),
+    "lstm": Cell("lstm", 4, ("h0", "c0"), 0.5, "SkipLSTM"),
+    "gru": Cell("gru", 3, ("h0",), 0.8, "SkipGRU"),
 }
 GRU = CELLS["gru"]
-UPDATES, UPDATE_PROBS = -2, -1  # positions of the per-step outputs in every cell's results
 
 
 @pytest.fixture(params=list(CELLS))
@@ -126,7 +124,7 @@ def make_problem(cell, T, B, I, H, *, seed, masked, fresh, bias=True, dtype=DTYP
         with torch.no_grad():
             ref = run(cell, cell.naive, p, mask, threshold=threshold,
                       **_cell_kw(cell, reset_after))
-        probs = ref[UPDATE_PROBS]
+        probs = ref.update_probs
         valid = torch.ones_like(probs, dtype=torch.bool) if mask is None else mask > 0
         if ((probs - threshold).abs()[valid] > margin).all():
             return p, mask
@@ -134,9 +132,10 @@ def make_problem(cell, T, B, I, H, *, seed, masked, fresh, bias=True, dtype=DTYP
 
 
 def run(cell, fn, p, mask, **kw):
-    return fn(p["x"], *[p[s] for s in cell.states], p["update_prob0"], p["cum_prob0"],
-              [(p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])], p["gate_weight"], p["gate_bias"],
-              mask=mask, **kw)
+    """Backend ``fn`` on the problem ``p``; ``kw``: fields of GateOptions."""
+    return fn(cell.kind, p["x"], tuple(p[s] for s in cell.states), p["update_prob0"],
+              p["cum_prob0"], [(p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])], p["gate_weight"],
+              p["gate_bias"], GateOptions(mask=mask, **kw))
 
 
 def check_against_reference(cell, p, mask, tol=TOL, grad_tol=None, threshold=0.5,
@@ -149,17 +148,18 @@ def check_against_reference(cell, p, mask, tol=TOL, grad_tol=None, threshold=0.5
     ck = _cell_kw(cell, reset_after)
     ref = run(cell, cell.naive, p_ref, mask, threshold=threshold, **ck)
     out = run(cell, cell.fast, p_fast, mask, threshold=threshold, **ck, **kw)
-    assert len(out) == len(ref)
+    assert len(out.state) == len(ref.state)
     # binary gates first: a flipped gate changes the whole trajectory
-    torch.testing.assert_close(out[UPDATES], ref[UPDATES], atol=0, rtol=0, msg="updates differ")
-    for name, a, b in zip(cell.out_names, out, ref, strict=True):
+    torch.testing.assert_close(out.updates, ref.updates, atol=0, rtol=0, msg="updates differ")
+    for name, a, b in zip(cell.out_names, out.tensors(), ref.tensors(), strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
     gen = torch.Generator().manual_seed(1234)
-    g_outs = [torch.randn(r.shape, generator=gen, dtype=torch.float64).to(r) for r in ref]
+    g_outs = [torch.randn(r.shape, generator=gen, dtype=torch.float64).to(r)
+              for r in ref.tensors()]
     names = [k for k in cell.names if p[k] is not None]
-    g_ref = torch.autograd.grad(ref, [p_ref[k] for k in names], g_outs)
-    g_fast = torch.autograd.grad(out, [p_fast[k] for k in names], g_outs)
+    g_ref = torch.autograd.grad(ref.tensors(), [p_ref[k] for k in names], g_outs)
+    g_fast = torch.autograd.grad(out.tensors(), [p_fast[k] for k in names], g_outs)
     for name, a, b in zip(names, g_fast, g_ref):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         torch.testing.assert_close(a, b, **grad_tol, msg=lambda m: f"grad {name}: {m}")
@@ -229,12 +229,12 @@ def test_bfloat16_computes_in_float32(cell):
           for k, v in pb.items()}
     out_b = run(cell, cell.fast, pb, mask, precision="ieee")
     out_f = run(cell, cell.fast, pf, mask, precision="ieee")
-    for a, b in zip(out_b, out_f):
+    for a, b in zip(out_b.tensors(), out_f.tensors()):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a, b.to(torch.bfloat16), atol=0, rtol=0)
     names = [k for k in cell.names if p[k] is not None]
-    gb = torch.autograd.grad(out_b[0].float().sum(), [pb[k] for k in names])
-    gf = torch.autograd.grad(out_f[0].sum(), [pf[k] for k in names])
+    gb = torch.autograd.grad(out_b.output.float().sum(), [pb[k] for k in names])
+    gf = torch.autograd.grad(out_f.output.sum(), [pf[k] for k in names])
     for name, a, b in zip(names, gb, gf):
         assert a.dtype == torch.bfloat16, name
         torch.testing.assert_close(a, b.to(torch.bfloat16), atol=0, rtol=0)
@@ -248,28 +248,32 @@ def test_threshold_other_than_half(cell):
         ref = run(cell, cell.naive, p, mask, threshold=0.75)
         at_half = run(cell, cell.naive, p, mask)
     valid = mask > 0
-    assert ((ref[UPDATE_PROBS] - 0.75).abs()[valid] > 1e-3).all()  # no gate near the tie
-    u = ref[UPDATES][valid]
+    assert ((ref.update_probs - 0.75).abs()[valid] > 1e-3).all()  # no gate near the tie
+    u = ref.updates[valid]
     assert (u == 1).any() and (u == 0).any()
-    assert not torch.equal(ref[UPDATES], at_half[UPDATES])
+    assert not torch.equal(ref.updates, at_half.updates)
     check_against_reference(cell, p, mask, threshold=0.75, precision="ieee")
 
 
 def test_unsupported_arguments_raise(cell):
     p, mask = make_problem(cell, 2, 2, 1, 3, seed=1, masked=False, fresh=True)
     layer = (p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
-    args = (p["x"], *[p[s] for s in cell.states], p["update_prob0"], p["cum_prob0"])
+    args = (cell.kind, p["x"], tuple(p[s] for s in cell.states), p["update_prob0"],
+            p["cum_prob0"])
     g = (p["gate_weight"], p["gate_bias"])
     with pytest.raises(ValueError, match="supports one layer, got 2"):
         cell.fast(*args, [layer, layer], *g)
     with pytest.raises(ValueError, match="forced gates or constant_delta"):
-        cell.fast(*args, [layer], *g, forced=torch.ones(2, 2, device=DEVICE))
+        cell.fast(*args, [layer], *g, GateOptions(forced=torch.ones(2, 2, device=DEVICE)))
     with pytest.raises(ValueError, match="forced gates or constant_delta"):
-        cell.fast(*args, [layer], *g, constant_delta=0.3)
+        cell.fast(*args, [layer], *g, GateOptions(constant_delta=0.3))
+    with pytest.raises(ValueError, match="does not support max_skip"):
+        cell.fast(*args, [layer], *g, GateOptions(max_skip=3))
     with pytest.raises(ValueError, match="precision must be one of"):
-        cell.fast(*args, [layer], *g, precision="fp8")
+        cell.fast(*args, [layer], *g, GateOptions(precision="fp8"))
     with pytest.raises(ValueError, match="needs a float threshold"):  # per-step τ: the reference
-        cell.fast(*args, [layer], *g, threshold=torch.full((2, 2), 0.5, device=DEVICE))
+        cell.fast(*args, [layer], *g,
+                  GateOptions(threshold=torch.full((2, 2), 0.5, device=DEVICE)))
 
 
 def test_layer_reuses_its_fresh_state_without_touching_it(cell):
@@ -361,16 +365,16 @@ def test_gpu_paper_shapes(kind, shape, precision, reset_after):
     ref = run(cell, cell.naive, leaves_r, mask, **ck)
     out = run(cell, cell.fast, leaves_f, mask, precision=precision, **ck)
     torch.cuda.synchronize()
-    flips = (out[UPDATES] != ref[UPDATES]).sum().item()
+    flips = (out.updates != ref.updates).sum().item()
     assert flips == 0, f"{flips} gate decisions differ"
     tol = 1e-4 if precision == "ieee" else 3e-2
-    for name, a, b in zip(cell.out_names, out, ref):
+    for name, a, b in zip(cell.out_names, out.tensors(), ref.tensors()):
         assert torch.isfinite(a).all(), name
         assert _rel(a, b) < tol, (name, _rel(a, b))
-    g_outs = [torch.randn_like(r) for r in ref]
+    g_outs = [torch.randn_like(r) for r in ref.tensors()]
     names = cell.names
-    g_ref = torch.autograd.grad(ref, [leaves_r[k] for k in names], g_outs)
-    g_fast = torch.autograd.grad(out, [leaves_f[k] for k in names], g_outs)
+    g_ref = torch.autograd.grad(ref.tensors(), [leaves_r[k] for k in names], g_outs)
+    g_fast = torch.autograd.grad(out.tensors(), [leaves_f[k] for k in names], g_outs)
     gtol = 1e-3 if precision == "ieee" else 5e-2
     for name, a, b in zip(names, g_fast, g_ref):
         assert torch.isfinite(a).all(), name
@@ -463,8 +467,7 @@ def test_infer_matches_reference(monkeypatch, cell, coop_on):
     with torch.no_grad():
         ref = run(cell, cell.naive, p, mask)
     out = run(cell, cell.infer, p, mask, precision="ieee")
-    assert len(out) == len(ref)
-    for name, a, b in zip(cell.out_names, out, ref):
+    for name, a, b in zip(cell.out_names, out.tensors(), ref.tensors()):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{name}: {m}")
 
@@ -485,10 +488,10 @@ def test_infer_block_skip_matches_reference(monkeypatch, cell):
     mask = synchronise_gates(p, T).to(p["x"].device)
     with torch.no_grad():
         ref = run(cell, cell.naive, p, mask)
-    assert blocks_skip_together(ref[UPDATES].cpu())
+    assert blocks_skip_together(ref.updates.cpu())
     out = run(cell, cell.infer, p, mask, precision="ieee")
-    torch.testing.assert_close(out[UPDATES], ref[UPDATES], atol=0, rtol=0, msg="updates differ")
-    for name, a, b in zip(cell.out_names, out, ref):
+    torch.testing.assert_close(out.updates, ref.updates, atol=0, rtol=0, msg="updates differ")
+    for name, a, b in zip(cell.out_names, out.tensors(), ref.tensors()):
         torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{name}: {m}")
     assert {v.removesuffix("+x") for v in coop.choices().values()} == {"16,32,4"}
     coop.reset()
@@ -506,7 +509,7 @@ def test_gradients_when_only_some_outputs_are_used(cell, used):
         q = {k: (None if v is None else v.detach().clone().requires_grad_(True))
              for k, v in p.items()}
         outs = run(cell, fn, q, mask)
-        loss = sum((outs[i] * (i + 1.5)).sin().sum() for i in idx)
+        loss = sum((outs.tensors()[i] * (i + 1.5)).sin().sum() for i in idx)
         grads[fn] = torch.autograd.grad(loss, [q[k] for k in names])
     for name, a, b in zip(names, grads[cell.fast], grads[cell.naive]):
         torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{name}: {m}")

@@ -82,16 +82,11 @@ def _rel(a, b):
 
 def _child(cell, B, T, I, H, masked, fresh, sync=False, block=16):
     from skiprnn.ops import coop
-    if cell == "lstm":
-        from skiprnn.ops.triton_rnn import skip_lstm_triton as fast
-        from skiprnn.ops.triton_rnn import skip_lstm_triton_infer as infer
-        from skiprnn.ops.skip_lstm.naive import skip_lstm_naive as ref_fn
-        G = 4
-    else:
-        from skiprnn.ops.triton_rnn import skip_gru_triton as fast
-        from skiprnn.ops.triton_rnn import skip_gru_triton_infer as infer
-        from skiprnn.ops.skip_gru.naive import skip_gru_naive as ref_fn
-        G = 3
+    from skiprnn.ops.contract import GateOptions
+    from skiprnn.ops.naive import skip_rnn_naive as ref_fn
+    from skiprnn.ops.triton_rnn import skip_rnn_triton as fast
+    from skiprnn.ops.triton_rnn import skip_rnn_triton_infer as infer
+    G = 4 if cell == "lstm" else 3
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: interpreter dry run
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -126,21 +121,22 @@ def _child(cell, B, T, I, H, masked, fresh, sync=False, block=16):
     state = ["h0", "c0"] if cell == "lstm" else ["h0"]
 
     def call(fn, q, **kw):
-        return fn(q["x"], *[q[s] for s in state], q["update_prob0"], q["cum_prob0"],
+        """Backend ``fn`` on ``q``, its result's tensors flat (``RecurrenceResult.tensors``)."""
+        return fn(cell, q["x"], tuple(q[s] for s in state), q["update_prob0"], q["cum_prob0"],
                   [(q["w_ih"], q["w_hh"], q["b_ih"], q["b_hh"])], q["gate_weight"],
-                  q["gate_bias"], mask=mask, **kw)
+                  q["gate_bias"], GateOptions(mask=mask, **kw))
 
     leaves_r = {n: v.clone().requires_grad_(True) for n, v in p.items()}
     leaves_f = {n: v.clone().requires_grad_(True) for n, v in p.items()}
-    ref = call(ref_fn, leaves_r)
-    out = call(fast, leaves_f, precision="ieee")
-    uidx = 5 if cell == "lstm" else 4
+    ref_res = call(ref_fn, leaves_r)
+    out_res = call(fast, leaves_f, precision="ieee")
     if sync:
-        assert blocks_skip_together(ref[uidx].detach().cpu(), block)
+        assert blocks_skip_together(ref_res.updates.detach().cpu(), block)
     if dev == "cuda":
         torch.cuda.synchronize()
-    flips = (out[uidx] != ref[uidx]).sum().item()
+    flips = (out_res.updates != ref_res.updates).sum().item()
     assert flips == 0, f"{flips} gate decisions differ"
+    ref, out = ref_res.tensors(), out_res.tensors()
     report = {}
     for i, (a, b) in enumerate(zip(out, ref)):
         assert torch.isfinite(a).all(), i
@@ -155,14 +151,14 @@ def _child(cell, B, T, I, H, masked, fresh, sync=False, block=16):
         assert _rel(a, b) < 1e-3, (n, _rel(a, b))
     with torch.no_grad():
         out_i = call(infer, p, precision="ieee")
-    for i, (a, b) in enumerate(zip(out_i, ref)):
+    for i, (a, b) in enumerate(zip(out_i.tensors(), ref)):
         report[f"infer{i}"] = _rel(a, b)
         assert _rel(a, b) < 1e-4, ("infer", i, _rel(a, b))
     chosen = coop.choices()
     assert len(chosen) == 3 and all(v != "old" for v in chosen.values()), chosen
     # tf32 runs too (the default on CUDA): finite, close
     out_t = call(fast, leaves_f, precision="tf32")
-    for i, (a, b) in enumerate(zip(out_t, ref)):
+    for i, (a, b) in enumerate(zip(out_t.tensors(), ref)):
         report[f"tf32_out{i}"] = _rel(a, b)
         assert torch.isfinite(a).all(), ("tf32", i)
         assert _rel(a, b) < 3e-2, ("tf32", i, _rel(a, b))  # test_gpu_paper_shapes' tf32 tolerance

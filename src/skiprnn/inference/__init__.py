@@ -1,7 +1,7 @@
 """Skipping inference: skipped steps cost nothing, and their inputs need not be produced.
 
-* ``skip_lstm_skipping`` / ``skip_gru_skipping``: whole-sequence forward (the dispatcher's
-  'skipping' backend, used by the layers for no-grad calls).
+* ``skip_rnn_skipping``: whole-sequence forward for both cells (the dispatcher's 'skipping'
+  backend, used by the layers for no-grad calls; arguments ``skiprnn.ops.contract``).
 * ``SkipStream`` / ``stream(layer)``: step-by-step, with ``skips_ahead`` (inputs not to produce).
 * ``lazy_forward``: frames fetched and encoded only on the steps that are read.
 * ``evaluate_thresholds``: accuracy vs updates over the runtime threshold τ.
@@ -10,10 +10,10 @@
 
 from .export import SkipGRUStep, SkipLSTMStep, SkipStepModule, export_onnx, export_step
 from .lazy import LazyResult, lazy_forward
-from ..ops.skipping import simulate_skips, skip_gru_skipping, skip_lstm_skipping
+from ..ops.skipping import simulate_skips, skip_rnn_skipping
 from .stream import SkipStream, stream
 from .thresholds import evaluate_thresholds, plot_thresholds, skip_layers
 
-__all__ = ["skip_lstm_skipping", "skip_gru_skipping", "simulate_skips", "SkipStream", "stream",
+__all__ = ["skip_rnn_skipping", "simulate_skips", "SkipStream", "stream",
            "lazy_forward", "LazyResult", "evaluate_thresholds", "plot_thresholds", "skip_layers",
            "SkipStepModule", "SkipLSTMStep", "SkipGRUStep", "export_step", "export_onnx"]

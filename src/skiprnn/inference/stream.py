@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 
 from ..outputs import SkipOutput
+from ..ops.contract import GateOptions
 from ..ops.naive import check_cap_holds, floor_update_prob
-from ..ops.skipping import StepCell, np_dtype, simulate_skips, skip_gru_skipping, skip_lstm_skipping
+from ..ops.skipping import StepCell, np_dtype, simulate_skips, skip_rnn_skipping
 
 __all__ = ["SkipStream", "stream"]
 
@@ -229,14 +230,16 @@ class SkipStream:
         lay = self.layer
         gw = lay.update_gate.weight if lay.update_gate is not None else None
         gb = lay.update_gate.bias if lay.update_gate is not None else None
-        fn = skip_lstm_skipping if self.kind == "lstm" else skip_gru_skipping
-        res = fn(x, *st[:-2], st.update_prob, st.cum_update_prob, lay.layer_weights(), gw, gb,
-                 threshold=self.threshold, constant_delta=self.constant_delta, **lay.cell_options())
-        out, hc, (up, cum), u, p = res[0], res[1:-4], res[-4:-2], res[-2], res[-1]
-        self.hs = list(hc[0].unbind(0))
-        self.cs = list(hc[1].unbind(0)) if self.kind == "lstm" else None
-        self.up = up.cpu().numpy().astype(self.npdt)
-        self.cum = cum.cpu().numpy().astype(self.npdt)
+        res = skip_rnn_skipping(self.kind, x, tuple(st[:-2]), st.update_prob, st.cum_update_prob,
+                                lay.layer_weights(), gw, gb,
+                                GateOptions(threshold=self.threshold,
+                                            constant_delta=self.constant_delta,
+                                            **lay.cell_options()))
+        out, u, p = res.output, res.updates, res.update_probs
+        self.hs = list(res.state[0].unbind(0))
+        self.cs = list(res.state[1].unbind(0)) if self.kind == "lstm" else None
+        self.up = res.update_prob.cpu().numpy().astype(self.npdt)
+        self.cum = res.cum_prob.cpu().numpy().astype(self.npdt)
         self.t += x.shape[0]
         self.last_update_prob = p[-1]
         if one_d:

@@ -161,6 +161,7 @@ class PlainGRU(_Plain, nn.GRU):
         if self.reset_after:
             return super()._run(x, hx, lengths, mask)
         from ..ops import dispatch
+        from ..ops.contract import GateOptions
 
         B, H, L = x.shape[1], self.hidden_size, self.num_layers
         if hx is None:
@@ -170,10 +171,10 @@ class PlainGRU(_Plain, nn.GRU):
         dropout = self.training and self.dropout > 0 and L > 1
         _, fn = dispatch.select("gru", "auto", device_type=x.device.type, num_layers=L,
                                 fast_ok=not dropout, grad=torch.is_grad_enabled(), skip_ok=True)
-        out, h_n, *_ = fn(x, hx, x.new_ones(B), x.new_zeros(B), layers, x.new_zeros(1, H),
-                          x.new_full((1,), 100.0), mask=mask, dropout=self.dropout,
-                          training=self.training, reset_after=False)
-        return out, h_n
+        res = fn("gru", x, (hx,), x.new_ones(B), x.new_zeros(B), layers, x.new_zeros(1, H),
+                 x.new_full((1,), 100.0), GateOptions(mask=mask, dropout=self.dropout,
+                                                      training=self.training, reset_after=False))
+        return res.output, res.state[0]
 
     def extra_repr(self):
         return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")

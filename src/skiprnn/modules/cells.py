@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.naive import skip_loop
-from ..ops.skip_gru.naive import skip_gru_naive
-from ..ops.skip_lstm.naive import skip_lstm_naive
+from ..ops.contract import GateOptions
+from ..ops.naive import skip_loop, skip_rnn_naive
 from ..ops.ste import bernoulli_thresholds, check_binarizer, check_threshold
 from ._checks import check_input, check_lengths, check_matches_weights
 from .rnn import (SkipGRUState, SkipLSTMState, SkipOutput, _GRUCandidate, check_layer_max_skip,
@@ -91,6 +90,15 @@ class _SkipCellBase(nn.Module):
             return bernoulli_thresholds((1, B), x)
         return self.threshold
 
+    @staticmethod
+    def _output(res, state_type, unbatched: bool) -> SkipCellOutput:
+        """The step of a ``T = 1`` reference result ``res`` (without the batch axis if
+        ``unbatched``)."""
+        b = (0,) if unbatched else ()
+        st = state_type(*(s[(0, *b)] for s in res.state), res.update_prob[b], res.cum_prob[b])
+        return SkipCellOutput(res.output[(0, *b)], st, res.updates[(0, *b)],
+                              res.update_probs[(0, *b)])
+
 
 class SkipLSTMCell(_SkipCellBase):
     """One Skip LSTM step (nn.LSTMCell parameters + ``update_gate``).
@@ -112,15 +120,10 @@ class SkipLSTMCell(_SkipCellBase):
         if len(state) == 2:
             state = (state[0], state[1], x.new_ones(B), x.new_zeros(B))
         h, c, up, cum = state
-        out, hn, cn, up, cum, u, p = skip_lstm_naive(
-            x[None], h[None], c[None], up, cum, self._layer(),
-            self.update_gate.weight, self.update_gate.bias, threshold=self._threshold(B, x),
-            max_skip=self.max_skip)
-        st = SkipLSTMState(hn[0], cn[0], up, cum)
-        if unb:
-            st = SkipLSTMState(hn[0, 0], cn[0, 0], up[0], cum[0])
-            return SkipCellOutput(out[0, 0], st, u[0, 0], p[0, 0])
-        return SkipCellOutput(out[0], st, u[0], p[0])
+        res = skip_rnn_naive("lstm", x[None], (h[None], c[None]), up, cum, self._layer(),
+                             self.update_gate.weight, self.update_gate.bias,
+                             GateOptions(threshold=self._threshold(B, x), max_skip=self.max_skip))
+        return self._output(res, SkipLSTMState, unb)
 
 
 class SkipGRUCell(_GRUCandidate, _SkipCellBase):
@@ -140,13 +143,11 @@ class SkipGRUCell(_GRUCandidate, _SkipCellBase):
         if isinstance(state, Tensor):
             state = (state, x.new_ones(B), x.new_zeros(B))
         h, up, cum = state
-        out, hn, up, cum, u, p = skip_gru_naive(
-            x[None], h[None], up, cum, self._layer(),
-            self.update_gate.weight, self.update_gate.bias, threshold=self._threshold(B, x),
-            reset_after=self.reset_after, max_skip=self.max_skip)
-        if unb:
-            return SkipCellOutput(out[0, 0], SkipGRUState(hn[0, 0], up[0], cum[0]), u[0, 0], p[0, 0])
-        return SkipCellOutput(out[0], SkipGRUState(hn[0], up, cum), u[0], p[0])
+        res = skip_rnn_naive("gru", x[None], (h[None],), up, cum, self._layer(),
+                             self.update_gate.weight, self.update_gate.bias,
+                             GateOptions(threshold=self._threshold(B, x), max_skip=self.max_skip,
+                                         reset_after=self.reset_after))
+        return self._output(res, SkipGRUState, unb)
 
 
 class SkipRNNState(NamedTuple):

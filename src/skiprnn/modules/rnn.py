@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..ops import dispatch
+from ..ops.contract import GateOptions, RecurrenceResult
 from ..ops.naive import check_cap_holds, check_max_skip
 from ..ops.ste import bernoulli_thresholds, check_binarizer, check_threshold
 from ..outputs import SkipGRUState, SkipLSTMState, SkipOutput
@@ -294,9 +295,10 @@ class SkipRNNBase(nn.Module):
                 for k in range(self.num_layers)]
 
     def cell_options(self) -> dict:
-        """Keyword arguments of the cell variant for the backends and inference engines (GRU:
-        ``reset_after``; ``max_skip`` when set, which only the reference, CPU and skipping paths
-        take, so that dispatch never routes such a call elsewhere)."""
+        """The cell variant's fields of :class:`~skiprnn.ops.contract.GateOptions`, also the
+        inference engines' keywords (GRU: ``reset_after``; ``max_skip`` when set, which only the
+        reference, CPU and skipping paths take, so that dispatch never routes such a call
+        elsewhere)."""
         opts = {"reset_after": self.reset_after} if self.mode == "gru" else {}
         if getattr(self, "max_skip", None) is not None:
             opts["max_skip"] = self.max_skip
@@ -453,21 +455,22 @@ class SkipRNNBase(nn.Module):
         """:meth:`_run_recurrence` kept out of ``torch.compile``'s tracing (a graph break)."""
         return self._run_recurrence(x, hx, mask, unbatched)
 
-    def _run_recurrence(self, x: Tensor, hx, mask, unbatched: bool):
-        """The recurrence on the backend dispatch picks; the backend's result tuple."""
+    def _run_recurrence(self, x: Tensor, hx, mask, unbatched: bool) -> RecurrenceResult:
+        """The recurrence on the backend dispatch picks (both directions concatenated as
+        nn.LSTM's: output ``(T, B, 2H)``, state ``(2L, B, H)``, gate tensors stacked on a new
+        direction axis)."""
         T, B = x.shape[0], x.shape[1]
         threshold, forced, const = self._gate_args(T, B, x)
         name = self._decide_backend(x, threshold).name
         self.last_backend = name
-        fn = dispatch.select_named(self.mode, name)
+        fn = dispatch.select_named(name)
         state = self.parse_state(hx, B, x, unbatched,
-                               shared_fresh=name == "triton" and not self.bidirectional)
+                                 shared_fresh=name == "triton" and not self.bidirectional)
         if not self.bidirectional:
             return self._direction(fn, 0, x, state, mask, threshold, forced, const)
         # the reverse direction reads each sequence from its last valid step back to its first
         order = reversal_index(T, B, mask, x.device)
-        n_hc = len(state) - 2
-        sub = [tuple(t[d:d + 1] for t in state[:n_hc]) + (state[n_hc][d], state[n_hc + 1][d])
+        sub = [tuple(t[d:d + 1] for t in state[:-2]) + (state[-2][d], state[-1][d])
                for d in (0, 1)]
         fwd = self._direction(fn, 0, x, sub[0], mask, threshold, forced, const)
         threshold, forced, const = self._gate_args(T, B, x)    # its own draws, if random
@@ -475,21 +478,23 @@ class SkipRNNBase(nn.Module):
                               threshold if isinstance(threshold, float)
                               else reverse_time(threshold, order),
                               None if forced is None else reverse_time(forced, order), const)
-        rev = (reverse_time(rev[0], order),) + tuple(rev[1:-2]) + tuple(
-            reverse_time(t, order) for t in rev[-2:])
-        return ((torch.cat([fwd[0], rev[0]], -1),)
-                + tuple(torch.cat([a, b], 0) for a, b in zip(fwd[1:n_hc + 1], rev[1:n_hc + 1]))
-                + tuple(torch.stack([a, b], 0) for a, b in zip(fwd[n_hc + 1:-2], rev[n_hc + 1:-2]))
-                + tuple(torch.stack([a, b], -1) for a, b in zip(fwd[-2:], rev[-2:])))
+        return RecurrenceResult(
+            torch.cat([fwd.output, reverse_time(rev.output, order)], -1),
+            tuple(torch.cat([a, b], 0) for a, b in zip(fwd.state, rev.state)),
+            torch.stack([fwd.update_prob, rev.update_prob], 0),
+            torch.stack([fwd.cum_prob, rev.cum_prob], 0),
+            torch.stack([fwd.updates, reverse_time(rev.updates, order)], -1),
+            torch.stack([fwd.update_probs, reverse_time(rev.update_probs, order)], -1))
 
     def _direction(self, fn, d: int, x: Tensor, state, mask, threshold, forced, const):
-        """One direction's recurrence through backend ``fn``: its result tuple ``(out, *hc, up,
-        cum, u, p)``."""
+        """One direction's recurrence through backend ``fn`` from the full ``state`` record."""
         gate = self._gate(d)
         gw, gb = (gate.weight, gate.bias) if gate is not None else (None, None)
-        return fn(x, *state, self.layer_weights(d), gw, gb, mask=mask, threshold=threshold,
-                  dropout=self.dropout, training=self.training, forced=forced,
-                  constant_delta=const, **self.cell_options())
+        opts = GateOptions(mask=mask, threshold=threshold, dropout=self.dropout,
+                           training=self.training, forced=forced, constant_delta=const,
+                           **self.cell_options())
+        return fn(self.mode, x, tuple(state[:-2]), state[-2], state[-1], self.layer_weights(d),
+                  gw, gb, opts)
 
     # ------------------------------------------------------------------ forward
     def forward(self, input, hx=None, lengths=None) -> SkipOutput:
@@ -527,8 +532,8 @@ class SkipRNNBase(nn.Module):
             if bool(mask.all()):
                 mask = None
         res = self._recurrence(x, hx, mask, unbatched)
-        out, new_hc, (up, cum), u, p = res[0], res[1:-4], res[-4:-2], res[-2], res[-1]
-        new_state = self.state_type(*new_hc, up, cum)
+        out, u, p = res.output, res.updates, res.update_probs
+        new_state = self.state_type(*res.state, res.update_prob, res.cum_prob)
         if packed:
             out = pack_padded_sequence(out, lengths.cpu(), enforce_sorted=False)
             # pad_packed_sequence restored the caller's batch order; keep its permutation.
@@ -540,8 +545,8 @@ class SkipRNNBase(nn.Module):
             out = out.transpose(0, 1)
         if unbatched:
             u, p = u.squeeze(1), p.squeeze(1)
-            new_state = self.state_type(*(t.squeeze(1) for t in new_hc), up.select(-1, 0),
-                                        cum.select(-1, 0))
+            new_state = self.state_type(*(t.squeeze(1) for t in res.state),
+                                        res.update_prob.select(-1, 0), res.cum_prob.select(-1, 0))
         elif self.batch_first:
             u, p = u.transpose(0, 1), p.transpose(0, 1)
         return SkipOutput(out, new_state, u, p)

@@ -4,8 +4,8 @@ forward and backward are ``torch.library`` custom ops (``skiprnn::cpu_rnn_forwar
 ``torch.compile(fullgraph=True)`` and ``torch.export`` hold a call as one node; the cell maths
 come from a :class:`CpuCell` (``skip_lstm/cpu.py``, ``skip_gru/cpu.py``).
 
-Same signatures, maths and return tuples as ``skip_lstm_naive`` / ``skip_gru_naive`` (THE
-definitions; see ``skiprnn.ops.naive`` for the per-step equations), tested against them on every
+Same contract (:mod:`skiprnn.ops.contract`) and maths as ``skip_rnn_naive`` (THE
+definition; see ``skiprnn.ops.naive`` for the per-step equations), tested against them on every
 output and every gradient. Only what must be sequential runs in the time loop, with fixed
 buffers, ``out=`` arguments and no autograd graph. What makes it fast on a CPU:
 
@@ -52,6 +52,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .contract import GateOptions, RecurrenceResult, check_cell
 from .naive import check_cap_holds, floor_update_prob, update_prob_floor
 
 __all__ = ["CpuCell", "KKLayout", "skip_rnn_cpu", "release_cpu_buffers", "add_h_old_gemm",
@@ -693,21 +694,21 @@ def _cpu_rnn_autograd(ctx, g_out, g_hn, g_cn, g_up, g_cum, g_u, g_ut, *_):
 cpu_rnn_forward.register_autograd(_cpu_rnn_autograd, setup_context=_setup_context)
 
 
-def skip_rnn_cpu(cell: CpuCell, x: Tensor, state: tuple, update_prob0: Tensor,
-                 cum_prob0: Tensor, layers: Sequence[tuple], gate_weight: Tensor,
-                 gate_bias: Tensor, mask: Tensor | None = None, threshold: float | Tensor = 0.5,
-                 dropout: float = 0.0, training: bool = False, forced: Tensor | None = None,
-                 constant_delta: float | None = None, max_skip: int | None = None) -> tuple:
-    """The body of ``skip_{lstm,gru}_cpu``: checks, then the op :func:`cpu_rnn_forward`.
-    ``state``: ``(h0, c0)`` or ``(h0,)``, each ``(1, B, H)``; the rest as the naive functions'.
-    Returns their tuple ``(output (T, B, H), *state_n (1, B, H), update_prob (B,), cum_prob (B,),
-    updates (T, B), update_probs (T, B))``."""
-    name = f"skip_{cell.name}_cpu"
+def skip_rnn_cpu(cell: str, x: Tensor, state: tuple, update_prob0: Tensor, cum_prob0: Tensor,
+                 layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
+                 opts: GateOptions = GateOptions()) -> RecurrenceResult:
+    """The CPU backend: checks, then the op :func:`cpu_rnn_forward`. Arguments and result:
+    :mod:`skiprnn.ops.contract` (one layer: ``state`` tensors ``(1, B, H)``). Raises
+    ``ValueError`` for several layers, ``forced`` gates or ``constant_delta`` (the reference
+    handles those). Double backward is not supported."""
+    check_cell(cell, state, opts)
+    threshold, max_skip = opts.threshold, opts.max_skip
+    name = f"skip_rnn_cpu({cell!r})"
     if len(layers) != 1:
         raise ValueError(f"{name} supports one layer, got {len(layers)}; use the reference")
-    if forced is not None:
+    if opts.forced is not None:
         raise ValueError(f"{name} does not support forced gates; use the reference")
-    if constant_delta is not None:
+    if opts.constant_delta is not None:
         raise ValueError(f"{name} does not support constant_delta; use the reference")
     if isinstance(threshold, Tensor) and threshold.dim() == 0:
         threshold = float(threshold)
@@ -717,12 +718,13 @@ def skip_rnn_cpu(cell: CpuCell, x: Tensor, state: tuple, update_prob0: Tensor,
     w_ih, w_hh, b_ih, b_hh = layers[0]
     if x.dim() != 3:
         raise ValueError(f"x must be (T, B, I), got shape {tuple(x.shape)}")
-    h0, c0 = state if cell.has_c else (state[0], None)
+    h0, c0 = state if cell == "lstm" else (state[0], None)
     args = (x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh, gate_weight, gate_bias)
     # keep the per-step backward coefficients only when a graph will be built
     train = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)
     steps = threshold if isinstance(threshold, Tensor) else None
-    res = cpu_rnn_forward(cell.key, *args, mask, 0.0 if steps is not None else float(threshold),
-                          steps, update_prob_floor(max_skip, threshold), train)
-    out, h_n, c_n, up, cum, upd, prob = res[:7]
-    return (out, h_n, c_n, up, cum, upd, prob) if cell.has_c else (out, h_n, up, cum, upd, prob)
+    key = cell if cell == "lstm" or opts.reset_after else "gru_paper"
+    out, h_n, c_n, up, cum, upd, prob = cpu_rnn_forward(
+        key, *args, opts.mask, 0.0 if steps is not None else float(threshold), steps,
+        update_prob_floor(max_skip, threshold), train)[:7]
+    return RecurrenceResult(out, (h_n, c_n) if cell == "lstm" else (h_n,), up, cum, upd, prob)

@@ -21,17 +21,13 @@ BACKENDS = ("auto", "reference", "cpu", "triton", "skipping")
 TRACEABLE = ("cpu", "triton")
 ENV_VAR = "SKIPRNN_BACKEND"
 
-# (cell kind, backend) -> "module:function"; every function has the naive signature.
+# backend -> "module:function"; every function has the contract of skiprnn.ops.contract
+# (one function for both cells, the cell kind its first argument)
 _IMPLS = {
-    ("lstm", "reference"): "skiprnn.ops.skip_lstm.naive:skip_lstm_naive",
-    ("gru", "reference"): "skiprnn.ops.skip_gru.naive:skip_gru_naive",
-    ("lstm", "cpu"): "skiprnn.ops.skip_lstm.cpu:skip_lstm_cpu",
-    ("gru", "cpu"): "skiprnn.ops.skip_gru.cpu:skip_gru_cpu",
-    ("lstm", "triton"): "skiprnn.ops.triton_rnn:skip_lstm_triton",
-    ("gru", "triton"): "skiprnn.ops.triton_rnn:skip_gru_triton",
-    # inference only (no autograd): skipped steps do no work
-    ("lstm", "skipping"): "skiprnn.ops.skipping:skip_lstm_skipping",
-    ("gru", "skipping"): "skiprnn.ops.skipping:skip_gru_skipping",
+    "reference": "skiprnn.ops.naive:skip_rnn_naive",
+    "cpu": "skiprnn.ops.cpu_rnn:skip_rnn_cpu",
+    "triton": "skiprnn.ops.triton_rnn:skip_rnn_triton",
+    "skipping": "skiprnn.ops.skipping:skip_rnn_skipping",  # inference only: skipped steps are free
 }
 
 
@@ -41,17 +37,16 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-_LOADED: dict = {}  # (kind, backend) -> function | None, filled by _load
+_LOADED: dict = {}  # backend -> function | None, filled by _load
 
 
-def _load(kind: str, backend: str):
-    """The function of ``backend`` for ``kind`` (None where unavailable), imported on first use.
-    A plain dict cache (not ``lru_cache``): ``torch.compile`` traces this lookup, and
-    :func:`decide` (run untraced) has imported the chosen backend before."""
-    key = (kind, backend)
-    if key in _LOADED:
-        return _LOADED[key]
-    target = _IMPLS.get(key)
+def _load(backend: str):
+    """The function of ``backend`` (None where unavailable), imported on first use. A plain
+    dict cache (not ``lru_cache``): ``torch.compile`` traces this lookup, and :func:`decide`
+    (run untraced) has imported the chosen backend before."""
+    if backend in _LOADED:
+        return _LOADED[backend]
+    target = _IMPLS.get(backend)
     fn = None
     if target is not None:
         mod, name = target.split(":")
@@ -59,7 +54,7 @@ def _load(kind: str, backend: str):
             fn = getattr(importlib.import_module(mod), name)
         except (ImportError, AttributeError):
             fn = None
-    _LOADED[key] = fn
+    _LOADED[backend] = fn
     return fn
 
 
@@ -73,11 +68,12 @@ class BackendChoice(NamedTuple):
 def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_ok: bool,
            grad: bool = True, skip_ok: bool = False, why_not_fast: str = "",
            why_not_triton: str = ""):
-    """Return ``(name, function)`` for the requested backend (see :func:`decide`)."""
+    """Return ``(name, function)`` for the requested backend (see :func:`decide`); the function
+    is called as ``fn(kind, x, state, ...)`` (:mod:`skiprnn.ops.contract`)."""
     choice = decide(kind, backend, device_type=device_type, num_layers=num_layers,
                     fast_ok=fast_ok, grad=grad, skip_ok=skip_ok, why_not_fast=why_not_fast,
                     why_not_triton=why_not_triton)
-    return choice.name, _load(kind, choice.name)
+    return choice.name, _load(choice.name)
 
 
 def reference_only_reason(gate_mode: str, sampled: bool = False, dropout: bool = False) -> str:
@@ -89,9 +85,9 @@ def reference_only_reason(gate_mode: str, sampled: bool = False, dropout: bool =
             "dropout between layers in training" if dropout else "")
 
 
-def select_named(kind: str, name: str):
-    """The function of backend ``name`` (one :func:`decide` returned) for ``kind``."""
-    return _load(kind, name)
+def select_named(name: str):
+    """The function of backend ``name`` (one :func:`decide` returned)."""
+    return _load(name)
 
 
 @torch.compiler.assume_constant_result
@@ -126,7 +122,7 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
                          "graph): call the layer under torch.no_grad() / torch.inference_mode(), "
                          "or use backend='auto', which picks it there by itself")
     if backend == "skipping" or (backend == "auto" and not grad and skip_ok):
-        if _load(kind, "skipping") is not None:
+        if _load("skipping") is not None:
             return BackendChoice("skipping", f"{asked}, no autograd and a deterministic learned "
                                  "gate: the skipping engine, whose skipped steps do no work")
         if backend == "skipping":
@@ -144,7 +140,7 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
         for name in order:
             if name == "triton" and not triton_available():
                 continue
-            if _load(kind, name) is not None:
+            if _load(name) is not None:
                 return BackendChoice(name, f"{asked}, one layer, deterministic gate, "
                                      f"{device_type} tensors: the {name} fast path")
         return BackendChoice("reference", f"{asked}: no fast path is available for "
@@ -156,6 +152,6 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
         raise ValueError(
             f"backend {backend!r} supports one layer with the deterministic gate; this call needs "
             f"the reference ({slow or 'its gate mode'}). Use backend='auto' or 'reference'.")
-    if _load(kind, backend) is None:
+    if _load(backend) is None:
         raise RuntimeError(f"backend {backend!r} for Skip {kind.upper()} is not available here")
     return BackendChoice(backend, f"{asked} asks for it and the call is one that it runs")

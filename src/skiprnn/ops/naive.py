@@ -35,6 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .contract import GateOptions, RecurrenceResult, check_cell
+from .skip_gru.naive import gru_cell
+from .skip_lstm.naive import lstm_cell
 from .ste import hard_gate, straight_through
 
 StepFn = Callable[[Tensor, tuple], tuple]  # (x_t, state) -> (candidate_state, gate_feature)
@@ -193,57 +196,45 @@ def skip_loop(
     return torch.stack(outs), state, up, cum, torch.stack(us), torch.stack(probs)
 
 
-def skip_stack(
-    cell: Callable,
-    x: Tensor,
-    states: tuple,
-    update_prob0: Tensor,
-    cum_prob0: Tensor,
-    layers: Sequence[tuple],
-    gate_weight: Tensor,
-    gate_bias: Tensor,
-    mask: Tensor | None = None,
-    threshold: float | Tensor = 0.5,
-    dropout: float = 0.0,
-    training: bool = False,
-    forced: Tensor | None = None,
-    constant_delta: float | None = None,
-    max_skip: int | None = None,
-    feature: int = 0,
-):
-    """A stack of recurrent cells under one update gate: the body of the references
-    ``skip_lstm_naive`` / ``skip_gru_naive`` (see the first for the arguments).
+def skip_rnn_naive(cell: str, x: Tensor, state: tuple, update_prob0: Tensor, cum_prob0: Tensor,
+                   layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
+                   opts: GateOptions = GateOptions()) -> RecurrenceResult:
+    """The reference backend: a stack of ``cell`` layers (``'lstm'``: :func:`lstm_cell`,
+    ``'gru'``: :func:`gru_cell`) under one update gate, one step at a time over
+    :func:`skip_loop`. Arguments and result: :mod:`skiprnn.ops.contract`.
 
-    ``cell(inp (B, I_l), parts, *weights) -> new parts``: one layer's step, ``parts`` its state
-    tensors (``(h, c)`` for the LSTM, ``(h,)`` for the GRU), the new ``h`` first. ``states``: one
-    ``(L, B, H)`` tensor per part. The candidate is computed bottom-up (layer k + 1 reads layer k's
-    new ``h``, with dropout between layers in training); Δũ reads the top layer's part
-    ``feature`` (the LSTM's ``c``, the GRU's ``h``).
-
-    Returns ``(output (T, B, H), *state parts (L, B, H), update_prob (B,), cum_prob (B,),
-    updates (T, B), update_probs (T, B))``.
+    The candidate is computed bottom-up (layer k + 1 reads layer k's new ``h``, with
+    ``opts.dropout`` between layers in training); one gate u_t, from the top layer's new ``c``
+    (LSTM) or ``h`` (GRU), updates or copies every layer together (paper §1.1, §1.5).
     """
-    L, P = len(layers), len(states)
+    check_cell(cell, state, opts)
+    L, P = len(layers), len(state)
+    dropout, training, ra = opts.dropout, opts.training, opts.reset_after
+
+    def layer(inp, parts, w_ih, w_hh, b_ih, b_hh):
+        if cell == "lstm":
+            return lstm_cell(inp, parts[0], parts[1], w_ih, w_hh, b_ih, b_hh)
+        return (gru_cell(inp, parts[0], w_ih, w_hh, b_ih, b_hh, ra),)
 
     def step(x_t, flat):
         inp, new = x_t, [[] for _ in range(P)]
         for k, weights in enumerate(layers):
-            parts = cell(inp, tuple(flat[p * L + k] for p in range(P)), *weights)
+            parts = layer(inp, tuple(flat[p * L + k] for p in range(P)), *weights)
             for p in range(P):
                 new[p].append(parts[p])
             inp = F.dropout(parts[0], dropout, training) if (dropout and k < L - 1) else parts[0]
-        return tuple(t for part in new for t in part), new[feature][-1]
+        return tuple(t for part in new for t in part), new[P - 1][-1]  # LSTM: c', GRU: h'
 
-    check_cap_holds(max_skip, threshold, forced, constant_delta)
-    if constant_delta is not None:
+    check_cap_holds(opts.max_skip, opts.threshold, opts.forced, opts.constant_delta)
+    if opts.constant_delta is not None:
         def delta_fn(feat):
-            return feat.new_full((feat.shape[0],), constant_delta)
+            return feat.new_full((feat.shape[0],), opts.constant_delta)
     else:
         def delta_fn(feat):
             return torch.sigmoid(F.linear(feat, gate_weight, gate_bias)).squeeze(-1)
-    state0 = tuple(t for s in states for t in s.unbind(0))
-    out, state, up, cum, u, prob = skip_loop(step, x, state0, update_prob0, cum_prob0, delta_fn,
-                                             out_index=L - 1, mask=mask, threshold=threshold,
-                                             forced=forced, max_skip=max_skip)
-    parts = tuple(torch.stack(state[p * L:(p + 1) * L]) for p in range(P))
-    return (out, *parts, up, cum, u, prob)
+    state0 = tuple(t for s in state for t in s.unbind(0))
+    out, flat, up, cum, u, prob = skip_loop(
+        step, x, state0, update_prob0, cum_prob0, delta_fn, out_index=L - 1, mask=opts.mask,
+        threshold=opts.threshold, forced=opts.forced, max_skip=opts.max_skip)
+    parts = tuple(torch.stack(flat[p * L:(p + 1) * L]) for p in range(P))
+    return RecurrenceResult(out, parts, up, cum, u, prob)

@@ -13,7 +13,7 @@ binary gates and ũ are **bitwise** those of ``skiprnn.ops.naive.skip_loop``; ou
 the reference's up to float rounding of the matrix products (bit-for-bit on CPU at batch size 1 for
 the LSTM, which uses ``torch.lstm_cell``).
 
-Functions here have exactly the naive functions' signature and return tuple, so
+:func:`skip_rnn_skipping` has the contract of every backend (:mod:`skiprnn.ops.contract`), so
 ``skiprnn.ops.dispatch`` routes no-grad calls of the layers here. Calls that need something only
 the reference does (forced gates of the random baseline, per-step thresholds, dropout in training,
 dtypes other than float32/float64) fall back to the reference loop under ``torch.no_grad()``.
@@ -33,7 +33,7 @@ Paths:
   the rest of the sequence goes to the dense CPU path where that is faster
   (``waves.DENSE_BREAK_EVEN``).
 * CUDA batches, one layer (LSTM or GRU): the fused forward-only Triton kernel
-  (``skip_lstm_triton_infer`` / ``skip_gru_triton_infer``) keeps the state on chip over the whole
+  (``skiprnn.ops.triton_rnn.skip_rnn_triton_infer``) keeps the state on chip over the whole
   sequence; no host round trip at all.
 """
 
@@ -48,11 +48,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._env import triton_available
+from .contract import GateOptions, RecurrenceResult, check_cell
 from .naive import check_cap_holds, floor_update_prob
 from .skip_gru.naive import gru_cell
 from .waves import run_waves
 
-__all__ = ["skip_lstm_skipping", "skip_gru_skipping", "simulate_skips", "np_dtype", "StepCell"]
+__all__ = ["skip_rnn_skipping", "simulate_skips", "np_dtype", "StepCell"]
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -500,131 +501,68 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
     p = torch.from_numpy(p_np).unsqueeze(1)
     up_t = torch.tensor([up], dtype=x.dtype, device=dev)
     cum_t = torch.tensor([cum], dtype=x.dtype, device=dev)
-    hs = [torch.from_numpy(h.copy()).unsqueeze(0) for h in hs]
-    cs = [torch.from_numpy(c).unsqueeze(0) for c in cs] if cs is not None else None
-    return out, hs, cs, up_t, cum_t, u, p
-
-
-def _triton_infer(kind: str):
-    """The fused forward-only Triton kernel for ``kind`` (CUDA batches), or None without Triton."""
-    if not triton_available():
-        return None
-    try:
-        from .triton_rnn import skip_gru_triton_infer, skip_lstm_triton_infer
-        fn = skip_lstm_triton_infer if kind == "lstm" else skip_gru_triton_infer
-    except ImportError:
-        return None
-    return fn
+    state = tuple(torch.from_numpy(np.stack(part)[:, None]) for part in ((hs,) if cs is None
+                                                                          else (hs, cs)))
+    return RecurrenceResult(out, state, up_t, cum_t, u, p)
 
 
 def _dense_continuation(cell: StepCell, device_type: str):
-    """The dense CPU path (``skiprnn.ops.skip_*.cpu``) as ``run_waves``' ``dense`` argument, or
-    None where it cannot continue the call (other devices, several layers, a constant Δũ)."""
+    """The dense CPU path (:func:`skiprnn.ops.cpu_rnn.skip_rnn_cpu`) as ``run_waves``' ``dense``
+    argument, or None where it cannot continue the call (other devices, several layers, a
+    constant Δũ)."""
     if device_type != "cpu" or cell.num_layers != 1 or cell.constant_delta is not None:
         return None
-    if cell.kind == "lstm":
-        from .skip_lstm.cpu import skip_lstm_cpu as fn
-    else:
-        from .skip_gru.cpu import skip_gru_cpu as fn
-    opts = {"reset_after": cell.reset_after} if cell.kind == "gru" else {}
+    from .cpu_rnn import skip_rnn_cpu
+    opts = GateOptions(threshold=cell.threshold, max_skip=cell.max_skip,
+                       reset_after=cell.reset_after)
 
-    def dense(x, hs, cs, up, cum, mask):
-        """``(out (T, B, H), hs, cs, up (B,), cum (B,), updates (T, B), update_probs (T, B))``
-        from the state ``hs`` / ``cs`` (per layer ``(B, H)``), ``up``, ``cum``."""
-        state = (hs[0][None], cs[0][None]) if cell.kind == "lstm" else (hs[0][None],)
-        res = fn(x, *state, up, cum, cell.layers, cell.gate_weight, cell.gate_bias, mask=mask,
-                 threshold=cell.threshold, max_skip=cell.max_skip, **opts)
-        n = len(state)
-        return (res[0], list(res[1].unbind(0)),
-                list(res[2].unbind(0)) if cell.kind == "lstm" else None) + tuple(res[n + 1:])
+    def dense(x, state, up, cum, mask):
+        return skip_rnn_cpu(cell.kind, x, state, up, cum, cell.layers, cell.gate_weight,
+                            cell.gate_bias, opts._replace(mask=mask))
 
     return dense
 
 
-def _needs_reference(x, threshold, dropout, training, forced, num_layers) -> bool:
-    return (forced is not None or isinstance(threshold, Tensor) or np_dtype(x.dtype) is None
-            or (training and dropout and num_layers > 1))
+def skip_rnn_skipping(cell: str, x: Tensor, state: tuple, update_prob0: Tensor,
+                      cum_prob0: Tensor, layers: Sequence[tuple], gate_weight: Tensor,
+                      gate_bias: Tensor, opts: GateOptions = GateOptions()) -> RecurrenceResult:
+    """Skip RNN inference whose skipped steps do no work (no autograd: results are detached).
+    Arguments and result: :mod:`skiprnn.ops.contract`, as the reference's.
 
-
-def _skipping(kind, x, hc, update_prob0, cum_prob0, layers, gate_weight, gate_bias, mask,
-              threshold, dropout, training, forced, constant_delta, reset_after=True,
-              max_skip=None):
-    L = len(layers)
-    check_cap_holds(max_skip, threshold, forced, constant_delta)
+    Calls that need the reference (forced gates, per-step thresholds, dropout between layers in
+    training, dtypes other than float32 / float64) run it under ``torch.no_grad()``. With
+    ``reset_after=False`` (the paper's GRU) batch size 1 runs on the batched (torch) engine.
+    """
+    check_cell(cell, state, opts)
+    L, B = len(layers), x.shape[1]
+    threshold, mask = opts.threshold, opts.mask
+    if (opts.forced is not None or isinstance(threshold, Tensor) or np_dtype(x.dtype) is None
+            or (opts.training and opts.dropout and L > 1)):
+        from .naive import skip_rnn_naive
+        with torch.no_grad():
+            return skip_rnn_naive(cell, x, state, update_prob0, cum_prob0, layers, gate_weight,
+                                  gate_bias, opts)
+    check_cap_holds(opts.max_skip, threshold, opts.forced, opts.constant_delta)
     thr = float(threshold)
     with torch.no_grad():
-        cell = StepCell(kind, layers, gate_weight, gate_bias, constant_delta, reset_after, max_skip,
-                        thr)
-        hs = list(hc[0].unbind(0))
-        cs = list(hc[1].unbind(0)) if kind == "lstm" else None
-        B = x.shape[1]
-        if (x.device.type == "cuda" and B > 1 and L == 1 and constant_delta is None
-                and max_skip is None):  # (the Triton kernels have no floor on Δũ)
-            fused = _triton_infer(kind)
-            if fused is not None:
-                # one persistent kernel: state stays on chip, no host round trip per step
-                return fused(x, hc[0], *([hc[1]] if kind == "lstm" else []), update_prob0,
-                             cum_prob0, layers, gate_weight, gate_bias, mask=mask, threshold=thr,
-                             **({} if kind == "lstm" else {"reset_after": reset_after}))
+        step = StepCell(cell, layers, gate_weight, gate_bias, opts.constant_delta,
+                        opts.reset_after, opts.max_skip, thr)
+        # (the Triton kernels have no floor on Δũ)
+        if (x.device.type == "cuda" and B > 1 and L == 1 and opts.constant_delta is None
+                and opts.max_skip is None and triton_available()):
+            from .triton_rnn import skip_rnn_triton_infer
+            # one persistent kernel: state stays on chip, no host round trip per step
+            return skip_rnn_triton_infer(cell, x, state, update_prob0, cum_prob0, layers,
+                                         gate_weight, gate_bias,
+                                         GateOptions(mask=mask, threshold=thr,
+                                                     reset_after=opts.reset_after))
+        hs = list(state[0].unbind(0))
+        cs = list(state[1].unbind(0)) if cell == "lstm" else None
         valid = None if mask is None else mask.detach().to("cpu", torch.bool).numpy()
         npdt = np_dtype(x.dtype)
-        if B == 1 and x.device.type == "cpu" and reset_after:  # NumPy maths: nn.GRU's candidate
+        if B == 1 and x.device.type == "cpu" and opts.reset_after:  # NumPy: nn.GRU's candidate
             with np.errstate(over="ignore"):
-                out, hs, cs, up, cum, u, p = _run_single(
-                    cell, x, hs, cs, update_prob0, cum_prob0,
-                    None if valid is None else valid[:, 0], thr, npdt)
-        else:
-            out, hs, cs, up, cum, u, p = run_waves(cell, x, hs, cs, update_prob0, cum_prob0,
-                                                   valid, thr, npdt,
-                                                   dense=_dense_continuation(cell, x.device.type))
-    hn = torch.stack(hs)
-    if kind == "lstm":
-        return out, hn, torch.stack(cs), up, cum, u, p
-    return out, hn, up, cum, u, p
-
-
-def skip_lstm_skipping(x: Tensor, h0: Tensor, c0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
-                       layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
-                       mask: Tensor | None = None, threshold: float | Tensor = 0.5,
-                       dropout: float = 0.0, training: bool = False, forced: Tensor | None = None,
-                       constant_delta: float | None = None, max_skip: int | None = None):
-    """Skip LSTM inference whose skipped steps do no work; signature and return tuple of
-    ``skiprnn.ops.skip_lstm.naive.skip_lstm_naive`` (no autograd: results are detached).
-
-    Returns ``(output (T, B, H), h_n (L, B, H), c_n (L, B, H), update_prob (B,), cum_prob (B,),
-    updates (T, B), update_probs (T, B))``.
-    """
-    if _needs_reference(x, threshold, dropout, training, forced, len(layers)):
-        from .skip_lstm.naive import skip_lstm_naive
-        with torch.no_grad():
-            return skip_lstm_naive(x, h0, c0, update_prob0, cum_prob0, layers, gate_weight,
-                                   gate_bias, mask=mask, threshold=threshold, dropout=dropout,
-                                   training=training, forced=forced, constant_delta=constant_delta,
-                                   max_skip=max_skip)
-    return _skipping("lstm", x, (h0, c0), update_prob0, cum_prob0, layers, gate_weight, gate_bias,
-                     mask, threshold, dropout, training, forced, constant_delta, max_skip=max_skip)
-
-
-def skip_gru_skipping(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
-                      layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
-                      mask: Tensor | None = None, threshold: float | Tensor = 0.5,
-                      dropout: float = 0.0, training: bool = False, forced: Tensor | None = None,
-                      constant_delta: float | None = None, reset_after: bool = True,
-                      max_skip: int | None = None):
-    """Skip GRU inference whose skipped steps do no work; signature and return tuple of
-    ``skiprnn.ops.skip_gru.naive.skip_gru_naive``. With ``reset_after=False`` (the paper's GRU)
-    batch size 1 runs on the batched (torch) engine.
-
-    Returns ``(output (T, B, H), h_n (L, B, H), update_prob (B,), cum_prob (B,), updates (T, B),
-    update_probs (T, B))``.
-    """
-    if _needs_reference(x, threshold, dropout, training, forced, len(layers)):
-        from .skip_gru.naive import skip_gru_naive
-        with torch.no_grad():
-            return skip_gru_naive(x, h0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,
-                                  mask=mask, threshold=threshold, dropout=dropout,
-                                  training=training, forced=forced, constant_delta=constant_delta,
-                                  reset_after=reset_after, max_skip=max_skip)
-    return _skipping("gru", x, (h0,), update_prob0, cum_prob0, layers, gate_weight, gate_bias,
-                     mask, threshold, dropout, training, forced, constant_delta, reset_after,
-                     max_skip)
+                return _run_single(step, x, hs, cs, update_prob0, cum_prob0,
+                                   None if valid is None else valid[:, 0], thr, npdt)
+        return run_waves(step, x, hs, cs, update_prob0, cum_prob0, valid, thr, npdt,
+                         dense=_dense_continuation(step, x.device.type))

@@ -3,9 +3,9 @@
 kernels, autograd and CUDA autocast registered, so torch.compile / torch.export hold a call as
 one node) and one host wrapper for both cells, the cell a parameter (``'lstm'`` | ``'gru'``).
 
-Same maths, signatures and return tuples as ``skip_lstm_naive`` / ``skip_gru_naive`` (the
-definitions, ``skiprnn/ops/skip_{lstm,gru}/naive.py``); tested against them on outputs, final
-state and every gradient (``tests/ops/test_triton.py``).
+Same contract (:mod:`skiprnn.ops.contract`) and maths as ``skip_rnn_naive`` (the definition,
+``skiprnn/ops/naive.py``); tested against it on outputs, final state and every gradient
+(``tests/ops/test_triton.py``).
 
 Kernels: the cooperative ones (``coop_kernels.py``, chosen and timed by ``coop.py``; W_hh on
 chip, biases added in-kernel, inputs of at most 4 features projected in-kernel) and the
@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from . import coop, coop_kernels, rowblock
+from .contract import GateOptions, RecurrenceResult, check_cell
 from .triton_utils import (check_device, compute_dtype, gate_sums, grads_or_zeros,
                            require_triton, resolve_precision, tile_config)
 from .triton_utils import contiguous_as as _c
@@ -301,26 +302,40 @@ triton_rnn_forward.register_autograd(_triton_rnn_autograd, setup_context=_setup_
 torch.library.register_autocast("skiprnn::triton_rnn_forward", "cuda", torch.float32)
 
 
-def _checked_threshold(name: str, layers, forced, constant_delta, threshold) -> float:
+def _checked_threshold(name: str, layers, opts: GateOptions) -> float:
     """The float threshold of a call the fast path runs; ValueError for what it does not run."""
     if len(layers) != 1:
         raise ValueError(f"{name} supports one layer, got {len(layers)}")
-    if forced is not None or constant_delta is not None:
+    if opts.forced is not None or opts.constant_delta is not None:
         raise ValueError(f"{name} does not support forced gates or constant_delta; "
                          "use the reference")
+    if opts.max_skip is not None:
+        raise ValueError(f"{name} does not support max_skip (no floor on Δũ in the kernels); "
+                         "use the reference or the CPU path")
+    threshold = opts.threshold
     if isinstance(threshold, Tensor):
         if threshold.dim() != 0:
             raise ValueError(f"{name} needs a float threshold (no per-step thresholds)")
     return float(threshold)
 
 
-def _skip_rnn_triton(cell, x, h0, c0, update_prob0, cum_prob0, layers, gate_weight, gate_bias,
-                     mask, threshold, forced, constant_delta, precision, reset_after):
-    """The body of ``skip_{cell}_triton`` (``c0`` None for the GRU): checks, then the autograd
-    function; returns the naive function's tuple."""
+def skip_rnn_triton(cell: str, x: Tensor, state: tuple, update_prob0: Tensor, cum_prob0: Tensor,
+                    layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
+                    opts: GateOptions = GateOptions()) -> RecurrenceResult:
+    """The Triton backend: one layer over fused kernels, forward and backward. Arguments and
+    result: :mod:`skiprnn.ops.contract` (``state`` tensors ``(1, B, H)``).
+
+    Supported: one layer, a float threshold, no ``forced`` / ``constant_delta`` / ``max_skip``
+    (ValueError otherwise; use the reference). ``dropout`` only acts between layers, so it is
+    ignored here. ``opts.precision``: 'ieee' (exact fp32 products) or 'tf32' (tensor cores);
+    default 'tf32' on CUDA ('ieee' for float64 and under ``TRITON_INTERPRET=1``); env
+    ``SKIPRNN_TRITON_PRECISION``. ``reset_after=False`` (the GRU's paper candidate) runs on the
+    row-block kernels (the cooperative ones have nn.GRU's candidate only).
+    """
+    check_cell(cell, state, opts)
     require_triton()
-    name = f"skip_{cell}_triton"
-    threshold = _checked_threshold(name, layers, forced, constant_delta, threshold)
+    name = f"skip_rnn_triton({cell!r})"
+    threshold = _checked_threshold(name, layers, opts)
     if x.dim() != 3:
         raise ValueError(f"x must be (T, B, I), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
@@ -333,34 +348,40 @@ def _skip_rnn_triton(cell, x, h0, c0, update_prob0, cum_prob0, layers, gate_weig
     if w_ih.shape != (G * H, I) or w_hh.shape != (G * H, H):
         raise ValueError(f"weights must be ({G}H, I) and ({G}H, H); got {tuple(w_ih.shape)}, "
                          f"{tuple(w_hh.shape)}")
-    states = {"h0": h0} if c0 is None else {"h0": h0, "c0": c0}
-    if any(s.shape != (1, B, H) for s in states.values()):
-        raise ValueError(f"{' and '.join(states)} must be (1, B, H) = (1, {B}, {H}); got "
-                         + ", ".join(str(tuple(s.shape)) for s in states.values()))
+    names = ("h0", "c0")[:len(state)]
+    if any(s.shape != (1, B, H) for s in state):
+        raise ValueError(f"{' and '.join(names)} must be (1, B, H) = (1, {B}, {H}); got "
+                         + ", ".join(str(tuple(s.shape)) for s in state))
+    mask = opts.mask
     if mask is not None and mask.shape != (T, B):
         raise ValueError(f"mask must be (T, B) = ({T}, {B}), got {tuple(mask.shape)}")
-    prec = resolve_precision(precision, x.dtype)
+    prec = resolve_precision(opts.precision, x.dtype)
+    lstm = cell == "lstm"
     out, h_n, c_n, up, cum, upd, prob = triton_rnn_forward(
-        cell, x, h0[0], None if c0 is None else c0[0], update_prob0, cum_prob0, w_ih, w_hh, b_ih,
-        b_hh, gate_weight, gate_bias, mask, threshold, prec, bool(reset_after))[:7]
-    state = (h_n.unsqueeze(0),) if c0 is None else (h_n.unsqueeze(0), c_n.unsqueeze(0))
-    return (out, *state, up, cum, upd, prob)
+        cell, x, state[0][0], state[1][0] if lstm else None, update_prob0, cum_prob0, w_ih, w_hh,
+        b_ih, b_hh, gate_weight, gate_bias, mask, threshold, prec, bool(opts.reset_after))[:7]
+    state_n = (h_n.unsqueeze(0), c_n.unsqueeze(0)) if lstm else (h_n.unsqueeze(0),)
+    return RecurrenceResult(out, state_n, up, cum, upd, prob)
 
 
 @torch.no_grad()
 @torch.autocast("cuda", enabled=False)  # the projection GEMM stays in fp32 under autocast
-def _skip_rnn_triton_infer(cell, x, h0, c0, update_prob0, cum_prob0, layers, gate_weight,
-                           gate_bias, mask, threshold, forced, constant_delta, precision,
-                           reset_after):
-    """The body of ``skip_{cell}_triton_infer``: the cooperative forward-only kernel (h
-    ping-pong, no history) where it applies, else the training forward under ``no_grad``."""
+def skip_rnn_triton_infer(cell: str, x: Tensor, state: tuple, update_prob0: Tensor,
+                          cum_prob0: Tensor, layers: Sequence[tuple], gate_weight: Tensor,
+                          gate_bias: Tensor, opts: GateOptions = GateOptions()
+                          ) -> RecurrenceResult:
+    """Forward only (no autograd, nothing saved for a backward), the contract of
+    :func:`skip_rnn_triton`: the cooperative kernel (h ping-pong, no history) where it applies,
+    else the training forward under ``no_grad``."""
     require_triton()
-    train = (cell, x, h0, c0, update_prob0, cum_prob0, layers, gate_weight, gate_bias, mask)
-    if len(layers) != 1 or forced is not None or constant_delta is not None \
-            or (isinstance(threshold, Tensor) and threshold.dim() != 0) or x.dim() != 3 \
-            or x.shape[0] == 0 or not reset_after:
-        return _skip_rnn_triton(*train, threshold, forced, constant_delta, precision,
-                                reset_after)  # raises the usual errors
+    train = (cell, x, state, update_prob0, cum_prob0, layers, gate_weight, gate_bias)
+    threshold = opts.threshold
+    if len(layers) != 1 or opts.forced is not None or opts.constant_delta is not None \
+            or opts.max_skip is not None or not opts.reset_after \
+            or (isinstance(threshold, Tensor) and threshold.dim() != 0) \
+            or x.dim() != 3 or x.shape[0] == 0:
+        return skip_rnn_triton(*train, opts)  # raises the usual errors
+    check_cell(cell, state, opts)
     check_device(x)
     threshold = float(threshold)
     w_ih, w_hh, b_ih, b_hh = layers[0]
@@ -368,17 +389,17 @@ def _skip_rnn_triton_infer(cell, x, h0, c0, update_prob0, cum_prob0, layers, gat
     H = w_hh.shape[1]
     G = GATES[cell]
     cdt = compute_dtype(x.dtype)
-    prec = resolve_precision(precision, x.dtype)
+    prec = resolve_precision(opts.precision, x.dtype)
     proj = coop.InputProjection(_c(x, cdt), _c(w_ih, cdt))
     cands = coop.candidates(H, B, x.device, G, prec, proj.fusable)
-    if not cands or not coop.enabled() or h0.shape != (1, B, H) \
-            or (c0 is not None and c0.shape != (1, B, H)) \
+    if not cands or not coop.enabled() or any(s.shape != (1, B, H) for s in state) \
             or w_hh.shape != (G * H, H) or w_ih.shape != (G * H, I):
-        return _skip_rnn_triton(*train, threshold, None, None, precision, reset_after)
+        return skip_rnn_triton(*train, opts._replace(threshold=threshold))
+    mask = opts.mask
     bih, bhh, w_hhc = _c(b_ih, cdt), _c(b_hh, cdt), _c(w_hh, cdt)
     rest = (_c(gate_weight.reshape(-1), cdt), _c(gate_bias.reshape(-1), cdt), _c(mask, cdt),
-            _c(h0[0], cdt), None if c0 is None else _c(c0[0], cdt), _c(update_prob0, cdt),
-            _c(cum_prob0, cdt), threshold, prec)
+            _c(state[0][0], cdt), _c(state[1][0], cdt) if cell == "lstm" else None,
+            _c(update_prob0, cdt), _c(cum_prob0, cdt), threshold, prec)
 
     def run_coop(c):
         xin, wih = proj.coop_args(c)
@@ -396,76 +417,6 @@ def _skip_rnn_triton_infer(cell, x, h0, c0, update_prob0, cum_prob0, layers, gat
     out, _, _, _, upd, prob, _, up_n, cum_n, h_n, c_n = coop.run(
         key, cands, run_coop, run_old, hint=(f"{cell}-fwd",) + key[1:])
     dt = x.dtype
-    state = (h_n,) if c0 is None else (h_n, c_n)
-    return (out.to(dt), *(s.to(dt).unsqueeze(0) for s in state), up_n.to(dt), cum_n.to(dt),
-            upd.to(dt), prob.to(dt))
-
-
-# ----------------------------------------------------------------------------------------------
-# public functions: the naive functions' signatures
-# ----------------------------------------------------------------------------------------------
-
-def skip_lstm_triton(x: Tensor, h0: Tensor, c0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
-                     layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
-                     mask: Tensor | None = None, threshold: float | Tensor = 0.5,
-                     dropout: float = 0.0, training: bool = False, forced: Tensor | None = None,
-                     constant_delta: float | None = None, precision: str | None = None):
-    """Skip LSTM over a whole sequence with fused Triton kernels (forward and backward).
-
-    Arguments and returns are exactly ``skip_lstm_naive``'s (one layer only):
-    ``(output (T, B, H), h_n (1, B, H), c_n (1, B, H), update_prob (B,), cum_prob (B,),
-    updates (T, B), update_probs (T, B))``.
-
-    Supported: one layer, a float threshold, ``forced=None``, ``constant_delta=None`` (ValueError
-    otherwise; use the reference). ``dropout`` only acts between layers, so it is ignored here.
-    ``precision``: 'ieee' (exact fp32 products) or 'tf32' (tensor cores); default 'tf32' on CUDA
-    ('ieee' for float64 and under ``TRITON_INTERPRET=1``); env ``SKIPRNN_TRITON_PRECISION``.
-    """
-    return _skip_rnn_triton("lstm", x, h0, c0, update_prob0, cum_prob0, layers, gate_weight,
-                            gate_bias, mask, threshold, forced, constant_delta, precision, True)
-
-
-def skip_gru_triton(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
-                    layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
-                    mask: Tensor | None = None, threshold: float | Tensor = 0.5,
-                    dropout: float = 0.0, training: bool = False, forced: Tensor | None = None,
-                    constant_delta: float | None = None, precision: str | None = None,
-                    reset_after: bool = True):
-    """Skip GRU over a whole sequence with fused Triton kernels (forward and backward).
-
-    Arguments and returns are exactly ``skip_gru_naive``'s (one layer only):
-    ``(output (T, B, H), h_n (1, B, H), update_prob (B,), cum_prob (B,), updates (T, B),
-    update_probs (T, B))``. Supported as :func:`skip_lstm_triton`; ``reset_after=False`` (the
-    paper's candidate) runs on the row-block kernels (the cooperative ones have nn.GRU's
-    candidate only).
-    """
-    return _skip_rnn_triton("gru", x, h0, None, update_prob0, cum_prob0, layers, gate_weight,
-                            gate_bias, mask, threshold, forced, constant_delta, precision,
-                            reset_after)
-
-
-def skip_lstm_triton_infer(x: Tensor, h0: Tensor, c0: Tensor, update_prob0: Tensor,
-                           cum_prob0: Tensor, layers: Sequence[tuple], gate_weight: Tensor,
-                           gate_bias: Tensor, mask: Tensor | None = None,
-                           threshold: float | Tensor = 0.5, dropout: float = 0.0,
-                           training: bool = False, forced: Tensor | None = None,
-                           constant_delta: float | None = None, precision: str | None = None):
-    """Forward-only Skip LSTM (no autograd, nothing saved for a backward): ``skip_lstm_naive``'s
-    signature and returns. Uses the cooperative kernel (h ping-pong, no history) where it applies,
-    else the training forward under ``no_grad``."""
-    return _skip_rnn_triton_infer("lstm", x, h0, c0, update_prob0, cum_prob0, layers,
-                                  gate_weight, gate_bias, mask, threshold, forced,
-                                  constant_delta, precision, True)
-
-
-def skip_gru_triton_infer(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
-                          layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
-                          mask: Tensor | None = None, threshold: float | Tensor = 0.5,
-                          dropout: float = 0.0, training: bool = False,
-                          forced: Tensor | None = None, constant_delta: float | None = None,
-                          precision: str | None = None, reset_after: bool = True):
-    """Forward-only Skip GRU: ``skip_gru_naive``'s signature and returns, as
-    :func:`skip_lstm_triton_infer`."""
-    return _skip_rnn_triton_infer("gru", x, h0, None, update_prob0, cum_prob0, layers,
-                                  gate_weight, gate_bias, mask, threshold, forced,
-                                  constant_delta, precision, reset_after)
+    state_n = (h_n, c_n) if cell == "lstm" else (h_n,)
+    return RecurrenceResult(out.to(dt), tuple(s.to(dt).unsqueeze(0) for s in state_n),
+                            up_n.to(dt), cum_n.to(dt), upd.to(dt), prob.to(dt))

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .cpu_rnn import _Lease
+from .contract import RecurrenceResult
 from .naive import floor_update_prob
 
 __all__ = ["GateReplay", "run_waves"]
@@ -516,15 +517,15 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
         up0, cum0: ``(B,)`` carried Δũ and accumulator; valid: ``(T, B)`` bool or None.
         threshold: τ; npdt: NumPy scalar type of ``x.dtype``.
         dense: None, or the dense path to continue on,
-            ``dense(x (T', B, I), hs, cs, up (B,), cum (B,), mask (T', B) | None) -> result
-            tuple`` like this function's: then the waves run in blocks of ``SWITCH_BLOCK`` steps
+            ``dense(x (T', B, I), state, up (B,), cum (B,), mask (T', B) | None) ->
+            RecurrenceResult``: then the waves run in blocks of ``SWITCH_BLOCK`` steps
             (rows wait at the end of a block), and at the end of a block the rest of the sequence
             goes to ``dense`` when the update fraction so far is above
             ``dense_break_even(cell.kind, H)`` (a rule of counts only: the same input always takes
             the same route).
 
-    Returns ``(out (T, B, H), hs, cs, up (B,), cum (B,), updates (T, B), update_probs (T, B))``
-    like the engines of ``skiprnn.ops.skipping``.
+    Returns a :class:`~skiprnn.ops.contract.RecurrenceResult` (state ``(h_n,)`` or
+    ``(h_n, c_n)``, each ``(L, B, H)``).
 
     Output: while the whole batch updates at the same steps (a constant gate from a fresh state)
     each wave writes its h straight into ``out`` and over the skipped steps up to the next wave.
@@ -643,15 +644,13 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
     to = dict(device=dev, dtype=dt)
     updates = torch.from_numpy(written > 0).to(**to)
     probs = torch.from_numpy(replay.probs).to(**to)
-    hs_n = list(final[0].unbind(0))
-    cs_n = list(final[1].unbind(0)) if cell.kind == "lstm" else None
-    up_n, cum_n = torch.from_numpy(up).to(**to), torch.from_numpy(cum).to(**to)
+    state, up_n, cum_n = tuple(final), torch.from_numpy(up).to(**to), torch.from_numpy(cum).to(**to)
     if switch_at is not None:  # the rest of the sequence on the dense path, from the state at t_b
         cum_b = torch.from_numpy(_boundary_cum(replay, written, valid, cum_init, t_b)).to(**to)
         mask = None if valid is None else torch.from_numpy(valid[t_b:]).to(dev)
-        res = dense(x[t_b:], hs_n, cs_n, up_n, cum_b, mask)
-        out[t_b * B:].copy_(res[0].reshape(-1, H))
-        hs_n, cs_n, up_n, cum_n = res[1], res[2], res[3], res[4]
-        updates[t_b:] = res[5]
-        probs[t_b:] = res[6]
-    return out.view(T, B, H), hs_n, cs_n, up_n, cum_n, updates, probs
+        res = dense(x[t_b:], state, up_n, cum_b, mask)
+        out[t_b * B:].copy_(res.output.reshape(-1, H))
+        state, up_n, cum_n = res.state, res.update_prob, res.cum_prob
+        updates[t_b:] = res.updates
+        probs[t_b:] = res.update_probs
+    return RecurrenceResult(out.view(T, B, H), state, up_n, cum_n, updates, probs)

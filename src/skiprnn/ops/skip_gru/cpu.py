@@ -1,12 +1,12 @@
 """Skip GRU fast path for one layer: the GRU's part of the shared CPU path
 (:mod:`skiprnn.ops.cpu_rnn`, which has the time loops, the update gate and the buffer pool).
 
-Same signature, maths and return tuple as :func:`skiprnn.ops.skip_gru.naive.skip_gru_naive`,
-tested against it on every output and every gradient. ``W_ih x`` comes per chunk from one
-batched GEMM with ``b_ih + b_hh`` folded into the r, z rows and ``b_hn`` preset in the n rows, so
-that per step one in-place ``addmm`` yields ``[r_pre; z_pre; W_hn h + b_hn]``; then one sigmoid
-over [r; z], ``addcmul`` + tanh for n and one ``lerp`` for ``h' = (1 - z) n + z h``, which the
-update gate reads.
+Its maths are the reference's (``skiprnn.ops.naive.skip_rnn_naive``), tested against it on
+every output and every gradient. ``W_ih x`` comes per chunk from one batched GEMM with
+``b_ih + b_hh`` folded into the r, z rows and ``b_hn`` preset in the n rows, so that
+per step one in-place ``addmm`` yields ``[r_pre; z_pre; W_hn h + b_hn]``; then one sigmoid over
+[r; z], ``addcmul`` + tanh for n and one ``lerp`` for ``h' = (1 - z) n + z h``, which the update
+gate reads.
 
 ``reset_after=False`` (the paper's GRU): per step the r, z rows come first (``addmm`` with
 ``W_h[rz]``), then ``W_hn (r ⊙ h)``; the backward adds ``q = W_hnᵀ dn`` per step
@@ -15,14 +15,10 @@ update gate reads.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import Tensor
 
-from ..cpu_rnn import CpuCell, KKLayout, add_h_old_gemm, register_cell, skip_rnn_cpu
-
-__all__ = ["skip_gru_cpu"]
+from ..cpu_rnn import CpuCell, KKLayout, add_h_old_gemm, register_cell
 
 
 class _GRUCell(CpuCell):
@@ -185,20 +181,5 @@ class _GRUCell(CpuCell):
         return chunk, param_grads
 
 
-_GRU = {ra: register_cell(_GRUCell(ra)) for ra in (True, False)}  # by reset_after
-
-
-def skip_gru_cpu(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
-                 layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor, *options,
-                 reset_after: bool = True, **kw_options):
-    """One-layer Skip GRU fast path; arguments (``options``: ``mask``, ``threshold``,
-    ``dropout``, ``training``, ``forced``, ``constant_delta``, ``max_skip``) and returns exactly as
-    ``skip_gru_naive`` (``reset_after=False``: the paper's candidate, forward and backward;
-    ``max_skip``: the floor on Δũ, forward and backward).
-
-    Returns ``(output (T, B, H), h_n (1, B, H), update_prob (B,), cum_prob (B,), updates (T, B),
-    update_probs (T, B))``. Raises ``ValueError`` for several layers, ``forced`` gates or
-    ``constant_delta`` (the reference handles those). Double backward is not supported.
-    """
-    return skip_rnn_cpu(_GRU[bool(reset_after)], x, (h0,), update_prob0, cum_prob0, layers,
-                        gate_weight, gate_bias, *options, **kw_options)
+for _ra in (True, False):
+    register_cell(_GRUCell(_ra))

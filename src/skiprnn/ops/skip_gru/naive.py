@@ -1,4 +1,4 @@
-"""Skip GRU reference: a per-step loop over ``skiprnn.ops.naive.skip_loop`` (THE definition).
+"""The GRU step of the Skip GRU reference (``skiprnn.ops.naive.skip_rnn_naive``, THE definition).
 
 Gate layout and maths are nn.GRU's (rows of ``weight_ih`` are [r, z, n]):
 
@@ -13,13 +13,9 @@ One gate u_t, from the top layer's new ``h'``, updates or copies every layer tog
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from ..naive import skip_stack
 
 
 def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -41,19 +37,3 @@ def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor,
     else:
         n = torch.tanh(i_n + F.linear(r * h, w_hh[H2:], None if b_hh is None else b_hh[H2:]))
     return (1 - z) * n + z * h
-
-
-def skip_gru_naive(x: Tensor, h0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
-                   layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor, *options,
-                   reset_after: bool = True, **kw_options):
-    """Skip GRU over a whole sequence; arguments as ``skip_lstm_naive`` without ``c0``, plus
-    ``reset_after`` (False: the paper's candidate, see :func:`gru_cell`).
-
-    Returns ``(output (T, B, H), h_n (L, B, H), update_prob (B,), cum_prob (B,), updates (T, B),
-    update_probs (T, B))``.
-    """
-    def layer(inp, parts, w_ih, w_hh, b_ih, b_hh):
-        return (gru_cell(inp, parts[0], w_ih, w_hh, b_ih, b_hh, reset_after),)
-
-    return skip_stack(layer, x, (h0,), update_prob0, cum_prob0, layers, gate_weight, gate_bias,
-                      *options, feature=0, **kw_options)

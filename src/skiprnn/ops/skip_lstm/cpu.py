@@ -1,8 +1,7 @@
 """Skip LSTM fast path for one layer: the LSTM's part of the shared CPU path
 (:mod:`skiprnn.ops.cpu_rnn`, which has the time loops, the update gate and the buffer pool).
 
-Same signature, maths and return tuple as :func:`skiprnn.ops.skip_lstm.naive.skip_lstm_naive`,
-tested against it on every output and every gradient. Gate rows are reordered internally from
+Its maths are the reference's (``skiprnn.ops.naive.skip_rnn_naive``), tested against it on every output and every gradient. Gate rows are reordered internally from
 nn.LSTM's [i, f, g, o] to [o, i, f, g], so one sigmoid covers the contiguous [o, i, f] rows;
 per step the candidate is one ``addmm`` (``W_hh h``), that sigmoid, one tanh and four ops for the
 cell; the state rows are ``[h; c]`` and the update gate reads c'.
@@ -10,14 +9,10 @@ cell; the state rows are ``[h; c]`` and the update gate reads c'.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import Tensor
 
-from ..cpu_rnn import CpuCell, KKLayout, add_h_old_gemm, register_cell, skip_rnn_cpu
-
-__all__ = ["skip_lstm_cpu"]
+from ..cpu_rnn import CpuCell, KKLayout, add_h_old_gemm, register_cell
 
 
 def _to_internal(w: Tensor) -> Tensor:
@@ -129,19 +124,4 @@ class _LSTMCell(CpuCell):
         return step, chunk, param_grads
 
 
-_LSTM = register_cell(_LSTMCell())
-
-
-def skip_lstm_cpu(x: Tensor, h0: Tensor, c0: Tensor, update_prob0: Tensor, cum_prob0: Tensor,
-                  layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor, *options,
-                  **kw_options):
-    """One-layer Skip LSTM fast path; arguments (``options``: ``mask``, ``threshold``,
-    ``dropout``, ``training``, ``forced``, ``constant_delta``, ``max_skip``) and returns exactly as
-    ``skip_lstm_naive`` (``max_skip``: its floor on Δũ, forward and backward).
-
-    Returns ``(output (T, B, H), h_n (1, B, H), c_n (1, B, H), update_prob (B,), cum_prob (B,),
-    updates (T, B), update_probs (T, B))``. Raises ``ValueError`` for several layers, ``forced``
-    gates or ``constant_delta`` (the reference handles those). Double backward is not supported.
-    """
-    return skip_rnn_cpu(_LSTM, x, (h0, c0), update_prob0, cum_prob0, layers, gate_weight,
-                        gate_bias, *options, **kw_options)
+register_cell(_LSTMCell())
