@@ -230,10 +230,11 @@ class SkipRNN(nn.Module):
 
         thr = (bernoulli_thresholds((T, B), x) if self.binarizer == "bernoulli" and self.training
                else self.threshold)
-        out, state, up, cum, u, p = skip_loop(step, x, state0, up, cum, delta_fn,
-                                              out_index=self.output_index % len(state0),
-                                              mask=mask, threshold=thr, max_skip=self.max_skip)
-        st = SkipRNNState(state[0] if single else state, up, cum)
+        res = skip_loop(step, x, state0, up, cum, delta_fn,
+                        out_index=self.output_index % len(state0), mask=mask, threshold=thr,
+                        max_skip=self.max_skip)
+        out, u, p = res.output, res.updates, res.update_probs
+        st = SkipRNNState(res.state[0] if single else res.state, res.update_prob, res.cum_prob)
         if unbatched:
             out, u, p = out.squeeze(1), u.squeeze(1), p.squeeze(1)
         elif self.batch_first:

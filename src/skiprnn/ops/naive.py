@@ -158,8 +158,8 @@ def skip_loop(
             carried ``update_prob0`` too; :func:`floor_update_prob`). Needs a float τ < 1.
 
     Returns:
-        ``(outputs (T, B, H), state, update_prob (B,), cum_prob (B,), updates (T, B),
-        update_probs (T, B))``; outputs, updates and update_probs are 0 on padded steps.
+        a :class:`~skiprnn.ops.contract.RecurrenceResult` whose ``state`` is the final tuple of
+        ``step``'s state tensors; outputs, updates and update_probs are 0 on padded steps.
     """
     check_cap_holds(max_skip, threshold, forced)
     T = x.shape[0]
@@ -193,7 +193,7 @@ def skip_loop(
         outs.append(top)
         us.append(u)
         probs.append(u_tilde)
-    return torch.stack(outs), state, up, cum, torch.stack(us), torch.stack(probs)
+    return RecurrenceResult(torch.stack(outs), state, up, cum, torch.stack(us), torch.stack(probs))
 
 
 def skip_rnn_naive(cell: str, x: Tensor, state: tuple, update_prob0: Tensor, cum_prob0: Tensor,
@@ -233,8 +233,8 @@ def skip_rnn_naive(cell: str, x: Tensor, state: tuple, update_prob0: Tensor, cum
         def delta_fn(feat):
             return torch.sigmoid(F.linear(feat, gate_weight, gate_bias)).squeeze(-1)
     state0 = tuple(t for s in state for t in s.unbind(0))
-    out, flat, up, cum, u, prob = skip_loop(
-        step, x, state0, update_prob0, cum_prob0, delta_fn, out_index=L - 1, mask=opts.mask,
-        threshold=opts.threshold, forced=opts.forced, max_skip=opts.max_skip)
-    parts = tuple(torch.stack(flat[p * L:(p + 1) * L]) for p in range(P))
-    return RecurrenceResult(out, parts, up, cum, u, prob)
+    res = skip_loop(step, x, state0, update_prob0, cum_prob0, delta_fn, out_index=L - 1,
+                    mask=opts.mask, threshold=opts.threshold, forced=opts.forced,
+                    max_skip=opts.max_skip)
+    flat = res.state
+    return res._replace(state=tuple(torch.stack(flat[p * L:(p + 1) * L]) for p in range(P)))
