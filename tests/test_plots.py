@@ -133,6 +133,20 @@ def test_mnist_mask_colours_match_the_legend_and_differ_from_the_background():
     assert np.allclose(legend["skipped, background"], skipped_bg)
 
 
+@pytest.mark.parametrize("scale", ["grey levels", "standardized"])
+def test_mnist_masks_draw_other_pixel_scales_as_pixels_in_0_1(scale):
+    """0-255 grey levels and standardized pixels (recipe fast's MNIST input, negative background)
+    colour the digit as the same image in [0, 1] does."""
+    img = torch.zeros(1, 28, 28)
+    img[0, 10:18, 10:18] = 1.0
+    u = torch.zeros(1, 784)
+    u[0, ::2] = 1
+    other = img * 255 if scale == "grey levels" else (img - 0.13) / 0.31
+    want = plots.mnist_masks_figure(img, u, max_samples=1).axes[0].images[0].get_array()
+    got = plots.mnist_masks_figure(other, u, max_samples=1).axes[0].images[0].get_array()
+    assert np.allclose(got, want, atol=1e-6)
+
+
 def test_learning_curves_scales_threshold_labels_and_single_points():
     steps = [100, 200, 300, 400]
     fig = plots.learning_curves_figure(

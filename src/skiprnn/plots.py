@@ -199,7 +199,8 @@ def mnist_masks_figure(images, updates, *, labels=None, max_samples: Optional[in
                        figsize: Optional[tuple] = None, dpi: int = 100) -> Figure:
     """The figure of :func:`plot_mnist_masks`.
 
-    ``images``: (N, 784), (N, 784, 1) or (N, 28, 28), uint8 or float in [0, 1]; ``updates``:
+    ``images``: (N, 784), (N, 784, 1) or (N, 28, 28): 0-255 grey levels, floats in [0, 1], or
+    any other real values (standardized pixels: each image scaled to [0, 1]); ``updates``:
     (N, 784) binary u_t in raster order; ``labels``: optional (N,) digits for the panel titles.
     """
     img = _np(images)
@@ -216,8 +217,12 @@ def mnist_masks_figure(images, updates, *, labels=None, max_samples: Optional[in
         u = u[None]
     if u.shape != (img.shape[0], 784):
         raise ValueError(f"plot_mnist_masks: updates must have shape ({img.shape[0]}, 784), got {u.shape}")
-    if img.max() > 1.0:
-        img = img / 255.0
+    img = img.astype(np.float64)
+    if img.min() >= 0.0 and img.max() > 1.0 and img.max() <= 255.0 and np.all(img == np.round(img)):
+        img = img / 255.0                          # 0-255 grey levels
+    elif img.min() < 0.0 or img.max() > 1.0:      # e.g. standardized pixels: each image to [0, 1]
+        lo = img.min(axis=(1, 2), keepdims=True)
+        img = (img - lo) / np.maximum(img.max(axis=(1, 2), keepdims=True) - lo, 1e-12)
     if max_samples is not None:
         img, u = img[:max_samples], u[:max_samples]
     used = (u > 0.5).reshape(-1, 28, 28)
