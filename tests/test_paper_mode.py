@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from skiprnn import (PeriodicSkipGRU, PlainGRU, PlainLSTM, RandomSkipGRU, SkipGRU, SkipGRUCell,
                      SkipLSTM, SkipLSTMCell, build_rnn, flops_per_update)
-from skiprnn.ops.skip_gru.naive import gru_cell
+from skiprnn.ops.cells import cell_spec
 
 DT = torch.float64
 
@@ -79,7 +79,7 @@ def test_reset_after_changes_the_candidate_only_for_false():
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
-def test_gru_cell_reset_before_equals_the_tf_form(reset_after):
+def test_gru_step_reset_before_equals_the_tf_form(reset_after):
     """``reset_after=False`` is ``tanh(W_c [x, r ⊙ h] + b_c)`` with ``W_c = [W_in | W_hn]``."""
     torch.manual_seed(2)
     I, H, B = 3, 4, 5
@@ -95,7 +95,7 @@ def test_gru_cell_reset_before_equals_the_tf_form(reset_after):
         w_c = torch.cat([w_ih[2 * H:], w_hh[2 * H:]], 1)
         n = torch.tanh(torch.cat([x, r * h], 1) @ w_c.t() + b_ih[2 * H:] + b_hh[2 * H:])
     want = z * h + (1 - z) * n
-    got = gru_cell(x, h, w_ih, w_hh, b_ih, b_hh, reset_after)
+    (got,) = cell_spec("gru", reset_after).step(x, (h,), w_ih, w_hh, b_ih, b_hh)
     torch.testing.assert_close(got, want, atol=1e-14, rtol=0)
 
 
@@ -106,7 +106,8 @@ def test_flop_count_is_the_same_for_both_candidates(reset_after):
     I, H, B = 5, 7, 1
     args = [torch.randn(*s) for s in ((B, I), (B, H), (3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
     with FlopCounterMode(display=False) as fc:
-        gru_cell(*args, reset_after=reset_after)
+        x, h, *weights = args
+        cell_spec("gru", reset_after).step(x, (h,), *weights)
     macs = fc.get_total_flops() / 2
     assert macs == flops_per_update("gru", I, H, skip=False) == 3 * (I + H) * H
 

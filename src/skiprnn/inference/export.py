@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.cells import cell_spec
 from ..ops.naive import accumulate, check_cap_holds, floor_update_prob
-from ..ops.skip_gru.naive import gru_cell
-from ..ops.skip_lstm.naive import lstm_cell
 
 __all__ = ["SkipStepModule", "SkipLSTMStep", "SkipGRUStep", "export_step"]
 
@@ -28,6 +27,7 @@ class _StepBase(nn.Module):
         self.threshold = float(layer.threshold)
         self.max_skip = getattr(layer, "max_skip", None)
         check_cap_holds(self.max_skip, self.threshold)
+        self.spec = cell_spec(layer.mode, getattr(layer, "reset_after", True))
 
     def _gate(self, feat, update_prob, cum):
         g = self.layer.update_gate
@@ -42,23 +42,23 @@ class _StepBase(nn.Module):
         return u, u_tilde, new_up, new_cum
 
 
+    def _step(self, x_t: Tensor, state: tuple, update_prob: Tensor, cum: Tensor):
+        """The candidate of the whole stack (:meth:`skiprnn.ops.cells.CellSpec.stack`), then the
+        gate: ``state`` per cell state name ``(L, B, H)`` -> ``(output (B, H), *state,
+        update_prob, cum, update (B,), u_tilde (B,))``."""
+        new, feat = self.spec.stack(x_t, state, self.layer.layer_weights())
+        u, u_tilde, new_up, new_cum = self._gate(feat, update_prob, cum)
+        ub = u.unsqueeze(0).unsqueeze(-1)
+        new_state = [torch.where(ub, torch.stack(n), s) for n, s in zip(new, state)]
+        return (new_state[0][-1], *new_state, new_up, new_cum, u.to(x_t.dtype), u_tilde)
+
+
 class SkipLSTMStep(_StepBase):
     """``forward(x_t (B, I), h (L, B, H), c (L, B, H), update_prob (B,), cum (B,))`` →
     ``(output (B, H), h, c, update_prob, cum, update (B,), u_tilde (B,))``."""
 
     def forward(self, x_t: Tensor, h: Tensor, c: Tensor, update_prob: Tensor, cum: Tensor):
-        inp = x_t
-        hs, cs = [], []
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layer.layer_weights()):
-            hk, ck = lstm_cell(inp, h[k], c[k], w_ih, w_hh, b_ih, b_hh)
-            hs.append(hk)
-            cs.append(ck)
-            inp = hk
-        u, u_tilde, new_up, new_cum = self._gate(cs[-1], update_prob, cum)
-        ub = u.unsqueeze(0).unsqueeze(-1)
-        new_h = torch.where(ub, torch.stack(hs), h)
-        new_c = torch.where(ub, torch.stack(cs), c)
-        return new_h[-1], new_h, new_c, new_up, new_cum, u.to(x_t.dtype), u_tilde
+        return self._step(x_t, (h, c), update_prob, cum)
 
 
 class SkipGRUStep(_StepBase):
@@ -66,15 +66,7 @@ class SkipGRUStep(_StepBase):
     ``(output (B, H), h, update_prob, cum, update (B,), u_tilde (B,))``."""
 
     def forward(self, x_t: Tensor, h: Tensor, update_prob: Tensor, cum: Tensor):
-        inp = x_t
-        hs = []
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layer.layer_weights()):
-            hk = gru_cell(inp, h[k], w_ih, w_hh, b_ih, b_hh, self.layer.reset_after)
-            hs.append(hk)
-            inp = hk
-        u, u_tilde, new_up, new_cum = self._gate(hs[-1], update_prob, cum)
-        new_h = torch.where(u.unsqueeze(0).unsqueeze(-1), torch.stack(hs), h)
-        return new_h[-1], new_h, new_up, new_cum, u.to(x_t.dtype), u_tilde
+        return self._step(x_t, (h,), update_prob, cum)
 
 
 def SkipStepModule(layer) -> nn.Module:

@@ -16,7 +16,7 @@ is ONE function for both cells::
     gate_weight:   (1, H) and gate_bias (1,): Δũ = σ(W_p z + b_p) from the top layer's new c
                    (LSTM) or h (GRU); None with ``opts.constant_delta``
 
-This module imports nothing from the package: it is the bottom layer.
+This module imports only :mod:`skiprnn.ops.cells` (the cell descriptions): it is the bottom layer.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from torch import Tensor
+
+from .cells import cell_spec
 
 __all__ = ["GateOptions", "RecurrenceResult", "CELLS", "check_cell"]
 
@@ -86,14 +88,12 @@ class RecurrenceResult(NamedTuple):
 
 def check_cell(cell: str, state, opts: GateOptions) -> None:
     """Refuse a call whose ``cell``, ``state`` and options do not fit one another."""
-    if cell not in CELLS:
-        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+    spec = cell_spec(cell)
     if not isinstance(opts, GateOptions):
         raise TypeError(f"opts must be a GateOptions, got {type(opts).__name__}")
-    n = 2 if cell == "lstm" else 1
+    n = len(spec.state_names)
     if not isinstance(state, (tuple, list)) or len(state) != n:
         raise ValueError(f"state for cell {cell!r} must be a tuple "
                          f"{'(h0, c0)' if n == 2 else '(h0,)'}, got {type(state).__name__}"
                          + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else ""))
-    if cell == "lstm" and not opts.reset_after:
-        raise ValueError("reset_after=False applies to the GRU only, got cell='lstm'")
+    cell_spec(cell, opts.reset_after)  # refuses reset_after=False with the LSTM

@@ -35,9 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cells import cell_spec
 from .contract import GateOptions, RecurrenceResult, check_cell
-from .skip_gru.naive import gru_cell
-from .skip_lstm.naive import lstm_cell
 from .ste import hard_gate, straight_through
 
 StepFn = Callable[[Tensor, tuple], tuple]  # (x_t, state) -> (candidate_state, gate_feature)
@@ -199,31 +198,26 @@ def skip_loop(
 def skip_rnn_naive(cell: str, x: Tensor, state: tuple, update_prob0: Tensor, cum_prob0: Tensor,
                    layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
                    opts: GateOptions = GateOptions()) -> RecurrenceResult:
-    """The reference backend: a stack of ``cell`` layers (``'lstm'``: :func:`lstm_cell`,
-    ``'gru'``: :func:`gru_cell`) under one update gate, one step at a time over
-    :func:`skip_loop`. Arguments and result: :mod:`skiprnn.ops.contract`.
+    """The reference backend: a stack of ``cell`` layers (the step of
+    :func:`skiprnn.ops.cells.cell_spec`, i.e. :meth:`~skiprnn.ops.cells.CellSpec.stack`) under one
+    update gate, one step at a time over :func:`skip_loop`. Arguments and result:
+    :mod:`skiprnn.ops.contract`.
 
     The candidate is computed bottom-up (layer k + 1 reads layer k's new ``h``, with
     ``opts.dropout`` between layers in training); one gate u_t, from the top layer's new ``c``
     (LSTM) or ``h`` (GRU), updates or copies every layer together (paper §1.1, §1.5).
     """
     check_cell(cell, state, opts)
+    spec = cell_spec(cell, opts.reset_after)
     L, P = len(layers), len(state)
-    dropout, training, ra = opts.dropout, opts.training, opts.reset_after
+    between = None
+    if opts.dropout and opts.training:
+        def between(h):
+            return F.dropout(h, opts.dropout, True)
 
-    def layer(inp, parts, w_ih, w_hh, b_ih, b_hh):
-        if cell == "lstm":
-            return lstm_cell(inp, parts[0], parts[1], w_ih, w_hh, b_ih, b_hh)
-        return (gru_cell(inp, parts[0], w_ih, w_hh, b_ih, b_hh, ra),)
-
-    def step(x_t, flat):
-        inp, new = x_t, [[] for _ in range(P)]
-        for k, weights in enumerate(layers):
-            parts = layer(inp, tuple(flat[p * L + k] for p in range(P)), *weights)
-            for p in range(P):
-                new[p].append(parts[p])
-            inp = F.dropout(parts[0], dropout, training) if (dropout and k < L - 1) else parts[0]
-        return tuple(t for part in new for t in part), new[P - 1][-1]  # LSTM: c', GRU: h'
+    def step(x_t, flat):  # the state flat: part p of layer k at p·L + k
+        new, feat = spec.stack(x_t, [flat[p * L:(p + 1) * L] for p in range(P)], layers, between)
+        return tuple(t for part in new for t in part), feat
 
     check_cap_holds(opts.max_skip, opts.threshold, opts.forced, opts.constant_delta)
     if opts.constant_delta is not None:

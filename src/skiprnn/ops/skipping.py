@@ -48,9 +48,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._env import triton_available
+from .cells import cell_spec
 from .contract import GateOptions, RecurrenceResult, check_cell
 from .naive import check_cap_holds, floor_update_prob
-from .skip_gru.naive import gru_cell
 from .waves import run_waves
 
 __all__ = ["skip_rnn_skipping", "simulate_skips", "np_dtype", "StepCell"]
@@ -98,23 +98,27 @@ def simulate_skips(update_prob, cum_prob, threshold: float = 0.5, limit: int | N
 # ---------------------------------------------------------------------------------------------
 # one state update of the whole stack on a set of rows
 # ---------------------------------------------------------------------------------------------
+def _lstm_step_fused(x, state, w_ih, w_hh, b_ih, b_hh):
+    """:meth:`CellSpec.step <skiprnn.ops.cells.CellSpec.step>` of the LSTM as ``torch.lstm_cell``:
+    on the CPU the same two linear maps and pointwise maths as the description's, in one op
+    (fewer dispatches per step; bitwise the reference's at batch size 1)."""
+    return torch.lstm_cell(x, tuple(state), w_ih, w_hh, b_ih, b_hh)
+
+
 class StepCell:
     """The candidate update of a Skip LSTM / GRU stack and its Δũ, on any subset of rows.
 
     ``cell(x (n, I), hs [L × (n, H)], cs [L × (n, H)] | None) -> (new_hs, new_cs, delta (n,))``;
     ``max_skip``, ``threshold``: Δũ floored as the layer's at τ
-    (``skiprnn.ops.naive.floor_update_prob``).
+    (``skiprnn.ops.naive.floor_update_prob``). ``spec``: the cell's
+    :class:`~skiprnn.ops.cells.CellSpec`.
     """
 
     def __init__(self, kind: str, layers: Sequence[tuple], gate_weight, gate_bias,
                  constant_delta: float | None = None, reset_after: bool = True,
                  max_skip: int | None = None, threshold: float = 0.5):
-        if kind not in ("lstm", "gru"):
-            raise ValueError(f"kind must be 'lstm' or 'gru', got {kind!r}")
-        if kind == "lstm" and not reset_after:
-            raise ValueError("reset_after=False applies to the GRU only, got kind='lstm'")
-        self.kind = kind
-        self.reset_after = reset_after
+        self.spec = cell_spec(kind, reset_after)
+        self.kind, self.reset_after = kind, reset_after
         self.layers = [tuple(p.detach() if isinstance(p, Tensor) else p for p in lay)
                        for lay in layers]
         self.gate_weight = gate_weight.detach() if gate_weight is not None else None
@@ -130,6 +134,7 @@ class StepCell:
         return len(self.layers)
 
     def delta(self, feat: Tensor) -> Tensor:
+        """Δũ ``(n,)`` of the gate feature ``feat`` ``(n, H)`` (floored under ``max_skip``)."""
         if self.constant_delta is not None:
             return feat.new_full((feat.shape[0],), self.constant_delta)
         # (n, H) @ (H,) + b: one matrix-vector product (F.linear with a (1, H) weight is a GEMM)
@@ -142,21 +147,10 @@ class StepCell:
         return floor_update_prob(z.sigmoid_(), self.max_skip, self.threshold)
 
     def __call__(self, x: Tensor, hs: Sequence[Tensor], cs: Sequence[Tensor] | None):
-        inp = x
-        new_h, new_c = [], []
-        if self.kind == "lstm":
-            for (w_ih, w_hh, b_ih, b_hh), h, c in zip(self.layers, hs, cs):
-                # CPU: the same linear + linear and pointwise ops as the reference lstm_cell
-                h, c = torch.lstm_cell(inp, (h, c), w_ih, w_hh, b_ih, b_hh)
-                new_h.append(h)
-                new_c.append(c)
-                inp = h
-            return new_h, new_c, self.delta(new_c[-1])
-        for (w_ih, w_hh, b_ih, b_hh), h in zip(self.layers, hs):
-            h = gru_cell(inp, h, w_ih, w_hh, b_ih, b_hh, self.reset_after)
-            new_h.append(h)
-            inp = h
-        return new_h, None, self.delta(new_h[-1])
+        lstm = self.kind == "lstm"
+        new, feat = self.spec.stack(x, (hs, cs) if lstm else (hs,), self.layers,
+                                    step=_lstm_step_fused if lstm else None)
+        return new[0], (new[1] if lstm else None), self.delta(feat)
 
 
 # ---------------------------------------------------------------------------------------------
