@@ -59,7 +59,7 @@ def layer_for(kind, num_layers, pattern, **kw):
 @pytest.mark.parametrize("fresh", [True, False], ids=["fresh", "continued"])
 @pytest.mark.parametrize("blocks", [False, True], ids=["one-mv", "row-blocks"])
 def test_equals_reference(monkeypatch, no_stream, kind, num_layers, pattern, fresh, blocks):
-    if blocks:  # H = 12: every concatenated matrix runs as _AlternatingMV row blocks
+    if blocks:  # H = 12: every concatenated matrix runs as AlternatingMV row blocks
         monkeypatch.setattr(skipping, "MV_BLOCK_BYTES", 700)
     layer = layer_for(kind, num_layers, pattern)
     torch.manual_seed(0)

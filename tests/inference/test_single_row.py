@@ -128,7 +128,7 @@ def test_alternating_mv(rows, cols):
     torch.manual_seed(0)
     w, v = torch.randn(rows, cols), torch.randn(cols)
     out = torch.empty(rows)
-    mv = skipping._AlternatingMV(w, out, block_bytes=max(1, rows * cols * 4 // 5), threads=1)
+    mv = skipping.AlternatingMV(w, out, block_bytes=max(1, rows * cols * 4 // 5), threads=1)
     assert len(mv.blocks) > 1
     assert all(b.shape[0] % 16 == 0 for b, _ in mv.blocks[:-1])
     first = mv(v).clone()
@@ -141,10 +141,10 @@ def test_alternating_mv_is_one_block_with_threads():
     # several threads: one torch.mv, its rows split across the threads by MKL
     w, v = torch.randn(2048, 512), torch.randn(512)
     out = torch.empty(2048)
-    mv = skipping._AlternatingMV(w, out, threads=2)
+    mv = skipping.AlternatingMV(w, out, threads=2)
     assert len(mv.blocks) == 1 and mv.blocks[0][0].shape == (2048, 512)
     assert torch.equal(mv(v), torch.mv(w, v))
-    assert len(skipping._AlternatingMV(w, out, threads=1).blocks) == 4  # 4 MB in 1 MB blocks
+    assert len(skipping.AlternatingMV(w, out, threads=1).blocks) == 4  # 4 MB in 1 MB blocks
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])

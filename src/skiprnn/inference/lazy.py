@@ -6,9 +6,9 @@
     res.stats           # encoder calls, steps read, FLOPs saved
 
 At batch size 1 on the CPU a read step is: fetch the frame, encode it, one matrix-vector product
-per layer with ``[W_hh | W_ih | b]`` and a few in-place NumPy ops (``_LazyStack``); the number of
-steps skipped after it follows from (Δũ, ũ) alone and their outputs are filled in at the end, so a
-skipped step costs nothing. Other cases step a ``SkipStream``.
+per layer with ``[W_hh | W_ih | b]`` and a few in-place NumPy ops (``skiprnn.ops.skipping.
+NumpyStack``); the number of steps skipped after it follows from (Δũ, ũ) alone and their outputs
+are filled in at the end, so a skipped step costs nothing. Other cases step a ``SkipStream``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from torch import Tensor
 
 from ..metrics import flops_per_update
 from ..outputs import SkipOutput
-from ..ops import skipping
 from ..ops.naive import floor_update_prob
-from ..ops.skipping import _AlternatingMV, _SkipRuns, np_dtype
+from ..ops.skipping import NumpyStack, SkipRuns, StepCell, np_dtype
 from .stream import SkipStream, _gate_config
 
 __all__ = ["lazy_forward", "LazyResult"]
@@ -159,145 +158,6 @@ def _single_ok(layer) -> bool:
     return True
 
 
-class _LazyStack:
-    """One state update of a Skip LSTM / GRU stack at batch size 1 (CPU), for steps read one at a
-    time (the whole-sequence path projects the inputs of many steps in one GEMM; here each input
-    arrives alone).
-
-    Every layer keeps one vector ``v = [h; inp; 1]`` (no 1 without biases) and multiplies it with
-    its weights concatenated column-wise once per update:
-
-    * LSTM: ``[W_hh | W_ih | b_ih + b_hh]`` with the gate rows reordered (g, i, f, o) and the rows
-      of the sigmoid gates (i, f, o) scaled by ½, so one ``tanh`` over all rows gives tanh(g) and
-      tanh(a/2), and σ(a) = ½·tanh(a/2) + ½ needs two more in-place ops over a contiguous slice.
-      Scaling by ½ is exact, so this equals σ of the unscaled product.
-    * GRU: ``[W_hh | b_hh]`` on ``[h; 1]`` and ``[W_ih | b_ih]`` on ``[inp; 1]`` (the candidate
-      gate needs the two parts apart), the reference's pointwise maths.
-
-    Matrices above ``skipping.MV_BLOCK_BYTES`` run as ``_AlternatingMV`` row blocks (L2 reuse at
-    large H).
-    The bias is folded into the product and W_ih x and W_hh h are summed in one dot product, so
-    the results equal the layer's up to float rounding (gates: the same up to ties at τ).
-
-    ``x`` / ``x2t``: where the first layer's input goes before ``update`` (NumPy / a ``(1, I)``
-    tensor). ``update(h_top)`` also writes the top layer's new h into ``h_top``; returns Δũ.
-    """
-
-    def __init__(self, kind, layers, gate_weight, gate_bias, const, hs, cs, npdt,
-                 max_skip=None, threshold=0.5):
-        self.kind, self.npdt = kind, npdt
-        self.L = len(layers)
-        H = hs[0].shape[0]
-        self.H = H
-        self.half, self.one = npdt(0.5), npdt(1)
-        self.v, self.vt, self.mv, self.g, self.c = [], [], [], [], []
-        self.inp = []  # layer k's input slice of v (k >= 1 gets the new h of layer k - 1)
-        self.tmp = np.empty(H, npdt)
-        self.tmp2 = np.empty(H, npdt)
-        for k, lay in enumerate(layers):
-            w_ih, w_hh, b_ih, b_hh = (None if p is None else p.detach() for p in lay)
-            n_in = w_ih.shape[1]
-            bias = b_ih is not None
-            if kind == "lstm":
-                cols = [w_hh, w_ih] + ([(b_ih + b_hh).unsqueeze(1)] if bias else [])
-                W = torch.cat(cols, 1)
-                W = torch.cat([W[2 * H:3 * H], W[:2 * H] * 0.5, W[3 * H:] * 0.5])  # g, i, f, o
-                vt = torch.zeros(H + n_in + bias, dtype=W.dtype)
-                gt = torch.empty(4 * H, dtype=W.dtype)
-                self.mv.append((self._mv(W, gt, vt),))
-                g = gt.numpy()
-                self.g.append((g, g[H:], g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:]))
-                self.c.append(cs[k])
-                inp = vt.numpy()[H:H + n_in]
-            else:
-                vt = torch.zeros(H + bias + n_in + bias, dtype=w_hh.dtype)
-                gh_t = torch.empty(3 * H, dtype=w_hh.dtype)
-                gi_t = torch.empty(3 * H, dtype=w_hh.dtype)
-                wh = torch.cat([w_hh, b_hh.unsqueeze(1)], 1) if bias else w_hh
-                wi = torch.cat([w_ih, b_ih.unsqueeze(1)], 1) if bias else w_ih
-                self.mv.append((self._mv(wh, gh_t, vt[:H + bias]),
-                                self._mv(wi, gi_t, vt[H + bias:])))
-                gh, gi = gh_t.numpy(), gi_t.numpy()
-                self.g.append((gh[:2 * H], gh[2 * H:], gi[:2 * H], gi[2 * H:], gh[:H], gh[H:2 * H]))
-                inp = vt.numpy()[H + bias:H + bias + n_in]
-            v = vt.numpy()
-            v[:H] = hs[k]
-            if bias:
-                v[-1] = 1
-                if kind == "gru":
-                    v[H] = 1
-            self.v.append(v)
-            self.vt.append(vt)
-            self.inp.append(inp)
-        self.x = self.inp[0]
-        self.x2t = torch.from_numpy(self.x).view(1, -1)  # the first layer's input, as (1, I)
-        self.const = None if const is None else npdt(const)
-        # Δũ floored as the layer's at τ (ops.naive.floor_update_prob)
-        self.max_skip, self.threshold = max_skip, threshold
-        self.gw = None if gate_weight is None else gate_weight.detach()[0].numpy()
-        self.gb = None if gate_bias is None else npdt(gate_bias.item())
-
-    @staticmethod
-    def _mv(W, out, v):
-        """A callable computing ``out = W v`` (one ``torch.mv``, or alternating row blocks)."""
-        W = W.contiguous()
-        if W.numel() * W.element_size() <= skipping.MV_BLOCK_BYTES:
-            return lambda: torch.mv(W, v, out=out)
-        amv = _AlternatingMV(W, out)
-        return lambda: amv(v)
-
-    @property
-    def hs(self):
-        return [v[:self.H] for v in self.v]
-
-    def update(self, h_top):
-        """One update from ``self.x``; writes the top layer's new h into ``h_top`` too."""
-        half, tmp = self.half, self.tmp
-        top = self.L - 1
-        for k in range(self.L):
-            v = self.v[k]
-            h = v[:self.H]
-            if self.kind == "lstm":
-                self.mv[k][0]()
-                g, sig, gg, i, f, o = self.g[k]
-                np.tanh(g, out=g)  # tanh(g) and tanh(a/2) of the pre-halved sigmoid rows
-                sig *= half
-                sig += half
-                np.multiply(i, gg, out=tmp)
-                c = self.c[k]
-                c *= f
-                c += tmp
-                np.tanh(c, out=tmp)
-                np.multiply(o, tmp, out=h)  # v[:H] is free: this update's product is done
-            else:
-                mh, mi = self.mv[k]
-                mh()
-                mi()
-                gh_rz, gh_n, gi_rz, gi_n, r, z = self.g[k]
-                rz = np.add(gi_rz, gh_rz, out=gh_rz)
-                rz *= half
-                np.tanh(rz, out=rz)
-                rz *= half
-                rz += half
-                n = np.multiply(gh_n, r, out=tmp)
-                n += gi_n
-                np.tanh(n, out=n)
-                zh = np.multiply(z, h, out=self.tmp2)
-                np.subtract(self.one, z, out=h)
-                h *= n
-                h += zh
-            if k < top:
-                self.inp[k + 1][:] = h
-            else:
-                h_top[:] = h
-        if self.const is not None:
-            return self.const
-        feat = self.c[-1] if self.kind == "lstm" else self.v[-1][:self.H]
-        zz = np.dot(self.gw, feat) + self.gb
-        return floor_update_prob(self.npdt(self.one / (self.one + np.exp(-zz))), self.max_skip,
-                                 self.threshold)
-
-
 def _getter_one(source, get):
     """``get1(t)``: the frame at step t as a batch of one (a tensor source: one slice, as a caller
     encoding frames one by one would take it)."""
@@ -311,8 +171,8 @@ def _getter_one(source, get):
 
 
 def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) -> LazyResult:
-    """One stream, CPU: per read step fetch → encode → one ``_LazyStack`` update; the run of
-    skipped steps after it follows from (Δũ, ũ) alone (``_SkipRuns``: replayed once, memoised),
+    """One stream, CPU: per read step fetch → encode → one ``NumpyStack`` update; the run of
+    skipped steps after it follows from (Δũ, ũ) alone (``SkipRuns``: replayed once, memoised),
     and the skipped steps' outputs and ũ are filled in bulk at the end, so a skipped step costs
     nothing in the loop."""
     I, H = layer.input_size, layer.hidden_size
@@ -332,12 +192,12 @@ def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) ->
         hs = [h[0].detach().numpy().astype(npdt, copy=True) for h in state[0].unbind(0)]
         cs = ([c[0].detach().numpy().astype(npdt, copy=True) for c in state[1].unbind(0)]
               if layer.mode == "lstm" else None)
-        max_skip = getattr(layer, "max_skip", None)
-        stack = _LazyStack(layer.mode, layer.layer_weights(), gw, gb, const, hs, cs, npdt,
-                           max_skip, threshold)
-        runs = _SkipRuns(threshold, npdt)
+        cell = StepCell(layer.mode, layer.layer_weights(), gw, gb, const, threshold=threshold,
+                        **layer.cell_options())
+        stack = NumpyStack(cell, hs, cs, npdt)
+        runs = SkipRuns(threshold, npdt)
         x2 = stack.x2t
-        up = floor_update_prob(npdt(state.update_prob.item()), max_skip, threshold)
+        up = floor_update_prob(npdt(state.update_prob.item()), cell.max_skip, threshold)
         cum = npdt(state.cum_update_prob.item())
         # output rows: 0 the top h before step 0, j the j-th update's h
         hist = np.empty((T + 1, H), npdt)

@@ -21,7 +21,7 @@ GRU_PAPER  r, z, n       (h,)     the new h   as GRU, but n = tanh(gi_n + (r ⊙
 reference step the per-step loop (``skiprnn.ops.naive``) and the exportable step
 (``skiprnn.inference.export``) run. Fast paths that need another arithmetic (in-place NumPy on
 the host, fused GEMMs, pre-halved sigmoid rows) take the gate order, sizes and the feature from
-here (:meth:`CellSpec.gate_rows`, :attr:`CellSpec.sigmoid_gates`) and say why they restate it.
+here (:meth:`CellSpec.gate_rows`, :meth:`CellSpec.arrange`) and say why they restate it.
 
 This module imports nothing from the package: it is the bottom layer, beside
 :mod:`skiprnn.ops.contract`.
@@ -96,6 +96,23 @@ class CellSpec(NamedTuple):
         """The rows of ``gate`` in ``weight_ih`` / ``weight_hh`` / the biases (a block of H)."""
         k = self.gate_order.index(gate)
         return slice(k * hidden_size, (k + 1) * hidden_size)
+
+    @property
+    def arranged_order(self) -> tuple:
+        """The gate order of :meth:`arrange`: the σ gates first (LSTM i, f, o, g; GRU r, z, n)."""
+        return self.sigmoid_gates + tuple(g for g in self.gate_order if g not in self.sigmoid_gates)
+
+    def arrange(self, w: Tensor) -> Tensor:
+        """``w`` ``(G·H, ...)`` (a weight, a bias, or weights and bias side by side) with its gate
+        blocks in :attr:`arranged_order` and the σ gates' rows scaled by ½ (exact in binary
+        floating point): one ``tanh`` over the product's rows then gives tanh(a/2) for every σ
+        gate, σ(a) = ½·tanh(a/2) + ½, and tanh(a) for the others. The layout of the fast paths
+        that apply one tanh to all gates (``skiprnn.ops.skipping.NumpyStack``,
+        ``skiprnn.ops.waves``)."""
+        H = w.shape[0] // self.gates
+        blocks = [w[self.gate_rows(g, H)] for g in self.arranged_order]
+        return torch.cat([b * 0.5 if g in self.sigmoid_gates else b
+                          for g, b in zip(self.arranged_order, blocks)])
 
     def step(self, x: Tensor, state: Sequence[Tensor], w_ih: Tensor, w_hh: Tensor,
              b_ih: Tensor | None, b_hh: Tensor | None) -> tuple:

@@ -53,7 +53,8 @@ from .contract import GateOptions, RecurrenceResult, check_cell
 from .naive import check_cap_holds, floor_update_prob
 from .waves import run_waves
 
-__all__ = ["skip_rnn_skipping", "simulate_skips", "np_dtype", "StepCell"]
+__all__ = ["skip_rnn_skipping", "simulate_skips", "np_dtype", "StepCell", "NumpyStack",
+           "AlternatingMV", "SkipRuns", "LazyInputProjection"]
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -245,11 +246,11 @@ class LazyInputProjection:
         return 0
 
 
-# bytes of weight per block of rows in a batch-size-1 matrix-vector product (_AlternatingMV)
+# bytes of weight per block of rows in a batch-size-1 matrix-vector product (AlternatingMV)
 MV_BLOCK_BYTES = 1 << 20
 
 
-class _AlternatingMV:
+class AlternatingMV:
     """``out = W v`` for a fixed ``W``, its rows in blocks read alternately first-to-last and
     last-to-first.
 
@@ -293,98 +294,128 @@ class _AlternatingMV:
         return self.out
 
 
-class _NumpyStack:
-    """One state update at batch size 1 on the CPU: GEMVs (torch) plus in-place NumPy ufuncs.
+class NumpyStack:
+    """One state update of a Skip LSTM / GRU stack at batch size 1 on the CPU: per layer one or
+    two matrix-vector products (torch, into buffers NumPy shares) and in-place NumPy ufuncs.
 
-    At batch size 1 a torch op costs several microseconds of dispatch while its arithmetic costs
-    less; NumPy's ufuncs on preallocated buffers keep the per-update overhead small next to the
-    GEMV, which reads W_hh (see ``_AlternatingMV``). Numerics: the same float products and sums as
-    the reference; σ(a) = ½·tanh(½·a) + ½ with NumPy's tanh (within an ulp or so of torch's).
+    Why the cell maths of :mod:`skiprnn.ops.cells` is restated here: at batch size 1 a torch op
+    costs several microseconds of dispatch while its arithmetic costs less; NumPy's ufuncs on
+    preallocated buffers keep the per-update overhead small next to the GEMV, which reads W_hh
+    (see :class:`AlternatingMV`). Gate order, sizes and the gate feature come from the cell's
+    :class:`~skiprnn.ops.cells.CellSpec`; the weights are in its :meth:`arrange` layout (σ gates
+    first, their rows pre-halved), so one ``tanh`` over the gates and two in-place ops give every
+    σ(a) = ½·tanh(a/2) + ½.
 
-    ``self.first_ih``: the first layer's ``(W_ih, b)`` (b = b_ih + b_hh for the LSTM) for
-    ``LazyInputProjection``; the caller passes its rows as ``xp_first``.
+    Every layer keeps one vector ``v`` and multiplies it with its weights side by side:
+
+    * LSTM: ``v = [h; inp; 1]`` (no 1 without biases) and ``[W_hh | W_ih | b_ih + b_hh]``;
+    * GRU: ``v = [h; 1; inp; 1]``, ``[W_hh | b_hh]`` on ``[h; 1]`` and ``[W_ih | b_ih]`` on
+      ``[inp; 1]`` (the candidate needs the two parts apart).
+
+    With ``first_projected`` the caller projects the first layer's input (``first_ih``: its
+    arranged ``(W_ih, b)``, b = b_ih + b_hh for the LSTM, b_ih for the GRU, e.g. for
+    :class:`LazyInputProjection`'s block GEMMs) and passes the row to :meth:`update`; the first
+    layer's matrix is then ``W_hh`` (GRU: ``[W_hh | b_hh]``) alone.
+
+    Args:
+        cell: the :class:`StepCell` (weights, gate, Δũ floor).
+        hs, cs: per layer the state ``(H,)`` NumPy arrays (``cs`` None for the GRU); ``cs`` is
+            updated in place, ``hs`` copied.
+        npdt: the NumPy scalar type of the layer's dtype.
+
+    Results equal the reference's up to float rounding (the bias folded into the product, W_ih x
+    and W_hh h summed in one dot product); Δũ is floored as the layer's.
     """
 
-    def __init__(self, cell: StepCell, npdt):
-        self.kind, self.npdt = cell.kind, npdt
-        G = 4 if cell.kind == "lstm" else 3
-        self.H = H = cell.layers[0][1].shape[1]
-        dt = cell.layers[0][1].dtype
-
-        def arr(t):
-            return None if t is None else t.detach().contiguous().numpy()
-
-        def mv(w):
-            buf = torch.empty(G * H, dtype=dt)
-            return _AlternatingMV(w, buf), buf.numpy()
-
-        self.mv_hh, self.g, self.mv_ih, self.gi, self.b_ih, self.b_hh = [], [], [], [], [], []
+    def __init__(self, cell: StepCell, hs: list, cs: list | None, npdt,
+                 first_projected: bool = False):
+        spec = self.spec = cell.spec
+        if not spec.reset_after:
+            raise ValueError("NumpyStack runs nn.GRU's candidate (reset_after=True); the paper's "
+                             "GRU takes the torch paths")
+        self.lstm, self.npdt = spec.kind == "lstm", npdt
+        self.L, self.H = cell.num_layers, hs[0].shape[0]
+        H = self.H
+        self.half, self.one = npdt(0.5), npdt(1)
+        self.tmp, self.tmp2 = np.empty(H, npdt), np.empty(H, npdt)
+        self.v, self.inp, self.mv, self.g = [], [], [], []
+        self.c = cs
+        self.first_ih = None
         for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(cell.layers):
-            m, g = mv(w_hh)
-            self.mv_hh.append(m)
-            self.g.append(g)
-            m, g = mv(w_ih) if k else (None, None)
-            self.mv_ih.append(m)
-            self.gi.append(g)
-            self.b_ih.append(arr(b_ih))
-            self.b_hh.append(arr(b_hh))
-        w_ih, _, b_ih, b_hh = cell.layers[0]
-        b = b_ih
-        if self.kind == "lstm" and b_ih is not None:
-            b = b_ih + b_hh
-        self.first_ih = (w_ih, b)
-        self.const = cell.constant_delta
+            bias = b_ih is not None
+            own = k > 0 or not first_projected  # the layer projects its own input
+            n_in = w_ih.shape[1] if own else 0
+            dt = w_hh.dtype
+            b = (b_ih + b_hh if self.lstm else b_ih) if bias else None
+            if not own:
+                self.first_ih = (spec.arrange(w_ih), None if b is None else spec.arrange(b))
+            if self.lstm:
+                cols = [w_hh] + ([w_ih] + ([b[:, None]] if bias else []) if own else [])
+                vt = torch.zeros(H + n_in + (bias and own), dtype=dt)
+                g = torch.empty(4 * H, dtype=dt)
+                self.mv.append([(AlternatingMV(spec.arrange(torch.cat(cols, 1)), g), vt)])
+                gates = [g.numpy()]
+                inp = vt.numpy()[H:H + n_in]
+            else:
+                vt = torch.zeros(H + bias + n_in + (bias and own), dtype=dt)
+                gh, gi = torch.empty(3 * H, dtype=dt), torch.empty(3 * H, dtype=dt)
+                wh = torch.cat([w_hh, b_hh[:, None]], 1) if bias else w_hh
+                mvs = [(AlternatingMV(spec.arrange(wh), gh), vt[:H + bias])]
+                if own:
+                    wi = torch.cat([w_ih, b_ih[:, None]], 1) if bias else w_ih
+                    mvs.append((AlternatingMV(spec.arrange(wi), gi), vt[H + bias:]))
+                self.mv.append(mvs)
+                gates = [gh.numpy(), gi.numpy() if own else None]
+                inp = vt.numpy()[H + bias:H + bias + n_in]
+            v = vt.numpy()
+            v[:H] = hs[k]
+            if bias and not self.lstm:
+                v[H] = 1
+            if bias and own:
+                v[-1] = 1
+            self.v.append(v)
+            self.g.append(gates)
+            self.inp.append(inp)
+        self.x2t = torch.from_numpy(self.inp[0]).view(1, -1)  # the first layer's input, (1, I)
+        self.const = None if cell.constant_delta is None else npdt(cell.constant_delta)
         self.max_skip, self.threshold = cell.max_skip, cell.threshold
-        self.gw = None if cell.gate_weight is None else arr(cell.gate_weight)[0]
+        self.gw = None if cell.gate_weight is None else cell.gate_weight[0].numpy()
         self.gb = None if cell.gate_bias is None else npdt(cell.gate_bias.item())
-        self.tmp = np.empty(H, npdt)
-        self.one = npdt(1)
-        self.half = npdt(0.5)
 
-    def __call__(self, xp_first: np.ndarray, hs: list, cs: list | None, h_out=None):
-        """Update the state; ``cs`` is updated in place. ``h_out``: where the top layer's new h
-        goes (a fresh array if None). Returns ``(new_hs, cs, Δũ)``."""
+    @property
+    def hs(self) -> list:
+        """The state's h per layer (views of the layers' vectors)."""
+        return [v[:self.H] for v in self.v]
+
+    def update(self, h_top: np.ndarray, xp=None):
+        """One update from the first layer's input (in ``x2t``, or its projection ``xp``
+        ``(G·H,)`` with ``first_projected``); the top layer's new h is also written into
+        ``h_top`` ``(H,)``. Returns Δũ (a NumPy scalar)."""
         H, half, tmp = self.H, self.half, self.tmp
-        top = len(hs) - 1
-        new_h = []
-        inp = None
-        for k in range(len(hs)):
-            self.mv_hh[k](torch.from_numpy(hs[k]))
-            g = self.g[k]
-            dest = h_out if k == top else None
-            if k:
-                self.mv_ih[k](torch.from_numpy(inp))
-            if self.kind == "lstm":
-                if k == 0:
-                    g += xp_first
-                else:
-                    g += self.gi[k]
-                    if self.b_ih[k] is not None:
-                        g += self.b_ih[k]
-                        g += self.b_hh[k]
-                np.tanh(g[2 * H:3 * H], out=tmp)
-                g *= half  # σ over all four gates in place (the g gate's is unused)
+        for k in range(self.L):
+            v = self.v[k]
+            h = v[:H]
+            for amv, vt in self.mv[k]:
+                amv(vt)
+            if self.lstm:  # rows (i, f, o, g), i, f, o pre-halved
+                g = self.g[k][0]
+                if xp is not None and k == 0:
+                    g += xp
                 np.tanh(g, out=g)
-                g *= half
-                g += half
-                tmp *= g[:H]
-                c = cs[k]
+                sig = g[:3 * H]
+                sig *= half
+                sig += half
+                np.multiply(g[:H], g[3 * H:], out=tmp)
+                c = self.c[k]
                 c *= g[H:2 * H]
                 c += tmp
                 np.tanh(c, out=tmp)
-                h = np.multiply(g[3 * H:], tmp, out=dest)
-            else:
-                gh = g
-                if self.b_hh[k] is not None:
-                    gh += self.b_hh[k]
-                if k == 0:
-                    gi = xp_first
-                else:
-                    gi = self.gi[k]
-                    if self.b_ih[k] is not None:
-                        gi += self.b_ih[k]
-                rz = np.add(gi[:2 * H], gh[:2 * H], out=gh[:2 * H])  # in place: gh[2H:] stays
-                rz *= half
+                np.multiply(g[2 * H:3 * H], tmp, out=h)  # v[:H] is free: the products are done
+            else:  # rows (r, z, n), r, z pre-halved
+                gh, gi = self.g[k]
+                if gi is None:
+                    gi = xp
+                rz = np.add(gi[:2 * H], gh[:2 * H], out=gh[:2 * H])
                 np.tanh(rz, out=rz)
                 rz *= half
                 rz += half
@@ -392,21 +423,22 @@ class _NumpyStack:
                 n = np.multiply(gh[2 * H:], r, out=tmp)
                 n += gi[2 * H:]
                 np.tanh(n, out=n)
-                h = np.subtract(self.one, z, out=dest)
+                zh = np.multiply(z, h, out=self.tmp2)
+                np.subtract(self.one, z, out=h)
                 h *= n
-                np.multiply(z, hs[k], out=tmp)
-                h += tmp
-            new_h.append(h)
-            inp = h
+                h += zh
+            if k < self.L - 1:
+                self.inp[k + 1][:] = h
+        h_top[:] = h
         if self.const is not None:
-            return new_h, cs, self.npdt(self.const)
-        feat = cs[-1] if self.kind == "lstm" else new_h[-1]
+            return self.const
+        feat = (self.hs, self.c)[self.spec.feature_index][-1]
         zz = np.dot(self.gw, feat) + self.gb
-        return new_h, cs, floor_update_prob(self.npdt(self.one / (self.one + np.exp(-zz))),
-                                            self.max_skip, self.threshold)
+        return floor_update_prob(self.npdt(self.one / (self.one + np.exp(-zz))), self.max_skip,
+                                 self.threshold)
 
 
-class _SkipRuns:
+class SkipRuns:
     """``simulate_skips`` from a state, memoised: after an update the accumulator is 0, so with a
     constant (or recurring) Δũ every run of skipped steps is the same and costs one dict lookup."""
 
@@ -442,23 +474,21 @@ class _SkipRuns:
 
 def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, stats=None):
     """Batch size 1 on the CPU: the cell (NumPy) only on update steps, runs of skipped steps
-    written in bulk (their ũ from ``_SkipRuns``, their output an index of the held h)."""
+    written in bulk (their ũ from ``SkipRuns``, their output an index of the held h)."""
     T, H = x.shape[0], hs[0].shape[-1]
     one, zero = npdt(1), npdt(0)
     up, cum = floor_update_prob(npdt(up0.item()), cell.max_skip, cell.threshold), npdt(cum0.item())
-    stack = _NumpyStack(cell, npdt)
-    runs = _SkipRuns(threshold, npdt)
-    hs = [h[0].numpy().copy() for h in hs]
+    runs = SkipRuns(threshold, npdt)
     cs = [c[0].numpy().copy() for c in cs] if cs is not None else None
+    stack = NumpyStack(cell, [h[0].numpy() for h in hs], cs, npdt, first_projected=True)
     steps = np.arange(T) if valid is None else np.flatnonzero(valid)  # steps that count
     n_steps = len(steps)
     # inputs up to the last step that counts (blocks of projections stop there)
     proj = LazyInputProjection(x[:int(steps[-1]) + 1 if n_steps else 0, 0], *stack.first_ih)
     # output rows: 0 the top h before step 0, 1 padding (masked steps), 2 + j the j-th update's h
     hist = np.empty((n_steps + 2, H), npdt)
-    hist[0] = hs[-1]
+    hist[0] = stack.hs[-1]
     hist[1] = 0
-    hs[-1] = hist[0]
     cur = 0
     idx = np.ones(T, np.int64)
     u_np = np.zeros(T, npdt)
@@ -483,7 +513,7 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
         if proj.block is not block_id:
             block_id, block_np = proj.block, proj.block.numpy()
         cur += 1 if cur else 2
-        hs, cs, up = stack(block_np[j], hs, cs, h_out=hist[cur])
+        up = stack.update(hist[cur], block_np[j])
         cum = zero
         idx[t] = cur
         k += 1
@@ -495,8 +525,8 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
     p = torch.from_numpy(p_np).unsqueeze(1)
     up_t = torch.tensor([up], dtype=x.dtype, device=dev)
     cum_t = torch.tensor([cum], dtype=x.dtype, device=dev)
-    state = tuple(torch.from_numpy(np.stack(part)[:, None]) for part in ((hs,) if cs is None
-                                                                          else (hs, cs)))
+    state = tuple(torch.from_numpy(np.stack(part)[:, None]) for part in ((stack.hs,) if cs is None
+                                                                          else (stack.hs, cs)))
     return RecurrenceResult(out, state, up_t, cum_t, u, p)
 
 
