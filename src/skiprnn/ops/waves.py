@@ -286,9 +286,17 @@ class GateReplay:
 class _Waves:
     """Compact state of the rows still updating (in ``self.rows`` order) and the final state of
     the others. Subclasses implement ``input_buffer()`` (where the first layer's input rows go)
-    and ``update(h_out) -> (top h, gate feature)``."""
+    and ``update(h_out) -> top h``; :meth:`step` adds the gate feature, the state tensor the
+    cell's :class:`~skiprnn.ops.cells.CellSpec` names.
 
-    def __init__(self, layers, states, rows: np.ndarray, x: Tensor):
+    Why the subclasses restate the cell maths of :mod:`skiprnn.ops.cells`: one GEMM per weight
+    matrix on preallocated buffers and in-place pointwise ops over all rows of a wave (no
+    temporaries, the LSTM's σ and tanh in one pass over its :meth:`~skiprnn.ops.cells.CellSpec.
+    arrange` layout); gate order, sizes and the feature come from the description."""
+
+    def __init__(self, cell, states, rows: np.ndarray, x: Tensor):
+        self.spec = cell.spec
+        layers = cell.layers
         self.L = len(layers)
         self.dev, self.dt = x.device, x.dtype
         self.I = x.shape[2]
@@ -297,6 +305,13 @@ class _Waves:
         self.final = [torch.stack(list(s)).clone() for s in states]
         self.B = self.final[0].shape[1]
         self.rows = rows
+
+    def step(self, h_out: Tensor | None = None):
+        """One update of every live row (inputs already in ``input_buffer()``); the top layer's
+        new h goes to ``h_out`` ``(m, H)`` (an own buffer if None). Returns ``(top h, gate
+        feature)``, each ``(m, H)``."""
+        h = self.update(h_out)
+        return h, self.live_states()[self.spec.feature_index][-1]
 
     def index(self, a: np.ndarray) -> Tensor:
         """A NumPy index array as a tensor on the state's device."""
@@ -328,23 +343,19 @@ def _bias(b_ih, b_hh, n, like):
 
 
 class _LstmWaves(_Waves):
-    """LSTM stack. Per layer one GEMM ``[inp | h | 1] @ [W_ih | W_hh | b]ᵀ`` (the bias as a column of
-    ones: no separate pass to add it) with the gate rows in the order
-    (i, f, o, g) and the i, f, o rows halved (exact), so that one in-place tanh over all gates
-    gives tanh(½a) for i, f, o (σ = ½·tanh(½a) + ½) and tanh(a) for g."""
+    """LSTM stack. Per layer one GEMM ``[inp | h | 1] @ arrange([W_ih | W_hh | b])ᵀ`` (the bias as
+    a column of ones: no separate pass to add it; rows (i, f, o, g), i, f, o halved), so that one
+    in-place tanh over all gates gives tanh(½a) for i, f, o (σ = ½·tanh(½a) + ½) and tanh(a)
+    for g."""
 
-    def __init__(self, layers, hs, cs, rows, x):
-        super().__init__(layers, (hs, cs), rows, x)
+    def __init__(self, cell, states, rows, x):
+        super().__init__(cell, states, rows, x)
         H = self.H
-        order = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H),
-                           torch.arange(2 * H, 3 * H)]).to(self.dev)
-        scale = torch.ones(4 * H, dtype=self.dt, device=self.dev)
-        scale[:3 * H] = 0.5
         self.w, self.S, self.C, self.n_in = [], [], [], []
         r = self.index(rows)
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(cell.layers):
             b = _bias(b_ih, b_hh, 4 * H, w_ih)
-            w = torch.cat([w_ih.detach(), w_hh.detach(), b[:, None]], 1)[order] * scale[:, None]
+            w = self.spec.arrange(torch.cat([w_ih.detach(), w_hh.detach(), b[:, None]], 1))
             self.w.append(w.t().contiguous())  # (In + H + 1, 4H)
             n_in = w_ih.shape[1]
             self.n_in.append(n_in)
@@ -372,9 +383,7 @@ class _LstmWaves(_Waves):
         return self.S[0][:, :self.I]
 
     def update(self, h_out: Tensor | None = None):
-        """One update of every live row (inputs already in ``input_buffer()``); the top layer's
-        new h goes to ``h_out`` ``(m, H)`` (an own buffer if None). Returns ``(top h, gate
-        feature)`` (the feature: the top layer's new c)."""
+        """See :meth:`_Waves.step`; returns the top h."""
         H = self.H
         g = self.gates
         for k in range(self.L):
@@ -390,20 +399,20 @@ class _LstmWaves(_Waves):
             s[:, self.n_in[k]:-1].copy_(h)
             if k < self.L - 1:
                 self.S[k + 1][:, :H].copy_(h)
-        return h, self.C[-1]
+        return h
 
 
 class _GruWaves(_Waves):
     """GRU stack (nn.GRU's candidate, or the paper's with ``reset_after=False``): GEMMs on the
     input and on h, then in-place pointwise ops; h' = n + z·(h - n)."""
 
-    def __init__(self, layers, hs, rows, x, reset_after: bool):
-        super().__init__(layers, (hs,), rows, x)
-        self.reset_after = reset_after
+    def __init__(self, cell, states, rows, x):
+        super().__init__(cell, states, rows, x)
+        self.reset_after = cell.reset_after
         H = self.H
         r = self.index(rows)
         self.w_ih, self.w_hh, self.b_ih, self.b_hh, self.Hs = [], [], [], [], []
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(layers):
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(cell.layers):
             self.w_ih.append(w_ih.detach().t().contiguous())
             self.w_hh.append(w_hh.detach().t().contiguous())
             zero = w_ih.new_zeros(3 * H).detach()
@@ -427,7 +436,7 @@ class _GruWaves(_Waves):
         return self.x_in
 
     def update(self, h_out: Tensor | None = None):
-        """As ``_LstmWaves.update``; the gate feature is the top layer's new h."""
+        """See :meth:`_Waves.step`; returns the top h."""
         H = self.H
         gi, gh = self.gi, self.gh
         inp = self.x_in
@@ -449,7 +458,7 @@ class _GruWaves(_Waves):
             inp = h
         if h_out is not None:
             h_out.copy_(self.Hs[-1])
-        return self.Hs[-1], self.Hs[-1]
+        return self.Hs[-1]
 
 
 def _fill_outputs(out: Tensor, hist: Tensor, written: np.ndarray, valid: np.ndarray | None,
@@ -551,10 +560,8 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
     cum[~live] = cum_end[~live]
     cum[live] = 0
     rows, at = rows[live], at[live]
-    if cell.kind == "lstm":
-        eng = _LstmWaves(cell.layers, hs, cs, rows, x)
-    else:
-        eng = _GruWaves(cell.layers, hs, rows, x, cell.reset_after)
+    engine = _LstmWaves if cell.kind == "lstm" else _GruWaves
+    eng = engine(cell, (hs,) if cs is None else (hs, cs), rows, x)
     out = torch.empty(T * B, H, dtype=dt, device=dev)  # step t, row b at t·B + b
     # history (see _fill_outputs): carried h, a zero row, then one row per update (at most one
     # per valid step; untouched rows of the allocation are never paged in)
@@ -594,11 +601,7 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
             order = np.argsort(rows)
             rows, at = rows[order], at[order]
             waiting = []
-            hs_b = list(eng.final[0].unbind(0))
-            if cell.kind == "lstm":
-                eng = _LstmWaves(cell.layers, hs_b, list(eng.final[1].unbind(0)), rows, x)
-            else:
-                eng = _GruWaves(cell.layers, hs_b, rows, x, cell.reset_after)
+            eng = engine(cell, tuple(list(f.unbind(0)) for f in eng.final), rows, x)
             t_end = min(T, t_end + block)
             continue
         m = rows.size
@@ -608,7 +611,7 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
         if filled:  # (then the wave is synced: rows only leave together)
             written[t0] = 1
             eng.input_buffer().copy_(x[t0])
-            h, feat = eng.update(out[t0 * B:(t0 + 1) * B])
+            h, feat = eng.step(out[t0 * B:(t0 + 1) * B])
         else:
             written[t, rows] = np.arange(n_hist + 1, n_hist + 1 + m)
             if synced:  # the whole batch at one step: no gather
@@ -617,7 +620,7 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
                 if x_rows is None:
                     x_rows = x.reshape(T * B, -1)
                 torch.index_select(x_rows, 0, eng.index(t * B + rows), out=eng.input_buffer())
-            h, feat = eng.update(hist[n_hist:n_hist + m])
+            h, feat = eng.step(hist[n_hist:n_hist + m])
             n_hist += m
         delta = cell.delta(feat).cpu().numpy().astype(npdt)
         up[rows] = delta
