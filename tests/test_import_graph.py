@@ -116,3 +116,59 @@ def test_the_graph_sees_lazy_relative_and_dispatch_imports(tmp_path):
     assert set(find_cycle(import_graph(pkg))) == {"skiprnn.sub.b", "skiprnn.sub.c"}
     (pkg / "sub" / "c.py").write_text("NOTE = 'see skiprnn.a'\n")
     assert find_cycle(import_graph(pkg)) is None
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(text: str, module: str, package: str, is_package: bool = False) -> list:
+    """``"line: what"`` for every underscore name that ``module`` (its source ``text``) of
+    subpackage ``package`` (e.g. ``skiprnn.inference``) takes from another part of skiprnn: a
+    private module or name in an import from outside ``package``, and any ``obj._name``
+    attribute whose object is not ``self`` / ``cls`` (a layer's or another module's private
+    member). ``is_package``: ``module`` is a package's ``__init__``."""
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom):
+            probe = ast.ImportFrom(module=node.module, names=[ast.alias(name="x")],
+                                   level=node.level)
+            source = _imported_names(module, is_package, probe)[0].rpartition(".")[0]
+            if source.startswith("skiprnn") and not (source + ".").startswith(package + "."):
+                found += [f"{node.lineno}: from {source} import {a.name}" for a in node.names
+                          if _private(a.name)]
+                if any(map(_private, source.split("."))):
+                    found.append(f"{node.lineno}: from {source} (a private module)")
+        elif isinstance(node, ast.Import):
+            found += [f"{node.lineno}: import {a.name}" for a in node.names
+                      if a.name.startswith("skiprnn") and any(map(_private, a.name.split(".")))]
+        elif isinstance(node, ast.Attribute) and _private(node.attr):
+            owner = node.value.id if isinstance(node.value, ast.Name) else None
+            if owner not in ("self", "cls"):
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_inference_uses_only_public_names_of_other_packages():
+    """Issue 14, point 7: ``skiprnn.inference`` runs over the public surface of the layers and ops
+    (``layer.layer_weights()``, ``layer.parse_state``, ``ops.skipping.NumpyStack``, ...)."""
+    modules = {m: v for m, v in package_modules(PACKAGE_DIR).items()
+               if (m + ".").startswith("skiprnn.inference.")}
+    assert {"skiprnn.inference", "skiprnn.inference.lazy"} <= set(modules)
+    bad = {m: private_uses(path.read_text(), m, "skiprnn.inference", is_pkg)
+           for m, (path, is_pkg) in modules.items()}
+    assert not {m: v for m, v in bad.items() if v}, bad
+
+
+def test_private_use_checker():
+    src = ("from ..ops.skipping import _Hidden, Public\n"
+           "from .._env import x\n"
+           "from .stream import _same_package\n"
+           "import skiprnn._env\n"
+           "def f(layer):\n"
+           "    return layer._parse_hx(1), self._own, layer.__class__\n")
+    assert private_uses(src, "skiprnn.inference.probe", "skiprnn.inference") == [
+        "1: from skiprnn.ops.skipping import _Hidden",
+        "2: from skiprnn._env (a private module)",
+        "4: import skiprnn._env",
+        "6: layer._parse_hx"]

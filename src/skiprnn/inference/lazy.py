@@ -22,8 +22,8 @@ from torch import Tensor
 from ..metrics import flops_per_update
 from ..outputs import SkipOutput
 from ..ops.naive import floor_update_prob
-from ..ops.skipping import NumpyStack, SkipRuns, StepCell, np_dtype
-from .stream import SkipStream, _gate_config
+from ..ops.skipping import NumpyStack, SkipRuns, np_dtype
+from .stream import SkipStream, _gate_config, _layer_state, _step_cell
 
 __all__ = ["lazy_forward", "LazyResult"]
 
@@ -179,12 +179,7 @@ def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) ->
     dt = next(layer.parameters()).dtype
     npdt = np_dtype(dt)
     threshold, const = _gate_config(layer)
-    if hx is None:
-        state = layer.initial_state(1)
-    else:
-        state = layer.parse_state(hx, 1, torch.empty(1, 1, 1, dtype=dt), unbatched=False)
-    gw = layer.update_gate.weight if layer.update_gate is not None else None
-    gb = layer.update_gate.bias if layer.update_gate is not None else None
+    state = _layer_state(layer, hx, 1)
     one, zero = npdt(1), npdt(0)
     get1 = _getter_one(source, get)
     shape1 = (1, I)
@@ -192,8 +187,7 @@ def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) ->
         hs = [h[0].detach().numpy().astype(npdt, copy=True) for h in state[0].unbind(0)]
         cs = ([c[0].detach().numpy().astype(npdt, copy=True) for c in state[1].unbind(0)]
               if layer.mode == "lstm" else None)
-        cell = StepCell(layer.mode, layer.layer_weights(), gw, gb, const, threshold=threshold,
-                        **layer.cell_options())
+        cell = _step_cell(layer, threshold, const)
         stack = NumpyStack(cell, hs, cs, npdt)
         runs = SkipRuns(threshold, npdt)
         x2 = stack.x2t

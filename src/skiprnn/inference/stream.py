@@ -38,6 +38,24 @@ def _gate_config(layer):
                      f"{mode!r} (random skipping has no skip-ahead)")
 
 
+def _layer_state(layer, state, batch_size: int):
+    """The layer's full state for ``batch_size`` streams: fresh when ``state`` is None, else
+    ``state`` (any ``hx`` the layer takes) checked and completed by ``layer.parse_state``."""
+    if state is None:
+        return layer.initial_state(batch_size)
+    p = next(layer.parameters())
+    like = torch.empty(1, batch_size, 1, device=p.device, dtype=p.dtype)  # a time-major batch
+    return layer.parse_state(state, batch_size, like, unbatched=False)
+
+
+def _step_cell(layer, threshold: float, constant_delta) -> StepCell:
+    """The :class:`~skiprnn.ops.skipping.StepCell` of ``layer`` (its parameters, read live)."""
+    g = layer.update_gate
+    return StepCell(layer.mode, layer.layer_weights(), None if g is None else g.weight,
+                    None if g is None else g.bias, constant_delta, threshold=threshold,
+                    **layer.cell_options())
+
+
 class SkipStream:
     """Step-by-step inference over a Skip LSTM / Skip GRU layer whose skipped steps cost nothing.
 
@@ -72,12 +90,7 @@ class SkipStream:
         self.npdt = np_dtype(p.dtype)
         if self.npdt is None:
             raise TypeError(f"streaming supports float32 / float64 layers, got {p.dtype}")
-        if state is None:
-            state = layer.initial_state(batch_size)
-        else:
-            state = layer.parse_state(state, batch_size, torch.empty(1, batch_size, 1,
-                                                                    device=p.device, dtype=p.dtype),
-                                    unbatched=False)
+        state = _layer_state(layer, state, batch_size)
         with torch.no_grad():
             self.hs = [h.clone() for h in state[0].unbind(0)]
             self.cs = [c.clone() for c in state[1].unbind(0)] if self.kind == "lstm" else None
@@ -98,15 +111,9 @@ class SkipStream:
             params += tuple(self.layer.update_gate.parameters())
         key = tuple(id(p) for p in params)
         if getattr(self, "_cell_key", None) != key:
-            self._cell_cache, self._cell_key = self._make_cell(), key
+            self._cell_cache = _step_cell(self.layer, self.threshold, self.constant_delta)
+            self._cell_key = key
         return self._cell_cache
-
-    def _make_cell(self) -> StepCell:
-        lay = self.layer
-        gw = lay.update_gate.weight if lay.update_gate is not None else None
-        gb = lay.update_gate.bias if lay.update_gate is not None else None
-        return StepCell(self.kind, lay.layer_weights(), gw, gb, self.constant_delta,
-                        threshold=self.threshold, **lay.cell_options())
 
     def _u_tilde(self):
         one = self.npdt(1)
@@ -226,15 +233,12 @@ class SkipStream:
         if x.dim() != 3 or x.shape[1] != self.B or x.shape[2] != I:
             raise ValueError(f"chunk must have shape (T, {self.B}, {I}), got {tuple(chunk.shape)}")
         x = x.to(self.device, self.dtype)
-        st = self.state
-        lay = self.layer
-        gw = lay.update_gate.weight if lay.update_gate is not None else None
-        gb = lay.update_gate.bias if lay.update_gate is not None else None
+        st, cell = self.state, self._cell()
         res = skip_rnn_skipping(self.kind, x, tuple(st[:-2]), st.update_prob, st.cum_update_prob,
-                                lay.layer_weights(), gw, gb,
+                                cell.layers, cell.gate_weight, cell.gate_bias,
                                 GateOptions(threshold=self.threshold,
                                             constant_delta=self.constant_delta,
-                                            **lay.cell_options()))
+                                            **self.layer.cell_options()))
         out, u, p = res.output, res.updates, res.update_probs
         self.hs = list(res.state[0].unbind(0))
         self.cs = list(res.state[1].unbind(0)) if self.kind == "lstm" else None
