@@ -1,20 +1,16 @@
 """Helpers for the skipping-inference tests."""
 
-import math
 from functools import partial
 
 import torch
 
 from skiprnn import SkipGRU, SkipLSTM
+from skiprnn_testutil import set_constant_gate as constant_gate
 
 # "*_paper": the paper code's cells (one bias per gate; GRU with the reset gate before W_hn)
 CLASSES = {"lstm": SkipLSTM, "gru": SkipGRU,
            "lstm_paper": partial(SkipLSTM, single_bias=True),
            "gru_paper": partial(SkipGRU, single_bias=True, reset_after=False)}
-
-
-def logit(p: float) -> float:
-    return math.log(p / (1 - p))
 
 
 def make_layer(kind, input_size=5, hidden_size=12, num_layers=1, seed=0, gate_std=0.6,
@@ -28,10 +24,23 @@ def make_layer(kind, input_size=5, hidden_size=12, num_layers=1, seed=0, gate_st
     return m
 
 
-def constant_gate(layer, delta: float):
-    with torch.no_grad():
-        layer.update_gate.weight.zero_()
-        layer.update_gate.bias.fill_(logit(delta))
+# skip patterns of a layer at batch size 1 (``pattern_layer``): a constant Δũ, or a learned gate
+GATE_PATTERNS = {
+    "dense-regular": dict(delta=0.4),  # a read every 2nd step
+    "sparse-regular": dict(delta=0.052),  # every 10th step
+    "dense-irregular": dict(gate_std=1.5, gate_bias=-0.4),  # learned: mean interval ≈ 1-2.5
+    "sparse-irregular": dict(gate_std=2.0, gate_bias=-2.0),  # learned: mean interval ≈ 3-10
+}
+
+
+def pattern_layer(kind, num_layers, pattern, **kw):
+    """``make_layer(kind, num_layers, seed=4, ...)`` with the skip pattern ``GATE_PATTERNS[pattern]``."""
+    p = dict(GATE_PATTERNS[pattern])
+    delta = p.pop("delta", None)
+    layer = make_layer(kind, num_layers=num_layers, seed=4, **p, **kw)
+    if delta is not None:
+        constant_gate(layer, delta)
+    return layer
 
 
 def random_state(layer, B, seed=1, cum=True):

@@ -11,7 +11,8 @@ from skiprnn import PeriodicSkipGRU, PeriodicSkipLSTM, RandomSkipLSTM
 from skiprnn.inference import lazy, lazy_forward
 from skiprnn.ops import skipping
 
-from inference_testutil import assert_no_ties, assert_same, constant_gate, make_layer, random_state, run
+from inference_testutil import (GATE_PATTERNS, assert_no_ties, assert_same, make_layer,
+                                pattern_layer, random_state, run)
 
 T = 50
 
@@ -36,32 +37,15 @@ def generic(layer, *args, **kw):
         lazy._single_ok = old
 
 
-PATTERNS = {
-    "every-2nd": dict(delta=0.4),
-    "every-10th": dict(delta=0.052),
-    "learned": dict(gate_std=1.5, gate_bias=-0.4),
-    "learned-sparse": dict(gate_std=2.0, gate_bias=-2.0),
-}
-
-
-def layer_for(kind, num_layers, pattern, **kw):
-    p = dict(PATTERNS[pattern])
-    delta = p.pop("delta", None)
-    layer = make_layer(kind, num_layers=num_layers, seed=4, **p, **kw)
-    if delta is not None:
-        constant_gate(layer, delta)
-    return layer
-
-
 @pytest.mark.parametrize("kind", ["lstm", "gru", "lstm_paper"])
 @pytest.mark.parametrize("num_layers", [1, 2], ids=lambda v: f"L{v}")
-@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("pattern", list(GATE_PATTERNS))
 @pytest.mark.parametrize("fresh", [True, False], ids=["fresh", "continued"])
 @pytest.mark.parametrize("blocks", [False, True], ids=["one-mv", "row-blocks"])
 def test_equals_reference(monkeypatch, no_stream, kind, num_layers, pattern, fresh, blocks):
     if blocks:  # H = 12: every concatenated matrix runs as AlternatingMV row blocks
         monkeypatch.setattr(skipping, "MV_BLOCK_BYTES", 700)
-    layer = layer_for(kind, num_layers, pattern)
+    layer = pattern_layer(kind, num_layers, pattern)
     torch.manual_seed(0)
     x = torch.randn(T, 1, 5)
     hx = None if fresh else random_state(layer, 1)
@@ -76,7 +60,7 @@ def test_equals_reference(monkeypatch, no_stream, kind, num_layers, pattern, fre
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_encoder_path_skips_the_stream(no_stream, kind):
-    layer = layer_for(kind, 2, "learned", input_size=6)
+    layer = pattern_layer(kind, 2, "dense-irregular", input_size=6)
     torch.manual_seed(1)
     frames = torch.randn(T, 2, 4, 4)
     enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32, 6))
@@ -101,7 +85,7 @@ def test_encoder_path_skips_the_stream(no_stream, kind):
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_stats_equal_generic_path(kind):
-    layer = layer_for(kind, 1, "learned-sparse", input_size=6)
+    layer = pattern_layer(kind, 1, "sparse-irregular", input_size=6)
     torch.manual_seed(2)
     frames = torch.randn(T, 2, 4, 4)
     enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32, 6))
@@ -113,7 +97,7 @@ def test_stats_equal_generic_path(kind):
 
 @pytest.mark.parametrize("source_kind", ["tensor", "list", "callable"])
 def test_sources_and_encoder_inputs(no_stream, source_kind):
-    layer = layer_for("lstm", 1, "every-2nd", input_size=6)
+    layer = pattern_layer("lstm", 1, "dense-regular", input_size=6)
     torch.manual_seed(3)
     frames = torch.randn(20, 2, 4, 4)
     enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32, 6))
@@ -147,7 +131,7 @@ def test_sources_and_encoder_inputs(no_stream, source_kind):
 
 
 def test_encoder_output_other_dtype_and_requires_grad(no_stream):
-    layer = layer_for("gru", 1, "learned")
+    layer = pattern_layer("gru", 1, "dense-irregular")
     torch.manual_seed(5)
     x = torch.randn(T, 5, dtype=torch.float64)
     w = torch.ones(1, requires_grad=True)
@@ -222,7 +206,7 @@ def test_bad_inputs_single():
 
 
 def test_state_continues_across_calls(no_stream):
-    layer = layer_for("lstm", 2, "learned")
+    layer = pattern_layer("lstm", 2, "dense-irregular")
     torch.manual_seed(9)
     x = torch.randn(T, 1, 5)
     ref = run(layer, x, "reference")

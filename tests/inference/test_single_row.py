@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from skiprnn.ops import skipping
 
-from inference_testutil import assert_no_ties, assert_same, constant_gate, make_layer, random_state, run
+from inference_testutil import (GATE_PATTERNS, assert_no_ties, assert_same, make_layer,
+                                pattern_layer, random_state, run)
 
 T = 60
 CHUNK = 7
@@ -43,25 +44,12 @@ def small_blocks(monkeypatch):
     return RecordingProjection.made
 
 
-PATTERNS = {
-    # name: (constant Δũ or None, gate_std, gate_bias)
-    "dense-regular": (0.4, None, None),  # a read every 2nd step: contiguous chunks
-    "sparse-regular": (0.052, None, None),  # every 10th step: strided blocks
-    "dense-irregular": (None, 1.5, -0.4),  # a learned gate (mean interval ≈ 1-2.5)
-    "sparse-irregular": (None, 2.0, -2.0),  # (mean interval ≈ 3-10)
-}
-
-
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("num_layers", [1, 2], ids=lambda v: f"L{v}")
-@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("pattern", list(GATE_PATTERNS))
 @pytest.mark.parametrize("length", [None, 45], ids=["full", "length45"])
 def test_equals_reference(small_blocks, kind, num_layers, pattern, length):
-    delta, std, bias = PATTERNS[pattern]
-    layer = make_layer(kind, num_layers=num_layers, seed=4,
-                       **({} if delta is not None else dict(gate_std=std, gate_bias=bias)))
-    if delta is not None:
-        constant_gate(layer, delta)
+    layer = pattern_layer(kind, num_layers, pattern)
     torch.manual_seed(0)
     x = torch.randn(T, 1, 5)
     kw = {} if length is None else {"lengths": torch.tensor([length])}
