@@ -231,6 +231,20 @@ def test_gates_both_update_and_skip(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
+def test_steps_no_column_updates(cell, masked):
+    """Steps where no column of the batch updates take the backward's shortcut (no cell work):
+    a problem with such steps and with mixed ones, both chunk-aligned and not, matches the
+    reference on every output and gradient."""
+    p, mask = make_problem(cell, 70, 3, 2, 20, seed=1, masked=masked, fresh=False)
+    with torch.no_grad():
+        u = call(skip_rnn_cpu, cell, p, mask=mask).updates
+    per_step = u.sum(1)
+    assert (per_step == 0).sum() >= 3 and ((per_step > 0) & (per_step < 3)).any(), per_step
+    check(cell, p, mask, torch.float64)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_threshold_tensor(cell):
     """A (T, B) threshold tensor (e.g. uniform noise = Bernoulli sampling) matches the reference."""
     T, B = 40, 5

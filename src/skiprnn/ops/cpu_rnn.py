@@ -407,8 +407,9 @@ def _forward_results(fw, M, has_c):
 
 def _backward_work(cell, x, Wi, Wh, gw, Hh, h0, KK, extra, tmp_lease):
     """The backward's shared buffers: running gradients ``S``, ``Sn`` ``(S rows + 2, B)`` =
-    ``[dstate; dup; dcum]``; ``WDG`` (C, 4H, B) the chunk's dgates and ``DGP`` (4H, C B) the
-    same for its GEMMs; ``WGO`` (C+1, H, B) output gradients of steps t0-1 .. t0+n-1; ``DZ``
+    ``[dstate; dup; dcum]``; ``DGP`` (4H, C B) the chunk's dgates, step j in columns
+    ``j B:(j + 1) B`` (the layout of its weight / input GEMMs), and ``WDG`` (C, 4H, B) a view of
+    it, step j's dgates ``WDG[j]`` (rows contiguous, row stride C B); ``WGO`` (C+1, H, B) output gradients of steps t0-1 .. t0+n-1; ``DZ``
     (T, 1, B) the gate pre-activation's gradient; ``xa`` (T B, I+1) ``[x | 1]``; ``dx``."""
     T, B, I = x.shape
     H = Hh.shape[2]
@@ -416,7 +417,8 @@ def _backward_work(cell, x, Wi, Wh, gw, Hh, h0, KK, extra, tmp_lease):
     bw = SimpleNamespace(T=T, B=B, I=I, H=H, C=C, L=L, new=new, x=x, Wi=Wi, Wh=Wh, Hh=Hh,
                          h0=h0, KK=KK, extra=extra, gwT=gw.t())
     bw.S, bw.Sn = new(L.S + 2, B), new(L.S + 2, B)
-    bw.WDG, bw.DGP, bw.WGO = new(C, 4 * H, B), new(4 * H, C * B), new(C + 1, H, B)
+    bw.DGP, bw.WGO = new(4 * H, C * B), new(C + 1, H, B)
+    bw.WDG = bw.DGP.view(4 * H, C, B).permute(1, 0, 2)  # written in place: no copy per chunk
     bw.DZ = tmp_lease.new(T, 1, B)
     bw.xa = tmp_lease.new(T * B, I + 1)  # [x | 1]: one GEMM gives dW_ih and the bias gradient
     bw.xa[:, :I] = x.reshape(T * B, I)
@@ -451,11 +453,23 @@ def _output_grads(bw, g_out, M, t0, n):
         bw.WGO[0].zero_()
 
 
+def _held_step(bw, j, s, sn):
+    """Step j of the chunk where no column updates (u = 0 everywhere): the state was held, so
+    its dgates are 0 (``dz`` = 0 and ``u dstate'`` = 0) and the state gradient passes through,
+    ``dstate = dstate'`` plus the output gradient on the h rows; what the cell's step gives for
+    u = 0, without its GEMM. ``s``, ``sn``: the running gradient after / before the step."""
+    S, H = bw.L.S, bw.H
+    bw.WDG[j].zero_()
+    torch.add(s[:H], bw.go_[j], out=sn[:H])
+    if S > H:
+        sn[H:S] = s[H:S]
+
+
 def _backward_chunks(cell, bw, g_out, g_gate, M):
-    """The reverse loop: per step dũ and dz (the gate), the cell's dgates and state gradient,
-    the gradient of ``[cum, Δũ]``; per chunk the cell's weight and input gradients. ``g_gate``
-    ``(T, 1, B)``: the gradient reaching u and ũ directly. Returns the final running gradient
-    (that of the initial state)."""
+    """The reverse loop: per step dũ and dz (the gate), the cell's dgates and state gradient
+    (:func:`_held_step` where no column updates), the gradient of ``[cum, Δũ]``; per chunk the
+    cell's weight and input gradients. ``g_gate`` ``(T, 1, B)``: the gradient reaching u and ũ
+    directly. Returns the final running gradient (that of the initial state)."""
     T, C, B, H, L, KK = bw.T, bw.C, bw.B, bw.H, bw.L, bw.KK
     cell_step, cell_chunk, param_grads = cell.backward_ops(bw)
     views = [(s, s[L.S:L.S + 1], s[L.S:L.S + 2]) for s in (bw.S, bw.Sn)]
@@ -469,6 +483,7 @@ def _backward_chunks(cell, bw, g_out, g_gate, M):
     for t0 in reversed(range(0, T, C)):
         n = min(C, T - t0)
         _output_grads(bw, g_out, M, t0, n)
+        updated = KK[t0:t0 + n, L.U].any(1).tolist()  # does any column update at step t0 + j
         for j in range(n - 1, -1, -1):
             t = t0 + j
             s, dup, ssc = views[cur]
@@ -477,15 +492,16 @@ def _backward_chunks(cell, bw, g_out, g_gate, M):
             if masked:
                 dut.mul_(m_[t])
             torch.mul(dup, kz_[t], out=dz_[t])
-            cell_step(j, t, cur)
+            if updated[j]:
+                cell_step(j, t, cur)
+            else:
+                _held_step(bw, j, s, views[1 - cur][0])
             snsc = views[1 - cur][2]
             torch.mul(ssc, c2_[t], out=snsc)
             snsc.addcmul_(dut, pu_[t])
             cur = 1 - cur
         # the chunk's share of the weight / input gradients, while dgates are hot
-        dgp = bw.DGP[:, :n * B]
-        dgp.view(4 * H, n, B).copy_(bw.WDG[:n].transpose(0, 1))
-        cell_chunk(dgp, t0, n)
+        cell_chunk(bw.DGP[:, :n * B], t0, n)
     return views[cur][0], param_grads
 
 
