@@ -56,6 +56,7 @@ from .contract import GateOptions, RecurrenceResult, check_cell
 from .naive import check_cap_holds, floor_update_prob, update_prob_floor
 
 __all__ = ["CpuCell", "KKLayout", "skip_rnn_cpu", "release_cpu_buffers", "add_h_old_gemm",
+           "add_input_grads",
            "register_cell", "cpu_rnn_forward", "cpu_rnn_backward"]
 
 
@@ -221,6 +222,22 @@ def add_h_old_gemm(dW, dgp, Hh, h0, t0, n, B, H):
     dW.addmm_(dgp[:, :B], h0)
     if n > 1:
         dW.addmm_(dgp[:, B:n * B], Hh[:n - 1].view((n - 1) * B, H))
+
+
+def add_input_grads(bw, parts, t0, n):
+    """The chunk's input-side gradients, for steps t0..t0+n-1: ``bw.dWibT`` ``(I + 1, G H)``
+    ``+= [x | 1]ᵀ dgatesᵀ`` (the transposed gradient of ``[W_ih | b]``) and ``bw.dxT`` ``(I, T B)``
+    ``= W_ihᵀ dgates``. ``parts``: ``(dgates rows (R, n B), W_ih rows (a slice))`` pairs, the rows
+    of the chunk's dgates that act on those rows of W_ih. (Both GEMMs are computed transposed:
+    with I of 1 to 3 the long dimension n B is then the output's, several times faster.)"""
+    cols = slice(t0 * bw.B, (t0 + n) * bw.B)
+    xa, dxc = bw.xaT[:, cols], bw.dxT[:, cols]
+    for k, (dg, rows) in enumerate(parts):
+        bw.dWibT[:, rows].addmm_(xa, dg.t())
+        if k == 0:
+            torch.mm(bw.WiT[:, rows], dg, out=dxc)
+        else:
+            dxc.addmm_(bw.WiT[:, rows], dg)
 
 
 class KKLayout:
@@ -410,7 +427,9 @@ def _backward_work(cell, x, Wi, Wh, gw, Hh, h0, KK, extra, tmp_lease):
     ``[dstate; dup; dcum]``; ``DGP`` (4H, C B) the chunk's dgates, step j in columns
     ``j B:(j + 1) B`` (the layout of its weight / input GEMMs), and ``WDG`` (C, 4H, B) a view of
     it, step j's dgates ``WDG[j]`` (rows contiguous, row stride C B); ``WGO`` (C+1, H, B) output gradients of steps t0-1 .. t0+n-1; ``DZ``
-    (T, 1, B) the gate pre-activation's gradient; ``xa`` (T B, I+1) ``[x | 1]``; ``dx``."""
+    (T, 1, B) the gate pre-activation's gradient; ``xaT`` (I+1, T B) ``[x | 1]ᵀ``, ``WiT`` (I, G H),
+    ``dWibT`` (I+1, G H), ``dxT`` (I, T B) and ``dx`` (T, B, I), a view of it (see
+    :func:`add_input_grads`)."""
     T, B, I = x.shape
     H = Hh.shape[2]
     C, L, new = min(CHUNK, T), cell.layout(H), x.new_empty
@@ -420,10 +439,11 @@ def _backward_work(cell, x, Wi, Wh, gw, Hh, h0, KK, extra, tmp_lease):
     bw.DGP, bw.WGO = new(4 * H, C * B), new(C + 1, H, B)
     bw.WDG = bw.DGP.view(4 * H, C, B).permute(1, 0, 2)  # written in place: no copy per chunk
     bw.DZ = tmp_lease.new(T, 1, B)
-    bw.xa = tmp_lease.new(T * B, I + 1)  # [x | 1]: one GEMM gives dW_ih and the bias gradient
-    bw.xa[:, :I] = x.reshape(T * B, I)
-    bw.xa[:, I] = 1
-    bw.dx = new(T, B, I)
+    bw.xaT = tmp_lease.new(I + 1, T * B)  # [x | 1]ᵀ: one GEMM gives dW_ih and the bias gradient
+    bw.xaT[:I] = x.reshape(T * B, I).t()
+    bw.xaT[I] = 1
+    bw.WiT, bw.dWibT, bw.dxT = Wi.t().contiguous(), x.new_zeros(I + 1, Wi.shape[0]), new(I, T * B)
+    bw.dx = bw.dxT.t().view(T, B, I)
     bw.u_, bw.omu_ = KK[:, L.U:L.U + 1].unbind(0), KK[:, L.C2:L.C2 + 1].unbind(0)
     bw.dz_, bw.go_ = bw.DZ.unbind(0), bw.WGO.unbind(0)
     return bw

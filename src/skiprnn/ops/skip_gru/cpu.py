@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..cpu_rnn import CpuCell, KKLayout, add_h_old_gemm, register_cell
+from ..cpu_rnn import CpuCell, KKLayout, add_h_old_gemm, add_input_grads, register_cell
 
 
 class _GRUCell(CpuCell):
@@ -157,8 +157,9 @@ class _GRUCell(CpuCell):
     def _weight_grad_ops(self, bw):
         """``(chunk(dgp, t0, n), param_grads(has_bias))``: dgp's rows are ``[dr_pre; dz_pre;
         d gh_n; d gi_n]``; W_ih gets ``[dr; dz; d gi_n]``, W_hh ``[dr; dz; d gh_n]``."""
-        H, H2, H3, B, I, w_ih = bw.H, 2 * bw.H, 3 * bw.H, bw.B, bw.I, bw.Wi
-        dWh, dbh, dWib = (bw.x.new_zeros(*s) for s in ((H3, H), (H3,), (H3, I + 1)))
+        H, H2, H3, B, I = bw.H, 2 * bw.H, 3 * bw.H, bw.B, bw.I
+        dWh, dbh, dWib = bw.x.new_zeros(H3, H), bw.x.new_zeros(H3), bw.dWibT.t()
+        rz, n_rows = slice(0, H2), slice(H2, H3)  # W_ih's rows: [r; z] and n
 
         def chunk(dgp, t0, n):
             if self.reset_after:
@@ -167,16 +168,11 @@ class _GRUCell(CpuCell):
                 add_h_old_gemm(dWh[:H2], dgp[:H2], bw.Hh, bw.h0, t0, n, B, H)
                 dWh[H2:].addmm_(dgp[H2:H3], bw.extra[t0:t0 + n].view(n * B, H))
             dbh.add_(dgp[:H3].sum(1))
-            xc = bw.xa[t0 * B:(t0 + n) * B]
-            dWib[:H2].addmm_(dgp[:H2], xc)
-            dWib[H2:].addmm_(dgp[H3:], xc)
-            dxc = bw.dx[t0:t0 + n].view(n * B, I)
-            torch.mm(dgp[:H2].t(), w_ih[:H2], out=dxc)
-            dxc.addmm_(dgp[H3:].t(), w_ih[H2:])
+            add_input_grads(bw, ((dgp[:H2], rz), (dgp[H3:], n_rows)), t0, n)
 
         def param_grads(has_bias):
-            return (dWib[:, :I].clone(), dWh, dWib[:, I].clone() if has_bias[0] else None,
-                    dbh if has_bias[1] else None)
+            return (dWib[:, :I].clone(memory_format=torch.contiguous_format), dWh,
+                    dWib[:, I].clone() if has_bias[0] else None, dbh if has_bias[1] else None)
 
         return chunk, param_grads
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..cpu_rnn import CpuCell, KKLayout, add_h_old_gemm, register_cell
+from ..cpu_rnn import CpuCell, KKLayout, add_h_old_gemm, add_input_grads, register_cell
 
 
 def _to_internal(w: Tensor) -> Tensor:
@@ -109,12 +109,12 @@ class _LSTMCell(CpuCell):
             torch.mul(dc, omu, out=snc)
             snc.addcmul_(dcp, f_[t])
 
-        dWh, dWib = bw.x.new_zeros(4 * H, H), bw.x.new_zeros(4 * H, I + 1)
+        dWh, dWib = bw.x.new_zeros(4 * H, H), bw.dWibT.t()
+        every_row = slice(None)
 
         def chunk(dgp, t0, n):
             add_h_old_gemm(dWh, dgp, bw.Hh, bw.h0, t0, n, B, H)
-            dWib.addmm_(dgp, bw.xa[t0 * B:(t0 + n) * B])
-            torch.mm(dgp.t(), bw.Wi, out=bw.dx[t0:t0 + n].view(n * B, I))
+            add_input_grads(bw, ((dgp, every_row),), t0, n)
 
         def param_grads(has_bias):
             db = _to_external(dWib[:, I])
