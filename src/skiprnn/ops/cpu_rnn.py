@@ -18,8 +18,10 @@ buffers, ``out=`` arguments and no autograd graph. What makes it fast on a CPU:
   GEMM per chunk of 16 steps;
 * per chunk, the coefficients the backward needs (σ', tanh', h' - h, ...) are written into one
   ``(T, W, B)`` buffer in a few large ops, so the reverse loop reads them ready-made;
-* backward, per step: one ``addmm`` (``W_hhᵀ dgates``) and about ten small ops; the weight, bias
-  and input gradients are a few GEMMs per chunk while the chunk's dgates are still in cache;
+* backward, per step: one ``addmm`` (``W_hhᵀ dgates``) and about ten small ops, written in place
+  into the chunk's GEMM operand; a step where no column of the batch updates skips the cell's
+  part (its dgates are 0, the state gradient passes through); the weight, bias and input
+  gradients are a few GEMMs per chunk while the chunk's dgates are still in cache;
 * big work buffers come from a pool and are reused across calls (fresh multi-MB buffers are
   page-faulted on every call, which costs as much as the recurrence); those that leave the
   forward op for the backward return to the pool only once nothing uses them: up to
