@@ -64,12 +64,13 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def make_case(cell, B, T, I, H, device, dtype, seed=0):
+def make_case(cell, B, T, I, H, device, dtype, seed=0, gate_bias=1.0):
     """An nn.LSTM/nn.GRU, its parameters as a Skip RNN layer, an input and initial states."""
     g = torch.Generator().manual_seed(seed)
     rnn = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(I, H).to(device, dtype)
     gate_w = torch.nn.Parameter((torch.randn(1, H, generator=g) / H ** 0.5).to(device, dtype))
-    gate_b = torch.nn.Parameter(torch.ones(1, device=device, dtype=dtype))  # paper init: 1.0
+    gate_b = torch.nn.Parameter(  # paper init: 1.0
+        torch.full((1,), gate_bias, device=device, dtype=dtype))
     x = torch.randn(T, B, I, generator=g).to(device, dtype).requires_grad_()
     state = dict(h0=torch.zeros(1, B, H, device=device, dtype=dtype),
                  c0=torch.zeros(1, B, H, device=device, dtype=dtype),
@@ -98,6 +99,17 @@ def runners(cell, case, impls):
     return out
 
 
+def update_pattern(cell, case):
+    """``update_rate`` (mean u) and ``held_steps`` (share of steps where no sequence of the
+    batch updates, whose backward work the CPU path skips) of the case, from the reference."""
+    rnn, layers, gw, gb, x, s = case
+    state = (s["h0"], s["c0"]) if cell == "lstm" else (s["h0"],)
+    with torch.no_grad():
+        u = skip_rnn_naive(cell, x, state, s["up0"], s["cum0"], layers, gw, gb).updates
+    return dict(update_rate=round(u.mean().item(), 3),
+                held_steps=round((u.sum(1) == 0).float().mean().item(), 3))
+
+
 def timed(fn, mode, sync):
     if mode == "fwd":
         with torch.no_grad():
@@ -117,7 +129,7 @@ def timed(fn, mode, sync):
 
 def bench_shape(cell, shape, impls, args, device, dtype, sync):
     B, T, I, H = shape
-    case = make_case(cell, B, T, I, H, device, dtype)
+    case = make_case(cell, B, T, I, H, device, dtype, gate_bias=args.gate_bias)
     run = runners(cell, case, impls)
     size = B * T * H
     names = list(run)
@@ -135,8 +147,10 @@ def bench_shape(cell, shape, impls, args, device, dtype, sync):
         gc.collect()
     rows = []
     base = "nn." + cell.upper()
+    pattern = update_pattern(cell, case)
     for n in names:
-        row = dict(cell=cell, B=B, T=T, I=I, H=H, impl=n, threads=torch.get_num_threads())
+        row = dict(cell=cell, B=B, T=T, I=I, H=H, impl=n, threads=torch.get_num_threads(),
+                   **pattern)
         for mode in ("fwd", "fwd+bwd"):
             row[f"{mode}_ms"] = statistics.median(times[n][mode])
             row[f"{mode}_all_ms"] = [round(v, 3) for v in times[n][mode]]
@@ -152,8 +166,8 @@ def table(rows):
     """Markdown table: medians and their ratio to nn.LSTM / nn.GRU, plus the ratio of the best
     (minimum) repetitions, which is less sensitive to other processes on a shared machine."""
     lines = ["| cell | B | T | I | H | threads | impl | fwd ms | fwd / nn | fwd+bwd ms "
-             "| fwd+bwd / nn | fwd+bwd / nn (min) |",
-             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "| fwd+bwd / nn | fwd+bwd / nn (min) | updates (held steps) |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     key = ("cell", "B", "T", "I", "H", "threads")
     for r in rows:
         base = next(q for q in rows if q["impl"].startswith("nn.")
@@ -162,8 +176,15 @@ def table(rows):
         lines.append(f"| {r['cell']} | {r['B']} | {r['T']} | {r['I']} | {r['H']} | "
                      f"{r.get('threads', '')} | {r['impl']} | "
                      f"{r['fwd_ms']:.1f} | {r['fwd_ratio']:.2f}x | {r['fwd+bwd_ms']:.1f} | "
-                     f"{r['fwd+bwd_ratio']:.2f}x | {best:.2f}x |")
+                     f"{r['fwd+bwd_ratio']:.2f}x | {best:.2f}x | {_pattern(r)} |")
     return "\n".join(lines)
+
+
+def _pattern(row):
+    """The case's update rate and share of held steps (rows of older runs have neither)."""
+    if "update_rate" not in row or row["impl"].startswith("nn."):
+        return ""
+    return f"{row['update_rate']:.2f} ({row['held_steps']:.2f})"
 
 
 def render(paths):
@@ -194,6 +215,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, nargs="+", default=None,
                    help="torch.set_num_threads; several (e.g. 1 2): every shape at each count, "
                         "one table")
+    p.add_argument("--gate-bias", type=float, default=1.0,
+                   help="initial update-gate bias (default 1.0, the paper's: almost every step "
+                        "updates); e.g. -2 gives about 20%% updates")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--out", default=None,
                    help="JSON output (default results/bench_train_<device>.json)")
@@ -239,7 +263,7 @@ def main(argv=None):
         cpu_model=cpu_model(), cpu_count=os.cpu_count(), threads=thread_counts,
         torch=torch.__version__, python=platform.python_version(),
         triton=_version("triton"), git_commit=commit, git_dirty=dirty,
-        dtype=args.dtype, reps=args.reps, warmup=args.warmup, quick=args.quick,
+        dtype=args.dtype, gate_bias=args.gate_bias, reps=args.reps, warmup=args.warmup, quick=args.quick,
         command="python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
         loadavg_before=_loadavg(),
     )
