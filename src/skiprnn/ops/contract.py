@@ -97,3 +97,12 @@ def check_cell(cell: str, state, opts: GateOptions) -> None:
                          f"{'(h0, c0)' if n == 2 else '(h0,)'}, got {type(state).__name__}"
                          + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else ""))
     cell_spec(cell, opts.reset_after)  # refuses reset_after=False with the LSTM
+
+
+#: The custom ops' shared schema pieces (``skiprnn::cpu_rnn_*``, ``skiprnn::triton_rnn_*``): the
+#: layer arguments every forward op takes first, and the 11 tensors each op returns (an absent
+#: one is an empty ``(0,)`` tensor).
+OP_LAYER_ARGS = ("str cell, Tensor x, Tensor h0, Tensor? c0, Tensor update_prob0, Tensor cum_prob0, "
+                 "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor gate_weight, "
+                 "Tensor gate_bias, Tensor? mask, float threshold")
+OP_OUTPUTS = "(" + ", ".join(["Tensor"] * 11) + ")"

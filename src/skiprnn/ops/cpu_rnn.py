@@ -54,7 +54,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .contract import GateOptions, RecurrenceResult, check_cell
+from .contract import OP_LAYER_ARGS, OP_OUTPUTS, GateOptions, RecurrenceResult, check_cell
 from .naive import check_cap_holds, floor_update_prob, update_prob_floor
 
 __all__ = ["CpuCell", "KKLayout", "skip_rnn_cpu", "release_cpu_buffers", "add_h_old_gemm",
@@ -601,15 +601,12 @@ def _cell(key: str) -> CpuCell:
     return _CELLS[key]
 
 
-_OUT11 = "(" + ", ".join(["Tensor"] * 11) + ")"
 
 
 @torch.library.custom_op(
     "skiprnn::cpu_rnn_forward", mutates_args=(),
-    schema="(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor update_prob0, Tensor cum_prob0, "
-           "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor gate_weight, "
-           "Tensor gate_bias, Tensor? mask, float threshold, Tensor? step_thresholds, "
-           "float? delta_floor, bool train) -> " + _OUT11)
+    schema=f"({OP_LAYER_ARGS}, Tensor? step_thresholds, float? delta_floor, bool train) -> "
+           + OP_OUTPUTS)
 def cpu_rnn_forward(cell, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh,
                     gate_weight, gate_bias, mask, threshold, step_thresholds, delta_floor, train):
     """One Skip RNN layer on the CPU path (the op; :func:`skip_rnn_cpu` is the user function).
@@ -661,7 +658,7 @@ def _cpu_rnn_forward_fake(cell, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, 
     schema="(str cell, Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, bool has_b_ih, "
            "bool has_b_hh, Tensor gate_weight, Tensor? mask, Tensor hh, Tensor kk, Tensor cc, "
            "Tensor extra, Tensor g_output, Tensor g_h_n, Tensor? g_c_n, Tensor g_update_prob, "
-           "Tensor g_cum_prob, Tensor g_gate) -> " + _OUT11)
+           "Tensor g_cum_prob, Tensor g_gate) -> " + OP_OUTPUTS)
 def cpu_rnn_backward(cell, x, h0, w_ih, w_hh, has_b_ih, has_b_hh, gate_weight, mask, hh, kk, cc,
                      extra, g_output, g_h_n, g_c_n, g_update_prob, g_cum_prob, g_gate):
     """The backward of :func:`cpu_rnn_forward` (an op as well, so compiled graphs hold it as one

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from . import coop, coop_kernels, rowblock
-from .contract import GateOptions, RecurrenceResult, check_cell
+from .contract import OP_LAYER_ARGS, OP_OUTPUTS, GateOptions, RecurrenceResult, check_cell
 from .triton_utils import (check_device, compute_dtype, gate_sums, grads_or_zeros,
                            require_triton, resolve_precision, tile_config)
 from .triton_utils import contiguous_as as _c
@@ -198,19 +198,15 @@ def _backward(cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, grads, pr
 # (:func:`_outputs`), so no output aliases an input or another output; neither op writes its
 # inputs.
 
-_OUT11 = "(" + ", ".join(["Tensor"] * 11) + ")"
 
 
 @torch.library.custom_op(
     "skiprnn::triton_rnn_forward", mutates_args=(),
-    schema="(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor update_prob0, Tensor cum_prob0, "
-           "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor gate_weight, "
-           "Tensor gate_bias, Tensor? mask, float threshold, str precision, bool reset_after) "
-           "-> " + _OUT11)
+    schema=f"({OP_LAYER_ARGS}, str precision, bool reset_after) -> " + OP_OUTPUTS)
 def triton_rnn_forward(cell, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh,
                        gate_weight, gate_bias, mask, threshold, precision, reset_after):
-    """One Skip RNN layer on the Triton kernels (the op; ``skip_{lstm,gru}_triton`` are the user
-    functions). ``cell`` 'lstm' | 'gru'; ``x`` ``(T, B, I)``; ``h0``, ``c0`` ``(B, H)`` (``c0``
+    """One Skip RNN layer on the Triton kernels (the op; :func:`skip_rnn_triton` is the user
+    function). ``cell`` 'lstm' | 'gru'; ``x`` ``(T, B, I)``; ``h0``, ``c0`` ``(B, H)`` (``c0``
     None for the GRU); ``update_prob0``, ``cum_prob0`` ``(B,)``; ``mask`` ``(T, B)`` or None;
     ``precision`` 'ieee' | 'tf32'; ``reset_after`` False: the GRU's paper candidate.
 
@@ -243,7 +239,7 @@ def _triton_rnn_forward_fake(cell, x, h0, c0, update_prob0, cum_prob0, w_ih, w_h
     schema="(str cell, Tensor x, Tensor w_ih, Tensor w_hh, Tensor gate_weight, Tensor? mask, "
            "Tensor hs, Tensor? cs, Tensor gates, Tensor stats, Tensor? g_output, Tensor? g_h_n, "
            "Tensor? g_c_n, Tensor? g_update_prob, Tensor? g_cum_prob, Tensor? g_updates, "
-           "Tensor? g_update_probs, str precision, bool reset_after, bool[] need) -> " + _OUT11)
+           "Tensor? g_update_probs, str precision, bool reset_after, bool[] need) -> " + OP_OUTPUTS)
 def triton_rnn_backward(cell, x, w_ih, w_hh, gate_weight, mask, hs, cs, gates, stats, g_output,
                         g_h_n, g_c_n, g_update_prob, g_cum_prob, g_updates, g_update_probs,
                         precision, reset_after, need):
