@@ -1,10 +1,12 @@
 """The training controls of skiprnn.controls: the budget schedule and the gate's parameter group."""
 
+import math
+
 import pytest
 import torch
 
 import skiprnn
-from skiprnn.controls import BudgetSchedule, gate_param_groups, is_gate_parameter
+from skiprnn.controls import BudgetSchedule, MetricWarmup, gate_param_groups, is_gate_parameter
 
 
 def test_budget_schedule_is_zero_in_warmup_then_ramps_then_constant():
@@ -15,6 +17,35 @@ def test_budget_schedule_is_zero_in_warmup_then_ramps_then_constant():
     assert got[7:] == [1e-4, 1e-4]
     assert not s.constant
     assert BudgetSchedule(1e-4).constant and BudgetSchedule(1e-4)(0) == 1e-4   # the paper's
+
+
+def test_metric_warmup_holds_the_budget_until_the_metric_passes_then_ramps_from_there():
+    warm = MetricWarmup(level=0.01)                     # lower is better (an MSE)
+    s = BudgetSchedule(1e-4, warmup_steps=3, ramp_steps=2, until=warm)
+    assert not s.constant and warm.end(3) == math.inf
+    assert [s.fraction(k) for k in (0, 3, 50)] == [0.0, 0.0, 0.0]        # not passed: no budget
+    assert not warm.observe(10, 0.5) and not warm.observe(20, float("nan"))
+    assert warm.observe(30, 0.01)                        # at the level counts
+    assert warm.observe(40, 0.2) and warm.passed_at == 30   # stays released, at its first step
+    assert warm.passed_at == 30
+    assert [s.fraction(k) for k in (29, 30, 31, 32)] == [0.0, 0.5, 1.0, 1.0]
+    # a warm-up given in steps still lasts at least that long
+    late = MetricWarmup(level=0.9, higher_is_better=True)   # an accuracy
+    late.observe(5, 0.95)
+    assert BudgetSchedule(1.0, warmup_steps=100, ramp_steps=0, until=late).warmup_end() == 100
+    assert late.end(0) == 5 and not late.passes(0.89)
+    # the release travels in a state dict (a resumed run keeps it)
+    again = MetricWarmup(level=0.01)
+    again.load_state_dict(warm.state_dict())
+    assert again.passed_at == 30
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.1", True])
+def test_metric_warmup_refuses_a_level_that_is_not_a_number(bad):
+    with pytest.raises(ValueError, match="level must be a finite number"):
+        MetricWarmup(bad)
+    with pytest.raises(ValueError, match="until must be a MetricWarmup"):
+        BudgetSchedule(1e-4, until=0.5)
 
 
 @pytest.mark.parametrize("kw", [dict(cost_per_sample=-1.0), dict(cost_per_sample=1e-4, warmup_steps=-1),

@@ -16,7 +16,7 @@ from .modules import (MODELS, PeriodicSkipGRU, PeriodicSkipLSTM, PlainGRU, Plain
                       RandomSkipGRU, RandomSkipLSTM, SkipCellOutput, SkipGRU, SkipGRUCell,
                       SkipGRUState, SkipLSTM, SkipLSTMCell, SkipLSTMState, SkipOutput, SkipRNN,
                       SkipRNNState, UnsupportedExportError, build_rnn, chrono_init_, paper_model)
-from .controls import BudgetSchedule, gate_param_groups
+from .controls import BudgetSchedule, MetricWarmup, gate_param_groups
 from .optim import TFAdam
 from .outputs import LSTMHidden
 
@@ -37,5 +37,5 @@ __all__ = [
     "target_rate_loss", "n_skip", "update_counts", "update_fraction", "flops_per_update",
     "inference_flops", "SkipStream", "lazy_forward", "evaluate_thresholds", "SkipStepModule",
     "export_step", "UnsupportedExportError", "release_cpu_buffers", "paper_model", "TFAdam",
-    "chrono_init_", "BudgetSchedule", "gate_param_groups", "LSTMHidden", "__version__",
+    "chrono_init_", "BudgetSchedule", "MetricWarmup", "gate_param_groups", "LSTMHidden", "__version__",
 ]

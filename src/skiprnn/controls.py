@@ -8,6 +8,8 @@ in the direction that removes updates — while the task gradient that would kee
 noise. Two controls, usable with any training loop:
 
 * :class:`BudgetSchedule` — λ is 0 for a warm-up, then ramps linearly to its value;
+* :class:`MetricWarmup` — the warm-up lasts until the task metric passes a level on validation
+  (at least its step count), for a model whose gate must not decide before the task is learned;
 * :func:`gate_param_groups` — the gate's parameters get their own learning rate (a multiplier of
   the others');
 * :class:`CosineDecay` — a learning-rate decay after the budget's ramp, so the model settles at
@@ -20,16 +22,25 @@ Example (plain PyTorch)::
     for step, (x, y) in enumerate(loader):
         out = model.rnn(x)
         loss = task_loss(out, y) + budget_loss(out.updates, sched(step))
+
+A warm-up that ends on the validation metric (here: MSE at or below 1/600)::
+
+    warm = MetricWarmup(level=1 / 600)
+    sched = BudgetSchedule(cost_per_sample=1e-5, warmup_steps=300, ramp_steps=300, until=warm)
+    ...
+    if step % 100 == 0:
+        warm.observe(step, validation_mse)   # λ stays 0 until this has passed, then ramps
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 from torch import nn
 
-__all__ = ["BudgetSchedule", "CosineDecay", "gate_param_groups", "is_gate_parameter"]
+__all__ = ["BudgetSchedule", "CosineDecay", "MetricWarmup", "gate_param_groups", "is_gate_parameter"]
 
 
 def _check_number(name: str, v, lo: float = 0.0, integer: bool = False) -> None:
@@ -41,10 +52,58 @@ def _check_number(name: str, v, lo: float = 0.0, integer: bool = False) -> None:
         raise ValueError(f"{name} must be {kind} >= {lo:g}, got {v!r}")
 
 
+class MetricWarmup:
+    """A warm-up that ends when the task metric passes ``level`` on a validation.
+
+    ``observe(step, metric)`` after each validation; the first time the metric is at or below
+    ``level`` (at or above with ``higher_is_better``) the warm-up is released at that step.
+    ``end(steps)`` is then the step the warm-up ends: the later of ``steps`` (a warm-up given in
+    steps still lasts at least that long) and the release; ``math.inf`` until released. A
+    metric that later falls back does not restart the warm-up. ``state_dict`` /
+    ``load_state_dict`` carry the release across a resume.
+    """
+
+    def __init__(self, level: float, higher_is_better: bool = False):
+        if not isinstance(level, (int, float)) or isinstance(level, bool) or not math.isfinite(level):
+            raise ValueError(f"level must be a finite number, got {level!r}")
+        self.level = float(level)
+        self.higher_is_better = bool(higher_is_better)
+        #: the optimizer step of the first validation that passed (None: not yet)
+        self.passed_at: Optional[int] = None
+
+    def passes(self, metric: float) -> bool:
+        """Whether ``metric`` is at the level or better."""
+        return metric >= self.level if self.higher_is_better else metric <= self.level
+
+    def observe(self, step: int, metric: float) -> bool:
+        """Record a validation's metric at optimizer step ``step``; returns whether the warm-up
+        has been released (now or before)."""
+        _check_number("step", step, integer=True)
+        if self.passed_at is None and math.isfinite(metric) and self.passes(float(metric)):
+            self.passed_at = int(step)
+        return self.passed_at is not None
+
+    def end(self, steps: int = 0) -> float:
+        """The step the warm-up ends: ``max(steps, passed_at)``, ``math.inf`` while not passed."""
+        return math.inf if self.passed_at is None else max(int(steps), self.passed_at)
+
+    def state_dict(self) -> dict:
+        return {"level": self.level, "passed_at": self.passed_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.passed_at = state.get("passed_at")
+
+    def __repr__(self) -> str:
+        op = "≥" if self.higher_is_better else "≤"
+        return f"MetricWarmup(metric {op} {self.level:g}, passed_at={self.passed_at})"
+
+
 @dataclass(frozen=True)
 class BudgetSchedule:
     """λ as a function of the optimizer step: 0 for ``warmup_steps``, then a linear ramp over
-    ``ramp_steps`` to ``cost_per_sample``, then constant.
+    ``ramp_steps`` to ``cost_per_sample``, then constant. With ``until`` (a
+    :class:`MetricWarmup`), the warm-up also lasts until that metric has passed its level: the
+    ramp starts at ``until.end(warmup_steps)``.
 
     ``BudgetSchedule(λ)`` (no warm-up, no ramp) is the paper's constant λ. Call it with the
     number of optimizer steps already taken: ``sched(step) -> float``.
@@ -53,29 +112,37 @@ class BudgetSchedule:
     cost_per_sample: float
     warmup_steps: int = 0
     ramp_steps: int = 0
+    until: Optional[MetricWarmup] = None
 
     def __post_init__(self):
         _check_number("cost_per_sample", self.cost_per_sample)
         _check_number("warmup_steps", self.warmup_steps, integer=True)
         _check_number("ramp_steps", self.ramp_steps, integer=True)
+        if self.until is not None and not isinstance(self.until, MetricWarmup):
+            raise ValueError(f"until must be a MetricWarmup or None, got {type(self.until).__name__}")
 
     def __call__(self, step: int) -> float:
         return self.cost_per_sample * self.fraction(step)
 
+    def warmup_end(self) -> float:
+        """The first step with a non-zero budget (``math.inf`` while a metric warm-up holds)."""
+        return self.warmup_steps if self.until is None else self.until.end(self.warmup_steps)
+
     def fraction(self, step: int) -> float:
         """The schedule's share of the full budget at ``step``, in [0, 1] (λ(step) / λ); the
         target-rate loss of a run follows it too."""
-        if step < self.warmup_steps:
+        start = self.warmup_end()
+        if step < start:
             return 0.0
-        if self.ramp_steps and step < self.warmup_steps + self.ramp_steps:
-            # step = warmup: the first step with a non-zero budget (1/ramp of λ)
-            return (step - self.warmup_steps + 1) / self.ramp_steps
+        if self.ramp_steps and step < start + self.ramp_steps:
+            # step = start: the first step with a non-zero budget (1/ramp of λ)
+            return (step - start + 1) / self.ramp_steps
         return 1.0
 
     @property
     def constant(self) -> bool:
         """Whether λ is the same at every step (the paper's)."""
-        return self.warmup_steps == 0 and self.ramp_steps <= 1
+        return self.warmup_steps == 0 and self.ramp_steps <= 1 and self.until is None
 
 
 @dataclass(frozen=True)

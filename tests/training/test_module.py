@@ -392,6 +392,25 @@ def test_gate_parameters_do_not_train_while_the_gate_is_held_open():
         assert m.rnn.weight_hh_l0.grad is not None
 
 
+def test_metric_warmup_holds_the_gate_open_and_lambda_at_zero_until_released():
+    import types
+    m = SkipRNNModule(_cfg(model="skip_lstm", cost_per_sample=1e-2, gate_warmup=2, budget_warmup=0,
+                           budget_ramp=0, warmup_until_metric=0.05))
+    assert m.metric_warmup.level == 0.05 and not m.metric_warmup.higher_is_better
+    for step in (0, 2, 500):           # past the step warm-ups: still held, no budget
+        m._trainer = types.SimpleNamespace(global_step=step)
+        assert m.gate_held_open() and m.budget.fraction(step) == 0.0
+    m.metric_warmup.observe(600, 0.04)
+    for step, held in ((599, True), (600, False), (700, False)):
+        m._trainer = types.SimpleNamespace(global_step=step)
+        assert m.gate_held_open() == held
+        assert m.budget.fraction(step) == (0.0 if held else 1.0)
+    # a model without a learned gate has no metric warm-up
+    with pytest.raises(ConfigError, match="warmup-until-metric"):
+        RunConfig(task="adding", model="lstm", max_steps=1,
+                  warmup_until_metric=0.05).validate({"warmup_until_metric"})
+
+
 def test_gate_lr_mult_reaches_the_optimizer():
     m = SkipRNNModule(_cfg(model="skip_lstm", cost_per_sample=1e-3, lr=2e-3, gate_lr_mult=0.25))
     opt = m.configure_optimizers()

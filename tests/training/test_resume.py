@@ -50,9 +50,18 @@ CONTROLS = {"gate_warmup": 15, "budget_warmup": 12, "budget_ramp": 10, "gate_lr_
             "lr_decay": 0.1}
 
 
+#: a warm-up that ends on the validation metric: any MSE passes 10, so the first validation (step
+#: 10) releases it; the gate opens and λ ramps from there, the decay starts at step 16. The
+#: release must travel in the checkpoint written at step 13, or the resumed run would keep the
+#: gate open
+METRIC_WARMUP = {"warmup_until_metric": 10.0, "gate_warmup": 4, "budget_warmup": 2,
+                 "budget_ramp": 6, "lr_decay": 0.1}
+
+
 @pytest.mark.parametrize("model,controls", [("skip_lstm", {}), ("random_skip_lstm", {}),
-                                            ("skip_lstm", CONTROLS)],
-                         ids=["skip_lstm", "random_skip_lstm", "skip_lstm-controls"])
+                                            ("skip_lstm", CONTROLS), ("skip_lstm", METRIC_WARMUP)],
+                         ids=["skip_lstm", "random_skip_lstm", "skip_lstm-controls",
+                              "skip_lstm-metric-warmup"])
 def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, model, controls):
     straight = tmp_path / "straight"
     fit(_cfg(straight, 25, model, **controls), verbose=False)
@@ -68,12 +77,15 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, model, co
     assert _ckpt(run)["global_step"] == 20
     r = fit(_cfg(run, 25, model, **controls), resume=run, verbose=False)
     assert r["steps"] == 25
+    if controls is METRIC_WARMUP:
+        assert r["warmup_released_at"] == 10
+        assert json.loads((straight / "results.json").read_text())["warmup_released_at"] == 10
 
     a, b = _ckpt(straight), _ckpt(run)
     assert a["global_step"] == b["global_step"] == 25
     if controls.get("lr_decay"):    # the decay went on where it was: lr = lr·f(25) in both
         from skiprnn.controls import CosineDecay
-        f = CosineDecay(22, 25, 0.1)(25)
+        f = CosineDecay(16 if controls is METRIC_WARMUP else 22, 25, 0.1)(25)
         for ck in (a, b):
             assert ck["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-2 * f)
     for k, v in a["state_dict"].items():

@@ -107,6 +107,7 @@ class RunConfig:
     budget_ramp: Optional[int] = None     # then steps of a linear ramp to λ
     gate_warmup: Optional[int] = None     # optimizer steps with the gate held open (every step updates)
     gate_lr_mult: Optional[float] = None  # the update gate's W_p, b_p learn at lr × this
+    warmup_until_metric: Optional[float] = None  # the warm-ups also last until val metric passes this
     target_rate: Optional[float] = None   # target-rate loss towards this fraction of updates
     max_skip: Optional[int] = None        # at most this many consecutive skipped steps (None: no cap)
     init_from: Optional[str] = None       # a checkpoint whose weights the run starts from (fine-tuning)
@@ -220,6 +221,7 @@ class RunConfig:
         num("--budget-ramp", self.budget_ramp, lo=0, integer=True)
         num("--gate-warmup", self.gate_warmup, lo=0, integer=True)
         num("--gate-lr-mult", self.gate_lr_mult, lo=0)
+        num("--warmup-until-metric", self.warmup_until_metric)
         num("--max-skip", self.max_skip, lo=1, integer=True)
         num("--target-rate", self.target_rate, lo=0, hi=1)
         num("--target-weight", self.target_weight, lo=0, allow_none=False)
@@ -394,7 +396,7 @@ def resolve_defaults(cfg: RunConfig, explicit: set) -> RunConfig:
 
 #: RunConfig fields that act on a learned update gate only (refused for models without one)
 _GATE_FIELDS = ("budget_warmup", "budget_ramp", "gate_warmup", "gate_lr_mult", "target_rate",
-                "max_skip")
+                "max_skip", "warmup_until_metric")
 #: every field a recipe sets beside the learning rate (recorded in results.json as "controls")
 RECIPE_CONTROLS = _GATE_FIELDS + ("target_weight", "lr_decay", "init")
 

@@ -570,6 +570,8 @@ def _results(cfg: RunConfig, module, trainer, cbs: _RunCallbacks, measured: tupl
         "steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
         "stop_reason": _stop_reason(cfg, trainer, solved_cb),
         "solved_at_step": solved_cb.solved_at_step if solved_cb is not None else None,
+        "warmup_released_at": (module.metric_warmup.passed_at if module.metric_warmup is not None
+                               else None),
         "wall_time_s": cbs.clock.elapsed, "session_wall_time_s": session_time,
         "accelerator": str(trainer.accelerator.__class__.__name__), "devices": trainer.num_devices,
         "num_nodes": trainer.num_nodes, "strategy": type(trainer.strategy).__name__,
@@ -612,6 +614,8 @@ def recipe_description(cfg: RunConfig) -> str:
         parts.append(f"gate open {cfg.gate_warmup} steps")
     if cfg.budget_warmup or cfg.budget_ramp:
         parts.append(f"λ = 0 for {cfg.budget_warmup or 0} steps, then a ramp over {cfg.budget_ramp or 0}")
+    if cfg.warmup_until_metric is not None:
+        parts.append(f"warm-ups last until the validation metric passes {cfg.warmup_until_metric:g}")
     if cfg.gate_lr_mult not in (None, 1.0):
         parts.append(f"gate lr × {cfg.gate_lr_mult:g}")
     if cfg.max_skip is not None:

@@ -15,7 +15,7 @@ try:
 except ImportError as e:  # pragma: no cover - lightning is an optional dependency
     raise ImportError("skiprnn.training needs Lightning: pip install 'skiprnn[train]'") from e
 
-from ..controls import BudgetSchedule, CosineDecay, gate_param_groups, is_gate_parameter
+from ..controls import BudgetSchedule, CosineDecay, MetricWarmup, gate_param_groups, is_gate_parameter
 from ..losses import budget_loss, target_rate_loss
 from ..metrics import inference_flops
 from ..modules import build_rnn
@@ -76,9 +76,14 @@ class SkipRNNModule(pl.LightningModule):
         self.cell = cell_kind(self.model_name)
         self.learned_gate = has_learned_gate(self.model_name)
         self.cost_per_sample = float(config.get("cost_per_sample") or 0.0) if self.learned_gate else 0.0
+        #: with ``warmup_until_metric``: the gate and budget warm-ups also last until a validation's
+        #: task metric passes that level (the release step is saved in checkpoints)
+        level = config.get("warmup_until_metric") if self.learned_gate else None
+        self.metric_warmup = (None if level is None
+                              else MetricWarmup(float(level), self.task.higher_is_better))
         #: λ per optimizer step (0 during the warm-up, then a ramp; the paper's is constant)
         self.budget = BudgetSchedule(self.cost_per_sample, int(config.get("budget_warmup") or 0),
-                                     int(config.get("budget_ramp") or 0))
+                                     int(config.get("budget_ramp") or 0), until=self.metric_warmup)
         #: optimizer steps during which the gate is held open (every step updates, τ = 0) and its
         #: W_p, b_p do not train
         self.gate_warmup = int(config.get("gate_warmup") or 0) if self.learned_gate else 0
@@ -135,9 +140,18 @@ class SkipRNNModule(pl.LightningModule):
         finally:
             self.rnn.threshold = tau
 
+    def gate_held_open(self) -> bool:
+        """Whether this optimizer step is in the gate's warm-up (gate open, W_p and b_p frozen):
+        the first ``gate_warmup`` steps, and with a metric warm-up until its level has passed."""
+        if not self.learned_gate:
+            return False
+        end = (self.gate_warmup if self.metric_warmup is None
+               else self.metric_warmup.end(self.gate_warmup))
+        return int(self.global_step) < end
+
     def _step(self, batch, stage: str):
         x, y, lengths = self._split_batch(batch)
-        open_ = stage == "train" and int(self.global_step) < self.gate_warmup
+        open_ = stage == "train" and self.gate_held_open()
         with self.held_open(open_):
             pred, out = self(x, lengths)
         task_loss = self.task.loss(pred, y)
@@ -172,6 +186,10 @@ class SkipRNNModule(pl.LightningModule):
                 with self.held_open(open_):
                     self._gate_diagnostics(x, out, lengths, share)
         else:
+            if stage == "val" and self.metric_warmup is not None and self.metric_warmup.passed_at is None:
+                # the validation metric weighted by batch size, as Lightning's epoch mean
+                prev = getattr(self, "_val_metric_sums", None) or (0.0, 0)
+                self._val_metric_sums = (prev[0] + metric * B, prev[1] + B)
             for k, v in values.items():
                 self.log(f"{stage}/{k}", v, prog_bar=k in self._pbar_keys(stage), batch_size=B,
                          sync_dist=True, on_step=False, on_epoch=True)
@@ -283,7 +301,7 @@ class SkipRNNModule(pl.LightningModule):
 
     def on_after_backward(self):
         self._log_gradient_split()
-        if self.learned_gate and int(self.global_step) < self.gate_warmup:
+        if self.gate_held_open():
             # the gate is held open: its W_p, b_p stay where they start (a gradient through a
             # gate that decides nothing would only drift them; Adam skips parameters without one)
             for _, p in self._gate_named_parameters():
@@ -374,20 +392,28 @@ class SkipRNNModule(pl.LightningModule):
         if total is None or not math.isfinite(total):
             raise ValueError("lr_decay needs a run with a known length (max_steps or max_epochs), "
                              f"got {total!r} steps")
-        decay = CosineDecay(self._decay_start(), int(total), float(floor))
-        # a function, not the object: LambdaLR saves an object's attributes in the checkpoint and a
+        total, floor = int(total), float(floor)
+
+        def factor(step: int) -> float:
+            start = self._decay_start()    # later than planned while a metric warm-up holds
+            return 1.0 if not math.isfinite(start) else CosineDecay(int(start), total, floor)(step)
+        # a function, not an object: LambdaLR saves an object's attributes in the checkpoint and a
         # resume would restore the old run length; a resume with a new --max-steps re-plans the
         # decay from the current step to the new end
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: decay(step))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def _decay_start(self) -> int:
+    def _decay_start(self) -> float:
         """The step the learning-rate decay starts: the end of the budget's ramp (for a model
-        without a gate, the recipe's, so that it decays as the Skip model beside it)."""
+        without a gate, the recipe's, so that it decays as the Skip model beside it); ``inf``
+        while a metric warm-up holds."""
         from .config import recipe_settings
         rec = recipe_settings(self.config.get("recipe") or "paper", self.config["task"])
-        return sum(int(self.config.get(k) if self.config.get(k) is not None else rec.get(k) or 0)
-                   for k in ("budget_warmup", "budget_ramp"))
+        warmup, ramp = (int(self.config.get(k) if self.config.get(k) is not None else rec.get(k) or 0)
+                        for k in ("budget_warmup", "budget_ramp"))
+        if self.metric_warmup is not None:
+            return self.metric_warmup.end(warmup) + ramp
+        return warmup + ramp
 
     # ------------------------------------------------------------------ random state in checkpoints
     # Random-skip masks (and anything else drawing from the global RNGs) go on where they were after
@@ -404,10 +430,23 @@ class SkipRNNModule(pl.LightningModule):
 
     def on_validation_start(self):
         self._apply_saved_rng()
+        self._val_metric_sums = None
         self._rng_val = rng_state()
 
     def on_validation_epoch_end(self):
         self._rng_val = None
+        # a metric warm-up is released by the first validation that passes its level; decided
+        # here, before any checkpoint of this validation is written (those come at its end)
+        sums, self._val_metric_sums = getattr(self, "_val_metric_sums", None), None
+        mw = self.metric_warmup
+        if mw is None or mw.passed_at is not None or sums is None or self.trainer.sanity_checking:
+            return
+        m = float(sums[0] / sums[1])
+        if mw.observe(int(self.trainer.global_step), m):
+            from lightning.pytorch.utilities import rank_zero_info
+            rank_zero_info(f"[skiprnn] val/{self.metric_name} = {m:.4g} passed {mw.level:g} at "
+                           f"step {mw.passed_at}: the gate's and the budget's warm-up end")
+
 
     def on_save_checkpoint(self, checkpoint):
         state = getattr(self, "_saved_rng", None)   # restored but not applied yet
@@ -418,11 +457,15 @@ class SkipRNNModule(pl.LightningModule):
                 and step[0] == int(self.trainer.global_step) and self.trainer.training:
             state = rng_state(step[1])   # saved mid-step (optimizer step not taken): it runs again
         checkpoint["skiprnn_rng"] = state if state is not None else rng_state()
+        if self.metric_warmup is not None:
+            checkpoint["skiprnn_metric_warmup"] = self.metric_warmup.state_dict()
         if getattr(self, "_rng_val", None) is not None:
             _mark_mid_validation(checkpoint)
 
     def on_load_checkpoint(self, checkpoint):
         self._saved_rng = checkpoint.get("skiprnn_rng")
+        if self.metric_warmup is not None and "skiprnn_metric_warmup" in checkpoint:
+            self.metric_warmup.load_state_dict(checkpoint["skiprnn_metric_warmup"])
 
     def _apply_saved_rng(self):
         state = getattr(self, "_saved_rng", None)
