@@ -411,6 +411,20 @@ def test_metric_warmup_holds_the_gate_open_and_lambda_at_zero_until_released():
                   warmup_until_metric=0.05).validate({"warmup_until_metric"})
 
 
+@pytest.mark.parametrize("model,start,expected_start", [("lstm", None, 3000), ("lstm", 0, 0),
+                                                       ("skip_lstm", 4, 4)])
+def test_lr_decay_start_sets_where_the_cosine_decay_starts(model, start, expected_start):
+    from skiprnn.controls import CosineDecay
+    cfg = RunConfig(task="mnist", model=model, max_steps=10, hidden_size=8, lr=1e-3, lr_decay=0.1,
+                    lr_decay_start=start, recipe="fast")
+    m = SkipRNNModule(cfg.validate().to_dict() | {"task_options": {"standardize": True}})
+    sched = m.configure_optimizers()["lr_scheduler"]["scheduler"]
+    for step in (0, 5, 10):
+        assert sched.lr_lambdas[0](step) == pytest.approx(CosineDecay(expected_start, 10, 0.1)(step))
+    with pytest.raises(ConfigError, match="--lr-decay-start .* no decay"):
+        RunConfig(task="adding", model=model, max_steps=10, lr_decay_start=5).validate()
+
+
 def test_gate_lr_mult_reaches_the_optimizer():
     m = SkipRNNModule(_cfg(model="skip_lstm", cost_per_sample=1e-3, lr=2e-3, gate_lr_mult=0.25))
     opt = m.configure_optimizers()

@@ -110,6 +110,9 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--lr-decay", dest="lr_decay", type=float, metavar="FACTOR",
                    help="cosine decay of the learning rate to lr × FACTOR, from the end of the "
                         "budget's ramp to the last step (paper: none)")
+    t.add_argument("--lr-decay-start", dest="lr_decay_start", type=int, metavar="STEP",
+                   help="the optimizer step the cosine decay starts (default: the end of the "
+                        "budget's ramp; for a model without a gate, the recipe's ramp's end)")
     t.add_argument("--init", choices=("paper", "chrono"),
                    help="gate biases: 'paper' (forget bias 1, the code's) or 'chrono' (forget biases "
                         "log U(1, T-1), Tallec & Ollivier 2018: long memories from the start)")

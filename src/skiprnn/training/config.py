@@ -113,6 +113,7 @@ class RunConfig:
     init_from: Optional[str] = None       # a checkpoint whose weights the run starts from (fine-tuning)
     target_weight: float = 1.0            # its weight
     lr_decay: Optional[float] = None      # cosine decay to lr × this after the budget's ramp
+    lr_decay_start: Optional[int] = None  # the step the decay starts (None: the end of the ramp)
     init: Optional[str] = None            # gate-bias initialisation: paper | chrono (None: the recipe's)
     layer: Optional[str] = None           # the cell variant: nn | paper (None: the recipe's; LAYERS)
     p_skip: float = 0.5                   # random-skip baselines only
@@ -226,6 +227,10 @@ class RunConfig:
         num("--target-rate", self.target_rate, lo=0, hi=1)
         num("--target-weight", self.target_weight, lo=0, allow_none=False)
         num("--lr-decay", self.lr_decay, lo=0, hi=1)
+        num("--lr-decay-start", self.lr_decay_start, lo=0, integer=True)
+        if self.lr_decay_start is not None and self.lr_decay is None:
+            raise ConfigError("--lr-decay-start sets where the cosine decay starts; this run has no "
+                              "decay (give --lr-decay FACTOR too)")
         if self.init not in (None, "paper", "chrono"):
             raise ConfigError(f"--init must be 'paper' or 'chrono', got {self.init!r}")
         if self.layer not in (None, *LAYERS):
@@ -398,7 +403,7 @@ def resolve_defaults(cfg: RunConfig, explicit: set) -> RunConfig:
 _GATE_FIELDS = ("budget_warmup", "budget_ramp", "gate_warmup", "gate_lr_mult", "target_rate",
                 "max_skip", "warmup_until_metric")
 #: every field a recipe sets beside the learning rate (recorded in results.json as "controls")
-RECIPE_CONTROLS = _GATE_FIELDS + ("target_weight", "lr_decay", "init")
+RECIPE_CONTROLS = _GATE_FIELDS + ("target_weight", "lr_decay", "lr_decay_start", "init")
 
 
 #: ``--quick``: tiny runs for smoke tests (fields of RunConfig; task_options go to get_task).

@@ -621,7 +621,8 @@ def recipe_description(cfg: RunConfig) -> str:
     if cfg.max_skip is not None:
         parts.append(f"at most {cfg.max_skip} skipped steps in a row")
     if cfg.lr_decay is not None:
-        parts.append(f"lr cosine-decayed to × {cfg.lr_decay:g} after the ramp")
+        parts.append(f"lr cosine-decayed to × {cfg.lr_decay:g} "
+                     + ("after the ramp" if cfg.lr_decay_start is None else f"from step {cfg.lr_decay_start}"))
     if cfg.init is not None and cfg.init != "paper":
         parts.append(f"{cfg.init} initialisation")
     if cfg.layer == "paper" and cfg.recipe != "paper":

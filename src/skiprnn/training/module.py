@@ -404,9 +404,11 @@ class SkipRNNModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _decay_start(self) -> float:
-        """The step the learning-rate decay starts: the end of the budget's ramp (for a model
-        without a gate, the recipe's, so that it decays as the Skip model beside it); ``inf``
-        while a metric warm-up holds."""
+        """The step the learning-rate decay starts: ``lr_decay_start`` when the run gives one,
+        else the end of the budget's ramp (for a model without a gate, the recipe's, so that it
+        decays as the Skip model beside it); ``inf`` while a metric warm-up holds."""
+        if self.config.get("lr_decay_start") is not None:
+            return int(self.config["lr_decay_start"])
         from .config import recipe_settings
         rec = recipe_settings(self.config.get("recipe") or "paper", self.config["task"])
         warmup, ramp = (int(self.config.get(k) if self.config.get(k) is not None else rec.get(k) or 0)
