@@ -452,7 +452,7 @@ def _save_and_announce(cfg: RunConfig, module, run_dir: Path, verbose: bool) -> 
               + (f" p_skip={cfg.p_skip:g}" if cfg.model.startswith('random_') else "")
               + f", lr={task.lr:g}, batch={task.batch_size}, hidden={task.hidden_size}, "
               f"seed={cfg.seed}, backend={cfg.backend}; recipe {cfg.recipe}"
-              + (f" ({recipe_description(cfg)})" if module.learned_gate else ""), flush=True)
+              + (f" ({d})" if (d := recipe_description(cfg, module.learned_gate)) else ""), flush=True)
 
 
 def _train(trainer, module, dm, ckpt_path: Optional[str], interrupt, run_dir: Path) -> float:
@@ -606,9 +606,10 @@ def format_summary(r: dict) -> str:
     return "\n".join(lines)
 
 
-def recipe_description(cfg: RunConfig) -> str:
+def recipe_description(cfg: RunConfig, learned_gate: bool = True) -> str:
     """The gate controls of a run in words, e.g. 'gate open 300 steps, λ = 0 for 300 then a ramp
-    over 300, gate lr × 0.1' ('constant λ' when none is used)."""
+    over 300, gate lr × 0.1' ('constant λ' when none is used; '' for a model without a learned
+    gate and nothing to say)."""
     parts = []
     if cfg.gate_warmup:
         parts.append(f"gate open {cfg.gate_warmup} steps")
@@ -631,7 +632,7 @@ def recipe_description(cfg: RunConfig) -> str:
         parts.append(f"target rate {cfg.target_rate:g} (weight {cfg.target_weight:g})")
     if cfg.init_from is not None:
         parts.append(f"started from the weights of {cfg.init_from}")
-    return ", ".join(parts) or "constant λ"
+    return ", ".join(parts) or ("constant λ" if learned_gate else "")
 
 
 def load_module(run_dir, ckpt: str = "best", device: str | torch.device = "cpu"):
