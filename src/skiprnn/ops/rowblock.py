@@ -264,24 +264,23 @@ if HAS_TRITON:
         tl.store(UPN + rows, up, mask=rmask)
         tl.store(CUMN + rows, cum, mask=rmask)
 
+    # The backward's column helpers are written out in full (the incoming dh in each, the LSTM's
+    # four DG stores one by one, gu accumulated where the partial sum is made): the kernel sits at
+    # 255 registers and ptxas's spill choice follows the code's shape (even the labels of inlined
+    # calls); in this form no variant spills more than the pre-merge kernels did
+    # (results/ptxas_triton_dedup.md, "After the spill fix").
     @triton.jit
-    def _incoming_dh(gh_cur, go_t, m, rows64, rmask, cols, cmask, H):
-        """The columns ``cols`` of a backward step: their mask, state and gate offsets, and the
-        dh reaching h_t (carried from step t+1 plus the output's, masked)."""
+    def _lstm_columns_bwd(gu, gh_cur, gc_cur, gh_nxt, gc_nxt, go_t, g_t, cs_t, hs_t, dg_t, WP, m,
+                          ub, gz, rows64, rmask, cols, cmask, H):
+        """The LSTM's gate gradients for the columns ``cols`` of one step (to DG), the carried
+        dh, dc without the recurrent product; returns ``gu`` plus the rows' straight-through
+        partial sums Σ (h̃ - h) dh + (c̃ - c) dc. gh: the dh reaching h_t (carried from step t+1
+        plus the output's, masked)."""
         m2 = rmask[:, None] & cmask[None, :]
         soff = rows64[:, None] * H + cols[None, :]
         goff = rows64[:, None] * (4 * H) + cols[None, :]
         gh = tl.load(gh_cur + soff, mask=m2, other=0.0) \
             + tl.load(go_t + soff, mask=m2, other=0.0) * m[:, None]
-        return m2, soff, goff, gh
-
-    @triton.jit
-    def _lstm_columns_bwd(gh_cur, gc_cur, gh_nxt, gc_nxt, go_t, g_t, cs_t, hs_t, dg_t, WP, m, ub,
-                          gz, rows64, rmask, cols, cmask, H):
-        """The LSTM's gate gradients for the columns ``cols`` of one step (to DG), the carried
-        dh, dc without the recurrent product; returns the rows' straight-through partial sums
-        Σ (h̃ - h) dh + (c̃ - c) dc."""
-        m2, soff, goff, gh = _incoming_dh(gh_cur, go_t, m, rows64, rmask, cols, cmask, H)
         gc = tl.load(gc_cur + soff, mask=m2, other=0.0)
         si = tl.load(g_t + goff, mask=m2, other=0.0)
         sf = tl.load(g_t + goff + H, mask=m2, other=0.0)
@@ -292,29 +291,35 @@ if HAS_TRITON:
         cc = sf * c_old + si * tg
         tc = _tanh(cc)
         hc = so * tc
-        part = tl.sum(tl.where(m2, (hc - h_old) * gh + (cc - c_old) * gc, 0.0), axis=1)
+        gu += tl.sum(tl.where(m2, (hc - h_old) * gh + (cc - c_old) * gc, 0.0), axis=1)
         wp = tl.load(WP + cols, mask=cmask, other=0.0)
         ghc = ub * gh
         gcc = ub * gc + gz[:, None] * wp[None, :] + ghc * so * (1.0 - tc * tc)
-        _store4(dg_t, goff, m2, H, gcc * tg * si * (1.0 - si), gcc * c_old * sf * (1.0 - sf),
-                gcc * si * (1.0 - tg * tg), ghc * tc * so * (1.0 - so))
+        tl.store(dg_t + goff, gcc * tg * si * (1.0 - si), mask=m2)
+        tl.store(dg_t + goff + H, gcc * c_old * sf * (1.0 - sf), mask=m2)
+        tl.store(dg_t + goff + 2 * H, gcc * si * (1.0 - tg * tg), mask=m2)
+        tl.store(dg_t + goff + 3 * H, ghc * tc * so * (1.0 - so), mask=m2)
         tl.store(gc_nxt + soff, (1.0 - ub) * gc + gcc * sf, mask=m2)
         tl.store(gh_nxt + soff, (1.0 - ub) * gh, mask=m2)
-        return part
+        return gu
 
     @triton.jit
-    def _gru_columns_bwd(gh_cur, gh_nxt, go_t, g_t, hs_t, dg_t, WP, m, ub, gz, rows64, rmask,
+    def _gru_columns_bwd(gu, gh_cur, gh_nxt, go_t, g_t, hs_t, dg_t, WP, m, ub, gz, rows64, rmask,
                          cols, cmask, H, RESET_AFTER: tl.constexpr):
         """The GRU's gate gradients for the columns ``cols`` of one step (to DG; without
         RESET_AFTER dr comes after the barrier), the carried dh without the recurrent product;
-        returns the rows' straight-through partial sums Σ (h̃ - h) dh."""
-        m2, soff, goff, gh = _incoming_dh(gh_cur, go_t, m, rows64, rmask, cols, cmask, H)
+        returns ``gu`` plus the rows' straight-through partial sums Σ (h̃ - h) dh."""
+        m2 = rmask[:, None] & cmask[None, :]
+        soff = rows64[:, None] * H + cols[None, :]
+        goff = rows64[:, None] * (4 * H) + cols[None, :]
+        gh = tl.load(gh_cur + soff, mask=m2, other=0.0) \
+            + tl.load(go_t + soff, mask=m2, other=0.0) * m[:, None]
         r = tl.load(g_t + goff, mask=m2, other=0.0)
         zg = tl.load(g_t + goff + H, mask=m2, other=0.0)
         n = tl.load(g_t + goff + 2 * H, mask=m2, other=0.0)
         h_old = tl.load(hs_t + soff, mask=m2, other=0.0)
         hc = (1.0 - zg) * n + zg * h_old
-        part = tl.sum(tl.where(m2, (hc - h_old) * gh, 0.0), axis=1)
+        gu += tl.sum(tl.where(m2, (hc - h_old) * gh, 0.0), axis=1)
         wp = tl.load(WP + cols, mask=cmask, other=0.0)
         ghc = ub * gh + gz[:, None] * wp[None, :]
         dn = ghc * (1.0 - zg) * (1.0 - n * n)
@@ -327,7 +332,7 @@ if HAS_TRITON:
         tl.store(dg_t + goff + H, ghc * (h_old - n) * zg * (1.0 - zg), mask=m2)
         tl.store(dg_t + goff + 2 * H, dn, mask=m2)
         tl.store(gh_nxt + soff, (1.0 - ub) * gh + ghc * zg, mask=m2)
-        return part
+        return gu
 
     @triton.jit
     def _gru_reset_bwd(gh_nxt, g_t, hs_t, dg_t, W, rows64, rmask, cols, cmask, offs_k, H,
@@ -391,11 +396,12 @@ if HAS_TRITON:
                 cols = n0 + offs_n
                 cmask = cols < H
                 if CELL == "lstm":
-                    gu += _lstm_columns_bwd(gh_cur, gc_cur, gh_nxt, gc_nxt, go_t, g_t, cs_t, hs_t,
-                                            dg_t, WP, m, ub, gz, rows64, rmask, cols, cmask, H)
+                    gu = _lstm_columns_bwd(gu, gh_cur, gc_cur, gh_nxt, gc_nxt, go_t, g_t, cs_t,
+                                           hs_t, dg_t, WP, m, ub, gz, rows64, rmask, cols, cmask,
+                                           H)
                 else:
-                    gu += _gru_columns_bwd(gh_cur, gh_nxt, go_t, g_t, hs_t, dg_t, WP, m, ub, gz,
-                                           rows64, rmask, cols, cmask, H, RESET_AFTER)
+                    gu = _gru_columns_bwd(gu, gh_cur, gh_nxt, go_t, g_t, hs_t, dg_t, WP, m, ub, gz,
+                                          rows64, rmask, cols, cmask, H, RESET_AFTER)
             gup, gcum = _decide_backward(m, u, gu, gup, gcum, gprob, up_p, cum_p)
             tl.debug_barrier()  # DG[t] and the partial dh are complete
             if not RESET_AFTER:
