@@ -443,7 +443,11 @@ class SkipRNNModule(pl.LightningModule):
         mw = self.metric_warmup
         if mw is None or mw.passed_at is not None or sums is None or self.trainer.sanity_checking:
             return
-        m = float(sums[0] / sums[1])
+        # every rank decides on the whole validation set (the same release step on all ranks)
+        total = torch.stack([torch.as_tensor(sums[0], dtype=torch.float64),
+                             torch.as_tensor(float(sums[1]), dtype=torch.float64)]).to(self.device)
+        total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        m = float(total[0] / total[1])
         if mw.observe(int(self.trainer.global_step), m):
             from lightning.pytorch.utilities import rank_zero_info
             rank_zero_info(f"[skiprnn] val/{self.metric_name} = {m:.4g} passed {mw.level:g} at "
