@@ -405,6 +405,22 @@ def test_metric_warmup_holds_the_gate_open_and_lambda_at_zero_until_released():
         m._trainer = types.SimpleNamespace(global_step=step)
         assert m.gate_held_open() == held
         assert m.budget.fraction(step) == (0.0 if held else 1.0)
+    # what releases it: the validation metric of the model as it trains (gate held open), not
+    # that of the untrained gate's own decisions
+    torch.manual_seed(0)
+    with torch.no_grad():
+        m.rnn.update_gate.bias.fill_(-3.0)          # Δũ ≈ 0.05: the free gate skips most steps
+    x, y = m.task.sample(32)
+    m._val_metric_sums = None
+    m._add_release_metric(x, y, None, 32)
+    with torch.no_grad(), m.held_open():
+        held = m.task.metric(m(x)[0], y)
+        assert bool((m(x)[1].updates == 1).all())
+    with torch.no_grad():
+        free_pred, free_out = m(x)
+    assert float(free_out.updates.mean()) < 0.5
+    assert float(m._val_metric_sums[0] / m._val_metric_sums[1]) == pytest.approx(float(held))
+    assert float(held) != pytest.approx(float(m.task.metric(free_pred, y)))
     # a model without a learned gate has no metric warm-up
     with pytest.raises(ConfigError, match="warmup-until-metric"):
         RunConfig(task="adding", model="lstm", max_steps=1,

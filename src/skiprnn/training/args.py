@@ -97,7 +97,8 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
                    help="the update gate's W_p, b_p learn at lr × M (paper: 1)")
     t.add_argument("--warmup-until-metric", dest="warmup_until_metric", type=float, metavar="LEVEL",
                    help="the gate's and the budget's warm-ups also last until a validation's task "
-                        "metric passes LEVEL (adding: MSE ≤ LEVEL, e.g. 0.0016667 = solved; "
+                        "metric, measured with the gate held open as it trains, passes LEVEL "
+                        "(adding: MSE ≤ LEVEL, e.g. 0.0016667 = solved; "
                         "frequency / mnist: accuracy ≥ LEVEL); then λ ramps in (default: off)")
     t.add_argument("--max-skip", dest="max_skip", type=_max_skip, metavar="K",
                    help="a floor on reading: at most K consecutive skipped steps, in training and "

@@ -187,13 +187,23 @@ class SkipRNNModule(pl.LightningModule):
                     self._gate_diagnostics(x, out, lengths, share)
         else:
             if stage == "val" and self.metric_warmup is not None and self.metric_warmup.passed_at is None:
-                # the validation metric weighted by batch size, as Lightning's epoch mean
-                prev = getattr(self, "_val_metric_sums", None) or (0.0, 0)
-                self._val_metric_sums = (prev[0] + metric * B, prev[1] + B)
+                self._add_release_metric(x, y, lengths, B)
             for k, v in values.items():
                 self.log(f"{stage}/{k}", v, prog_bar=k in self._pbar_keys(stage), batch_size=B,
                          sync_dist=True, on_step=False, on_epoch=True)
         return loss
+
+    @torch.no_grad()
+    def _add_release_metric(self, x, y, lengths, B: int) -> None:
+        """What releases a metric warm-up: the task metric of the model as it trains while the
+        warm-up holds, i.e. with the gate held open (the logged validation uses the gate's own
+        decisions, made by W_p, b_p that have not trained yet), summed weighted by batch size as
+        Lightning's epoch mean."""
+        with self.held_open():
+            pred, _ = self(x, lengths)
+        metric = self.task.metric(pred, y)
+        prev = getattr(self, "_val_metric_sums", None) or (0.0, 0)
+        self._val_metric_sums = (prev[0] + metric * B, prev[1] + B)
 
     def _budget_term(self, updates, lengths, share: float):
         """λ·Σ_t u_t (mean over the batch) plus the target-rate loss when the run has one, both
@@ -450,7 +460,8 @@ class SkipRNNModule(pl.LightningModule):
         m = float(total[0] / total[1])
         if mw.observe(int(self.trainer.global_step), m):
             from lightning.pytorch.utilities import rank_zero_info
-            rank_zero_info(f"[skiprnn] val/{self.metric_name} = {m:.4g} passed {mw.level:g} at "
+            rank_zero_info(f"[skiprnn] val/{self.metric_name} with the gate held open = {m:.4g} "
+                           f"passed {mw.level:g} at "
                            f"step {mw.passed_at}: the gate's and the budget's warm-up end")
 
 
