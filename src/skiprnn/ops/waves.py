@@ -541,119 +541,158 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
     Otherwise each wave appends its top-layer h to a compact history (contiguous writes, no
     scatter into the large output), and the outputs are gathered from it at the end.
     """
-    T, B, _ = x.shape
-    H = hs[0].shape[-1]
-    dev, dt = x.device, x.dtype
-    replay = GateReplay(T, B, valid, threshold, npdt)
-    up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True), cell.max_skip,
-                           cell.threshold)
-    cum = cum0.detach().cpu().numpy().astype(npdt, copy=True)
-    cum_init = cum.copy()
-    rows = np.arange(B)
-    frac = dense_break_even(cell.kind, H) if dense is not None else None
-    block = SWITCH_BLOCK if frac is not None else T
-    t_end = min(T, block)  # rows whose next update is at t_end or later wait for the next block
-    waiting = []  # (rows, at) that wait
-    switch_at = None  # the step the dense path starts at
-    at, cum_end = replay.next_update(rows, np.zeros(B, np.int64), up, cum)
-    live = at < replay.n_valid
-    cum[~live] = cum_end[~live]
-    cum[live] = 0
-    rows, at = rows[live], at[live]
-    engine = _LstmWaves if cell.kind == "lstm" else _GruWaves
-    eng = engine(cell, (hs,) if cs is None else (hs, cs), rows, x)
-    out = torch.empty(T * B, H, dtype=dt, device=dev)  # step t, row b at t·B + b
-    # history (see _fill_outputs): carried h, a zero row, then one row per update (at most one
-    # per valid step; untouched rows of the allocation are never paged in)
-    # (CPU: a pooled buffer, kept for the next call: a fresh one is paged in at every call)
-    lease = _Lease(x)
-    hist = lease.new(B + 1 + int(replay.n_valid.sum()), H)
-    hist[:B] = eng.final[0][-1]
-    hist[B] = 0
-    n_hist = B + 1
-    written = np.zeros((T, B), np.int64)  # 1 + the hist row of an update, 0 where none
-    x_rows = None
-    # filled: every output up to the current step is written into `out` (a synced batch copies h
-    # over its skipped steps at once); fill_from: the first step whose outputs are gathered
-    filled = valid is None and rows.size == B and bool((at == at[0]).all())
-    fill_from = 0
-    if filled and at[0]:  # steps before the first update hold the initial h
-        n = int(at[0])
-        out[:n * B].view(n, B, H).copy_(hist[:B].expand(n, B, H))
-    while True:
-        if rows.size and frac is not None:
-            wait = replay.time_of(at, rows) >= t_end
-            if wait.any():
-                waiting.append((rows[wait], at[wait]))
-                eng.compact_state(~wait)
-                rows, at = rows[~wait], at[~wait]
-        if not rows.size:
-            if not waiting:
-                break
-            # the end of a block: every row's state is at t_end
-            n_upd = int((written[:t_end] > 0).sum())
-            n_steps = t_end * B if valid is None else int(valid[:t_end].sum())
-            if n_upd > frac * n_steps:
-                switch_at = t_end
-                break
-            rows = np.concatenate([r for r, _ in waiting])
-            at = np.concatenate([a for _, a in waiting])
+    run = _WaveRun(cell, x, hs, cs, up0, cum0, valid, threshold, npdt, dense)
+    while run.rows.size or run.next_block():
+        run.wave()
+    return run.results()
+
+
+class _WaveRun:
+    """One call of :func:`run_waves`: the rows still to update (``rows``, ascending) and the
+    replay position of their next update (``at``), the engine holding their states, the output
+    and the compact history of updates. :meth:`wave` runs one wave (every row in ``rows`` at its
+    next update); :meth:`next_block` starts the next block of steps or ends the waves."""
+
+    def __init__(self, cell, x, hs, cs, up0, cum0, valid, threshold, npdt, dense):
+        T, B, _ = x.shape
+        H = hs[0].shape[-1]
+        self.cell, self.x, self.valid, self.npdt, self.dense = cell, x, valid, npdt, dense
+        self.T, self.B, self.H = T, B, H
+        self.replay = replay = GateReplay(T, B, valid, threshold, npdt)
+        self.up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True),
+                                    cell.max_skip, cell.threshold)
+        self.cum = cum = cum0.detach().cpu().numpy().astype(npdt, copy=True)
+        self.cum_init = cum.copy()
+        rows = np.arange(B)
+        self.frac = dense_break_even(cell.kind, H) if dense is not None else None
+        self.block = SWITCH_BLOCK if self.frac is not None else T
+        self.t_end = min(T, self.block)  # rows whose next update is at t_end or later wait
+        self.waiting = []  # (rows, at) that wait for the next block
+        self.switch_at = None  # the step the dense path starts at
+        at, cum_end = replay.next_update(rows, np.zeros(B, np.int64), self.up, cum)
+        live = at < replay.n_valid
+        cum[~live] = cum_end[~live]
+        cum[live] = 0
+        self.rows, self.at = rows[live], at[live]
+        self.engine = _LstmWaves if cell.kind == "lstm" else _GruWaves
+        self.eng = self.engine(cell, (hs,) if cs is None else (hs, cs), self.rows, x)
+        self.out = torch.empty(T * B, H, dtype=x.dtype, device=x.device)  # step t, row b: t·B + b
+        # history (see _fill_outputs): carried h, a zero row, then one row per update (at most one
+        # per valid step; untouched rows of the allocation are never paged in)
+        # (CPU: a pooled buffer, kept for the next call: a fresh one is paged in at every call)
+        self.lease = _Lease(x)
+        self.hist = self.lease.new(B + 1 + int(replay.n_valid.sum()), H)
+        self.hist[:B] = self.eng.final[0][-1]
+        self.hist[B] = 0
+        self.n_hist = B + 1
+        self.written = np.zeros((T, B), np.int64)  # 1 + the hist row of an update, 0 where none
+        self.x_rows = None
+        # filled: every output up to the current step is written into `out` (a synced batch copies
+        # h over its skipped steps at once); fill_from: the first step whose outputs are gathered
+        self.filled = valid is None and self.rows.size == B and bool((self.at == self.at[0]).all())
+        self.fill_from = 0
+        if self.filled and self.at[0]:  # steps before the first update hold the initial h
+            n = int(self.at[0])
+            self.out[:n * B].view(n, B, H).copy_(self.hist[:B].expand(n, B, H))
+        self._hold_for_next_block()
+
+    def _hold_for_next_block(self) -> None:
+        """With a dense switch: rows whose next update is past the block's end wait for it."""
+        if self.frac is None or not self.rows.size:
+            return
+        wait = self.replay.time_of(self.at, self.rows) >= self.t_end
+        if wait.any():
+            self.waiting.append((self.rows[wait], self.at[wait]))
+            self.eng.compact_state(~wait)
+            self.rows, self.at = self.rows[~wait], self.at[~wait]
+
+    def next_block(self) -> bool:
+        """At the end of a block (no row left to update before ``t_end``): whether the waves go
+        on (the waiting rows in the next block) or stop, at the end of the sequence or for the
+        dense path (the update fraction so far above the break-even: ``switch_at``)."""
+        while not self.rows.size:
+            if not self.waiting:
+                return False
+            t_end, valid = self.t_end, self.valid
+            n_upd = int((self.written[:t_end] > 0).sum())
+            n_steps = t_end * self.B if valid is None else int(valid[:t_end].sum())
+            if n_upd > self.frac * n_steps:
+                self.switch_at = t_end
+                return False
+            rows = np.concatenate([r for r, _ in self.waiting])
+            at = np.concatenate([a for _, a in self.waiting])
             order = np.argsort(rows)
-            rows, at = rows[order], at[order]
-            waiting = []
-            eng = engine(cell, tuple(list(f.unbind(0)) for f in eng.final), rows, x)
-            t_end = min(T, t_end + block)
-            continue
+            self.rows, self.at = rows[order], at[order]
+            self.waiting = []
+            self.eng = self.engine(self.cell, tuple(list(f.unbind(0)) for f in self.eng.final),
+                                   self.rows, self.x)
+            self.t_end = min(self.T, self.t_end + self.block)
+            self._hold_for_next_block()
+        return True
+
+    def wave(self) -> None:
+        """Every row of ``rows`` takes its next update: the cell step, Δũ, the output or history
+        rows, the replay to each row's following update; rows done with the sequence leave."""
+        rows, at, eng, x, B, H = self.rows, self.at, self.eng, self.x, self.B, self.H
         m = rows.size
-        t = replay.time_of(at, rows)
+        t = self.replay.time_of(at, rows)
         t0 = int(t[0])
-        synced = m == B and bool((t == t0).all())
-        if filled:  # (then the wave is synced: rows only leave together)
-            written[t0] = 1
+        if self.filled:  # (then the wave is synced: rows only leave together)
+            self.written[t0] = 1
             eng.input_buffer().copy_(x[t0])
-            h, feat = eng.step(out[t0 * B:(t0 + 1) * B])
+            h, feat = eng.step(self.out[t0 * B:(t0 + 1) * B])
         else:
-            written[t, rows] = np.arange(n_hist + 1, n_hist + 1 + m)
-            if synced:  # the whole batch at one step: no gather
+            self.written[t, rows] = np.arange(self.n_hist + 1, self.n_hist + 1 + m)
+            if m == B and bool((t == t0).all()):  # the whole batch at one step: no gather
                 eng.input_buffer().copy_(x[t0])
             else:
-                if x_rows is None:
-                    x_rows = x.reshape(T * B, -1)
-                torch.index_select(x_rows, 0, eng.index(t * B + rows), out=eng.input_buffer())
-            h, feat = eng.step(hist[n_hist:n_hist + m])
-            n_hist += m
-        delta = cell.delta(feat).cpu().numpy().astype(npdt)
-        up[rows] = delta
-        at, cum_end = replay.after_update(rows, at + 1, delta)
-        if filled:
+                if self.x_rows is None:
+                    self.x_rows = x.reshape(self.T * B, -1)
+                torch.index_select(self.x_rows, 0, eng.index(t * B + rows), out=eng.input_buffer())
+            h, feat = eng.step(self.hist[self.n_hist:self.n_hist + m])
+            self.n_hist += m
+        delta = self.cell.delta(feat).cpu().numpy().astype(self.npdt)
+        self.up[rows] = delta
+        at, cum_end = self.replay.after_update(rows, at + 1, delta)
+        if self.filled:
             if bool((at == at[0]).all()):  # the skipped steps up to the next update hold h
                 n = int(at[0]) - t0 - 1
-                out[(t0 + 1) * B:(t0 + 1 + n) * B].view(n, B, H).copy_(h.expand(n, B, H))
+                self.out[(t0 + 1) * B:(t0 + 1 + n) * B].view(n, B, H).copy_(h.expand(n, B, H))
             else:  # rows part ways: from here on outputs are gathered from the history
-                filled = False
-                fill_from = t0 + 1
-                hist[:B] = h
-        live = at < replay.n_valid[rows]
+                self.filled = False
+                self.fill_from = t0 + 1
+                self.hist[:B] = h
+        live = at < self.replay.n_valid[rows]
         if not live.all():
-            cum[rows[~live]] = cum_end[~live]
+            self.cum[rows[~live]] = cum_end[~live]
             eng.compact_state(live)
             rows, at = rows[live], at[live]
-    final = eng.finish()
-    t_b = T if switch_at is None else switch_at
-    if not filled:
-        _fill_outputs(out[:t_b * B], hist, written[:t_b], None if valid is None else valid[:t_b],
-                      fill_from)
-    lease.release()
-    to = dict(device=dev, dtype=dt)
-    updates = torch.from_numpy(written > 0).to(**to)
-    probs = torch.from_numpy(replay.probs).to(**to)
-    state, up_n, cum_n = tuple(final), torch.from_numpy(up).to(**to), torch.from_numpy(cum).to(**to)
-    if switch_at is not None:  # the rest of the sequence on the dense path, from the state at t_b
-        cum_b = torch.from_numpy(_boundary_cum(replay, written, valid, cum_init, t_b)).to(**to)
-        mask = None if valid is None else torch.from_numpy(valid[t_b:]).to(dev)
-        res = dense(x[t_b:], state, up_n, cum_b, mask)
-        out[t_b * B:].copy_(res.output.reshape(-1, H))
-        state, up_n, cum_n = res.state, res.update_prob, res.cum_prob
-        updates[t_b:] = res.updates
-        probs[t_b:] = res.update_probs
-    return RecurrenceResult(out.view(T, B, H), state, up_n, cum_n, updates, probs)
+        self.rows, self.at = rows, at
+        self._hold_for_next_block()
+
+    def results(self) -> RecurrenceResult:
+        """The outputs gathered, the final states; with a switch, the rest of the sequence on
+        the dense path from the state at ``switch_at``."""
+        T, B, H, valid, written = self.T, self.B, self.H, self.valid, self.written
+        final = self.eng.finish()
+        t_b = T if self.switch_at is None else self.switch_at
+        if not self.filled:
+            _fill_outputs(self.out[:t_b * B], self.hist, written[:t_b],
+                          None if valid is None else valid[:t_b], self.fill_from)
+        self.lease.release()
+        to = dict(device=self.x.device, dtype=self.x.dtype)
+        updates = torch.from_numpy(written > 0).to(**to)
+        probs = torch.from_numpy(self.replay.probs).to(**to)
+        state = tuple(final)
+        up_n, cum_n = torch.from_numpy(self.up).to(**to), torch.from_numpy(self.cum).to(**to)
+        out = self.out
+        if self.switch_at is not None:  # the rest of the sequence on the dense path
+            cum_b = torch.from_numpy(_boundary_cum(self.replay, written, valid, self.cum_init,
+                                                   t_b)).to(**to)
+            mask = None if valid is None else torch.from_numpy(valid[t_b:]).to(self.x.device)
+            res = self.dense(self.x[t_b:], state, up_n, cum_b, mask)
+            out[t_b * B:].copy_(res.output.reshape(-1, H))
+            state, up_n, cum_n = res.state, res.update_prob, res.cum_prob
+            updates[t_b:] = res.updates
+            probs[t_b:] = res.update_probs
+        return RecurrenceResult(out.view(T, B, H), state, up_n, cum_n, updates, probs)
