@@ -419,13 +419,12 @@ class SkipRNNModule(pl.LightningModule):
         decays as the Skip model beside it); ``inf`` while a metric warm-up holds."""
         if self.config.get("lr_decay_start") is not None:
             return int(self.config["lr_decay_start"])
+        if self.metric_warmup is not None:   # the budget's own schedule knows when its ramp ends
+            return self.budget.warmup_end() + self.budget.ramp_steps
         from .config import recipe_settings
         rec = recipe_settings(self.config.get("recipe") or "paper", self.config["task"])
-        warmup, ramp = (int(self.config.get(k) if self.config.get(k) is not None else rec.get(k) or 0)
-                        for k in ("budget_warmup", "budget_ramp"))
-        if self.metric_warmup is not None:
-            return self.metric_warmup.end(warmup) + ramp
-        return warmup + ramp
+        return sum(int(self.config.get(k) if self.config.get(k) is not None else rec.get(k) or 0)
+                   for k in ("budget_warmup", "budget_ramp"))
 
     # ------------------------------------------------------------------ random state in checkpoints
     # Random-skip masks (and anything else drawing from the global RNGs) go on where they were after
@@ -461,9 +460,8 @@ class SkipRNNModule(pl.LightningModule):
         if mw.observe(int(self.trainer.global_step), m):
             from lightning.pytorch.utilities import rank_zero_info
             rank_zero_info(f"[skiprnn] val/{self.metric_name} with the gate held open = {m:.4g} "
-                           f"passed {mw.level:g} at "
-                           f"step {mw.passed_at}: the gate's and the budget's warm-up end")
-
+                           f"passed {mw.level:g} at step {mw.passed_at}: the gate's and the "
+                           "budget's warm-up end")
 
     def on_save_checkpoint(self, checkpoint):
         state = getattr(self, "_saved_rng", None)   # restored but not applied yet
