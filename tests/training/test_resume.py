@@ -80,6 +80,11 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, model, co
     if controls is METRIC_WARMUP:
         assert r["warmup_released_at"] == 10
         assert json.loads((straight / "results.json").read_text())["warmup_released_at"] == 10
+        # the held-open model's metric, which decides the release, is logged while it holds
+        import csv
+        with open(straight / "csv" / "metrics.csv") as f:
+            held = [r for r in csv.DictReader(f) if r.get("val/mse_held_open")]
+        assert [int(r["step"]) for r in held] == [9] and float(held[0]["val/mse_held_open"]) < 10
 
     a, b = _ckpt(straight), _ckpt(run)
     assert a["global_step"] == b["global_step"] == 25

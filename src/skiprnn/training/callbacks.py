@@ -193,6 +193,9 @@ class ValidationLines(pl.Callback):
                  if f"val/{k}" in m]
         if "val/update_fraction" in m:
             parts.append(f"({100 * float(m['val/update_fraction']):.1f}%)")
+        held = f"val/{self.metric_name}_held_open"   # logged while a metric warm-up holds
+        if held in m and getattr(getattr(pl_module, "metric_warmup", None), "passed_at", 0) is None:
+            parts.append(f"[gate held open: {self.metric_name} {float(m[held]):.4g}]")
         took = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
         print(f"[skiprnn] step {trainer.global_step} (epoch {trainer.current_epoch}): validation "
               + " ".join(parts) + f"  [{took:.0f} s]", flush=True)

@@ -457,6 +457,8 @@ class SkipRNNModule(pl.LightningModule):
                              torch.as_tensor(float(sums[1]), dtype=torch.float64)]).to(self.device)
         total = self.trainer.strategy.reduce(total, reduce_op="sum")
         m = float(total[0] / total[1])
+        # shown while the warm-up holds (the logged val/<metric> is the free gate's)
+        self.log(f"val/{self.metric_name}_held_open", m, batch_size=1)
         if mw.observe(int(self.trainer.global_step), m):
             from lightning.pytorch.utilities import rank_zero_info
             rank_zero_info(f"[skiprnn] val/{self.metric_name} with the gate held open = {m:.4g} "
