@@ -102,15 +102,20 @@ def plot_run(run_dir, ckpt: str = "best", samples: int = 10, notes: Optional[lis
             max_samples=min(n, 8), title=f"Sequential MNIST, {title_model}: used (red) / skipped (blue)"))
     metrics = _merged_metrics(run_dir)
     m = task.metric_name
-    keys = [k for k in ("train/loss_step", "val/loss", f"val/{m}", "val/update_fraction",
+    held = f"val/{m}_held_open"     # a metric warm-up's release metric (the gate held open)
+    keys = [k for k in ("train/loss_step", "val/loss", f"val/{m}", held, "val/update_fraction",
                         "train/update_fraction_step", "val/updates") if k in metrics]
     if keys:
         threshold = getattr(task, "solved_threshold", None)
         hlines = {f"val/{m}": (threshold, f"solved ({'≤' if not task.higher_is_better else '>'} "
-                                          f"{threshold:.3g})")} if threshold is not None else None
+                                          f"{threshold:.3g})")} if threshold is not None else {}
+        level = cfg.get("warmup_until_metric")
+        if level is not None:
+            hlines[held] = (float(level), f"release level ({level:g})")
+        ylabels = {**_YLABELS, held: f"validation {m}, gate held open (until the release)"}
         written.append(plots.plot_learning_curves(
             {k: metrics[k] for k in keys}, fig_dir / "learning_curves.png", keys=keys,
-            ylabels=_YLABELS, hlines=hlines,
+            ylabels=ylabels, hlines=hlines or None,
             title=f"{task.name} / {title_model} (seed {cfg.get('seed', 0)})"))
     else:
         notes.append(f"learning_curves.png: not drawn: no training or validation metrics were logged "
