@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("lightning")
 
 from skiprnn.cli import main  # noqa: E402
+from skiprnn.training.config import ConfigError, RunConfig  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = ["--quick", "--max-steps", "6", "--val-every", "3", "--hidden-size", "16", "--no-progress"]
@@ -361,7 +362,37 @@ def test_recipes_fill_what_the_user_did_not_give():
     assert (mixed.lr, mixed.budget_warmup, mixed.gate_warmup) == (3e-3, 50, 0)
     plain = cfg("adding", "--model", "lstm")
     assert plain.gate_warmup is None and plain.gate_lr_mult is None and plain.lr == 3e-3
-    assert plain.max_skip is None
+    assert plain.max_skip is None and plain.warmup_until_metric is None
+
+
+def test_warmup_until_metric_takes_a_level_solved_or_none():
+    """Recipe fast holds a Skip GRU's adding gate open until the task is solved ('solved': the
+    task's own level, 1/600; a value per task and cell); a number or 'solved' can be given for any
+    task, 'none' removes the recipe's."""
+    from skiprnn.cli import build_parser, build_train_config
+    from skiprnn.training.module import SkipRNNModule
+
+    def cfg(*args):
+        return build_train_config(build_parser().parse_args(["train", *args]), verbose=False)[0]
+
+    assert cfg("adding", "--model", "skip_gru").warmup_until_metric == "solved"
+    assert cfg("adding").warmup_until_metric is None          # the Skip LSTM's: none
+    assert cfg("frequency", "--model", "skip_gru").warmup_until_metric is None
+    assert cfg("adding", "--model", "gru").warmup_until_metric is None
+    assert cfg("adding", "--model", "skip_gru", "--warmup-until-metric", "none").warmup_until_metric is None
+    assert cfg("adding", "--model", "skip_gru", "--recipe", "paper").warmup_until_metric is None
+    assert cfg("adding", "--model", "skip_gru").max_skip == 4    # per-task values still apply
+    assert cfg("frequency", "--warmup-until-metric", "0.99").warmup_until_metric == 0.99
+    for task, level, higher in (("adding", 1 / 600, False), ("frequency", 0.99, True)):
+        c = cfg(task, "--warmup-until-metric", "solved", "--hidden-size", "8", "--max-steps", "5")
+        m = SkipRNNModule(c.to_dict())
+        assert m.metric_warmup.level == pytest.approx(level)
+        assert m.metric_warmup.higher_is_better == higher
+        assert not m.metric_warmup.passes(level * (0.9 if higher else 1.1))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--warmup-until-metric", "solvd"])
+    with pytest.raises(ConfigError, match="warmup-until-metric"):
+        RunConfig(task="adding", max_steps=1, warmup_until_metric="soon").validate()
 
 
 def test_paper_recipe_trains_the_paper_codes_layer_and_optimizer():

@@ -49,6 +49,18 @@ def _max_skip(s: str):
         raise argparse.ArgumentTypeError(f"expected an integer K >= 1 or 'none', got {s!r}") from None
 
 
+def _metric_level(s: str):
+    """``--warmup-until-metric``: a number, 'solved' (the task's solved level) or 'none' (no
+    metric warm-up, also over a recipe's)."""
+    word = s.strip().lower()
+    if word in ("none", "solved"):
+        return None if word == "none" else word
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, 'solved' or 'none', got {s!r}") from None
+
+
 def _devices(s: str):
     try:
         return int(s)
@@ -95,11 +107,13 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
                    help="optimizer steps with the gate held open: every step updates (paper: 0)")
     t.add_argument("--gate-lr-mult", dest="gate_lr_mult", type=float, metavar="M",
                    help="the update gate's W_p, b_p learn at lr × M (paper: 1)")
-    t.add_argument("--warmup-until-metric", dest="warmup_until_metric", type=float, metavar="LEVEL",
+    t.add_argument("--warmup-until-metric", dest="warmup_until_metric", type=_metric_level,
+                   metavar="LEVEL",
                    help="the gate's and the budget's warm-ups also last until a validation's task "
                         "metric, measured with the gate held open as it trains, passes LEVEL "
-                        "(adding: MSE ≤ LEVEL, e.g. 0.0016667 = solved; "
-                        "frequency / mnist: accuracy ≥ LEVEL); then λ ramps in (default: off)")
+                        "(adding: MSE ≤ LEVEL; frequency / mnist: accuracy ≥ LEVEL), or the "
+                        "task's solved level with 'solved'; then λ ramps in. 'none' removes the "
+                        "recipe's (paper: none; recipe fast: 'solved' for a Skip GRU on adding)")
     t.add_argument("--max-skip", dest="max_skip", type=_max_skip, metavar="K",
                    help="a floor on reading: at most K consecutive skipped steps, in training and "
                         "inference (Δũ ≥ 1/(2K+1); at least 1/(K+1) of the steps are read); "

@@ -109,9 +109,9 @@ def plot_run(run_dir, ckpt: str = "best", samples: int = 10, notes: Optional[lis
         threshold = getattr(task, "solved_threshold", None)
         hlines = {f"val/{m}": (threshold, f"solved ({'≤' if not task.higher_is_better else '>'} "
                                           f"{threshold:.3g})")} if threshold is not None else {}
-        level = cfg.get("warmup_until_metric")
-        if level is not None:
-            hlines[held] = (float(level), f"release level ({level:g})")
+        if module.metric_warmup is not None:
+            level = module.metric_warmup.level
+            hlines[held] = (level, f"release level ({level:.3g})")
         ylabels = {**_YLABELS, held: f"validation {m}, gate held open (until the release)"}
         written.append(plots.plot_learning_curves(
             {k: metrics[k] for k in keys}, fig_dir / "learning_curves.png", keys=keys,

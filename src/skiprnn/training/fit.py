@@ -616,7 +616,9 @@ def recipe_description(cfg: RunConfig, learned_gate: bool = True) -> str:
     if cfg.budget_warmup or cfg.budget_ramp:
         parts.append(f"λ = 0 for {cfg.budget_warmup or 0} steps, then a ramp over {cfg.budget_ramp or 0}")
     if cfg.warmup_until_metric is not None:
-        parts.append(f"warm-ups last until the validation metric passes {cfg.warmup_until_metric:g}")
+        level = cfg.warmup_until_metric
+        parts.append("warm-ups last until the validation metric passes "
+                     + ("the solved level" if level == "solved" else f"{level:g}"))
     if cfg.gate_lr_mult not in (None, 1.0):
         parts.append(f"gate lr × {cfg.gate_lr_mult:g}")
     if cfg.max_skip is not None:

@@ -79,6 +79,8 @@ class SkipRNNModule(pl.LightningModule):
         #: with ``warmup_until_metric``: the gate and budget warm-ups also last until a validation's
         #: task metric passes that level (the release step is saved in checkpoints)
         level = config.get("warmup_until_metric") if self.learned_gate else None
+        if level == "solved":
+            level = self.task.solved_threshold
         self.metric_warmup = (None if level is None
                               else MetricWarmup(float(level), self.task.higher_is_better))
         #: λ per optimizer step (0 during the warm-up, then a ramp; the paper's is constant)
@@ -422,7 +424,8 @@ class SkipRNNModule(pl.LightningModule):
         if self.metric_warmup is not None:   # the budget's own schedule knows when its ramp ends
             return self.budget.warmup_end() + self.budget.ramp_steps
         from .config import recipe_settings
-        rec = recipe_settings(self.config.get("recipe") or "paper", self.config["task"])
+        rec = recipe_settings(self.config.get("recipe") or "paper", self.config["task"],
+                              self.model_name)
         return sum(int(self.config.get(k) if self.config.get(k) is not None else rec.get(k) or 0)
                    for k in ("budget_warmup", "budget_ramp"))
 

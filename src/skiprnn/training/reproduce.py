@@ -114,7 +114,7 @@ def _t4() -> list[Row]:
 TABLES = {
     "table1": {
         "task": "adding", "title": "Table 1: Adding task", "rows": _t1,
-        "full": {"recipe": "fast", "max_steps": 3000, "val_every": 100, "stop_when_solved": True,
+        "full": {"recipe": "fast", "max_steps": 5000, "val_every": 100, "stop_when_solved": True,
                  "solved_patience": 10},
         "quick": {"recipe": "fast", "lr": 1e-3, "max_steps": 20, "val_every": 10, "batch_size": 64,
                   "task_options": {"val_size": 256, "test_size": 512}},
