@@ -366,22 +366,22 @@ def test_recipes_fill_what_the_user_did_not_give():
 
 
 def test_warmup_until_metric_takes_a_level_solved_or_none():
-    """Recipe fast holds a Skip GRU's adding gate open until the task is solved ('solved': the
-    task's own level, 1/600; a value per task and cell); a number or 'solved' can be given for any
-    task, 'none' removes the recipe's."""
+    """Recipe fast holds the adding gate open until the validation MSE is 0.01; a number or
+    'solved' (the task's own level: adding 1/600, frequency 0.99) can be given for any task,
+    'none' removes the recipe's."""
     from skiprnn.cli import build_parser, build_train_config
     from skiprnn.training.module import SkipRNNModule
 
     def cfg(*args):
         return build_train_config(build_parser().parse_args(["train", *args]), verbose=False)[0]
 
-    assert cfg("adding", "--model", "skip_gru").warmup_until_metric == "solved"
-    assert cfg("adding").warmup_until_metric is None          # the Skip LSTM's: none
-    assert cfg("frequency", "--model", "skip_gru").warmup_until_metric is None
+    assert cfg("adding").warmup_until_metric == 0.01
+    assert cfg("adding", "--model", "skip_gru").warmup_until_metric == 0.01
+    assert cfg("frequency").warmup_until_metric is None and cfg("mnist").warmup_until_metric is None
     assert cfg("adding", "--model", "gru").warmup_until_metric is None
-    assert cfg("adding", "--model", "skip_gru", "--warmup-until-metric", "none").warmup_until_metric is None
-    assert cfg("adding", "--model", "skip_gru", "--recipe", "paper").warmup_until_metric is None
-    assert cfg("adding", "--model", "skip_gru").max_skip == 4    # per-task values still apply
+    assert cfg("adding", "--warmup-until-metric", "none").warmup_until_metric is None
+    assert cfg("adding", "--warmup-until-metric", "solved").warmup_until_metric == "solved"
+    assert cfg("adding", "--recipe", "paper").warmup_until_metric is None
     assert cfg("frequency", "--warmup-until-metric", "0.99").warmup_until_metric == 0.99
     for task, level, higher in (("adding", 1 / 600, False), ("frequency", 0.99, True)):
         c = cfg(task, "--warmup-until-metric", "solved", "--hidden-size", "8", "--max-steps", "5")

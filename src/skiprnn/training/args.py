@@ -113,7 +113,7 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
                         "metric, measured with the gate held open as it trains, passes LEVEL "
                         "(adding: MSE ≤ LEVEL; frequency / mnist: accuracy ≥ LEVEL), or the "
                         "task's solved level with 'solved'; then λ ramps in. 'none' removes the "
-                        "recipe's (paper: none; recipe fast: 'solved' for a Skip GRU on adding)")
+                        "recipe's (paper: none; recipe fast: adding 0.01)")
     t.add_argument("--max-skip", dest="max_skip", type=_max_skip, metavar="K",
                    help="a floor on reading: at most K consecutive skipped steps, in training and "
                         "inference (Δũ ≥ 1/(2K+1); at least 1/(K+1) of the steps are read); "

@@ -35,6 +35,11 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": {"model": "skip_lstm", "cost_per_sample": 1e-4, "max_epochs": 600},
 }
 
+def _level_number(level):
+    """A metric level as the number to check (None for 'solved': the task's own level)."""
+    return None if level == "solved" else level
+
+
 def _paper_task_options(task: str) -> dict:
     from .paper import paper_task_options   # imported when asked: it needs torch, this module not
     return paper_task_options(task)
@@ -56,14 +61,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": {
         "doc": "practical learning rates without a collapsing gate: the gate held open (its W_p, "
                "b_p frozen) and λ = 0 while the task is learned, then λ ramped in and the learning "
-               "rate decayed (cosine, to 5 %); adding: W_p, b_p at 10x the rate with at most 4 "
-               "skipped steps in a row, GRUs' gate held open until the task is solved; MNIST: chrono forget biases and standardized pixels",
+               "rate decayed (cosine, to 5 %); adding: the gate held open until the validation MSE "
+               "is 0.01, W_p, b_p at 10x the rate with at most 4 skipped steps in a row; MNIST: chrono forget biases and standardized pixels",
         "lr": {"adding": 3e-3, "frequency": 1e-3, "mnist": 1e-3},
         "gate_warmup": {"adding": 300, "frequency": 500, "mnist": 2000},
         "budget_warmup": {"adding": 300, "frequency": 500, "mnist": 2000},
         "budget_ramp": {"adding": 300, "frequency": 500, "mnist": 1000},
         "gate_lr_mult": {"adding": 10.0, "frequency": 1.0, "mnist": 1.0},
-        "warmup_until_metric": {"adding/gru": "solved"},
+        "warmup_until_metric": {"adding": 0.01},
         "max_skip": {"adding": 4},
         "lr_decay": 0.05,
         "init": {"mnist": "chrono"},
@@ -224,8 +229,7 @@ class RunConfig:
         num("--budget-ramp", self.budget_ramp, lo=0, integer=True)
         num("--gate-warmup", self.gate_warmup, lo=0, integer=True)
         num("--gate-lr-mult", self.gate_lr_mult, lo=0)
-        if self.warmup_until_metric != "solved":
-            num("--warmup-until-metric (a number or 'solved')", self.warmup_until_metric)
+        num("--warmup-until-metric (a number or 'solved')", _level_number(self.warmup_until_metric))
         num("--max-skip", self.max_skip, lo=1, integer=True)
         num("--target-rate", self.target_rate, lo=0, hi=1)
         num("--target-weight", self.target_weight, lo=0, allow_none=False)
@@ -365,24 +369,12 @@ class RunConfig:
         return "-".join(parts)
 
 
-def recipe_settings(recipe: str, task: str, model: Optional[str] = None) -> dict[str, Any]:
-    """The RunConfig values recipe ``recipe`` gives for ``task`` (its "doc" left out). A value
-    per task may be given per cell as well: key ``"task/cell"`` (cell ``lstm`` or ``gru``, of
-    ``model``) wins over ``"task"``."""
+def recipe_settings(recipe: str, task: str) -> dict[str, Any]:
+    """The RunConfig values recipe ``recipe`` gives for ``task`` (its "doc" left out)."""
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; valid recipes: {', '.join(RECIPES)}")
-    cell = None
-    if model is not None:
-        from ..modules.registry import MODELS, cell_kind
-        cell = cell_kind(model) if model in MODELS else None
-
-    def pick(v):
-        if callable(v):
-            return v(task)
-        if not isinstance(v, dict):
-            return v
-        return v.get(f"{task}/{cell}", v.get(task)) if cell else v.get(task)
-    return {k: pick(v) for k, v in RECIPES[recipe].items() if k != "doc"}
+    return {k: (v.get(task) if isinstance(v, dict) else v(task) if callable(v) else v)
+            for k, v in RECIPES[recipe].items() if k != "doc"}
 
 
 def resolve_defaults(cfg: RunConfig, explicit: set) -> RunConfig:
@@ -390,7 +382,7 @@ def resolve_defaults(cfg: RunConfig, explicit: set) -> RunConfig:
     in ``explicit``). The learned-gate controls are left unset for models without a gate."""
     from ..modules.registry import MODELS, has_learned_gate
     gated = cfg.model in MODELS and has_learned_gate(cfg.model)
-    for k, v in recipe_settings(cfg.recipe, cfg.task, cfg.model).items():
+    for k, v in recipe_settings(cfg.recipe, cfg.task).items():
         if k == "task_options":         # the recipe's task options, under the user's own
             for kk, vv in (v or {}).items():
                 cfg.task_options.setdefault(kk, vv)

@@ -424,8 +424,7 @@ class SkipRNNModule(pl.LightningModule):
         if self.metric_warmup is not None:   # the budget's own schedule knows when its ramp ends
             return self.budget.warmup_end() + self.budget.ramp_steps
         from .config import recipe_settings
-        rec = recipe_settings(self.config.get("recipe") or "paper", self.config["task"],
-                              self.model_name)
+        rec = recipe_settings(self.config.get("recipe") or "paper", self.config["task"])
         return sum(int(self.config.get(k) if self.config.get(k) is not None else rec.get(k) or 0)
                    for k in ("budget_warmup", "budget_ramp"))
 
