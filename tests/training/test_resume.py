@@ -83,8 +83,8 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, model, co
         # the held-open model's metric, which decides the release, is logged while it holds
         import csv
         with open(straight / "csv" / "metrics.csv") as f:
-            held = [r for r in csv.DictReader(f) if r.get("val/mse_held_open")]
-        assert [int(r["step"]) for r in held] == [9] and float(held[0]["val/mse_held_open"]) < 10
+            held = [row for row in csv.DictReader(f) if row.get("val/mse_held_open")]
+        assert [int(row["step"]) for row in held] == [9] and float(held[0]["val/mse_held_open"]) < 10
 
     a, b = _ckpt(straight), _ckpt(run)
     assert a["global_step"] == b["global_step"] == 25

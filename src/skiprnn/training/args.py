@@ -52,8 +52,9 @@ def _max_skip(s: str):
 def _metric_level(s: str):
     """``--warmup-until-metric``: a number, 'solved' (the task's solved level) or 'none' (no
     metric warm-up, also over a recipe's)."""
+    from .config import SOLVED_LEVEL
     word = s.strip().lower()
-    if word in ("none", "solved"):
+    if word in ("none", SOLVED_LEVEL):
         return None if word == "none" else word
     try:
         return float(s)

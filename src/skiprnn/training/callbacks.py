@@ -194,7 +194,8 @@ class ValidationLines(pl.Callback):
         if "val/update_fraction" in m:
             parts.append(f"({100 * float(m['val/update_fraction']):.1f}%)")
         held = f"val/{self.metric_name}_held_open"   # logged while a metric warm-up holds
-        if held in m and getattr(getattr(pl_module, "metric_warmup", None), "passed_at", 0) is None:
+        warmup = getattr(pl_module, "metric_warmup", None)
+        if held in m and warmup is not None and warmup.passed_at is None:
             parts.append(f"[gate held open: {self.metric_name} {float(m[held]):.4g}]")
         took = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
         print(f"[skiprnn] step {trainer.global_step} (epoch {trainer.current_epoch}): validation "

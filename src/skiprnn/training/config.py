@@ -35,9 +35,13 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": {"model": "skip_lstm", "cost_per_sample": 1e-4, "max_epochs": 600},
 }
 
+#: ``warmup_until_metric``'s word for the task's own solved level (``task.solved_threshold``)
+SOLVED_LEVEL = "solved"
+
+
 def _level_number(level):
-    """A metric level as the number to check (None for 'solved': the task's own level)."""
-    return None if level == "solved" else level
+    """A metric level as the number to check (None for SOLVED_LEVEL: the task's own level)."""
+    return None if level == SOLVED_LEVEL else level
 
 
 def _paper_task_options(task: str) -> dict:
@@ -62,7 +66,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "doc": "practical learning rates without a collapsing gate: the gate held open (its W_p, "
                "b_p frozen) and λ = 0 while the task is learned, then λ ramped in and the learning "
                "rate decayed (cosine, to 5 %); adding: the gate held open until the validation MSE "
-               "is 0.01, W_p, b_p at 10x the rate with at most 4 skipped steps in a row; MNIST: chrono forget biases and standardized pixels",
+               "is 0.01, W_p, b_p at 10x the rate with at most 4 skipped steps in a row; MNIST: "
+               "chrono forget biases and standardized pixels",
         "lr": {"adding": 3e-3, "frequency": 1e-3, "mnist": 1e-3},
         "gate_warmup": {"adding": 300, "frequency": 500, "mnist": 2000},
         "budget_warmup": {"adding": 300, "frequency": 500, "mnist": 2000},

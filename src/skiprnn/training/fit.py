@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from .._env import git_commit
-from .config import RECIPE_CONTROLS, ConfigError, RunConfig
+from .config import RECIPE_CONTROLS, SOLVED_LEVEL, ConfigError, RunConfig
 
 __all__ = ["fit", "evaluate_run", "load_module", "read_checkpoint", "choose_checkpoint", "RunInterrupted",
            "environment_info", "git_commit"]
@@ -618,7 +618,7 @@ def recipe_description(cfg: RunConfig, learned_gate: bool = True) -> str:
     if cfg.warmup_until_metric is not None:
         level = cfg.warmup_until_metric
         parts.append("warm-ups last until the validation metric passes "
-                     + ("the solved level" if level == "solved" else f"{level:g}"))
+                     + ("the solved level" if level == SOLVED_LEVEL else f"{level:g}"))
     if cfg.gate_lr_mult not in (None, 1.0):
         parts.append(f"gate lr × {cfg.gate_lr_mult:g}")
     if cfg.max_skip is not None:

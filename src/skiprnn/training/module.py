@@ -21,6 +21,7 @@ from ..metrics import inference_flops
 from ..modules import build_rnn
 from ..modules.registry import cell_kind, chrono_init_, has_learned_gate, paper_layer_kwargs
 from ..tasks import get_task
+from .config import SOLVED_LEVEL
 from .paper import paper_optimizer
 
 __all__ = ["SkipRNNModule", "build_task", "final_hidden"]
@@ -79,7 +80,7 @@ class SkipRNNModule(pl.LightningModule):
         #: with ``warmup_until_metric``: the gate and budget warm-ups also last until a validation's
         #: task metric passes that level (the release step is saved in checkpoints)
         level = config.get("warmup_until_metric") if self.learned_gate else None
-        if level == "solved":
+        if level == SOLVED_LEVEL:
             level = self.task.solved_threshold
         self.metric_warmup = (None if level is None
                               else MetricWarmup(float(level), self.task.higher_is_better))
