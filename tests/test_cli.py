@@ -363,6 +363,18 @@ def test_recipes_fill_what_the_user_did_not_give():
     plain = cfg("adding", "--model", "lstm")
     assert plain.gate_warmup is None and plain.gate_lr_mult is None and plain.lr == 3e-3
     assert plain.max_skip is None and plain.warmup_until_metric is None
+    freq = cfg("frequency")   # chrono forget biases and the target-rate loss towards 12 %
+    assert (freq.init, freq.target_rate, freq.target_weight) == ("chrono", 0.12, 2.0)
+    assert (adding.init, adding.target_rate, adding.target_weight) == (None, None, 1.0)
+    assert cfg("frequency", "--target-rate", "none").target_rate is None
+    assert cfg("frequency", "--target-rate", "0.2").target_rate == 0.2
+    assert cfg("frequency", "--recipe", "paper").target_rate is None
+    plain_freq = cfg("frequency", "--model", "lstm")
+    assert (plain_freq.target_rate, plain_freq.target_weight, plain_freq.init) == (None, 1.0, "chrono")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--target-rate", "lots"])
+    with pytest.raises(ConfigError, match="target-weight"):
+        cfg("frequency", "--model", "lstm", "--target-weight", "3")
 
 
 def test_warmup_until_metric_takes_a_level_solved_or_none():

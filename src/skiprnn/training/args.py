@@ -49,6 +49,16 @@ def _max_skip(s: str):
         raise argparse.ArgumentTypeError(f"expected an integer K >= 1 or 'none', got {s!r}") from None
 
 
+def _fraction_or_none(s: str):
+    """``--target-rate``: a fraction, or 'none' (no target-rate loss, also over a recipe's)."""
+    if s.strip().lower() == "none":
+        return None
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1] or 'none', got {s!r}") from None
+
+
 def _metric_level(s: str):
     """``--warmup-until-metric``: a number, 'solved' (the task's solved level) or 'none' (no
     metric warm-up, also over a recipe's)."""
@@ -119,10 +129,12 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
                    help="a floor on reading: at most K consecutive skipped steps, in training and "
                         "inference (Δũ ≥ 1/(2K+1); at least 1/(K+1) of the steps are read); "
                         "'none' removes the recipe's cap (paper: none; recipe fast: adding 4)")
-    t.add_argument("--target-rate", dest="target_rate", type=float, metavar="FRACTION",
+    t.add_argument("--target-rate", dest="target_rate", type=_fraction_or_none, metavar="FRACTION",
                    help="add the target-rate loss weight·mean_b (used fraction − FRACTION)² (paper §3.2); "
-                        "it follows the budget warm-up and ramp, as λ does")
-    t.add_argument("--target-weight", dest="target_weight", type=float, help="its weight (default 1)")
+                        "it follows the budget warm-up and ramp, as λ does; 'none' removes the "
+                        "recipe's (paper: none; recipe fast: frequency 0.12)")
+    t.add_argument("--target-weight", dest="target_weight", type=float,
+                   help="its weight (default 1; recipe fast: frequency 2)")
     t.add_argument("--lr-decay", dest="lr_decay", type=float, metavar="FACTOR",
                    help="cosine decay of the learning rate to lr × FACTOR, from the end of the "
                         "budget's ramp to the last step (paper: none)")
@@ -131,7 +143,8 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
                         "budget's ramp; for a model without a gate, the recipe's ramp's end)")
     t.add_argument("--init", choices=("paper", "chrono"),
                    help="gate biases: 'paper' (forget bias 1, the code's) or 'chrono' (forget biases "
-                        "log U(1, T-1), Tallec & Ollivier 2018: long memories from the start)")
+                        "log U(1, T-1), Tallec & Ollivier 2018: long memories from the start) "
+                        "(default: the recipe's; recipe fast: chrono for frequency and MNIST)")
     from .config import LAYERS
     t.add_argument("--layer", choices=LAYERS,
                    help="the cell: 'nn' (nn.LSTM / nn.GRU's: two biases, GRU reset after the "

@@ -26,12 +26,13 @@ class ConfigError(ValueError):
 #: gate's controls come from the recipe (RECIPES). On top of them, per-task defaults for a run's
 #: length and model, chosen so ``skiprnn train TASK`` does something useful on a laptop: Skip
 #: models on the synthetic tasks train on after solving while the solved validations lower the
-#: updates (patience 10 validations; the measured checkpoint is the solved one with the fewest).
+#: updates (patience 10 validations, frequency 30; the measured checkpoint is the solved one with
+#: the fewest updates, so a longer patience can only lower it).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "adding": {"model": "skip_lstm", "cost_per_sample": 1e-5, "max_steps": 1200,
                "val_every": 100, "stop_when_solved": True, "solved_patience": 10},
     "frequency": {"model": "skip_lstm", "cost_per_sample": 1e-4, "max_steps": 3000,
-                  "val_every": 100, "stop_when_solved": True, "solved_patience": 10},
+                  "val_every": 100, "stop_when_solved": True, "solved_patience": 30},
     "mnist": {"model": "skip_lstm", "cost_per_sample": 1e-4, "max_epochs": 600},
 }
 
@@ -66,8 +67,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "doc": "practical learning rates without a collapsing gate: the gate held open (its W_p, "
                "b_p frozen) and λ = 0 while the task is learned, then λ ramped in and the learning "
                "rate decayed (cosine, to 5 %); adding: the gate held open until the validation MSE "
-               "is 0.01, W_p, b_p at 10x the rate with at most 4 skipped steps in a row; MNIST: "
-               "chrono forget biases and standardized pixels",
+               "is 0.01, W_p, b_p at 10x the rate with at most 4 skipped steps in a row; "
+               "frequency: chrono forget biases and the target-rate loss towards 12 % (weight "
+               "2); MNIST: chrono forget biases and standardized pixels",
         "lr": {"adding": 3e-3, "frequency": 1e-3, "mnist": 1e-3},
         "gate_warmup": {"adding": 300, "frequency": 500, "mnist": 2000},
         "budget_warmup": {"adding": 300, "frequency": 500, "mnist": 2000},
@@ -75,8 +77,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "gate_lr_mult": {"adding": 10.0, "frequency": 1.0, "mnist": 1.0},
         "warmup_until_metric": {"adding": 0.01},
         "max_skip": {"adding": 4},
+        "target_rate": {"frequency": 0.12},
+        "target_weight": {"frequency": 2.0},
         "lr_decay": 0.05,
-        "init": {"mnist": "chrono"},
+        "init": {"frequency": "chrono", "mnist": "chrono"},
         "layer": "nn",
         "task_options": {"mnist": {"standardize": True}},
     },
@@ -413,9 +417,9 @@ def resolve_defaults(cfg: RunConfig, explicit: set) -> RunConfig:
 
 #: RunConfig fields that act on a learned update gate only (refused for models without one)
 _GATE_FIELDS = ("budget_warmup", "budget_ramp", "gate_warmup", "gate_lr_mult", "target_rate",
-                "max_skip", "warmup_until_metric")
+                "target_weight", "max_skip", "warmup_until_metric")
 #: every field a recipe sets beside the learning rate (recorded in results.json as "controls")
-RECIPE_CONTROLS = _GATE_FIELDS + ("target_weight", "lr_decay", "lr_decay_start", "init")
+RECIPE_CONTROLS = _GATE_FIELDS + ("lr_decay", "lr_decay_start", "init")
 
 
 #: ``--quick``: tiny runs for smoke tests (fields of RunConfig; task_options go to get_task).
