@@ -39,24 +39,20 @@ def key_value(s: str):
     return k.strip(), v
 
 
-def _max_skip(s: str):
-    """``--max-skip``: an integer K, or 'none' (no cap, also over a recipe's)."""
-    if s.strip().lower() == "none":
-        return None
-    try:
-        return int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer K >= 1 or 'none', got {s!r}") from None
+def _or_none(cast, expected: str):
+    """An argparse type: ``cast(s)``, or None for 'none' (no setting, also over a recipe's)."""
+    def parse(s: str):
+        if s.strip().lower() == "none":
+            return None
+        try:
+            return cast(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected} or 'none', got {s!r}") from None
+    return parse
 
 
-def _fraction_or_none(s: str):
-    """``--target-rate``: a fraction, or 'none' (no target-rate loss, also over a recipe's)."""
-    if s.strip().lower() == "none":
-        return None
-    try:
-        return float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1] or 'none', got {s!r}") from None
+_max_skip = _or_none(int, "an integer K >= 1")            # --max-skip: no cap with 'none'
+_fraction_or_none = _or_none(float, "a fraction in [0, 1]")  # --target-rate: no target with 'none'
 
 
 def _metric_level(s: str):
