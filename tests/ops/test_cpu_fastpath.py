@@ -11,6 +11,7 @@ buffer the fast path forgets to write fails at once.
 """
 
 import math
+import os
 
 import pytest
 import torch
@@ -468,3 +469,84 @@ def test_opcheck_forward_and_backward_ops(cell, variant):
     torch.library.opcheck(ops.cpu_rnn_backward.default, bwd_args,
                           test_utils=("test_schema", "test_faketensor",
                                       "test_aot_dispatch_dynamic"))
+
+
+# ------------------------------------------------------------- the fused C kernels (LSTM)
+
+KERNEL_MODES = ["C chunks", "C steps", "torch ops"]
+
+
+def _set_kernel_mode(monkeypatch, mode):
+    """Run the CPU path's LSTM with ``mode``: its chunk loops in C (GEMMs through torch's BLAS),
+    its C steps called from Python around torch's addmm (where no BLAS address is found), or
+    the per-step torch ops (``SKIPRNN_CPU_KERNELS=python``)."""
+    from skiprnn.ops import cpu_kernels
+    if mode == "torch ops":
+        monkeypatch.setenv("SKIPRNN_CPU_KERNELS", "python")
+        return
+    monkeypatch.setenv("SKIPRNN_CPU_KERNELS", "auto")
+    fns = cpu_kernels.load()
+    if fns is None:
+        pytest.skip(f"the C kernels are unavailable here: {cpu_kernels.kernel_status()}")
+    if mode == "C steps":
+        monkeypatch.setitem(cpu_kernels._state, "fns",
+                            {d: k._replace(gemm=None) for d, k in fns.items()})
+    else:
+        assert all(k.gemm is not None for k in fns.values()), "no BLAS address from torch"
+
+
+def test_c_kernels_build_where_there_is_a_compiler():
+    """With a C compiler on the PATH the kernels build and load (a broken build would otherwise
+    only show as the slower fallback)."""
+    import shutil
+
+    from skiprnn.ops import cpu_kernels
+    if not shutil.which(os.environ.get("CC", "cc")):
+        pytest.skip("no C compiler")
+    if os.environ.get("SKIPRNN_CPU_KERNELS") == "python":
+        pytest.skip("SKIPRNN_CPU_KERNELS=python")
+    assert cpu_kernels.load() is not None, cpu_kernels.kernel_status()
+    assert cpu_kernels.kernel_status() == "fused C kernels"
+
+
+@pytest.mark.parametrize("variant", ["plain", "masked", "max_skip", "step_thresholds",
+                                     "two threads", "saturated"])
+@pytest.mark.parametrize("mode", KERNEL_MODES)
+def test_lstm_kernel_modes_agree(monkeypatch, mode, variant):
+    """The three ways of running the LSTM's steps give the same gates (exactly) and the same
+    outputs and gradients (to float64 rounding), over several chunks, with no-column-update
+    steps, padding, the max_skip floor and per-step thresholds, and with two threads (torch's
+    BLAS, called from the C chunk loops, then runs its GEMMs on both); the one under test is
+    compared with the torch ops run in the same test. "saturated": float32, weights and w_p, b_p
+    x 100, so that σ and tanh see arguments of ±100s (a float sigmoid computed as
+    1 / (1 + exp(-a)) with an approximate reciprocal, as -ffast-math compiles it, gives NaN)."""
+    two = variant == "two threads"
+    if two:
+        torch.set_num_threads(2)  # the autouse fixture restores the count
+    wide = variant in ("two threads", "saturated")  # B ≥ 16: the kernels' full vector loops
+    args = _op_args("lstm", masked=variant in ("masked", "two threads"), T=40, B=40 if wide else 5,
+                    I=2, H=8, floor=0.2 if variant == "max_skip" else None,
+                    steps=variant in ("step_thresholds", "two threads"))
+    dtype = torch.float64
+    if variant == "saturated":
+        dtype = torch.float32
+        args = tuple(a.detach().float().mul(100 if 6 <= k <= 11 else 1)  # weights, w_p, b_p
+                     .requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
+                     for k, a in enumerate(args))
+    inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+
+    def run():
+        out = torch.ops.skiprnn.cpu_rnn_forward(*args)
+        g = torch.Generator().manual_seed(3)
+        loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum()
+                   for o in out[:7] if o.numel())
+        return [o.detach() for o in out[:7]], torch.autograd.grad(loss, inputs)
+
+    _set_kernel_mode(monkeypatch, "torch ops")
+    ref_out, ref_grads = run()
+    _set_kernel_mode(monkeypatch, mode)
+    out, grads = run()
+    assert torch.equal(ref_out[5], out[5]), "binary gates differ"
+    assert 0 < ref_out[5].mean() < 1
+    for k, (a, b) in enumerate(zip(ref_out + list(ref_grads), out + list(grads))):
+        assert_close(a, b, f"result {k}", dtype)

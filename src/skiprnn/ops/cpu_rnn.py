@@ -278,7 +278,8 @@ class CpuCell:
       chunk's input GEMM into ``fw.A[:n]``; step j's candidate into ``fw.CAND[j]`` from the state
       ``fw.ST[j]``; with ``fw.train`` the chunk's cell rows of ``kk`` (rows ``[:S]`` hold
       ``cand - state`` already); may set ``fw.extra``, a tensor handed to the backward;
-    * ``backward_ops(bw)`` -> ``(step(j, t, cur), chunk(dgp, t0, n), param_grads(has_bias))``:
+    * ``backward_ops(bw, with_step=True)`` -> ``(step(j, t, cur) | None, chunk(dgp, t0, n),
+      param_grads(has_bias))`` (no step without ``with_step``; a step reads :func:`_step_views`):
       given ``dz`` of step t, its dgates into ``bw.WDG[j]`` and the state rows of the next running
       gradient (``bw.Sn`` if ``cur`` is 0, else ``bw.S``); the chunk's weight and input gradients
       from ``dgp`` ``(4H, n B)``; finally ``(dW_ih, dW_hh, db_ih, db_hh)``.
@@ -289,6 +290,17 @@ class CpuCell:
     gates: int
     has_c: bool
     saves_extra: bool = False
+
+    def fused_forward(self, fw, gw, gb, M, thr, floor):
+        """``run(t0, n)``: a chunk's steps fused (candidates, update gates and what
+        :func:`_flush_chunk` writes for them), or None (the per-step torch ops of
+        :func:`_forward_chunks` then run)."""
+        return None
+
+    def fused_backward(self, bw, g_gate, M):
+        """``run(t0, n, cur) -> cur``: a chunk's reverse steps fused, or None (see
+        :func:`_backward_chunks`)."""
+        return None
 
 
 def _gate_flush(kk, sc, L, M_chunk, one, floor=None):
@@ -356,9 +368,16 @@ def _forward_chunks(cell, fw, x, gw, gb, M, thr, floor):
     """The time loop: per chunk one input GEMM, per step the cell's candidate and the update
     gate (``u = 1[ũ > τ]``, state and ``[cum; Δũ]`` mixed by u), then the chunk's flush."""
     T, C = fw.T, fw.C
-    A, ST, CAND, WSC, bias = fw.A, fw.ST, fw.CAND, fw.WSC, fw.bias
+    A, ST, CAND, WSC = fw.A, fw.ST, fw.CAND, fw.WSC
+    fused = cell.fused_forward(fw, gw, gb, M, thr, floor)
+    if fused is not None:  # it writes what the flush would
+        for t0 in range(0, T, C):
+            n = min(C, T - t0)
+            _input_projection(fw, x, t0, n)
+            fused(t0, n)
+            _carry(fw, n)
+        return
     projected, cell_step, cell_flush = cell.forward_ops(fw)
-    Wib = fw.Wi.expand(C, *fw.Wi.shape)
     thr_ = thr.unbind(0) if thr.dim() == 3 else [thr] * T
     m_ = M.unbind(0) if M is not None else None
     st_, cand_, feat_ = ST.unbind(0), CAND.unbind(0), cell.feature(CAND, fw.H).unbind(0)
@@ -366,11 +385,7 @@ def _forward_chunks(cell, fw, x, gw, gb, M, thr, floor):
     sv_, en_, nx_ = WSC[:, 1:3].unbind(0), WSC[:, 3:5].unbind(0), WSC[:, 0:3:2].unbind(0)
     for t0 in range(0, T, C):
         n = min(C, T - t0)
-        xT = x[t0:t0 + n].transpose(1, 2)
-        if bias is None:
-            torch.bmm(Wib[:n], xT, out=A[:n])
-        else:
-            torch.baddbmm(bias, Wib[:n], xT, out=A[:n])
+        _input_projection(fw, x, t0, n)
         if projected is not None:
             projected(n)
         for j in range(n):
@@ -393,6 +408,16 @@ def _forward_chunks(cell, fw, x, gw, gb, M, thr, floor):
         _flush_chunk(cell, fw, cell_flush, M, t0, n, floor)
 
 
+def _input_projection(fw, x, t0, n):
+    """``A[:n]`` = the chunk's ``W_ih x_t + b`` (one batched GEMM)."""
+    xT = x[t0:t0 + n].transpose(1, 2)
+    Wib = fw.Wi.expand(n, *fw.Wi.shape)
+    if fw.bias is None:
+        torch.bmm(Wib, xT, out=fw.A[:n])
+    else:
+        torch.baddbmm(fw.bias, Wib, xT, out=fw.A[:n])
+
+
 def _flush_chunk(cell, fw, cell_flush, M, t0, n, floor):
     """Copy the chunk's h and gate rows out; with ``train`` write its backward coefficients; carry
     the last step's state and ``[cum, Δũ]`` to row 0 for the next chunk."""
@@ -404,6 +429,11 @@ def _flush_chunk(cell, fw, cell_flush, M, t0, n, floor):
         cell_flush(kk, t0, n)
         fw.CC[t0:t0 + n] = cell.feature(fw.CAND[:n], fw.H)
         _gate_flush(kk, fw.WSC[:n], fw.L, None if M is None else M[t0:t0 + n], fw.one, floor)
+    _carry(fw, n)
+
+
+def _carry(fw, n):
+    """The state and ``[cum, Δũ]`` after the chunk's last step become row 0 of the next."""
     fw.ST[0] = fw.ST[n]
     fw.WSC[0, 0:3:2] = fw.WSC[n, 0:3:2]
 
@@ -446,9 +476,14 @@ def _backward_work(cell, x, Wi, Wh, gw, Hh, h0, KK, extra, tmp_lease):
     bw.xaT[I] = 1
     bw.WiT, bw.dWibT, bw.dxT = Wi.t().contiguous(), x.new_zeros(I + 1, Wi.shape[0]), new(I, T * B)
     bw.dx = bw.dxT.t().view(T, B, I)
+    return bw
+
+
+def _step_views(bw):
+    """Per-step views the Python reverse steps read (``u``, ``1 - u``, ``dz``, output grads)."""
+    L, KK = bw.L, bw.KK
     bw.u_, bw.omu_ = KK[:, L.U:L.U + 1].unbind(0), KK[:, L.C2:L.C2 + 1].unbind(0)
     bw.dz_, bw.go_ = bw.DZ.unbind(0), bw.WGO.unbind(0)
-    return bw
 
 
 def _init_running_grad(bw, g_out, g_hn, g_cn, g_up, g_cum, M):
@@ -493,6 +528,17 @@ def _backward_chunks(cell, bw, g_out, g_gate, M):
     cell's weight and input gradients. ``g_gate`` ``(T, 1, B)``: the gradient reaching u and ũ
     directly. Returns the final running gradient (that of the initial state)."""
     T, C, B, H, L, KK = bw.T, bw.C, bw.B, bw.H, bw.L, bw.KK
+    fused = cell.fused_backward(bw, g_gate, M)
+    if fused is not None:
+        _, cell_chunk, param_grads = cell.backward_ops(bw, with_step=False)
+        cur = 0
+        for t0 in reversed(range(0, T, C)):
+            n = min(C, T - t0)
+            _output_grads(bw, g_out, M, t0, n)
+            cur = fused(t0, n, cur)
+            cell_chunk(bw.DGP[:, :n * B], t0, n)
+        return (bw.S, bw.Sn)[cur], param_grads
+    _step_views(bw)
     cell_step, cell_chunk, param_grads = cell.backward_ops(bw)
     views = [(s, s[L.S:L.S + 1], s[L.S:L.S + 2]) for s in (bw.S, bw.Sn)]
     dext_, gg_ = KK[:, :L.S + 2].unbind(0), g_gate.unbind(0)

@@ -142,7 +142,8 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
                 continue
             if _load(name) is not None:
                 return BackendChoice(name, f"{asked}, one layer, deterministic gate, "
-                                     f"{device_type} tensors: the {name} fast path")
+                                     f"{device_type} tensors: the {name} fast path"
+                                     f"{_cpu_steps(name, kind, device_type)}")
         return BackendChoice("reference", f"{asked}: no fast path is available for "
                              f"{device_type} tensors here")
     if backend == "triton" and why_not_triton:
@@ -155,3 +156,11 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
     if _load(backend) is None:
         raise RuntimeError(f"backend {backend!r} for Skip {kind.upper()} is not available here")
     return BackendChoice(backend, f"{asked} asks for it and the call is one that it runs")
+
+
+def _cpu_steps(name: str, kind: str, device_type: str) -> str:
+    """How the CPU path runs a Skip LSTM's steps (fused C kernels or torch ops), for the reason."""
+    if name != "cpu" or kind != "lstm" or device_type != "cpu":
+        return ""
+    from .cpu_kernels import kernel_status
+    return f" ({kernel_status()})"

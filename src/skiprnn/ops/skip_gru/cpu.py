@@ -121,7 +121,7 @@ class _GRUCell(CpuCell):
 
         return flush
 
-    def backward_ops(self, bw):
+    def backward_ops(self, bw, with_step=True):
         H, H2, H3, H4, KK, WDG, L = bw.H, 2 * bw.H, 3 * bw.H, 4 * bw.H, bw.KK, bw.WDG, bw.L
         paper, K = not self.reset_after, L.CO
         dhp = bw.new(H, bw.B)

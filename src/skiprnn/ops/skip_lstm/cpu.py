@@ -9,9 +9,12 @@ cell; the state rows are ``[h; c]`` and the update gate reads c'.
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 from torch import Tensor
 
+from .. import cpu_kernels
 from ..cpu_rnn import CpuCell, KKLayout, add_h_old_gemm, add_input_grads, register_cell
 
 
@@ -81,13 +84,32 @@ class _LSTMCell(CpuCell):
 
         return None, step, flush
 
-    def backward_ops(self, bw):
-        H, H2, H3, B, I, KK, WDG = bw.H, 2 * bw.H, 3 * bw.H, bw.B, bw.I, bw.KK, bw.WDG
+    def backward_ops(self, bw, with_step=True):
+        H, B, I = bw.H, bw.B, bw.I
+        step = self._backward_step(bw) if with_step else None
+        dWh, dWib = bw.x.new_zeros(4 * H, H), bw.dWibT.t()
+        every_row = slice(None)
+
+        def chunk(dgp, t0, n):
+            add_h_old_gemm(dWh, dgp, bw.Hh, bw.h0, t0, n, B, H)
+            add_input_grads(bw, ((dgp, every_row),), t0, n)
+
+        def param_grads(has_bias):
+            db = _to_external(dWib[:, I])
+            return (_to_external(dWib[:, :I]), _to_external(dWh),
+                    db if has_bias[0] else None, db.clone() if has_bias[1] else None)
+
+        return step, chunk, param_grads
+
+    @staticmethod
+    def _backward_step(bw):
+        H, H2, H3, B, KK, WDG = bw.H, 2 * bw.H, 3 * bw.H, bw.B, bw.KK, bw.WDG
         K = bw.L.CO
         dhc = bw.new(H2, B)  # [dh'; dc']
         dhp, dcp = dhc[:H], dhc[H:]
         dcp3 = dcp.unsqueeze(0)
-        gwT, WhT = bw.gwT, bw.Wh.t().contiguous()  # (contiguous: a faster GEMM)
+        gwT = bw.gwT
+        WhT = bw.Wh.t().contiguous()  # (contiguous: a faster GEMM)
         k3_ = KK[:, K:K + H3].unflatten(1, (3, H)).unbind(0)
         ko_, kh_, f_ = (KK[:, k:k + H].unbind(0) for k in (K + H3, K + 4 * H, K + 5 * H))
         dg_, dgo_ = WDG.unbind(0), WDG[:, :H].unbind(0)
@@ -109,19 +131,91 @@ class _LSTMCell(CpuCell):
             torch.mul(dc, omu, out=snc)
             snc.addcmul_(dcp, f_[t])
 
-        dWh, dWib = bw.x.new_zeros(4 * H, H), bw.dWibT.t()
-        every_row = slice(None)
+        return step
 
-        def chunk(dgp, t0, n):
-            add_h_old_gemm(dWh, dgp, bw.Hh, bw.h0, t0, n, B, H)
-            add_input_grads(bw, ((dgp, every_row),), t0, n)
+    def fused_forward(self, fw, gw, gb, M, thr, floor):
+        """The chunk's steps t0 .. t0 + n - 1 in C (:mod:`~skiprnn.ops.cpu_kernels`), each
+        ``A[j] += W_hh h`` and one ``lstm_fwd_step``: the candidate, the update gate and the
+        step's rows of ``Hh``, ``SC`` (and with ``fw.train`` of ``KK``, ``CC``), what the Python
+        step, the gate ops of ``cpu_rnn._forward_chunks`` and ``flush`` above do. None where it
+        does not apply."""
+        fns = _kernels(fw.A)
+        if fns is None:
+            return None
+        H, B, L, ptr = fw.H, fw.B, fw.L, _ptr
+        fw.WTC = fw.new(fw.C, H, B)  # tanh(c'), as forward_ops' (the forward runs one or other)
+        gwv, zu = gw.detach().reshape(-1).contiguous(), fw.new(2, B)
+        Mc = None if M is None else M.reshape(fw.T, B).contiguous()
+        per_step = thr.dim() == 3
+        args = cpu_kernels.FwdArgs(
+            H=H, B=B, A=ptr(fw.A), ST=ptr(fw.ST), CAND=ptr(fw.CAND), WTC=ptr(fw.WTC),
+            WSC=ptr(fw.WSC), thr=ptr(thr), thr_t=B if per_step else 0, thr_b=1 if per_step else 0,
+            mask=None if Mc is None else ptr(Mc), gw=ptr(gwv), gb=float(gb.reshape(-1)[0]),
+            floor=0.0 if floor is None else float(floor), has_floor=floor is not None,
+            zu=ptr(zu), Hh=ptr(fw.Hh), SC=ptr(fw.SC), KK=ptr(fw.KK) if fw.train else None,
+            CC=ptr(fw.CC) if fw.train else None, W=L.W, CO=L.CO, KZ=L.KZ, U=L.U, C2=L.C2,
+            PU=L.PU, M=L.M, Wh=ptr(fw.Wh), gemm=fns.gemm)
+        ref, Wh, A, ST = ctypes.byref(args), fw.Wh, fw.A, fw.ST
 
-        def param_grads(has_bias):
-            db = _to_external(dWib[:, I])
-            return (_to_external(dWib[:, :I]), _to_external(dWh),
-                    db if has_bias[0] else None, db.clone() if has_bias[1] else None)
+        def chunk(t0, n):
+            if fns.gemm is not None:
+                fns.fwd_chunk(ref, t0, n)
+                return
+            for j in range(n):
+                A[j].addmm_(Wh, ST[j, :H])
+                fns.fwd_step(ref, j, t0 + j)
 
-        return step, chunk, param_grads
+        chunk.keep = (args, gwv, zu, Mc, thr)  # the buffers the kernel's pointers name
+        return chunk
+
+    def fused_backward(self, bw, g_gate, M):
+        """The reverse loop over a chunk's steps in C, each one ``lstm_bwd_step`` and, where a
+        column updates, ``sn_h += W_hhᵀ dgates``: what ``cpu_rnn._backward_chunks`` does per step
+        with this cell's ``step`` or ``_held_step``. None where it does not apply."""
+        fns = _kernels(bw.KK)
+        if fns is None:
+            return None
+        H, B, L, ptr = bw.H, bw.B, bw.L, _ptr
+        gg = g_gate.reshape(bw.T, B).contiguous()
+        gwv = bw.gwT.reshape(-1).contiguous()
+        WhT = bw.Wh.t().contiguous()
+        dut, dcp = bw.new(B), bw.new(H, B)
+        args = cpu_kernels.BwdArgs(
+            H=H, B=B, C=bw.C, W=L.W, S=L.S, CO=L.CO, KZ=L.KZ, U=L.U, C2=L.C2, PU=L.PU, M=L.M,
+            KK=ptr(bw.KK), gg=ptr(gg), S0=ptr(bw.S), S1=ptr(bw.Sn), DGP=ptr(bw.DGP),
+            WGO=ptr(bw.WGO), DZ=ptr(bw.DZ), gw=ptr(gwv), dut=ptr(dut), dcp=ptr(dcp),
+            masked=M is not None, WhT=ptr(WhT), gemm=fns.gemm)
+        ref, WDG = ctypes.byref(args), bw.WDG
+        snh_ = (bw.Sn[:H], bw.S[:H])  # the state-gradient rows written when cur is 0 / 1
+
+        def chunk(t0, n, cur):
+            if fns.gemm is not None:
+                return fns.bwd_chunk(ref, t0, n, cur)
+            updated = bw.KK[t0:t0 + n, L.U].any(1).tolist()
+            for j in range(n - 1, -1, -1):
+                fns.bwd_step(ref, j, t0 + j, cur, updated[j])
+                if updated[j]:
+                    snh_[cur].addmm_(WhT, WDG[j])
+                cur = 1 - cur
+            return cur
+
+        chunk.keep = (args, gg, gwv, dut, dcp, WhT)
+        return chunk
+
+
+def _ptr(t: Tensor) -> int:
+    if not t.is_contiguous():
+        raise ValueError("the fused CPU kernels need contiguous buffers")
+    return t.data_ptr()
+
+
+def _kernels(like: Tensor):
+    """The fused C step functions for ``like``'s dtype, or None (not on the CPU, another dtype,
+    or the kernels are off or unavailable: see :mod:`skiprnn.ops.cpu_kernels`)."""
+    if like.device.type != "cpu" or like.dtype not in (torch.float32, torch.float64):
+        return None
+    fns = cpu_kernels.load()
+    return None if fns is None else fns[like.dtype]
 
 
 register_cell(_LSTMCell())

@@ -1,0 +1,166 @@
+"""Fused per-step C kernels of the CPU path (``csrc/lstm_step.c``), built at first use.
+
+At small shapes the CPU path's time loop is bound by the number of aten ops per step (~15 small
+pointwise ops around each GEMM, ~5–7 µs each), not by arithmetic; one C call per step does the
+same work in a few µs (``results/train_small_shape_profile.md``). The GEMMs stay torch's.
+
+The library is compiled with the system C compiler (``CC``, else ``cc``) on first use, for this
+CPU (``-march=native``; vector ``exp`` / ``tanh`` from glibc's libmvec), into
+``$SKIPRNN_CACHE_DIR`` (default ``~/.cache/skiprnn``) under a name that hashes the source, the
+flags and the CPU model, then loaded with :mod:`ctypes` (≈ 1 s, once per machine). If there is
+no compiler, the build fails, or ``SKIPRNN_CPU_KERNELS=python`` is set, :func:`load` returns
+``None`` and the CPU path runs its per-step torch ops instead (the same maths; results equal to
+rounding). ``SKIPRNN_CPU_KERNELS=c`` makes a failed build an error instead of a fallback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+from typing import NamedTuple
+
+import torch
+
+from .._env import env
+
+__all__ = ["load", "kernel_status", "Kernels", "FwdArgs", "BwdArgs"]
+
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "lstm_step.c")
+# IEEE arithmetic (no -ffast-math: see lstm_step.c); no errno / traps so that the loops with
+# exp and tanh vectorise (libmvec)
+_COMPILE = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno",
+            "-fno-trapping-math", "-fopenmp-simd", "-fPIC"]
+_LINK = ["-shared", "-lmvec", "-lm"]
+_lock = threading.Lock()
+_state: dict = {}
+
+_P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+
+
+class FwdArgs(ctypes.Structure):
+    """``lstm_fwd_args`` of ``lstm_step.c`` (pointers are addresses of the call's buffers)."""
+    _fields_ = [("H", _I), ("B", _I), ("A", _P), ("ST", _P), ("CAND", _P), ("WTC", _P),
+                ("WSC", _P), ("thr", _P), ("thr_t", _I), ("thr_b", _I), ("mask", _P),
+                ("gw", _P), ("gb", _D), ("floor", _D), ("has_floor", _I), ("zu", _P),
+                ("Hh", _P), ("SC", _P), ("KK", _P), ("CC", _P), ("W", _I), ("CO", _I),
+                ("KZ", _I), ("U", _I), ("C2", _I), ("PU", _I), ("M", _I), ("Wh", _P),
+                ("gemm", _P)]
+
+
+class BwdArgs(ctypes.Structure):
+    """``lstm_bwd_args`` of ``lstm_step.c``."""
+    _fields_ = [("H", _I), ("B", _I), ("C", _I), ("W", _I), ("S", _I), ("CO", _I), ("KZ", _I),
+                ("U", _I), ("C2", _I), ("PU", _I), ("M", _I), ("KK", _P), ("gg", _P),
+                ("S0", _P), ("S1", _P), ("DGP", _P), ("WGO", _P), ("DZ", _P), ("gw", _P),
+                ("dut", _P), ("dcp", _P), ("masked", _I), ("WhT", _P), ("gemm", _P)]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build(cc: str) -> str:
+    """Compile the library (if this source, compiler and CPU have none yet); its path."""
+    with open(_SOURCE, "rb") as f:
+        src = f.read()
+    key = hashlib.sha256(b"\0".join([src, " ".join(_COMPILE + _LINK).encode(), cc.encode(),
+                                     _cpu_model().encode()])).hexdigest()[:16]
+    cache = env("SKIPRNN_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "skiprnn")
+    path = os.path.join(cache, f"lstm_step-{key}.so")
+    if os.path.exists(path):
+        return path
+    os.makedirs(cache, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        objs = []
+        for name, extra in (("f32", []), ("f64", ["-DSKIPRNN_DOUBLE"])):
+            obj = os.path.join(tmp, f"{name}.o")
+            subprocess.run([cc, *_COMPILE, *extra, "-c", _SOURCE, "-o", obj], check=True,
+                           capture_output=True, text=True, timeout=120)
+            objs.append(obj)
+        out = os.path.join(tmp, "lib.so")
+        subprocess.run([cc, *objs, "-o", out, *_LINK], check=True, capture_output=True,
+                       text=True, timeout=120)
+        os.replace(out, path)  # atomic: a concurrent builder sees the whole file or none
+    return path
+
+
+def _gemms() -> dict:
+    """Addresses of the BLAS ``sgemm_`` / ``dgemm_`` torch itself uses (its MKL exports them
+    from ``libtorch_cpu``); empty where this torch build has none (the chunk loops then stay in
+    Python around torch's ``addmm``)."""
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        return {torch.float32: ctypes.cast(lib.sgemm_, _P).value,
+                torch.float64: ctypes.cast(lib.dgemm_, _P).value}
+    except (OSError, AttributeError):
+        return {}
+
+
+def _open(path: str) -> dict:
+    lib = ctypes.CDLL(path)
+    gemms = _gemms()
+    fns = {}
+    for dtype, suf in ((torch.float32, "f32"), (torch.float64, "f64")):
+        fwd, bwd = getattr(lib, f"lstm_fwd_step_{suf}"), getattr(lib, f"lstm_bwd_step_{suf}")
+        fwd_chunk, bwd_chunk = (getattr(lib, f"lstm_fwd_chunk_{suf}"),
+                                getattr(lib, f"lstm_bwd_chunk_{suf}"))
+        fwd.argtypes, fwd.restype = [_P, _I, _I], None
+        bwd.argtypes, bwd.restype = [_P, _I, _I, _I, _I], None
+        fwd_chunk.argtypes, fwd_chunk.restype = [_P, _I, _I], None
+        bwd_chunk.argtypes, bwd_chunk.restype = [_P, _I, _I, _I], _I
+        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype))
+    return fns
+
+
+class Kernels(NamedTuple):
+    """One dtype's C functions (ctypes). ``fwd_chunk`` / ``bwd_chunk`` run a chunk's steps
+    with their GEMMs in C and need ``gemm`` (a BLAS address; None: call the steps from Python)."""
+    fwd_step: object
+    bwd_step: object
+    fwd_chunk: object
+    bwd_chunk: object
+    gemm: int | None
+
+
+def load():
+    """``{dtype: Kernels}``, or ``None`` when the C kernels are off or could not be built (see
+    the module docstring)."""
+    mode = env("SKIPRNN_CPU_KERNELS", "auto")
+    if mode == "python":
+        return None
+    if mode not in ("auto", "c"):
+        raise ValueError(f"SKIPRNN_CPU_KERNELS must be 'auto', 'c' or 'python', not {mode!r}")
+    with _lock:
+        if "fns" not in _state:
+            try:
+                _state["fns"] = _open(_build(env("CC") or "cc"))
+                _state["error"] = None
+            except (OSError, subprocess.SubprocessError, AttributeError) as e:
+                detail = getattr(e, "stderr", "") or ""
+                _state["fns"], _state["error"] = None, f"{type(e).__name__}: {e} {detail}".strip()
+    if _state["fns"] is None and mode == "c":
+        raise RuntimeError(f"SKIPRNN_CPU_KERNELS=c but the C kernels could not be built: "
+                           f"{_state['error']}")
+    return _state["fns"]
+
+
+def kernel_status() -> str:
+    """One line: whether the fused C kernels are in use, and why not."""
+    mode = env("SKIPRNN_CPU_KERNELS", "auto")
+    if mode == "python":
+        return "per-step torch ops (SKIPRNN_CPU_KERNELS=python)"
+    fns = load()
+    return ("fused C kernels" if fns is not None
+            else f"per-step torch ops (the C kernels did not build: {_state['error']})")

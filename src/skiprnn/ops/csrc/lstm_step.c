@@ -1,0 +1,360 @@
+/* Fused per-step work of the Skip LSTM's CPU path (skiprnn/ops/cpu_rnn.py, cell "lstm").
+ *
+ * One call does what the Python loop does with ~15 aten ops per step around its GEMM; the GEMM
+ * itself (W_hh h forward, W_hh^T dgates backward) stays a torch addmm. The buffers and their
+ * layouts are cpu_rnn.py's (feature-major: every per-step block is (rows, B), rows contiguous),
+ * so the chunk flushes and the chunk GEMMs around the loop are unchanged. Compiled twice by
+ * skiprnn/ops/cpu_kernels.py: REAL = float (suffix _f32) and, with SKIPRNN_DOUBLE, REAL = double
+ * (suffix _f64).
+ *
+ * Forward step j of a chunk (time step t), after A[j] += W_hh h:
+ *   [o; i; f] = sigmoid(A[j][:3H]), g = tanh(A[j][3H:])          (in place, as the Python loop)
+ *   c' = f c + i g, tanh(c') -> WTC[j], h' = o tanh(c')            -> CAND[j] = [h'; c']
+ *   u~ = min(cum + du, 1) (= cum on padded steps), u = [u~ > tau]
+ *   state' = u ? CAND[j] : ST[j]                                  -> ST[j + 1]
+ *   du' = max(sigmoid(w_p . c' + b_p), floor)
+ *   WSC rows [cum, u~, du, 0, du', u]; next [cum, du] = u ? [0, du'] : [u~, du]
+ *
+ * The kernels are single-threaded. (Giving two OpenMP threads one block of the batch's columns
+ * each, every row split between them, measured no faster than one thread on this 2-core box,
+ * while the same work split by rows ran 2x faster: with rows of B floats interleaving the
+ * threads' columns the cores contend for the same pages. A row split needs barriers within each
+ * step (the GEMM reads all of h); not done.)
+ *
+ * Backward step (running gradient s = [dh; dc; d du; d cum] of the state after step t; sn gets
+ * that of the state before it); KK[t] holds the forward's coefficients (cpu_rnn.KKLayout):
+ *   du~ = KK[t][:S + 2] . s + g_gate[t]  (times m on padded steps), dz = d du * kz
+ *   updated step: dh' = u dh, dc' = u dc + dh' KH + w_p dz; dgates = [dh' KO; dc' K3] -> DGP
+ *                 sn_h = go + (1 - u) dh (the caller adds W_hh^T dgates), sn_c = (1 - u) dc + dc' f
+ *   held step (no column of the batch updates): dgates = 0, sn_h = dh + go, sn_c = dc
+ *   sn[d du] = d du (1 - u) + du~ pu, sn[d cum] = d cum (1 - m) + du~ pu
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* glibc's libmvec has vector exp / tanh; math.h declares them only under -ffast-math, whose
+ * reciprocal approximation turns 1 / (1 + inf) into NaN (a sigmoid of -100). Declared here, the
+ * loops vectorise with IEEE arithmetic (no -ffast-math). */
+extern float expf(float) __attribute__((__simd__("notinbranch")));
+extern float tanhf(float) __attribute__((__simd__("notinbranch")));
+extern double exp(double) __attribute__((__simd__("notinbranch")));
+extern double tanh(double) __attribute__((__simd__("notinbranch")));
+
+#ifdef SKIPRNN_DOUBLE
+#define REAL double
+#define SUF(name) name##_f64
+#define EXP exp
+#define TANH tanh
+#else
+#define REAL float
+#define SUF(name) name##_f32
+#define EXP expf
+#define TANH tanhf
+#endif
+
+/* BLAS gemm, Fortran interface (column-major; torch's own MKL exports sgemm_ / dgemm_) */
+typedef void (*SUF(gemm_fn))(const char *, const char *, const int *, const int *, const int *,
+                             const REAL *, const REAL *, const int *, const REAL *, const int *,
+                             const REAL *, REAL *, const int *);
+
+typedef struct {
+    int64_t H, B;
+    REAL *A;          /* (C, 4H, B) gate pre-activations, rows [o, i, f, g] */
+    REAL *ST;         /* (C + 1, 2H, B) state [h; c] before each step */
+    REAL *CAND;       /* (C, 2H, B) candidate [h'; c'] */
+    REAL *WTC;        /* (C, H, B) tanh(c') */
+    REAL *WSC;        /* (C + 1, 6, B) gate rows */
+    const REAL *thr;  /* threshold of step t, column b: thr[t * thr_t + b * thr_b] */
+    int64_t thr_t, thr_b;
+    const REAL *mask; /* (T, B) 0/1, or NULL */
+    const REAL *gw;   /* (H) w_p */
+    double gb;        /* b_p */
+    double floor;     /* Delta u~ floor (max_skip); used when has_floor */
+    int64_t has_floor;
+    REAL *zu;         /* (2, B) scratch */
+    REAL *Hh;         /* (T, B, H) h after every step */
+    REAL *SC;         /* (T, 6, B) every step's WSC rows */
+    REAL *KK;         /* (T, W, B) the backward's coefficients, or NULL (no training) */
+    REAL *CC;         /* (T, H, B) c', the feature the gate read (with KK) */
+    int64_t W, CO, KZ, U, C2, PU, M;   /* cpu_rnn.KKLayout rows (S = 2H) */
+    const REAL *Wh;   /* (4H, H) W_hh, internal gate order */
+    void *gemm;       /* SUF(gemm_fn) */
+} SUF(lstm_fwd_args);
+
+static inline REAL SUF(sig)(REAL a) { return (REAL)1 / ((REAL)1 + EXP(-a)); }
+
+/* row r, columns b0 .. b1 - 1 of a (rows, B) block */
+#define COLS for (int64_t b = b0; b < b1; b++)
+
+/* KK[t] (cpu_rnn.KKLayout, the LSTM's rows, see skip_lstm/cpu.py) and CC[t] of step j */
+static void SUF(lstm_coefficients)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t,
+                                   int64_t b0, int64_t b1)
+{
+    const int64_t H = p->H, B = p->B, HB = H * B, S = 2 * H;
+    const REAL *restrict a = p->A + j * 4 * HB;
+    const REAL *restrict st = p->ST + j * 2 * HB;
+    const REAL *restrict cand = p->CAND + j * 2 * HB;
+    const REAL *restrict tc = p->WTC + j * HB;
+    const REAL *restrict w = p->WSC + j * 6 * B;
+    REAL *restrict kk = p->KK + t * p->W * B;
+    REAL *restrict cc = p->CC + t * HB;
+    const REAL *restrict o = a, *restrict i = a + HB, *restrict f = a + 2 * HB, *restrict g = a + 3 * HB;
+    const REAL *restrict c = st + HB, *restrict hp = cand;
+    REAL *restrict k3 = kk + p->CO * B;
+    for (int64_t r = 0; r < 2 * H; r++) {
+#pragma omp simd
+        COLS kk[r * B + b] = cand[r * B + b] - st[r * B + b];
+    }
+    for (int64_t r = 0; r < H; r++) {
+        const int64_t q = r * B;
+#pragma omp simd
+        COLS {
+            const int64_t k = q + b;
+            REAL ik = i[k], fk = f[k], gk = g[k], ok = o[k];
+            cc[k] = cand[HB + k];
+            k3[k] = gk * (ik - ik * ik);
+            k3[HB + k] = c[k] * (fk - fk * fk);
+            k3[2 * HB + k] = ik - ik * (gk * gk);
+            k3[3 * HB + k] = hp[k] - hp[k] * ok;
+            k3[4 * HB + k] = ok - hp[k] * tc[k];
+            k3[5 * HB + k] = fk;
+        }
+    }
+    const REAL *m = p->mask ? p->mask + t * B : 0;
+    COLS {
+        REAL cum = w[b], ut = w[B + b], up = w[2 * B + b], dl = w[4 * B + b], u = w[5 * B + b];
+        REAL kz = (dl - dl * dl) * u;
+        if (p->has_floor && !(dl > (REAL)p->floor)) kz = 0;
+        kk[S * B + b] = dl - up;
+        kk[(S + 1) * B + b] = ((REAL)1 - u) - ut;
+        kk[p->KZ * B + b] = kz;
+        kk[p->U * B + b] = u;
+        kk[p->C2 * B + b] = (REAL)1 - u;
+        kk[(p->C2 + 1) * B + b] = m ? (REAL)1 - m[b] : (REAL)0;
+        kk[p->PU * B + b] = up <= (REAL)1 - cum ? (REAL)1 : (REAL)0;
+        kk[p->M * B + b] = m ? m[b] : (REAL)1;
+    }
+}
+
+static void SUF(fwd_step)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t, int64_t b0,
+                          int64_t b1)
+{
+    const int64_t H = p->H, B = p->B, HB = H * B;
+    REAL *restrict a = p->A + j * 4 * HB;
+    const REAL *restrict st = p->ST + j * 2 * HB;
+    REAL *restrict stn = p->ST + (j + 1) * 2 * HB;
+    REAL *restrict cand = p->CAND + j * 2 * HB;
+    REAL *restrict tc = p->WTC + j * HB;
+    REAL *restrict w = p->WSC + j * 6 * B;
+    REAL *restrict wn = p->WSC + (j + 1) * 6 * B;
+    REAL *restrict z = p->zu, *restrict u = p->zu + B;
+
+    for (int64_t r = 0; r < 3 * H; r++) {
+        REAL *restrict ar = a + r * B;
+#pragma omp simd
+        COLS ar[b] = SUF(sig)(ar[b]);
+    }
+    for (int64_t r = 3 * H; r < 4 * H; r++) {
+        REAL *restrict ar = a + r * B;
+#pragma omp simd
+        COLS ar[b] = TANH(ar[b]);
+    }
+    const REAL *restrict o = a, *restrict i = a + HB, *restrict f = a + 2 * HB, *restrict g = a + 3 * HB;
+    const REAL *restrict c = st + HB;
+    REAL *restrict hp = cand, *restrict cp = cand + HB;
+    for (int64_t r = 0; r < H; r++) {
+        const int64_t q = r * B;
+#pragma omp simd
+        COLS {
+            const int64_t k = q + b;
+            REAL cn = f[k] * c[k] + i[k] * g[k];
+            REAL th = TANH(cn);
+            cp[k] = cn;
+            tc[k] = th;
+            hp[k] = o[k] * th;
+        }
+    }
+    /* the update gate of this step */
+    const REAL *thr = p->thr + t * p->thr_t;
+    const REAL *m = p->mask ? p->mask + t * B : 0;
+    COLS {
+        REAL cum = w[b], ut = cum + w[2 * B + b];
+        ut = ut < (REAL)1 ? ut : (REAL)1;
+        if (m && m[b] == 0) ut = cum;
+        w[B + b] = ut;
+        u[b] = ut > thr[b * p->thr_b] ? (REAL)1 : (REAL)0;
+        w[5 * B + b] = u[b];
+        z[b] = (REAL)p->gb;
+    }
+    for (int64_t r = 0; r < 2 * H; r++) {
+        const REAL *restrict x0 = st + r * B, *restrict x1 = cand + r * B;
+        REAL *restrict y = stn + r * B;
+#pragma omp simd
+        COLS y[b] = u[b] != 0 ? x1[b] : x0[b];
+    }
+    for (int64_t r = 0; r < H; r++) {
+        const REAL wr = p->gw[r];
+        const REAL *restrict x = cp + r * B;
+#pragma omp simd
+        COLS z[b] += wr * x[b];
+    }
+    COLS {
+        REAL dl = SUF(sig)(z[b]);
+        if (p->has_floor && dl < (REAL)p->floor) dl = (REAL)p->floor;
+        w[4 * B + b] = dl;
+        wn[b] = u[b] != 0 ? (REAL)0 : w[B + b];
+        wn[2 * B + b] = u[b] != 0 ? dl : w[2 * B + b];
+        wn[3 * B + b] = 0;
+    }
+    /* what cpu_rnn's chunk flush would copy out: h' (time-major), the gate rows */
+    REAL *restrict hh = p->Hh + t * HB;
+    COLS for (int64_t r = 0; r < H; r++) hh[b * H + r] = stn[r * B + b];
+    REAL *restrict sc = p->SC + t * 6 * B;
+    for (int64_t r = 0; r < 6; r++) COLS sc[r * B + b] = w[r * B + b];
+    if (p->KK) SUF(lstm_coefficients)(p, j, t, b0, b1);
+}
+
+/* One step j (time t) on all columns, after A[j] += W_hh h (the caller's GEMM). */
+void SUF(lstm_fwd_step)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t)
+{
+    SUF(fwd_step)(p, j, t, 0, p->B);
+}
+
+/* Steps t0 .. t0 + n - 1 (chunk rows 0 .. n - 1): per step A[j] += W_hh h (gemm), then the step;
+ * each thread runs the whole chunk on its own columns. */
+void SUF(lstm_fwd_chunk)(const SUF(lstm_fwd_args) *p, int64_t t0, int64_t n)
+{
+    SUF(gemm_fn) gemm = (SUF(gemm_fn))p->gemm;
+    const int m = (int)p->B, nn = (int)(4 * p->H), k = (int)p->H;
+    const REAL one = 1;
+    for (int64_t j = 0; j < n; j++) {
+        /* column-major: A[j]^T (B x 4H) += h^T (B x H) W_hh^T (H x 4H) */
+        gemm("N", "N", &m, &nn, &k, &one, p->ST + j * 2 * p->H * p->B, &m, p->Wh, &k, &one,
+             p->A + j * 4 * p->H * p->B, &m);
+        SUF(fwd_step)(p, j, t0 + j, 0, p->B);
+    }
+}
+
+typedef struct {
+    int64_t H, B, C, W;       /* W: rows of KK[t] */
+    int64_t S, CO, KZ, U, C2, PU, M;   /* cpu_rnn.KKLayout rows */
+    const REAL *KK;           /* (T, W, B) */
+    const REAL *gg;           /* (T, B) gradient reaching u and u~ directly */
+    REAL *S0, *S1;            /* (S + 2, B) running gradients */
+    REAL *DGP;                /* (4H, C B): step j's dgates in columns j B .. (j + 1) B */
+    const REAL *WGO;          /* (C + 1, H, B) output gradients */
+    REAL *DZ;                 /* (T, B) */
+    const REAL *gw;           /* (H) w_p */
+    REAL *dut;                /* (B) scratch */
+    REAL *dcp;                /* (H, B) scratch */
+    int64_t masked;
+    const REAL *WhT;          /* (H, 4H) W_hh transposed */
+    void *gemm;               /* SUF(gemm_fn) */
+} SUF(lstm_bwd_args);
+
+static void SUF(bwd_step)(const SUF(lstm_bwd_args) *p, int64_t j, int64_t t, int64_t cur,
+                          int64_t updated, int64_t b0, int64_t b1)
+{
+    const int64_t H = p->H, B = p->B, HB = H * B, S = p->S, CB = p->C * B;
+    const REAL *restrict s = cur ? p->S1 : p->S0;
+    REAL *restrict sn = cur ? p->S0 : p->S1;
+    const REAL *restrict kk = p->KK + t * p->W * B;
+    const REAL *restrict go = p->WGO + j * HB;
+    REAL *restrict dut = p->dut;
+    REAL *restrict dz = p->DZ + t * B;
+    const REAL *restrict gg = p->gg + t * B;
+
+    COLS dut[b] = 0;
+    for (int64_t r = 0; r < S + 2; r++) {
+        const REAL *restrict x = kk + r * B, *restrict y = s + r * B;
+#pragma omp simd
+        COLS dut[b] += x[b] * y[b];
+    }
+    const REAL *kz = kk + p->KZ * B, *km = kk + p->M * B;
+#pragma omp simd
+    COLS {
+        REAL d = dut[b] + gg[b];
+        dut[b] = p->masked ? d * km[b] : d;
+        dz[b] = s[S * B + b] * kz[b];
+    }
+    const REAL *restrict dh = s, *restrict dc = s + HB;
+    REAL *restrict snh = sn, *restrict snc = sn + HB;
+    REAL *restrict dg = p->DGP + j * B;
+    if (updated) {
+        const REAL *restrict u = kk + p->U * B, *restrict omu = kk + p->C2 * B;
+        const REAL *restrict k3 = kk + p->CO * B;           /* 3H rows */
+        const REAL *restrict ko = kk + (p->CO + 3 * H) * B;
+        const REAL *restrict kh = kk + (p->CO + 4 * H) * B;
+        const REAL *restrict fk = kk + (p->CO + 5 * H) * B;
+        REAL *restrict dcp = p->dcp;
+        for (int64_t r = 0; r < H; r++) {
+            const REAL wr = p->gw[r];
+            const int64_t q = r * B;
+            REAL *restrict dgo = dg + r * CB;
+#pragma omp simd
+            COLS {
+                REAL dhp = dh[q + b] * u[b];
+                REAL d = dc[q + b] * u[b] + dhp * kh[q + b] + wr * dz[b];
+                dcp[q + b] = d;
+                dgo[b] = dhp * ko[q + b];
+                snh[q + b] = go[q + b] + dh[q + b] * omu[b];
+                snc[q + b] = dc[q + b] * omu[b] + d * fk[q + b];
+            }
+        }
+        for (int64_t e = 0; e < 3; e++)
+            for (int64_t r = 0; r < H; r++) {
+                const REAL *restrict kq = k3 + (e * H + r) * B, *restrict d = dcp + r * B;
+                REAL *restrict y = dg + (H + e * H + r) * CB;
+#pragma omp simd
+                COLS y[b] = d[b] * kq[b];
+            }
+    } else {
+        for (int64_t r = 0; r < 4 * H; r++) COLS dg[r * CB + b] = 0;
+        for (int64_t r = 0; r < H; r++) {
+            const int64_t q = r * B;
+#pragma omp simd
+            COLS {
+                snh[q + b] = dh[q + b] + go[q + b];
+                snc[q + b] = dc[q + b];
+            }
+        }
+    }
+    const REAL *c2a = kk + p->C2 * B, *c2b = kk + (p->C2 + 1) * B, *pu = kk + p->PU * B;
+#pragma omp simd
+    COLS {
+        REAL dp = dut[b] * pu[b];
+        sn[S * B + b] = s[S * B + b] * c2a[b] + dp;
+        sn[(S + 1) * B + b] = s[(S + 1) * B + b] * c2b[b] + dp;
+    }
+}
+
+/* One reverse step on all columns; the caller adds W_hh^T dgates to sn_h where updated. */
+void SUF(lstm_bwd_step)(const SUF(lstm_bwd_args) *p, int64_t j, int64_t t, int64_t cur,
+                        int64_t updated)
+{
+    SUF(bwd_step)(p, j, t, cur, updated, 0, p->B);
+}
+
+/* Steps t0 + n - 1 down to t0 of the reverse loop; cur: which running gradient holds the state
+ * gradient after step t0 + n - 1 (0: S0). A step updates (in a thread's columns) if any of
+ * its u is 1; then sn_h += W_hh^T dgates (gemm). Returns cur after the chunk. */
+int64_t SUF(lstm_bwd_chunk)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, int64_t cur)
+{
+    SUF(gemm_fn) gemm = (SUF(gemm_fn))p->gemm;
+    const int64_t B = p->B, H = p->H;
+    const int m = (int)B, nn = (int)H, k = (int)(4 * H), lda = (int)(p->C * B), ldb = (int)(4 * H);
+    const REAL one = 1;
+    for (int64_t j = n - 1; j >= 0; j--) {
+        const int64_t t = t0 + j;
+        const REAL *u = p->KK + (t * p->W + p->U) * B;
+        int64_t updated = 0;
+        for (int64_t b = 0; b < B; b++) updated |= u[b] != 0;
+        SUF(bwd_step)(p, j, t, cur, updated, 0, B);
+        if (updated) /* column-major: sn_h^T (B x H) += dgates^T (B x 4H) W_hh (4H x H) */
+            gemm("N", "N", &m, &nn, &k, &one, p->DGP + j * B, &lda, p->WhT, &ldb, &one,
+                 cur ? p->S0 : p->S1, &m);
+        cur = 1 - cur;
+    }
+    return cur;
+}
