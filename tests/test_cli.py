@@ -364,7 +364,7 @@ def test_recipes_fill_what_the_user_did_not_give():
     assert plain.gate_warmup is None and plain.gate_lr_mult is None and plain.lr == 3e-3
     assert plain.max_skip is None and plain.warmup_until_metric is None
     freq = cfg("frequency")   # chrono forget biases and the target-rate loss towards 12 %
-    assert (freq.init, freq.target_rate, freq.target_weight) == ("chrono", 0.12, 2.0)
+    assert (freq.init, freq.target_rate, freq.target_weight) == ("chrono", 0.12, 4.0)
     assert (adding.init, adding.target_rate, adding.target_weight) == (None, None, 1.0)
     assert cfg("frequency", "--target-rate", "none").target_rate is None
     assert cfg("frequency", "--target-rate", "0.2").target_rate == 0.2

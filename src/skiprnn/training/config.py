@@ -69,7 +69,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                "rate decayed (cosine, to 5 %); adding: the gate held open until the validation MSE "
                "is 0.01, W_p, b_p at 10x the rate with at most 4 skipped steps in a row; "
                "frequency: chrono forget biases and the target-rate loss towards 12 % (weight "
-               "2); MNIST: chrono forget biases and standardized pixels",
+               "4); MNIST: chrono forget biases and standardized pixels",
         "lr": {"adding": 3e-3, "frequency": 1e-3, "mnist": 1e-3},
         "gate_warmup": {"adding": 300, "frequency": 500, "mnist": 2000},
         "budget_warmup": {"adding": 300, "frequency": 500, "mnist": 2000},
@@ -78,7 +78,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "warmup_until_metric": {"adding": 0.01},
         "max_skip": {"adding": 4},
         "target_rate": {"frequency": 0.12},
-        "target_weight": {"frequency": 2.0},
+        "target_weight": {"frequency": 4.0},
         "lr_decay": 0.05,
         "init": {"frequency": "chrono", "mnist": "chrono"},
         "layer": "nn",
