@@ -550,3 +550,26 @@ def test_lstm_kernel_modes_agree(monkeypatch, mode, variant):
     assert 0 < ref_out[5].mean() < 1
     for k, (a, b) in enumerate(zip(ref_out + list(ref_grads), out + list(grads))):
         assert_close(a, b, f"result {k}", dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("H", [5, 64])
+def test_batch_one_update_in_c_matches_reference(monkeypatch, threads, H):
+    """The skipping engine's batch-size-1 LSTM update in C (its GEMV's rows split over the
+    threads: 5 blocks of 4 rows over 2 threads at H = 5) gives the reference's gates and, to
+    float64 rounding, its outputs, as the NumPy update does."""
+    from skiprnn.ops import cpu_kernels
+    if cpu_kernels.load() is None:
+        pytest.skip(f"the C kernels are unavailable here: {cpu_kernels.kernel_status()}")
+    torch.set_num_threads(threads)  # the autouse fixture restores the count
+    p, _ = make_problem("lstm", 60, 1, 3, H, seed=11 + H, masked=False, fresh=True)
+    with torch.no_grad():
+        ref = call(skip_rnn_naive, "lstm", p)
+        fast = call(skip_rnn_skipping, "lstm", p)
+        monkeypatch.setenv("SKIPRNN_CPU_KERNELS", "python")
+        numpy_path = call(skip_rnn_skipping, "lstm", p)
+    assert 0 < ref.updates.mean() < 1
+    for name, other in (("C", fast), ("NumPy", numpy_path)):
+        assert torch.equal(ref.updates, other.updates), f"{name}: binary gates differ"
+        for k, (a, b) in enumerate(zip(ref.tensors(), other.tensors())):
+            assert_close(a, b, f"{name} result {k}", torch.float64)

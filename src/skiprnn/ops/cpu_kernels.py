@@ -28,14 +28,15 @@ import torch
 
 from .._env import env
 
-__all__ = ["load", "kernel_status", "Kernels", "FwdArgs", "BwdArgs"]
+__all__ = ["load", "kernel_status", "Kernels", "FwdArgs", "BwdArgs", "SingleArgs"]
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "lstm_step.c")
 # IEEE arithmetic (no -ffast-math: see lstm_step.c); no errno / traps so that the loops with
 # exp and tanh vectorise (libmvec)
 _COMPILE = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno",
-            "-fno-trapping-math", "-fopenmp-simd", "-fPIC"]
-_LINK = ["-shared", "-lmvec", "-lm"]
+            "-fno-trapping-math", "-fopenmp", "-fPIC"]
+# OpenMP: GNU's libgomp, the runtime torch's CPU build has loaded already (one thread pool)
+_LINK = ["-shared", "-fopenmp", "-lmvec", "-lm"]
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -96,6 +97,12 @@ def _build(cc: str) -> str:
     return path
 
 
+class SingleArgs(ctypes.Structure):
+    """``single_args`` of ``lstm_step.c`` (batch size 1, no autograd)."""
+    _fields_ = [("H", _I), ("threads", _I), ("flip", _I), ("W", _P), ("h", _P), ("c", _P),
+                ("a", _P), ("gw", _P), ("gb", _D)]
+
+
 def _gemms() -> dict:
     """Addresses of the BLAS ``sgemm_`` / ``dgemm_`` torch itself uses (its MKL exports them
     from ``libtorch_cpu``); empty where this torch build has none (the chunk loops then stay in
@@ -120,7 +127,9 @@ def _open(path: str) -> dict:
         bwd.argtypes, bwd.restype = [_P, _I, _I, _I, _I], None
         fwd_chunk.argtypes, fwd_chunk.restype = [_P, _I, _I], None
         bwd_chunk.argtypes, bwd_chunk.restype = [_P, _I, _I, _I], _I
-        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype))
+        single = getattr(lib, f"lstm_single_update_{suf}")
+        single.argtypes, single.restype = [_P, _P], ctypes.c_double
+        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype), single)
     return fns
 
 
@@ -132,6 +141,7 @@ class Kernels(NamedTuple):
     fwd_chunk: object
     bwd_chunk: object
     gemm: int | None
+    single_update: object  # one batch-size-1 update (skipping.NumpyStack)
 
 
 def load():

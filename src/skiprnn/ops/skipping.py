@@ -39,6 +39,8 @@ Paths:
 
 from __future__ import annotations
 
+import ctypes
+
 import math
 from typing import Sequence
 
@@ -281,6 +283,7 @@ class AlternatingMV:
         if threads > 1:
             n = 1
         step = -(-rows // (16 * n)) * 16 if n > 1 else rows  # ⌈rows / n⌉, a multiple of 16
+        self.weight = w
         self.blocks = [(w[i:i + step], out[i:i + step]) for i in range(0, rows, step)]
         self.reverse = self.blocks[::-1]
         self.out = out
@@ -381,16 +384,47 @@ class NumpyStack:
         self.max_skip, self.threshold = cell.max_skip, cell.threshold
         self.gw = None if cell.gate_weight is None else cell.gate_weight[0].numpy()
         self.gb = None if cell.gate_bias is None else npdt(cell.gate_bias.item())
+        self.fused = self._fused_update(first_projected)
+
+    def _fused_update(self, first_projected: bool):
+        """One layer of the LSTM with its input projected by the caller: the update as one C call
+        (:mod:`skiprnn.ops.cpu_kernels`, ``lstm_single_update``: the GEMV's rows split over the
+        torch threads, each core keeping its rows of W_hh in its L2, and the cell and Δũ in one
+        pass), or None (NumPy ufuncs, as below)."""
+        if not (self.lstm and first_projected and self.L == 1 and self.gw is not None
+                and self.gb is not None):
+            return None
+        amv, vt = self.mv[0][0]
+        w = amv.weight  # (4H, H), contiguous
+        from . import cpu_kernels
+        fns = cpu_kernels.load() if w.dtype in (torch.float32, torch.float64) else None
+        if fns is None:
+            return None
+        keep = (w, self.gw, vt, amv.out, self.c[0])
+        args = cpu_kernels.SingleArgs(
+            H=self.H, threads=torch.get_num_threads(), flip=0, W=w.data_ptr(),
+            h=vt.data_ptr(), c=self.c[0].ctypes.data, a=amv.out.data_ptr(),
+            gw=self.gw.ctypes.data, gb=float(self.gb))
+        return fns[w.dtype].single_update, ctypes.byref(args), keep, args
 
     @property
     def hs(self) -> list:
         """The state's h per layer (views of the layers' vectors)."""
         return [v[:self.H] for v in self.v]
 
-    def update(self, h_top: np.ndarray, xp=None):
+    def update(self, h_top: np.ndarray, xp=None, xp_address: int | None = None):
         """One update from the first layer's input (in ``x2t``, or its projection ``xp``
         ``(G·H,)`` with ``first_projected``); the top layer's new h is also written into
-        ``h_top`` ``(H,)``. Returns Δũ (a NumPy scalar)."""
+        ``h_top`` ``(H,)``. Returns Δũ (a NumPy scalar). With :attr:`fused` the projection may
+        be given as the address of its contiguous row (``xp_address``) instead."""
+        if self.fused is not None and (xp is not None or xp_address is not None):
+            du = self.npdt(self.fused[0](self.fused[1], xp_address if xp is None
+                                         else xp.ctypes.data))
+            h_top[:] = self.v[0][:self.H]
+            if self.const is not None:
+                return self.const
+            return du if self.max_skip is None else floor_update_prob(du, self.max_skip,
+                                                                      self.threshold)
         H, half, tmp = self.H, self.half, self.tmp
         for k in range(self.L):
             v = self.v[k]
@@ -512,8 +546,12 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
         j = proj.get(t)
         if proj.block is not block_id:
             block_id, block_np = proj.block, proj.block.numpy()
+            row0, row_bytes = block_id.data_ptr(), block_id.stride(0) * block_id.element_size()
         cur += 1 if cur else 2
-        up = stack.update(hist[cur], block_np[j])
+        if stack.fused is not None:
+            up = stack.update(hist[cur], xp_address=row0 + j * row_bytes)
+        else:
+            up = stack.update(hist[cur], block_np[j])
         cum = zero
         idx[t] = cur
         k += 1

@@ -15,7 +15,8 @@
  *   du' = max(sigmoid(w_p . c' + b_p), floor)
  *   WSC rows [cum, u~, du, 0, du', u]; next [cum, du] = u ? [0, du'] : [u~, du]
  *
- * The kernels are single-threaded. (Giving two OpenMP threads one block of the batch's columns
+ * The training kernels are single-threaded (the batch-size-1 update at the end splits its GEMV's
+ * rows over threads). (Giving two OpenMP threads one block of the batch's columns
  * each, every row split between them, measured no faster than one thread on this 2-core box,
  * while the same work split by rows ran 2x faster: with rows of B floats interleaving the
  * threads' columns the cores contend for the same pages. A row split needs barriers within each
@@ -32,6 +33,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* glibc's libmvec has vector exp / tanh; math.h declares them only under -ffast-math, whose
  * reciprocal approximation turns 1 / (1 + inf) into NaN (a sigmoid of -100). Declared here, the
@@ -357,4 +361,81 @@ int64_t SUF(lstm_bwd_chunk)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, 
         cur = 1 - cur;
     }
     return cur;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Batch size 1, no autograd (skiprnn/ops/skipping.py, NumpyStack): one update of a one-layer
+ * Skip LSTM whose input projection is given. Gate rows in CellSpec.arrange's layout: (i, f, o, g),
+ * the sigma rows pre-halved, so tanh over all rows gives tanh(a/2) for them and
+ * sigma(a) = tanh(a/2)/2 + 1/2.
+ *   a = W_hh h + xp;  i, f, o = sigma, g = tanh;  c = f c + i g;  h = o tanh(c)
+ *   returns sigmoid(w_p . c + b_p) (the caller floors it for max_skip)
+ * W_hh h is the whole cost (W_hh is 4 MB at H = 512): its rows are split statically over the
+ * threads, so each core reads the same rows on every update and keeps them in its own L2; each
+ * thread reads its rows in the reverse order of the previous update, so the rows it read last,
+ * still cached, come first.
+ */
+typedef struct {
+    int64_t H, threads, flip;
+    const REAL *W;    /* (4H, H) arranged W_hh */
+    REAL *h, *c;      /* (H) state, updated in place */
+    REAL *a;          /* (4H) scratch */
+    const REAL *gw;   /* (H) w_p */
+    double gb;
+} SUF(single_args);
+
+/* acc[0..3] = rows r .. r+3 of W (row length H) dotted with h */
+static inline void SUF(dot4)(const REAL *restrict w, const REAL *restrict h, int64_t H, REAL *acc)
+{
+    const REAL *restrict w1 = w + H, *restrict w2 = w1 + H, *restrict w3 = w2 + H;
+    REAL a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+:a0, a1, a2, a3)
+    for (int64_t j = 0; j < H; j++) {
+        const REAL x = h[j];
+        a0 += w[j] * x;
+        a1 += w1[j] * x;
+        a2 += w2[j] * x;
+        a3 += w3[j] * x;
+    }
+    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+}
+
+double SUF(lstm_single_update)(SUF(single_args) *p, const REAL *xp)
+{
+    const int64_t H = p->H, R = 4 * H, Q = R / 4;   /* Q blocks of 4 rows */
+    const int flip = (int)p->flip;
+    REAL *restrict a = p->a, *restrict c = p->c, *restrict h = p->h;
+    REAL z = 0;
+    p->flip = !p->flip;
+#pragma omp parallel num_threads((int)p->threads) if (p->threads > 1) reduction(+:z)
+    {
+#ifdef _OPENMP
+        const int64_t nt = omp_get_num_threads(), k = omp_get_thread_num();
+#else
+        const int64_t nt = 1, k = 0;
+#endif
+        const int64_t lo = Q * k / nt, hi = Q * (k + 1) / nt;
+        for (int64_t q = lo; q < hi; q++) {
+            const int64_t r = 4 * (flip ? hi - 1 - (q - lo) : q);
+            REAL acc[4];
+            SUF(dot4)(p->W + r * H, h, H, acc);
+            for (int e = 0; e < 4; e++) a[r + e] = acc[e] + xp[r + e];
+        }
+#pragma omp simd
+        for (int64_t r = 4 * lo; r < 4 * hi; r++) a[r] = TANH(a[r]);
+#pragma omp barrier
+        /* the cell, units split over the threads (h is read above: written only now) */
+        const int64_t u0 = H * k / nt, u1 = H * (k + 1) / nt;
+        const REAL half = (REAL)0.5;
+#pragma omp simd reduction(+:z)
+        for (int64_t j = u0; j < u1; j++) {
+            const REAL i = a[j] * half + half, f = a[H + j] * half + half,
+                       o = a[2 * H + j] * half + half;
+            const REAL cn = f * c[j] + i * a[3 * H + j];
+            c[j] = cn;
+            h[j] = o * TANH(cn);
+            z += p->gw[j] * cn;
+        }
+    }
+    return SUF(sig)(z + (REAL)p->gb);
 }
