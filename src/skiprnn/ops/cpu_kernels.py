@@ -1,8 +1,11 @@
-"""Fused per-step C kernels of the CPU path (``csrc/lstm_step.c``), built at first use.
+"""Fused C kernels of the CPU paths (``csrc/lstm_step.c``), built at first use.
 
-At small shapes the CPU path's time loop is bound by the number of aten ops per step (~15 small
-pointwise ops around each GEMM, ~5–7 µs each), not by arithmetic; one C call per step does the
-same work in a few µs (``results/train_small_shape_profile.md``). The GEMMs stay torch's.
+* The Skip LSTM's training time loop (``cpu_rnn``): at small shapes it was bound by the number of
+  aten ops per step (~15 small pointwise ops around each GEMM, ~5–7 µs each), not by arithmetic;
+  one C call per chunk of 16 steps does the same work, calling torch's own BLAS for the per-step
+  GEMMs (``results/train_small_shape_profile.md``). The chunk-level GEMMs stay torch ops.
+* The batch-size-1 skipping update (``skipping.NumpyStack``): the W_hh · h product with its rows
+  split over the torch threads (each core keeps its rows in its L2), the cell and Δũ in one pass.
 
 The library is compiled with the system C compiler (``CC``, else ``cc``) on first use, for this
 CPU (``-march=native``; vector ``exp`` / ``tanh`` from glibc's libmvec), into
@@ -33,8 +36,9 @@ __all__ = ["load", "kernel_status", "Kernels", "FwdArgs", "BwdArgs", "SingleArgs
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "lstm_step.c")
 # IEEE arithmetic (no -ffast-math: see lstm_step.c); no errno / traps so that the loops with
 # exp and tanh vectorise (libmvec)
-_COMPILE = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno",
-            "-fno-trapping-math", "-fopenmp", "-fPIC"]
+_COMPILE = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-fPIC"]
+if platform.machine() in ("x86_64", "AMD64"):
+    _COMPILE.append("-mprefer-vector-width=512")  # AVX-512 where -march=native has it
 # OpenMP: GNU's libgomp, the runtime torch's CPU build has loaded already (one thread pool)
 _LINK = ["-shared", "-fopenmp", "-lmvec", "-lm"]
 _lock = threading.Lock()
@@ -94,6 +98,12 @@ def _build(cc: str) -> str:
         subprocess.run([cc, *objs, "-o", out, *_LINK], check=True, capture_output=True,
                        text=True, timeout=120)
         os.replace(out, path)  # atomic: a concurrent builder sees the whole file or none
+    for old in os.listdir(cache):  # builds of other sources (a process using one keeps its map)
+        if old.startswith("lstm_step-") and old.endswith(".so") and old != os.path.basename(path):
+            try:
+                os.remove(os.path.join(cache, old))
+            except OSError:
+                pass
     return path
 
 
