@@ -281,3 +281,15 @@ def test_init_from_a_checkpoint_of_another_size_names_what_differs(tmp_path):
     assert not (tmp_path / "second").exists()   # nothing half-written
     with pytest.raises(ConfigError, match="--init-from expects a checkpoint file"):
         fit(_cfg(tmp_path / "third", 2, init_from=str(tmp_path / "none.ckpt")), verbose=False)
+
+
+def test_run_records_say_which_cpu_loop_ran(monkeypatch):
+    """results.json's hardware block names the Skip LSTM's CPU loop (the fused C kernels and the
+    torch ops round differently, so a rerun must know which one to ask for)."""
+    from skiprnn.training.fit import environment_info
+
+    monkeypatch.setenv("SKIPRNN_CPU_KERNELS", "python")
+    assert environment_info()["cpu_kernels"] == "per-step torch ops (SKIPRNN_CPU_KERNELS=python)"
+    monkeypatch.setenv("SKIPRNN_CPU_KERNELS", "auto")
+    got = environment_info()["cpu_kernels"]
+    assert got == "fused C kernels" or got.startswith("per-step torch ops (the C kernels did not build")

@@ -48,12 +48,15 @@ def environment_info(device: Optional[torch.device] = None, commit: Optional[str
     import lightning
 
     from .. import __version__
+    from ..ops.cpu_kernels import kernel_status
     info = {
         "skiprnn": __version__, "torch": torch.__version__, "lightning": lightning.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "git_commit": commit or git_commit(),
         "cpu_flush_denormal": flushing_denormals(),
+        # how the Skip LSTM's CPU loop ran: the fused C kernels and the torch ops round differently
+        "cpu_kernels": kernel_status(),
     }
     if torch.cuda.is_available():
         info["cuda"] = torch.version.cuda
