@@ -40,7 +40,6 @@ Paths:
 from __future__ import annotations
 
 import ctypes
-
 import math
 from typing import Sequence
 
@@ -400,12 +399,17 @@ class NumpyStack:
         fns = cpu_kernels.load() if w.dtype in (torch.float32, torch.float64) else None
         if fns is None:
             return None
-        keep = (w, self.gw, vt, amv.out, self.c[0])
         args = cpu_kernels.SingleArgs(
             H=self.H, threads=torch.get_num_threads(), flip=0, W=w.data_ptr(),
             h=vt.data_ptr(), c=self.c[0].ctypes.data, a=amv.out.data_ptr(),
             gw=self.gw.ctypes.data, gb=float(self.gb))
-        return fns[w.dtype].single_update, ctypes.byref(args), keep, args
+        fn, ref = fns[w.dtype].single_update, ctypes.byref(args)
+
+        def update(xp_address: int) -> float:
+            return fn(ref, xp_address)
+
+        update.keep = (args, w, self.gw, vt, amv.out, self.c[0])  # what its pointers name
+        return update
 
     @property
     def hs(self) -> list:
@@ -418,13 +422,11 @@ class NumpyStack:
         ``h_top`` ``(H,)``. Returns Δũ (a NumPy scalar). With :attr:`fused` the projection may
         be given as the address of its contiguous row (``xp_address``) instead."""
         if self.fused is not None and (xp is not None or xp_address is not None):
-            du = self.npdt(self.fused[0](self.fused[1], xp_address if xp is None
-                                         else xp.ctypes.data))
+            du = self.npdt(self.fused(xp.ctypes.data if xp_address is None else xp_address))
             h_top[:] = self.v[0][:self.H]
             if self.const is not None:
                 return self.const
-            return du if self.max_skip is None else floor_update_prob(du, self.max_skip,
-                                                                      self.threshold)
+            return floor_update_prob(du, self.max_skip, self.threshold)
         H, half, tmp = self.H, self.half, self.tmp
         for k in range(self.L):
             v = self.v[k]

@@ -130,7 +130,7 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
                         "it follows the budget warm-up and ramp, as λ does; 'none' removes the "
                         "recipe's (paper: none; recipe fast: frequency 0.12)")
     t.add_argument("--target-weight", dest="target_weight", type=float,
-                   help="its weight (default 1; recipe fast: frequency 2)")
+                   help="its weight (default 1; recipe fast: frequency 4)")
     t.add_argument("--lr-decay", dest="lr_decay", type=float, metavar="FACTOR",
                    help="cosine decay of the learning rate to lr × FACTOR, from the end of the "
                         "budget's ramp to the last step (paper: none)")

@@ -88,12 +88,11 @@ typedef struct {
 
 static inline REAL SUF(sig)(REAL a) { return (REAL)1 / ((REAL)1 + EXP(-a)); }
 
-/* row r, columns b0 .. b1 - 1 of a (rows, B) block */
-#define COLS for (int64_t b = b0; b < b1; b++)
+/* every column b of a (rows, B) block */
+#define COLS for (int64_t b = 0; b < B; b++)
 
 /* KK[t] (cpu_rnn.KKLayout, the LSTM's rows, see skip_lstm/cpu.py) and CC[t] of step j */
-static void SUF(lstm_coefficients)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t,
-                                   int64_t b0, int64_t b1)
+static void SUF(lstm_coefficients)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t)
 {
     const int64_t H = p->H, B = p->B, HB = H * B, S = 2 * H;
     const REAL *restrict a = p->A + j * 4 * HB;
@@ -141,8 +140,8 @@ static void SUF(lstm_coefficients)(const SUF(lstm_fwd_args) *p, int64_t j, int64
     }
 }
 
-static void SUF(fwd_step)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t, int64_t b0,
-                          int64_t b1)
+/* One step j (time t), after A[j] += W_hh h (the caller's GEMM). */
+void SUF(lstm_fwd_step)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t)
 {
     const int64_t H = p->H, B = p->B, HB = H * B;
     REAL *restrict a = p->A + j * 4 * HB;
@@ -216,17 +215,10 @@ static void SUF(fwd_step)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t, int
     COLS for (int64_t r = 0; r < H; r++) hh[b * H + r] = stn[r * B + b];
     REAL *restrict sc = p->SC + t * 6 * B;
     for (int64_t r = 0; r < 6; r++) COLS sc[r * B + b] = w[r * B + b];
-    if (p->KK) SUF(lstm_coefficients)(p, j, t, b0, b1);
+    if (p->KK) SUF(lstm_coefficients)(p, j, t);
 }
 
-/* One step j (time t) on all columns, after A[j] += W_hh h (the caller's GEMM). */
-void SUF(lstm_fwd_step)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t)
-{
-    SUF(fwd_step)(p, j, t, 0, p->B);
-}
-
-/* Steps t0 .. t0 + n - 1 (chunk rows 0 .. n - 1): per step A[j] += W_hh h (gemm), then the step;
- * each thread runs the whole chunk on its own columns. */
+/* Steps t0 .. t0 + n - 1 (chunk rows 0 .. n - 1): per step A[j] += W_hh h (gemm), then the step. */
 void SUF(lstm_fwd_chunk)(const SUF(lstm_fwd_args) *p, int64_t t0, int64_t n)
 {
     SUF(gemm_fn) gemm = (SUF(gemm_fn))p->gemm;
@@ -236,7 +228,7 @@ void SUF(lstm_fwd_chunk)(const SUF(lstm_fwd_args) *p, int64_t t0, int64_t n)
         /* column-major: A[j]^T (B x 4H) += h^T (B x H) W_hh^T (H x 4H) */
         gemm("N", "N", &m, &nn, &k, &one, p->ST + j * 2 * p->H * p->B, &m, p->Wh, &k, &one,
              p->A + j * 4 * p->H * p->B, &m);
-        SUF(fwd_step)(p, j, t0 + j, 0, p->B);
+        SUF(lstm_fwd_step)(p, j, t0 + j);
     }
 }
 
@@ -257,8 +249,9 @@ typedef struct {
     void *gemm;               /* SUF(gemm_fn) */
 } SUF(lstm_bwd_args);
 
-static void SUF(bwd_step)(const SUF(lstm_bwd_args) *p, int64_t j, int64_t t, int64_t cur,
-                          int64_t updated, int64_t b0, int64_t b1)
+/* One reverse step; the caller adds W_hh^T dgates to sn_h where updated. */
+void SUF(lstm_bwd_step)(const SUF(lstm_bwd_args) *p, int64_t j, int64_t t, int64_t cur,
+                        int64_t updated)
 {
     const int64_t H = p->H, B = p->B, HB = H * B, S = p->S, CB = p->C * B;
     const REAL *restrict s = cur ? p->S1 : p->S0;
@@ -333,16 +326,8 @@ static void SUF(bwd_step)(const SUF(lstm_bwd_args) *p, int64_t j, int64_t t, int
     }
 }
 
-/* One reverse step on all columns; the caller adds W_hh^T dgates to sn_h where updated. */
-void SUF(lstm_bwd_step)(const SUF(lstm_bwd_args) *p, int64_t j, int64_t t, int64_t cur,
-                        int64_t updated)
-{
-    SUF(bwd_step)(p, j, t, cur, updated, 0, p->B);
-}
-
 /* Steps t0 + n - 1 down to t0 of the reverse loop; cur: which running gradient holds the state
- * gradient after step t0 + n - 1 (0: S0). A step updates (in a thread's columns) if any of
- * its u is 1; then sn_h += W_hh^T dgates (gemm). Returns cur after the chunk. */
+ * gradient after step t0 + n - 1 (0: S0). A step updates if any of its u is 1; then sn_h += W_hh^T dgates (gemm). Returns cur after the chunk. */
 int64_t SUF(lstm_bwd_chunk)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, int64_t cur)
 {
     SUF(gemm_fn) gemm = (SUF(gemm_fn))p->gemm;
@@ -354,7 +339,7 @@ int64_t SUF(lstm_bwd_chunk)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, 
         const REAL *u = p->KK + (t * p->W + p->U) * B;
         int64_t updated = 0;
         for (int64_t b = 0; b < B; b++) updated |= u[b] != 0;
-        SUF(bwd_step)(p, j, t, cur, updated, 0, B);
+        SUF(lstm_bwd_step)(p, j, t, cur, updated);
         if (updated) /* column-major: sn_h^T (B x H) += dgates^T (B x 4H) W_hh (4H x H) */
             gemm("N", "N", &m, &nn, &k, &one, p->DGP + j * B, &lda, p->WhT, &ldb, &one,
                  cur ? p->S0 : p->S1, &m);
