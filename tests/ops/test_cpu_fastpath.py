@@ -552,24 +552,50 @@ def test_lstm_kernel_modes_agree(monkeypatch, mode, variant):
         assert_close(a, b, f"result {k}", dtype)
 
 
+@pytest.mark.parametrize("variant", ["fresh", "continuing", "holes", "max_skip", "float32"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("H", [5, 64])
-def test_batch_one_update_in_c_matches_reference(monkeypatch, threads, H):
-    """The skipping engine's batch-size-1 LSTM update in C (its GEMV's rows split over the
-    threads: 5 blocks of 4 rows over 2 threads at H = 5) gives the reference's gates and, to
-    float64 rounding, its outputs, as the NumPy update does."""
-    from skiprnn.ops import cpu_kernels
+def test_batch_one_steps_in_c_match_reference(monkeypatch, threads, H, variant):
+    """The skipping engine's batch-size-1 LSTM loop in C (``_run_fused``: ũ replayed, each read
+    one update with its GEMV's rows split over the threads: 5 blocks of 4 rows over 2 threads at
+    H = 5, the output rows indexed) gives the reference's gates exactly and, to rounding, its
+    outputs, ũ and state, as the NumPy loop does: from a fresh state and mid-sequence, with masked
+    steps inside the sequence and a padded end ("holes"), under the max_skip floor (Δũ below it
+    everywhere) and in float32 (the ũ replay in float)."""
+    from skiprnn.ops import cpu_kernels, skipping
     if cpu_kernels.load() is None:
         pytest.skip(f"the C kernels are unavailable here: {cpu_kernels.kernel_status()}")
     torch.set_num_threads(threads)  # the autouse fixture restores the count
-    p, _ = make_problem("lstm", 60, 1, 3, H, seed=11 + H, masked=False, fresh=True)
+    T = 300
+    p, _ = make_problem("lstm", T, 1, 3, H, seed=11 + H, masked=False,
+                        fresh=variant != "continuing")
+    kw = {}
+    if variant == "holes":
+        mask = torch.ones(T, 1, dtype=torch.float64)
+        mask[40:47] = 0
+        mask[100:101] = 0
+        mask[250:] = 0
+        kw["mask"] = mask
+    if variant == "max_skip":
+        p["gate_bias"] = torch.full((1,), math.log(0.05 / 0.95), dtype=torch.float64)
+        kw["max_skip"] = 3           # floor 1/7: every run of skips is 3 long
+    dtype = torch.float32 if variant == "float32" else torch.float64
+    p = {k: v.to(dtype) for k, v in p.items()}
+    kw = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    ran = []
+    fused = skipping._run_fused
+    monkeypatch.setattr(skipping, "_run_fused", lambda *a: ran.append(1) or fused(*a))
     with torch.no_grad():
-        ref = call(skip_rnn_naive, "lstm", p)
-        fast = call(skip_rnn_skipping, "lstm", p)
+        ref = call(skip_rnn_naive, "lstm", p, **kw)
+        fast = call(skip_rnn_skipping, "lstm", p, **kw)
+        assert ran, "the C loop did not run"
         monkeypatch.setenv("SKIPRNN_CPU_KERNELS", "python")
-        numpy_path = call(skip_rnn_skipping, "lstm", p)
-    assert 0 < ref.updates.mean() < 1
+        numpy_path = call(skip_rnn_skipping, "lstm", p, **kw)
+    assert len(ran) == 1, "the NumPy loop was meant to run without the kernels"
+    assert 0.05 < ref.updates.mean() < 0.95
+    if variant == "max_skip":
+        assert torch.equal(ref.updates[:T].flatten()[::4], torch.ones(T // 4, dtype=dtype))
     for name, other in (("C", fast), ("NumPy", numpy_path)):
         assert torch.equal(ref.updates, other.updates), f"{name}: binary gates differ"
         for k, (a, b) in enumerate(zip(ref.tensors(), other.tensors())):
-            assert_close(a, b, f"{name} result {k}", torch.float64)
+            assert_close(a, b, f"{name} result {k}", dtype)

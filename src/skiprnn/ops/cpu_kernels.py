@@ -4,8 +4,10 @@
   aten ops per step (~15 small pointwise ops around each GEMM, ~5–7 µs each), not by arithmetic;
   one C call per chunk of 16 steps does the same work, calling torch's own BLAS for the per-step
   GEMMs (``results/train_small_shape_profile.md``). The chunk-level GEMMs stay torch ops.
-* The batch-size-1 skipping update (``skipping.NumpyStack``): the W_hh · h product with its rows
-  split over the torch threads (each core keeps its rows in its L2), the cell and Δũ in one pass.
+* The batch-size-1 skipping engine (``skipping._run_single``): the W_hh · h product with its rows
+  split over the torch threads (each core keeps its rows in its L2), the cell and Δũ in one pass;
+  and the loop over the steps around it (ũ replayed on skipped steps, outputs indexed), one call
+  per block of input projections instead of ~25 µs of Python per update.
 
 The library is compiled with the system C compiler (``CC``, else ``cc``) on first use, for this
 CPU (``-march=native``; vector ``exp`` / ``tanh`` from glibc's libmvec), into
@@ -31,7 +33,7 @@ import torch
 
 from .._env import env
 
-__all__ = ["load", "kernel_status", "Kernels", "FwdArgs", "BwdArgs", "SingleArgs"]
+__all__ = ["load", "kernel_status", "Kernels", "FwdArgs", "BwdArgs", "SingleArgs", "run_args"]
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "lstm_step.c")
 # IEEE arithmetic (no -ffast-math: see lstm_step.c); no errno / traps so that the loops with
@@ -113,6 +115,24 @@ class SingleArgs(ctypes.Structure):
                 ("a", _P), ("gw", _P), ("gb", _D)]
 
 
+_RUN_ARGS: dict = {}
+
+
+def run_args(dtype: torch.dtype) -> type:
+    """``run_args`` of ``lstm_step.c`` for ``dtype`` (its ũ fields are of the layer's type)."""
+    if dtype not in _RUN_ARGS:
+        real = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
+
+        class RunArgs(ctypes.Structure):
+            _fields_ = [("steps", _P), ("k", _I), ("n_steps", _I), ("cur", _I), ("block", _P),
+                        ("b_start", _I), ("b_stride", _I), ("b_last", _I), ("row_bytes", _I),
+                        ("p", _P), ("u", _P), ("idx", _P), ("hist", _P), ("reads", _P),
+                        ("n_reads", _I), ("has_floor", _I), ("up", real), ("cum", real),
+                        ("thr", real), ("floor", real)]
+        _RUN_ARGS[dtype] = RunArgs
+    return _RUN_ARGS[dtype]
+
+
 def _gemms() -> dict:
     """Addresses of the BLAS ``sgemm_`` / ``dgemm_`` torch itself uses (its MKL exports them
     from ``libtorch_cpu``); empty where this torch build has none (the chunk loops then stay in
@@ -139,7 +159,9 @@ def _open(path: str) -> dict:
         bwd_chunk.argtypes, bwd_chunk.restype = [_P, _I, _I, _I], _I
         single = getattr(lib, f"lstm_single_update_{suf}")
         single.argtypes, single.restype = [_P, _P], ctypes.c_double
-        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype), single)
+        run = getattr(lib, f"lstm_single_run_{suf}")
+        run.argtypes, run.restype = [_P, _P], _I
+        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype), single, run)
     return fns
 
 
@@ -152,6 +174,7 @@ class Kernels(NamedTuple):
     bwd_chunk: object
     gemm: int | None
     single_update: object  # one batch-size-1 update (skipping.NumpyStack)
+    single_run: object     # batch-size-1 steps up to the end of a projection block (_run_single)
 
 
 def load():

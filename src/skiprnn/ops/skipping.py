@@ -20,12 +20,15 @@ dtypes other than float32/float64) fall back to the reference loop under ``torch
 
 Paths:
 
-* batch size 1 (CPU): a loop over the updates only. Each run of skipped steps is replayed at once
-  (``simulate_skips``, memoised per (Δũ, ũ): with a constant gate every run is a dict lookup) and
-  written in bulk; an update is one GEMV per weight matrix (row blocks in alternating order, so
-  part of W stays in L2 between updates) plus NumPy pointwise maths; the first layer's input
-  projections are computed in blocks of steps (contiguous for dense reads, strided for sparse
-  ones); outputs are gathered in one index at the end.
+* batch size 1 (CPU): the first layer's input projections are computed in blocks of steps
+  (contiguous for dense reads, strided for sparse ones) and outputs gathered in one index at the
+  end. A one-layer LSTM runs its steps in the C kernels (:mod:`skiprnn.ops.cpu_kernels`): one
+  call per block of projections replays ũ on the skipped steps and makes each update (W_hh · h
+  with its rows split over the threads, the cell and Δũ in one pass). Otherwise a loop over the
+  updates only: each run of skipped steps is replayed at once (``simulate_skips``, memoised per
+  (Δũ, ũ): with a constant gate every run is a dict lookup) and written in bulk; an update is
+  one GEMV per weight matrix (row blocks in alternating order, so part of W stays in L2 between
+  updates) plus NumPy pointwise maths.
 * batch > 1 (``skiprnn.ops.waves``): each row's next update is scheduled when it makes its last
   one, and the k-th pending update of every row runs in one wave (one GEMM per weight matrix over
   all rows still updating, whatever step each is at); the gate bookkeeping is replayed on the host
@@ -51,7 +54,7 @@ from torch import Tensor
 from .._env import triton_available
 from .cells import cell_spec
 from .contract import GateOptions, RecurrenceResult, check_cell
-from .naive import check_cap_holds, floor_update_prob
+from .naive import check_cap_holds, floor_update_prob, update_prob_floor
 from .waves import run_waves
 
 __all__ = ["skip_rnn_skipping", "simulate_skips", "np_dtype", "StepCell", "NumpyStack",
@@ -209,17 +212,29 @@ class LazyInputProjection:
     def wasted(self) -> int:
         return self.projected - self.used
 
+    def _note(self, t: int) -> int | None:
+        """Count a read of step t; the interval since the previous read (None: the first)."""
+        self.used += 1
+        d = None
+        if self.prev is not None:
+            d = t - self.prev
+            self.interval = d if self.interval is None else 0.75 * self.interval + 0.25 * d
+        self.prev = t
+        return d
+
+    def note_hits(self, reads) -> None:
+        """Count reads (increasing steps) that the current block held, made without :meth:`get`
+        (which counts a hit the same way, no block changes)."""
+        for t in reads:
+            self._note(int(t))
+
     def get(self, t: int, period: int | None = None) -> int:
         """Make sure step t (read steps in increasing order) is projected; returns its row in
         ``self.block``. ``period``: the expected interval to the next read (default: the last
         interval)."""
-        self.used += 1
-        if self.prev is not None:
-            d = t - self.prev
-            self.interval = d if self.interval is None else 0.75 * self.interval + 0.25 * d
-            if period is None:
-                period = d
-        self.prev = t
+        d = self._note(t)
+        if period is None:
+            period = d
         off = t - self.start
         if 0 <= off and t <= self.last and off % self.stride == 0:
             return off // self.stride
@@ -383,50 +398,15 @@ class NumpyStack:
         self.max_skip, self.threshold = cell.max_skip, cell.threshold
         self.gw = None if cell.gate_weight is None else cell.gate_weight[0].numpy()
         self.gb = None if cell.gate_bias is None else npdt(cell.gate_bias.item())
-        self.fused = self._fused_update(first_projected)
-
-    def _fused_update(self, first_projected: bool):
-        """One layer of the LSTM with its input projected by the caller: the update as one C call
-        (:mod:`skiprnn.ops.cpu_kernels`, ``lstm_single_update``: the GEMV's rows split over the
-        torch threads, each core keeping its rows of W_hh in its L2, and the cell and Δũ in one
-        pass), or None (NumPy ufuncs, as below)."""
-        if not (self.lstm and first_projected and self.L == 1 and self.gw is not None
-                and self.gb is not None):
-            return None
-        amv, vt = self.mv[0][0]
-        w = amv.weight  # (4H, H), contiguous
-        from . import cpu_kernels
-        fns = cpu_kernels.load() if w.dtype in (torch.float32, torch.float64) else None
-        if fns is None:
-            return None
-        args = cpu_kernels.SingleArgs(
-            H=self.H, threads=torch.get_num_threads(), flip=0, W=w.data_ptr(),
-            h=vt.data_ptr(), c=self.c[0].ctypes.data, a=amv.out.data_ptr(),
-            gw=self.gw.ctypes.data, gb=float(self.gb))
-        fn, ref = fns[w.dtype].single_update, ctypes.byref(args)
-
-        def update(xp_address: int) -> float:
-            return fn(ref, xp_address)
-
-        update.keep = (args, w, self.gw, vt, amv.out, self.c[0])  # what its pointers name
-        return update
-
     @property
     def hs(self) -> list:
         """The state's h per layer (views of the layers' vectors)."""
         return [v[:self.H] for v in self.v]
 
-    def update(self, h_top: np.ndarray, xp=None, xp_address: int | None = None):
+    def update(self, h_top: np.ndarray, xp=None):
         """One update from the first layer's input (in ``x2t``, or its projection ``xp``
         ``(G·H,)`` with ``first_projected``); the top layer's new h is also written into
-        ``h_top`` ``(H,)``. Returns Δũ (a NumPy scalar). With :attr:`fused` the projection may
-        be given as the address of its contiguous row (``xp_address``) instead."""
-        if self.fused is not None and (xp is not None or xp_address is not None):
-            du = self.npdt(self.fused(xp.ctypes.data if xp_address is None else xp_address))
-            h_top[:] = self.v[0][:self.H]
-            if self.const is not None:
-                return self.const
-            return floor_update_prob(du, self.max_skip, self.threshold)
+        ``h_top`` ``(H,)``. Returns Δũ (a NumPy scalar)."""
         H, half, tmp = self.H, self.half, self.tmp
         for k in range(self.L):
             v = self.v[k]
@@ -508,33 +488,81 @@ class SkipRuns:
         return n, probs
 
 
+def _fused_kernels(cell: StepCell, dtype: torch.dtype):
+    """The C kernels for :func:`_run_fused` (one-layer LSTM with a learned gate, float32 /
+    float64, kernels built), else None."""
+    if not (cell.kind == "lstm" and cell.num_layers == 1 and cell.constant_delta is None
+            and cell.gate_bias is not None and dtype in (torch.float32, torch.float64)
+            and all(t.dtype == dtype for t in (cell.layers[0][1], cell.gate_weight))):
+        return None
+    from . import cpu_kernels
+    fns = cpu_kernels.load()
+    return None if fns is None else fns[dtype]
+
+
 def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, stats=None):
-    """Batch size 1 on the CPU: the cell (NumPy) only on update steps, runs of skipped steps
-    written in bulk (their ũ from ``SkipRuns``, their output an index of the held h)."""
+    """Batch size 1 on the CPU: the cell only on update steps, runs of skipped steps written in
+    bulk (their ũ replayed, their output an index of the held h); the first layer's input
+    projected in blocks (:class:`LazyInputProjection`). A one-layer LSTM runs its steps in the C
+    kernels (:func:`_run_fused`), anything else in NumPy (:func:`_run_numpy`)."""
     T, H = x.shape[0], hs[0].shape[-1]
-    one, zero = npdt(1), npdt(0)
     up, cum = floor_update_prob(npdt(up0.item()), cell.max_skip, cell.threshold), npdt(cum0.item())
-    runs = SkipRuns(threshold, npdt)
     cs = [c[0].numpy().copy() for c in cs] if cs is not None else None
-    stack = NumpyStack(cell, [h[0].numpy() for h in hs], cs, npdt, first_projected=True)
+    kernels = _fused_kernels(cell, x.dtype)
+    stack = None
+    if kernels is None:
+        stack = NumpyStack(cell, [h[0].numpy() for h in hs], cs, npdt, first_projected=True)
+        first_ih = stack.first_ih
+    else:
+        w_ih, _, b_ih, b_hh = cell.layers[0]
+        first_ih = (cell.spec.arrange(w_ih), None if b_ih is None else cell.spec.arrange(b_ih + b_hh))
     steps = np.arange(T) if valid is None else np.flatnonzero(valid)  # steps that count
     n_steps = len(steps)
     # inputs up to the last step that counts (blocks of projections stop there)
-    proj = LazyInputProjection(x[:int(steps[-1]) + 1 if n_steps else 0, 0], *stack.first_ih)
+    proj = LazyInputProjection(x[:int(steps[-1]) + 1 if n_steps else 0, 0], *first_ih)
     # output rows: 0 the top h before step 0, 1 padding (masked steps), 2 + j the j-th update's h
     hist = np.empty((n_steps + 2, H), npdt)
-    hist[0] = stack.hs[-1]
+    hist[0] = hs[-1][0].numpy()
     hist[1] = 0
-    cur = 0
     idx = np.ones(T, np.int64)
     u_np = np.zeros(T, npdt)
     p_np = np.zeros(T, npdt)
+    if stack is None:
+        h_state = hs[0][0].numpy().copy()
+        up, cum = _run_fused(kernels, cell, h_state, cs[0], proj, steps, valid is None, up, cum,
+                             hist, idx, u_np, p_np, npdt)
+        h_states = [h_state]
+    else:
+        up, cum = _run_numpy(stack, threshold, proj, steps, valid is None, up, cum, hist, idx,
+                             u_np, p_np, npdt)
+        h_states = stack.hs
+    if stats is not None:
+        stats.update(projected=proj.projected, read=proj.used)
+    dev = x.device
+    out = torch.from_numpy(hist[idx]).unsqueeze(1)
+    u = torch.from_numpy(u_np).unsqueeze(1)
+    p = torch.from_numpy(p_np).unsqueeze(1)
+    up_t = torch.tensor([up], dtype=x.dtype, device=dev)
+    cum_t = torch.tensor([cum], dtype=x.dtype, device=dev)
+    state = tuple(torch.from_numpy(np.stack(part)[:, None]) for part in ((h_states,) if cs is None
+                                                                          else (h_states, cs)))
+    return RecurrenceResult(out, state, up_t, cum_t, u, p)
+
+
+def _run_numpy(stack: NumpyStack, threshold, proj, steps, dense: bool, up, cum, hist, idx, u_np,
+               p_np, npdt):
+    """:func:`_run_single`'s loop over the updates with a :class:`NumpyStack`; fills ``hist``,
+    ``idx``, ``u_np``, ``p_np``; returns the final (Δũ, ũ)."""
+    one, zero = npdt(1), npdt(0)
+    runs = SkipRuns(threshold, npdt)
+    n_steps = len(steps)
     block_id, block_np = None, None
+    cur = 0
     k = 0
     while k < n_steps:
         n, probs = runs.until_read(up, cum, n_steps - k)
         if n:
-            sel = steps[k:k + n] if valid is not None else slice(k, k + n)
+            sel = slice(k, k + n) if dense else steps[k:k + n]
             p_np[sel] = probs[:n]
             idx[sel] = cur
             cum = probs[n - 1]
@@ -548,26 +576,55 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
         j = proj.get(t)
         if proj.block is not block_id:
             block_id, block_np = proj.block, proj.block.numpy()
-            row0, row_bytes = block_id.data_ptr(), block_id.stride(0) * block_id.element_size()
         cur += 1 if cur else 2
-        if stack.fused is not None:
-            up = stack.update(hist[cur], xp_address=row0 + j * row_bytes)
-        else:
-            up = stack.update(hist[cur], block_np[j])
+        up = stack.update(hist[cur], block_np[j])
         cum = zero
         idx[t] = cur
         k += 1
-    if stats is not None:
-        stats.update(projected=proj.projected, read=proj.used)
-    dev = x.device
-    out = torch.from_numpy(hist[idx]).unsqueeze(1)
-    u = torch.from_numpy(u_np).unsqueeze(1)
-    p = torch.from_numpy(p_np).unsqueeze(1)
-    up_t = torch.tensor([up], dtype=x.dtype, device=dev)
-    cum_t = torch.tensor([cum], dtype=x.dtype, device=dev)
-    state = tuple(torch.from_numpy(np.stack(part)[:, None]) for part in ((stack.hs,) if cs is None
-                                                                          else (stack.hs, cs)))
-    return RecurrenceResult(out, state, up_t, cum_t, u, p)
+    return up, cum
+
+
+def _run_fused(kernels, cell: StepCell, h, c, proj, steps, dense: bool, up, cum, hist, idx, u_np,
+               p_np, npdt):
+    """:func:`_run_single`'s loop in the C kernels (``lstm_single_run`` of
+    :mod:`skiprnn.ops.cpu_kernels`): one call runs the steps up to a read that the current block
+    of projections does not hold; the next block is then projected here. Each update is one
+    ``lstm_single_update`` (W_hh as the layer holds it, its rows split over the torch threads;
+    the same numbers as the NumPy loop's up to the rounding of the GEMV); the ũ replay is the
+    same arithmetic in the same dtype, so the gates equal the NumPy loop's. ``h``, ``c`` ``(H,)``
+    are updated in place; returns the final (Δũ, ũ)."""
+    from . import cpu_kernels
+    H = h.shape[0]
+    w = cell.layers[0][1].contiguous()               # W_hh, nn.LSTM's gate order
+    gw = cell.gate_weight[0].contiguous()
+    scratch = np.empty(4 * H, npdt)
+    single = cpu_kernels.SingleArgs(
+        H=H, threads=torch.get_num_threads(), flip=0, W=w.data_ptr(), h=h.ctypes.data,
+        c=c.ctypes.data, a=scratch.ctypes.data, gw=gw.data_ptr(),
+        gb=float(npdt(cell.gate_bias.item())))
+    steps = np.ascontiguousarray(steps, np.int64)
+    reads = np.empty(max(1, len(steps)), np.int64)
+    floor = update_prob_floor(cell.max_skip, cell.threshold)
+    run = cpu_kernels.run_args(w.dtype)(
+        steps=None if dense else steps.ctypes.data, k=0, n_steps=len(steps), cur=0, block=None,
+        b_start=0, b_stride=1, b_last=-1, row_bytes=0, p=p_np.ctypes.data, u=u_np.ctypes.data,
+        idx=idx.ctypes.data, hist=hist.ctypes.data, reads=reads.ctypes.data, n_reads=0,
+        has_floor=floor is not None, up=float(up), cum=float(cum), thr=float(cell.threshold),
+        floor=0.0 if floor is None else float(floor))
+    args, fn = (ctypes.byref(single), ctypes.byref(run)), kernels.single_run
+    counted = 0    # reads of this call already counted by proj.get
+    while True:
+        more = fn(*args)
+        proj.note_hits(reads[counted:run.n_reads])
+        if not more:
+            break
+        proj.get(int(steps[run.k]))                 # a block that holds the next read
+        block = proj.block
+        run.block, run.b_start, run.b_stride, run.b_last = (
+            block.data_ptr(), proj.start, proj.stride, proj.last)
+        run.row_bytes = block.stride(0) * block.element_size()
+        counted = 1
+    return npdt(run.up), npdt(run.cum)
 
 
 def _dense_continuation(cell: StepCell, device_type: str):

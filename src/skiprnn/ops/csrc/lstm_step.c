@@ -350,9 +350,13 @@ int64_t SUF(lstm_bwd_chunk)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, 
 
 /* ------------------------------------------------------------------------------------------
  * Batch size 1, no autograd (skiprnn/ops/skipping.py, NumpyStack): one update of a one-layer
- * Skip LSTM whose input projection is given. Gate rows in CellSpec.arrange's layout: (i, f, o, g),
- * the sigma rows pre-halved, so tanh over all rows gives tanh(a/2) for them and
- * sigma(a) = tanh(a/2)/2 + 1/2.
+ * Skip LSTM whose input projection is given, and a run of steps made of such updates.
+ *
+ * W is nn.LSTM's W_hh as it is (gate rows i, f, g, o); the projection xp and the scratch a are in
+ * CellSpec.arrange's layout: (i, f, o, g), the sigma rows halved, so that tanh over all rows gives
+ * tanh(a/2) for them and sigma(a) = tanh(a/2)/2 + 1/2. The product of a sigma row is halved here
+ * (exact in binary floating point: the same numbers as a product with pre-halved rows, without
+ * a 4 MB copy of W_hh per call).
  *   a = W_hh h + xp;  i, f, o = sigma, g = tanh;  c = f c + i g;  h = o tanh(c)
  *   returns sigmoid(w_p . c + b_p) (the caller floors it for max_skip)
  * W_hh h is the whole cost (W_hh is 4 MB at H = 512): its rows are split statically over the
@@ -362,7 +366,7 @@ int64_t SUF(lstm_bwd_chunk)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, 
  */
 typedef struct {
     int64_t H, threads, flip;
-    const REAL *W;    /* (4H, H) arranged W_hh */
+    const REAL *W;    /* (4H, H) W_hh, nn.LSTM's row order */
     REAL *h, *c;      /* (H) state, updated in place */
     REAL *a;          /* (4H) scratch */
     const REAL *gw;   /* (H) w_p */
@@ -400,27 +404,87 @@ double SUF(lstm_single_update)(SUF(single_args) *p, const REAL *xp)
         const int64_t nt = 1, k = 0;
 #endif
         const int64_t lo = Q * k / nt, hi = Q * (k + 1) / nt;
+        const REAL half = (REAL)0.5;
         for (int64_t q = lo; q < hi; q++) {
             const int64_t r = 4 * (flip ? hi - 1 - (q - lo) : q);
             REAL acc[4];
             SUF(dot4)(p->W + r * H, h, H, acc);
-            for (int e = 0; e < 4; e++) a[r + e] = acc[e] + xp[r + e];
+            for (int e = 0; e < 4; e++) {
+                /* nn row r + e (gate i, f, g, o) -> arranged row (i, f, o, g) */
+                const int64_t gate = (r + e) / H, row = (r + e) - gate * H;
+                const int64_t at = (gate == 2 ? 3 : gate == 3 ? 2 : gate) * H + row;
+                a[at] = (gate == 2 ? acc[e] : acc[e] * half) + xp[at];
+            }
         }
-#pragma omp simd
-        for (int64_t r = 4 * lo; r < 4 * hi; r++) a[r] = TANH(a[r]);
 #pragma omp barrier
-        /* the cell, units split over the threads (h is read above: written only now) */
+        /* tanh and the cell, units split over the threads (h is read above: written only now) */
         const int64_t u0 = H * k / nt, u1 = H * (k + 1) / nt;
-        const REAL half = (REAL)0.5;
 #pragma omp simd reduction(+:z)
         for (int64_t j = u0; j < u1; j++) {
-            const REAL i = a[j] * half + half, f = a[H + j] * half + half,
-                       o = a[2 * H + j] * half + half;
-            const REAL cn = f * c[j] + i * a[3 * H + j];
+            const REAL i = TANH(a[j]) * half + half, f = TANH(a[H + j]) * half + half,
+                       o = TANH(a[2 * H + j]) * half + half;
+            const REAL cn = f * c[j] + i * TANH(a[3 * H + j]);
             c[j] = cn;
             h[j] = o * TANH(cn);
             z += p->gw[j] * cn;
         }
     }
     return SUF(sig)(z + (REAL)p->gb);
+}
+
+/* The steps of a batch-size-1 sequence from position k of `steps` on (skipping.py, _run_single),
+ * each skipped (u~' = u~ + min(du, 1 - u~) <= tau: u~ replayed, the output the held h) or read
+ * (one lstm_single_update from the step's row of the projection block, du' = max(its result,
+ * floor), u~ = 0), until the steps end (returns 0) or a step to read has no row in the block
+ * (returns 1, k at that step: the caller projects a block holding it and calls again). */
+typedef struct {
+    const int64_t *steps;  /* the steps that count, increasing (NULL: 0 .. n_steps - 1) */
+    int64_t k, n_steps;    /* the next position in steps (in/out); their number */
+    int64_t cur;           /* the row of hist holding the top h (in/out; 0 before any update) */
+    const char *block;     /* projection rows of steps b_start, b_start + b_stride, .., b_last */
+    int64_t b_start, b_stride, b_last, row_bytes;
+    REAL *p, *u;           /* (T) u~ and u of every step (written where a step counts) */
+    int64_t *idx;          /* (T) the row of hist each step outputs */
+    REAL *hist;            /* rows of H: 2 + j holds the h of the j-th update */
+    int64_t *reads;        /* (n_steps) the steps this call read, n_reads of them */
+    int64_t n_reads, has_floor;
+    REAL up, cum;          /* the state's du (floored) and u~ (in/out) */
+    REAL thr, floor;       /* tau; the floor on du (has_floor) */
+} SUF(run_args);
+
+int64_t SUF(lstm_single_run)(SUF(single_args) *s, SUF(run_args) *r)
+{
+    const int64_t H = s->H;
+    const REAL one = 1, thr = r->thr;
+    REAL up = r->up, cum = r->cum;
+    int64_t k = r->k, cur = r->cur, status = 0;
+    r->n_reads = 0;
+    for (; k < r->n_steps; k++) {
+        const int64_t t = r->steps ? r->steps[k] : k;
+        const REAL rest = one - cum, ut = cum + (rest < up ? rest : up);
+        if (!(ut > thr)) {        /* skipped: ũ grows, the output holds */
+            r->p[t] = ut;
+            r->idx[t] = cur;
+            cum = ut;
+            continue;
+        }
+        const int64_t off = t - r->b_start;
+        if (r->block == NULL || off < 0 || t > r->b_last || off % r->b_stride) {
+            status = 1;
+            break;
+        }
+        r->p[t] = ut;
+        r->u[t] = one;
+        REAL d = (REAL)SUF(lstm_single_update)(
+            s, (const REAL *)(r->block + (off / r->b_stride) * r->row_bytes));
+        cur += cur ? 1 : 2;
+        memcpy(r->hist + cur * H, s->h, (size_t)H * sizeof(REAL));
+        if (r->has_floor && d < r->floor) d = r->floor;   /* (a NaN stays NaN, as np.maximum) */
+        up = d;
+        cum = 0;
+        r->idx[t] = cur;
+        r->reads[r->n_reads++] = t;
+    }
+    r->k = k, r->cur = cur, r->up = up, r->cum = cum;
+    return status;
 }
