@@ -39,6 +39,7 @@ def small_blocks(monkeypatch):
     """Chunks of CHUNK steps and GEMV blocks of 16 rows, so that tiny layers cross boundaries."""
     monkeypatch.setattr(skipping, "PROJECTION_CHUNK", CHUNK)
     monkeypatch.setattr(skipping, "MV_BLOCK_BYTES", 700)  # H = 12: 48 or 36 rows → 16-row blocks
+    monkeypatch.setattr(skipping, "EAGER_PROJECTION_MACS", 0)  # blocks even for tiny layers
     monkeypatch.setattr(skipping, "LazyInputProjection", RecordingProjection)
     RecordingProjection.made = []
     return RecordingProjection.made
@@ -99,7 +100,7 @@ def test_projection_rows_and_block_kinds():
     }
     for name, steps in patterns.items():
         steps = steps[steps < n]
-        p = skipping.LazyInputProjection(x, w, b, chunk=16)
+        p = skipping.LazyInputProjection(x, w, b, chunk=16, eager_macs=0)
         for t in steps.tolist():
             j = p.get(t)
             torch.testing.assert_close(p.block[j], want[t], atol=1e-5, rtol=0, msg=name)
@@ -109,6 +110,22 @@ def test_projection_rows_and_block_kinds():
             assert p.n_contiguous > 0 and p.wasted < n // 2 + 16, name
         if name == "every 9th":
             assert p.n_contiguous == 0 and p.wasted <= 9 * 2, name
+
+
+def test_small_projection_is_made_at_once():
+    """A sequence whose whole projection is cheap (here 200 × 5 × 24 multiply-adds) is one block
+    made up front: every read is a hit, however irregular."""
+    torch.manual_seed(0)
+    x, w, b = torch.randn(200, 5), torch.randn(24, 5), torch.randn(24)
+    p = skipping.LazyInputProjection(x, w, b)
+    assert p.projected == 200 and p.n_contiguous == 1 and p.n_strided == 0
+    block = p.block
+    for t in (3, 4, 50, 51, 199):
+        j = p.get(t)
+        assert p.block is block
+        torch.testing.assert_close(p.block[j], F.linear(x[t], w, b), atol=1e-5, rtol=0)
+    assert p.used == 5
+    assert skipping.LazyInputProjection(x, w, b, eager_macs=200 * 5 * 24 - 1).block is None
 
 
 @pytest.mark.parametrize("rows,cols", [(48, 12), (36, 12), (1028, 64), (2048, 512)])

@@ -561,7 +561,8 @@ def test_batch_one_steps_in_c_match_reference(monkeypatch, threads, H, variant):
     H = 5, the output rows indexed) gives the reference's gates exactly and, to rounding, its
     outputs, ũ and state, as the NumPy loop does: from a fresh state and mid-sequence, with masked
     steps inside the sequence and a padded end ("holes"), under the max_skip floor (Δũ below it
-    everywhere) and in float32 (the ũ replay in float)."""
+    everywhere) and in float32 (the ũ replay in float); the input projected at once ("fresh")
+    or in blocks (the others: one C call per block)."""
     from skiprnn.ops import cpu_kernels, skipping
     if cpu_kernels.load() is None:
         pytest.skip(f"the C kernels are unavailable here: {cpu_kernels.kernel_status()}")
@@ -582,6 +583,8 @@ def test_batch_one_steps_in_c_match_reference(monkeypatch, threads, H, variant):
     dtype = torch.float32 if variant == "float32" else torch.float64
     p = {k: v.to(dtype) for k, v in p.items()}
     kw = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    if variant != "fresh":  # blocks of projections (the C loop returns for each new block)
+        monkeypatch.setattr(skipping, "EAGER_PROJECTION_MACS", 0)
     ran = []
     fused = skipping._run_fused
     monkeypatch.setattr(skipping, "_run_fused", lambda *a: ran.append(1) or fused(*a))

@@ -163,6 +163,9 @@ class StepCell:
 # ---------------------------------------------------------------------------------------------
 # steps per contiguous block of input projections (LazyInputProjection, dense reads)
 PROJECTION_CHUNK = 128
+# a sequence whose whole input projection is at most this many multiply-adds is projected at once
+# (one GEMM of ~0.05 ms): blocks would cost more in calls than they save (I = 1, H = 110: 0.4 M)
+EAGER_PROJECTION_MACS = 4_000_000
 
 
 class LazyInputProjection:
@@ -186,13 +189,16 @@ class LazyInputProjection:
     (a learned gate) up to an interval of about 12-16: after a misprediction a one-row GEMM reads
     all of W_ih for one row, a chunk reads it once for ``chunk`` rows.
 
+    A sequence whose whole projection costs at most ``eager_macs`` multiply-adds (default
+    ``EAGER_PROJECTION_MACS``) is projected at once, as one contiguous block.
+
     ``wasted`` counts the projected rows that were not read; ``n_contiguous`` / ``n_strided``
     the blocks of each kind.
     """
 
     def __init__(self, x2d: Tensor, weight: Tensor, bias: Tensor | None, max_block: int = 32,
                  chunk: int | None = None, dense_interval: float = 3.0,
-                 irregular_interval: float = 12.0):
+                 irregular_interval: float = 12.0, eager_macs: int | None = None):
         self.x2d, self.wt, self.bias = x2d, weight.t(), bias
         self.T = x2d.shape[0]
         self.max_block = max_block
@@ -207,6 +213,10 @@ class LazyInputProjection:
         self.projected = 0
         self.used = 0
         self.n_contiguous = self.n_strided = 0
+        eager_macs = EAGER_PROJECTION_MACS if eager_macs is None else eager_macs
+        if 0 < self.T and self.T * x2d.shape[1] * weight.shape[0] <= eager_macs:
+            self._project(0, self.T, 1)
+            self.n_contiguous += 1
 
     @property
     def wasted(self) -> int:
@@ -253,13 +263,17 @@ class LazyInputProjection:
             self.size = min(self.max_block, self.size * 2) if t > self.last else 1
             stop = min(self.T, t + stride * self.size)
             self.n_strided += 1
+        self._project(t, stop, stride)
+        return 0
+
+    def _project(self, t: int, stop: int, stride: int) -> None:
+        """The block of steps t, t + stride, ... before stop."""
         rows = self.x2d[t:stop:stride]
         self.block = (torch.addmm(self.bias, rows, self.wt) if self.bias is not None
                       else rows @ self.wt)
         n = rows.shape[0]
         self.start, self.stride, self.last = t, stride, t + stride * (n - 1)
         self.projected += n
-        return 0
 
 
 # bytes of weight per block of rows in a batch-size-1 matrix-vector product (AlternatingMV)
@@ -598,8 +612,10 @@ def _run_fused(kernels, cell: StepCell, h, c, proj, steps, dense: bool, up, cum,
     w = cell.layers[0][1].contiguous()               # W_hh, nn.LSTM's gate order
     gw = cell.gate_weight[0].contiguous()
     scratch = np.empty(4 * H, npdt)
+    # W_hh under 1 MB: one core (a parallel region per update costs more than it saves)
+    threads = torch.get_num_threads() if w.numel() * w.element_size() >= 1 << 20 else 1
     single = cpu_kernels.SingleArgs(
-        H=H, threads=torch.get_num_threads(), flip=0, W=w.data_ptr(), h=h.ctypes.data,
+        H=H, threads=threads, flip=0, W=w.data_ptr(), h=h.ctypes.data,
         c=c.ctypes.data, a=scratch.ctypes.data, gw=gw.data_ptr(),
         gb=float(npdt(cell.gate_bias.item())))
     steps = np.ascontiguousarray(steps, np.int64)
