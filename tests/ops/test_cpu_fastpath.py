@@ -602,3 +602,64 @@ def test_batch_one_steps_in_c_match_reference(monkeypatch, threads, H, variant):
         assert torch.equal(ref.updates, other.updates), f"{name}: binary gates differ"
         for k, (a, b) in enumerate(zip(ref.tensors(), other.tensors())):
             assert_close(a, b, f"{name} result {k}", dtype)
+
+
+@pytest.mark.parametrize("variant", ["fresh", "continuing", "irregular", "lengths", "holes",
+                                     "max_skip", "float32"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batched_waves_in_c_match_reference(monkeypatch, threads, variant):
+    """The batched skipping engine of a one-layer LSTM in C (``waves._fused_waves``: waves of
+    updates, the gate replay, the history and the output filled in blocks of steps over the
+    threads) gives the reference's gates exactly and, to rounding, its outputs, ũ and state, as
+    the Python waves engine does: rows in one gate state ("fresh"), from random accumulators
+    ("continuing"), a gate that varies with the state ("irregular": rows update at different
+    steps), rows of different lengths, masked steps inside the sequences ("holes"), under the
+    max_skip floor, in float32. B·H = 40 · 110 ≥ 4096, so two threads split the rows."""
+    from skiprnn.ops import cpu_kernels, waves
+    fns = cpu_kernels.load()
+    if fns is None or fns[torch.float64].gemm is None:
+        pytest.skip(f"the C kernels are unavailable here: {cpu_kernels.kernel_status()}")
+    torch.set_num_threads(threads)  # the autouse fixture restores the count
+    T, B, H = 57, 40, 110
+    p, _ = make_problem("lstm", T, B, 3, H, seed=5, masked=False, fresh=variant != "continuing")
+    kw = {}
+    gen = torch.Generator().manual_seed(9)
+    p["gate_bias"] = torch.full((1,), math.log(0.3 / 0.7), dtype=torch.float64)  # ũ 0.3, 0.6
+    if variant == "irregular":
+        p["gate_weight"] = p["gate_weight"] * 150
+    if variant in ("lengths", "holes"):
+        lengths = torch.randint(1, T + 1, (B,), generator=gen)
+        lengths[0] = T
+        mask = (torch.arange(T)[:, None] < lengths[None, :]).double()
+        if variant == "holes":
+            mask[10:14, ::3] = 0
+            mask[30, 1::2] = 0
+        kw["mask"] = mask
+    if variant == "max_skip":
+        p["gate_bias"] = torch.full((1,), math.log(0.05 / 0.95), dtype=torch.float64)
+        kw["max_skip"] = 3
+    dtype = torch.float32 if variant == "float32" else torch.float64
+    p = {k: v.to(dtype) for k, v in p.items()}
+    kw = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    ran = []
+    fused = waves._fused_waves
+    monkeypatch.setattr(waves, "_fused_waves", lambda *a: ran.append(1) or fused(*a))
+    with torch.no_grad():
+        ref = call(skip_rnn_naive, "lstm", p, **kw)
+        fast = call(skip_rnn_skipping, "lstm", p, **kw)
+        assert ran and ran.count(1) == 1, "the C engine did not run"
+        monkeypatch.setattr(waves, "_fused_waves", lambda *a: None)
+        python_engine = call(skip_rnn_skipping, "lstm", p, **kw)
+    valid = torch.ones(T, B, dtype=torch.bool) if "mask" not in kw else kw["mask"].bool()
+    probs = ref.update_probs[valid]
+    assert (probs - 0.5).abs().min() > (1e-4 if dtype == torch.float32 else 1e-9), "a near tie"
+    assert 0.05 < ref.updates[valid].mean() < 0.95
+    if variant == "irregular":
+        per_step = ref.updates.sum(1)
+        assert ((per_step > 0) & (per_step < B)).sum() >= 10, "rows should update at different steps"
+    if variant == "max_skip":
+        assert torch.equal(ref.updates[::4], torch.ones(len(range(0, T, 4)), B, dtype=dtype))
+    for name, other in (("C", fast), ("Python", python_engine)):
+        assert torch.equal(ref.updates, other.updates), f"{name}: binary gates differ"
+        for k, (a, b) in enumerate(zip(ref.tensors(), other.tensors())):
+            assert_close(a, b, f"{name} result {k}", dtype)

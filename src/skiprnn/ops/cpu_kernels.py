@@ -8,6 +8,9 @@
   split over the torch threads (each core keeps its rows in its L2), the cell and Δũ in one pass;
   and the loop over the steps around it (ũ replayed on skipped steps, outputs indexed), one call
   per block of input projections instead of ~25 µs of Python per update.
+* The batched skipping engine for a one-layer LSTM (``waves.run_waves``): the whole sequence in
+  waves in one call (the GEMM through torch's BLAS, the cell, the gate replay and the outputs in
+  C, the columns split over the threads).
 
 The library is compiled with the system C compiler (``CC``, else ``cc``) on first use, for this
 CPU (``-march=native``; vector ``exp`` / ``tanh`` from glibc's libmvec), into
@@ -33,7 +36,8 @@ import torch
 
 from .._env import env
 
-__all__ = ["load", "kernel_status", "Kernels", "FwdArgs", "BwdArgs", "SingleArgs", "run_args"]
+__all__ = ["load", "kernel_status", "Kernels", "FwdArgs", "BwdArgs", "SingleArgs", "run_args",
+           "waves_args"]
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "lstm_step.c")
 # IEEE arithmetic (no -ffast-math: see lstm_step.c); no errno / traps so that the loops with
@@ -133,6 +137,26 @@ def run_args(dtype: torch.dtype) -> type:
     return _RUN_ARGS[dtype]
 
 
+_WAVES_ARGS: dict = {}
+
+
+def waves_args(dtype: torch.dtype) -> type:
+    """``waves_args`` of ``lstm_step.c`` for ``dtype``."""
+    if dtype not in _WAVES_ARGS:
+        real = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
+
+        class WavesArgs(ctypes.Structure):
+            _fields_ = [("T", _I), ("B", _I), ("I", _I), ("H", _I), ("threads", _I), ("x", _P),
+                        ("Wt", _P), ("gw", _P), ("gb", _D), ("times", _P), ("n_valid", _P),
+                        ("valid", _P), ("up", _P), ("cum", _P), ("h", _P), ("c", _P),
+                        ("out", _P), ("probs", _P), ("upd", _P), ("hist", _P), ("src", _P),
+                        ("S", _P), ("G", _P), ("live", _P),
+                        ("at", _P), ("cur", _P), ("gemm", _P), ("has_floor", _I), ("thr", real),
+                        ("floor", real), ("waves", _I)]
+        _WAVES_ARGS[dtype] = WavesArgs
+    return _WAVES_ARGS[dtype]
+
+
 def _gemms() -> dict:
     """Addresses of the BLAS ``sgemm_`` / ``dgemm_`` torch itself uses (its MKL exports them
     from ``libtorch_cpu``); empty where this torch build has none (the chunk loops then stay in
@@ -161,7 +185,10 @@ def _open(path: str) -> dict:
         single.argtypes, single.restype = [_P, _P], ctypes.c_double
         run = getattr(lib, f"lstm_single_run_{suf}")
         run.argtypes, run.restype = [_P, _P], _I
-        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype), single, run)
+        waves = getattr(lib, f"lstm_waves_{suf}")
+        waves.argtypes, waves.restype = [_P], _I
+        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype), single, run,
+                             waves)
     return fns
 
 
@@ -175,6 +202,7 @@ class Kernels(NamedTuple):
     gemm: int | None
     single_update: object  # one batch-size-1 update (skipping.NumpyStack)
     single_run: object     # batch-size-1 steps up to the end of a projection block (_run_single)
+    waves: object          # a one-layer batch's whole sequence (waves.run_waves; needs gemm)
 
 
 def load():

@@ -29,8 +29,9 @@ Paths:
   (Δũ, ũ): with a constant gate every run is a dict lookup) and written in bulk; an update is
   one GEMV per weight matrix (row blocks in alternating order, so part of W stays in L2 between
   updates) plus NumPy pointwise maths.
-* batch > 1 (``skiprnn.ops.waves``): each row's next update is scheduled when it makes its last
-  one, and the k-th pending update of every row runs in one wave (one GEMM per weight matrix over
+* batch > 1 (``skiprnn.ops.waves``; a one-layer LSTM on the CPU in the C kernels): each row's
+  next update is scheduled when it makes its last one, and the k-th pending update of every row
+  runs in one wave (one GEMM per weight matrix over
   all rows still updating, whatever step each is at); the gate bookkeeping is replayed on the host
   (NumPy) in blocks of steps, so on a GPU each wave reads back Δũ once. On the CPU (one layer)
   the rest of the sequence goes to the dense CPU path where that is faster

@@ -23,6 +23,12 @@ the GEMMs). On the CPU with one layer, the rest of a sequence goes to the dense 
 update fraction so far is above a measured break-even (``DENSE_BREAK_EVEN``; decided every
 ``SWITCH_BLOCK`` steps, from counts only, so the same input always takes the same route).
 
+A one-layer LSTM with a learned gate on the CPU runs the same waves in one call of the C kernels
+(:func:`_fused_waves`, ``lstm_waves`` of :mod:`skiprnn.ops.cpu_kernels`): the GEMM through
+torch's BLAS, the cell, Δũ and the replay per row in C (rows split over the threads), the output
+filled at the end in time order from the history. In Python each wave cost ~150 µs of dispatch
+and replay on top of its GEMM (``results/bench_cpu_b1_c_loop.md``).
+
 Numerics: the binary gates and ũ are the reference's replayed bit for bit from the Δũ that the
 engine computes (``StepCell.delta`` on its candidate state); candidate states are the reference's
 up to float rounding (one GEMM on ``[x | h]`` instead of two, σ(a) as ½·tanh(½a) + ½ for the LSTM).
@@ -30,6 +36,7 @@ up to float rounding (one GEMM on ``[x | h]`` instead of two, σ(a) as ½·tanh(
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import numpy as np
@@ -38,7 +45,7 @@ from torch import Tensor
 
 from .cpu_rnn import _Lease
 from .contract import RecurrenceResult
-from .naive import floor_update_prob
+from .naive import floor_update_prob, update_prob_floor
 
 __all__ = ["GateReplay", "run_waves"]
 
@@ -541,10 +548,75 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
     Otherwise each wave appends its top-layer h to a compact history (contiguous writes, no
     scatter into the large output), and the outputs are gathered from it at the end.
     """
+    if dense is None or dense_break_even(cell.kind, hs[0].shape[-1]) is None:  # no switch
+        fused = _fused_waves(cell, x, hs, cs, up0, cum0, valid, threshold, npdt)
+        if fused is not None:
+            return fused
     run = _WaveRun(cell, x, hs, cs, up0, cum0, valid, threshold, npdt, dense)
     while run.rows.size or run.next_block():
         run.wave()
     return run.results()
+
+
+def _fused_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Tensor,
+                 valid: np.ndarray | None, threshold: float, npdt):
+    """:func:`run_waves` in one call of the C kernels (``lstm_waves`` of
+    :mod:`skiprnn.ops.cpu_kernels`), or None where they do not run it: a one-layer LSTM with a
+    learned gate, float32 / float64 CPU tensors, kernels built with torch's BLAS. The same
+    waves, GEMM ([x | h | 1] times the arranged weights, as :class:`_LstmWaves`) and ũ replay
+    (the recursion itself, in the layer's dtype) as the Python engine; the cell's σ, tanh and
+    Δũ are C's, so values equal its to rounding."""
+    if not (x.device.type == "cpu" and cell.kind == "lstm" and cell.num_layers == 1
+            and cell.constant_delta is None and cell.gate_bias is not None
+            and x.dtype in (torch.float32, torch.float64)):
+        return None
+    from . import cpu_kernels
+    fns = cpu_kernels.load()
+    w_ih, w_hh, b_ih, b_hh = cell.layers[0]
+    if (fns is None or fns[x.dtype].gemm is None
+            or any(t.dtype != x.dtype for t in (w_ih, w_hh, cell.gate_weight))):
+        return None
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    b = _bias(b_ih, b_hh, 4 * H, w_ih)
+    wt = cell.spec.arrange(torch.cat([w_ih, w_hh, b[:, None]], 1)).t().contiguous()
+    x = x.contiguous()
+    gw = cell.gate_weight[0].contiguous()
+    h, c = hs[0].to(x.dtype).contiguous().clone(), cs[0].to(x.dtype).contiguous().clone()
+    up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True), cell.max_skip,
+                           cell.threshold)
+    cum = cum0.detach().cpu().numpy().astype(npdt, copy=True)
+    if valid is None:
+        n_valid, times = np.full(B, T, np.int64), None
+    else:  # valid steps first, in time order (as GateReplay's)
+        n_valid = valid.sum(0).astype(np.int64)
+        times = np.ascontiguousarray(np.argsort(~valid, axis=0, kind="stable"), np.int64)
+    out = torch.empty(T, B, H, dtype=x.dtype)
+    probs, upd = np.zeros((T, B), npdt), np.zeros((T, B), npdt)
+    src = np.zeros((T, B), np.int64)
+    mask = None if valid is None else np.ascontiguousarray(valid, np.uint8)
+    lease = _Lease(x)   # (pooled: a fresh history would be paged in at every call)
+    hist = lease.new(B + 1 + int(n_valid.sum()), H)
+    scratch_s = torch.empty(B, I + H + 1, dtype=x.dtype)
+    scratch_g = torch.empty(B, 4 * H, dtype=x.dtype)
+    live, at = np.empty(B, np.int64), np.empty(B, np.int64)
+    threads = torch.get_num_threads()
+    cur = np.empty((threads, B), np.int64)
+    floor = update_prob_floor(cell.max_skip, cell.threshold)
+    ptr = (lambda a: a.ctypes.data)
+    args = cpu_kernels.waves_args(x.dtype)(
+        T=T, B=B, I=I, H=H, threads=threads, x=x.data_ptr(), Wt=wt.data_ptr(),
+        gw=gw.data_ptr(), gb=float(npdt(cell.gate_bias.item())),
+        times=None if times is None else ptr(times), n_valid=ptr(n_valid),
+        valid=None if mask is None else ptr(mask), up=ptr(up), cum=ptr(cum), h=h.data_ptr(),
+        c=c.data_ptr(), out=out.data_ptr(), probs=ptr(probs), upd=ptr(upd),
+        hist=hist.data_ptr(), src=ptr(src), S=scratch_s.data_ptr(), G=scratch_g.data_ptr(),
+        live=ptr(live), at=ptr(at), cur=ptr(cur), gemm=fns[x.dtype].gemm, has_floor=floor is not None,
+        thr=float(threshold), floor=0.0 if floor is None else float(floor), waves=0)
+    fns[x.dtype].waves(ctypes.byref(args))
+    lease.release()
+    as_t = torch.from_numpy
+    return RecurrenceResult(out, (h[None], c[None]), as_t(up), as_t(cum), as_t(upd), as_t(probs))
 
 
 class _WaveRun:
