@@ -552,6 +552,18 @@ def test_lstm_kernel_modes_agree(monkeypatch, mode, variant):
         assert_close(a, b, f"result {k}", dtype)
 
 
+def _skip_cap_and_dtype(p, kw, variant):
+    """The batch-size-1 and batched C tests' last settings: "max_skip": Δũ ≈ 0.05 under the cap
+    K = 3 (floor 1/7: every run of skips is 3 long); "float32": the problem in float32."""
+    if variant == "max_skip":
+        p["gate_bias"] = torch.full((1,), math.log(0.05 / 0.95), dtype=torch.float64)
+        kw["max_skip"] = 3
+    dtype = torch.float32 if variant == "float32" else torch.float64
+    p = {k: v.to(dtype) for k, v in p.items()}
+    kw = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    return p, kw, dtype
+
+
 @pytest.mark.parametrize("variant", ["fresh", "continuing", "holes", "max_skip", "float32"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("H", [5, 64])
@@ -577,12 +589,7 @@ def test_batch_one_steps_in_c_match_reference(monkeypatch, threads, H, variant):
         mask[100:101] = 0
         mask[250:] = 0
         kw["mask"] = mask
-    if variant == "max_skip":
-        p["gate_bias"] = torch.full((1,), math.log(0.05 / 0.95), dtype=torch.float64)
-        kw["max_skip"] = 3           # floor 1/7: every run of skips is 3 long
-    dtype = torch.float32 if variant == "float32" else torch.float64
-    p = {k: v.to(dtype) for k, v in p.items()}
-    kw = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    p, kw, dtype = _skip_cap_and_dtype(p, kw, variant)
     if variant != "fresh":  # blocks of projections (the C loop returns for each new block)
         monkeypatch.setattr(skipping, "EAGER_PROJECTION_MACS", 0)
     ran = []
@@ -635,12 +642,7 @@ def test_batched_waves_in_c_match_reference(monkeypatch, threads, variant):
             mask[10:14, ::3] = 0
             mask[30, 1::2] = 0
         kw["mask"] = mask
-    if variant == "max_skip":
-        p["gate_bias"] = torch.full((1,), math.log(0.05 / 0.95), dtype=torch.float64)
-        kw["max_skip"] = 3
-    dtype = torch.float32 if variant == "float32" else torch.float64
-    p = {k: v.to(dtype) for k, v in p.items()}
-    kw = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    p, kw, dtype = _skip_cap_and_dtype(p, kw, variant)
     ran = []
     fused = waves._fused_waves
     monkeypatch.setattr(waves, "_fused_waves", lambda *a: ran.append(1) or fused(*a))
