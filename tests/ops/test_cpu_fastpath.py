@@ -552,6 +552,22 @@ def test_lstm_kernel_modes_agree(monkeypatch, mode, variant):
         assert_close(a, b, f"result {k}", dtype)
 
 
+def _reference_c_and_python(monkeypatch, module, c_loop, p, kw, turn_c_off):
+    """The reference, the skipping engine with its C loop ``module.c_loop`` (checked to run once)
+    and again after ``turn_c_off()`` (checked not to run it)."""
+    ran = []
+    fused = getattr(module, c_loop)
+    monkeypatch.setattr(module, c_loop, lambda *a: ran.append(1) or fused(*a))
+    with torch.no_grad():
+        ref = call(skip_rnn_naive, "lstm", p, **kw)
+        fast = call(skip_rnn_skipping, "lstm", p, **kw)
+        assert len(ran) == 1, "the C loop did not run"
+        turn_c_off()
+        python = call(skip_rnn_skipping, "lstm", p, **kw)
+    assert len(ran) == 1, "the C loop ran with the kernels off"
+    return ref, fast, python
+
+
 def _skip_cap_and_dtype(p, kw, variant):
     """The batch-size-1 and batched C tests' last settings: "max_skip": Δũ ≈ 0.05 under the cap
     K = 3 (floor 1/7: every run of skips is 3 long); "float32": the problem in float32."""
@@ -592,16 +608,9 @@ def test_batch_one_steps_in_c_match_reference(monkeypatch, threads, H, variant):
     p, kw, dtype = _skip_cap_and_dtype(p, kw, variant)
     if variant != "fresh":  # blocks of projections (the C loop returns for each new block)
         monkeypatch.setattr(skipping, "EAGER_PROJECTION_MACS", 0)
-    ran = []
-    fused = skipping._run_fused
-    monkeypatch.setattr(skipping, "_run_fused", lambda *a: ran.append(1) or fused(*a))
-    with torch.no_grad():
-        ref = call(skip_rnn_naive, "lstm", p, **kw)
-        fast = call(skip_rnn_skipping, "lstm", p, **kw)
-        assert ran, "the C loop did not run"
-        monkeypatch.setenv("SKIPRNN_CPU_KERNELS", "python")
-        numpy_path = call(skip_rnn_skipping, "lstm", p, **kw)
-    assert len(ran) == 1, "the NumPy loop was meant to run without the kernels"
+    ref, fast, numpy_path = _reference_c_and_python(
+        monkeypatch, skipping, "_run_fused", p, kw,
+        lambda: monkeypatch.setenv("SKIPRNN_CPU_KERNELS", "python"))
     assert 0.05 < ref.updates.mean() < 0.95
     if variant == "max_skip":
         assert torch.equal(ref.updates[:T].flatten()[::4], torch.ones(T // 4, dtype=dtype))
@@ -643,15 +652,9 @@ def test_batched_waves_in_c_match_reference(monkeypatch, threads, variant):
             mask[30, 1::2] = 0
         kw["mask"] = mask
     p, kw, dtype = _skip_cap_and_dtype(p, kw, variant)
-    ran = []
-    fused = waves._fused_waves
-    monkeypatch.setattr(waves, "_fused_waves", lambda *a: ran.append(1) or fused(*a))
-    with torch.no_grad():
-        ref = call(skip_rnn_naive, "lstm", p, **kw)
-        fast = call(skip_rnn_skipping, "lstm", p, **kw)
-        assert ran and ran.count(1) == 1, "the C engine did not run"
-        monkeypatch.setattr(waves, "_fused_waves", lambda *a: None)
-        python_engine = call(skip_rnn_skipping, "lstm", p, **kw)
+    ref, fast, python_engine = _reference_c_and_python(
+        monkeypatch, waves, "_fused_waves", p, kw,
+        lambda: monkeypatch.setattr(waves, "_fused_waves", lambda *a: None))
     valid = torch.ones(T, B, dtype=torch.bool) if "mask" not in kw else kw["mask"].bool()
     probs = ref.update_probs[valid]
     assert (probs - 0.5).abs().min() > (1e-4 if dtype == torch.float32 else 1e-9), "a near tie"
