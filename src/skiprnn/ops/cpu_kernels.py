@@ -114,7 +114,7 @@ def _build(cc: str) -> str:
 
 
 class SingleArgs(ctypes.Structure):
-    """``single_args`` of ``lstm_step.c`` (batch size 1, no autograd)."""
+    """``single_args`` of ``lstm_step.c`` (batch size 1, no autograd: the update's buffers)."""
     _fields_ = [("H", _I), ("threads", _I), ("flip", _I), ("W", _P), ("h", _P), ("c", _P),
                 ("a", _P), ("gw", _P), ("gb", _D)]
 
@@ -181,14 +181,11 @@ def _open(path: str) -> dict:
         bwd.argtypes, bwd.restype = [_P, _I, _I, _I, _I], None
         fwd_chunk.argtypes, fwd_chunk.restype = [_P, _I, _I], None
         bwd_chunk.argtypes, bwd_chunk.restype = [_P, _I, _I, _I], _I
-        single = getattr(lib, f"lstm_single_update_{suf}")
-        single.argtypes, single.restype = [_P, _P], ctypes.c_double
         run = getattr(lib, f"lstm_single_run_{suf}")
         run.argtypes, run.restype = [_P, _P], _I
         waves = getattr(lib, f"lstm_waves_{suf}")
         waves.argtypes, waves.restype = [_P], _I
-        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype), single, run,
-                             waves)
+        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype), run, waves)
     return fns
 
 
@@ -200,7 +197,6 @@ class Kernels(NamedTuple):
     fwd_chunk: object
     bwd_chunk: object
     gemm: int | None
-    single_update: object  # one batch-size-1 update (skipping.NumpyStack)
     single_run: object     # batch-size-1 steps up to the end of a projection block (_run_single)
     waves: object          # a one-layer batch's whole sequence (waves.run_waves; needs gemm)
 

@@ -415,7 +415,7 @@ SINGLE_VECTORS static inline void SUF(dot4)(const REAL *restrict w, const REAL *
     acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
 }
 
-SINGLE_VECTORS double SUF(lstm_single_update)(SUF(single_args) *p, const REAL *xp)
+SINGLE_VECTORS static double SUF(lstm_single_update)(SUF(single_args) *p, const REAL *xp)
 {
     const int64_t H = p->H, R = 4 * H, Q = R / 4;   /* Q blocks of 4 rows */
     const int flip = (int)p->flip;
