@@ -352,17 +352,18 @@ def _time(fn, reps=2):
     return start.elapsed_time(end) / reps
 
 
-def run(key, cands: list[dict], launch_coop, launch_old, hint=None):
+def run(key, cands: list[dict], launch_coop, launch_rowblock, hint=None):
     """Run the fastest valid path for ``key``.
 
     ``launch_coop(cfg)`` returns ``(result, flag)`` (flag: int32 device tensor, nonzero when a
-    barrier timed out); ``launch_old()`` returns the result. On the first call for a key with more
-    than one option, every option is timed (compile + 2 timed launches each) and the winner cached.
+    barrier timed out); ``launch_rowblock()`` (the kernels with one program per block of rows)
+    returns the result. On the first call for a key with more than one option, every option is
+    timed (compile + 2 timed launches each) and the winner cached.
     ``hint``: another key whose choice is reused when this key has none yet. Keys leave T out
     (the best configuration does not depend on the sequence length).
     """
     if not cands or not enabled():
-        return launch_old()
+        return launch_rowblock()
     choice = _choice.get(key)
     if choice is None and hint is not None and hint in _choice:
         choice = _choice[hint]  # e.g. inference reuses the training forward's choice
@@ -390,7 +391,7 @@ def run(key, cands: list[dict], launch_coop, launch_old, hint=None):
                 if best_ms is None or ms < best_ms:
                     best, best_ms = c, ms
             try:
-                ms = _time(lambda: (launch_old(), None)[1])
+                ms = _time(lambda: (launch_rowblock(), None)[1])
                 timings["old"] = ms
                 if best_ms is None or ms < best_ms:
                     best, best_ms = "old", ms
@@ -400,7 +401,7 @@ def run(key, cands: list[dict], launch_coop, launch_old, hint=None):
             _log.append((key, choice, timings))
         _choice[key] = choice
     if choice == "old":
-        return launch_old()
+        return launch_rowblock()
     n = _uses.get(key, 0)
     _uses[key] = n + 1
     try:
@@ -409,12 +410,12 @@ def run(key, cands: list[dict], launch_coop, launch_old, hint=None):
         if n > 0 or interpreting():
             raise
         _choice[key] = "old"
-        return launch_old()
+        return launch_rowblock()
     if n < 2 or check_flag():
         if _flag_value(flag):
             _choice[key] = "old"
             _log.append((key, "old", {"reason": "barrier timed out"}))
-            return launch_old()
+            return launch_rowblock()
     return res
 
 
