@@ -668,3 +668,19 @@ def test_batched_waves_in_c_match_reference(monkeypatch, threads, variant):
         assert torch.equal(ref.updates, other.updates), f"{name}: binary gates differ"
         for k, (a, b) in enumerate(zip(ref.tensors(), other.tensors())):
             assert_close(a, b, f"{name} result {k}", dtype)
+
+
+def test_backend_reason_says_how_the_skipping_loop_runs(monkeypatch):
+    """``layer.backend_for`` tells a one-layer Skip LSTM's no-grad CPU call whether its skipping
+    loop runs in the C kernels, and why not when it does not."""
+    from skiprnn import SkipLSTM
+    from skiprnn.ops import cpu_kernels
+    layer = SkipLSTM(3, 5).eval()
+    x = torch.randn(4, 2, 3)
+    with torch.no_grad():
+        if cpu_kernels.load() is not None:
+            assert layer.backend_for(x).reason.endswith("(its loop in the fused C kernels)")
+        monkeypatch.setenv("SKIPRNN_CPU_KERNELS", "python")
+        assert layer.backend_for(x).reason.endswith(
+            "(its loop in NumPy and torch ops: SKIPRNN_CPU_KERNELS=python)")
+        assert "its loop" not in SkipLSTM(3, 5, num_layers=2).eval().backend_for(x).reason

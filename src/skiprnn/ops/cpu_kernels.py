@@ -36,7 +36,7 @@ import torch
 
 from .._env import env
 
-__all__ = ["load", "kernel_status", "Kernels", "FwdArgs", "BwdArgs", "SingleArgs", "run_args",
+__all__ = ["load", "kernel_status", "why_off", "Kernels", "FwdArgs", "BwdArgs", "SingleArgs", "run_args",
            "waves_args"]
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "lstm_step.c")
@@ -223,11 +223,14 @@ def load():
     return _state["fns"]
 
 
+def why_off() -> str | None:
+    """Why the C kernels are not in use (None: they are)."""
+    if env("SKIPRNN_CPU_KERNELS", "auto") == "python":
+        return "SKIPRNN_CPU_KERNELS=python"
+    return None if load() is not None else f"the C kernels did not build: {_state['error']}"
+
+
 def kernel_status() -> str:
-    """One line: whether the fused C kernels are in use, and why not."""
-    mode = env("SKIPRNN_CPU_KERNELS", "auto")
-    if mode == "python":
-        return "per-step torch ops (SKIPRNN_CPU_KERNELS=python)"
-    fns = load()
-    return ("fused C kernels" if fns is not None
-            else f"per-step torch ops (the C kernels did not build: {_state['error']})")
+    """One line: whether the training loop's fused C kernels are in use, and why not."""
+    off = why_off()
+    return "fused C kernels" if off is None else f"per-step torch ops ({off})"

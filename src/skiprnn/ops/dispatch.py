@@ -124,7 +124,8 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
     if backend == "skipping" or (backend == "auto" and not grad and skip_ok):
         if _load("skipping") is not None:
             return BackendChoice("skipping", f"{asked}, no autograd and a deterministic learned "
-                                 "gate: the skipping engine, whose skipped steps do no work")
+                                 "gate: the skipping engine, whose skipped steps do no work"
+                                 f"{_skipping_steps(kind, num_layers, device_type)}")
         if backend == "skipping":
             raise RuntimeError("the skipping inference backend is not available")
     slow = why_not_fast or ("" if num_layers == 1 else
@@ -164,3 +165,13 @@ def _cpu_steps(name: str, kind: str, device_type: str) -> str:
         return ""
     from .cpu_kernels import kernel_status
     return f" ({kernel_status()})"
+
+
+def _skipping_steps(kind: str, num_layers: int, device_type: str) -> str:
+    """How the skipping engine runs a one-layer Skip LSTM on the CPU, for the reason."""
+    if device_type != "cpu" or kind != "lstm" or num_layers != 1:
+        return ""
+    from .cpu_kernels import why_off
+    off = why_off()
+    return (" (its loop in the fused C kernels)" if off is None
+            else f" (its loop in NumPy and torch ops: {off})")
