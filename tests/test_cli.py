@@ -389,7 +389,9 @@ def test_warmup_until_metric_takes_a_level_solved_or_none():
 
     assert cfg("adding").warmup_until_metric == 0.01
     assert cfg("adding", "--model", "skip_gru").warmup_until_metric == 0.01
-    assert cfg("frequency").warmup_until_metric is None and cfg("mnist").warmup_until_metric is None
+    assert cfg("frequency").warmup_until_metric == "solved"
+    assert cfg("frequency").max_steps == 4000
+    assert cfg("mnist").warmup_until_metric is None
     assert cfg("adding", "--model", "gru").warmup_until_metric is None
     assert cfg("adding", "--warmup-until-metric", "none").warmup_until_metric is None
     assert cfg("adding", "--warmup-until-metric", "solved").warmup_until_metric == "solved"

@@ -120,7 +120,7 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
                         "metric, measured with the gate held open as it trains, passes LEVEL "
                         "(adding: MSE ≤ LEVEL; frequency / mnist: accuracy ≥ LEVEL), or the "
                         "task's solved level with 'solved'; then λ ramps in. 'none' removes the "
-                        "recipe's (paper: none; recipe fast: adding 0.01)")
+                        "recipe's (paper: none; recipe fast: adding 0.01, frequency solved)")
     t.add_argument("--max-skip", dest="max_skip", type=_max_skip, metavar="K",
                    help="a floor on reading: at most K consecutive skipped steps, in training and "
                         "inference (Δũ ≥ 1/(2K+1); at least 1/(K+1) of the steps are read); "
@@ -154,8 +154,11 @@ def _add_run_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--eval-batch-size", dest="eval_batch_size", type=int,
                    help="batch size of validation and test (default 1024; lower it if memory runs out)")
     t.add_argument("--grad-clip", dest="grad_clip", type=float, help="global-norm clip (paper: 1)")
+    from .config import TASK_DEFAULTS
+    steps = ", ".join(f"{task} {d['max_steps']}" for task, d in TASK_DEFAULTS.items()
+                      if "max_steps" in d)
     t.add_argument("--max-steps", dest="max_steps", type=int,
-                   help="stop after N optimizer steps (default: adding/frequency 3000)")
+                   help=f"stop after N optimizer steps (default: {steps})")
     t.add_argument("--max-epochs", dest="max_epochs", type=int,
                    help="stop after N passes over the training data (default: mnist 600)")
     t.add_argument("--max-time", dest="max_time", help="DD:HH:MM:SS")

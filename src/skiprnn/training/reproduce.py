@@ -129,7 +129,7 @@ TABLES = {
     },
     "table4": {
         "task": "frequency", "title": "Table 4: Frequency discrimination", "rows": _t4,
-        "full": {"recipe": "fast", "max_steps": 3000, "val_every": 100, "stop_when_solved": True,
+        "full": {"recipe": "fast", "max_steps": 4000, "val_every": 100, "stop_when_solved": True,
                  "solved_patience": 30},
         "quick": {"recipe": "fast", "lr": 1e-3, "max_steps": 20, "val_every": 10, "batch_size": 64,
                   "task_options": {"val_size": 256, "test_size": 512}},
