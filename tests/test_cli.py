@@ -354,6 +354,7 @@ def test_recipes_fill_what_the_user_did_not_give():
     adding = cfg("adding")   # the faster gate, bounded by the floor on reading
     assert (adding.gate_lr_mult, adding.max_skip) == (10.0, 4) and fast.max_skip is None
     assert cfg("adding", "--gate-lr-mult", "1").gate_lr_mult == 1.0
+    assert cfg("frequency").gate_lr_mult == 0.3   # slower gate: fewer late collapses
     paper = cfg("mnist", "--recipe", "paper")
     assert paper.lr == 1e-4 and (paper.gate_warmup, paper.budget_warmup, paper.budget_ramp) == (0, 0, 0)
     assert paper.gate_lr_mult == 1.0
