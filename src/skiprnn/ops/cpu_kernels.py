@@ -24,6 +24,7 @@ rounding). ``SKIPRNN_CPU_KERNELS=c`` makes a failed build an error instead of a 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -36,8 +37,8 @@ import torch
 
 from .._env import env
 
-__all__ = ["load", "kernel_status", "why_off", "Kernels", "FwdArgs", "BwdArgs", "SingleArgs", "run_args",
-           "waves_args"]
+__all__ = ["load", "kernel_status", "why_off", "Kernels", "FwdArgs", "BwdArgs", "SingleArgs",
+           "run_args", "waves_args"]
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "lstm_step.c")
 # IEEE arithmetic (no -ffast-math: see lstm_step.c); no errno / traps so that the loops with
@@ -119,42 +120,39 @@ class SingleArgs(ctypes.Structure):
                 ("a", _P), ("gw", _P), ("gb", _D)]
 
 
-_RUN_ARGS: dict = {}
+# the layer's floating-point type in the layouts below (c_float for float32, c_double for float64)
+_REAL = "REAL"
+_LAYOUTS = {
+    "run_args": [("steps", _P), ("k", _I), ("n_steps", _I), ("cur", _I), ("block", _P),
+                 ("b_start", _I), ("b_stride", _I), ("b_last", _I), ("row_bytes", _I),
+                 ("p", _P), ("u", _P), ("idx", _P), ("hist", _P), ("reads", _P),
+                 ("n_reads", _I), ("has_floor", _I), ("up", _REAL), ("cum", _REAL),
+                 ("thr", _REAL), ("floor", _REAL)],
+    "waves_args": [("T", _I), ("B", _I), ("I", _I), ("H", _I), ("threads", _I), ("x", _P),
+                   ("Wt", _P), ("gw", _P), ("gb", _D), ("times", _P), ("n_valid", _P),
+                   ("valid", _P), ("up", _P), ("cum", _P), ("h", _P), ("c", _P),
+                   ("out", _P), ("probs", _P), ("upd", _P), ("hist", _P), ("src", _P),
+                   ("S", _P), ("G", _P), ("live", _P), ("at", _P), ("cur", _P), ("gemm", _P),
+                   ("has_floor", _I), ("thr", _REAL), ("floor", _REAL), ("waves", _I)],
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _struct(name: str, dtype: torch.dtype) -> type:
+    """The ctypes structure ``name`` of ``lstm_step.c`` (``_LAYOUTS``) for ``dtype``."""
+    real = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
+    fields = [(f, real if t is _REAL else t) for f, t in _LAYOUTS[name]]
+    return type(name, (ctypes.Structure,), {"_fields_": fields})
 
 
 def run_args(dtype: torch.dtype) -> type:
     """``run_args`` of ``lstm_step.c`` for ``dtype`` (its ũ fields are of the layer's type)."""
-    if dtype not in _RUN_ARGS:
-        real = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
-
-        class RunArgs(ctypes.Structure):
-            _fields_ = [("steps", _P), ("k", _I), ("n_steps", _I), ("cur", _I), ("block", _P),
-                        ("b_start", _I), ("b_stride", _I), ("b_last", _I), ("row_bytes", _I),
-                        ("p", _P), ("u", _P), ("idx", _P), ("hist", _P), ("reads", _P),
-                        ("n_reads", _I), ("has_floor", _I), ("up", real), ("cum", real),
-                        ("thr", real), ("floor", real)]
-        _RUN_ARGS[dtype] = RunArgs
-    return _RUN_ARGS[dtype]
-
-
-_WAVES_ARGS: dict = {}
+    return _struct("run_args", dtype)
 
 
 def waves_args(dtype: torch.dtype) -> type:
     """``waves_args`` of ``lstm_step.c`` for ``dtype``."""
-    if dtype not in _WAVES_ARGS:
-        real = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
-
-        class WavesArgs(ctypes.Structure):
-            _fields_ = [("T", _I), ("B", _I), ("I", _I), ("H", _I), ("threads", _I), ("x", _P),
-                        ("Wt", _P), ("gw", _P), ("gb", _D), ("times", _P), ("n_valid", _P),
-                        ("valid", _P), ("up", _P), ("cum", _P), ("h", _P), ("c", _P),
-                        ("out", _P), ("probs", _P), ("upd", _P), ("hist", _P), ("src", _P),
-                        ("S", _P), ("G", _P), ("live", _P),
-                        ("at", _P), ("cur", _P), ("gemm", _P), ("has_floor", _I), ("thr", real),
-                        ("floor", real), ("waves", _I)]
-        _WAVES_ARGS[dtype] = WavesArgs
-    return _WAVES_ARGS[dtype]
+    return _struct("waves_args", dtype)
 
 
 def _gemms() -> dict:

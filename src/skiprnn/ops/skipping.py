@@ -56,10 +56,10 @@ from .._env import triton_available
 from .cells import cell_spec
 from .contract import GateOptions, RecurrenceResult, check_cell
 from .naive import check_cap_holds, floor_update_prob, update_prob_floor
-from .waves import run_waves
+from .waves import fused_lstm_kernels, run_waves
 
 __all__ = ["skip_rnn_skipping", "simulate_skips", "np_dtype", "StepCell", "NumpyStack",
-           "AlternatingMV", "SkipRuns", "LazyInputProjection"]
+           "AlternatingMV", "SkipRuns", "LazyInputProjection", "first_projection"]
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -312,7 +312,6 @@ class AlternatingMV:
         if threads > 1:
             n = 1
         step = -(-rows // (16 * n)) * 16 if n > 1 else rows  # ⌈rows / n⌉, a multiple of 16
-        self.weight = w
         self.blocks = [(w[i:i + step], out[i:i + step]) for i in range(0, rows, step)]
         self.reverse = self.blocks[::-1]
         self.out = out
@@ -344,10 +343,10 @@ class NumpyStack:
     * GRU: ``v = [h; 1; inp; 1]``, ``[W_hh | b_hh]`` on ``[h; 1]`` and ``[W_ih | b_ih]`` on
       ``[inp; 1]`` (the candidate needs the two parts apart).
 
-    With ``first_projected`` the caller projects the first layer's input (``first_ih``: its
-    arranged ``(W_ih, b)``, b = b_ih + b_hh for the LSTM, b_ih for the GRU, e.g. for
-    :class:`LazyInputProjection`'s block GEMMs) and passes the row to :meth:`update`; the first
-    layer's matrix is then ``W_hh`` (GRU: ``[W_hh | b_hh]``) alone.
+    With ``first_projected`` the caller projects the first layer's input (with
+    :func:`first_projection`'s weights, e.g. in :class:`LazyInputProjection`'s block GEMMs) and
+    passes the row to :meth:`update`; the first layer's matrix is then ``W_hh`` (GRU:
+    ``[W_hh | b_hh]``) alone.
 
     Args:
         cell: the :class:`StepCell` (weights, gate, Δũ floor).
@@ -372,15 +371,12 @@ class NumpyStack:
         self.tmp, self.tmp2 = np.empty(H, npdt), np.empty(H, npdt)
         self.v, self.inp, self.mv, self.g = [], [], [], []
         self.c = cs
-        self.first_ih = None
         for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(cell.layers):
             bias = b_ih is not None
             own = k > 0 or not first_projected  # the layer projects its own input
             n_in = w_ih.shape[1] if own else 0
             dt = w_hh.dtype
             b = (b_ih + b_hh if self.lstm else b_ih) if bias else None
-            if not own:
-                self.first_ih = (spec.arrange(w_ih), None if b is None else spec.arrange(b))
             if self.lstm:
                 cols = [w_hh] + ([w_ih] + ([b[:, None]] if bias else []) if own else [])
                 vt = torch.zeros(H + n_in + (bias and own), dtype=dt)
@@ -413,6 +409,7 @@ class NumpyStack:
         self.max_skip, self.threshold = cell.max_skip, cell.threshold
         self.gw = None if cell.gate_weight is None else cell.gate_weight[0].numpy()
         self.gb = None if cell.gate_bias is None else npdt(cell.gate_bias.item())
+
     @property
     def hs(self) -> list:
         """The state's h per layer (views of the layers' vectors)."""
@@ -503,16 +500,14 @@ class SkipRuns:
         return n, probs
 
 
-def _fused_kernels(cell: StepCell, dtype: torch.dtype):
-    """The C kernels for :func:`_run_fused` (one-layer LSTM with a learned gate, float32 /
-    float64, kernels built), else None."""
-    if not (cell.kind == "lstm" and cell.num_layers == 1 and cell.constant_delta is None
-            and cell.gate_bias is not None and dtype in (torch.float32, torch.float64)
-            and all(t.dtype == dtype for t in (cell.layers[0][1], cell.gate_weight))):
-        return None
-    from . import cpu_kernels
-    fns = cpu_kernels.load()
-    return None if fns is None else fns[dtype]
+def first_projection(cell: StepCell) -> tuple:
+    """The first layer's input projection in :meth:`CellSpec.arrange`'s layout: ``(W_ih, b)``
+    with b = b_ih + b_hh for the LSTM (one sum per gate), b_ih for the GRU (its b_hh goes with
+    W_hh h), None without biases."""
+    w_ih, _, b_ih, b_hh = cell.layers[0]
+    if b_ih is None:
+        return cell.spec.arrange(w_ih), None
+    return cell.spec.arrange(w_ih), cell.spec.arrange(b_ih + b_hh if cell.kind == "lstm" else b_ih)
 
 
 def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, stats=None):
@@ -523,18 +518,15 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
     T, H = x.shape[0], hs[0].shape[-1]
     up, cum = floor_update_prob(npdt(up0.item()), cell.max_skip, cell.threshold), npdt(cum0.item())
     cs = [c[0].numpy().copy() for c in cs] if cs is not None else None
-    kernels = _fused_kernels(cell, x.dtype)
+    kernels = fused_lstm_kernels(cell, x.dtype)
     stack = None
     if kernels is None:
         stack = NumpyStack(cell, [h[0].numpy() for h in hs], cs, npdt, first_projected=True)
-        first_ih = stack.first_ih
-    else:
-        w_ih, _, b_ih, b_hh = cell.layers[0]
-        first_ih = (cell.spec.arrange(w_ih), None if b_ih is None else cell.spec.arrange(b_ih + b_hh))
     steps = np.arange(T) if valid is None else np.flatnonzero(valid)  # steps that count
     n_steps = len(steps)
     # inputs up to the last step that counts (blocks of projections stop there)
-    proj = LazyInputProjection(x[:int(steps[-1]) + 1 if n_steps else 0, 0], *first_ih)
+    proj = LazyInputProjection(x[:int(steps[-1]) + 1 if n_steps else 0, 0],
+                               *first_projection(cell))
     # output rows: 0 the top h before step 0, 1 padding (masked steps), 2 + j the j-th update's h
     hist = np.empty((n_steps + 2, H), npdt)
     hist[0] = hs[-1][0].numpy()

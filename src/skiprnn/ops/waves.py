@@ -47,7 +47,7 @@ from .cpu_rnn import _Lease
 from .contract import RecurrenceResult
 from .naive import floor_update_prob, update_prob_floor
 
-__all__ = ["GateReplay", "run_waves"]
+__all__ = ["GateReplay", "run_waves", "fused_lstm_kernels"]
 
 # longest block of steps replayed at once by GateReplay (longer runs take several blocks)
 REPLAY_BLOCK = 256
@@ -558,6 +558,19 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
     return run.results()
 
 
+def fused_lstm_kernels(cell, dtype: torch.dtype):
+    """The C kernels (:mod:`skiprnn.ops.cpu_kernels`) of ``dtype`` where they run a skipping
+    call of ``cell`` (a ``StepCell``): a one-layer LSTM with a learned gate, float32 / float64
+    weights of that dtype, kernels built; else None. (CPU tensors: the caller's to check.)"""
+    if not (cell.kind == "lstm" and cell.num_layers == 1 and cell.constant_delta is None
+            and cell.gate_bias is not None and dtype in (torch.float32, torch.float64)
+            and all(t.dtype == dtype for t in (*cell.layers[0][:2], cell.gate_weight))):
+        return None
+    from . import cpu_kernels
+    fns = cpu_kernels.load()
+    return None if fns is None else fns[dtype]
+
+
 def _fused_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Tensor,
                  valid: np.ndarray | None, threshold: float, npdt):
     """:func:`run_waves` in one call of the C kernels (``lstm_waves`` of
@@ -566,16 +579,11 @@ def _fused_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: 
     waves, GEMM ([x | h | 1] times the arranged weights, as :class:`_LstmWaves`) and ũ replay
     (the recursion itself, in the layer's dtype) as the Python engine; the cell's σ, tanh and
     Δũ are C's, so values equal its to rounding."""
-    if not (x.device.type == "cpu" and cell.kind == "lstm" and cell.num_layers == 1
-            and cell.constant_delta is None and cell.gate_bias is not None
-            and x.dtype in (torch.float32, torch.float64)):
+    kernels = fused_lstm_kernels(cell, x.dtype) if x.device.type == "cpu" else None
+    if kernels is None or kernels.gemm is None:
         return None
     from . import cpu_kernels
-    fns = cpu_kernels.load()
     w_ih, w_hh, b_ih, b_hh = cell.layers[0]
-    if (fns is None or fns[x.dtype].gemm is None
-            or any(t.dtype != x.dtype for t in (w_ih, w_hh, cell.gate_weight))):
-        return None
     T, B, I = x.shape
     H = w_hh.shape[1]
     b = _bias(b_ih, b_hh, 4 * H, w_ih)
@@ -611,9 +619,10 @@ def _fused_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: 
         valid=None if mask is None else ptr(mask), up=ptr(up), cum=ptr(cum), h=h.data_ptr(),
         c=c.data_ptr(), out=out.data_ptr(), probs=ptr(probs), upd=ptr(upd),
         hist=hist.data_ptr(), src=ptr(src), S=scratch_s.data_ptr(), G=scratch_g.data_ptr(),
-        live=ptr(live), at=ptr(at), cur=ptr(cur), gemm=fns[x.dtype].gemm, has_floor=floor is not None,
-        thr=float(threshold), floor=0.0 if floor is None else float(floor), waves=0)
-    fns[x.dtype].waves(ctypes.byref(args))
+        live=ptr(live), at=ptr(at), cur=ptr(cur), gemm=kernels.gemm,
+        has_floor=floor is not None, thr=float(threshold),
+        floor=0.0 if floor is None else float(floor), waves=0)
+    kernels.waves(ctypes.byref(args))
     lease.release()
     as_t = torch.from_numpy
     return RecurrenceResult(out, (h[None], c[None]), as_t(up), as_t(cum), as_t(upd), as_t(probs))

@@ -113,8 +113,8 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--gate-warmup", dest="gate_warmup", type=int, metavar="STEPS",
                    help="optimizer steps with the gate held open: every step updates (paper: 0)")
     t.add_argument("--gate-lr-mult", dest="gate_lr_mult", type=float, metavar="M",
-                   help="the update gate's W_p, b_p learn at lr × M (paper: 1; recipe fast: adding 10, "
-                        "frequency 0.3)")
+                   help="the update gate's W_p, b_p learn at lr × M (paper: 1; recipe fast: "
+                        "adding 10, frequency 0.3)")
     t.add_argument("--warmup-until-metric", dest="warmup_until_metric", type=_metric_level,
                    metavar="LEVEL",
                    help="the gate's and the budget's warm-ups also last until a validation's task "
