@@ -530,9 +530,20 @@ def test_lstm_kernel_modes_agree(monkeypatch, mode, variant):
     dtype = torch.float64
     if variant == "saturated":
         dtype = torch.float32
-        args = tuple(a.detach().float().mul(100 if 6 <= k <= 11 else 1)  # weights, w_p, b_p
-                     .requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
-                     for k, a in enumerate(args))
+        args = _op_args_as(args, torch.float32, weight_scale=100)
+    _assert_kernel_mode_matches_torch_ops(monkeypatch, mode, args, dtype)
+
+
+def _op_args_as(args, dtype, weight_scale=1):
+    """``_op_args``'s arguments in ``dtype``, the weights and w_p, b_p times ``weight_scale``."""
+    return tuple(a.detach().to(dtype).mul(weight_scale if 6 <= k <= 11 else 1)
+                 .requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a
+                 for k, a in enumerate(args))
+
+
+def _assert_kernel_mode_matches_torch_ops(monkeypatch, mode, args, dtype):
+    """The op's forward and gradients with the LSTM's steps run in ``mode`` against the torch
+    ops: binary gates exactly (and neither all 0 nor all 1), everything else to rounding."""
     inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
 
     def run():
@@ -550,6 +561,28 @@ def test_lstm_kernel_modes_agree(monkeypatch, mode, variant):
     assert 0 < ref_out[5].mean() < 1
     for k, (a, b) in enumerate(zip(ref_out + list(ref_grads), out + list(grads))):
         assert_close(a, b, f"result {k}", dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("H, B", [(42, 40), (64, 64)])
+def test_lstm_chunks_split_steps_over_threads_by_units(monkeypatch, dtype, H, B):
+    """With two threads and H ≥ 32 the C chunks split every step by hidden units (each thread
+    its rows of W_hh h, of the cell and of W_hh^T dgates, and its rows of dW_hh; one barrier per
+    step): the gates exactly and everything else to rounding as the torch ops, over three chunks
+    (T = 40; at step 0 h_old is h0), with padding, per-step thresholds and the max_skip floor.
+    H = 42: 20 and 22 units (blocks of 4 rows, then single rows), B = 40: the float32 kernel's
+    masked column blocks; H = B = 64: whole blocks."""
+    from skiprnn.ops import cpu_kernels
+    _set_kernel_mode(monkeypatch, "C chunks")
+    fns = cpu_kernels.load()[dtype]
+    assert fns.chunk_threads(2, H) == 2 and fns.chunk_threads(1, H) == 1
+    assert fns.chunk_threads(2, 8) == 1  # too few units to split
+    torch.set_num_threads(2)  # the autouse fixture restores the count
+    # weights of scale 1 / sqrt(H) (those of N(0, 1) make 40 float32 steps amplify rounding to
+    # 1e-3 in every implementation: the torch ops are that far from float64 too)
+    args = _op_args_as(_op_args("lstm", masked=True, T=40, B=B, I=2, H=H, floor=0.2, steps=True),
+                       dtype, weight_scale=H ** -0.5)
+    _assert_kernel_mode_matches_torch_ops(monkeypatch, "C chunks", args, dtype)
 
 
 def _reference_c_and_python(monkeypatch, module, c_loop, p, kw, turn_c_off):

@@ -58,10 +58,10 @@ class FwdArgs(ctypes.Structure):
     """``lstm_fwd_args`` of ``lstm_step.c`` (pointers are addresses of the call's buffers)."""
     _fields_ = [("H", _I), ("B", _I), ("A", _P), ("ST", _P), ("CAND", _P), ("WTC", _P),
                 ("WSC", _P), ("thr", _P), ("thr_t", _I), ("thr_b", _I), ("mask", _P),
-                ("gw", _P), ("gb", _D), ("floor", _D), ("has_floor", _I), ("zu", _P),
+                ("gw", _P), ("gb", _D), ("floor", _D), ("has_floor", _I), ("scratch", _P),
                 ("Hh", _P), ("SC", _P), ("KK", _P), ("CC", _P), ("W", _I), ("CO", _I),
                 ("KZ", _I), ("U", _I), ("C2", _I), ("PU", _I), ("M", _I), ("Wh", _P),
-                ("gemm", _P)]
+                ("gemm", _P), ("threads", _I)]
 
 
 class BwdArgs(ctypes.Structure):
@@ -69,7 +69,8 @@ class BwdArgs(ctypes.Structure):
     _fields_ = [("H", _I), ("B", _I), ("C", _I), ("W", _I), ("S", _I), ("CO", _I), ("KZ", _I),
                 ("U", _I), ("C2", _I), ("PU", _I), ("M", _I), ("KK", _P), ("gg", _P),
                 ("S0", _P), ("S1", _P), ("DGP", _P), ("WGO", _P), ("DZ", _P), ("gw", _P),
-                ("dut", _P), ("dcp", _P), ("masked", _I), ("WhT", _P), ("gemm", _P)]
+                ("scratch", _P), ("dcp", _P), ("masked", _I), ("WhT", _P), ("gemm", _P),
+                ("threads", _I), ("dW", _P), ("Hh", _P), ("h0", _P)]
 
 
 def _cpu_model() -> str:
@@ -183,7 +184,9 @@ def _open(path: str) -> dict:
         run.argtypes, run.restype = [_P, _P], _I
         waves = getattr(lib, f"lstm_waves_{suf}")
         waves.argtypes, waves.restype = [_P], _I
-        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype), run, waves)
+        threads = getattr(lib, f"chunk_threads_{suf}")
+        threads.argtypes, threads.restype = [_I, _I], _I
+        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype), run, waves, threads)
     return fns
 
 
@@ -197,6 +200,7 @@ class Kernels(NamedTuple):
     gemm: int | None
     single_run: object     # batch-size-1 steps up to the end of a projection block (_run_single)
     waves: object          # a one-layer batch's whole sequence (waves.run_waves; needs gemm)
+    chunk_threads: object  # (threads, H) -> the threads a chunk call splits its steps over
 
 
 def load():

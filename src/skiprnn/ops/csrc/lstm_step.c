@@ -76,7 +76,7 @@ typedef struct {
     double gb;        /* b_p */
     double floor;     /* Delta u~ floor (max_skip); used when has_floor */
     int64_t has_floor;
-    REAL *zu;         /* (2, B) scratch */
+    REAL *scratch;    /* (14 threads B) (fwd_chunk's layout) */
     REAL *Hh;         /* (T, B, H) h after every step */
     REAL *SC;         /* (T, 6, B) every step's WSC rows */
     REAL *KK;         /* (T, W, B) the backward's coefficients, or NULL (no training) */
@@ -84,6 +84,7 @@ typedef struct {
     int64_t W, CO, KZ, U, C2, PU, M;   /* cpu_rnn.KKLayout rows (S = 2H) */
     const REAL *Wh;   /* (4H, H) W_hh, internal gate order */
     void *gemm;       /* SUF(gemm_fn) */
+    int64_t threads;  /* the most threads a chunk may use */
 } SUF(lstm_fwd_args);
 
 static inline REAL SUF(sig)(REAL a) { return (REAL)1 / ((REAL)1 + EXP(-a)); }
@@ -105,42 +106,243 @@ static inline void SUF(tanh_inplace)(REAL *restrict v, int64_t n)
     }
 }
 
+/* Y[r][b] += sum_k Wm[r][k] X[k][b] for rows r < R and columns b < B (row strides ldy, ldw, ldx):
+ * a block of rows of the per-step products in the feature-major layout, W_hh h (R rows of
+ * W_hh) and W_hh^T dgates (R columns of W_hh), for one thread's units. With AVX-512 (float): 4
+ * rows x 64 columns of accumulators in registers, one broadcast of Wm per row and k. */
+#if defined(__AVX512F__) && !defined(SKIPRNN_DOUBLE)
+#include <immintrin.h>
+/* 4 rows x 4 vectors of 16 columns: named accumulators, not an array (GCC 12 stores an array
+ * of vectors back to the stack on every k); unmasked loads where the 64 columns are whole (a
+ * masked load costs an extra vector-port uop, which the FMAs need) */
+#define LD(p, m) _mm512_loadu_ps(p)
+#define ST(p, m, a) _mm512_storeu_ps(p, a)
+static void rows_gemm_4x64(int64_t K, const float *Wm, int64_t ldw, const float *X, int64_t ldx,
+                           float *Y, int64_t ldy)
+{
+    float *y0 = Y, *y1 = Y + ldy, *y2 = Y + 2 * ldy, *y3 = Y + 3 * ldy;
+    __m512 a00 = LD(y0, m0), a01 = LD(y0 + 16, m1), a02 = LD(y0 + 32, m2), a03 = LD(y0 + 48, m3);
+    __m512 a10 = LD(y1, m0), a11 = LD(y1 + 16, m1), a12 = LD(y1 + 32, m2), a13 = LD(y1 + 48, m3);
+    __m512 a20 = LD(y2, m0), a21 = LD(y2 + 16, m1), a22 = LD(y2 + 32, m2), a23 = LD(y2 + 48, m3);
+    __m512 a30 = LD(y3, m0), a31 = LD(y3 + 16, m1), a32 = LD(y3 + 32, m2), a33 = LD(y3 + 48, m3);
+    const float *w0 = Wm, *w1 = Wm + ldw, *w2 = Wm + 2 * ldw, *w3 = Wm + 3 * ldw;
+    for (int64_t k = 0; k < K; k++) {
+        const float *xk = X + k * ldx;
+        const __m512 x0 = LD(xk, m0), x1 = LD(xk + 16, m1), x2 = LD(xk + 32, m2), x3 = LD(xk + 48, m3);
+        const __m512 w0v = _mm512_set1_ps(w0[k]), w1v = _mm512_set1_ps(w1[k]);
+        const __m512 w2v = _mm512_set1_ps(w2[k]), w3v = _mm512_set1_ps(w3[k]);
+        a00 = _mm512_fmadd_ps(w0v, x0, a00);
+        a01 = _mm512_fmadd_ps(w0v, x1, a01);
+        a02 = _mm512_fmadd_ps(w0v, x2, a02);
+        a03 = _mm512_fmadd_ps(w0v, x3, a03);
+        a10 = _mm512_fmadd_ps(w1v, x0, a10);
+        a11 = _mm512_fmadd_ps(w1v, x1, a11);
+        a12 = _mm512_fmadd_ps(w1v, x2, a12);
+        a13 = _mm512_fmadd_ps(w1v, x3, a13);
+        a20 = _mm512_fmadd_ps(w2v, x0, a20);
+        a21 = _mm512_fmadd_ps(w2v, x1, a21);
+        a22 = _mm512_fmadd_ps(w2v, x2, a22);
+        a23 = _mm512_fmadd_ps(w2v, x3, a23);
+        a30 = _mm512_fmadd_ps(w3v, x0, a30);
+        a31 = _mm512_fmadd_ps(w3v, x1, a31);
+        a32 = _mm512_fmadd_ps(w3v, x2, a32);
+        a33 = _mm512_fmadd_ps(w3v, x3, a33);
+    }
+    ST(y0, m0, a00), ST(y0 + 16, m1, a01), ST(y0 + 32, m2, a02), ST(y0 + 48, m3, a03);
+    ST(y1, m0, a10), ST(y1 + 16, m1, a11), ST(y1 + 32, m2, a12), ST(y1 + 48, m3, a13);
+    ST(y2, m0, a20), ST(y2 + 16, m1, a21), ST(y2 + 32, m2, a22), ST(y2 + 48, m3, a23);
+    ST(y3, m0, a30), ST(y3 + 16, m1, a31), ST(y3 + 32, m2, a32), ST(y3 + 48, m3, a33);
+}
+#undef LD
+#undef ST
+/* the same over masks m0..m3 (a zero mask leaves its vector out) */
+#define LD(p, m) _mm512_maskz_loadu_ps(m, p)
+#define ST(p, m, a) _mm512_mask_storeu_ps(p, m, a)
+static void rows_gemm_4x64_masked(int64_t K, const float *Wm, int64_t ldw, const float *X,
+                                  int64_t ldx, float *Y, int64_t ldy, const __mmask16 *m)
+{
+    const __mmask16 m0 = m[0], m1 = m[1], m2 = m[2], m3 = m[3];
+    float *y0 = Y, *y1 = Y + ldy, *y2 = Y + 2 * ldy, *y3 = Y + 3 * ldy;
+    __m512 a00 = LD(y0, m0), a01 = LD(y0 + 16, m1), a02 = LD(y0 + 32, m2), a03 = LD(y0 + 48, m3);
+    __m512 a10 = LD(y1, m0), a11 = LD(y1 + 16, m1), a12 = LD(y1 + 32, m2), a13 = LD(y1 + 48, m3);
+    __m512 a20 = LD(y2, m0), a21 = LD(y2 + 16, m1), a22 = LD(y2 + 32, m2), a23 = LD(y2 + 48, m3);
+    __m512 a30 = LD(y3, m0), a31 = LD(y3 + 16, m1), a32 = LD(y3 + 32, m2), a33 = LD(y3 + 48, m3);
+    const float *w0 = Wm, *w1 = Wm + ldw, *w2 = Wm + 2 * ldw, *w3 = Wm + 3 * ldw;
+    for (int64_t k = 0; k < K; k++) {
+        const float *xk = X + k * ldx;
+        const __m512 x0 = LD(xk, m0), x1 = LD(xk + 16, m1), x2 = LD(xk + 32, m2), x3 = LD(xk + 48, m3);
+        const __m512 w0v = _mm512_set1_ps(w0[k]), w1v = _mm512_set1_ps(w1[k]);
+        const __m512 w2v = _mm512_set1_ps(w2[k]), w3v = _mm512_set1_ps(w3[k]);
+        a00 = _mm512_fmadd_ps(w0v, x0, a00);
+        a01 = _mm512_fmadd_ps(w0v, x1, a01);
+        a02 = _mm512_fmadd_ps(w0v, x2, a02);
+        a03 = _mm512_fmadd_ps(w0v, x3, a03);
+        a10 = _mm512_fmadd_ps(w1v, x0, a10);
+        a11 = _mm512_fmadd_ps(w1v, x1, a11);
+        a12 = _mm512_fmadd_ps(w1v, x2, a12);
+        a13 = _mm512_fmadd_ps(w1v, x3, a13);
+        a20 = _mm512_fmadd_ps(w2v, x0, a20);
+        a21 = _mm512_fmadd_ps(w2v, x1, a21);
+        a22 = _mm512_fmadd_ps(w2v, x2, a22);
+        a23 = _mm512_fmadd_ps(w2v, x3, a23);
+        a30 = _mm512_fmadd_ps(w3v, x0, a30);
+        a31 = _mm512_fmadd_ps(w3v, x1, a31);
+        a32 = _mm512_fmadd_ps(w3v, x2, a32);
+        a33 = _mm512_fmadd_ps(w3v, x3, a33);
+    }
+    ST(y0, m0, a00), ST(y0 + 16, m1, a01), ST(y0 + 32, m2, a02), ST(y0 + 48, m3, a03);
+    ST(y1, m0, a10), ST(y1 + 16, m1, a11), ST(y1 + 32, m2, a12), ST(y1 + 48, m3, a13);
+    ST(y2, m0, a20), ST(y2 + 16, m1, a21), ST(y2 + 32, m2, a22), ST(y2 + 48, m3, a23);
+    ST(y3, m0, a30), ST(y3 + 16, m1, a31), ST(y3 + 32, m2, a32), ST(y3 + 48, m3, a33);
+}
+
+/* one row x 4 vectors (the rows after the last block of 4) */
+static void rows_gemm_1x64(int64_t K, const float *Wm, const float *X, int64_t ldx, float *Y,
+                           const __mmask16 *m)
+{
+    const __mmask16 m0 = m[0], m1 = m[1], m2 = m[2], m3 = m[3];
+    __m512 a0 = LD(Y, m0), a1 = LD(Y + 16, m1), a2 = LD(Y + 32, m2), a3 = LD(Y + 48, m3);
+    for (int64_t k = 0; k < K; k++) {
+        const float *xk = X + k * ldx;
+        const __m512 w = _mm512_set1_ps(Wm[k]);
+        a0 = _mm512_fmadd_ps(w, LD(xk, m0), a0);
+        a1 = _mm512_fmadd_ps(w, LD(xk + 16, m1), a1);
+        a2 = _mm512_fmadd_ps(w, LD(xk + 32, m2), a2);
+        a3 = _mm512_fmadd_ps(w, LD(xk + 48, m3), a3);
+    }
+    ST(Y, m0, a0), ST(Y + 16, m1, a1), ST(Y + 32, m2, a2), ST(Y + 48, m3, a3);
+}
+#undef LD
+#undef ST
+
+void rows_gemm_f32(int64_t R, int64_t B, int64_t K, const float *Wm, int64_t ldw, const float *X,
+                   int64_t ldx, float *Y, int64_t ldy)
+{
+    /* K in blocks whose rows of X (up to 64 columns) stay in L1 while every row passes */
+    enum { KB = 128 };
+    for (int64_t k0 = 0; k0 < K; k0 += KB) {
+        const int64_t kn = K - k0 < KB ? K - k0 : KB;
+        for (int64_t c0 = 0; c0 < B; c0 += 64) {
+            __mmask16 m[4];
+            for (int v = 0; v < 4; v++) {
+                const int64_t left = B - c0 - 16 * v;
+                m[v] = left >= 16 ? (__mmask16)0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+            }
+            const float *w = Wm + k0, *x = X + k0 * ldx + c0;
+            float *y = Y + c0;
+            const int whole = B - c0 >= 64;
+            int64_t r = 0;
+            for (; r + 4 <= R; r += 4)
+                if (whole)
+                    rows_gemm_4x64(kn, w + r * ldw, ldw, x, ldx, y + r * ldy, ldy);
+                else
+                    rows_gemm_4x64_masked(kn, w + r * ldw, ldw, x, ldx, y + r * ldy, ldy, m);
+            for (; r < R; r++)
+                rows_gemm_1x64(kn, w + r * ldw, x, ldx, y + r * ldy, m);
+        }
+    }
+}
+#else
+void SUF(rows_gemm)(int64_t R, int64_t B, int64_t K, const REAL *Wm, int64_t ldw, const REAL *X,
+                    int64_t ldx, REAL *Y, int64_t ldy)
+{
+    for (int64_t r = 0; r < R; r++) {
+        REAL *restrict y = Y + r * ldy;
+        for (int64_t k = 0; k < K; k++) {
+            const REAL w = Wm[r * ldw + k];
+            const REAL *restrict x = X + k * ldx;
+#pragma omp simd
+            for (int64_t b = 0; b < B; b++) y[b] += w * x[b];
+        }
+    }
+}
+#endif
+
 /* every column b of a (rows, B) block */
 #define COLS for (int64_t b = 0; b < B; b++)
 
-/* KK[t] (cpu_rnn.KKLayout, the LSTM's rows, see skip_lstm/cpu.py) and CC[t] of step j */
-static void SUF(lstm_coefficients)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t)
+/* ---- Threads. A chunk call may split each step over threads by hidden units: thread k of nt
+ * owns units [r0, r1) (multiples of 4: whole blocks of rows_gemm), i.e. those rows of each gate,
+ * of the state and of the coefficients, and makes their part of the per-step product itself
+ * (its rows of W_hh h forward, its columns of W_hh^T dgates backward). What sums over all units
+ * (w_p . c' forward, du~ backward) is summed per thread, then, after one barrier per step, the
+ * partial sums are added in thread order by every thread, each keeping its own copy of the
+ * per-column gate values (so that no thread reads what another writes in the same step; thread
+ * 0 writes the shared copies). Partial sums alternate between two sets by step parity: a thread
+ * may start the next step's while another still reads these. With one thread this is the
+ * single-threaded loop, operation for operation. Scratch: the partial sums (2 nt B reals), then
+ * per thread 12 B forward (its copy of the gate's columns, 4 B, and 8 B of rows), 4 B backward. */
+int64_t SUF(chunk_threads)(int64_t wanted, int64_t H)
 {
-    const int64_t H = p->H, B = p->B, HB = H * B, S = 2 * H;
+    const int64_t most = H / 16;   /* at least 16 units a thread */
+    return wanted < most ? (wanted > 1 ? wanted : 1) : (most > 1 ? most : 1);
+}
+
+static inline void SUF(unit_range)(int64_t H, int64_t k, int64_t nt, int64_t *r0, int64_t *r1)
+{
+    *r0 = k == 0 ? 0 : (H * k / nt + 2) / 4 * 4;
+    *r1 = k == nt - 1 ? H : (H * (k + 1) / nt + 2) / 4 * 4;
+}
+
+/* dst[0..n) = src[0..n): with AVX-512 and both 64-byte aligned, n a multiple of 16, by streaming
+ * stores (the backward's coefficients are read again only after the whole forward, far outside
+ * the caches: writing them around the caches saves reading each line first) */
+static inline void SUF(stream_row)(REAL *restrict dst, const REAL *restrict src, int64_t n)
+{
+#if defined(__AVX512F__) && !defined(SKIPRNN_DOUBLE)
+    if (((uintptr_t)dst & 63) == 0 && n % 16 == 0) {
+        for (int64_t b = 0; b < n; b += 16) _mm512_stream_ps(dst + b, _mm512_loadu_ps(src + b));
+        return;
+    }
+#endif
+    memcpy(dst, src, (size_t)n * sizeof(REAL));
+}
+
+/* KK[t] (cpu_rnn.KKLayout, the LSTM's rows, see skip_lstm/cpu.py) and CC[t] of step j: the rows
+ * of units [r0, r1); tmp: 8 B scratch */
+static void SUF(lstm_coefficient_rows)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t,
+                                       int64_t r0, int64_t r1, REAL *restrict tmp)
+{
+    const int64_t H = p->H, B = p->B, HB = H * B;
     const REAL *restrict a = p->A + j * 4 * HB;
     const REAL *restrict st = p->ST + j * 2 * HB;
     const REAL *restrict cand = p->CAND + j * 2 * HB;
     const REAL *restrict tc = p->WTC + j * HB;
-    const REAL *restrict w = p->WSC + j * 6 * B;
     REAL *restrict kk = p->KK + t * p->W * B;
     REAL *restrict cc = p->CC + t * HB;
     const REAL *restrict o = a, *restrict i = a + HB, *restrict f = a + 2 * HB, *restrict g = a + 3 * HB;
     const REAL *restrict c = st + HB, *restrict hp = cand;
     REAL *restrict k3 = kk + p->CO * B;
-    for (int64_t r = 0; r < 2 * H; r++) {
+    for (int64_t half = 0; half < 2; half++)
+        for (int64_t r = half * H + r0; r < half * H + r1; r++) {
 #pragma omp simd
-        COLS kk[r * B + b] = cand[r * B + b] - st[r * B + b];
-    }
-    for (int64_t r = 0; r < H; r++) {
+            COLS tmp[b] = cand[r * B + b] - st[r * B + b];
+            SUF(stream_row)(kk + r * B, tmp, B);
+        }
+    for (int64_t r = r0; r < r1; r++) {
         const int64_t q = r * B;
 #pragma omp simd
         COLS {
             const int64_t k = q + b;
             REAL ik = i[k], fk = f[k], gk = g[k], ok = o[k];
-            cc[k] = cand[HB + k];
-            k3[k] = gk * (ik - ik * ik);
-            k3[HB + k] = c[k] * (fk - fk * fk);
-            k3[2 * HB + k] = ik - ik * (gk * gk);
-            k3[3 * HB + k] = hp[k] - hp[k] * ok;
-            k3[4 * HB + k] = ok - hp[k] * tc[k];
-            k3[5 * HB + k] = fk;
+            tmp[b] = gk * (ik - ik * ik);
+            tmp[B + b] = c[k] * (fk - fk * fk);
+            tmp[2 * B + b] = ik - ik * (gk * gk);
+            tmp[3 * B + b] = hp[k] - hp[k] * ok;
+            tmp[4 * B + b] = ok - hp[k] * tc[k];
+            tmp[5 * B + b] = fk;
         }
+        for (int64_t e = 0; e < 6; e++) SUF(stream_row)(k3 + e * HB + q, tmp + e * B, B);
+        SUF(stream_row)(cc + q, cand + HB + q, B);
     }
+}
+
+/* KK[t]'s per-column rows (from step j's gate rows WSC[j]) */
+static void SUF(lstm_coefficient_cols)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t)
+{
+    const int64_t B = p->B, S = 2 * p->H;
+    const REAL *restrict w = p->WSC + j * 6 * B;
+    REAL *restrict kk = p->KK + t * p->W * B;
     const REAL *m = p->mask ? p->mask + t * B : 0;
     COLS {
         REAL cum = w[b], ut = w[B + b], up = w[2 * B + b], dl = w[4 * B + b], u = w[5 * B + b];
@@ -157,8 +359,32 @@ static void SUF(lstm_coefficients)(const SUF(lstm_fwd_args) *p, int64_t j, int64
     }
 }
 
-/* One step j (time t), after A[j] += W_hh h (the caller's GEMM). */
-void SUF(lstm_fwd_step)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t)
+/* The update gate of step j before the cell, from the thread's copy loc = [cum; du; u~; u] (rows
+ * of B): u~ = min(cum + du, 1) (cum on padded steps), u = [u~ > tau]; write: WSC[j]'s rows too */
+static void SUF(fwd_gate_before)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t,
+                                 REAL *restrict loc, int write)
+{
+    const int64_t B = p->B;
+    REAL *restrict w = p->WSC + j * 6 * B;
+    const REAL *thr = p->thr + t * p->thr_t;
+    const REAL *m = p->mask ? p->mask + t * B : 0;
+    COLS {
+        REAL cum = loc[b], ut = cum + loc[B + b];
+        ut = ut < (REAL)1 ? ut : (REAL)1;
+        if (m && m[b] == 0) ut = cum;
+        loc[2 * B + b] = ut;
+        loc[3 * B + b] = ut > thr[b * p->thr_b] ? (REAL)1 : (REAL)0;
+    }
+    if (write)
+        COLS w[B + b] = loc[2 * B + b], w[5 * B + b] = loc[3 * B + b];
+}
+
+/* Units [r0, r1) of step j (after their rows of A[j] += W_hh h): the cell, the state select by u
+ * into ST[j + 1], the partial sum z of w_p . c' over the units (from b_p when first) and, in
+ * training, their coefficient rows. */
+static void SUF(fwd_rows)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t, int64_t r0,
+                          int64_t r1, const REAL *restrict u, REAL *restrict z, int first,
+                          REAL *restrict tmp)
 {
     const int64_t H = p->H, B = p->B, HB = H * B;
     REAL *restrict a = p->A + j * 4 * HB;
@@ -166,16 +392,14 @@ void SUF(lstm_fwd_step)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t)
     REAL *restrict stn = p->ST + (j + 1) * 2 * HB;
     REAL *restrict cand = p->CAND + j * 2 * HB;
     REAL *restrict tc = p->WTC + j * HB;
-    REAL *restrict w = p->WSC + j * 6 * B;
-    REAL *restrict wn = p->WSC + (j + 1) * 6 * B;
-    REAL *restrict z = p->zu, *restrict u = p->zu + B;
 
-    for (int64_t r = 0; r < 3 * H; r++) {
-        REAL *restrict ar = a + r * B;
+    for (int64_t e = 0; e < 3; e++)
+        for (int64_t r = e * H + r0; r < e * H + r1; r++) {
+            REAL *restrict ar = a + r * B;
 #pragma omp simd
-        COLS ar[b] = SUF(sig)(ar[b]);
-    }
-    for (int64_t r = 3 * H; r < 4 * H; r++) {
+            COLS ar[b] = SUF(sig)(ar[b]);
+        }
+    for (int64_t r = 3 * H + r0; r < 3 * H + r1; r++) {
         REAL *restrict ar = a + r * B;
 #pragma omp simd
         COLS ar[b] = TANH(ar[b]);
@@ -183,7 +407,7 @@ void SUF(lstm_fwd_step)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t)
     const REAL *restrict o = a, *restrict i = a + HB, *restrict f = a + 2 * HB, *restrict g = a + 3 * HB;
     const REAL *restrict c = st + HB;
     REAL *restrict hp = cand, *restrict cp = cand + HB;
-    for (int64_t r = 0; r < H; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         const int64_t q = r * B;
 #pragma omp simd
         COLS {
@@ -195,57 +419,121 @@ void SUF(lstm_fwd_step)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t)
             hp[k] = o[k] * th;
         }
     }
-    /* the update gate of this step */
-    const REAL *thr = p->thr + t * p->thr_t;
-    const REAL *m = p->mask ? p->mask + t * B : 0;
-    COLS {
-        REAL cum = w[b], ut = cum + w[2 * B + b];
-        ut = ut < (REAL)1 ? ut : (REAL)1;
-        if (m && m[b] == 0) ut = cum;
-        w[B + b] = ut;
-        u[b] = ut > thr[b * p->thr_b] ? (REAL)1 : (REAL)0;
-        w[5 * B + b] = u[b];
-        z[b] = (REAL)p->gb;
-    }
-    for (int64_t r = 0; r < 2 * H; r++) {
-        const REAL *restrict x0 = st + r * B, *restrict x1 = cand + r * B;
-        REAL *restrict y = stn + r * B;
+    for (int64_t half = 0; half < 2; half++)
+        for (int64_t r = half * H + r0; r < half * H + r1; r++) {
+            const REAL *restrict x0 = st + r * B, *restrict x1 = cand + r * B;
+            REAL *restrict y = stn + r * B;
 #pragma omp simd
-        COLS y[b] = u[b] != 0 ? x1[b] : x0[b];
-    }
-    for (int64_t r = 0; r < H; r++) {
+            COLS y[b] = u[b] != 0 ? x1[b] : x0[b];
+        }
+    COLS z[b] = first ? (REAL)p->gb : (REAL)0;
+    for (int64_t r = r0; r < r1; r++) {
         const REAL wr = p->gw[r];
         const REAL *restrict x = cp + r * B;
 #pragma omp simd
         COLS z[b] += wr * x[b];
     }
-    COLS {
-        REAL dl = SUF(sig)(z[b]);
-        if (p->has_floor && dl < (REAL)p->floor) dl = (REAL)p->floor;
-        w[4 * B + b] = dl;
-        wn[b] = u[b] != 0 ? (REAL)0 : w[B + b];
-        wn[2 * B + b] = u[b] != 0 ? dl : w[2 * B + b];
-        wn[3 * B + b] = 0;
-    }
-    /* what cpu_rnn's chunk flush would copy out: h' (time-major), the gate rows */
-    REAL *restrict hh = p->Hh + t * HB;
-    COLS for (int64_t r = 0; r < H; r++) hh[b * H + r] = stn[r * B + b];
-    REAL *restrict sc = p->SC + t * 6 * B;
-    for (int64_t r = 0; r < 6; r++) COLS sc[r * B + b] = w[r * B + b];
-    if (p->KK) SUF(lstm_coefficients)(p, j, t);
+    if (p->KK) SUF(lstm_coefficient_rows)(p, j, t, r0, r1, tmp);
 }
 
-/* Steps t0 .. t0 + n - 1 (chunk rows 0 .. n - 1): per step A[j] += W_hh h (gemm), then the step. */
+/* The gate after the cell: du' = max(sigmoid(z), floor), z the nt partial sums added in thread
+ * order; the next step's (cum, du) into loc; write: WSC[j], WSC[j + 1], SC[t] and KK[t]'s
+ * per-column rows */
+static void SUF(fwd_gate_after)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t,
+                                REAL *restrict loc, const REAL *restrict part, int64_t nt,
+                                int write)
+{
+    const int64_t B = p->B;
+    REAL *restrict w = p->WSC + j * 6 * B;
+    REAL *restrict wn = p->WSC + (j + 1) * 6 * B;
+    COLS {
+        REAL z = part[b];
+        for (int64_t k = 1; k < nt; k++) z += part[k * B + b];
+        REAL dl = SUF(sig)(z);
+        if (p->has_floor && dl < (REAL)p->floor) dl = (REAL)p->floor;
+        const REAL ut = loc[2 * B + b], up = loc[B + b], u = loc[3 * B + b];
+        loc[b] = u != 0 ? (REAL)0 : ut;
+        loc[B + b] = u != 0 ? dl : up;
+        if (write) {
+            w[4 * B + b] = dl;
+            wn[b] = loc[b];
+            wn[2 * B + b] = loc[B + b];
+            wn[3 * B + b] = 0;
+        }
+    }
+    if (!write)
+        return;
+    REAL *restrict sc = p->SC + t * 6 * B;
+    for (int64_t r = 0; r < 6; r++) COLS sc[r * B + b] = w[r * B + b];
+    if (p->KK) SUF(lstm_coefficient_cols)(p, j, t);
+}
+
+/* Hh[t] (time-major) of columns [b0, b1) from ST[j + 1] */
+static void SUF(fwd_store_h)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t, int64_t b0,
+                             int64_t b1)
+{
+    const int64_t H = p->H, B = p->B;
+    const REAL *restrict stn = p->ST + (j + 1) * 2 * H * B;
+    REAL *restrict hh = p->Hh + t * H * B;
+    for (int64_t b = b0; b < b1; b++)
+        for (int64_t r = 0; r < H; r++) hh[b * H + r] = stn[r * B + b];
+}
+
+/* One step j (time t), after A[j] += W_hh h (the caller's GEMM), one thread. */
+void SUF(lstm_fwd_step)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t)
+{
+    const int64_t B = p->B;
+    REAL *part = p->scratch, *loc = p->scratch + 2 * B;
+    const REAL *w = p->WSC + j * 6 * B;
+    COLS loc[b] = w[b], loc[B + b] = w[2 * B + b];
+    SUF(fwd_gate_before)(p, j, t, loc, 1);
+    SUF(fwd_rows)(p, j, t, 0, p->H, loc + 3 * B, part, 1, loc + 4 * B);
+    SUF(fwd_gate_after)(p, j, t, loc, part, 1, 1);
+    SUF(fwd_store_h)(p, j, t, 0, B);
+}
+
+/* Steps t0 .. t0 + n - 1 (chunk rows 0 .. n - 1): per step A[j] += W_hh h, then the step; over
+ * chunk_threads(threads, H) threads (see above). */
 void SUF(lstm_fwd_chunk)(const SUF(lstm_fwd_args) *p, int64_t t0, int64_t n)
 {
     SUF(gemm_fn) gemm = (SUF(gemm_fn))p->gemm;
-    const int m = (int)p->B, nn = (int)(4 * p->H), k = (int)p->H;
+    const int64_t H = p->H, B = p->B, HB = H * B, want = SUF(chunk_threads)(p->threads, H);
+    const int m = (int)B, nn = (int)(4 * H), kh = (int)H;
     const REAL one = 1;
-    for (int64_t j = 0; j < n; j++) {
-        /* column-major: A[j]^T (B x 4H) += h^T (B x H) W_hh^T (H x 4H) */
-        gemm("N", "N", &m, &nn, &k, &one, p->ST + j * 2 * p->H * p->B, &m, p->Wh, &k, &one,
-             p->A + j * 4 * p->H * p->B, &m);
-        SUF(lstm_fwd_step)(p, j, t0 + j);
+#pragma omp parallel num_threads((int)want) if (want > 1)
+    {
+#ifdef _OPENMP
+        const int64_t nt = omp_get_num_threads(), k = omp_get_thread_num();
+#else
+        const int64_t nt = 1, k = 0;
+#endif
+        int64_t r0, r1;
+        SUF(unit_range)(H, k, nt, &r0, &r1);
+        const int64_t b0 = B * k / nt, b1 = B * (k + 1) / nt;
+        REAL *loc = p->scratch + 2 * nt * B + 12 * k * B;
+        const REAL *w0 = p->WSC;
+        COLS loc[b] = w0[b], loc[B + b] = w0[2 * B + b];
+        for (int64_t j = 0; j < n; j++) {
+            const REAL *h = p->ST + j * 2 * HB;
+            REAL *a = p->A + j * 4 * HB;
+            if (nt == 1) /* column-major: A[j]^T (B x 4H) += h^T (B x H) W_hh^T (H x 4H) */
+                gemm("N", "N", &m, &nn, &kh, &one, h, &m, p->Wh, &kh, &one, a, &m);
+            else
+                for (int64_t e = 0; e < 4; e++)   /* this thread's rows of each gate */
+                    SUF(rows_gemm)(r1 - r0, B, H, p->Wh + (e * H + r0) * H, H, h, B,
+                                   a + (e * H + r0) * B, B);
+            SUF(fwd_gate_before)(p, j, t0 + j, loc, k == 0);
+            REAL *part = p->scratch + (j & 1) * nt * B;
+            SUF(fwd_rows)(p, j, t0 + j, r0, r1, loc + 3 * B, part + k * B, k == 0, loc + 4 * B);
+            if (nt > 1) {
+#pragma omp barrier
+            }
+            SUF(fwd_gate_after)(p, j, t0 + j, loc, part, nt, k == 0);
+            SUF(fwd_store_h)(p, j, t0 + j, b0, b1);
+        }
+#if defined(__AVX512F__) && !defined(SKIPRNN_DOUBLE)
+        _mm_sfence();   /* the streaming stores of the coefficients */
+#endif
     }
 }
 
@@ -259,39 +547,52 @@ typedef struct {
     const REAL *WGO;          /* (C + 1, H, B) output gradients */
     REAL *DZ;                 /* (T, B) */
     const REAL *gw;           /* (H) w_p */
-    REAL *dut;                /* (B) scratch */
+    REAL *scratch;            /* (6 threads B + 8 H B) (bwd_chunk's layout) */
     REAL *dcp;                /* (H, B) scratch */
     int64_t masked;
     const REAL *WhT;          /* (H, 4H) W_hh transposed */
     void *gemm;               /* SUF(gemm_fn) */
+    int64_t threads;          /* the most threads a chunk may use */
+    REAL *dW;                 /* (4H, H) dW_hh, or NULL: bwd_chunk adds the chunk's dgates h_old^T */
+    const REAL *Hh;           /* (T, B, H) h after every step (with dW) */
+    const REAL *h0;           /* (B, H) h before step 0 (with dW) */
 } SUF(lstm_bwd_args);
 
-/* One reverse step; the caller adds W_hh^T dgates to sn_h where updated. */
-void SUF(lstm_bwd_step)(const SUF(lstm_bwd_args) *p, int64_t j, int64_t t, int64_t cur,
-                        int64_t updated)
+/* Units [r0, r1) of reverse step j: their part of du~'s sum over the state rows (last: with the
+ * [d du, d cum] rows, from the thread's copy sl of them), dz = d du kz (into dz; write_dz: DZ[t]
+ * too), their dgates rows (in DGP's step j columns and, where dgs is given, contiguous (4H, B)
+ * rows in dgs for the threads' products: DGP's rows are C B apart, a multiple of 4 KB that maps
+ * every row to the same L1 sets) and rows of the state gradient before the step (the caller adds
+ * W_hh^T dgates to sn_h where updated). */
+static void SUF(bwd_rows)(const SUF(lstm_bwd_args) *p, int64_t j, int64_t t, int64_t cur,
+                          int64_t updated, int64_t r0, int64_t r1, const REAL *restrict sl,
+                          REAL *restrict dut, REAL *restrict dz, int last, int write_dz,
+                          REAL *restrict dgs)
 {
     const int64_t H = p->H, B = p->B, HB = H * B, S = p->S, CB = p->C * B;
     const REAL *restrict s = cur ? p->S1 : p->S0;
     REAL *restrict sn = cur ? p->S0 : p->S1;
     const REAL *restrict kk = p->KK + t * p->W * B;
     const REAL *restrict go = p->WGO + j * HB;
-    REAL *restrict dut = p->dut;
-    REAL *restrict dz = p->DZ + t * B;
-    const REAL *restrict gg = p->gg + t * B;
 
     COLS dut[b] = 0;
-    for (int64_t r = 0; r < S + 2; r++) {
-        const REAL *restrict x = kk + r * B, *restrict y = s + r * B;
+    for (int64_t half = 0; half < 2; half++)
+        for (int64_t r = half * H + r0; r < half * H + r1; r++) {
+            const REAL *restrict x = kk + r * B, *restrict y = s + r * B;
 #pragma omp simd
-        COLS dut[b] += x[b] * y[b];
-    }
-    const REAL *kz = kk + p->KZ * B, *km = kk + p->M * B;
+            COLS dut[b] += x[b] * y[b];
+        }
+    if (last)
+        for (int64_t r = 0; r < 2; r++) {
+            const REAL *restrict x = kk + (S + r) * B, *restrict y = sl + r * B;
 #pragma omp simd
-    COLS {
-        REAL d = dut[b] + gg[b];
-        dut[b] = p->masked ? d * km[b] : d;
-        dz[b] = s[S * B + b] * kz[b];
-    }
+            COLS dut[b] += x[b] * y[b];
+        }
+    const REAL *kz = kk + p->KZ * B;
+#pragma omp simd
+    COLS dz[b] = sl[b] * kz[b];
+    if (write_dz)
+        memcpy(p->DZ + t * B, dz, (size_t)B * sizeof(REAL));
     const REAL *restrict dh = s, *restrict dc = s + HB;
     REAL *restrict snh = sn, *restrict snc = sn + HB;
     REAL *restrict dg = p->DGP + j * B;
@@ -302,7 +603,7 @@ void SUF(lstm_bwd_step)(const SUF(lstm_bwd_args) *p, int64_t j, int64_t t, int64
         const REAL *restrict kh = kk + (p->CO + 4 * H) * B;
         const REAL *restrict fk = kk + (p->CO + 5 * H) * B;
         REAL *restrict dcp = p->dcp;
-        for (int64_t r = 0; r < H; r++) {
+        for (int64_t r = r0; r < r1; r++) {
             const REAL wr = p->gw[r];
             const int64_t q = r * B;
             REAL *restrict dgo = dg + r * CB;
@@ -312,20 +613,23 @@ void SUF(lstm_bwd_step)(const SUF(lstm_bwd_args) *p, int64_t j, int64_t t, int64
                 REAL d = dc[q + b] * u[b] + dhp * kh[q + b] + wr * dz[b];
                 dcp[q + b] = d;
                 dgo[b] = dhp * ko[q + b];
+                if (dgs) dgs[q + b] = dgo[b];
                 snh[q + b] = go[q + b] + dh[q + b] * omu[b];
                 snc[q + b] = dc[q + b] * omu[b] + d * fk[q + b];
             }
         }
         for (int64_t e = 0; e < 3; e++)
-            for (int64_t r = 0; r < H; r++) {
+            for (int64_t r = r0; r < r1; r++) {
                 const REAL *restrict kq = k3 + (e * H + r) * B, *restrict d = dcp + r * B;
                 REAL *restrict y = dg + (H + e * H + r) * CB;
 #pragma omp simd
                 COLS y[b] = d[b] * kq[b];
+                if (dgs) memcpy(dgs + (H + e * H + r) * B, y, (size_t)B * sizeof(REAL));
             }
     } else {
-        for (int64_t r = 0; r < 4 * H; r++) COLS dg[r * CB + b] = 0;
-        for (int64_t r = 0; r < H; r++) {
+        for (int64_t e = 0; e < 4; e++)
+            for (int64_t r = e * H + r0; r < e * H + r1; r++) COLS dg[r * CB + b] = 0;
+        for (int64_t r = r0; r < r1; r++) {
             const int64_t q = r * B;
 #pragma omp simd
             COLS {
@@ -334,35 +638,103 @@ void SUF(lstm_bwd_step)(const SUF(lstm_bwd_args) *p, int64_t j, int64_t t, int64
             }
         }
     }
+}
+
+/* After the units of reverse step j: du~ = the nt partial sums added in thread order + g_gate
+ * (times m on padded steps), then the [d du, d cum] rows of the state gradient before the step
+ * into sl (write: into sn too) */
+static void SUF(bwd_gate)(const SUF(lstm_bwd_args) *p, int64_t t, int64_t cur,
+                          REAL *restrict sl, const REAL *restrict part, int64_t nt, int write)
+{
+    const int64_t B = p->B, S = p->S;
+    const REAL *restrict kk = p->KK + t * p->W * B;
+    const REAL *restrict gg = p->gg + t * B;
+    const REAL *km = kk + p->M * B;
     const REAL *c2a = kk + p->C2 * B, *c2b = kk + (p->C2 + 1) * B, *pu = kk + p->PU * B;
-#pragma omp simd
+    REAL *restrict sn = cur ? p->S0 : p->S1;
     COLS {
-        REAL dp = dut[b] * pu[b];
-        sn[S * B + b] = s[S * B + b] * c2a[b] + dp;
-        sn[(S + 1) * B + b] = s[(S + 1) * B + b] * c2b[b] + dp;
+        REAL d = part[b];
+        for (int64_t k = 1; k < nt; k++) d += part[k * B + b];
+        d = d + gg[b];
+        if (p->masked) d = d * km[b];
+        const REAL dp = d * pu[b];
+        const REAL n0 = sl[b] * c2a[b] + dp, n1 = sl[B + b] * c2b[b] + dp;
+        sl[b] = n0, sl[B + b] = n1;
+        if (write) sn[S * B + b] = n0, sn[(S + 1) * B + b] = n1;
     }
 }
 
+/* One reverse step, one thread; the caller adds W_hh^T dgates to sn_h where updated. */
+void SUF(lstm_bwd_step)(const SUF(lstm_bwd_args) *p, int64_t j, int64_t t, int64_t cur,
+                        int64_t updated)
+{
+    const int64_t B = p->B, S = p->S;
+    REAL *part = p->scratch, *sl = p->scratch + 2 * B;
+    const REAL *s = cur ? p->S1 : p->S0;
+    memcpy(sl, s + S * B, (size_t)(2 * B) * sizeof(REAL));
+    SUF(bwd_rows)(p, j, t, cur, updated, 0, p->H, sl, part, sl + 2 * B, 1, 1, NULL);
+    SUF(bwd_gate)(p, t, cur, sl, part, 1, 1);
+}
+
 /* Steps t0 + n - 1 down to t0 of the reverse loop; cur: which running gradient holds the state
- * gradient after step t0 + n - 1 (0: S0). A step updates if any of its u is 1; then sn_h += W_hh^T dgates (gemm). Returns cur after the chunk. */
+ * gradient after step t0 + n - 1 (0: S0). A step updates if any of its u is 1; then sn_h +=
+ * W_hh^T dgates. Over chunk_threads(threads, H) threads (see the forward). Returns cur after the
+ * chunk. */
 int64_t SUF(lstm_bwd_chunk)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, int64_t cur)
 {
     SUF(gemm_fn) gemm = (SUF(gemm_fn))p->gemm;
-    const int64_t B = p->B, H = p->H;
-    const int m = (int)B, nn = (int)H, k = (int)(4 * H), lda = (int)(p->C * B), ldb = (int)(4 * H);
+    const int64_t B = p->B, H = p->H, want = SUF(chunk_threads)(p->threads, H);
+    const int m = (int)B, nn = (int)H, kg = (int)(4 * H), lda = (int)(p->C * B), ldb = (int)(4 * H);
     const REAL one = 1;
-    for (int64_t j = n - 1; j >= 0; j--) {
-        const int64_t t = t0 + j;
-        const REAL *u = p->KK + (t * p->W + p->U) * B;
-        int64_t updated = 0;
-        for (int64_t b = 0; b < B; b++) updated |= u[b] != 0;
-        SUF(lstm_bwd_step)(p, j, t, cur, updated);
-        if (updated) /* column-major: sn_h^T (B x H) += dgates^T (B x 4H) W_hh (4H x H) */
-            gemm("N", "N", &m, &nn, &k, &one, p->DGP + j * B, &lda, p->WhT, &ldb, &one,
-                 cur ? p->S0 : p->S1, &m);
-        cur = 1 - cur;
+#pragma omp parallel num_threads((int)want) if (want > 1)
+    {
+#ifdef _OPENMP
+        const int64_t nt = omp_get_num_threads(), k = omp_get_thread_num();
+#else
+        const int64_t nt = 1, k = 0;
+#endif
+        int64_t r0, r1, c = cur;
+        SUF(unit_range)(H, k, nt, &r0, &r1);
+        REAL *sl = p->scratch + 2 * nt * B + 4 * k * B, *dz = sl + 2 * B;
+        /* (2, 4H, B): step j's dgates in set j % 2 (a thread writes the next step's while
+         * another may still read these in its product) */
+        REAL *dgs2 = nt > 1 ? p->scratch + 6 * nt * B : NULL;
+        memcpy(sl, (c ? p->S1 : p->S0) + p->S * B, (size_t)(2 * B) * sizeof(REAL));
+        for (int64_t j = n - 1; j >= 0; j--) {
+            const int64_t t = t0 + j;
+            const REAL *u = p->KK + (t * p->W + p->U) * B;
+            int64_t updated = 0;
+            for (int64_t b = 0; b < B; b++) updated |= u[b] != 0;
+            REAL *part = p->scratch + (j & 1) * nt * B;
+            REAL *dgs = dgs2 ? dgs2 + (j & 1) * 4 * H * B : NULL;
+            SUF(bwd_rows)(p, j, t, c, updated, r0, r1, sl, part + k * B, dz, k == nt - 1, k == 0,
+                          dgs);
+            if (nt > 1) {
+#pragma omp barrier
+            }
+            SUF(bwd_gate)(p, t, c, sl, part, nt, k == 0);
+            REAL *sn = c ? p->S0 : p->S1;
+            if (updated && nt == 1) /* column-major: sn_h^T (B x H) += dgates^T (B x 4H) W_hh (4H x H) */
+                gemm("N", "N", &m, &nn, &kg, &one, p->DGP + j * B, &lda, p->WhT, &ldb, &one, sn, &m);
+            else if (updated)   /* this thread's units */
+                SUF(rows_gemm)(r1 - r0, B, 4 * H, p->WhT + r0 * 4 * H, 4 * H, dgs, B,
+                               sn + r0 * B, B);
+            c = 1 - c;
+        }
+        if (p->dW)   /* this thread's rows of each gate: dW_hh += dgates h_old^T over the chunk */
+            for (int64_t e = 0; e < 4; e++) {
+                const int64_t q = e * H + r0, CB = p->C * B;
+                const REAL *dg = p->DGP + q * CB;
+                REAL *y = p->dW + q * H;
+                if (t0 > 0)
+                    SUF(rows_gemm)(r1 - r0, H, n * B, dg, CB, p->Hh + (t0 - 1) * B * H, H, y, H);
+                else {   /* h_old is h0 at step 0 */
+                    SUF(rows_gemm)(r1 - r0, H, B, dg, CB, p->h0, H, y, H);
+                    SUF(rows_gemm)(r1 - r0, H, (n - 1) * B, dg + B, CB, p->Hh, H, y, H);
+                }
+            }
     }
-    return cur;
+    return n % 2 ? 1 - cur : cur;
 }
 
 /* ------------------------------------------------------------------------------------------

@@ -87,11 +87,13 @@ class _LSTMCell(CpuCell):
     def backward_ops(self, bw, with_step=True):
         H, B, I = bw.H, bw.B, bw.I
         step = self._backward_step(bw) if with_step else None
-        dWh, dWib = bw.x.new_zeros(4 * H, H), bw.dWibT.t()
-        every_row = slice(None)
+        in_c = getattr(bw, "dWh", None) is not None  # fused_backward's C chunks add dW_hh
+        dWh = bw.dWh if in_c else bw.x.new_zeros(4 * H, H)
+        dWib, every_row = bw.dWibT.t(), slice(None)
 
         def chunk(dgp, t0, n):
-            add_h_old_gemm(dWh, dgp, bw.Hh, bw.h0, t0, n, B, H)
+            if not in_c:
+                add_h_old_gemm(dWh, dgp, bw.Hh, bw.h0, t0, n, B, H)
             add_input_grads(bw, ((dgp, every_row),), t0, n)
 
         def param_grads(has_bias):
@@ -144,7 +146,8 @@ class _LSTMCell(CpuCell):
             return None
         H, B, L, ptr = fw.H, fw.B, fw.L, _ptr
         fw.WTC = fw.new(fw.C, H, B)  # tanh(c'), as forward_ops' (the forward runs one or other)
-        gwv, zu = gw.detach().reshape(-1).contiguous(), fw.new(2, B)
+        threads = torch.get_num_threads()  # the C loop splits its steps over these (by units)
+        gwv, scratch = gw.detach().reshape(-1).contiguous(), fw.new(14 * threads * B)
         Mc = None if M is None else M.reshape(fw.T, B).contiguous()
         per_step = thr.dim() == 3
         args = cpu_kernels.FwdArgs(
@@ -152,9 +155,9 @@ class _LSTMCell(CpuCell):
             WSC=ptr(fw.WSC), thr=ptr(thr), thr_t=B if per_step else 0, thr_b=1 if per_step else 0,
             mask=None if Mc is None else ptr(Mc), gw=ptr(gwv), gb=float(gb.reshape(-1)[0]),
             floor=0.0 if floor is None else float(floor), has_floor=floor is not None,
-            zu=ptr(zu), Hh=ptr(fw.Hh), SC=ptr(fw.SC), KK=ptr(fw.KK) if fw.train else None,
+            scratch=ptr(scratch), Hh=ptr(fw.Hh), SC=ptr(fw.SC), KK=ptr(fw.KK) if fw.train else None,
             CC=ptr(fw.CC) if fw.train else None, W=L.W, CO=L.CO, KZ=L.KZ, U=L.U, C2=L.C2,
-            PU=L.PU, M=L.M, Wh=ptr(fw.Wh), gemm=fns.gemm)
+            PU=L.PU, M=L.M, Wh=ptr(fw.Wh), gemm=fns.gemm, threads=threads)
         ref, Wh, A, ST = ctypes.byref(args), fw.Wh, fw.A, fw.ST
 
         def chunk(t0, n):
@@ -165,7 +168,7 @@ class _LSTMCell(CpuCell):
                 A[j].addmm_(Wh, ST[j, :H])
                 fns.fwd_step(ref, j, t0 + j)
 
-        chunk.keep = (args, gwv, zu, Mc, thr)  # the buffers the kernel's pointers name
+        chunk.keep = (args, gwv, scratch, Mc, thr)  # the buffers the kernel's pointers name
         return chunk
 
     def fused_backward(self, bw, g_gate, M):
@@ -179,12 +182,19 @@ class _LSTMCell(CpuCell):
         gg = g_gate.reshape(bw.T, B).contiguous()
         gwv = bw.gwT.reshape(-1).contiguous()
         WhT = bw.Wh.t().contiguous()
-        dut, dcp = bw.new(B), bw.new(H, B)
+        threads = torch.get_num_threads()
+        scratch, dcp = bw.new(6 * threads * B + 8 * H * B), bw.new(H, B)
+        h0 = bw.h0.contiguous()
+        if fns.gemm is not None and fns.chunk_threads(threads, H) > 1:
+            # the threads' chunks add their rows of dW_hh (backward_ops leaves it to them)
+            bw.dWh = bw.x.new_zeros(4 * H, H)
+        dW = getattr(bw, "dWh", None)
         args = cpu_kernels.BwdArgs(
             H=H, B=B, C=bw.C, W=L.W, S=L.S, CO=L.CO, KZ=L.KZ, U=L.U, C2=L.C2, PU=L.PU, M=L.M,
             KK=ptr(bw.KK), gg=ptr(gg), S0=ptr(bw.S), S1=ptr(bw.Sn), DGP=ptr(bw.DGP),
-            WGO=ptr(bw.WGO), DZ=ptr(bw.DZ), gw=ptr(gwv), dut=ptr(dut), dcp=ptr(dcp),
-            masked=M is not None, WhT=ptr(WhT), gemm=fns.gemm)
+            WGO=ptr(bw.WGO), DZ=ptr(bw.DZ), gw=ptr(gwv), scratch=ptr(scratch), dcp=ptr(dcp),
+            masked=M is not None, WhT=ptr(WhT), gemm=fns.gemm, threads=threads,
+            dW=None if dW is None else ptr(dW), Hh=ptr(bw.Hh), h0=ptr(h0))
         ref, WDG = ctypes.byref(args), bw.WDG
         snh_ = (bw.Sn[:H], bw.S[:H])  # the state-gradient rows written when cur is 0 / 1
 
@@ -199,7 +209,7 @@ class _LSTMCell(CpuCell):
                 cur = 1 - cur
             return cur
 
-        chunk.keep = (args, gg, gwv, dut, dcp, WhT)
+        chunk.keep = (args, gg, gwv, scratch, dcp, WhT, h0)
         return chunk
 
 
