@@ -3,7 +3,10 @@
 * The Skip LSTM's training time loop (``cpu_rnn``): at small shapes it was bound by the number of
   aten ops per step (~15 small pointwise ops around each GEMM, ~5–7 µs each), not by arithmetic;
   one C call per chunk of 16 steps does the same work, calling torch's own BLAS for the per-step
-  GEMMs (``results/train_small_shape_profile.md``). The chunk-level GEMMs stay torch ops.
+  GEMMs (``results/train_small_shape_profile.md``). With two or more torch threads each step is
+  split by hidden units over them (their rows of the per-step products in an AVX-512 kernel of
+  the file, one barrier per step) and each thread adds its rows of dW_hh; the other chunk-level
+  GEMMs stay torch ops.
 * The batch-size-1 skipping engine (``skipping._run_single``): the W_hh · h product with its rows
   split over the torch threads (each core keeps its rows in its L2), the cell and Δũ in one pass;
   and the loop over the steps around it (ũ replayed on skipped steps, outputs indexed), one call
@@ -61,7 +64,7 @@ class FwdArgs(ctypes.Structure):
                 ("gw", _P), ("gb", _D), ("floor", _D), ("has_floor", _I), ("scratch", _P),
                 ("Hh", _P), ("SC", _P), ("KK", _P), ("CC", _P), ("W", _I), ("CO", _I),
                 ("KZ", _I), ("U", _I), ("C2", _I), ("PU", _I), ("M", _I), ("Wh", _P),
-                ("gemm", _P), ("threads", _I)]
+                ("gemm", _P), ("threads", _I), ("x", _P), ("Wi", _P), ("bias", _P), ("I", _I)]
 
 
 class BwdArgs(ctypes.Structure):

@@ -291,10 +291,10 @@ class CpuCell:
     has_c: bool
     saves_extra: bool = False
 
-    def fused_forward(self, fw, gw, gb, M, thr, floor):
-        """``run(t0, n)``: a chunk's steps fused (candidates, update gates and what
-        :func:`_flush_chunk` writes for them), or None (the per-step torch ops of
-        :func:`_forward_chunks` then run)."""
+    def fused_forward(self, fw, x, gw, gb, M, thr, floor):
+        """``run(t0, n)``: a chunk fused (its input projection, its steps' candidates and
+        update gates, what :func:`_flush_chunk` writes for them and the carry to the next
+        chunk), or None (the per-step torch ops of :func:`_forward_chunks` then run)."""
         return None
 
     def fused_backward(self, bw, g_gate, M):
@@ -369,13 +369,10 @@ def _forward_chunks(cell, fw, x, gw, gb, M, thr, floor):
     gate (``u = 1[ũ > τ]``, state and ``[cum; Δũ]`` mixed by u), then the chunk's flush."""
     T, C = fw.T, fw.C
     A, ST, CAND, WSC = fw.A, fw.ST, fw.CAND, fw.WSC
-    fused = cell.fused_forward(fw, gw, gb, M, thr, floor)
-    if fused is not None:  # it writes what the flush would
+    fused = cell.fused_forward(fw, x, gw, gb, M, thr, floor)
+    if fused is not None:  # it projects, writes what the flush would and carries
         for t0 in range(0, T, C):
-            n = min(C, T - t0)
-            _input_projection(fw, x, t0, n)
-            fused(t0, n)
-            _carry(fw, n)
+            fused(t0, min(C, T - t0))
         return
     projected, cell_step, cell_flush = cell.forward_ops(fw)
     thr_ = thr.unbind(0) if thr.dim() == 3 else [thr] * T
@@ -385,7 +382,7 @@ def _forward_chunks(cell, fw, x, gw, gb, M, thr, floor):
     sv_, en_, nx_ = WSC[:, 1:3].unbind(0), WSC[:, 3:5].unbind(0), WSC[:, 0:3:2].unbind(0)
     for t0 in range(0, T, C):
         n = min(C, T - t0)
-        _input_projection(fw, x, t0, n)
+        input_projection(fw, x, t0, n)
         if projected is not None:
             projected(n)
         for j in range(n):
@@ -408,7 +405,7 @@ def _forward_chunks(cell, fw, x, gw, gb, M, thr, floor):
         _flush_chunk(cell, fw, cell_flush, M, t0, n, floor)
 
 
-def _input_projection(fw, x, t0, n):
+def input_projection(fw, x, t0, n):
     """``A[:n]`` = the chunk's ``W_ih x_t + b`` (one batched GEMM)."""
     xT = x[t0:t0 + n].transpose(1, 2)
     Wib = fw.Wi.expand(n, *fw.Wi.shape)
@@ -429,10 +426,10 @@ def _flush_chunk(cell, fw, cell_flush, M, t0, n, floor):
         cell_flush(kk, t0, n)
         fw.CC[t0:t0 + n] = cell.feature(fw.CAND[:n], fw.H)
         _gate_flush(kk, fw.WSC[:n], fw.L, None if M is None else M[t0:t0 + n], fw.one, floor)
-    _carry(fw, n)
+    carry(fw, n)
 
 
-def _carry(fw, n):
+def carry(fw, n):
     """The state and ``[cum, Δũ]`` after the chunk's last step become row 0 of the next."""
     fw.ST[0] = fw.ST[n]
     fw.WSC[0, 0:3:2] = fw.WSC[n, 0:3:2]

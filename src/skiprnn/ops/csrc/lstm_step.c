@@ -1,7 +1,7 @@
 /* Fused per-step work of the Skip LSTM's CPU path (skiprnn/ops/cpu_rnn.py, cell "lstm").
  *
- * One call does what the Python loop does with ~15 aten ops per step around its GEMM; the GEMM
- * itself (W_hh h forward, W_hh^T dgates backward) stays a torch addmm. The buffers and their
+ * One call does what the Python loop does with ~15 aten ops per step around its GEMM (W_hh h
+ * forward, W_hh^T dgates backward: BLAS's, or the threads' own rows_gemm). The buffers and their
  * layouts are cpu_rnn.py's (feature-major: every per-step block is (rows, B), rows contiguous),
  * so the chunk flushes and the chunk GEMMs around the loop are unchanged. Compiled twice by
  * skiprnn/ops/cpu_kernels.py: REAL = float (suffix _f32) and, with SKIPRNN_DOUBLE, REAL = double
@@ -15,12 +15,12 @@
  *   du' = max(sigmoid(w_p . c' + b_p), floor)
  *   WSC rows [cum, u~, du, 0, du', u]; next [cum, du] = u ? [0, du'] : [u~, du]
  *
- * The training kernels are single-threaded (the batch-size-1 update at the end splits its GEMV's
- * rows over threads). (Giving two OpenMP threads one block of the batch's columns
- * each, every row split between them, measured no faster than one thread on this 2-core box,
- * while the same work split by rows ran 2x faster: with rows of B floats interleaving the
- * threads' columns the cores contend for the same pages. A row split needs barriers within each
- * step (the GEMM reads all of h); not done.)
+ * Threads: with one thread a chunk runs the steps above as written, its per-step GEMMs through
+ * BLAS. With more (torch's thread count, at least 16 units each) every step is split by hidden
+ * units (see "Threads" below): each thread makes its rows of W_hh h and of W_hh^T dgates itself
+ * (rows_gemm; BLAS gains little from a second core at these sizes), one barrier per step.
+ * (Splitting the batch's columns instead measured no faster than one thread: rows of B floats
+ * interleave the threads' columns.)
  *
  * Backward step (running gradient s = [dh; dc; d du; d cum] of the state after step t; sn gets
  * that of the state before it); KK[t] holds the forward's coefficients (cpu_rnn.KKLayout):
@@ -76,7 +76,7 @@ typedef struct {
     double gb;        /* b_p */
     double floor;     /* Delta u~ floor (max_skip); used when has_floor */
     int64_t has_floor;
-    REAL *scratch;    /* (14 threads B) (fwd_chunk's layout) */
+    REAL *scratch;    /* (threads (14 + I) B) (fwd_chunk's layout) */
     REAL *Hh;         /* (T, B, H) h after every step */
     REAL *SC;         /* (T, 6, B) every step's WSC rows */
     REAL *KK;         /* (T, W, B) the backward's coefficients, or NULL (no training) */
@@ -85,6 +85,10 @@ typedef struct {
     const REAL *Wh;   /* (4H, H) W_hh, internal gate order */
     void *gemm;       /* SUF(gemm_fn) */
     int64_t threads;  /* the most threads a chunk may use */
+    const REAL *x;    /* (T, B, I) the input, or NULL: A holds the chunk's projection already */
+    const REAL *Wi;   /* (4H, I) W_ih, internal gate order (with x) */
+    const REAL *bias; /* (4H) b_ih + b_hh, or NULL (with x) */
+    int64_t I;
 } SUF(lstm_fwd_args);
 
 static inline REAL SUF(sig)(REAL a) { return (REAL)1 / ((REAL)1 + EXP(-a)); }
@@ -271,7 +275,8 @@ void SUF(rows_gemm)(int64_t R, int64_t B, int64_t K, const REAL *Wm, int64_t ldw
  * 0 writes the shared copies). Partial sums alternate between two sets by step parity: a thread
  * may start the next step's while another still reads these. With one thread this is the
  * single-threaded loop, operation for operation. Scratch: the partial sums (2 nt B reals), then
- * per thread 12 B forward (its copy of the gate's columns, 4 B, and 8 B of rows), 4 B backward. */
+ * per thread forward 12 B (its copy of the gate's columns, 4 B, and 8 B of rows) and I B (x_t
+ * transposed, where the chunk projects the input itself), backward 4 B. */
 int64_t SUF(chunk_threads)(int64_t wanted, int64_t H)
 {
     const int64_t most = H / 16;   /* at least 16 units a thread */
@@ -493,7 +498,9 @@ void SUF(lstm_fwd_step)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t)
 }
 
 /* Steps t0 .. t0 + n - 1 (chunk rows 0 .. n - 1): per step A[j] += W_hh h, then the step; over
- * chunk_threads(threads, H) threads (see above). */
+ * chunk_threads(threads, H) threads (see above). Where x is given, each thread first writes its
+ * rows of A[j] = W_ih x_t + b itself. Ends with the carry: ST[n] and WSC[n]'s (cum, du) rows
+ * become row 0 for the next chunk. */
 void SUF(lstm_fwd_chunk)(const SUF(lstm_fwd_args) *p, int64_t t0, int64_t n)
 {
     SUF(gemm_fn) gemm = (SUF(gemm_fn))p->gemm;
@@ -511,11 +518,24 @@ void SUF(lstm_fwd_chunk)(const SUF(lstm_fwd_args) *p, int64_t t0, int64_t n)
         SUF(unit_range)(H, k, nt, &r0, &r1);
         const int64_t b0 = B * k / nt, b1 = B * (k + 1) / nt;
         REAL *loc = p->scratch + 2 * nt * B + 12 * k * B;
+        REAL *xt = p->scratch + 14 * nt * B + k * p->I * B;   /* (I, B) */
         const REAL *w0 = p->WSC;
         COLS loc[b] = w0[b], loc[B + b] = w0[2 * B + b];
         for (int64_t j = 0; j < n; j++) {
             const REAL *h = p->ST + j * 2 * HB;
             REAL *a = p->A + j * 4 * HB;
+            if (p->x) {   /* this thread's rows of each gate: A[j] = b + W_ih x_t */
+                const REAL *xr = p->x + (t0 + j) * B * p->I;
+                for (int64_t i = 0; i < p->I; i++) COLS xt[i * B + b] = xr[b * p->I + i];
+                for (int64_t e = 0; e < 4; e++)
+                    for (int64_t q = e * H + r0; q < e * H + r1; q++) {
+                        const REAL bq = p->bias ? p->bias[q] : (REAL)0;
+                        COLS a[q * B + b] = bq;
+                    }
+                for (int64_t e = 0; e < 4; e++)
+                    SUF(rows_gemm)(r1 - r0, B, p->I, p->Wi + (e * H + r0) * p->I, p->I, xt, B,
+                                   a + (e * H + r0) * B, B);
+            }
             if (nt == 1) /* column-major: A[j]^T (B x 4H) += h^T (B x H) W_hh^T (H x 4H) */
                 gemm("N", "N", &m, &nn, &kh, &one, h, &m, p->Wh, &kh, &one, a, &m);
             else
@@ -534,6 +554,16 @@ void SUF(lstm_fwd_chunk)(const SUF(lstm_fwd_args) *p, int64_t t0, int64_t n)
 #if defined(__AVX512F__) && !defined(SKIPRNN_DOUBLE)
         _mm_sfence();   /* the streaming stores of the coefficients */
 #endif
+        /* the carry, this thread's units (ST[n] is read by no thread any more: each reads
+         * ST[j + 1] before the barrier of step j + 1 or, the last, of this thread's own step) */
+        for (int64_t half = 0; half < 2; half++)
+            memcpy(p->ST + (half * H + r0) * B, p->ST + n * 2 * HB + (half * H + r0) * B,
+                   (size_t)((r1 - r0) * B) * sizeof(REAL));
+        if (k == 0) {
+            const REAL *wl = p->WSC + n * 6 * B;
+            REAL *wf = p->WSC;
+            COLS wf[b] = wl[b], wf[2 * B + b] = wl[2 * B + b];
+        }
     }
 }
 

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from .. import cpu_kernels
-from ..cpu_rnn import CpuCell, KKLayout, add_h_old_gemm, add_input_grads, register_cell
+from ..cpu_rnn import (CpuCell, KKLayout, add_h_old_gemm, add_input_grads, carry,
+                       input_projection, register_cell)
 
 
 def _to_internal(w: Tensor) -> Tensor:
@@ -135,7 +136,7 @@ class _LSTMCell(CpuCell):
 
         return step
 
-    def fused_forward(self, fw, gw, gb, M, thr, floor):
+    def fused_forward(self, fw, x, gw, gb, M, thr, floor):
         """The chunk's steps t0 .. t0 + n - 1 in C (:mod:`~skiprnn.ops.cpu_kernels`), each
         ``A[j] += W_hh h`` and one ``lstm_fwd_step``: the candidate, the update gate and the
         step's rows of ``Hh``, ``SC`` (and with ``fw.train`` of ``KK``, ``CC``), what the Python
@@ -147,7 +148,11 @@ class _LSTMCell(CpuCell):
         H, B, L, ptr = fw.H, fw.B, fw.L, _ptr
         fw.WTC = fw.new(fw.C, H, B)  # tanh(c'), as forward_ops' (the forward runs one or other)
         threads = torch.get_num_threads()  # the C loop splits its steps over these (by units)
-        gwv, scratch = gw.detach().reshape(-1).contiguous(), fw.new(14 * threads * B)
+        # split over threads, the chunk projects the input itself (each thread its rows)
+        own_projection = fns.gemm is not None and fns.chunk_threads(threads, H) > 1
+        xc = x.contiguous() if own_projection else None
+        bias = None if fw.bias is None else fw.bias.reshape(-1).contiguous()
+        gwv, scratch = gw.detach().reshape(-1).contiguous(), fw.new(threads * (14 + fw.I) * B)
         Mc = None if M is None else M.reshape(fw.T, B).contiguous()
         per_step = thr.dim() == 3
         args = cpu_kernels.FwdArgs(
@@ -157,18 +162,23 @@ class _LSTMCell(CpuCell):
             floor=0.0 if floor is None else float(floor), has_floor=floor is not None,
             scratch=ptr(scratch), Hh=ptr(fw.Hh), SC=ptr(fw.SC), KK=ptr(fw.KK) if fw.train else None,
             CC=ptr(fw.CC) if fw.train else None, W=L.W, CO=L.CO, KZ=L.KZ, U=L.U, C2=L.C2,
-            PU=L.PU, M=L.M, Wh=ptr(fw.Wh), gemm=fns.gemm, threads=threads)
+            PU=L.PU, M=L.M, Wh=ptr(fw.Wh), gemm=fns.gemm, threads=threads,
+            x=None if xc is None else ptr(xc), Wi=ptr(fw.Wi),
+            bias=None if bias is None else ptr(bias), I=fw.I)
         ref, Wh, A, ST = ctypes.byref(args), fw.Wh, fw.A, fw.ST
 
         def chunk(t0, n):
+            if not own_projection:
+                input_projection(fw, x, t0, n)
             if fns.gemm is not None:
-                fns.fwd_chunk(ref, t0, n)
+                fns.fwd_chunk(ref, t0, n)  # (it carries)
                 return
             for j in range(n):
                 A[j].addmm_(Wh, ST[j, :H])
                 fns.fwd_step(ref, j, t0 + j)
+            carry(fw, n)
 
-        chunk.keep = (args, gwv, scratch, Mc, thr)  # the buffers the kernel's pointers name
+        chunk.keep = (args, gwv, scratch, Mc, thr, xc, bias)  # the buffers the kernel's pointers name
         return chunk
 
     def fused_backward(self, bw, g_gate, M):
