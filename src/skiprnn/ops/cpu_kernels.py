@@ -121,7 +121,7 @@ def _build(cc: str) -> str:
 class SingleArgs(ctypes.Structure):
     """``single_args`` of ``lstm_step.c`` (batch size 1, no autograd: the update's buffers)."""
     _fields_ = [("H", _I), ("threads", _I), ("flip", _I), ("W", _P), ("h", _P), ("c", _P),
-                ("a", _P), ("gw", _P), ("gb", _D)]
+                ("a", _P), ("gw", _P), ("gb", _D), ("WT", _P)]
 
 
 # the layer's floating-point type in the layouts below (c_float for float32, c_double for float64)

@@ -234,10 +234,26 @@ class LazyInputProjection:
         return d
 
     def note_hits(self, reads) -> None:
-        """Count reads (increasing steps) that the current block held, made without :meth:`get`
-        (which counts a hit the same way, no block changes)."""
-        for t in reads:
-            self._note(int(t))
+        """Count reads (increasing steps, an int array) that the current block held, made
+        without :meth:`get` (which counts a hit the same way, no block changes): what
+        :meth:`_note` does per read, at once (the running mean of the intervals in closed form,
+        equal to the one-by-one recursion up to rounding)."""
+        m = len(reads)
+        if m == 0:
+            return
+        self.used += m
+        steps = np.asarray(reads, dtype=np.float64)
+        if self.prev is not None:
+            steps = np.concatenate(([float(self.prev)], steps))
+        d = np.diff(steps)
+        self.prev = int(reads[-1])
+        if d.size == 0:
+            return
+        if self.interval is None:  # the first interval starts the mean
+            self.interval, d = float(d[0]), d[1:]
+        k = d.size
+        weights = 0.25 * 0.75 ** np.arange(k - 1, -1, -1)
+        self.interval = 0.75 ** k * self.interval + float(weights @ d)
 
     def get(self, t: int, period: int | None = None) -> int:
         """Make sure step t (read steps in increasing order) is projected; returns its row in
@@ -605,12 +621,15 @@ def _run_fused(kernels, cell: StepCell, h, c, proj, steps, dense: bool, up, cum,
     w = cell.layers[0][1].contiguous()               # W_hh, nn.LSTM's gate order
     gw = cell.gate_weight[0].contiguous()
     scratch = np.empty(4 * H, npdt)
-    # W_hh under 1 MB: one core (a parallel region per update costs more than it saves)
-    threads = torch.get_num_threads() if w.numel() * w.element_size() >= 1 << 20 else 1
+    # W_hh under 1 MB: one core (a parallel region per update costs more than it saves), the
+    # product as AXPYs over an arranged, transposed copy (no per-row sums; the copy is small)
+    small = w.numel() * w.element_size() < 1 << 20
+    threads = 1 if small else torch.get_num_threads()
+    wt = cell.spec.arrange(w).t().contiguous() if small else None
     single = cpu_kernels.SingleArgs(
         H=H, threads=threads, flip=0, W=w.data_ptr(), h=h.ctypes.data,
         c=c.ctypes.data, a=scratch.ctypes.data, gw=gw.data_ptr(),
-        gb=float(npdt(cell.gate_bias.item())))
+        gb=float(npdt(cell.gate_bias.item())), WT=None if wt is None else wt.data_ptr())
     steps = np.ascontiguousarray(steps, np.int64)
     reads = np.empty(max(1, len(steps)), np.int64)
     floor = update_prob_floor(cell.max_skip, cell.threshold)

@@ -790,6 +790,8 @@ typedef struct {
     REAL *a;          /* (4H) scratch */
     const REAL *gw;   /* (H) w_p */
     double gb;
+    const REAL *WT;   /* (H, 4H) W_hh arranged (CellSpec.arrange) and transposed, or NULL; used
+                         with one thread (see lstm_single_update) */
 } SUF(single_args);
 
 /* 256-bit vectors for the batch-size-1 update: with 512-bit ones (the -mprefer-vector-width the
@@ -817,6 +819,60 @@ SINGLE_VECTORS static inline void SUF(dot4)(const REAL *restrict w, const REAL *
     acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
 }
 
+/* a = WT^T h + xp as AXPYs over the columns of W_hh (WT's rows), 128 rows of a at a time held
+ * in registers: no per-row horizontal sum (a dot product of H = 110 ends in one for each of the
+ * 440 rows, most of the product's cost at that size) */
+#if defined(__AVX512F__) && !defined(SKIPRNN_DOUBLE)
+static void axpy_gemv_f32(const float *WT, const float *h, const float *xp, float *a, int64_t H)
+{
+    const int64_t R = 4 * H;
+    int64_t r0 = 0;
+    for (; r0 + 128 <= R; r0 += 128) {
+        __m512 a0 = _mm512_loadu_ps(xp + r0), a1 = _mm512_loadu_ps(xp + r0 + 16);
+        __m512 a2 = _mm512_loadu_ps(xp + r0 + 32), a3 = _mm512_loadu_ps(xp + r0 + 48);
+        __m512 a4 = _mm512_loadu_ps(xp + r0 + 64), a5 = _mm512_loadu_ps(xp + r0 + 80);
+        __m512 a6 = _mm512_loadu_ps(xp + r0 + 96), a7 = _mm512_loadu_ps(xp + r0 + 112);
+        for (int64_t k = 0; k < H; k++) {
+            const float *w = WT + k * R + r0;
+            const __m512 hk = _mm512_set1_ps(h[k]);
+            a0 = _mm512_fmadd_ps(hk, _mm512_loadu_ps(w), a0);
+            a1 = _mm512_fmadd_ps(hk, _mm512_loadu_ps(w + 16), a1);
+            a2 = _mm512_fmadd_ps(hk, _mm512_loadu_ps(w + 32), a2);
+            a3 = _mm512_fmadd_ps(hk, _mm512_loadu_ps(w + 48), a3);
+            a4 = _mm512_fmadd_ps(hk, _mm512_loadu_ps(w + 64), a4);
+            a5 = _mm512_fmadd_ps(hk, _mm512_loadu_ps(w + 80), a5);
+            a6 = _mm512_fmadd_ps(hk, _mm512_loadu_ps(w + 96), a6);
+            a7 = _mm512_fmadd_ps(hk, _mm512_loadu_ps(w + 112), a7);
+        }
+        _mm512_storeu_ps(a + r0, a0), _mm512_storeu_ps(a + r0 + 16, a1);
+        _mm512_storeu_ps(a + r0 + 32, a2), _mm512_storeu_ps(a + r0 + 48, a3);
+        _mm512_storeu_ps(a + r0 + 64, a4), _mm512_storeu_ps(a + r0 + 80, a5);
+        _mm512_storeu_ps(a + r0 + 96, a6), _mm512_storeu_ps(a + r0 + 112, a7);
+    }
+    for (; r0 < R; r0 += 16) {   /* the last rows, 16 (masked) at a time */
+        const int64_t left = R - r0;
+        const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        __m512 acc = _mm512_maskz_loadu_ps(m, xp + r0);
+        for (int64_t k = 0; k < H; k++)
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(h[k]), _mm512_maskz_loadu_ps(m, WT + k * R + r0),
+                                  acc);
+        _mm512_mask_storeu_ps(a + r0, m, acc);
+    }
+}
+#else
+static void SUF(axpy_gemv)(const REAL *WT, const REAL *h, const REAL *xp, REAL *a, int64_t H)
+{
+    const int64_t R = 4 * H;
+    memcpy(a, xp, (size_t)R * sizeof(REAL));
+    for (int64_t k = 0; k < H; k++) {
+        const REAL hk = h[k];
+        const REAL *restrict w = WT + k * R;
+#pragma omp simd
+        for (int64_t r = 0; r < R; r++) a[r] += hk * w[r];
+    }
+}
+#endif
+
 SINGLE_VECTORS static double SUF(lstm_single_update)(SUF(single_args) *p, const REAL *xp)
 {
     const int64_t H = p->H, R = 4 * H, Q = R / 4;   /* Q blocks of 4 rows */
@@ -824,6 +880,21 @@ SINGLE_VECTORS static double SUF(lstm_single_update)(SUF(single_args) *p, const 
     REAL *restrict a = p->a, *restrict c = p->c, *restrict h = p->h;
     REAL z = 0;
     p->flip = !p->flip;
+    if (p->WT && p->threads <= 1) {   /* one core: the product as AXPYs, then the cell */
+        const REAL half = (REAL)0.5;
+        SUF(axpy_gemv)(p->WT, h, xp, a, H);
+        SUF(tanh_inplace)(a, R);
+        for (int64_t j = 0; j < H; j++) {
+            const REAL i = a[j] * half + half, f = a[H + j] * half + half;
+            const REAL cn = f * c[j] + i * a[3 * H + j];
+            c[j] = cn;
+            h[j] = cn;
+            z += p->gw[j] * cn;
+        }
+        SUF(tanh_inplace)(h, H);
+        for (int64_t j = 0; j < H; j++) h[j] *= a[2 * H + j] * half + half;
+        return SUF(sig)(z + (REAL)p->gb);
+    }
 #pragma omp parallel num_threads((int)p->threads) if (p->threads > 1) reduction(+:z)
     {
 #ifdef _OPENMP
