@@ -37,6 +37,13 @@
 #include <omp.h>
 #endif
 
+/* inside a parallel region: nt, the number of its threads, and k, this thread's */
+#ifdef _OPENMP
+#define THREAD_IDS(nt, k) const int64_t nt = omp_get_num_threads(), k = omp_get_thread_num()
+#else
+#define THREAD_IDS(nt, k) const int64_t nt = 1, k = 0
+#endif
+
 /* glibc's libmvec has vector exp / tanh; math.h declares them only under -ffast-math, whose
  * reciprocal approximation turns 1 / (1 + inf) into NaN (a sigmoid of -100). Declared here, the
  * loops vectorise with IEEE arithmetic (no -ffast-math). */
@@ -117,88 +124,64 @@ static inline void SUF(tanh_inplace)(REAL *restrict v, int64_t n)
 #if defined(__AVX512F__) && !defined(SKIPRNN_DOUBLE)
 #include <immintrin.h>
 /* 4 rows x 4 vectors of 16 columns: named accumulators, not an array (GCC 12 stores an array
- * of vectors back to the stack on every k); unmasked loads where the 64 columns are whole (a
- * masked load costs an extra vector-port uop, which the FMAs need) */
-#define LD(p, m) _mm512_loadu_ps(p)
-#define ST(p, m, a) _mm512_storeu_ps(p, a)
+ * of vectors back to the stack on every k). `whole` (a constant at each call, inlined): the 64
+ * columns are all there, unmasked loads (a masked load costs an extra vector-port uop, which the
+ * FMAs need); else masks m[0..3] (a zero mask leaves its vector out). */
+#define LD(p, v) (whole ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m[v], p))
+#define ST(p, v, a) (whole ? _mm512_storeu_ps(p, a) : _mm512_mask_storeu_ps(p, m[v], a))
+static inline __attribute__((always_inline)) void
+rows_gemm_4x64_body(int64_t K, const float *Wm, int64_t ldw, const float *X, int64_t ldx, float *Y,
+                    int64_t ldy, const __mmask16 *m, const int whole)
+{
+    float *y0 = Y, *y1 = Y + ldy, *y2 = Y + 2 * ldy, *y3 = Y + 3 * ldy;
+    __m512 a00 = LD(y0, 0), a01 = LD(y0 + 16, 1), a02 = LD(y0 + 32, 2), a03 = LD(y0 + 48, 3);
+    __m512 a10 = LD(y1, 0), a11 = LD(y1 + 16, 1), a12 = LD(y1 + 32, 2), a13 = LD(y1 + 48, 3);
+    __m512 a20 = LD(y2, 0), a21 = LD(y2 + 16, 1), a22 = LD(y2 + 32, 2), a23 = LD(y2 + 48, 3);
+    __m512 a30 = LD(y3, 0), a31 = LD(y3 + 16, 1), a32 = LD(y3 + 32, 2), a33 = LD(y3 + 48, 3);
+    const float *w0 = Wm, *w1 = Wm + ldw, *w2 = Wm + 2 * ldw, *w3 = Wm + 3 * ldw;
+    for (int64_t k = 0; k < K; k++) {
+        const float *xk = X + k * ldx;
+        const __m512 x0 = LD(xk, 0), x1 = LD(xk + 16, 1), x2 = LD(xk + 32, 2), x3 = LD(xk + 48, 3);
+        const __m512 w0v = _mm512_set1_ps(w0[k]), w1v = _mm512_set1_ps(w1[k]);
+        const __m512 w2v = _mm512_set1_ps(w2[k]), w3v = _mm512_set1_ps(w3[k]);
+        a00 = _mm512_fmadd_ps(w0v, x0, a00);
+        a01 = _mm512_fmadd_ps(w0v, x1, a01);
+        a02 = _mm512_fmadd_ps(w0v, x2, a02);
+        a03 = _mm512_fmadd_ps(w0v, x3, a03);
+        a10 = _mm512_fmadd_ps(w1v, x0, a10);
+        a11 = _mm512_fmadd_ps(w1v, x1, a11);
+        a12 = _mm512_fmadd_ps(w1v, x2, a12);
+        a13 = _mm512_fmadd_ps(w1v, x3, a13);
+        a20 = _mm512_fmadd_ps(w2v, x0, a20);
+        a21 = _mm512_fmadd_ps(w2v, x1, a21);
+        a22 = _mm512_fmadd_ps(w2v, x2, a22);
+        a23 = _mm512_fmadd_ps(w2v, x3, a23);
+        a30 = _mm512_fmadd_ps(w3v, x0, a30);
+        a31 = _mm512_fmadd_ps(w3v, x1, a31);
+        a32 = _mm512_fmadd_ps(w3v, x2, a32);
+        a33 = _mm512_fmadd_ps(w3v, x3, a33);
+    }
+    ST(y0, 0, a00), ST(y0 + 16, 1, a01), ST(y0 + 32, 2, a02), ST(y0 + 48, 3, a03);
+    ST(y1, 0, a10), ST(y1 + 16, 1, a11), ST(y1 + 32, 2, a12), ST(y1 + 48, 3, a13);
+    ST(y2, 0, a20), ST(y2 + 16, 1, a21), ST(y2 + 32, 2, a22), ST(y2 + 48, 3, a23);
+    ST(y3, 0, a30), ST(y3 + 16, 1, a31), ST(y3 + 32, 2, a32), ST(y3 + 48, 3, a33);
+}
+
 static void rows_gemm_4x64(int64_t K, const float *Wm, int64_t ldw, const float *X, int64_t ldx,
                            float *Y, int64_t ldy)
 {
-    float *y0 = Y, *y1 = Y + ldy, *y2 = Y + 2 * ldy, *y3 = Y + 3 * ldy;
-    __m512 a00 = LD(y0, m0), a01 = LD(y0 + 16, m1), a02 = LD(y0 + 32, m2), a03 = LD(y0 + 48, m3);
-    __m512 a10 = LD(y1, m0), a11 = LD(y1 + 16, m1), a12 = LD(y1 + 32, m2), a13 = LD(y1 + 48, m3);
-    __m512 a20 = LD(y2, m0), a21 = LD(y2 + 16, m1), a22 = LD(y2 + 32, m2), a23 = LD(y2 + 48, m3);
-    __m512 a30 = LD(y3, m0), a31 = LD(y3 + 16, m1), a32 = LD(y3 + 32, m2), a33 = LD(y3 + 48, m3);
-    const float *w0 = Wm, *w1 = Wm + ldw, *w2 = Wm + 2 * ldw, *w3 = Wm + 3 * ldw;
-    for (int64_t k = 0; k < K; k++) {
-        const float *xk = X + k * ldx;
-        const __m512 x0 = LD(xk, m0), x1 = LD(xk + 16, m1), x2 = LD(xk + 32, m2), x3 = LD(xk + 48, m3);
-        const __m512 w0v = _mm512_set1_ps(w0[k]), w1v = _mm512_set1_ps(w1[k]);
-        const __m512 w2v = _mm512_set1_ps(w2[k]), w3v = _mm512_set1_ps(w3[k]);
-        a00 = _mm512_fmadd_ps(w0v, x0, a00);
-        a01 = _mm512_fmadd_ps(w0v, x1, a01);
-        a02 = _mm512_fmadd_ps(w0v, x2, a02);
-        a03 = _mm512_fmadd_ps(w0v, x3, a03);
-        a10 = _mm512_fmadd_ps(w1v, x0, a10);
-        a11 = _mm512_fmadd_ps(w1v, x1, a11);
-        a12 = _mm512_fmadd_ps(w1v, x2, a12);
-        a13 = _mm512_fmadd_ps(w1v, x3, a13);
-        a20 = _mm512_fmadd_ps(w2v, x0, a20);
-        a21 = _mm512_fmadd_ps(w2v, x1, a21);
-        a22 = _mm512_fmadd_ps(w2v, x2, a22);
-        a23 = _mm512_fmadd_ps(w2v, x3, a23);
-        a30 = _mm512_fmadd_ps(w3v, x0, a30);
-        a31 = _mm512_fmadd_ps(w3v, x1, a31);
-        a32 = _mm512_fmadd_ps(w3v, x2, a32);
-        a33 = _mm512_fmadd_ps(w3v, x3, a33);
-    }
-    ST(y0, m0, a00), ST(y0 + 16, m1, a01), ST(y0 + 32, m2, a02), ST(y0 + 48, m3, a03);
-    ST(y1, m0, a10), ST(y1 + 16, m1, a11), ST(y1 + 32, m2, a12), ST(y1 + 48, m3, a13);
-    ST(y2, m0, a20), ST(y2 + 16, m1, a21), ST(y2 + 32, m2, a22), ST(y2 + 48, m3, a23);
-    ST(y3, m0, a30), ST(y3 + 16, m1, a31), ST(y3 + 32, m2, a32), ST(y3 + 48, m3, a33);
+    rows_gemm_4x64_body(K, Wm, ldw, X, ldx, Y, ldy, NULL, 1);
 }
-#undef LD
-#undef ST
-/* the same over masks m0..m3 (a zero mask leaves its vector out) */
-#define LD(p, m) _mm512_maskz_loadu_ps(m, p)
-#define ST(p, m, a) _mm512_mask_storeu_ps(p, m, a)
+
 static void rows_gemm_4x64_masked(int64_t K, const float *Wm, int64_t ldw, const float *X,
                                   int64_t ldx, float *Y, int64_t ldy, const __mmask16 *m)
 {
-    const __mmask16 m0 = m[0], m1 = m[1], m2 = m[2], m3 = m[3];
-    float *y0 = Y, *y1 = Y + ldy, *y2 = Y + 2 * ldy, *y3 = Y + 3 * ldy;
-    __m512 a00 = LD(y0, m0), a01 = LD(y0 + 16, m1), a02 = LD(y0 + 32, m2), a03 = LD(y0 + 48, m3);
-    __m512 a10 = LD(y1, m0), a11 = LD(y1 + 16, m1), a12 = LD(y1 + 32, m2), a13 = LD(y1 + 48, m3);
-    __m512 a20 = LD(y2, m0), a21 = LD(y2 + 16, m1), a22 = LD(y2 + 32, m2), a23 = LD(y2 + 48, m3);
-    __m512 a30 = LD(y3, m0), a31 = LD(y3 + 16, m1), a32 = LD(y3 + 32, m2), a33 = LD(y3 + 48, m3);
-    const float *w0 = Wm, *w1 = Wm + ldw, *w2 = Wm + 2 * ldw, *w3 = Wm + 3 * ldw;
-    for (int64_t k = 0; k < K; k++) {
-        const float *xk = X + k * ldx;
-        const __m512 x0 = LD(xk, m0), x1 = LD(xk + 16, m1), x2 = LD(xk + 32, m2), x3 = LD(xk + 48, m3);
-        const __m512 w0v = _mm512_set1_ps(w0[k]), w1v = _mm512_set1_ps(w1[k]);
-        const __m512 w2v = _mm512_set1_ps(w2[k]), w3v = _mm512_set1_ps(w3[k]);
-        a00 = _mm512_fmadd_ps(w0v, x0, a00);
-        a01 = _mm512_fmadd_ps(w0v, x1, a01);
-        a02 = _mm512_fmadd_ps(w0v, x2, a02);
-        a03 = _mm512_fmadd_ps(w0v, x3, a03);
-        a10 = _mm512_fmadd_ps(w1v, x0, a10);
-        a11 = _mm512_fmadd_ps(w1v, x1, a11);
-        a12 = _mm512_fmadd_ps(w1v, x2, a12);
-        a13 = _mm512_fmadd_ps(w1v, x3, a13);
-        a20 = _mm512_fmadd_ps(w2v, x0, a20);
-        a21 = _mm512_fmadd_ps(w2v, x1, a21);
-        a22 = _mm512_fmadd_ps(w2v, x2, a22);
-        a23 = _mm512_fmadd_ps(w2v, x3, a23);
-        a30 = _mm512_fmadd_ps(w3v, x0, a30);
-        a31 = _mm512_fmadd_ps(w3v, x1, a31);
-        a32 = _mm512_fmadd_ps(w3v, x2, a32);
-        a33 = _mm512_fmadd_ps(w3v, x3, a33);
-    }
-    ST(y0, m0, a00), ST(y0 + 16, m1, a01), ST(y0 + 32, m2, a02), ST(y0 + 48, m3, a03);
-    ST(y1, m0, a10), ST(y1 + 16, m1, a11), ST(y1 + 32, m2, a12), ST(y1 + 48, m3, a13);
-    ST(y2, m0, a20), ST(y2 + 16, m1, a21), ST(y2 + 32, m2, a22), ST(y2 + 48, m3, a23);
-    ST(y3, m0, a30), ST(y3 + 16, m1, a31), ST(y3 + 32, m2, a32), ST(y3 + 48, m3, a33);
+    rows_gemm_4x64_body(K, Wm, ldw, X, ldx, Y, ldy, m, 0);
 }
+#undef LD
+#undef ST
+#define LD(p, m) _mm512_maskz_loadu_ps(m, p)
+#define ST(p, m, a) _mm512_mask_storeu_ps(p, m, a)
 
 /* one row x 4 vectors (the rows after the last block of 4) */
 static void rows_gemm_1x64(int64_t K, const float *Wm, const float *X, int64_t ldx, float *Y,
@@ -509,11 +492,7 @@ void SUF(lstm_fwd_chunk)(const SUF(lstm_fwd_args) *p, int64_t t0, int64_t n)
     const REAL one = 1;
 #pragma omp parallel num_threads((int)want) if (want > 1)
     {
-#ifdef _OPENMP
-        const int64_t nt = omp_get_num_threads(), k = omp_get_thread_num();
-#else
-        const int64_t nt = 1, k = 0;
-#endif
+        THREAD_IDS(nt, k);
         int64_t r0, r1;
         SUF(unit_range)(H, k, nt, &r0, &r1);
         const int64_t b0 = B * k / nt, b1 = B * (k + 1) / nt;
@@ -718,11 +697,7 @@ int64_t SUF(lstm_bwd_chunk)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, 
     const REAL one = 1;
 #pragma omp parallel num_threads((int)want) if (want > 1)
     {
-#ifdef _OPENMP
-        const int64_t nt = omp_get_num_threads(), k = omp_get_thread_num();
-#else
-        const int64_t nt = 1, k = 0;
-#endif
+        THREAD_IDS(nt, k);
         int64_t r0, r1, c = cur;
         SUF(unit_range)(H, k, nt, &r0, &r1);
         REAL *sl = p->scratch + 2 * nt * B + 4 * k * B, *dz = sl + 2 * B;
@@ -819,6 +794,29 @@ SINGLE_VECTORS static inline void SUF(dot4)(const REAL *restrict w, const REAL *
     acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
 }
 
+/* Units [u0, u1) of the cell on arranged gate rows g (i, f, o, g, H each, tanh applied: for a
+ * σ row, whose product was halved, σ = ½ tanh + ½): c = f c + i g, h = o tanh(c). Returns the
+ * units' part of w_p . c (the new c: the feature Δũ reads). Inlined: each caller's vector width. */
+static inline __attribute__((always_inline)) REAL SUF(arranged_cell)(
+    const REAL *restrict g, REAL *restrict c, REAL *restrict h, const REAL *restrict gw, int64_t H,
+    int64_t u0, int64_t u1)
+{
+    const REAL half = (REAL)0.5;
+    REAL z = 0;
+#pragma omp simd reduction(+:z)
+    for (int64_t j = u0; j < u1; j++) {
+        const REAL i = g[j] * half + half, f = g[H + j] * half + half;
+        const REAL cn = f * c[j] + i * g[3 * H + j];
+        c[j] = cn;
+        h[j] = cn;
+        z += gw[j] * cn;
+    }
+    SUF(tanh_inplace)(h + u0, u1 - u0);
+#pragma omp simd
+    for (int64_t j = u0; j < u1; j++) h[j] *= g[2 * H + j] * half + half;
+    return z;
+}
+
 /* a = WT^T h + xp as AXPYs over the columns of W_hh (WT's rows), 128 rows of a at a time held
  * in registers: no per-row horizontal sum (a dot product of H = 110 ends in one for each of the
  * 440 rows, most of the product's cost at that size) */
@@ -881,27 +879,14 @@ SINGLE_VECTORS static double SUF(lstm_single_update)(SUF(single_args) *p, const 
     REAL z = 0;
     p->flip = !p->flip;
     if (p->WT && p->threads <= 1) {   /* one core: the product as AXPYs, then the cell */
-        const REAL half = (REAL)0.5;
         SUF(axpy_gemv)(p->WT, h, xp, a, H);
         SUF(tanh_inplace)(a, R);
-        for (int64_t j = 0; j < H; j++) {
-            const REAL i = a[j] * half + half, f = a[H + j] * half + half;
-            const REAL cn = f * c[j] + i * a[3 * H + j];
-            c[j] = cn;
-            h[j] = cn;
-            z += p->gw[j] * cn;
-        }
-        SUF(tanh_inplace)(h, H);
-        for (int64_t j = 0; j < H; j++) h[j] *= a[2 * H + j] * half + half;
+        z = SUF(arranged_cell)(a, c, h, p->gw, H, 0, H);
         return SUF(sig)(z + (REAL)p->gb);
     }
 #pragma omp parallel num_threads((int)p->threads) if (p->threads > 1) reduction(+:z)
     {
-#ifdef _OPENMP
-        const int64_t nt = omp_get_num_threads(), k = omp_get_thread_num();
-#else
-        const int64_t nt = 1, k = 0;
-#endif
+        THREAD_IDS(nt, k);
         const int64_t lo = Q * k / nt, hi = Q * (k + 1) / nt;
         const REAL half = (REAL)0.5;
         for (int64_t q = lo; q < hi; q++) {
@@ -919,17 +904,7 @@ SINGLE_VECTORS static double SUF(lstm_single_update)(SUF(single_args) *p, const 
         /* tanh and the cell, units split over the threads (h is read above: written only now) */
         const int64_t u0 = H * k / nt, u1 = H * (k + 1) / nt;
         for (int g = 0; g < 4; g++) SUF(tanh_inplace)(a + g * H + u0, u1 - u0);
-#pragma omp simd reduction(+:z)
-        for (int64_t j = u0; j < u1; j++) {
-            const REAL i = a[j] * half + half, f = a[H + j] * half + half;
-            const REAL cn = f * c[j] + i * a[3 * H + j];
-            c[j] = cn;
-            h[j] = cn;
-            z += p->gw[j] * cn;
-        }
-        SUF(tanh_inplace)(h + u0, u1 - u0);
-#pragma omp simd
-        for (int64_t j = u0; j < u1; j++) h[j] *= a[2 * H + j] * half + half;
+        z += SUF(arranged_cell)(a, c, h, p->gw, H, u0, u1);
     }
     return SUF(sig)(z + (REAL)p->gb);
 }
@@ -1056,7 +1031,7 @@ static int64_t SUF(replay)(const SUF(waves_args) *p, int64_t b, int64_t o, REAL 
 int64_t SUF(lstm_waves)(SUF(waves_args) *p)
 {
     const int64_t T = p->T, B = p->B, H = p->H, I = p->I, K = I + H + 1, G4 = 4 * H;
-    const REAL half = (REAL)0.5, one = 1;
+    const REAL one = 1;
     const int par = p->threads > 1 && B * H >= 4096;
     int64_t m = 0, n_hist = B + 1;
     memcpy(p->hist, p->h, (size_t)(B * H) * sizeof(REAL));
@@ -1091,19 +1066,8 @@ int64_t SUF(lstm_waves)(SUF(waves_args) *p)
             const int64_t b = p->live[i], t = TIME_OF(p, p->at[i], b);
             REAL *restrict g = p->G + i * G4, *restrict hb = p->hist + (n_hist + i) * H,
                  *restrict cb = p->c + b * H;
-            REAL z = 0;
             SUF(tanh_inplace)(g, G4);
-#pragma omp simd reduction(+:z)
-            for (int64_t j = 0; j < H; j++) {
-                const REAL ig = g[j] * half + half, fg = g[H + j] * half + half;
-                const REAL cn = fg * cb[j] + ig * g[3 * H + j];
-                cb[j] = cn;
-                hb[j] = cn;
-                z += p->gw[j] * cn;
-            }
-            SUF(tanh_inplace)(hb, H);
-#pragma omp simd
-            for (int64_t j = 0; j < H; j++) hb[j] *= g[2 * H + j] * half + half;
+            const REAL z = SUF(arranged_cell)(g, cb, hb, p->gw, H, 0, H);
             memcpy(p->h + b * H, hb, (size_t)H * sizeof(REAL));
             REAL du = SUF(sig)(z + (REAL)p->gb);
             if (p->has_floor && du < p->floor) du = p->floor;   /* (NaN stays NaN) */
