@@ -112,6 +112,32 @@ def test_projection_rows_and_block_kinds():
             assert p.n_contiguous == 0 and p.wasted <= 9 * 2, name
 
 
+@pytest.mark.parametrize("period", [3, 12])
+def test_counted_reads_keep_the_interval_of_one_by_one_counting(period):
+    """``note_hits`` (reads counted at once) leaves the projection's bookkeeping as ``get``'s
+    one-by-one counting does: the reads, the last read, and the running mean of the intervals —
+    exactly on a regular pattern (a period on the dense / irregular block thresholds, 3 and 12,
+    must stay on them), to rounding on an irregular one, in one call or several."""
+    x, w = torch.randn(2000, 3), torch.randn(8, 3)
+    one, many = (skipping.LazyInputProjection(x, w, None, eager_macs=0) for _ in range(2))
+    regular = np.arange(period, 1800, period)
+    for i in range(0, len(regular), 100):  # (a sum over 100 intervals of 3.0 rounds off 3.0
+        block = regular[i:i + 100]          # in the form 0.75^k I + sum w d)
+        for t in block:
+            one._note(int(t))
+        many.note_hits(block)
+        assert (many.used, many.prev) == (one.used, one.prev) == (i + len(block), int(block[-1]))
+        assert many.interval == one.interval == period, i
+    rng = np.random.default_rng(period)
+    steps = np.cumsum(rng.integers(1, 30, 200)) + int(regular[-1])
+    for t in steps:
+        one._note(int(t))
+    many.note_hits(steps[:77])
+    many.note_hits(steps[77:])
+    assert (many.used, many.prev) == (one.used, one.prev)
+    assert many.interval == pytest.approx(one.interval, rel=1e-12)
+
+
 def test_small_projection_is_made_at_once():
     """A sequence whose whole projection is cheap (here 200 × 5 × 24 multiply-adds) is one block
     made up front: every read is a hit, however irregular."""

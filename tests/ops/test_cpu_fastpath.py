@@ -564,19 +564,20 @@ def _assert_kernel_mode_matches_torch_ops(monkeypatch, mode, args, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("H, B", [(42, 40), (64, 64)])
+@pytest.mark.parametrize("H, B", [(42, 100), (64, 64)])
 def test_lstm_chunks_split_steps_over_threads_by_units(monkeypatch, dtype, H, B):
     """With two threads and H ≥ 32 the C chunks split every step by hidden units (each thread
     its rows of W_hh h, of the cell and of W_hh^T dgates, and its rows of dW_hh; one barrier per
     step): the gates exactly and everything else to rounding as the torch ops, over three chunks
     (T = 40; at step 0 h_old is h0), with padding, per-step thresholds and the max_skip floor.
-    H = 42: 20 and 22 units (blocks of 4 rows, then single rows), B = 40: the float32 kernel's
+    H = 42: 20 and 22 units (blocks of 4 rows, then single rows), B = 100: the float32 kernel's
     masked column blocks; H = B = 64: whole blocks."""
     from skiprnn.ops import cpu_kernels
     _set_kernel_mode(monkeypatch, "C chunks")
     fns = cpu_kernels.load()[dtype]
-    assert fns.chunk_threads(2, H) == 2 and fns.chunk_threads(1, H) == 1
-    assert fns.chunk_threads(2, 8) == 1  # too few units to split
+    assert fns.chunk_threads(2, H, B) == 2 and fns.chunk_threads(1, H, B) == 1
+    assert fns.chunk_threads(2, 8, 1024) == 1  # too few units to split
+    assert fns.chunk_threads(2, 64, 16) == 1  # too little work a step for a barrier
     torch.set_num_threads(2)  # the autouse fixture restores the count
     # weights of scale 1 / sqrt(H) (those of N(0, 1) make 40 float32 steps amplify rounding to
     # 1e-3 in every implementation: the torch ops are that far from float64 too)

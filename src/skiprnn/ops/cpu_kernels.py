@@ -3,10 +3,11 @@
 * The Skip LSTM's training time loop (``cpu_rnn``): at small shapes it was bound by the number of
   aten ops per step (~15 small pointwise ops around each GEMM, ~5–7 µs each), not by arithmetic;
   one C call per chunk of 16 steps does the same work, calling torch's own BLAS for the per-step
-  GEMMs (``results/train_small_shape_profile.md``). With two or more torch threads each step is
-  split by hidden units over them (their rows of the per-step products in an AVX-512 kernel of
-  the file, one barrier per step) and each thread adds its rows of dW_hh; the other chunk-level
-  GEMMs stay torch ops.
+  GEMMs (``results/train_small_shape_profile.md``). With two or more torch threads, at least 16
+  hidden units a thread and B·H ≥ 4096 (``chunk_threads``), each step is split by hidden units
+  over them (their rows of the input projection and of the per-step products in a kernel of the
+  file — AVX-512 for float32 —, one barrier per step) and each thread adds its rows of dW_hh;
+  the input-side gradients stay torch ops.
 * The batch-size-1 skipping engine (``skipping._run_single``): the W_hh · h product with its rows
   split over the torch threads (each core keeps its rows in its L2), the cell and Δũ in one pass;
   and the loop over the steps around it (ũ replayed on skipped steps, outputs indexed), one call
@@ -188,7 +189,7 @@ def _open(path: str) -> dict:
         waves = getattr(lib, f"lstm_waves_{suf}")
         waves.argtypes, waves.restype = [_P], _I
         threads = getattr(lib, f"chunk_threads_{suf}")
-        threads.argtypes, threads.restype = [_I, _I], _I
+        threads.argtypes, threads.restype = [_I, _I, _I], _I
         fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype), run, waves, threads)
     return fns
 
@@ -203,7 +204,7 @@ class Kernels(NamedTuple):
     gemm: int | None
     single_run: object     # batch-size-1 steps up to the end of a projection block (_run_single)
     waves: object          # a one-layer batch's whole sequence (waves.run_waves; needs gemm)
-    chunk_threads: object  # (threads, H) -> the threads a chunk call splits its steps over
+    chunk_threads: object  # (threads, H, B) -> the threads a chunk call splits its steps over
 
 
 def load():

@@ -251,9 +251,12 @@ class LazyInputProjection:
             return
         if self.interval is None:  # the first interval starts the mean
             self.interval, d = float(d[0]), d[1:]
+        # I_k = 0.75 I_(k-1) + 0.25 d_k unrolled as I_0 + sum_k w_k (d_k - I_0), w summing to
+        # 1 - 0.75^k: exact when the intervals equal I_0 (a regular pattern stays on its
+        # dense / irregular thresholds exactly, as the recursion keeps it)
         k = d.size
         weights = 0.25 * 0.75 ** np.arange(k - 1, -1, -1)
-        self.interval = 0.75 ** k * self.interval + float(weights @ d)
+        self.interval = self.interval + float(weights @ (d - self.interval))
 
     def get(self, t: int, period: int | None = None) -> int:
         """Make sure step t (read steps in increasing order) is projected; returns its row in
@@ -612,8 +615,9 @@ def _run_fused(kernels, cell: StepCell, h, c, proj, steps, dense: bool, up, cum,
     """:func:`_run_single`'s loop in the C kernels (``lstm_single_run`` of
     :mod:`skiprnn.ops.cpu_kernels`): one call runs the steps up to a read that the current block
     of projections does not hold; the next block is then projected here. Each update is one
-    ``lstm_single_update`` (W_hh as the layer holds it, its rows split over the torch threads;
-    the same numbers as the NumPy loop's up to the rounding of the GEMV); the ũ replay is the
+    ``lstm_single_update`` (W_hh of 1 MB or more as the layer holds it, its rows split over the
+    torch threads; a smaller one on one core as AXPYs over an arranged, transposed copy made
+    here; the same numbers as the NumPy loop's up to the rounding of the GEMV); the ũ replay is the
     same arithmetic in the same dtype, so the gates equal the NumPy loop's. ``h``, ``c`` ``(H,)``
     are updated in place; returns the final (Δũ, ũ)."""
     from . import cpu_kernels

@@ -249,7 +249,8 @@ void SUF(rows_gemm)(int64_t R, int64_t B, int64_t K, const REAL *Wm, int64_t ldw
 #define COLS for (int64_t b = 0; b < B; b++)
 
 /* ---- Threads. A chunk call may split each step over threads by hidden units: thread k of nt
- * owns units [r0, r1) (multiples of 4: whole blocks of rows_gemm), i.e. those rows of each gate,
+ * owns units [r0, r1) (bounds at multiples of 4, but the last's end at H: whole blocks of
+ * rows_gemm), i.e. those rows of each gate,
  * of the state and of the coefficients, and makes their part of the per-step product itself
  * (its rows of W_hh h forward, its columns of W_hh^T dgates backward). What sums over all units
  * (w_p . c' forward, du~ backward) is summed per thread, then, after one barrier per step, the
@@ -260,9 +261,14 @@ void SUF(rows_gemm)(int64_t R, int64_t B, int64_t K, const REAL *Wm, int64_t ldw
  * single-threaded loop, operation for operation. Scratch: the partial sums (2 nt B reals), then
  * per thread forward 12 B (its copy of the gate's columns, 4 B, and 8 B of rows) and I B (x_t
  * transposed, where the chunk projects the input itself), backward 4 B. */
-int64_t SUF(chunk_threads)(int64_t wanted, int64_t H)
+int64_t SUF(chunk_threads)(int64_t wanted, int64_t H, int64_t B)
 {
-    const int64_t most = H / 16;   /* at least 16 units a thread */
+    /* at least 16 units a thread, and B H >= 4096 (as the waves kernel's split): below that a
+     * step's work is too small for a barrier (B = 16, H = 128, two threads: 76 -> 85 ms per
+     * call; B = 64, H = 64: faster) */
+    if (B * H < 4096)
+        return 1;
+    const int64_t most = H / 16;
     return wanted < most ? (wanted > 1 ? wanted : 1) : (most > 1 ? most : 1);
 }
 
@@ -478,21 +484,21 @@ void SUF(lstm_fwd_step)(const SUF(lstm_fwd_args) *p, int64_t j, int64_t t)
     SUF(fwd_rows)(p, j, t, 0, p->H, loc + 3 * B, part, 1, loc + 4 * B);
     SUF(fwd_gate_after)(p, j, t, loc, part, 1, 1);
     SUF(fwd_store_h)(p, j, t, 0, B);
+#if defined(__AVX512F__) && !defined(SKIPRNN_DOUBLE)
+    _mm_sfence();   /* the streaming stores of the coefficients */
+#endif
 }
 
-/* Steps t0 .. t0 + n - 1 (chunk rows 0 .. n - 1): per step A[j] += W_hh h, then the step; over
- * chunk_threads(threads, H) threads (see above). Where x is given, each thread first writes its
- * rows of A[j] = W_ih x_t + b itself. Ends with the carry: ST[n] and WSC[n]'s (cum, du) rows
- * become row 0 for the next chunk. */
-void SUF(lstm_fwd_chunk)(const SUF(lstm_fwd_args) *p, int64_t t0, int64_t n)
+/* Thread k of nt's share of a forward chunk (see lstm_fwd_chunk); blas: the per-step product
+ * through BLAS (one thread, called outside any parallel region) */
+static void SUF(fwd_chunk_thread)(const SUF(lstm_fwd_args) *p, int64_t t0, int64_t n, int64_t nt,
+                                  int64_t k, int blas)
 {
     SUF(gemm_fn) gemm = (SUF(gemm_fn))p->gemm;
-    const int64_t H = p->H, B = p->B, HB = H * B, want = SUF(chunk_threads)(p->threads, H);
+    const int64_t H = p->H, B = p->B, HB = H * B;
     const int m = (int)B, nn = (int)(4 * H), kh = (int)H;
     const REAL one = 1;
-#pragma omp parallel num_threads((int)want) if (want > 1)
     {
-        THREAD_IDS(nt, k);
         int64_t r0, r1;
         SUF(unit_range)(H, k, nt, &r0, &r1);
         const int64_t b0 = B * k / nt, b1 = B * (k + 1) / nt;
@@ -515,7 +521,7 @@ void SUF(lstm_fwd_chunk)(const SUF(lstm_fwd_args) *p, int64_t t0, int64_t n)
                     SUF(rows_gemm)(r1 - r0, B, p->I, p->Wi + (e * H + r0) * p->I, p->I, xt, B,
                                    a + (e * H + r0) * B, B);
             }
-            if (nt == 1) /* column-major: A[j]^T (B x 4H) += h^T (B x H) W_hh^T (H x 4H) */
+            if (blas) /* column-major: A[j]^T (B x 4H) += h^T (B x H) W_hh^T (H x 4H) */
                 gemm("N", "N", &m, &nn, &kh, &one, h, &m, p->Wh, &kh, &one, a, &m);
             else
                 for (int64_t e = 0; e < 4; e++)   /* this thread's rows of each gate */
@@ -533,8 +539,8 @@ void SUF(lstm_fwd_chunk)(const SUF(lstm_fwd_args) *p, int64_t t0, int64_t n)
 #if defined(__AVX512F__) && !defined(SKIPRNN_DOUBLE)
         _mm_sfence();   /* the streaming stores of the coefficients */
 #endif
-        /* the carry, this thread's units (ST[n] is read by no thread any more: each reads
-         * ST[j + 1] before the barrier of step j + 1 or, the last, of this thread's own step) */
+        /* the carry, this thread's units: ST[n] into ST[0] (other threads may still read ST[n]
+         * here, in their last fwd_store_h; ST[0] nobody reads after the first step's barrier) */
         for (int64_t half = 0; half < 2; half++)
             memcpy(p->ST + (half * H + r0) * B, p->ST + n * 2 * HB + (half * H + r0) * B,
                    (size_t)((r1 - r0) * B) * sizeof(REAL));
@@ -543,6 +549,26 @@ void SUF(lstm_fwd_chunk)(const SUF(lstm_fwd_args) *p, int64_t t0, int64_t n)
             REAL *wf = p->WSC;
             COLS wf[b] = wl[b], wf[2 * B + b] = wl[2 * B + b];
         }
+    }
+}
+
+/* Steps t0 .. t0 + n - 1 (chunk rows 0 .. n - 1): per step A[j] += W_hh h, then the step; over
+ * chunk_threads(threads, H, B) threads (see above). Where x is given, each thread first writes
+ * its rows of A[j] = W_ih x_t + b itself. Ends with the carry: ST[n] and WSC[n]'s (cum, du) rows
+ * become row 0 for the next chunk. One thread runs outside any parallel region, its products
+ * through BLAS (inside a region, even an inactive one, BLAS would start a nested team of its own
+ * threads on every call); a region's threads make theirs with rows_gemm. */
+void SUF(lstm_fwd_chunk)(const SUF(lstm_fwd_args) *p, int64_t t0, int64_t n)
+{
+    const int64_t want = SUF(chunk_threads)(p->threads, p->H, p->B);
+    if (want <= 1) {
+        SUF(fwd_chunk_thread)(p, t0, n, 1, 0, 1);
+        return;
+    }
+#pragma omp parallel num_threads((int)want)
+    {
+        THREAD_IDS(nt, k);
+        SUF(fwd_chunk_thread)(p, t0, n, nt, k, 0);
     }
 }
 
@@ -685,25 +711,21 @@ void SUF(lstm_bwd_step)(const SUF(lstm_bwd_args) *p, int64_t j, int64_t t, int64
     SUF(bwd_gate)(p, t, cur, sl, part, 1, 1);
 }
 
-/* Steps t0 + n - 1 down to t0 of the reverse loop; cur: which running gradient holds the state
- * gradient after step t0 + n - 1 (0: S0). A step updates if any of its u is 1; then sn_h +=
- * W_hh^T dgates. Over chunk_threads(threads, H) threads (see the forward). Returns cur after the
- * chunk. */
-int64_t SUF(lstm_bwd_chunk)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, int64_t cur)
+/* Thread k of nt's share of a reverse chunk (see lstm_bwd_chunk); blas: as the forward's */
+static void SUF(bwd_chunk_thread)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, int64_t cur,
+                                  int64_t nt, int64_t k, int blas)
 {
     SUF(gemm_fn) gemm = (SUF(gemm_fn))p->gemm;
-    const int64_t B = p->B, H = p->H, want = SUF(chunk_threads)(p->threads, H);
+    const int64_t B = p->B, H = p->H;
     const int m = (int)B, nn = (int)H, kg = (int)(4 * H), lda = (int)(p->C * B), ldb = (int)(4 * H);
     const REAL one = 1;
-#pragma omp parallel num_threads((int)want) if (want > 1)
     {
-        THREAD_IDS(nt, k);
         int64_t r0, r1, c = cur;
         SUF(unit_range)(H, k, nt, &r0, &r1);
         REAL *sl = p->scratch + 2 * nt * B + 4 * k * B, *dz = sl + 2 * B;
         /* (2, 4H, B): step j's dgates in set j % 2 (a thread writes the next step's while
          * another may still read these in its product) */
-        REAL *dgs2 = nt > 1 ? p->scratch + 6 * nt * B : NULL;
+        REAL *dgs2 = blas ? NULL : p->scratch + 6 * nt * B;
         memcpy(sl, (c ? p->S1 : p->S0) + p->S * B, (size_t)(2 * B) * sizeof(REAL));
         for (int64_t j = n - 1; j >= 0; j--) {
             const int64_t t = t0 + j;
@@ -719,7 +741,7 @@ int64_t SUF(lstm_bwd_chunk)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, 
             }
             SUF(bwd_gate)(p, t, c, sl, part, nt, k == 0);
             REAL *sn = c ? p->S0 : p->S1;
-            if (updated && nt == 1) /* column-major: sn_h^T (B x H) += dgates^T (B x 4H) W_hh (4H x H) */
+            if (updated && blas) /* column-major: sn_h^T (B x H) += dgates^T (B x 4H) W_hh (4H x H) */
                 gemm("N", "N", &m, &nn, &kg, &one, p->DGP + j * B, &lda, p->WhT, &ldb, &one, sn, &m);
             else if (updated)   /* this thread's units */
                 SUF(rows_gemm)(r1 - r0, B, 4 * H, p->WhT + r0 * 4 * H, 4 * H, dgs, B,
@@ -739,6 +761,24 @@ int64_t SUF(lstm_bwd_chunk)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, 
                 }
             }
     }
+}
+
+/* Steps t0 + n - 1 down to t0 of the reverse loop; cur: which running gradient holds the state
+ * gradient after step t0 + n - 1 (0: S0). A step updates if any of its u is 1; then sn_h +=
+ * W_hh^T dgates. Over chunk_threads(threads, H, B) threads, one outside any parallel region (see
+ * the forward). Returns cur after the chunk. */
+int64_t SUF(lstm_bwd_chunk)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, int64_t cur)
+{
+    const int64_t want = SUF(chunk_threads)(p->threads, p->H, p->B);
+    if (want <= 1)
+        SUF(bwd_chunk_thread)(p, t0, n, cur, 1, 0, 1);
+    else {
+#pragma omp parallel num_threads((int)want)
+        {
+            THREAD_IDS(nt, k);
+            SUF(bwd_chunk_thread)(p, t0, n, cur, nt, k, 0);
+        }
+    }
     return n % 2 ? 1 - cur : cur;
 }
 
@@ -756,7 +796,9 @@ int64_t SUF(lstm_bwd_chunk)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, 
  * W_hh h is the whole cost (W_hh is 4 MB at H = 512): its rows are split statically over the
  * threads, so each core reads the same rows on every update and keeps them in its own L2; each
  * thread reads its rows in the reverse order of the previous update, so the rows it read last,
- * still cached, come first.
+ * still cached, come first. A W_hh under 1 MB runs on one core from WT, a transposed copy in
+ * the arranged layout (the caller's, small), as AXPYs over its rows (axpy_gemv): no horizontal
+ * sum per row of W_hh, which the dot products pay 4H times.
  */
 typedef struct {
     int64_t H, threads, flip;

@@ -137,11 +137,13 @@ class _LSTMCell(CpuCell):
         return step
 
     def fused_forward(self, fw, x, gw, gb, M, thr, floor):
-        """The chunk's steps t0 .. t0 + n - 1 in C (:mod:`~skiprnn.ops.cpu_kernels`), each
-        ``A[j] += W_hh h`` and one ``lstm_fwd_step``: the candidate, the update gate and the
-        step's rows of ``Hh``, ``SC`` (and with ``fw.train`` of ``KK``, ``CC``), what the Python
-        step, the gate ops of ``cpu_rnn._forward_chunks`` and ``flush`` above do. None where it
-        does not apply."""
+        """The chunk t0 .. t0 + n - 1 in C (:mod:`~skiprnn.ops.cpu_kernels`): the input
+        projection (torch's, or each thread's rows in C where the chunk splits its steps over
+        threads), per step ``A[j] += W_hh h`` and the candidate, the update gate and the step's
+        rows of ``Hh``, ``SC`` (and with ``fw.train`` of ``KK``, ``CC``), then the carry to the
+        next chunk: what ``cpu_rnn.input_projection``, the Python step, the gate ops of
+        ``cpu_rnn._forward_chunks``, ``flush`` above and ``cpu_rnn.carry`` do. None where it does
+        not apply."""
         fns = _kernels(fw.A)
         if fns is None:
             return None
@@ -149,7 +151,7 @@ class _LSTMCell(CpuCell):
         fw.WTC = fw.new(fw.C, H, B)  # tanh(c'), as forward_ops' (the forward runs one or other)
         threads = torch.get_num_threads()  # the C loop splits its steps over these (by units)
         # split over threads, the chunk projects the input itself (each thread its rows)
-        own_projection = fns.gemm is not None and fns.chunk_threads(threads, H) > 1
+        own_projection = fns.gemm is not None and fns.chunk_threads(threads, H, B) > 1
         xc = x.contiguous() if own_projection else None
         bias = None if fw.bias is None else fw.bias.reshape(-1).contiguous()
         gwv, scratch = gw.detach().reshape(-1).contiguous(), fw.new(threads * (14 + fw.I) * B)
@@ -184,7 +186,9 @@ class _LSTMCell(CpuCell):
     def fused_backward(self, bw, g_gate, M):
         """The reverse loop over a chunk's steps in C, each one ``lstm_bwd_step`` and, where a
         column updates, ``sn_h += W_hhᵀ dgates``: what ``cpu_rnn._backward_chunks`` does per step
-        with this cell's ``step`` or ``_held_step``. None where it does not apply."""
+        with this cell's ``step`` or ``_held_step``; where the chunk splits its steps over
+        threads, each also adds its rows of dW_hh (``bw.dWh``; :meth:`backward_ops` then leaves
+        it out). None where it does not apply."""
         fns = _kernels(bw.KK)
         if fns is None:
             return None
@@ -195,7 +199,7 @@ class _LSTMCell(CpuCell):
         threads = torch.get_num_threads()
         scratch, dcp = bw.new(6 * threads * B + 8 * H * B), bw.new(H, B)
         h0 = bw.h0.contiguous()
-        if fns.gemm is not None and fns.chunk_threads(threads, H) > 1:
+        if fns.gemm is not None and fns.chunk_threads(threads, H, B) > 1:
             # the threads' chunks add their rows of dW_hh (backward_ops leaves it to them)
             bw.dWh = bw.x.new_zeros(4 * H, H)
         dW = getattr(bw, "dWh", None)
