@@ -400,6 +400,35 @@ def test_buffer_pool_reuses_and_evicts():
         assert all(lst for lst in pool._free.values())
 
 
+@pytest.mark.parametrize("python_engine", [False, True])
+def test_skipping_outputs_reuse_memory_only_once_dropped(monkeypatch, python_engine):
+    """The batched skipping engine's (T, B, H) output comes from the pool (already paged in):
+    a call's output is never the memory of an output still alive — its values stay as they were
+    through later calls — and once dropped its memory serves the next call's output. Both the
+    C loop and the Python engine (C kernels off)."""
+    from skiprnn import SkipLSTM
+    from skiprnn.ops import cpu_rnn
+    if python_engine:
+        monkeypatch.setenv("SKIPRNN_CPU_KERNELS", "python")
+    torch.manual_seed(0)
+    layer = SkipLSTM(3, 16).eval()
+    with torch.no_grad():
+        layer.update_gate.bias.fill_(math.log(0.3 / 0.7))
+        x = torch.randn(50, 8, 3)
+        first = layer(x)[0]
+        assert layer.last_backend == "skipping"
+        kept = first.clone()
+        second = layer(2 * x)[0]
+        assert second.data_ptr() != first.data_ptr()
+        assert torch.equal(first, kept)          # the later call did not write over it
+        ptr = first.data_ptr()
+        assert any(t.data_ptr() == ptr for t in cpu_rnn._POOL._lent)  # the pool's memory
+        del first
+        third = layer(x)[0]
+        assert third.data_ptr() == ptr           # the dropped output's memory, reused
+        assert torch.equal(third, kept)
+
+
 def test_buffer_pool_lends_memory_back_only_when_unused():
     """A lent buffer (an op output the backward reads) returns to the pool only once no tensor
     (views and saved tensors included) uses its storage."""

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cpu_rnn import _Lease
+from .cpu_rnn import _Lease, pooled_output
 from .contract import RecurrenceResult
 from .naive import floor_update_prob, update_prob_floor
 
@@ -599,7 +599,7 @@ def _fused_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: 
     else:  # valid steps first, in time order (as GateReplay's)
         n_valid = valid.sum(0).astype(np.int64)
         times = np.ascontiguousarray(np.argsort(~valid, axis=0, kind="stable"), np.int64)
-    out = torch.empty(T, B, H, dtype=x.dtype)
+    out = pooled_output((T, B, H), x)
     probs, upd = np.zeros((T, B), npdt), np.zeros((T, B), npdt)
     src = np.zeros((T, B), np.int64)
     mask = None if valid is None else np.ascontiguousarray(valid, np.uint8)
@@ -657,7 +657,7 @@ class _WaveRun:
         self.rows, self.at = rows[live], at[live]
         self.engine = _LstmWaves if cell.kind == "lstm" else _GruWaves
         self.eng = self.engine(cell, (hs,) if cs is None else (hs, cs), self.rows, x)
-        self.out = torch.empty(T * B, H, dtype=x.dtype, device=x.device)  # step t, row b: t·B + b
+        self.out = pooled_output((T * B, H), x)  # step t, row b: t·B + b
         # history (see _fill_outputs): carried h, a zero row, then one row per update (at most one
         # per valid step; untouched rows of the allocation are never paged in)
         # (CPU: a pooled buffer, kept for the next call: a fresh one is paged in at every call)
