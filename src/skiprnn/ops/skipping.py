@@ -55,6 +55,7 @@ from torch import Tensor
 from .._env import triton_available
 from .cells import cell_spec
 from .contract import GateOptions, RecurrenceResult, check_cell
+from .cpu_rnn import pooled_output
 from .naive import check_cap_holds, floor_update_prob, update_prob_floor
 from .waves import fused_lstm_kernels, run_waves
 
@@ -565,7 +566,8 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
     if stats is not None:
         stats.update(projected=proj.projected, read=proj.used)
     dev = x.device
-    out = torch.from_numpy(hist[idx]).unsqueeze(1)
+    out = pooled_output((T, 1, H), x)  # (already paged in where an earlier output was dropped)
+    np.take(hist, idx, axis=0, out=out.numpy().reshape(T, H), mode="clip")  # (unbuffered)
     u = torch.from_numpy(u_np).unsqueeze(1)
     p = torch.from_numpy(p_np).unsqueeze(1)
     up_t = torch.tensor([up], dtype=x.dtype, device=dev)
