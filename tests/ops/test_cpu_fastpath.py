@@ -400,12 +400,13 @@ def test_buffer_pool_reuses_and_evicts():
         assert all(lst for lst in pool._free.values())
 
 
+@pytest.mark.parametrize("B", [1, 8])
 @pytest.mark.parametrize("python_engine", [False, True])
-def test_skipping_outputs_reuse_memory_only_once_dropped(monkeypatch, python_engine):
-    """The batched skipping engine's (T, B, H) output comes from the pool (already paged in):
-    a call's output is never the memory of an output still alive — its values stay as they were
-    through later calls — and once dropped its memory serves the next call's output. Both the
-    C loop and the Python engine (C kernels off)."""
+def test_skipping_outputs_reuse_memory_only_once_dropped(monkeypatch, python_engine, B):
+    """The skipping engine's (T, B, H) output comes from the pool (already paged in): a call's
+    output is never the memory of an output still alive — its values stay as they were through
+    later calls — and once dropped its memory serves the next call's output. Batches (waves) and
+    batch size 1, with the C loops and with the Python / NumPy engines (C kernels off)."""
     from skiprnn import SkipLSTM
     from skiprnn.ops import cpu_rnn
     if python_engine:
@@ -414,7 +415,7 @@ def test_skipping_outputs_reuse_memory_only_once_dropped(monkeypatch, python_eng
     layer = SkipLSTM(3, 16).eval()
     with torch.no_grad():
         layer.update_gate.bias.fill_(math.log(0.3 / 0.7))
-        x = torch.randn(50, 8, 3)
+        x = torch.randn(50, B, 3)
         first = layer(x)[0]
         assert layer.last_backend == "skipping"
         kept = first.clone()
