@@ -437,7 +437,7 @@ def test_input_projection_in_kernel_or_as_a_gemm(monkeypatch, cell, I, env, fuse
         run(cell, cell.fast, p, mask, precision="ieee")
     monkeypatch.setattr(torch, "mm", mm)
     if _interpreted():
-        assert coop.choices() and "old" not in coop.choices().values()
+        assert coop.choices() and coop.ROWBLOCK not in coop.choices().values()
         assert bool(gemms) is not fused, gemms
     coop.reset()
 

@@ -155,7 +155,7 @@ def _child(cell, B, T, I, H, masked, fresh, sync=False, block=16):
         report[f"infer{i}"] = _rel(a, b)
         assert _rel(a, b) < 1e-4, ("infer", i, _rel(a, b))
     chosen = coop.choices()
-    assert len(chosen) == 3 and all(v != "old" for v in chosen.values()), chosen
+    assert len(chosen) == 3 and all(v != coop.ROWBLOCK for v in chosen.values()), chosen
     # tf32 runs too (the default on CUDA): finite, close
     out_t = call(fast, leaves_f, precision="tf32")
     for i, (a, b) in enumerate(zip(out_t.tensors(), ref)):

@@ -11,15 +11,15 @@ block, release/acquire at GPU scope). A spin barrier needs every program residen
 cooperative path is only used when the whole grid fits in one wave (``grid <= #SMs``) and never with
 several column blocks in the interpreter (its programs run one after the other). A spin limit turns
 a would-be hang into a raised flag: the kernel finishes (with garbage), the host sees the flag and
-recomputes with the old kernels.
+recomputes with the row-block kernels (one program per block of rows).
 
 Environment knobs (read at call time):
 
-* ``SKIPRNN_COOP=0`` disables the cooperative path (old one-program-per-row-block kernels only);
+* ``SKIPRNN_COOP=0`` disables the cooperative path (the one-program-per-row-block kernels only);
   ``SKIPRNN_COOP=force`` skips the timing and uses the first valid cooperative candidate.
 * ``SKIPRNN_COOP_CONFIG=BLOCK_B,BLOCK_N,num_warps[,KSPLIT][+x]`` forces one cooperative
-  configuration (``+x``: the forward projects inputs of I <= 4 itself; ``old`` forces the old
-  kernels).
+  configuration (``+x``: the forward projects inputs of I <= 4 itself; ``rowblock``, or its
+  earlier name ``old``, forces the row-block kernels).
 * ``SKIPRNN_COOP_MAXCAND=n``: time only the first n candidates (the benchmark uses 2).
 * ``SKIPRNN_COOP_FUSE_INPUT=0``: the forward reads a precomputed input projection even for
   small inputs (default: it projects ``I <= 4`` inputs itself, see ``fuse_input``).
@@ -44,7 +44,9 @@ CHECK_ENV = "SKIPRNN_COOP_CHECK"
 MAXCAND_ENV = "SKIPRNN_COOP_MAXCAND"
 SPIN_LIMIT = 1 << 20  # atomic polls (~0.5-1 us each) before a barrier is declared dead
 
-_choice: dict = {}     # key -> cfg dict or "old"
+#: the choice of the row-block kernels (one program per block of rows), beside cooperative configs
+ROWBLOCK = "rowblock"
+_choice: dict = {}     # key -> cfg dict or ROWBLOCK
 _uses: dict = {}       # key -> launches so far
 _log: list = []        # (key, choice, {candidate: ms or error})
 
@@ -261,8 +263,8 @@ def _parse(env: str) -> dict:
 
 
 def cfg_name(c) -> str:
-    if c == "old":
-        return "old"
+    if c == ROWBLOCK:
+        return ROWBLOCK
     return f"{c['BLOCK_B']},{c['BLOCK_N']},{c['num_warps']}" + (
         f",{c['KSPLIT']}" if c.get("KSPLIT", 1) > 1 else "") + ("+x" if c.get("FUSE") else "")
 
@@ -299,12 +301,12 @@ def _one_wave(cands: list[dict], B: int, H: int, device) -> list[dict]:
 def _candidates(H: int, B: int, device: torch.device, precision: str, env, maxc: int,
                 fusable: bool) -> list[dict]:
     HP = max(16, next_pow2(H))
-    forced = _parse(env) if env and env.strip() != "old" else None
+    forced = _parse(env) if env and env.strip() not in (ROWBLOCK, "old") else None
     if interpreting():
         cands = [forced if forced is not None and forced["BLOCK_N"] >= H else _cfg(16, HP, 4)]
         if fusable and not env:
             cands = [dict(cands[0], FUSE=1)]
-    elif env:  # a forced configuration is the only candidate ('old': none), if it fits
+    elif env:  # a forced configuration is the only candidate (ROWBLOCK: none), if it fits
         cands = _one_wave([forced] if forced is not None else [], B, H, device)
     else:
         if HP <= 128:
@@ -367,7 +369,7 @@ def run(key, cands: list[dict], launch_coop, launch_rowblock, hint=None):
     choice = _choice.get(key)
     if choice is None and hint is not None and hint in _choice:
         choice = _choice[hint]  # e.g. inference reuses the training forward's choice
-        if choice != "old" and choice not in cands:
+        if choice != ROWBLOCK and choice not in cands:
             choice = None
         if choice is not None:
             _choice[key] = choice
@@ -379,7 +381,7 @@ def run(key, cands: list[dict], launch_coop, launch_rowblock, hint=None):
             choice = cands[0]
         else:
             timings = {}
-            best, best_ms = "old", None
+            best, best_ms = ROWBLOCK, None
             for c in cands:
                 name = cfg_name(c)
                 try:
@@ -392,15 +394,15 @@ def run(key, cands: list[dict], launch_coop, launch_rowblock, hint=None):
                     best, best_ms = c, ms
             try:
                 ms = _time(lambda: (launch_rowblock(), None)[1])
-                timings["old"] = ms
+                timings[ROWBLOCK] = ms
                 if best_ms is None or ms < best_ms:
-                    best, best_ms = "old", ms
+                    best, best_ms = ROWBLOCK, ms
             except Exception as e:  # pragma: no cover
-                timings["old"] = f"{type(e).__name__}: {str(e)[:200]}"
+                timings[ROWBLOCK] = f"{type(e).__name__}: {str(e)[:200]}"
             choice = best
             _log.append((key, choice, timings))
         _choice[key] = choice
-    if choice == "old":
+    if choice == ROWBLOCK:
         return launch_rowblock()
     n = _uses.get(key, 0)
     _uses[key] = n + 1
@@ -409,12 +411,12 @@ def run(key, cands: list[dict], launch_coop, launch_rowblock, hint=None):
     except Exception:
         if n > 0 or interpreting():
             raise
-        _choice[key] = "old"
+        _choice[key] = ROWBLOCK
         return launch_rowblock()
     if n < 2 or check_flag():
         if _flag_value(flag):
-            _choice[key] = "old"
-            _log.append((key, "old", {"reason": "barrier timed out"}))
+            _choice[key] = ROWBLOCK
+            _log.append((key, ROWBLOCK, {"reason": "barrier timed out"}))
             return launch_rowblock()
     return res
 

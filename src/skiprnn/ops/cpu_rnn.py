@@ -58,9 +58,8 @@ from .contract import OP_LAYER_ARGS, OP_OUTPUTS, GateOptions, RecurrenceResult, 
 from .naive import check_cap_holds, floor_update_prob, update_prob_floor
 
 __all__ = ["CpuCell", "KKLayout", "skip_rnn_cpu", "release_cpu_buffers", "pooled_output",
-           "add_h_old_gemm",
-           "add_input_grads",
-           "register_cell", "cpu_rnn_forward", "cpu_rnn_backward"]
+           "add_h_old_gemm", "add_input_grads", "register_cell", "cpu_rnn_forward",
+           "cpu_rnn_backward"]
 
 
 #: torch's count of a storage's users (a private function): without it (another torch version)

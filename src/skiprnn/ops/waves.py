@@ -349,6 +349,14 @@ def _bias(b_ih, b_hh, n, like):
     return (b_ih + b_hh).detach()
 
 
+def _arranged_lstm_weight(spec, layer, H: int) -> Tensor:
+    """``arrange([W_ih | W_hh | b])ᵀ`` ``(In + H + 1, 4H)`` of one LSTM layer ``(w_ih, w_hh,
+    b_ih, b_hh)``: the weight of a wave's GEMM on ``[inp | h | 1]`` (see :class:`_LstmWaves`)."""
+    w_ih, w_hh, b_ih, b_hh = layer
+    b = _bias(b_ih, b_hh, 4 * H, w_ih)
+    return spec.arrange(torch.cat([w_ih.detach(), w_hh.detach(), b[:, None]], 1)).t().contiguous()
+
+
 class _LstmWaves(_Waves):
     """LSTM stack. Per layer one GEMM ``[inp | h | 1] @ arrange([W_ih | W_hh | b])ᵀ`` (the bias as
     a column of ones: no separate pass to add it; rows (i, f, o, g), i, f, o halved), so that one
@@ -360,11 +368,9 @@ class _LstmWaves(_Waves):
         H = self.H
         self.w, self.S, self.C, self.n_in = [], [], [], []
         r = self.index(rows)
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(cell.layers):
-            b = _bias(b_ih, b_hh, 4 * H, w_ih)
-            w = self.spec.arrange(torch.cat([w_ih.detach(), w_hh.detach(), b[:, None]], 1))
-            self.w.append(w.t().contiguous())  # (In + H + 1, 4H)
-            n_in = w_ih.shape[1]
+        for k, layer in enumerate(cell.layers):
+            self.w.append(_arranged_lstm_weight(self.spec, layer, H))  # (In + H + 1, 4H)
+            n_in = layer[0].shape[1]
             self.n_in.append(n_in)
             s = torch.empty(rows.size, n_in + H + 1, dtype=self.dt, device=self.dev)
             s[:, n_in:n_in + H] = self.final[0][k].index_select(0, r)
@@ -583,11 +589,9 @@ def _fused_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: 
     if kernels is None or kernels.gemm is None:
         return None
     from . import cpu_kernels
-    w_ih, w_hh, b_ih, b_hh = cell.layers[0]
     T, B, I = x.shape
-    H = w_hh.shape[1]
-    b = _bias(b_ih, b_hh, 4 * H, w_ih)
-    wt = cell.spec.arrange(torch.cat([w_ih, w_hh, b[:, None]], 1)).t().contiguous()
+    H = cell.layers[0][1].shape[1]
+    wt = _arranged_lstm_weight(cell.spec, cell.layers[0], H)
     x = x.contiguous()
     gw = cell.gate_weight[0].contiguous()
     h, c = hs[0].to(x.dtype).contiguous().clone(), cs[0].to(x.dtype).contiguous().clone()

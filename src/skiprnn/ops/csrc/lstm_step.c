@@ -498,57 +498,55 @@ static void SUF(fwd_chunk_thread)(const SUF(lstm_fwd_args) *p, int64_t t0, int64
     const int64_t H = p->H, B = p->B, HB = H * B;
     const int m = (int)B, nn = (int)(4 * H), kh = (int)H;
     const REAL one = 1;
-    {
-        int64_t r0, r1;
-        SUF(unit_range)(H, k, nt, &r0, &r1);
-        const int64_t b0 = B * k / nt, b1 = B * (k + 1) / nt;
-        REAL *loc = p->scratch + 2 * nt * B + 12 * k * B;
-        REAL *xt = p->scratch + 14 * nt * B + k * p->I * B;   /* (I, B) */
-        const REAL *w0 = p->WSC;
-        COLS loc[b] = w0[b], loc[B + b] = w0[2 * B + b];
-        for (int64_t j = 0; j < n; j++) {
-            const REAL *h = p->ST + j * 2 * HB;
-            REAL *a = p->A + j * 4 * HB;
-            if (p->x) {   /* this thread's rows of each gate: A[j] = b + W_ih x_t */
-                const REAL *xr = p->x + (t0 + j) * B * p->I;
-                for (int64_t i = 0; i < p->I; i++) COLS xt[i * B + b] = xr[b * p->I + i];
-                for (int64_t e = 0; e < 4; e++)
-                    for (int64_t q = e * H + r0; q < e * H + r1; q++) {
-                        const REAL bq = p->bias ? p->bias[q] : (REAL)0;
-                        COLS a[q * B + b] = bq;
-                    }
-                for (int64_t e = 0; e < 4; e++)
-                    SUF(rows_gemm)(r1 - r0, B, p->I, p->Wi + (e * H + r0) * p->I, p->I, xt, B,
-                                   a + (e * H + r0) * B, B);
-            }
-            if (blas) /* column-major: A[j]^T (B x 4H) += h^T (B x H) W_hh^T (H x 4H) */
-                gemm("N", "N", &m, &nn, &kh, &one, h, &m, p->Wh, &kh, &one, a, &m);
-            else
-                for (int64_t e = 0; e < 4; e++)   /* this thread's rows of each gate */
-                    SUF(rows_gemm)(r1 - r0, B, H, p->Wh + (e * H + r0) * H, H, h, B,
-                                   a + (e * H + r0) * B, B);
-            SUF(fwd_gate_before)(p, j, t0 + j, loc, k == 0);
-            REAL *part = p->scratch + (j & 1) * nt * B;
-            SUF(fwd_rows)(p, j, t0 + j, r0, r1, loc + 3 * B, part + k * B, k == 0, loc + 4 * B);
-            if (nt > 1) {
+    int64_t r0, r1;
+    SUF(unit_range)(H, k, nt, &r0, &r1);
+    const int64_t b0 = B * k / nt, b1 = B * (k + 1) / nt;
+    REAL *loc = p->scratch + 2 * nt * B + 12 * k * B;
+    REAL *xt = p->scratch + 14 * nt * B + k * p->I * B;   /* (I, B) */
+    const REAL *w0 = p->WSC;
+    COLS loc[b] = w0[b], loc[B + b] = w0[2 * B + b];
+    for (int64_t j = 0; j < n; j++) {
+        const REAL *h = p->ST + j * 2 * HB;
+        REAL *a = p->A + j * 4 * HB;
+        if (p->x) {   /* this thread's rows of each gate: A[j] = b + W_ih x_t */
+            const REAL *xr = p->x + (t0 + j) * B * p->I;
+            for (int64_t i = 0; i < p->I; i++) COLS xt[i * B + b] = xr[b * p->I + i];
+            for (int64_t e = 0; e < 4; e++)
+                for (int64_t q = e * H + r0; q < e * H + r1; q++) {
+                    const REAL bq = p->bias ? p->bias[q] : (REAL)0;
+                    COLS a[q * B + b] = bq;
+                }
+            for (int64_t e = 0; e < 4; e++)
+                SUF(rows_gemm)(r1 - r0, B, p->I, p->Wi + (e * H + r0) * p->I, p->I, xt, B,
+                               a + (e * H + r0) * B, B);
+        }
+        if (blas) /* column-major: A[j]^T (B x 4H) += h^T (B x H) W_hh^T (H x 4H) */
+            gemm("N", "N", &m, &nn, &kh, &one, h, &m, p->Wh, &kh, &one, a, &m);
+        else
+            for (int64_t e = 0; e < 4; e++)   /* this thread's rows of each gate */
+                SUF(rows_gemm)(r1 - r0, B, H, p->Wh + (e * H + r0) * H, H, h, B,
+                               a + (e * H + r0) * B, B);
+        SUF(fwd_gate_before)(p, j, t0 + j, loc, k == 0);
+        REAL *part = p->scratch + (j & 1) * nt * B;
+        SUF(fwd_rows)(p, j, t0 + j, r0, r1, loc + 3 * B, part + k * B, k == 0, loc + 4 * B);
+        if (nt > 1) {
 #pragma omp barrier
-            }
-            SUF(fwd_gate_after)(p, j, t0 + j, loc, part, nt, k == 0);
-            SUF(fwd_store_h)(p, j, t0 + j, b0, b1);
         }
+        SUF(fwd_gate_after)(p, j, t0 + j, loc, part, nt, k == 0);
+        SUF(fwd_store_h)(p, j, t0 + j, b0, b1);
+    }
 #if defined(__AVX512F__) && !defined(SKIPRNN_DOUBLE)
-        _mm_sfence();   /* the streaming stores of the coefficients */
+    _mm_sfence();   /* the streaming stores of the coefficients */
 #endif
-        /* the carry, this thread's units: ST[n] into ST[0] (other threads may still read ST[n]
-         * here, in their last fwd_store_h; ST[0] nobody reads after the first step's barrier) */
-        for (int64_t half = 0; half < 2; half++)
-            memcpy(p->ST + (half * H + r0) * B, p->ST + n * 2 * HB + (half * H + r0) * B,
-                   (size_t)((r1 - r0) * B) * sizeof(REAL));
-        if (k == 0) {
-            const REAL *wl = p->WSC + n * 6 * B;
-            REAL *wf = p->WSC;
-            COLS wf[b] = wl[b], wf[2 * B + b] = wl[2 * B + b];
-        }
+    /* the carry, this thread's units: ST[n] into ST[0] (other threads may still read ST[n]
+     * here, in their last fwd_store_h; ST[0] nobody reads after the first step's barrier) */
+    for (int64_t half = 0; half < 2; half++)
+        memcpy(p->ST + (half * H + r0) * B, p->ST + n * 2 * HB + (half * H + r0) * B,
+               (size_t)((r1 - r0) * B) * sizeof(REAL));
+    if (k == 0) {
+        const REAL *wl = p->WSC + n * 6 * B;
+        REAL *wf = p->WSC;
+        COLS wf[b] = wl[b], wf[2 * B + b] = wl[2 * B + b];
     }
 }
 
@@ -719,48 +717,46 @@ static void SUF(bwd_chunk_thread)(const SUF(lstm_bwd_args) *p, int64_t t0, int64
     const int64_t B = p->B, H = p->H;
     const int m = (int)B, nn = (int)H, kg = (int)(4 * H), lda = (int)(p->C * B), ldb = (int)(4 * H);
     const REAL one = 1;
-    {
-        int64_t r0, r1, c = cur;
-        SUF(unit_range)(H, k, nt, &r0, &r1);
-        REAL *sl = p->scratch + 2 * nt * B + 4 * k * B, *dz = sl + 2 * B;
-        /* (2, 4H, B): step j's dgates in set j % 2 (a thread writes the next step's while
-         * another may still read these in its product) */
-        REAL *dgs2 = blas ? NULL : p->scratch + 6 * nt * B;
-        memcpy(sl, (c ? p->S1 : p->S0) + p->S * B, (size_t)(2 * B) * sizeof(REAL));
-        for (int64_t j = n - 1; j >= 0; j--) {
-            const int64_t t = t0 + j;
-            const REAL *u = p->KK + (t * p->W + p->U) * B;
-            int64_t updated = 0;
-            for (int64_t b = 0; b < B; b++) updated |= u[b] != 0;
-            REAL *part = p->scratch + (j & 1) * nt * B;
-            REAL *dgs = dgs2 ? dgs2 + (j & 1) * 4 * H * B : NULL;
-            SUF(bwd_rows)(p, j, t, c, updated, r0, r1, sl, part + k * B, dz, k == nt - 1, k == 0,
-                          dgs);
-            if (nt > 1) {
+    int64_t r0, r1, c = cur;
+    SUF(unit_range)(H, k, nt, &r0, &r1);
+    REAL *sl = p->scratch + 2 * nt * B + 4 * k * B, *dz = sl + 2 * B;
+    /* (2, 4H, B): step j's dgates in set j % 2 (a thread writes the next step's while
+     * another may still read these in its product) */
+    REAL *dgs2 = blas ? NULL : p->scratch + 6 * nt * B;
+    memcpy(sl, (c ? p->S1 : p->S0) + p->S * B, (size_t)(2 * B) * sizeof(REAL));
+    for (int64_t j = n - 1; j >= 0; j--) {
+        const int64_t t = t0 + j;
+        const REAL *u = p->KK + (t * p->W + p->U) * B;
+        int64_t updated = 0;
+        for (int64_t b = 0; b < B; b++) updated |= u[b] != 0;
+        REAL *part = p->scratch + (j & 1) * nt * B;
+        REAL *dgs = dgs2 ? dgs2 + (j & 1) * 4 * H * B : NULL;
+        SUF(bwd_rows)(p, j, t, c, updated, r0, r1, sl, part + k * B, dz, k == nt - 1, k == 0,
+                      dgs);
+        if (nt > 1) {
 #pragma omp barrier
-            }
-            SUF(bwd_gate)(p, t, c, sl, part, nt, k == 0);
-            REAL *sn = c ? p->S0 : p->S1;
-            if (updated && blas) /* column-major: sn_h^T (B x H) += dgates^T (B x 4H) W_hh (4H x H) */
-                gemm("N", "N", &m, &nn, &kg, &one, p->DGP + j * B, &lda, p->WhT, &ldb, &one, sn, &m);
-            else if (updated)   /* this thread's units */
-                SUF(rows_gemm)(r1 - r0, B, 4 * H, p->WhT + r0 * 4 * H, 4 * H, dgs, B,
-                               sn + r0 * B, B);
-            c = 1 - c;
         }
-        if (p->dW)   /* this thread's rows of each gate: dW_hh += dgates h_old^T over the chunk */
-            for (int64_t e = 0; e < 4; e++) {
-                const int64_t q = e * H + r0, CB = p->C * B;
-                const REAL *dg = p->DGP + q * CB;
-                REAL *y = p->dW + q * H;
-                if (t0 > 0)
-                    SUF(rows_gemm)(r1 - r0, H, n * B, dg, CB, p->Hh + (t0 - 1) * B * H, H, y, H);
-                else {   /* h_old is h0 at step 0 */
-                    SUF(rows_gemm)(r1 - r0, H, B, dg, CB, p->h0, H, y, H);
-                    SUF(rows_gemm)(r1 - r0, H, (n - 1) * B, dg + B, CB, p->Hh, H, y, H);
-                }
-            }
+        SUF(bwd_gate)(p, t, c, sl, part, nt, k == 0);
+        REAL *sn = c ? p->S0 : p->S1;
+        if (updated && blas) /* column-major: sn_h^T (B x H) += dgates^T (B x 4H) W_hh (4H x H) */
+            gemm("N", "N", &m, &nn, &kg, &one, p->DGP + j * B, &lda, p->WhT, &ldb, &one, sn, &m);
+        else if (updated)   /* this thread's units */
+            SUF(rows_gemm)(r1 - r0, B, 4 * H, p->WhT + r0 * 4 * H, 4 * H, dgs, B,
+                           sn + r0 * B, B);
+        c = 1 - c;
     }
+    if (p->dW)   /* this thread's rows of each gate: dW_hh += dgates h_old^T over the chunk */
+        for (int64_t e = 0; e < 4; e++) {
+            const int64_t q = e * H + r0, CB = p->C * B;
+            const REAL *dg = p->DGP + q * CB;
+            REAL *y = p->dW + q * H;
+            if (t0 > 0)
+                SUF(rows_gemm)(r1 - r0, H, n * B, dg, CB, p->Hh + (t0 - 1) * B * H, H, y, H);
+            else {   /* h_old is h0 at step 0 */
+                SUF(rows_gemm)(r1 - r0, H, B, dg, CB, p->h0, H, y, H);
+                SUF(rows_gemm)(r1 - r0, H, (n - 1) * B, dg + B, CB, p->Hh, H, y, H);
+            }
+        }
 }
 
 /* Steps t0 + n - 1 down to t0 of the reverse loop; cur: which running gradient holds the state

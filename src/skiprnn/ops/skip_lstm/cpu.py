@@ -151,7 +151,7 @@ class _LSTMCell(CpuCell):
         fw.WTC = fw.new(fw.C, H, B)  # tanh(c'), as forward_ops' (the forward runs one or other)
         threads = torch.get_num_threads()  # the C loop splits its steps over these (by units)
         # split over threads, the chunk projects the input itself (each thread its rows)
-        own_projection = fns.gemm is not None and fns.chunk_threads(threads, H, B) > 1
+        own_projection = _split_by_units(fns, threads, H, B)
         xc = x.contiguous() if own_projection else None
         bias = None if fw.bias is None else fw.bias.reshape(-1).contiguous()
         gwv, scratch = gw.detach().reshape(-1).contiguous(), fw.new(threads * (14 + fw.I) * B)
@@ -199,7 +199,7 @@ class _LSTMCell(CpuCell):
         threads = torch.get_num_threads()
         scratch, dcp = bw.new(6 * threads * B + 8 * H * B), bw.new(H, B)
         h0 = bw.h0.contiguous()
-        if fns.gemm is not None and fns.chunk_threads(threads, H, B) > 1:
+        if _split_by_units(fns, threads, H, B):
             # the threads' chunks add their rows of dW_hh (backward_ops leaves it to them)
             bw.dWh = bw.x.new_zeros(4 * H, H)
         dW = getattr(bw, "dWh", None)
@@ -225,6 +225,12 @@ class _LSTMCell(CpuCell):
 
         chunk.keep = (args, gg, gwv, scratch, dcp, WhT, h0)
         return chunk
+
+
+def _split_by_units(fns, threads: int, H: int, B: int) -> bool:
+    """Whether the C chunks (with BLAS found) split their steps over threads by hidden units
+    (``chunk_threads`` of ``lstm_step.c``): they then project the input and add dW_hh too."""
+    return fns.gemm is not None and fns.chunk_threads(threads, H, B) > 1
 
 
 def _ptr(t: Tensor) -> int:
