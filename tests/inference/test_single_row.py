@@ -121,19 +121,24 @@ def test_counted_reads_keep_the_interval_of_one_by_one_counting(period):
     x, w = torch.randn(2000, 3), torch.randn(8, 3)
     one, many = (skipping.LazyInputProjection(x, w, None, eager_macs=0) for _ in range(2))
     regular = np.arange(period, 1800, period)
-    for i in range(0, len(regular), 100):  # (a sum over 100 intervals of 3.0 rounds off 3.0
-        block = regular[i:i + 100]          # in the form 0.75^k I + sum w d)
+    # blocks of 100 reads (the closed form; a sum over 100 intervals of 3.0 rounds off 3.0 in the
+    # form 0.75^k I + sum w d) and of 7 (counted one by one), from the first read on
+    starts = list(range(0, len(regular) // 2, 100)) + list(range(len(regular) // 2, len(regular), 7))
+    assert 100 > skipping.NOTE_LOOP_READS >= 7
+    for i, j in zip(starts, starts[1:] + [len(regular)]):
+        block = regular[i:j]
         for t in block:
             one._note(int(t))
         many.note_hits(block)
-        assert (many.used, many.prev) == (one.used, one.prev) == (i + len(block), int(block[-1]))
+        assert (many.used, many.prev) == (one.used, one.prev) == (j, int(block[-1]))
         assert many.interval == one.interval == period, i
     rng = np.random.default_rng(period)
     steps = np.cumsum(rng.integers(1, 30, 200)) + int(regular[-1])
     for t in steps:
         one._note(int(t))
     many.note_hits(steps[:77])
-    many.note_hits(steps[77:])
+    many.note_hits(steps[77:90])
+    many.note_hits(steps[90:])
     assert (many.used, many.prev) == (one.used, one.prev)
     assert many.interval == pytest.approx(one.interval, rel=1e-12)
 

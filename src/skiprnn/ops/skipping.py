@@ -168,6 +168,9 @@ PROJECTION_CHUNK = 128
 # a sequence whose whole input projection is at most this many multiply-adds is projected at once
 # (one GEMM of ~0.05 ms): blocks would cost more in calls than they save (I = 1, H = 110: 0.4 M)
 EAGER_PROJECTION_MACS = 4_000_000
+# LazyInputProjection.note_hits: up to this many reads a Python loop (~0.2 us a read) is cheaper
+# than the closed form's NumPy calls (~40-70 us a call, more with cold caches)
+NOTE_LOOP_READS = 64
 
 
 class LazyInputProjection:
@@ -238,9 +241,12 @@ class LazyInputProjection:
         """Count reads (increasing steps, an int array) that the current block held, made
         without :meth:`get` (which counts a hit the same way, no block changes): what
         :meth:`_note` does per read, at once (the running mean of the intervals in closed form,
-        equal to the one-by-one recursion up to rounding)."""
+        equal to the one-by-one recursion up to rounding). Up to ``NOTE_LOOP_READS`` reads are
+        counted one by one (cheaper than NumPy's calls at that size)."""
         m = len(reads)
-        if m == 0:
+        if m <= NOTE_LOOP_READS:
+            for t in reads.tolist():
+                self._note(t)
             return
         self.used += m
         steps = np.asarray(reads, dtype=np.float64)
@@ -248,8 +254,6 @@ class LazyInputProjection:
             steps = np.concatenate(([float(self.prev)], steps))
         d = np.diff(steps)
         self.prev = int(reads[-1])
-        if d.size == 0:
-            return
         if self.interval is None:  # the first interval starts the mean
             self.interval, d = float(d[0]), d[1:]
         # I_k = 0.75 I_(k-1) + 0.25 d_k unrolled as I_0 + sum_k w_k (d_k - I_0), w summing to
@@ -520,14 +524,16 @@ class SkipRuns:
         return n, probs
 
 
-def first_projection(cell: StepCell) -> tuple:
-    """The first layer's input projection in :meth:`CellSpec.arrange`'s layout: ``(W_ih, b)``
-    with b = b_ih + b_hh for the LSTM (one sum per gate), b_ih for the GRU (its b_hh goes with
-    W_hh h), None without biases."""
+def first_projection(cell: StepCell, arranged: bool = True) -> tuple:
+    """The first layer's input projection: ``(W_ih, b)`` with b = b_ih + b_hh for the LSTM (one
+    sum per gate), b_ih for the GRU (its b_hh goes with W_hh h), None without biases; in
+    :meth:`CellSpec.arrange`'s layout, or with ``arranged=False`` in the layer's own (no copy of
+    W_ih: the C kernels arrange each update's sum themselves)."""
     w_ih, _, b_ih, b_hh = cell.layers[0]
-    if b_ih is None:
-        return cell.spec.arrange(w_ih), None
-    return cell.spec.arrange(w_ih), cell.spec.arrange(b_ih + b_hh if cell.kind == "lstm" else b_ih)
+    b = None if b_ih is None else b_ih + b_hh if cell.kind == "lstm" else b_ih
+    if not arranged:
+        return w_ih, b
+    return cell.spec.arrange(w_ih), None if b is None else cell.spec.arrange(b)
 
 
 def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, stats=None):
@@ -546,7 +552,7 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
     n_steps = len(steps)
     # inputs up to the last step that counts (blocks of projections stop there)
     proj = LazyInputProjection(x[:int(steps[-1]) + 1 if n_steps else 0, 0],
-                               *first_projection(cell))
+                               *first_projection(cell, arranged=stack is not None))
     # output rows: 0 the top h before step 0, 1 padding (masked steps), 2 + j the j-th update's h
     hist = np.empty((n_steps + 2, H), npdt)
     hist[0] = hs[-1][0].numpy()
@@ -618,8 +624,9 @@ def _run_fused(kernels, cell: StepCell, h, c, proj, steps, dense: bool, up, cum,
     :mod:`skiprnn.ops.cpu_kernels`): one call runs the steps up to a read that the current block
     of projections does not hold; the next block is then projected here. Each update is one
     ``lstm_single_update`` (W_hh of 1 MB or more as the layer holds it, its rows split over the
-    torch threads; a smaller one on one core as AXPYs over an arranged, transposed copy made
-    here; the same numbers as the NumPy loop's up to the rounding of the GEMV); the ũ replay is the
+    torch threads; a smaller one on one core as AXPYs over a transposed copy made here; the
+    projection in the layer's gate order, ``first_projection(cell, arranged=False)``; the same
+    numbers as the NumPy loop's up to the rounding of the GEMV); the ũ replay is the
     same arithmetic in the same dtype, so the gates equal the NumPy loop's. ``h``, ``c`` ``(H,)``
     are updated in place; returns the final (Δũ, ũ)."""
     from . import cpu_kernels
@@ -628,10 +635,10 @@ def _run_fused(kernels, cell: StepCell, h, c, proj, steps, dense: bool, up, cum,
     gw = cell.gate_weight[0].contiguous()
     scratch = np.empty(4 * H, npdt)
     # W_hh under 1 MB: one core (a parallel region per update costs more than it saves), the
-    # product as AXPYs over an arranged, transposed copy (no per-row sums; the copy is small)
+    # product as AXPYs over a transposed copy (no per-row sums; the copy is small)
     small = w.numel() * w.element_size() < 1 << 20
     threads = 1 if small else torch.get_num_threads()
-    wt = cell.spec.arrange(w).t().contiguous() if small else None
+    wt = w.t().contiguous() if small else None
     single = cpu_kernels.SingleArgs(
         H=H, threads=threads, flip=0, W=w.data_ptr(), h=h.ctypes.data,
         c=c.ctypes.data, a=scratch.ctypes.data, gw=gw.data_ptr(),

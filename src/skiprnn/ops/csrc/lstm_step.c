@@ -782,19 +782,19 @@ int64_t SUF(lstm_bwd_chunk)(const SUF(lstm_bwd_args) *p, int64_t t0, int64_t n, 
  * Batch size 1, no autograd (skiprnn/ops/skipping.py, NumpyStack): one update of a one-layer
  * Skip LSTM whose input projection is given, and a run of steps made of such updates.
  *
- * W is nn.LSTM's W_hh as it is (gate rows i, f, g, o); the projection xp and the scratch a are in
- * CellSpec.arrange's layout: (i, f, o, g), the sigma rows halved, so that tanh over all rows gives
- * tanh(a/2) for them and sigma(a) = tanh(a/2)/2 + 1/2. The product of a sigma row is halved here
- * (exact in binary floating point: the same numbers as a product with pre-halved rows, without
- * a 4 MB copy of W_hh per call).
+ * W is nn.LSTM's W_hh as it is (gate rows i, f, g, o), the projection xp = W_ih x + b_ih + b_hh in
+ * the same order (no per-call copy of either weight). The sum a = W_hh h + xp is then moved, unit
+ * by unit, into CellSpec.arrange's layout: (i, f, o, g), the sigma rows halved, so that tanh over
+ * all rows gives tanh(a/2) for them and sigma(a) = tanh(a/2)/2 + 1/2 (halving is exact in binary
+ * floating point: the same numbers as sums of pre-halved rows).
  *   a = W_hh h + xp;  i, f, o = sigma, g = tanh;  c = f c + i g;  h = o tanh(c)
  *   returns sigmoid(w_p . c + b_p) (the caller floors it for max_skip)
  * W_hh h is the whole cost (W_hh is 4 MB at H = 512): its rows are split statically over the
  * threads, so each core reads the same rows on every update and keeps them in its own L2; each
  * thread reads its rows in the reverse order of the previous update, so the rows it read last,
- * still cached, come first. A W_hh under 1 MB runs on one core from WT, a transposed copy in
- * the arranged layout (the caller's, small), as AXPYs over its rows (axpy_gemv): no horizontal
- * sum per row of W_hh, which the dot products pay 4H times.
+ * still cached, come first. A W_hh under 1 MB runs on one core from WT, its transposed copy (the
+ * caller's, small), as AXPYs over its rows (axpy_gemv): no horizontal sum per row of W_hh, which
+ * the dot products pay 4H times.
  */
 typedef struct {
     int64_t H, threads, flip;
@@ -803,8 +803,8 @@ typedef struct {
     REAL *a;          /* (4H) scratch */
     const REAL *gw;   /* (H) w_p */
     double gb;
-    const REAL *WT;   /* (H, 4H) W_hh arranged (CellSpec.arrange) and transposed, or NULL; used
-                         with one thread (see lstm_single_update) */
+    const REAL *WT;   /* (H, 4H) W_hh transposed, or NULL; used with one thread (see
+                         lstm_single_update) */
 } SUF(single_args);
 
 /* 256-bit vectors for the batch-size-1 update: with 512-bit ones (the -mprefer-vector-width the
@@ -830,6 +830,21 @@ SINGLE_VECTORS static inline void SUF(dot4)(const REAL *restrict w, const REAL *
         a3 += w3[j] * x;
     }
     acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+}
+
+/* Units [u0, u1) of a = W_hh h + xp (4H, nn.LSTM's gate order i, f, g, o) moved in place into
+ * CellSpec.arrange's layout (i, f, o, g), the sigma rows halved */
+static inline void SUF(nn_to_arranged)(REAL *restrict a, int64_t H, int64_t u0, int64_t u1)
+{
+    const REAL half = (REAL)0.5;
+#pragma omp simd
+    for (int64_t j = u0; j < u1; j++) {
+        const REAL g = a[2 * H + j];
+        a[j] *= half;
+        a[H + j] *= half;
+        a[2 * H + j] = a[3 * H + j] * half;
+        a[3 * H + j] = g;
+    }
 }
 
 /* Units [u0, u1) of the cell on arranged gate rows g (i, f, o, g, H each, tanh applied: for a
@@ -918,6 +933,7 @@ SINGLE_VECTORS static double SUF(lstm_single_update)(SUF(single_args) *p, const 
     p->flip = !p->flip;
     if (p->WT && p->threads <= 1) {   /* one core: the product as AXPYs, then the cell */
         SUF(axpy_gemv)(p->WT, h, xp, a, H);
+        SUF(nn_to_arranged)(a, H, 0, H);
         SUF(tanh_inplace)(a, R);
         z = SUF(arranged_cell)(a, c, h, p->gw, H, 0, H);
         return SUF(sig)(z + (REAL)p->gb);
@@ -926,21 +942,17 @@ SINGLE_VECTORS static double SUF(lstm_single_update)(SUF(single_args) *p, const 
     {
         THREAD_IDS(nt, k);
         const int64_t lo = Q * k / nt, hi = Q * (k + 1) / nt;
-        const REAL half = (REAL)0.5;
         for (int64_t q = lo; q < hi; q++) {
             const int64_t r = 4 * (flip ? hi - 1 - (q - lo) : q);
             REAL acc[4];
             SUF(dot4)(p->W + r * H, h, H, acc);
-            for (int e = 0; e < 4; e++) {
-                /* nn row r + e (gate i, f, g, o) -> arranged row (i, f, o, g) */
-                const int64_t re = r + e, gate = (re >= H) + (re >= 2 * H) + (re >= 3 * H);
-                const int64_t at = re + (gate == 2 ? H : gate == 3 ? -H : 0);
-                a[at] = (gate == 2 ? acc[e] : acc[e] * half) + xp[at];
-            }
+            for (int e = 0; e < 4; e++) a[r + e] = acc[e] + xp[r + e];
         }
 #pragma omp barrier
-        /* tanh and the cell, units split over the threads (h is read above: written only now) */
+        /* the layout, tanh and the cell, units split over the threads (h is read above: written
+         * only now) */
         const int64_t u0 = H * k / nt, u1 = H * (k + 1) / nt;
+        SUF(nn_to_arranged)(a, H, u0, u1);
         for (int g = 0; g < 4; g++) SUF(tanh_inplace)(a + g * H + u0, u1 - u0);
         z += SUF(arranged_cell)(a, c, h, p->gw, H, u0, u1);
     }
