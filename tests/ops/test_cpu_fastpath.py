@@ -650,9 +650,9 @@ def _skip_cap_and_dtype(p, kw, variant):
 def test_batch_one_steps_in_c_match_reference(monkeypatch, threads, H, variant):
     """The skipping engine's batch-size-1 LSTM loop in C (``_run_fused``: ũ replayed, each read
     one update, the output rows indexed; the update's product with W_hh under 1 MB (H = 5, 64)
-    on one core as AXPYs over its arranged, transposed copy (H = 5: only the masked last rows,
-    H = 64: blocks of 128), above (H = 256: 2 MB in float64, 1 MB in float32) as dot products of
-    its rows split over the threads) gives the reference's gates exactly and, to rounding, its
+    on one core as AXPYs over its transposed copy (H = 5: only the masked last rows, H = 64:
+    blocks of 128), above (H = 256: 2 MB in float64, 1 MB in float32) as dot products of its rows
+    split over the threads; each sum put in the cell's layout unit by unit) gives the reference's gates exactly and, to rounding, its
     outputs, ũ and state, as the NumPy loop does: from a fresh state and mid-sequence, with masked
     steps inside the sequence and a padded end ("holes"), under the max_skip floor (Δũ below it
     everywhere) and in float32 (the ũ replay in float); the input projected at once ("fresh")
