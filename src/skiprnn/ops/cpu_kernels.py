@@ -190,7 +190,10 @@ def _open(path: str) -> dict:
         waves.argtypes, waves.restype = [_P], _I
         threads = getattr(lib, f"chunk_threads_{suf}")
         threads.argtypes, threads.restype = [_I, _I, _I], _I
-        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype), run, waves, threads)
+        wt_rows = getattr(lib, f"single_wt_rows_{suf}")
+        wt_rows.argtypes, wt_rows.restype = [_I], _I
+        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype), run, waves, threads,
+                             wt_rows)
     return fns
 
 
@@ -205,6 +208,7 @@ class Kernels(NamedTuple):
     single_run: object     # batch-size-1 steps up to the end of a projection block (_run_single)
     waves: object          # a one-layer batch's whole sequence (waves.run_waves; needs gemm)
     chunk_threads: object  # (threads, H, B) -> the threads a chunk call splits its steps over
+    single_wt_rows: object  # H -> the row length of the transposed W_hh single_run reads
 
 
 def load():

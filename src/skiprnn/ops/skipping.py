@@ -639,7 +639,10 @@ def _run_fused(kernels, cell: StepCell, h, c, proj, steps, dense: bool, up, cum,
     # product as AXPYs over a transposed copy (no per-row sums; the copy is small)
     small = w.numel() * w.element_size() < 1 << 20
     threads = 1 if small else torch.get_num_threads()
-    wt = w.t().contiguous() if small else None
+    wt = None
+    if small:   # (H, single_wt_rows(H)), zeros past the 4H columns: the C kernel's whole blocks
+        wt = w.new_zeros(H, kernels.single_wt_rows(H))
+        wt[:, :4 * H] = w.t()
     single = cpu_kernels.SingleArgs(
         H=H, threads=threads, flip=0, W=w.data_ptr(), h=h.ctypes.data,
         c=c.ctypes.data, a=scratch.ctypes.data, gw=gw.data_ptr(),

@@ -803,8 +803,8 @@ typedef struct {
     REAL *a;          /* (4H) scratch */
     const REAL *gw;   /* (H) w_p */
     double gb;
-    const REAL *WT;   /* (H, 4H) W_hh transposed, or NULL; used with one thread (see
-                         lstm_single_update) */
+    const REAL *WT;   /* (H, single_wt_rows(H)) W_hh transposed, zeros past its 4H columns, or
+                         NULL; used with one thread (see lstm_single_update) */
 } SUF(single_args);
 
 /* 256-bit vectors for the batch-size-1 update: with 512-bit ones (the -mprefer-vector-width the
@@ -870,21 +870,43 @@ static inline __attribute__((always_inline)) REAL SUF(arranged_cell)(
     return z;
 }
 
-/* a = WT^T h + xp as AXPYs over the columns of W_hh (WT's rows), 128 rows of a at a time held
- * in registers: no per-row horizontal sum (a dot product of H = 110 ends in one for each of the
- * 440 rows, most of the product's cost at that size) */
+/* The row length of the transposed W_hh (WT) that axpy_gemv reads, the rows past 4H zero: 4H
+ * rounded up to its blocks of 128 (the caller allocates WT so) */
+int64_t SUF(single_wt_rows)(int64_t H)
+{
 #if defined(__AVX512F__) && !defined(SKIPRNN_DOUBLE)
+    return (4 * H + 127) / 128 * 128;
+#else
+    return 4 * H;
+#endif
+}
+
+/* a = WT^T h + xp as AXPYs over the columns of W_hh (WT's rows, Rp = single_wt_rows(H) long),
+ * 128 rows of a at a time held in registers: no per-row horizontal sum (a dot product of H = 110
+ * ends in one for each of the 440 rows, most of the product's cost at that size). WT's zero
+ * padding makes the last block a whole one too (eight independent sums, not a dependent chain
+ * per 16 rows); only its xp loads and a stores are masked. */
+#if defined(__AVX512F__) && !defined(SKIPRNN_DOUBLE)
+static inline __mmask16 rows_mask(int64_t left)
+{
+    return left >= 16 ? (__mmask16)0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+}
+
 static void axpy_gemv_f32(const float *WT, const float *h, const float *xp, float *a, int64_t H)
 {
-    const int64_t R = 4 * H;
-    int64_t r0 = 0;
-    for (; r0 + 128 <= R; r0 += 128) {
-        __m512 a0 = _mm512_loadu_ps(xp + r0), a1 = _mm512_loadu_ps(xp + r0 + 16);
-        __m512 a2 = _mm512_loadu_ps(xp + r0 + 32), a3 = _mm512_loadu_ps(xp + r0 + 48);
-        __m512 a4 = _mm512_loadu_ps(xp + r0 + 64), a5 = _mm512_loadu_ps(xp + r0 + 80);
-        __m512 a6 = _mm512_loadu_ps(xp + r0 + 96), a7 = _mm512_loadu_ps(xp + r0 + 112);
+    const int64_t R = 4 * H, Rp = single_wt_rows_f32(H);
+    for (int64_t r0 = 0; r0 < Rp; r0 += 128) {
+        const int64_t left = R - r0;
+        __m512 a0 = _mm512_maskz_loadu_ps(rows_mask(left), xp + r0);
+        __m512 a1 = _mm512_maskz_loadu_ps(rows_mask(left - 16), xp + r0 + 16);
+        __m512 a2 = _mm512_maskz_loadu_ps(rows_mask(left - 32), xp + r0 + 32);
+        __m512 a3 = _mm512_maskz_loadu_ps(rows_mask(left - 48), xp + r0 + 48);
+        __m512 a4 = _mm512_maskz_loadu_ps(rows_mask(left - 64), xp + r0 + 64);
+        __m512 a5 = _mm512_maskz_loadu_ps(rows_mask(left - 80), xp + r0 + 80);
+        __m512 a6 = _mm512_maskz_loadu_ps(rows_mask(left - 96), xp + r0 + 96);
+        __m512 a7 = _mm512_maskz_loadu_ps(rows_mask(left - 112), xp + r0 + 112);
         for (int64_t k = 0; k < H; k++) {
-            const float *w = WT + k * R + r0;
+            const float *w = WT + k * Rp + r0;
             const __m512 hk = _mm512_set1_ps(h[k]);
             a0 = _mm512_fmadd_ps(hk, _mm512_loadu_ps(w), a0);
             a1 = _mm512_fmadd_ps(hk, _mm512_loadu_ps(w + 16), a1);
@@ -895,29 +917,24 @@ static void axpy_gemv_f32(const float *WT, const float *h, const float *xp, floa
             a6 = _mm512_fmadd_ps(hk, _mm512_loadu_ps(w + 96), a6);
             a7 = _mm512_fmadd_ps(hk, _mm512_loadu_ps(w + 112), a7);
         }
-        _mm512_storeu_ps(a + r0, a0), _mm512_storeu_ps(a + r0 + 16, a1);
-        _mm512_storeu_ps(a + r0 + 32, a2), _mm512_storeu_ps(a + r0 + 48, a3);
-        _mm512_storeu_ps(a + r0 + 64, a4), _mm512_storeu_ps(a + r0 + 80, a5);
-        _mm512_storeu_ps(a + r0 + 96, a6), _mm512_storeu_ps(a + r0 + 112, a7);
-    }
-    for (; r0 < R; r0 += 16) {   /* the last rows, 16 (masked) at a time */
-        const int64_t left = R - r0;
-        const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-        __m512 acc = _mm512_maskz_loadu_ps(m, xp + r0);
-        for (int64_t k = 0; k < H; k++)
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(h[k]), _mm512_maskz_loadu_ps(m, WT + k * R + r0),
-                                  acc);
-        _mm512_mask_storeu_ps(a + r0, m, acc);
+        _mm512_mask_storeu_ps(a + r0, rows_mask(left), a0);
+        _mm512_mask_storeu_ps(a + r0 + 16, rows_mask(left - 16), a1);
+        _mm512_mask_storeu_ps(a + r0 + 32, rows_mask(left - 32), a2);
+        _mm512_mask_storeu_ps(a + r0 + 48, rows_mask(left - 48), a3);
+        _mm512_mask_storeu_ps(a + r0 + 64, rows_mask(left - 64), a4);
+        _mm512_mask_storeu_ps(a + r0 + 80, rows_mask(left - 80), a5);
+        _mm512_mask_storeu_ps(a + r0 + 96, rows_mask(left - 96), a6);
+        _mm512_mask_storeu_ps(a + r0 + 112, rows_mask(left - 112), a7);
     }
 }
 #else
 static void SUF(axpy_gemv)(const REAL *WT, const REAL *h, const REAL *xp, REAL *a, int64_t H)
 {
-    const int64_t R = 4 * H;
+    const int64_t R = 4 * H, Rp = SUF(single_wt_rows)(H);
     memcpy(a, xp, (size_t)R * sizeof(REAL));
     for (int64_t k = 0; k < H; k++) {
         const REAL hk = h[k];
-        const REAL *restrict w = WT + k * R;
+        const REAL *restrict w = WT + k * Rp;
 #pragma omp simd
         for (int64_t r = 0; r < R; r++) a[r] += hk * w[r];
     }
