@@ -352,7 +352,7 @@ def test_recipes_fill_what_the_user_did_not_give():
         RECIPES["fast"]["gate_warmup"]["mnist"], RECIPES["fast"]["budget_warmup"]["mnist"],
         RECIPES["fast"]["budget_ramp"]["mnist"], RECIPES["fast"]["gate_lr_mult"]["mnist"])
     adding = cfg("adding")   # the faster gate, bounded by the floor on reading
-    assert (adding.gate_lr_mult, adding.max_skip) == (10.0, 4) and fast.max_skip is None
+    assert (adding.gate_lr_mult, adding.max_skip) == (3.0, 4) and fast.max_skip is None
     assert cfg("adding", "--gate-lr-mult", "1").gate_lr_mult == 1.0
     assert cfg("frequency").gate_lr_mult == 0.3   # slower gate: fewer late collapses
     paper = cfg("mnist", "--recipe", "paper")

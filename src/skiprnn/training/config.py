@@ -67,7 +67,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "doc": "practical learning rates without a collapsing gate: the gate held open (its W_p, "
                "b_p frozen) and λ = 0 while the task is learned, then λ ramped in and the learning "
                "rate decayed (cosine, to 5 %); adding: the gate held open until the validation MSE "
-               "is 0.01, W_p, b_p at 10x the rate with at most 4 skipped steps in a row; "
+               "is 0.01, W_p, b_p at 3x the rate with at most 4 skipped steps in a row; "
                "frequency: the gate held open until the task is solved, W_p, b_p at 0.3x the "
                "rate, chrono forget biases and the target-rate loss towards 12 % (weight 4); "
                "MNIST: chrono forget biases and standardized pixels",
@@ -75,7 +75,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "gate_warmup": {"adding": 300, "frequency": 500, "mnist": 2000},
         "budget_warmup": {"adding": 300, "frequency": 500, "mnist": 2000},
         "budget_ramp": {"adding": 300, "frequency": 500, "mnist": 1000},
-        "gate_lr_mult": {"adding": 10.0, "frequency": 0.3, "mnist": 1.0},
+        "gate_lr_mult": {"adding": 3.0, "frequency": 0.3, "mnist": 1.0},
         "warmup_until_metric": {"adding": 0.01, "frequency": SOLVED_LEVEL},
         "max_skip": {"adding": 4},
         "target_rate": {"frequency": 0.12},
