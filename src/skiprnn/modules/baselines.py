@@ -12,8 +12,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ..ops import dispatch
+from ..ops.contract import GateOptions
 from ._checks import check_input, check_lengths
-from .rnn import SkipOutput, _GRUCandidate, SkipRNNBase, check_single_bias
+from .rnn import _PARAM_NAMES, SkipOutput, _GRUCandidate, SkipRNNBase, check_single_bias
 
 
 def _check_p_skip(p_skip) -> float:
@@ -142,7 +144,7 @@ class PlainLSTM(_Plain, nn.LSTM):
     """
 
 
-class PlainGRU(_Plain, nn.GRU):
+class PlainGRU(_GRUCandidate, _Plain, nn.GRU):
     """nn.GRU (cuDNN on GPU) with the Skip layers' output contract; ``state`` is ``h_n``.
 
     ``reset_after=False`` (the paper code's GRU candidate, see :class:`skiprnn.SkipGRU`) is not
@@ -151,23 +153,13 @@ class PlainGRU(_Plain, nn.GRU):
     (Δũ = σ(100) = 1.0 exactly, so every valid step updates). Same parameters as nn.GRU's.
     """
 
-    def __init__(self, *args, reset_after: bool = True, **kwargs):
-        if not isinstance(reset_after, bool):
-            raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
-        super().__init__(*args, **kwargs)
-        self.reset_after = reset_after
-
     def _run(self, x, hx, lengths, mask):
         if self.reset_after:
             return super()._run(x, hx, lengths, mask)
-        from ..ops import dispatch
-        from ..ops.contract import GateOptions
-
         B, H, L = x.shape[1], self.hidden_size, self.num_layers
         if hx is None:
             hx = x.new_zeros(L, B, H)
-        layers = [tuple(getattr(self, f"{n}_l{k}") for n in
-                        ("weight_ih", "weight_hh", "bias_ih", "bias_hh")) for k in range(L)]
+        layers = [tuple(getattr(self, f"{n}_l{k}") for n in _PARAM_NAMES) for k in range(L)]
         dropout = self.training and self.dropout > 0 and L > 1
         _, fn = dispatch.select("gru", "auto", device_type=x.device.type, num_layers=L,
                                 fast_ok=not dropout, grad=torch.is_grad_enabled(), skip_ok=True)
