@@ -150,14 +150,9 @@ def _struct(name: str, dtype: torch.dtype) -> type:
     return type(name, (ctypes.Structure,), {"_fields_": fields})
 
 
-def run_args(dtype: torch.dtype) -> type:
-    """``run_args`` of ``lstm_step.c`` for ``dtype`` (its ũ fields are of the layer's type)."""
-    return _struct("run_args", dtype)
-
-
-def waves_args(dtype: torch.dtype) -> type:
-    """``waves_args`` of ``lstm_step.c`` for ``dtype``."""
-    return _struct("waves_args", dtype)
+#: ``run_args`` / ``waves_args`` of ``lstm_step.c`` for a dtype (their ũ fields of its type)
+run_args = functools.partial(_struct, "run_args")
+waves_args = functools.partial(_struct, "waves_args")
 
 
 def _gemms() -> dict:
@@ -172,28 +167,27 @@ def _gemms() -> dict:
         return {}
 
 
+#: Kernels field -> (C function, without its ``_f32`` / ``_f64`` suffix; argtypes; restype)
+_SIGNATURES = {
+    "fwd_step": ("lstm_fwd_step", [_P, _I, _I], None),
+    "bwd_step": ("lstm_bwd_step", [_P, _I, _I, _I, _I], None),
+    "fwd_chunk": ("lstm_fwd_chunk", [_P, _I, _I], None),
+    "bwd_chunk": ("lstm_bwd_chunk", [_P, _I, _I, _I], _I),
+    "single_run": ("lstm_single_run", [_P, _P], _I),
+    "waves": ("lstm_waves", [_P], _I),
+    "chunk_threads": ("chunk_threads", [_I, _I, _I], _I),
+    "single_wt_rows": ("single_wt_rows", [_I], _I),
+}
+
+
 def _open(path: str) -> dict:
-    lib = ctypes.CDLL(path)
-    gemms = _gemms()
-    fns = {}
+    lib, gemms, fns = ctypes.CDLL(path), _gemms(), {}
     for dtype, suf in ((torch.float32, "f32"), (torch.float64, "f64")):
-        fwd, bwd = getattr(lib, f"lstm_fwd_step_{suf}"), getattr(lib, f"lstm_bwd_step_{suf}")
-        fwd_chunk, bwd_chunk = (getattr(lib, f"lstm_fwd_chunk_{suf}"),
-                                getattr(lib, f"lstm_bwd_chunk_{suf}"))
-        fwd.argtypes, fwd.restype = [_P, _I, _I], None
-        bwd.argtypes, bwd.restype = [_P, _I, _I, _I, _I], None
-        fwd_chunk.argtypes, fwd_chunk.restype = [_P, _I, _I], None
-        bwd_chunk.argtypes, bwd_chunk.restype = [_P, _I, _I, _I], _I
-        run = getattr(lib, f"lstm_single_run_{suf}")
-        run.argtypes, run.restype = [_P, _P], _I
-        waves = getattr(lib, f"lstm_waves_{suf}")
-        waves.argtypes, waves.restype = [_P], _I
-        threads = getattr(lib, f"chunk_threads_{suf}")
-        threads.argtypes, threads.restype = [_I, _I, _I], _I
-        wt_rows = getattr(lib, f"single_wt_rows_{suf}")
-        wt_rows.argtypes, wt_rows.restype = [_I], _I
-        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype), run, waves, threads,
-                             wt_rows)
+        named = {}
+        for field, (cname, argtypes, restype) in _SIGNATURES.items():
+            fn = named[field] = getattr(lib, f"{cname}_{suf}")
+            fn.argtypes, fn.restype = argtypes, restype
+        fns[dtype] = Kernels(gemm=gemms.get(dtype), **named)
     return fns
 
 

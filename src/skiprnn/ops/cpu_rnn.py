@@ -45,6 +45,7 @@ Works on CUDA tensors as well, as a slow generic fallback (it launches many tiny
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import threading
@@ -276,7 +277,7 @@ class CpuCell:
     ``skip_gru/cpu.py``). Work tensors are feature-major (``(features, B)`` per step); ``fw`` /
     ``bw`` are one call's shared buffers (:func:`_forward_work`, :func:`_backward_work`).
 
-    * ``name``; ``key``, its name for the ops (:func:`register_cell`); ``gates`` (gate blocks of
+    * ``key``, its name for the ops (:func:`register_cell`); ``gates`` (gate blocks of
       W_ih / W_hh); ``has_c`` (the state rows are ``[h; c]``, else ``h``); ``saves_extra``
       (``forward_ops`` sets ``fw.extra``, ``(T, B, H)``); ``layout(H)``: its :class:`KKLayout`;
     * ``feature(cand, H)``: the rows of a candidate ``(C, state rows, B)`` the gate reads;
@@ -293,7 +294,6 @@ class CpuCell:
       from ``dgp`` ``(4H, n B)``; finally ``(dW_ih, dW_hh, db_ih, db_hh)``.
     """
 
-    name: str
     key: str
     gates: int
     has_c: bool
@@ -652,6 +652,14 @@ def _cell(key: str) -> CpuCell:
     return _CELLS[key]
 
 
+def _op_out(x, t):
+    """An op output: ``t`` contiguous, or the empty ``(0,)`` for None."""
+    return x.new_empty(0) if t is None else t.contiguous()
+
+
+def _fake_out(x, *shape, when=True):
+    """An output of a fake kernel: ``shape``, or the empty ``(0,)`` where ``when`` is false."""
+    return x.new_empty(shape if when else (0,))
 
 
 @torch.library.custom_op(
@@ -679,25 +687,16 @@ def cpu_rnn_forward(cell, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, 
     res, (Hh, KK, CC, extra) = _forward(cl, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih,
                                         b_hh, gate_weight, gate_bias, mask, thr, train,
                                         delta_floor)
-
-    def opt(t):
-        return x.new_empty(0) if t is None else t.contiguous()
-
-    return (*(opt(t) for t in res), opt(Hh if train and mask is not None else None),
-            opt(KK), opt(CC), opt(extra))
+    return tuple(_op_out(x, t)
+                 for t in (*res, Hh if train and mask is not None else None, KK, CC, extra))
 
 
 @cpu_rnn_forward.register_fake
 def _cpu_rnn_forward_fake(cell, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh,
                           gate_weight, gate_bias, mask, threshold, step_thresholds, delta_floor,
                           train):
-    cl = _cell(cell)
-    T, B, _ = x.shape
-    H = w_hh.shape[1]
-
-    def new(*shape, when=True):
-        return x.new_empty(shape if when else (0,))
-
+    cl, (T, B, _), H = _cell(cell), x.shape, w_hh.shape[1]
+    new = functools.partial(_fake_out, x)
     return (new(T, B, H), new(1, B, H), new(1, B, H, when=cl.has_c), new(B), new(B), new(T, B),
             new(T, B), new(T, B, H, when=train and mask is not None),
             new(T, cl.layout(H).W, B, when=train), new(T, H, B, when=train),
@@ -726,20 +725,15 @@ def cpu_rnn_backward(cell, x, h0, w_ih, w_hh, has_b_ih, has_b_hh, gate_weight, m
     grads = _backward(cl, x, h0, w_ih, w_hh, (has_b_ih, has_b_hh), gate_weight, mask, hh, kk, cc,
                       extra if cl.saves_extra else None, g_output, g_h_n, g_c_n, g_update_prob,
                       g_cum_prob, g_gate)
-    return tuple(x.new_empty(0) if g is None else g.contiguous() for g in grads)
+    return tuple(_op_out(x, g) for g in grads)
 
 
 @cpu_rnn_backward.register_fake
 def _cpu_rnn_backward_fake(cell, x, h0, w_ih, w_hh, has_b_ih, has_b_hh, gate_weight, mask, hh,
                            kk, cc, extra, g_output, g_h_n, g_c_n, g_update_prob, g_cum_prob,
                            g_gate):
-    cl = _cell(cell)
-    T, B, _ = x.shape
-    H, GH = w_hh.shape[1], w_hh.shape[0]
-
-    def new(*shape, when=True):
-        return x.new_empty(shape if when else (0,))
-
+    cl, (T, B, _), (GH, H) = _cell(cell), x.shape, w_hh.shape
+    new = functools.partial(_fake_out, x)
     return (new(*x.shape), new(1, B, H), new(1, B, H, when=cl.has_c), new(B), new(B),
             new(*w_ih.shape), new(*w_hh.shape), new(GH, when=has_b_ih), new(GH, when=has_b_hh),
             new(1, H), new(1))

@@ -65,15 +65,11 @@ class BackendChoice(NamedTuple):
     reason: str
 
 
-def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_ok: bool,
-           grad: bool = True, skip_ok: bool = False, why_not_fast: str = "",
-           why_not_triton: str = ""):
-    """Return ``(name, function)`` for the requested backend (see :func:`decide`); the function
-    is called as ``fn(kind, x, state, ...)`` (:mod:`skiprnn.ops.contract`)."""
-    choice = decide(kind, backend, device_type=device_type, num_layers=num_layers,
-                    fast_ok=fast_ok, grad=grad, skip_ok=skip_ok, why_not_fast=why_not_fast,
-                    why_not_triton=why_not_triton)
-    return choice.name, _load(choice.name)
+def select(kind: str, backend: str, **options):
+    """Return ``(name, function)`` for the requested backend (:func:`decide`, with its keyword
+    options); the function is called as ``fn(kind, x, state, ...)`` (``ops.contract``)."""
+    name = decide(kind, backend, **options).name
+    return name, _load(name)
 
 
 def reference_only_reason(gate_mode: str, sampled: bool = False, dropout: bool = False) -> str:
@@ -85,9 +81,7 @@ def reference_only_reason(gate_mode: str, sampled: bool = False, dropout: bool =
             "dropout between layers in training" if dropout else "")
 
 
-def select_named(name: str):
-    """The function of backend ``name`` (one :func:`decide` returned)."""
-    return _load(name)
+select_named = _load  # the function of backend ``name`` (one decide returned)
 
 
 @torch.compiler.assume_constant_result

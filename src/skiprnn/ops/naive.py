@@ -120,11 +120,7 @@ def floor_update_prob(delta, max_skip, threshold: float = 0.5):
 
 def mix_state(u: Tensor, new: Sequence[Tensor], old: Sequence[Tensor]) -> tuple:
     """Eq. 3 for every state tensor: u·new + (1-u)·old, an exact copy of ``old`` where u == 0."""
-    out = []
-    for n, o in zip(new, old):
-        ub = _bcast(u, n)
-        out.append(ub * n + (1 - ub) * o)
-    return tuple(out)
+    return tuple(ub * n + (1 - ub) * o for n, o in zip(new, old) for ub in [_bcast(u, n)])
 
 
 def skip_loop(
@@ -168,8 +164,7 @@ def skip_loop(
     for t in range(T):
         u_tilde = accumulate(up, cum)
         if forced is not None:
-            hard = torch.maximum(forced[t].to(u_tilde.dtype), (u_tilde >= 1).to(u_tilde.dtype))
-            u = hard
+            u = torch.maximum(forced[t].to(u_tilde.dtype), (u_tilde >= 1).to(u_tilde.dtype))
         else:
             thr = threshold[t] if isinstance(threshold, Tensor) else threshold
             u = straight_through(hard_gate(u_tilde, thr), u_tilde)
@@ -181,12 +176,11 @@ def skip_loop(
         delta = floor_update_prob(delta_fn(feat), max_skip, threshold)
         new_up = u * delta + (1 - u) * up
         new_cum = (1 - u) * u_tilde
+        top = new_state[out_index]
         if mask is not None:
             new_up = m * new_up + (1 - m) * up
             new_cum = m * new_cum + (1 - m) * cum
             u_tilde = u_tilde * m
-        top = new_state[out_index]
-        if mask is not None:
             top = top * _bcast(m, top)
         state, up, cum = new_state, new_up, new_cum
         outs.append(top)

@@ -28,7 +28,7 @@ class _GRUCell(CpuCell):
     ``[h r (1 - r) | r]``: there dr_pre = (W_hnᵀ dn) ⊙ KR needs the product first, so KG's
     dr_pre rows are 0 and the reverse loop fills them."""
 
-    name, gates, has_c = "gru", 3, False
+    gates, has_c = 3, False
 
     def __init__(self, reset_after: bool):
         self.reset_after = reset_after
