@@ -199,10 +199,9 @@ class SkipRNNBase(nn.Module):
         for name in ("update_gate", "update_gate_reverse")[:self.num_directions]:
             setattr(self, name, nn.Linear(hidden_size, 1, **factory)
                     if self.gate_mode == "learned" else None)  # (reverse: its own gate)
-        n_init = 2 if self.mode == "lstm" else 1
         if learn_init:
-            self.init_state = nn.Parameter(torch.empty(n_init, num_layers * self.num_directions, 1,
-                                                       hidden_size, **factory))
+            self.init_state = nn.Parameter(torch.empty(
+                self._n_hc, num_layers * self.num_directions, 1, hidden_size, **factory))
         else:
             self.register_parameter("init_state", None)
         self.reset_parameters()
@@ -222,12 +221,8 @@ class SkipRNNBase(nn.Module):
 
     def paper_init_(self, joint: bool = False) -> "SkipRNNBase":
         """The paper's code initialisation (§1.4): Glorot-uniform weights, zero biases, LSTM forget
-        bias +1 (TF's ``forget_bias``), GRU reset/update gate biases 1, update-gate bias 1.
-
-        ``joint=False`` (the default) applies Glorot to ``weight_ih`` and ``weight_hh``
-        separately. ``joint=True`` is exactly TF's: Glorot over the joint kernels the TF cells
-        hold (:func:`paper_init_weights`).
-        """
+        bias +1 (TF's ``forget_bias``), GRU reset/update gate biases 1, update-gate bias 1;
+        ``joint``: as :func:`paper_init_weights`."""
         with torch.no_grad():
             for d in range(self.num_directions):
                 for layer in self.layer_weights(d):
@@ -298,19 +293,23 @@ class SkipRNNBase(nn.Module):
     def state_type(self):
         return SkipLSTMState if self.mode == "lstm" else SkipGRUState
 
+    @property
+    def _n_hc(self) -> int:
+        """The hidden-state tensors: 2 (h, c) for an LSTM, 1 (h) for a GRU."""
+        return 2 if self.mode == "lstm" else 1
+
     def initial_state(self, batch_size: int, like: Tensor | None = None):
         """A fresh state for ``batch_size`` sequences (zeros, or the learned s_0 broadcast)."""
         p = next(self.parameters())
         dev, dt = (like.device, like.dtype) if like is not None else (p.device, p.dtype)
         L, B, H = self.num_layers * self.num_directions, batch_size, self.hidden_size
         if self.init_state is not None:
-            s = self.init_state.to(dt).expand(-1, L, B, H)
-            hc = list(s.unbind(0))
+            hc = self.init_state.to(dt).expand(-1, L, B, H).unbind(0)
         else:
-            hc = [torch.zeros(L, B, H, device=dev, dtype=dt) for _ in range(2 if self.mode == "lstm" else 1)]
-        up = torch.ones(self._gate_shape(B), device=dev, dtype=dt)
-        cum = torch.zeros(self._gate_shape(B), device=dev, dtype=dt)
-        return self.state_type(*hc, up, cum)
+            hc = [torch.zeros(L, B, H, device=dev, dtype=dt) for _ in range(self._n_hc)]
+        gs = self._gate_shape(B)
+        return self.state_type(*hc, torch.ones(gs, device=dev, dtype=dt),
+                               torch.zeros(gs, device=dev, dtype=dt))
 
     def _gate_shape(self, B: int) -> tuple:
         """Shape of the state's update_prob / cum_update_prob: ``(B,)``, or ``(2, B)`` (one row per
@@ -341,8 +340,7 @@ class SkipRNNBase(nn.Module):
             if shared_fresh and self.init_state is None:
                 return self._fresh_state(B, x)
             return self.initial_state(B, x)
-        n_hc = 2 if self.mode == "lstm" else 1
-        gate = None
+        n_hc, gate = self._n_hc, None
         if not isinstance(hx, self.state_type) and hasattr(hx, "cum_update_prob"):
             # the nn-style hidden a layer returned (SkipOutput[1]): its gate's state rides along
             gate = (hx.update_prob, hx.cum_update_prob)
@@ -360,9 +358,8 @@ class SkipRNNBase(nn.Module):
         hx = list(hx) + (list(gate) if gate is not None and len(hx) == n_hc else [])
         full = len(hx) == n_hc + 2
         hshape = (L, H) if unbatched else (L, B, H)
-        names = ["h0", "c0"] if self.mode == "lstm" else ["h0"]
         for i in range(n_hc):
-            hx[i] = check_state_tensor(names[i], hx[i], hshape, x)
+            hx[i] = check_state_tensor(("h0", "c0")[i], hx[i], hshape, x)
             if unbatched:
                 hx[i] = hx[i].unsqueeze(1)
         if full:

@@ -23,10 +23,11 @@ buffers, ``out=`` arguments and no autograd graph. What makes it fast on a CPU:
   part (its dgates are 0, the state gradient passes through); the weight, bias and input
   gradients are a few GEMMs per chunk while the chunk's dgates are still in cache;
 * big work buffers come from a pool and are reused across calls (fresh multi-MB buffers are
-  page-faulted on every call, which costs as much as the recurrence); those that leave the
-  forward op for the backward return to the pool only once nothing uses them: up to
-  ``SKIPRNN_CPU_POOL_MB`` (default 2048) stay allocated between calls, :func:`release_cpu_buffers`
-  frees them; under ``torch.no_grad`` the backward bookkeeping is skipped.
+  page-faulted on every call, which at the paper's sequential-MNIST shape costs as much as the
+  whole recurrence); those that leave the forward op for the backward return to the pool only
+  once nothing uses them: up to ``SKIPRNN_CPU_POOL_MB`` (default 2048) stay allocated between
+  calls, :func:`release_cpu_buffers` frees them; under ``torch.no_grad`` the backward
+  bookkeeping is skipped.
 
 Supported: one layer, the deterministic gate with a float threshold τ (a ``(T, B)`` threshold
 tensor works as well), ``forced is None``, ``constant_delta is None``, and ``max_skip`` (the floor
@@ -74,11 +75,8 @@ def _storage_users(t: Tensor) -> int:
 
 
 class _BufferPool:
-    """Reuse the big per-call work buffers of the fast paths across calls (CPU only).
-
-    A fresh multi-MB CPU tensor is mmap'd by the allocator and page-faulted (zeroed by the kernel)
-    on every call: for the paper's sequential-MNIST shape that costs about as much as the whole
-    recurrence. Two ways out of the pool, neither hands the same memory to two live users:
+    """Reuse the big per-call work buffers of the fast paths across calls (CPU only; why: the
+    module docstring). Two ways out of the pool, neither hands the same memory to two live users:
 
     * :meth:`get` / :meth:`put`: scratch buffers of one op call, handed back by the call itself
       (through a :class:`_Lease`) before it returns; they never escape the call.
@@ -582,11 +580,9 @@ def _backward_chunks(cell, bw, g_out, g_gate, M):
 
 def _forward(cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, threshold, train,
              floor):
-    """One layer's forward (feature-major inside). Returns ``(output (T, B, H), h_n (1, B, H),
-    c_n (1, B, H) | None, Δũ_n (B,), cum_n (B,), updates (T, B), ũ (T, B))`` and what the
-    backward reads, ``(Hh (T, B, H), KK (T, W, B) | None, CC (T, H, B) | None, extra | None)``
-    (``Hh``: h after every step, the output itself without a mask; the rest only with
-    ``train``)."""
+    """One layer's forward (feature-major inside): :func:`cpu_rnn_forward`'s first seven outputs
+    (None for c_n without a c) and what the backward reads, ``(Hh, KK, CC, extra)`` (None where
+    absent; ``Hh``: h after every step, the output itself without a mask)."""
     T, B, _ = x.shape
     fw = _forward_work(cell, x, h0, c0, up0, cum0, mask, train)
     fw.Wi, fw.Wh, fw.bias, fw.b_extra = cell.projection(w_ih, w_hh, b_ih, b_hh)
@@ -598,9 +594,7 @@ def _forward(cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, t
 def _backward(cell, x, h0, w_ih, w_hh, has_bias, gw, mask, Hh, KK, CC, extra, g_out, g_hn, g_cn,
               g_up, g_cum, g_gate):
     """One layer's backward from what :func:`_forward` saved; reads its inputs, writes none.
-    ``g_gate`` ``(T, B)``: the gradient of the updates plus that of ũ. Returns the gradients of
-    ``(x, h0, c0 | None, Δũ_0 (B,), cum_0 (B,), w_ih, w_hh, b_ih | None, b_hh | None,
-    gate_weight (1, H), gate_bias (1,))``."""
+    Returns :func:`cpu_rnn_backward`'s gradients (None where absent)."""
     T, B, _ = x.shape
     Wi, Wh, _, _ = cell.projection(w_ih, w_hh, None, None)
     M = mask.to(x.dtype).view(T, 1, B) if mask is not None else None
@@ -626,12 +620,9 @@ def _backward(cell, x, h0, w_ih, w_hh, has_bias, gw, mask, Hh, KK, CC, extra, g_
 
 # ------------------------------------------------------------------ torch.library custom ops
 #
-# The forward and the backward are the ops ``skiprnn::cpu_rnn_forward`` / ``cpu_rnn_backward``
-# (fake kernels give their output shapes, so torch.compile and torch.export trace a call as one
-# node; ``register_autograd`` ties them together). Both always return 11 tensors; an output a
-# call does not have is an empty ``(0,)`` tensor. No output aliases an input, another output or
-# pool memory that is written again while the output lives (see :class:`_BufferPool`); the
-# backward only reads its inputs.
+# Both ops always return 11 tensors; an output a call does not have is an empty ``(0,)`` tensor.
+# No output aliases an input, another output or pool memory that is written again while the
+# output lives (see :class:`_BufferPool`); the backward only reads its inputs.
 
 _CELL_MODULES = {"lstm": "skiprnn.ops.skip_lstm.cpu", "gru": "skiprnn.ops.skip_gru.cpu",
                  "gru_paper": "skiprnn.ops.skip_gru.cpu"}

@@ -16,14 +16,12 @@ Per step t (B rows, state tensors of shape (B, *)):
 
 with Δũ_0 = 1 and cum_0 = 0, so the first step always updates.
 
-A floor on reading (``max_skip=K``, off by default): Δũ_t = max(σ(W_p z_t + b_p), c) with
-c = 2·max(τ, ½)/(2K+1) (:func:`update_prob_floor`; 1/(2K+1) at the training threshold τ = ½),
-applied to the carried Δũ of a given state too. After an update ũ_{t+j} = min(j·Δũ_t, 1) and
-(K+1)·c > max(τ, ½) ≥ τ, so at most K consecutive steps are skipped for any τ < 1 (exactly K
-where the unfloored gate would skip more, for τ ≥ ½). ``z_t`` is the gate feature of the
-candidate state (the new top-layer ``c`` for LSTM, ``h`` for GRU).  The output at step t is one
-tensor of the gated state (``state[out_index]``, the top-layer ``h``). Padded steps (``mask`` 0) are
-never updates and leave every part of the state untouched.
+A floor on reading (``max_skip=K``, off by default): Δũ_t = max(σ(W_p z_t + b_p), c), the
+carried Δũ of a given state floored too; c and why it caps runs of skipped steps at K:
+:func:`update_prob_floor`. ``z_t`` is the gate feature of the candidate state (the new
+top-layer ``c`` for LSTM, ``h`` for GRU). The output at step t is one tensor of the gated state
+(``state[out_index]``, the top-layer ``h``). Padded steps (``mask`` 0) are never updates and
+leave every part of the state untouched.
 """
 
 from __future__ import annotations
