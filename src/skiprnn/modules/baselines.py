@@ -15,7 +15,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..ops import dispatch
 from ..ops.contract import GateOptions
 from ._checks import check_input, check_lengths
-from .rnn import _PARAM_NAMES, SkipOutput, _GRUCandidate, SkipRNNBase, check_single_bias
+from .rnn import (_PARAM_NAMES, SkipOutput, _GRUCandidate, SkipRNNBase, check_single_bias,
+                  paper_init_weights)
 
 
 def _check_p_skip(p_skip) -> float:
@@ -97,13 +98,10 @@ class _Plain:
 
     def forward(self, input, hx=None, lengths=None) -> SkipOutput:  # noqa: D102 - see class doc
         packed = isinstance(input, PackedSequence)
-        if packed:
-            if lengths is not None:
-                raise ValueError("pass lengths only with a padded tensor, not with a PackedSequence")
-            padded, lengths = pad_packed_sequence(input)
-            x, unbatched = check_input(padded, self.input_size, False)
-        else:
-            x, unbatched = check_input(input, self.input_size, self.batch_first)
+        if packed and lengths is not None:
+            raise ValueError("pass lengths only with a padded tensor, not with a PackedSequence")
+        padded, lengths = pad_packed_sequence(input) if packed else (input, lengths)
+        x, unbatched = check_input(padded, self.input_size, self.batch_first and not packed)
         T, B = x.shape[:2]
         mask = check_lengths(lengths, T, B, x.device) if lengths is not None else None
         if hx is None and self.init_state is not None:
@@ -122,6 +120,19 @@ class _Plain:
         elif self.batch_first:
             out, u = out.transpose(0, 1), u.transpose(0, 1)
         return SkipOutput(out, state, u, u.clone())
+
+    def _layers(self) -> list:
+        """Per layer ``(w_ih, w_hh, b_ih, b_hh)``."""
+        return [tuple(getattr(self, f"{n}_l{k}") for n in _PARAM_NAMES)
+                for k in range(self.num_layers)]
+
+    def paper_init_(self, joint: bool = False):
+        """The paper code's initialisation of every layer (:func:`paper_init_weights`)."""
+        with torch.no_grad():
+            for layer in self._layers():
+                paper_init_weights("lstm" if isinstance(self, nn.LSTM) else "gru", *layer,
+                                   joint=joint)
+        return self
 
     def _run(self, x, hx, lengths, mask):
         """nn.LSTM / nn.GRU on time-major ``x``; returns a time-major output (0 on padding)."""
@@ -159,7 +170,7 @@ class PlainGRU(_GRUCandidate, _Plain, nn.GRU):
         B, H, L = x.shape[1], self.hidden_size, self.num_layers
         if hx is None:
             hx = x.new_zeros(L, B, H)
-        layers = [tuple(getattr(self, f"{n}_l{k}") for n in _PARAM_NAMES) for k in range(L)]
+        layers = self._layers()
         dropout = self.training and self.dropout > 0 and L > 1
         _, fn = dispatch.select("gru", "auto", device_type=x.device.type, num_layers=L,
                                 fast_ok=not dropout, grad=torch.is_grad_enabled(), skip_ok=True)

@@ -499,20 +499,17 @@ class SkipRNNBase(nn.Module):
         if torch.jit.is_tracing():
             raise unsupported_export(self, "traced with torch.jit.trace or exported with the "
                                      "TorchScript-based torch.onnx.export(..., dynamo=False)")
-        packed = isinstance(input, PackedSequence)
+        pk, packed = input, isinstance(input, PackedSequence)
+        if packed and lengths is not None:
+            raise ValueError("pass lengths only with a padded tensor, not with a PackedSequence")
         if packed:
-            if lengths is not None:
-                raise ValueError("pass lengths only with a padded tensor, not with a PackedSequence")
-            pk = input
             input, lengths = pad_packed_sequence(pk, batch_first=False)
         x, unbatched = check_input(input, self.input_size, self.batch_first and not packed)
         x = check_matches_weights(x, self.weight_ih_l0)
         T, B = x.shape[0], x.shape[1]
-        mask = None
-        if lengths is not None:
-            mask = check_lengths(lengths, T, B, x.device)
-            if bool(mask.all()):
-                mask = None
+        mask = None if lengths is None else check_lengths(lengths, T, B, x.device)
+        if mask is not None and bool(mask.all()):
+            mask = None
         res = self._recurrence(x, hx, mask, unbatched)
         out, u, p = res.output, res.updates, res.update_probs
         new_state = self.state_type(*res.state, res.update_prob, res.cum_prob)
@@ -521,15 +518,12 @@ class SkipRNNBase(nn.Module):
             # pad_packed_sequence restored the caller's batch order; keep its permutation.
             out = PackedSequence(out.data, out.batch_sizes, pk.sorted_indices, pk.unsorted_indices) \
                 if pk.sorted_indices is not None else out
-        elif unbatched:
-            out = out.squeeze(1)
-        elif self.batch_first:
-            out = out.transpose(0, 1)
         if unbatched:
-            u, p = u.squeeze(1), p.squeeze(1)
+            out, u, p = out.squeeze(1), u.squeeze(1), p.squeeze(1)
             new_state = self.state_type(*(t.squeeze(1) for t in res.state),
                                         res.update_prob.select(-1, 0), res.cum_prob.select(-1, 0))
         elif self.batch_first:
+            out = out if packed else out.transpose(0, 1)
             u, p = u.transpose(0, 1), p.transpose(0, 1)
         return SkipOutput(out, new_state, u, p)
 
