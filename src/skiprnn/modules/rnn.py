@@ -116,11 +116,6 @@ def reverse_time(v: Tensor, order: Tensor) -> Tensor:
     return v.gather(0, idx)
 
 
-def _glorot_(w: Tensor, fan_in: int, fan_out: int) -> None:
-    bound = math.sqrt(6.0 / (fan_in + fan_out))
-    nn.init.uniform_(w, -bound, bound)
-
-
 def paper_init_weights(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
                        b_hh: Tensor | None, joint: bool = False) -> None:
     """The paper code's initialisation of one LSTM / GRU layer, in place (under no_grad).
@@ -140,8 +135,9 @@ def paper_init_weights(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | Non
     else:
         blocks = [(0, 4 * H)] if mode == "lstm" else [(0, 2 * H), (2 * H, 3 * H)]
         for lo, hi in blocks:
+            bound = math.sqrt(6.0 / (n_in + H + hi - lo))  # Glorot over the (I + H, hi - lo) kernel
             for w in (w_ih, w_hh):
-                _glorot_(w[lo:hi], n_in + H, hi - lo)
+                nn.init.uniform_(w[lo:hi], -bound, bound)
     for b in (b_ih, b_hh):
         if b is not None:
             b.zero_()

@@ -58,25 +58,6 @@ _state: dict = {}
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 
 
-class FwdArgs(ctypes.Structure):
-    """``lstm_fwd_args`` of ``lstm_step.c`` (pointers are addresses of the call's buffers)."""
-    _fields_ = [("H", _I), ("B", _I), ("A", _P), ("ST", _P), ("CAND", _P), ("WTC", _P),
-                ("WSC", _P), ("thr", _P), ("thr_t", _I), ("thr_b", _I), ("mask", _P),
-                ("gw", _P), ("gb", _D), ("floor", _D), ("has_floor", _I), ("scratch", _P),
-                ("Hh", _P), ("SC", _P), ("KK", _P), ("CC", _P), ("W", _I), ("CO", _I),
-                ("KZ", _I), ("U", _I), ("C2", _I), ("PU", _I), ("M", _I), ("Wh", _P),
-                ("gemm", _P), ("threads", _I), ("x", _P), ("Wi", _P), ("bias", _P), ("I", _I)]
-
-
-class BwdArgs(ctypes.Structure):
-    """``lstm_bwd_args`` of ``lstm_step.c``."""
-    _fields_ = [("H", _I), ("B", _I), ("C", _I), ("W", _I), ("S", _I), ("CO", _I), ("KZ", _I),
-                ("U", _I), ("C2", _I), ("PU", _I), ("M", _I), ("KK", _P), ("gg", _P),
-                ("S0", _P), ("S1", _P), ("DGP", _P), ("WGO", _P), ("DZ", _P), ("gw", _P),
-                ("scratch", _P), ("dcp", _P), ("masked", _I), ("WhT", _P), ("gemm", _P),
-                ("threads", _I), ("dW", _P), ("Hh", _P), ("h0", _P)]
-
-
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -119,15 +100,25 @@ def _build(cc: str) -> str:
     return path
 
 
-class SingleArgs(ctypes.Structure):
-    """``single_args`` of ``lstm_step.c`` (batch size 1, no autograd: the update's buffers)."""
-    _fields_ = [("H", _I), ("threads", _I), ("flip", _I), ("W", _P), ("h", _P), ("c", _P),
-                ("a", _P), ("gw", _P), ("gb", _D), ("WT", _P)]
-
-
 # the layer's floating-point type in the layouts below (c_float for float32, c_double for float64)
 _REAL = "REAL"
-_LAYOUTS = {
+_LAYOUTS = {  # pointers are addresses of the call's buffers
+    "lstm_fwd_args": [("H", _I), ("B", _I), ("A", _P), ("ST", _P), ("CAND", _P), ("WTC", _P),
+                      ("WSC", _P), ("thr", _P), ("thr_t", _I), ("thr_b", _I), ("mask", _P),
+                      ("gw", _P), ("gb", _D), ("floor", _D), ("has_floor", _I),
+                      ("scratch", _P), ("Hh", _P), ("SC", _P), ("KK", _P), ("CC", _P),
+                      ("W", _I), ("CO", _I), ("KZ", _I), ("U", _I), ("C2", _I), ("PU", _I),
+                      ("M", _I), ("Wh", _P), ("gemm", _P), ("threads", _I), ("x", _P),
+                      ("Wi", _P), ("bias", _P), ("I", _I)],
+    "lstm_bwd_args": [("H", _I), ("B", _I), ("C", _I), ("W", _I), ("S", _I), ("CO", _I),
+                      ("KZ", _I), ("U", _I), ("C2", _I), ("PU", _I), ("M", _I), ("KK", _P),
+                      ("gg", _P), ("S0", _P), ("S1", _P), ("DGP", _P), ("WGO", _P),
+                      ("DZ", _P), ("gw", _P), ("scratch", _P), ("dcp", _P), ("masked", _I),
+                      ("WhT", _P), ("gemm", _P), ("threads", _I), ("dW", _P), ("Hh", _P),
+                      ("h0", _P)],
+    # batch size 1, no autograd: the update's buffers
+    "single_args": [("H", _I), ("threads", _I), ("flip", _I), ("W", _P), ("h", _P), ("c", _P),
+                    ("a", _P), ("gw", _P), ("gb", _D), ("WT", _P)],
     "run_args": [("steps", _P), ("k", _I), ("n_steps", _I), ("cur", _I), ("block", _P),
                  ("b_start", _I), ("b_stride", _I), ("b_last", _I), ("row_bytes", _I),
                  ("p", _P), ("u", _P), ("idx", _P), ("hist", _P), ("reads", _P),
@@ -153,6 +144,9 @@ def _struct(name: str, dtype: torch.dtype) -> type:
 #: ``run_args`` / ``waves_args`` of ``lstm_step.c`` for a dtype (their ũ fields of its type)
 run_args = functools.partial(_struct, "run_args")
 waves_args = functools.partial(_struct, "waves_args")
+#: the structures without a field of the layer's type
+FwdArgs, BwdArgs, SingleArgs = (_struct(name, torch.float64)
+                                for name in ("lstm_fwd_args", "lstm_bwd_args", "single_args"))
 
 
 def _gemms() -> dict:

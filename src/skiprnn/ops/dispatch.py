@@ -131,10 +131,7 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
         if not fast_ok or slow:
             return BackendChoice("reference", f"{asked} and the call needs the reference: "
                                  f"{slow or 'a gate mode only the reference runs'}")
-        order = ["triton", "cpu"] if device_type == "cuda" else ["cpu"]
-        for name in order:
-            if name == "triton" and not triton_available():
-                continue
+        for name in (["triton"] if device_type == "cuda" and triton_available() else []) + ["cpu"]:
             if _load(name) is not None:
                 return BackendChoice(name, f"{asked}, one layer, deterministic gate, "
                                      f"{device_type} tensors: the {name} fast path"
