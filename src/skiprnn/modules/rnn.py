@@ -609,14 +609,11 @@ class SkipLSTM(SkipRNNBase):
 
 
 class _GRUCandidate:
-    """The ``reset_after`` option of the GRU layers (Keras' name).
-
-    ``reset_after=True`` (default): nn.GRU's candidate ``tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))``
-    (loads nn.GRU weights). ``reset_after=False``: the paper code's (TF's GRUCell)
-    ``tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn)``; ``weight_hh_l{k}`` keeps its shape, its candidate
-    rows act on ``r ⊙ h``. A stack feeds each layer the previous layer's h (the official
-    ``MultiSkipGRUCell`` feeds the raw input to every layer's candidate, a bug we do not copy).
-    """
+    """The ``reset_after`` option of the GRU layers (Keras' name; the module docstring): True
+    (default) is nn.GRU's candidate ``tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))`` (loads nn.GRU
+    weights), False the paper code's (TF's GRUCell). A stack feeds each layer the previous
+    layer's h (the official ``MultiSkipGRUCell`` feeds the raw input to every layer's candidate,
+    a bug we do not copy)."""
 
     def __init__(self, *args, reset_after: bool = True, **kwargs):
         if not isinstance(reset_after, bool):
