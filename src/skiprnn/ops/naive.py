@@ -26,6 +26,7 @@ leave every part of the state untouched.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import numpy as np
@@ -202,10 +203,8 @@ def skip_rnn_naive(cell: str, x: Tensor, state: tuple, update_prob0: Tensor, cum
     check_cell(cell, state, opts)
     spec = cell_spec(cell, opts.reset_after)
     L, P = len(layers), len(state)
-    between = None
-    if opts.dropout and opts.training:
-        def between(h):
-            return F.dropout(h, opts.dropout, True)
+    between = (functools.partial(F.dropout, p=opts.dropout, training=True)
+               if opts.dropout and opts.training else None)
 
     def step(x_t, flat):  # the state flat: part p of layer k at p·L + k
         new, feat = spec.stack(x_t, [flat[p * L:(p + 1) * L] for p in range(P)], layers, between)

@@ -44,15 +44,11 @@ class _GRUCell(CpuCell):
     def projection(self, w_ih, w_hh, b_ih, b_hh):
         """Bias ``[b_ir + b_hr, b_iz + b_hz, b_in]``; ``b_hn`` stays inside r ⊙ (W_hn h + b_hn)."""
         H = w_hh.shape[1]
-        bias = None
-        if b_ih is not None:
-            bias = b_ih.clone()
-            if b_hh is not None:
-                bias[:2 * H] += b_hh[:2 * H]
-        elif b_hh is not None:
-            bias = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
-        b_hn = b_hh[2 * H:].view(H, 1) if b_hh is not None else 0.0
-        return w_ih, w_hh, None if bias is None else bias.view(3 * H, 1), b_hn
+        if b_hh is None:
+            return w_ih, w_hh, None if b_ih is None else b_ih.view(3 * H, 1), 0.0
+        b_rz = b_hh[:2 * H] if b_ih is None else b_ih[:2 * H] + b_hh[:2 * H]
+        b_in = b_hh.new_zeros(H) if b_ih is None else b_ih[2 * H:]
+        return w_ih, w_hh, torch.cat([b_rz, b_in]).view(3 * H, 1), b_hh[2 * H:].view(H, 1)
 
     def forward_ops(self, fw):
         H, H2, A, ST, CAND, w_hh, new = fw.H, 2 * fw.H, fw.A, fw.ST, fw.CAND, fw.Wh, fw.new
