@@ -119,7 +119,7 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
         if _load("skipping") is not None:
             return BackendChoice("skipping", f"{asked}, no autograd and a deterministic learned "
                                  "gate: the skipping engine, whose skipped steps do no work"
-                                 f"{_skipping_steps(kind, num_layers, device_type)}")
+                                 f"{_steps(kind, device_type, 'skipping', num_layers)}")
         if backend == "skipping":
             raise RuntimeError("the skipping inference backend is not available")
     slow = why_not_fast or ("" if num_layers == 1 else
@@ -135,7 +135,7 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
             if _load(name) is not None:
                 return BackendChoice(name, f"{asked}, one layer, deterministic gate, "
                                      f"{device_type} tensors: the {name} fast path"
-                                     f"{_cpu_steps(name, kind, device_type)}")
+                                     f"{_steps(kind, device_type, name)}")
         return BackendChoice("reference", f"{asked}: no fast path is available for "
                              f"{device_type} tensors here")
     if backend == "triton" and why_not_triton:
@@ -150,19 +150,14 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
     return BackendChoice(backend, f"{asked} asks for it and the call is one that it runs")
 
 
-def _cpu_steps(name: str, kind: str, device_type: str) -> str:
-    """How the CPU path runs a Skip LSTM's steps (fused C kernels or torch ops), for the reason."""
-    if name != "cpu" or kind != "lstm" or device_type != "cpu":
+def _steps(kind: str, device_type: str, name: str, num_layers: int = 1) -> str:
+    """How backend ``name`` (the CPU path or the skipping engine) runs a one-layer Skip LSTM's
+    steps on the CPU (fused C kernels or not), for the reason; "" for any other call."""
+    if name not in ("cpu", "skipping") or kind != "lstm" or device_type != "cpu" or num_layers != 1:
         return ""
-    from .cpu_kernels import kernel_status
-    return f" ({kernel_status()})"
-
-
-def _skipping_steps(kind: str, num_layers: int, device_type: str) -> str:
-    """How the skipping engine runs a one-layer Skip LSTM on the CPU, for the reason."""
-    if device_type != "cpu" or kind != "lstm" or num_layers != 1:
-        return ""
-    from .cpu_kernels import why_off
+    from .cpu_kernels import kernel_status, why_off
+    if name == "cpu":
+        return f" ({kernel_status()})"
     off = why_off()
     return (" (its loop in the fused C kernels)" if off is None
             else f" (its loop in NumPy and torch ops: {off})")
