@@ -19,17 +19,13 @@ from .rnn import (_PARAM_NAMES, SkipOutput, _GRUCandidate, SkipRNNBase, check_si
                   paper_init_weights)
 
 
-def _check_p_skip(p_skip) -> float:
-    if not isinstance(p_skip, (int, float)) or isinstance(p_skip, bool) or not 0.0 <= p_skip < 1.0:
-        raise ValueError(f"p_skip must be a probability in [0, 1), got {p_skip!r}")
-    return float(p_skip)
-
-
 class _RandomSkip:
     gate_mode = "random"
 
     def __init__(self, *args, p_skip: float = 0.5, **kwargs):
-        self.p_skip = _check_p_skip(p_skip)
+        if not isinstance(p_skip, (int, float)) or isinstance(p_skip, bool) or not 0 <= p_skip < 1:
+            raise ValueError(f"p_skip must be a probability in [0, 1), got {p_skip!r}")
+        self.p_skip = float(p_skip)
         super().__init__(*args, **kwargs)
 
     def extra_repr(self):
@@ -88,13 +84,10 @@ class _Plain:
             with torch.no_grad():
                 for k in range(self.num_layers):
                     getattr(self, f"bias_hh_l{k}").zero_().requires_grad_(False)
-        n = 2 if isinstance(self, nn.LSTM) else 1
-        if learn_init:
-            p = next(self.parameters())
-            self.init_state = nn.Parameter(
-                torch.randn(n, self.num_layers, 1, self.hidden_size, device=p.device, dtype=p.dtype))
-        else:
-            self.register_parameter("init_state", None)
+        n, p = 2 if isinstance(self, nn.LSTM) else 1, next(self.parameters())
+        self.register_parameter("init_state", nn.Parameter(torch.randn(
+            n, self.num_layers, 1, self.hidden_size, device=p.device, dtype=p.dtype))
+            if learn_init else None)
 
     def forward(self, input, hx=None, lengths=None) -> SkipOutput:  # noqa: D102 - see class doc
         packed = isinstance(input, PackedSequence)

@@ -195,11 +195,9 @@ class SkipRNNBase(nn.Module):
         for name in ("update_gate", "update_gate_reverse")[:self.num_directions]:
             setattr(self, name, nn.Linear(hidden_size, 1, **factory)
                     if self.gate_mode == "learned" else None)  # (reverse: its own gate)
-        if learn_init:
-            self.init_state = nn.Parameter(torch.empty(
-                self._n_hc, num_layers * self.num_directions, 1, hidden_size, **factory))
-        else:
-            self.register_parameter("init_state", None)
+        self.register_parameter("init_state", nn.Parameter(torch.empty(
+            self._n_hc, num_layers * self.num_directions, 1, hidden_size, **factory))
+            if learn_init else None)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ initialisation

@@ -27,6 +27,7 @@ rounding). ``SKIPRNN_CPU_KERNELS=c`` makes a failed build an error instead of a 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -59,13 +60,10 @@ _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("model name", "flags")):
-                    return line
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith(("model name", "flags")):
+                return line
     return platform.processor()
 
 
@@ -93,10 +91,8 @@ def _build(cc: str) -> str:
         os.replace(out, path)  # atomic: a concurrent builder sees the whole file or none
     for old in os.listdir(cache):  # builds of other sources (a process using one keeps its map)
         if old.startswith("lstm_step-") and old.endswith(".so") and old != os.path.basename(path):
-            try:
+            with contextlib.suppress(OSError):
                 os.remove(os.path.join(cache, old))
-            except OSError:
-                pass
     return path
 
 
@@ -210,8 +206,7 @@ def load():
     with _lock:
         if "fns" not in _state:
             try:
-                _state["fns"] = _open(_build(env("CC") or "cc"))
-                _state["error"] = None
+                _state["fns"], _state["error"] = _open(_build(env("CC") or "cc")), None
             except (OSError, subprocess.SubprocessError, AttributeError) as e:
                 detail = getattr(e, "stderr", "") or ""
                 _state["fns"], _state["error"] = None, f"{type(e).__name__}: {e} {detail}".strip()

@@ -8,6 +8,7 @@ until a backend is first used.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import NamedTuple
 
@@ -44,18 +45,14 @@ def _load(backend: str):
     """The function of ``backend`` (None where unavailable), imported on first use. A plain
     dict cache (not ``lru_cache``): ``torch.compile`` traces this lookup, and :func:`decide`
     (run untraced) has imported the chosen backend before."""
-    if backend in _LOADED:
-        return _LOADED[backend]
-    target = _IMPLS.get(backend)
-    fn = None
-    if target is not None:
-        mod, name = target.split(":")
-        try:
-            fn = getattr(importlib.import_module(mod), name)
-        except (ImportError, AttributeError):
-            fn = None
-    _LOADED[backend] = fn
-    return fn
+    if backend not in _LOADED:
+        fn = None
+        if backend in _IMPLS:
+            mod, name = _IMPLS[backend].split(":")
+            with contextlib.suppress(ImportError, AttributeError):
+                fn = getattr(importlib.import_module(mod), name)
+        _LOADED[backend] = fn
+    return _LOADED[backend]
 
 
 class BackendChoice(NamedTuple):
