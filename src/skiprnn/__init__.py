@@ -17,18 +17,11 @@ from .modules import (MODELS, PeriodicSkipGRU, PeriodicSkipLSTM, PlainGRU, Plain
                       SkipGRUState, SkipLSTM, SkipLSTMCell, SkipLSTMState, SkipOutput, SkipRNN,
                       SkipRNNState, UnsupportedExportError, build_rnn, chrono_init_, paper_model)
 from .controls import BudgetSchedule, MetricWarmup, gate_param_groups
+from .ops.cpu_rnn import release_cpu_buffers
 from .optim import TFAdam
 from .outputs import LSTMHidden
 
 __version__ = "0.1.0"
-
-
-def release_cpu_buffers() -> None:
-    """Free the work buffers the CPU fast paths keep between calls (``SKIPRNN_CPU_POOL_MB``)."""
-    from .ops.cpu_rnn import release_cpu_buffers as _release
-
-    _release()
-
 
 __all__ = [
     "SkipLSTM", "SkipGRU", "SkipLSTMCell", "SkipGRUCell", "SkipRNN", "SkipOutput", "SkipLSTMState",

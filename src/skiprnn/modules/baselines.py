@@ -12,21 +12,20 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ..ops import dispatch
+from ..ops.contract import GateOptions
 from ._checks import check_input, check_lengths
-from .rnn import SkipOutput, _GRUCandidate, SkipRNNBase, check_single_bias
-
-
-def _check_p_skip(p_skip) -> float:
-    if not isinstance(p_skip, (int, float)) or isinstance(p_skip, bool) or not 0.0 <= p_skip < 1.0:
-        raise ValueError(f"p_skip must be a probability in [0, 1), got {p_skip!r}")
-    return float(p_skip)
+from .rnn import (_PARAM_NAMES, SkipOutput, _GRUCandidate, SkipRNNBase, check_single_bias,
+                  paper_init_weights)
 
 
 class _RandomSkip:
     gate_mode = "random"
 
     def __init__(self, *args, p_skip: float = 0.5, **kwargs):
-        self.p_skip = _check_p_skip(p_skip)
+        if not isinstance(p_skip, (int, float)) or isinstance(p_skip, bool) or not 0 <= p_skip < 1:
+            raise ValueError(f"p_skip must be a probability in [0, 1), got {p_skip!r}")
+        self.p_skip = float(p_skip)
         super().__init__(*args, **kwargs)
 
     def extra_repr(self):
@@ -85,23 +84,17 @@ class _Plain:
             with torch.no_grad():
                 for k in range(self.num_layers):
                     getattr(self, f"bias_hh_l{k}").zero_().requires_grad_(False)
-        n = 2 if isinstance(self, nn.LSTM) else 1
-        if learn_init:
-            p = next(self.parameters())
-            self.init_state = nn.Parameter(
-                torch.randn(n, self.num_layers, 1, self.hidden_size, device=p.device, dtype=p.dtype))
-        else:
-            self.register_parameter("init_state", None)
+        n, p = 2 if isinstance(self, nn.LSTM) else 1, next(self.parameters())
+        self.register_parameter("init_state", nn.Parameter(torch.randn(
+            n, self.num_layers, 1, self.hidden_size, device=p.device, dtype=p.dtype))
+            if learn_init else None)
 
     def forward(self, input, hx=None, lengths=None) -> SkipOutput:  # noqa: D102 - see class doc
         packed = isinstance(input, PackedSequence)
-        if packed:
-            if lengths is not None:
-                raise ValueError("pass lengths only with a padded tensor, not with a PackedSequence")
-            padded, lengths = pad_packed_sequence(input)
-            x, unbatched = check_input(padded, self.input_size, False)
-        else:
-            x, unbatched = check_input(input, self.input_size, self.batch_first)
+        if packed and lengths is not None:
+            raise ValueError("pass lengths only with a padded tensor, not with a PackedSequence")
+        padded, lengths = pad_packed_sequence(input) if packed else (input, lengths)
+        x, unbatched = check_input(padded, self.input_size, self.batch_first and not packed)
         T, B = x.shape[:2]
         mask = check_lengths(lengths, T, B, x.device) if lengths is not None else None
         if hx is None and self.init_state is not None:
@@ -120,6 +113,19 @@ class _Plain:
         elif self.batch_first:
             out, u = out.transpose(0, 1), u.transpose(0, 1)
         return SkipOutput(out, state, u, u.clone())
+
+    def _layers(self) -> list:
+        """Per layer ``(w_ih, w_hh, b_ih, b_hh)``."""
+        return [tuple(getattr(self, f"{n}_l{k}") for n in _PARAM_NAMES)
+                for k in range(self.num_layers)]
+
+    def paper_init_(self, joint: bool = False):
+        """The paper code's initialisation of every layer (:func:`paper_init_weights`)."""
+        with torch.no_grad():
+            for layer in self._layers():
+                paper_init_weights("lstm" if isinstance(self, nn.LSTM) else "gru", *layer,
+                                   joint=joint)
+        return self
 
     def _run(self, x, hx, lengths, mask):
         """nn.LSTM / nn.GRU on time-major ``x``; returns a time-major output (0 on padding)."""
@@ -142,7 +148,7 @@ class PlainLSTM(_Plain, nn.LSTM):
     """
 
 
-class PlainGRU(_Plain, nn.GRU):
+class PlainGRU(_GRUCandidate, _Plain, nn.GRU):
     """nn.GRU (cuDNN on GPU) with the Skip layers' output contract; ``state`` is ``h_n``.
 
     ``reset_after=False`` (the paper code's GRU candidate, see :class:`skiprnn.SkipGRU`) is not
@@ -151,23 +157,13 @@ class PlainGRU(_Plain, nn.GRU):
     (Δũ = σ(100) = 1.0 exactly, so every valid step updates). Same parameters as nn.GRU's.
     """
 
-    def __init__(self, *args, reset_after: bool = True, **kwargs):
-        if not isinstance(reset_after, bool):
-            raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
-        super().__init__(*args, **kwargs)
-        self.reset_after = reset_after
-
     def _run(self, x, hx, lengths, mask):
         if self.reset_after:
             return super()._run(x, hx, lengths, mask)
-        from ..ops import dispatch
-        from ..ops.contract import GateOptions
-
         B, H, L = x.shape[1], self.hidden_size, self.num_layers
         if hx is None:
             hx = x.new_zeros(L, B, H)
-        layers = [tuple(getattr(self, f"{n}_l{k}") for n in
-                        ("weight_ih", "weight_hh", "bias_ih", "bias_hh")) for k in range(L)]
+        layers = self._layers()
         dropout = self.training and self.dropout > 0 and L > 1
         _, fn = dispatch.select("gru", "auto", device_type=x.device.type, num_layers=L,
                                 fast_ok=not dropout, grad=torch.is_grad_enabled(), skip_ok=True)

@@ -13,8 +13,8 @@ from ..ops.contract import GateOptions
 from ..ops.naive import skip_loop, skip_rnn_naive
 from ..ops.ste import bernoulli_thresholds, check_binarizer, check_threshold
 from ._checks import check_input, check_lengths, check_matches_weights
-from .rnn import (SkipGRUState, SkipLSTMState, SkipOutput, _GRUCandidate, check_layer_max_skip,
-                  check_single_bias, paper_init_weights)
+from .rnn import (_GATES, SkipGRUState, SkipLSTMState, SkipOutput, _GRUCandidate,
+                  check_layer_max_skip, check_single_bias, paper_init_weights)
 
 
 class SkipCellOutput(NamedTuple):
@@ -28,8 +28,6 @@ class SkipCellOutput(NamedTuple):
 
 
 class _SkipCellBase(nn.Module):
-    gates = 4
-
     mode = "lstm"
     reset_after = True
 
@@ -43,7 +41,7 @@ class _SkipCellBase(nn.Module):
         self.binarizer, self.threshold = check_binarizer(binarizer), check_threshold(threshold)
         self.max_skip = check_layer_max_skip(type(self).__name__, max_skip, binarizer,
                                              self.threshold)
-        G = self.gates * hidden_size
+        G = _GATES[self.mode] * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(G, input_size, **f))
         self.weight_hh = nn.Parameter(torch.empty(G, hidden_size, **f))
         self.bias_ih = nn.Parameter(torch.empty(G, **f)) if bias else None
@@ -90,12 +88,26 @@ class _SkipCellBase(nn.Module):
             return bernoulli_thresholds((1, B), x)
         return self.threshold
 
-    @staticmethod
-    def _output(res, state_type, unbatched: bool) -> SkipCellOutput:
-        """The step of a ``T = 1`` reference result ``res`` (without the batch axis if
-        ``unbatched``)."""
-        b = (0,) if unbatched else ()
-        st = state_type(*(s[(0, *b)] for s in res.state), res.update_prob[b], res.cum_prob[b])
+    def forward(self, input: Tensor, state=None) -> SkipCellOutput:
+        x, unb = self._prep(input)
+        B, n = x.shape[0], 2 if self.mode == "lstm" else 1  # state tensors: (h, c) / (h,)
+        if isinstance(state, Tensor):
+            state = (state,)
+        if state is None:
+            state = tuple(x.new_zeros(B, self.hidden_size) for _ in range(n))
+        elif unb:
+            state = tuple(t.unsqueeze(0) for t in state)
+        if len(state) == n:
+            state = (*state, x.new_ones(B), x.new_zeros(B))
+        *hs, up, cum = state
+        res = skip_rnn_naive(self.mode, x[None], tuple(h[None] for h in hs), up, cum,
+                             self._layer(), self.update_gate.weight, self.update_gate.bias,
+                             GateOptions(threshold=self._threshold(B, x), max_skip=self.max_skip,
+                                         reset_after=self.reset_after))
+        # the step of a T = 1 result (without the batch axis if unbatched)
+        b = (0,) if unb else ()
+        st = (SkipLSTMState if self.mode == "lstm" else SkipGRUState)(
+            *(s[(0, *b)] for s in res.state), res.update_prob[b], res.cum_prob[b])
         return SkipCellOutput(res.output[(0, *b)], st, res.updates[(0, *b)],
                               res.update_probs[(0, *b)])
 
@@ -108,46 +120,12 @@ class SkipLSTMCell(_SkipCellBase):
     ``max_skip`` as :class:`SkipLSTM` (over a sequence of calls that carry the state).
     """
 
-    gates = 4
-
-    def forward(self, input: Tensor, state=None) -> SkipCellOutput:
-        x, unb = self._prep(input)
-        B, H = x.shape[0], self.hidden_size
-        if state is None:
-            state = (x.new_zeros(B, H), x.new_zeros(B, H))
-        elif unb:
-            state = tuple(t.unsqueeze(0) for t in state)
-        if len(state) == 2:
-            state = (state[0], state[1], x.new_ones(B), x.new_zeros(B))
-        h, c, up, cum = state
-        res = skip_rnn_naive("lstm", x[None], (h[None], c[None]), up, cum, self._layer(),
-                             self.update_gate.weight, self.update_gate.bias,
-                             GateOptions(threshold=self._threshold(B, x), max_skip=self.max_skip))
-        return self._output(res, SkipLSTMState, unb)
-
 
 class SkipGRUCell(_GRUCandidate, _SkipCellBase):
     """One Skip GRU step (nn.GRUCell parameters + ``update_gate``); state is a SkipGRUState with
     h ``(B, H)`` or nn.GRUCell's ``h``. ``reset_after`` as :class:`SkipGRU`."""
 
-    gates = 3
     mode = "gru"
-
-    def forward(self, input: Tensor, state=None) -> SkipCellOutput:
-        x, unb = self._prep(input)
-        B, H = x.shape[0], self.hidden_size
-        if state is None:
-            state = x.new_zeros(B, H)
-        elif unb:
-            state = state.unsqueeze(0) if isinstance(state, Tensor) else tuple(t.unsqueeze(0) for t in state)
-        if isinstance(state, Tensor):
-            state = (state, x.new_ones(B), x.new_zeros(B))
-        h, up, cum = state
-        res = skip_rnn_naive("gru", x[None], (h[None],), up, cum, self._layer(),
-                             self.update_gate.weight, self.update_gate.bias,
-                             GateOptions(threshold=self._threshold(B, x), max_skip=self.max_skip,
-                                         reset_after=self.reset_after))
-        return self._output(res, SkipGRUState, unb)
 
 
 class SkipRNNState(NamedTuple):

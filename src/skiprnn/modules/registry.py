@@ -7,7 +7,7 @@ from torch import nn
 
 from .baselines import (PeriodicSkipGRU, PeriodicSkipLSTM, PlainGRU, PlainLSTM, RandomSkipGRU,
                         RandomSkipLSTM)
-from .rnn import _PARAM_NAMES, SkipGRU, SkipLSTM, paper_init_weights
+from .rnn import SkipGRU, SkipLSTM
 
 MODELS = {
     "lstm": PlainLSTM,
@@ -66,20 +66,7 @@ def build_rnn(name: str, input_size: int, hidden_size: int, num_layers: int = 1,
         for k in ("threshold", "binarizer", "backend"):
             kwargs.pop(k, None)
     m = cls(input_size, hidden_size, num_layers, **kwargs)
-    if paper_init:
-        if hasattr(m, "paper_init_"):
-            m.paper_init_(joint=paper_init_joint)
-        else:
-            _paper_init_plain(m, paper_init_joint)
-    return m
-
-
-def _paper_init_plain(m: nn.RNNBase, joint: bool = False) -> None:
-    """The paper initialisation of an nn.LSTM / nn.GRU (``paper_init_weights`` per layer)."""
-    mode = "lstm" if isinstance(m, nn.LSTM) else "gru"
-    with torch.no_grad():
-        for k in range(m.num_layers):
-            paper_init_weights(mode, *(getattr(m, f"{n}_l{k}") for n in _PARAM_NAMES), joint=joint)
+    return m.paper_init_(joint=paper_init_joint) if paper_init else m
 
 
 def chrono_init_(m: nn.Module, max_len: int, generator: torch.Generator | None = None) -> nn.Module:

@@ -116,11 +116,6 @@ def reverse_time(v: Tensor, order: Tensor) -> Tensor:
     return v.gather(0, idx)
 
 
-def _glorot_(w: Tensor, fan_in: int, fan_out: int) -> None:
-    bound = math.sqrt(6.0 / (fan_in + fan_out))
-    nn.init.uniform_(w, -bound, bound)
-
-
 def paper_init_weights(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
                        b_hh: Tensor | None, joint: bool = False) -> None:
     """The paper code's initialisation of one LSTM / GRU layer, in place (under no_grad).
@@ -140,8 +135,9 @@ def paper_init_weights(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | Non
     else:
         blocks = [(0, 4 * H)] if mode == "lstm" else [(0, 2 * H), (2 * H, 3 * H)]
         for lo, hi in blocks:
+            bound = math.sqrt(6.0 / (n_in + H + hi - lo))  # Glorot over the (I + H, hi - lo) kernel
             for w in (w_ih, w_hh):
-                _glorot_(w[lo:hi], n_in + H, hi - lo)
+                nn.init.uniform_(w[lo:hi], -bound, bound)
     for b in (b_ih, b_hh):
         if b is not None:
             b.zero_()
@@ -155,6 +151,7 @@ class SkipRNNBase(nn.Module):
     mode = "lstm"
     gate_mode = "learned"
     reset_after = True  # GRU layers: see _GRUCandidate
+    max_skip = None
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, binarizer: str = "round",
@@ -186,35 +183,21 @@ class SkipRNNBase(nn.Module):
                                              self.threshold, self.gate_mode)
         G = _GATES[self.mode] * hidden_size
         for k in range(num_layers):
-            in_k = input_size if k == 0 else hidden_size
+            shapes = ((G, input_size if k == 0 else hidden_size), (G, hidden_size), (G,), (G,))
             for sfx in self._suffixes():
-                setattr(self, f"weight_ih_l{k}{sfx}", nn.Parameter(torch.empty(G, in_k, **factory)))
-                setattr(self, f"weight_hh_l{k}{sfx}",
-                        nn.Parameter(torch.empty(G, hidden_size, **factory)))
-                if bias:
-                    setattr(self, f"bias_ih_l{k}{sfx}", nn.Parameter(torch.empty(G, **factory)))
-                    if single_bias:
-                        self.register_parameter(f"bias_hh_l{k}{sfx}", None)
-                    else:
-                        setattr(self, f"bias_hh_l{k}{sfx}",
-                                nn.Parameter(torch.empty(G, **factory)))
-                else:
-                    self.register_parameter(f"bias_ih_l{k}{sfx}", None)
-                    self.register_parameter(f"bias_hh_l{k}{sfx}", None)
+                for name, shape, on in zip(_PARAM_NAMES, shapes,
+                                           (True, True, bias, bias and not single_bias)):
+                    self.register_parameter(f"{name}_l{k}{sfx}", nn.Parameter(
+                        torch.empty(shape, **factory)) if on else None)
         # single_bias: the backends get a constant zero b_hh (not a parameter, not in state_dict)
         self.register_buffer("_zero_bias", torch.zeros(G, **factory) if single_bias else None,
                              persistent=False)
-        self.update_gate = (nn.Linear(hidden_size, 1, **factory) if self.gate_mode == "learned"
-                            else None)
-        if bidirectional:   # the reverse direction's own gate
-            self.update_gate_reverse = (nn.Linear(hidden_size, 1, **factory)
-                                        if self.gate_mode == "learned" else None)
-        n_init = 2 if self.mode == "lstm" else 1
-        if learn_init:
-            self.init_state = nn.Parameter(torch.empty(n_init, num_layers * self.num_directions, 1,
-                                                       hidden_size, **factory))
-        else:
-            self.register_parameter("init_state", None)
+        for name in ("update_gate", "update_gate_reverse")[:self.num_directions]:
+            setattr(self, name, nn.Linear(hidden_size, 1, **factory)
+                    if self.gate_mode == "learned" else None)  # (reverse: its own gate)
+        self.register_parameter("init_state", nn.Parameter(torch.empty(
+            self._n_hc, num_layers * self.num_directions, 1, hidden_size, **factory))
+            if learn_init else None)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ initialisation
@@ -232,12 +215,8 @@ class SkipRNNBase(nn.Module):
 
     def paper_init_(self, joint: bool = False) -> "SkipRNNBase":
         """The paper's code initialisation (§1.4): Glorot-uniform weights, zero biases, LSTM forget
-        bias +1 (TF's ``forget_bias``), GRU reset/update gate biases 1, update-gate bias 1.
-
-        ``joint=False`` (the default) applies Glorot to ``weight_ih`` and ``weight_hh``
-        separately. ``joint=True`` is exactly TF's: Glorot over the joint kernels the TF cells
-        hold (:func:`paper_init_weights`).
-        """
+        bias +1 (TF's ``forget_bias``), GRU reset/update gate biases 1, update-gate bias 1;
+        ``joint``: as :func:`paper_init_weights`."""
         with torch.no_grad():
             for d in range(self.num_directions):
                 for layer in self.layer_weights(d):
@@ -300,7 +279,7 @@ class SkipRNNBase(nn.Module):
         reference, CPU and skipping paths take, so that dispatch never routes such a call
         elsewhere)."""
         opts = {"reset_after": self.reset_after} if self.mode == "gru" else {}
-        if getattr(self, "max_skip", None) is not None:
+        if self.max_skip is not None:
             opts["max_skip"] = self.max_skip
         return opts
 
@@ -308,19 +287,23 @@ class SkipRNNBase(nn.Module):
     def state_type(self):
         return SkipLSTMState if self.mode == "lstm" else SkipGRUState
 
+    @property
+    def _n_hc(self) -> int:
+        """The hidden-state tensors: 2 (h, c) for an LSTM, 1 (h) for a GRU."""
+        return 2 if self.mode == "lstm" else 1
+
     def initial_state(self, batch_size: int, like: Tensor | None = None):
         """A fresh state for ``batch_size`` sequences (zeros, or the learned s_0 broadcast)."""
         p = next(self.parameters())
         dev, dt = (like.device, like.dtype) if like is not None else (p.device, p.dtype)
         L, B, H = self.num_layers * self.num_directions, batch_size, self.hidden_size
         if self.init_state is not None:
-            s = self.init_state.to(dt).expand(-1, L, B, H)
-            hc = list(s.unbind(0))
+            hc = self.init_state.to(dt).expand(-1, L, B, H).unbind(0)
         else:
-            hc = [torch.zeros(L, B, H, device=dev, dtype=dt) for _ in range(2 if self.mode == "lstm" else 1)]
-        up = torch.ones(self._gate_shape(B), device=dev, dtype=dt)
-        cum = torch.zeros(self._gate_shape(B), device=dev, dtype=dt)
-        return self.state_type(*hc, up, cum)
+            hc = [torch.zeros(L, B, H, device=dev, dtype=dt) for _ in range(self._n_hc)]
+        gs = self._gate_shape(B)
+        return self.state_type(*hc, torch.ones(gs, device=dev, dtype=dt),
+                               torch.zeros(gs, device=dev, dtype=dt))
 
     def _gate_shape(self, B: int) -> tuple:
         """Shape of the state's update_prob / cum_update_prob: ``(B,)``, or ``(2, B)`` (one row per
@@ -351,8 +334,7 @@ class SkipRNNBase(nn.Module):
             if shared_fresh and self.init_state is None:
                 return self._fresh_state(B, x)
             return self.initial_state(B, x)
-        n_hc = 2 if self.mode == "lstm" else 1
-        gate = None
+        n_hc, gate = self._n_hc, None
         if not isinstance(hx, self.state_type) and hasattr(hx, "cum_update_prob"):
             # the nn-style hidden a layer returned (SkipOutput[1]): its gate's state rides along
             gate = (hx.update_prob, hx.cum_update_prob)
@@ -364,16 +346,14 @@ class SkipRNNBase(nn.Module):
         if not isinstance(hx, (tuple, list)):
             raise TypeError(f"hx must be None, a tuple of tensors or a {self.state_type.__name__}, "
                             f"got {type(hx).__name__}")
-        full = isinstance(hx, self.state_type) or len(hx) == n_hc + 2
         if len(hx) not in (n_hc, n_hc + 2):
             raise ValueError(f"hx must hold {n_hc} tensors (nn.{self.mode.upper()} style) or "
                              f"{n_hc + 2} (a {self.state_type.__name__}), got {len(hx)}")
         hx = list(hx) + (list(gate) if gate is not None and len(hx) == n_hc else [])
-        full = full or gate is not None
+        full = len(hx) == n_hc + 2
         hshape = (L, H) if unbatched else (L, B, H)
-        names = ["h0", "c0"] if self.mode == "lstm" else ["h0"]
         for i in range(n_hc):
-            hx[i] = check_state_tensor(names[i], hx[i], hshape, x)
+            hx[i] = check_state_tensor(("h0", "c0")[i], hx[i], hshape, x)
             if unbatched:
                 hx[i] = hx[i].unsqueeze(1)
         if full:
@@ -402,16 +382,17 @@ class SkipRNNBase(nn.Module):
         return threshold, forced, const
 
     # ------------------------------------------------------------------ backend choice
-    def _decide_backend(self, x: Tensor, threshold) -> dispatch.BackendChoice:
+    def _decide_backend(self, x: Tensor) -> dispatch.BackendChoice:
         """Ask dispatch which backend runs this call on time-major ``x`` (the only place the
         layer states what its call needs)."""
         why = dispatch.reference_only_reason(
-            self.gate_mode, sampled=not isinstance(threshold, float),
+            self.gate_mode,
+            sampled=self.gate_mode == "learned" and self.binarizer == "bernoulli" and self.training,
             dropout=self.training and self.dropout > 0 and self.num_layers > 1)
         grad = torch.is_grad_enabled() and (x.requires_grad
                                             or any(p.requires_grad for p in self.parameters()))
         no_triton = ("max_skip (the Triton kernels have no floor on Δũ)"
-                     if getattr(self, "max_skip", None) is not None else "")
+                     if self.max_skip is not None else "")
         choice = dispatch.decide(self.mode, self.backend, device_type=x.device.type,
                                  num_layers=self.num_layers, fast_ok=not why, grad=grad,
                                  skip_ok=self.gate_mode == "learned" and not why,
@@ -430,8 +411,7 @@ class SkipRNNBase(nn.Module):
             x = input.data.unsqueeze(1)
         else:
             x, _ = check_input(input, self.input_size, self.batch_first)
-        sampled = self.gate_mode == "learned" and self.binarizer == "bernoulli" and self.training
-        return self._decide_backend(x, None if sampled else 0.5)
+        return self._decide_backend(x)
 
     def _recurrence(self, x: Tensor, hx, mask, unbatched: bool):
         """Pick the backend and run the recurrence on time-major ``x``; the backend's result tuple.
@@ -444,9 +424,7 @@ class SkipRNNBase(nn.Module):
         compilation) or fail on.
         """
         if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
-            sampled = (self.gate_mode == "learned" and self.binarizer == "bernoulli"
-                       and self.training)
-            if self._decide_backend(x, None if sampled else 0.5).name not in dispatch.TRACEABLE:
+            if self._decide_backend(x).name not in dispatch.TRACEABLE:
                 return self._recurrence_untraced(x, hx, mask, unbatched)
         return self._run_recurrence(x, hx, mask, unbatched)
 
@@ -461,7 +439,7 @@ class SkipRNNBase(nn.Module):
         direction axis)."""
         T, B = x.shape[0], x.shape[1]
         threshold, forced, const = self._gate_args(T, B, x)
-        name = self._decide_backend(x, threshold).name
+        name = self._decide_backend(x).name
         self.last_backend = name
         fn = dispatch.select_named(name)
         state = self.parse_state(hx, B, x, unbatched,
@@ -515,22 +493,17 @@ class SkipRNNBase(nn.Module):
         if torch.jit.is_tracing():
             raise unsupported_export(self, "traced with torch.jit.trace or exported with the "
                                      "TorchScript-based torch.onnx.export(..., dynamo=False)")
-        packed = isinstance(input, PackedSequence)
+        pk, packed = input, isinstance(input, PackedSequence)
+        if packed and lengths is not None:
+            raise ValueError("pass lengths only with a padded tensor, not with a PackedSequence")
         if packed:
-            if lengths is not None:
-                raise ValueError("pass lengths only with a padded tensor, not with a PackedSequence")
-            pk = input
             input, lengths = pad_packed_sequence(pk, batch_first=False)
-            x, unbatched = check_input(input, self.input_size, batch_first=False)
-        else:
-            x, unbatched = check_input(input, self.input_size, self.batch_first)
+        x, unbatched = check_input(input, self.input_size, self.batch_first and not packed)
         x = check_matches_weights(x, self.weight_ih_l0)
         T, B = x.shape[0], x.shape[1]
-        mask = None
-        if lengths is not None:
-            mask = check_lengths(lengths, T, B, x.device)
-            if bool(mask.all()):
-                mask = None
+        mask = None if lengths is None else check_lengths(lengths, T, B, x.device)
+        if mask is not None and bool(mask.all()):
+            mask = None
         res = self._recurrence(x, hx, mask, unbatched)
         out, u, p = res.output, res.updates, res.update_probs
         new_state = self.state_type(*res.state, res.update_prob, res.cum_prob)
@@ -539,15 +512,12 @@ class SkipRNNBase(nn.Module):
             # pad_packed_sequence restored the caller's batch order; keep its permutation.
             out = PackedSequence(out.data, out.batch_sizes, pk.sorted_indices, pk.unsorted_indices) \
                 if pk.sorted_indices is not None else out
-        elif unbatched:
-            out = out.squeeze(1)
-        elif self.batch_first:
-            out = out.transpose(0, 1)
         if unbatched:
-            u, p = u.squeeze(1), p.squeeze(1)
+            out, u, p = out.squeeze(1), u.squeeze(1), p.squeeze(1)
             new_state = self.state_type(*(t.squeeze(1) for t in res.state),
                                         res.update_prob.select(-1, 0), res.cum_prob.select(-1, 0))
         elif self.batch_first:
+            out = out if packed else out.transpose(0, 1)
             u, p = u.transpose(0, 1), p.transpose(0, 1)
         return SkipOutput(out, new_state, u, p)
 
@@ -566,34 +536,24 @@ class SkipRNNBase(nn.Module):
         return SkipStream(self, batch_size, state)
 
     def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}"
-        if self.num_layers != 1:
-            s += f", num_layers={self.num_layers}"
-        if not self.bias:
-            s += ", bias=False"
-        if self.batch_first:
-            s += ", batch_first=True"
-        if self.dropout:
-            s += f", dropout={self.dropout}"
-        if self.gate_mode == "learned" and self.binarizer != "round":
-            s += f", binarizer={self.binarizer!r}"
-        if self.gate_mode == "learned" and self.threshold != 0.5:
-            s += f", threshold={self.threshold}"
-        if self.learn_init:
-            s += ", learn_init=True"
-        if self.single_bias:
-            s += ", single_bias=True"
-        if not self.reset_after:
-            s += ", reset_after=False"
-        if self.bidirectional:
-            s += ", bidirectional=True"
-        if getattr(self, "max_skip", None) is not None:
-            s += f", max_skip={self.max_skip}"
-        return s
+        learned = self.gate_mode == "learned"
+        shown = ((f"num_layers={self.num_layers}", self.num_layers != 1),
+                 ("bias=False", not self.bias), ("batch_first=True", self.batch_first),
+                 (f"dropout={self.dropout}", self.dropout),
+                 (f"binarizer={self.binarizer!r}", learned and self.binarizer != "round"),
+                 (f"threshold={self.threshold}", learned and self.threshold != 0.5),
+                 ("learn_init=True", self.learn_init), ("single_bias=True", self.single_bias),
+                 ("reset_after=False", not self.reset_after),
+                 ("bidirectional=True", self.bidirectional),
+                 (f"max_skip={self.max_skip}", self.max_skip is not None))
+        return ", ".join([f"{self.input_size}, {self.hidden_size}"] + [s for s, on in shown if on])
 
     # ------------------------------------------------------------------ conversion
     @classmethod
-    def _from_plain(cls, rnn: nn.RNNBase, **kwargs):
+    def _from_plain(cls, rnn: nn.RNNBase, plain: type, **kwargs):
+        if not isinstance(rnn, plain):
+            raise TypeError(f"from_{cls.mode} expects an nn.{plain.__name__}, "
+                            f"got {type(rnn).__name__}")
         check_nn_only_options(cls.__name__, rnn.bidirectional, getattr(rnn, "proj_size", 0),
                               rnn.num_layers)
         if kwargs.get("single_bias") or kwargs.get("reset_after") is False:
@@ -606,7 +566,7 @@ class SkipRNNBase(nn.Module):
                   bidirectional=rnn.bidirectional, device=p.device, dtype=p.dtype)
         kw.update(kwargs)
         new = cls(**kw)
-        missing, unexpected = new.load_state_dict(rnn.state_dict(), strict=False)
+        _, unexpected = new.load_state_dict(rnn.state_dict(), strict=False)
         if unexpected:
             raise ValueError(f"unexpected parameters from {type(rnn).__name__}: {unexpected}")
         return new
@@ -643,20 +603,15 @@ class SkipLSTM(SkipRNNBase):
     @classmethod
     def from_lstm(cls, lstm: nn.LSTM, **kwargs) -> "SkipLSTM":
         """A Skip LSTM with ``lstm``'s weights (the update gate starts fresh, bias 1)."""
-        if not isinstance(lstm, nn.LSTM):
-            raise TypeError(f"from_lstm expects an nn.LSTM, got {type(lstm).__name__}")
-        return cls._from_plain(lstm, **kwargs)
+        return cls._from_plain(lstm, nn.LSTM, **kwargs)
 
 
 class _GRUCandidate:
-    """The ``reset_after`` option of the GRU layers (Keras' name).
-
-    ``reset_after=True`` (default): nn.GRU's candidate ``tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))``
-    (loads nn.GRU weights). ``reset_after=False``: the paper code's (TF's GRUCell)
-    ``tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn)``; ``weight_hh_l{k}`` keeps its shape, its candidate
-    rows act on ``r ⊙ h``. A stack feeds each layer the previous layer's h (the official
-    ``MultiSkipGRUCell`` feeds the raw input to every layer's candidate, a bug we do not copy).
-    """
+    """The ``reset_after`` option of the GRU layers (Keras' name; the module docstring): True
+    (default) is nn.GRU's candidate ``tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))`` (loads nn.GRU
+    weights), False the paper code's (TF's GRUCell). A stack feeds each layer the previous
+    layer's h (the official ``MultiSkipGRUCell`` feeds the raw input to every layer's candidate,
+    a bug we do not copy)."""
 
     def __init__(self, *args, reset_after: bool = True, **kwargs):
         if not isinstance(reset_after, bool):
@@ -678,6 +633,4 @@ class SkipGRU(_GRUCandidate, SkipRNNBase):
     @classmethod
     def from_gru(cls, gru: nn.GRU, **kwargs) -> "SkipGRU":
         """A Skip GRU with ``gru``'s weights (the update gate starts fresh, bias 1)."""
-        if not isinstance(gru, nn.GRU):
-            raise TypeError(f"from_gru expects an nn.GRU, got {type(gru).__name__}")
-        return cls._from_plain(gru, **kwargs)
+        return cls._from_plain(gru, nn.GRU, **kwargs)

@@ -97,22 +97,17 @@ class CellSpec(NamedTuple):
         k = self.gate_order.index(gate)
         return slice(k * hidden_size, (k + 1) * hidden_size)
 
-    @property
-    def arranged_order(self) -> tuple:
-        """The gate order of :meth:`arrange`: the σ gates first (LSTM i, f, o, g; GRU r, z, n)."""
-        return self.sigmoid_gates + tuple(g for g in self.gate_order if g not in self.sigmoid_gates)
-
     def arrange(self, w: Tensor) -> Tensor:
         """``w`` ``(G·H, ...)`` (a weight, a bias, or weights and bias side by side) with its gate
-        blocks in :attr:`arranged_order` and the σ gates' rows scaled by ½ (exact in binary
-        floating point): one ``tanh`` over the product's rows then gives tanh(a/2) for every σ
-        gate, σ(a) = ½·tanh(a/2) + ½, and tanh(a) for the others. The layout of the fast paths
-        that apply one tanh to all gates (``skiprnn.ops.skipping.NumpyStack``,
-        ``skiprnn.ops.waves``)."""
-        H = w.shape[0] // self.gates
-        blocks = [w[self.gate_rows(g, H)] for g in self.arranged_order]
-        return torch.cat([b * 0.5 if g in self.sigmoid_gates else b
-                          for g, b in zip(self.arranged_order, blocks)])
+        blocks the σ gates first (LSTM i, f, o, g; GRU r, z, n) and the σ gates' rows scaled by
+        ½ (exact in binary floating point): one ``tanh`` over the product's rows then gives
+        tanh(a/2) for every σ gate, σ(a) = ½·tanh(a/2) + ½, and tanh(a) for the others. The
+        layout of the fast paths that apply one tanh to all gates
+        (``skiprnn.ops.skipping.NumpyStack``, ``skiprnn.ops.waves``)."""
+        H, sig = w.shape[0] // self.gates, self.sigmoid_gates
+        order = sig + tuple(g for g in self.gate_order if g not in sig)
+        return torch.cat([w[self.gate_rows(g, H)] * 0.5 if g in sig else w[self.gate_rows(g, H)]
+                          for g in order])
 
     def step(self, x: Tensor, state: Sequence[Tensor], w_ih: Tensor, w_hh: Tensor,
              b_ih: Tensor | None, b_hh: Tensor | None) -> tuple:

@@ -27,9 +27,7 @@ from torch import Tensor
 
 from .cells import cell_spec
 
-__all__ = ["GateOptions", "RecurrenceResult", "CELLS", "check_cell"]
-
-CELLS = ("lstm", "gru")
+__all__ = ["GateOptions", "RecurrenceResult", "check_cell"]
 
 
 class GateOptions(NamedTuple):

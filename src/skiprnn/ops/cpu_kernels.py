@@ -27,6 +27,7 @@ rounding). ``SKIPRNN_CPU_KERNELS=c`` makes a failed build an error instead of a 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -58,33 +59,11 @@ _state: dict = {}
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 
 
-class FwdArgs(ctypes.Structure):
-    """``lstm_fwd_args`` of ``lstm_step.c`` (pointers are addresses of the call's buffers)."""
-    _fields_ = [("H", _I), ("B", _I), ("A", _P), ("ST", _P), ("CAND", _P), ("WTC", _P),
-                ("WSC", _P), ("thr", _P), ("thr_t", _I), ("thr_b", _I), ("mask", _P),
-                ("gw", _P), ("gb", _D), ("floor", _D), ("has_floor", _I), ("scratch", _P),
-                ("Hh", _P), ("SC", _P), ("KK", _P), ("CC", _P), ("W", _I), ("CO", _I),
-                ("KZ", _I), ("U", _I), ("C2", _I), ("PU", _I), ("M", _I), ("Wh", _P),
-                ("gemm", _P), ("threads", _I), ("x", _P), ("Wi", _P), ("bias", _P), ("I", _I)]
-
-
-class BwdArgs(ctypes.Structure):
-    """``lstm_bwd_args`` of ``lstm_step.c``."""
-    _fields_ = [("H", _I), ("B", _I), ("C", _I), ("W", _I), ("S", _I), ("CO", _I), ("KZ", _I),
-                ("U", _I), ("C2", _I), ("PU", _I), ("M", _I), ("KK", _P), ("gg", _P),
-                ("S0", _P), ("S1", _P), ("DGP", _P), ("WGO", _P), ("DZ", _P), ("gw", _P),
-                ("scratch", _P), ("dcp", _P), ("masked", _I), ("WhT", _P), ("gemm", _P),
-                ("threads", _I), ("dW", _P), ("Hh", _P), ("h0", _P)]
-
-
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("model name", "flags")):
-                    return line
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith(("model name", "flags")):
+                return line
     return platform.processor()
 
 
@@ -112,22 +91,30 @@ def _build(cc: str) -> str:
         os.replace(out, path)  # atomic: a concurrent builder sees the whole file or none
     for old in os.listdir(cache):  # builds of other sources (a process using one keeps its map)
         if old.startswith("lstm_step-") and old.endswith(".so") and old != os.path.basename(path):
-            try:
+            with contextlib.suppress(OSError):
                 os.remove(os.path.join(cache, old))
-            except OSError:
-                pass
     return path
-
-
-class SingleArgs(ctypes.Structure):
-    """``single_args`` of ``lstm_step.c`` (batch size 1, no autograd: the update's buffers)."""
-    _fields_ = [("H", _I), ("threads", _I), ("flip", _I), ("W", _P), ("h", _P), ("c", _P),
-                ("a", _P), ("gw", _P), ("gb", _D), ("WT", _P)]
 
 
 # the layer's floating-point type in the layouts below (c_float for float32, c_double for float64)
 _REAL = "REAL"
-_LAYOUTS = {
+_LAYOUTS = {  # pointers are addresses of the call's buffers
+    "lstm_fwd_args": [("H", _I), ("B", _I), ("A", _P), ("ST", _P), ("CAND", _P), ("WTC", _P),
+                      ("WSC", _P), ("thr", _P), ("thr_t", _I), ("thr_b", _I), ("mask", _P),
+                      ("gw", _P), ("gb", _D), ("floor", _D), ("has_floor", _I),
+                      ("scratch", _P), ("Hh", _P), ("SC", _P), ("KK", _P), ("CC", _P),
+                      ("W", _I), ("CO", _I), ("KZ", _I), ("U", _I), ("C2", _I), ("PU", _I),
+                      ("M", _I), ("Wh", _P), ("gemm", _P), ("threads", _I), ("x", _P),
+                      ("Wi", _P), ("bias", _P), ("I", _I)],
+    "lstm_bwd_args": [("H", _I), ("B", _I), ("C", _I), ("W", _I), ("S", _I), ("CO", _I),
+                      ("KZ", _I), ("U", _I), ("C2", _I), ("PU", _I), ("M", _I), ("KK", _P),
+                      ("gg", _P), ("S0", _P), ("S1", _P), ("DGP", _P), ("WGO", _P),
+                      ("DZ", _P), ("gw", _P), ("scratch", _P), ("dcp", _P), ("masked", _I),
+                      ("WhT", _P), ("gemm", _P), ("threads", _I), ("dW", _P), ("Hh", _P),
+                      ("h0", _P)],
+    # batch size 1, no autograd: the update's buffers
+    "single_args": [("H", _I), ("threads", _I), ("flip", _I), ("W", _P), ("h", _P), ("c", _P),
+                    ("a", _P), ("gw", _P), ("gb", _D), ("WT", _P)],
     "run_args": [("steps", _P), ("k", _I), ("n_steps", _I), ("cur", _I), ("block", _P),
                  ("b_start", _I), ("b_stride", _I), ("b_last", _I), ("row_bytes", _I),
                  ("p", _P), ("u", _P), ("idx", _P), ("hist", _P), ("reads", _P),
@@ -150,14 +137,12 @@ def _struct(name: str, dtype: torch.dtype) -> type:
     return type(name, (ctypes.Structure,), {"_fields_": fields})
 
 
-def run_args(dtype: torch.dtype) -> type:
-    """``run_args`` of ``lstm_step.c`` for ``dtype`` (its ũ fields are of the layer's type)."""
-    return _struct("run_args", dtype)
-
-
-def waves_args(dtype: torch.dtype) -> type:
-    """``waves_args`` of ``lstm_step.c`` for ``dtype``."""
-    return _struct("waves_args", dtype)
+#: ``run_args`` / ``waves_args`` of ``lstm_step.c`` for a dtype (their ũ fields of its type)
+run_args = functools.partial(_struct, "run_args")
+waves_args = functools.partial(_struct, "waves_args")
+#: the structures without a field of the layer's type
+FwdArgs, BwdArgs, SingleArgs = (_struct(name, torch.float64)
+                                for name in ("lstm_fwd_args", "lstm_bwd_args", "single_args"))
 
 
 def _gemms() -> dict:
@@ -172,28 +157,27 @@ def _gemms() -> dict:
         return {}
 
 
+#: Kernels field -> (C function, without its ``_f32`` / ``_f64`` suffix; argtypes; restype)
+_SIGNATURES = {
+    "fwd_step": ("lstm_fwd_step", [_P, _I, _I], None),
+    "bwd_step": ("lstm_bwd_step", [_P, _I, _I, _I, _I], None),
+    "fwd_chunk": ("lstm_fwd_chunk", [_P, _I, _I], None),
+    "bwd_chunk": ("lstm_bwd_chunk", [_P, _I, _I, _I], _I),
+    "single_run": ("lstm_single_run", [_P, _P], _I),
+    "waves": ("lstm_waves", [_P], _I),
+    "chunk_threads": ("chunk_threads", [_I, _I, _I], _I),
+    "single_wt_rows": ("single_wt_rows", [_I], _I),
+}
+
+
 def _open(path: str) -> dict:
-    lib = ctypes.CDLL(path)
-    gemms = _gemms()
-    fns = {}
+    lib, gemms, fns = ctypes.CDLL(path), _gemms(), {}
     for dtype, suf in ((torch.float32, "f32"), (torch.float64, "f64")):
-        fwd, bwd = getattr(lib, f"lstm_fwd_step_{suf}"), getattr(lib, f"lstm_bwd_step_{suf}")
-        fwd_chunk, bwd_chunk = (getattr(lib, f"lstm_fwd_chunk_{suf}"),
-                                getattr(lib, f"lstm_bwd_chunk_{suf}"))
-        fwd.argtypes, fwd.restype = [_P, _I, _I], None
-        bwd.argtypes, bwd.restype = [_P, _I, _I, _I, _I], None
-        fwd_chunk.argtypes, fwd_chunk.restype = [_P, _I, _I], None
-        bwd_chunk.argtypes, bwd_chunk.restype = [_P, _I, _I, _I], _I
-        run = getattr(lib, f"lstm_single_run_{suf}")
-        run.argtypes, run.restype = [_P, _P], _I
-        waves = getattr(lib, f"lstm_waves_{suf}")
-        waves.argtypes, waves.restype = [_P], _I
-        threads = getattr(lib, f"chunk_threads_{suf}")
-        threads.argtypes, threads.restype = [_I, _I, _I], _I
-        wt_rows = getattr(lib, f"single_wt_rows_{suf}")
-        wt_rows.argtypes, wt_rows.restype = [_I], _I
-        fns[dtype] = Kernels(fwd, bwd, fwd_chunk, bwd_chunk, gemms.get(dtype), run, waves, threads,
-                             wt_rows)
+        named = {}
+        for field, (cname, argtypes, restype) in _SIGNATURES.items():
+            fn = named[field] = getattr(lib, f"{cname}_{suf}")
+            fn.argtypes, fn.restype = argtypes, restype
+        fns[dtype] = Kernels(gemm=gemms.get(dtype), **named)
     return fns
 
 
@@ -222,8 +206,7 @@ def load():
     with _lock:
         if "fns" not in _state:
             try:
-                _state["fns"] = _open(_build(env("CC") or "cc"))
-                _state["error"] = None
+                _state["fns"], _state["error"] = _open(_build(env("CC") or "cc")), None
             except (OSError, subprocess.SubprocessError, AttributeError) as e:
                 detail = getattr(e, "stderr", "") or ""
                 _state["fns"], _state["error"] = None, f"{type(e).__name__}: {e} {detail}".strip()

@@ -23,10 +23,11 @@ buffers, ``out=`` arguments and no autograd graph. What makes it fast on a CPU:
   part (its dgates are 0, the state gradient passes through); the weight, bias and input
   gradients are a few GEMMs per chunk while the chunk's dgates are still in cache;
 * big work buffers come from a pool and are reused across calls (fresh multi-MB buffers are
-  page-faulted on every call, which costs as much as the recurrence); those that leave the
-  forward op for the backward return to the pool only once nothing uses them: up to
-  ``SKIPRNN_CPU_POOL_MB`` (default 2048) stay allocated between calls, :func:`release_cpu_buffers`
-  frees them; under ``torch.no_grad`` the backward bookkeeping is skipped.
+  page-faulted on every call, which at the paper's sequential-MNIST shape costs as much as the
+  whole recurrence); those that leave the forward op for the backward return to the pool only
+  once nothing uses them: up to ``SKIPRNN_CPU_POOL_MB`` (default 2048) stay allocated between
+  calls, :func:`release_cpu_buffers` frees them; under ``torch.no_grad`` the backward
+  bookkeeping is skipped.
 
 Supported: one layer, the deterministic gate with a float threshold τ (a ``(T, B)`` threshold
 tensor works as well), ``forced is None``, ``constant_delta is None``, and ``max_skip`` (the floor
@@ -45,6 +46,7 @@ Works on CUDA tensors as well, as a slow generic fallback (it launches many tiny
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import threading
@@ -73,11 +75,8 @@ def _storage_users(t: Tensor) -> int:
 
 
 class _BufferPool:
-    """Reuse the big per-call work buffers of the fast paths across calls (CPU only).
-
-    A fresh multi-MB CPU tensor is mmap'd by the allocator and page-faulted (zeroed by the kernel)
-    on every call: for the paper's sequential-MNIST shape that costs about as much as the whole
-    recurrence. Two ways out of the pool, neither hands the same memory to two live users:
+    """Reuse the big per-call work buffers of the fast paths across calls (CPU only; why: the
+    module docstring). Two ways out of the pool, neither hands the same memory to two live users:
 
     * :meth:`get` / :meth:`put`: scratch buffers of one op call, handed back by the call itself
       (through a :class:`_Lease`) before it returns; they never escape the call.
@@ -276,7 +275,7 @@ class CpuCell:
     ``skip_gru/cpu.py``). Work tensors are feature-major (``(features, B)`` per step); ``fw`` /
     ``bw`` are one call's shared buffers (:func:`_forward_work`, :func:`_backward_work`).
 
-    * ``name``; ``key``, its name for the ops (:func:`register_cell`); ``gates`` (gate blocks of
+    * ``key``, its name for the ops (:func:`register_cell`); ``gates`` (gate blocks of
       W_ih / W_hh); ``has_c`` (the state rows are ``[h; c]``, else ``h``); ``saves_extra``
       (``forward_ops`` sets ``fw.extra``, ``(T, B, H)``); ``layout(H)``: its :class:`KKLayout`;
     * ``feature(cand, H)``: the rows of a candidate ``(C, state rows, B)`` the gate reads;
@@ -293,7 +292,6 @@ class CpuCell:
       from ``dgp`` ``(4H, n B)``; finally ``(dW_ih, dW_hh, db_ih, db_hh)``.
     """
 
-    name: str
     key: str
     gates: int
     has_c: bool
@@ -582,11 +580,9 @@ def _backward_chunks(cell, bw, g_out, g_gate, M):
 
 def _forward(cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, threshold, train,
              floor):
-    """One layer's forward (feature-major inside). Returns ``(output (T, B, H), h_n (1, B, H),
-    c_n (1, B, H) | None, Δũ_n (B,), cum_n (B,), updates (T, B), ũ (T, B))`` and what the
-    backward reads, ``(Hh (T, B, H), KK (T, W, B) | None, CC (T, H, B) | None, extra | None)``
-    (``Hh``: h after every step, the output itself without a mask; the rest only with
-    ``train``)."""
+    """One layer's forward (feature-major inside): :func:`cpu_rnn_forward`'s first seven outputs
+    (None for c_n without a c) and what the backward reads, ``(Hh, KK, CC, extra)`` (None where
+    absent; ``Hh``: h after every step, the output itself without a mask)."""
     T, B, _ = x.shape
     fw = _forward_work(cell, x, h0, c0, up0, cum0, mask, train)
     fw.Wi, fw.Wh, fw.bias, fw.b_extra = cell.projection(w_ih, w_hh, b_ih, b_hh)
@@ -598,9 +594,7 @@ def _forward(cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gw, gb, mask, t
 def _backward(cell, x, h0, w_ih, w_hh, has_bias, gw, mask, Hh, KK, CC, extra, g_out, g_hn, g_cn,
               g_up, g_cum, g_gate):
     """One layer's backward from what :func:`_forward` saved; reads its inputs, writes none.
-    ``g_gate`` ``(T, B)``: the gradient of the updates plus that of ũ. Returns the gradients of
-    ``(x, h0, c0 | None, Δũ_0 (B,), cum_0 (B,), w_ih, w_hh, b_ih | None, b_hh | None,
-    gate_weight (1, H), gate_bias (1,))``."""
+    Returns :func:`cpu_rnn_backward`'s gradients (None where absent)."""
     T, B, _ = x.shape
     Wi, Wh, _, _ = cell.projection(w_ih, w_hh, None, None)
     M = mask.to(x.dtype).view(T, 1, B) if mask is not None else None
@@ -626,12 +620,9 @@ def _backward(cell, x, h0, w_ih, w_hh, has_bias, gw, mask, Hh, KK, CC, extra, g_
 
 # ------------------------------------------------------------------ torch.library custom ops
 #
-# The forward and the backward are the ops ``skiprnn::cpu_rnn_forward`` / ``cpu_rnn_backward``
-# (fake kernels give their output shapes, so torch.compile and torch.export trace a call as one
-# node; ``register_autograd`` ties them together). Both always return 11 tensors; an output a
-# call does not have is an empty ``(0,)`` tensor. No output aliases an input, another output or
-# pool memory that is written again while the output lives (see :class:`_BufferPool`); the
-# backward only reads its inputs.
+# Both ops always return 11 tensors; an output a call does not have is an empty ``(0,)`` tensor.
+# No output aliases an input, another output or pool memory that is written again while the
+# output lives (see :class:`_BufferPool`); the backward only reads its inputs.
 
 _CELL_MODULES = {"lstm": "skiprnn.ops.skip_lstm.cpu", "gru": "skiprnn.ops.skip_gru.cpu",
                  "gru_paper": "skiprnn.ops.skip_gru.cpu"}
@@ -652,6 +643,14 @@ def _cell(key: str) -> CpuCell:
     return _CELLS[key]
 
 
+def _op_out(x, t):
+    """An op output: ``t`` contiguous, or the empty ``(0,)`` for None."""
+    return x.new_empty(0) if t is None else t.contiguous()
+
+
+def _fake_out(x, *shape, when=True):
+    """An output of a fake kernel: ``shape``, or the empty ``(0,)`` where ``when`` is false."""
+    return x.new_empty(shape if when else (0,))
 
 
 @torch.library.custom_op(
@@ -679,25 +678,16 @@ def cpu_rnn_forward(cell, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, 
     res, (Hh, KK, CC, extra) = _forward(cl, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih,
                                         b_hh, gate_weight, gate_bias, mask, thr, train,
                                         delta_floor)
-
-    def opt(t):
-        return x.new_empty(0) if t is None else t.contiguous()
-
-    return (*(opt(t) for t in res), opt(Hh if train and mask is not None else None),
-            opt(KK), opt(CC), opt(extra))
+    return tuple(_op_out(x, t)
+                 for t in (*res, Hh if train and mask is not None else None, KK, CC, extra))
 
 
 @cpu_rnn_forward.register_fake
 def _cpu_rnn_forward_fake(cell, x, h0, c0, update_prob0, cum_prob0, w_ih, w_hh, b_ih, b_hh,
                           gate_weight, gate_bias, mask, threshold, step_thresholds, delta_floor,
                           train):
-    cl = _cell(cell)
-    T, B, _ = x.shape
-    H = w_hh.shape[1]
-
-    def new(*shape, when=True):
-        return x.new_empty(shape if when else (0,))
-
+    cl, (T, B, _), H = _cell(cell), x.shape, w_hh.shape[1]
+    new = functools.partial(_fake_out, x)
     return (new(T, B, H), new(1, B, H), new(1, B, H, when=cl.has_c), new(B), new(B), new(T, B),
             new(T, B), new(T, B, H, when=train and mask is not None),
             new(T, cl.layout(H).W, B, when=train), new(T, H, B, when=train),
@@ -726,20 +716,15 @@ def cpu_rnn_backward(cell, x, h0, w_ih, w_hh, has_b_ih, has_b_hh, gate_weight, m
     grads = _backward(cl, x, h0, w_ih, w_hh, (has_b_ih, has_b_hh), gate_weight, mask, hh, kk, cc,
                       extra if cl.saves_extra else None, g_output, g_h_n, g_c_n, g_update_prob,
                       g_cum_prob, g_gate)
-    return tuple(x.new_empty(0) if g is None else g.contiguous() for g in grads)
+    return tuple(_op_out(x, g) for g in grads)
 
 
 @cpu_rnn_backward.register_fake
 def _cpu_rnn_backward_fake(cell, x, h0, w_ih, w_hh, has_b_ih, has_b_hh, gate_weight, mask, hh,
                            kk, cc, extra, g_output, g_h_n, g_c_n, g_update_prob, g_cum_prob,
                            g_gate):
-    cl = _cell(cell)
-    T, B, _ = x.shape
-    H, GH = w_hh.shape[1], w_hh.shape[0]
-
-    def new(*shape, when=True):
-        return x.new_empty(shape if when else (0,))
-
+    cl, (T, B, _), (GH, H) = _cell(cell), x.shape, w_hh.shape
+    new = functools.partial(_fake_out, x)
     return (new(*x.shape), new(1, B, H), new(1, B, H, when=cl.has_c), new(B), new(B),
             new(*w_ih.shape), new(*w_hh.shape), new(GH, when=has_b_ih), new(GH, when=has_b_hh),
             new(1, H), new(1))

@@ -8,6 +8,7 @@ until a backend is first used.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import NamedTuple
 
@@ -44,18 +45,14 @@ def _load(backend: str):
     """The function of ``backend`` (None where unavailable), imported on first use. A plain
     dict cache (not ``lru_cache``): ``torch.compile`` traces this lookup, and :func:`decide`
     (run untraced) has imported the chosen backend before."""
-    if backend in _LOADED:
-        return _LOADED[backend]
-    target = _IMPLS.get(backend)
-    fn = None
-    if target is not None:
-        mod, name = target.split(":")
-        try:
-            fn = getattr(importlib.import_module(mod), name)
-        except (ImportError, AttributeError):
-            fn = None
-    _LOADED[backend] = fn
-    return fn
+    if backend not in _LOADED:
+        fn = None
+        if backend in _IMPLS:
+            mod, name = _IMPLS[backend].split(":")
+            with contextlib.suppress(ImportError, AttributeError):
+                fn = getattr(importlib.import_module(mod), name)
+        _LOADED[backend] = fn
+    return _LOADED[backend]
 
 
 class BackendChoice(NamedTuple):
@@ -65,15 +62,11 @@ class BackendChoice(NamedTuple):
     reason: str
 
 
-def select(kind: str, backend: str, *, device_type: str, num_layers: int, fast_ok: bool,
-           grad: bool = True, skip_ok: bool = False, why_not_fast: str = "",
-           why_not_triton: str = ""):
-    """Return ``(name, function)`` for the requested backend (see :func:`decide`); the function
-    is called as ``fn(kind, x, state, ...)`` (:mod:`skiprnn.ops.contract`)."""
-    choice = decide(kind, backend, device_type=device_type, num_layers=num_layers,
-                    fast_ok=fast_ok, grad=grad, skip_ok=skip_ok, why_not_fast=why_not_fast,
-                    why_not_triton=why_not_triton)
-    return choice.name, _load(choice.name)
+def select(kind: str, backend: str, **options):
+    """Return ``(name, function)`` for the requested backend (:func:`decide`, with its keyword
+    options); the function is called as ``fn(kind, x, state, ...)`` (``ops.contract``)."""
+    name = decide(kind, backend, **options).name
+    return name, _load(name)
 
 
 def reference_only_reason(gate_mode: str, sampled: bool = False, dropout: bool = False) -> str:
@@ -85,9 +78,7 @@ def reference_only_reason(gate_mode: str, sampled: bool = False, dropout: bool =
             "dropout between layers in training" if dropout else "")
 
 
-def select_named(name: str):
-    """The function of backend ``name`` (one :func:`decide` returned)."""
-    return _load(name)
+select_named = _load  # the function of backend ``name`` (one decide returned)
 
 
 @torch.compiler.assume_constant_result
@@ -125,7 +116,7 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
         if _load("skipping") is not None:
             return BackendChoice("skipping", f"{asked}, no autograd and a deterministic learned "
                                  "gate: the skipping engine, whose skipped steps do no work"
-                                 f"{_skipping_steps(kind, num_layers, device_type)}")
+                                 f"{_steps(kind, device_type, 'skipping', num_layers)}")
         if backend == "skipping":
             raise RuntimeError("the skipping inference backend is not available")
     slow = why_not_fast or ("" if num_layers == 1 else
@@ -137,14 +128,11 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
         if not fast_ok or slow:
             return BackendChoice("reference", f"{asked} and the call needs the reference: "
                                  f"{slow or 'a gate mode only the reference runs'}")
-        order = ["triton", "cpu"] if device_type == "cuda" else ["cpu"]
-        for name in order:
-            if name == "triton" and not triton_available():
-                continue
+        for name in (["triton"] if device_type == "cuda" and triton_available() else []) + ["cpu"]:
             if _load(name) is not None:
                 return BackendChoice(name, f"{asked}, one layer, deterministic gate, "
                                      f"{device_type} tensors: the {name} fast path"
-                                     f"{_cpu_steps(name, kind, device_type)}")
+                                     f"{_steps(kind, device_type, name)}")
         return BackendChoice("reference", f"{asked}: no fast path is available for "
                              f"{device_type} tensors here")
     if backend == "triton" and why_not_triton:
@@ -159,19 +147,14 @@ def decide(kind: str, backend: str, *, device_type: str, num_layers: int, fast_o
     return BackendChoice(backend, f"{asked} asks for it and the call is one that it runs")
 
 
-def _cpu_steps(name: str, kind: str, device_type: str) -> str:
-    """How the CPU path runs a Skip LSTM's steps (fused C kernels or torch ops), for the reason."""
-    if name != "cpu" or kind != "lstm" or device_type != "cpu":
+def _steps(kind: str, device_type: str, name: str, num_layers: int = 1) -> str:
+    """How backend ``name`` (the CPU path or the skipping engine) runs a one-layer Skip LSTM's
+    steps on the CPU (fused C kernels or not), for the reason; "" for any other call."""
+    if name not in ("cpu", "skipping") or kind != "lstm" or device_type != "cpu" or num_layers != 1:
         return ""
-    from .cpu_kernels import kernel_status
-    return f" ({kernel_status()})"
-
-
-def _skipping_steps(kind: str, num_layers: int, device_type: str) -> str:
-    """How the skipping engine runs a one-layer Skip LSTM on the CPU, for the reason."""
-    if device_type != "cpu" or kind != "lstm" or num_layers != 1:
-        return ""
-    from .cpu_kernels import why_off
+    from .cpu_kernels import kernel_status, why_off
+    if name == "cpu":
+        return f" ({kernel_status()})"
     off = why_off()
     return (" (its loop in the fused C kernels)" if off is None
             else f" (its loop in NumPy and torch ops: {off})")

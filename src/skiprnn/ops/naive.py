@@ -16,18 +16,17 @@ Per step t (B rows, state tensors of shape (B, *)):
 
 with Δũ_0 = 1 and cum_0 = 0, so the first step always updates.
 
-A floor on reading (``max_skip=K``, off by default): Δũ_t = max(σ(W_p z_t + b_p), c) with
-c = 2·max(τ, ½)/(2K+1) (:func:`update_prob_floor`; 1/(2K+1) at the training threshold τ = ½),
-applied to the carried Δũ of a given state too. After an update ũ_{t+j} = min(j·Δũ_t, 1) and
-(K+1)·c > max(τ, ½) ≥ τ, so at most K consecutive steps are skipped for any τ < 1 (exactly K
-where the unfloored gate would skip more, for τ ≥ ½). ``z_t`` is the gate feature of the
-candidate state (the new top-layer ``c`` for LSTM, ``h`` for GRU).  The output at step t is one
-tensor of the gated state (``state[out_index]``, the top-layer ``h``). Padded steps (``mask`` 0) are
-never updates and leave every part of the state untouched.
+A floor on reading (``max_skip=K``, off by default): Δũ_t = max(σ(W_p z_t + b_p), c), the
+carried Δũ of a given state floored too; c and why it caps runs of skipped steps at K:
+:func:`update_prob_floor`. ``z_t`` is the gate feature of the candidate state (the new
+top-layer ``c`` for LSTM, ``h`` for GRU). The output at step t is one tensor of the gated state
+(``state[out_index]``, the top-layer ``h``). Padded steps (``mask`` 0) are never updates and
+leave every part of the state untouched.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import numpy as np
@@ -120,11 +119,7 @@ def floor_update_prob(delta, max_skip, threshold: float = 0.5):
 
 def mix_state(u: Tensor, new: Sequence[Tensor], old: Sequence[Tensor]) -> tuple:
     """Eq. 3 for every state tensor: u·new + (1-u)·old, an exact copy of ``old`` where u == 0."""
-    out = []
-    for n, o in zip(new, old):
-        ub = _bcast(u, n)
-        out.append(ub * n + (1 - ub) * o)
-    return tuple(out)
+    return tuple(ub * n + (1 - ub) * o for n, o in zip(new, old) for ub in [_bcast(u, n)])
 
 
 def skip_loop(
@@ -168,8 +163,7 @@ def skip_loop(
     for t in range(T):
         u_tilde = accumulate(up, cum)
         if forced is not None:
-            hard = torch.maximum(forced[t].to(u_tilde.dtype), (u_tilde >= 1).to(u_tilde.dtype))
-            u = hard
+            u = torch.maximum(forced[t].to(u_tilde.dtype), (u_tilde >= 1).to(u_tilde.dtype))
         else:
             thr = threshold[t] if isinstance(threshold, Tensor) else threshold
             u = straight_through(hard_gate(u_tilde, thr), u_tilde)
@@ -181,12 +175,11 @@ def skip_loop(
         delta = floor_update_prob(delta_fn(feat), max_skip, threshold)
         new_up = u * delta + (1 - u) * up
         new_cum = (1 - u) * u_tilde
+        top = new_state[out_index]
         if mask is not None:
             new_up = m * new_up + (1 - m) * up
             new_cum = m * new_cum + (1 - m) * cum
             u_tilde = u_tilde * m
-        top = new_state[out_index]
-        if mask is not None:
             top = top * _bcast(m, top)
         state, up, cum = new_state, new_up, new_cum
         outs.append(top)
@@ -210,10 +203,8 @@ def skip_rnn_naive(cell: str, x: Tensor, state: tuple, update_prob0: Tensor, cum
     check_cell(cell, state, opts)
     spec = cell_spec(cell, opts.reset_after)
     L, P = len(layers), len(state)
-    between = None
-    if opts.dropout and opts.training:
-        def between(h):
-            return F.dropout(h, opts.dropout, True)
+    between = (functools.partial(F.dropout, p=opts.dropout, training=True)
+               if opts.dropout and opts.training else None)
 
     def step(x_t, flat):  # the state flat: part p of layer k at p·L + k
         new, feat = spec.stack(x_t, [flat[p * L:(p + 1) * L] for p in range(P)], layers, between)

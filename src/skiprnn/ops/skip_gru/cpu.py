@@ -28,7 +28,7 @@ class _GRUCell(CpuCell):
     ``[h r (1 - r) | r]``: there dr_pre = (W_hnᵀ dn) ⊙ KR needs the product first, so KG's
     dr_pre rows are 0 and the reverse loop fills them."""
 
-    name, gates, has_c = "gru", 3, False
+    gates, has_c = 3, False
 
     def __init__(self, reset_after: bool):
         self.reset_after = reset_after
@@ -44,15 +44,11 @@ class _GRUCell(CpuCell):
     def projection(self, w_ih, w_hh, b_ih, b_hh):
         """Bias ``[b_ir + b_hr, b_iz + b_hz, b_in]``; ``b_hn`` stays inside r ⊙ (W_hn h + b_hn)."""
         H = w_hh.shape[1]
-        bias = None
-        if b_ih is not None:
-            bias = b_ih.clone()
-            if b_hh is not None:
-                bias[:2 * H] += b_hh[:2 * H]
-        elif b_hh is not None:
-            bias = torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
-        b_hn = b_hh[2 * H:].view(H, 1) if b_hh is not None else 0.0
-        return w_ih, w_hh, None if bias is None else bias.view(3 * H, 1), b_hn
+        if b_hh is None:
+            return w_ih, w_hh, None if b_ih is None else b_ih.view(3 * H, 1), 0.0
+        b_rz = b_hh[:2 * H] if b_ih is None else b_ih[:2 * H] + b_hh[:2 * H]
+        b_in = b_hh.new_zeros(H) if b_ih is None else b_ih[2 * H:]
+        return w_ih, w_hh, torch.cat([b_rz, b_in]).view(3 * H, 1), b_hh[2 * H:].view(H, 1)
 
     def forward_ops(self, fw):
         H, H2, A, ST, CAND, w_hh, new = fw.H, 2 * fw.H, fw.A, fw.ST, fw.CAND, fw.Wh, fw.new

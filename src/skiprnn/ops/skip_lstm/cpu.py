@@ -19,16 +19,13 @@ from ..cpu_rnn import (CpuCell, KKLayout, add_h_old_gemm, add_input_grads, carry
                        input_projection, register_cell)
 
 
-def _to_internal(w: Tensor) -> Tensor:
+_EXTERNAL = (1, 2, 3, 0)  # the _reorder back: internal [o, i, f, g] -> nn.LSTM [i, f, g, o]
+
+
+def _reorder(w: Tensor, order=(3, 0, 1, 2)) -> Tensor:
     """nn.LSTM gate rows [i, f, g, o] -> internal [o, i, f, g] (sigmoid rows first)."""
-    i, f, g, o = w.chunk(4, 0)
-    return torch.cat([o, i, f, g], 0)
-
-
-def _to_external(w: Tensor) -> Tensor:
-    """Internal gate rows [o, i, f, g] -> nn.LSTM [i, f, g, o]."""
-    o, i, f, g = w.chunk(4, 0)
-    return torch.cat([i, f, g, o], 0)
+    blocks = w.chunk(4, 0)
+    return torch.cat([blocks[k] for k in order], 0)
 
 
 class _LSTMCell(CpuCell):
@@ -36,7 +33,7 @@ class _LSTMCell(CpuCell):
     ``dgates = [dh' KO, dc' K3]`` and ``dc' = u dc + dh' KH + dz W_pᵀ``; K3 = ``[g σ'(i),
     c σ'(f), i (1 - g²)]``, KO = ``tanh(c') σ'(o)``, KH = ``o tanh'(c')``."""
 
-    name, key, gates, has_c = "lstm", "lstm", 4, True
+    key, gates, has_c = "lstm", 4, True
 
     def layout(self, H):
         return KKLayout(2 * H, 6 * H)
@@ -46,8 +43,8 @@ class _LSTMCell(CpuCell):
 
     def projection(self, w_ih, w_hh, b_ih, b_hh):
         bias = b_ih if b_hh is None else b_hh if b_ih is None else b_ih + b_hh
-        bias = None if bias is None else _to_internal(bias).view(-1, 1)
-        return _to_internal(w_ih), _to_internal(w_hh), bias, None
+        bias = None if bias is None else _reorder(bias).view(-1, 1)
+        return _reorder(w_ih), _reorder(w_hh), bias, None
 
     def forward_ops(self, fw):
         H, H2, H3, A, ST, CAND, Wh = fw.H, 2 * fw.H, 3 * fw.H, fw.A, fw.ST, fw.CAND, fw.Wh
@@ -98,8 +95,8 @@ class _LSTMCell(CpuCell):
             add_input_grads(bw, ((dgp, every_row),), t0, n)
 
         def param_grads(has_bias):
-            db = _to_external(dWib[:, I])
-            return (_to_external(dWib[:, :I]), _to_external(dWh),
+            db = _reorder(dWib[:, I], _EXTERNAL)
+            return (_reorder(dWib[:, :I], _EXTERNAL), _reorder(dWh, _EXTERNAL),
                     db if has_bias[0] else None, db.clone() if has_bias[1] else None)
 
         return step, chunk, param_grads
