@@ -19,8 +19,9 @@ from torch import Tensor
 
 from ..outputs import SkipOutput
 from ..ops.contract import GateOptions
-from ..ops.naive import check_cap_holds, floor_update_prob
+from ..ops.naive import check_cap_holds
 from ..ops.skipping import StepCell, np_dtype, simulate_skips, skip_rnn_skipping
+from ..ops.waves import gate_state
 
 __all__ = ["SkipStream", "stream"]
 
@@ -72,8 +73,8 @@ class SkipStream:
         ``skip(n)``: advance over n steps whose inputs are not read (error if one would be).
         ``feed(chunk)``: a ``(T, B, I)`` chunk through the whole-sequence skipping forward;
             returns the layer's ``SkipOutput``.
-        ``skips_ahead`` / ``next_read_in``: how many upcoming steps no row reads
-            (``math.inf``: the gate never opens again).
+        ``skips_ahead``: how many upcoming steps no row reads (``math.inf``: the gate never
+            opens again).
         ``reading_rows()``: rows that read at the next step. ``state``: the layer state now.
         ``t``: steps consumed so far.
     """
@@ -94,11 +95,8 @@ class SkipStream:
         with torch.no_grad():
             self.hs = [h.clone() for h in state[0].unbind(0)]
             self.cs = [c.clone() for c in state[1].unbind(0)] if self.kind == "lstm" else None
-        self.max_skip = getattr(layer, "max_skip", None)
-        self.up = floor_update_prob(  # a given state's Δũ, floored as the layer's forward does
-            state.update_prob.detach().cpu().numpy().astype(self.npdt, copy=True), self.max_skip,
-            self.threshold)
-        self.cum = state.cum_update_prob.detach().cpu().numpy().astype(self.npdt, copy=True)
+        self.up, self.cum = gate_state(state.update_prob, state.cum_update_prob, self.npdt,
+                                       getattr(layer, "max_skip", None), self.threshold)
         self.t = 0
         self.last_update_prob = None
 
@@ -116,17 +114,13 @@ class SkipStream:
         return self._cell_cache
 
     def _u_tilde(self):
-        one = self.npdt(1)
-        return self.cum + np.minimum(self.up, one - self.cum)
+        return self.cum + np.minimum(self.up, self.npdt(1) - self.cum)
 
     @property
     def state(self):
-        to = dict(device=self.device, dtype=self.dtype)
-        hc = [torch.stack(self.hs)]
-        if self.kind == "lstm":
-            hc.append(torch.stack(self.cs))
-        return self.layer.state_type(*hc, torch.from_numpy(self.up.copy()).to(**to),
-                                     torch.from_numpy(self.cum.copy()).to(**to))
+        hc = [torch.stack(s) for s in (self.hs, self.cs) if s is not None]
+        gate = (torch.from_numpy(a.copy()).to(self.device, self.dtype) for a in (self.up, self.cum))
+        return self.layer.state_type(*hc, *gate)
 
     def reading_rows(self) -> np.ndarray:
         """Indices of the rows that read their input at the next step."""
@@ -144,8 +138,6 @@ class SkipStream:
                 break
         return best
 
-    next_read_in = skips_ahead
-
     # ------------------------------------------------------------------ stepping
     def _output(self, one_d: bool):
         out = self.hs[-1].clone()
@@ -156,7 +148,7 @@ class SkipStream:
         u = ut > self.npdt(self.threshold)
         rows = np.flatnonzero(u)
         n = rows.size
-        one_d = x_t is not None and isinstance(x_t, Tensor) and x_t.dim() == 1
+        one_d = isinstance(x_t, Tensor) and x_t.dim() == 1
         if x_t is None:
             if n:
                 raise ValueError(f"step(None) at step {self.t}: {n} row(s) read their input this "
@@ -242,8 +234,7 @@ class SkipStream:
         out, u, p = res.output, res.updates, res.update_probs
         self.hs = list(res.state[0].unbind(0))
         self.cs = list(res.state[1].unbind(0)) if self.kind == "lstm" else None
-        self.up = res.update_prob.cpu().numpy().astype(self.npdt)
-        self.cum = res.cum_prob.cpu().numpy().astype(self.npdt)
+        self.up, self.cum = gate_state(res.update_prob, res.cum_prob, self.npdt, None, 0.5)
         self.t += x.shape[0]
         self.last_update_prob = p[-1]
         if one_d:

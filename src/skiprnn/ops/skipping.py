@@ -62,12 +62,8 @@ from .waves import fused_lstm_kernels, run_waves
 __all__ = ["skip_rnn_skipping", "simulate_skips", "np_dtype", "StepCell", "NumpyStack",
            "AlternatingMV", "SkipRuns", "LazyInputProjection", "first_projection"]
 
-_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
-
-
-def np_dtype(dtype: torch.dtype):
-    """The NumPy scalar type that replays the gate arithmetic of ``dtype`` exactly (or None)."""
-    return _NP_DTYPES.get(dtype)
+# np_dtype(dtype): the NumPy scalar type that replays the gate arithmetic of dtype exactly, or None
+np_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get
 
 
 def simulate_skips(update_prob, cum_prob, threshold: float = 0.5, limit: int | None = None,
@@ -105,11 +101,10 @@ def simulate_skips(update_prob, cum_prob, threshold: float = 0.5, limit: int | N
 # ---------------------------------------------------------------------------------------------
 # one state update of the whole stack on a set of rows
 # ---------------------------------------------------------------------------------------------
-def _lstm_step_fused(x, state, w_ih, w_hh, b_ih, b_hh):
-    """:meth:`CellSpec.step <skiprnn.ops.cells.CellSpec.step>` of the LSTM as ``torch.lstm_cell``:
-    on the CPU the same two linear maps and pointwise maths as the description's, in one op
-    (fewer dispatches per step; bitwise the reference's at batch size 1)."""
-    return torch.lstm_cell(x, tuple(state), w_ih, w_hh, b_ih, b_hh)
+def _lstm_step_fused(x, state, *weights):
+    """The LSTM's :meth:`CellSpec.step <skiprnn.ops.cells.CellSpec.step>` in one op (fewer
+    dispatches per step; bitwise the reference's at batch size 1 on the CPU)."""
+    return torch.lstm_cell(x, tuple(state), *weights)
 
 
 class StepCell:
@@ -135,10 +130,6 @@ class StepCell:
             raise ValueError("a learned gate needs gate_weight and gate_bias")
         check_cap_holds(max_skip, threshold, constant_delta=constant_delta)
         self.max_skip, self.threshold = max_skip, threshold
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
 
     def delta(self, feat: Tensor) -> Tensor:
         """Δũ ``(n,)`` of the gate feature ``feat`` ``(n, H)`` (floored under ``max_skip``)."""
@@ -389,7 +380,7 @@ class NumpyStack:
             raise ValueError("NumpyStack runs nn.GRU's candidate (reset_after=True); the paper's "
                              "GRU takes the torch paths")
         self.lstm, self.npdt = spec.kind == "lstm", npdt
-        self.L, self.H = cell.num_layers, hs[0].shape[0]
+        self.L, self.H = len(cell.layers), hs[0].shape[0]
         H = self.H
         self.half, self.one = npdt(0.5), npdt(1)
         self.tmp, self.tmp2 = np.empty(H, npdt), np.empty(H, npdt)
@@ -498,30 +489,24 @@ class SkipRuns:
         self.thr, self.npdt, self.max_size = threshold, npdt, max_size
         self.memo: dict = {}
 
-    def __call__(self, up, cum, limit: int):
-        """``(n, probs, stuck)``: n ≤ limit skipped steps and their ũ; stuck: the gate never opens
-        again (every later step is skipped with ũ = probs[-1])."""
-        key = (up, cum)
-        hit = self.memo.get(key)
-        if hit is not None:
-            return hit if hit[0] <= limit or hit[2] else (limit, hit[1], False)
-        n, probs, _ = simulate_skips(up, cum, self.thr, limit=limit, dtype=self.npdt)
-        res = (len(probs), probs, n == math.inf)
-        if res[0] < limit or res[2]:  # a complete run (not cut by the limit): reusable
-            if len(self.memo) >= self.max_size:
-                self.memo.clear()
-            self.memo[key] = res
-        return res
-
     def until_read(self, up, cum, left: int):
-        """``(n, probs)``: the skipped steps before the next read (n ≤ left) and their ũ; when the
-        gate never opens again, all ``left`` steps, ũ held at its last value."""
-        n, probs, stuck = self(up, cum, left)
-        if stuck:
-            n = left
-            if n > len(probs):
-                probs = np.concatenate([probs, np.full(n - len(probs), probs[-1], self.npdt)])
-        return n, probs
+        """``(n, probs)``: the skipped steps before the next read (n ≤ left) and their ũ (probs
+        may run past n); when the gate never opens again, all ``left`` steps, ũ held at its last
+        value."""
+        hit = self.memo.get((up, cum))
+        if hit is None:
+            n, probs, _ = simulate_skips(up, cum, self.thr, limit=left, dtype=self.npdt)
+            hit = (len(probs), probs, n == math.inf)  # (n, ũ, stuck: the gate never opens again)
+            if hit[0] < left or hit[2]:  # a complete run (not cut by the limit): reusable
+                if len(self.memo) >= self.max_size:
+                    self.memo.clear()
+                self.memo[(up, cum)] = hit
+        n, probs, stuck = hit
+        if not stuck:
+            return min(n, left), probs
+        if left > len(probs):
+            probs = np.concatenate([probs, np.full(left - len(probs), probs[-1], self.npdt)])
+        return left, probs
 
 
 def first_projection(cell: StepCell, arranged: bool = True) -> tuple:
@@ -536,7 +521,7 @@ def first_projection(cell: StepCell, arranged: bool = True) -> tuple:
     return cell.spec.arrange(w_ih), None if b is None else cell.spec.arrange(b)
 
 
-def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, stats=None):
+def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt):
     """Batch size 1 on the CPU: the cell only on update steps, runs of skipped steps written in
     bulk (their ũ replayed, their output an index of the held h); the first layer's input
     projected in blocks (:class:`LazyInputProjection`). A one-layer LSTM runs its steps in the C
@@ -569,8 +554,6 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, st
         up, cum = _run_numpy(stack, threshold, proj, steps, valid is None, up, cum, hist, idx,
                              u_np, p_np, npdt)
         h_states = stack.hs
-    if stats is not None:
-        stats.update(projected=proj.projected, read=proj.used)
     dev = x.device
     out = pooled_output((T, 1, H), x)  # (already paged in where an earlier output was dropped)
     # the rows gathered over the torch threads (2-3x NumPy's take of the same rows)
@@ -676,7 +659,7 @@ def _dense_continuation(cell: StepCell, device_type: str):
     """The dense CPU path (:func:`skiprnn.ops.cpu_rnn.skip_rnn_cpu`) as ``run_waves``' ``dense``
     argument, or None where it cannot continue the call (other devices, several layers, a
     constant Δũ)."""
-    if device_type != "cpu" or cell.num_layers != 1 or cell.constant_delta is not None:
+    if device_type != "cpu" or len(cell.layers) != 1 or cell.constant_delta is not None:
         return None
     from .cpu_rnn import skip_rnn_cpu
     opts = GateOptions(threshold=cell.threshold, max_skip=cell.max_skip,

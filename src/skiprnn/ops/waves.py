@@ -71,6 +71,21 @@ SWITCH_BLOCK = 64
 DENSE_BREAK_EVEN = {"gru": ((256, 0.62), (None, 0.96)), "lstm": ()}
 
 
+def gate_state(up0: Tensor, cum0: Tensor, npdt, max_skip, threshold: float):
+    """NumPy copies ``(up, cum)`` of a carried Δũ and ũ accumulator (tensors), Δũ floored as the
+    layer's (``skiprnn.ops.naive.floor_update_prob``)."""
+    up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True), max_skip, threshold)
+    return up, cum0.detach().cpu().numpy().astype(npdt, copy=True)
+
+
+def valid_order(valid: np.ndarray | None, T: int, B: int):
+    """``(n_valid (B,), times (T, B) | None)``: each row's number of valid steps, and its valid
+    steps first in time order (``times[o, b]``: row b's o-th valid step; None: all valid)."""
+    if valid is None:
+        return np.full(B, T, np.int64), None
+    return valid.sum(0).astype(np.int64), np.argsort(~valid, axis=0, kind="stable")
+
+
 def dense_break_even(kind: str, hidden_size: int) -> float | None:
     """The update fraction above which the dense CPU path is faster than the waves for this cell
     and hidden size (``DENSE_BREAK_EVEN``), or None: never."""
@@ -106,13 +121,7 @@ class GateReplay:
         self.probs = self._probs[:T]
         self._cols = np.arange(B)
         self._steps = np.arange(REPLAY_BLOCK)[:, None]
-        if valid is None:
-            self.n_valid = np.full(B, T, np.int64)
-            self.times = None
-        else:
-            self.n_valid = valid.sum(0).astype(np.int64)
-            # valid steps first, in time order: row o of column b is b's o-th valid step
-            self.times = np.argsort(~valid, axis=0, kind="stable")
+        self.n_valid, self.times = valid_order(valid, T, B)
         self._memo: dict = {}
 
     def time_of(self, ordinal: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -313,10 +322,9 @@ class _Waves:
         self.B = self.final[0].shape[1]
         self.rows = rows
 
-    def step(self, h_out: Tensor | None = None):
+    def step(self, h_out: Tensor):
         """One update of every live row (inputs already in ``input_buffer()``); the top layer's
-        new h goes to ``h_out`` ``(m, H)`` (an own buffer if None). Returns ``(top h, gate
-        feature)``, each ``(m, H)``."""
+        new h goes to ``h_out`` ``(m, H)``. Returns ``(top h, gate feature)``, each ``(m, H)``."""
         h = self.update(h_out)
         return h, self.live_states()[self.spec.feature_index][-1]
 
@@ -340,21 +348,13 @@ class _Waves:
         return self.final
 
 
-def _bias(b_ih, b_hh, n, like):
-    """b_ih + b_hh (either may be None; zeros when both are)."""
-    if b_ih is None and b_hh is None:
-        return like.new_zeros(n)
-    if b_ih is None or b_hh is None:
-        return (b_ih if b_hh is None else b_hh).detach().clone()
-    return (b_ih + b_hh).detach()
-
-
 def _arranged_lstm_weight(spec, layer, H: int) -> Tensor:
     """``arrange([W_ih | W_hh | b])ᵀ`` ``(In + H + 1, 4H)`` of one LSTM layer ``(w_ih, w_hh,
     b_ih, b_hh)``: the weight of a wave's GEMM on ``[inp | h | 1]`` (see :class:`_LstmWaves`)."""
-    w_ih, w_hh, b_ih, b_hh = layer
-    b = _bias(b_ih, b_hh, 4 * H, w_ih)
-    return spec.arrange(torch.cat([w_ih.detach(), w_hh.detach(), b[:, None]], 1)).t().contiguous()
+    w_ih, w_hh, b_ih, b_hh = layer   # (detached by StepCell; b: b_ih + b_hh, either may be None)
+    bs = [b for b in (b_ih, b_hh) if b is not None]
+    b = bs[0] + bs[1] if len(bs) == 2 else bs[0] if bs else w_ih.new_zeros(4 * H)
+    return spec.arrange(torch.cat([w_ih, w_hh, b[:, None]], 1)).t().contiguous()
 
 
 class _LstmWaves(_Waves):
@@ -377,9 +377,8 @@ class _LstmWaves(_Waves):
             s[:, -1] = 1
             self.S.append(s)
             self.C.append(self.final[1][k].index_select(0, r))
-        self.gates = torch.empty(rows.size, 4 * H, dtype=self.dt, device=self.dev)
-        self.tmp = torch.empty(rows.size, H, dtype=self.dt, device=self.dev)
-        self.h_top = torch.empty(rows.size, H, dtype=self.dt, device=self.dev)
+        self.gates, self.tmp = (torch.empty(rows.size, n, dtype=self.dt, device=self.dev)
+                                for n in (4 * H, H))
         self.half = torch.tensor(0.5, dtype=self.dt, device=self.dev)
 
     def live_states(self):
@@ -389,13 +388,13 @@ class _LstmWaves(_Waves):
         self.S = [s.index_select(0, kept) for s in self.S]
         self.C = [c.index_select(0, kept) for c in self.C]
         m = kept.shape[0]
-        self.gates, self.tmp, self.h_top = self.gates[:m], self.tmp[:m], self.h_top[:m]
+        self.gates, self.tmp = self.gates[:m], self.tmp[:m]
 
     def input_buffer(self) -> Tensor:
         """Where the first layer's input rows go (``(m, I)``, a view)."""
         return self.S[0][:, :self.I]
 
-    def update(self, h_out: Tensor | None = None):
+    def update(self, h_out: Tensor):
         """See :meth:`_Waves.step`; returns the top h."""
         H = self.H
         g = self.gates
@@ -406,7 +405,7 @@ class _LstmWaves(_Waves):
             torch.add(self.half, g[:, :3 * H], alpha=0.5, out=g[:, :3 * H])  # σ, in one pass
             c.mul_(g[:, H:2 * H])
             c.addcmul_(g[:, :H], g[:, 3 * H:])
-            h = self.tmp if k < self.L - 1 else self.h_top if h_out is None else h_out
+            h = self.tmp if k < self.L - 1 else h_out
             torch.tanh(c, out=h)
             h.mul_(g[:, 2 * H:3 * H])
             s[:, self.n_in[k]:-1].copy_(h)
@@ -432,10 +431,8 @@ class _GruWaves(_Waves):
             self.b_ih.append(zero if b_ih is None else b_ih.detach())
             self.b_hh.append(zero if b_hh is None else b_hh.detach())
             self.Hs.append(self.final[0][k].index_select(0, r))
-        m = rows.size
-        self.x_in = torch.empty(m, self.I, dtype=self.dt, device=self.dev)
-        self.gi = torch.empty(m, 3 * H, dtype=self.dt, device=self.dev)
-        self.gh = torch.empty(m, 3 * H, dtype=self.dt, device=self.dev)
+        self.x_in, self.gi, self.gh = (torch.empty(rows.size, n, dtype=self.dt, device=self.dev)
+                                       for n in (self.I, 3 * H, 3 * H))
 
     def live_states(self):
         return (self.Hs,)
@@ -448,7 +445,7 @@ class _GruWaves(_Waves):
     def input_buffer(self) -> Tensor:
         return self.x_in
 
-    def update(self, h_out: Tensor | None = None):
+    def update(self, h_out: Tensor):
         """See :meth:`_Waves.step`; returns the top h."""
         H = self.H
         gi, gh = self.gi, self.gh
@@ -469,8 +466,7 @@ class _GruWaves(_Waves):
             n.add_(gi[:, 2 * H:]).tanh_()
             h.sub_(n).mul_(rz[:, H:]).add_(n)
             inp = h
-        if h_out is not None:
-            h_out.copy_(self.Hs[-1])
+        h_out.copy_(self.Hs[-1])
         return self.Hs[-1]
 
 
@@ -568,7 +564,7 @@ def fused_lstm_kernels(cell, dtype: torch.dtype):
     """The C kernels (:mod:`skiprnn.ops.cpu_kernels`) of ``dtype`` where they run a skipping
     call of ``cell`` (a ``StepCell``): a one-layer LSTM with a learned gate, float32 / float64
     weights of that dtype, kernels built; else None. (CPU tensors: the caller's to check.)"""
-    if not (cell.kind == "lstm" and cell.num_layers == 1 and cell.constant_delta is None
+    if not (cell.kind == "lstm" and len(cell.layers) == 1 and cell.constant_delta is None
             and cell.gate_bias is not None and dtype in (torch.float32, torch.float64)
             and all(t.dtype == dtype for t in (*cell.layers[0][:2], cell.gate_weight))):
         return None
@@ -595,14 +591,8 @@ def _fused_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: 
     x = x.contiguous()
     gw = cell.gate_weight[0].contiguous()
     h, c = hs[0].to(x.dtype).contiguous().clone(), cs[0].to(x.dtype).contiguous().clone()
-    up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True), cell.max_skip,
-                           cell.threshold)
-    cum = cum0.detach().cpu().numpy().astype(npdt, copy=True)
-    if valid is None:
-        n_valid, times = np.full(B, T, np.int64), None
-    else:  # valid steps first, in time order (as GateReplay's)
-        n_valid = valid.sum(0).astype(np.int64)
-        times = np.ascontiguousarray(np.argsort(~valid, axis=0, kind="stable"), np.int64)
+    up, cum = gate_state(up0, cum0, npdt, cell.max_skip, cell.threshold)
+    n_valid, times = valid_order(valid, T, B)  # (argsort's result: contiguous int64)
     out = pooled_output((T, B, H), x)
     probs, upd = np.zeros((T, B), npdt), np.zeros((T, B), npdt)
     src = np.zeros((T, B), np.int64)
@@ -644,9 +634,8 @@ class _WaveRun:
         self.cell, self.x, self.valid, self.npdt, self.dense = cell, x, valid, npdt, dense
         self.T, self.B, self.H = T, B, H
         self.replay = replay = GateReplay(T, B, valid, threshold, npdt)
-        self.up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True),
-                                    cell.max_skip, cell.threshold)
-        self.cum = cum = cum0.detach().cpu().numpy().astype(npdt, copy=True)
+        self.up, self.cum = gate_state(up0, cum0, npdt, cell.max_skip, cell.threshold)
+        cum = self.cum
         self.cum_init = cum.copy()
         rows = np.arange(B)
         self.frac = dense_break_even(cell.kind, H) if dense is not None else None
