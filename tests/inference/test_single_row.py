@@ -26,9 +26,9 @@ class RecordingProjection(skipping.LazyInputProjection):
         self.log = []
         RecordingProjection.made.append(self)
 
-    def get(self, t, period=None):
+    def get(self, t):
         before = self.block
-        j = super().get(t, period)
+        j = super().get(t)
         if self.block is not before:
             self.log.append((self.start, self.last, self.stride))
         return j

@@ -49,7 +49,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._env import triton_available
@@ -136,12 +135,8 @@ class StepCell:
         if self.constant_delta is not None:
             return feat.new_full((feat.shape[0],), self.constant_delta)
         # (n, H) @ (H,) + b: one matrix-vector product (F.linear with a (1, H) weight is a GEMM)
-        if feat.dim() == 2:
-            w = self.gate_weight[0]
-            z = (torch.mv(feat, w) if self.gate_bias is None
-                 else torch.addmv(self.gate_bias, feat, w))
-        else:
-            z = F.linear(feat, self.gate_weight, self.gate_bias).squeeze(-1)
+        w = self.gate_weight[0]
+        z = torch.mv(feat, w) if self.gate_bias is None else torch.addmv(self.gate_bias, feat, w)
         return floor_update_prob(z.sigmoid_(), self.max_skip, self.threshold)
 
     def __call__(self, x: Tensor, hs: Sequence[Tensor], cs: Sequence[Tensor] | None):
@@ -200,15 +195,10 @@ class LazyInputProjection:
         self.max_block = max_block
         self.chunk = PROJECTION_CHUNK if chunk is None else chunk
         self.dense_interval, self.irregular_interval = dense_interval, irregular_interval
-        self.miss = 0.0  # running mean of strided predictions that missed
-        self.size = 1
-        self.block = None
+        self.miss, self.size, self.block = 0.0, 1, None  # miss: mean of strided mispredictions
         self.start, self.last, self.stride = 0, -1, 1  # the block holds start, start+stride…, last
-        self.prev = None
-        self.interval = None
-        self.projected = 0
-        self.used = 0
-        self.n_contiguous = self.n_strided = 0
+        self.prev = self.interval = None
+        self.projected = self.used = self.n_contiguous = self.n_strided = 0
         eager_macs = EAGER_PROJECTION_MACS if eager_macs is None else eager_macs
         if 0 < self.T and self.T * x2d.shape[1] * weight.shape[0] <= eager_macs:
             self._project(0, self.T, 1)
@@ -250,17 +240,13 @@ class LazyInputProjection:
         # I_k = 0.75 I_(k-1) + 0.25 d_k unrolled as I_0 + sum_k w_k (d_k - I_0), w summing to
         # 1 - 0.75^k: exact when the intervals equal I_0 (a regular pattern stays on its
         # dense / irregular thresholds exactly, as the recursion keeps it)
-        k = d.size
-        weights = 0.25 * 0.75 ** np.arange(k - 1, -1, -1)
+        weights = 0.25 * 0.75 ** np.arange(d.size - 1, -1, -1)
         self.interval = self.interval + float(weights @ (d - self.interval))
 
-    def get(self, t: int, period: int | None = None) -> int:
+    def get(self, t: int) -> int:
         """Make sure step t (read steps in increasing order) is projected; returns its row in
-        ``self.block``. ``period``: the expected interval to the next read (default: the last
-        interval)."""
-        d = self._note(t)
-        if period is None:
-            period = d
+        ``self.block``."""
+        d = self._note(t)  # the last interval: the expected one to the next read
         off = t - self.start
         if 0 <= off and t <= self.last and off % self.stride == 0:
             return off // self.stride
@@ -275,7 +261,7 @@ class LazyInputProjection:
             stride, stop = 1, min(self.T, t + self.chunk)
             self.n_contiguous += 1
         else:
-            stride = max(1, period or 1)
+            stride = max(1, d or 1)
             self.size = min(self.max_block, self.size * 2) if t > self.last else 1
             stop = min(self.T, t + stride * self.size)
             self.n_strided += 1
@@ -320,11 +306,10 @@ class AlternatingMV:
     def __init__(self, weight: Tensor, out: Tensor, block_bytes: int | None = None,
                  threads: int | None = None):
         block_bytes = MV_BLOCK_BYTES if block_bytes is None else block_bytes
-        threads = torch.get_num_threads() if threads is None else threads
         w = weight.detach().contiguous()
         rows = w.shape[0]
         n = max(1, min(8, -(-w.numel() * w.element_size() // max(1, block_bytes))))
-        if threads > 1:
+        if (torch.get_num_threads() if threads is None else threads) > 1:
             n = 1
         step = -(-rows // (16 * n)) * 16 if n > 1 else rows  # ⌈rows / n⌉, a multiple of 16
         self.blocks = [(w[i:i + step], out[i:i + step]) for i in range(0, rows, step)]
@@ -391,9 +376,8 @@ class NumpyStack:
             own = k > 0 or not first_projected  # the layer projects its own input
             n_in = w_ih.shape[1] if own else 0
             dt = w_hh.dtype
-            b = (b_ih + b_hh if self.lstm else b_ih) if bias else None
             if self.lstm:
-                cols = [w_hh] + ([w_ih] + ([b[:, None]] if bias else []) if own else [])
+                cols = [w_hh] + ([w_ih] + ([(b_ih + b_hh)[:, None]] if bias else []) if own else [])
                 vt = torch.zeros(H + n_in + (bias and own), dtype=dt)
                 g = torch.empty(4 * H, dtype=dt)
                 self.mv.append([(AlternatingMV(spec.arrange(torch.cat(cols, 1)), g), vt)])
@@ -521,7 +505,7 @@ def first_projection(cell: StepCell, arranged: bool = True) -> tuple:
     return cell.spec.arrange(w_ih), None if b is None else cell.spec.arrange(b)
 
 
-def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt):
+def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, npdt):
     """Batch size 1 on the CPU: the cell only on update steps, runs of skipped steps written in
     bulk (their ũ replayed, their output an index of the held h); the first layer's input
     projected in blocks (:class:`LazyInputProjection`). A one-layer LSTM runs its steps in the C
@@ -530,9 +514,8 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt):
     up, cum = floor_update_prob(npdt(up0.item()), cell.max_skip, cell.threshold), npdt(cum0.item())
     cs = [c[0].numpy().copy() for c in cs] if cs is not None else None
     kernels = fused_lstm_kernels(cell, x.dtype)
-    stack = None
-    if kernels is None:
-        stack = NumpyStack(cell, [h[0].numpy() for h in hs], cs, npdt, first_projected=True)
+    stack = None if kernels is not None else NumpyStack(cell, [h[0].numpy() for h in hs], cs,
+                                                        npdt, first_projected=True)
     steps = np.arange(T) if valid is None else np.flatnonzero(valid)  # steps that count
     n_steps = len(steps)
     # inputs up to the last step that counts (blocks of projections stop there)
@@ -542,41 +525,32 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt):
     hist = np.empty((n_steps + 2, H), npdt)
     hist[0] = hs[-1][0].numpy()
     hist[1] = 0
-    idx = np.ones(T, np.int64)
-    u_np = np.zeros(T, npdt)
-    p_np = np.zeros(T, npdt)
+    idx, u_np, p_np = np.ones(T, np.int64), np.zeros(T, npdt), np.zeros(T, npdt)
+    loop = (up, cum, hist, idx, u_np, p_np, npdt)
     if stack is None:
-        h_state = hs[0][0].numpy().copy()
-        up, cum = _run_fused(kernels, cell, h_state, cs[0], proj, steps, valid is None, up, cum,
-                             hist, idx, u_np, p_np, npdt)
-        h_states = [h_state]
+        h_states = [hs[0][0].numpy().copy()]
+        up, cum = _run_fused(kernels, cell, h_states[0], cs[0], proj, steps, valid is None, *loop)
     else:
-        up, cum = _run_numpy(stack, threshold, proj, steps, valid is None, up, cum, hist, idx,
-                             u_np, p_np, npdt)
+        up, cum = _run_numpy(stack, proj, steps, valid is None, *loop)
         h_states = stack.hs
-    dev = x.device
     out = pooled_output((T, 1, H), x)  # (already paged in where an earlier output was dropped)
     # the rows gathered over the torch threads (2-3x NumPy's take of the same rows)
     torch.index_select(torch.from_numpy(hist), 0, torch.from_numpy(idx), out=out.view(T, H))
-    u = torch.from_numpy(u_np).unsqueeze(1)
-    p = torch.from_numpy(p_np).unsqueeze(1)
-    up_t = torch.tensor([up], dtype=x.dtype, device=dev)
-    cum_t = torch.tensor([cum], dtype=x.dtype, device=dev)
-    state = tuple(torch.from_numpy(np.stack(part)[:, None]) for part in ((h_states,) if cs is None
-                                                                          else (h_states, cs)))
-    return RecurrenceResult(out, state, up_t, cum_t, u, p)
+    up_t, cum_t = (torch.tensor([v], dtype=x.dtype, device=x.device) for v in (up, cum))
+    state = tuple(torch.from_numpy(np.stack(part)[:, None]) for part in (h_states, cs)
+                  if part is not None)
+    return RecurrenceResult(out, state, up_t, cum_t, torch.from_numpy(u_np).unsqueeze(1),
+                            torch.from_numpy(p_np).unsqueeze(1))
 
 
-def _run_numpy(stack: NumpyStack, threshold, proj, steps, dense: bool, up, cum, hist, idx, u_np,
-               p_np, npdt):
+def _run_numpy(stack: NumpyStack, proj, steps, dense: bool, up, cum, hist, idx, u_np, p_np, npdt):
     """:func:`_run_single`'s loop over the updates with a :class:`NumpyStack`; fills ``hist``,
     ``idx``, ``u_np``, ``p_np``; returns the final (Δũ, ũ)."""
     one, zero = npdt(1), npdt(0)
-    runs = SkipRuns(threshold, npdt)
+    runs = SkipRuns(stack.threshold, npdt)
     n_steps = len(steps)
-    block_id, block_np = None, None
-    cur = 0
-    k = 0
+    block_id = block_np = None
+    cur = k = 0
     while k < n_steps:
         n, probs = runs.until_read(up, cum, n_steps - k)
         if n:
@@ -712,6 +686,6 @@ def skip_rnn_skipping(cell: str, x: Tensor, state: tuple, update_prob0: Tensor,
         if B == 1 and x.device.type == "cpu" and opts.reset_after:  # NumPy: nn.GRU's candidate
             with np.errstate(over="ignore"):
                 return _run_single(step, x, hs, cs, update_prob0, cum_prob0,
-                                   None if valid is None else valid[:, 0], thr, npdt)
+                                   None if valid is None else valid[:, 0], npdt)
         return run_waves(step, x, hs, cs, update_prob0, cum_prob0, valid, thr, npdt,
                          dense=_dense_continuation(step, x.device.type))
