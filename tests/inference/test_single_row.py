@@ -1,4 +1,4 @@
-"""Batch size 1 on the CPU (``skipping._run_single``): blocked input projections (contiguous chunks
+"""Batch size 1 on the CPU (``skipping.run_single``): blocked input projections (contiguous chunks
 for dense reads, strided blocks for sparse ones), GEMVs in alternating row blocks, runs of skipped
 steps written in bulk. Everything equals the training-path reference."""
 

@@ -21,8 +21,7 @@ from torch import Tensor
 
 from ..metrics import flops_per_update
 from ..outputs import SkipOutput
-from ..ops.naive import floor_update_prob
-from ..ops.skipping import NumpyStack, SkipRuns, np_dtype
+from ..ops.skipping import np_dtype, run_single
 from .stream import SkipStream, _gate_config, _layer_state, _step_cell
 
 __all__ = ["lazy_forward", "LazyResult"]
@@ -171,70 +170,35 @@ def _getter_one(source, get):
 
 
 def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) -> LazyResult:
-    """One stream, CPU: per read step fetch → encode → one ``NumpyStack`` update; the run of
-    skipped steps after it follows from (Δũ, ũ) alone (``SkipRuns``: replayed once, memoised),
-    and the skipped steps' outputs and ũ are filled in bulk at the end, so a skipped step costs
-    nothing in the loop."""
-    I, H = layer.input_size, layer.hidden_size
+    """One stream, CPU: the batch-size-1 skipping loop in NumPy (``skiprnn.ops.skipping.
+    run_single``), each read step's frame fetched and encoded when the step is read; the run of
+    skipped steps after it follows from (Δũ, ũ) alone and is filled in bulk, so a skipped step
+    costs nothing in the loop."""
+    I = layer.input_size
     dt = next(layer.parameters()).dtype
-    npdt = np_dtype(dt)
     threshold, const = _gate_config(layer)
     state = _layer_state(layer, hx, 1)
-    one, zero = npdt(1), npdt(0)
     get1 = _getter_one(source, get)
     shape1 = (1, I)
+
+    def fetch(k):
+        sel = get1(k)
+        feat = encoder(sel) if encoder is not None else sel
+        if not isinstance(feat, Tensor) or feat.shape != shape1:
+            raise _feature_error(encoder, k, 1, I, feat, 1)
+        return feat
+
     with torch.no_grad(), np.errstate(over="ignore"):
-        hs = [h[0].detach().numpy().astype(npdt, copy=True) for h in state[0].unbind(0)]
-        cs = ([c[0].detach().numpy().astype(npdt, copy=True) for c in state[1].unbind(0)]
-              if layer.mode == "lstm" else None)
-        cell = _step_cell(layer, threshold, const)
-        stack = NumpyStack(cell, hs, cs, npdt)
-        runs = SkipRuns(threshold, npdt)
-        x2 = stack.x2t
-        up = floor_update_prob(npdt(state.update_prob.item()), cell.max_skip, threshold)
-        cum = npdt(state.cum_update_prob.item())
-        # output rows: 0 the top h before step 0, j the j-th update's h
-        hist = np.empty((T + 1, H), npdt)
-        hist[0] = hs[-1]
-        read, read_uc, skipped = [], [], []
-        k = 0
-        while k < T:
-            n, probs = runs.until_read(up, cum, T - k)
-            if n:
-                skipped.append((k, n, probs))
-                cum = probs[n - 1]
-                k += n
-                if k >= T:
-                    break
-            # a read step: ũ crosses τ
-            sel = get1(k)
-            feat = encoder(sel) if encoder is not None else sel
-            if not isinstance(feat, Tensor) or feat.shape != shape1:
-                raise _feature_error(encoder, k, 1, I, feat, 1)
-            x2.copy_(feat)  # any dtype / device
-            read_uc.append((up, cum))
-            read.append(k)
-            up = stack.update(hist[len(read)])
-            cum = zero
-            k += 1
-        u_np = np.zeros(T, npdt)
-        p_np = np.empty(T, npdt)
-        u_np[read] = 1
-        p_np[read] = [cum_ + min(up_, one - cum_) for up_, cum_ in read_uc]  # ũ at the reads
-        for k, n, probs in skipped:
-            p_np[k:k + n] = probs[:n]
-        idx = np.cumsum(u_np.astype(np.int64))  # updates so far = the history row of each step
-    out = torch.from_numpy(hist[idx]).view(T, 1, H)
-    u = torch.from_numpy(u_np).view(T, 1)
-    p = torch.from_numpy(p_np).view(T, 1)
-    hc = [torch.from_numpy(np.stack(stack.hs)).unsqueeze(1)]
-    if cs is not None:
-        hc.append(torch.from_numpy(np.stack(stack.c)).unsqueeze(1))
-    new_state = layer.state_type(*hc, torch.tensor([up], dtype=dt), torch.tensor([cum], dtype=dt))
-    n = len(read)
-    n_enc = n if encoder is not None else 0
-    stats = _stats(layer, T, 1, [read], n, n_enc, n_enc, frame_flops)
-    return LazyResult(_layout(layer, SkipOutput(out, new_state, u, p)), stats)
+        res = run_single(_step_cell(layer, threshold, const), torch.empty(T, 1, 0, dtype=dt),
+                         list(state[0].unbind(0)),
+                         list(state[1].unbind(0)) if layer.mode == "lstm" else None,
+                         state.update_prob, state.cum_update_prob, None, np_dtype(dt), fetch)
+    read = torch.nonzero(res.updates[:, 0]).flatten().tolist()
+    n, n_enc = len(read), len(read) if encoder is not None else 0
+    new_state = layer.state_type(*res.state, res.update_prob, res.cum_prob)
+    return LazyResult(_layout(layer, SkipOutput(res.output, new_state, res.updates,
+                                                res.update_probs)),
+                      _stats(layer, T, 1, [read], n, n_enc, n_enc, frame_flops))
 
 
 def _layout(layer, out):

@@ -505,22 +505,26 @@ def first_projection(cell: StepCell, arranged: bool = True) -> tuple:
     return cell.spec.arrange(w_ih), None if b is None else cell.spec.arrange(b)
 
 
-def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, npdt):
+def run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, npdt, fetch=None):
     """Batch size 1 on the CPU: the cell only on update steps, runs of skipped steps written in
     bulk (their ũ replayed, their output an index of the held h); the first layer's input
     projected in blocks (:class:`LazyInputProjection`). A one-layer LSTM runs its steps in the C
-    kernels (:func:`_run_fused`), anything else in NumPy (:func:`_run_numpy`)."""
+    kernels (:func:`_run_fused`), anything else in NumPy (:func:`_run_numpy`).
+
+    ``fetch`` (lazy inputs, ``skiprnn.inference.lazy``): ``fetch(t) -> (1, I)`` the input of read
+    step t, made only then (NumPy loop, no projections); ``x`` then only gives T, the dtype and
+    the device (e.g. an empty ``(T, 1, 0)``)."""
     T, H = x.shape[0], hs[0].shape[-1]
     up, cum = floor_update_prob(npdt(up0.item()), cell.max_skip, cell.threshold), npdt(cum0.item())
     cs = [c[0].numpy().copy() for c in cs] if cs is not None else None
-    kernels = fused_lstm_kernels(cell, x.dtype)
+    kernels = fused_lstm_kernels(cell, x.dtype) if fetch is None else None
     stack = None if kernels is not None else NumpyStack(cell, [h[0].numpy() for h in hs], cs,
-                                                        npdt, first_projected=True)
+                                                        npdt, first_projected=fetch is None)
     steps = np.arange(T) if valid is None else np.flatnonzero(valid)  # steps that count
     n_steps = len(steps)
     # inputs up to the last step that counts (blocks of projections stop there)
-    proj = LazyInputProjection(x[:int(steps[-1]) + 1 if n_steps else 0, 0],
-                               *first_projection(cell, arranged=stack is not None))
+    proj = fetch or LazyInputProjection(x[:int(steps[-1]) + 1 if n_steps else 0, 0],
+                                        *first_projection(cell, arranged=stack is not None))
     # output rows: 0 the top h before step 0, 1 padding (masked steps), 2 + j the j-th update's h
     hist = np.empty((n_steps + 2, H), npdt)
     hist[0] = hs[-1][0].numpy()
@@ -544,12 +548,14 @@ def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, npdt):
 
 
 def _run_numpy(stack: NumpyStack, proj, steps, dense: bool, up, cum, hist, idx, u_np, p_np, npdt):
-    """:func:`_run_single`'s loop over the updates with a :class:`NumpyStack`; fills ``hist``,
-    ``idx``, ``u_np``, ``p_np``; returns the final (Δũ, ũ)."""
+    """:func:`run_single`'s loop over the updates with a :class:`NumpyStack`; fills ``hist``,
+    ``idx``, ``u_np``, ``p_np``; returns the final (Δũ, ũ). ``proj``: a
+    :class:`LazyInputProjection`, or ``run_single``'s ``fetch``."""
     one, zero = npdt(1), npdt(0)
     runs = SkipRuns(stack.threshold, npdt)
     n_steps = len(steps)
-    block_id = block_np = None
+    fetch, x2 = callable(proj), stack.x2t
+    block_id = block_np = xp = None
     cur = k = 0
     while k < n_steps:
         n, probs = runs.until_read(up, cum, n_steps - k)
@@ -565,11 +571,15 @@ def _run_numpy(stack: NumpyStack, proj, steps, dense: bool, up, cum, hist, idx, 
         t = int(steps[k])
         p_np[t] = cum + min(up, one - cum)
         u_np[t] = 1
-        j = proj.get(t)
-        if proj.block is not block_id:
-            block_id, block_np = proj.block, proj.block.numpy()
+        if fetch:
+            x2.copy_(proj(t))  # any dtype / device
+        else:
+            j = proj.get(t)
+            if proj.block is not block_id:
+                block_id, block_np = proj.block, proj.block.numpy()
+            xp = block_np[j]
         cur += 1 if cur else 2
-        up = stack.update(hist[cur], block_np[j])
+        up = stack.update(hist[cur], xp)
         cum = zero
         idx[t] = cur
         k += 1
@@ -578,7 +588,7 @@ def _run_numpy(stack: NumpyStack, proj, steps, dense: bool, up, cum, hist, idx, 
 
 def _run_fused(kernels, cell: StepCell, h, c, proj, steps, dense: bool, up, cum, hist, idx, u_np,
                p_np, npdt):
-    """:func:`_run_single`'s loop in the C kernels (``lstm_single_run`` of
+    """:func:`run_single`'s loop in the C kernels (``lstm_single_run`` of
     :mod:`skiprnn.ops.cpu_kernels`): one call runs the steps up to a read that the current block
     of projections does not hold; the next block is then projected here. Each update is one
     ``lstm_single_update`` (W_hh of 1 MB or more as the layer holds it, its rows split over the
@@ -685,7 +695,7 @@ def skip_rnn_skipping(cell: str, x: Tensor, state: tuple, update_prob0: Tensor,
         npdt = np_dtype(x.dtype)
         if B == 1 and x.device.type == "cpu" and opts.reset_after:  # NumPy: nn.GRU's candidate
             with np.errstate(over="ignore"):
-                return _run_single(step, x, hs, cs, update_prob0, cum_prob0,
+                return run_single(step, x, hs, cs, update_prob0, cum_prob0,
                                    None if valid is None else valid[:, 0], npdt)
         return run_waves(step, x, hs, cs, update_prob0, cum_prob0, valid, thr, npdt,
                          dense=_dense_continuation(step, x.device.type))

@@ -514,12 +514,9 @@ def _boundary_cum(replay: GateReplay, written: np.ndarray, valid: np.ndarray | N
     if t_b == 0:
         return cum0.copy()
     if valid is None:
-        last = np.full(B, t_b - 1)
-        has = np.ones(B, bool)
+        last, has = np.full(B, t_b - 1), np.ones(B, bool)
     else:
-        v = valid[:t_b]
-        has = v.any(0)
-        last = t_b - 1 - v[::-1].argmax(0)
+        last, has = t_b - 1 - valid[:t_b][::-1].argmax(0), valid[:t_b].any(0)
     cols = np.arange(B)
     cum = np.where(written[last, cols] > 0, 0, replay.probs[last, cols]).astype(cum0.dtype)
     return np.where(has, cum, cum0)
