@@ -41,7 +41,7 @@ def _length_of(source, length):
     if callable(source) and not hasattr(source, "__getitem__"):
         if length is None:
             raise ValueError("a callable source needs length=T")
-        return int(length), (lambda t: source(t))
+        return int(length), source
     if not hasattr(source, "__getitem__") or not hasattr(source, "__len__"):
         raise TypeError(f"source must be a callable source(t) -> frame or an indexable sequence of "
                         f"frames, got {type(source).__name__}")
@@ -85,7 +85,6 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
     st = SkipStream(layer, B, hx)
     outs, us, ps = [], [], []
     read_steps = [[] for _ in range(B)]
-    source_calls = encoder_calls = frames_encoded = 0
     t = 0
     with torch.no_grad():
         while t < T:
@@ -100,7 +99,6 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
                 continue
             rows = st.reading_rows()
             frame = get(t)
-            source_calls += 1
             if B > 1:
                 if not isinstance(frame, Tensor) or frame.dim() < 1 or frame.shape[0] != B:
                     raise ValueError(f"source({t}) must return a batch of {B} frames (B, ...), got "
@@ -108,12 +106,7 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
                 sel = frame[torch.as_tensor(rows, device=frame.device)] if len(rows) < B else frame
             else:
                 sel = frame.unsqueeze(0) if isinstance(frame, Tensor) else frame
-            if encoder is not None:
-                feat = encoder(sel)
-                encoder_calls += 1
-                frames_encoded += len(rows)
-            else:
-                feat = sel
+            feat = encoder(sel) if encoder is not None else sel
             if not isinstance(feat, Tensor) or feat.dim() != 2 or tuple(feat.shape) != (len(rows), I):
                 raise _feature_error(encoder, t, len(rows), I, feat, B)
             out, u = st.step(feat)
@@ -124,21 +117,22 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
                 read_steps[int(r)].append(t)
             t += 1
     output = _layout(layer, SkipOutput(torch.cat(outs), st.state, torch.cat(us), torch.cat(ps)))
-    return LazyResult(output, _stats(layer, T, B, read_steps, source_calls, encoder_calls,
-                                     frames_encoded, frame_flops))
+    return LazyResult(output, _stats(layer, T, B, read_steps, encoder is not None, frame_flops))
 
 
-def _stats(layer, T, B, read_steps, source_calls, encoder_calls, frames_encoded, frame_flops):
+def _stats(layer, T, B, read_steps, encoded: bool, frame_flops):
+    """:class:`LazyResult`'s stats; ``read_steps``: per row the steps read (one source call a
+    step that some row reads, one encoder call too when ``encoded``)."""
     I, H = layer.input_size, layer.hidden_size
     n_read = sum(len(r) for r in read_steps)
+    source_calls = len(set().union(*read_steps))
     cell, L = layer.mode, layer.num_layers
     dense = T * B * (flops_per_update(cell, I, H, L, skip=False) + frame_flops)
     used = n_read * flops_per_update(cell, I, H, L, skip=True, frame_flops=frame_flops)
-    stats = dict(steps=T, batch_size=B, steps_read=n_read, read_steps=read_steps,
-                 source_calls=source_calls, encoder_calls=encoder_calls,
-                 frames_encoded=frames_encoded, flops_dense=dense, flops_used=used,
-                 flops_saved=dense - used, encoder_flops_saved=(T * B - n_read) * frame_flops)
-    return stats
+    return dict(steps=T, batch_size=B, steps_read=n_read, read_steps=read_steps,
+                source_calls=source_calls, encoder_calls=source_calls if encoded else 0,
+                frames_encoded=n_read if encoded else 0, flops_dense=dense, flops_used=used,
+                flops_saved=dense - used, encoder_flops_saved=(T * B - n_read) * frame_flops)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,11 +188,10 @@ def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) ->
                          list(state[1].unbind(0)) if layer.mode == "lstm" else None,
                          state.update_prob, state.cum_update_prob, None, np_dtype(dt), fetch)
     read = torch.nonzero(res.updates[:, 0]).flatten().tolist()
-    n, n_enc = len(read), len(read) if encoder is not None else 0
     new_state = layer.state_type(*res.state, res.update_prob, res.cum_prob)
     return LazyResult(_layout(layer, SkipOutput(res.output, new_state, res.updates,
                                                 res.update_probs)),
-                      _stats(layer, T, 1, [read], n, n_enc, n_enc, frame_flops))
+                      _stats(layer, T, 1, [read], encoder is not None, frame_flops))
 
 
 def _layout(layer, out):

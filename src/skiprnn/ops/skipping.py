@@ -20,22 +20,15 @@ dtypes other than float32/float64) fall back to the reference loop under ``torch
 
 Paths:
 
-* batch size 1 (CPU): the first layer's input projections are computed in blocks of steps
-  (contiguous for dense reads, strided for sparse ones) and outputs gathered in one index at the
-  end. A one-layer LSTM runs its steps in the C kernels (:mod:`skiprnn.ops.cpu_kernels`): one
-  call per block of projections replays ũ on the skipped steps and makes each update (W_hh · h
-  with its rows split over the threads, the cell and Δũ in one pass). Otherwise a loop over the
-  updates only: each run of skipped steps is replayed at once (``simulate_skips``, memoised per
-  (Δũ, ũ): with a constant gate every run is a dict lookup) and written in bulk; an update is
-  one GEMV per weight matrix (row blocks in alternating order, so part of W stays in L2 between
-  updates) plus NumPy pointwise maths.
-* batch > 1 (``skiprnn.ops.waves``; a one-layer LSTM on the CPU in the C kernels): each row's
-  next update is scheduled when it makes its last one, and the k-th pending update of every row
-  runs in one wave (one GEMM per weight matrix over
-  all rows still updating, whatever step each is at); the gate bookkeeping is replayed on the host
-  (NumPy) in blocks of steps, so on a GPU each wave reads back Δũ once. On the CPU (one layer)
-  the rest of the sequence goes to the dense CPU path where that is faster
-  (``waves.DENSE_BREAK_EVEN``).
+* batch size 1 (CPU, :func:`run_single`): the first layer's input projected in blocks of steps
+  (:class:`LazyInputProjection`), outputs gathered in one index at the end. A one-layer LSTM runs
+  its steps in the C kernels (:func:`_run_fused`); otherwise a loop over the updates only: each
+  run of skipped steps replayed at once (:class:`SkipRuns`, memoised: with a constant gate every
+  run is a dict lookup) and written in bulk, an update one GEMV per weight matrix
+  (:class:`AlternatingMV`) plus NumPy pointwise maths (:class:`NumpyStack`).
+* batch > 1 (:mod:`skiprnn.ops.waves`; a one-layer LSTM on the CPU in the C kernels): the k-th
+  pending update of every row runs in one wave (one GEMM per weight matrix over all rows still
+  updating, whatever step each is at), the gate bookkeeping replayed on the host in blocks.
 * CUDA batches, one layer (LSTM or GRU): the fused forward-only Triton kernel
   (``skiprnn.ops.triton_rnn.skip_rnn_triton_infer``) keeps the state on chip over the whole
   sequence; no host round trip at all.

@@ -14,13 +14,12 @@ replayed exactly (ũ of every step in between, the step where ũ crosses τ); on
 :class:`_LstmWaves` / :class:`_GruWaves`): input rows gathered from ``x`` at each row's own step,
 one GEMM per weight matrix, a handful of in-place pointwise ops, the new top ``h`` written into a
 history buffer. The ``(T, B, H)`` output is one gather from that history at the end (a skipped
-step's output is the row's last update's ``h``). With a constant gate, all rows from the same
-state update at the same steps and a wave is exactly one step of the whole batch.
+step's output is the row's last update's ``h``; a per-wave scatter into the large output cost
+more than the GEMMs). With a constant gate, all rows from the same state update at the same
+steps and a wave is exactly one step of the whole batch.
 
-Outputs: each wave appends its top h to a compact history (contiguous writes); the ``(T, B, H)``
-output is gathered from it at the end (a per-wave scatter into the large output cost more than
-the GEMMs). On the CPU with one layer, the rest of a sequence goes to the dense CPU path when the
-update fraction so far is above a measured break-even (``DENSE_BREAK_EVEN``; decided every
+On the CPU with one layer, the rest of a sequence goes to the dense CPU path when the update
+fraction so far is above a measured break-even (``DENSE_BREAK_EVEN``; decided every
 ``SWITCH_BLOCK`` steps, from counts only, so the same input always takes the same route).
 
 A one-layer LSTM with a learned gate on the CPU runs the same waves in one call of the C kernels
@@ -161,10 +160,8 @@ class GateReplay:
             n = ut.size
             if self.times is None and n <= rem.min():  # same steps for every row
                 self.probs[s0:s0 + n, rows if rows.size < self.B else slice(None)] = ut[:, None]
-                crossed = ut[-1] > self.thr if n else False
-                at = np.full(rows.size, s0 + n - 1 if crossed else s0 + n, np.int64)
-                if not crossed:
-                    at = n_valid
+                crossed = n and ut[-1] > self.thr
+                at = np.full(rows.size, s0 + n - 1, np.int64) if crossed else n_valid
                 return at, np.full(rows.size, ut[-1] if n else c0, self.npdt)
             col = np.broadcast_to(ut[:, None], (n, rows.size))
             n_now = np.minimum(n, rem)
@@ -536,16 +533,12 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
             RecurrenceResult``: then the waves run in blocks of ``SWITCH_BLOCK`` steps
             (rows wait at the end of a block), and at the end of a block the rest of the sequence
             goes to ``dense`` when the update fraction so far is above
-            ``dense_break_even(cell.kind, H)`` (a rule of counts only: the same input always takes
-            the same route).
+            ``dense_break_even(cell.kind, H)``.
 
     Returns a :class:`~skiprnn.ops.contract.RecurrenceResult` (state ``(h_n,)`` or
-    ``(h_n, c_n)``, each ``(L, B, H)``).
-
-    Output: while the whole batch updates at the same steps (a constant gate from a fresh state)
-    each wave writes its h straight into ``out`` and over the skipped steps up to the next wave.
-    Otherwise each wave appends its top-layer h to a compact history (contiguous writes, no
-    scatter into the large output), and the outputs are gathered from it at the end.
+    ``(h_n, c_n)``, each ``(L, B, H)``). While the whole batch updates at the same steps (a
+    constant gate from a fresh state) each wave writes its h straight into the output and over
+    the skipped steps up to the next wave, instead of into the history.
     """
     if dense is None or dense_break_even(cell.kind, hs[0].shape[-1]) is None:  # no switch
         fused = _fused_waves(cell, x, hs, cs, up0, cum0, valid, threshold, npdt)
@@ -596,8 +589,7 @@ def _fused_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: 
     mask = None if valid is None else np.ascontiguousarray(valid, np.uint8)
     lease = _Lease(x)   # (pooled: a fresh history would be paged in at every call)
     hist = lease.new(B + 1 + int(n_valid.sum()), H)
-    scratch_s = torch.empty(B, I + H + 1, dtype=x.dtype)
-    scratch_g = torch.empty(B, 4 * H, dtype=x.dtype)
+    scratch_s, scratch_g = (torch.empty(B, n, dtype=x.dtype) for n in (I + H + 1, 4 * H))
     live, at = np.empty(B, np.int64), np.empty(B, np.int64)
     threads = torch.get_num_threads()
     cur = np.empty((threads, B), np.int64)
@@ -631,9 +623,8 @@ class _WaveRun:
         self.cell, self.x, self.valid, self.npdt, self.dense = cell, x, valid, npdt, dense
         self.T, self.B, self.H = T, B, H
         self.replay = replay = GateReplay(T, B, valid, threshold, npdt)
-        self.up, self.cum = gate_state(up0, cum0, npdt, cell.max_skip, cell.threshold)
-        cum = self.cum
-        self.cum_init = cum.copy()
+        self.up, cum = gate_state(up0, cum0, npdt, cell.max_skip, cell.threshold)
+        self.cum, self.cum_init = cum, cum.copy()
         rows = np.arange(B)
         self.frac = dense_break_even(cell.kind, H) if dense is not None else None
         self.block = SWITCH_BLOCK if self.frac is not None else T
