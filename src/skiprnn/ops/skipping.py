@@ -367,35 +367,27 @@ class NumpyStack:
         for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(cell.layers):
             bias = b_ih is not None
             own = k > 0 or not first_projected  # the layer projects its own input
-            n_in = w_ih.shape[1] if own else 0
-            dt = w_hh.dtype
-            if self.lstm:
-                cols = [w_hh] + ([w_ih] + ([(b_ih + b_hh)[:, None]] if bias else []) if own else [])
-                vt = torch.zeros(H + n_in + (bias and own), dtype=dt)
-                g = torch.empty(4 * H, dtype=dt)
-                self.mv.append([(AlternatingMV(spec.arrange(torch.cat(cols, 1)), g), vt)])
-                gates = [g.numpy()]
-                inp = vt.numpy()[H:H + n_in]
-            else:
-                vt = torch.zeros(H + bias + n_in + (bias and own), dtype=dt)
-                gh, gi = torch.empty(3 * H, dtype=dt), torch.empty(3 * H, dtype=dt)
-                wh = torch.cat([w_hh, b_hh[:, None]], 1) if bias else w_hh
-                mvs = [(AlternatingMV(spec.arrange(wh), gh), vt[:H + bias])]
-                if own:
-                    wi = torch.cat([w_ih, b_ih[:, None]], 1) if bias else w_ih
-                    mvs.append((AlternatingMV(spec.arrange(wi), gi), vt[H + bias:]))
-                self.mv.append(mvs)
-                gates = [gh.numpy(), gi.numpy() if own else None]
-                inp = vt.numpy()[H + bias:H + bias + n_in]
-            v = vt.numpy()
+            n_in, dt = (w_ih.shape[1] if own else 0), w_hh.dtype
+            if self.lstm:  # [W_hh | W_ih | b_ih + b_hh] on [h; inp; 1]
+                mats = [torch.cat([w_hh, w_ih] + ([(b_ih + b_hh)[:, None]] if bias else []), 1)
+                        if own else w_hh]
+            else:  # [W_hh | b_hh] on [h; 1], [W_ih | b_ih] on [inp; 1]
+                mats = [torch.cat([w, b[:, None]], 1) if bias else w
+                        for w, b in ((w_hh, b_hh), (w_ih, b_ih))[:1 + own]]
+            vt = torch.zeros(sum(m.shape[1] for m in mats), dtype=dt)
+            v, mvs, gates, end = vt.numpy(), [], [], 0
+            for m in mats:  # each product on its part of v, a 1 in its bias column
+                g, start, end = torch.empty(m.shape[0], dtype=dt), end, end + m.shape[1]
+                mvs.append((AlternatingMV(spec.arrange(m), g), vt[start:end]))
+                gates.append(g.numpy())
+                if bias and (own or not self.lstm):
+                    v[end - 1] = 1
             v[:H] = hs[k]
-            if bias and not self.lstm:
-                v[H] = 1
-            if bias and own:
-                v[-1] = 1
+            in_at = H if self.lstm else H + bias  # where the layer's input starts in v
             self.v.append(v)
-            self.g.append(gates)
-            self.inp.append(inp)
+            self.mv.append(mvs)
+            self.g.append((gates + [None])[:2])  # GRU: (gh, gi), gi None when first_projected
+            self.inp.append(v[in_at:in_at + n_in])
         self.x2t = torch.from_numpy(self.inp[0]).view(1, -1)  # the first layer's input, (1, I)
         self.const = None if cell.constant_delta is None else npdt(cell.constant_delta)
         self.max_skip, self.threshold = cell.max_skip, cell.threshold

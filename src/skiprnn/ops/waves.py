@@ -742,15 +742,13 @@ class _WaveRun:
             _fill_outputs(self.out[:t_b * B], self.hist, written[:t_b],
                           None if valid is None else valid[:t_b], self.fill_from)
         self.lease.release()
-        to = dict(device=self.x.device, dtype=self.x.dtype)
-        updates = torch.from_numpy(written > 0).to(**to)
-        probs = torch.from_numpy(self.replay.probs).to(**to)
+        updates, probs, up_n, cum_n = (torch.from_numpy(a).to(self.x.device, self.x.dtype)
+                                       for a in (written > 0, self.replay.probs, self.up, self.cum))
         state = tuple(final)
-        up_n, cum_n = torch.from_numpy(self.up).to(**to), torch.from_numpy(self.cum).to(**to)
         out = self.out
         if self.switch_at is not None:  # the rest of the sequence on the dense path
             cum_b = torch.from_numpy(_boundary_cum(self.replay, written, valid, self.cum_init,
-                                                   t_b)).to(**to)
+                                                   t_b)).to(self.x.device, self.x.dtype)
             mask = None if valid is None else torch.from_numpy(valid[t_b:]).to(self.x.device)
             res = self.dense(self.x[t_b:], state, up_n, cum_b, mask)
             out[t_b * B:].copy_(res.output.reshape(-1, H))
