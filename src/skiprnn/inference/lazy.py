@@ -136,7 +136,7 @@ def _stats(layer, T, B, read_steps, encoded: bool, frame_flops):
 
 
 # ---------------------------------------------------------------------------------------------
-# batch size 1 on the CPU: per read step one matrix-vector product per layer + NumPy pointwise maths
+# batch size 1 on the CPU (see the module's docstring)
 # ---------------------------------------------------------------------------------------------
 def _single_ok(layer) -> bool:
     """The B = 1 CPU path applies: CPU float32/float64 parameters, a deterministic gate, and
@@ -165,9 +165,7 @@ def _getter_one(source, get):
 
 def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) -> LazyResult:
     """One stream, CPU: the batch-size-1 skipping loop in NumPy (``skiprnn.ops.skipping.
-    run_single``), each read step's frame fetched and encoded when the step is read; the run of
-    skipped steps after it follows from (Δũ, ũ) alone and is filled in bulk, so a skipped step
-    costs nothing in the loop."""
+    run_single``), each read step's frame fetched and encoded when the step is read."""
     I = layer.input_size
     dt = next(layer.parameters()).dtype
     threshold, const = _gate_config(layer)

@@ -576,19 +576,19 @@ def _run_fused(kernels, cell: StepCell, h, c, proj, steps, dense: bool, up, cum,
     """:func:`run_single`'s loop in the C kernels (``lstm_single_run`` of
     :mod:`skiprnn.ops.cpu_kernels`): one call runs the steps up to a read that the current block
     of projections does not hold; the next block is then projected here. Each update is one
-    ``lstm_single_update`` (W_hh of 1 MB or more as the layer holds it, its rows split over the
-    torch threads; a smaller one on one core as AXPYs over a transposed copy made here; the
-    projection in the layer's gate order, ``first_projection(cell, arranged=False)``; the same
-    numbers as the NumPy loop's up to the rounding of the GEMV); the ũ replay is the
-    same arithmetic in the same dtype, so the gates equal the NumPy loop's. ``h``, ``c`` ``(H,)``
-    are updated in place; returns the final (Δũ, ũ)."""
+    ``lstm_single_update`` (W_hh · h as below; the projection in the layer's gate order,
+    ``first_projection(cell, arranged=False)``; the same numbers as the NumPy loop's up to the
+    rounding of the GEMV); the ũ replay is the same arithmetic in the same dtype, so the gates
+    equal the NumPy loop's. ``h``, ``c`` ``(H,)`` are updated in place; returns the final
+    (Δũ, ũ)."""
     from . import cpu_kernels
     H = h.shape[0]
     w = cell.layers[0][1].contiguous()               # W_hh, nn.LSTM's gate order
     gw = cell.gate_weight[0].contiguous()
     scratch = np.empty(4 * H, npdt)
-    # W_hh under 1 MB: one core (a parallel region per update costs more than it saves), the
-    # product as AXPYs over a transposed copy (no per-row sums; the copy is small)
+    # W_hh of 1 MB or more as the layer holds it, its rows split over the torch threads; under
+    # 1 MB on one core (a parallel region per update costs more than it saves), the product as
+    # AXPYs over a transposed copy (no per-row sums; the copy is small)
     small = w.numel() * w.element_size() < 1 << 20
     threads = 1 if small else torch.get_num_threads()
     wt = None

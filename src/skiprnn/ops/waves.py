@@ -565,12 +565,10 @@ def fused_lstm_kernels(cell, dtype: torch.dtype):
 
 def _fused_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Tensor,
                  valid: np.ndarray | None, threshold: float, npdt):
-    """:func:`run_waves` in one call of the C kernels (``lstm_waves`` of
-    :mod:`skiprnn.ops.cpu_kernels`), or None where they do not run it: a one-layer LSTM with a
-    learned gate, float32 / float64 CPU tensors, kernels built with torch's BLAS. The same
-    waves, GEMM ([x | h | 1] times the arranged weights, as :class:`_LstmWaves`) and ũ replay
-    (the recursion itself, in the layer's dtype) as the Python engine; the cell's σ, tanh and
-    Δũ are C's, so values equal its to rounding."""
+    """:func:`run_waves` in one call of the C kernels (see the module's docstring), or None where
+    they do not run it: a one-layer LSTM with a learned gate, float32 / float64 CPU tensors,
+    kernels built with torch's BLAS. The GEMM is :class:`_LstmWaves`' and the ũ replay the
+    recursion itself; the cell's σ, tanh and Δũ are C's, so values equal its to rounding."""
     kernels = fused_lstm_kernels(cell, x.dtype) if x.device.type == "cpu" else None
     if kernels is None or kernels.gemm is None:
         return None
