@@ -633,12 +633,9 @@ def _dense_continuation(cell: StepCell, device_type: str):
     from .cpu_rnn import skip_rnn_cpu
     opts = GateOptions(threshold=cell.threshold, max_skip=cell.max_skip,
                        reset_after=cell.reset_after)
-
-    def dense(x, state, up, cum, mask):
-        return skip_rnn_cpu(cell.kind, x, state, up, cum, cell.layers, cell.gate_weight,
-                            cell.gate_bias, opts._replace(mask=mask))
-
-    return dense
+    return lambda x, state, up, cum, mask: skip_rnn_cpu(
+        cell.kind, x, state, up, cum, cell.layers, cell.gate_weight, cell.gate_bias,
+        opts._replace(mask=mask))
 
 
 def skip_rnn_skipping(cell: str, x: Tensor, state: tuple, update_prob0: Tensor,
@@ -681,6 +678,6 @@ def skip_rnn_skipping(cell: str, x: Tensor, state: tuple, update_prob0: Tensor,
         if B == 1 and x.device.type == "cpu" and opts.reset_after:  # NumPy: nn.GRU's candidate
             with np.errstate(over="ignore"):
                 return run_single(step, x, hs, cs, update_prob0, cum_prob0,
-                                   None if valid is None else valid[:, 0], npdt)
+                                  None if valid is None else valid[:, 0], npdt)
         return run_waves(step, x, hs, cs, update_prob0, cum_prob0, valid, thr, npdt,
                          dense=_dense_continuation(step, x.device.type))

@@ -308,16 +308,10 @@ class _Waves:
     arrange` layout); gate order, sizes and the feature come from the description."""
 
     def __init__(self, cell, states, rows: np.ndarray, x: Tensor):
-        self.spec = cell.spec
-        layers = cell.layers
-        self.L = len(layers)
-        self.dev, self.dt = x.device, x.dtype
-        self.I = x.shape[2]
-        self.H = layers[0][1].shape[1]
+        self.spec, self.L, self.H = cell.spec, len(cell.layers), cell.layers[0][1].shape[1]
+        self.dev, self.dt, self.I, self.rows = x.device, x.dtype, x.shape[2], rows
         # final state (L, B, H) per state tensor; rows that stop updating are written here
         self.final = [torch.stack(list(s)).clone() for s in states]
-        self.B = self.final[0].shape[1]
-        self.rows = rows
 
     def step(self, h_out: Tensor):
         """One update of every live row (inputs already in ``input_buffer()``); the top layer's
