@@ -207,11 +207,10 @@ class SkipStream:
             self.cum = ut
             probs.append(ut)
             self.t += 1
+        stacked = np.stack(probs) if probs else np.empty((0, self.B), self.npdt)
+        self.last_skip_probs = torch.from_numpy(stacked).to(self.device, self.dtype)
         if probs:
-            self.last_skip_probs = torch.from_numpy(np.stack(probs)).to(self.device, self.dtype)
             self.last_update_prob = self.last_skip_probs[-1]
-        else:
-            self.last_skip_probs = torch.empty(0, self.B, device=self.device, dtype=self.dtype)
         return self._output(False)
 
     def feed(self, chunk: Tensor):

@@ -115,13 +115,12 @@ class StepCell:
         self.kind, self.reset_after = kind, reset_after
         self.layers = [tuple(p.detach() if isinstance(p, Tensor) else p for p in lay)
                        for lay in layers]
-        self.gate_weight = gate_weight.detach() if gate_weight is not None else None
-        self.gate_bias = gate_bias.detach() if gate_bias is not None else None
-        self.constant_delta = constant_delta
+        self.gate_weight, self.gate_bias = (None if t is None else t.detach()
+                                            for t in (gate_weight, gate_bias))
         if constant_delta is None and self.gate_weight is None:
             raise ValueError("a learned gate needs gate_weight and gate_bias")
         check_cap_holds(max_skip, threshold, constant_delta=constant_delta)
-        self.max_skip, self.threshold = max_skip, threshold
+        self.constant_delta, self.max_skip, self.threshold = constant_delta, max_skip, threshold
 
     def delta(self, feat: Tensor) -> Tensor:
         """Δũ ``(n,)`` of the gate feature ``feat`` ``(n, H)`` (floored under ``max_skip``)."""

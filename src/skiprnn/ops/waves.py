@@ -477,8 +477,7 @@ def _fill_outputs(out: Tensor, hist: Tensor, written: np.ndarray, valid: np.ndar
     The output of a step is the h of its row's latest update so far (its own, if it updates),
     else the carried h; zeros on padding.
     """
-    T, B = written.shape
-    H = hist.shape[1]
+    (T, B), H = written.shape, hist.shape[1]
     if start >= T:
         return
     src = np.maximum.accumulate(written[start:], axis=0) - 1
