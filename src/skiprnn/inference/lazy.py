@@ -151,18 +151,6 @@ def _single_ok(layer) -> bool:
     return True
 
 
-def _getter_one(source, get):
-    """``get1(t)``: the frame at step t as a batch of one (a tensor source: one slice, as a caller
-    encoding frames one by one would take it)."""
-    if isinstance(source, Tensor):
-        return lambda t: source[t:t + 1]
-
-    def get1(t):
-        frame = get(t)
-        return frame.unsqueeze(0) if isinstance(frame, Tensor) else frame
-    return get1
-
-
 def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) -> LazyResult:
     """One stream, CPU: the batch-size-1 skipping loop in NumPy (``skiprnn.ops.skipping.
     run_single``), each read step's frame fetched and encoded when the step is read."""
@@ -170,11 +158,12 @@ def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) ->
     dt = next(layer.parameters()).dtype
     threshold, const = _gate_config(layer)
     state = _layer_state(layer, hx, 1)
-    get1 = _getter_one(source, get)
-    shape1 = (1, I)
+    shape1, sliced = (1, I), isinstance(source, Tensor)
 
-    def fetch(k):
-        sel = get1(k)
+    def fetch(k):  # the frame as a batch of one (a tensor source: one slice), encoded, checked
+        sel = source[k:k + 1] if sliced else get(k)
+        if not sliced and isinstance(sel, Tensor):
+            sel = sel.unsqueeze(0)
         feat = encoder(sel) if encoder is not None else sel
         if not isinstance(feat, Tensor) or feat.shape != shape1:
             raise _feature_error(encoder, k, 1, I, feat, 1)
