@@ -36,9 +36,8 @@ class _StepBase(nn.Module):
         u = u_tilde > self.threshold
         delta = floor_update_prob(torch.sigmoid(F.linear(feat, g.weight, g.bias)).squeeze(-1),
                                   self.max_skip, self.threshold)
-        new_up = torch.where(u, delta, update_prob)
-        new_cum = torch.where(u, torch.zeros_like(u_tilde), u_tilde)
-        return u, u_tilde, new_up, new_cum
+        return (u, u_tilde, torch.where(u, delta, update_prob),
+                torch.where(u, torch.zeros_like(u_tilde), u_tilde))
 
     def _step(self, x_t: Tensor, state: tuple, update_prob: Tensor, cum: Tensor):
         """The candidate of the whole stack (:meth:`skiprnn.ops.cells.CellSpec.stack`), then the
