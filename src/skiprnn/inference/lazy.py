@@ -107,7 +107,7 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
             else:
                 sel = frame.unsqueeze(0) if isinstance(frame, Tensor) else frame
             feat = encoder(sel) if encoder is not None else sel
-            if not isinstance(feat, Tensor) or feat.dim() != 2 or tuple(feat.shape) != (len(rows), I):
+            if not isinstance(feat, Tensor) or tuple(feat.shape) != (len(rows), I):
                 raise _feature_error(encoder, t, len(rows), I, feat, B)
             out, u = st.step(feat)
             outs.append(out.unsqueeze(0))
