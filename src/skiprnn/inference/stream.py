@@ -82,9 +82,7 @@ class SkipStream:
     def __init__(self, layer, batch_size: int = 1, state=None):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.layer = layer
-        self.kind = layer.mode
-        self.B = batch_size
+        self.layer, self.kind, self.B = layer, layer.mode, batch_size
         self.threshold, self.constant_delta = _gate_config(layer)
         p = next(layer.parameters())
         self.device, self.dtype = p.device, p.dtype
@@ -97,8 +95,7 @@ class SkipStream:
             self.cs = [c.clone() for c in state[1].unbind(0)] if self.kind == "lstm" else None
         self.up, self.cum = gate_state(state.update_prob, state.cum_update_prob, self.npdt,
                                        getattr(layer, "max_skip", None), self.threshold)
-        self.t = 0
-        self.last_update_prob = None
+        self.t, self.last_update_prob = 0, None
 
     # ------------------------------------------------------------------ helpers
     def _cell(self) -> StepCell:

@@ -609,8 +609,7 @@ class _WaveRun:
     next update); :meth:`next_block` starts the next block of steps or ends the waves."""
 
     def __init__(self, cell, x, hs, cs, up0, cum0, valid, threshold, npdt, dense):
-        T, B, _ = x.shape
-        H = hs[0].shape[-1]
+        (T, B, _), H = x.shape, hs[0].shape[-1]
         self.cell, self.x, self.valid, self.npdt, self.dense = cell, x, valid, npdt, dense
         self.T, self.B, self.H = T, B, H
         self.replay = replay = GateReplay(T, B, valid, threshold, npdt)
