@@ -135,9 +135,10 @@ class GateReplay:
         hit = self._memo.get(key)
         if hit is not None and (hit[1] or hit[0].size >= limit):
             return hit[0][:limit]
+        self._col = []
         at, _ = self._replay(np.zeros(1, np.int64), np.array([limit]), np.array([up]),
                              np.array([cum]), rows=None)
-        ut = self._col
+        ut = np.concatenate(self._col) if self._col else np.zeros(0, self.npdt)
         if len(self._memo) > 4096:
             self._memo.clear()
         self._memo[key] = (ut, bool(at[0] < limit))
@@ -230,15 +231,14 @@ class GateReplay:
         return at, cum_end
 
     def _replay(self, start, n_valid, up, cum, rows):
-        """The block replay behind :meth:`next_update` (``rows`` None: one column, its ũ kept in
-        ``self._col`` instead of written)."""
+        """The block replay behind :meth:`next_update` (``rows`` None: one column, its ũ appended
+        to the list ``self._col`` instead of written)."""
         one, thr, npdt = self.one, self.thr, self.npdt
         m = start.shape[0]
         at = np.empty(m, np.int64)
         cum_end = np.zeros(m, npdt)
         pos = np.arange(m)  # positions still searching
         o, c, u = start.astype(np.int64), cum.astype(npdt), up.astype(npdt)
-        kept = []
         while pos.size:
             rem = n_valid[pos] - o
             out = rem <= 0
@@ -269,7 +269,7 @@ class GateReplay:
             # steps replayed now: up to and including the stop, within the block and the row
             n_now = np.minimum(np.where(stopped, first + 1, L), rem)
             if rows is None:
-                kept.append(ut[:n_now[0], 0])
+                self._col.append(ut[:n_now[0], 0])
             else:
                 self._write_probs(rows[pos], o, ut, n_now)
             last = ut[n_now - 1, cols]
@@ -277,8 +277,6 @@ class GateReplay:
             at[pos[crossed]] = o[crossed] + first[crossed]
             go = ~crossed  # no crossing yet: carry on from the last step replayed
             pos, o, c, u = pos[go], o[go] + n_now[go], last[go], u[go]
-        if rows is None:
-            self._col = np.concatenate(kept) if kept else np.zeros(0, npdt)
         return at, cum_end
 
     def _write_probs(self, rows, start, ut, n_now):
