@@ -68,10 +68,6 @@ class SkipOutput(tuple):
     updates: ``(T, B)`` / ``(B, T)``: the binary u_t (float, carries the straight-through
         gradient); 0 on padding.
     update_probs: same shape: ũ_t, the probability the gate was rounded from; 0 on padding.
-
-    Migration from the 4-field record of earlier versions: ``out, state, u, p = layer(x)``
-    becomes ``res = layer(x); out, state, u, p = res.output, res.state, res.updates,
-    res.update_probs``.
     """
 
     def __new__(cls, output: Tensor | PackedSequence, state, updates: Tensor,

@@ -1,4 +1,4 @@
-"""Batch size 1 on the CPU (``skipping._run_single``): blocked input projections (contiguous chunks
+"""Batch size 1 on the CPU (``skipping.run_single``): blocked input projections (contiguous chunks
 for dense reads, strided blocks for sparse ones), GEMVs in alternating row blocks, runs of skipped
 steps written in bulk. Everything equals the training-path reference."""
 
@@ -26,9 +26,9 @@ class RecordingProjection(skipping.LazyInputProjection):
         self.log = []
         RecordingProjection.made.append(self)
 
-    def get(self, t, period=None):
+    def get(self, t):
         before = self.block
-        j = super().get(t, period)
+        j = super().get(t)
         if self.block is not before:
             self.log.append((self.start, self.last, self.stride))
         return j

@@ -23,7 +23,6 @@ class _StepBase(nn.Module):
         if getattr(layer, "gate_mode", "learned") != "learned":
             raise ValueError("SkipStepModule needs a learned-gate layer")
         self.layer = layer
-        self.num_layers = layer.num_layers
         self.threshold = float(layer.threshold)
         self.max_skip = getattr(layer, "max_skip", None)
         check_cap_holds(self.max_skip, self.threshold)
@@ -37,10 +36,8 @@ class _StepBase(nn.Module):
         u = u_tilde > self.threshold
         delta = floor_update_prob(torch.sigmoid(F.linear(feat, g.weight, g.bias)).squeeze(-1),
                                   self.max_skip, self.threshold)
-        new_up = torch.where(u, delta, update_prob)
-        new_cum = torch.where(u, torch.zeros_like(u_tilde), u_tilde)
-        return u, u_tilde, new_up, new_cum
-
+        return (u, u_tilde, torch.where(u, delta, update_prob),
+                torch.where(u, torch.zeros_like(u_tilde), u_tilde))
 
     def _step(self, x_t: Tensor, state: tuple, update_prob: Tensor, cum: Tensor):
         """The candidate of the whole stack (:meth:`skiprnn.ops.cells.CellSpec.stack`), then the
@@ -89,10 +86,9 @@ def export_step(layer, batch_size: int = 1, dynamic_batch: bool = False):
     mod = SkipStepModule(layer)
     args = example_inputs(layer, batch_size)
     dyn = None
-    if dynamic_batch:
+    if dynamic_batch:  # the batch dimension: 1 of the (L, B, H) states, 0 of the other inputs
         B = torch.export.Dim("batch", min=1, max=1 << 16)
-        shapes = [{0: B}] + [({1: B} if a.dim() == 3 else {0: B}) for a in args[1:]]
-        dyn = tuple(shapes)
+        dyn = tuple({int(a.dim() == 3): B} for a in args)
     return torch.export.export(mod, args, dynamic_shapes=dyn)
 
 
@@ -100,7 +96,6 @@ def export_onnx(layer, path, batch_size: int = 1):
     """ONNX export of the single step (needs the ``onnx`` package); returns the path."""
     mod = SkipStepModule(layer)
     args = example_inputs(layer, batch_size)
-    names = ["x_t", "h", "c", "update_prob", "cum"] if layer.mode == "lstm" else \
-        ["x_t", "h", "update_prob", "cum"]
+    names = ["x_t", "h"] + (["c"] if layer.mode == "lstm" else []) + ["update_prob", "cum"]
     torch.onnx.export(mod, args, str(path), input_names=names, dynamo=True)
     return path

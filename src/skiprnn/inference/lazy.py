@@ -21,8 +21,7 @@ from torch import Tensor
 
 from ..metrics import flops_per_update
 from ..outputs import SkipOutput
-from ..ops.naive import floor_update_prob
-from ..ops.skipping import NumpyStack, SkipRuns, np_dtype
+from ..ops.skipping import np_dtype, run_single
 from .stream import SkipStream, _gate_config, _layer_state, _step_cell
 
 __all__ = ["lazy_forward", "LazyResult"]
@@ -42,7 +41,7 @@ def _length_of(source, length):
     if callable(source) and not hasattr(source, "__getitem__"):
         if length is None:
             raise ValueError("a callable source needs length=T")
-        return int(length), (lambda t: source(t))
+        return int(length), source
     if not hasattr(source, "__getitem__") or not hasattr(source, "__len__"):
         raise TypeError(f"source must be a callable source(t) -> frame or an indexable sequence of "
                         f"frames, got {type(source).__name__}")
@@ -86,7 +85,6 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
     st = SkipStream(layer, B, hx)
     outs, us, ps = [], [], []
     read_steps = [[] for _ in range(B)]
-    source_calls = encoder_calls = frames_encoded = 0
     t = 0
     with torch.no_grad():
         while t < T:
@@ -101,7 +99,6 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
                 continue
             rows = st.reading_rows()
             frame = get(t)
-            source_calls += 1
             if B > 1:
                 if not isinstance(frame, Tensor) or frame.dim() < 1 or frame.shape[0] != B:
                     raise ValueError(f"source({t}) must return a batch of {B} frames (B, ...), got "
@@ -109,13 +106,8 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
                 sel = frame[torch.as_tensor(rows, device=frame.device)] if len(rows) < B else frame
             else:
                 sel = frame.unsqueeze(0) if isinstance(frame, Tensor) else frame
-            if encoder is not None:
-                feat = encoder(sel)
-                encoder_calls += 1
-                frames_encoded += len(rows)
-            else:
-                feat = sel
-            if not isinstance(feat, Tensor) or feat.dim() != 2 or tuple(feat.shape) != (len(rows), I):
+            feat = encoder(sel) if encoder is not None else sel
+            if not isinstance(feat, Tensor) or tuple(feat.shape) != (len(rows), I):
                 raise _feature_error(encoder, t, len(rows), I, feat, B)
             out, u = st.step(feat)
             outs.append(out.unsqueeze(0))
@@ -125,25 +117,26 @@ def lazy_forward(layer, source, encoder: Callable | None = None, length: int | N
                 read_steps[int(r)].append(t)
             t += 1
     output = _layout(layer, SkipOutput(torch.cat(outs), st.state, torch.cat(us), torch.cat(ps)))
-    return LazyResult(output, _stats(layer, T, B, read_steps, source_calls, encoder_calls,
-                                     frames_encoded, frame_flops))
+    return LazyResult(output, _stats(layer, T, B, read_steps, encoder is not None, frame_flops))
 
 
-def _stats(layer, T, B, read_steps, source_calls, encoder_calls, frames_encoded, frame_flops):
+def _stats(layer, T, B, read_steps, encoded: bool, frame_flops):
+    """:class:`LazyResult`'s stats; ``read_steps``: per row the steps read (one source call a
+    step that some row reads, one encoder call too when ``encoded``)."""
     I, H = layer.input_size, layer.hidden_size
     n_read = sum(len(r) for r in read_steps)
+    source_calls = len(set().union(*read_steps))
     cell, L = layer.mode, layer.num_layers
     dense = T * B * (flops_per_update(cell, I, H, L, skip=False) + frame_flops)
     used = n_read * flops_per_update(cell, I, H, L, skip=True, frame_flops=frame_flops)
-    stats = dict(steps=T, batch_size=B, steps_read=n_read, read_steps=read_steps,
-                 source_calls=source_calls, encoder_calls=encoder_calls,
-                 frames_encoded=frames_encoded, flops_dense=dense, flops_used=used,
-                 flops_saved=dense - used, encoder_flops_saved=(T * B - n_read) * frame_flops)
-    return stats
+    return dict(steps=T, batch_size=B, steps_read=n_read, read_steps=read_steps,
+                source_calls=source_calls, encoder_calls=source_calls if encoded else 0,
+                frames_encoded=n_read if encoded else 0, flops_dense=dense, flops_used=used,
+                flops_saved=dense - used, encoder_flops_saved=(T * B - n_read) * frame_flops)
 
 
 # ---------------------------------------------------------------------------------------------
-# batch size 1 on the CPU: per read step one matrix-vector product per layer + NumPy pointwise maths
+# batch size 1 on the CPU (see the module's docstring)
 # ---------------------------------------------------------------------------------------------
 def _single_ok(layer) -> bool:
     """The B = 1 CPU path applies: CPU float32/float64 parameters, a deterministic gate, and
@@ -158,83 +151,34 @@ def _single_ok(layer) -> bool:
     return True
 
 
-def _getter_one(source, get):
-    """``get1(t)``: the frame at step t as a batch of one (a tensor source: one slice, as a caller
-    encoding frames one by one would take it)."""
-    if isinstance(source, Tensor):
-        return lambda t: source[t:t + 1]
-
-    def get1(t):
-        frame = get(t)
-        return frame.unsqueeze(0) if isinstance(frame, Tensor) else frame
-    return get1
-
-
 def _lazy_single(layer, source, get, encoder, T: int, frame_flops: float, hx) -> LazyResult:
-    """One stream, CPU: per read step fetch → encode → one ``NumpyStack`` update; the run of
-    skipped steps after it follows from (Δũ, ũ) alone (``SkipRuns``: replayed once, memoised),
-    and the skipped steps' outputs and ũ are filled in bulk at the end, so a skipped step costs
-    nothing in the loop."""
-    I, H = layer.input_size, layer.hidden_size
+    """One stream, CPU: the batch-size-1 skipping loop in NumPy (``skiprnn.ops.skipping.
+    run_single``), each read step's frame fetched and encoded when the step is read."""
+    I = layer.input_size
     dt = next(layer.parameters()).dtype
-    npdt = np_dtype(dt)
     threshold, const = _gate_config(layer)
     state = _layer_state(layer, hx, 1)
-    one, zero = npdt(1), npdt(0)
-    get1 = _getter_one(source, get)
-    shape1 = (1, I)
+    shape1, sliced = (1, I), isinstance(source, Tensor)
+
+    def fetch(k):  # the frame as a batch of one (a tensor source: one slice), encoded, checked
+        sel = source[k:k + 1] if sliced else get(k)
+        if not sliced and isinstance(sel, Tensor):
+            sel = sel.unsqueeze(0)
+        feat = encoder(sel) if encoder is not None else sel
+        if not isinstance(feat, Tensor) or feat.shape != shape1:
+            raise _feature_error(encoder, k, 1, I, feat, 1)
+        return feat
+
     with torch.no_grad(), np.errstate(over="ignore"):
-        hs = [h[0].detach().numpy().astype(npdt, copy=True) for h in state[0].unbind(0)]
-        cs = ([c[0].detach().numpy().astype(npdt, copy=True) for c in state[1].unbind(0)]
-              if layer.mode == "lstm" else None)
-        cell = _step_cell(layer, threshold, const)
-        stack = NumpyStack(cell, hs, cs, npdt)
-        runs = SkipRuns(threshold, npdt)
-        x2 = stack.x2t
-        up = floor_update_prob(npdt(state.update_prob.item()), cell.max_skip, threshold)
-        cum = npdt(state.cum_update_prob.item())
-        # output rows: 0 the top h before step 0, j the j-th update's h
-        hist = np.empty((T + 1, H), npdt)
-        hist[0] = hs[-1]
-        read, read_uc, skipped = [], [], []
-        k = 0
-        while k < T:
-            n, probs = runs.until_read(up, cum, T - k)
-            if n:
-                skipped.append((k, n, probs))
-                cum = probs[n - 1]
-                k += n
-                if k >= T:
-                    break
-            # a read step: ũ crosses τ
-            sel = get1(k)
-            feat = encoder(sel) if encoder is not None else sel
-            if not isinstance(feat, Tensor) or feat.shape != shape1:
-                raise _feature_error(encoder, k, 1, I, feat, 1)
-            x2.copy_(feat)  # any dtype / device
-            read_uc.append((up, cum))
-            read.append(k)
-            up = stack.update(hist[len(read)])
-            cum = zero
-            k += 1
-        u_np = np.zeros(T, npdt)
-        p_np = np.empty(T, npdt)
-        u_np[read] = 1
-        p_np[read] = [cum_ + min(up_, one - cum_) for up_, cum_ in read_uc]  # ũ at the reads
-        for k, n, probs in skipped:
-            p_np[k:k + n] = probs[:n]
-        idx = np.cumsum(u_np.astype(np.int64))  # updates so far = the history row of each step
-    out = torch.from_numpy(hist[idx]).view(T, 1, H)
-    u = torch.from_numpy(u_np).view(T, 1)
-    p = torch.from_numpy(p_np).view(T, 1)
-    hc = [torch.from_numpy(np.stack(stack.hs)).unsqueeze(1)]
-    if cs is not None:
-        hc.append(torch.from_numpy(np.stack(stack.c)).unsqueeze(1))
-    new_state = layer.state_type(*hc, torch.tensor([up], dtype=dt), torch.tensor([cum], dtype=dt))
-    n = len(read)
-    n_enc = n if encoder is not None else 0
-    stats = _stats(layer, T, 1, [read], n, n_enc, n_enc, frame_flops)
-    return LazyResult(_layout(layer, SkipOutput(out, new_state, u, p)), stats)
+        res = run_single(_step_cell(layer, threshold, const), torch.empty(T, 1, 0, dtype=dt),
+                         list(state[0].unbind(0)),
+                         list(state[1].unbind(0)) if layer.mode == "lstm" else None,
+                         state.update_prob, state.cum_update_prob, None, np_dtype(dt), fetch)
+    read = torch.nonzero(res.updates[:, 0]).flatten().tolist()
+    new_state = layer.state_type(*res.state, res.update_prob, res.cum_prob)
+    return LazyResult(_layout(layer, SkipOutput(res.output, new_state, res.updates,
+                                                res.update_probs)),
+                      _stats(layer, T, 1, [read], encoder is not None, frame_flops))
 
 
 def _layout(layer, out):

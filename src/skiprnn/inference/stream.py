@@ -19,8 +19,9 @@ from torch import Tensor
 
 from ..outputs import SkipOutput
 from ..ops.contract import GateOptions
-from ..ops.naive import check_cap_holds, floor_update_prob
+from ..ops.naive import check_cap_holds
 from ..ops.skipping import StepCell, np_dtype, simulate_skips, skip_rnn_skipping
+from ..ops.waves import gate_state
 
 __all__ = ["SkipStream", "stream"]
 
@@ -72,8 +73,8 @@ class SkipStream:
         ``skip(n)``: advance over n steps whose inputs are not read (error if one would be).
         ``feed(chunk)``: a ``(T, B, I)`` chunk through the whole-sequence skipping forward;
             returns the layer's ``SkipOutput``.
-        ``skips_ahead`` / ``next_read_in``: how many upcoming steps no row reads
-            (``math.inf``: the gate never opens again).
+        ``skips_ahead``: how many upcoming steps no row reads (``math.inf``: the gate never
+            opens again).
         ``reading_rows()``: rows that read at the next step. ``state``: the layer state now.
         ``t``: steps consumed so far.
     """
@@ -81,9 +82,7 @@ class SkipStream:
     def __init__(self, layer, batch_size: int = 1, state=None):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.layer = layer
-        self.kind = layer.mode
-        self.B = batch_size
+        self.layer, self.kind, self.B = layer, layer.mode, batch_size
         self.threshold, self.constant_delta = _gate_config(layer)
         p = next(layer.parameters())
         self.device, self.dtype = p.device, p.dtype
@@ -94,13 +93,9 @@ class SkipStream:
         with torch.no_grad():
             self.hs = [h.clone() for h in state[0].unbind(0)]
             self.cs = [c.clone() for c in state[1].unbind(0)] if self.kind == "lstm" else None
-        self.max_skip = getattr(layer, "max_skip", None)
-        self.up = floor_update_prob(  # a given state's Δũ, floored as the layer's forward does
-            state.update_prob.detach().cpu().numpy().astype(self.npdt, copy=True), self.max_skip,
-            self.threshold)
-        self.cum = state.cum_update_prob.detach().cpu().numpy().astype(self.npdt, copy=True)
-        self.t = 0
-        self.last_update_prob = None
+        self.up, self.cum = gate_state(state.update_prob, state.cum_update_prob, self.npdt,
+                                       getattr(layer, "max_skip", None), self.threshold)
+        self.t, self.last_update_prob = 0, None
 
     # ------------------------------------------------------------------ helpers
     def _cell(self) -> StepCell:
@@ -116,17 +111,13 @@ class SkipStream:
         return self._cell_cache
 
     def _u_tilde(self):
-        one = self.npdt(1)
-        return self.cum + np.minimum(self.up, one - self.cum)
+        return self.cum + np.minimum(self.up, self.npdt(1) - self.cum)
 
     @property
     def state(self):
-        to = dict(device=self.device, dtype=self.dtype)
-        hc = [torch.stack(self.hs)]
-        if self.kind == "lstm":
-            hc.append(torch.stack(self.cs))
-        return self.layer.state_type(*hc, torch.from_numpy(self.up.copy()).to(**to),
-                                     torch.from_numpy(self.cum.copy()).to(**to))
+        hc = [torch.stack(s) for s in (self.hs, self.cs) if s is not None]
+        gate = (torch.from_numpy(a.copy()).to(self.device, self.dtype) for a in (self.up, self.cum))
+        return self.layer.state_type(*hc, *gate)
 
     def reading_rows(self) -> np.ndarray:
         """Indices of the rows that read their input at the next step."""
@@ -144,8 +135,6 @@ class SkipStream:
                 break
         return best
 
-    next_read_in = skips_ahead
-
     # ------------------------------------------------------------------ stepping
     def _output(self, one_d: bool):
         out = self.hs[-1].clone()
@@ -156,7 +145,7 @@ class SkipStream:
         u = ut > self.npdt(self.threshold)
         rows = np.flatnonzero(u)
         n = rows.size
-        one_d = x_t is not None and isinstance(x_t, Tensor) and x_t.dim() == 1
+        one_d = isinstance(x_t, Tensor) and x_t.dim() == 1
         if x_t is None:
             if n:
                 raise ValueError(f"step(None) at step {self.t}: {n} row(s) read their input this "
@@ -215,11 +204,10 @@ class SkipStream:
             self.cum = ut
             probs.append(ut)
             self.t += 1
+        stacked = np.stack(probs) if probs else np.empty((0, self.B), self.npdt)
+        self.last_skip_probs = torch.from_numpy(stacked).to(self.device, self.dtype)
         if probs:
-            self.last_skip_probs = torch.from_numpy(np.stack(probs)).to(self.device, self.dtype)
             self.last_update_prob = self.last_skip_probs[-1]
-        else:
-            self.last_skip_probs = torch.empty(0, self.B, device=self.device, dtype=self.dtype)
         return self._output(False)
 
     def feed(self, chunk: Tensor):
@@ -242,8 +230,7 @@ class SkipStream:
         out, u, p = res.output, res.updates, res.update_probs
         self.hs = list(res.state[0].unbind(0))
         self.cs = list(res.state[1].unbind(0)) if self.kind == "lstm" else None
-        self.up = res.update_prob.cpu().numpy().astype(self.npdt)
-        self.cum = res.cum_prob.cpu().numpy().astype(self.npdt)
+        self.up, self.cum = gate_state(res.update_prob, res.cum_prob, self.npdt, None, 0.5)
         self.t += x.shape[0]
         self.last_update_prob = p[-1]
         if one_d:

@@ -25,8 +25,7 @@ def skip_layers(model: nn.Module) -> list:
 
 
 def _default_forward(model, batch):
-    x = batch[0] if isinstance(batch, (tuple, list)) else batch
-    return model(x)
+    return model(batch[0] if isinstance(batch, (tuple, list)) else batch)
 
 
 def evaluate_thresholds(model: nn.Module, data: Iterable, thresholds: Sequence[float],
@@ -68,8 +67,7 @@ def evaluate_thresholds(model: nn.Module, data: Iterable, thresholds: Sequence[f
             tau = check_threshold(tau)
             for lay in layers:
                 lay.threshold = tau
-            m_sum = n_seq = 0.0
-            upd = steps = 0.0
+            m_sum = n_seq = upd = steps = 0.0
             with torch.no_grad():
                 for batch in data:
                     captured.clear()
@@ -82,8 +80,7 @@ def evaluate_thresholds(model: nn.Module, data: Iterable, thresholds: Sequence[f
                     elif bf:
                         u, p = u.transpose(0, 1), p.transpose(0, 1)
                     B = u.shape[1]
-                    m = float(metric_fn(out, batch))
-                    m_sum += m * B
+                    m_sum += float(metric_fn(out, batch)) * B
                     n_seq += B
                     upd += float(u.sum())
                     steps += float((p > 0).sum())  # ũ is 0 exactly on padding

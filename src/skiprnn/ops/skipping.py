@@ -20,22 +20,15 @@ dtypes other than float32/float64) fall back to the reference loop under ``torch
 
 Paths:
 
-* batch size 1 (CPU): the first layer's input projections are computed in blocks of steps
-  (contiguous for dense reads, strided for sparse ones) and outputs gathered in one index at the
-  end. A one-layer LSTM runs its steps in the C kernels (:mod:`skiprnn.ops.cpu_kernels`): one
-  call per block of projections replays ũ on the skipped steps and makes each update (W_hh · h
-  with its rows split over the threads, the cell and Δũ in one pass). Otherwise a loop over the
-  updates only: each run of skipped steps is replayed at once (``simulate_skips``, memoised per
-  (Δũ, ũ): with a constant gate every run is a dict lookup) and written in bulk; an update is
-  one GEMV per weight matrix (row blocks in alternating order, so part of W stays in L2 between
-  updates) plus NumPy pointwise maths.
-* batch > 1 (``skiprnn.ops.waves``; a one-layer LSTM on the CPU in the C kernels): each row's
-  next update is scheduled when it makes its last one, and the k-th pending update of every row
-  runs in one wave (one GEMM per weight matrix over
-  all rows still updating, whatever step each is at); the gate bookkeeping is replayed on the host
-  (NumPy) in blocks of steps, so on a GPU each wave reads back Δũ once. On the CPU (one layer)
-  the rest of the sequence goes to the dense CPU path where that is faster
-  (``waves.DENSE_BREAK_EVEN``).
+* batch size 1 (CPU, :func:`run_single`): the first layer's input projected in blocks of steps
+  (:class:`LazyInputProjection`), outputs gathered in one index at the end. A one-layer LSTM runs
+  its steps in the C kernels (:func:`_run_fused`); otherwise a loop over the updates only: each
+  run of skipped steps replayed at once (:class:`SkipRuns`, memoised: with a constant gate every
+  run is a dict lookup) and written in bulk, an update one GEMV per weight matrix
+  (:class:`AlternatingMV`) plus NumPy pointwise maths (:class:`NumpyStack`).
+* batch > 1 (:mod:`skiprnn.ops.waves`; a one-layer LSTM on the CPU in the C kernels): the k-th
+  pending update of every row runs in one wave (one GEMM per weight matrix over all rows still
+  updating, whatever step each is at), the gate bookkeeping replayed on the host in blocks.
 * CUDA batches, one layer (LSTM or GRU): the fused forward-only Triton kernel
   (``skiprnn.ops.triton_rnn.skip_rnn_triton_infer``) keeps the state on chip over the whole
   sequence; no host round trip at all.
@@ -49,7 +42,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._env import triton_available
@@ -62,12 +54,8 @@ from .waves import fused_lstm_kernels, run_waves
 __all__ = ["skip_rnn_skipping", "simulate_skips", "np_dtype", "StepCell", "NumpyStack",
            "AlternatingMV", "SkipRuns", "LazyInputProjection", "first_projection"]
 
-_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
-
-
-def np_dtype(dtype: torch.dtype):
-    """The NumPy scalar type that replays the gate arithmetic of ``dtype`` exactly (or None)."""
-    return _NP_DTYPES.get(dtype)
+# np_dtype(dtype): the NumPy scalar type that replays the gate arithmetic of dtype exactly, or None
+np_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get
 
 
 def simulate_skips(update_prob, cum_prob, threshold: float = 0.5, limit: int | None = None,
@@ -105,11 +93,10 @@ def simulate_skips(update_prob, cum_prob, threshold: float = 0.5, limit: int | N
 # ---------------------------------------------------------------------------------------------
 # one state update of the whole stack on a set of rows
 # ---------------------------------------------------------------------------------------------
-def _lstm_step_fused(x, state, w_ih, w_hh, b_ih, b_hh):
-    """:meth:`CellSpec.step <skiprnn.ops.cells.CellSpec.step>` of the LSTM as ``torch.lstm_cell``:
-    on the CPU the same two linear maps and pointwise maths as the description's, in one op
-    (fewer dispatches per step; bitwise the reference's at batch size 1)."""
-    return torch.lstm_cell(x, tuple(state), w_ih, w_hh, b_ih, b_hh)
+def _lstm_step_fused(x, state, *weights):
+    """The LSTM's :meth:`CellSpec.step <skiprnn.ops.cells.CellSpec.step>` in one op (fewer
+    dispatches per step; bitwise the reference's at batch size 1 on the CPU)."""
+    return torch.lstm_cell(x, tuple(state), *weights)
 
 
 class StepCell:
@@ -128,29 +115,20 @@ class StepCell:
         self.kind, self.reset_after = kind, reset_after
         self.layers = [tuple(p.detach() if isinstance(p, Tensor) else p for p in lay)
                        for lay in layers]
-        self.gate_weight = gate_weight.detach() if gate_weight is not None else None
-        self.gate_bias = gate_bias.detach() if gate_bias is not None else None
-        self.constant_delta = constant_delta
+        self.gate_weight, self.gate_bias = (None if t is None else t.detach()
+                                            for t in (gate_weight, gate_bias))
         if constant_delta is None and self.gate_weight is None:
             raise ValueError("a learned gate needs gate_weight and gate_bias")
         check_cap_holds(max_skip, threshold, constant_delta=constant_delta)
-        self.max_skip, self.threshold = max_skip, threshold
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
+        self.constant_delta, self.max_skip, self.threshold = constant_delta, max_skip, threshold
 
     def delta(self, feat: Tensor) -> Tensor:
         """Δũ ``(n,)`` of the gate feature ``feat`` ``(n, H)`` (floored under ``max_skip``)."""
         if self.constant_delta is not None:
             return feat.new_full((feat.shape[0],), self.constant_delta)
         # (n, H) @ (H,) + b: one matrix-vector product (F.linear with a (1, H) weight is a GEMM)
-        if feat.dim() == 2:
-            w = self.gate_weight[0]
-            z = (torch.mv(feat, w) if self.gate_bias is None
-                 else torch.addmv(self.gate_bias, feat, w))
-        else:
-            z = F.linear(feat, self.gate_weight, self.gate_bias).squeeze(-1)
+        w = self.gate_weight[0]
+        z = torch.mv(feat, w) if self.gate_bias is None else torch.addmv(self.gate_bias, feat, w)
         return floor_update_prob(z.sigmoid_(), self.max_skip, self.threshold)
 
     def __call__(self, x: Tensor, hs: Sequence[Tensor], cs: Sequence[Tensor] | None):
@@ -209,15 +187,10 @@ class LazyInputProjection:
         self.max_block = max_block
         self.chunk = PROJECTION_CHUNK if chunk is None else chunk
         self.dense_interval, self.irregular_interval = dense_interval, irregular_interval
-        self.miss = 0.0  # running mean of strided predictions that missed
-        self.size = 1
-        self.block = None
+        self.miss, self.size, self.block = 0.0, 1, None  # miss: mean of strided mispredictions
         self.start, self.last, self.stride = 0, -1, 1  # the block holds start, start+stride…, last
-        self.prev = None
-        self.interval = None
-        self.projected = 0
-        self.used = 0
-        self.n_contiguous = self.n_strided = 0
+        self.prev = self.interval = None
+        self.projected = self.used = self.n_contiguous = self.n_strided = 0
         eager_macs = EAGER_PROJECTION_MACS if eager_macs is None else eager_macs
         if 0 < self.T and self.T * x2d.shape[1] * weight.shape[0] <= eager_macs:
             self._project(0, self.T, 1)
@@ -259,17 +232,13 @@ class LazyInputProjection:
         # I_k = 0.75 I_(k-1) + 0.25 d_k unrolled as I_0 + sum_k w_k (d_k - I_0), w summing to
         # 1 - 0.75^k: exact when the intervals equal I_0 (a regular pattern stays on its
         # dense / irregular thresholds exactly, as the recursion keeps it)
-        k = d.size
-        weights = 0.25 * 0.75 ** np.arange(k - 1, -1, -1)
+        weights = 0.25 * 0.75 ** np.arange(d.size - 1, -1, -1)
         self.interval = self.interval + float(weights @ (d - self.interval))
 
-    def get(self, t: int, period: int | None = None) -> int:
+    def get(self, t: int) -> int:
         """Make sure step t (read steps in increasing order) is projected; returns its row in
-        ``self.block``. ``period``: the expected interval to the next read (default: the last
-        interval)."""
-        d = self._note(t)
-        if period is None:
-            period = d
+        ``self.block``."""
+        d = self._note(t)  # the last interval: the expected one to the next read
         off = t - self.start
         if 0 <= off and t <= self.last and off % self.stride == 0:
             return off // self.stride
@@ -284,7 +253,7 @@ class LazyInputProjection:
             stride, stop = 1, min(self.T, t + self.chunk)
             self.n_contiguous += 1
         else:
-            stride = max(1, period or 1)
+            stride = max(1, d or 1)
             self.size = min(self.max_block, self.size * 2) if t > self.last else 1
             stop = min(self.T, t + stride * self.size)
             self.n_strided += 1
@@ -329,11 +298,10 @@ class AlternatingMV:
     def __init__(self, weight: Tensor, out: Tensor, block_bytes: int | None = None,
                  threads: int | None = None):
         block_bytes = MV_BLOCK_BYTES if block_bytes is None else block_bytes
-        threads = torch.get_num_threads() if threads is None else threads
         w = weight.detach().contiguous()
         rows = w.shape[0]
         n = max(1, min(8, -(-w.numel() * w.element_size() // max(1, block_bytes))))
-        if threads > 1:
+        if (torch.get_num_threads() if threads is None else threads) > 1:
             n = 1
         step = -(-rows // (16 * n)) * 16 if n > 1 else rows  # ⌈rows / n⌉, a multiple of 16
         self.blocks = [(w[i:i + step], out[i:i + step]) for i in range(0, rows, step)]
@@ -389,7 +357,7 @@ class NumpyStack:
             raise ValueError("NumpyStack runs nn.GRU's candidate (reset_after=True); the paper's "
                              "GRU takes the torch paths")
         self.lstm, self.npdt = spec.kind == "lstm", npdt
-        self.L, self.H = cell.num_layers, hs[0].shape[0]
+        self.L, self.H = len(cell.layers), hs[0].shape[0]
         H = self.H
         self.half, self.one = npdt(0.5), npdt(1)
         self.tmp, self.tmp2 = np.empty(H, npdt), np.empty(H, npdt)
@@ -398,36 +366,27 @@ class NumpyStack:
         for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(cell.layers):
             bias = b_ih is not None
             own = k > 0 or not first_projected  # the layer projects its own input
-            n_in = w_ih.shape[1] if own else 0
-            dt = w_hh.dtype
-            b = (b_ih + b_hh if self.lstm else b_ih) if bias else None
-            if self.lstm:
-                cols = [w_hh] + ([w_ih] + ([b[:, None]] if bias else []) if own else [])
-                vt = torch.zeros(H + n_in + (bias and own), dtype=dt)
-                g = torch.empty(4 * H, dtype=dt)
-                self.mv.append([(AlternatingMV(spec.arrange(torch.cat(cols, 1)), g), vt)])
-                gates = [g.numpy()]
-                inp = vt.numpy()[H:H + n_in]
-            else:
-                vt = torch.zeros(H + bias + n_in + (bias and own), dtype=dt)
-                gh, gi = torch.empty(3 * H, dtype=dt), torch.empty(3 * H, dtype=dt)
-                wh = torch.cat([w_hh, b_hh[:, None]], 1) if bias else w_hh
-                mvs = [(AlternatingMV(spec.arrange(wh), gh), vt[:H + bias])]
-                if own:
-                    wi = torch.cat([w_ih, b_ih[:, None]], 1) if bias else w_ih
-                    mvs.append((AlternatingMV(spec.arrange(wi), gi), vt[H + bias:]))
-                self.mv.append(mvs)
-                gates = [gh.numpy(), gi.numpy() if own else None]
-                inp = vt.numpy()[H + bias:H + bias + n_in]
-            v = vt.numpy()
+            n_in, dt = (w_ih.shape[1] if own else 0), w_hh.dtype
+            if self.lstm:  # [W_hh | W_ih | b_ih + b_hh] on [h; inp; 1]
+                mats = [torch.cat([w_hh, w_ih] + ([(b_ih + b_hh)[:, None]] if bias else []), 1)
+                        if own else w_hh]
+            else:  # [W_hh | b_hh] on [h; 1], [W_ih | b_ih] on [inp; 1]
+                mats = [torch.cat([w, b[:, None]], 1) if bias else w
+                        for w, b in ((w_hh, b_hh), (w_ih, b_ih))[:1 + own]]
+            vt = torch.zeros(sum(m.shape[1] for m in mats), dtype=dt)
+            v, mvs, gates, end = vt.numpy(), [], [], 0
+            for m in mats:  # each product on its part of v, a 1 in its bias column
+                g, start, end = torch.empty(m.shape[0], dtype=dt), end, end + m.shape[1]
+                mvs.append((AlternatingMV(spec.arrange(m), g), vt[start:end]))
+                gates.append(g.numpy())
+                if bias and (own or not self.lstm):
+                    v[end - 1] = 1
             v[:H] = hs[k]
-            if bias and not self.lstm:
-                v[H] = 1
-            if bias and own:
-                v[-1] = 1
+            in_at = H if self.lstm else H + bias  # where the layer's input starts in v
             self.v.append(v)
-            self.g.append(gates)
-            self.inp.append(inp)
+            self.mv.append(mvs)
+            self.g.append((gates + [None])[:2])  # GRU: (gh, gi), gi None when first_projected
+            self.inp.append(v[in_at:in_at + n_in])
         self.x2t = torch.from_numpy(self.inp[0]).view(1, -1)  # the first layer's input, (1, I)
         self.const = None if cell.constant_delta is None else npdt(cell.constant_delta)
         self.max_skip, self.threshold = cell.max_skip, cell.threshold
@@ -498,30 +457,24 @@ class SkipRuns:
         self.thr, self.npdt, self.max_size = threshold, npdt, max_size
         self.memo: dict = {}
 
-    def __call__(self, up, cum, limit: int):
-        """``(n, probs, stuck)``: n ≤ limit skipped steps and their ũ; stuck: the gate never opens
-        again (every later step is skipped with ũ = probs[-1])."""
-        key = (up, cum)
-        hit = self.memo.get(key)
-        if hit is not None:
-            return hit if hit[0] <= limit or hit[2] else (limit, hit[1], False)
-        n, probs, _ = simulate_skips(up, cum, self.thr, limit=limit, dtype=self.npdt)
-        res = (len(probs), probs, n == math.inf)
-        if res[0] < limit or res[2]:  # a complete run (not cut by the limit): reusable
-            if len(self.memo) >= self.max_size:
-                self.memo.clear()
-            self.memo[key] = res
-        return res
-
     def until_read(self, up, cum, left: int):
-        """``(n, probs)``: the skipped steps before the next read (n ≤ left) and their ũ; when the
-        gate never opens again, all ``left`` steps, ũ held at its last value."""
-        n, probs, stuck = self(up, cum, left)
-        if stuck:
-            n = left
-            if n > len(probs):
-                probs = np.concatenate([probs, np.full(n - len(probs), probs[-1], self.npdt)])
-        return n, probs
+        """``(n, probs)``: the skipped steps before the next read (n ≤ left) and their ũ (probs
+        may run past n); when the gate never opens again, all ``left`` steps, ũ held at its last
+        value."""
+        hit = self.memo.get((up, cum))
+        if hit is None:
+            n, probs, _ = simulate_skips(up, cum, self.thr, limit=left, dtype=self.npdt)
+            hit = (len(probs), probs, n == math.inf)  # (n, ũ, stuck: the gate never opens again)
+            if hit[0] < left or hit[2]:  # a complete run (not cut by the limit): reusable
+                if len(self.memo) >= self.max_size:
+                    self.memo.clear()
+                self.memo[(up, cum)] = hit
+        n, probs, stuck = hit
+        if not stuck:
+            return min(n, left), probs
+        if left > len(probs):
+            probs = np.concatenate([probs, np.full(left - len(probs), probs[-1], self.npdt)])
+        return left, probs
 
 
 def first_projection(cell: StepCell, arranged: bool = True) -> tuple:
@@ -536,64 +489,58 @@ def first_projection(cell: StepCell, arranged: bool = True) -> tuple:
     return cell.spec.arrange(w_ih), None if b is None else cell.spec.arrange(b)
 
 
-def _run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, threshold, npdt, stats=None):
+def run_single(cell: StepCell, x, hs, cs, up0, cum0, valid, npdt, fetch=None):
     """Batch size 1 on the CPU: the cell only on update steps, runs of skipped steps written in
     bulk (their ũ replayed, their output an index of the held h); the first layer's input
     projected in blocks (:class:`LazyInputProjection`). A one-layer LSTM runs its steps in the C
-    kernels (:func:`_run_fused`), anything else in NumPy (:func:`_run_numpy`)."""
+    kernels (:func:`_run_fused`), anything else in NumPy (:func:`_run_numpy`).
+
+    ``fetch`` (lazy inputs, ``skiprnn.inference.lazy``): ``fetch(t) -> (1, I)`` the input of read
+    step t, made only then (NumPy loop, no projections); ``x`` then only gives T, the dtype and
+    the device (e.g. an empty ``(T, 1, 0)``)."""
     T, H = x.shape[0], hs[0].shape[-1]
     up, cum = floor_update_prob(npdt(up0.item()), cell.max_skip, cell.threshold), npdt(cum0.item())
     cs = [c[0].numpy().copy() for c in cs] if cs is not None else None
-    kernels = fused_lstm_kernels(cell, x.dtype)
-    stack = None
-    if kernels is None:
-        stack = NumpyStack(cell, [h[0].numpy() for h in hs], cs, npdt, first_projected=True)
+    kernels = fused_lstm_kernels(cell, x.dtype) if fetch is None else None
+    stack = None if kernels is not None else NumpyStack(cell, [h[0].numpy() for h in hs], cs,
+                                                        npdt, first_projected=fetch is None)
     steps = np.arange(T) if valid is None else np.flatnonzero(valid)  # steps that count
     n_steps = len(steps)
     # inputs up to the last step that counts (blocks of projections stop there)
-    proj = LazyInputProjection(x[:int(steps[-1]) + 1 if n_steps else 0, 0],
-                               *first_projection(cell, arranged=stack is not None))
+    proj = fetch or LazyInputProjection(x[:int(steps[-1]) + 1 if n_steps else 0, 0],
+                                        *first_projection(cell, arranged=stack is not None))
     # output rows: 0 the top h before step 0, 1 padding (masked steps), 2 + j the j-th update's h
     hist = np.empty((n_steps + 2, H), npdt)
     hist[0] = hs[-1][0].numpy()
     hist[1] = 0
-    idx = np.ones(T, np.int64)
-    u_np = np.zeros(T, npdt)
-    p_np = np.zeros(T, npdt)
+    idx, u_np, p_np = np.ones(T, np.int64), np.zeros(T, npdt), np.zeros(T, npdt)
+    loop = (up, cum, hist, idx, u_np, p_np, npdt)
     if stack is None:
-        h_state = hs[0][0].numpy().copy()
-        up, cum = _run_fused(kernels, cell, h_state, cs[0], proj, steps, valid is None, up, cum,
-                             hist, idx, u_np, p_np, npdt)
-        h_states = [h_state]
+        h_states = [hs[0][0].numpy().copy()]
+        up, cum = _run_fused(kernels, cell, h_states[0], cs[0], proj, steps, valid is None, *loop)
     else:
-        up, cum = _run_numpy(stack, threshold, proj, steps, valid is None, up, cum, hist, idx,
-                             u_np, p_np, npdt)
+        up, cum = _run_numpy(stack, proj, steps, valid is None, *loop)
         h_states = stack.hs
-    if stats is not None:
-        stats.update(projected=proj.projected, read=proj.used)
-    dev = x.device
     out = pooled_output((T, 1, H), x)  # (already paged in where an earlier output was dropped)
     # the rows gathered over the torch threads (2-3x NumPy's take of the same rows)
     torch.index_select(torch.from_numpy(hist), 0, torch.from_numpy(idx), out=out.view(T, H))
-    u = torch.from_numpy(u_np).unsqueeze(1)
-    p = torch.from_numpy(p_np).unsqueeze(1)
-    up_t = torch.tensor([up], dtype=x.dtype, device=dev)
-    cum_t = torch.tensor([cum], dtype=x.dtype, device=dev)
-    state = tuple(torch.from_numpy(np.stack(part)[:, None]) for part in ((h_states,) if cs is None
-                                                                          else (h_states, cs)))
-    return RecurrenceResult(out, state, up_t, cum_t, u, p)
+    up_t, cum_t = (torch.tensor([v], dtype=x.dtype, device=x.device) for v in (up, cum))
+    state = tuple(torch.from_numpy(np.stack(part)[:, None]) for part in (h_states, cs)
+                  if part is not None)
+    return RecurrenceResult(out, state, up_t, cum_t, torch.from_numpy(u_np).unsqueeze(1),
+                            torch.from_numpy(p_np).unsqueeze(1))
 
 
-def _run_numpy(stack: NumpyStack, threshold, proj, steps, dense: bool, up, cum, hist, idx, u_np,
-               p_np, npdt):
-    """:func:`_run_single`'s loop over the updates with a :class:`NumpyStack`; fills ``hist``,
-    ``idx``, ``u_np``, ``p_np``; returns the final (Δũ, ũ)."""
+def _run_numpy(stack: NumpyStack, proj, steps, dense: bool, up, cum, hist, idx, u_np, p_np, npdt):
+    """:func:`run_single`'s loop over the updates with a :class:`NumpyStack`; fills ``hist``,
+    ``idx``, ``u_np``, ``p_np``; returns the final (Δũ, ũ). ``proj``: a
+    :class:`LazyInputProjection`, or ``run_single``'s ``fetch``."""
     one, zero = npdt(1), npdt(0)
-    runs = SkipRuns(threshold, npdt)
+    runs = SkipRuns(stack.threshold, npdt)
     n_steps = len(steps)
-    block_id, block_np = None, None
-    cur = 0
-    k = 0
+    fetch, x2 = callable(proj), stack.x2t
+    block_id = block_np = xp = None
+    cur = k = 0
     while k < n_steps:
         n, probs = runs.until_read(up, cum, n_steps - k)
         if n:
@@ -608,11 +555,15 @@ def _run_numpy(stack: NumpyStack, threshold, proj, steps, dense: bool, up, cum, 
         t = int(steps[k])
         p_np[t] = cum + min(up, one - cum)
         u_np[t] = 1
-        j = proj.get(t)
-        if proj.block is not block_id:
-            block_id, block_np = proj.block, proj.block.numpy()
+        if fetch:
+            x2.copy_(proj(t))  # any dtype / device
+        else:
+            j = proj.get(t)
+            if proj.block is not block_id:
+                block_id, block_np = proj.block, proj.block.numpy()
+            xp = block_np[j]
         cur += 1 if cur else 2
-        up = stack.update(hist[cur], block_np[j])
+        up = stack.update(hist[cur], xp)
         cum = zero
         idx[t] = cur
         k += 1
@@ -621,22 +572,22 @@ def _run_numpy(stack: NumpyStack, threshold, proj, steps, dense: bool, up, cum, 
 
 def _run_fused(kernels, cell: StepCell, h, c, proj, steps, dense: bool, up, cum, hist, idx, u_np,
                p_np, npdt):
-    """:func:`_run_single`'s loop in the C kernels (``lstm_single_run`` of
+    """:func:`run_single`'s loop in the C kernels (``lstm_single_run`` of
     :mod:`skiprnn.ops.cpu_kernels`): one call runs the steps up to a read that the current block
     of projections does not hold; the next block is then projected here. Each update is one
-    ``lstm_single_update`` (W_hh of 1 MB or more as the layer holds it, its rows split over the
-    torch threads; a smaller one on one core as AXPYs over a transposed copy made here; the
-    projection in the layer's gate order, ``first_projection(cell, arranged=False)``; the same
-    numbers as the NumPy loop's up to the rounding of the GEMV); the ũ replay is the
-    same arithmetic in the same dtype, so the gates equal the NumPy loop's. ``h``, ``c`` ``(H,)``
-    are updated in place; returns the final (Δũ, ũ)."""
+    ``lstm_single_update`` (W_hh · h as below; the projection in the layer's gate order,
+    ``first_projection(cell, arranged=False)``; the same numbers as the NumPy loop's up to the
+    rounding of the GEMV); the ũ replay is the same arithmetic in the same dtype, so the gates
+    equal the NumPy loop's. ``h``, ``c`` ``(H,)`` are updated in place; returns the final
+    (Δũ, ũ)."""
     from . import cpu_kernels
     H = h.shape[0]
     w = cell.layers[0][1].contiguous()               # W_hh, nn.LSTM's gate order
     gw = cell.gate_weight[0].contiguous()
     scratch = np.empty(4 * H, npdt)
-    # W_hh under 1 MB: one core (a parallel region per update costs more than it saves), the
-    # product as AXPYs over a transposed copy (no per-row sums; the copy is small)
+    # W_hh of 1 MB or more as the layer holds it, its rows split over the torch threads; under
+    # 1 MB on one core (a parallel region per update costs more than it saves), the product as
+    # AXPYs over a transposed copy (no per-row sums; the copy is small)
     small = w.numel() * w.element_size() < 1 << 20
     threads = 1 if small else torch.get_num_threads()
     wt = None
@@ -676,17 +627,14 @@ def _dense_continuation(cell: StepCell, device_type: str):
     """The dense CPU path (:func:`skiprnn.ops.cpu_rnn.skip_rnn_cpu`) as ``run_waves``' ``dense``
     argument, or None where it cannot continue the call (other devices, several layers, a
     constant Δũ)."""
-    if device_type != "cpu" or cell.num_layers != 1 or cell.constant_delta is not None:
+    if device_type != "cpu" or len(cell.layers) != 1 or cell.constant_delta is not None:
         return None
     from .cpu_rnn import skip_rnn_cpu
     opts = GateOptions(threshold=cell.threshold, max_skip=cell.max_skip,
                        reset_after=cell.reset_after)
-
-    def dense(x, state, up, cum, mask):
-        return skip_rnn_cpu(cell.kind, x, state, up, cum, cell.layers, cell.gate_weight,
-                            cell.gate_bias, opts._replace(mask=mask))
-
-    return dense
+    return lambda x, state, up, cum, mask: skip_rnn_cpu(
+        cell.kind, x, state, up, cum, cell.layers, cell.gate_weight, cell.gate_bias,
+        opts._replace(mask=mask))
 
 
 def skip_rnn_skipping(cell: str, x: Tensor, state: tuple, update_prob0: Tensor,
@@ -728,7 +676,7 @@ def skip_rnn_skipping(cell: str, x: Tensor, state: tuple, update_prob0: Tensor,
         npdt = np_dtype(x.dtype)
         if B == 1 and x.device.type == "cpu" and opts.reset_after:  # NumPy: nn.GRU's candidate
             with np.errstate(over="ignore"):
-                return _run_single(step, x, hs, cs, update_prob0, cum_prob0,
-                                   None if valid is None else valid[:, 0], thr, npdt)
+                return run_single(step, x, hs, cs, update_prob0, cum_prob0,
+                                  None if valid is None else valid[:, 0], npdt)
         return run_waves(step, x, hs, cs, update_prob0, cum_prob0, valid, thr, npdt,
                          dense=_dense_continuation(step, x.device.type))

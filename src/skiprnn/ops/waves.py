@@ -14,13 +14,12 @@ replayed exactly (ũ of every step in between, the step where ũ crosses τ); on
 :class:`_LstmWaves` / :class:`_GruWaves`): input rows gathered from ``x`` at each row's own step,
 one GEMM per weight matrix, a handful of in-place pointwise ops, the new top ``h`` written into a
 history buffer. The ``(T, B, H)`` output is one gather from that history at the end (a skipped
-step's output is the row's last update's ``h``). With a constant gate, all rows from the same
-state update at the same steps and a wave is exactly one step of the whole batch.
+step's output is the row's last update's ``h``; a per-wave scatter into the large output cost
+more than the GEMMs). With a constant gate, all rows from the same state update at the same
+steps and a wave is exactly one step of the whole batch.
 
-Outputs: each wave appends its top h to a compact history (contiguous writes); the ``(T, B, H)``
-output is gathered from it at the end (a per-wave scatter into the large output cost more than
-the GEMMs). On the CPU with one layer, the rest of a sequence goes to the dense CPU path when the
-update fraction so far is above a measured break-even (``DENSE_BREAK_EVEN``; decided every
+On the CPU with one layer, the rest of a sequence goes to the dense CPU path when the update
+fraction so far is above a measured break-even (``DENSE_BREAK_EVEN``; decided every
 ``SWITCH_BLOCK`` steps, from counts only, so the same input always takes the same route).
 
 A one-layer LSTM with a learned gate on the CPU runs the same waves in one call of the C kernels
@@ -71,6 +70,21 @@ SWITCH_BLOCK = 64
 DENSE_BREAK_EVEN = {"gru": ((256, 0.62), (None, 0.96)), "lstm": ()}
 
 
+def gate_state(up0: Tensor, cum0: Tensor, npdt, max_skip, threshold: float):
+    """NumPy copies ``(up, cum)`` of a carried Δũ and ũ accumulator (tensors), Δũ floored as the
+    layer's (``skiprnn.ops.naive.floor_update_prob``)."""
+    up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True), max_skip, threshold)
+    return up, cum0.detach().cpu().numpy().astype(npdt, copy=True)
+
+
+def valid_order(valid: np.ndarray | None, T: int, B: int):
+    """``(n_valid (B,), times (T, B) | None)``: each row's number of valid steps, and its valid
+    steps first in time order (``times[o, b]``: row b's o-th valid step; None: all valid)."""
+    if valid is None:
+        return np.full(B, T, np.int64), None
+    return valid.sum(0).astype(np.int64), np.argsort(~valid, axis=0, kind="stable")
+
+
 def dense_break_even(kind: str, hidden_size: int) -> float | None:
     """The update fraction above which the dense CPU path is faster than the waves for this cell
     and hidden size (``DENSE_BREAK_EVEN``), or None: never."""
@@ -106,13 +120,7 @@ class GateReplay:
         self.probs = self._probs[:T]
         self._cols = np.arange(B)
         self._steps = np.arange(REPLAY_BLOCK)[:, None]
-        if valid is None:
-            self.n_valid = np.full(B, T, np.int64)
-            self.times = None
-        else:
-            self.n_valid = valid.sum(0).astype(np.int64)
-            # valid steps first, in time order: row o of column b is b's o-th valid step
-            self.times = np.argsort(~valid, axis=0, kind="stable")
+        self.n_valid, self.times = valid_order(valid, T, B)
         self._memo: dict = {}
 
     def time_of(self, ordinal: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -127,9 +135,10 @@ class GateReplay:
         hit = self._memo.get(key)
         if hit is not None and (hit[1] or hit[0].size >= limit):
             return hit[0][:limit]
+        self._col = []
         at, _ = self._replay(np.zeros(1, np.int64), np.array([limit]), np.array([up]),
                              np.array([cum]), rows=None)
-        ut = self._col
+        ut = np.concatenate(self._col) if self._col else np.zeros(0, self.npdt)
         if len(self._memo) > 4096:
             self._memo.clear()
         self._memo[key] = (ut, bool(at[0] < limit))
@@ -152,10 +161,8 @@ class GateReplay:
             n = ut.size
             if self.times is None and n <= rem.min():  # same steps for every row
                 self.probs[s0:s0 + n, rows if rows.size < self.B else slice(None)] = ut[:, None]
-                crossed = ut[-1] > self.thr if n else False
-                at = np.full(rows.size, s0 + n - 1 if crossed else s0 + n, np.int64)
-                if not crossed:
-                    at = n_valid
+                crossed = n and ut[-1] > self.thr
+                at = np.full(rows.size, s0 + n - 1, np.int64) if crossed else n_valid
                 return at, np.full(rows.size, ut[-1] if n else c0, self.npdt)
             col = np.broadcast_to(ut[:, None], (n, rows.size))
             n_now = np.minimum(n, rem)
@@ -224,15 +231,14 @@ class GateReplay:
         return at, cum_end
 
     def _replay(self, start, n_valid, up, cum, rows):
-        """The block replay behind :meth:`next_update` (``rows`` None: one column, its ũ kept in
-        ``self._col`` instead of written)."""
+        """The block replay behind :meth:`next_update` (``rows`` None: one column, its ũ appended
+        to the list ``self._col`` instead of written)."""
         one, thr, npdt = self.one, self.thr, self.npdt
         m = start.shape[0]
         at = np.empty(m, np.int64)
         cum_end = np.zeros(m, npdt)
         pos = np.arange(m)  # positions still searching
         o, c, u = start.astype(np.int64), cum.astype(npdt), up.astype(npdt)
-        kept = []
         while pos.size:
             rem = n_valid[pos] - o
             out = rem <= 0
@@ -263,7 +269,7 @@ class GateReplay:
             # steps replayed now: up to and including the stop, within the block and the row
             n_now = np.minimum(np.where(stopped, first + 1, L), rem)
             if rows is None:
-                kept.append(ut[:n_now[0], 0])
+                self._col.append(ut[:n_now[0], 0])
             else:
                 self._write_probs(rows[pos], o, ut, n_now)
             last = ut[n_now - 1, cols]
@@ -271,8 +277,6 @@ class GateReplay:
             at[pos[crossed]] = o[crossed] + first[crossed]
             go = ~crossed  # no crossing yet: carry on from the last step replayed
             pos, o, c, u = pos[go], o[go] + n_now[go], last[go], u[go]
-        if rows is None:
-            self._col = np.concatenate(kept) if kept else np.zeros(0, npdt)
         return at, cum_end
 
     def _write_probs(self, rows, start, ut, n_now):
@@ -302,21 +306,14 @@ class _Waves:
     arrange` layout); gate order, sizes and the feature come from the description."""
 
     def __init__(self, cell, states, rows: np.ndarray, x: Tensor):
-        self.spec = cell.spec
-        layers = cell.layers
-        self.L = len(layers)
-        self.dev, self.dt = x.device, x.dtype
-        self.I = x.shape[2]
-        self.H = layers[0][1].shape[1]
+        self.spec, self.L, self.H = cell.spec, len(cell.layers), cell.layers[0][1].shape[1]
+        self.dev, self.dt, self.I, self.rows = x.device, x.dtype, x.shape[2], rows
         # final state (L, B, H) per state tensor; rows that stop updating are written here
         self.final = [torch.stack(list(s)).clone() for s in states]
-        self.B = self.final[0].shape[1]
-        self.rows = rows
 
-    def step(self, h_out: Tensor | None = None):
+    def step(self, h_out: Tensor):
         """One update of every live row (inputs already in ``input_buffer()``); the top layer's
-        new h goes to ``h_out`` ``(m, H)`` (an own buffer if None). Returns ``(top h, gate
-        feature)``, each ``(m, H)``."""
+        new h goes to ``h_out`` ``(m, H)``. Returns ``(top h, gate feature)``, each ``(m, H)``."""
         h = self.update(h_out)
         return h, self.live_states()[self.spec.feature_index][-1]
 
@@ -340,21 +337,13 @@ class _Waves:
         return self.final
 
 
-def _bias(b_ih, b_hh, n, like):
-    """b_ih + b_hh (either may be None; zeros when both are)."""
-    if b_ih is None and b_hh is None:
-        return like.new_zeros(n)
-    if b_ih is None or b_hh is None:
-        return (b_ih if b_hh is None else b_hh).detach().clone()
-    return (b_ih + b_hh).detach()
-
-
 def _arranged_lstm_weight(spec, layer, H: int) -> Tensor:
     """``arrange([W_ih | W_hh | b])ᵀ`` ``(In + H + 1, 4H)`` of one LSTM layer ``(w_ih, w_hh,
     b_ih, b_hh)``: the weight of a wave's GEMM on ``[inp | h | 1]`` (see :class:`_LstmWaves`)."""
-    w_ih, w_hh, b_ih, b_hh = layer
-    b = _bias(b_ih, b_hh, 4 * H, w_ih)
-    return spec.arrange(torch.cat([w_ih.detach(), w_hh.detach(), b[:, None]], 1)).t().contiguous()
+    w_ih, w_hh, b_ih, b_hh = layer   # (detached by StepCell; b: b_ih + b_hh, either may be None)
+    bs = [b for b in (b_ih, b_hh) if b is not None]
+    b = bs[0] + bs[1] if len(bs) == 2 else bs[0] if bs else w_ih.new_zeros(4 * H)
+    return spec.arrange(torch.cat([w_ih, w_hh, b[:, None]], 1)).t().contiguous()
 
 
 class _LstmWaves(_Waves):
@@ -377,9 +366,8 @@ class _LstmWaves(_Waves):
             s[:, -1] = 1
             self.S.append(s)
             self.C.append(self.final[1][k].index_select(0, r))
-        self.gates = torch.empty(rows.size, 4 * H, dtype=self.dt, device=self.dev)
-        self.tmp = torch.empty(rows.size, H, dtype=self.dt, device=self.dev)
-        self.h_top = torch.empty(rows.size, H, dtype=self.dt, device=self.dev)
+        self.gates, self.tmp = (torch.empty(rows.size, n, dtype=self.dt, device=self.dev)
+                                for n in (4 * H, H))
         self.half = torch.tensor(0.5, dtype=self.dt, device=self.dev)
 
     def live_states(self):
@@ -389,13 +377,13 @@ class _LstmWaves(_Waves):
         self.S = [s.index_select(0, kept) for s in self.S]
         self.C = [c.index_select(0, kept) for c in self.C]
         m = kept.shape[0]
-        self.gates, self.tmp, self.h_top = self.gates[:m], self.tmp[:m], self.h_top[:m]
+        self.gates, self.tmp = self.gates[:m], self.tmp[:m]
 
     def input_buffer(self) -> Tensor:
         """Where the first layer's input rows go (``(m, I)``, a view)."""
         return self.S[0][:, :self.I]
 
-    def update(self, h_out: Tensor | None = None):
+    def update(self, h_out: Tensor):
         """See :meth:`_Waves.step`; returns the top h."""
         H = self.H
         g = self.gates
@@ -406,7 +394,7 @@ class _LstmWaves(_Waves):
             torch.add(self.half, g[:, :3 * H], alpha=0.5, out=g[:, :3 * H])  # σ, in one pass
             c.mul_(g[:, H:2 * H])
             c.addcmul_(g[:, :H], g[:, 3 * H:])
-            h = self.tmp if k < self.L - 1 else self.h_top if h_out is None else h_out
+            h = self.tmp if k < self.L - 1 else h_out
             torch.tanh(c, out=h)
             h.mul_(g[:, 2 * H:3 * H])
             s[:, self.n_in[k]:-1].copy_(h)
@@ -432,10 +420,8 @@ class _GruWaves(_Waves):
             self.b_ih.append(zero if b_ih is None else b_ih.detach())
             self.b_hh.append(zero if b_hh is None else b_hh.detach())
             self.Hs.append(self.final[0][k].index_select(0, r))
-        m = rows.size
-        self.x_in = torch.empty(m, self.I, dtype=self.dt, device=self.dev)
-        self.gi = torch.empty(m, 3 * H, dtype=self.dt, device=self.dev)
-        self.gh = torch.empty(m, 3 * H, dtype=self.dt, device=self.dev)
+        self.x_in, self.gi, self.gh = (torch.empty(rows.size, n, dtype=self.dt, device=self.dev)
+                                       for n in (self.I, 3 * H, 3 * H))
 
     def live_states(self):
         return (self.Hs,)
@@ -448,7 +434,7 @@ class _GruWaves(_Waves):
     def input_buffer(self) -> Tensor:
         return self.x_in
 
-    def update(self, h_out: Tensor | None = None):
+    def update(self, h_out: Tensor):
         """See :meth:`_Waves.step`; returns the top h."""
         H = self.H
         gi, gh = self.gi, self.gh
@@ -469,8 +455,7 @@ class _GruWaves(_Waves):
             n.add_(gi[:, 2 * H:]).tanh_()
             h.sub_(n).mul_(rz[:, H:]).add_(n)
             inp = h
-        if h_out is not None:
-            h_out.copy_(self.Hs[-1])
+        h_out.copy_(self.Hs[-1])
         return self.Hs[-1]
 
 
@@ -490,8 +475,7 @@ def _fill_outputs(out: Tensor, hist: Tensor, written: np.ndarray, valid: np.ndar
     The output of a step is the h of its row's latest update so far (its own, if it updates),
     else the carried h; zeros on padding.
     """
-    T, B = written.shape
-    H = hist.shape[1]
+    (T, B), H = written.shape, hist.shape[1]
     if start >= T:
         return
     src = np.maximum.accumulate(written[start:], axis=0) - 1
@@ -518,12 +502,9 @@ def _boundary_cum(replay: GateReplay, written: np.ndarray, valid: np.ndarray | N
     if t_b == 0:
         return cum0.copy()
     if valid is None:
-        last = np.full(B, t_b - 1)
-        has = np.ones(B, bool)
+        last, has = np.full(B, t_b - 1), np.ones(B, bool)
     else:
-        v = valid[:t_b]
-        has = v.any(0)
-        last = t_b - 1 - v[::-1].argmax(0)
+        last, has = t_b - 1 - valid[:t_b][::-1].argmax(0), valid[:t_b].any(0)
     cols = np.arange(B)
     cum = np.where(written[last, cols] > 0, 0, replay.probs[last, cols]).astype(cum0.dtype)
     return np.where(has, cum, cum0)
@@ -543,16 +524,12 @@ def run_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Ten
             RecurrenceResult``: then the waves run in blocks of ``SWITCH_BLOCK`` steps
             (rows wait at the end of a block), and at the end of a block the rest of the sequence
             goes to ``dense`` when the update fraction so far is above
-            ``dense_break_even(cell.kind, H)`` (a rule of counts only: the same input always takes
-            the same route).
+            ``dense_break_even(cell.kind, H)``.
 
     Returns a :class:`~skiprnn.ops.contract.RecurrenceResult` (state ``(h_n,)`` or
-    ``(h_n, c_n)``, each ``(L, B, H)``).
-
-    Output: while the whole batch updates at the same steps (a constant gate from a fresh state)
-    each wave writes its h straight into ``out`` and over the skipped steps up to the next wave.
-    Otherwise each wave appends its top-layer h to a compact history (contiguous writes, no
-    scatter into the large output), and the outputs are gathered from it at the end.
+    ``(h_n, c_n)``, each ``(L, B, H)``). While the whole batch updates at the same steps (a
+    constant gate from a fresh state) each wave writes its h straight into the output and over
+    the skipped steps up to the next wave, instead of into the history.
     """
     if dense is None or dense_break_even(cell.kind, hs[0].shape[-1]) is None:  # no switch
         fused = _fused_waves(cell, x, hs, cs, up0, cum0, valid, threshold, npdt)
@@ -568,7 +545,7 @@ def fused_lstm_kernels(cell, dtype: torch.dtype):
     """The C kernels (:mod:`skiprnn.ops.cpu_kernels`) of ``dtype`` where they run a skipping
     call of ``cell`` (a ``StepCell``): a one-layer LSTM with a learned gate, float32 / float64
     weights of that dtype, kernels built; else None. (CPU tensors: the caller's to check.)"""
-    if not (cell.kind == "lstm" and cell.num_layers == 1 and cell.constant_delta is None
+    if not (cell.kind == "lstm" and len(cell.layers) == 1 and cell.constant_delta is None
             and cell.gate_bias is not None and dtype in (torch.float32, torch.float64)
             and all(t.dtype == dtype for t in (*cell.layers[0][:2], cell.gate_weight))):
         return None
@@ -579,12 +556,10 @@ def fused_lstm_kernels(cell, dtype: torch.dtype):
 
 def _fused_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: Tensor,
                  valid: np.ndarray | None, threshold: float, npdt):
-    """:func:`run_waves` in one call of the C kernels (``lstm_waves`` of
-    :mod:`skiprnn.ops.cpu_kernels`), or None where they do not run it: a one-layer LSTM with a
-    learned gate, float32 / float64 CPU tensors, kernels built with torch's BLAS. The same
-    waves, GEMM ([x | h | 1] times the arranged weights, as :class:`_LstmWaves`) and ũ replay
-    (the recursion itself, in the layer's dtype) as the Python engine; the cell's σ, tanh and
-    Δũ are C's, so values equal its to rounding."""
+    """:func:`run_waves` in one call of the C kernels (see the module's docstring), or None where
+    they do not run it: a one-layer LSTM with a learned gate, float32 / float64 CPU tensors,
+    kernels built with torch's BLAS. The GEMM is :class:`_LstmWaves`' and the ũ replay the
+    recursion itself; the cell's σ, tanh and Δũ are C's, so values equal its to rounding."""
     kernels = fused_lstm_kernels(cell, x.dtype) if x.device.type == "cpu" else None
     if kernels is None or kernels.gemm is None:
         return None
@@ -595,22 +570,15 @@ def _fused_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: 
     x = x.contiguous()
     gw = cell.gate_weight[0].contiguous()
     h, c = hs[0].to(x.dtype).contiguous().clone(), cs[0].to(x.dtype).contiguous().clone()
-    up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True), cell.max_skip,
-                           cell.threshold)
-    cum = cum0.detach().cpu().numpy().astype(npdt, copy=True)
-    if valid is None:
-        n_valid, times = np.full(B, T, np.int64), None
-    else:  # valid steps first, in time order (as GateReplay's)
-        n_valid = valid.sum(0).astype(np.int64)
-        times = np.ascontiguousarray(np.argsort(~valid, axis=0, kind="stable"), np.int64)
+    up, cum = gate_state(up0, cum0, npdt, cell.max_skip, cell.threshold)
+    n_valid, times = valid_order(valid, T, B)  # (argsort's result: contiguous int64)
     out = pooled_output((T, B, H), x)
     probs, upd = np.zeros((T, B), npdt), np.zeros((T, B), npdt)
     src = np.zeros((T, B), np.int64)
     mask = None if valid is None else np.ascontiguousarray(valid, np.uint8)
     lease = _Lease(x)   # (pooled: a fresh history would be paged in at every call)
     hist = lease.new(B + 1 + int(n_valid.sum()), H)
-    scratch_s = torch.empty(B, I + H + 1, dtype=x.dtype)
-    scratch_g = torch.empty(B, 4 * H, dtype=x.dtype)
+    scratch_s, scratch_g = (torch.empty(B, n, dtype=x.dtype) for n in (I + H + 1, 4 * H))
     live, at = np.empty(B, np.int64), np.empty(B, np.int64)
     threads = torch.get_num_threads()
     cur = np.empty((threads, B), np.int64)
@@ -639,15 +607,12 @@ class _WaveRun:
     next update); :meth:`next_block` starts the next block of steps or ends the waves."""
 
     def __init__(self, cell, x, hs, cs, up0, cum0, valid, threshold, npdt, dense):
-        T, B, _ = x.shape
-        H = hs[0].shape[-1]
+        (T, B, _), H = x.shape, hs[0].shape[-1]
         self.cell, self.x, self.valid, self.npdt, self.dense = cell, x, valid, npdt, dense
         self.T, self.B, self.H = T, B, H
         self.replay = replay = GateReplay(T, B, valid, threshold, npdt)
-        self.up = floor_update_prob(up0.detach().cpu().numpy().astype(npdt, copy=True),
-                                    cell.max_skip, cell.threshold)
-        self.cum = cum = cum0.detach().cpu().numpy().astype(npdt, copy=True)
-        self.cum_init = cum.copy()
+        self.up, cum = gate_state(up0, cum0, npdt, cell.max_skip, cell.threshold)
+        self.cum, self.cum_init = cum, cum.copy()
         rows = np.arange(B)
         self.frac = dense_break_even(cell.kind, H) if dense is not None else None
         self.block = SWITCH_BLOCK if self.frac is not None else T
@@ -765,15 +730,13 @@ class _WaveRun:
             _fill_outputs(self.out[:t_b * B], self.hist, written[:t_b],
                           None if valid is None else valid[:t_b], self.fill_from)
         self.lease.release()
-        to = dict(device=self.x.device, dtype=self.x.dtype)
-        updates = torch.from_numpy(written > 0).to(**to)
-        probs = torch.from_numpy(self.replay.probs).to(**to)
+        updates, probs, up_n, cum_n = (torch.from_numpy(a).to(self.x.device, self.x.dtype)
+                                       for a in (written > 0, self.replay.probs, self.up, self.cum))
         state = tuple(final)
-        up_n, cum_n = torch.from_numpy(self.up).to(**to), torch.from_numpy(self.cum).to(**to)
         out = self.out
         if self.switch_at is not None:  # the rest of the sequence on the dense path
             cum_b = torch.from_numpy(_boundary_cum(self.replay, written, valid, self.cum_init,
-                                                   t_b)).to(**to)
+                                                   t_b)).to(self.x.device, self.x.dtype)
             mask = None if valid is None else torch.from_numpy(valid[t_b:]).to(self.x.device)
             res = self.dense(self.x[t_b:], state, up_n, cum_b, mask)
             out[t_b * B:].copy_(res.output.reshape(-1, H))
