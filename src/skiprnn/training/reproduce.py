@@ -223,7 +223,7 @@ def check_train_args(args: list[str], what: str):
         msg = msg[-1].split("error: ", 1)[-1] if msg else "bad arguments"
         raise ConfigError(f"{what}: `skiprnn train` would refuse its arguments: {msg}") from None
     try:
-        return build_train_config(ns, verbose=False)[0]
+        return build_train_config(ns)[0]
     except ConfigError as e:
         raise ConfigError(f"{what}: {e}") from None
 
