@@ -66,10 +66,6 @@ class AddingTask(SyntheticTask):
         return range(self.seq_len // 2, self.seq_len)
 
     @property
-    def target_variance(self) -> float:
-        return TARGET_VARIANCE
-
-    @property
     def solved_threshold(self) -> float:
         """Held-out MSE at or below which the task counts as solved: Var(target)/100 = 1/600."""
         return 1.0 / 600.0  # = (1/6) / 100, written exactly

@@ -129,14 +129,21 @@ class Task:
         """Names accepted as overrides by ``get_task``."""
         return [f.name for f in fields(cls) if f.init]
 
-    def hparams(self) -> dict:
-        """Plain dict of the task's configuration (for logging)."""
-        out = {"task": self.name, "input_size": self.input_size, "output_size": self.output_size,
-               "seq_len": self.seq_len, "problem": self.problem, "metric_name": self.metric_name}
-        for f in fields(self):
-            if f.init:
-                out[f.name] = getattr(self, f.name)
-        return out
+
+class Classification:
+    """The classification tasks' loss and metric (a mixin, before the :class:`Task` base)."""
+
+    problem: ClassVar[str] = "classification"
+    metric_name: ClassVar[str] = "accuracy"
+    higher_is_better: ClassVar[bool] = True
+
+    def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy; pred logits (B, C), y (B,) int64."""
+        return F.cross_entropy(pred, y)
+
+    def metric(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Accuracy over the batch (0-d tensor)."""
+        return accuracy(pred.detach(), y)
 
 
 # ------------------------------------------------------------------------------------------------
