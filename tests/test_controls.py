@@ -15,14 +15,13 @@ def test_budget_schedule_is_zero_in_warmup_then_ramps_then_constant():
     assert got[:3] == [0.0, 0.0, 0.0]
     assert got[3:7] == pytest.approx([0.25e-4, 0.5e-4, 0.75e-4, 1e-4])
     assert got[7:] == [1e-4, 1e-4]
-    assert not s.constant
-    assert BudgetSchedule(1e-4).constant and BudgetSchedule(1e-4)(0) == 1e-4   # the paper's
+    assert BudgetSchedule(1e-4)(0) == 1e-4   # the paper's
 
 
 def test_metric_warmup_holds_the_budget_until_the_metric_passes_then_ramps_from_there():
     warm = MetricWarmup(level=0.01)                     # lower is better (an MSE)
     s = BudgetSchedule(1e-4, warmup_steps=3, ramp_steps=2, until=warm)
-    assert not s.constant and warm.end(3) == math.inf
+    assert warm.end(3) == math.inf
     assert [s.fraction(k) for k in (0, 3, 50)] == [0.0, 0.0, 0.0]        # not passed: no budget
     assert not warm.observe(10, 0.5) and not warm.observe(20, float("nan"))
     assert warm.observe(30, 0.01)                        # at the level counts

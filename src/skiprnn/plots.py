@@ -271,14 +271,8 @@ def read_metrics_csv(path: PathLike, x: str = "step") -> "OrderedDict[str, tuple
 
 
 def _to_float(v) -> float:
-    if v is None:
-        return math.nan
-    if isinstance(v, str):
-        v = v.strip()
-        if not v:
-            return math.nan
     try:
-        return float(v)
+        return float(v)   # strips whitespace; None and empty cells raise
     except (TypeError, ValueError):
         return math.nan
 

@@ -4,7 +4,6 @@ line per validation; ``quiet_lightning``: Lightning's messages that say nothing 
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 import warnings
 from pathlib import Path
@@ -15,15 +14,6 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 __all__ = ["SolvedStopping", "InterruptCheckpoint", "WallClock", "StepMetricsProgressBar",
            "ValidationLines", "quiet_lightning"]
-
-
-class _DropMessages(logging.Filter):
-    def __init__(self, prefixes):
-        super().__init__()
-        self.prefixes = tuple(prefixes)
-
-    def filter(self, record) -> bool:
-        return not str(record.getMessage()).startswith(self.prefixes)
 
 
 #: warnings of Lightning / torch that no skiprnn user can act on: (message regex, why it is harmless)
@@ -44,7 +34,8 @@ def quiet_lightning():
     "💡 Tip" advert for its cloud logger and the warnings in ``_QUIET_WARNINGS``."""
     from lightning.fabric.utilities.rank_zero import rank_zero_module
     log = rank_zero_module.log
-    drop = _DropMessages(("💡 Tip",))
+    def drop(record) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
     log.addFilter(drop)
     try:
         with warnings.catch_warnings():
@@ -121,11 +112,9 @@ class InterruptCheckpoint(pl.Callback):
     def __init__(self, path):
         self.path = Path(path)
         self.interrupted = False
-        self.exception = None
 
     def on_exception(self, trainer, pl_module, exception):
         self.interrupted = True
-        self.exception = exception
         if trainer.state.fn != "fit" or trainer.global_step == 0 and trainer.current_epoch == 0:
             return
         try:

@@ -74,15 +74,11 @@ class _StepLoader(DataLoader):
 
     def _start(self) -> tuple[int, int]:
         step, epoch = self.position() if self.position is not None else (None, 0)
-        if step is None:
-            return int(epoch), 0
         try:
-            n = len(self)
+            n = 0 if step is None else len(self)
         except TypeError:   # an endless stream: no epochs to align with
-            return int(epoch), 0
-        if n <= 0:
-            return int(epoch), 0
-        return divmod(int(step), n)
+            n = 0
+        return divmod(int(step), n) if n > 0 else (int(epoch), 0)
 
     def __iter__(self):
         epoch, skip = self._start()
