@@ -40,11 +40,6 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 SOLVED_LEVEL = "solved"
 
 
-def _level_number(level):
-    """A metric level as the number to check (None for SOLVED_LEVEL: the task's own level)."""
-    return None if level == SOLVED_LEVEL else level
-
-
 def _paper_task_options(task: str) -> dict:
     from .paper import paper_task_options   # imported when asked: it needs torch, this module not
     return paper_task_options(task)
@@ -228,7 +223,9 @@ class RunConfig:
         ints(eval_batch_size=1, max_steps=1, max_epochs=1, val_every=1, solved_patience=0,
              num_nodes=1, num_workers=0, threads=1, budget_warmup=0, budget_ramp=0, gate_warmup=0)
         num("--gate-lr-mult", self.gate_lr_mult, lo=0)
-        num("--warmup-until-metric (a number or 'solved')", _level_number(self.warmup_until_metric))
+        level = self.warmup_until_metric   # SOLVED_LEVEL: the task's own level, not checked here
+        num("--warmup-until-metric (a number or 'solved')", None if level == SOLVED_LEVEL
+            else level)
         ints(max_skip=1)
         num("--target-rate", self.target_rate, lo=0, hi=1)
         num("--target-weight", self.target_weight, lo=0, allow_none=False)

@@ -281,7 +281,8 @@ class SkipRNNModule(pl.LightningModule):
         if params:
             self._budget_grads = tuple(None for _ in params)
             if share > 0 and (self.cost_per_sample > 0 or self.target_rate is not None):
-                with torch.random.fork_rng(devices=_rng_devices(u.device)):
+                devs = [u.device.index or 0] if u.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devs):
                     again = self.rnn(x, lengths=lengths)
                     part = self._budget_term(again.updates, lengths, share)
                 self._budget_grads = torch.autograd.grad(part, params, allow_unused=True)
@@ -297,11 +298,9 @@ class SkipRNNModule(pl.LightningModule):
         if self.gate_held_open():
             # the gate is held open: its W_p, b_p stay where they start (a gradient through a
             # gate that decides nothing would only drift them; Adam skips parameters without one)
-            for _, p in self._gate_named_parameters():
-                p.grad = None
-
-    def _gate_named_parameters(self) -> list:
-        return [(n, p) for n, p in self._rnn_parameters() if is_gate_parameter(n)]
+            for n, p in self._rnn_parameters():
+                if is_gate_parameter(n):
+                    p.grad = None
 
     def _log_gradient_split(self) -> None:
         grads = getattr(self, "_budget_grads", None)
@@ -450,8 +449,7 @@ class SkipRNNModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         state = getattr(self, "_saved_rng", None)   # restored but not applied yet
-        if state is None:
-            state = getattr(self, "_rng_val", None)
+        state = getattr(self, "_rng_val", None) if state is None else state
         step = getattr(self, "_rng_step", None)
         if state is None and step is not None and self._trainer is not None \
                 and step[0] == int(self.trainer.global_step) and self.trainer.training:
@@ -576,10 +574,6 @@ def _setting(config: dict, key: str, default):
     """``config[key]``, or ``default`` where it is missing or None (not where it is 0)."""
     v = config.get(key)
     return default if v is None else v
-
-
-def _rng_devices(device) -> list:
-    return [device.index or 0] if device.type == "cuda" else []
 
 
 def _counts(u, lengths) -> tuple:
