@@ -166,7 +166,10 @@ class MNISTArrays(NamedTuple):
     package: Optional[str] = None
 
 
-def _check_pair(images: torch.Tensor, labels: torch.Tensor, img_path, lbl_path) -> tuple:
+def _read_pair(files: dict, part: str) -> tuple:
+    """The checked ``(images (N, 784), labels (N,))`` of the idx files of ``part`` (train, test)."""
+    img_path, lbl_path = files[f"{part}_images"], files[f"{part}_labels"]
+    images, labels = read_idx(img_path), read_idx(lbl_path)
     if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
         raise MNISTDataError(f"{img_path}: expected images of shape (N, 28, 28), got {tuple(images.shape)}")
     if labels.dim() != 1:
@@ -180,11 +183,8 @@ def _check_pair(images: torch.Tensor, labels: torch.Tensor, img_path, lbl_path) 
 
 
 def _load_idx_dir(files: dict) -> MNISTArrays:
-    tr_x, tr_y = _check_pair(read_idx(files["train_images"]), read_idx(files["train_labels"]),
-                             files["train_images"], files["train_labels"])
-    te_x, te_y = _check_pair(read_idx(files["test_images"]), read_idx(files["test_labels"]),
-                             files["test_images"], files["test_labels"])
-    return MNISTArrays(tr_x, tr_y, te_x, te_y, source=str(Path(files["train_images"]).parent),
+    return MNISTArrays(*_read_pair(files, "train"), *_read_pair(files, "test"),
+                       source=str(Path(files["train_images"]).parent),
                        files=tuple(Path(files[k]) for k in MNIST_FILES))
 
 

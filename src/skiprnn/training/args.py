@@ -46,18 +46,9 @@ def _or_none(cast, expected: str):
 
 _max_skip = _or_none(int, "an integer K >= 1")            # --max-skip: no cap with 'none'
 _fraction_or_none = _or_none(float, "a fraction in [0, 1]")  # --target-rate: no target with 'none'
-
-
-def _metric_level(s: str):
-    """``--warmup-until-metric``: a number, 'solved' (the task's solved level) or 'none' (no
-    metric warm-up, also over a recipe's)."""
-    word = s.strip().lower()
-    if word in ("none", SOLVED_LEVEL):
-        return None if word == "none" else word
-    try:
-        return float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, 'solved' or 'none', got {s!r}") from None
+#: --warmup-until-metric: a number or 'solved' (the task's solved level)
+_metric_level = _or_none(lambda s: SOLVED_LEVEL if s.strip().lower() == SOLVED_LEVEL else float(s),
+                         "a number, 'solved'")
 
 
 def _devices(s: str):
