@@ -46,9 +46,8 @@ def _paper_task_options(task: str) -> dict:
 
 
 #: Named training recipes: the settings each one gives to the RunConfig fields the user did not
-#: set (a value, a dict per task, or a function of the task). ``paper`` is the paper's (Adam 1e-4 on every device, constant
-#: λ, the gate free from the first step); the others state what they change against it and why
-#: (README, "Training recipes"). Each entry's "doc" is printed by ``skiprnn train --help``.
+#: set (a value, a dict per task, or a function of the task); README, "Training recipes". Each
+#: entry's "doc" (what it is, and why) is printed by ``skiprnn train --help``.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "task_options": _paper_task_options,
@@ -100,9 +99,7 @@ _TIME_RE = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")
 LAYERS = ("nn", "paper")
 
 
-#: the checkpoints results.json may be measured on: best (lowest validation loss, budget included;
-#: the solved one with the fewest updates for stop-when-solved runs), last, best_metric (the best
-#: validation task metric alone)
+#: the checkpoints results.json may be measured on (fit.choose_checkpoint says which file each is)
 TEST_CHECKPOINTS = ("best", "last", "best_metric")
 
 
