@@ -162,39 +162,6 @@ def _holds_run(run_dir: Path) -> bool:
     return any((run_dir / p).exists() for p in ("results.json", "checkpoints", "config.json", "csv"))
 
 
-def _make_last_checkpoint(path):
-    from lightning.pytorch.callbacks import Checkpoint
-
-    class LastCheckpoint(Checkpoint):
-        """``last.ckpt`` = the latest state: after every validation, at the step where training
-        stops (before the epoch is closed, so a resume goes on mid-epoch), and at the end of
-        training if neither wrote it. A ``Checkpoint`` so Lightning runs it after the other
-        callbacks (their state, e.g. the best score or the Timer's stop, is then current)."""
-
-        def __init__(self):
-            self.path = Path(path)
-            self.saved_step = None
-
-        def _save(self, trainer):
-            trainer.save_checkpoint(self.path, weights_only=False)  # full state (resumable)
-            self.saved_step = trainer.global_step
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.should_stop or (trainer.max_steps is not None and trainer.max_steps > 0
-                                       and trainer.global_step >= trainer.max_steps):
-                self._save(trainer)
-
-        def on_validation_end(self, trainer, pl_module):
-            if not trainer.sanity_checking:
-                self._save(trainer)
-
-        def on_train_end(self, trainer, pl_module):
-            if self.saved_step != trainer.global_step:
-                self._save(trainer)
-
-    return LastCheckpoint()
-
-
 def _nothing_to_do(run_dir: Path, step: int, verbose: bool) -> Optional[dict]:
     """A resume that has nothing left to train: the run's results.json stays as it is."""
     old = run_dir / "results.json"
@@ -361,8 +328,8 @@ class _RunCallbacks:
     def __init__(self, cfg: RunConfig, task, ckpt_dir: Path, verbose: bool, extra: Optional[list]):
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        from .callbacks import (InterruptCheckpoint, SolvedStopping, StepMetricsProgressBar,
-                                ValidationLines, WallClock)
+        from .callbacks import (InterruptCheckpoint, LastCheckpoint, SolvedStopping,
+                                StepMetricsProgressBar, ValidationLines, WallClock)
 
         # best.ckpt only; last.ckpt is LastCheckpoint's (ModelCheckpoint(save_last=True) with a
         # monitor rewrites last.ckpt only when the monitored loss improves)
@@ -378,7 +345,7 @@ class _RunCallbacks:
             mode="max" if task.higher_is_better else "min", **kw)
         self.interrupt = InterruptCheckpoint(ckpt_dir / "last.ckpt")
         self.clock = WallClock()
-        self.all = [self.best, self.best_metric, _make_last_checkpoint(ckpt_dir / "last.ckpt"),
+        self.all = [self.best, self.best_metric, LastCheckpoint(ckpt_dir / "last.ckpt"),
                     self.interrupt, self.clock]
         self.solved = None
         if cfg.stop_when_solved and task.solved(0.0 if not task.higher_is_better else 1.0) is not None:
