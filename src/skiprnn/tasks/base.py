@@ -317,10 +317,6 @@ def check_field_types(task) -> None:
                              f"got {v!r} ({type(v).__name__})")
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
