@@ -159,9 +159,7 @@ def _train_args(table: str, row: Row, seed: int, settings: dict, run_dir: Path, 
         args += ["--cost-per-sample", repr(row.cost_per_sample)]
     if row.p_skip is not None:
         args += ["--p-skip", repr(row.p_skip)]
-    opts = dict(settings.get("task_options", {}))
-    opts.update(row.task_options)
-    for k, v in opts.items():
+    for k, v in {**settings.get("task_options", {}), **row.task_options}.items():
         args += ["--task-option", f"{k}={v}"]
     for k, v in settings.items():
         if k == "task_options":
@@ -465,11 +463,8 @@ def summarise(table, chosen, runs, settings, quick, seeds) -> dict:
     spec = TABLES[table]
     out_rows = []
     for row in chosen:
-        res = []
-        for s in range(seeds):
-            p = runs[(row.id, s)] / "results.json"
-            if p.exists():
-                res.append(json.loads(p.read_text()))
+        paths = [runs[(row.id, s)] / "results.json" for s in range(seeds)]
+        res = [json.loads(p.read_text()) for p in paths if p.exists()]
         d = {"id": row.id, "label": row.label, "model": row.model, "cost_per_sample": row.cost_per_sample,
              "p_skip": row.p_skip, "group": row.group, "paper": row.paper, "n_runs": len(res),
              "runs": [str(runs[(row.id, s)]) for s in range(seeds)]}
@@ -595,7 +590,7 @@ def _per_run_lines(rows: list[dict]) -> list[str]:
         lines += ["", "Per run (seed: solved, test metric, updates per sequence, steps run):", ""]
         for d in per:
             cells = []
-            for k, run in enumerate(d["runs"]):
+            for run in d["runs"]:
                 p = Path(run) / "results.json"
                 if not p.exists():
                     continue
