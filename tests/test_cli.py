@@ -344,7 +344,7 @@ def test_recipes_fill_what_the_user_did_not_give():
     from skiprnn.training.config import RECIPES
 
     def cfg(*args):
-        return build_train_config(build_parser().parse_args(["train", *args]), verbose=False)[0]
+        return build_train_config(build_parser().parse_args(["train", *args]))[0]
 
     fast = cfg("mnist")
     assert fast.recipe == "fast" and fast.lr == RECIPES["fast"]["lr"]["mnist"]
@@ -386,7 +386,7 @@ def test_warmup_until_metric_takes_a_level_solved_or_none():
     from skiprnn.training.module import SkipRNNModule
 
     def cfg(*args):
-        return build_train_config(build_parser().parse_args(["train", *args]), verbose=False)[0]
+        return build_train_config(build_parser().parse_args(["train", *args]))[0]
 
     assert cfg("adding").warmup_until_metric == 0.01
     assert cfg("adding", "--model", "skip_gru").warmup_until_metric == 0.01
@@ -438,7 +438,7 @@ def test_layer_picks_the_cell_independently_of_the_recipe():
     def module(*args):
         c = build_train_config(build_parser().parse_args(
             ["train", "adding", "--model", "skip_gru", "--hidden-size", "8", "--max-steps", "1",
-             *args]), verbose=False)[0]
+             *args]))[0]
         return c, SkipRNNModule(c.to_dict())
 
     c, m = module("--layer", "paper")

@@ -15,14 +15,13 @@ def test_budget_schedule_is_zero_in_warmup_then_ramps_then_constant():
     assert got[:3] == [0.0, 0.0, 0.0]
     assert got[3:7] == pytest.approx([0.25e-4, 0.5e-4, 0.75e-4, 1e-4])
     assert got[7:] == [1e-4, 1e-4]
-    assert not s.constant
-    assert BudgetSchedule(1e-4).constant and BudgetSchedule(1e-4)(0) == 1e-4   # the paper's
+    assert BudgetSchedule(1e-4)(0) == 1e-4   # the paper's
 
 
 def test_metric_warmup_holds_the_budget_until_the_metric_passes_then_ramps_from_there():
     warm = MetricWarmup(level=0.01)                     # lower is better (an MSE)
     s = BudgetSchedule(1e-4, warmup_steps=3, ramp_steps=2, until=warm)
-    assert not s.constant and warm.end(3) == math.inf
+    assert warm.end(3) == math.inf
     assert [s.fraction(k) for k in (0, 3, 50)] == [0.0, 0.0, 0.0]        # not passed: no budget
     assert not warm.observe(10, 0.5) and not warm.observe(20, float("nan"))
     assert warm.observe(30, 0.01)                        # at the level counts
@@ -120,8 +119,8 @@ def test_mnist_standardize_option():
     pytest.importorskip("mnist")
     raw = get_task("mnist", limit=64).train_dataset()
     std = get_task("mnist", limit=64, standardize=True).train_dataset()
-    x0, y0 = raw.tensors()
-    x1, y1 = std.tensors()
+    x0, y0 = raw.batch(range(len(raw)))
+    x1, y1 = std.batch(range(len(std)))
     torch.testing.assert_close(x1, (x0 - 0.1307) / 0.3081)
     assert torch.equal(y0, y1)
     xb, _ = std.batch([3, 5])

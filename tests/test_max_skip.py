@@ -428,7 +428,7 @@ def test_run_config_and_cli_reach_the_layer_and_a_resume_keeps_it(tmp_path):
     from skiprnn.training.module import SkipRNNModule
 
     def cfg_of(*args):
-        return build_train_config(build_parser().parse_args(["train", *args]), verbose=False)[0]
+        return build_train_config(build_parser().parse_args(["train", *args]))[0]
 
     run = tmp_path / "run"
     tiny = ["--quick", "--max-steps", "4", "--val-every", "2", "--hidden-size", "8",
@@ -454,7 +454,7 @@ def test_run_config_and_cli_reach_the_layer_and_a_resume_keeps_it(tmp_path):
 
     fit(cfg, verbose=False)
     resumed = build_train_config(build_parser().parse_args(
-        ["train", "--resume", str(run), "--max-steps", "6"]), verbose=False)
+        ["train", "--resume", str(run), "--max-steps", "6"]))
     assert resumed[0].max_skip == 3
     fit(resumed[0], resume=resumed[1], verbose=False)
     module = load_module(run, "last")[0]

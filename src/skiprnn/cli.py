@@ -28,15 +28,11 @@ __all__ = ["main", "build_parser"]
 TABLE_CHOICES = ("table1", "table2", "table4")
 
 
-def _version() -> str:
-    from . import __version__
-    return __version__
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     p = argparse.ArgumentParser(prog="skiprnn", description="Skip RNN (Campos et al., ICLR 2018): "
                                 "train, evaluate and reproduce the paper's experiments.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     # ---------------------------------------------------------------- train
@@ -45,21 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ---------------------------------------------------------------- evaluate
     e = sub.add_parser("evaluate", help="test metrics, updates and FLOPs of a trained run")
-    e.add_argument("run", help="run directory")
-    e.add_argument(
-        "--ckpt", default="best",
-        help="best | last | best_metric (best validation task metric) | path (default best)")
+    pl = sub.add_parser("plot",
+                        help="paper-like figures and learning curves of a run (RUN/figures/)")
+    for q in (e, pl):
+        q.add_argument("run", help="run directory")
+        q.add_argument(
+            "--ckpt", default="best",
+            help="best | last | best_metric (best validation task metric) | path (default best)")
     e.add_argument("--split", default="test", choices=("test", "val"), help="data split (default test)")
     e.add_argument("--threshold", type=float, nargs="+", help="inference thresholds τ (u = 1[ũ > τ])")
     e.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     e.add_argument("--eval-batch-size", type=int, help="default: the run's (>= 1)")
 
     # ---------------------------------------------------------------- plot
-    pl = sub.add_parser("plot", help="paper-like figures and learning curves of a run (RUN/figures/)")
-    pl.add_argument("run", help="run directory")
-    pl.add_argument(
-        "--ckpt", default="best",
-        help="best | last | best_metric (best validation task metric) | path (default best)")
     pl.add_argument("--samples", type=int, default=10, help="sequences to draw (>= 1, default 10)")
 
     # ---------------------------------------------------------------- data
@@ -99,13 +93,9 @@ def _error(msg: str) -> int:
 
 # ==================================================================== commands
 def cmd_train(ns) -> int:
-    cfg, resume, overwrite = build_train_config(ns)
-    return _run_fit(cfg, resume, overwrite)
-
-
-def _run_fit(cfg, resume, overwrite) -> int:
     from .training.config import ConfigError
     from .training.fit import RunInterrupted, fit
+    cfg, resume, overwrite = build_train_config(ns)
     try:
         fit(cfg, resume=resume, overwrite=overwrite)
     except RunInterrupted as e:

@@ -139,11 +139,6 @@ class BudgetSchedule:
             return (step - start + 1) / self.ramp_steps
         return 1.0
 
-    @property
-    def constant(self) -> bool:
-        """Whether λ is the same at every step (the paper's)."""
-        return self.warmup_steps == 0 and self.ramp_steps <= 1 and self.until is None
-
 
 @dataclass(frozen=True)
 class CosineDecay:

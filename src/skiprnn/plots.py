@@ -41,9 +41,7 @@ SKIPPED_COLOR = "#1f77b4"  # blue: sample skipped (state copied)
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-# ------------------------------------------------------------------------------------------------
-# helpers
-# ------------------------------------------------------------------------------------------------
+# ----- helpers ------------------------------------------------------------------------------------
 def _np(a, dtype=np.float64) -> np.ndarray:
     """Tensor / array / list -> numpy array of ``dtype`` (detached, on CPU)."""
     if hasattr(a, "detach"):
@@ -83,15 +81,36 @@ def _as_sequences(x, updates, channels: Optional[int], name: str, max_samples: O
     return x, u > 0.5
 
 
-def _legend_handles(extra=()):
+def _rows_figure(n: int, figsize, dpi) -> tuple:
+    """``(fig, figsize, axes)`` of ``n`` sample rows sharing the time axis (paper Figs. 5, 6)."""
+    figsize = figsize or (9.0, 1.0 + 0.9 * n)
+    fig = _new_figure(figsize, dpi)
+    return fig, figsize, fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+
+
+def _label_row(ax, ylim, yticks, name: str, used) -> None:
+    ax.set_ylim(*ylim)
+    ax.set_yticks(yticks)
+    ax.tick_params(labelsize=7)
+    ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    ax.text(1.005, 0.5, f"{int(used.sum())}/{len(used)}\nused", transform=ax.transAxes,
+            fontsize=7, va="center")
+
+
+def _finish_rows(fig, figsize, extra_handles, title, left: float, ylabel: str, path, dpi) -> Path:
     handles = [Line2D([], [], ls="", marker="o", color=USED_COLOR, label="used (update)"),
-               Line2D([], [], ls="", marker="o", color=SKIPPED_COLOR, label="skipped (copy)")]
-    return handles + list(extra)
+               Line2D([], [], ls="", marker="o", color=SKIPPED_COLOR, label="skipped (copy)"),
+               *extra_handles]
+    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, x=0.02, ha="left", fontsize=10)
+    fig.subplots_adjust(left=left, right=0.92, top=1 - 0.5 / figsize[1], bottom=0.5 / figsize[1],
+                        hspace=0.15)
+    fig.text(0.01, 0.5, ylabel, rotation=90, va="center", fontsize=9)
+    return _save(fig, path, dpi)
 
 
-# ------------------------------------------------------------------------------------------------
-# sample figures
-# ------------------------------------------------------------------------------------------------
+# ----- sample figures -----------------------------------------------------------------------------
 def plot_adding_samples(x, updates, path: PathLike, *, max_samples: Optional[int] = 10,
                         title: Optional[str] = "Adding task: used (red) and skipped (blue) samples",
                         figsize: Optional[tuple] = None, dpi: int = 100) -> Path:
@@ -102,10 +121,8 @@ def plot_adding_samples(x, updates, path: PathLike, *, max_samples: Optional[int
     ones blue; the two marked samples get a black ring and a shaded column.
     """
     x, used = _as_sequences(x, updates, 2, "plot_adding_samples", max_samples)
-    n, T = used.shape
-    figsize = figsize or (9.0, 1.0 + 0.9 * n)
-    fig = _new_figure(figsize, dpi)
-    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+    T = used.shape[1]
+    fig, figsize, axes = _rows_figure(used.shape[0], figsize, dpi)
     t = np.arange(T)
     for i, ax in enumerate(axes):
         values, markers = x[i, :, 0], x[i, :, 1] > 0.5
@@ -116,23 +133,12 @@ def plot_adding_samples(x, updates, path: PathLike, *, max_samples: Optional[int
         ax.scatter(t[used[i]], values[used[i]], s=10, color=USED_COLOR, zorder=3)
         ax.scatter(t[markers], values[markers], s=70, facecolors="none", edgecolors="black",
                    linewidths=1.2, zorder=4)
-        ax.set_ylim(-0.6, 0.6)
-        ax.set_yticks([-0.5, 0.0, 0.5])
-        ax.tick_params(labelsize=7)
-        ax.set_ylabel(f"#{i}", rotation=0, ha="right", va="center", fontsize=8)
-        ax.text(1.005, 0.5, f"{int(used[i].sum())}/{T}\nused", transform=ax.transAxes,
-                fontsize=7, va="center")
+        _label_row(ax, (-0.6, 0.6), [-0.5, 0.0, 0.5], f"#{i}", used[i])
     axes[-1].set_xlabel("time step")
     axes[-1].set_xlim(-1, T)
     ring = Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="black",
                   label="marker")
-    fig.legend(handles=_legend_handles([ring]), loc="upper right", ncol=3, fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, x=0.02, ha="left", fontsize=10)
-    fig.subplots_adjust(left=0.07, right=0.92, top=1 - 0.5 / figsize[1], bottom=0.5 / figsize[1],
-                        hspace=0.15)
-    fig.text(0.01, 0.5, "value", rotation=90, va="center", fontsize=9)
-    return _save(fig, path, dpi)
+    return _finish_rows(fig, figsize, [ring], title, 0.07, "value", path, dpi)
 
 
 def plot_frequency_samples(x, updates, path: PathLike, *, sampling_period_ms: Optional[float] = None,
@@ -147,32 +153,18 @@ def plot_frequency_samples(x, updates, path: PathLike, *, sampling_period_ms: Op
     (N,) class indices shown per row.
     """
     x, used = _as_sequences(x, updates, 1, "plot_frequency_samples", max_samples)
-    n, T = used.shape
     lab = None if labels is None else _np(labels, np.int64)
-    figsize = figsize or (9.0, 1.0 + 0.9 * n)
-    fig = _new_figure(figsize, dpi)
-    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
-    t = np.arange(T) * (sampling_period_ms or 1.0)
+    fig, figsize, axes = _rows_figure(used.shape[0], figsize, dpi)
+    t = np.arange(used.shape[1]) * (sampling_period_ms or 1.0)
     for i, ax in enumerate(axes):
         v = x[i, :, 0]
         ax.plot(t, v, color="0.75", lw=0.8, zorder=1)
         ax.scatter(t[~used[i]], v[~used[i]], s=6, color=SKIPPED_COLOR, zorder=2)
         ax.scatter(t[used[i]], v[used[i]], s=12, color=USED_COLOR, zorder=3)
-        ax.set_ylim(-1.2, 1.2)
-        ax.set_yticks([-1, 0, 1])
-        ax.tick_params(labelsize=7)
-        name = f"#{i}" if lab is None else f"#{i}\nclass {lab[i]}"
-        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
-        ax.text(1.005, 0.5, f"{int(used[i].sum())}/{T}\nused", transform=ax.transAxes,
-                fontsize=7, va="center")
+        _label_row(ax, (-1.2, 1.2), [-1, 0, 1],
+                   f"#{i}" if lab is None else f"#{i}\nclass {lab[i]}", used[i])
     axes[-1].set_xlabel("time (ms)" if sampling_period_ms else "sample index")
-    fig.legend(handles=_legend_handles(), loc="upper right", ncol=2, fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, x=0.02, ha="left", fontsize=10)
-    fig.subplots_adjust(left=0.08, right=0.92, top=1 - 0.5 / figsize[1], bottom=0.5 / figsize[1],
-                        hspace=0.15)
-    fig.text(0.01, 0.5, "amplitude", rotation=90, va="center", fontsize=9)
-    return _save(fig, path, dpi)
+    return _finish_rows(fig, figsize, [], title, 0.08, "amplitude", path, dpi)
 
 
 def mask_colour(used, intensity) -> np.ndarray:
@@ -252,9 +244,7 @@ def mnist_masks_figure(images, updates, *, labels=None, max_samples: Optional[in
     return fig
 
 
-# ------------------------------------------------------------------------------------------------
-# learning curves
-# ------------------------------------------------------------------------------------------------
+# ----- learning curves ----------------------------------------------------------------------------
 def read_metrics_csv(path: PathLike, x: str = "step") -> "OrderedDict[str, tuple]":
     """Read a Lightning ``CSVLogger`` ``metrics.csv`` into ``{metric: (xs, ys)}``.
 
@@ -271,14 +261,8 @@ def read_metrics_csv(path: PathLike, x: str = "step") -> "OrderedDict[str, tuple
 
 
 def _to_float(v) -> float:
-    if v is None:
-        return math.nan
-    if isinstance(v, str):
-        v = v.strip()
-        if not v:
-            return math.nan
     try:
-        return float(v)
+        return float(v)   # strips whitespace; None and empty cells raise
     except (TypeError, ValueError):
         return math.nan
 
@@ -535,9 +519,7 @@ def _cell_gradient_panel(ax, get) -> None:
     ax.set_title("gradient on the cell's weights", fontsize=9)
 
 
-# ------------------------------------------------------------------------------------------------
-# trade-off
-# ------------------------------------------------------------------------------------------------
+# ----- trade-off ----------------------------------------------------------------------------------
 def plot_tradeoff(points: Sequence[Mapping], path: PathLike, metric_name: str = "accuracy", *,
                   title: Optional[str] = None, x_label: Optional[str] = None,
                   annotate: bool = True, figsize: tuple = (6.4, 4.8), dpi: int = 100) -> Path:

@@ -39,7 +39,7 @@ def test_task_splits_and_items(tmp_path):
     assert torch.equal(x[:, 0], arrays["train_images"][15].flatten().float() / 255)
     assert y.item() == 15 % 10
     assert 0.0 <= x.min() and x.max() <= 1.0
-    X, Y = tr.tensors()
+    X, Y = tr.batch(range(len(tr)))
     assert X.shape == (15, 784, 1) and torch.equal(X[3], tr[3][0])
     xb, yb = next(iter(torch.utils.data.DataLoader(tr, batch_size=4)))
     assert xb.shape == (4, 784, 1) and yb.shape == (4,)

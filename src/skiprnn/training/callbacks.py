@@ -4,26 +4,16 @@ line per validation; ``quiet_lightning``: Lightning's messages that say nothing 
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-__all__ = ["SolvedStopping", "InterruptCheckpoint", "WallClock", "StepMetricsProgressBar",
-           "ValidationLines", "quiet_lightning"]
-
-
-class _DropMessages(logging.Filter):
-    def __init__(self, prefixes):
-        super().__init__()
-        self.prefixes = tuple(prefixes)
-
-    def filter(self, record) -> bool:
-        return not str(record.getMessage()).startswith(self.prefixes)
+__all__ = ["SolvedStopping", "InterruptCheckpoint", "LastCheckpoint", "WallClock",
+           "StepMetricsProgressBar", "ValidationLines", "quiet_lightning"]
 
 
 #: warnings of Lightning / torch that no skiprnn user can act on: (message regex, why it is harmless)
@@ -44,7 +34,8 @@ def quiet_lightning():
     "💡 Tip" advert for its cloud logger and the warnings in ``_QUIET_WARNINGS``."""
     from lightning.fabric.utilities.rank_zero import rank_zero_module
     log = rank_zero_module.log
-    drop = _DropMessages(("💡 Tip",))
+    def drop(record) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
     log.addFilter(drop)
     try:
         with warnings.catch_warnings():
@@ -121,11 +112,9 @@ class InterruptCheckpoint(pl.Callback):
     def __init__(self, path):
         self.path = Path(path)
         self.interrupted = False
-        self.exception = None
 
     def on_exception(self, trainer, pl_module, exception):
         self.interrupted = True
-        self.exception = exception
         if trainer.state.fn != "fit" or trainer.global_step == 0 and trainer.current_epoch == 0:
             return
         try:
@@ -137,6 +126,34 @@ class InterruptCheckpoint(pl.Callback):
                                f"step {trainer.global_step} to {self.path}")
         except Exception as e:  # pragma: no cover - best effort while shutting down
             rank_zero_info(f"[skiprnn] could not save an interrupt checkpoint: {e}")
+
+
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt`` = the latest state: after every validation, at the step where training
+    stops (before the epoch is closed, so a resume goes on mid-epoch), and at the end of
+    training if neither wrote it. A ``Checkpoint`` so Lightning runs it after the other
+    callbacks (their state, e.g. the best score or the Timer's stop, is then current)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.saved_step = None
+
+    def _save(self, trainer):
+        trainer.save_checkpoint(self.path, weights_only=False)  # full state (resumable)
+        self.saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.should_stop or (trainer.max_steps is not None and trainer.max_steps > 0
+                                   and trainer.global_step >= trainer.max_steps):
+            self._save(trainer)
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.saved_step != trainer.global_step:
+            self._save(trainer)
 
 
 class WallClock(pl.Callback):

@@ -40,20 +40,14 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 SOLVED_LEVEL = "solved"
 
 
-def _level_number(level):
-    """A metric level as the number to check (None for SOLVED_LEVEL: the task's own level)."""
-    return None if level == SOLVED_LEVEL else level
-
-
 def _paper_task_options(task: str) -> dict:
     from .paper import paper_task_options   # imported when asked: it needs torch, this module not
     return paper_task_options(task)
 
 
 #: Named training recipes: the settings each one gives to the RunConfig fields the user did not
-#: set (a value, a dict per task, or a function of the task). ``paper`` is the paper's (Adam 1e-4 on every device, constant
-#: λ, the gate free from the first step); the others state what they change against it and why
-#: (README, "Training recipes"). Each entry's "doc" is printed by ``skiprnn train --help``.
+#: set (a value, a dict per task, or a function of the task); README, "Training recipes". Each
+#: entry's "doc" (what it is, and why) is printed by ``skiprnn train --help``.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
         "task_options": _paper_task_options,
@@ -105,9 +99,7 @@ _TIME_RE = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")
 LAYERS = ("nn", "paper")
 
 
-#: the checkpoints results.json may be measured on: best (lowest validation loss, budget included;
-#: the solved one with the fewest updates for stop-when-solved runs), last, best_metric (the best
-#: validation task metric alone)
+#: the checkpoints results.json may be measured on (fit.choose_checkpoint says which file each is)
 TEST_CHECKPOINTS = ("best", "last", "best_metric")
 
 
@@ -202,13 +194,10 @@ class RunConfig:
                 if allow_none:
                     return
                 raise ConfigError(f"{name} is required")
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            if integer:
-                ok = ok and float(v).is_integer()
-            if ok and lo is not None:
-                ok = v > lo if lo_open else v >= lo
-            if ok and hi is not None:
-                ok = v < hi if hi_open else v <= hi
+            ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  and (not integer or float(v).is_integer())
+                  and (lo is None or (v > lo if lo_open else v >= lo))
+                  and (hi is None or (v < hi if hi_open else v <= hi)))
             if not ok:
                 rng = ""
                 if lo is not None:
@@ -218,33 +207,27 @@ class RunConfig:
                 kind = "an integer" if integer else "a number"
                 raise ConfigError(f"{name} must be {kind} {rng}, got {v!r}")
 
+        def ints(**lower):   # integer fields and their lower bounds, checked in this order
+            for k, lo in lower.items():
+                num("--" + k.replace("_", "-"), getattr(self, k), lo=lo, integer=True)
+
         num("--cost-per-sample (λ)", self.cost_per_sample, lo=0)
         num("--p-skip", self.p_skip, lo=0, hi=1, hi_open=True)
-        num("--period", self.period, lo=1, integer=True)
-        num("--seed", self.seed, lo=0, integer=True)
-        num("--hidden-size", self.hidden_size, lo=1, integer=True)
-        num("--num-layers", self.num_layers, lo=1, integer=True)
+        ints(period=1, seed=0, hidden_size=1, num_layers=1)
         num("--lr", self.lr, lo=0, lo_open=True)
-        num("--batch-size", self.batch_size, lo=1, integer=True)
+        ints(batch_size=1)
         num("--grad-clip", self.grad_clip, lo=0)
-        num("--eval-batch-size", self.eval_batch_size, lo=1, integer=True)
-        num("--max-steps", self.max_steps, lo=1, integer=True)
-        num("--max-epochs", self.max_epochs, lo=1, integer=True)
-        num("--val-every", self.val_every, lo=1, integer=True)
-        num("--solved-patience", self.solved_patience, lo=0, integer=True)
-        num("--num-nodes", self.num_nodes, lo=1, integer=True)
-        num("--num-workers", self.num_workers, lo=0, integer=True)
-        num("--threads", self.threads, lo=1, integer=True)
-        num("--budget-warmup", self.budget_warmup, lo=0, integer=True)
-        num("--budget-ramp", self.budget_ramp, lo=0, integer=True)
-        num("--gate-warmup", self.gate_warmup, lo=0, integer=True)
+        ints(eval_batch_size=1, max_steps=1, max_epochs=1, val_every=1, solved_patience=0,
+             num_nodes=1, num_workers=0, threads=1, budget_warmup=0, budget_ramp=0, gate_warmup=0)
         num("--gate-lr-mult", self.gate_lr_mult, lo=0)
-        num("--warmup-until-metric (a number or 'solved')", _level_number(self.warmup_until_metric))
-        num("--max-skip", self.max_skip, lo=1, integer=True)
+        level = self.warmup_until_metric   # SOLVED_LEVEL: the task's own level, not checked here
+        num("--warmup-until-metric (a number or 'solved')", None if level == SOLVED_LEVEL
+            else level)
+        ints(max_skip=1)
         num("--target-rate", self.target_rate, lo=0, hi=1)
         num("--target-weight", self.target_weight, lo=0, allow_none=False)
         num("--lr-decay", self.lr_decay, lo=0, hi=1)
-        num("--lr-decay-start", self.lr_decay_start, lo=0, integer=True)
+        ints(lr_decay_start=0)
         if self.lr_decay_start is not None and self.lr_decay is None:
             raise ConfigError("--lr-decay-start sets where the cosine decay starts; this run has no "
                               "decay (give --lr-decay FACTOR too)")
@@ -354,15 +337,8 @@ class RunConfig:
         if bad:
             raise ConfigError(f"task {self.task!r} has no option(s) {', '.join(map(repr, bad))}; "
                               f"valid options: {', '.join(valid)}")
-        over = dict(opts)
-        fields_ = cls.field_names()
-        for k in ("hidden_size", "num_layers", "lr", "batch_size", "grad_clip", "data_dir"):
-            if getattr(self, k) is not None and k in fields_:
-                over[k] = getattr(self, k)
-        if self.val_every is not None and "train_batches_per_epoch" in fields_:
-            over["train_batches_per_epoch"] = self.val_every
         try:
-            cls(**over)   # the task's own checks (types, ranges); builds no data
+            cls(**task_overrides(self.to_dict()))   # the task's own checks; builds no data
         except (TypeError, ValueError) as e:
             raise ConfigError(f"--task-option: {e}") from None
 
@@ -377,6 +353,21 @@ class RunConfig:
             parts.append(f"per{self.period}")
         parts.append(f"s{self.seed}")
         return "-".join(parts)
+
+
+def task_overrides(cfg: dict) -> dict:
+    """The ``get_task`` overrides of a run config (a dict, as saved in ``config.json``): its task
+    options, and the run's own settings of the task's fields (``val_every``: the synthetic tasks'
+    ``train_batches_per_epoch``)."""
+    from ..tasks import TASKS
+    fields_ = TASKS[cfg["task"]].field_names()
+    over = dict(cfg.get("task_options") or {})
+    for k in ("hidden_size", "num_layers", "lr", "batch_size", "grad_clip", "data_dir",
+              "val_every"):
+        name = "train_batches_per_epoch" if k == "val_every" else k
+        if cfg.get(k) is not None and name in fields_:
+            over[name] = cfg[k]
+    return over
 
 
 def recipe_settings(recipe: str, task: str) -> dict[str, Any]:

@@ -74,15 +74,11 @@ class _StepLoader(DataLoader):
 
     def _start(self) -> tuple[int, int]:
         step, epoch = self.position() if self.position is not None else (None, 0)
-        if step is None:
-            return int(epoch), 0
         try:
-            n = len(self)
+            n = 0 if step is None else len(self)
         except TypeError:   # an endless stream: no epochs to align with
-            return int(epoch), 0
-        if n <= 0:
-            return int(epoch), 0
-        return divmod(int(step), n)
+            n = 0
+        return divmod(int(step), n) if n > 0 else (int(epoch), 0)
 
     def __iter__(self):
         epoch, skip = self._start()
@@ -143,12 +139,6 @@ class TaskDataModule(pl.LightningDataModule):
         self._val = self._test = None
         self.synthetic = hasattr(task, "sample")
 
-    def _rank(self) -> tuple[int, int]:
-        tr = getattr(self, "trainer", None)
-        if tr is None:
-            return 0, 1
-        return tr.global_rank, tr.world_size
-
     def _position(self) -> tuple:
         """``(global_step or None, epoch)`` of the trainer (where the training data go on)."""
         tr = getattr(self, "trainer", None)
@@ -158,9 +148,10 @@ class TaskDataModule(pl.LightningDataModule):
         return (None if step is None else int(step)), int(tr.current_epoch)
 
     def train_dataloader(self):
-        rank, world = self._rank()
         if self.synthetic:
-            seed = self.seed if world == 1 else f"{self.seed}/rank{rank}"
+            tr = getattr(self, "trainer", None)   # DDP: each rank its own stream
+            seed = (self.seed if tr is None or tr.world_size == 1
+                    else f"{self.seed}/rank{tr.global_rank}")
             stream = self.task.train_dataset(seed)
             # its own generator: creating the iterator then draws no number from the global RNG
             # (a resumed run would otherwise draw one more than an uninterrupted one)

@@ -16,15 +16,10 @@ def metrics_files(run_dir) -> list[Path]:
 
     Sessions without a metrics.csv (a resume that trained no step) are skipped, not taken as the
     end of the list."""
-    import re
     run_dir = Path(run_dir)
-    files = [run_dir / "csv" / "metrics.csv"]
-    resumes = []
-    for d in run_dir.glob("csv_resume*"):
-        m = re.fullmatch(r"csv_resume(\d+)", d.name)
-        if m and d.is_dir():
-            resumes.append((int(m.group(1)), d / "metrics.csv"))
-    files += [f for _, f in sorted(resumes)]
+    resumes = sorted((int(d.name[10:]), d / "metrics.csv") for d in run_dir.glob("csv_resume*")
+                     if d.name[10:].isdecimal() and d.is_dir())
+    files = [run_dir / "csv" / "metrics.csv"] + [f for _, f in resumes]
     return [f for f in files if f.is_file()]
 
 

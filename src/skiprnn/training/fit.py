@@ -79,11 +79,7 @@ def _accelerator(cfg: RunConfig) -> str:
 
 
 def _devices(v):
-    if isinstance(v, str) and v not in ("auto", "-1") and "," not in v:
-        return int(v)
-    if v == "-1":
-        return -1
-    return v
+    return int(v) if isinstance(v, str) and v != "auto" and "," not in v else v
 
 
 def _new_log_version(run_dir: Path) -> tuple[str, str]:
@@ -142,9 +138,9 @@ def load_initial_weights(module, path) -> None:
     shapes = [f"{k} {tuple(state[k].shape)} (this run: {tuple(own[k].shape)})"
               for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
     if missing or extra or shapes:
-        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-            [f"not in this model {', '.join(extra)}"] if extra else []) + (
-            [f"other shapes {'; '.join(shapes)}"] if shapes else [])
+        parts = [f"{w} {sep.join(v)}" for w, sep, v in (
+            ("missing", ", ", missing), ("not in this model", ", ", extra),
+            ("other shapes", "; ", shapes)) if v]
         raise ConfigError(f"{path} does not fit this run's model: {'; '.join(parts)}. {what}")
     module.load_state_dict(state)
 
@@ -164,39 +160,6 @@ def _remove_new_entries(run_dir: Path, before: Optional[set]) -> Path:
 def _holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds (part of) a run: a killed run leaves config.json and csv/."""
     return any((run_dir / p).exists() for p in ("results.json", "checkpoints", "config.json", "csv"))
-
-
-def _make_last_checkpoint(path):
-    from lightning.pytorch.callbacks import Checkpoint
-
-    class LastCheckpoint(Checkpoint):
-        """``last.ckpt`` = the latest state: after every validation, at the step where training
-        stops (before the epoch is closed, so a resume goes on mid-epoch), and at the end of
-        training if neither wrote it. A ``Checkpoint`` so Lightning runs it after the other
-        callbacks (their state, e.g. the best score or the Timer's stop, is then current)."""
-
-        def __init__(self):
-            self.path = Path(path)
-            self.saved_step = None
-
-        def _save(self, trainer):
-            trainer.save_checkpoint(self.path, weights_only=False)  # full state (resumable)
-            self.saved_step = trainer.global_step
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.should_stop or (trainer.max_steps is not None and trainer.max_steps > 0
-                                       and trainer.global_step >= trainer.max_steps):
-                self._save(trainer)
-
-        def on_validation_end(self, trainer, pl_module):
-            if not trainer.sanity_checking:
-                self._save(trainer)
-
-        def on_train_end(self, trainer, pl_module):
-            if self.saved_step != trainer.global_step:
-                self._save(trainer)
-
-    return LastCheckpoint()
 
 
 def _nothing_to_do(run_dir: Path, step: int, verbose: bool) -> Optional[dict]:
@@ -296,7 +259,7 @@ def _fit(cfg: RunConfig, resume, overwrite: bool, verbose: bool, callbacks,
         return _nothing_to_do(run_dir, start_step, verbose)
 
     measured = _measure_test(module, dm, cfg, run_dir / "checkpoints")
-    others = _measure_other_checkpoints(module, dm, cfg, run_dir / "checkpoints", measured[1])
+    others = _measure_other_checkpoints(module, dm, cfg, run_dir / "checkpoints", measured[2])
     results = _results(cfg, module, trainer, cbs, measured, data_source=data_source,
                        session_time=session_time, commit=commit, run_dir=run_dir)
     results["test_other_checkpoints"] = others
@@ -365,27 +328,24 @@ class _RunCallbacks:
     def __init__(self, cfg: RunConfig, task, ckpt_dir: Path, verbose: bool, extra: Optional[list]):
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        from .callbacks import (InterruptCheckpoint, SolvedStopping, StepMetricsProgressBar,
-                                ValidationLines, WallClock)
+        from .callbacks import (InterruptCheckpoint, LastCheckpoint, SolvedStopping,
+                                StepMetricsProgressBar, ValidationLines, WallClock)
 
         # best.ckpt only; last.ckpt is LastCheckpoint's (ModelCheckpoint(save_last=True) with a
         # monitor rewrites last.ckpt only when the monitored loss improves)
         # saved after validations only (not at the end of a training epoch, which a run stopped by
         # --max-steps before its first validation reaches with no validation loss to compare)
-        self.best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/loss",
-                                    mode="min", save_top_k=1, save_last=False,
-                                    auto_insert_metric_name=False, enable_version_counter=False,
-                                    save_on_train_epoch_end=False)
-        # best_metric.ckpt: the best validation task metric alone (accuracy / MSE, no budget term),
-        # the "best validation performance" rule of the paper code's text
+        kw = dict(dirpath=str(ckpt_dir), save_top_k=1, save_last=False,
+                  auto_insert_metric_name=False, enable_version_counter=False,
+                  save_on_train_epoch_end=False)
+        self.best = ModelCheckpoint(filename="best", monitor="val/loss", mode="min", **kw)
+        # best_metric.ckpt: the best validation task metric alone (OTHER_TEST_CHECKPOINTS)
         self.best_metric = ModelCheckpoint(
-            dirpath=str(ckpt_dir), filename="best_metric", monitor=f"val/{task.metric_name}",
-            mode="max" if task.higher_is_better else "min", save_top_k=1, save_last=False,
-            auto_insert_metric_name=False, enable_version_counter=False,
-            save_on_train_epoch_end=False)
+            filename="best_metric", monitor=f"val/{task.metric_name}",
+            mode="max" if task.higher_is_better else "min", **kw)
         self.interrupt = InterruptCheckpoint(ckpt_dir / "last.ckpt")
         self.clock = WallClock()
-        self.all = [self.best, self.best_metric, _make_last_checkpoint(ckpt_dir / "last.ckpt"),
+        self.all = [self.best, self.best_metric, LastCheckpoint(ckpt_dir / "last.ckpt"),
                     self.interrupt, self.clock]
         self.solved = None
         if cfg.stop_when_solved and task.solved(0.0 if not task.higher_is_better else 1.0) is not None:
@@ -489,26 +449,27 @@ def choose_checkpoint(ckpt_dir: Path, ckpt: str) -> tuple[str, Path]:
     return ckpt, Path(ckpt)
 
 
-def _measure_test(module, dm, cfg: RunConfig, ckpt_dir: Path) -> tuple[dict, str, Optional[int]]:
-    """``(test metrics, checkpoint name, its step)``: the test set measured on one device, exactly
-    (no DDP padding), on the checkpoint ``cfg.test_ckpt`` names; on the final weights ('final')
-    when that checkpoint was never written."""
+def _measure_test(module, dm, cfg: RunConfig, ckpt_dir: Path) -> tuple[dict, Optional[int], str]:
+    """``(test metrics, the checkpoint's step, its name)``: the test set measured on one device,
+    exactly (no DDP padding), on the checkpoint ``cfg.test_ckpt`` names; on the final weights
+    ('final') when that checkpoint was never written."""
     which, path = choose_checkpoint(ckpt_dir, cfg.test_ckpt)
-    device = module.device
-    ckpt_step = None
     if path.exists():
-        ck = read_checkpoint(path, "the test metrics cannot be measured on it")
-        module.load_state_dict(ck["state_dict"])
-        ckpt_step = ck.get("global_step")
-    else:
-        which = "final"
-    module.to(device)
-    return _seeded_evaluate(module, dm.test_dataloader(), device, cfg.seed), which, ckpt_step
+        return (*_test_on(module, dm, cfg, path), which)
+    return _seeded_evaluate(module, dm.test_dataloader(), module.device, cfg.seed), None, "final"
+
+
+def _test_on(module, dm, cfg: RunConfig, path: Path) -> tuple[dict, Optional[int]]:
+    """``(test metrics, step)`` of the checkpoint at ``path``, loaded into ``module``."""
+    ck = read_checkpoint(path, "the test metrics cannot be measured on it")
+    module.load_state_dict(ck["state_dict"])
+    test = _seeded_evaluate(module, dm.test_dataloader(), module.device, cfg.seed)
+    return test, ck.get("global_step")
 
 
 #: checkpoints measured on the test set besides the one results.json reports: the final weights
-#: (the paper's "after 600 epochs") and the best validation task metric (the paper code's "best
-#: validation performance"), so that a table can report both rules
+#: (the paper's "after 600 epochs") and the best validation task metric alone, no budget term
+#: (the paper code's "best validation performance"), so that a table can report both rules
 OTHER_TEST_CHECKPOINTS = ("last", "best_metric")
 
 
@@ -521,10 +482,8 @@ def _measure_other_checkpoints(module, dm, cfg: RunConfig, ckpt_dir: Path, measu
         path = ckpt_dir / f"{name}.ckpt"
         if name == measured or not path.exists():
             continue
-        ck = read_checkpoint(path, "the test metrics cannot be measured on it")
-        module.load_state_dict(ck["state_dict"])
-        test = _seeded_evaluate(module, dm.test_dataloader(), module.device, cfg.seed)
-        out[name] = {"step": ck.get("global_step"), "metric": test[metric],
+        test, step = _test_on(module, dm, cfg, path)
+        out[name] = {"step": step, "metric": test[metric],
                      "updates_mean": test["updates_mean"],
                      "updates_percent": 100.0 * test["update_fraction"], "solved": test["solved"]}
     return out
@@ -545,7 +504,7 @@ def _stop_reason(cfg: RunConfig, trainer, solved_cb) -> str:
 def _results(cfg: RunConfig, module, trainer, cbs: _RunCallbacks, measured: tuple, *, data_source,
              session_time: float, commit, run_dir: Path) -> dict:
     """The run's results.json."""
-    test, which, ckpt_step = measured
+    test, ckpt_step, which = measured
     t = module.task
     best_ckpt, solved_cb = cbs.best, cbs.solved
     return {
@@ -683,7 +642,6 @@ def evaluate_run(run_dir, ckpt: str = "best", split: str = "test", thresholds=No
         r = _seeded_evaluate(module, loader, device, cfg.get("seed", 0))
         r["threshold"] = getattr(module.rnn, "threshold", None)
         rows.append(r)
-    out = {"run_dir": str(run_dir), "checkpoint": str(path), "split": split, "task": cfg["task"],
-           "model": cfg["model"], "metric_name": module.metric_name, "seq_len": module.task.seq_len,
-           "results": rows}
-    return out
+    return {"run_dir": str(run_dir), "checkpoint": str(path), "split": split, "task": cfg["task"],
+            "model": cfg["model"], "metric_name": module.metric_name,
+            "seq_len": module.task.seq_len, "results": rows}

@@ -21,7 +21,7 @@ from ..metrics import inference_flops
 from ..modules import build_rnn
 from ..modules.registry import cell_kind, chrono_init_, has_learned_gate, paper_layer_kwargs
 from ..tasks import get_task
-from .config import SOLVED_LEVEL
+from .config import SOLVED_LEVEL, task_overrides
 from .paper import paper_optimizer
 
 __all__ = ["SkipRNNModule", "build_task", "final_hidden"]
@@ -29,17 +29,7 @@ __all__ = ["SkipRNNModule", "build_task", "final_hidden"]
 
 def build_task(cfg: dict):
     """The task object of a run config (a dict, as saved in ``config.json``)."""
-    over = dict(cfg.get("task_options") or {})
-    from ..tasks import TASKS
-    fields = TASKS[cfg["task"]].field_names()
-    for k in ("hidden_size", "num_layers", "lr", "batch_size", "grad_clip"):
-        if cfg.get(k) is not None and k in fields:
-            over[k] = cfg[k]
-    if cfg.get("val_every") is not None and "train_batches_per_epoch" in fields:
-        over["train_batches_per_epoch"] = cfg["val_every"]
-    if cfg.get("data_dir") is not None and "data_dir" in fields:
-        over["data_dir"] = cfg["data_dir"]
-    return get_task(cfg["task"], **over)
+    return get_task(cfg["task"], **task_overrides(cfg))
 
 
 def final_hidden(out, lengths=None) -> torch.Tensor:
@@ -124,10 +114,7 @@ class SkipRNNModule(pl.LightningModule):
                                skip=self.learned_gate)
 
     def _split_batch(self, batch):
-        if len(batch) == 3:
-            return batch
-        x, y = batch
-        return x, y, None
+        return batch if len(batch) == 3 else (*batch, None)
 
     @contextlib.contextmanager
     def held_open(self, on: bool = True):
@@ -161,28 +148,21 @@ class SkipRNNModule(pl.LightningModule):
         # training: λ of this optimizer step (the schedule's); validation / test: the full λ, so
         # that the validation loss (best.ckpt) measures the run's objective at every step
         share = self.budget.fraction(int(self.global_step)) if stage == "train" else 1.0
-        lam = self.cost_per_sample * share
         budget = self._budget_term(out.updates, lengths, share)
         loss = task_loss + budget
         B = x.shape[0]
-        with torch.no_grad():
-            u = out.updates.detach()
-            counts = u.sum(1) if lengths is None else (u * _mask(lengths, u.shape[1], u.device)).sum(1)
-            lens = (torch.full_like(counts, u.shape[1]) if lengths is None
-                    else torch.as_tensor(lengths, device=u.device).to(counts.dtype))
-            upd = counts.mean()
-            frac = (counts / lens).mean()
-            metric = self.task.metric(pred.detach(), y)
         if stage == "train":
             self.train_backend = getattr(self.rnn, "last_backend", "torch")
         values = {"loss": loss.detach(), "task_loss": task_loss.detach()}
         if self.cost_per_sample > 0 or self.target_rate is not None:
             values["budget_loss"] = budget.detach()
-        values[self.metric_name] = metric
-        values["updates"] = upd
-        values["update_fraction"] = frac
-        # FLOPs are linear in the updates: a tensor product, no host sync
-        values["flops"] = upd * self.flops(1.0)
+        with torch.no_grad():
+            counts, lens = _counts(out.updates.detach(), lengths)
+            upd = counts.mean()
+            # FLOPs are linear in the updates: a tensor product, no host sync
+            values.update({self.metric_name: self.task.metric(pred.detach(), y), "updates": upd,
+                           "update_fraction": (counts / lens).mean(),
+                           "flops": upd * self.flops(1.0)})
         if stage == "train":
             self._log_train(values, B)
             if self.learned_gate and self._trainer is not None and self._writes_step_logs():
@@ -301,7 +281,8 @@ class SkipRNNModule(pl.LightningModule):
         if params:
             self._budget_grads = tuple(None for _ in params)
             if share > 0 and (self.cost_per_sample > 0 or self.target_rate is not None):
-                with torch.random.fork_rng(devices=_rng_devices(u.device)):
+                devs = [u.device.index or 0] if u.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devs):
                     again = self.rnn(x, lengths=lengths)
                     part = self._budget_term(again.updates, lengths, share)
                 self._budget_grads = torch.autograd.grad(part, params, allow_unused=True)
@@ -317,11 +298,9 @@ class SkipRNNModule(pl.LightningModule):
         if self.gate_held_open():
             # the gate is held open: its W_p, b_p stay where they start (a gradient through a
             # gate that decides nothing would only drift them; Adam skips parameters without one)
-            for _, p in self._gate_named_parameters():
-                p.grad = None
-
-    def _gate_named_parameters(self) -> list:
-        return [(n, p) for n, p in self._rnn_parameters() if is_gate_parameter(n)]
+            for n, p in self._rnn_parameters():
+                if is_gate_parameter(n):
+                    p.grad = None
 
     def _log_gradient_split(self) -> None:
         grads = getattr(self, "_budget_grads", None)
@@ -470,8 +449,7 @@ class SkipRNNModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         state = getattr(self, "_saved_rng", None)   # restored but not applied yet
-        if state is None:
-            state = getattr(self, "_rng_val", None)
+        state = getattr(self, "_rng_val", None) if state is None else state
         step = getattr(self, "_rng_step", None)
         if state is None and step is not None and self._trainer is not None \
                 and step[0] == int(self.trainer.global_step) and self.trainer.training:
@@ -509,11 +487,7 @@ class SkipRNNModule(pl.LightningModule):
             x, y = x.to(device), y.to(device)
             pred, out = self(x, lengths)
             B = x.shape[0]
-            u = out.updates
-            m = None if lengths is None else _mask(lengths, u.shape[1], u.device)
-            counts = u.sum(1) if m is None else (u * m).sum(1)
-            lens = (torch.full_like(counts, u.shape[1]) if lengths is None
-                    else torch.as_tensor(lengths, device=u.device).to(counts.dtype))
+            counts, lens = _counts(out.updates, lengths)
             sums["metric"] += float(self.task.metric(pred, y)) * B
             sums["task_loss"] += float(self.task.loss(pred, y)) * B
             sums["budget_loss"] += self.cost_per_sample * float(counts.sum())
@@ -602,8 +576,13 @@ def _setting(config: dict, key: str, default):
     return default if v is None else v
 
 
-def _rng_devices(device) -> list:
-    return [device.index or 0] if device.type == "cuda" else []
+def _counts(u, lengths) -> tuple:
+    """Σ_t u_t per sequence of ``(B, T)`` updates (padding excluded) and the lengths, ``(B,)``."""
+    if lengths is None:
+        counts = u.sum(1)
+        return counts, torch.full_like(counts, u.shape[1])
+    counts = (u * _mask(lengths, u.shape[1], u.device)).sum(1)
+    return counts, torch.as_tensor(lengths, device=u.device).to(counts.dtype)
 
 
 def _mask(lengths, T, device):

@@ -84,25 +84,21 @@ _T4_PAPER = {  # row -> (solved, updates) at Ts = 1 ms, Ts = 0.5 ms
     "skip_gru_l1e-5": (("Yes", "51.9 ± 10.2"), ("Yes", "54.2 ± 4.4")),
     "skip_gru_l1e-4": (("Yes", "23.5 ± 6.2"), ("Yes", "22.5 ± 2.1")),
 }
-_T4_LABEL = {"lstm": ("LSTM", "lstm", 0.0), "skip_lstm_l0": ("Skip LSTM, λ = 0", "skip_lstm", 0.0),
-             "skip_lstm_l1e-5": ("Skip LSTM, λ = 1e-5", "skip_lstm", 1e-5),
-             "skip_lstm_l1e-4": ("Skip LSTM, λ = 1e-4", "skip_lstm", 1e-4),
-             "gru": ("GRU", "gru", 0.0), "skip_gru_l0": ("Skip GRU, λ = 0", "skip_gru", 0.0),
-             "skip_gru_l1e-5": ("Skip GRU, λ = 1e-5", "skip_gru", 1e-5),
-             "skip_gru_l1e-4": ("Skip GRU, λ = 1e-4", "skip_gru", 1e-4)}
 
 
 def _t4() -> list[Row]:
     rows = []
     for ts, col in ((1.0, 0), (0.5, 1)):
-        for rid, (label, model, lam) in _T4_LABEL.items():
-            s, u = _T4_PAPER[rid][col]
-            rows.append(Row(f"{rid}_ts{ts:g}", label, model, lam,
+        for rid, (s, u) in ((rid, p[col]) for rid, p in _T4_PAPER.items()):
+            model, lam = rid.rsplit("_l", 1) if rid.startswith("skip_") else (rid, "")
+            label = f"Skip {model[5:].upper()}, λ = {lam}" if lam else model.upper()
+            rows.append(Row(f"{rid}_ts{ts:g}", label, model, float(lam or 0),
                             task_options={"sampling_period_ms": ts},
                             paper={"solved": s, "updates": u}, group=f"Ts = {ts:g} ms"))
     for ts in (1.0, 0.5):   # not in the paper: a larger budget for CPU-length runs (clearly labelled)
-        for m, name in (("skip_lstm", "Skip LSTM"), ("skip_gru", "Skip GRU")):
-            rows.append(Row(f"{m}_l1e-3_ts{ts:g}", f"{name}, λ = 1e-3 (extra, not in paper)", m, 1e-3,
+        for m in ("skip_lstm", "skip_gru"):
+            rows.append(Row(f"{m}_l1e-3_ts{ts:g}",
+                            f"Skip {m[5:].upper()}, λ = 1e-3 (extra, not in paper)", m, 1e-3,
                             task_options={"sampling_period_ms": ts}, group=f"Ts = {ts:g} ms"))
     return rows
 
@@ -111,13 +107,14 @@ def _t4() -> list[Row]:
 #: gate's training controls come from the recipe (``fast`` by default; ``--set recipe=paper`` for
 #: the paper's code); the full settings add the stop rules chosen for CPU budgets (the paper trained
 #: the synthetic tasks until interrupted, MNIST for 600 epochs).
+_QUICK_SYNTHETIC = {"recipe": "fast", "lr": 1e-3, "max_steps": 20, "val_every": 10,
+                    "batch_size": 64, "task_options": {"val_size": 256, "test_size": 512}}
 TABLES = {
     "table1": {
         "task": "adding", "title": "Table 1: Adding task", "rows": _t1,
         "full": {"recipe": "fast", "max_steps": 5000, "val_every": 100, "stop_when_solved": True,
                  "solved_patience": 10},
-        "quick": {"recipe": "fast", "lr": 1e-3, "max_steps": 20, "val_every": 10, "batch_size": 64,
-                  "task_options": {"val_size": 256, "test_size": 512}},
+        "quick": _QUICK_SYNTHETIC,
         "metric": "mse",
     },
     "table2": {
@@ -131,8 +128,7 @@ TABLES = {
         "task": "frequency", "title": "Table 4: Frequency discrimination", "rows": _t4,
         "full": {"recipe": "fast", "max_steps": 4000, "val_every": 100, "stop_when_solved": True,
                  "solved_patience": 30},
-        "quick": {"recipe": "fast", "lr": 1e-3, "max_steps": 20, "val_every": 10, "batch_size": 64,
-                  "task_options": {"val_size": 256, "test_size": 512}},
+        "quick": _QUICK_SYNTHETIC,
         "metric": "accuracy",
     },
 }
@@ -163,9 +159,7 @@ def _train_args(table: str, row: Row, seed: int, settings: dict, run_dir: Path, 
         args += ["--cost-per-sample", repr(row.cost_per_sample)]
     if row.p_skip is not None:
         args += ["--p-skip", repr(row.p_skip)]
-    opts = dict(settings.get("task_options", {}))
-    opts.update(row.task_options)
-    for k, v in opts.items():
+    for k, v in {**settings.get("task_options", {}), **row.task_options}.items():
         args += ["--task-option", f"{k}={v}"]
     for k, v in settings.items():
         if k == "task_options":
@@ -178,9 +172,8 @@ def _train_args(table: str, row: Row, seed: int, settings: dict, run_dir: Path, 
                 args.append("--no-stop-when-solved")
         else:
             args += [flag, str(v)]
-    if row.model.startswith("skip_") and row.cost_per_sample == 0 and settings.get("stop_when_solved"):
-        args += ["--solved-patience", "0"]
-    if not row.model.startswith("skip_") and settings.get("stop_when_solved"):
+    if settings.get("stop_when_solved") and (not row.model.startswith("skip_")
+                                             or row.cost_per_sample == 0):
         args += ["--solved-patience", "0"]
     return args + list(extra)
 
@@ -228,7 +221,7 @@ def check_train_args(args: list[str], what: str):
         msg = msg[-1].split("error: ", 1)[-1] if msg else "bad arguments"
         raise ConfigError(f"{what}: `skiprnn train` would refuse its arguments: {msg}") from None
     try:
-        return build_train_config(ns, verbose=False)[0]
+        return build_train_config(ns)[0]
     except ConfigError as e:
         raise ConfigError(f"{what}: {e}") from None
 
@@ -264,13 +257,10 @@ def _command(table, seeds, quick, jobs, out, rows, runs_dir, extra, threads, set
 
 def _running_pid(rd: Path):
     """pid of a live training process marked in ``rd/RUNNING`` (another reproduce), else None."""
-    f = rd / "RUNNING"
-    if not f.exists():
-        return None
     try:
-        pid = int(f.read_text().split()[0])
+        pid = int((rd / "RUNNING").read_text().split()[0])
         os.kill(pid, 0)
-    except (ValueError, IndexError, ProcessLookupError, PermissionError, OSError):
+    except (ValueError, IndexError, OSError):   # no mark (FileNotFoundError), no such process
         return None
     return pid
 
@@ -279,9 +269,7 @@ def _fmt_pm(vals, fmt="{:.1f}", suffix=""):
     vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
         return "–"
-    m = sum(vals) / len(vals)
-    s = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
-    return f"{fmt.format(m)}{suffix} ± {fmt.format(s)}{suffix}"
+    return f"{fmt.format(_mean(vals))}{suffix} ± {fmt.format(_std(vals))}{suffix}"
 
 
 def _sci(x):
@@ -291,8 +279,8 @@ def _sci(x):
     return f"{x / 10 ** e:.2f} × 10^{e}"
 
 
-def _paper_settings():
-    return "Adam lr 1e-4, batch 256, global-norm clip 1; iterations not stated (adding/frequency), 600 epochs (MNIST)"
+_PAPER_SETTINGS = ("Adam lr 1e-4, batch 256, global-norm clip 1; iterations not stated "
+                   "(adding/frequency), 600 epochs (MNIST)")
 
 
 def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, out: str = DEFAULT_OUT,
@@ -337,7 +325,7 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
 
     def finished(job: _Job):
         if not _close_run(job, table, verbose):
-            failed.append((job.row.id, job.seed, job.run_dir))
+            failed.append(f"{job.row.id}/seed{job.seed}")
         write_table(table, current_summary(), out, quick)   # current while the other runs go on
 
     _run_jobs([] if report_only else todo, elsewhere, jobs,
@@ -345,8 +333,8 @@ def reproduce(table: str, seeds: int = 4, quick: bool = False, jobs: int = 1, ou
     summary = current_summary()
     summary["table_path"] = write_table(table, summary, out, quick)
     if failed and verbose:
-        print(f"[skiprnn] {len(failed)} run(s) failed: " + ", ".join(f"{a}/seed{b}" for a, b, _ in failed))
-    summary["failed"] = [f"{a}/seed{b}" for a, b, _ in failed]
+        print(f"[skiprnn] {len(failed)} run(s) failed: " + ", ".join(failed))
+    summary["failed"] = failed
     return summary
 
 
@@ -475,21 +463,16 @@ def summarise(table, chosen, runs, settings, quick, seeds) -> dict:
     spec = TABLES[table]
     out_rows = []
     for row in chosen:
-        res = []
-        for s in range(seeds):
-            p = runs[(row.id, s)] / "results.json"
-            if p.exists():
-                res.append(json.loads(p.read_text()))
+        paths = [runs[(row.id, s)] / "results.json" for s in range(seeds)]
+        res = [json.loads(p.read_text()) for p in paths if p.exists()]
         d = {"id": row.id, "label": row.label, "model": row.model, "cost_per_sample": row.cost_per_sample,
              "p_skip": row.p_skip, "group": row.group, "paper": row.paper, "n_runs": len(res),
              "runs": [str(runs[(row.id, s)]) for s in range(seeds)]}
         if res:
-            d["metric"] = [r["test_metric"] for r in res]
-            d["solved"] = [r["solved"] for r in res]
-            d["updates"] = [r["updates_mean"] for r in res]
-            d["updates_percent"] = [r["updates_percent"] for r in res]
-            d["flops"] = [r["flops"] for r in res]
-            d["steps"] = [r["steps"] for r in res]
+            for key, src in (("metric", "test_metric"), ("solved", "solved"),
+                             ("updates", "updates_mean"), ("updates_percent", "updates_percent"),
+                             ("flops", "flops"), ("steps", "steps")):
+                d[key] = [r[src] for r in res]
             d["ckpt_steps"] = [r.get("test_checkpoint_step") for r in res]
             for name in ("last", "best_metric"):   # the other checkpoint rules, where measured
                 o = [(r.get("test_other_checkpoints") or {}).get(name) for r in res]
@@ -503,7 +486,7 @@ def summarise(table, chosen, runs, settings, quick, seeds) -> dict:
         out_rows.append(d)
     return {"table": table, "task": spec["task"], "title": spec["title"], "quick": quick,
             "seeds": seeds, "settings": settings, "rows": out_rows,
-            "paper_settings": _paper_settings(),
+            "paper_settings": _PAPER_SETTINGS,
             "written_at": _dt.datetime.now().isoformat(timespec="seconds")}
 
 
@@ -538,8 +521,7 @@ def write_table(table: str, summary: dict, out: Path, quick: bool) -> Optional[P
               "updates/FLOPs per test sequence (paper §6 FLOP rule). Mean ± std over seeds.", ""]
     lines += _result_rows(table, rows)
     lines += _setting_differences(rows, st)
-    for n in summary.get("notes", []):
-        lines.append(f"- {n}")
+    lines += [f"- {n}" for n in summary.get("notes", [])]
     lines += _per_run_lines(rows)
     lines += _table_footer(table, summary, quick)
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -608,7 +590,7 @@ def _per_run_lines(rows: list[dict]) -> list[str]:
         lines += ["", "Per run (seed: solved, test metric, updates per sequence, steps run):", ""]
         for d in per:
             cells = []
-            for k, run in enumerate(d["runs"]):
+            for run in d["runs"]:
                 p = Path(run) / "results.json"
                 if not p.exists():
                     continue
