@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from . import coop
 from .triton_utils import HAS_TRITON, buffers, next_pow2
+from .triton_utils import ptr_or as _or
 
 if HAS_TRITON:
     import triton
@@ -519,6 +520,15 @@ if HAS_TRITON:
         tl.atomic_max(FLAG, bad)
 
 
+def _meta(cfg, B, H, device, precision, zeros=None):
+    """``coop.launch_meta`` plus the launch's keyword arguments shared by both kernels."""
+    HP, nr, nc, cnt, flag = coop.launch_meta(cfg, B, H, device, zeros)
+    kw = dict(BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], HP=HP, KC=cfg.get("KSPLIT", 1),
+              NCP=max(2, next_pow2(nc)), PRECISION=precision, SPIN=coop.SPIN_LIMIT,
+              num_warps=cfg["num_warps"], num_stages=1)
+    return nr, nc, cnt, flag, kw
+
+
 def launch_fwd(cell: str, xp, w_hh, b_ih, b_hh, gate_w, gate_b, mask, h0, c0, up0, cum0,
                threshold, precision, cfg, save=True, w_ih=None):
     """``cell`` 'lstm' | 'gru'; ``xp`` = x W_ih^T without biases (T,B,gates·H), or with
@@ -529,46 +539,24 @@ def launch_fwd(cell: str, xp, w_hh, b_ih, b_hh, gate_w, gate_b, mask, h0, c0, up
     T, B = xp.shape[:2]
     H = w_hh.shape[1]
     lstm = cell == "lstm"
-    I = xp.shape[2] if w_ih is not None else 0
-    HP, nr, nc, cnt, flag = coop.launch_meta(cfg, B, H, xp.device)
+    nr, nc, cnt, flag, kw = _meta(cfg, B, H, xp.device, precision)
     new = buffers(xp)
-    zp = new((2, nc, B))
-    cs = c_n = None
-    if save:
-        hs = new((T + 1, B, H))
-        cs = new((T + 1, B, H)) if lstm else None
-        gates = new((T, B, 4 * H))
-        stats = new((5, T, B))
-    else:
-        hs = new((2, B, H))
-        gates = stats = None
-    out = new((T, B, H))
-    upd = new((T, B))
-    prob = new((T, B))
-    up_n = new((B,))
-    cum_n = new((B,))
-    h_n = new((B, H))
-    if lstm:
-        c_n = new((B, H))
+    hs = new((T + 1 if save else 2, B, H))
+    cs = new((T + 1, B, H)) if save and lstm else None
+    gates, stats = (new((T, B, 4 * H)), new((5, T, B))) if save else (None, None)
+    out, upd, prob, up_n, cum_n, h_n, zp = (new(s) for s in (
+        (T, B, H), (T, B), (T, B), (B,), (B,), (B, H), (2, nc, B)))
+    c_n = new((B, H)) if lstm else None
     coop_fwd_kernel[(nr, nc)](
         # absent tensors (HAS_* False / XI = 0 / the GRU's c / inference's history) get any
         # valid pointer: never read or written
-        xp, w_hh if w_ih is None else w_ih, w_hh, up0 if b_ih is None else b_ih,
-        up0 if b_hh is None else b_hh, gate_w, gate_b,
-        mask if mask is not None else up0, up0, cum0,
-        h0, h0 if c0 is None else c0, hs, xp if cs is None else cs, xp if gates is None else gates,
-        out, upd, prob, xp if stats is None else stats, up_n, cum_n,
-        h_n, h_n if c_n is None else c_n,
-        zp, cnt, flag,
-        T, B, H, nc, float(threshold),
+        xp, _or(w_ih, w_hh), w_hh, _or(b_ih, up0), _or(b_hh, up0), gate_w, gate_b,
+        _or(mask, up0), up0, cum0, h0, _or(c0, h0), hs, _or(cs, xp), _or(gates, xp),
+        out, upd, prob, _or(stats, xp), up_n, cum_n, h_n, _or(c_n, h_n),
+        zp, cnt, flag, T, B, H, nc, float(threshold),
         CELL=cell, HAS_MASK=mask is not None, HAS_BIH=b_ih is not None,
-        HAS_BHH=b_hh is not None, XI=I, SAVE=save, BLOCK_B=cfg["BLOCK_B"],
-        BLOCK_N=cfg["BLOCK_N"], HP=HP, KC=cfg.get("KSPLIT", 1), NCP=max(2, next_pow2(nc)),
-        PRECISION=precision, SPIN=coop.SPIN_LIMIT,
-        num_warps=cfg["num_warps"], num_stages=1)
-    if not save:
-        hs = None
-    return (out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n), flag
+        HAS_BHH=b_hh is not None, XI=xp.shape[2] if w_ih is not None else 0, SAVE=save, **kw)
+    return (out, hs if save else None, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n), flag
 
 
 def launch_bwd(cell: str, w_hh, gate_w, mask, hs, cs, gates, stats, g_out, g_hn, g_cn, g_upn,
@@ -579,24 +567,13 @@ def launch_bwd(cell: str, w_hh, gate_w, mask, hs, cs, gates, stats, g_out, g_hn,
     ``zeros``: optional zeroed int32 scratch for the barrier counters (see ``coop.launch_meta``)."""
     T, B, H4 = gates.shape
     H = H4 // 4
-    HP, nr, nc, cnt, flag = coop.launch_meta(cfg, B, H, gates.device, zeros)
+    nr, nc, cnt, flag, kw = _meta(cfg, B, H, gates.device, precision, zeros)
     new = buffers(gates)
-    zp = new((2, nc, B))
-    dg = new((T, B, 4 * H))
-    gz = new((T, B))
-    dh0 = new((B, H))
+    zp, dg, gz, dh0, dup0, dcum0, part = (new(s) for s in (
+        (2, nc, B), (T, B, 4 * H), (T, B), (B, H), (B,), (B,), (nr, H + 1)))
     dc0 = new((B, H)) if cell == "lstm" else None
-    dup0 = new((B,))
-    dcum0 = new((B,))
-    part = new((nr, H + 1))
     coop_bwd_kernel[(nr, nc)](
-        w_hh, gate_w, mask if mask is not None else dup0, hs, hs if cs is None else cs, gates,
-        stats, g_out, g_upd, g_prob, g_upn, g_cumn, g_hn, g_hn if g_cn is None else g_cn,
-        dg, gz, dh0, dh0 if dc0 is None else dc0, dup0, dcum0, part,
-        zp, cnt, flag,
-        T, B, H, nc,
-        CELL=cell, HAS_MASK=mask is not None, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
-        HP=HP, KC=cfg.get("KSPLIT", 1), NCP=max(2, next_pow2(nc)), PRECISION=precision,
-        SPIN=coop.SPIN_LIMIT,
-        num_warps=cfg["num_warps"], num_stages=1)
+        w_hh, gate_w, _or(mask, dup0), hs, _or(cs, hs), gates, stats, g_out, g_upd, g_prob, g_upn,
+        g_cumn, g_hn, _or(g_cn, g_hn), dg, gz, dh0, _or(dc0, dh0), dup0, dcum0, part,
+        zp, cnt, flag, T, B, H, nc, CELL=cell, HAS_MASK=mask is not None, **kw)
     return (dg, gz, dh0, dc0, dup0, dcum0, part), flag
