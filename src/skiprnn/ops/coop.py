@@ -204,30 +204,6 @@ def fuse_input(I: int) -> bool:
     return 0 < I <= FUSE_INPUT_MAX and _env(FUSE_INPUT_ENV, "1") != "0"
 
 
-class InputProjection:
-    """The input side of a forward: ``x`` (T,B,I) and ``W_ih`` (gates·H, I). A cooperative
-    configuration with ``FUSE`` projects small inputs itself (``fuse_input``); otherwise, and for
-    the old kernels, ``x W_ih^T`` (no bias) is one GEMM, made once and only if a path asks."""
-
-    def __init__(self, xc: torch.Tensor, w_ihc: torch.Tensor):
-        self.xc, self.w_ihc, self._xp = xc, w_ihc, None
-        self.fusable = fuse_input(xc.shape[2])
-
-    def xp(self) -> torch.Tensor:
-        """``x W_ih^T`` (T, B, gates·H)."""
-        if self._xp is None:
-            T, B, I = self.xc.shape
-            self._xp = torch.mm(self.xc.reshape(T * B, I), self.w_ihc.t()).view(T, B, -1)
-        return self._xp
-
-    def coop_args(self, cfg: dict) -> tuple:
-        """``(input, w_ih)`` for a cooperative forward with ``cfg``: ``(x, W_ih)`` when it
-        projects (``cfg['FUSE']``), else ``(x W_ih^T, None)``."""
-        if cfg.get("FUSE") and self.fusable:
-            return self.xc, self.w_ihc
-        return self.xp(), None
-
-
 def counter_scratch(cands: list[dict], B: int) -> int:
     """How many zeroed int32 a cooperative launch of any of ``cands`` needs for its barrier
     counters and deadlock flag (0 without candidates)."""
@@ -246,10 +222,7 @@ def once(value):
 
 
 def _cfg(bb, bn, nw, kc=1):
-    c = dict(BLOCK_B=bb, BLOCK_N=bn, num_warps=nw)
-    if kc > 1:
-        c["KSPLIT"] = kc
-    return c
+    return dict(BLOCK_B=bb, BLOCK_N=bn, num_warps=nw, **({"KSPLIT": kc} if kc > 1 else {}))
 
 
 def _parse(env: str) -> dict:

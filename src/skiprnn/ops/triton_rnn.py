@@ -26,6 +26,7 @@ their dtype. Nothing is compiled at import time; the module imports without Trit
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -92,28 +93,30 @@ def _fwd_paths(kind, cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w,
     forward (``kind`` 'fwd', or 'infer': nothing kept for a backward). Both launchers return
     ``(out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n)`` in the compute dtype."""
     cdt = compute_dtype(x.dtype)
-    T, B, _ = x.shape
+    T, B, I = x.shape
     H = w_hh.shape[1]
-    proj = coop.InputProjection(_c(x, cdt), _c(w_ih, cdt))
-    w_hhc, bih, bhh = _c(w_hh, cdt), _c(b_ih, cdt), _c(b_hh, cdt)
+    xc, w_ihc, w_hhc, bih, bhh = (_c(t, cdt) for t in (x, w_ih, w_hh, b_ih, b_hh))
     rest = (_c(gate_w.reshape(-1), cdt), _c(gate_b.reshape(-1), cdt), _c(mask, cdt),
             _c(h0, cdt), _c(c0, cdt), _c(up0, cdt), _c(cum0, cdt), threshold, precision)
+    # x W_ih^T (no bias): one GEMM, made once and only if a path reads it (a cooperative
+    # configuration with FUSE projects small inputs itself, see coop.fuse_input)
+    xp = functools.cache(lambda: torch.mm(xc.reshape(T * B, I), w_ihc.t()).view(T, B, -1))
+    fusable = coop.fuse_input(I)
 
     def run_coop(c):
-        xin, wih = proj.coop_args(c)
-        return coop_kernels.launch_fwd(cell, xin, w_hhc, bih, bhh, *rest, c,
-                                       save=kind == "fwd", w_ih=wih)
+        fused = c.get("FUSE") and fusable
+        return coop_kernels.launch_fwd(cell, xc if fused else xp(), w_hhc, bih, bhh, *rest, c,
+                                       save=kind == "fwd", w_ih=w_ihc if fused else None)
 
     def run_old():
-        xpb, b_hn = _old_bias(cell, proj.xp(), bih, bhh)
+        xpb, b_hn = _old_bias(cell, xp(), bih, bhh)
         res = rowblock.launch_fwd(cell, xpb, w_hhc, b_hn, *rest, tile_config(H, B), reset_after)
         hs, cs = res[1], res[2]
         return (*res, hs[T].clone(), None if cs is None else cs[T].clone())
 
-    key = (f"{cell}-{kind}", B, H, precision, mask is not None, str(cdt), str(x.device),
-           proj.fusable)
+    key = (f"{cell}-{kind}", B, H, precision, mask is not None, str(cdt), str(x.device), fusable)
     # the cooperative kernels have nn.GRU's candidate only
-    cands = coop.candidates(H, B, x.device, precision, proj.fusable) if reset_after else []
+    cands = coop.candidates(H, B, x.device, precision, fusable) if reset_after else []
     return key, cands, run_coop, run_old
 
 
@@ -158,11 +161,10 @@ def _backward(cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, grads, pr
     spare = coop.once(spare)
     bargs = (w_hhc, gwc, maskc, hs, cs, gates, stats, *g, precision)
     key = (f"{cell}-bwd", B, H, precision, maskc is not None, str(cdt), str(xc.device))
-    need = (False, *need)  # indexed as the old autograd function's (cell, x, h0, ...)
 
     def run_old():
         res = rowblock.launch_bwd(cell, *bargs, tile_config(H, B), reset_after)
-        part = _sums_old(cell, res[1], gates, hs, cs) if any(need[10:12]) else None
+        part = _sums_old(cell, res[1], gates, hs, cs) if any(need[9:]) else None
         return (*res, part)
 
     dg, gz, dh0, dc0, dup0, dcum0, part = coop.run(
@@ -170,10 +172,10 @@ def _backward(cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, grads, pr
         run_old)
     dg2 = dg.view(T * B, 4 * H)
     dxp = dg2 if lstm else dg2[:, :3 * H]                          # d(x W_ih^T + b_ih)
-    dx = (dxp @ w_ihc).view(T, B, I) if need[1] else None
-    dw_ih = dxp.t() @ xc.reshape(T * B, I) if need[6] else None
+    dx = (dxp @ w_ihc).view(T, B, I) if need[0] else None
+    dw_ih = dxp.t() @ xc.reshape(T * B, I) if need[5] else None
     dw_hh = None
-    if need[7]:
+    if need[6]:
         if lstm:
             dw_hh = dg2.t() @ hs[:-1].reshape(T * B, H)
         elif reset_after:
@@ -183,18 +185,18 @@ def _backward(cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, grads, pr
             dw_hh = torch.cat([dg2[:, :2 * H].t() @ hs[:-1].reshape(T * B, H),
                                dg2[:, 3 * H:].t() @ gates[..., 3 * H:].reshape(T * B, H)])
     db_ih = db_hh = dgw = dgb = None
-    if need[8] or need[9]:
+    if need[7] or need[8]:
         s = dg2.sum(0)  # LSTM: both biases'; GRU: [r, z, n (input side), W_hn h + b_hn]
         db_ih = db_hh = s
         if not lstm:
             db_ih = s[:3 * H]
-            db_hh = torch.cat([s[:2 * H], s[3 * H:]]) if need[9] else None
-    if need[10] or need[11]:
+            db_hh = torch.cat([s[:2 * H], s[3 * H:]]) if need[8] else None
+    if need[9] or need[10]:
         sums = part.sum(0)  # row blocks' sums of gz·(Δũ feature) and gz
         dgw = sums[:H].view(gate_w.shape)
         dgb = sums[H:].view(-1)
     grads = [dx, dh0, dc0, dup0, dcum0, dw_ih, dw_hh, db_ih, db_hh, dgw, dgb]
-    return [g if n else None for g, n in zip(grads, need[1:])]
+    return [g if n else None for g, n in zip(grads, need)]
 
 
 # ------------------------------------------------------------------ torch.library custom ops
@@ -296,9 +298,8 @@ def _triton_rnn_autograd(ctx, *grads):
         g[2] = None  # the GRU's (empty) c_n
     res = triton_rnn_backward(ctx.cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, *g,
                               ctx.precision, ctx.reset_after, need)
-    out = []
-    for grad, n, meta in zip(res, need, ctx.inputs):
-        out.append(grad.to(meta[0]).view(meta[1]) if n else None)  # the input's dtype, shape
+    # each gradient in its input's dtype and shape
+    out = [grad.to(m[0]).view(m[1]) if n else None for grad, n, m in zip(res, need, ctx.inputs)]
     return (None, *out, None, None, None, None)
 
 
