@@ -81,10 +81,7 @@ if HAS_TRITON:
             b2 = _bias(BIH, BHH, cols + 2 * H, cmask, zero_n, HAS_BIH, HAS_BHH)
             b3 = _bias(BIH, BHH, cols + 3 * H, cmask, zero_n, HAS_BIH, HAS_BHH)
         else:
-            b0 = zero_n
-            b1 = zero_n
-            b2 = zero_n
-            b3 = zero_n
+            b0, b1, b2, b3 = zero_n, zero_n, zero_n, zero_n
             if HAS_BIH:
                 b0 += tl.load(BIH + cols, mask=cmask, other=0.0)
                 b1 += tl.load(BIH + H + cols, mask=cmask, other=0.0)
@@ -190,10 +187,7 @@ if HAS_TRITON:
         HN (CN) (B,H) final state; ZP (2,NCOL,B) partials; CNT (#row blocks,) zeroed
         counters. The GRU's C0, CS, CN are never touched."""
         pr, pc, rows, rmask, rows64, cols, cmask, ks, kmask = _tile(B, H, BLOCK_B, BLOCK_N, HP)
-        if CELL == "lstm":
-            XW = 4 * H  # the row width of XP
-        else:
-            XW = 3 * H
+        XW = (4 if CELL == "lstm" else 3) * H  # the row width of XP
         H4 = 4 * H
         # the resident slice of W_hh^T: HP x BLOCK_N per gate, loaded once (read from W_hh
         # transposed: element (k, n) of gate g is W[g*H + n, k])
@@ -214,17 +208,11 @@ if HAS_TRITON:
         w0 = tl.load(wptr, mask=wm, other=0.0)
         w1 = tl.load(wptr + H * H, mask=wm, other=0.0)
         w2 = tl.load(wptr + 2 * H * H, mask=wm, other=0.0)
-        if CELL == "lstm":
-            w3 = tl.load(wptr + 3 * H * H, mask=wm, other=0.0)
-        else:
-            w3 = w2  # unused
+        w3 = tl.load(wptr + 3 * H * H, mask=wm, other=0.0) if CELL == "lstm" else w2  # w2: unused
         wp = tl.load(WP + cols, mask=cmask, other=0.0)
         zero_n = wp * 0.0
         b0, b1, b2, b3 = _biases(BIH, BHH, cols, cmask, zero_n, H, CELL, HAS_BIH, HAS_BHH)
-        if XI > 0:  # per-row width of the input stream: x (T,B,I) or XP (T,B,gates·H)
-            IW = XI
-        else:
-            IW = XW
+        IW = XI if XI > 0 else XW  # per-row width of the input stream: x (T,B,I) or XP
         bp = tl.load(BP)
         up = tl.load(UP0 + rows, mask=rmask, other=1.0)
         cum = tl.load(CUM0 + rows, mask=rmask, other=0.0)
@@ -238,10 +226,7 @@ if HAS_TRITON:
         zoff = pcs[:, None] * B + rows[None, :]
         zm = (pcs < NCOL)[:, None] & rmask[None, :]
         h_own = tl.load(H0 + soff, mask=m2, other=0.0)
-        if CELL == "lstm":
-            c_own = tl.load(C0 + soff, mask=m2, other=0.0)
-        else:
-            c_own = h_own  # unused
+        c_own = tl.load(C0 + soff, mask=m2, other=0.0) if CELL == "lstm" else h_own  # h: unused
         if SAVE:  # the history's step 0 (read by the backward only): each program its own units
             tl.store(HS + soff, h_own, mask=m2)
             if CELL == "lstm":
@@ -444,10 +429,7 @@ if HAS_TRITON:
         zoff = pcs[:, None] * B + rows[None, :]
         zm = (pcs < NCOL)[:, None] & rmask[None, :]
         gh = tl.load(GHN + soff, mask=m2, other=0.0)
-        if CELL == "lstm":
-            gc = tl.load(GCN + soff, mask=m2, other=0.0)
-        else:
-            gc = gh  # unused
+        gc = tl.load(GCN + soff, mask=m2, other=0.0) if CELL == "lstm" else gh  # gh: unused
         bad = pc * 0
         r_t = (T - 1) * B + rows
         go_t = GOUT + (T - 1) * B * H

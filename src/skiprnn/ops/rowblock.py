@@ -75,10 +75,7 @@ if HAS_TRITON:
         """``h W_hh^T`` for the columns ``cols`` of each gate block, tiled over BLOCK_K: the
         LSTM's four (i, f, g, o); the GRU's three (r, z, n) and its third again as the fourth.
         ``WT`` = W_hh^T (H, gates·H)."""
-        if CELL == "lstm":
-            GW = 4 * H  # the row width of WT
-        else:
-            GW = 3 * H
+        GW = (4 if CELL == "lstm" else 3) * H  # the row width of WT
         acc0 = tl.zeros((BLOCK_B, BLOCK_N), dtype=h_cur.dtype.element_ty)
         acc1 = tl.zeros((BLOCK_B, BLOCK_N), dtype=h_cur.dtype.element_ty)
         acc2 = tl.zeros((BLOCK_B, BLOCK_N), dtype=h_cur.dtype.element_ty)
@@ -199,10 +196,7 @@ if HAS_TRITON:
         the paper's candidate: r, z, n, r ⊙ h); STATS (5,T,B) gets u, ũ, Δũ, up_{t-1},
         cum_{t-1}. The LSTM takes ``RESET_AFTER=True`` (it has no reset gate)."""
         rows, rmask, rows64, offs_n, offs_k = _row_tile(B, BLOCK_B, BLOCK_N, BLOCK_K)
-        if CELL == "lstm":
-            XW = 4 * H  # the row width of XP
-        else:
-            XW = 3 * H
+        XW = (4 if CELL == "lstm" else 3) * H  # the row width of XP
         H4 = 4 * H
         up = tl.load(UP0 + rows, mask=rmask, other=1.0)
         cum = tl.load(CUM0 + rows, mask=rmask, other=0.0)
@@ -418,10 +412,7 @@ if HAS_TRITON:
                 for g in tl.static_range(N_HGATES):
                     # dh_prev += DG blocks · W_hh rows: LSTM all four in order; GRU
                     # [dr, dz, dhn] (DG columns 0, H, 3H) · W_hh rows 0, H, 2H
-                    if CELL == "lstm":
-                        dcol = g * H
-                    else:
-                        dcol = (g + g // 2) * H
+                    dcol = (g if CELL == "lstm" else g + g // 2) * H
                     for k0 in range(0, H, BLOCK_K):
                         ks = k0 + offs_k
                         kmask = ks < H

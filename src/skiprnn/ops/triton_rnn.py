@@ -209,7 +209,6 @@ def _backward(cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, grads, pr
 # inputs.
 
 
-
 @torch.library.custom_op(
     "skiprnn::triton_rnn_forward", mutates_args=(),
     schema=f"({OP_LAYER_ARGS}, str precision, bool reset_after) -> " + OP_OUTPUTS)
