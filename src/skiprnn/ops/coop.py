@@ -137,10 +137,7 @@ if HAS_TRITON:
         delta = tl.load(srow + 2 * T * B, mask=rmask, other=0.0)
         up_p = tl.load(srow + 3 * T * B, mask=rmask, other=0.0)
         cum_p = tl.load(srow + 4 * T * B, mask=rmask, other=0.0)
-        if HAS_MASK:
-            m = tl.load(MASK + r_t, mask=rmask, other=0.0)
-        else:
-            m = u * 0.0 + 1.0
+        m = tl.load(MASK + r_t, mask=rmask, other=0.0) if HAS_MASK else u * 0.0 + 1.0
         gupd = tl.load(GUPD + r_t, mask=rmask, other=0.0)
         gprob = tl.load(GPROB + r_t, mask=rmask, other=0.0)
         return u, ut, delta, up_p, cum_p, m, gupd, gprob
@@ -160,10 +157,6 @@ if HAS_TRITON:
         else:
             return acc + tl.sum(tl.dot(a, w, input_precision=PRECISION, out_dtype=acc.dtype),
                                 axis=0)
-
-
-def enabled() -> bool:
-    return _env(COOP_ENV, "1").lower() not in ("0", "off", "false", "no")
 
 
 @functools.cache
@@ -343,7 +336,7 @@ def run(key, cands: list[dict], launch_coop, launch_rowblock, hint=None):
     reuses the training forward's). Keys leave T out (the best configuration does not depend on
     the sequence length).
     """
-    if not cands or not enabled():
+    if not cands or _env(COOP_ENV, "1").lower() in ("0", "off", "false", "no"):
         return launch_rowblock()
     choice = _choice.get(key)
     if choice is None and _choice.get(hint) in (ROWBLOCK, *cands):

@@ -132,10 +132,7 @@ if HAS_TRITON:
                      HAS_MASK: tl.constexpr):
         """A step's mask entries (``m_default`` without a mask) and input pre-activations;
         ``r`` the step's (T, B) offsets, ``ptr`` its XP / x row."""
-        if HAS_MASK:
-            m = tl.load(MASK + r, mask=rmask, other=0.0)
-        else:
-            m = m_default
+        m = tl.load(MASK + r, mask=rmask, other=0.0) if HAS_MASK else m_default
         x0, x1, x2, x3 = _inputs(ptr, xoff, rows64, rmask, cols, cmask, m2, H, WIH,
                                  b0, b1, b2, b3, CELL, XI)
         return m, x0, x1, x2, x3
@@ -232,11 +229,7 @@ if HAS_TRITON:
             if CELL == "lstm":
                 tl.store(CS + soff, c_own, mask=m2)
         bad = pc * 0
-        xp_t = XP
-        g_t = G
-        o_t = OUT
-        r_t = rows
-        h_rd = H0
+        xp_t, g_t, o_t, r_t, h_rd = XP, G, OUT, rows, H0
         # step 0's inputs; inside the loop the next step's are loaded before the barrier
         m, x0, x1, x2, x3 = _step_inputs(MASK, rows, zero_b + 1.0, XP, xoff, rows64, rmask, cols,
                                          cmask, m2, H, WIH, b0, b1, b2, b3, CELL, XI, HAS_MASK)
@@ -311,10 +304,7 @@ if HAS_TRITON:
                 tl.store(o_t + soff, h_own * m[:, None], mask=m2)
                 cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
                 m = m_n
-                x0 = xn0
-                x1 = xn1
-                x2 = xn2
-                x3 = xn3
+                x0, x1, x2, x3 = xn0, xn1, xn2, xn3
                 xp_t += B * IW
                 o_t += B * H
                 r_t += B

@@ -202,17 +202,10 @@ if HAS_TRITON:
         cum = tl.load(CUM0 + rows, mask=rmask, other=0.0)
         bp = tl.load(BP)
         zero_b = up * 0.0
-        h_cur = HS
-        c_cur = CS
-        xp_t = XP
-        g_t = G
-        o_t = OUT
+        h_cur, c_cur, xp_t, g_t, o_t = HS, CS, XP, G, OUT
         r_t = rows  # offset of (t, rows) in the (T, B) arrays
         for t in range(T):
-            if HAS_MASK:
-                m = tl.load(MASK + r_t, mask=rmask, other=0.0)
-            else:
-                m = zero_b + 1.0
+            m = tl.load(MASK + r_t, mask=rmask, other=0.0) if HAS_MASK else zero_b + 1.0
             ut, upd, u = _decide(up, cum, m, threshold)
             # per-row scalars are stored before the tiles use them (Triton 3.6 layout pass)
             srow = STATS + r_t
