@@ -31,6 +31,7 @@ Environment knobs (read at call time):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -136,10 +137,7 @@ if HAS_TRITON:
         delta = tl.load(srow + 2 * T * B, mask=rmask, other=0.0)
         up_p = tl.load(srow + 3 * T * B, mask=rmask, other=0.0)
         cum_p = tl.load(srow + 4 * T * B, mask=rmask, other=0.0)
-        if HAS_MASK:
-            m = tl.load(MASK + r_t, mask=rmask, other=0.0)
-        else:
-            m = u * 0.0 + 1.0
+        m = tl.load(MASK + r_t, mask=rmask, other=0.0) if HAS_MASK else u * 0.0 + 1.0
         gupd = tl.load(GUPD + r_t, mask=rmask, other=0.0)
         gprob = tl.load(GPROB + r_t, mask=rmask, other=0.0)
         return u, ut, delta, up_p, cum_p, m, gupd, gprob
@@ -161,20 +159,15 @@ if HAS_TRITON:
                                 axis=0)
 
 
-def enabled() -> bool:
-    return _env(COOP_ENV, "1").lower() not in ("0", "off", "false", "no")
-
-
-_SMS: dict = {}
+@functools.cache
+def _sms(idx: int) -> int:
+    return torch.cuda.get_device_properties(idx).multi_processor_count
 
 
 def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 1 << 30
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SMS:
-        _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SMS[idx]
+    return _sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def grid_of(cfg: dict, B: int, H: int) -> tuple[int, int]:
@@ -204,30 +197,6 @@ def fuse_input(I: int) -> bool:
     return 0 < I <= FUSE_INPUT_MAX and _env(FUSE_INPUT_ENV, "1") != "0"
 
 
-class InputProjection:
-    """The input side of a forward: ``x`` (T,B,I) and ``W_ih`` (gates·H, I). A cooperative
-    configuration with ``FUSE`` projects small inputs itself (``fuse_input``); otherwise, and for
-    the old kernels, ``x W_ih^T`` (no bias) is one GEMM, made once and only if a path asks."""
-
-    def __init__(self, xc: torch.Tensor, w_ihc: torch.Tensor):
-        self.xc, self.w_ihc, self._xp = xc, w_ihc, None
-        self.fusable = fuse_input(xc.shape[2])
-
-    def xp(self) -> torch.Tensor:
-        """``x W_ih^T`` (T, B, gates·H)."""
-        if self._xp is None:
-            T, B, I = self.xc.shape
-            self._xp = torch.mm(self.xc.reshape(T * B, I), self.w_ihc.t()).view(T, B, -1)
-        return self._xp
-
-    def coop_args(self, cfg: dict) -> tuple:
-        """``(input, w_ih)`` for a cooperative forward with ``cfg``: ``(x, W_ih)`` when it
-        projects (``cfg['FUSE']``), else ``(x W_ih^T, None)``."""
-        if cfg.get("FUSE") and self.fusable:
-            return self.xc, self.w_ihc
-        return self.xp(), None
-
-
 def counter_scratch(cands: list[dict], B: int) -> int:
     """How many zeroed int32 a cooperative launch of any of ``cands`` needs for its barrier
     counters and deadlock flag (0 without candidates)."""
@@ -246,20 +215,14 @@ def once(value):
 
 
 def _cfg(bb, bn, nw, kc=1):
-    c = dict(BLOCK_B=bb, BLOCK_N=bn, num_warps=nw)
-    if kc > 1:
-        c["KSPLIT"] = kc
-    return c
+    return dict(BLOCK_B=bb, BLOCK_N=bn, num_warps=nw, **({"KSPLIT": kc} if kc > 1 else {}))
 
 
 def _parse(env: str) -> dict:
     """``BLOCK_B,BLOCK_N,num_warps[,KSPLIT][+x]`` (``+x``: the forward projects its inputs)."""
     env = env.strip()
-    fuse = env.endswith("+x")
     c = _cfg(*(int(v) for v in env.removesuffix("+x").split(",")))
-    if fuse:
-        c["FUSE"] = 1
-    return c
+    return dict(c, FUSE=1) if env.endswith("+x") else c
 
 
 def cfg_name(c) -> str:
@@ -269,11 +232,8 @@ def cfg_name(c) -> str:
         f",{c['KSPLIT']}" if c.get("KSPLIT", 1) > 1 else "") + ("+x" if c.get("FUSE") else "")
 
 
-_CANDS: dict = {}
-
-
-def candidates(H: int, B: int, device: torch.device, gates: int,
-               precision: str = "tf32", fusable: bool = False) -> list[dict]:
+def candidates(H: int, B: int, device: torch.device, precision: str = "tf32",
+               fusable: bool = False) -> list[dict]:
     """Cooperative configurations worth timing for this shape, best guess first; each one's grid
     fits in one wave. Under the interpreter: one column block only (no spinning). With 'ieee'
     (FMA dots, no mma operand replication) the configurations without a K split come first (the
@@ -283,12 +243,8 @@ def candidates(H: int, B: int, device: torch.device, gates: int,
     with ``FUSE=1`` first, the forward projecting its inputs itself; the timing then decides
     between that (one GEMM launch fewer, ~55 more registers per thread) and reading ``x W_ih^T``.
     Under the interpreter only the fused variant is returned."""
-    env, maxc = _env(CONFIG_ENV), _env(MAXCAND_ENV)
-    key = (H, B, str(device), gates, precision, env, maxc, interpreting(), fusable)
-    hit = _CANDS.get(key)
-    if hit is None:
-        hit = _CANDS[key] = _candidates(H, B, device, precision, env, int(maxc or 0), fusable)
-    return list(hit)
+    return list(_candidates(H, B, device, precision, _env(CONFIG_ENV), _env(MAXCAND_ENV),
+                            interpreting(), fusable))
 
 
 def _one_wave(cands: list[dict], B: int, H: int, device) -> list[dict]:
@@ -298,11 +254,12 @@ def _one_wave(cands: list[dict], B: int, H: int, device) -> list[dict]:
     return [c for c in cands if math.prod(grid_of(c, B, H)) <= nsm]
 
 
-def _candidates(H: int, B: int, device: torch.device, precision: str, env, maxc: int,
-                fusable: bool) -> list[dict]:
+@functools.cache
+def _candidates(H: int, B: int, device: torch.device, precision: str, env, maxc, interp: bool,
+                fusable: bool) -> tuple[dict, ...]:
     HP = max(16, next_pow2(H))
     forced = _parse(env) if env and env.strip() not in (ROWBLOCK, "old") else None
-    if interpreting():
+    if interp:
         cands = [forced if forced is not None and forced["BLOCK_N"] >= H else _cfg(16, HP, 4)]
         if fusable and not env:
             cands = [dict(cands[0], FUSE=1)]
@@ -327,15 +284,11 @@ def _candidates(H: int, B: int, device: torch.device, precision: str, env, maxc:
         cands = _one_wave(cands, B, H, device)
         if fusable and cands:
             cands = [dict(cands[0], FUSE=1)] + cands
-        if maxc > 0:
-            cands = cands[:maxc]
+        if maxc and int(maxc) > 0:
+            cands = cands[:int(maxc)]
     if not fusable:  # the backward (or wide inputs): FUSE has no meaning
         cands = [{k: v for k, v in c.items() if k != "FUSE"} for c in cands]
-    return cands
-
-
-def check_flag() -> bool:
-    return _env(CHECK_ENV, "0") not in ("", "0")
+    return tuple(cands)
 
 
 def _time(fn, reps=2):
@@ -349,9 +302,27 @@ def _time(fn, reps=2):
         res = fn()
     end.record()
     torch.cuda.synchronize()
-    if res is not None and bool(res):
+    if res:
         raise RuntimeError("cooperative barrier timed out (programs not co-resident)")
     return start.elapsed_time(end) / reps
+
+
+def _select(key, cands: list[dict], launch_coop, launch_rowblock):
+    """Times every candidate and the row-block kernels (compile + 2 timed launches each); the
+    fastest that ran wins (ROWBLOCK if none did)."""
+    timings, best, best_ms = {}, ROWBLOCK, None
+    for c in [*cands, ROWBLOCK]:
+        try:
+            ms = _time((lambda: (launch_rowblock(), 0)[1]) if c == ROWBLOCK
+                       else (lambda c=c: int(launch_coop(c)[1])))
+        except Exception as e:  # compile failure, out of resources, dead barrier
+            timings[cfg_name(c)] = f"{type(e).__name__}: {str(e)[:200]}"
+            continue
+        timings[cfg_name(c)] = ms
+        if best_ms is None or ms < best_ms:
+            best, best_ms = c, ms
+    _log.append((key, best, timings))
+    return best
 
 
 def run(key, cands: list[dict], launch_coop, launch_rowblock, hint=None):
@@ -360,47 +331,22 @@ def run(key, cands: list[dict], launch_coop, launch_rowblock, hint=None):
     ``launch_coop(cfg)`` returns ``(result, flag)`` (flag: int32 device tensor, nonzero when a
     barrier timed out); ``launch_rowblock()`` (the kernels with one program per block of rows)
     returns the result. On the first call for a key with more than one option, every option is
-    timed (compile + 2 timed launches each) and the winner cached.
-    ``hint``: another key whose choice is reused when this key has none yet. Keys leave T out
-    (the best configuration does not depend on the sequence length).
+    timed (``_select``) and the winner cached.
+    ``hint``: another key whose choice is reused when this key has none yet (e.g. inference
+    reuses the training forward's). Keys leave T out (the best configuration does not depend on
+    the sequence length).
     """
-    if not cands or not enabled():
+    if not cands or _env(COOP_ENV, "1").lower() in ("0", "off", "false", "no"):
         return launch_rowblock()
     choice = _choice.get(key)
-    if choice is None and hint is not None and hint in _choice:
-        choice = _choice[hint]  # e.g. inference reuses the training forward's choice
-        if choice != ROWBLOCK and choice not in cands:
-            choice = None
-        if choice is not None:
-            _choice[key] = choice
+    if choice is None and _choice.get(hint) in (ROWBLOCK, *cands):
+        choice = _choice[key] = _choice[hint]
     if choice is None:
-        force = _env(COOP_ENV, "").lower() == "force"
-        if len(cands) == 1 and (interpreting() or force or _env(CONFIG_ENV)):
-            choice = cands[0]
-        elif force or interpreting() or not torch.cuda.is_available():
+        if _env(COOP_ENV, "").lower() == "force" or interpreting() \
+                or not torch.cuda.is_available() or (len(cands) == 1 and _env(CONFIG_ENV)):
             choice = cands[0]
         else:
-            timings = {}
-            best, best_ms = ROWBLOCK, None
-            for c in cands:
-                name = cfg_name(c)
-                try:
-                    ms = _time(lambda c=c: _flag_value(launch_coop(c)[1]))
-                except Exception as e:  # compile failure, out of resources, dead barrier
-                    timings[name] = f"{type(e).__name__}: {str(e)[:200]}"
-                    continue
-                timings[name] = ms
-                if best_ms is None or ms < best_ms:
-                    best, best_ms = c, ms
-            try:
-                ms = _time(lambda: (launch_rowblock(), None)[1])
-                timings[ROWBLOCK] = ms
-                if best_ms is None or ms < best_ms:
-                    best, best_ms = ROWBLOCK, ms
-            except Exception as e:  # pragma: no cover
-                timings[ROWBLOCK] = f"{type(e).__name__}: {str(e)[:200]}"
-            choice = best
-            _log.append((key, choice, timings))
+            choice = _select(key, cands, launch_coop, launch_rowblock)
         _choice[key] = choice
     if choice == ROWBLOCK:
         return launch_rowblock()
@@ -413,16 +359,11 @@ def run(key, cands: list[dict], launch_coop, launch_rowblock, hint=None):
             raise
         _choice[key] = ROWBLOCK
         return launch_rowblock()
-    if n < 2 or check_flag():
-        if _flag_value(flag):
-            _choice[key] = ROWBLOCK
-            _log.append((key, ROWBLOCK, {"reason": "barrier timed out"}))
-            return launch_rowblock()
+    if (n < 2 or _env(CHECK_ENV, "0") not in ("", "0")) and int(flag):
+        _choice[key] = ROWBLOCK
+        _log.append((key, ROWBLOCK, {"reason": "barrier timed out"}))
+        return launch_rowblock()
     return res
-
-
-def _flag_value(flag) -> int:
-    return int(flag.item()) if flag is not None else 0
 
 
 def selection_log() -> list:
@@ -434,7 +375,7 @@ def choices() -> dict:
 
 
 def reset() -> None:
-    _CANDS.clear()
+    _candidates.cache_clear()
     _choice.clear()
     _uses.clear()
     _log.clear()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from . import coop
 from .triton_utils import HAS_TRITON, buffers, next_pow2
+from .triton_utils import ptr_or as _or
 
 if HAS_TRITON:
     import triton
@@ -80,10 +81,7 @@ if HAS_TRITON:
             b2 = _bias(BIH, BHH, cols + 2 * H, cmask, zero_n, HAS_BIH, HAS_BHH)
             b3 = _bias(BIH, BHH, cols + 3 * H, cmask, zero_n, HAS_BIH, HAS_BHH)
         else:
-            b0 = zero_n
-            b1 = zero_n
-            b2 = zero_n
-            b3 = zero_n
+            b0, b1, b2, b3 = zero_n, zero_n, zero_n, zero_n
             if HAS_BIH:
                 b0 += tl.load(BIH + cols, mask=cmask, other=0.0)
                 b1 += tl.load(BIH + H + cols, mask=cmask, other=0.0)
@@ -134,10 +132,7 @@ if HAS_TRITON:
                      HAS_MASK: tl.constexpr):
         """A step's mask entries (``m_default`` without a mask) and input pre-activations;
         ``r`` the step's (T, B) offsets, ``ptr`` its XP / x row."""
-        if HAS_MASK:
-            m = tl.load(MASK + r, mask=rmask, other=0.0)
-        else:
-            m = m_default
+        m = tl.load(MASK + r, mask=rmask, other=0.0) if HAS_MASK else m_default
         x0, x1, x2, x3 = _inputs(ptr, xoff, rows64, rmask, cols, cmask, m2, H, WIH,
                                  b0, b1, b2, b3, CELL, XI)
         return m, x0, x1, x2, x3
@@ -189,10 +184,7 @@ if HAS_TRITON:
         HN (CN) (B,H) final state; ZP (2,NCOL,B) partials; CNT (#row blocks,) zeroed
         counters. The GRU's C0, CS, CN are never touched."""
         pr, pc, rows, rmask, rows64, cols, cmask, ks, kmask = _tile(B, H, BLOCK_B, BLOCK_N, HP)
-        if CELL == "lstm":
-            XW = 4 * H  # the row width of XP
-        else:
-            XW = 3 * H
+        XW = (4 if CELL == "lstm" else 3) * H  # the row width of XP
         H4 = 4 * H
         # the resident slice of W_hh^T: HP x BLOCK_N per gate, loaded once (read from W_hh
         # transposed: element (k, n) of gate g is W[g*H + n, k])
@@ -213,17 +205,11 @@ if HAS_TRITON:
         w0 = tl.load(wptr, mask=wm, other=0.0)
         w1 = tl.load(wptr + H * H, mask=wm, other=0.0)
         w2 = tl.load(wptr + 2 * H * H, mask=wm, other=0.0)
-        if CELL == "lstm":
-            w3 = tl.load(wptr + 3 * H * H, mask=wm, other=0.0)
-        else:
-            w3 = w2  # unused
+        w3 = tl.load(wptr + 3 * H * H, mask=wm, other=0.0) if CELL == "lstm" else w2  # w2: unused
         wp = tl.load(WP + cols, mask=cmask, other=0.0)
         zero_n = wp * 0.0
         b0, b1, b2, b3 = _biases(BIH, BHH, cols, cmask, zero_n, H, CELL, HAS_BIH, HAS_BHH)
-        if XI > 0:  # per-row width of the input stream: x (T,B,I) or XP (T,B,gates·H)
-            IW = XI
-        else:
-            IW = XW
+        IW = XI if XI > 0 else XW  # per-row width of the input stream: x (T,B,I) or XP
         bp = tl.load(BP)
         up = tl.load(UP0 + rows, mask=rmask, other=1.0)
         cum = tl.load(CUM0 + rows, mask=rmask, other=0.0)
@@ -237,20 +223,13 @@ if HAS_TRITON:
         zoff = pcs[:, None] * B + rows[None, :]
         zm = (pcs < NCOL)[:, None] & rmask[None, :]
         h_own = tl.load(H0 + soff, mask=m2, other=0.0)
-        if CELL == "lstm":
-            c_own = tl.load(C0 + soff, mask=m2, other=0.0)
-        else:
-            c_own = h_own  # unused
+        c_own = tl.load(C0 + soff, mask=m2, other=0.0) if CELL == "lstm" else h_own  # h: unused
         if SAVE:  # the history's step 0 (read by the backward only): each program its own units
             tl.store(HS + soff, h_own, mask=m2)
             if CELL == "lstm":
                 tl.store(CS + soff, c_own, mask=m2)
         bad = pc * 0
-        xp_t = XP
-        g_t = G
-        o_t = OUT
-        r_t = rows
-        h_rd = H0
+        xp_t, g_t, o_t, r_t, h_rd = XP, G, OUT, rows, H0
         # step 0's inputs; inside the loop the next step's are loaded before the barrier
         m, x0, x1, x2, x3 = _step_inputs(MASK, rows, zero_b + 1.0, XP, xoff, rows64, rmask, cols,
                                          cmask, m2, H, WIH, b0, b1, b2, b3, CELL, XI, HAS_MASK)
@@ -325,10 +304,7 @@ if HAS_TRITON:
                 tl.store(o_t + soff, h_own * m[:, None], mask=m2)
                 cum = tl.where(m != 0, tl.where(upd, 0.0, ut), cum)
                 m = m_n
-                x0 = xn0
-                x1 = xn1
-                x2 = xn2
-                x3 = xn3
+                x0, x1, x2, x3 = xn0, xn1, xn2, xn3
                 xp_t += B * IW
                 o_t += B * H
                 r_t += B
@@ -443,10 +419,7 @@ if HAS_TRITON:
         zoff = pcs[:, None] * B + rows[None, :]
         zm = (pcs < NCOL)[:, None] & rmask[None, :]
         gh = tl.load(GHN + soff, mask=m2, other=0.0)
-        if CELL == "lstm":
-            gc = tl.load(GCN + soff, mask=m2, other=0.0)
-        else:
-            gc = gh  # unused
+        gc = tl.load(GCN + soff, mask=m2, other=0.0) if CELL == "lstm" else gh  # gh: unused
         bad = pc * 0
         r_t = (T - 1) * B + rows
         go_t = GOUT + (T - 1) * B * H
@@ -519,6 +492,15 @@ if HAS_TRITON:
         tl.atomic_max(FLAG, bad)
 
 
+def _meta(cfg, B, H, device, precision, zeros=None):
+    """``coop.launch_meta`` plus the launch's keyword arguments shared by both kernels."""
+    HP, nr, nc, cnt, flag = coop.launch_meta(cfg, B, H, device, zeros)
+    kw = dict(BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], HP=HP, KC=cfg.get("KSPLIT", 1),
+              NCP=max(2, next_pow2(nc)), PRECISION=precision, SPIN=coop.SPIN_LIMIT,
+              num_warps=cfg["num_warps"], num_stages=1)
+    return nr, nc, cnt, flag, kw
+
+
 def launch_fwd(cell: str, xp, w_hh, b_ih, b_hh, gate_w, gate_b, mask, h0, c0, up0, cum0,
                threshold, precision, cfg, save=True, w_ih=None):
     """``cell`` 'lstm' | 'gru'; ``xp`` = x W_ih^T without biases (T,B,gates·H), or with
@@ -529,46 +511,24 @@ def launch_fwd(cell: str, xp, w_hh, b_ih, b_hh, gate_w, gate_b, mask, h0, c0, up
     T, B = xp.shape[:2]
     H = w_hh.shape[1]
     lstm = cell == "lstm"
-    I = xp.shape[2] if w_ih is not None else 0
-    HP, nr, nc, cnt, flag = coop.launch_meta(cfg, B, H, xp.device)
+    nr, nc, cnt, flag, kw = _meta(cfg, B, H, xp.device, precision)
     new = buffers(xp)
-    zp = new((2, nc, B))
-    cs = c_n = None
-    if save:
-        hs = new((T + 1, B, H))
-        cs = new((T + 1, B, H)) if lstm else None
-        gates = new((T, B, 4 * H))
-        stats = new((5, T, B))
-    else:
-        hs = new((2, B, H))
-        gates = stats = None
-    out = new((T, B, H))
-    upd = new((T, B))
-    prob = new((T, B))
-    up_n = new((B,))
-    cum_n = new((B,))
-    h_n = new((B, H))
-    if lstm:
-        c_n = new((B, H))
+    hs = new((T + 1 if save else 2, B, H))
+    cs = new((T + 1, B, H)) if save and lstm else None
+    gates, stats = (new((T, B, 4 * H)), new((5, T, B))) if save else (None, None)
+    out, upd, prob, up_n, cum_n, h_n, zp = (new(s) for s in (
+        (T, B, H), (T, B), (T, B), (B,), (B,), (B, H), (2, nc, B)))
+    c_n = new((B, H)) if lstm else None
     coop_fwd_kernel[(nr, nc)](
         # absent tensors (HAS_* False / XI = 0 / the GRU's c / inference's history) get any
         # valid pointer: never read or written
-        xp, w_hh if w_ih is None else w_ih, w_hh, up0 if b_ih is None else b_ih,
-        up0 if b_hh is None else b_hh, gate_w, gate_b,
-        mask if mask is not None else up0, up0, cum0,
-        h0, h0 if c0 is None else c0, hs, xp if cs is None else cs, xp if gates is None else gates,
-        out, upd, prob, xp if stats is None else stats, up_n, cum_n,
-        h_n, h_n if c_n is None else c_n,
-        zp, cnt, flag,
-        T, B, H, nc, float(threshold),
+        xp, _or(w_ih, w_hh), w_hh, _or(b_ih, up0), _or(b_hh, up0), gate_w, gate_b,
+        _or(mask, up0), up0, cum0, h0, _or(c0, h0), hs, _or(cs, xp), _or(gates, xp),
+        out, upd, prob, _or(stats, xp), up_n, cum_n, h_n, _or(c_n, h_n),
+        zp, cnt, flag, T, B, H, nc, float(threshold),
         CELL=cell, HAS_MASK=mask is not None, HAS_BIH=b_ih is not None,
-        HAS_BHH=b_hh is not None, XI=I, SAVE=save, BLOCK_B=cfg["BLOCK_B"],
-        BLOCK_N=cfg["BLOCK_N"], HP=HP, KC=cfg.get("KSPLIT", 1), NCP=max(2, next_pow2(nc)),
-        PRECISION=precision, SPIN=coop.SPIN_LIMIT,
-        num_warps=cfg["num_warps"], num_stages=1)
-    if not save:
-        hs = None
-    return (out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n), flag
+        HAS_BHH=b_hh is not None, XI=xp.shape[2] if w_ih is not None else 0, SAVE=save, **kw)
+    return (out, hs if save else None, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n), flag
 
 
 def launch_bwd(cell: str, w_hh, gate_w, mask, hs, cs, gates, stats, g_out, g_hn, g_cn, g_upn,
@@ -579,24 +539,13 @@ def launch_bwd(cell: str, w_hh, gate_w, mask, hs, cs, gates, stats, g_out, g_hn,
     ``zeros``: optional zeroed int32 scratch for the barrier counters (see ``coop.launch_meta``)."""
     T, B, H4 = gates.shape
     H = H4 // 4
-    HP, nr, nc, cnt, flag = coop.launch_meta(cfg, B, H, gates.device, zeros)
+    nr, nc, cnt, flag, kw = _meta(cfg, B, H, gates.device, precision, zeros)
     new = buffers(gates)
-    zp = new((2, nc, B))
-    dg = new((T, B, 4 * H))
-    gz = new((T, B))
-    dh0 = new((B, H))
+    zp, dg, gz, dh0, dup0, dcum0, part = (new(s) for s in (
+        (2, nc, B), (T, B, 4 * H), (T, B), (B, H), (B,), (B,), (nr, H + 1)))
     dc0 = new((B, H)) if cell == "lstm" else None
-    dup0 = new((B,))
-    dcum0 = new((B,))
-    part = new((nr, H + 1))
     coop_bwd_kernel[(nr, nc)](
-        w_hh, gate_w, mask if mask is not None else dup0, hs, hs if cs is None else cs, gates,
-        stats, g_out, g_upd, g_prob, g_upn, g_cumn, g_hn, g_hn if g_cn is None else g_cn,
-        dg, gz, dh0, dh0 if dc0 is None else dc0, dup0, dcum0, part,
-        zp, cnt, flag,
-        T, B, H, nc,
-        CELL=cell, HAS_MASK=mask is not None, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
-        HP=HP, KC=cfg.get("KSPLIT", 1), NCP=max(2, next_pow2(nc)), PRECISION=precision,
-        SPIN=coop.SPIN_LIMIT,
-        num_warps=cfg["num_warps"], num_stages=1)
+        w_hh, gate_w, _or(mask, dup0), hs, _or(cs, hs), gates, stats, g_out, g_upd, g_prob, g_upn,
+        g_cumn, g_hn, _or(g_cn, g_hn), dg, gz, dh0, _or(dc0, dh0), dup0, dcum0, part,
+        zp, cnt, flag, T, B, H, nc, CELL=cell, HAS_MASK=mask is not None, **kw)
     return (dg, gz, dh0, dc0, dup0, dcum0, part), flag

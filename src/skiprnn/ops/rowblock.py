@@ -28,7 +28,8 @@ before dr and adds ``r ⊙ W_hnᵀ dn`` to dh; ``dW_hn`` is a GEMM with the save
 
 from __future__ import annotations
 
-from .triton_utils import HAS_TRITON, new_buffer
+from .triton_utils import HAS_TRITON, buffers
+from .triton_utils import ptr_or as _or
 
 if HAS_TRITON:
     import triton
@@ -74,10 +75,7 @@ if HAS_TRITON:
         """``h W_hh^T`` for the columns ``cols`` of each gate block, tiled over BLOCK_K: the
         LSTM's four (i, f, g, o); the GRU's three (r, z, n) and its third again as the fourth.
         ``WT`` = W_hh^T (H, gates·H)."""
-        if CELL == "lstm":
-            GW = 4 * H  # the row width of WT
-        else:
-            GW = 3 * H
+        GW = (4 if CELL == "lstm" else 3) * H  # the row width of WT
         acc0 = tl.zeros((BLOCK_B, BLOCK_N), dtype=h_cur.dtype.element_ty)
         acc1 = tl.zeros((BLOCK_B, BLOCK_N), dtype=h_cur.dtype.element_ty)
         acc2 = tl.zeros((BLOCK_B, BLOCK_N), dtype=h_cur.dtype.element_ty)
@@ -198,26 +196,16 @@ if HAS_TRITON:
         the paper's candidate: r, z, n, r ⊙ h); STATS (5,T,B) gets u, ũ, Δũ, up_{t-1},
         cum_{t-1}. The LSTM takes ``RESET_AFTER=True`` (it has no reset gate)."""
         rows, rmask, rows64, offs_n, offs_k = _row_tile(B, BLOCK_B, BLOCK_N, BLOCK_K)
-        if CELL == "lstm":
-            XW = 4 * H  # the row width of XP
-        else:
-            XW = 3 * H
+        XW = (4 if CELL == "lstm" else 3) * H  # the row width of XP
         H4 = 4 * H
         up = tl.load(UP0 + rows, mask=rmask, other=1.0)
         cum = tl.load(CUM0 + rows, mask=rmask, other=0.0)
         bp = tl.load(BP)
         zero_b = up * 0.0
-        h_cur = HS
-        c_cur = CS
-        xp_t = XP
-        g_t = G
-        o_t = OUT
+        h_cur, c_cur, xp_t, g_t, o_t = HS, CS, XP, G, OUT
         r_t = rows  # offset of (t, rows) in the (T, B) arrays
         for t in range(T):
-            if HAS_MASK:
-                m = tl.load(MASK + r_t, mask=rmask, other=0.0)
-            else:
-                m = zero_b + 1.0
+            m = tl.load(MASK + r_t, mask=rmask, other=0.0) if HAS_MASK else zero_b + 1.0
             ut, upd, u = _decide(up, cum, m, threshold)
             # per-row scalars are stored before the tiles use them (Triton 3.6 layout pass)
             srow = STATS + r_t
@@ -417,10 +405,7 @@ if HAS_TRITON:
                 for g in tl.static_range(N_HGATES):
                     # dh_prev += DG blocks · W_hh rows: LSTM all four in order; GRU
                     # [dr, dz, dhn] (DG columns 0, H, 3H) · W_hh rows 0, H, 2H
-                    if CELL == "lstm":
-                        dcol = g * H
-                    else:
-                        dcol = (g + g // 2) * H
+                    dcol = (g if CELL == "lstm" else g + g // 2) * H
                     for k0 in range(0, H, BLOCK_K):
                         ks = k0 + offs_k
                         kmask = ks < H
@@ -451,30 +436,18 @@ def launch_fwd(cell: str, xp, w_hh, b_hn, gate_w, gate_b, mask, h0, c0, up0, cum
     T, B = xp.shape[:2]
     H = w_hh.shape[1]
     lstm = cell == "lstm"
-    hs = new_buffer((T + 1, B, H), xp)
+    new = buffers(xp)
+    hs, gates, out, upd, prob, stats, up_n, cum_n = (new(s) for s in (
+        (T + 1, B, H), (T, B, 4 * H), (T, B, H), (T, B), (T, B), (5, T, B), (B,), (B,)))
     hs[0].copy_(h0)
-    cs = None
+    cs = new((T + 1, B, H)) if lstm else None
     if lstm:
-        cs = new_buffer((T + 1, B, H), xp)
         cs[0].copy_(c0)
-    gates = new_buffer((T, B, 4 * H), xp)
-    out = new_buffer((T, B, H), xp)
-    upd = new_buffer((T, B), xp)
-    prob = new_buffer((T, B), xp)
-    stats = new_buffer((5, T, B), xp)
-    up_n = new_buffer((B,), xp)
-    cum_n = new_buffer((B,), xp)
-    wt = w_hh.t().contiguous()
-    grid = (triton.cdiv(B, cfg["BLOCK_B"]),)
-    rowblock_fwd_kernel[grid](
+    rowblock_fwd_kernel[(triton.cdiv(B, cfg["BLOCK_B"]),)](
         # absent tensors (the LSTM's b_hn, the GRU's c history) get any valid pointer: never read
-        xp, wt, up0 if b_hn is None else b_hn, gate_w, gate_b,
-        mask if mask is not None else up0, up0, cum0,
-        hs, hs if cs is None else cs, gates, out, upd, prob, stats, up_n, cum_n,
-        T, B, H, float(threshold),
-        CELL=cell, HAS_MASK=mask is not None, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], PRECISION=precision, RESET_AFTER=lstm or bool(reset_after),
-        num_warps=cfg["num_warps"])
+        xp, w_hh.t().contiguous(), _or(b_hn, up0), gate_w, gate_b, _or(mask, up0), up0, cum0,
+        hs, _or(cs, hs), gates, out, upd, prob, stats, up_n, cum_n, T, B, H, float(threshold),
+        **_consts(cell, mask, precision, cfg, reset_after))
     return out, hs, cs, gates, upd, prob, stats, up_n, cum_n
 
 
@@ -485,23 +458,22 @@ def launch_bwd(cell: str, w_hh, gate_w, mask, hs, cs, gates, stats, g_out, g_hn,
     T, B, H4 = gates.shape
     H = H4 // 4
     lstm = cell == "lstm"
-    dg = new_buffer((T, B, 4 * H), gates)
-    gz = new_buffer((T, B), gates)
-    ghbuf = new_buffer((2, B, H), gates)
+    new = buffers(gates)
+    dg, gz, ghbuf, dup0, dcum0 = (new(s) for s in ((T, B, 4 * H), (T, B), (2, B, H), (B,), (B,)))
     ghbuf[0].copy_(g_hn)
-    gcbuf = None
+    gcbuf = new((2, B, H)) if lstm else None
     if lstm:
-        gcbuf = new_buffer((2, B, H), gates)
         gcbuf[0].copy_(g_cn)
-    dup0 = new_buffer((B,), gates)
-    dcum0 = new_buffer((B,), gates)
-    grid = (triton.cdiv(B, cfg["BLOCK_B"]),)
-    rowblock_bwd_kernel[grid](
-        w_hh, gate_w, mask if mask is not None else dup0, hs, hs if cs is None else cs, gates,
-        stats, g_out, g_upd, g_prob, g_upn, g_cumn,
-        dg, gz, ghbuf, ghbuf if gcbuf is None else gcbuf, dup0, dcum0,
-        T, B, H,
-        CELL=cell, HAS_MASK=mask is not None, BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], PRECISION=precision, RESET_AFTER=lstm or bool(reset_after),
-        N_HGATES=4 if lstm else 3 if reset_after else 2, num_warps=cfg["num_warps"])
+    rowblock_bwd_kernel[(triton.cdiv(B, cfg["BLOCK_B"]),)](
+        w_hh, gate_w, _or(mask, dup0), hs, _or(cs, hs), gates, stats, g_out, g_upd, g_prob,
+        g_upn, g_cumn, dg, gz, ghbuf, _or(gcbuf, ghbuf), dup0, dcum0, T, B, H,
+        N_HGATES=4 if lstm else 3 if reset_after else 2,
+        **_consts(cell, mask, precision, cfg, reset_after))
     return dg, gz, ghbuf[T % 2], None if gcbuf is None else gcbuf[T % 2], dup0, dcum0
+
+
+def _consts(cell, mask, precision, cfg, reset_after):
+    """The launch's keyword arguments shared by both kernels."""
+    return dict(CELL=cell, HAS_MASK=mask is not None, BLOCK_B=cfg["BLOCK_B"],
+                BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], PRECISION=precision,
+                RESET_AFTER=cell == "lstm" or bool(reset_after), num_warps=cfg["num_warps"])

@@ -26,6 +26,7 @@ their dtype. Nothing is compiled at import time; the module imports without Trit
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -33,8 +34,8 @@ from torch import Tensor
 
 from . import coop, coop_kernels, rowblock
 from .contract import OP_LAYER_ARGS, OP_OUTPUTS, GateOptions, RecurrenceResult, check_cell
-from .triton_utils import (check_device, compute_dtype, gate_sums, grads_or_zeros,
-                           require_triton, resolve_precision, tile_config)
+from .triton_utils import (check_device, compute_dtype, grads_or_zeros, require_triton,
+                           resolve_precision, tile_config)
 from .triton_utils import contiguous_as as _c
 
 GATES = {"lstm": 4, "gru": 3}  # gate blocks of W_ih / W_hh per cell
@@ -56,13 +57,17 @@ def _old_bias(cell: str, xp: Tensor, b_ih, b_hh) -> tuple[Tensor, Tensor | None]
 
 
 def _sums_old(cell: str, gz: Tensor, gates: Tensor, hs: Tensor, cs: Tensor | None) -> Tensor:
-    """``part`` of ``coop_kernels.launch_bwd`` for the row-block kernels: the Δũ feature (c̃ for
-    the LSTM, h̃ for the GRU) recomputed from the gates."""
+    """``part`` of ``coop_kernels.launch_bwd`` for the row-block kernels, in its one-row form
+    ``(1, H+1)``: Σ over all rows and steps of gz·s̃ and of gz (w_p's and b_p's gradients), the
+    Δũ feature s̃ (c̃ for the LSTM, h̃ for the GRU) recomputed from the gates."""
     H = hs.shape[-1]
     g = [gates[..., k * H:(k + 1) * H] for k in range(3)]
     if cell == "lstm":  # c̃ = f c + i g
-        return gate_sums(gz, g[1] * cs[:-1] + g[0] * g[2])
-    return gate_sums(gz, (1 - g[1]) * g[2] + g[1] * hs[:-1])  # h̃ = (1 - z) n + z h
+        feat = g[1] * cs[:-1] + g[0] * g[2]
+    else:  # h̃ = (1 - z) n + z h
+        feat = (1 - g[1]) * g[2] + g[1] * hs[:-1]
+    dgw = gz.reshape(1, -1) @ feat.reshape(-1, H)
+    return torch.cat([dgw.reshape(-1), gz.sum().reshape(1)]).unsqueeze(0)
 
 
 def _outputs(ts, like):
@@ -82,6 +87,39 @@ def _outputs(ts, like):
     return tuple(out)
 
 
+def _fwd_paths(kind, cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, mask,
+               threshold, precision, reset_after=True):
+    """``coop.run``'s key, candidates, ``launch_coop(cfg)`` and ``launch_rowblock()`` for a
+    forward (``kind`` 'fwd', or 'infer': nothing kept for a backward). Both launchers return
+    ``(out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n)`` in the compute dtype."""
+    cdt = compute_dtype(x.dtype)
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    xc, w_ihc, w_hhc, bih, bhh = (_c(t, cdt) for t in (x, w_ih, w_hh, b_ih, b_hh))
+    rest = (_c(gate_w.reshape(-1), cdt), _c(gate_b.reshape(-1), cdt), _c(mask, cdt),
+            _c(h0, cdt), _c(c0, cdt), _c(up0, cdt), _c(cum0, cdt), threshold, precision)
+    # x W_ih^T (no bias): one GEMM, made once and only if a path reads it (a cooperative
+    # configuration with FUSE projects small inputs itself, see coop.fuse_input)
+    xp = functools.cache(lambda: torch.mm(xc.reshape(T * B, I), w_ihc.t()).view(T, B, -1))
+    fusable = coop.fuse_input(I)
+
+    def run_coop(c):
+        fused = c.get("FUSE") and fusable
+        return coop_kernels.launch_fwd(cell, xc if fused else xp(), w_hhc, bih, bhh, *rest, c,
+                                       save=kind == "fwd", w_ih=w_ihc if fused else None)
+
+    def run_old():
+        xpb, b_hn = _old_bias(cell, xp(), bih, bhh)
+        res = rowblock.launch_fwd(cell, xpb, w_hhc, b_hn, *rest, tile_config(H, B), reset_after)
+        hs, cs = res[1], res[2]
+        return (*res, hs[T].clone(), None if cs is None else cs[T].clone())
+
+    key = (f"{cell}-{kind}", B, H, precision, mask is not None, str(cdt), str(x.device), fusable)
+    # the cooperative kernels have nn.GRU's candidate only
+    cands = coop.candidates(H, B, x.device, precision, fusable) if reset_after else []
+    return key, cands, run_coop, run_old
+
+
 @torch.autocast("cuda", enabled=False)  # no autocast inside (inputs cast by register_autocast)
 def _forward(cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, mask,
              threshold, precision, reset_after):
@@ -89,39 +127,12 @@ def _forward(cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b,
     cum_n (B,), updates (T, B), ũ (T, B))`` in ``x``'s dtype and what the backward reads,
     ``(hs (T+1, B, H), cs (T+1, B, H) | None, gates (T, B, 4H), stats (5, T, B))`` in the
     compute dtype."""
-    cdt = compute_dtype(x.dtype)
-    T, B, I = x.shape
-    H = w_hh.shape[1]
-    xc, w_ihc, w_hhc = _c(x, cdt), _c(w_ih, cdt), _c(w_hh, cdt)
-    bih, bhh = _c(b_ih, cdt), _c(b_hh, cdt)
-    gwc, gbc = _c(gate_w.reshape(-1), cdt), _c(gate_b.reshape(-1), cdt)
-    maskc = _c(mask, cdt)
-    state = (_c(h0, cdt), _c(c0, cdt), _c(up0, cdt), _c(cum0, cdt))
-    proj = coop.InputProjection(xc, w_ihc)
-    key = (f"{cell}-fwd", B, H, precision, maskc is not None, str(cdt), str(x.device),
-           proj.fusable)
-
-    def run_coop(c):
-        xin, wih = proj.coop_args(c)
-        return coop_kernels.launch_fwd(cell, xin, w_hhc, bih, bhh, gwc, gbc, maskc, *state,
-                                       threshold, precision, c, w_ih=wih)
-
-    def run_old():
-        xpb, b_hn = _old_bias(cell, proj.xp(), bih, bhh)
-        res = rowblock.launch_fwd(cell, xpb, w_hhc, b_hn, gwc, gbc, maskc, *state, threshold,
-                                  precision, tile_config(H, B), reset_after)
-        hs, cs = res[1], res[2]
-        return (*res, hs[T].clone(), None if cs is None else cs[T].clone())
-
-    # the cooperative kernels have nn.GRU's candidate only
-    cands = coop.candidates(H, B, x.device, GATES[cell], precision, proj.fusable) \
-        if reset_after else []
-    out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n = coop.run(
-        key, cands, run_coop, run_old)
-    dt = x.dtype
+    out, hs, cs, gates, upd, prob, stats, up_n, cum_n, h_n, c_n = coop.run(*_fwd_paths(
+        "fwd", cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w, gate_b, mask,
+        threshold, precision, reset_after))
     res = (out, h_n, c_n, up_n, cum_n, upd, prob)
-    if dt != cdt:
-        res = tuple(None if t is None else t.to(dt) for t in res)
+    if x.dtype != gates.dtype:
+        res = tuple(None if t is None else t.to(x.dtype) for t in res)
     return res, (hs, cs, gates, stats)
 
 
@@ -138,7 +149,7 @@ def _backward(cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, grads, pr
     gwc, maskc = _c(gate_w.reshape(-1), cdt), _c(mask, cdt)
     T, B, I = xc.shape
     H = w_hhc.shape[1]
-    cands = coop.candidates(H, B, xc.device, GATES[cell], precision) if reset_after else []
+    cands = coop.candidates(H, B, xc.device, precision) if reset_after else []
     gin = tuple(grads)
     shapes = ((T, B, H), (B, H), (B, H), (B,), (B,), (T, B), (T, B))
     if not lstm:  # no c: leave its (absent) gradient out
@@ -150,11 +161,10 @@ def _backward(cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, grads, pr
     spare = coop.once(spare)
     bargs = (w_hhc, gwc, maskc, hs, cs, gates, stats, *g, precision)
     key = (f"{cell}-bwd", B, H, precision, maskc is not None, str(cdt), str(xc.device))
-    need = (False, *need)  # indexed as the old autograd function's (cell, x, h0, ...)
 
     def run_old():
         res = rowblock.launch_bwd(cell, *bargs, tile_config(H, B), reset_after)
-        part = _sums_old(cell, res[1], gates, hs, cs) if any(need[10:12]) else None
+        part = _sums_old(cell, res[1], gates, hs, cs) if any(need[9:]) else None
         return (*res, part)
 
     dg, gz, dh0, dc0, dup0, dcum0, part = coop.run(
@@ -162,10 +172,10 @@ def _backward(cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, grads, pr
         run_old)
     dg2 = dg.view(T * B, 4 * H)
     dxp = dg2 if lstm else dg2[:, :3 * H]                          # d(x W_ih^T + b_ih)
-    dx = (dxp @ w_ihc).view(T, B, I) if need[1] else None
-    dw_ih = dxp.t() @ xc.reshape(T * B, I) if need[6] else None
+    dx = (dxp @ w_ihc).view(T, B, I) if need[0] else None
+    dw_ih = dxp.t() @ xc.reshape(T * B, I) if need[5] else None
     dw_hh = None
-    if need[7]:
+    if need[6]:
         if lstm:
             dw_hh = dg2.t() @ hs[:-1].reshape(T * B, H)
         elif reset_after:
@@ -175,18 +185,18 @@ def _backward(cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, grads, pr
             dw_hh = torch.cat([dg2[:, :2 * H].t() @ hs[:-1].reshape(T * B, H),
                                dg2[:, 3 * H:].t() @ gates[..., 3 * H:].reshape(T * B, H)])
     db_ih = db_hh = dgw = dgb = None
-    if need[8] or need[9]:
+    if need[7] or need[8]:
         s = dg2.sum(0)  # LSTM: both biases'; GRU: [r, z, n (input side), W_hn h + b_hn]
         db_ih = db_hh = s
         if not lstm:
             db_ih = s[:3 * H]
-            db_hh = torch.cat([s[:2 * H], s[3 * H:]]) if need[9] else None
-    if need[10] or need[11]:
+            db_hh = torch.cat([s[:2 * H], s[3 * H:]]) if need[8] else None
+    if need[9] or need[10]:
         sums = part.sum(0)  # row blocks' sums of gz·(Δũ feature) and gz
         dgw = sums[:H].view(gate_w.shape)
         dgb = sums[H:].view(-1)
     grads = [dx, dh0, dc0, dup0, dcum0, dw_ih, dw_hh, db_ih, db_hh, dgw, dgb]
-    return [g if n else None for g, n in zip(grads, need[1:])]
+    return [g if n else None for g, n in zip(grads, need)]
 
 
 # ------------------------------------------------------------------ torch.library custom ops
@@ -197,7 +207,6 @@ def _backward(cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, grads, pr
 # kernels' outputs are fresh buffers, and outputs that would share storage are cloned
 # (:func:`_outputs`), so no output aliases an input or another output; neither op writes its
 # inputs.
-
 
 
 @torch.library.custom_op(
@@ -288,9 +297,8 @@ def _triton_rnn_autograd(ctx, *grads):
         g[2] = None  # the GRU's (empty) c_n
     res = triton_rnn_backward(ctx.cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, *g,
                               ctx.precision, ctx.reset_after, need)
-    out = []
-    for grad, n, meta in zip(res, need, ctx.inputs):
-        out.append(grad.to(meta[0]).view(meta[1]) if n else None)  # the input's dtype, shape
+    # each gradient in its input's dtype and shape
+    out = [grad.to(m[0]).view(m[1]) if n else None for grad, n, m in zip(res, need, ctx.inputs)]
     return (None, *out, None, None, None, None)
 
 
@@ -298,8 +306,12 @@ triton_rnn_forward.register_autograd(_triton_rnn_autograd, setup_context=_setup_
 torch.library.register_autocast("skiprnn::triton_rnn_forward", "cuda", torch.float32)
 
 
-def _checked_threshold(name: str, layers, opts: GateOptions) -> float:
-    """The float threshold of a call the fast path runs; ValueError for what it does not run."""
+def _checked(cell: str, x: Tensor, state: tuple, layers, opts: GateOptions) -> tuple[float, str]:
+    """The float threshold and the precision of a call the Triton path runs; ValueError for what
+    it does not run (RuntimeError without Triton or off CUDA)."""
+    check_cell(cell, state, opts)
+    require_triton()
+    name = f"skip_rnn_triton({cell!r})"
     if len(layers) != 1:
         raise ValueError(f"{name} supports one layer, got {len(layers)}")
     if opts.forced is not None or opts.constant_delta is not None:
@@ -309,29 +321,8 @@ def _checked_threshold(name: str, layers, opts: GateOptions) -> float:
         raise ValueError(f"{name} does not support max_skip (no floor on Δũ in the kernels); "
                          "use the reference or the CPU path")
     threshold = opts.threshold
-    if isinstance(threshold, Tensor):
-        if threshold.dim() != 0:
-            raise ValueError(f"{name} needs a float threshold (no per-step thresholds)")
-    return float(threshold)
-
-
-def skip_rnn_triton(cell: str, x: Tensor, state: tuple, update_prob0: Tensor, cum_prob0: Tensor,
-                    layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
-                    opts: GateOptions = GateOptions()) -> RecurrenceResult:
-    """The Triton backend: one layer over fused kernels, forward and backward. Arguments and
-    result: :mod:`skiprnn.ops.contract` (``state`` tensors ``(1, B, H)``).
-
-    Supported: one layer, a float threshold, no ``forced`` / ``constant_delta`` / ``max_skip``
-    (ValueError otherwise; use the reference). ``dropout`` only acts between layers, so it is
-    ignored here. ``opts.precision``: 'ieee' (exact fp32 products) or 'tf32' (tensor cores);
-    default 'tf32' on CUDA ('ieee' for float64 and under ``TRITON_INTERPRET=1``); env
-    ``SKIPRNN_TRITON_PRECISION``. ``reset_after=False`` (the GRU's paper candidate) runs on the
-    row-block kernels (the cooperative ones have nn.GRU's candidate only).
-    """
-    check_cell(cell, state, opts)
-    require_triton()
-    name = f"skip_rnn_triton({cell!r})"
-    threshold = _checked_threshold(name, layers, opts)
+    if isinstance(threshold, Tensor) and threshold.dim() != 0:
+        raise ValueError(f"{name} needs a float threshold (no per-step thresholds)")
     if x.dim() != 3:
         raise ValueError(f"x must be (T, B, I), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
@@ -348,14 +339,30 @@ def skip_rnn_triton(cell: str, x: Tensor, state: tuple, update_prob0: Tensor, cu
     if any(s.shape != (1, B, H) for s in state):
         raise ValueError(f"{' and '.join(names)} must be (1, B, H) = (1, {B}, {H}); got "
                          + ", ".join(str(tuple(s.shape)) for s in state))
-    mask = opts.mask
-    if mask is not None and mask.shape != (T, B):
-        raise ValueError(f"mask must be (T, B) = ({T}, {B}), got {tuple(mask.shape)}")
-    prec = resolve_precision(opts.precision, x.dtype)
+    if opts.mask is not None and opts.mask.shape != (T, B):
+        raise ValueError(f"mask must be (T, B) = ({T}, {B}), got {tuple(opts.mask.shape)}")
+    return float(threshold), resolve_precision(opts.precision, x.dtype)
+
+
+def skip_rnn_triton(cell: str, x: Tensor, state: tuple, update_prob0: Tensor, cum_prob0: Tensor,
+                    layers: Sequence[tuple], gate_weight: Tensor, gate_bias: Tensor,
+                    opts: GateOptions = GateOptions()) -> RecurrenceResult:
+    """The Triton backend: one layer over fused kernels, forward and backward. Arguments and
+    result: :mod:`skiprnn.ops.contract` (``state`` tensors ``(1, B, H)``).
+
+    Supported: one layer, a float threshold, no ``forced`` / ``constant_delta`` / ``max_skip``
+    (ValueError otherwise; use the reference). ``dropout`` only acts between layers, so it is
+    ignored here. ``opts.precision``: 'ieee' (exact fp32 products) or 'tf32' (tensor cores);
+    default 'tf32' on CUDA ('ieee' for float64 and under ``TRITON_INTERPRET=1``); env
+    ``SKIPRNN_TRITON_PRECISION``. ``reset_after=False`` (the GRU's paper candidate) runs on the
+    row-block kernels (the cooperative ones have nn.GRU's candidate only).
+    """
+    threshold, prec = _checked(cell, x, state, layers, opts)
     lstm = cell == "lstm"
     out, h_n, c_n, up, cum, upd, prob = triton_rnn_forward(
-        cell, x, state[0][0], state[1][0] if lstm else None, update_prob0, cum_prob0, w_ih, w_hh,
-        b_ih, b_hh, gate_weight, gate_bias, mask, threshold, prec, bool(opts.reset_after))[:7]
+        cell, x, state[0][0], state[1][0] if lstm else None, update_prob0, cum_prob0,
+        *layers[0], gate_weight, gate_bias, opts.mask, threshold, prec,
+        bool(opts.reset_after))[:7]
     state_n = (h_n.unsqueeze(0), c_n.unsqueeze(0)) if lstm else (h_n.unsqueeze(0),)
     return RecurrenceResult(out, state_n, up, cum, upd, prob)
 
@@ -368,48 +375,12 @@ def skip_rnn_triton_infer(cell: str, x: Tensor, state: tuple, update_prob0: Tens
                           ) -> RecurrenceResult:
     """Forward only (no autograd, nothing saved for a backward), the contract of
     :func:`skip_rnn_triton`: the cooperative kernel (h ping-pong, no history) where it applies,
-    else the training forward under ``no_grad``."""
-    require_triton()
-    train = (cell, x, state, update_prob0, cum_prob0, layers, gate_weight, gate_bias)
-    threshold = opts.threshold
-    if len(layers) != 1 or opts.forced is not None or opts.constant_delta is not None \
-            or opts.max_skip is not None or not opts.reset_after \
-            or (isinstance(threshold, Tensor) and threshold.dim() != 0) \
-            or x.dim() != 3 or x.shape[0] == 0:
-        return skip_rnn_triton(*train, opts)  # raises the usual errors
-    check_cell(cell, state, opts)
-    check_device(x)
-    threshold = float(threshold)
-    w_ih, w_hh, b_ih, b_hh = layers[0]
-    T, B, I = x.shape
-    H = w_hh.shape[1]
-    G = GATES[cell]
-    cdt = compute_dtype(x.dtype)
-    prec = resolve_precision(opts.precision, x.dtype)
-    proj = coop.InputProjection(_c(x, cdt), _c(w_ih, cdt))
-    cands = coop.candidates(H, B, x.device, G, prec, proj.fusable)
-    if not cands or not coop.enabled() or any(s.shape != (1, B, H) for s in state) \
-            or w_hh.shape != (G * H, H) or w_ih.shape != (G * H, I):
-        return skip_rnn_triton(*train, opts._replace(threshold=threshold))
-    mask = opts.mask
-    bih, bhh, w_hhc = _c(b_ih, cdt), _c(b_hh, cdt), _c(w_hh, cdt)
-    rest = (_c(gate_weight.reshape(-1), cdt), _c(gate_bias.reshape(-1), cdt), _c(mask, cdt),
-            _c(state[0][0], cdt), _c(state[1][0], cdt) if cell == "lstm" else None,
-            _c(update_prob0, cdt), _c(cum_prob0, cdt), threshold, prec)
-
-    def run_coop(c):
-        xin, wih = proj.coop_args(c)
-        return coop_kernels.launch_fwd(cell, xin, w_hhc, bih, bhh, *rest, c, save=False,
-                                       w_ih=wih)
-
-    def run_old():
-        xpb, b_hn = _old_bias(cell, proj.xp(), bih, bhh)
-        out, hs, cs, _, upd, prob, _, up_n, cum_n = rowblock.launch_fwd(
-            cell, xpb, w_hhc, b_hn, *rest, tile_config(H, B))
-        return (out, None, None, None, upd, prob, None, up_n, cum_n, hs[T],
-                None if cs is None else cs[T])
-
-    key = (f"{cell}-infer", B, H, prec, mask is not None, str(cdt), str(x.device), proj.fusable)
+    else the row-block forward."""
+    threshold, prec = _checked(cell, x, state, layers, opts)
+    key, cands, run_coop, run_old = _fwd_paths(
+        "infer", cell, x, state[0][0], state[1][0] if cell == "lstm" else None, update_prob0,
+        cum_prob0, *layers[0], gate_weight, gate_bias, opts.mask, threshold, prec,
+        opts.reset_after)
     out, _, _, _, upd, prob, _, up_n, cum_n, h_n, c_n = coop.run(
         key, cands, run_coop, run_old, hint=(f"{cell}-fwd",) + key[1:])
     dt = x.dtype

@@ -28,8 +28,6 @@ try:  # pragma: no cover - exercised implicitly
 
     HAS_TRITON = True
 except ImportError:  # pragma: no cover
-    triton = None
-    tl = None
     HAS_TRITON = False
 
 PRECISIONS = ("ieee", "tf32")
@@ -66,30 +64,25 @@ def resolve_precision(precision: str | None, dtype: torch.dtype) -> str:
         precision = _env(PRECISION_ENV) or None
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if dtype == torch.float64:
+    if dtype == torch.float64 or (precision is None and interpreting()):
         return "ieee"
-    if precision is None:
-        return "ieee" if interpreting() else "tf32"
-    return precision
+    return precision or "tf32"
 
 
-def poisoning() -> bool:
-    return _env(POISON_ENV, "0") not in ("", "0")
-
-
-def new_buffer(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``torch.empty``, or NaN-filled when ``SKIPRNN_TRITON_POISON=1`` (debugging, tests)."""
-    return buffers(like, dtype)(shape)
-
-
-def buffers(like: torch.Tensor, dtype: torch.dtype | None = None):
-    """``new_buffer`` bound to ``like``'s device (and dtype unless given): a launcher that makes
-    a dozen buffers reads the poison switch once."""
-    dtype = dtype or like.dtype
-    device = like.device
-    if poisoning():
+def buffers(like: torch.Tensor):
+    """``new(shape)``: a ``torch.empty`` like ``like`` (device, dtype), or NaN-filled when
+    ``SKIPRNN_TRITON_POISON=1`` (debugging, tests); a launcher that makes a dozen buffers reads
+    the poison switch once."""
+    dtype, device = like.dtype, like.device
+    if _env(POISON_ENV, "0") not in ("", "0"):
         return lambda shape: torch.full(shape, float("nan"), dtype=dtype, device=device)
     return lambda shape: torch.empty(shape, dtype=dtype, device=device)
+
+
+def ptr_or(t: torch.Tensor | None, alt: torch.Tensor) -> torch.Tensor:
+    """``t``, or ``alt`` where ``t`` is None: an absent tensor argument of a kernel (its switch
+    off) gets any valid pointer, never read or written."""
+    return alt if t is None else t
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -109,19 +102,14 @@ def tile_config(H: int, B: int) -> dict:
     """
     env = _env(TILES_ENV)
     if env:
-        vals = [int(v) for v in env.split(",")]
-        cfg = dict(BLOCK_B=vals[0], BLOCK_N=vals[1], BLOCK_K=vals[2],
-                   num_warps=vals[3] if len(vals) > 3 else 4)
+        bb, bn, bk, *nw = (int(v) for v in env.split(","))
+        cfg = dict(BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw[0] if nw else 4)
         for k in ("BLOCK_B", "BLOCK_N", "BLOCK_K"):
             if cfg[k] < 16 or cfg[k] & (cfg[k] - 1):
                 raise ValueError(f"{TILES_ENV}: {k} must be a power of two >= 16, got {cfg[k]}")
         return cfg
     HP = max(16, next_pow2(H))
-    block_n = min(HP, 64)
-    block_k = min(HP, 32)
-    block_b = 16
-    num_warps = 4
-    return dict(BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+    return dict(BLOCK_B=16, BLOCK_N=min(HP, 64), BLOCK_K=min(HP, 32), num_warps=4)
 
 
 if HAS_TRITON:
@@ -151,15 +139,6 @@ def contiguous_as(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | 
     if t is None or (t.dtype == dtype and t.is_contiguous()):
         return t
     return t.to(dtype).contiguous()
-
-
-def gate_sums(gz: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-    """``(1, H+1)``: Σ over all rows and steps of gz·cand (T,B,H) and of gz (T,B) — for the old
-    kernels, the one-row form of the per-row-block sums the cooperative backward kernels keep
-    (w_p's and b_p's gradients)."""
-    H = cand.shape[-1]
-    dgw = gz.reshape(1, -1) @ cand.reshape(-1, H)
-    return torch.cat([dgw.reshape(-1), gz.sum().reshape(1)]).unsqueeze(0)
 
 
 def grads_or_zeros(grads, shapes, dtype: torch.dtype, device, scratch: int = 0):
