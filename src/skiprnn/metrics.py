@@ -8,9 +8,8 @@ import torch
 from torch import Tensor
 
 from .losses import _per_sequence
+from .ops.cells import cell_spec
 from .ops.naive import check_max_skip
-
-_GATES = {"lstm": 4, "gru": 3}
 
 
 def n_skip(delta, max_skip=None):
@@ -53,12 +52,11 @@ def flops_per_update(cell: str, input_size: int, hidden_size: int, num_layers: i
     projection, on update steps only); ``frame_flops`` adds a per-frame encoder cost (video tasks,
     skipped frames need not be encoded).
     """
-    if cell not in _GATES:
-        raise ValueError(f"cell must be one of {tuple(_GATES)}, got {cell!r}")
+    gates = cell_spec(cell).gates  # ValueError for another cell
     total = 0
     for k in range(num_layers):
         d_in = input_size if k == 0 else hidden_size
-        total += _GATES[cell] * (d_in + hidden_size) * hidden_size
+        total += gates * (d_in + hidden_size) * hidden_size
     if skip:
         total += hidden_size
     return float(total + frame_flops)

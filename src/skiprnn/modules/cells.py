@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.cells import cell_spec
 from ..ops.contract import GateOptions
 from ..ops.naive import skip_loop, skip_rnn_naive
 from ..ops.ste import bernoulli_thresholds, check_binarizer, check_threshold
 from ._checks import check_input, check_lengths, check_matches_weights
-from .rnn import (_GATES, SkipGRUState, SkipLSTMState, SkipOutput, _GRUCandidate,
+from .rnn import (SkipGRUState, SkipLSTMState, SkipOutput, _GRUCandidate,
                   check_layer_max_skip, check_single_bias, paper_init_weights)
 
 
@@ -41,7 +42,7 @@ class _SkipCellBase(nn.Module):
         self.binarizer, self.threshold = check_binarizer(binarizer), check_threshold(threshold)
         self.max_skip = check_layer_max_skip(type(self).__name__, max_skip, binarizer,
                                              self.threshold)
-        G = _GATES[self.mode] * hidden_size
+        G = cell_spec(self.mode).gates * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(G, input_size, **f))
         self.weight_hh = nn.Parameter(torch.empty(G, hidden_size, **f))
         self.bias_ih = nn.Parameter(torch.empty(G, **f)) if bias else None

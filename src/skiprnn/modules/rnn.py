@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..ops import dispatch
+from ..ops.cells import cell_spec
 from ..ops.contract import GateOptions, RecurrenceResult
 from ..ops.naive import check_cap_holds, check_max_skip
 from ..ops.ste import bernoulli_thresholds, check_binarizer, check_threshold
@@ -48,7 +49,6 @@ def unsupported_export(layer, how: str) -> UnsupportedExportError:
         "layer.stream() and skiprnn.lazy_forward")
 
 
-_GATES = {"lstm": 4, "gru": 3}
 _PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
@@ -181,7 +181,7 @@ class SkipRNNBase(nn.Module):
         self.bidirectional = bidirectional
         self.max_skip = check_layer_max_skip(type(self).__name__, max_skip, self.binarizer,
                                              self.threshold, self.gate_mode)
-        G = _GATES[self.mode] * hidden_size
+        G = cell_spec(self.mode).gates * hidden_size
         for k in range(num_layers):
             shapes = ((G, input_size if k == 0 else hidden_size), (G, hidden_size), (G,), (G,))
             for sfx in self._suffixes():

@@ -8,7 +8,7 @@
   over them (their rows of the input projection and of the per-step products in a kernel of the
   file — AVX-512 for float32 —, one barrier per step) and each thread adds its rows of dW_hh;
   the input-side gradients stay torch ops.
-* The batch-size-1 skipping engine (``skipping._run_single``): the W_hh · h product with its rows
+* The batch-size-1 skipping engine (``skipping.run_single``): the W_hh · h product with its rows
   split over the torch threads (each core keeps its rows in its L2), the cell and Δũ in one pass;
   and the loop over the steps around it (ũ replayed on skipped steps, outputs indexed), one call
   per block of input projections instead of ~25 µs of Python per update.
@@ -189,7 +189,7 @@ class Kernels(NamedTuple):
     fwd_chunk: object
     bwd_chunk: object
     gemm: int | None
-    single_run: object     # batch-size-1 steps up to the end of a projection block (_run_single)
+    single_run: object     # batch-size-1 steps up to the end of a projection block (run_single)
     waves: object          # a one-layer batch's whole sequence (waves.run_waves; needs gemm)
     chunk_threads: object  # (threads, H, B) -> the threads a chunk call splits its steps over
     single_wt_rows: object  # H -> the row length of the transposed W_hh single_run reads

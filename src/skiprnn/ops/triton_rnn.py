@@ -33,12 +33,12 @@ import torch
 from torch import Tensor
 
 from . import coop, coop_kernels, rowblock
+from .cells import cell_spec
 from .contract import OP_LAYER_ARGS, OP_OUTPUTS, GateOptions, RecurrenceResult, check_cell
 from .triton_utils import (check_device, compute_dtype, grads_or_zeros, require_triton,
                            resolve_precision, tile_config)
 from .triton_utils import contiguous_as as _c
 
-GATES = {"lstm": 4, "gru": 3}  # gate blocks of W_ih / W_hh per cell
 
 
 def _old_bias(cell: str, xp: Tensor, b_ih, b_hh) -> tuple[Tensor, Tensor | None]:
@@ -331,7 +331,7 @@ def _checked(cell: str, x: Tensor, state: tuple, layers, opts: GateOptions) -> t
     w_ih, w_hh, b_ih, b_hh = layers[0]
     T, B, I = x.shape
     H = w_hh.shape[1]
-    G = GATES[cell]
+    G = cell_spec(cell).gates
     if w_ih.shape != (G * H, I) or w_hh.shape != (G * H, H):
         raise ValueError(f"weights must be ({G}H, I) and ({G}H, H); got {tuple(w_ih.shape)}, "
                          f"{tuple(w_hh.shape)}")

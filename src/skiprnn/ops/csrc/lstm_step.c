@@ -976,7 +976,7 @@ SINGLE_VECTORS static double SUF(lstm_single_update)(SUF(single_args) *p, const 
     return SUF(sig)(z + (REAL)p->gb);
 }
 
-/* The steps of a batch-size-1 sequence from position k of `steps` on (skipping.py, _run_single),
+/* The steps of a batch-size-1 sequence from position k of `steps` on (skipping.py, run_single),
  * each skipped (u~' = u~ + min(du, 1 - u~) <= tau: u~ replayed, the output the held h) or read
  * (one lstm_single_update from the step's row of the projection block, du' = max(its result,
  * floor), u~ = 0), until the steps end (returns 0) or a step to read has no row in the block
