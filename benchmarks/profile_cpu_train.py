@@ -63,8 +63,8 @@ def knocked_out(cell, piece):
             flush = lambda kk, t0, n: None  # noqa: E731
         return projected, step, flush
 
-    def bwd(bw):
-        step, chunk, grads = bwd_ops(bw)
+    def bwd(bw, **kw):
+        step, chunk, grads = bwd_ops(bw, **kw)
         if piece == "bwd cell steps":
             step = lambda j, t, cur: None  # noqa: E731
         if piece == "bwd chunk GEMMs":
