@@ -147,3 +147,14 @@ def test_cell_input_dtype_other_than_the_cells():
     cell = SkipLSTMCell(3, 5)
     with pytest.raises(ValueError, match=r"layer's dtype torch.float32, got torch.float64"):
         cell(torch.randn(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("cell, n", [(SkipLSTMCell, 2), (skiprnn.SkipGRUCell, 1)])
+def test_cell_state_of_the_wrong_length(cell, n):
+    c = cell(3, 4)
+    x, h = torch.randn(2, 3), torch.zeros(2, 4)
+    for k in (n + 1, n + 3):
+        with pytest.raises(ValueError, match=f"state must hold {n} tensors .* got {k}"):
+            c(x, (h,) * k)
+    assert c(x, (h,) * n).output.shape == (2, 4)   # the right lengths still run
+    assert c(x, (h,) * n + (torch.ones(2), torch.zeros(2))).output.shape == (2, 4)

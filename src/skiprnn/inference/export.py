@@ -88,7 +88,7 @@ def export_step(layer, batch_size: int = 1, dynamic_batch: bool = False):
     dyn = None
     if dynamic_batch:  # the batch dimension: 1 of the (L, B, H) states, 0 of the other inputs
         B = torch.export.Dim("batch", min=1, max=1 << 16)
-        dyn = tuple({int(a.dim() == 3): B} for a in args)
+        dyn = tuple({1 if a.dim() == 3 else 0: B} for a in args)
     return torch.export.export(mod, args, dynamic_shapes=dyn)
 
 

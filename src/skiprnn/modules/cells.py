@@ -94,6 +94,9 @@ class _SkipCellBase(nn.Module):
         B, n = x.shape[0], 2 if self.mode == "lstm" else 1  # state tensors: (h, c) / (h,)
         if isinstance(state, Tensor):
             state = (state,)
+        if state is not None and len(state) not in (n, n + 2):
+            raise ValueError(f"state must hold {n} tensors ({'h, c' if n == 2 else 'h'}) or {n + 2}"
+                             f" (with update_prob, cum_update_prob), got {len(state)}")
         if state is None:
             state = tuple(x.new_zeros(B, self.hidden_size) for _ in range(n))
         elif unb:

@@ -232,7 +232,7 @@ def cfg_name(c) -> str:
         f",{c['KSPLIT']}" if c.get("KSPLIT", 1) > 1 else "") + ("+x" if c.get("FUSE") else "")
 
 
-def candidates(H: int, B: int, device: torch.device, precision: str = "tf32",
+def candidates(H: int, B: int, device: torch.device, *, precision: str = "tf32",
                fusable: bool = False) -> list[dict]:
     """Cooperative configurations worth timing for this shape, best guess first; each one's grid
     fits in one wave. Under the interpreter: one column block only (no spinning). With 'ieee'

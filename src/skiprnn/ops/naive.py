@@ -119,7 +119,11 @@ def floor_update_prob(delta, max_skip, threshold: float = 0.5):
 
 def mix_state(u: Tensor, new: Sequence[Tensor], old: Sequence[Tensor]) -> tuple:
     """Eq. 3 for every state tensor: u·new + (1-u)·old, an exact copy of ``old`` where u == 0."""
-    return tuple(ub * n + (1 - ub) * o for n, o in zip(new, old) for ub in [_bcast(u, n)])
+    out = []
+    for n, o in zip(new, old):
+        ub = _bcast(u, n)
+        out.append(ub * n + (1 - ub) * o)
+    return tuple(out)
 
 
 def skip_loop(

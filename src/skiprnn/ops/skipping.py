@@ -28,7 +28,9 @@ Paths:
   (:class:`AlternatingMV`) plus NumPy pointwise maths (:class:`NumpyStack`).
 * batch > 1 (:mod:`skiprnn.ops.waves`; a one-layer LSTM on the CPU in the C kernels): the k-th
   pending update of every row runs in one wave (one GEMM per weight matrix over all rows still
-  updating, whatever step each is at), the gate bookkeeping replayed on the host in blocks.
+  updating, whatever step each is at), the gate bookkeeping replayed on the host in blocks; a
+  one-layer GRU goes to the dense CPU path for the rest of a sequence once its update fraction
+  passes the break-even (``waves.DENSE_BREAK_EVEN``).
 * CUDA batches, one layer (LSTM or GRU): the fused forward-only Triton kernel
   (``skiprnn.ops.triton_rnn.skip_rnn_triton_infer``) keeps the state on chip over the whole
   sequence; no host round trip at all.
@@ -54,8 +56,12 @@ from .waves import fused_lstm_kernels, run_waves
 __all__ = ["skip_rnn_skipping", "simulate_skips", "np_dtype", "StepCell", "NumpyStack",
            "AlternatingMV", "SkipRuns", "LazyInputProjection", "first_projection"]
 
-# np_dtype(dtype): the NumPy scalar type that replays the gate arithmetic of dtype exactly, or None
-np_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def np_dtype(dtype: torch.dtype):
+    """The NumPy scalar type that replays the gate arithmetic of ``dtype`` exactly, or None."""
+    return _NP_DTYPES.get(dtype)
 
 
 def simulate_skips(update_prob, cum_prob, threshold: float = 0.5, limit: int | None = None,

@@ -116,7 +116,8 @@ def _fwd_paths(kind, cell, x, h0, c0, up0, cum0, w_ih, w_hh, b_ih, b_hh, gate_w,
 
     key = (f"{cell}-{kind}", B, H, precision, mask is not None, str(cdt), str(x.device), fusable)
     # the cooperative kernels have nn.GRU's candidate only
-    cands = coop.candidates(H, B, x.device, precision, fusable) if reset_after else []
+    cands = (coop.candidates(H, B, x.device, precision=precision, fusable=fusable)
+             if reset_after else [])
     return key, cands, run_coop, run_old
 
 
@@ -149,7 +150,7 @@ def _backward(cell, x, w_ih, w_hh, gate_w, mask, hs, cs, gates, stats, grads, pr
     gwc, maskc = _c(gate_w.reshape(-1), cdt), _c(mask, cdt)
     T, B, I = xc.shape
     H = w_hhc.shape[1]
-    cands = coop.candidates(H, B, xc.device, precision) if reset_after else []
+    cands = coop.candidates(H, B, xc.device, precision=precision) if reset_after else []
     gin = tuple(grads)
     shapes = ((T, B, H), (B, H), (B, H), (B,), (B,), (T, B), (T, B))
     if not lstm:  # no c: leave its (absent) gradient out

@@ -82,7 +82,8 @@ def valid_order(valid: np.ndarray | None, T: int, B: int):
     steps first in time order (``times[o, b]``: row b's o-th valid step; None: all valid)."""
     if valid is None:
         return np.full(B, T, np.int64), None
-    return valid.sum(0).astype(np.int64), np.argsort(~valid, axis=0, kind="stable")
+    times = np.argsort(~valid, axis=0, kind="stable")  # int64 and C-ordered: the C kernels read it
+    return valid.sum(0).astype(np.int64), np.ascontiguousarray(times, np.int64)
 
 
 def dense_break_even(kind: str, hidden_size: int) -> float | None:
@@ -571,7 +572,7 @@ def _fused_waves(cell, x: Tensor, hs: list, cs: list | None, up0: Tensor, cum0: 
     gw = cell.gate_weight[0].contiguous()
     h, c = hs[0].to(x.dtype).contiguous().clone(), cs[0].to(x.dtype).contiguous().clone()
     up, cum = gate_state(up0, cum0, npdt, cell.max_skip, cell.threshold)
-    n_valid, times = valid_order(valid, T, B)  # (argsort's result: contiguous int64)
+    n_valid, times = valid_order(valid, T, B)
     out = pooled_output((T, B, H), x)
     probs, upd = np.zeros((T, B), npdt), np.zeros((T, B), npdt)
     src = np.zeros((T, B), np.int64)

@@ -17,8 +17,9 @@ def metrics_files(run_dir) -> list[Path]:
     Sessions without a metrics.csv (a resume that trained no step) are skipped, not taken as the
     end of the list."""
     run_dir = Path(run_dir)
-    resumes = sorted((int(d.name[10:]), d / "metrics.csv") for d in run_dir.glob("csv_resume*")
-                     if d.name[10:].isdecimal() and d.is_dir())
+    numbered = ((d.name.removeprefix("csv_resume"), d) for d in run_dir.glob("csv_resume*"))
+    resumes = sorted((int(n), d / "metrics.csv") for n, d in numbered
+                     if n.isdecimal() and d.is_dir())
     files = [run_dir / "csv" / "metrics.csv"] + [f for _, f in resumes]
     return [f for f in files if f.is_file()]
 
