@@ -35,6 +35,7 @@ TAGS = {
     "585aa74": RESTRUCTURE, "7f1274f": RESTRUCTURE, "beb9361": RESTRUCTURE,
     "2b06797": RESTRUCTURE, "0362805": RESTRUCTURE, "b204bfa": RESTRUCTURE,
     "4946335": RESTRUCTURE,
+    "0fbff7e": RESTRUCTURE,  # review of the reduction pass (a clear error for a cell's state added)
 }
 # commits of the reduction pass (tagged by subject prefix, so new ones need no entry here)
 SLIM_PREFIX = "slim:"
