@@ -91,11 +91,12 @@ class _SkipCellBase(nn.Module):
 
     def forward(self, input: Tensor, state=None) -> SkipCellOutput:
         x, unb = self._prep(input)
-        B, n = x.shape[0], 2 if self.mode == "lstm" else 1  # state tensors: (h, c) / (h,)
+        names = cell_spec(self.mode).state_names   # (h, c) / (h,)
+        B, n = x.shape[0], len(names)
         if isinstance(state, Tensor):
             state = (state,)
         if state is not None and len(state) not in (n, n + 2):
-            raise ValueError(f"state must hold {n} tensors ({'h, c' if n == 2 else 'h'}) or {n + 2}"
+            raise ValueError(f"state must hold {n} tensors ({', '.join(names)}) or {n + 2}"
                              f" (with update_prob, cum_update_prob), got {len(state)}")
         if state is None:
             state = tuple(x.new_zeros(B, self.hidden_size) for _ in range(n))

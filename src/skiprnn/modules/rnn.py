@@ -289,8 +289,8 @@ class SkipRNNBase(nn.Module):
 
     @property
     def _n_hc(self) -> int:
-        """The hidden-state tensors: 2 (h, c) for an LSTM, 1 (h) for a GRU."""
-        return 2 if self.mode == "lstm" else 1
+        """The hidden-state tensors: 2 (h, c) for an LSTM, 1 (h) for a GRU (the cell description's)."""
+        return len(cell_spec(self.mode).state_names)
 
     def initial_state(self, batch_size: int, like: Tensor | None = None):
         """A fresh state for ``batch_size`` sequences (zeros, or the learned s_0 broadcast)."""
