@@ -289,7 +289,7 @@ class SkipRNNBase(nn.Module):
 
     @property
     def _n_hc(self) -> int:
-        """The hidden-state tensors: 2 (h, c) for an LSTM, 1 (h) for a GRU (the cell description's)."""
+        """The hidden-state tensors of the cell description: 2 (h, c) / 1 (h)."""
         return len(cell_spec(self.mode).state_names)
 
     def initial_state(self, batch_size: int, like: Tensor | None = None):
