@@ -36,6 +36,7 @@ TAGS = {
     "2b06797": RESTRUCTURE, "0362805": RESTRUCTURE, "b204bfa": RESTRUCTURE,
     "4946335": RESTRUCTURE,
     "0fbff7e": RESTRUCTURE,  # review of the reduction pass (a clear error for a cell's state added)
+    "c8d28f2": RESTRUCTURE,  # the state count from the cell description
 }
 # commits of the reduction pass (tagged by subject prefix, so new ones need no entry here)
 SLIM_PREFIX = "slim:"
